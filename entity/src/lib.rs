@@ -1,0 +1,7 @@
+//! SeaORM entities: the metadata file-system keeps in its database.
+//!
+//! The schema itself is owned by the `migration` crate; these types only mirror it.
+
+pub mod image;
+pub mod upload_part;
+pub mod upload_session;

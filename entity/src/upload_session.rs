@@ -1,0 +1,37 @@
+//! An open (or finished) chunked upload: one per client `identifier`.
+
+use sea_orm::entity::prelude::*;
+
+#[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+#[sea_orm(table_name = "upload_sessions")]
+pub struct Model {
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub id: String,
+    #[sea_orm(unique)]
+    pub identifier: String,
+    pub priority: i32,
+    pub bucket: String,
+    /// The image id is fixed when the session opens, so the object never moves.
+    pub image_id: String,
+    pub object_key: String,
+    /// Multipart upload id in the object store.
+    pub upload_id: String,
+    /// `open`, `merging` or `completed`.
+    pub state: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+#[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+pub enum Relation {
+    #[sea_orm(has_many = "super::upload_part::Entity")]
+    Parts,
+}
+
+impl Related<super::upload_part::Entity> for Entity {
+    fn to() -> RelationDef {
+        Relation::Parts.def()
+    }
+}
+
+impl ActiveModelBehavior for ActiveModel {}

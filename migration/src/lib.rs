@@ -1,0 +1,14 @@
+//! Database schema, as ordered migrations. Run at start-up and by `file-system migrate`.
+
+pub use sea_orm_migration::prelude::*;
+
+mod m20261128_000001_initial;
+
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20261128_000001_initial::Migration)]
+    }
+}

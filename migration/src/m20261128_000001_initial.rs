@@ -1,0 +1,238 @@
+//! Images, chunked-upload sessions and their parts.
+
+use sea_orm_migration::prelude::*;
+
+#[derive(DeriveMigrationName)]
+pub struct Migration;
+
+#[derive(DeriveIden)]
+enum Images {
+    Table,
+    Id,
+    FileName,
+    UserId,
+    UploadTime,
+    Priority,
+    Bucket,
+    ObjectKey,
+    SizeBytes,
+    Crc32,
+    SourceIdentifier,
+    SlimStatus,
+    CheckStatus,
+    CheckMsg,
+    CheckResult,
+    Checksum,
+    ImageEndOffset,
+    CheckErrors,
+    Format,
+    VirtualSize,
+    CompressStatus,
+    CompressMsg,
+    CompressRate,
+    CreatedAt,
+    UpdatedAt,
+}
+
+#[derive(DeriveIden)]
+enum UploadSessions {
+    Table,
+    Id,
+    Identifier,
+    Priority,
+    Bucket,
+    ImageId,
+    ObjectKey,
+    UploadId,
+    State,
+    CreatedAt,
+    UpdatedAt,
+}
+
+#[derive(DeriveIden)]
+enum UploadParts {
+    Table,
+    SessionId,
+    PartNumber,
+    SizeBytes,
+    Etag,
+    Crc32,
+    UpdatedAt,
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for Migration {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .create_table(
+                Table::create()
+                    .table(Images::Table)
+                    .if_not_exists()
+                    .col(
+                        ColumnDef::new(Images::Id)
+                            .string_len(36)
+                            .not_null()
+                            .primary_key(),
+                    )
+                    .col(ColumnDef::new(Images::FileName).string_len(512).not_null())
+                    .col(ColumnDef::new(Images::UserId).string_len(256).not_null())
+                    .col(ColumnDef::new(Images::UploadTime).string_len(19).not_null())
+                    .col(ColumnDef::new(Images::Priority).integer().not_null())
+                    .col(ColumnDef::new(Images::Bucket).string_len(255).not_null())
+                    .col(
+                        ColumnDef::new(Images::ObjectKey)
+                            .string_len(1024)
+                            .not_null(),
+                    )
+                    .col(ColumnDef::new(Images::SizeBytes).big_integer().not_null())
+                    .col(ColumnDef::new(Images::Crc32).big_integer().null())
+                    .col(
+                        ColumnDef::new(Images::SourceIdentifier)
+                            .string_len(128)
+                            .null()
+                            .unique_key(),
+                    )
+                    .col(
+                        ColumnDef::new(Images::SlimStatus)
+                            .integer()
+                            .not_null()
+                            .default(0),
+                    )
+                    .col(ColumnDef::new(Images::CheckStatus).integer().not_null())
+                    .col(ColumnDef::new(Images::CheckMsg).string_len(512).not_null())
+                    .col(ColumnDef::new(Images::CheckResult).integer().not_null())
+                    .col(ColumnDef::new(Images::Checksum).string_len(64).null())
+                    .col(ColumnDef::new(Images::ImageEndOffset).string_len(32).null())
+                    .col(ColumnDef::new(Images::CheckErrors).string_len(32).null())
+                    .col(ColumnDef::new(Images::Format).string_len(32).null())
+                    .col(ColumnDef::new(Images::VirtualSize).double().null())
+                    .col(ColumnDef::new(Images::CompressStatus).integer().null())
+                    .col(ColumnDef::new(Images::CompressMsg).string_len(512).null())
+                    .col(ColumnDef::new(Images::CompressRate).double().null())
+                    .col(ColumnDef::new(Images::CreatedAt).big_integer().not_null())
+                    .col(ColumnDef::new(Images::UpdatedAt).big_integer().not_null())
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_index(
+                Index::create()
+                    .name("idx_images_user_id")
+                    .table(Images::Table)
+                    .col(Images::UserId)
+                    .if_not_exists()
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_table(
+                Table::create()
+                    .table(UploadSessions::Table)
+                    .if_not_exists()
+                    .col(
+                        ColumnDef::new(UploadSessions::Id)
+                            .string_len(36)
+                            .not_null()
+                            .primary_key(),
+                    )
+                    .col(
+                        ColumnDef::new(UploadSessions::Identifier)
+                            .string_len(128)
+                            .not_null()
+                            .unique_key(),
+                    )
+                    .col(
+                        ColumnDef::new(UploadSessions::Priority)
+                            .integer()
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new(UploadSessions::Bucket)
+                            .string_len(255)
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new(UploadSessions::ImageId)
+                            .string_len(36)
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new(UploadSessions::ObjectKey)
+                            .string_len(1024)
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new(UploadSessions::UploadId)
+                            .string_len(1024)
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new(UploadSessions::State)
+                            .string_len(16)
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new(UploadSessions::CreatedAt)
+                            .big_integer()
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new(UploadSessions::UpdatedAt)
+                            .big_integer()
+                            .not_null(),
+                    )
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_table(
+                Table::create()
+                    .table(UploadParts::Table)
+                    .if_not_exists()
+                    .col(
+                        ColumnDef::new(UploadParts::SessionId)
+                            .string_len(36)
+                            .not_null(),
+                    )
+                    .col(ColumnDef::new(UploadParts::PartNumber).integer().not_null())
+                    .col(
+                        ColumnDef::new(UploadParts::SizeBytes)
+                            .big_integer()
+                            .not_null(),
+                    )
+                    .col(ColumnDef::new(UploadParts::Etag).string_len(256).not_null())
+                    .col(ColumnDef::new(UploadParts::Crc32).big_integer().not_null())
+                    .col(
+                        ColumnDef::new(UploadParts::UpdatedAt)
+                            .big_integer()
+                            .not_null(),
+                    )
+                    .primary_key(
+                        Index::create()
+                            .col(UploadParts::SessionId)
+                            .col(UploadParts::PartNumber),
+                    )
+                    .foreign_key(
+                        ForeignKey::create()
+                            .name("fk_upload_parts_session")
+                            .from(UploadParts::Table, UploadParts::SessionId)
+                            .to(UploadSessions::Table, UploadSessions::Id)
+                            .on_delete(ForeignKeyAction::Cascade),
+                    )
+                    .to_owned(),
+            )
+            .await
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .drop_table(Table::drop().table(UploadParts::Table).to_owned())
+            .await?;
+        manager
+            .drop_table(Table::drop().table(UploadSessions::Table).to_owned())
+            .await?;
+        manager
+            .drop_table(Table::drop().table(Images::Table).to_owned())
+            .await
+    }
+}

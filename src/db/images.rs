@@ -1,0 +1,99 @@
+//! Queries on `images`.
+
+use entity::image::{self, Entity as Images};
+use sea_orm::{
+    sea_query::Expr, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect,
+};
+
+pub async fn insert(db: &impl ConnectionTrait, model: image::ActiveModel) -> Result<(), DbErr> {
+    Images::insert(model)
+        .exec_without_returning(db)
+        .await
+        .map(|_| ())
+}
+
+pub async fn find(db: &impl ConnectionTrait, id: &str) -> Result<Option<image::Model>, DbErr> {
+    Images::find_by_id(id.to_string()).one(db).await
+}
+
+pub async fn find_by_identifier(
+    db: &impl ConnectionTrait,
+    identifier: &str,
+) -> Result<Option<image::Model>, DbErr> {
+    Images::find()
+        .filter(image::Column::SourceIdentifier.eq(identifier))
+        .one(db)
+        .await
+}
+
+pub async fn list(
+    db: &impl ConnectionTrait,
+    user_id: Option<&str>,
+    limit: Option<u64>,
+    offset: Option<u64>,
+) -> Result<Vec<image::Model>, DbErr> {
+    let mut q = Images::find();
+    if let Some(u) = user_id {
+        q = q.filter(image::Column::UserId.eq(u));
+    }
+    q.order_by_desc(image::Column::CreatedAt)
+        .order_by_asc(image::Column::Id)
+        .limit(limit)
+        .offset(offset)
+        .all(db)
+        .await
+}
+
+pub async fn delete(db: &impl ConnectionTrait, id: &str) -> Result<(), DbErr> {
+    Images::delete_by_id(id.to_string())
+        .exec(db)
+        .await
+        .map(|_| ())
+}
+
+/// Marks a slim as requested when none is running or done; `false` when the state did not allow it.
+pub async fn request_slim(db: &impl ConnectionTrait, id: &str, now: i64) -> Result<bool, DbErr> {
+    let res = Images::update_many()
+        .col_expr(image::Column::SlimStatus, Expr::value(1))
+        .col_expr(image::Column::CompressStatus, Expr::value(1))
+        .col_expr(
+            image::Column::CompressMsg,
+            Expr::value("compress in progress"),
+        )
+        .col_expr(image::Column::CompressRate, Expr::value(0.0))
+        .col_expr(image::Column::UpdatedAt, Expr::value(now))
+        .filter(image::Column::Id.eq(id))
+        .filter(image::Column::SlimStatus.is_in([0, 3]))
+        .exec(db)
+        .await?;
+    Ok(res.rows_affected == 1)
+}
+
+/// Records that an image cannot be slimmed.
+pub async fn refuse_slim(
+    db: &impl ConnectionTrait,
+    id: &str,
+    msg: &str,
+    now: i64,
+) -> Result<(), DbErr> {
+    Images::update_many()
+        .col_expr(image::Column::SlimStatus, Expr::value(3))
+        .col_expr(image::Column::CompressStatus, Expr::value(2))
+        .col_expr(image::Column::CompressMsg, Expr::value(msg))
+        .col_expr(image::Column::UpdatedAt, Expr::value(now))
+        .filter(image::Column::Id.eq(id))
+        .exec(db)
+        .await
+        .map(|_| ())
+}
+
+/// Stores a CRC-32 computed after the fact.
+pub async fn set_crc32(db: &impl ConnectionTrait, id: &str, crc: u32) -> Result<(), DbErr> {
+    Images::update_many()
+        .col_expr(image::Column::Crc32, Expr::value(crc as i64))
+        .filter(image::Column::Id.eq(id))
+        .exec(db)
+        .await
+        .map(|_| ())
+}

@@ -1,0 +1,173 @@
+//! Queries on `upload_sessions` and `upload_parts`.
+
+use entity::{
+    upload_part::{self, Entity as Parts},
+    upload_session::{self, Entity as Sessions},
+};
+use sea_orm::{
+    sea_query::{Expr, OnConflict},
+    ActiveValue::Set,
+    ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QueryOrder,
+};
+
+pub const OPEN: &str = "open";
+pub const MERGING: &str = "merging";
+pub const COMPLETED: &str = "completed";
+
+pub async fn find(
+    db: &impl ConnectionTrait,
+    identifier: &str,
+) -> Result<Option<upload_session::Model>, DbErr> {
+    Sessions::find()
+        .filter(upload_session::Column::Identifier.eq(identifier))
+        .one(db)
+        .await
+}
+
+/// Inserts a session unless one exists for its identifier; `true` when this one was inserted.
+pub async fn insert_if_absent(
+    db: &impl ConnectionTrait,
+    s: upload_session::ActiveModel,
+) -> Result<bool, DbErr> {
+    let res = Sessions::insert(s)
+        .on_conflict(
+            OnConflict::column(upload_session::Column::Identifier)
+                .do_nothing()
+                .to_owned(),
+        )
+        .exec_without_returning(db)
+        .await?;
+    Ok(res == 1)
+}
+
+/// Records part `number`, replacing an earlier one of that number.
+pub async fn upsert_part(
+    db: &impl ConnectionTrait,
+    session_id: &str,
+    number: u32,
+    size: u64,
+    etag: &str,
+    crc32: u32,
+    now: i64,
+) -> Result<(), DbErr> {
+    let part = upload_part::ActiveModel {
+        session_id: Set(session_id.to_string()),
+        part_number: Set(number as i32),
+        size_bytes: Set(size as i64),
+        etag: Set(etag.to_string()),
+        crc32: Set(crc32 as i64),
+        updated_at: Set(now),
+    };
+    Parts::insert(part)
+        .on_conflict(
+            OnConflict::columns([
+                upload_part::Column::SessionId,
+                upload_part::Column::PartNumber,
+            ])
+            .update_columns([
+                upload_part::Column::SizeBytes,
+                upload_part::Column::Etag,
+                upload_part::Column::Crc32,
+                upload_part::Column::UpdatedAt,
+            ])
+            .to_owned(),
+        )
+        .exec_without_returning(db)
+        .await?;
+    touch(db, session_id, now).await
+}
+
+pub async fn touch(db: &impl ConnectionTrait, session_id: &str, now: i64) -> Result<(), DbErr> {
+    Sessions::update_many()
+        .col_expr(upload_session::Column::UpdatedAt, Expr::value(now))
+        .filter(upload_session::Column::Id.eq(session_id))
+        .exec(db)
+        .await
+        .map(|_| ())
+}
+
+pub async fn parts(
+    db: &impl ConnectionTrait,
+    session_id: &str,
+) -> Result<Vec<upload_part::Model>, DbErr> {
+    Parts::find()
+        .filter(upload_part::Column::SessionId.eq(session_id))
+        .order_by_asc(upload_part::Column::PartNumber)
+        .all(db)
+        .await
+}
+
+/// Moves a session from `open` (or from a `merging` whose merger went silent before
+/// `stale_before`) to `merging`. `true` when this caller now owns the merge.
+pub async fn claim_merge(
+    db: &impl ConnectionTrait,
+    session_id: &str,
+    now: i64,
+    stale_before: i64,
+) -> Result<bool, DbErr> {
+    let res = Sessions::update_many()
+        .col_expr(upload_session::Column::State, Expr::value(MERGING))
+        .col_expr(upload_session::Column::UpdatedAt, Expr::value(now))
+        .filter(upload_session::Column::Id.eq(session_id))
+        .filter(
+            upload_session::Column::State
+                .eq(OPEN)
+                .or(upload_session::Column::State
+                    .eq(MERGING)
+                    .and(upload_session::Column::UpdatedAt.lt(stale_before))),
+        )
+        .exec(db)
+        .await?;
+    Ok(res.rows_affected == 1)
+}
+
+pub async fn set_state(
+    db: &impl ConnectionTrait,
+    session_id: &str,
+    state: &str,
+    now: i64,
+) -> Result<(), DbErr> {
+    Sessions::update_many()
+        .col_expr(upload_session::Column::State, Expr::value(state))
+        .col_expr(upload_session::Column::UpdatedAt, Expr::value(now))
+        .filter(upload_session::Column::Id.eq(session_id))
+        .exec(db)
+        .await
+        .map(|_| ())
+}
+
+/// Deletes a session and its part rows.
+pub async fn delete(db: &impl ConnectionTrait, session_id: &str) -> Result<(), DbErr> {
+    Parts::delete_many()
+        .filter(upload_part::Column::SessionId.eq(session_id))
+        .exec(db)
+        .await?;
+    Sessions::delete_by_id(session_id.to_string())
+        .exec(db)
+        .await
+        .map(|_| ())
+}
+
+/// Deletes the completed session rows that point at an image (when the image is deleted).
+pub async fn delete_for_image(db: &impl ConnectionTrait, image_id: &str) -> Result<(), DbErr> {
+    for s in Sessions::find()
+        .filter(upload_session::Column::ImageId.eq(image_id))
+        .all(db)
+        .await?
+    {
+        delete(db, &s.id).await?;
+    }
+    Ok(())
+}
+
+/// Open sessions untouched since `before` (abandoned uploads).
+pub async fn stale_open(
+    db: &impl ConnectionTrait,
+    before: i64,
+) -> Result<Vec<upload_session::Model>, DbErr> {
+    Sessions::find()
+        .filter(upload_session::Column::State.eq(OPEN))
+        .filter(upload_session::Column::UpdatedAt.lt(before))
+        .all(db)
+        .await
+}

@@ -1,0 +1,379 @@
+//! Images: single uploads (plain or zipped), queries, deletion, slim requests.
+
+use super::{
+    form::{Fields, FormPart, FormSource},
+    meter::Meter,
+    now_secs, texts, validate, zipin, Error, Result, Service,
+};
+use crate::{
+    config::Tier,
+    db,
+    storage::{ByteStream, PutOptions, StorageError},
+};
+use entity::image;
+use futures::StreamExt;
+use sea_orm::ActiveValue::Set;
+use std::path::Path;
+use tokio::io::AsyncWriteExt;
+
+/// Check status right after upload: "check in progress" (SPEC section 3).
+pub const CHECK_IN_PROGRESS: i32 = 4;
+
+/// Object key of an image's bytes. Keys are made from ids only.
+pub fn object_key(image_id: &str) -> String {
+    format!("images/{image_id}")
+}
+
+/// What a filter on the image list may hold.
+#[derive(Debug, Default)]
+pub struct ListQuery {
+    pub user_id: Option<String>,
+    pub limit: Option<u64>,
+    pub offset: Option<u64>,
+}
+
+/// Bytes of an image already in the store, not yet recorded.
+struct StoredObject {
+    tier: Tier,
+    key: String,
+    size: u64,
+    crc32: u32,
+}
+
+/// A file part received by `POST /images`, before the rest of the form is known.
+enum Staged {
+    Image {
+        file_name: String,
+        object: StoredObject,
+    },
+    Zip {
+        file: tempfile::TempPath,
+    },
+}
+
+/// The fields of a new image record.
+pub(crate) struct NewImage<'a> {
+    pub id: &'a str,
+    pub file_name: &'a str,
+    pub user_id: &'a str,
+    pub tier: &'a Tier,
+    pub key: &'a str,
+    pub size: u64,
+    pub crc32: u32,
+    pub source_identifier: Option<&'a str>,
+}
+
+impl NewImage<'_> {
+    pub(crate) fn into_active_model(self) -> image::ActiveModel {
+        let now = now_secs();
+        image::ActiveModel {
+            id: Set(self.id.to_string()),
+            file_name: Set(self.file_name.to_string()),
+            user_id: Set(self.user_id.to_string()),
+            upload_time: Set(chrono::Utc::now().format("%Y-%m-%d %H:%M:%S").to_string()),
+            priority: Set(self.tier.priority),
+            bucket: Set(self.tier.bucket.clone()),
+            object_key: Set(self.key.to_string()),
+            size_bytes: Set(self.size as i64),
+            crc32: Set(Some(self.crc32 as i64)),
+            source_identifier: Set(self.source_identifier.map(str::to_string)),
+            slim_status: Set(0),
+            check_status: Set(CHECK_IN_PROGRESS),
+            check_msg: Set(texts::CHECK_IN_PROGRESS.to_string()),
+            check_result: Set(CHECK_IN_PROGRESS),
+            checksum: Set(None),
+            image_end_offset: Set(None),
+            check_errors: Set(None),
+            format: Set(None),
+            virtual_size: Set(None),
+            compress_status: Set(None),
+            compress_msg: Set(None),
+            compress_rate: Set(None),
+            created_at: Set(now),
+            updated_at: Set(now),
+        }
+    }
+}
+
+impl Service {
+    /// `POST /images`: streams the `file` part into the store and records the image.
+    pub async fn upload_image(
+        &self,
+        query: Fields,
+        form: &mut dyn FormSource,
+    ) -> Result<image::Model> {
+        let _slot = self.upload_slot().await;
+        let mut fields = query;
+        let mut staged: Option<Staged> = None;
+        let outcome: Result<()> = async {
+            while let Some(part) = form.next_part().await? {
+                match part {
+                    FormPart::Text { name, value } => fields.set(name, value),
+                    FormPart::File {
+                        name,
+                        file_name,
+                        body,
+                    } if name == "file" && staged.is_none() => {
+                        let file_name = validate::file_name(file_name.as_deref().unwrap_or(""))
+                            .ok_or(Error::InvalidFileName(texts::BAD_UPLOAD_NAME))?;
+                        // The tier is known now only if priority came first; it is settled below.
+                        let tier = self.tier_for(fields.get("priority"))?.clone();
+                        staged = Some(self.stage(file_name, body, tier).await?);
+                    }
+                    FormPart::File { mut body, .. } => while body.next().await.is_some() {},
+                }
+            }
+            Ok(())
+        }
+        .await;
+        let staged = match (outcome, staged) {
+            (Ok(()), Some(s)) => s,
+            (Ok(()), None) => return Err(Error::NoFile),
+            (Err(e), staged) => {
+                if let Some(s) = staged {
+                    self.discard(s).await;
+                }
+                return Err(e);
+            }
+        };
+        let tier = match self.tier_for(fields.get("priority")) {
+            Ok(t) => t.clone(),
+            Err(e) => {
+                self.discard(staged).await;
+                return Err(e);
+            }
+        };
+        let user_id = fields.get("userId").unwrap_or("").to_string();
+        let (file_name, object) = match staged {
+            Staged::Image { file_name, object } => {
+                (file_name, self.move_to_tier(object, &tier).await?)
+            }
+            Staged::Zip { file } => {
+                let id = uuid::Uuid::new_v4().to_string();
+                let key = object_key(&id);
+                let (name, size, crc32) = self.unpack_zip(&file, &tier, &key).await?;
+                (
+                    name,
+                    StoredObject {
+                        tier,
+                        key,
+                        size,
+                        crc32,
+                    },
+                )
+            }
+        };
+        let id = object.key.trim_start_matches("images/").to_string();
+        let record = NewImage {
+            id: &id,
+            file_name: &file_name,
+            user_id: &user_id,
+            tier: &object.tier,
+            key: &object.key,
+            size: object.size,
+            crc32: object.crc32,
+            source_identifier: None,
+        };
+        if let Err(e) = db::images::insert(&self.db, record.into_active_model()).await {
+            self.delete_object(&object.tier.bucket, &object.key).await;
+            return Err(e.into());
+        }
+        tracing::info!(image.id = %id, size_bytes = object.size, bucket = %object.tier.bucket, "image uploaded");
+        self.image(&id).await
+    }
+
+    /// Streams one file part into the store (plain image) or a scratch file (zip).
+    async fn stage(&self, file_name: String, body: ByteStream, tier: Tier) -> Result<Staged> {
+        let limit = self.cfg.max_image_bytes;
+        let meter = Meter::default();
+        let body = meter.wrap(body, limit);
+        if validate::is_zip(&file_name) {
+            let (file, path) = self.scratch_file().await?;
+            spool(file, body, &meter).await?;
+            return Ok(Staged::Zip { file: path });
+        }
+        let key = object_key(&uuid::Uuid::new_v4().to_string());
+        let opts = PutOptions {
+            storage_class: tier.storage_class.clone(),
+        };
+        match self.store.put(&tier.bucket, &key, body, &opts).await {
+            Ok(size) => Ok(Staged::Image {
+                file_name,
+                object: StoredObject {
+                    tier,
+                    key,
+                    size,
+                    crc32: meter.crc32(),
+                },
+            }),
+            Err(StorageError::Body(e)) => Err(body_error(e, &meter)),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Moves a stored object to the tier chosen once the whole form was read.
+    async fn move_to_tier(&self, object: StoredObject, tier: &Tier) -> Result<StoredObject> {
+        if object.tier.bucket == tier.bucket && object.tier.storage_class == tier.storage_class {
+            return Ok(StoredObject {
+                tier: tier.clone(),
+                ..object
+            });
+        }
+        let opts = PutOptions {
+            storage_class: tier.storage_class.clone(),
+        };
+        let copied = self
+            .store
+            .copy(
+                &object.tier.bucket,
+                &object.key,
+                &tier.bucket,
+                &object.key,
+                &opts,
+            )
+            .await;
+        self.delete_object(&object.tier.bucket, &object.key).await;
+        copied?;
+        Ok(StoredObject {
+            tier: tier.clone(),
+            ..object
+        })
+    }
+
+    async fn discard(&self, staged: Staged) {
+        if let Staged::Image { object, .. } = staged {
+            self.delete_object(&object.tier.bucket, &object.key).await;
+        }
+    }
+
+    /// Best-effort removal of an object nobody will reference; failures are logged.
+    pub(crate) async fn delete_object(&self, bucket: &str, key: &str) {
+        if let Err(e) = self.store.delete(bucket, key).await {
+            tracing::warn!(bucket, key, error = %e, "could not remove an unreferenced object");
+        }
+    }
+
+    /// Extracts the single image of the zip at `zip` into `tier`/`key`.
+    /// Returns the image's file name, size and CRC-32.
+    pub(crate) async fn unpack_zip(
+        &self,
+        zip: &Path,
+        tier: &Tier,
+        key: &str,
+    ) -> Result<(String, u64, u32)> {
+        let limit = self.cfg.max_image_bytes;
+        let path = zip.to_path_buf();
+        let found = tokio::task::spawn_blocking(move || zipin::find_image(&path, limit))
+            .await
+            .map_err(|e| Error::Internal(e.to_string()))?
+            .map_err(Error::InvalidZip)?;
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let path = zip.to_path_buf();
+        let index = found.index;
+        let extractor =
+            tokio::task::spawn_blocking(move || zipin::extract(&path, index, limit, tx));
+        let body = futures::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|item| (item, rx))
+        })
+        .boxed();
+        let meter = Meter::default();
+        let body = meter.wrap(body, u64::MAX);
+        let opts = PutOptions {
+            storage_class: tier.storage_class.clone(),
+        };
+        let stored = self.store.put(&tier.bucket, key, body, &opts).await;
+        let extracted = extractor
+            .await
+            .map_err(|e| Error::Internal(e.to_string()))?;
+        match (stored, extracted) {
+            (Ok(size), Ok(())) => Ok((found.file_name, size, meter.crc32())),
+            (Err(StorageError::Body(_)), Err(refusal)) => Err(Error::InvalidZip(refusal)),
+            (Err(e), _) => Err(e.into()),
+            (Ok(_), Err(refusal)) => {
+                self.delete_object(&tier.bucket, key).await;
+                Err(Error::InvalidZip(refusal))
+            }
+        }
+    }
+
+    /// One image record.
+    pub async fn image(&self, raw_id: &str) -> Result<image::Model> {
+        let not_found = || Error::ImageNotFound(raw_id.to_string());
+        let id = validate::image_id(raw_id).ok_or_else(not_found)?;
+        db::images::find(&self.db, &id).await?.ok_or_else(not_found)
+    }
+
+    pub async fn list_images(&self, q: ListQuery) -> Result<Vec<image::Model>> {
+        Ok(db::images::list(&self.db, q.user_id.as_deref(), q.limit, q.offset).await?)
+    }
+
+    /// Removes an image's objects, then its record. Succeeds when it is already gone.
+    pub async fn delete_image(&self, raw_id: &str) -> Result<()> {
+        let id =
+            validate::image_id(raw_id).ok_or_else(|| Error::ImageNotFound(raw_id.to_string()))?;
+        let Some(img) = db::images::find(&self.db, &id).await? else {
+            return Ok(());
+        };
+        self.store.delete(&img.bucket, &img.object_key).await?;
+        db::uploads::delete_for_image(&self.db, &id).await?;
+        db::images::delete(&self.db, &id).await?;
+        tracing::info!(image.id = %id, "image deleted");
+        Ok(())
+    }
+
+    /// `POST .../action/slim`: returns the text to answer with.
+    pub async fn request_slim(&self, raw_id: &str) -> Result<&'static str> {
+        let not_found = || Error::NotFound(texts::SLIM_NOT_FOUND.to_string());
+        let id = validate::image_id(raw_id).ok_or_else(not_found)?;
+        let img = db::images::find(&self.db, &id)
+            .await?
+            .ok_or_else(not_found)?;
+        match img.slim_status {
+            1 => return Ok(texts::SLIM_RUNNING),
+            2 => return Ok(texts::SLIM_DONE),
+            _ => {}
+        }
+        if img.check_status == 5 {
+            db::images::refuse_slim(&self.db, &id, texts::SLIM_UNSUPPORTED, now_secs()).await?;
+            return Err(Error::InvalidInput(texts::SLIM_UNSUPPORTED.to_string()));
+        }
+        if db::images::request_slim(&self.db, &id, now_secs()).await? {
+            Ok(texts::SLIM_ACCEPTED)
+        } else {
+            // Another request changed the state in between; answer from the new state.
+            match db::images::find(&self.db, &id)
+                .await?
+                .map(|i| i.slim_status)
+            {
+                Some(2) => Ok(texts::SLIM_DONE),
+                Some(_) => Ok(texts::SLIM_RUNNING),
+                None => Err(not_found()),
+            }
+        }
+    }
+}
+
+/// Writes a (metered) body to a scratch file.
+pub(crate) async fn spool(
+    mut file: tokio::fs::File,
+    mut body: ByteStream,
+    meter: &Meter,
+) -> Result<u64> {
+    let mut n = 0u64;
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| body_error(e, meter))?;
+        file.write_all(&chunk).await?;
+        n += chunk.len() as u64;
+    }
+    file.flush().await?;
+    Ok(n)
+}
+
+/// The error for a body that stopped: over the limit, or the client's fault.
+pub(crate) fn body_error(e: std::io::Error, meter: &Meter) -> Error {
+    if meter.exceeded() {
+        Error::TooLarge
+    } else {
+        Error::BadBody(e)
+    }
+}

@@ -1,0 +1,155 @@
+//! Domain logic: images, chunked uploads, downloads. Free of HTTP types; talks to the
+//! metadata database (`crate::db`) and the object store (`crate::storage`).
+
+pub mod download;
+pub mod form;
+pub mod images;
+pub mod meter;
+pub mod uploads;
+pub mod validate;
+pub mod zipin;
+pub mod zipout;
+
+use crate::{
+    config::{Config, Tier},
+    storage::{ObjectStore, StorageError},
+};
+use sea_orm::{DatabaseConnection, DbErr};
+use std::{io, sync::Arc};
+use tokio::sync::Semaphore;
+
+/// Texts the existing clients compare against (SPEC section 2).
+pub mod texts {
+    pub const NO_FILE: &str = "Upload package file error";
+    pub const BAD_UPLOAD_NAME: &str =
+        "File shouldn't contains any extension or filename is larger than max size";
+    pub const BAD_MERGE_NAME: &str =
+        "File should only be image file or filename is larger than max size";
+    pub const TOO_LARGE: &str = "File size is larger than max size";
+    pub const CHECK_IN_PROGRESS: &str = "Check In Progress";
+    pub const SLIM_NOT_FOUND: &str = "file path doesn't exist";
+    pub const SLIM_RUNNING: &str = "The image file is being slimmed. No need to slim again.";
+    pub const SLIM_DONE: &str =
+        "The image file has already been slimmed. No need to slim again. Pls request to check directly";
+    pub const SLIM_UNSUPPORTED: &str =
+        "This image cannot be slimmed because the type of image is not supported.";
+    pub const SLIM_ACCEPTED: &str = "compress in progress";
+}
+
+/// What can go wrong in the domain. The HTTP layer maps each variant to a status code.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{}", texts::NO_FILE)]
+    NoFile,
+    #[error("{0}")]
+    InvalidFileName(&'static str),
+    #[error("{}", texts::TOO_LARGE)]
+    TooLarge,
+    #[error("{0}")]
+    InvalidInput(String),
+    #[error("{0}")]
+    InvalidZip(String),
+    #[error("missing chunks: {}", .0.iter().map(u32::to_string).collect::<Vec<_>>().join(", "))]
+    MissingChunks(Vec<u32>),
+    #[error("the request body could not be read: {0}")]
+    BadBody(io::Error),
+    #[error("there is no record in database with imageId: {0}")]
+    ImageNotFound(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("requested range not satisfiable")]
+    RangeNotSatisfiable { size: u64 },
+    #[error("storage error: {0}")]
+    Storage(#[from] StorageError),
+    #[error("database error: {0}")]
+    Db(#[from] DbErr),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<io::Error> for Error {
+    fn from(e: io::Error) -> Self {
+        Error::Storage(StorageError::Io(e))
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The application's services, shared by all requests (cheap to clone).
+#[derive(Clone)]
+pub struct Service {
+    pub(crate) db: DatabaseConnection,
+    pub(crate) store: Arc<dyn ObjectStore>,
+    pub(crate) cfg: Arc<Config>,
+    upload_slots: Arc<Semaphore>,
+}
+
+impl Service {
+    pub fn new(db: DatabaseConnection, store: Arc<dyn ObjectStore>, cfg: Arc<Config>) -> Self {
+        let upload_slots = Arc::new(Semaphore::new(cfg.upload_concurrency));
+        Self {
+            db,
+            store,
+            cfg,
+            upload_slots,
+        }
+    }
+
+    pub fn db(&self) -> &DatabaseConnection {
+        &self.db
+    }
+
+    pub fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// Bounds how many request bodies are handled at once.
+    pub(crate) async fn upload_slot(&self) -> tokio::sync::OwnedSemaphorePermit {
+        self.upload_slots
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("upload semaphore is never closed")
+    }
+
+    /// The tier a `priority` field selects; missing or empty = the default tier (0).
+    pub fn tier_for(&self, priority: Option<&str>) -> Result<&Tier> {
+        let prio = match priority.map(str::trim) {
+            None | Some("") => 0,
+            Some(p) => p.parse::<i32>().map_err(|_| self.unknown_priority(p))?,
+        };
+        self.cfg
+            .tiers
+            .get(&prio)
+            .ok_or_else(|| self.unknown_priority(&prio.to_string()))
+    }
+
+    fn unknown_priority(&self, p: &str) -> Error {
+        let valid: Vec<String> = self.cfg.tiers.keys().map(i32::to_string).collect();
+        Error::InvalidInput(format!(
+            "unknown priority {p:?}; valid priorities: {}",
+            valid.join(", ")
+        ))
+    }
+
+    /// A fresh temp file in the scratch directory, removed when dropped.
+    pub(crate) async fn scratch_file(&self) -> Result<(tokio::fs::File, tempfile::TempPath)> {
+        let dir = self.cfg.scratch_dir.clone();
+        let tmp = tokio::task::spawn_blocking(move || tempfile::NamedTempFile::new_in(dir))
+            .await
+            .map_err(|e| Error::Internal(e.to_string()))??;
+        let (file, path) = tmp.into_parts();
+        Ok((tokio::fs::File::from_std(file), path))
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub(crate) fn now_secs() -> i64 {
+    chrono::Utc::now().timestamp()
+}

@@ -1,0 +1,100 @@
+//! file-system: an S3-style store for virtual-machine images, compatible with the EdgeGallery
+//! file-system REST API.
+//!
+//! Layers: `routes` (HTTP) -> `domain` -> (`db`, `storage`). See `docs/ARCHITECTURE.md`.
+
+pub mod config;
+pub mod db;
+pub mod domain;
+pub mod routes;
+pub mod storage;
+pub mod telemetry;
+
+use anyhow::Context;
+use config::{Config, StorageKind};
+use domain::Service;
+use std::{future::Future, sync::Arc, time::Duration};
+use storage::{LocalStore, ObjectStore};
+use tokio_util::sync::CancellationToken;
+
+/// Connects the database (migrating it), opens the store and prepares every tier's bucket.
+pub async fn build(cfg: Config) -> anyhow::Result<Service> {
+    let db = db::connect(&cfg.database_url)
+        .await
+        .context("cannot connect to the database")?;
+    db::migrate(&db)
+        .await
+        .context("database migration failed")?;
+    tokio::fs::create_dir_all(&cfg.scratch_dir)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot create scratch directory {}",
+                cfg.scratch_dir.display()
+            )
+        })?;
+    let store: Arc<dyn ObjectStore> = match cfg.storage {
+        StorageKind::Local => Arc::new(
+            LocalStore::open(&cfg.local_dir)
+                .await
+                .with_context(|| format!("cannot open local store {}", cfg.local_dir.display()))?,
+        ),
+    };
+    for tier in cfg.tiers.values() {
+        store.ensure_bucket(&tier.bucket).await.with_context(|| {
+            format!(
+                "bucket {} (priority {}) can neither be found nor created",
+                tier.bucket, tier.priority
+            )
+        })?;
+    }
+    Ok(Service::new(db, store, Arc::new(cfg)))
+}
+
+/// Serves the API on `listener` until `shutdown` resolves, then lets requests in flight finish
+/// (up to the configured grace period) and stops background work.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    svc: Service,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let token = CancellationToken::new();
+    let sweeper = tokio::spawn(sweep_loop(svc.clone(), token.clone()));
+    let grace = Duration::from_secs(svc.config().shutdown_grace_secs);
+    let app = routes::router(svc);
+    let stop = token.clone();
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        shutdown.await;
+        tracing::info!("shutting down: no new connections, finishing requests in flight");
+        stop.cancel();
+    });
+    let server = tokio::spawn(async move { server.await });
+    token.cancelled().await;
+    match tokio::time::timeout(grace, server).await {
+        Ok(res) => res
+            .context("server task failed")?
+            .context("server failed")?,
+        Err(_) => tracing::warn!(
+            grace_secs = grace.as_secs(),
+            "requests still running after the grace period; stopping"
+        ),
+    }
+    let _ = sweeper.await;
+    Ok(())
+}
+
+/// Periodically expires abandoned chunked uploads.
+async fn sweep_loop(svc: Service, token: CancellationToken) {
+    let every = Duration::from_secs((svc.config().upload_ttl_secs / 4).clamp(1, 300));
+    loop {
+        tokio::select! {
+            _ = token.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        match svc.sweep_abandoned_uploads().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(sessions = n, "expired abandoned uploads"),
+            Err(e) => tracing::warn!(error = %e, "sweeping abandoned uploads failed"),
+        }
+    }
+}

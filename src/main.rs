@@ -1,0 +1,50 @@
+//! `file-system [serve]` runs the service; `file-system migrate` applies database migrations.
+
+use anyhow::Context;
+use file_system::{build, config::Config, db, serve, telemetry};
+
+const USAGE: &str = "usage: file-system [serve | migrate | help]
+  serve    run the HTTP service (default)
+  migrate  apply database migrations and exit
+Settings come from environment variables (and .env); see .env.example.";
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cmd = std::env::args().nth(1).unwrap_or_else(|| "serve".into());
+    if matches!(cmd.as_str(), "help" | "-h" | "--help") {
+        println!("{USAGE}");
+        return Ok(());
+    }
+    let cfg = Config::from_env()?;
+    telemetry::init(cfg.log_format);
+    match cmd.as_str() {
+        "serve" => {
+            let listen = cfg.listen;
+            let svc = build(cfg).await?;
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("cannot listen on {listen}"))?;
+            tracing::info!(addr = %listener.local_addr()?, "file-system listening");
+            serve(listener, svc, shutdown_signal()).await
+        }
+        "migrate" => {
+            let conn = db::connect(&cfg.database_url).await?;
+            db::migrate(&conn).await?;
+            tracing::info!("migrations applied");
+            Ok(())
+        }
+        other => {
+            eprintln!("unknown command {other:?}\n{USAGE}");
+            std::process::exit(2);
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

@@ -1,0 +1,270 @@
+//! Handlers of `/image-management/v1/images...`: extract, call the domain, shape the response.
+
+use super::{
+    error::ApiError,
+    extract::{parse_query, Form, FormFields},
+    views::{FlatImage, ImageView},
+};
+use crate::domain::{download::RangeRequest, images::ListQuery, Service};
+use axum::{
+    body::Body,
+    extract::{Path, RawQuery, State},
+    http::{header, HeaderMap, HeaderValue, StatusCode},
+    response::{IntoResponse, Response},
+    Json,
+};
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+
+type ApiResult<T> = Result<T, ApiError>;
+
+pub async fn upload(
+    State(svc): State<Service>,
+    Form { fields, mut parts }: Form,
+) -> ApiResult<Json<FlatImage>> {
+    let img = svc.upload_image(fields, parts.as_mut()).await?;
+    Ok(Json(FlatImage::from(&img)))
+}
+
+pub async fn list(
+    State(svc): State<Service>,
+    RawQuery(q): RawQuery,
+) -> ApiResult<Json<Vec<ImageView>>> {
+    let fields = parse_query(q.as_deref())?;
+    let number = |name: &str| -> ApiResult<Option<u64>> {
+        match fields.get(name).map(str::trim).filter(|v| !v.is_empty()) {
+            None => Ok(None),
+            Some(v) => v.parse().map(Some).map_err(|_| {
+                ApiError::bad_request(format!("{name} must be a non-negative integer"))
+            }),
+        }
+    };
+    let query = ListQuery {
+        user_id: fields
+            .get("userId")
+            .filter(|u| !u.is_empty())
+            .map(str::to_string),
+        limit: number("limit")?,
+        offset: number("offset")?,
+    };
+    let images = svc.list_images(query).await?;
+    Ok(Json(images.iter().map(ImageView::from).collect()))
+}
+
+pub async fn get_image(
+    State(svc): State<Service>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<ImageView>> {
+    Ok(Json(ImageView::from(&svc.image(&id).await?)))
+}
+
+pub async fn delete_image(
+    State(svc): State<Service>,
+    Path(id): Path<String>,
+    _f: FormFields,
+) -> ApiResult<&'static str> {
+    svc.delete_image(&id).await?;
+    Ok("delete success")
+}
+
+pub async fn slim(State(svc): State<Service>, Path(id): Path<String>) -> ApiResult<&'static str> {
+    Ok(svc.request_slim(&id).await?)
+}
+
+pub async fn upload_chunk(
+    State(svc): State<Service>,
+    Form { fields, mut parts }: Form,
+) -> ApiResult<&'static str> {
+    svc.upload_chunk(fields, parts.as_mut()).await?;
+    Ok("ok.")
+}
+
+pub async fn cancel_upload(
+    State(svc): State<Service>,
+    FormFields(fields): FormFields,
+) -> ApiResult<&'static str> {
+    svc.cancel_upload(fields).await?;
+    Ok("cancel success")
+}
+
+pub async fn merge(
+    State(svc): State<Service>,
+    FormFields(fields): FormFields,
+) -> ApiResult<Json<FlatImage>> {
+    let img = svc.merge(fields).await?;
+    Ok(Json(FlatImage::from(&img)))
+}
+
+/// `GET /images/upload`: the resume query (or the original's greeting without an identifier).
+pub async fn upload_query(
+    State(svc): State<Service>,
+    RawQuery(q): RawQuery,
+) -> ApiResult<Response> {
+    let fields = parse_query(q.as_deref())?;
+    let Some(identifier) = fields.get("identifier") else {
+        return Ok("Upload get request received.".into_response());
+    };
+    let status = svc.upload_status(identifier).await?;
+    match fields.get("chunkNumber") {
+        None => Ok(Json(status).into_response()),
+        Some(n) => {
+            let n: u32 = crate::domain::validate::chunk_number(Some(n), None)
+                .map_err(ApiError::bad_request)?;
+            let present = status.chunks.iter().any(|c| c.number == n);
+            Ok(if present {
+                StatusCode::OK
+            } else {
+                StatusCode::NO_CONTENT
+            }
+            .into_response())
+        }
+    }
+}
+
+pub async fn download(
+    State(svc): State<Service>,
+    Path(id): Path<String>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let fields = parse_query(q.as_deref())?;
+    let zip = fields
+        .get("isZip")
+        .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    let range = if zip {
+        None
+    } else {
+        headers
+            .get(header::RANGE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_range)
+    };
+    let dl = svc.download(&id, zip, range).await?;
+    let mut resp = Response::new(Body::from_stream(dl.body));
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(dl.content_type),
+    );
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(dl.length));
+    h.insert(
+        header::CONTENT_DISPOSITION,
+        content_disposition(&dl.file_name),
+    );
+    if !zip {
+        h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    }
+    if let Some((r, size)) = dl.partial {
+        *resp.status_mut() = StatusCode::PARTIAL_CONTENT;
+        let v = format!("bytes {}-{}/{size}", r.start, r.end);
+        resp.headers_mut().insert(
+            header::CONTENT_RANGE,
+            HeaderValue::from_str(&v).expect("ascii"),
+        );
+    }
+    Ok(resp)
+}
+
+/// Parses a single `bytes=` range. Anything else (other units, several ranges, garbage) is
+/// ignored, and the whole object is sent, as RFC 9110 allows.
+pub fn parse_range(v: &str) -> Option<RangeRequest> {
+    let spec = v.trim().strip_prefix("bytes=")?.trim();
+    if spec.contains(',') {
+        return None;
+    }
+    let (a, b) = spec.split_once('-')?;
+    let (a, b) = (a.trim(), b.trim());
+    let num = |s: &str| -> Option<u64> {
+        if s.bytes().all(|c| c.is_ascii_digit()) && !s.is_empty() {
+            s.parse().ok()
+        } else {
+            None
+        }
+    };
+    if a.is_empty() {
+        return Some(RangeRequest::Suffix(num(b)?));
+    }
+    let start = num(a)?;
+    let end = if b.is_empty() { None } else { Some(num(b)?) };
+    if end.is_some_and(|e| e < start) {
+        return None;
+    }
+    Some(RangeRequest::From { start, end })
+}
+
+/// RFC 5987 `attr-char`: what may stay unescaped in `filename*`.
+const ATTR: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'!')
+    .remove(b'#')
+    .remove(b'$')
+    .remove(b'&')
+    .remove(b'+')
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'^')
+    .remove(b'_')
+    .remove(b'`')
+    .remove(b'|')
+    .remove(b'~');
+
+/// `attachment; filename="..."`, plus `filename*=UTF-8''...` for names that are not plain ASCII.
+pub fn content_disposition(name: &str) -> HeaderValue {
+    let fallback: String = name
+        .chars()
+        .map(|c| {
+            if (c.is_ascii_graphic() || c == ' ') && c != '"' && c != '\\' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let v = if fallback == name {
+        format!("attachment; filename=\"{name}\"")
+    } else {
+        format!(
+            "attachment; filename=\"{fallback}\"; filename*=UTF-8''{}",
+            utf8_percent_encode(name, ATTR)
+        )
+    };
+    HeaderValue::from_str(&v).unwrap_or_else(|_| HeaderValue::from_static("attachment"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges() {
+        assert_eq!(
+            parse_range("bytes=0-9"),
+            Some(RangeRequest::From {
+                start: 0,
+                end: Some(9)
+            })
+        );
+        assert_eq!(
+            parse_range("bytes=5-"),
+            Some(RangeRequest::From {
+                start: 5,
+                end: None
+            })
+        );
+        assert_eq!(parse_range("bytes=-5"), Some(RangeRequest::Suffix(5)));
+        assert_eq!(parse_range("bytes=0-1,3-4"), None);
+        assert_eq!(parse_range("items=0-1"), None);
+        assert_eq!(parse_range("bytes=9-2"), None);
+        assert_eq!(parse_range("bytes=a-b"), None);
+    }
+
+    #[test]
+    fn dispositions() {
+        assert_eq!(
+            content_disposition("a b.qcow2"),
+            "attachment; filename=\"a b.qcow2\""
+        );
+        assert_eq!(
+            content_disposition("镜像.iso"),
+            "attachment; filename=\"__.iso\"; filename*=UTF-8''%E9%95%9C%E5%83%8F.iso"
+        );
+    }
+}

@@ -1,0 +1,123 @@
+//! JSON shapes the existing clients read. Field names and types are the contract (SPEC §2).
+
+use crate::domain::texts;
+use entity::image::Model;
+use serde::Serialize;
+
+/// The flat object of upload and merge responses (no nested values).
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FlatImage {
+    pub image_id: String,
+    pub file_name: String,
+    pub upload_time: String,
+    pub user_id: String,
+    pub storage_medium: String,
+    pub slim_status: i32,
+    pub check_status: i32,
+    pub msg: String,
+}
+
+impl From<&Model> for FlatImage {
+    fn from(m: &Model) -> Self {
+        FlatImage {
+            image_id: m.id.clone(),
+            file_name: m.file_name.clone(),
+            upload_time: m.upload_time.clone(),
+            user_id: m.user_id.clone(),
+            storage_medium: m.bucket.clone(),
+            slim_status: m.slim_status,
+            // Upload/merge keep the original's meaning: 0 = the check was queued.
+            check_status: 0,
+            msg: texts::CHECK_IN_PROGRESS.to_string(),
+        }
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageView {
+    pub image_id: String,
+    pub file_name: String,
+    pub user_id: String,
+    pub upload_time: String,
+    pub storage_medium: String,
+    pub slim_status: i32,
+    pub check_status_response: CheckStatusResponse,
+    pub compress_info: CompressInfo,
+    /// Extra: the stored image's length in bytes, as a number.
+    pub size: i64,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CheckStatusResponse {
+    pub status: i32,
+    pub msg: String,
+    pub check_info: CheckInfo,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CheckInfo {
+    pub checksum: String,
+    pub check_result: i32,
+    pub image_info: ImageInfo,
+}
+
+#[derive(Serialize)]
+pub struct ImageInfo {
+    #[serde(rename = "image-end-offset")]
+    pub image_end_offset: String,
+    #[serde(rename = "check-errors")]
+    pub check_errors: String,
+    pub format: String,
+    pub filename: String,
+    /// GiB, three decimals.
+    pub virtual_size: f64,
+    /// Bytes, as a string of digits.
+    pub disk_size: String,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CompressInfo {
+    pub compress_status: i32,
+    pub compress_msg: String,
+    pub compress_rate: f64,
+}
+
+impl From<&Model> for ImageView {
+    fn from(m: &Model) -> Self {
+        ImageView {
+            image_id: m.id.clone(),
+            file_name: m.file_name.clone(),
+            user_id: m.user_id.clone(),
+            upload_time: m.upload_time.clone(),
+            storage_medium: m.bucket.clone(),
+            slim_status: m.slim_status,
+            check_status_response: CheckStatusResponse {
+                status: m.check_status,
+                msg: m.check_msg.clone(),
+                check_info: CheckInfo {
+                    checksum: m.checksum.clone().unwrap_or_default(),
+                    check_result: m.check_result,
+                    image_info: ImageInfo {
+                        image_end_offset: m.image_end_offset.clone().unwrap_or_default(),
+                        check_errors: m.check_errors.clone().unwrap_or_default(),
+                        format: m.format.clone().unwrap_or_default(),
+                        filename: m.file_name.clone(),
+                        virtual_size: (m.virtual_size.unwrap_or(0.0) * 1000.0).round() / 1000.0,
+                        disk_size: m.size_bytes.to_string(),
+                    },
+                },
+            },
+            compress_info: CompressInfo {
+                compress_status: m.compress_status.unwrap_or(0),
+                compress_msg: m.compress_msg.clone().unwrap_or_default(),
+                compress_rate: m.compress_rate.unwrap_or(0.0),
+            },
+            size: m.size_bytes,
+        }
+    }
+}

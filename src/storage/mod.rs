@@ -1,0 +1,137 @@
+//! The object store: one trait, shaped after S3 (buckets, keys, multipart uploads), with a local
+//! directory implementation (and an S3 one).
+//!
+//! Bodies are streams only: no method takes or returns a whole object in memory.
+
+pub mod local;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use std::{io, path::PathBuf};
+
+pub use local::LocalStore;
+
+/// A stream of object bytes.
+pub type ByteStream = BoxStream<'static, io::Result<Bytes>>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("object not found")]
+    NotFound,
+    #[error("multipart upload not found")]
+    NoSuchUpload,
+    #[error("invalid part list: {0}")]
+    InvalidPart(String),
+    /// The body handed to the store failed (client went away, size limit hit, ...).
+    #[error("request body failed: {0}")]
+    Body(io::Error),
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+    #[error("storage I/O error: {0}")]
+    Io(#[from] io::Error),
+}
+
+pub type Result<T, E = StorageError> = std::result::Result<T, E>;
+
+/// Inclusive byte range of an object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteRange {
+    pub start: u64,
+    pub end: u64,
+}
+
+impl ByteRange {
+    pub fn length(&self) -> u64 {
+        self.end - self.start + 1
+    }
+}
+
+/// A part recorded at upload time, handed back at completion.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompletedPart {
+    pub number: u32,
+    pub etag: String,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct PutOptions {
+    pub storage_class: Option<String>,
+}
+
+/// A part body already spooled to a local file; the store may move the file instead of
+/// copying it. The file is deleted when this value is dropped without being consumed.
+pub struct SpooledPart {
+    pub file: tempfile::TempPath,
+    pub len: u64,
+}
+
+impl SpooledPart {
+    pub fn path(&self) -> PathBuf {
+        self.file.to_path_buf()
+    }
+}
+
+#[async_trait]
+pub trait ObjectStore: Send + Sync + 'static {
+    /// Checks that a bucket exists, creating it when it does not.
+    async fn ensure_bucket(&self, bucket: &str) -> Result<()>;
+
+    /// Streams `body` into a new object (replacing any old one). Returns the object's length.
+    /// On failure nothing is left behind.
+    async fn put(
+        &self,
+        bucket: &str,
+        key: &str,
+        body: ByteStream,
+        opts: &PutOptions,
+    ) -> Result<u64>;
+
+    /// Opens a multipart upload for `key`; returns its upload id.
+    async fn create_multipart(&self, bucket: &str, key: &str, opts: &PutOptions) -> Result<String>;
+
+    /// Stores part `number` (1..=10000), replacing an earlier part of that number. Returns its ETag.
+    async fn upload_part(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+        number: u32,
+        body: SpooledPart,
+    ) -> Result<String>;
+
+    /// Joins `parts` (ascending numbers) into the object. Completing an upload that already
+    /// completed into an existing object succeeds.
+    async fn complete_multipart(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+        parts: &[CompletedPart],
+    ) -> Result<()>;
+
+    /// Drops an upload and its parts. Aborting an unknown upload succeeds.
+    async fn abort_multipart(&self, bucket: &str, key: &str, upload_id: &str) -> Result<()>;
+
+    /// Streams an object, or the given range of it.
+    async fn get(&self, bucket: &str, key: &str, range: Option<ByteRange>) -> Result<ByteStream>;
+
+    /// The object's length, or `None` when it does not exist.
+    async fn head(&self, bucket: &str, key: &str) -> Result<Option<u64>>;
+
+    /// Deletes an object; deleting a missing object succeeds.
+    async fn delete(&self, bucket: &str, key: &str) -> Result<()>;
+
+    /// Copies an object inside the store (across buckets too).
+    async fn copy(
+        &self,
+        src_bucket: &str,
+        src_key: &str,
+        dst_bucket: &str,
+        dst_key: &str,
+        opts: &PutOptions,
+    ) -> Result<()>;
+
+    /// Checks the store is reachable (readiness).
+    async fn ping(&self) -> Result<()>;
+}
