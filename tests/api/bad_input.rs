@@ -1,0 +1,283 @@
+//! Bad input: every error SPEC lists, malformed bodies, ids and names. Never a 500, and a
+//! refused upload leaves nothing behind.
+
+use crate::helpers::*;
+
+const BAD_UPLOAD_NAME: &str =
+    "File shouldn't contains any extension or filename is larger than max size";
+
+async fn upload_errors(b: Backend) {
+    let app = TestApp::spawn(
+        b,
+        Options {
+            max_image_bytes: Some(1 << 20),
+            ..Default::default()
+        },
+    )
+    .await;
+
+    // No file part at all, as multipart, url-encoded and bare.
+    let form = reqwest::multipart::Form::new().text("userId", "u");
+    let resp = app
+        .client
+        .post(app.url("/images"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_error(resp, 400, Some("Upload package file error")).await;
+    let resp = app
+        .client
+        .post(app.url("/images"))
+        .form(&[("userId", "u")])
+        .send()
+        .await
+        .unwrap();
+    assert_error(resp, 400, Some("Upload package file error")).await;
+    let resp = app.client.post(app.url("/images")).send().await.unwrap();
+    assert_error(resp, 400, Some("Upload package file error")).await;
+
+    // Names: case-sensitive extensions, other extensions, no extension, 129 characters.
+    let long = format!("{}.qcow2", "n".repeat(123));
+    assert_eq!(long.chars().count(), 129);
+    for name in ["a.QCOW2", "a.exe", "noext", ".qcow2", long.as_str()] {
+        let resp = app.upload(name, vec![1; 100], &[]).await;
+        assert_error(resp, 400, Some(BAD_UPLOAD_NAME)).await;
+    }
+    let ok128 = &long[1..];
+    let resp = app.upload(ok128, vec![1; 100], &[]).await;
+    assert_eq!(resp.status(), 200);
+    let stored_after_ok = app.stored_files().len();
+
+    // Over the (lowered) size limit: 413, nothing kept.
+    let resp = app.upload("big.img", pattern(1, (1 << 20) + 1), &[]).await;
+    assert_error(resp, 413, Some("File size is larger than max size")).await;
+    let resp = app.upload("big.zip", pattern(1, (1 << 20) + 1), &[]).await;
+    assert_error(resp, 413, Some("File size is larger than max size")).await;
+    // Exactly the limit is fine.
+    let resp = app.upload("edge.img", pattern(1, 1 << 20), &[]).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(app.stored_files().len(), stored_after_ok + 1);
+    app.stop().await;
+}
+
+async fn malformed_bodies(b: Backend) {
+    let app = TestApp::spawn(b, Options::default()).await;
+    let before = app.stored_files();
+    // Truncated multipart body: the closing boundary never comes.
+    let body = "--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.qcow2\"\r\n\r\nsome bytes but no end";
+    for path in ["/images", "/images/upload"] {
+        let resp = app
+            .client
+            .post(app.url(path))
+            .header("Content-Type", "multipart/form-data; boundary=XyZ")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_error(resp, 400, None).await;
+    }
+    // Multipart without a boundary.
+    let resp = app
+        .client
+        .post(app.url("/images"))
+        .header("Content-Type", "multipart/form-data")
+        .body("whatever")
+        .send()
+        .await
+        .unwrap();
+    assert_error(resp, 400, None).await;
+    // Garbage instead of parts.
+    let resp = app
+        .client
+        .post(app.url("/images/merge"))
+        .header("Content-Type", "multipart/form-data; boundary=abc")
+        .body("not multipart at all")
+        .send()
+        .await
+        .unwrap();
+    assert_error(resp, 400, None).await;
+    // Broken url-encoding in the query.
+    let resp = app
+        .client
+        .delete(app.url("/images/upload?identifier=%ZZ"))
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_client_error());
+    assert_eq!(
+        app.stored_files(),
+        before,
+        "malformed requests left files behind"
+    );
+    app.stop().await;
+}
+
+async fn image_ids_that_are_not_uuids(b: Backend) {
+    let app = TestApp::spawn(b, Options::default()).await;
+    for id in [
+        "abc",
+        "123",
+        "not-a-uuid-at-all-but-36-characters!",
+        "0e0c8a526b3b4f8c9e5d0f1a2b3c4d5e",
+    ] {
+        let msg = format!("there is no record in database with imageId: {id}");
+        let r = app
+            .client
+            .get(app.url(&format!("/images/{id}")))
+            .send()
+            .await
+            .unwrap();
+        assert_error(r, 404, Some(&msg)).await;
+        let r = app
+            .client
+            .get(app.url(&format!("/images/{id}/action/download")))
+            .send()
+            .await
+            .unwrap();
+        assert_error(r, 404, Some(&msg)).await;
+        let r = app
+            .client
+            .get(app.url(&format!("/images/{id}/action/download?isZip=true")))
+            .send()
+            .await
+            .unwrap();
+        assert_error(r, 404, Some(&msg)).await;
+        let r = app
+            .client
+            .delete(app.url(&format!("/images/{id}")))
+            .send()
+            .await
+            .unwrap();
+        assert_error(r, 404, None).await;
+    }
+    // `merge` is never an image id: other methods on it are not allowed (never a 500).
+    let r = app
+        .client
+        .delete(app.url("/images/merge"))
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, 405, None).await;
+    let r = app
+        .client
+        .get(app.url("/images/merge"))
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, 405, None).await;
+    let r = app
+        .client
+        .get(app.url("/images/merge/action/download"))
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, 404, None).await;
+    // A well-formed id nobody has.
+    let id = uuid::Uuid::new_v4();
+    let r = app
+        .client
+        .delete(app.url(&format!("/images/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "delete success");
+    app.stop().await;
+}
+
+async fn chunk_and_merge_errors(b: Backend) {
+    let app = TestApp::spawn(b, Options::default()).await;
+    // Identifiers.
+    for ident in ["", ".", "..", "a/b", "../x", "a b", &"i".repeat(129)] {
+        let form = reqwest::multipart::Form::new()
+            .text("identifier", ident.to_string())
+            .part(
+                "part",
+                reqwest::multipart::Part::bytes(vec![1; 10]).file_name("1.part"),
+            );
+        let r = app
+            .client
+            .post(app.url("/images/upload"))
+            .multipart(form)
+            .send()
+            .await
+            .unwrap();
+        assert_error(r, 400, None).await;
+        let r = app
+            .client
+            .delete(app.url("/images/upload"))
+            .query(&[("identifier", ident)])
+            .send()
+            .await
+            .unwrap();
+        assert_error(r, 400, None).await;
+        let r = app
+            .client
+            .post(app.url("/images/merge"))
+            .form(&[("identifier", ident), ("filename", "a.qcow2")])
+            .send()
+            .await
+            .unwrap();
+        assert_error(r, 400, None).await;
+    }
+    // Cancel without any identifier must not wipe anything.
+    let r = app
+        .client
+        .delete(app.url("/images/upload"))
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, 400, None).await;
+    // Chunk numbers.
+    for name in ["0.part", "10001.part", "x.part", "chunk", "-1.part"] {
+        let r = app.chunk_named("ident-1", name, vec![1; 10]).await;
+        assert_error(r, 400, None).await;
+    }
+    // No chunk in the request.
+    let r = app
+        .client
+        .post(app.url("/images/upload"))
+        .form(&[("identifier", "ident-1")])
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, 400, Some("Upload package file error")).await;
+    // Merge: bad names, nothing received.
+    assert_eq!(app.chunk("ident-2", 1, vec![1; 10]).await.status(), 200);
+    for name in ["a.exe", "a.QCOW2", "", &format!("{}.img", "x".repeat(125))] {
+        let r = app.merge("ident-2", name).await;
+        assert_error(
+            r,
+            400,
+            Some("File should only be image file or filename is larger than max size"),
+        )
+        .await;
+    }
+    let r = app.merge("never-sent", "a.qcow2").await;
+    assert_error(r, 400, None).await;
+    // Unknown priority on a chunk.
+    let form = reqwest::multipart::Form::new()
+        .text("identifier", "ident-3")
+        .text("priority", "9")
+        .part(
+            "part",
+            reqwest::multipart::Part::bytes(vec![1; 10]).file_name("1.part"),
+        );
+    let r = app
+        .client
+        .post(app.url("/images/upload"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, 400, None).await;
+    app.stop().await;
+}
+
+crate::backend_tests!(
+    upload_errors,
+    malformed_bodies,
+    image_ids_that_are_not_uuids,
+    chunk_and_merge_errors
+);

@@ -1,0 +1,324 @@
+//! Chunked uploads: any order, concurrent, re-sent, gaps, resume, cancel, idempotent merge.
+
+use crate::helpers::*;
+use futures::future::join_all;
+
+/// Splits `data` into chunks of `size` (the last one shorter).
+fn split(data: &[u8], size: usize) -> Vec<Vec<u8>> {
+    data.chunks(size).map(<[u8]>::to_vec).collect()
+}
+
+async fn out_of_order_concurrent_chunks_merge(b: Backend) {
+    let app = TestApp::spawn(b, Options::default()).await;
+    let data = pattern(7, 3 * 1024 * 1024 + 12345);
+    let chunks = split(&data, 256 * 1024);
+    let n = chunks.len() as u32;
+    // All chunks at once, in reverse order.
+    let sends = chunks
+        .iter()
+        .enumerate()
+        .rev()
+        .map(|(i, c)| app.chunk("file-a", i as u32 + 1, c.clone()));
+    for r in join_all(sends).await {
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.text().await.unwrap(), "ok.");
+    }
+    // Resume query.
+    let (status, v) = app.get_json("/images/upload?identifier=file-a").await;
+    assert_eq!(status, 200);
+    let got: Vec<u64> = v["chunks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["chunkNumber"].as_u64().unwrap())
+        .collect();
+    assert_eq!(got, (1..=n as u64).collect::<Vec<_>>());
+    assert_eq!(v["chunks"][0]["size"], 256 * 1024);
+    assert_eq!(v["totalBytes"], data.len() as u64);
+    let r = app
+        .client
+        .get(app.url("/images/upload?identifier=file-a&chunkNumber=3"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = app
+        .client
+        .get(app.url(&format!(
+            "/images/upload?identifier=file-a&chunkNumber={}",
+            n + 1
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let r = app
+        .client
+        .get(app.url("/images/upload"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.text().await.unwrap(), "Upload get request received.");
+
+    let r = app.merge("file-a", "merged.qcow2").await;
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["fileName"], "merged.qcow2");
+    assert_eq!(v["checkStatus"], 0);
+    let id = v["imageId"].as_str().unwrap().to_string();
+    let dl = app
+        .client
+        .get(app.url(&format!("/images/{id}/action/download")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sha256(&dl.bytes().await.unwrap()), sha256(&data));
+    let (_, rec) = app.get_json(&format!("/images/{id}")).await;
+    assert_eq!(
+        rec["checkStatusResponse"]["checkInfo"]["imageInfo"]["disk_size"],
+        data.len().to_string()
+    );
+
+    // Merging again returns the same image, not a second one.
+    let again: serde_json::Value = app
+        .merge("file-a", "merged.qcow2")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(again["imageId"], id.as_str());
+    let (_, all) = app.get_json("/images").await;
+    assert_eq!(all.as_array().unwrap().len(), 1);
+    // Zip download of a merged image: its CRC came from the parts' CRCs.
+    let zip = app.dir.path().join("m.zip");
+    app.download_to(&format!("/images/{id}/action/download?isZip=true"), &zip)
+        .await;
+    run("unzip", &["-tq", zip.to_str().unwrap()]);
+    // Parts are gone from the store once merged: only the image remains.
+    let files = app.stored_files();
+    assert_eq!(files.len(), 1, "{files:?}");
+    app.stop().await;
+}
+
+async fn resent_chunks_gaps_and_resume(b: Backend) {
+    let app = TestApp::spawn(b, Options::default()).await;
+    let data = pattern(9, 5 * 100_000);
+    let chunks = split(&data, 100_000);
+    // Chunk 2 first arrives damaged, then again correctly: the second replaces it.
+    assert_eq!(app.chunk("res", 2, vec![0xee; 777]).await.status(), 200);
+    for i in [1usize, 2, 4] {
+        assert_eq!(
+            app.chunk("res", i as u32, chunks[i - 1].clone())
+                .await
+                .status(),
+            200
+        );
+    }
+    // Gaps: 3 missing below the highest received (4).
+    let r = app.merge("res", "r.img").await;
+    let v = assert_error(r, 400, None).await;
+    assert_eq!(v["code"], "MISSING_CHUNKS");
+    assert!(v["message"].as_str().unwrap().contains('3'), "{v}");
+    // Everything received is kept: the client sends the rest and merges again.
+    let (_, st) = app.get_json("/images/upload?identifier=res").await;
+    assert_eq!(st["chunks"].as_array().unwrap().len(), 3);
+    for i in [3usize, 5] {
+        assert_eq!(
+            app.chunk("res", i as u32, chunks[i - 1].clone())
+                .await
+                .status(),
+            200
+        );
+    }
+    // The explicit chunkNumber field wins over the part's file name.
+    let form = reqwest::multipart::Form::new()
+        .text("identifier", "res")
+        .text("chunkNumber", "5")
+        .part(
+            "part",
+            reqwest::multipart::Part::bytes(chunks[4].clone()).file_name("99.part"),
+        );
+    assert_eq!(
+        app.client
+            .post(app.url("/images/upload"))
+            .multipart(form)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    // Java clients merge with a url-encoded form.
+    let r = app
+        .client
+        .post(app.url("/images/merge"))
+        .form(&[
+            ("identifier", "res"),
+            ("filename", "r.img"),
+            ("userId", "java"),
+            ("priority", "0"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["userId"], "java");
+    let id = v["imageId"].as_str().unwrap();
+    let dl = app
+        .client
+        .get(app.url(&format!("/images/{id}/action/download")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sha256(&dl.bytes().await.unwrap()), sha256(&data));
+    // A chunk for a merged identifier is refused, not silently lost.
+    let r = app.chunk("res", 6, vec![1; 10]).await;
+    assert_error(r, 409, None).await;
+    // Cancel of a merged identifier frees it; the image stays.
+    let r = app
+        .client
+        .delete(app.url("/images/upload?identifier=res"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.text().await.unwrap(), "cancel success");
+    assert_eq!(app.get_json(&format!("/images/{id}")).await.0, 200);
+    app.stop().await;
+}
+
+async fn cancel_drops_every_chunk(b: Backend) {
+    let app = TestApp::spawn(b, Options::default()).await;
+    let before = app.stored_files().len();
+    for n in 1..=3 {
+        assert_eq!(
+            app.chunk("cx", n, pattern(n as u64, 50_000)).await.status(),
+            200
+        );
+    }
+    assert!(app.stored_files().len() > before);
+    // Fields as query parameters on DELETE, as a form body, and as multipart all work.
+    let r = app
+        .client
+        .delete(app.url("/images/upload?identifier=cx&priority=0"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "cancel success");
+    assert_eq!(
+        app.stored_files().len(),
+        before,
+        "cancel left chunks behind"
+    );
+    let (_, st) = app.get_json("/images/upload?identifier=cx").await;
+    assert_eq!(st["chunks"], serde_json::json!([]));
+    let r = app.merge("cx", "c.img").await;
+    assert_error(r, 400, None).await;
+    // Nothing there: still a success.
+    let r = app
+        .client
+        .delete(app.url("/images/upload"))
+        .form(&[("identifier", "cx")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.text().await.unwrap(), "cancel success");
+    let form = reqwest::multipart::Form::new().text("identifier", "cx");
+    let r = app
+        .client
+        .delete(app.url("/images/upload"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.text().await.unwrap(), "cancel success");
+    // The identifier can be used again from scratch.
+    assert_eq!(app.chunk("cx", 1, vec![5; 10]).await.status(), 200);
+    let v: serde_json::Value = app.merge("cx", "c.img").await.json().await.unwrap();
+    let dl = app
+        .client
+        .get(app.url(&format!(
+            "/images/{}/action/download",
+            v["imageId"].as_str().unwrap()
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(dl.bytes().await.unwrap().to_vec(), vec![5; 10]);
+    app.stop().await;
+}
+
+async fn concurrent_merges_make_one_image(b: Backend) {
+    let app = TestApp::spawn(b, Options::default()).await;
+    let data = pattern(3, 2_000_000);
+    for (i, c) in split(&data, 500_000).into_iter().enumerate() {
+        assert_eq!(app.chunk("race", i as u32 + 1, c).await.status(), 200);
+    }
+    let results = join_all((0..4).map(|_| app.merge("race", "race.qcow2"))).await;
+    let mut ids = vec![];
+    for r in results {
+        assert_eq!(r.status(), 200);
+        let v: serde_json::Value = r.json().await.unwrap();
+        ids.push(v["imageId"].as_str().unwrap().to_string());
+    }
+    ids.dedup();
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    let (_, all) = app.get_json("/images").await;
+    assert_eq!(all.as_array().unwrap().len(), 1);
+    app.stop().await;
+}
+
+async fn chunked_zip_is_unpacked(b: Backend) {
+    let app = TestApp::spawn(b, Options::default()).await;
+    let img = make_qcow2(app.dir.path(), "inner.qcow2", 32, 3);
+    let zip = app.dir.path().join("up.zip");
+    python_zip(
+        &zip,
+        &format!("z.write({:?}, 'inner/inner.qcow2')", img.to_str().unwrap()),
+    );
+    let bytes = std::fs::read(&zip).unwrap();
+    for (i, c) in split(&bytes, 40_000).into_iter().enumerate() {
+        assert_eq!(app.chunk("zipped", i as u32 + 1, c).await.status(), 200);
+    }
+    let r = app.merge("zipped", "up.zip").await;
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["fileName"], "inner.qcow2");
+    let dl = app
+        .client
+        .get(app.url(&format!(
+            "/images/{}/action/download",
+            v["imageId"].as_str().unwrap()
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sha256(&dl.bytes().await.unwrap()), sha256_file(&img));
+    // A chunked zip without an image: 400, and nothing is left.
+    let bad = app.dir.path().join("bad.zip");
+    python_zip(&bad, "z.writestr('dir/readme.txt', 'hello')");
+    assert_eq!(
+        app.chunk("badzip", 1, std::fs::read(&bad).unwrap())
+            .await
+            .status(),
+        200
+    );
+    let before: Vec<_> = app.stored_files();
+    let r = app.merge("badzip", "bad.zip").await;
+    assert_error(r, 400, None).await;
+    assert_eq!(
+        app.stored_files().len(),
+        before.len() - 1,
+        "the consumed chunk must be gone, nothing added"
+    );
+    app.stop().await;
+}
+
+crate::backend_tests!(
+    out_of_order_concurrent_chunks_merge,
+    resent_chunks_gaps_and_resume,
+    cancel_drops_every_chunk,
+    concurrent_merges_make_one_image,
+    chunked_zip_is_unpacked
+);

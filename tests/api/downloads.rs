@@ -1,0 +1,125 @@
+//! Downloads: headers, ranges, UTF-8 names, and zips read by three independent readers.
+
+use crate::helpers::*;
+
+async fn ranges_and_headers(b: Backend) {
+    let app = TestApp::spawn(b, Options::default()).await;
+    let data = pattern(11, 100_000);
+    let id = app.upload_ok("镜像 disk.img", data.clone()).await;
+    let url = app.url(&format!("/images/{id}/action/download"));
+    let r = app.client.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let h = r.headers();
+    assert_eq!(h["content-type"], "application/octet-stream");
+    assert_eq!(h["accept-ranges"], "bytes");
+    assert_eq!(h["content-length"], "100000");
+    let cd = h["content-disposition"].to_str().unwrap();
+    assert!(cd.starts_with("attachment; filename=\""), "{cd}");
+    assert!(
+        cd.contains("filename*=UTF-8''%E9%95%9C%E5%83%8F%20disk.img"),
+        "{cd}"
+    );
+
+    let cases = [
+        ("bytes=0-9", 0usize, 9usize),
+        ("bytes=99990-", 99_990, 99_999),
+        ("bytes=-100", 99_900, 99_999),
+        ("bytes=50000-200000", 50_000, 99_999),
+    ];
+    for (range, s, e) in cases {
+        let r = app
+            .client
+            .get(&url)
+            .header("Range", range)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 206, "{range}");
+        assert_eq!(
+            r.headers()["content-range"],
+            format!("bytes {s}-{e}/100000").as_str()
+        );
+        assert_eq!(
+            r.headers()["content-length"],
+            (e - s + 1).to_string().as_str()
+        );
+        assert_eq!(
+            r.bytes().await.unwrap().to_vec(),
+            data[s..=e].to_vec(),
+            "{range}"
+        );
+    }
+    for range in ["bytes=100000-", "bytes=200000-300000", "bytes=-0"] {
+        let r = app
+            .client
+            .get(&url)
+            .header("Range", range)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 416, "{range}");
+        assert_eq!(r.headers()["content-range"], "bytes */100000");
+    }
+    // Ranges we do not serve partially: the whole body.
+    for range in ["bytes=0-1,5-6", "lines=1-2", "bytes=x-y"] {
+        let r = app
+            .client
+            .get(&url)
+            .header("Range", range)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{range}");
+        assert_eq!(r.bytes().await.unwrap().len(), 100_000);
+    }
+    app.stop().await;
+}
+
+async fn zip_download_reads_everywhere(b: Backend) {
+    let app = TestApp::spawn(b, Options::default()).await;
+    let img = make_qcow2(app.dir.path(), "edge.qcow2", 64, 5);
+    let id = app
+        .upload_ok("edge.qcow2", std::fs::read(&img).unwrap())
+        .await;
+    let zip = app.dir.path().join("dl.zip");
+    let h = app
+        .download_to(&format!("/images/{id}/action/download?isZip=true"), &zip)
+        .await;
+    assert_eq!(h["content-type"], "application/zip");
+    assert_eq!(
+        h["content-disposition"],
+        "attachment; filename=\"edge.zip\""
+    );
+    assert_eq!(
+        h["content-length"],
+        std::fs::metadata(&zip).unwrap().len().to_string().as_str()
+    );
+    verify_zip(&zip, "edge/edge.qcow2", &sha256_file(&img));
+    app.stop().await;
+}
+
+/// Checks a downloaded zip with unzip, Python's zipfile and Java's ZipInputStream: one STORED
+/// entry named `entry` whose bytes hash to `sha`.
+pub fn verify_zip(zip: &std::path::Path, entry: &str, sha: &str) {
+    let z = zip.to_str().unwrap();
+    run("unzip", &["-tq", z]);
+    let py = run(
+        "python3",
+        &[
+            "-c",
+            "import zipfile,sys,hashlib\nz=zipfile.ZipFile(sys.argv[1])\nassert z.testzip() is None\n\
+             (i,)=z.infolist()\nassert i.compress_type==zipfile.ZIP_STORED\nh=hashlib.sha256()\n\
+             f=z.open(i)\nwhile True:\n  b=f.read(1<<20)\n  if not b: break\n  h.update(b)\nprint(i.filename, h.hexdigest())",
+            z,
+        ],
+    );
+    assert_eq!(py.trim(), format!("{entry} {sha}"));
+    let java_src = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/ReadZip.java");
+    let java = run("java", &[java_src, z]);
+    let mut parts = java.split_whitespace();
+    assert_eq!(parts.next(), Some(entry), "{java}");
+    parts.next();
+    assert_eq!(parts.next(), Some(sha), "{java}");
+}
+
+crate::backend_tests!(ranges_and_headers, zip_download_reads_everywhere);

@@ -1,0 +1,369 @@
+//! Test harness: a real server on 127.0.0.1:0 per test, its own database and store, driven by a
+//! real HTTP client. Test bodies take a `Backend` so the same body runs on every combination.
+
+use file_system::config::Config;
+use reqwest::{multipart, Client, Response};
+use sha2::{Digest, Sha256};
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+use tokio::sync::oneshot;
+
+pub const API: &str = "/image-management/v1";
+
+/// Database + storage combination a test body runs on.
+#[derive(Debug, Clone, Copy)]
+pub enum Backend {
+    SqliteLocal,
+}
+
+/// Knobs a test may turn.
+#[derive(Default, Clone)]
+pub struct Options {
+    pub max_image_bytes: Option<u64>,
+    pub tiers: Option<&'static str>,
+    pub upload_ttl_secs: Option<u64>,
+}
+
+pub struct TestApp {
+    pub base: String,
+    pub client: Client,
+    pub dir: tempfile::TempDir,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl TestApp {
+    pub async fn spawn(backend: Backend, opts: Options) -> TestApp {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let root = dir.path();
+        let mut vars = vec![
+            ("FS_LISTEN".to_string(), "127.0.0.1:0".to_string()),
+            (
+                "FS_SCRATCH_DIR".into(),
+                root.join("scratch").display().to_string(),
+            ),
+            (
+                "FS_UPLOAD_TTL_SECS".into(),
+                opts.upload_ttl_secs.unwrap_or(86_400).to_string(),
+            ),
+        ];
+        match backend {
+            Backend::SqliteLocal => {
+                vars.push((
+                    "DATABASE_URL".into(),
+                    format!("sqlite://{}/meta.db?mode=rwc", root.display()),
+                ));
+                vars.push(("FS_STORAGE".into(), "local".into()));
+                vars.push((
+                    "FS_LOCAL_DIR".into(),
+                    root.join("objects").display().to_string(),
+                ));
+            }
+        }
+        if let Some(m) = opts.max_image_bytes {
+            vars.push(("FS_MAX_IMAGE_BYTES".into(), m.to_string()));
+        }
+        if let Some(t) = opts.tiers {
+            vars.push(("FS_TIERS".into(), t.to_string()));
+        }
+        let cfg = Config::from_vars(vars).expect("test config");
+        let svc = file_system::build(cfg).await.expect("service starts");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = oneshot::channel::<()>();
+        let server = tokio::spawn(file_system::serve(listener, svc, async {
+            let _ = rx.await;
+        }));
+        TestApp {
+            base: format!("http://{addr}"),
+            client: Client::builder().build().unwrap(),
+            dir,
+            shutdown: Some(tx),
+            server: Some(server),
+        }
+    }
+
+    /// Stops the server gracefully and checks it exited cleanly.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(s) = self.server.take() {
+            s.await.unwrap().unwrap();
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{API}{path}", self.base)
+    }
+
+    pub fn objects_dir(&self) -> PathBuf {
+        self.dir.path().join("objects")
+    }
+
+    /// Every file in the store and the scratch directory (to prove nothing is left behind).
+    pub fn stored_files(&self) -> Vec<PathBuf> {
+        let mut out = vec![];
+        for d in [self.objects_dir(), self.dir.path().join("scratch")] {
+            walk(&d, &mut out);
+        }
+        out
+    }
+
+    /// `POST /images` with the given file part and text fields.
+    pub async fn upload(
+        &self,
+        file_name: &str,
+        bytes: Vec<u8>,
+        fields: &[(&str, &str)],
+    ) -> Response {
+        let mut form = multipart::Form::new();
+        for (k, v) in fields {
+            form = form.text(k.to_string(), v.to_string());
+        }
+        form = form.part(
+            "file",
+            multipart::Part::bytes(bytes).file_name(file_name.to_string()),
+        );
+        self.client
+            .post(self.url("/images"))
+            .multipart(form)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Uploads a file from disk (streamed), file part first, fields after it.
+    pub async fn upload_path(
+        &self,
+        path: &Path,
+        file_name: &str,
+        fields: &[(&str, &str)],
+    ) -> Response {
+        let file = tokio::fs::File::open(path).await.unwrap();
+        let len = file.metadata().await.unwrap().len();
+        let body =
+            reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(file, 1 << 20));
+        let mut form = multipart::Form::new().part(
+            "file",
+            multipart::Part::stream_with_length(body, len).file_name(file_name.to_string()),
+        );
+        for (k, v) in fields {
+            form = form.text(k.to_string(), v.to_string());
+        }
+        self.client
+            .post(self.url("/images"))
+            .multipart(form)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Uploads and returns the new image id, asserting success.
+    pub async fn upload_ok(&self, file_name: &str, bytes: Vec<u8>) -> String {
+        let resp = self
+            .upload(file_name, bytes, &[("userId", "tester"), ("priority", "0")])
+            .await;
+        assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+        let v: serde_json::Value = resp.json().await.unwrap();
+        v["imageId"].as_str().unwrap().to_string()
+    }
+
+    /// Sends chunk `n` as the original clients do: a `part` named `"{n}.part"`.
+    pub async fn chunk(&self, identifier: &str, n: u32, bytes: Vec<u8>) -> Response {
+        let form = multipart::Form::new()
+            .text("identifier", identifier.to_string())
+            .text("priority", "0")
+            .part(
+                "part",
+                multipart::Part::bytes(bytes).file_name(format!("{n}.part")),
+            );
+        self.client
+            .post(self.url("/images/upload"))
+            .multipart(form)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn merge(&self, identifier: &str, file_name: &str) -> Response {
+        let form = multipart::Form::new()
+            .text("identifier", identifier.to_string())
+            .text("filename", file_name.to_string())
+            .text("userId", "tester")
+            .text("priority", "0");
+        self.client
+            .post(self.url("/images/merge"))
+            .multipart(form)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn get_json(&self, path: &str) -> (u16, serde_json::Value) {
+        let resp = self.client.get(self.url(path)).send().await.unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(serde_json::Value::Null))
+    }
+
+    /// Downloads to a file, returning the response headers' status and the file.
+    pub async fn download_to(&self, path: &str, dst: &Path) -> reqwest::header::HeaderMap {
+        use futures::StreamExt;
+        use tokio::io::AsyncWriteExt;
+        let resp = self.client.get(self.url(path)).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let headers = resp.headers().clone();
+        let mut out = tokio::fs::File::create(dst).await.unwrap();
+        let mut s = resp.bytes_stream();
+        while let Some(c) = s.next().await {
+            out.write_all(&c.unwrap()).await.unwrap();
+        }
+        out.flush().await.unwrap();
+        headers
+    }
+}
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            walk(&p, out);
+        } else {
+            out.push(p);
+        }
+    }
+}
+
+/// Asserts an error response: status, JSON `{code, message}`, and the message (when given).
+pub async fn assert_error(resp: Response, status: u16, message: Option<&str>) -> serde_json::Value {
+    assert_eq!(resp.status().as_u16(), status, "unexpected status");
+    assert_eq!(
+        resp.headers()[reqwest::header::CONTENT_TYPE]
+            .to_str()
+            .unwrap(),
+        "application/json"
+    );
+    let v: serde_json::Value = resp.json().await.unwrap();
+    assert!(v["code"].as_str().is_some_and(|c| !c.is_empty()), "{v}");
+    if let Some(m) = message {
+        assert_eq!(v["message"], m, "{v}");
+    }
+    v
+}
+
+pub fn sha256(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+pub fn sha256_file(path: &Path) -> String {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).unwrap();
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    hex::encode(h.finalize())
+}
+
+/// Deterministic pseudo-random bytes.
+pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// Runs a command, asserting success; returns stdout.
+pub fn run(cmd: &str, args: &[&str]) -> String {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd} must be installed for the tests: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// A real qcow2 made by qemu-img, with `data_mib` MiB of pattern written by qemu-io.
+pub fn make_qcow2(dir: &Path, name: &str, virtual_mib: u64, data_mib: u64) -> PathBuf {
+    let path = dir.join(name);
+    let p = path.to_str().unwrap();
+    run(
+        "qemu-img",
+        &["create", "-q", "-f", "qcow2", p, &format!("{virtual_mib}M")],
+    );
+    if data_mib > 0 {
+        run(
+            "qemu-io",
+            &[
+                "-f",
+                "qcow2",
+                "-c",
+                &format!("write -P 0x5a 0 {data_mib}M"),
+                p,
+            ],
+        );
+    }
+    path
+}
+
+/// Builds a zip with Python's zipfile from a small script body (`z` is the open ZipFile).
+pub fn python_zip(path: &Path, script: &str) {
+    let code = format!(
+        "import zipfile, sys\nz = zipfile.ZipFile(sys.argv[1], 'w', zipfile.ZIP_DEFLATED)\n{script}\nz.close()\n"
+    );
+    run("python3", &["-c", &code, path.to_str().unwrap()]);
+}
+
+/// Declares tokio tests that run each named body on every backend.
+#[macro_export]
+macro_rules! backend_tests {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite_local {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::helpers::Backend::SqliteLocal).await
+                }
+            )*
+        }
+    };
+}
+
+impl TestApp {
+    /// Sends a chunk whose part has the given file name.
+    pub async fn chunk_named(&self, identifier: &str, part_name: &str, bytes: Vec<u8>) -> Response {
+        let form = multipart::Form::new()
+            .text("identifier", identifier.to_string())
+            .part(
+                "part",
+                multipart::Part::bytes(bytes).file_name(part_name.to_string()),
+            );
+        self.client
+            .post(self.url("/images/upload"))
+            .multipart(form)
+            .send()
+            .await
+            .unwrap()
+    }
+}

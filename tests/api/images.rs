@@ -1,0 +1,303 @@
+//! Single uploads, queries, listing, deletion and the slim request contract.
+
+use crate::helpers::*;
+
+async fn upload_query_delete_round_trip(b: Backend) {
+    let app = TestApp::spawn(b, Options::default()).await;
+    let img = make_qcow2(app.dir.path(), "disk.qcow2", 64, 2);
+    let bytes = std::fs::read(&img).unwrap();
+
+    let resp = app
+        .upload(
+            "disk.qcow2",
+            bytes.clone(),
+            &[("userId", "u-1"), ("priority", "0")],
+        )
+        .await;
+    assert_eq!(resp.status(), 200);
+    let flat: serde_json::Value = resp.json().await.unwrap();
+    let obj = flat.as_object().unwrap();
+    let mut keys: Vec<&str> = obj.keys().map(String::as_str).collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        [
+            "checkStatus",
+            "fileName",
+            "imageId",
+            "msg",
+            "slimStatus",
+            "storageMedium",
+            "uploadTime",
+            "userId"
+        ]
+    );
+    assert!(
+        obj.values().all(|v| !v.is_object() && !v.is_array()),
+        "flat: {flat}"
+    );
+    assert_eq!(flat["fileName"], "disk.qcow2");
+    assert_eq!(flat["userId"], "u-1");
+    assert_eq!(flat["slimStatus"], 0);
+    assert_eq!(flat["checkStatus"], 0);
+    assert_eq!(flat["msg"], "Check In Progress");
+    assert_eq!(flat["storageMedium"], "images");
+    let id = flat["imageId"].as_str().unwrap().to_string();
+    assert_eq!(id.len(), 36);
+    assert_eq!(uuid::Uuid::parse_str(&id).unwrap().get_version_num(), 4);
+    let upload_time = flat["uploadTime"].as_str().unwrap().to_string();
+    assert!(chrono::NaiveDateTime::parse_from_str(&upload_time, "%Y-%m-%d %H:%M:%S").is_ok());
+
+    let (status, v) = app.get_json(&format!("/images/{id}")).await;
+    assert_eq!(status, 200);
+    assert_eq!(v["imageId"], id.as_str());
+    assert_eq!(v["fileName"], "disk.qcow2");
+    assert_eq!(v["userId"], "u-1");
+    assert_eq!(v["uploadTime"], upload_time.as_str());
+    assert_eq!(v["storageMedium"], "images");
+    assert_eq!(v["slimStatus"], 0);
+    let csr = &v["checkStatusResponse"];
+    assert_eq!(csr["status"], 4);
+    assert!(csr["msg"].is_string());
+    let info = &csr["checkInfo"];
+    assert!(info["checksum"].is_string());
+    assert!(info["checkResult"].is_i64());
+    let ii = &info["imageInfo"];
+    for k in ["image-end-offset", "check-errors", "format", "filename"] {
+        assert!(ii[k].is_string(), "{k} must be a string: {ii}");
+    }
+    assert!(ii["virtual_size"].is_number());
+    assert_eq!(ii["disk_size"], bytes.len().to_string());
+    let ci = &v["compressInfo"];
+    assert!(
+        ci["compressStatus"].is_i64()
+            && ci["compressMsg"].is_string()
+            && ci["compressRate"].is_number()
+    );
+
+    // Download gives the same bytes.
+    let dl = app
+        .client
+        .get(app.url(&format!("/images/{id}/action/download")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(dl.status(), 200);
+    assert_eq!(
+        dl.headers()["content-length"],
+        bytes.len().to_string().as_str()
+    );
+    assert_eq!(sha256(&dl.bytes().await.unwrap()), sha256(&bytes));
+
+    // List, filter, paging.
+    app.upload_ok("second.iso", pattern(2, 1000)).await;
+    let (_, all) = app.get_json("/images").await;
+    assert_eq!(all.as_array().unwrap().len(), 2);
+    let (_, mine) = app.get_json("/images?userId=u-1").await;
+    assert_eq!(mine.as_array().unwrap().len(), 1);
+    assert_eq!(mine[0]["imageId"], id.as_str());
+    assert!(mine[0]["checkStatusResponse"]["checkInfo"]["imageInfo"].is_object());
+    let (_, page) = app.get_json("/images?limit=1&offset=1").await;
+    assert_eq!(page.as_array().unwrap().len(), 1);
+    let (_, none) = app.get_json("/images?userId=nobody").await;
+    assert_eq!(none, serde_json::json!([]));
+    assert_error(
+        app.client
+            .get(app.url("/images?limit=-1"))
+            .send()
+            .await
+            .unwrap(),
+        400,
+        None,
+    )
+    .await;
+
+    // Delete is idempotent and removes the bytes.
+    for _ in 0..2 {
+        let resp = app
+            .client
+            .delete(app.url(&format!("/images/{id}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.text().await.unwrap(), "delete success");
+    }
+    let resp = app
+        .client
+        .get(app.url(&format!("/images/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_error(
+        resp,
+        404,
+        Some(&format!(
+            "there is no record in database with imageId: {id}"
+        )),
+    )
+    .await;
+    let (_, all) = app.get_json("/images").await;
+    assert_eq!(all.as_array().unwrap().len(), 1);
+    app.stop().await;
+}
+
+async fn fields_after_the_file_and_tiers(b: Backend) {
+    let app = TestApp::spawn(
+        b,
+        Options {
+            tiers: Some("0=images,1=archive"),
+            ..Default::default()
+        },
+    )
+    .await;
+    let img = make_qcow2(app.dir.path(), "t.qcow2", 16, 1);
+    // The Java clients add the file before the other fields.
+    let resp = app
+        .upload_path(
+            &img,
+            "t.qcow2",
+            &[("userId", "late-user"), ("priority", "1")],
+        )
+        .await;
+    assert_eq!(resp.status(), 200);
+    let v: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(v["userId"], "late-user");
+    assert_eq!(v["storageMedium"], "archive");
+    let id = v["imageId"].as_str().unwrap();
+    assert!(app.objects_dir().join("archive/images").join(id).is_file());
+    assert!(!app.objects_dir().join("images/images").join(id).exists());
+
+    // Priority in the query string, overridden by a body field.
+    let form = reqwest::multipart::Form::new().text("priority", "0").part(
+        "file",
+        reqwest::multipart::Part::bytes(vec![1u8; 10]).file_name("q.img"),
+    );
+    let resp = app
+        .client
+        .post(app.url("/images?priority=1"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    let v: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(v["storageMedium"], "images");
+
+    // Missing and empty priority are the default tier; unknown lists the valid ones.
+    let resp = app.upload("e.img", vec![1; 10], &[("priority", "")]).await;
+    assert_eq!(
+        resp.json::<serde_json::Value>().await.unwrap()["storageMedium"],
+        "images"
+    );
+    let before = app.stored_files().len();
+    for p in ["7", "x"] {
+        let resp = app.upload("e.img", vec![1; 10], &[("priority", p)]).await;
+        let v = assert_error(resp, 400, None).await;
+        assert!(v["message"].as_str().unwrap().contains("0, 1"), "{v}");
+        let resp = app.upload_path(&img, "t.qcow2", &[("priority", p)]).await;
+        assert_error(resp, 400, None).await;
+    }
+    assert_eq!(
+        app.stored_files().len(),
+        before,
+        "a refused upload left files behind"
+    );
+    app.stop().await;
+}
+
+async fn slim_request_contract(b: Backend) {
+    let app = TestApp::spawn(b, Options::default()).await;
+    let id = app
+        .upload_ok(
+            "s.qcow2",
+            std::fs::read(make_qcow2(app.dir.path(), "s.qcow2", 16, 1)).unwrap(),
+        )
+        .await;
+    let unknown = uuid::Uuid::new_v4();
+    let resp = app
+        .client
+        .post(app.url(&format!("/images/{unknown}/action/slim")))
+        .send()
+        .await
+        .unwrap();
+    assert_error(resp, 404, Some("file path doesn't exist")).await;
+    let resp = app
+        .client
+        .post(app.url("/images/not-a-uuid/action/slim"))
+        .send()
+        .await
+        .unwrap();
+    assert_error(resp, 404, Some("file path doesn't exist")).await;
+
+    let resp = app
+        .client
+        .post(app.url(&format!("/images/{id}/action/slim")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.text().await.unwrap(), "compress in progress");
+    let (_, v) = app.get_json(&format!("/images/{id}")).await;
+    assert_eq!(v["slimStatus"], 1);
+    assert_eq!(v["compressInfo"]["compressStatus"], 1);
+    let resp = app
+        .client
+        .post(app.url(&format!("/images/{id}/action/slim")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        resp.text().await.unwrap(),
+        "The image file is being slimmed. No need to slim again."
+    );
+    app.stop().await;
+}
+
+async fn health_and_unknown_routes(b: Backend) {
+    let app = TestApp::spawn(b, Options::default()).await;
+    let r = app
+        .client
+        .get(format!("{}/health", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = app
+        .client
+        .get(format!("{}/ready", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers().contains_key("x-request-id"));
+    assert_error(
+        app.client.get(app.url("/nothing")).send().await.unwrap(),
+        404,
+        None,
+    )
+    .await;
+    assert_error(
+        app.client.put(app.url("/images")).send().await.unwrap(),
+        405,
+        None,
+    )
+    .await;
+    // CORS: any origin by default.
+    let r = app
+        .client
+        .get(app.url("/images"))
+        .header("Origin", "http://example.test")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["access-control-allow-origin"], "*");
+    app.stop().await;
+}
+
+crate::backend_tests!(
+    upload_query_delete_round_trip,
+    fields_after_the_file_and_tiers,
+    slim_request_contract,
+    health_and_unknown_routes
+);

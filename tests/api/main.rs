@@ -1,0 +1,10 @@
+//! Integration tests over real HTTP: one binary, a real server per test.
+
+mod helpers;
+
+mod bad_input;
+mod chunks;
+mod downloads;
+mod images;
+mod large;
+mod zips;
