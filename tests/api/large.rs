@@ -73,7 +73,7 @@ async fn image_over_4_gib_through_zip64(b: Backend) {
     let mut h = Sha256::new();
     let mut s = resp.bytes_stream();
     while let Some(c) = s.next().await {
-        h.update(&c.unwrap());
+        h.update(c.unwrap());
     }
     assert_eq!(hex::encode(h.finalize()), expected);
     app.stop().await;
