@@ -8,13 +8,15 @@ use super::{
 use crate::{
     config::Tier,
     db,
-    storage::{ByteStream, PutOptions, StorageError},
+    storage::{
+        fileio::{BodyOrFile, FileSink},
+        ByteStream, PutOptions, StorageError,
+    },
 };
 use entity::image;
 use futures::StreamExt;
 use sea_orm::ActiveValue::Set;
 use std::path::Path;
-use tokio::io::AsyncWriteExt;
 
 /// Check status right after upload: "check in progress" (SPEC section 3).
 pub const CHECK_IN_PROGRESS: i32 = 4;
@@ -354,19 +356,13 @@ impl Service {
 }
 
 /// Writes a (metered) body to a scratch file.
-pub(crate) async fn spool(
-    mut file: tokio::fs::File,
-    mut body: ByteStream,
-    meter: &Meter,
-) -> Result<u64> {
-    let mut n = 0u64;
-    while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(|e| body_error(e, meter))?;
-        file.write_all(&chunk).await?;
-        n += chunk.len() as u64;
+pub(crate) async fn spool(file: tokio::fs::File, body: ByteStream, meter: &Meter) -> Result<u64> {
+    let mut sink = FileSink::new(file.into_std().await);
+    match sink.drain(body).await {
+        Ok(()) => Ok(sink.finish(false).await?),
+        Err(BodyOrFile::Body(e)) => Err(body_error(e, meter)),
+        Err(BodyOrFile::File(e)) => Err(e.into()),
     }
-    file.flush().await?;
-    Ok(n)
 }
 
 /// The error for a body that stopped: over the limit, or the client's fault.

@@ -6,19 +6,18 @@
 //! systems with reflinks share the blocks instead of copying them).
 
 use super::{
-    ByteRange, ByteStream, CompletedPart, ObjectStore, PutOptions, Result, SpooledPart,
-    StorageError,
+    fileio::{self, BodyOrFile, FileSink},
+    local_parts, ByteRange, ByteStream, CompletedPart, ObjectStore, PutOptions, Result,
+    SpooledPart, StorageError,
 };
 use async_trait::async_trait;
-use futures::StreamExt;
 use std::{
     io,
     path::{Component, Path, PathBuf},
 };
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
-use tokio_util::io::ReaderStream;
 
-const READ_BUF: usize = 256 * 1024;
+/// Read and write granularity: large enough that the blocking-pool hop per call is noise.
+const IO_BUF: usize = 1 << 20;
 
 #[derive(Debug, Clone)]
 pub struct LocalStore {
@@ -110,19 +109,21 @@ impl Drop for TmpGuard {
     }
 }
 
-/// Appends all of `src` to `dst` at `offset` inside the kernel; falls back to a plain copy where
-/// `copy_file_range` is not supported.
-fn append_file(
+/// Copies `len` bytes of `src` from `src_off` to `dst` at `dst_off` inside the kernel
+/// (`copy_file_range`: no user-space pass, and shared blocks on file systems with reflinks),
+/// falling back to a plain copy where that is not supported. Returns `dst_off + len`.
+pub(super) fn copy_between(
     src: &std::fs::File,
+    src_off: u64,
     dst: &std::fs::File,
-    mut offset: u64,
+    dst_off: u64,
     len: u64,
 ) -> io::Result<u64> {
     use std::os::fd::AsRawFd;
-    let mut in_off: libc::loff_t = 0;
+    let mut in_off = src_off as libc::loff_t;
+    let mut out_off = dst_off as libc::loff_t;
     let mut remaining = len;
     while remaining > 0 {
-        let mut out_off = offset as libc::loff_t;
         let chunk = remaining.min(1 << 30) as usize;
         // SAFETY: both descriptors are open files owned by the caller; offsets are valid pointers.
         let n = unsafe {
@@ -141,39 +142,40 @@ fn append_file(
                 Some(libc::EXDEV)
                 | Some(libc::ENOSYS)
                 | Some(libc::EOPNOTSUPP)
-                | Some(libc::EINVAL) => copy_plain(src, dst, in_off as u64, offset, remaining)
-                    .map(|_| offset + remaining),
+                | Some(libc::EINVAL) => {
+                    copy_plain(src, in_off as u64, dst, out_off as u64, remaining)?;
+                    Ok(dst_off + len)
+                }
                 _ => Err(err),
             };
         }
         if n == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
-                "part shorter than recorded",
+                "source shorter than expected",
             ));
         }
         remaining -= n as u64;
-        offset += n as u64;
     }
-    Ok(offset)
+    Ok(dst_off + len)
 }
 
 fn copy_plain(
     src: &std::fs::File,
-    dst: &std::fs::File,
     mut in_off: u64,
+    dst: &std::fs::File,
     mut out_off: u64,
     mut len: u64,
 ) -> io::Result<()> {
     use std::os::unix::fs::FileExt;
-    let mut buf = vec![0u8; READ_BUF];
+    let mut buf = vec![0u8; IO_BUF];
     while len > 0 {
         let want = (len as usize).min(buf.len());
         let n = src.read_at(&mut buf[..want], in_off)?;
         if n == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
-                "part shorter than recorded",
+                "source shorter than expected",
             ));
         }
         dst.write_all_at(&buf[..n], out_off)?;
@@ -182,10 +184,6 @@ fn copy_plain(
         len -= n as u64;
     }
     Ok(())
-}
-
-fn part_file(dir: &Path, number: u32) -> PathBuf {
-    dir.join(format!("{number:05}.part"))
 }
 
 #[async_trait]
@@ -199,21 +197,19 @@ impl ObjectStore for LocalStore {
         &self,
         bucket: &str,
         key: &str,
-        mut body: ByteStream,
+        body: ByteStream,
         _opts: &PutOptions,
     ) -> Result<u64> {
         let dst = self.object_path(bucket, key)?;
         let tmp = self.tmp_path();
         let guard = TmpGuard(Some(tmp.clone()));
-        let mut file = tokio::fs::File::create(&tmp).await?;
-        let mut len = 0u64;
-        while let Some(chunk) = body.next().await {
-            let chunk = chunk.map_err(StorageError::Body)?;
-            file.write_all(&chunk).await?;
-            len += chunk.len() as u64;
+        let mut sink = FileSink::new(std::fs::File::create(&tmp)?);
+        match sink.drain(body).await {
+            Ok(()) => {}
+            Err(BodyOrFile::Body(e)) => return Err(StorageError::Body(e)),
+            Err(BodyOrFile::File(e)) => return Err(e.into()),
         }
-        file.sync_all().await?;
-        drop(file);
+        let len = sink.finish(true).await?;
         self.publish(&tmp, &dst).await?;
         guard.disarm();
         Ok(len)
@@ -243,20 +239,13 @@ impl ObjectStore for LocalStore {
         if !tokio::fs::try_exists(&dir).await? {
             return Err(StorageError::NoSuchUpload);
         }
-        let dst = part_file(&dir, number);
         let etag = format!("{}-{}", body.len, uuid::Uuid::new_v4().simple());
-        // Same file system: the spooled file simply moves into place.
-        match tokio::fs::rename(&body.file, &dst).await {
-            Ok(()) => {}
-            Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
-                let tmp = dir.join(format!(".{}", uuid::Uuid::new_v4()));
-                let guard = TmpGuard(Some(tmp.clone()));
-                tokio::fs::copy(&body.file, &tmp).await?;
-                tokio::fs::rename(&tmp, &dst).await?;
-                guard.disarm();
-            }
-            Err(e) => return Err(e.into()),
-        }
+        tokio::task::spawn_blocking(move || {
+            let SpooledPart { file, len } = body;
+            local_parts::put_part(&dir, number, &file, len)
+        })
+        .await
+        .map_err(|e| io::Error::other(e.to_string()))??;
         Ok(etag)
     }
 
@@ -281,28 +270,19 @@ impl ObjectStore for LocalStore {
                 "parts must be ascending and non-empty".into(),
             ));
         }
-        let sources: Vec<PathBuf> = parts.iter().map(|p| part_file(&dir, p.number)).collect();
+        let numbers: Vec<u32> = parts.iter().map(|p| p.number).collect();
         let tmp = self.tmp_path();
         let guard = TmpGuard(Some(tmp.clone()));
-        let tmp2 = tmp.clone();
-        tokio::task::spawn_blocking(move || -> io::Result<()> {
-            let out = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&tmp2)?;
-            let mut offset = 0u64;
-            for src in &sources {
-                let f = std::fs::File::open(src).map_err(|e| {
-                    io::Error::new(e.kind(), format!("part {} missing: {e}", src.display()))
+        let dir2 = dir.clone();
+        let assembled =
+            tokio::task::spawn_blocking(move || local_parts::assemble(&dir2, &numbers, &tmp))
+                .await
+                .map_err(|e| io::Error::other(e.to_string()))?
+                .map_err(|e| match e.kind() {
+                    io::ErrorKind::NotFound => StorageError::InvalidPart(e.to_string()),
+                    _ => StorageError::Io(e),
                 })?;
-                let len = f.metadata()?.len();
-                offset = append_file(&f, &out, offset, len)?;
-            }
-            out.sync_all()
-        })
-        .await
-        .map_err(|e| io::Error::other(e.to_string()))??;
-        self.publish(&tmp, &dst).await?;
+        self.publish(&assembled, &dst).await?;
         guard.disarm();
         tokio::fs::remove_dir_all(&dir).await?;
         Ok(())
@@ -321,7 +301,7 @@ impl ObjectStore for LocalStore {
 
     async fn get(&self, bucket: &str, key: &str, range: Option<ByteRange>) -> Result<ByteStream> {
         let path = self.object_path(bucket, key)?;
-        let mut file = match tokio::fs::File::open(&path).await {
+        let file = match tokio::fs::File::open(&path).await {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(StorageError::NotFound),
             other => other?,
         };
@@ -337,8 +317,7 @@ impl ObjectStore for LocalStore {
             }
             None => (0, len),
         };
-        file.seek(io::SeekFrom::Start(start)).await?;
-        Ok(ReaderStream::with_capacity(file.take(count), READ_BUF).boxed())
+        Ok(fileio::read_stream(file.into_std().await, start, count))
     }
 
     async fn head(&self, bucket: &str, key: &str) -> Result<Option<u64>> {
@@ -378,7 +357,7 @@ impl ObjectStore for LocalStore {
                 .write(true)
                 .create_new(true)
                 .open(&tmp2)?;
-            append_file(&f, &out, 0, f.metadata()?.len())?;
+            copy_between(&f, 0, &out, 0, f.metadata()?.len())?;
             out.sync_all()
         })
         .await

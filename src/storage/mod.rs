@@ -3,7 +3,9 @@
 //!
 //! Bodies are streams only: no method takes or returns a whole object in memory.
 
+pub mod fileio;
 pub mod local;
+mod local_parts;
 
 use async_trait::async_trait;
 use bytes::Bytes;

@@ -7,4 +7,5 @@ mod chunks;
 mod downloads;
 mod images;
 mod large;
+mod storage_contract;
 mod zips;

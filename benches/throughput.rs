@@ -1,0 +1,462 @@
+//! `cargo bench --bench throughput`: runs the real server binary and measures, in one run,
+//! upload and download throughput against a plain file copy of the same bytes on the same disk,
+//! and the server's peak RSS during each operation. Prints a table; asserts nothing.
+//!
+//! Sizes (MiB) come from `FS_BENCH_SIZES_MIB` (default `512,2048`); the work directory from
+//! `FS_BENCH_DIR` (default: the system temp directory).
+
+use file_system::storage::fileio::{read_stream, FileSink};
+use futures::StreamExt;
+use std::{
+    io::{Read, Write},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Mutex,
+    },
+    time::{Duration, Instant},
+};
+
+const MIB: u64 = 1 << 20;
+const CHUNK: u64 = 50 * MIB;
+
+struct Server {
+    child: Child,
+    base: String,
+    log: PathBuf,
+}
+
+impl Server {
+    fn start(dir: &Path) -> Server {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new(env!("CARGO_BIN_EXE_file-system"))
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("FS_LISTEN", format!("127.0.0.1:{port}"))
+            .env("FS_DATA_DIR", dir.join("data"))
+            .env("FS_LOCAL_DIR", dir.join("data/objects"))
+            .env("FS_SCRATCH_DIR", dir.join("data/scratch"))
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdout(Stdio::from(
+                std::fs::File::create(dir.join("server.log")).unwrap(),
+            ))
+            .spawn()
+            .expect("start server");
+        let base = format!("http://127.0.0.1:{port}");
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Server {
+                    child,
+                    base,
+                    log: dir.join("server.log"),
+                };
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let mut child = child;
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("server did not start");
+    }
+
+    fn status(&self, field: &str) -> u64 {
+        let s = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let line = s.lines().find(|l| l.starts_with(field)).unwrap();
+        line.split_whitespace()
+            .nth(1)
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            * 1024
+    }
+
+    /// Resets the peak-RSS counter to the current RSS.
+    fn reset_peak(&self) {
+        std::fs::write(format!("/proc/{}/clear_refs", self.child.id()), "5").unwrap();
+    }
+
+    fn peak_rss(&self) -> u64 {
+        self.status("VmHWM:")
+    }
+
+    /// Fails with the response body and the end of the server log.
+    async fn expect_ok(&self, r: reqwest::Response) -> reqwest::Response {
+        if r.status() == 200 {
+            return r;
+        }
+        let status = r.status();
+        let body = r.text().await.unwrap_or_default();
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(20).collect();
+        panic!(
+            "{status}: {body}\nserver log:\n{}",
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        );
+    }
+
+    fn url(&self, p: &str) -> String {
+        format!("{}/image-management/v1{p}", self.base)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn make_source(path: &Path, size: u64) {
+    let mut f = std::fs::File::create(path).unwrap();
+    let mut block = vec![0u8; MIB as usize];
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    for chunk in block.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        chunk.copy_from_slice(&x.to_le_bytes());
+    }
+    for i in 0..size / MIB {
+        block[0..8].copy_from_slice(&i.to_le_bytes());
+        f.write_all(&block).unwrap();
+    }
+    f.sync_all().unwrap();
+}
+
+/// Plain file copy, 1 MiB at a time, optionally synced: the baseline.
+fn copy_file(src: &Path, dst: &Path, sync: bool) -> Duration {
+    let t = Instant::now();
+    let mut i = std::fs::File::open(src).unwrap();
+    let mut o = std::fs::File::create(dst).unwrap();
+    let mut buf = vec![0u8; MIB as usize];
+    loop {
+        let n = i.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        o.write_all(&buf[..n]).unwrap();
+    }
+    if sync {
+        o.sync_all().unwrap();
+    }
+    let d = t.elapsed();
+    std::fs::remove_file(dst).unwrap();
+    d
+}
+
+async fn upload(client: &reqwest::Client, srv: &Server, src: &Path, size: u64) -> String {
+    let file = std::fs::File::open(src).unwrap();
+    let body = reqwest::Body::wrap_stream(read_stream(file, 0, size));
+    let form = reqwest::multipart::Form::new()
+        .text("userId", "bench")
+        .text("priority", "0")
+        .part(
+            "file",
+            reqwest::multipart::Part::stream_with_length(body, size).file_name("bench.img"),
+        );
+    let r = srv
+        .expect_ok(
+            client
+                .post(srv.url("/images"))
+                .multipart(form)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+    r.json::<serde_json::Value>().await.unwrap()["imageId"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// Sends 50 MiB chunks one after another (as the existing clients do); returns the image id
+/// and the merge time.
+async fn chunked(
+    client: &reqwest::Client,
+    srv: &Server,
+    src: &Path,
+    size: u64,
+    ident: &str,
+) -> (String, Duration) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::open(src).unwrap();
+    let mut n = 1;
+    let mut off = 0;
+    while off < size {
+        let len = CHUNK.min(size - off);
+        let mut buf = vec![0u8; len as usize];
+        f.read_exact_at(&mut buf, off).unwrap();
+        let form = reqwest::multipart::Form::new()
+            .text("identifier", ident.to_string())
+            .text("priority", "0")
+            .part(
+                "part",
+                reqwest::multipart::Part::bytes(buf).file_name(format!("{n}.part")),
+            );
+        let r = client
+            .post(srv.url("/images/upload"))
+            .multipart(form)
+            .send()
+            .await
+            .unwrap();
+        srv.expect_ok(r).await;
+        off += len;
+        n += 1;
+    }
+    let t = Instant::now();
+    let r = client
+        .post(srv.url("/images/merge"))
+        .form(&[
+            ("identifier", ident),
+            ("filename", "bench.img"),
+            ("userId", "bench"),
+            ("priority", "0"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    let r = srv.expect_ok(r).await;
+    let merge = t.elapsed();
+    let id = r.json::<serde_json::Value>().await.unwrap()["imageId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    (id, merge)
+}
+
+/// Downloads into `dst` (synced, like the baseline copy) or, without `dst`, discards the bytes.
+async fn download(
+    client: &reqwest::Client,
+    srv: &Server,
+    id: &str,
+    zip: bool,
+    dst: Option<&Path>,
+) -> u64 {
+    let q = if zip { "?isZip=true" } else { "" };
+    let r = client
+        .get(srv.url(&format!("/images/{id}/action/download{q}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // The client writes the way the server does (batched, vectored), so it is not the bottleneck.
+    let mut out = dst.map(|p| FileSink::new(std::fs::File::create(p).unwrap()));
+    let mut s = r.bytes_stream();
+    let mut n = 0;
+    while let Some(c) = s.next().await {
+        let c = c.unwrap();
+        n += c.len() as u64;
+        if let Some(o) = out.as_mut() {
+            o.write(c).await.unwrap();
+        }
+    }
+    if let (Some(o), Some(p)) = (out, dst) {
+        o.finish(true).await.unwrap();
+        std::fs::remove_file(p).unwrap();
+    }
+    n
+}
+
+/// Reads a file and discards it: the baseline for a discarded download.
+fn read_file(src: &Path) -> Duration {
+    let t = Instant::now();
+    let mut i = std::fs::File::open(src).unwrap();
+    let mut buf = vec![0u8; MIB as usize];
+    while i.read(&mut buf).unwrap() > 0 {}
+    t.elapsed()
+}
+
+/// Flushes every dirty page first, so one measurement does not pay for the previous one's writes.
+fn settle() {
+    // SAFETY: sync(2) takes no arguments and cannot fail.
+    unsafe { libc::sync() };
+}
+
+/// Runs `op` three times, dirty pages flushed before each: the median time and the highest
+/// server peak RSS.
+async fn measure<F, Fut>(srv: &Server, mut op: F) -> (f64, u64)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let mut times = vec![];
+    let mut peak = 0;
+    for _ in 0..3 {
+        settle();
+        srv.reset_peak();
+        let t = Instant::now();
+        op().await;
+        times.push(t.elapsed().as_secs_f64());
+        peak = peak.max(srv.peak_rss());
+    }
+    times.sort_by(f64::total_cmp);
+    (times[1], peak)
+}
+
+/// Median of three runs.
+fn median3(mut f: impl FnMut() -> Duration) -> f64 {
+    let mut run = || {
+        settle();
+        f().as_secs_f64()
+    };
+    let mut v = [run(), run(), run()];
+    v.sort_by(f64::total_cmp);
+    v[1]
+}
+
+struct Row {
+    op: String,
+    mib: u64,
+    secs: f64,
+    base_secs: f64,
+    peak: u64,
+    note: String,
+}
+
+fn mibs(bytes: u64, secs: f64) -> f64 {
+    bytes as f64 / MIB as f64 / secs
+}
+
+#[tokio::main]
+async fn main() {
+    // `cargo bench` passes `--bench`; nothing else to parse.
+    let sizes: Vec<u64> = std::env::var("FS_BENCH_SIZES_MIB")
+        .unwrap_or_else(|_| "512,2048".into())
+        .split(',')
+        .map(|s| {
+            s.trim()
+                .parse()
+                .expect("FS_BENCH_SIZES_MIB: comma-separated MiB")
+        })
+        .collect();
+    let root: PathBuf = std::env::var("FS_BENCH_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| std::env::temp_dir());
+    let dir = tempfile::tempdir_in(root).unwrap();
+    let srv = Server::start(dir.path());
+    let client = reqwest::Client::new();
+    let idle = srv.status("VmRSS:");
+    let mut rows = vec![];
+    for &mib in &sizes {
+        let size = mib * MIB;
+        let src = dir.path().join(format!("src-{mib}.bin"));
+        make_source(&src, size);
+        let dst = dir.path().join("copy.bin");
+        let base_sync = median3(|| copy_file(&src, &dst, true));
+        let base_read = median3(|| read_file(&src));
+
+        let ids = Mutex::new(vec![]);
+        let (secs, peak) = measure(&srv, || async {
+            let id = upload(&client, &srv, &src, size).await;
+            ids.lock().unwrap().push(id);
+        })
+        .await;
+        rows.push(Row {
+            op: "upload (single POST)".into(),
+            mib,
+            secs,
+            base_secs: base_sync,
+            peak,
+            note: "vs copy+fsync".into(),
+        });
+        let id = ids.lock().unwrap()[0].clone();
+
+        let merges = Mutex::new(vec![]);
+        let run = AtomicUsize::new(0);
+        let (secs, peak) = measure(&srv, || async {
+            let ident = format!("bench-{mib}-{}", run.fetch_add(1, Ordering::Relaxed));
+            let (cid, merge) = chunked(&client, &srv, &src, size, &ident).await;
+            ids.lock().unwrap().push(cid);
+            merges.lock().unwrap().push(merge.as_secs_f64());
+        })
+        .await;
+        let mut merges = merges.into_inner().unwrap();
+        merges.sort_by(f64::total_cmp);
+        rows.push(Row {
+            op: "upload (50 MiB chunks + merge)".into(),
+            mib,
+            secs,
+            base_secs: base_sync,
+            peak,
+            note: format!("merge {:.3} s", merges[1]),
+        });
+
+        let (secs, peak) = measure(&srv, || async {
+            assert_eq!(download(&client, &srv, &id, false, Some(&dst)).await, size);
+        })
+        .await;
+        rows.push(Row {
+            op: "download to file".into(),
+            mib,
+            secs,
+            base_secs: base_sync,
+            peak,
+            note: "vs copy+fsync".into(),
+        });
+
+        let (secs, peak) = measure(&srv, || async {
+            assert!(download(&client, &srv, &id, true, Some(&dst)).await > size);
+        })
+        .await;
+        rows.push(Row {
+            op: "download isZip to file".into(),
+            mib,
+            secs,
+            base_secs: base_sync,
+            peak,
+            note: "vs copy+fsync".into(),
+        });
+
+        let (secs, peak) = measure(&srv, || async {
+            assert_eq!(download(&client, &srv, &id, false, None).await, size);
+        })
+        .await;
+        rows.push(Row {
+            op: "download, discarded".into(),
+            mib,
+            secs,
+            base_secs: base_read,
+            peak,
+            note: "vs reading the file (page cache)".into(),
+        });
+
+        for i in ids.into_inner().unwrap() {
+            client
+                .delete(srv.url(&format!("/images/{i}")))
+                .send()
+                .await
+                .unwrap();
+        }
+        std::fs::remove_file(&src).unwrap();
+    }
+    println!(
+        "\nfile-system benchmark (local store, SQLite); server idle RSS {:.1} MiB",
+        idle as f64 / MIB as f64
+    );
+    println!("every row: median of 3 runs; baseline: the same bytes copied file to file on the same disk, synced where the service syncs");
+    println!("| operation | size MiB | time s | MiB/s | baseline MiB/s | ratio | server peak RSS MiB | note |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---|");
+    for r in &rows {
+        let bytes = r.mib * MIB;
+        println!(
+            "| {} | {} | {:.2} | {:.0} | {:.0} | {:.2}x | {:.1} | {} |",
+            r.op,
+            r.mib,
+            r.secs,
+            mibs(bytes, r.secs),
+            mibs(bytes, r.base_secs),
+            r.base_secs / r.secs,
+            r.peak as f64 / MIB as f64,
+            r.note
+        );
+    }
+}

@@ -1,0 +1,195 @@
+//! The parts of one local multipart upload, kept so that completing it copies nothing in the
+//! common case.
+//!
+//! An upload directory holds `data`, the parts 1..k laid end to end at their final offsets
+//! (listed with their lengths in `data.idx`), and `NNNNN.part` files for parts that arrived
+//! before their predecessors. A part that extends the contiguous run is appended to `data`
+//! (inside the kernel, and synced, so the acknowledgement of a chunk means it is durable), and
+//! any waiting part files that now follow are absorbed. Clients that send chunks in order (the
+//! existing ones send 50 MiB chunks one after another) therefore end with the whole image in
+//! `data`, and completion is a rename. Every step holds an exclusive `flock` on the directory,
+//! so concurrent chunks of one upload (from any process) are safe.
+
+use super::local::copy_between;
+use std::{
+    fs::{self, File, OpenOptions},
+    io::{self, Write},
+    os::fd::AsRawFd,
+    path::{Path, PathBuf},
+};
+
+/// Held while the directory is changed; released on drop.
+struct DirLock {
+    _file: File,
+}
+
+impl DirLock {
+    fn take(dir: &Path) -> io::Result<DirLock> {
+        let f = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join("lock"))?;
+        // SAFETY: flock on a descriptor we own.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(DirLock { _file: f })
+    }
+}
+
+fn part_file(dir: &Path, number: u32) -> PathBuf {
+    dir.join(format!("{number:05}.part"))
+}
+
+/// Lengths of parts 1..=k stored in `data`, in order.
+fn read_index(dir: &Path) -> io::Result<Vec<u64>> {
+    match fs::read_to_string(dir.join("data.idx")) {
+        Ok(s) => s
+            .lines()
+            .map(|l| {
+                l.trim()
+                    .parse::<u64>()
+                    .map_err(|_| io::Error::other("corrupt data.idx"))
+            })
+            .collect(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(vec![]),
+        Err(e) => Err(e),
+    }
+}
+
+fn write_index(dir: &Path, lens: &[u64]) -> io::Result<()> {
+    let tmp = dir.join("data.idx.tmp");
+    let mut f = File::create(&tmp)?;
+    for l in lens {
+        writeln!(f, "{l}")?;
+    }
+    f.sync_all()?;
+    fs::rename(tmp, dir.join("data.idx"))
+}
+
+fn open_data(dir: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(dir.join("data"))
+}
+
+/// Stores part `number` from the spooled file `src` (which is consumed).
+pub fn put_part(dir: &Path, number: u32, src: &Path, len: u64) -> io::Result<()> {
+    let _lock = DirLock::take(dir)?;
+    let mut lens = read_index(dir)?;
+    let n = number as usize;
+    if n <= lens.len() {
+        let offset: u64 = lens[..n - 1].iter().sum();
+        if lens[n - 1] == len {
+            // Re-sent with the same length: overwrite in place.
+            let data = open_data(dir)?;
+            copy_between(&File::open(src)?, 0, &data, offset, len)?;
+            data.sync_all()?;
+            return fs::remove_file(src);
+        }
+        // Another length: parts after it move out of `data` into part files of their own.
+        let data = open_data(dir)?;
+        let mut off = offset + lens[n - 1];
+        for (i, l) in lens.iter().enumerate().skip(n) {
+            let tmp = dir.join(format!("{:05}.part.tmp", i + 1));
+            let out = File::create(&tmp)?;
+            copy_between(&data, off, &out, 0, *l)?;
+            out.sync_all()?;
+            fs::rename(&tmp, part_file(dir, i as u32 + 1))?;
+            off += l;
+        }
+        lens.truncate(n - 1);
+        write_index(dir, &lens)?;
+        data.set_len(offset)?;
+    }
+    if n == lens.len() + 1 {
+        let data = open_data(dir)?;
+        let mut end: u64 = lens.iter().sum();
+        end = copy_between(&File::open(src)?, 0, &data, end, len)?;
+        fs::remove_file(src)?;
+        lens.push(len);
+        let _ = fs::remove_file(part_file(dir, number));
+        // Absorb parts that were waiting for this one.
+        loop {
+            let next = part_file(dir, lens.len() as u32 + 1);
+            let f = match File::open(&next) {
+                Ok(f) => f,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => break,
+                Err(e) => return Err(e),
+            };
+            let l = f.metadata()?.len();
+            end = copy_between(&f, 0, &data, end, l)?;
+            lens.push(l);
+            fs::remove_file(&next)?;
+        }
+        data.set_len(end)?;
+        data.sync_all()?;
+        return write_index(dir, &lens);
+    }
+    // Out of order: wait in a file of its own.
+    File::open(src)?.sync_all()?;
+    match fs::rename(src, part_file(dir, number)) {
+        Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
+            let tmp = dir.join(format!("{number:05}.part.tmp"));
+            let f = File::open(src)?;
+            let out = File::create(&tmp)?;
+            copy_between(&f, 0, &out, 0, len)?;
+            out.sync_all()?;
+            fs::rename(&tmp, part_file(dir, number))?;
+            fs::remove_file(src)
+        }
+        other => other,
+    }
+}
+
+/// Assembles `numbers` (ascending) into the file `out_tmp`, or returns `data` itself when it
+/// already holds them: the path of the finished, synced file.
+pub fn assemble(dir: &Path, numbers: &[u32], out_tmp: &Path) -> io::Result<PathBuf> {
+    let _lock = DirLock::take(dir)?;
+    let lens = read_index(dir)?;
+    let k = lens.len() as u32;
+    let in_data: Vec<u32> = numbers.iter().copied().filter(|&n| n <= k).collect();
+    let prefix = in_data.iter().enumerate().all(|(i, &n)| n == i as u32 + 1);
+    let missing = |n: u32| {
+        io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("part {n} was never stored"),
+        )
+    };
+    if prefix {
+        // Fast path: keep `data`, cut it after the parts asked for, append the rest.
+        let data = open_data(dir)?;
+        let mut end: u64 = lens[..in_data.len()].iter().sum();
+        for &n in numbers.iter().filter(|&&n| n > k) {
+            let f = File::open(part_file(dir, n)).map_err(|_| missing(n))?;
+            let l = f.metadata()?.len();
+            end = copy_between(&f, 0, &data, end, l)?;
+        }
+        data.set_len(end)?;
+        data.sync_all()?;
+        return Ok(dir.join("data"));
+    }
+    // General case (a subset of the contiguous parts): copy the pieces into a new file.
+    let data = open_data(dir)?;
+    let out = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(out_tmp)?;
+    let mut end = 0u64;
+    for &n in numbers {
+        if n <= k {
+            let off: u64 = lens[..n as usize - 1].iter().sum();
+            end = copy_between(&data, off, &out, end, lens[n as usize - 1])?;
+        } else {
+            let f = File::open(part_file(dir, n)).map_err(|_| missing(n))?;
+            let l = f.metadata()?.len();
+            end = copy_between(&f, 0, &out, end, l)?;
+        }
+    }
+    out.sync_all()?;
+    Ok(out_tmp.to_path_buf())
+}

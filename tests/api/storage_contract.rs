@@ -1,0 +1,274 @@
+//! The storage contract: the same behaviour from every `ObjectStore` implementation.
+
+use crate::helpers::*;
+use bytes::Bytes;
+use file_system::storage::{
+    ByteRange, ByteStream, CompletedPart, ObjectStore, PutOptions, SpooledPart, StorageError,
+};
+use futures::StreamExt;
+use std::sync::Arc;
+
+fn stream_of(data: Vec<u8>) -> ByteStream {
+    let chunks: Vec<std::io::Result<Bytes>> = data
+        .chunks(10_000)
+        .map(|c| Ok(Bytes::copy_from_slice(c)))
+        .collect();
+    futures::stream::iter(chunks).boxed()
+}
+
+async fn read_all(s: ByteStream) -> Vec<u8> {
+    s.map(|c| c.unwrap().to_vec())
+        .collect::<Vec<_>>()
+        .await
+        .concat()
+}
+
+fn spooled(dir: &std::path::Path, data: &[u8]) -> SpooledPart {
+    let mut f = tempfile::NamedTempFile::new_in(dir).unwrap();
+    std::io::Write::write_all(&mut f, data).unwrap();
+    SpooledPart {
+        file: f.into_temp_path(),
+        len: data.len() as u64,
+    }
+}
+
+/// Runs the whole contract against `store`, using bucket `bucket` and scratch dir `tmp`.
+pub async fn contract(store: Arc<dyn ObjectStore>, bucket: &str, tmp: &std::path::Path) {
+    store.ensure_bucket(bucket).await.unwrap();
+    store.ensure_bucket(bucket).await.unwrap();
+    let opts = PutOptions::default();
+
+    // put / head / get / ranged get / delete
+    let data = pattern(1, 123_457);
+    assert_eq!(
+        store
+            .put(bucket, "c/one", stream_of(data.clone()), &opts)
+            .await
+            .unwrap(),
+        data.len() as u64
+    );
+    assert_eq!(
+        store.head(bucket, "c/one").await.unwrap(),
+        Some(data.len() as u64)
+    );
+    assert_eq!(
+        read_all(store.get(bucket, "c/one", None).await.unwrap()).await,
+        data
+    );
+    let r = ByteRange {
+        start: 100,
+        end: 20_099,
+    };
+    assert_eq!(
+        read_all(store.get(bucket, "c/one", Some(r)).await.unwrap()).await,
+        data[100..20_100].to_vec()
+    );
+    // put replaces
+    store
+        .put(bucket, "c/one", stream_of(vec![7; 10]), &opts)
+        .await
+        .unwrap();
+    assert_eq!(
+        read_all(store.get(bucket, "c/one", None).await.unwrap()).await,
+        vec![7; 10]
+    );
+    store.delete(bucket, "c/one").await.unwrap();
+    store.delete(bucket, "c/one").await.unwrap();
+    assert_eq!(store.head(bucket, "c/one").await.unwrap(), None);
+    assert!(matches!(
+        store.get(bucket, "c/one", None).await.err(),
+        Some(StorageError::NotFound)
+    ));
+
+    // A failing body leaves nothing behind.
+    let failing = futures::stream::iter(vec![
+        Ok(Bytes::from_static(b"abc")),
+        Err(std::io::Error::other("client gone")),
+    ])
+    .boxed();
+    assert!(matches!(
+        store.put(bucket, "c/fail", failing, &opts).await,
+        Err(StorageError::Body(_))
+    ));
+    assert_eq!(store.head(bucket, "c/fail").await.unwrap(), None);
+
+    // Multipart in order, out of order, with a re-sent part of another length.
+    let parts: Vec<Vec<u8>> = (0..5)
+        .map(|i| pattern(10 + i, 70_000 + i as usize * 13))
+        .collect();
+    for order in [
+        vec![1u32, 2, 3, 4, 5],
+        vec![5, 3, 1, 4, 2],
+        vec![2, 1, 4, 3, 5],
+    ] {
+        let id = store
+            .create_multipart(bucket, "c/multi", &opts)
+            .await
+            .unwrap();
+        let mut done = vec![];
+        for &n in &order {
+            let etag = store
+                .upload_part(
+                    bucket,
+                    "c/multi",
+                    &id,
+                    n,
+                    spooled(tmp, &parts[n as usize - 1]),
+                )
+                .await
+                .unwrap();
+            done.push(CompletedPart { number: n, etag });
+        }
+        // Re-send part 2 with other bytes of another length, then part 4 with the same length.
+        let new2 = pattern(99, 80_001);
+        let e2 = store
+            .upload_part(bucket, "c/multi", &id, 2, spooled(tmp, &new2))
+            .await
+            .unwrap();
+        let new4 = pattern(98, parts[3].len());
+        let e4 = store
+            .upload_part(bucket, "c/multi", &id, 4, spooled(tmp, &new4))
+            .await
+            .unwrap();
+        done.retain(|p| p.number != 2 && p.number != 4);
+        done.push(CompletedPart {
+            number: 2,
+            etag: e2,
+        });
+        done.push(CompletedPart {
+            number: 4,
+            etag: e4,
+        });
+        done.sort_by_key(|p| p.number);
+        store
+            .complete_multipart(bucket, "c/multi", &id, &done)
+            .await
+            .unwrap();
+        let want = [
+            parts[0].clone(),
+            new2,
+            parts[2].clone(),
+            new4,
+            parts[4].clone(),
+        ]
+        .concat();
+        let got = read_all(store.get(bucket, "c/multi", None).await.unwrap()).await;
+        assert!(
+            got == want,
+            "multipart order {order:?}: {} bytes vs {}",
+            got.len(),
+            want.len()
+        );
+        // Completing again is harmless.
+        store
+            .complete_multipart(bucket, "c/multi", &id, &done)
+            .await
+            .unwrap();
+    }
+    // Completing a subset (parts 1 and 3 only).
+    let id = store
+        .create_multipart(bucket, "c/subset", &opts)
+        .await
+        .unwrap();
+    let mut done = vec![];
+    for n in 1..=3u32 {
+        let etag = store
+            .upload_part(
+                bucket,
+                "c/subset",
+                &id,
+                n,
+                spooled(tmp, &parts[n as usize - 1]),
+            )
+            .await
+            .unwrap();
+        done.push(CompletedPart { number: n, etag });
+    }
+    done.remove(1);
+    store
+        .complete_multipart(bucket, "c/subset", &id, &done)
+        .await
+        .unwrap();
+    let got = read_all(store.get(bucket, "c/subset", None).await.unwrap()).await;
+    assert!(got == [parts[0].clone(), parts[2].clone()].concat());
+
+    // Abort drops the parts; aborting twice is fine.
+    let id = store
+        .create_multipart(bucket, "c/aborted", &opts)
+        .await
+        .unwrap();
+    store
+        .upload_part(bucket, "c/aborted", &id, 1, spooled(tmp, b"x"))
+        .await
+        .unwrap();
+    store
+        .abort_multipart(bucket, "c/aborted", &id)
+        .await
+        .unwrap();
+    store
+        .abort_multipart(bucket, "c/aborted", &id)
+        .await
+        .unwrap();
+    assert_eq!(store.head(bucket, "c/aborted").await.unwrap(), None);
+
+    // Copy across keys.
+    store
+        .put(bucket, "c/src", stream_of(data.clone()), &opts)
+        .await
+        .unwrap();
+    store
+        .copy(bucket, "c/src", bucket, "c/dst", &opts)
+        .await
+        .unwrap();
+    assert_eq!(
+        read_all(store.get(bucket, "c/dst", None).await.unwrap()).await,
+        data
+    );
+    assert!(matches!(
+        store.copy(bucket, "c/nothing", bucket, "c/x", &opts).await,
+        Err(StorageError::NotFound)
+    ));
+    for k in ["c/src", "c/dst", "c/multi", "c/subset"] {
+        store.delete(bucket, k).await.unwrap();
+    }
+    store.ping().await.unwrap();
+}
+
+#[tokio::test]
+async fn local_store_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(
+        file_system::storage::LocalStore::open(dir.path().join("objects"))
+            .await
+            .unwrap(),
+    );
+    contract(store, "contract", dir.path()).await;
+    // Nothing but the bucket directory is left.
+    let mut left = vec![];
+    for e in walkdir(dir.path().join("objects")) {
+        left.push(e);
+    }
+    assert!(left.is_empty(), "{left:?}");
+    // Keys cannot climb out of the store.
+    let store = file_system::storage::LocalStore::open(dir.path().join("objects"))
+        .await
+        .unwrap();
+    for key in ["../x", "/etc/passwd", "a/../../b"] {
+        assert!(store.head("contract", key).await.is_err(), "{key}");
+    }
+    assert!(store.head("..", "x").await.is_err());
+}
+
+fn walkdir(p: std::path::PathBuf) -> Vec<std::path::PathBuf> {
+    let mut out = vec![];
+    if let Ok(rd) = std::fs::read_dir(&p) {
+        for e in rd.flatten() {
+            if e.path().is_dir() {
+                out.extend(walkdir(e.path()));
+            } else {
+                out.push(e.path());
+            }
+        }
+    }
+    out
+}
