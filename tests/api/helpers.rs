@@ -36,6 +36,14 @@ pub struct TestApp {
 
 impl TestApp {
     pub async fn spawn(backend: Backend, opts: Options) -> TestApp {
+        // Server logs go to the test's captured output (shown when it fails).
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| "warn".into()),
+            )
+            .with_test_writer()
+            .try_init();
         let dir = tempfile::tempdir().expect("temp dir");
         let root = dir.path();
         let mut vars = vec![
