@@ -14,3 +14,81 @@ ensure_tools() {
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
     fi
 }
+
+FS_TOOLS="${FS_TOOLS:-$HOME/.cache/fs-tools}"
+GARAGE_VERSION=2.5.0
+
+# Puts a garage binary on PATH, building it once (about 10 minutes) into $FS_TOOLS.
+ensure_garage() {
+    export PATH="$FS_TOOLS/bin:$PATH"
+    if ! garage --version 2>/dev/null | grep -q "$GARAGE_VERSION"; then
+        echo "installing garage $GARAGE_VERSION into $FS_TOOLS (one time, ~10 min)" >&2
+        cargo install garage --version "$GARAGE_VERSION" --locked --root "$FS_TOOLS" --quiet
+    fi
+}
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+# Starts a throw-away single-node Garage on loopback and exports the S3 settings for the tests:
+# FS_TEST_S3_ENDPOINT, FS_TEST_S3_REGION, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY.
+start_garage() {
+    ensure_garage
+    local dir
+    dir=$(mktemp -d "${TMPDIR:-/tmp}/fs-garage.XXXXXX")
+    local s3_port rpc_port admin_port
+    s3_port=$(free_port); rpc_port=$(free_port); admin_port=$(free_port)
+    cat >"$dir/garage.toml" <<TOML
+metadata_dir = "$dir/meta"
+data_dir = "$dir/data"
+db_engine = "sqlite"
+replication_factor = 1
+rpc_bind_addr = "127.0.0.1:$rpc_port"
+rpc_public_addr = "127.0.0.1:$rpc_port"
+rpc_secret = "$(python3 -c 'import secrets; print(secrets.token_hex(32))')"
+
+[s3_api]
+s3_region = "garage"
+api_bind_addr = "127.0.0.1:$s3_port"
+
+[admin]
+api_bind_addr = "127.0.0.1:$admin_port"
+TOML
+    garage -c "$dir/garage.toml" server >"$dir/garage.log" 2>&1 &
+    GARAGE_PID=$!
+    GARAGE_DIR=$dir
+    local g="garage -c $dir/garage.toml"
+    for _ in $(seq 1 100); do
+        $g status >/dev/null 2>&1 && break
+        sleep 0.2
+    done
+    if ! $g status >/dev/null 2>&1; then
+        cat "$dir/garage.log" >&2
+        echo "garage did not start" >&2
+        return 1
+    fi
+    local node
+    node=$($g node id -q 2>/dev/null | cut -d@ -f1)
+    $g layout assign -z dc1 -c 1G "$node" >/dev/null
+    $g layout apply --version 1 >/dev/null
+    local key_id secret
+    key_id="GK$(python3 -c 'import secrets; print(secrets.token_hex(12))')"
+    secret=$(python3 -c 'import secrets; print(secrets.token_hex(32))')
+    $g key import --yes -n fs-test "$key_id" "$secret" >/dev/null
+    $g key allow --create-bucket "$key_id" >/dev/null
+    export FS_TEST_S3_ENDPOINT="http://127.0.0.1:$s3_port"
+    export FS_TEST_S3_REGION=garage
+    export AWS_ACCESS_KEY_ID=$key_id
+    export AWS_SECRET_ACCESS_KEY=$secret
+    export FS_TEST_GARAGE_CONFIG="$dir/garage.toml"
+    echo "garage $GARAGE_VERSION on $FS_TEST_S3_ENDPOINT (data in $dir)" >&2
+}
+
+stop_garage() {
+    if [ -n "${GARAGE_PID:-}" ]; then
+        kill "$GARAGE_PID" 2>/dev/null || true
+        wait "$GARAGE_PID" 2>/dev/null || true
+    fi
+    [ -n "${GARAGE_DIR:-}" ] && rm -rf "$GARAGE_DIR"
+}

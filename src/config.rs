@@ -3,6 +3,7 @@
 //! Every variable is listed with its default in `.env.example`. Flat keys, one `envy` call per
 //! group: `FS_*` for the service, `DATABASE_URL` / `POSTGRES_*` for the database.
 
+use crate::storage::S3Settings;
 use serde::Deserialize;
 use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf};
 
@@ -18,6 +19,7 @@ pub struct Tier {
 #[serde(rename_all = "lowercase")]
 pub enum StorageKind {
     Local,
+    S3,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -53,6 +55,17 @@ struct FsVars {
     upload_concurrency: usize,
     #[serde(default = "default_shutdown_grace")]
     shutdown_grace_secs: u64,
+    s3_endpoint: Option<String>,
+    s3_region: Option<String>,
+    s3_force_path_style: Option<bool>,
+    #[serde(default = "default_min_part")]
+    s3_min_part_bytes: u64,
+    #[serde(default = "default_part")]
+    s3_part_bytes: u64,
+    #[serde(default = "default_s3_concurrency")]
+    s3_upload_concurrency: usize,
+    #[serde(default)]
+    s3_key_prefix: String,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -86,6 +99,7 @@ pub struct Config {
     /// Chunk and upload bodies handled at once (bounds disk and memory use).
     pub upload_concurrency: usize,
     pub shutdown_grace_secs: u64,
+    pub s3: S3Settings,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -136,6 +150,15 @@ fn default_upload_concurrency() -> usize {
 fn default_shutdown_grace() -> u64 {
     30
 }
+fn default_min_part() -> u64 {
+    5 << 20
+}
+fn default_part() -> u64 {
+    8 << 20
+}
+fn default_s3_concurrency() -> usize {
+    4
+}
 
 impl Config {
     /// Reads `.env` (if any) and the process environment.
@@ -178,6 +201,21 @@ impl Config {
             "" | "*" => None,
             list => Some(list.split(',').map(|s| s.trim().to_string()).collect()),
         };
+        let endpoint = fs.s3_endpoint.filter(|e| !e.is_empty());
+        if fs.s3_part_bytes < fs.s3_min_part_bytes {
+            return Err(ConfigError::Invalid(
+                "FS_S3_PART_BYTES must be at least FS_S3_MIN_PART_BYTES".into(),
+            ));
+        }
+        let s3 = S3Settings {
+            force_path_style: fs.s3_force_path_style.unwrap_or(endpoint.is_some()),
+            endpoint,
+            region: fs.s3_region.filter(|r| !r.is_empty()),
+            min_part_bytes: fs.s3_min_part_bytes,
+            part_bytes: fs.s3_part_bytes,
+            upload_concurrency: fs.s3_upload_concurrency.max(1),
+            key_prefix: fs.s3_key_prefix,
+        };
         Ok(Config {
             listen: fs.listen,
             database_url,
@@ -191,6 +229,7 @@ impl Config {
             log_format: fs.log_format,
             upload_concurrency: fs.upload_concurrency.max(1),
             shutdown_grace_secs: fs.shutdown_grace_secs,
+            s3,
         })
     }
 }

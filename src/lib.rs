@@ -14,7 +14,7 @@ use anyhow::Context;
 use config::{Config, StorageKind};
 use domain::Service;
 use std::{future::Future, sync::Arc, time::Duration};
-use storage::{LocalStore, ObjectStore};
+use storage::{LocalStore, ObjectStore, S3Store, SharedS3};
 use tokio_util::sync::CancellationToken;
 
 /// Connects the database (migrating it), opens the store and prepares every tier's bucket.
@@ -39,6 +39,11 @@ pub async fn build(cfg: Config) -> anyhow::Result<Service> {
                 .await
                 .with_context(|| format!("cannot open local store {}", cfg.local_dir.display()))?,
         ),
+        StorageKind::S3 => Arc::new(SharedS3(Arc::new(
+            S3Store::new(cfg.s3.clone())
+                .await
+                .context("cannot set up the S3 client")?,
+        ))),
     };
     for tier in cfg.tiers.values() {
         store.ensure_bucket(&tier.bucket).await.with_context(|| {

@@ -84,7 +84,7 @@ impl Service {
         let number = validate::chunk_number(fields.get("chunkNumber"), file_name.as_deref())
             .map_err(Error::InvalidInput)?;
         let tier = self.tier_for(fields.get("priority"))?.clone();
-        let session = self.open_session(&identifier, &tier).await?;
+        let session = self.open_session(&identifier, &tier, body.len).await?;
         if session.state != OPEN {
             return Err(Error::Conflict(format!(
                 "upload {identifier} is {}; cancel it to start again",
@@ -104,6 +104,7 @@ impl Service {
                 &session.upload_id,
                 number,
                 body,
+                !session.packed,
             )
             .await?;
         db::uploads::upsert_part(&self.db, &session.id, number, len, &etag, crc32, now_secs())
@@ -114,7 +115,12 @@ impl Service {
 
     /// Finds the identifier's session or opens one (with its multipart upload). Safe when
     /// several first chunks race: one insert wins, the others drop their multipart uploads.
-    async fn open_session(&self, identifier: &str, tier: &Tier) -> Result<upload_session::Model> {
+    async fn open_session(
+        &self,
+        identifier: &str,
+        tier: &Tier,
+        first_chunk: u64,
+    ) -> Result<upload_session::Model> {
         if let Some(s) = db::uploads::find(&self.db, identifier).await? {
             if s.priority != tier.priority {
                 return Err(Error::InvalidInput(format!(
@@ -143,6 +149,8 @@ impl Service {
             object_key: Set(key.clone()),
             upload_id: Set(upload_id.clone()),
             state: Set(OPEN.to_string()),
+            // Small chunks (browsers) are packed at merge; large ones become parts directly.
+            packed: Set(first_chunk < self.store.min_part_size()),
             created_at: Set(now),
             updated_at: Set(now),
         };
@@ -264,6 +272,7 @@ impl Service {
                     "upload {identifier} no longer exists in the store; cancel it and upload again"
                 )))
             }
+            Err(StorageError::InvalidPart(msg)) => return Err(Error::InvalidInput(msg)),
             other => other?,
         }
         let (name, size, crc32) = if validate::is_zip(file_name) {

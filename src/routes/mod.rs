@@ -103,7 +103,7 @@ async fn ready(State(svc): State<Service>) -> Result<Json<serde_json::Value>, Ap
             "database unreachable",
         ));
     }
-    if let Err(e) = svc.store().ping().await {
+    if let Err(e) = svc.store().ping(&svc.config().tiers[&0].bucket).await {
         tracing::warn!(error = %e, "readiness: storage unreachable");
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -234,6 +234,7 @@ impl ObjectStore for LocalStore {
         upload_id: &str,
         number: u32,
         body: SpooledPart,
+        _direct: bool,
     ) -> Result<String> {
         let dir = self.upload_dir(upload_id)?;
         if !tokio::fs::try_exists(&dir).await? {
@@ -371,7 +372,7 @@ impl ObjectStore for LocalStore {
         Ok(())
     }
 
-    async fn ping(&self) -> Result<()> {
+    async fn ping(&self, _bucket: &str) -> Result<()> {
         tokio::fs::metadata(self.root.join(".tmp")).await?;
         Ok(())
     }

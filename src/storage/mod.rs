@@ -6,6 +6,7 @@
 pub mod fileio;
 pub mod local;
 mod local_parts;
+pub mod s3;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -13,6 +14,7 @@ use futures::stream::BoxStream;
 use std::{io, path::PathBuf};
 
 pub use local::LocalStore;
+pub use s3::{S3Settings, S3Store, SharedS3};
 
 /// A stream of object bytes.
 pub type ByteStream = BoxStream<'static, io::Result<Bytes>>;
@@ -92,7 +94,9 @@ pub trait ObjectStore: Send + Sync + 'static {
     /// Opens a multipart upload for `key`; returns its upload id.
     async fn create_multipart(&self, bucket: &str, key: &str, opts: &PutOptions) -> Result<String>;
 
-    /// Stores part `number` (1..=10000), replacing an earlier part of that number. Returns its ETag.
+    /// Stores part `number` (1..=10000), replacing an earlier part of that number. Returns its
+    /// ETag. With `direct` false the store may hold the part aside and pack it at completion
+    /// (an upload whose chunks are below `min_part_size`).
     async fn upload_part(
         &self,
         bucket: &str,
@@ -100,6 +104,7 @@ pub trait ObjectStore: Send + Sync + 'static {
         upload_id: &str,
         number: u32,
         body: SpooledPart,
+        direct: bool,
     ) -> Result<String>;
 
     /// Joins `parts` (ascending numbers) into the object. Completing an upload that already
@@ -134,6 +139,11 @@ pub trait ObjectStore: Send + Sync + 'static {
         opts: &PutOptions,
     ) -> Result<()>;
 
-    /// Checks the store is reachable (readiness).
-    async fn ping(&self) -> Result<()>;
+    /// Checks the store and `bucket` are reachable (readiness).
+    async fn ping(&self, bucket: &str) -> Result<()>;
+
+    /// Smallest non-final multipart part the store accepts (0: no minimum).
+    fn min_part_size(&self) -> u64 {
+        0
+    }
 }

@@ -47,7 +47,7 @@ async fn upload_errors(b: Backend) {
     let ok128 = &long[1..];
     let resp = app.upload(ok128, vec![1; 100], &[]).await;
     assert_eq!(resp.status(), 200);
-    let stored_after_ok = app.stored_files().len();
+    let stored_after_ok = app.leftovers().await.len();
 
     // Over the (lowered) size limit: 413, nothing kept.
     let resp = app.upload("big.img", pattern(1, (1 << 20) + 1), &[]).await;
@@ -57,13 +57,13 @@ async fn upload_errors(b: Backend) {
     // Exactly the limit is fine.
     let resp = app.upload("edge.img", pattern(1, 1 << 20), &[]).await;
     assert_eq!(resp.status(), 200);
-    assert_eq!(app.stored_files().len(), stored_after_ok + 1);
+    assert_eq!(app.leftovers().await.len(), stored_after_ok + 1);
     app.stop().await;
 }
 
 async fn malformed_bodies(b: Backend) {
     let app = TestApp::spawn(b, Options::default()).await;
-    let before = app.stored_files();
+    let before = app.leftovers().await;
     // Truncated multipart body: the closing boundary never comes.
     let body = "--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.qcow2\"\r\n\r\nsome bytes but no end";
     for path in ["/images", "/images/upload"] {
@@ -106,7 +106,7 @@ async fn malformed_bodies(b: Backend) {
         .unwrap();
     assert!(resp.status().is_client_error());
     assert_eq!(
-        app.stored_files(),
+        app.leftovers().await,
         before,
         "malformed requests left files behind"
     );

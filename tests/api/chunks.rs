@@ -95,7 +95,7 @@ async fn out_of_order_concurrent_chunks_merge(b: Backend) {
         .await;
     run("unzip", &["-tq", zip.to_str().unwrap()]);
     // Parts are gone from the store once merged: only the image remains.
-    let files = app.stored_files();
+    let files = app.leftovers().await;
     assert_eq!(files.len(), 1, "{files:?}");
     app.stop().await;
 }
@@ -189,14 +189,14 @@ async fn resent_chunks_gaps_and_resume(b: Backend) {
 
 async fn cancel_drops_every_chunk(b: Backend) {
     let app = TestApp::spawn(b, Options::default()).await;
-    let before = app.stored_files().len();
+    let before = app.leftovers().await.len();
     for n in 1..=3 {
         assert_eq!(
             app.chunk("cx", n, pattern(n as u64, 50_000)).await.status(),
             200
         );
     }
-    assert!(app.stored_files().len() > before);
+    assert!(app.leftovers().await.len() > before);
     // Fields as query parameters on DELETE, as a form body, and as multipart all work.
     let r = app
         .client
@@ -207,7 +207,7 @@ async fn cancel_drops_every_chunk(b: Backend) {
     assert_eq!(r.status(), 200);
     assert_eq!(r.text().await.unwrap(), "cancel success");
     assert_eq!(
-        app.stored_files().len(),
+        app.leftovers().await.len(),
         before,
         "cancel left chunks behind"
     );
@@ -307,7 +307,7 @@ async fn chunked_zip_is_unpacked(b: Backend) {
     let r = app.merge("badzip", "bad.zip").await;
     assert_error(r, 400, None).await;
     // Only the first image remains: the refused archive's chunks are gone, nothing was added.
-    let left = app.stored_files();
+    let left = app.leftovers().await;
     assert_eq!(left.len(), 1, "{left:?}");
     app.stop().await;
 }

@@ -13,9 +13,10 @@ use tokio::sync::oneshot;
 pub const API: &str = "/image-management/v1";
 
 /// Database + storage combination a test body runs on.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
     SqliteLocal,
+    SqliteS3,
 }
 
 /// Knobs a test may turn.
@@ -24,12 +25,57 @@ pub struct Options {
     pub max_image_bytes: Option<u64>,
     pub tiers: Option<&'static str>,
     pub upload_ttl_secs: Option<u64>,
+    pub min_part_bytes: Option<u64>,
+    /// Replaces the S3 endpoint (e.g. a fault-injecting proxy in front of Garage).
+    pub s3_endpoint: Option<String>,
+}
+
+/// The S3 server the tests use (started by scripts/test): endpoint and region.
+pub fn s3_env() -> (String, String) {
+    let get = |k: &str| {
+        std::env::var(k).unwrap_or_else(|_| {
+            panic!("{k} is not set: the S3 tests need Garage; run them through scripts/test")
+        })
+    };
+    get("AWS_ACCESS_KEY_ID");
+    get("AWS_SECRET_ACCESS_KEY");
+    (get("FS_TEST_S3_ENDPOINT"), get("FS_TEST_S3_REGION"))
+}
+
+/// S3 settings for a test: Garage, path-style, keys under a prefix of the test's own.
+pub fn s3_settings(prefix: &str) -> file_system::storage::S3Settings {
+    let (endpoint, region) = s3_env();
+    file_system::storage::S3Settings {
+        endpoint: Some(endpoint),
+        region: Some(region),
+        force_path_style: true,
+        min_part_bytes: 5 << 20,
+        part_bytes: 8 << 20,
+        upload_concurrency: 4,
+        key_prefix: prefix.to_string(),
+    }
+}
+
+pub async fn s3_client() -> aws_sdk_s3::Client {
+    let store = file_system::storage::S3Store::new(s3_settings(""))
+        .await
+        .unwrap();
+    store.client().clone()
+}
+
+struct S3View {
+    client: aws_sdk_s3::Client,
+    prefix: String,
+    buckets: Vec<String>,
 }
 
 pub struct TestApp {
     pub base: String,
     pub client: Client,
     pub dir: tempfile::TempDir,
+    #[allow(dead_code)]
+    pub backend: Backend,
+    s3: Option<S3View>,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
@@ -57,17 +103,40 @@ impl TestApp {
                 opts.upload_ttl_secs.unwrap_or(86_400).to_string(),
             ),
         ];
+        vars.push((
+            "DATABASE_URL".into(),
+            format!("sqlite://{}/meta.db?mode=rwc", root.display()),
+        ));
+        let mut s3 = None;
         match backend {
             Backend::SqliteLocal => {
-                vars.push((
-                    "DATABASE_URL".into(),
-                    format!("sqlite://{}/meta.db?mode=rwc", root.display()),
-                ));
                 vars.push(("FS_STORAGE".into(), "local".into()));
                 vars.push((
                     "FS_LOCAL_DIR".into(),
                     root.join("objects").display().to_string(),
                 ));
+            }
+            Backend::SqliteS3 => {
+                let (endpoint, region) = s3_env();
+                let prefix = format!("t-{}/", uuid::Uuid::new_v4().simple());
+                vars.push(("FS_STORAGE".into(), "s3".into()));
+                vars.push((
+                    "FS_S3_ENDPOINT".into(),
+                    opts.s3_endpoint.clone().unwrap_or(endpoint),
+                ));
+                vars.push(("FS_S3_REGION".into(), region));
+                vars.push(("FS_S3_KEY_PREFIX".into(), prefix.clone()));
+                if let Some(m) = opts.min_part_bytes {
+                    vars.push(("FS_S3_MIN_PART_BYTES".into(), m.to_string()));
+                    vars.push(("FS_S3_PART_BYTES".into(), m.max(8 << 20).to_string()));
+                }
+                let tiers =
+                    file_system::config::parse_tiers(opts.tiers.unwrap_or("0=images")).unwrap();
+                s3 = Some(S3View {
+                    client: s3_client().await,
+                    prefix,
+                    buckets: tiers.values().map(|t| t.bucket.clone()).collect(),
+                });
             }
         }
         if let Some(m) = opts.max_image_bytes {
@@ -88,6 +157,8 @@ impl TestApp {
             base: format!("http://{addr}"),
             client: Client::builder().build().unwrap(),
             dir,
+            backend,
+            s3,
             shutdown: Some(tx),
             server: Some(server),
         }
@@ -107,17 +178,73 @@ impl TestApp {
         format!("{}{API}{path}", self.base)
     }
 
-    pub fn objects_dir(&self) -> PathBuf {
-        self.dir.path().join("objects")
+    /// Whether the store holds `key` in `bucket`.
+    pub async fn object_exists(&self, bucket: &str, key: &str) -> bool {
+        match &self.s3 {
+            None => self
+                .dir
+                .path()
+                .join("objects")
+                .join(bucket)
+                .join(key)
+                .is_file(),
+            Some(s3) => s3
+                .client
+                .head_object()
+                .bucket(bucket)
+                .key(format!("{}{key}", s3.prefix))
+                .send()
+                .await
+                .is_ok(),
+        }
     }
 
-    /// Every file in the store and the scratch directory (to prove nothing is left behind).
-    pub fn stored_files(&self) -> Vec<PathBuf> {
-        let mut out = vec![];
-        for d in [self.objects_dir(), self.dir.path().join("scratch")] {
-            walk(&d, &mut out);
+    /// Everything the service keeps: objects, parts and uploads in progress, scratch files
+    /// (to prove nothing is left behind).
+    pub async fn leftovers(&self) -> Vec<String> {
+        let mut files = vec![];
+        walk(&self.dir.path().join("scratch"), &mut files);
+        if self.s3.is_none() {
+            walk(&self.dir.path().join("objects"), &mut files);
+        }
+        let mut out: Vec<String> = files.iter().map(|p| p.display().to_string()).collect();
+        if let Some(s3) = &self.s3 {
+            for b in &s3.buckets {
+                let objs = s3
+                    .client
+                    .list_objects_v2()
+                    .bucket(b)
+                    .prefix(&s3.prefix)
+                    .send()
+                    .await
+                    .unwrap();
+                out.extend(
+                    objs.contents()
+                        .iter()
+                        .map(|o| format!("{b}/{}", o.key().unwrap_or(""))),
+                );
+                let ups = s3
+                    .client
+                    .list_multipart_uploads()
+                    .bucket(b)
+                    .prefix(&s3.prefix)
+                    .send()
+                    .await
+                    .unwrap();
+                out.extend(
+                    ups.uploads()
+                        .iter()
+                        .map(|u| format!("upload {b}/{}", u.key().unwrap_or(""))),
+                );
+            }
         }
         out
+    }
+
+    /// The S3 client and this test's key prefix (S3 backends only).
+    pub fn s3(&self) -> (&aws_sdk_s3::Client, &str) {
+        let s3 = self.s3.as_ref().expect("an S3 backend");
+        (&s3.client, &s3.prefix)
     }
 
     /// `POST /images` with the given file part and text fields.
@@ -352,6 +479,14 @@ macro_rules! backend_tests {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
                     super::$name($crate::helpers::Backend::SqliteLocal).await
+                }
+            )*
+        }
+        mod sqlite_s3 {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::helpers::Backend::SqliteS3).await
                 }
             )*
         }

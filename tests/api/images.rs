@@ -165,8 +165,8 @@ async fn fields_after_the_file_and_tiers(b: Backend) {
     assert_eq!(v["userId"], "late-user");
     assert_eq!(v["storageMedium"], "archive");
     let id = v["imageId"].as_str().unwrap();
-    assert!(app.objects_dir().join("archive/images").join(id).is_file());
-    assert!(!app.objects_dir().join("images/images").join(id).exists());
+    assert!(app.object_exists("archive", &format!("images/{id}")).await);
+    assert!(!app.object_exists("images", &format!("images/{id}")).await);
 
     // Priority in the query string, overridden by a body field.
     let form = reqwest::multipart::Form::new().text("priority", "0").part(
@@ -189,7 +189,7 @@ async fn fields_after_the_file_and_tiers(b: Backend) {
         resp.json::<serde_json::Value>().await.unwrap()["storageMedium"],
         "images"
     );
-    let before = app.stored_files().len();
+    let before = app.leftovers().await.len();
     for p in ["7", "x"] {
         let resp = app.upload("e.img", vec![1; 10], &[("priority", p)]).await;
         let v = assert_error(resp, 400, None).await;
@@ -198,7 +198,7 @@ async fn fields_after_the_file_and_tiers(b: Backend) {
         assert_error(resp, 400, None).await;
     }
     assert_eq!(
-        app.stored_files().len(),
+        app.leftovers().await.len(),
         before,
         "a refused upload left files behind"
     );

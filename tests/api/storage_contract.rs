@@ -33,7 +33,12 @@ fn spooled(dir: &std::path::Path, data: &[u8]) -> SpooledPart {
 }
 
 /// Runs the whole contract against `store`, using bucket `bucket` and scratch dir `tmp`.
-pub async fn contract(store: Arc<dyn ObjectStore>, bucket: &str, tmp: &std::path::Path) {
+pub async fn contract(
+    store: Arc<dyn ObjectStore>,
+    bucket: &str,
+    tmp: &std::path::Path,
+    direct: bool,
+) {
     store.ensure_bucket(bucket).await.unwrap();
     store.ensure_bucket(bucket).await.unwrap();
     let opts = PutOptions::default();
@@ -114,6 +119,7 @@ pub async fn contract(store: Arc<dyn ObjectStore>, bucket: &str, tmp: &std::path
                     &id,
                     n,
                     spooled(tmp, &parts[n as usize - 1]),
+                    direct,
                 )
                 .await
                 .unwrap();
@@ -122,12 +128,12 @@ pub async fn contract(store: Arc<dyn ObjectStore>, bucket: &str, tmp: &std::path
         // Re-send part 2 with other bytes of another length, then part 4 with the same length.
         let new2 = pattern(99, 80_001);
         let e2 = store
-            .upload_part(bucket, "c/multi", &id, 2, spooled(tmp, &new2))
+            .upload_part(bucket, "c/multi", &id, 2, spooled(tmp, &new2), direct)
             .await
             .unwrap();
         let new4 = pattern(98, parts[3].len());
         let e4 = store
-            .upload_part(bucket, "c/multi", &id, 4, spooled(tmp, &new4))
+            .upload_part(bucket, "c/multi", &id, 4, spooled(tmp, &new4), direct)
             .await
             .unwrap();
         done.retain(|p| p.number != 2 && p.number != 4);
@@ -179,6 +185,7 @@ pub async fn contract(store: Arc<dyn ObjectStore>, bucket: &str, tmp: &std::path
                 &id,
                 n,
                 spooled(tmp, &parts[n as usize - 1]),
+                direct,
             )
             .await
             .unwrap();
@@ -198,7 +205,7 @@ pub async fn contract(store: Arc<dyn ObjectStore>, bucket: &str, tmp: &std::path
         .await
         .unwrap();
     store
-        .upload_part(bucket, "c/aborted", &id, 1, spooled(tmp, b"x"))
+        .upload_part(bucket, "c/aborted", &id, 1, spooled(tmp, b"x"), direct)
         .await
         .unwrap();
     store
@@ -231,7 +238,7 @@ pub async fn contract(store: Arc<dyn ObjectStore>, bucket: &str, tmp: &std::path
     for k in ["c/src", "c/dst", "c/multi", "c/subset"] {
         store.delete(bucket, k).await.unwrap();
     }
-    store.ping().await.unwrap();
+    store.ping(bucket).await.unwrap();
 }
 
 #[tokio::test]
@@ -242,7 +249,8 @@ async fn local_store_contract() {
             .await
             .unwrap(),
     );
-    contract(store, "contract", dir.path()).await;
+    contract(store.clone(), "contract", dir.path(), true).await;
+    contract(store, "contract", dir.path(), false).await;
     // Nothing but the bucket directory is left.
     let mut left = vec![];
     for e in walkdir(dir.path().join("objects")) {
@@ -271,4 +279,38 @@ fn walkdir(p: std::path::PathBuf) -> Vec<std::path::PathBuf> {
         }
     }
     out
+}
+
+#[tokio::test]
+async fn s3_store_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = format!("contract-{}/", uuid::Uuid::new_v4().simple());
+    // Garage takes parts of any size: a low minimum sends the contract's parts directly.
+    let settings = file_system::storage::S3Settings {
+        min_part_bytes: 64 << 10,
+        ..s3_settings(&prefix)
+    };
+    let store = Arc::new(file_system::storage::SharedS3(Arc::new(
+        file_system::storage::S3Store::new(settings).await.unwrap(),
+    )));
+    contract(store.clone(), "contract", dir.path(), true).await;
+    contract(store, "contract", dir.path(), false).await;
+    // Nothing is left under the prefix: no objects, no staging, no uploads in progress.
+    let client = s3_client().await;
+    let objs = client
+        .list_objects_v2()
+        .bucket("contract")
+        .prefix(&prefix)
+        .send()
+        .await
+        .unwrap();
+    assert!(objs.contents().is_empty(), "{:?}", objs.contents());
+    let ups = client
+        .list_multipart_uploads()
+        .bucket("contract")
+        .prefix(&prefix)
+        .send()
+        .await
+        .unwrap();
+    assert!(ups.uploads().is_empty(), "{:?}", ups.uploads());
 }

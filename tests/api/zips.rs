@@ -27,7 +27,12 @@ async fn zip_upload_stores_the_inner_image(b: Backend) {
         .unwrap();
     assert_eq!(sha256(&dl.bytes().await.unwrap()), sha256_file(&img));
     // Only the image is stored; the uploaded archive is gone from scratch.
-    assert_eq!(app.stored_files().len(), 1, "{:?}", app.stored_files());
+    assert_eq!(
+        app.leftovers().await.len(),
+        1,
+        "{:?}",
+        app.leftovers().await
+    );
     app.stop().await;
 }
 
@@ -68,9 +73,9 @@ async fn unsafe_or_wrong_archives_are_refused(b: Backend) {
         let v = assert_error(resp, 400, None).await;
         assert_eq!(v["code"], "INVALID_ZIP", "{what}: {v}");
         assert!(
-            app.stored_files().is_empty(),
+            app.leftovers().await.is_empty(),
             "{what}: left {:?}",
-            app.stored_files()
+            app.leftovers().await
         );
     }
     // An entry whose header lies about its size: patch the declared sizes of a deflated entry.
@@ -95,9 +100,9 @@ async fn unsafe_or_wrong_archives_are_refused(b: Backend) {
     let resp = app.upload("junk.zip", pattern(5, 5000), &[]).await;
     assert_error(resp, 400, None).await;
     assert!(
-        app.stored_files().is_empty(),
+        app.leftovers().await.is_empty(),
         "left {:?}",
-        app.stored_files()
+        app.leftovers().await
     );
     app.stop().await;
 }

@@ -1,0 +1,891 @@
+//! S3 object store (AWS S3, MinIO, Garage, Ceph RGW) through aws-sdk-s3.
+//!
+//! - `put` streams a body into bounded parts (a few in flight) of one multipart upload, or one
+//!   `PutObject` when it is small; a failure aborts the upload.
+//! - Chunk n of a chunked upload is part n (`UploadPart` from the spooled file, retried by the
+//!   SDK). Strict stores reject non-final parts under 5 MiB, so a chunk below the minimum, or
+//!   any chunk of an upload the caller marks as packed, is held as a staging object
+//!   (`staging/{upload_id}/{n}`) and packed into parts of at least the minimum at completion.
+//! - Completion of direct parts is `CompleteMultipartUpload`: no image byte passes through.
+
+use super::{
+    ByteRange, ByteStream, CompletedPart, ObjectStore, PutOptions, Result, SpooledPart,
+    StorageError,
+};
+use async_trait::async_trait;
+use aws_sdk_s3::{
+    error::{DisplayErrorContext, ProvideErrorMetadata, SdkError},
+    primitives::ByteStream as S3Body,
+    types::{
+        AbortIncompleteMultipartUpload, BucketLifecycleConfiguration, BucketLocationConstraint,
+        CompletedMultipartUpload, CompletedPart as S3Part, CreateBucketConfiguration,
+        ExpirationStatus, LifecycleExpiration, LifecycleRule, LifecycleRuleFilter, StorageClass,
+    },
+    Client,
+};
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use std::{sync::Arc, time::Duration};
+use tokio::{sync::Semaphore, task::JoinSet};
+
+/// Settings of the S3 store.
+#[derive(Debug, Clone)]
+pub struct S3Settings {
+    /// Empty = AWS.
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub force_path_style: bool,
+    /// Smallest non-final part the store accepts (5 MiB on AWS and MinIO).
+    pub min_part_bytes: u64,
+    /// Part size of streamed single uploads (grows for very large bodies).
+    pub part_bytes: u64,
+    /// Parts of one streamed upload in flight at once.
+    pub upload_concurrency: usize,
+    /// Prepended to every key (several deployments, or test runs, can share buckets).
+    pub key_prefix: String,
+}
+
+/// Marks an ETag of a part held as a staging object.
+const STAGED: &str = "staged:";
+/// Objects larger than this are copied part by part (`CopyObject` stops at 5 GiB).
+const COPY_PART: u64 = 1 << 30;
+
+pub struct S3Store {
+    client: Client,
+    settings: S3Settings,
+}
+
+/// Where the staged chunks of an upload live. Upload ids are opaque (and may hold characters
+/// awkward in keys), so the prefix is their MD5.
+fn staging_prefix(upload_id: &str) -> String {
+    use md5::Digest;
+    format!(
+        "staging/{}/",
+        hex::encode(md5::Md5::digest(upload_id.as_bytes()))
+    )
+}
+
+fn staging_key(upload_id: &str, number: u32) -> String {
+    format!("{}{number:05}", staging_prefix(upload_id))
+}
+
+impl S3Store {
+    /// The store key of a logical key.
+    fn k(&self, key: &str) -> String {
+        format!("{}{key}", self.settings.key_prefix)
+    }
+}
+
+/// Maps SDK failures: the network or a 5xx means the store is unavailable.
+fn s3_err<
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug,
+>(
+    e: SdkError<E, R>,
+) -> StorageError {
+    let msg = DisplayErrorContext(&e).to_string();
+    match &e {
+        SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) | SdkError::ResponseError(_) => {
+            StorageError::Unavailable(msg)
+        }
+        SdkError::ServiceError(se) => {
+            let code = se.err().code().unwrap_or("");
+            if matches!(
+                code,
+                "ServiceUnavailable" | "SlowDown" | "InternalError" | "RequestTimeout"
+            ) {
+                StorageError::Unavailable(msg)
+            } else if matches!(code, "NoSuchUpload") {
+                StorageError::NoSuchUpload
+            } else if matches!(code, "NoSuchKey" | "NotFound") {
+                StorageError::NotFound
+            } else if matches!(code, "EntityTooSmall" | "InvalidPart" | "InvalidPartOrder") {
+                StorageError::InvalidPart(msg)
+            } else {
+                StorageError::Io(std::io::Error::other(msg))
+            }
+        }
+        _ => StorageError::Io(std::io::Error::other(msg)),
+    }
+}
+
+fn class(opts: &PutOptions) -> Option<StorageClass> {
+    opts.storage_class.as_deref().map(StorageClass::from)
+}
+
+/// Part size for part `n` of a streamed upload of unknown length: the configured size, doubled
+/// every 1250 parts, so 10000 parts reach far past the image size limit.
+fn part_size(base: u64, n: u32) -> u64 {
+    (base << ((n.saturating_sub(1)) / 1250).min(10)).min(5 << 30)
+}
+
+impl S3Store {
+    pub async fn new(settings: S3Settings) -> Result<Self> {
+        use aws_config::{retry::RetryConfig, timeout::TimeoutConfig, BehaviorVersion, Region};
+        let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .retry_config(RetryConfig::standard().with_max_attempts(5))
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_secs(5))
+                    .read_timeout(Duration::from_secs(120))
+                    .build(),
+            );
+        if let Some(r) = settings.region.clone().filter(|r| !r.is_empty()) {
+            loader = loader.region(Region::new(r));
+        }
+        let shared = loader.load().await;
+        let mut b = aws_sdk_s3::config::Builder::from(&shared)
+            .force_path_style(settings.force_path_style)
+            // Some S3-compatible stores reject the SDK's default CRC checksums.
+            .request_checksum_calculation(
+                aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired,
+            )
+            .response_checksum_validation(
+                aws_sdk_s3::config::ResponseChecksumValidation::WhenRequired,
+            );
+        if shared.region().is_none() {
+            b = b.region(Region::new("us-east-1"));
+        }
+        if let Some(ep) = settings.endpoint.clone().filter(|e| !e.is_empty()) {
+            b = b.endpoint_url(ep);
+        }
+        Ok(Self {
+            client: Client::from_conf(b.build()),
+            settings,
+        })
+    }
+
+    /// The SDK client (tests and tools inspect the store with it).
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    async fn put_small(
+        &self,
+        bucket: &str,
+        key: &str,
+        body: Bytes,
+        opts: &PutOptions,
+    ) -> Result<()> {
+        let len = body.len() as i64;
+        self.client
+            .put_object()
+            .bucket(bucket)
+            .key(key)
+            .set_storage_class(class(opts))
+            .content_length(len)
+            .body(S3Body::from(body))
+            .send()
+            .await
+            .map_err(s3_err)?;
+        Ok(())
+    }
+
+    async fn upload_bytes(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+        n: u32,
+        body: Bytes,
+    ) -> Result<S3Part> {
+        let len = body.len() as i64;
+        let out = self
+            .client
+            .upload_part()
+            .bucket(bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .part_number(n as i32)
+            .content_length(len)
+            .body(S3Body::from(body))
+            .send()
+            .await
+            .map_err(s3_err)?;
+        Ok(S3Part::builder()
+            .part_number(n as i32)
+            .set_e_tag(out.e_tag)
+            .build())
+    }
+
+    async fn complete(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+        parts: Vec<S3Part>,
+    ) -> Result<()> {
+        self.client
+            .complete_multipart_upload()
+            .bucket(bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(s3_err)?;
+        Ok(())
+    }
+
+    /// Streams `body` into the open multipart upload as parts of at least `part_bytes`, with a
+    /// bounded number in flight; returns the parts in order.
+    async fn stream_parts(
+        self: &Arc<Self>,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+        first: u32,
+        mut pending: BytesMut,
+        mut body: ByteStream,
+    ) -> Result<Vec<S3Part>> {
+        let slots = Arc::new(Semaphore::new(self.settings.upload_concurrency.max(1)));
+        let mut tasks: JoinSet<Result<S3Part>> = JoinSet::new();
+        let mut n = first;
+        let mut ended = false;
+        let mut parts = vec![];
+        while !ended {
+            let target = part_size(self.settings.part_bytes, n) as usize;
+            while pending.len() < target {
+                match body.next().await {
+                    Some(Ok(chunk)) => pending.extend_from_slice(&chunk),
+                    Some(Err(e)) => {
+                        tasks.abort_all();
+                        return Err(StorageError::Body(e));
+                    }
+                    None => {
+                        ended = true;
+                        break;
+                    }
+                }
+            }
+            if pending.is_empty() {
+                break;
+            }
+            let chunk = if pending.len() > target {
+                pending.split_to(target)
+            } else {
+                pending.split()
+            };
+            let permit = slots.clone().acquire_owned().await.expect("semaphore open");
+            let (me, bucket, key, upload_id) = (
+                self.clone(),
+                bucket.to_string(),
+                key.to_string(),
+                upload_id.to_string(),
+            );
+            let number = n;
+            tasks.spawn(async move {
+                let _permit = permit;
+                me.upload_bytes(&bucket, &key, &upload_id, number, chunk.freeze())
+                    .await
+            });
+            n += 1;
+            // Collect finished parts as we go so a failure stops the stream early.
+            while let Some(done) = tasks.try_join_next() {
+                parts.push(
+                    done.map_err(|e| StorageError::Io(std::io::Error::other(e.to_string())))??,
+                );
+            }
+        }
+        while let Some(done) = tasks.join_next().await {
+            parts.push(done.map_err(|e| StorageError::Io(std::io::Error::other(e.to_string())))??);
+        }
+        parts.sort_by_key(|p| p.part_number());
+        Ok(parts)
+    }
+
+    async fn delete_staging(&self, bucket: &str, upload_id: &str) -> Result<()> {
+        let prefix = self.k(&staging_prefix(upload_id));
+        let mut token = None;
+        loop {
+            let page = self
+                .client
+                .list_objects_v2()
+                .bucket(bucket)
+                .prefix(&prefix)
+                .set_continuation_token(token)
+                .send()
+                .await
+                .map_err(s3_err)?;
+            for obj in page.contents() {
+                if let Some(k) = obj.key() {
+                    self.client
+                        .delete_object()
+                        .bucket(bucket)
+                        .key(k)
+                        .send()
+                        .await
+                        .map_err(s3_err)?;
+                }
+            }
+            match page.next_continuation_token() {
+                Some(t) if page.is_truncated() == Some(true) => token = Some(t.to_string()),
+                _ => return Ok(()),
+            }
+        }
+    }
+
+    async fn get_stream(
+        &self,
+        bucket: &str,
+        key: &str,
+        range: Option<ByteRange>,
+    ) -> Result<ByteStream> {
+        let out = self
+            .client
+            .get_object()
+            .bucket(bucket)
+            .key(key)
+            .set_range(range.map(|r| format!("bytes={}-{}", r.start, r.end)))
+            .send()
+            .await
+            .map_err(s3_err)?;
+        let body = out.body;
+        Ok(futures::stream::unfold(body, |mut b| async move {
+            b.next()
+                .await
+                .map(|r| (r.map_err(std::io::Error::other), b))
+        })
+        .boxed())
+    }
+
+    /// Packs the parts of an upload into valid multipart parts (direct parts stay; staged ones
+    /// are streamed into parts of at least the minimum) and returns the list to complete with.
+    /// A staged part that sits between direct parts cannot be packed: `InvalidPart`.
+    pub async fn pack_parts(
+        self: &Arc<Self>,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+        parts: &[CompletedPart],
+    ) -> Result<Vec<S3Part>> {
+        let staged: Vec<&CompletedPart> = parts
+            .iter()
+            .filter(|p| p.etag.starts_with(STAGED))
+            .collect();
+        let direct: Vec<S3Part> = parts
+            .iter()
+            .filter(|p| !p.etag.starts_with(STAGED))
+            .map(|p| {
+                S3Part::builder()
+                    .part_number(p.number as i32)
+                    .e_tag(&p.etag)
+                    .build()
+            })
+            .collect();
+        if staged.is_empty() {
+            return Ok(direct);
+        }
+        // Staging objects are gone once an upload completed (a retried merge): say so.
+        let probe = self.k(&staging_key(upload_id, staged[0].number));
+        if let Err(SdkError::ServiceError(se)) = self
+            .client
+            .head_object()
+            .bucket(bucket)
+            .key(&probe)
+            .send()
+            .await
+        {
+            if se.err().is_not_found() || se.raw().status().as_u16() == 404 {
+                return Err(StorageError::NotFound);
+            }
+        }
+        let last = parts.last().map(|p| p.number).unwrap_or(0);
+        if !direct.is_empty() {
+            if let Some(p) = staged.iter().find(|p| p.number != last) {
+                return Err(StorageError::InvalidPart(format!(
+                    "chunk {} is smaller than {} bytes but is not the last chunk; \
+                     send it again at least that large (every chunk but the last)",
+                    p.number, self.settings.min_part_bytes
+                )));
+            }
+            // Only the final chunk is small: it becomes the final part as it is.
+            let mut direct = direct;
+            let body = self
+                .get_stream(bucket, &self.k(&staging_key(upload_id, last)), None)
+                .await?;
+            let bytes = read_all(body).await?;
+            direct.push(
+                self.upload_bytes(bucket, key, upload_id, last, bytes)
+                    .await?,
+            );
+            return Ok(direct);
+        }
+        // Every chunk is staged: stream them in order into packed parts.
+        let this = self.clone();
+        let (bucket2, numbers) = (
+            bucket.to_string(),
+            parts.iter().map(|p| p.number).collect::<Vec<_>>(),
+        );
+        let id2 = upload_id.to_string();
+        let body = futures::stream::iter(numbers)
+            .then(move |n| {
+                let (this, bucket, id) = (this.clone(), bucket2.clone(), id2.clone());
+                async move {
+                    this.get_stream(&bucket, &this.k(&staging_key(&id, n)), None)
+                        .await
+                }
+            })
+            .map(|r| match r {
+                Ok(s) => s,
+                Err(e) => {
+                    futures::stream::once(async move { Err(std::io::Error::other(e.to_string())) })
+                        .boxed()
+                }
+            })
+            .flatten()
+            .boxed();
+        let packed = self
+            .stream_parts(bucket, key, upload_id, 1, BytesMut::new(), body)
+            .await
+            .map_err(|e| match e {
+                StorageError::Body(io) => StorageError::Io(io),
+                other => other,
+            })?;
+        Ok(packed)
+    }
+}
+
+impl S3Store {
+    /// Adds (or refreshes) this deployment's lifecycle rules, keeping every other rule.
+    async fn ensure_lifecycle(&self, bucket: &str) -> Result<()> {
+        let c = &self.client;
+        let tag = format!(
+            "file-system-{:08x}",
+            crc32fast::hash(self.settings.key_prefix.as_bytes())
+        );
+        let mut rules: Vec<LifecycleRule> = match c
+            .get_bucket_lifecycle_configuration()
+            .bucket(bucket)
+            .send()
+            .await
+        {
+            Ok(out) => out.rules().to_vec(),
+            Err(SdkError::ServiceError(se))
+                if se.err().code() == Some("NoSuchLifecycleConfiguration") =>
+            {
+                vec![]
+            }
+            Err(e) => return Err(s3_err(e)),
+        };
+        rules.retain(|r| !r.id().is_some_and(|id| id.starts_with(&tag)));
+        let built = [
+            LifecycleRule::builder()
+                .id(format!("{tag}-abort-incomplete-uploads"))
+                .status(ExpirationStatus::Enabled)
+                .filter(LifecycleRuleFilter::builder().prefix(self.k("")).build())
+                .abort_incomplete_multipart_upload(
+                    AbortIncompleteMultipartUpload::builder()
+                        .days_after_initiation(2)
+                        .build(),
+                )
+                .build(),
+            LifecycleRule::builder()
+                .id(format!("{tag}-expire-staging"))
+                .status(ExpirationStatus::Enabled)
+                .filter(
+                    LifecycleRuleFilter::builder()
+                        .prefix(self.k("staging/"))
+                        .build(),
+                )
+                .expiration(LifecycleExpiration::builder().days(3).build())
+                .build(),
+        ];
+        for r in built {
+            rules.push(r.map_err(|e| StorageError::Io(std::io::Error::other(e.to_string())))?);
+        }
+        let cfg = BucketLifecycleConfiguration::builder()
+            .set_rules(Some(rules))
+            .build()
+            .map_err(|e| StorageError::Io(std::io::Error::other(e.to_string())))?;
+        c.put_bucket_lifecycle_configuration()
+            .bucket(bucket)
+            .lifecycle_configuration(cfg)
+            .send()
+            .await
+            .map_err(s3_err)?;
+        Ok(())
+    }
+}
+
+async fn read_all(mut s: ByteStream) -> Result<Bytes> {
+    let mut buf = BytesMut::new();
+    while let Some(c) = s.next().await {
+        buf.extend_from_slice(&c?);
+    }
+    Ok(buf.freeze())
+}
+
+/// The store is used through `Arc` so parts can upload on tasks of their own.
+#[derive(Clone)]
+pub struct SharedS3(pub Arc<S3Store>);
+
+#[async_trait]
+impl ObjectStore for SharedS3 {
+    async fn ensure_bucket(&self, bucket: &str) -> Result<()> {
+        let c = &self.0.client;
+        match c.head_bucket().bucket(bucket).send().await {
+            Ok(_) => {}
+            Err(SdkError::ServiceError(se))
+                if se.err().is_not_found() || se.raw().status().as_u16() == 404 =>
+            {
+                let mut req = c.create_bucket().bucket(bucket);
+                let region = c
+                    .config()
+                    .region()
+                    .map(|r| r.to_string())
+                    .unwrap_or_default();
+                if self.0.settings.endpoint.is_none() && region != "us-east-1" && !region.is_empty()
+                {
+                    req = req.create_bucket_configuration(
+                        CreateBucketConfiguration::builder()
+                            .location_constraint(BucketLocationConstraint::from(region.as_str()))
+                            .build(),
+                    );
+                }
+                match req.send().await.map_err(s3_err) {
+                    Ok(_) => tracing::info!(bucket, "bucket created"),
+                    // Another replica (or test) created it at the same moment.
+                    Err(StorageError::Io(e)) if e.to_string().contains("BucketAlready") => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Err(e) => return Err(s3_err(e)),
+        }
+        // Backup for the sweeper: stores that support it drop stale uploads and staging objects.
+        if let Err(e) = self.0.ensure_lifecycle(bucket).await {
+            tracing::info!(bucket, error = %e, "lifecycle rules not set; the sweeper alone expires abandoned uploads");
+        }
+        Ok(())
+    }
+
+    async fn put(
+        &self,
+        bucket: &str,
+        key: &str,
+        mut body: ByteStream,
+        opts: &PutOptions,
+    ) -> Result<u64> {
+        let key = &self.0.k(key);
+        let s = &self.0;
+        let first_size = part_size(s.settings.part_bytes, 1) as usize;
+        let mut pending = BytesMut::new();
+        let mut total = 0u64;
+        while pending.len() < first_size {
+            match body.next().await {
+                Some(Ok(chunk)) => {
+                    total += chunk.len() as u64;
+                    pending.extend_from_slice(&chunk);
+                }
+                Some(Err(e)) => return Err(StorageError::Body(e)),
+                None => {
+                    s.put_small(bucket, key, pending.freeze(), opts).await?;
+                    return Ok(total);
+                }
+            }
+        }
+        let created = s
+            .client
+            .create_multipart_upload()
+            .bucket(bucket)
+            .key(key)
+            .set_storage_class(class(opts))
+            .send()
+            .await
+            .map_err(s3_err)?;
+        let upload_id = created.upload_id().unwrap_or_default().to_string();
+        let counted = Arc::new(std::sync::atomic::AtomicU64::new(total));
+        let c2 = counted.clone();
+        let body = body
+            .inspect(move |c| {
+                if let Ok(b) = c {
+                    c2.fetch_add(b.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                }
+            })
+            .boxed();
+        let result = async {
+            let parts = s
+                .stream_parts(bucket, key, &upload_id, 1, pending, body)
+                .await?;
+            s.complete(bucket, key, &upload_id, parts).await
+        }
+        .await;
+        if let Err(e) = result {
+            let _ = s
+                .client
+                .abort_multipart_upload()
+                .bucket(bucket)
+                .key(key)
+                .upload_id(&upload_id)
+                .send()
+                .await;
+            return Err(e);
+        }
+        Ok(counted.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    async fn create_multipart(&self, bucket: &str, key: &str, opts: &PutOptions) -> Result<String> {
+        let key = &self.0.k(key);
+        let out = self
+            .0
+            .client
+            .create_multipart_upload()
+            .bucket(bucket)
+            .key(key)
+            .set_storage_class(class(opts))
+            .send()
+            .await
+            .map_err(s3_err)?;
+        out.upload_id()
+            .map(str::to_string)
+            .ok_or_else(|| StorageError::Io(std::io::Error::other("store returned no upload id")))
+    }
+
+    async fn upload_part(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+        number: u32,
+        body: SpooledPart,
+        direct: bool,
+    ) -> Result<String> {
+        let key = &self.0.k(key);
+        let s = &self.0;
+        let file_body = S3Body::from_path(&body.file)
+            .await
+            .map_err(|e| StorageError::Io(std::io::Error::other(e.to_string())))?;
+        if direct && body.len >= s.settings.min_part_bytes {
+            let out = s
+                .client
+                .upload_part()
+                .bucket(bucket)
+                .key(key)
+                .upload_id(upload_id)
+                .part_number(number as i32)
+                .content_length(body.len as i64)
+                .body(file_body)
+                .send()
+                .await
+                .map_err(s3_err)?;
+            // Drop a staging copy an earlier, smaller version of this chunk left.
+            let _ = s
+                .client
+                .delete_object()
+                .bucket(bucket)
+                .key(self.0.k(&staging_key(upload_id, number)))
+                .send()
+                .await;
+            return out
+                .e_tag()
+                .map(str::to_string)
+                .ok_or_else(|| StorageError::Io(std::io::Error::other("store returned no ETag")));
+        }
+        let out = s
+            .client
+            .put_object()
+            .bucket(bucket)
+            .key(self.0.k(&staging_key(upload_id, number)))
+            .content_length(body.len as i64)
+            .body(file_body)
+            .send()
+            .await
+            .map_err(s3_err)?;
+        Ok(format!("{STAGED}{}", out.e_tag().unwrap_or("")))
+    }
+
+    async fn complete_multipart(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+        parts: &[CompletedPart],
+    ) -> Result<()> {
+        let logical = key;
+        let key = &self.0.k(key);
+        let s = &self.0;
+        if parts.is_empty() || parts.windows(2).any(|w| w[0].number >= w[1].number) {
+            return Err(StorageError::InvalidPart(
+                "parts must be ascending and non-empty".into(),
+            ));
+        }
+        let packed = match s.pack_parts(bucket, key, upload_id, parts).await {
+            Err(StorageError::NoSuchUpload) | Err(StorageError::NotFound) => {
+                // Completed before (a retried merge): the object is the proof.
+                return match self.head(bucket, logical).await? {
+                    Some(_) => Ok(()),
+                    None => Err(StorageError::NoSuchUpload),
+                };
+            }
+            other => other?,
+        };
+        match s.complete(bucket, key, upload_id, packed).await {
+            Err(StorageError::NoSuchUpload) if self.head(bucket, logical).await?.is_some() => {}
+            other => other?,
+        }
+        s.delete_staging(bucket, upload_id).await
+    }
+
+    async fn abort_multipart(&self, bucket: &str, key: &str, upload_id: &str) -> Result<()> {
+        let key = &self.0.k(key);
+        let s = &self.0;
+        match s
+            .client
+            .abort_multipart_upload()
+            .bucket(bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .send()
+            .await
+            .map_err(s3_err)
+        {
+            Ok(_) | Err(StorageError::NoSuchUpload) | Err(StorageError::NotFound) => {}
+            Err(e) => return Err(e),
+        }
+        s.delete_staging(bucket, upload_id).await
+    }
+
+    async fn get(&self, bucket: &str, key: &str, range: Option<ByteRange>) -> Result<ByteStream> {
+        let key = &self.0.k(key);
+        self.0.get_stream(bucket, key, range).await
+    }
+
+    async fn head(&self, bucket: &str, key: &str) -> Result<Option<u64>> {
+        let key = &self.0.k(key);
+        match self
+            .0
+            .client
+            .head_object()
+            .bucket(bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(o) => Ok(Some(o.content_length().unwrap_or(0) as u64)),
+            Err(SdkError::ServiceError(se))
+                if se.err().is_not_found() || se.raw().status().as_u16() == 404 =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(s3_err(e)),
+        }
+    }
+
+    async fn delete(&self, bucket: &str, key: &str) -> Result<()> {
+        let key = &self.0.k(key);
+        match self
+            .0
+            .client
+            .delete_object()
+            .bucket(bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(s3_err)
+        {
+            Ok(_) | Err(StorageError::NotFound) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn copy(
+        &self,
+        src_bucket: &str,
+        src_key: &str,
+        dst_bucket: &str,
+        dst_key: &str,
+        opts: &PutOptions,
+    ) -> Result<()> {
+        let logical_src = src_key;
+        let (src_key, dst_key) = (&self.0.k(src_key), &self.0.k(dst_key));
+        let s = &self.0;
+        let size = self
+            .head(src_bucket, logical_src)
+            .await?
+            .ok_or(StorageError::NotFound)?;
+        let source = format!("{src_bucket}/{src_key}");
+        if size <= COPY_PART * 5 {
+            s.client
+                .copy_object()
+                .copy_source(&source)
+                .bucket(dst_bucket)
+                .key(dst_key)
+                .set_storage_class(class(opts))
+                .send()
+                .await
+                .map_err(s3_err)?;
+            return Ok(());
+        }
+        let upload_id = s
+            .client
+            .create_multipart_upload()
+            .bucket(dst_bucket)
+            .key(dst_key)
+            .set_storage_class(class(opts))
+            .send()
+            .await
+            .map_err(s3_err)?
+            .upload_id()
+            .unwrap_or_default()
+            .to_string();
+        let result = async {
+            let mut parts = vec![];
+            let mut off = 0u64;
+            let mut n = 1;
+            while off < size {
+                let end = (off + COPY_PART).min(size) - 1;
+                let out = s
+                    .client
+                    .upload_part_copy()
+                    .copy_source(&source)
+                    .copy_source_range(format!("bytes={off}-{end}"))
+                    .bucket(dst_bucket)
+                    .key(dst_key)
+                    .upload_id(&upload_id)
+                    .part_number(n)
+                    .send()
+                    .await
+                    .map_err(s3_err)?;
+                let etag = out
+                    .copy_part_result()
+                    .and_then(|r| r.e_tag())
+                    .map(str::to_string);
+                parts.push(S3Part::builder().part_number(n).set_e_tag(etag).build());
+                off = end + 1;
+                n += 1;
+            }
+            s.complete(dst_bucket, dst_key, &upload_id, parts).await
+        }
+        .await;
+        if result.is_err() {
+            let _ = s
+                .client
+                .abort_multipart_upload()
+                .bucket(dst_bucket)
+                .key(dst_key)
+                .upload_id(&upload_id)
+                .send()
+                .await;
+        }
+        result
+    }
+
+    async fn ping(&self, bucket: &str) -> Result<()> {
+        self.0
+            .client
+            .head_bucket()
+            .bucket(bucket)
+            .send()
+            .await
+            .map_err(s3_err)?;
+        Ok(())
+    }
+
+    fn min_part_size(&self) -> u64 {
+        self.0.settings.min_part_bytes
+    }
+}
