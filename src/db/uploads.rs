@@ -171,3 +171,13 @@ pub async fn stale_open(
         .all(db)
         .await
 }
+
+/// Switches a session to packing its chunks at merge.
+pub async fn set_packed(db: &impl ConnectionTrait, session_id: &str) -> Result<(), DbErr> {
+    Sessions::update_many()
+        .col_expr(upload_session::Column::Packed, Expr::value(true))
+        .filter(upload_session::Column::Id.eq(session_id))
+        .exec(db)
+        .await
+        .map(|_| ())
+}

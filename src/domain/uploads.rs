@@ -84,7 +84,7 @@ impl Service {
         let number = validate::chunk_number(fields.get("chunkNumber"), file_name.as_deref())
             .map_err(Error::InvalidInput)?;
         let tier = self.tier_for(fields.get("priority"))?.clone();
-        let session = self.open_session(&identifier, &tier, body.len).await?;
+        let mut session = self.open_session(&identifier, &tier).await?;
         if session.state != OPEN {
             return Err(Error::Conflict(format!(
                 "upload {identifier} is {}; cancel it to start again",
@@ -96,6 +96,10 @@ impl Service {
             )));
         }
         let len = body.len;
+        if !session.packed && self.needs_packing(&session, number, len).await? {
+            db::uploads::set_packed(&self.db, &session.id).await?;
+            session.packed = true;
+        }
         let etag = self
             .store
             .upload_part(
@@ -113,14 +117,31 @@ impl Service {
         Ok(())
     }
 
+    /// Whether a session must switch to packing its chunks at merge: this chunk is below the
+    /// store's minimum part size, it cannot be the last one (chunk 1, or a higher number was
+    /// seen), and no chunk went to the store as a part of its own yet. Until then a small chunk
+    /// is taken for the final one, which may be small.
+    async fn needs_packing(
+        &self,
+        session: &upload_session::Model,
+        number: u32,
+        len: u64,
+    ) -> Result<bool> {
+        let min = self.store.min_part_size();
+        if len >= min {
+            return Ok(false);
+        }
+        let parts = db::uploads::parts(&self.db, &session.id).await?;
+        let not_last = number == 1 || parts.iter().any(|p| p.part_number as u32 > number);
+        let direct_parts = parts
+            .iter()
+            .any(|p| p.size_bytes as u64 >= min && p.part_number as u32 != number);
+        Ok(not_last && !direct_parts)
+    }
+
     /// Finds the identifier's session or opens one (with its multipart upload). Safe when
     /// several first chunks race: one insert wins, the others drop their multipart uploads.
-    async fn open_session(
-        &self,
-        identifier: &str,
-        tier: &Tier,
-        first_chunk: u64,
-    ) -> Result<upload_session::Model> {
+    async fn open_session(&self, identifier: &str, tier: &Tier) -> Result<upload_session::Model> {
         if let Some(s) = db::uploads::find(&self.db, identifier).await? {
             if s.priority != tier.priority {
                 return Err(Error::InvalidInput(format!(
@@ -149,8 +170,8 @@ impl Service {
             object_key: Set(key.clone()),
             upload_id: Set(upload_id.clone()),
             state: Set(OPEN.to_string()),
-            // Small chunks (browsers) are packed at merge; large ones become parts directly.
-            packed: Set(first_chunk < self.store.min_part_size()),
+            // Decided by the chunks as they come (see `needs_packing`).
+            packed: Set(false),
             created_at: Set(now),
             updated_at: Set(now),
         };

@@ -317,5 +317,51 @@ crate::backend_tests!(
     resent_chunks_gaps_and_resume,
     cancel_drops_every_chunk,
     concurrent_merges_make_one_image,
-    chunked_zip_is_unpacked
+    chunked_zip_is_unpacked,
+    abandoned_uploads_expire
 );
+
+/// Uploads nobody touched for longer than the TTL are aborted and their storage freed.
+async fn abandoned_uploads_expire(b: Backend) {
+    let app = TestApp::spawn(
+        b,
+        Options {
+            upload_ttl_secs: Some(2),
+            ..Default::default()
+        },
+    )
+    .await;
+    // One upload of small chunks (packed on S3), one of a big chunk (a part of its own on S3).
+    for n in 1..=3 {
+        assert_eq!(
+            app.chunk("old-small", n, pattern(n as u64, 100_000))
+                .await
+                .status(),
+            200
+        );
+    }
+    assert_eq!(
+        app.chunk("old-big", 1, pattern(9, 6 << 20)).await.status(),
+        200
+    );
+    assert!(!app.leftovers().await.is_empty());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let left = app.leftovers().await;
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not expired: {left:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    for ident in ["old-small", "old-big"] {
+        let (_, st) = app
+            .get_json(&format!("/images/upload?identifier={ident}"))
+            .await;
+        assert_eq!(st["state"], "none", "{st}");
+    }
+    app.stop().await;
+}

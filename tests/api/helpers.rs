@@ -510,3 +510,91 @@ impl TestApp {
             .unwrap()
     }
 }
+
+/// A TCP proxy in front of the S3 server that can fail on demand.
+pub struct FaultProxy {
+    pub url: String,
+    mode: std::sync::Arc<std::sync::atomic::AtomicU8>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// What the proxy does with connections.
+#[derive(Clone, Copy)]
+pub enum Fault {
+    /// Forwards everything.
+    Pass = 0,
+    /// Drops every new connection at once (the store is unreachable).
+    Refuse = 1,
+    /// Cuts a connection once a request sends more than 1 MiB (uploads fail half way; small
+    /// requests still pass).
+    CutLarge = 2,
+}
+
+impl FaultProxy {
+    pub async fn start(upstream: &str) -> FaultProxy {
+        use std::sync::atomic::Ordering;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let upstream = upstream.trim_start_matches("http://").to_string();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let mode = std::sync::Arc::new(std::sync::atomic::AtomicU8::new(0));
+        let m = mode.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((client, _)) = listener.accept().await else {
+                    return;
+                };
+                let mode = m.load(Ordering::SeqCst);
+                if mode == Fault::Refuse as u8 {
+                    drop(client);
+                    continue;
+                }
+                let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else {
+                    continue;
+                };
+                let m2 = m.clone();
+                tokio::spawn(async move {
+                    let (mut cr, mut cw) = client.into_split();
+                    let (mut sr, mut sw) = server.into_split();
+                    let up = async move {
+                        let mut buf = vec![0u8; 64 * 1024];
+                        let mut sent = 0usize;
+                        loop {
+                            let n = match cr.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => n,
+                            };
+                            sent += n;
+                            let mode = m2.load(Ordering::SeqCst);
+                            if mode == Fault::Refuse as u8
+                                || (mode == Fault::CutLarge as u8 && sent > (1 << 20))
+                            {
+                                return;
+                            }
+                            if sw.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    };
+                    let down = async move {
+                        let _ = tokio::io::copy(&mut sr, &mut cw).await;
+                    };
+                    // Whichever side ends first ends the connection.
+                    tokio::select! { _ = up => {}, _ = down => {} }
+                });
+            }
+        });
+        FaultProxy { url, mode, task }
+    }
+
+    pub fn set(&self, fault: Fault) {
+        self.mode
+            .store(fault as u8, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

@@ -7,5 +7,6 @@ mod chunks;
 mod downloads;
 mod images;
 mod large;
+mod s3;
 mod storage_contract;
 mod zips;

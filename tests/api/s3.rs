@@ -1,0 +1,262 @@
+//! What only the S3 backend does: chunks as multipart parts, packing small chunks for strict
+//! stores, faults of the store. Run against a real Garage.
+
+use crate::helpers::*;
+use file_system::storage::{
+    CompletedPart, ObjectStore, S3Settings, S3Store, SharedS3, SpooledPart,
+};
+use std::sync::Arc;
+
+fn spooled(dir: &std::path::Path, data: &[u8]) -> SpooledPart {
+    let mut f = tempfile::NamedTempFile::new_in(dir).unwrap();
+    std::io::Write::write_all(&mut f, data).unwrap();
+    SpooledPart {
+        file: f.into_temp_path(),
+        len: data.len() as u64,
+    }
+}
+
+/// 1 MiB chunks on a store with a 5 MiB minimum: before completion, ListParts shows only parts
+/// of at least 5 MiB (but the last), and the object is right.
+#[tokio::test]
+async fn small_chunks_are_packed_into_valid_parts() {
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = format!("pack-{}/", uuid::Uuid::new_v4().simple());
+    let settings = S3Settings {
+        min_part_bytes: 5 << 20,
+        part_bytes: 5 << 20,
+        ..s3_settings(&prefix)
+    };
+    let inner = Arc::new(S3Store::new(settings).await.unwrap());
+    let store = SharedS3(inner.clone());
+    store.ensure_bucket("images").await.unwrap();
+    let id = store
+        .create_multipart("images", "images/packed", &Default::default())
+        .await
+        .unwrap();
+    let chunks: Vec<Vec<u8>> = (0..12)
+        .map(|i| pattern(i, 1 << 20))
+        .chain([pattern(99, 300_000)])
+        .collect();
+    let mut parts = vec![];
+    for (i, c) in chunks.iter().enumerate() {
+        let n = i as u32 + 1;
+        let etag = store
+            .upload_part(
+                "images",
+                "images/packed",
+                &id,
+                n,
+                spooled(dir.path(), c),
+                false,
+            )
+            .await
+            .unwrap();
+        parts.push(CompletedPart { number: n, etag });
+    }
+    let key = format!("{prefix}images/packed");
+    let packed = inner.pack_parts("images", &key, &id, &parts).await.unwrap();
+    let listed = inner
+        .client()
+        .list_parts()
+        .bucket("images")
+        .key(&key)
+        .upload_id(&id)
+        .send()
+        .await
+        .unwrap();
+    let sizes: Vec<i64> = listed.parts().iter().map(|p| p.size().unwrap()).collect();
+    assert_eq!(sizes.len(), packed.len());
+    assert!(sizes.len() >= 2, "{sizes:?}");
+    for s in &sizes[..sizes.len() - 1] {
+        assert!(*s >= 5 << 20, "a non-final part under 5 MiB: {sizes:?}");
+    }
+    assert_eq!(
+        sizes.iter().sum::<i64>() as usize,
+        chunks.iter().map(Vec::len).sum::<usize>()
+    );
+    store
+        .complete_multipart("images", "images/packed", &id, &parts)
+        .await
+        .unwrap();
+    let got = futures::StreamExt::collect::<Vec<_>>(
+        store.get("images", "images/packed", None).await.unwrap(),
+    )
+    .await;
+    let got: Vec<u8> = got.into_iter().flat_map(|b| b.unwrap().to_vec()).collect();
+    assert!(got == chunks.concat());
+    // Staging objects are gone.
+    let left = inner
+        .client()
+        .list_objects_v2()
+        .bucket("images")
+        .prefix(&prefix)
+        .send()
+        .await
+        .unwrap();
+    let keys: Vec<&str> = left.contents().iter().filter_map(|o| o.key()).collect();
+    assert_eq!(keys, [key.as_str()]);
+    store.delete("images", "images/packed").await.unwrap();
+}
+
+/// Chunks of 5 MiB and more are parts of the upload as soon as they arrive; merge only
+/// completes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn big_chunks_become_parts_directly() {
+    let app = TestApp::spawn(Backend::SqliteS3, Options::default()).await;
+    let chunks = [
+        pattern(1, 6 << 20),
+        pattern(2, 6 << 20),
+        pattern(3, 6 << 20),
+        pattern(4, 1 << 20),
+    ];
+    for (i, c) in chunks.iter().enumerate().rev() {
+        assert_eq!(
+            app.chunk("big", i as u32 + 1, c.clone()).await.status(),
+            200
+        );
+    }
+    let (s3, prefix) = app.s3();
+    let ups = s3
+        .list_multipart_uploads()
+        .bucket("images")
+        .prefix(prefix)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ups.uploads().len(), 1);
+    let up = &ups.uploads()[0];
+    let listed = s3
+        .list_parts()
+        .bucket("images")
+        .key(up.key().unwrap())
+        .upload_id(up.upload_id().unwrap())
+        .send()
+        .await
+        .unwrap();
+    let got: Vec<(i32, i64)> = listed
+        .parts()
+        .iter()
+        .map(|p| (p.part_number().unwrap(), p.size().unwrap()))
+        .collect();
+    assert_eq!(got, [(1, 6 << 20), (2, 6 << 20), (3, 6 << 20)]);
+    let r = app.merge("big", "big.qcow2").await;
+    assert_eq!(r.status(), 200);
+    let id = r.json::<serde_json::Value>().await.unwrap()["imageId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let dl = app
+        .client
+        .get(app.url(&format!("/images/{id}/action/download")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sha256(&dl.bytes().await.unwrap()), sha256(&chunks.concat()));
+    let left = app.leftovers().await;
+    assert_eq!(left.len(), 1, "{left:?}");
+    app.stop().await;
+}
+
+/// Once chunks go straight to parts, a later small chunk that is not the last cannot be
+/// joined: merge says which, keeps everything, and works once it is sent again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_chunk_between_big_ones_is_named() {
+    let app = TestApp::spawn(Backend::SqliteS3, Options::default()).await;
+    let big = |s| pattern(s, 5 << 20);
+    assert_eq!(app.chunk("mix", 1, big(1)).await.status(), 200);
+    assert_eq!(app.chunk("mix", 2, pattern(2, 1000)).await.status(), 200);
+    assert_eq!(app.chunk("mix", 3, big(3)).await.status(), 200);
+    let v = assert_error(app.merge("mix", "mix.img").await, 400, None).await;
+    assert!(v["message"].as_str().unwrap().contains("chunk 2"), "{v}");
+    assert_eq!(app.chunk("mix", 2, big(2)).await.status(), 200);
+    let r = app.merge("mix", "mix.img").await;
+    assert_eq!(r.status(), 200);
+    let id = r.json::<serde_json::Value>().await.unwrap()["imageId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let dl = app
+        .client
+        .get(app.url(&format!("/images/{id}/action/download")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        sha256(&dl.bytes().await.unwrap()),
+        sha256(&[big(1), big(2), big(3)].concat())
+    );
+    assert_eq!(
+        app.leftovers().await.len(),
+        1,
+        "{:?}",
+        app.leftovers().await
+    );
+    app.stop().await;
+}
+
+/// The store unreachable or failing half way: 503, nothing recorded, nothing left, and the
+/// service keeps answering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_faults() {
+    let (endpoint, _) = s3_env();
+    let proxy = FaultProxy::start(&endpoint).await;
+    let app = TestApp::spawn(
+        Backend::SqliteS3,
+        Options {
+            s3_endpoint: Some(proxy.url.clone()),
+            ..Default::default()
+        },
+    )
+    .await;
+
+    proxy.set(Fault::Refuse);
+    let r = app.upload("down.img", pattern(1, 1 << 20), &[]).await;
+    let v = assert_error(r, 503, None).await;
+    assert_eq!(v["code"], "STORAGE_UNAVAILABLE");
+    assert_eq!(
+        app.client
+            .get(format!("{}/health", app.base))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        app.client
+            .get(format!("{}/ready", app.base))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        503
+    );
+    let r = app.chunk("down", 1, pattern(2, 1000)).await;
+    assert_error(r, 503, None).await;
+
+    // Half way: the first part of a 40 MiB upload cannot be sent.
+    proxy.set(Fault::CutLarge);
+    let r = app.upload("half.img", pattern(3, 40 << 20), &[]).await;
+    assert!(r.status().is_server_error(), "{}", r.status());
+    let (_, list) = app.get_json("/images").await;
+    assert_eq!(list, serde_json::json!([]), "a failed upload was recorded");
+
+    proxy.set(Fault::Pass);
+    assert_eq!(
+        app.leftovers().await,
+        Vec::<String>::new(),
+        "the multipart upload was not aborted"
+    );
+    assert_eq!(
+        app.client
+            .get(format!("{}/ready", app.base))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    app.upload_ok("after.img", pattern(4, 1000)).await;
+    app.stop().await;
+}
