@@ -13,7 +13,7 @@ use std::{
     process::{Child, Command, Stdio},
     sync::{
         atomic::{AtomicUsize, Ordering},
-        Mutex,
+        Arc, Mutex,
     },
     time::{Duration, Instant},
 };
@@ -28,7 +28,7 @@ struct Server {
 }
 
 impl Server {
-    fn start(dir: &Path) -> Server {
+    fn start(dir: &Path, extra: &[(String, String)]) -> Server {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -36,6 +36,7 @@ impl Server {
             .port();
         let child = Command::new(env!("CARGO_BIN_EXE_file-system"))
             .env_clear()
+            .envs(extra.iter().cloned())
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("FS_LISTEN", format!("127.0.0.1:{port}"))
             .env("FS_DATA_DIR", dir.join("data"))
@@ -342,15 +343,58 @@ async fn main() {
         .map(PathBuf::from)
         .unwrap_or_else(|_| std::env::temp_dir());
     let dir = tempfile::tempdir_in(root).unwrap();
-    let srv = Server::start(dir.path());
+    let (idle, rows) = local_rows(dir.path(), &sizes).await;
+    print_table(
+        &format!("local store, SQLite; server idle RSS {:.1} MiB", idle as f64 / MIB as f64),
+        "baseline: the same bytes copied file to file on the same disk, synced where the service syncs",
+        &rows,
+    );
+    match std::env::var("FS_TEST_S3_ENDPOINT") {
+        Ok(endpoint) => {
+            let rows = s3_rows(dir.path(), &sizes, &endpoint).await;
+            print_table(
+                "S3 store (Garage on loopback), SQLite",
+                "baseline: the same bytes through aws-sdk-s3 directly (8 MiB parts, 4 in flight), same Garage",
+                &rows,
+            );
+        }
+        Err(_) => {
+            println!("\n(no S3 rows: FS_TEST_S3_ENDPOINT unset; scripts/bench starts Garage)")
+        }
+    }
+}
+
+fn print_table(title: &str, baseline: &str, rows: &[Row]) {
+    println!("\nfile-system benchmark: {title}");
+    println!("every row: median of 3 runs; {baseline}");
+    println!("| operation | size MiB | time s | MiB/s | baseline MiB/s | ratio | server peak RSS MiB | note |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---|");
+    for r in rows {
+        let bytes = r.mib * MIB;
+        println!(
+            "| {} | {} | {:.2} | {:.0} | {:.0} | {:.2}x | {:.1} | {} |",
+            r.op,
+            r.mib,
+            r.secs,
+            mibs(bytes, r.secs),
+            mibs(bytes, r.base_secs),
+            r.base_secs / r.secs,
+            r.peak as f64 / MIB as f64,
+            r.note
+        );
+    }
+}
+
+async fn local_rows(dir: &Path, sizes: &[u64]) -> (u64, Vec<Row>) {
+    let srv = Server::start(dir, &[]);
     let client = reqwest::Client::new();
     let idle = srv.status("VmRSS:");
     let mut rows = vec![];
-    for &mib in &sizes {
+    for &mib in sizes {
         let size = mib * MIB;
-        let src = dir.path().join(format!("src-{mib}.bin"));
+        let src = dir.join(format!("src-{mib}.bin"));
         make_source(&src, size);
-        let dst = dir.path().join("copy.bin");
+        let dst = dir.join("copy.bin");
         let base_sync = median3(|| copy_file(&src, &dst, true));
         let base_read = median3(|| read_file(&src));
 
@@ -438,25 +482,221 @@ async fn main() {
         }
         std::fs::remove_file(&src).unwrap();
     }
-    println!(
-        "\nfile-system benchmark (local store, SQLite); server idle RSS {:.1} MiB",
-        idle as f64 / MIB as f64
-    );
-    println!("every row: median of 3 runs; baseline: the same bytes copied file to file on the same disk, synced where the service syncs");
-    println!("| operation | size MiB | time s | MiB/s | baseline MiB/s | ratio | server peak RSS MiB | note |");
-    println!("|---|---:|---:|---:|---:|---:|---:|---|");
-    for r in &rows {
-        let bytes = r.mib * MIB;
-        println!(
-            "| {} | {} | {:.2} | {:.0} | {:.0} | {:.2}x | {:.1} | {} |",
-            r.op,
-            r.mib,
-            r.secs,
-            mibs(bytes, r.secs),
-            mibs(bytes, r.base_secs),
-            r.base_secs / r.secs,
-            r.peak as f64 / MIB as f64,
-            r.note
-        );
+    (idle, rows)
+}
+
+fn s3_env(endpoint: &str, prefix: &str) -> Vec<(String, String)> {
+    let mut v = vec![
+        ("FS_STORAGE".to_string(), "s3".to_string()),
+        ("FS_S3_ENDPOINT".into(), endpoint.to_string()),
+        ("FS_S3_KEY_PREFIX".into(), prefix.to_string()),
+        ("FS_TIERS".into(), "0=bench".into()),
+    ];
+    for k in [
+        "FS_TEST_S3_REGION",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+    ] {
+        let name = if k == "FS_TEST_S3_REGION" {
+            "FS_S3_REGION"
+        } else {
+            k
+        };
+        v.push((name.to_string(), std::env::var(k).unwrap_or_default()));
     }
+    v
+}
+
+/// A direct aws-sdk-s3 client for the baseline, configured like the service's.
+async fn sdk_client(endpoint: &str) -> aws_sdk_s3::Client {
+    let settings = file_system::storage::S3Settings {
+        endpoint: Some(endpoint.to_string()),
+        region: std::env::var("FS_TEST_S3_REGION").ok(),
+        force_path_style: true,
+        min_part_bytes: 5 * MIB,
+        part_bytes: 8 * MIB,
+        upload_concurrency: 4,
+        key_prefix: String::new(),
+    };
+    file_system::storage::S3Store::new(settings)
+        .await
+        .unwrap()
+        .client()
+        .clone()
+}
+
+/// The baseline upload: a multipart upload of the file in 8 MiB parts, 4 in flight.
+async fn sdk_upload(c: &aws_sdk_s3::Client, src: &Path, key: &str) {
+    use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+    use std::os::unix::fs::FileExt;
+    let up = c
+        .create_multipart_upload()
+        .bucket("bench")
+        .key(key)
+        .send()
+        .await
+        .unwrap();
+    let id = up.upload_id().unwrap().to_string();
+    let file = Arc::new(std::fs::File::open(src).unwrap());
+    let size = file.metadata().unwrap().len();
+    let part = 8 * MIB;
+    let slots = Arc::new(tokio::sync::Semaphore::new(4));
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, off) in (0..size).step_by(part as usize).enumerate() {
+        let permit = slots.clone().acquire_owned().await.unwrap();
+        let (c, id, key, file) = (c.clone(), id.clone(), key.to_string(), file.clone());
+        tasks.spawn(async move {
+            let len = part.min(size - off) as usize;
+            let buf = tokio::task::spawn_blocking(move || {
+                let mut b = vec![0u8; len];
+                file.read_exact_at(&mut b, off).unwrap();
+                b
+            })
+            .await
+            .unwrap();
+            let out = c
+                .upload_part()
+                .bucket("bench")
+                .key(key)
+                .upload_id(id)
+                .part_number(i as i32 + 1)
+                .body(buf.into())
+                .send()
+                .await
+                .unwrap();
+            drop(permit);
+            CompletedPart::builder()
+                .part_number(i as i32 + 1)
+                .set_e_tag(out.e_tag)
+                .build()
+        });
+    }
+    let mut parts = tasks.join_all().await;
+    parts.sort_by_key(|p| p.part_number());
+    c.complete_multipart_upload()
+        .bucket("bench")
+        .key(key)
+        .upload_id(id)
+        .multipart_upload(
+            CompletedMultipartUpload::builder()
+                .set_parts(Some(parts))
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+}
+
+async fn sdk_download(c: &aws_sdk_s3::Client, key: &str) -> u64 {
+    let mut body = c
+        .get_object()
+        .bucket("bench")
+        .key(key)
+        .send()
+        .await
+        .unwrap()
+        .body;
+    let mut n = 0;
+    while let Some(b) = body.next().await {
+        n += b.unwrap().len() as u64;
+    }
+    n
+}
+
+async fn s3_rows(dir: &Path, sizes: &[u64], endpoint: &str) -> Vec<Row> {
+    let prefix = format!("bench-{}/", std::process::id());
+    std::fs::create_dir_all(dir.join("s3")).unwrap();
+    let srv = Server::start(&dir.join("s3"), &s3_env(endpoint, &prefix));
+    let client = reqwest::Client::new();
+    let sdk = sdk_client(endpoint).await;
+    let mut rows = vec![];
+    for &mib in sizes {
+        let size = mib * MIB;
+        let src = dir.join(format!("src-{mib}.bin"));
+        make_source(&src, size);
+        let key = format!("{prefix}direct-{mib}");
+        let (base_up, _) = measure(&srv, || sdk_upload(&sdk, &src, &key)).await;
+        let (base_down, _) = measure(&srv, || async {
+            assert_eq!(sdk_download(&sdk, &key).await, size);
+        })
+        .await;
+        sdk.delete_object()
+            .bucket("bench")
+            .key(&key)
+            .send()
+            .await
+            .unwrap();
+
+        let ids = Mutex::new(vec![]);
+        let (secs, peak) = measure(&srv, || async {
+            let id = upload(&client, &srv, &src, size).await;
+            ids.lock().unwrap().push(id);
+        })
+        .await;
+        rows.push(Row {
+            op: "upload (single POST)".into(),
+            mib,
+            secs,
+            base_secs: base_up,
+            peak,
+            note: "vs SDK multipart upload".into(),
+        });
+        let id = ids.lock().unwrap()[0].clone();
+
+        let merges = Mutex::new(vec![]);
+        let run = AtomicUsize::new(0);
+        let (secs, peak) = measure(&srv, || async {
+            let ident = format!("s3-{mib}-{}", run.fetch_add(1, Ordering::Relaxed));
+            let (cid, merge) = chunked(&client, &srv, &src, size, &ident).await;
+            ids.lock().unwrap().push(cid);
+            merges.lock().unwrap().push(merge.as_secs_f64());
+        })
+        .await;
+        let mut merges = merges.into_inner().unwrap();
+        merges.sort_by(f64::total_cmp);
+        rows.push(Row {
+            op: "upload (50 MiB chunks + merge)".into(),
+            mib,
+            secs,
+            base_secs: base_up,
+            peak,
+            note: format!("merge {:.3} s", merges[1]),
+        });
+
+        let (secs, peak) = measure(&srv, || async {
+            assert_eq!(download(&client, &srv, &id, false, None).await, size);
+        })
+        .await;
+        rows.push(Row {
+            op: "download".into(),
+            mib,
+            secs,
+            base_secs: base_down,
+            peak,
+            note: "vs SDK GetObject".into(),
+        });
+
+        let (secs, peak) = measure(&srv, || async {
+            assert!(download(&client, &srv, &id, true, None).await > size);
+        })
+        .await;
+        rows.push(Row {
+            op: "download isZip".into(),
+            mib,
+            secs,
+            base_secs: base_down,
+            peak,
+            note: "vs SDK GetObject".into(),
+        });
+
+        for i in ids.into_inner().unwrap() {
+            client
+                .delete(srv.url(&format!("/images/{i}")))
+                .send()
+                .await
+                .unwrap();
+        }
+        std::fs::remove_file(&src).unwrap();
+    }
+    rows
 }

@@ -231,45 +231,43 @@ impl S3Store {
         Ok(())
     }
 
-    /// Streams `body` into the open multipart upload as parts of at least `part_bytes`, with a
-    /// bounded number in flight; returns the parts in order.
+    /// Streams `body` (after `prefilled`, a first part already read) into the open multipart
+    /// upload as parts of at least `part_bytes`, with a bounded number in flight; returns the
+    /// parts in order and the number of bytes sent.
     async fn stream_parts(
         self: &Arc<Self>,
         bucket: &str,
         key: &str,
         upload_id: &str,
         first: u32,
-        mut pending: BytesMut,
+        mut prefilled: Option<BytesMut>,
+        mut filler: Filler,
         mut body: ByteStream,
-    ) -> Result<Vec<S3Part>> {
+    ) -> Result<(Vec<S3Part>, u64)> {
         let slots = Arc::new(Semaphore::new(self.settings.upload_concurrency.max(1)));
         let mut tasks: JoinSet<Result<S3Part>> = JoinSet::new();
         let mut n = first;
         let mut ended = false;
+        let mut sent = 0u64;
         let mut parts = vec![];
         while !ended {
             let target = part_size(self.settings.part_bytes, n) as usize;
-            while pending.len() < target {
-                match body.next().await {
-                    Some(Ok(chunk)) => pending.extend_from_slice(&chunk),
-                    Some(Err(e)) => {
-                        tasks.abort_all();
-                        return Err(StorageError::Body(e));
-                    }
-                    None => {
-                        ended = true;
-                        break;
-                    }
+            let filled = match prefilled.take() {
+                Some(part) => Ok((part, false)),
+                None => filler.fill(&mut body, target).await,
+            };
+            let (chunk, end) = match filled {
+                Ok(x) => x,
+                Err(e) => {
+                    tasks.abort_all();
+                    return Err(StorageError::Body(e));
                 }
-            }
-            if pending.is_empty() {
+            };
+            ended = end;
+            if chunk.is_empty() {
                 break;
             }
-            let chunk = if pending.len() > target {
-                pending.split_to(target)
-            } else {
-                pending.split()
-            };
+            sent += chunk.len() as u64;
             let permit = slots.clone().acquire_owned().await.expect("semaphore open");
             let (me, bucket, key, upload_id) = (
                 self.clone(),
@@ -295,7 +293,7 @@ impl S3Store {
             parts.push(done.map_err(|e| StorageError::Io(std::io::Error::other(e.to_string())))??);
         }
         parts.sort_by_key(|p| p.part_number());
-        Ok(parts)
+        Ok((parts, sent))
     }
 
     async fn delete_staging(&self, bucket: &str, upload_id: &str) -> Result<()> {
@@ -440,13 +438,13 @@ impl S3Store {
             .flatten()
             .boxed();
         let packed = self
-            .stream_parts(bucket, key, upload_id, 1, BytesMut::new(), body)
+            .stream_parts(bucket, key, upload_id, 1, None, Filler::default(), body)
             .await
             .map_err(|e| match e {
                 StorageError::Body(io) => StorageError::Io(io),
                 other => other,
             })?;
-        Ok(packed)
+        Ok(packed.0)
     }
 }
 
@@ -512,6 +510,41 @@ impl S3Store {
     }
 }
 
+/// Cuts a body into parts of an exact size, each in one buffer allocated once (growing
+/// buffers would leave the allocator holding twice the memory).
+#[derive(Default)]
+pub struct Filler {
+    carry: Option<Bytes>,
+}
+
+impl Filler {
+    /// The next part (up to `target` bytes) and whether the body ended.
+    async fn fill(
+        &mut self,
+        body: &mut ByteStream,
+        target: usize,
+    ) -> std::io::Result<(BytesMut, bool)> {
+        let mut part = BytesMut::with_capacity(target);
+        while part.len() < target {
+            let chunk = match self.carry.take() {
+                Some(c) => c,
+                None => match body.next().await {
+                    Some(c) => c?,
+                    None => return Ok((part, true)),
+                },
+            };
+            let room = target - part.len();
+            if chunk.len() > room {
+                part.extend_from_slice(&chunk[..room]);
+                self.carry = Some(chunk.slice(room..));
+            } else {
+                part.extend_from_slice(&chunk);
+            }
+        }
+        Ok((part, false))
+    }
+}
+
 async fn read_all(mut s: ByteStream) -> Result<Bytes> {
     let mut buf = BytesMut::new();
     while let Some(c) = s.next().await {
@@ -573,20 +606,15 @@ impl ObjectStore for SharedS3 {
         let key = &self.0.k(key);
         let s = &self.0;
         let first_size = part_size(s.settings.part_bytes, 1) as usize;
-        let mut pending = BytesMut::new();
-        let mut total = 0u64;
-        while pending.len() < first_size {
-            match body.next().await {
-                Some(Ok(chunk)) => {
-                    total += chunk.len() as u64;
-                    pending.extend_from_slice(&chunk);
-                }
-                Some(Err(e)) => return Err(StorageError::Body(e)),
-                None => {
-                    s.put_small(bucket, key, pending.freeze(), opts).await?;
-                    return Ok(total);
-                }
-            }
+        let mut filler = Filler::default();
+        let (first, ended) = filler
+            .fill(&mut body, first_size)
+            .await
+            .map_err(StorageError::Body)?;
+        let total = first.len() as u64;
+        if ended {
+            s.put_small(bucket, key, first.freeze(), opts).await?;
+            return Ok(total);
         }
         let created = s
             .client
@@ -598,23 +626,16 @@ impl ObjectStore for SharedS3 {
             .await
             .map_err(s3_err)?;
         let upload_id = created.upload_id().unwrap_or_default().to_string();
-        let counted = Arc::new(std::sync::atomic::AtomicU64::new(total));
-        let c2 = counted.clone();
-        let body = body
-            .inspect(move |c| {
-                if let Ok(b) = c {
-                    c2.fetch_add(b.len() as u64, std::sync::atomic::Ordering::Relaxed);
-                }
-            })
-            .boxed();
         let result = async {
-            let parts = s
-                .stream_parts(bucket, key, &upload_id, 1, pending, body)
+            let (parts, size) = s
+                .stream_parts(bucket, key, &upload_id, 1, Some(first), filler, body)
                 .await?;
-            s.complete(bucket, key, &upload_id, parts).await
+            s.complete(bucket, key, &upload_id, parts)
+                .await
+                .map(|()| size)
         }
         .await;
-        if let Err(e) = result {
+        if result.is_err() {
             let _ = s
                 .client
                 .abort_multipart_upload()
@@ -623,9 +644,8 @@ impl ObjectStore for SharedS3 {
                 .upload_id(&upload_id)
                 .send()
                 .await;
-            return Err(e);
         }
-        Ok(counted.load(std::sync::atomic::Ordering::Relaxed))
+        result
     }
 
     async fn create_multipart(&self, bucket: &str, key: &str, opts: &PutOptions) -> Result<String> {

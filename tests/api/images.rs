@@ -299,5 +299,45 @@ crate::backend_tests!(
     upload_query_delete_round_trip,
     fields_after_the_file_and_tiers,
     slim_request_contract,
-    health_and_unknown_routes
+    health_and_unknown_routes,
+    streamed_upload_with_odd_frames
 );
+
+/// A body over several S3 parts, arriving in frames that straddle part boundaries.
+async fn streamed_upload_with_odd_frames(b: Backend) {
+    let app = TestApp::spawn(b, Options::default()).await;
+    let data = bytes::Bytes::from(pattern(77, (21 << 20) + 123));
+    let frames: Vec<Result<bytes::Bytes, std::io::Error>> = (0..data.len())
+        .step_by(100_003)
+        .map(|i| Ok(data.slice(i..(i + 100_003).min(data.len()))))
+        .collect();
+    let body = reqwest::Body::wrap_stream(futures::stream::iter(frames));
+    let part =
+        reqwest::multipart::Part::stream_with_length(body, data.len() as u64).file_name("odd.img");
+    let form = reqwest::multipart::Form::new().part("file", part);
+    let r = app
+        .client
+        .post(app.url("/images"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let id = r.json::<serde_json::Value>().await.unwrap()["imageId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (_, rec) = app.get_json(&format!("/images/{id}")).await;
+    assert_eq!(
+        rec["checkStatusResponse"]["checkInfo"]["imageInfo"]["disk_size"],
+        data.len().to_string()
+    );
+    let dl = app
+        .client
+        .get(app.url(&format!("/images/{id}/action/download")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sha256(&dl.bytes().await.unwrap()), sha256(&data));
+    app.stop().await;
+}
