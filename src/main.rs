@@ -15,6 +15,7 @@ fn main() -> anyhow::Result<()> {
     // SAFETY: mallopt only changes allocator tuning; called before any other thread starts.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 64 << 20);
     }
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -260,3 +260,62 @@ async fn store_faults() {
     app.upload_ok("after.img", pattern(4, 1000)).await;
     app.stop().await;
 }
+
+/// Buckets get the lifecycle rules that back the sweeper up, and rules already there stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn buckets_get_lifecycle_rules() {
+    use aws_sdk_s3::types::{
+        BucketLifecycleConfiguration, ExpirationStatus, LifecycleExpiration, LifecycleRule,
+        LifecycleRuleFilter,
+    };
+    let client = s3_client().await;
+    let bucket = format!("lc-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    client.create_bucket().bucket(&bucket).send().await.unwrap();
+    let theirs = LifecycleRule::builder()
+        .id("someone-elses-rule")
+        .status(ExpirationStatus::Enabled)
+        .filter(LifecycleRuleFilter::builder().prefix("logs/").build())
+        .expiration(LifecycleExpiration::builder().days(7).build())
+        .build()
+        .unwrap();
+    client
+        .put_bucket_lifecycle_configuration()
+        .bucket(&bucket)
+        .lifecycle_configuration(
+            BucketLifecycleConfiguration::builder()
+                .rules(theirs)
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let tiers: &'static str = Box::leak(format!("0={bucket}").into_boxed_str());
+    let app = TestApp::spawn(
+        Backend::SqliteS3,
+        Options {
+            tiers: Some(tiers),
+            ..Default::default()
+        },
+    )
+    .await;
+    let rules = client
+        .get_bucket_lifecycle_configuration()
+        .bucket(&bucket)
+        .send()
+        .await
+        .unwrap();
+    let ids: Vec<&str> = rules.rules().iter().filter_map(|r| r.id()).collect();
+    assert!(ids.contains(&"someone-elses-rule"), "{ids:?}");
+    let abort = rules
+        .rules()
+        .iter()
+        .find(|r| {
+            r.id()
+                .is_some_and(|i| i.ends_with("abort-incomplete-uploads"))
+        })
+        .expect("abort rule");
+    assert!(abort.abort_incomplete_multipart_upload().is_some());
+    assert!(ids.iter().any(|i| i.ends_with("expire-staging")), "{ids:?}");
+    app.stop().await;
+}
