@@ -240,7 +240,6 @@ impl S3Store {
         key: &str,
         upload_id: &str,
         first: u32,
-        mut prefilled: Option<BytesMut>,
         mut filler: Filler,
         mut body: ByteStream,
     ) -> Result<(Vec<S3Part>, u64)> {
@@ -252,11 +251,7 @@ impl S3Store {
         let mut parts = vec![];
         while !ended {
             let target = part_size(self.settings.part_bytes, n) as usize;
-            let filled = match prefilled.take() {
-                Some(part) => Ok((part, false)),
-                None => filler.fill(&mut body, target).await,
-            };
-            let (chunk, end) = match filled {
+            let (chunk, end) = match filler.fill(&mut body, target).await {
                 Ok(x) => x,
                 Err(e) => {
                     tasks.abort_all();
@@ -438,7 +433,7 @@ impl S3Store {
             .flatten()
             .boxed();
         let packed = self
-            .stream_parts(bucket, key, upload_id, 1, None, Filler::default(), body)
+            .stream_parts(bucket, key, upload_id, 1, Filler::default(), body)
             .await
             .map_err(|e| match e {
                 StorageError::Body(io) => StorageError::Io(io),
@@ -514,6 +509,9 @@ impl S3Store {
 /// buffers would leave the allocator holding twice the memory).
 #[derive(Default)]
 pub struct Filler {
+    /// A whole part read before, handed out first.
+    ready: Option<BytesMut>,
+    /// What was read past the end of the previous part.
     carry: Option<Bytes>,
 }
 
@@ -524,6 +522,9 @@ impl Filler {
         body: &mut ByteStream,
         target: usize,
     ) -> std::io::Result<(BytesMut, bool)> {
+        if let Some(part) = self.ready.take() {
+            return Ok((part, false));
+        }
         let mut part = BytesMut::with_capacity(target);
         while part.len() < target {
             let chunk = match self.carry.take() {
@@ -626,9 +627,10 @@ impl ObjectStore for SharedS3 {
             .await
             .map_err(s3_err)?;
         let upload_id = created.upload_id().unwrap_or_default().to_string();
+        filler.ready = Some(first);
         let result = async {
             let (parts, size) = s
-                .stream_parts(bucket, key, &upload_id, 1, Some(first), filler, body)
+                .stream_parts(bucket, key, &upload_id, 1, filler, body)
                 .await?;
             s.complete(bucket, key, &upload_id, parts)
                 .await
