@@ -66,6 +66,12 @@ struct FsVars {
     s3_upload_concurrency: usize,
     #[serde(default)]
     s3_key_prefix: String,
+    #[serde(default = "default_job_concurrency")]
+    job_concurrency: usize,
+    #[serde(default = "default_job_lease")]
+    job_lease_secs: u64,
+    #[serde(default = "default_check_timeout")]
+    check_timeout_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -100,6 +106,11 @@ pub struct Config {
     pub upload_concurrency: usize,
     pub shutdown_grace_secs: u64,
     pub s3: S3Settings,
+    /// Check and slim jobs at once per replica.
+    pub job_concurrency: usize,
+    /// A job not renewed for this long is taken over by another worker.
+    pub job_lease_secs: u64,
+    pub check_timeout_secs: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -149,6 +160,15 @@ fn default_upload_concurrency() -> usize {
 }
 fn default_shutdown_grace() -> u64 {
     30
+}
+fn default_job_concurrency() -> usize {
+    2
+}
+fn default_job_lease() -> u64 {
+    60
+}
+fn default_check_timeout() -> u64 {
+    1800
 }
 fn default_min_part() -> u64 {
     5 << 20
@@ -230,6 +250,9 @@ impl Config {
             upload_concurrency: fs.upload_concurrency.max(1),
             shutdown_grace_secs: fs.shutdown_grace_secs,
             s3,
+            job_concurrency: fs.job_concurrency.max(1),
+            job_lease_secs: fs.job_lease_secs.max(3),
+            check_timeout_secs: fs.check_timeout_secs.max(1),
         })
     }
 }

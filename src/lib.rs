@@ -6,6 +6,7 @@
 pub mod config;
 pub mod db;
 pub mod domain;
+pub mod imageops;
 pub mod routes;
 pub mod storage;
 pub mod telemetry;
@@ -53,7 +54,10 @@ pub async fn build(cfg: Config) -> anyhow::Result<Service> {
             )
         })?;
     }
-    Ok(Service::new(db, store, Arc::new(cfg)))
+    let imageops: Arc<dyn imageops::ImageOps> = Arc::new(imageops::local::LocalImageOps {
+        check_timeout: Duration::from_secs(cfg.check_timeout_secs),
+    });
+    Ok(Service::new(db, store, imageops, Arc::new(cfg)))
 }
 
 /// Serves the API on `listener` until `shutdown` resolves, then lets requests in flight finish
@@ -65,6 +69,7 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let token = CancellationToken::new();
     let sweeper = tokio::spawn(sweep_loop(svc.clone(), token.clone()));
+    let workers = tokio::spawn(svc.clone().run_workers(token.clone()));
     let grace = Duration::from_secs(svc.config().shutdown_grace_secs);
     let app = routes::router(svc);
     let stop = token.clone();
@@ -85,6 +90,7 @@ pub async fn serve(
         ),
     }
     let _ = sweeper.await;
+    let _ = workers.await;
     Ok(())
 }
 

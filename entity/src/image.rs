@@ -35,6 +35,10 @@ pub struct Model {
     pub compress_rate: Option<f64>,
     pub created_at: i64,
     pub updated_at: i64,
+    /// The slimmed copy, served instead of the original once the slim checked consistent.
+    pub slim_object_key: Option<String>,
+    pub slim_size_bytes: Option<i64>,
+    pub slim_crc32: Option<i64>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

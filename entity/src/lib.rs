@@ -3,5 +3,6 @@
 //! The schema itself is owned by the `migration` crate; these types only mirror it.
 
 pub mod image;
+pub mod job;
 pub mod upload_part;
 pub mod upload_session;

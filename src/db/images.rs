@@ -97,3 +97,38 @@ pub async fn set_crc32(db: &impl ConnectionTrait, id: &str, crc: u32) -> Result<
         .await
         .map(|_| ())
 }
+
+/// Records a check's outcome (and the MD5 of the checked bytes, when known).
+pub async fn set_check(
+    db: &impl ConnectionTrait,
+    id: &str,
+    r: &crate::imageops::CheckReport,
+    md5: Option<&str>,
+    now: i64,
+) -> Result<(), DbErr> {
+    let mut q = Images::update_many()
+        .col_expr(image::Column::CheckStatus, Expr::value(r.status))
+        .col_expr(
+            image::Column::CheckMsg,
+            Expr::value(r.msg.chars().take(500).collect::<String>()),
+        )
+        .col_expr(image::Column::CheckResult, Expr::value(r.check_result))
+        .col_expr(image::Column::Format, Expr::value(r.format.clone()))
+        .col_expr(image::Column::VirtualSize, Expr::value(r.virtual_size_gib))
+        .col_expr(
+            image::Column::ImageEndOffset,
+            Expr::value(r.image_end_offset.clone()),
+        )
+        .col_expr(
+            image::Column::CheckErrors,
+            Expr::value(r.check_errors.clone()),
+        )
+        .col_expr(image::Column::UpdatedAt, Expr::value(now));
+    if let Some(m) = md5 {
+        q = q.col_expr(image::Column::Checksum, Expr::value(m));
+    }
+    q.filter(image::Column::Id.eq(id))
+        .exec(db)
+        .await
+        .map(|_| ())
+}

@@ -2,6 +2,7 @@
 //! change; whole rows are written only when they are created.
 
 pub mod images;
+pub mod jobs;
 pub mod uploads;
 
 use migration::MigratorTrait;

@@ -15,7 +15,7 @@ use crate::{
 };
 use entity::image;
 use futures::StreamExt;
-use sea_orm::ActiveValue::Set;
+use sea_orm::{ActiveValue::Set, TransactionTrait};
 use std::path::Path;
 
 /// Check status right after upload: "check in progress" (SPEC section 3).
@@ -91,6 +91,9 @@ impl NewImage<'_> {
             compress_status: Set(None),
             compress_msg: Set(None),
             compress_rate: Set(None),
+            slim_object_key: Set(None),
+            slim_size_bytes: Set(None),
+            slim_crc32: Set(None),
             created_at: Set(now),
             updated_at: Set(now),
         }
@@ -176,7 +179,15 @@ impl Service {
             crc32: object.crc32,
             source_identifier: None,
         };
-        if let Err(e) = db::images::insert(&self.db, record.into_active_model()).await {
+        // The record and its check job appear together, or not at all.
+        let recorded = async {
+            let txn = self.db.begin().await?;
+            db::images::insert(&txn, record.into_active_model()).await?;
+            db::jobs::enqueue(&txn, db::jobs::CHECK, &id, now_secs()).await?;
+            txn.commit().await
+        }
+        .await;
+        if let Err(e) = recorded {
             self.delete_object(&object.tier.bucket, &object.key).await;
             return Err(e.into());
         }
@@ -316,7 +327,12 @@ impl Service {
         let Some(img) = db::images::find(&self.db, &id).await? else {
             return Ok(());
         };
+        // Work on the image stops first (a running job loses its lease and ends).
+        db::jobs::cancel_for_image(&self.db, &id, now_secs()).await?;
         self.store.delete(&img.bucket, &img.object_key).await?;
+        if let Some(slim) = &img.slim_object_key {
+            self.store.delete(&img.bucket, slim).await?;
+        }
         db::uploads::delete_for_image(&self.db, &id).await?;
         db::images::delete(&self.db, &id).await?;
         tracing::info!(image.id = %id, "image deleted");

@@ -4,6 +4,7 @@
 pub mod download;
 pub mod form;
 pub mod images;
+pub mod jobs;
 pub mod meter;
 pub mod uploads;
 pub mod validate;
@@ -12,6 +13,7 @@ pub mod zipout;
 
 use crate::{
     config::{Config, Tier},
+    imageops::ImageOps,
     storage::{ObjectStore, StorageError},
 };
 use sea_orm::{DatabaseConnection, DbErr};
@@ -83,16 +85,23 @@ pub struct Service {
     pub(crate) db: DatabaseConnection,
     pub(crate) store: Arc<dyn ObjectStore>,
     pub(crate) cfg: Arc<Config>,
+    pub(crate) imageops: Arc<dyn ImageOps>,
     upload_slots: Arc<Semaphore>,
 }
 
 impl Service {
-    pub fn new(db: DatabaseConnection, store: Arc<dyn ObjectStore>, cfg: Arc<Config>) -> Self {
+    pub fn new(
+        db: DatabaseConnection,
+        store: Arc<dyn ObjectStore>,
+        imageops: Arc<dyn ImageOps>,
+        cfg: Arc<Config>,
+    ) -> Self {
         let upload_slots = Arc::new(Semaphore::new(cfg.upload_concurrency));
         Self {
             db,
             store,
             cfg,
+            imageops,
             upload_slots,
         }
     }

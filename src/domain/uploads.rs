@@ -321,6 +321,7 @@ impl Service {
         let txn = self.db.begin().await?;
         db::images::insert(&txn, record.into_active_model()).await?;
         db::uploads::set_state(&txn, &session.id, COMPLETED, now_secs()).await?;
+        db::jobs::enqueue(&txn, db::jobs::CHECK, &session.image_id, now_secs()).await?;
         txn.commit().await?;
         tracing::info!(image.id = %session.image_id, identifier, size_bytes = size, parts = parts.len(), "chunks merged");
         db::images::find(&self.db, &session.image_id)

@@ -372,6 +372,10 @@ impl ObjectStore for LocalStore {
         Ok(())
     }
 
+    fn local_path(&self, bucket: &str, key: &str) -> Option<PathBuf> {
+        self.object_path(bucket, key).ok()
+    }
+
     async fn ping(&self, _bucket: &str) -> Result<()> {
         tokio::fs::metadata(self.root.join(".tmp")).await?;
         Ok(())

@@ -142,6 +142,11 @@ pub trait ObjectStore: Send + Sync + 'static {
     /// Checks the store and `bucket` are reachable (readiness).
     async fn ping(&self, bucket: &str) -> Result<()>;
 
+    /// The object as a local file, when the store keeps it as one (the local store).
+    fn local_path(&self, _bucket: &str, _key: &str) -> Option<PathBuf> {
+        None
+    }
+
     /// Smallest non-final multipart part the store accepts (0: no minimum).
     fn min_part_size(&self) -> u64 {
         0

@@ -57,7 +57,8 @@ async fn upload_query_delete_round_trip(b: Backend) {
     assert_eq!(v["storageMedium"], "images");
     assert_eq!(v["slimStatus"], 0);
     let csr = &v["checkStatusResponse"];
-    assert_eq!(csr["status"], 4);
+    // 4 until the background check has run (see checks.rs for its outcomes).
+    assert!(csr["status"].is_i64());
     assert!(csr["msg"].is_string());
     let info = &csr["checkInfo"];
     assert!(info["checksum"].is_string());

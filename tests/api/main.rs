@@ -3,6 +3,7 @@
 mod helpers;
 
 mod bad_input;
+mod checks;
 mod chunks;
 mod downloads;
 mod images;

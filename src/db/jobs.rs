@@ -1,0 +1,200 @@
+//! Queries on `jobs`: the queue of image checks and slims.
+//!
+//! A job is claimed by a compare-and-set on its attempt counter, so of several replicas (or
+//! workers) trying at once exactly one wins; a worker that dies stops renewing its lease and the
+//! job becomes claimable again when the lease runs out.
+
+use entity::job::{self, Entity as Jobs};
+use sea_orm::{
+    sea_query::Expr, ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, DbErr, EntityTrait,
+    QueryFilter, QueryOrder,
+};
+
+pub const QUEUED: &str = "queued";
+pub const RUNNING: &str = "running";
+pub const DONE: &str = "done";
+pub const FAILED: &str = "failed";
+pub const CANCELLED: &str = "cancelled";
+
+pub const CHECK: &str = "check";
+pub const SLIM: &str = "slim";
+
+/// Adds a job, due now.
+pub async fn enqueue(
+    db: &impl ConnectionTrait,
+    kind: &str,
+    image_id: &str,
+    now: i64,
+) -> Result<String, DbErr> {
+    let id = uuid::Uuid::new_v4().to_string();
+    let row = job::ActiveModel {
+        id: Set(id.clone()),
+        kind: Set(kind.to_string()),
+        image_id: Set(image_id.to_string()),
+        state: Set(QUEUED.to_string()),
+        attempts: Set(0),
+        run_after: Set(now),
+        lease_owner: Set(None),
+        lease_until: Set(None),
+        progress: Set(0.0),
+        error: Set(None),
+        created_at: Set(now),
+        updated_at: Set(now),
+    };
+    Jobs::insert(row).exec_without_returning(db).await?;
+    Ok(id)
+}
+
+/// Claims the oldest job that is due (queued, or running under an expired lease).
+pub async fn claim(
+    db: &impl ConnectionTrait,
+    owner: &str,
+    now: i64,
+    lease_secs: i64,
+) -> Result<Option<job::Model>, DbErr> {
+    for _ in 0..8 {
+        let due = Condition::any()
+            .add(
+                job::Column::State
+                    .eq(QUEUED)
+                    .and(job::Column::RunAfter.lte(now)),
+            )
+            .add(
+                job::Column::State
+                    .eq(RUNNING)
+                    .and(job::Column::LeaseUntil.lt(now)),
+            );
+        let Some(candidate) = Jobs::find()
+            .filter(due)
+            .order_by_asc(job::Column::CreatedAt)
+            .one(db)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let won = Jobs::update_many()
+            .col_expr(job::Column::State, Expr::value(RUNNING))
+            .col_expr(job::Column::LeaseOwner, Expr::value(owner))
+            .col_expr(job::Column::LeaseUntil, Expr::value(now + lease_secs))
+            .col_expr(job::Column::Attempts, Expr::value(candidate.attempts + 1))
+            .col_expr(job::Column::UpdatedAt, Expr::value(now))
+            .filter(job::Column::Id.eq(&candidate.id))
+            .filter(job::Column::Attempts.eq(candidate.attempts))
+            .filter(job::Column::State.eq(&candidate.state))
+            .exec(db)
+            .await?
+            .rows_affected
+            == 1;
+        if won {
+            return Jobs::find_by_id(candidate.id).one(db).await;
+        }
+    }
+    Ok(None)
+}
+
+/// Extends the lease (and records progress); `false` when the job is no longer this worker's.
+pub async fn heartbeat(
+    db: &impl ConnectionTrait,
+    id: &str,
+    owner: &str,
+    until: i64,
+    progress: f64,
+    now: i64,
+) -> Result<bool, DbErr> {
+    let res = Jobs::update_many()
+        .col_expr(job::Column::LeaseUntil, Expr::value(until))
+        .col_expr(job::Column::Progress, Expr::value(progress))
+        .col_expr(job::Column::UpdatedAt, Expr::value(now))
+        .filter(job::Column::Id.eq(id))
+        .filter(job::Column::LeaseOwner.eq(owner))
+        .filter(job::Column::State.eq(RUNNING))
+        .exec(db)
+        .await?;
+    Ok(res.rows_affected == 1)
+}
+
+/// Ends a job (done or failed) if this worker still holds it.
+pub async fn finish(
+    db: &impl ConnectionTrait,
+    id: &str,
+    owner: &str,
+    state: &str,
+    error: Option<&str>,
+    now: i64,
+) -> Result<bool, DbErr> {
+    let res = Jobs::update_many()
+        .col_expr(job::Column::State, Expr::value(state))
+        .col_expr(job::Column::Error, Expr::value(error.map(str::to_string)))
+        .col_expr(job::Column::LeaseOwner, Expr::value(Option::<String>::None))
+        .col_expr(job::Column::LeaseUntil, Expr::value(Option::<i64>::None))
+        .col_expr(job::Column::UpdatedAt, Expr::value(now))
+        .filter(job::Column::Id.eq(id))
+        .filter(job::Column::LeaseOwner.eq(owner))
+        .filter(job::Column::State.eq(RUNNING))
+        .exec(db)
+        .await?;
+    Ok(res.rows_affected == 1)
+}
+
+/// Puts a job back in the queue, due at `run_after` (a retry with backoff).
+pub async fn retry_at(
+    db: &impl ConnectionTrait,
+    id: &str,
+    owner: &str,
+    run_after: i64,
+    error: &str,
+    now: i64,
+) -> Result<(), DbErr> {
+    Jobs::update_many()
+        .col_expr(job::Column::State, Expr::value(QUEUED))
+        .col_expr(job::Column::RunAfter, Expr::value(run_after))
+        .col_expr(job::Column::Error, Expr::value(error))
+        .col_expr(job::Column::LeaseOwner, Expr::value(Option::<String>::None))
+        .col_expr(job::Column::LeaseUntil, Expr::value(Option::<i64>::None))
+        .col_expr(job::Column::UpdatedAt, Expr::value(now))
+        .filter(job::Column::Id.eq(id))
+        .filter(job::Column::LeaseOwner.eq(owner))
+        .exec(db)
+        .await
+        .map(|_| ())
+}
+
+/// Releases the jobs held by workers whose name starts with `owner` (graceful shutdown): they
+/// are due again at once.
+pub async fn release_owner_prefix(
+    db: &impl ConnectionTrait,
+    owner: &str,
+    now: i64,
+) -> Result<u64, DbErr> {
+    let res = Jobs::update_many()
+        .col_expr(job::Column::State, Expr::value(QUEUED))
+        .col_expr(job::Column::RunAfter, Expr::value(now))
+        .col_expr(job::Column::LeaseOwner, Expr::value(Option::<String>::None))
+        .col_expr(job::Column::LeaseUntil, Expr::value(Option::<i64>::None))
+        .col_expr(job::Column::UpdatedAt, Expr::value(now))
+        .filter(job::Column::LeaseOwner.starts_with(owner))
+        .filter(job::Column::State.eq(RUNNING))
+        .exec(db)
+        .await?;
+    Ok(res.rows_affected)
+}
+
+/// Cancels an image's queued and running jobs (the image is being deleted).
+pub async fn cancel_for_image(
+    db: &impl ConnectionTrait,
+    image_id: &str,
+    now: i64,
+) -> Result<(), DbErr> {
+    Jobs::update_many()
+        .col_expr(job::Column::State, Expr::value(CANCELLED))
+        .col_expr(job::Column::UpdatedAt, Expr::value(now))
+        .filter(job::Column::ImageId.eq(image_id))
+        .filter(job::Column::State.is_in([QUEUED, RUNNING]))
+        .exec(db)
+        .await
+        .map(|_| ())
+}
+
+pub async fn find(db: &impl ConnectionTrait, id: &str) -> Result<Option<job::Model>, DbErr> {
+    Jobs::find_by_id(id.to_string()).one(db).await
+}

@@ -1,0 +1,215 @@
+//! Background jobs: every replica runs a few workers that claim due jobs from the database
+//! (see `db::jobs`), keep their lease alive while they work, and retry failures with backoff.
+//! A worker that dies just stops renewing its lease; another picks the job up after it runs out.
+
+use super::{now_secs, Error, Result, Service};
+use crate::{
+    db::{
+        self,
+        jobs::{CHECK, DONE, FAILED},
+    },
+    imageops::{CheckReport, Declared},
+};
+use entity::job;
+use md5::{Digest, Md5};
+use std::{path::PathBuf, time::Duration};
+use tokio_util::sync::CancellationToken;
+
+const MAX_ATTEMPTS: i32 = 5;
+const IDLE_POLL: Duration = Duration::from_millis(500);
+
+impl Service {
+    /// Runs `FS_JOB_CONCURRENCY` workers until `token` is cancelled, then hands back the jobs
+    /// they held so another replica (or the next start) takes them at once.
+    pub async fn run_workers(self, token: CancellationToken) {
+        let owner = format!("worker-{}", uuid::Uuid::new_v4().simple());
+        let mut set = tokio::task::JoinSet::new();
+        for i in 0..self.cfg.job_concurrency {
+            let (svc, token, owner) = (self.clone(), token.clone(), format!("{owner}-{i}"));
+            set.spawn(async move { svc.worker(owner, token).await });
+        }
+        while set.join_next().await.is_some() {}
+        match db::jobs::release_owner_prefix(&self.db, &owner, now_secs()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(jobs = n, "released jobs on shutdown"),
+            Err(e) => tracing::warn!(error = %e, "could not release jobs on shutdown"),
+        }
+    }
+
+    async fn worker(&self, owner: String, token: CancellationToken) {
+        let lease = self.cfg.job_lease_secs as i64;
+        loop {
+            if token.is_cancelled() {
+                return;
+            }
+            let claimed = match db::jobs::claim(&self.db, &owner, now_secs(), lease).await {
+                Ok(j) => j,
+                Err(e) => {
+                    tracing::warn!(error = %e, "claiming a job failed");
+                    None
+                }
+            };
+            let Some(job) = claimed else {
+                tokio::select! {
+                    _ = token.cancelled() => return,
+                    _ = tokio::time::sleep(IDLE_POLL) => continue,
+                }
+            };
+            let started = std::time::Instant::now();
+            tracing::info!(job.id = %job.id, job.kind = %job.kind, image.id = %job.image_id, attempt = job.attempts, "job started");
+            // The job runs while its lease is renewed; losing the lease (the job was cancelled,
+            // or taken over) or shutting down stops it.
+            let outcome = tokio::select! {
+                r = self.run_job(&job) => Some(r),
+                _ = self.keep_lease(&job, &owner) => None,
+                _ = token.cancelled() => None,
+            };
+            let now = now_secs();
+            let logged = match outcome {
+                None => Ok(()),
+                Some(Ok(())) => db::jobs::finish(&self.db, &job.id, &owner, DONE, None, now)
+                    .await
+                    .map(|_| ()),
+                Some(Err(e)) if job.attempts < MAX_ATTEMPTS => {
+                    let backoff = 2i64.pow(job.attempts as u32).min(300);
+                    tracing::warn!(job.id = %job.id, error = %e, retry_in_secs = backoff, "job failed; will retry");
+                    db::jobs::retry_at(
+                        &self.db,
+                        &job.id,
+                        &owner,
+                        now + backoff,
+                        &e.to_string(),
+                        now,
+                    )
+                    .await
+                }
+                Some(Err(e)) => {
+                    tracing::error!(job.id = %job.id, error = %e, "job failed for good");
+                    self.give_up(&job, &e).await;
+                    db::jobs::finish(&self.db, &job.id, &owner, FAILED, Some(&e.to_string()), now)
+                        .await
+                        .map(|_| ())
+                }
+            };
+            if let Err(e) = logged {
+                tracing::warn!(job.id = %job.id, error = %e, "recording a job outcome failed");
+            }
+            tracing::info!(job.id = %job.id, duration_ms = started.elapsed().as_millis() as u64, "job ended");
+        }
+    }
+
+    /// Renews the lease until it is lost; returns then.
+    async fn keep_lease(&self, job: &job::Model, owner: &str) {
+        let lease = self.cfg.job_lease_secs as i64;
+        let every = Duration::from_secs((lease as u64 / 3).max(1));
+        loop {
+            tokio::time::sleep(every).await;
+            let now = now_secs();
+            match db::jobs::heartbeat(&self.db, &job.id, owner, now + lease, 0.0, now).await {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(e) => tracing::warn!(job.id = %job.id, error = %e, "renewing a lease failed"),
+            }
+        }
+    }
+
+    async fn run_job(&self, job: &job::Model) -> Result<()> {
+        match job.kind.as_str() {
+            CHECK => self.run_check(&job.image_id).await,
+            other => Err(Error::Internal(format!("unknown job kind {other:?}"))),
+        }
+    }
+
+    /// Records on the image that its job could not be done.
+    async fn give_up(&self, job: &job::Model, e: &Error) {
+        if job.kind == CHECK {
+            let report = CheckReport::failed(format!("check failed: {e}"));
+            if let Err(e) =
+                db::images::set_check(&self.db, &job.image_id, &report, None, now_secs()).await
+            {
+                tracing::warn!(error = %e, "could not record a failed check");
+            }
+        }
+    }
+
+    /// Checks an image: MD5 of its bytes, then qemu-img through the imageops interface.
+    async fn run_check(&self, image_id: &str) -> Result<()> {
+        let Some(img) = db::images::find(&self.db, image_id).await? else {
+            return Ok(());
+        };
+        let (path, _scratch, md5) = self
+            .materialize(&img.bucket, &img.object_key, img.size_bytes as u64)
+            .await?;
+        let report = self
+            .imageops
+            .check(&path, Declared::from_file_name(&img.file_name))
+            .await;
+        tracing::info!(image.id = %image_id, status = report.status, "image checked");
+        db::images::set_check(&self.db, image_id, &report, Some(&md5), now_secs()).await?;
+        Ok(())
+    }
+
+    /// A local file with the object's bytes and their MD5: the store's own file when it has
+    /// one, else a scratch copy (removed when the returned guard drops).
+    pub(crate) async fn materialize(
+        &self,
+        bucket: &str,
+        key: &str,
+        size: u64,
+    ) -> Result<(PathBuf, Option<tempfile::TempPath>, String)> {
+        if let Some(path) = self.store.local_path(bucket, key) {
+            let p = path.clone();
+            let md5 = tokio::task::spawn_blocking(move || md5_file(&p))
+                .await
+                .map_err(|e| Error::Internal(e.to_string()))??;
+            return Ok((path, None, md5));
+        }
+        let free = free_bytes(&self.cfg.scratch_dir)?;
+        if free < size + (64 << 20) {
+            return Err(Error::Internal(format!(
+                "not enough scratch space in {}: {free} bytes free, {size} needed",
+                self.cfg.scratch_dir.display()
+            )));
+        }
+        let (file, path) = self.scratch_file().await?;
+        let mut sink = crate::storage::fileio::FileSink::new(file.into_std().await);
+        let mut body = self.store.get(bucket, key, None).await?;
+        let mut hasher = Md5::new();
+        use futures::StreamExt;
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk?;
+            hasher.update(&chunk);
+            sink.write(chunk).await?;
+        }
+        sink.finish(false).await?;
+        let p = path.to_path_buf();
+        Ok((p, Some(path), hex::encode(hasher.finalize())))
+    }
+}
+
+fn md5_file(path: &std::path::Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path)?;
+    let mut h = Md5::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            return Ok(hex::encode(h.finalize()));
+        }
+        h.update(&buf[..n]);
+    }
+}
+
+/// Bytes available to unprivileged users on the file system holding `dir`.
+fn free_bytes(dir: &std::path::Path) -> Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|e| Error::Internal(e.to_string()))?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid NUL-terminated path and `st` a valid out-pointer.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    Ok(st.f_bavail as u64 * st.f_frsize as u64)
+}

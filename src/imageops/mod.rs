@@ -1,0 +1,75 @@
+//! Image operations (check, and later slim) behind one interface. `local` runs qemu-img in
+//! process; a remote implementation speaks the original imageops HTTP API.
+
+pub mod local;
+
+use async_trait::async_trait;
+use std::path::Path;
+
+/// The format an image must have, from its file name (never probed from its content).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Declared {
+    Qcow2,
+    Raw,
+}
+
+impl Declared {
+    pub fn from_file_name(name: &str) -> Declared {
+        if name.ends_with(".qcow2") {
+            Declared::Qcow2
+        } else {
+            Declared::Raw
+        }
+    }
+}
+
+/// Check statuses (SPEC section 3).
+pub mod status {
+    pub const CONSISTENT: i32 = 0;
+    pub const CORRUPTED: i32 = 1;
+    pub const LEAKED: i32 = 2;
+    pub const FAILED: i32 = 3;
+    pub const NOT_CHECKED_TYPE: i32 = 5;
+    pub const TIMED_OUT: i32 = 6;
+}
+
+/// `checkResult` values (SPEC section 3).
+pub mod result {
+    pub const NOT_QCOW2: i32 = 63;
+    pub const ERROR: i32 = 99;
+    pub const TIMEOUT: i32 = 100;
+}
+
+/// What a check found.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckReport {
+    pub status: i32,
+    pub msg: String,
+    /// `qemu-img check` exit code, or 63 / 99 / 100.
+    pub check_result: i32,
+    pub format: String,
+    /// Virtual size in GiB.
+    pub virtual_size_gib: f64,
+    pub image_end_offset: String,
+    pub check_errors: String,
+}
+
+impl CheckReport {
+    pub fn failed(msg: impl Into<String>) -> Self {
+        CheckReport {
+            status: status::FAILED,
+            msg: msg.into(),
+            check_result: result::ERROR,
+            format: String::new(),
+            virtual_size_gib: 0.0,
+            image_end_offset: String::new(),
+            check_errors: String::new(),
+        }
+    }
+}
+
+#[async_trait]
+pub trait ImageOps: Send + Sync + 'static {
+    /// Checks the image file at `path`, which must be of the `declared` format.
+    async fn check(&self, path: &Path, declared: Declared) -> CheckReport;
+}
