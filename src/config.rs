@@ -72,6 +72,8 @@ struct FsVars {
     job_lease_secs: u64,
     #[serde(default = "default_check_timeout")]
     check_timeout_secs: u64,
+    #[serde(default = "default_slim_timeout")]
+    slim_timeout_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -106,11 +108,12 @@ pub struct Config {
     pub upload_concurrency: usize,
     pub shutdown_grace_secs: u64,
     pub s3: S3Settings,
-    /// Check and slim jobs at once per replica.
+    /// Check and slim jobs at once per replica (0: this replica runs no jobs).
     pub job_concurrency: usize,
     /// A job not renewed for this long is taken over by another worker.
     pub job_lease_secs: u64,
     pub check_timeout_secs: u64,
+    pub slim_timeout_secs: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -169,6 +172,9 @@ fn default_job_lease() -> u64 {
 }
 fn default_check_timeout() -> u64 {
     1800
+}
+fn default_slim_timeout() -> u64 {
+    7200
 }
 fn default_min_part() -> u64 {
     5 << 20
@@ -250,9 +256,10 @@ impl Config {
             upload_concurrency: fs.upload_concurrency.max(1),
             shutdown_grace_secs: fs.shutdown_grace_secs,
             s3,
-            job_concurrency: fs.job_concurrency.max(1),
+            job_concurrency: fs.job_concurrency,
             job_lease_secs: fs.job_lease_secs.max(3),
             check_timeout_secs: fs.check_timeout_secs.max(1),
+            slim_timeout_secs: fs.slim_timeout_secs.max(1),
         })
     }
 }

@@ -54,9 +54,10 @@ pub async fn build(cfg: Config) -> anyhow::Result<Service> {
             )
         })?;
     }
-    let imageops: Arc<dyn imageops::ImageOps> = Arc::new(imageops::local::LocalImageOps {
-        check_timeout: Duration::from_secs(cfg.check_timeout_secs),
-    });
+    let imageops: Arc<dyn imageops::ImageOps> = Arc::new(imageops::local::LocalImageOps::new(
+        Duration::from_secs(cfg.check_timeout_secs),
+        Duration::from_secs(cfg.slim_timeout_secs),
+    ));
     Ok(Service::new(db, store, imageops, Arc::new(cfg)))
 }
 

@@ -132,3 +132,93 @@ pub async fn set_check(
         .await
         .map(|_| ())
 }
+
+/// Progress of a running slim (0..1).
+pub async fn set_compress_rate(
+    db: &impl ConnectionTrait,
+    id: &str,
+    rate: f64,
+    now: i64,
+) -> Result<(), DbErr> {
+    Images::update_many()
+        .col_expr(image::Column::CompressRate, Expr::value(rate))
+        .col_expr(image::Column::UpdatedAt, Expr::value(now))
+        .filter(image::Column::Id.eq(id))
+        .filter(image::Column::SlimStatus.eq(1))
+        .exec(db)
+        .await
+        .map(|_| ())
+}
+
+/// A slim that did not produce a servable image: the original stays.
+pub async fn slim_failed(
+    db: &impl ConnectionTrait,
+    id: &str,
+    compress_status: i32,
+    msg: &str,
+    now: i64,
+) -> Result<(), DbErr> {
+    Images::update_many()
+        .col_expr(image::Column::SlimStatus, Expr::value(3))
+        .col_expr(image::Column::CompressStatus, Expr::value(compress_status))
+        .col_expr(
+            image::Column::CompressMsg,
+            Expr::value(msg.chars().take(500).collect::<String>()),
+        )
+        .col_expr(image::Column::UpdatedAt, Expr::value(now))
+        .filter(image::Column::Id.eq(id))
+        .filter(image::Column::SlimStatus.eq(1))
+        .exec(db)
+        .await
+        .map(|_| ())
+}
+
+/// The slimmed copy of an image.
+pub struct SlimResult<'a> {
+    pub key: &'a str,
+    pub size: u64,
+    pub crc32: u32,
+    pub md5: &'a str,
+}
+
+/// Points the image at its slimmed copy (served from now on, and described by the check
+/// fields). `false` when the image is gone or no longer slimming.
+pub async fn slim_done(
+    db: &impl ConnectionTrait,
+    id: &str,
+    slim: &SlimResult<'_>,
+    r: &crate::imageops::CheckReport,
+    now: i64,
+) -> Result<bool, DbErr> {
+    let res = Images::update_many()
+        .col_expr(image::Column::SlimStatus, Expr::value(2))
+        .col_expr(image::Column::CompressStatus, Expr::value(0))
+        .col_expr(
+            image::Column::CompressMsg,
+            Expr::value("compress completed"),
+        )
+        .col_expr(image::Column::CompressRate, Expr::value(1.0))
+        .col_expr(image::Column::SlimObjectKey, Expr::value(slim.key))
+        .col_expr(image::Column::SlimSizeBytes, Expr::value(slim.size as i64))
+        .col_expr(image::Column::SlimCrc32, Expr::value(slim.crc32 as i64))
+        .col_expr(image::Column::CheckStatus, Expr::value(r.status))
+        .col_expr(image::Column::CheckMsg, Expr::value(r.msg.clone()))
+        .col_expr(image::Column::CheckResult, Expr::value(r.check_result))
+        .col_expr(image::Column::Checksum, Expr::value(slim.md5))
+        .col_expr(image::Column::Format, Expr::value(r.format.clone()))
+        .col_expr(image::Column::VirtualSize, Expr::value(r.virtual_size_gib))
+        .col_expr(
+            image::Column::ImageEndOffset,
+            Expr::value(r.image_end_offset.clone()),
+        )
+        .col_expr(
+            image::Column::CheckErrors,
+            Expr::value(r.check_errors.clone()),
+        )
+        .col_expr(image::Column::UpdatedAt, Expr::value(now))
+        .filter(image::Column::Id.eq(id))
+        .filter(image::Column::SlimStatus.eq(1))
+        .exec(db)
+        .await?;
+    Ok(res.rows_affected == 1)
+}

@@ -198,3 +198,28 @@ pub async fn cancel_for_image(
 pub async fn find(db: &impl ConnectionTrait, id: &str) -> Result<Option<job::Model>, DbErr> {
     Jobs::find_by_id(id.to_string()).one(db).await
 }
+
+/// Puts a job back without counting the attempt (it waits for something, e.g. a check).
+pub async fn defer(
+    db: &impl ConnectionTrait,
+    id: &str,
+    owner: &str,
+    run_after: i64,
+    now: i64,
+) -> Result<(), DbErr> {
+    Jobs::update_many()
+        .col_expr(job::Column::State, Expr::value(QUEUED))
+        .col_expr(job::Column::RunAfter, Expr::value(run_after))
+        .col_expr(
+            job::Column::Attempts,
+            Expr::col(job::Column::Attempts).sub(1),
+        )
+        .col_expr(job::Column::LeaseOwner, Expr::value(Option::<String>::None))
+        .col_expr(job::Column::LeaseUntil, Expr::value(Option::<i64>::None))
+        .col_expr(job::Column::UpdatedAt, Expr::value(now))
+        .filter(job::Column::Id.eq(id))
+        .filter(job::Column::LeaseOwner.eq(owner))
+        .exec(db)
+        .await
+        .map(|_| ())
+}

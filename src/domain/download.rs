@@ -58,21 +58,26 @@ impl Service {
         range: Option<RangeRequest>,
     ) -> Result<Download> {
         let img = self.image(raw_id).await?;
-        let size = img.size_bytes as u64;
+        // Once slimmed, the slimmed copy is what is served, under the original name.
+        let (key, size, crc32) = match (img.slim_status, &img.slim_object_key, img.slim_size_bytes)
+        {
+            (2, Some(k), Some(s)) => (k.clone(), s as u64, img.slim_crc32),
+            _ => (img.object_key.clone(), img.size_bytes as u64, img.crc32),
+        };
         if zip {
-            let crc32 = match img.crc32 {
+            let crc32 = match crc32 {
                 Some(c) => c as u32,
                 None => {
                     // Older records may lack it: one pass over the object, then remember it.
                     let meter = Meter::default();
-                    let mut s = meter.wrap(
-                        self.store.get(&img.bucket, &img.object_key, None).await?,
-                        u64::MAX,
-                    );
+                    let mut s =
+                        meter.wrap(self.store.get(&img.bucket, &key, None).await?, u64::MAX);
                     while let Some(chunk) = s.next().await {
                         chunk?;
                     }
-                    db::images::set_crc32(&self.db, &img.id, meter.crc32()).await?;
+                    if key == img.object_key {
+                        db::images::set_crc32(&self.db, &img.id, meter.crc32()).await?;
+                    }
                     meter.crc32()
                 }
             };
@@ -85,7 +90,7 @@ impl Service {
                 dos_date,
                 dos_time,
             };
-            let data = self.store.get(&img.bucket, &img.object_key, None).await?;
+            let data = self.store.get(&img.bucket, &key, None).await?;
             let (length, body) = entry.stream(data);
             return Ok(Download {
                 file_name: format!("{stem}.zip"),
@@ -99,7 +104,7 @@ impl Service {
             None => None,
             Some(r) => Some(r.resolve(size).ok_or(Error::RangeNotSatisfiable { size })?),
         };
-        let body = self.store.get(&img.bucket, &img.object_key, range).await?;
+        let body = self.store.get(&img.bucket, &key, range).await?;
         Ok(Download {
             file_name: img.file_name,
             content_type: "application/octet-stream",

@@ -355,7 +355,14 @@ impl Service {
             db::images::refuse_slim(&self.db, &id, texts::SLIM_UNSUPPORTED, now_secs()).await?;
             return Err(Error::InvalidInput(texts::SLIM_UNSUPPORTED.to_string()));
         }
-        if db::images::request_slim(&self.db, &id, now_secs()).await? {
+        // The state change and its job are one transaction: slimStatus 1 always has a job.
+        let txn = self.db.begin().await?;
+        let accepted = db::images::request_slim(&txn, &id, now_secs()).await?;
+        if accepted {
+            db::jobs::enqueue(&txn, db::jobs::SLIM, &id, now_secs()).await?;
+        }
+        txn.commit().await?;
+        if accepted {
             Ok(texts::SLIM_ACCEPTED)
         } else {
             // Another request changed the state in between; answer from the new state.

@@ -6,9 +6,10 @@ use super::{now_secs, Error, Result, Service};
 use crate::{
     db::{
         self,
-        jobs::{CHECK, DONE, FAILED},
+        jobs::{CHECK, DONE, FAILED, SLIM},
     },
-    imageops::{CheckReport, Declared},
+    domain::{images::CHECK_IN_PROGRESS, texts},
+    imageops::{compress, status, CheckReport, Declared},
 };
 use entity::job;
 use md5::{Digest, Md5};
@@ -16,6 +17,13 @@ use std::{path::PathBuf, time::Duration};
 use tokio_util::sync::CancellationToken;
 
 const MAX_ATTEMPTS: i32 = 5;
+
+/// How a job run ended.
+enum Step {
+    Done,
+    /// Not yet possible (a slim waits for the check): run again after this many seconds.
+    WaitSecs(i64),
+}
 const IDLE_POLL: Duration = Duration::from_millis(500);
 
 impl Service {
@@ -67,9 +75,14 @@ impl Service {
             let now = now_secs();
             let logged = match outcome {
                 None => Ok(()),
-                Some(Ok(())) => db::jobs::finish(&self.db, &job.id, &owner, DONE, None, now)
-                    .await
-                    .map(|_| ()),
+                Some(Ok(Step::Done)) => {
+                    db::jobs::finish(&self.db, &job.id, &owner, DONE, None, now)
+                        .await
+                        .map(|_| ())
+                }
+                Some(Ok(Step::WaitSecs(secs))) => {
+                    db::jobs::defer(&self.db, &job.id, &owner, now + secs, now).await
+                }
                 Some(Err(e)) if job.attempts < MAX_ATTEMPTS => {
                     let backoff = 2i64.pow(job.attempts as u32).min(300);
                     tracing::warn!(job.id = %job.id, error = %e, retry_in_secs = backoff, "job failed; will retry");
@@ -113,22 +126,118 @@ impl Service {
         }
     }
 
-    async fn run_job(&self, job: &job::Model) -> Result<()> {
+    async fn run_job(&self, job: &job::Model) -> Result<Step> {
         match job.kind.as_str() {
-            CHECK => self.run_check(&job.image_id).await,
+            CHECK => self.run_check(&job.image_id).await.map(|()| Step::Done),
+            SLIM => self.run_slim(&job.image_id).await,
             other => Err(Error::Internal(format!("unknown job kind {other:?}"))),
         }
     }
 
+    /// Slims a qcow2: compressed copy, checked, stored under its own key; only a consistent
+    /// result is served from then on. Waits for the image's check first.
+    async fn run_slim(&self, image_id: &str) -> Result<Step> {
+        let Some(img) = db::images::find(&self.db, image_id).await? else {
+            return Ok(Step::Done);
+        };
+        if img.slim_status != 1 {
+            return Ok(Step::Done);
+        }
+        match img.check_status {
+            CHECK_IN_PROGRESS => return Ok(Step::WaitSecs(1)),
+            status::NOT_CHECKED_TYPE => {
+                db::images::refuse_slim(&self.db, image_id, texts::SLIM_UNSUPPORTED, now_secs())
+                    .await?;
+                return Ok(Step::Done);
+            }
+            _ => {}
+        }
+        let (input, _input_guard, _) = self
+            .materialize(&img.bucket, &img.object_key, img.size_bytes as u64)
+            .await?;
+        if free_bytes(&self.cfg.scratch_dir)? < img.size_bytes as u64 + (64 << 20) {
+            let msg = "not enough scratch space to slim the image";
+            db::images::slim_failed(&self.db, image_id, compress::NO_SPACE, msg, now_secs())
+                .await?;
+            return Ok(Step::Done);
+        }
+        let (_, output) = self.scratch_file().await?;
+        // Progress goes to the record about once a second.
+        let (tx, mut rx) = tokio::sync::watch::channel(0.0f64);
+        let report_progress = async {
+            while rx.changed().await.is_ok() {
+                let p = *rx.borrow_and_update();
+                let _ = db::images::set_compress_rate(&self.db, image_id, p, now_secs()).await;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            std::future::pending::<()>().await
+        };
+        let progress = Box::new(move |p| {
+            let _ = tx.send(p);
+        });
+        let compressed = tokio::select! {
+            r = self.imageops.compress(&input, &output, progress) => r,
+            _ = report_progress => unreachable!("progress reporting never ends by itself"),
+        };
+        if let Err(f) = compressed {
+            tracing::info!(image.id = %image_id, msg = %f.msg, "slim failed; the original stays");
+            db::images::slim_failed(&self.db, image_id, f.status, &f.msg, now_secs()).await?;
+            return Ok(Step::Done);
+        }
+        let report = self.imageops.check(&output, Declared::Qcow2).await;
+        if report.status != status::CONSISTENT {
+            let msg = format!("the slimmed image did not check consistent: {}", report.msg);
+            db::images::slim_failed(&self.db, image_id, compress::FAILED, &msg, now_secs()).await?;
+            return Ok(Step::Done);
+        }
+        let out = output.to_path_buf();
+        let md5 = tokio::task::spawn_blocking(move || md5_file(&out))
+            .await
+            .map_err(|e| Error::Internal(e.to_string()))??;
+        let key = format!("{}.slim", img.object_key);
+        let meter = super::meter::Meter::default();
+        let file = std::fs::File::open(&output)?;
+        let len = file.metadata()?.len();
+        let body = meter.wrap(crate::storage::fileio::read_stream(file, 0, len), u64::MAX);
+        let class = self
+            .cfg
+            .tiers
+            .get(&img.priority)
+            .and_then(|t| t.storage_class.clone());
+        let opts = crate::storage::PutOptions {
+            storage_class: class,
+        };
+        let size = self.store.put(&img.bucket, &key, body, &opts).await?;
+        let slim = db::images::SlimResult {
+            key: &key,
+            size,
+            crc32: meter.crc32(),
+            md5: &md5,
+        };
+        if db::images::slim_done(&self.db, image_id, &slim, &report, now_secs()).await? {
+            tracing::info!(image.id = %image_id, before_bytes = img.size_bytes, after_bytes = size, "image slimmed");
+        } else {
+            // Deleted (or reset) meanwhile: nothing may stay behind.
+            self.delete_object(&img.bucket, &key).await;
+        }
+        Ok(Step::Done)
+    }
+
     /// Records on the image that its job could not be done.
     async fn give_up(&self, job: &job::Model, e: &Error) {
-        if job.kind == CHECK {
-            let report = CheckReport::failed(format!("check failed: {e}"));
-            if let Err(e) =
+        let recorded = match job.kind.as_str() {
+            CHECK => {
+                let report = CheckReport::failed(format!("check failed: {e}"));
                 db::images::set_check(&self.db, &job.image_id, &report, None, now_secs()).await
-            {
-                tracing::warn!(error = %e, "could not record a failed check");
             }
+            _ => {
+                let msg = format!("slim failed: {e}");
+                db::images::slim_failed(&self.db, &job.image_id, compress::FAILED, &msg, now_secs())
+                    .await
+            }
+        };
+        if let Err(e) = recorded {
+            tracing::warn!(error = %e, "could not record a failed job on its image");
         }
     }
 

@@ -2,7 +2,7 @@
 //! limit, and a refusal of images that would make qemu-img open other files (backing files,
 //! external data files).
 
-use super::{result, status, CheckReport, Declared, ImageOps};
+use super::{compress, result, status, CheckReport, CompressFailure, Declared, ImageOps, Progress};
 use async_trait::async_trait;
 use serde_json::Value;
 use std::{path::Path, process::Stdio, time::Duration};
@@ -15,6 +15,59 @@ const INFO_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub struct LocalImageOps {
     pub check_timeout: Duration,
+    pub slim_timeout: Duration,
+    /// Whether this qemu-img writes zstd-compressed qcow2 (probed once).
+    zstd: tokio::sync::OnceCell<bool>,
+}
+
+impl LocalImageOps {
+    pub fn new(check_timeout: Duration, slim_timeout: Duration) -> Self {
+        Self {
+            check_timeout,
+            slim_timeout,
+            zstd: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    async fn supports_zstd(&self) -> bool {
+        *self
+            .zstd
+            .get_or_init(|| async {
+                let dir = std::env::temp_dir()
+                    .join(format!("fs-zstd-probe-{}", uuid::Uuid::new_v4().simple()));
+                let p = dir.to_string_lossy().to_string();
+                let ok = matches!(
+                    qemu_img(
+                        &[
+                            "create",
+                            "-q",
+                            "-f",
+                            "qcow2",
+                            "-o",
+                            "compression_type=zstd",
+                            &p,
+                            "1M"
+                        ],
+                        INFO_TIMEOUT
+                    )
+                    .await,
+                    Ok(Run { code: Some(0), .. })
+                );
+                let _ = tokio::fs::remove_file(&dir).await;
+                ok
+            })
+            .await
+    }
+}
+
+/// Parses qemu-img's `-p` progress lines, `    (12.34/100%)`.
+fn parse_progress(line: &str) -> Option<f64> {
+    let inner = line.trim().strip_prefix('(')?.split('/').next()?;
+    inner
+        .trim()
+        .parse::<f64>()
+        .ok()
+        .map(|p| (p / 100.0).clamp(0.0, 1.0))
 }
 
 /// Output of one qemu-img run.
@@ -231,5 +284,112 @@ impl ImageOps for LocalImageOps {
             image_end_offset: end,
             check_errors: errors,
         }
+    }
+
+    async fn compress(
+        &self,
+        input: &Path,
+        output: &Path,
+        progress: Progress,
+    ) -> Result<(), CompressFailure> {
+        let failed = |msg: String| CompressFailure {
+            status: compress::FAILED,
+            msg,
+        };
+        let (i, o) = (
+            input.to_string_lossy().to_string(),
+            output.to_string_lossy().to_string(),
+        );
+        let mut args = vec!["convert", "-p", "-f", "qcow2", "-O", "qcow2", "-c"];
+        if self.supports_zstd().await {
+            args.extend(["-o", "compression_type=zstd"]);
+        }
+        args.extend([i.as_str(), o.as_str()]);
+        let mut cmd = Command::new("qemu-img");
+        cmd.args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        // SAFETY: only setrlimit between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                let mem = libc::rlimit {
+                    rlim_cur: MEMORY_LIMIT,
+                    rlim_max: MEMORY_LIMIT,
+                };
+                libc::setrlimit(libc::RLIMIT_AS, &mem);
+                Ok(())
+            });
+        }
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| failed(format!("cannot run qemu-img: {e}")))?;
+        let mut out = child.stdout.take().expect("piped");
+        let mut err = child.stderr.take().expect("piped");
+        let work = async {
+            let read_progress = async {
+                let mut buf = [0u8; 4096];
+                let mut line = String::new();
+                loop {
+                    match out.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => {
+                            for ch in String::from_utf8_lossy(&buf[..n]).chars() {
+                                if ch == '\r' || ch == '\n' {
+                                    if let Some(p) = parse_progress(&line) {
+                                        progress(p);
+                                    }
+                                    line.clear();
+                                } else {
+                                    line.push(ch);
+                                }
+                            }
+                        }
+                    }
+                }
+            };
+            let mut stderr = vec![];
+            let ((), _) = tokio::join!(read_progress, err.read_to_end(&mut stderr));
+            let code = child
+                .wait()
+                .await
+                .map_err(|e| failed(e.to_string()))?
+                .code();
+            match code {
+                Some(0) => Ok(()),
+                _ => {
+                    let msg = String::from_utf8_lossy(&stderr).trim().to_string();
+                    let no_space = msg.contains("No space left");
+                    Err(CompressFailure {
+                        status: if no_space {
+                            compress::NO_SPACE
+                        } else {
+                            compress::FAILED
+                        },
+                        msg: format!("compression failed: {msg}"),
+                    })
+                }
+            }
+        };
+        match tokio::time::timeout(self.slim_timeout, work).await {
+            Ok(r) => r,
+            Err(_) => Err(CompressFailure {
+                status: compress::TIMED_OUT,
+                msg: "compression timed out".into(),
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_progress;
+
+    #[test]
+    fn progress_lines() {
+        assert_eq!(parse_progress("    (12.50/100%)"), Some(0.125));
+        assert_eq!(parse_progress("(100.00/100%)"), Some(1.0));
+        assert_eq!(parse_progress("garbage"), None);
     }
 }

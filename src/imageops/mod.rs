@@ -68,8 +68,37 @@ impl CheckReport {
     }
 }
 
+/// `compressInfo.compressStatus` values (SPEC section 3).
+pub mod compress {
+    pub const COMPLETED: i32 = 0;
+    pub const IN_PROGRESS: i32 = 1;
+    pub const FAILED: i32 = 2;
+    pub const NO_SPACE: i32 = 3;
+    pub const TIMED_OUT: i32 = 4;
+}
+
+/// Why a compression did not produce an image.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CompressFailure {
+    /// A `compress` status (failed, no space, timed out).
+    pub status: i32,
+    pub msg: String,
+}
+
+/// Receives compression progress, 0.0..=1.0.
+pub type Progress = Box<dyn Fn(f64) + Send + Sync>;
+
 #[async_trait]
 pub trait ImageOps: Send + Sync + 'static {
     /// Checks the image file at `path`, which must be of the `declared` format.
     async fn check(&self, path: &Path, declared: Declared) -> CheckReport;
+
+    /// Rewrites the qcow2 at `input` into `output`, compressed and without unallocated or zero
+    /// clusters, reporting progress as it goes.
+    async fn compress(
+        &self,
+        input: &Path,
+        output: &Path,
+        progress: Progress,
+    ) -> Result<(), CompressFailure>;
 }

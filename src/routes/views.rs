@@ -108,7 +108,7 @@ impl From<&Model> for ImageView {
                         format: m.format.clone().unwrap_or_default(),
                         filename: m.file_name.clone(),
                         virtual_size: (m.virtual_size.unwrap_or(0.0) * 1000.0).round() / 1000.0,
-                        disk_size: m.size_bytes.to_string(),
+                        disk_size: served_size(m).to_string(),
                     },
                 },
             },
@@ -117,7 +117,15 @@ impl From<&Model> for ImageView {
                 compress_msg: m.compress_msg.clone().unwrap_or_default(),
                 compress_rate: m.compress_rate.unwrap_or(0.0),
             },
-            size: m.size_bytes,
+            size: served_size(m),
         }
+    }
+}
+
+/// Length of the bytes downloads serve: the slimmed copy once there is one.
+fn served_size(m: &Model) -> i64 {
+    match (m.slim_status, m.slim_size_bytes) {
+        (2, Some(s)) => s,
+        _ => m.size_bytes,
     }
 }

@@ -28,6 +28,8 @@ pub struct Options {
     pub min_part_bytes: Option<u64>,
     /// Replaces the S3 endpoint (e.g. a fault-injecting proxy in front of Garage).
     pub s3_endpoint: Option<String>,
+    pub job_concurrency: Option<usize>,
+    pub job_lease_secs: Option<u64>,
 }
 
 /// The S3 server the tests use (started by scripts/test): endpoint and region.
@@ -142,6 +144,12 @@ impl TestApp {
         if let Some(m) = opts.max_image_bytes {
             vars.push(("FS_MAX_IMAGE_BYTES".into(), m.to_string()));
         }
+        if let Some(n) = opts.job_concurrency {
+            vars.push(("FS_JOB_CONCURRENCY".into(), n.to_string()));
+        }
+        if let Some(n) = opts.job_lease_secs {
+            vars.push(("FS_JOB_LEASE_SECS".into(), n.to_string()));
+        }
         if let Some(t) = opts.tiers {
             vars.push(("FS_TIERS".into(), t.to_string()));
         }
@@ -202,6 +210,7 @@ impl TestApp {
     /// Everything the service keeps: objects, parts and uploads in progress, scratch files
     /// (to prove nothing is left behind).
     pub async fn leftovers(&self) -> Vec<String> {
+        self.wait_jobs_idle().await;
         let mut files = vec![];
         walk(&self.dir.path().join("scratch"), &mut files);
         if self.s3.is_none() {
@@ -239,6 +248,30 @@ impl TestApp {
             }
         }
         out
+    }
+
+    /// Waits until no check or slim job is queued or running (they use scratch space).
+    pub async fn wait_jobs_idle(&self) {
+        use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter};
+        let url = format!("sqlite://{}/meta.db?mode=rwc", self.dir.path().display());
+        let db = file_system::db::connect(&url).await.unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        loop {
+            let active = entity::job::Entity::find()
+                .filter(entity::job::Column::State.is_in(["queued", "running"]))
+                .count(&db)
+                .await
+                .unwrap();
+            if active == 0 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{active} jobs still active"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        db.close().await.unwrap();
     }
 
     /// The S3 client and this test's key prefix (S3 backends only).

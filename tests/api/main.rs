@@ -9,5 +9,6 @@ mod downloads;
 mod images;
 mod large;
 mod s3;
+mod slims;
 mod storage_contract;
 mod zips;

@@ -1,0 +1,214 @@
+//! Slimming: a compressed, checked copy served under the original name; failures keep the
+//! original; deletion during a slim leaves nothing.
+
+use crate::{checks::wait_checked, helpers::*};
+use std::time::{Duration, Instant};
+
+async fn wait_slim_done(app: &TestApp, id: &str) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (_, v) = app.get_json(&format!("/images/{id}")).await;
+        if v["slimStatus"] != 1 {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "slim never finished: {v}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn slimmed_image_is_smaller_identical_and_served(b: Backend) {
+    let app = TestApp::spawn(b, Options::default()).await;
+    // 24 MiB of compressible data and 8 MiB of explicit zeros in a 256 MiB disk.
+    let img = make_qcow2(app.dir.path(), "fat.qcow2", 256, 24);
+    run(
+        "qemu-io",
+        &[
+            "-f",
+            "qcow2",
+            "-c",
+            "write -z 64M 8M",
+            img.to_str().unwrap(),
+        ],
+    );
+    let original = std::fs::read(&img).unwrap();
+    let id = app.upload_ok("fat.qcow2", original.clone()).await;
+    // Requested before the check ran: the slim waits for it.
+    let r = app
+        .client
+        .post(app.url(&format!("/images/{id}/action/slim")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "compress in progress");
+    let v = wait_slim_done(&app, &id).await;
+    assert_eq!(v["slimStatus"], 2, "{v}");
+    assert_eq!(v["compressInfo"]["compressStatus"], 0);
+    assert_eq!(v["compressInfo"]["compressRate"], 1.0);
+    assert_eq!(v["fileName"], "fat.qcow2");
+
+    let slim = app.dir.path().join("slim.qcow2");
+    let h = app
+        .download_to(&format!("/images/{id}/action/download"), &slim)
+        .await;
+    assert_eq!(
+        h["content-disposition"],
+        "attachment; filename=\"fat.qcow2\""
+    );
+    let slim_len = std::fs::metadata(&slim).unwrap().len();
+    assert!(
+        slim_len < original.len() as u64 / 4,
+        "slimmed {slim_len} vs original {}",
+        original.len()
+    );
+    run(
+        "qemu-img",
+        &[
+            "compare",
+            "-f",
+            "qcow2",
+            "-F",
+            "qcow2",
+            img.to_str().unwrap(),
+            slim.to_str().unwrap(),
+        ],
+    );
+    // The check fields describe the slimmed image.
+    let csr = &v["checkStatusResponse"];
+    assert_eq!(csr["status"], 0);
+    assert_eq!(
+        csr["checkInfo"]["imageInfo"]["disk_size"],
+        slim_len.to_string()
+    );
+    use md5::Digest;
+    assert_eq!(
+        csr["checkInfo"]["checksum"],
+        hex::encode(md5::Md5::digest(std::fs::read(&slim).unwrap()))
+    );
+    // Zipped download carries the slimmed bytes too.
+    let zip = app.dir.path().join("slim.zip");
+    app.download_to(&format!("/images/{id}/action/download?isZip=true"), &zip)
+        .await;
+    crate::downloads::verify_zip(&zip, "fat/fat.qcow2", &sha256_file(&slim));
+
+    let r = app
+        .client
+        .post(app.url(&format!("/images/{id}/action/slim")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.text().await.unwrap(),
+        "The image file has already been slimmed. No need to slim again. Pls request to check directly"
+    );
+    // Deleting removes the original and the slimmed copy.
+    app.client
+        .delete(app.url(&format!("/images/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(app.leftovers().await, Vec::<String>::new());
+    app.stop().await;
+}
+
+async fn failed_slim_keeps_the_original(b: Backend) {
+    let app = TestApp::spawn(b, Options::default()).await;
+    // A corrupted qcow2: the slim cannot produce a consistent copy (or fails), and the
+    // original stays the one served.
+    let img = make_qcow2(app.dir.path(), "c.qcow2", 16, 0);
+    run(
+        "qemu-io",
+        &[
+            "-f",
+            "qcow2",
+            "-c",
+            "write -P 0x11 0 128k",
+            img.to_str().unwrap(),
+        ],
+    );
+    let mut bytes = std::fs::read(&img).unwrap();
+    let be = |b: &[u8], at: usize| u64::from_be_bytes(b[at..at + 8].try_into().unwrap());
+    let l1 = be(&bytes, 40) as usize;
+    let l2 = (be(&bytes, l1) & 0x00ff_ffff_ffff_fe00) as usize;
+    // Cluster 2 claims to be compressed but holds plain data: reading it fails.
+    let data = be(&bytes, l2) & 0x00ff_ffff_ffff_fe00;
+    bytes[l2 + 8..l2 + 16].copy_from_slice(&((1u64 << 62) | data).to_be_bytes());
+    let id = app.upload_ok("c.qcow2", bytes.clone()).await;
+    wait_checked(&app, &id).await;
+    let r = app
+        .client
+        .post(app.url(&format!("/images/{id}/action/slim")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.text().await.unwrap(), "compress in progress");
+    let v = wait_slim_done(&app, &id).await;
+    assert_eq!(v["slimStatus"], 3, "{v}");
+    assert_eq!(v["compressInfo"]["compressStatus"], 2, "{v}");
+    assert!(!v["compressInfo"]["compressMsg"]
+        .as_str()
+        .unwrap()
+        .is_empty());
+    let dl = app
+        .client
+        .get(app.url(&format!("/images/{id}/action/download")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(dl.bytes().await.unwrap().to_vec(), bytes);
+    // Nothing but the original is stored.
+    assert_eq!(
+        app.leftovers().await.len(),
+        1,
+        "{:?}",
+        app.leftovers().await
+    );
+    app.stop().await;
+}
+
+async fn deleting_during_a_slim_leaves_nothing(b: Backend) {
+    let app = TestApp::spawn(
+        b,
+        Options {
+            job_lease_secs: Some(3),
+            ..Default::default()
+        },
+    )
+    .await;
+    let img = make_qcow2(app.dir.path(), "big.qcow2", 1024, 400);
+    let id = app
+        .upload_ok("big.qcow2", std::fs::read(&img).unwrap())
+        .await;
+    wait_checked(&app, &id).await;
+    let r = app
+        .client
+        .post(app.url(&format!("/images/{id}/action/slim")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.text().await.unwrap(), "compress in progress");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = app
+        .client
+        .delete(app.url(&format!("/images/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.text().await.unwrap(), "delete success");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = app.leftovers().await;
+        if left.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "left behind: {left:?}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    app.stop().await;
+}
+
+crate::backend_tests!(
+    slimmed_image_is_smaller_identical_and_served,
+    failed_slim_keeps_the_original,
+    deleting_during_a_slim_leaves_nothing
+);
