@@ -26,6 +26,7 @@ pub async fn build(cfg: Config) -> anyhow::Result<Service> {
     db::migrate(&db)
         .await
         .context("database migration failed")?;
+    clear_scratch(&cfg.scratch_dir).await;
     tokio::fs::create_dir_all(&cfg.scratch_dir)
         .await
         .with_context(|| {
@@ -93,6 +94,26 @@ pub async fn serve(
     let _ = sweeper.await;
     let _ = workers.await;
     Ok(())
+}
+
+/// Empties the scratch directory: what a previous run of this replica left there (killed in
+/// the middle of a job or an upload) belongs to nobody now. The directory is private to a
+/// replica (an emptyDir in Kubernetes).
+async fn clear_scratch(dir: &std::path::Path) {
+    let Ok(mut rd) = tokio::fs::read_dir(dir).await else {
+        return;
+    };
+    let mut removed = 0;
+    while let Ok(Some(e)) = rd.next_entry().await {
+        let ok = match e.file_type().await {
+            Ok(t) if t.is_dir() => tokio::fs::remove_dir_all(e.path()).await.is_ok(),
+            _ => tokio::fs::remove_file(e.path()).await.is_ok(),
+        };
+        removed += ok as usize;
+    }
+    if removed > 0 {
+        tracing::info!(files = removed, dir = %dir.display(), "removed leftovers of a previous run from scratch");
+    }
 }
 
 /// Periodically expires abandoned chunked uploads.

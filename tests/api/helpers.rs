@@ -72,6 +72,8 @@ struct S3View {
 }
 
 pub struct TestApp {
+    /// The service's configuration, as environment variables (to start the real binary).
+    pub vars: Vec<(String, String)>,
     pub base: String,
     pub client: Client,
     pub dir: tempfile::TempDir,
@@ -153,7 +155,7 @@ impl TestApp {
         if let Some(t) = opts.tiers {
             vars.push(("FS_TIERS".into(), t.to_string()));
         }
-        let cfg = Config::from_vars(vars).expect("test config");
+        let cfg = Config::from_vars(vars.clone()).expect("test config");
         let svc = file_system::build(cfg).await.expect("service starts");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -162,6 +164,7 @@ impl TestApp {
             let _ = rx.await;
         }));
         TestApp {
+            vars,
             base: format!("http://{addr}"),
             client: Client::builder().build().unwrap(),
             dir,

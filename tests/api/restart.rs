@@ -1,0 +1,188 @@
+//! Killing the real server process in the middle of a job: after a restart the job is picked
+//! up again and finishes; nothing stays "in progress" forever and scratch is clean.
+
+use crate::helpers::*;
+use std::{
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+fn start(vars: &[(String, String)], port: u16, log: &std::path::Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_file-system"))
+        .envs(
+            vars.iter()
+                .filter(|(k, _)| k != "FS_LISTEN" && k != "FS_JOB_CONCURRENCY")
+                .cloned(),
+        )
+        .env("FS_JOB_CONCURRENCY", "2")
+        .env("FS_LISTEN", format!("127.0.0.1:{port}"))
+        .env("FS_JOB_LEASE_SECS", "3")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::from(std::fs::File::create(log).unwrap()))
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the server binary")
+}
+
+async fn wait_up(client: &reqwest::Client, base: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while client.get(format!("{base}/health")).send().await.is_err() {
+        assert!(Instant::now() < deadline, "server did not come up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn sigkill_during_a_slim_then_restart(b: Backend) {
+    // The in-process app only provides a configuration (and the S3 prefix); it runs no jobs.
+    let app = TestApp::spawn(
+        b,
+        Options {
+            job_concurrency: Some(0),
+            ..Default::default()
+        },
+    )
+    .await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let base = format!("http://127.0.0.1:{port}");
+    let api = format!("{base}{API}");
+    let log = app.dir.path().join("server.log");
+    let mut server = start(&app.vars, port, &log);
+    wait_up(&app.client, &base).await;
+
+    let img = make_qcow2(app.dir.path(), "k.qcow2", 1024, 600);
+    let form = reqwest::multipart::Form::new().part(
+        "file",
+        reqwest::multipart::Part::bytes(std::fs::read(&img).unwrap()).file_name("k.qcow2"),
+    );
+    let r = app
+        .client
+        .post(format!("{api}/images"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let id = r.json::<serde_json::Value>().await.unwrap()["imageId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = app
+        .client
+        .post(format!("{api}/images/{id}/action/slim"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.text().await.unwrap(), "compress in progress");
+
+    // Kill it while the slim job runs: checked, and the slim job claimed by a worker.
+    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+    let db = file_system::db::connect(&format!(
+        "sqlite://{}/meta.db?mode=rwc",
+        app.dir.path().display()
+    ))
+    .await
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let v: serde_json::Value = app
+            .client
+            .get(format!("{api}/images/{id}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let running = entity::job::Entity::find()
+            .filter(entity::job::Column::Kind.eq("slim"))
+            .filter(entity::job::Column::State.eq("running"))
+            .one(&db)
+            .await
+            .unwrap();
+        if v["checkStatusResponse"]["status"] != 4 && running.is_some() {
+            break;
+        }
+        assert_ne!(
+            v["slimStatus"], 2,
+            "the slim finished before it could be interrupted"
+        );
+        assert!(Instant::now() < deadline, "the slim never started: {v}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    server.kill().unwrap(); // SIGKILL
+    server.wait().unwrap();
+    let killed = entity::image::Entity::find_by_id(id.clone())
+        .one(&db)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        killed.slim_status, 1,
+        "the process died after the slim had finished"
+    );
+
+    // A new process takes the job over once its lease has run out, and finishes it.
+    let mut server = start(&app.vars, port, &log);
+    wait_up(&app.client, &base).await;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let v = loop {
+        let v: serde_json::Value = app
+            .client
+            .get(format!("{api}/images/{id}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if v["slimStatus"] != 1 {
+            break v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the slim stayed in progress after the restart: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(v["slimStatus"], 2, "{v}");
+    assert_eq!(v["checkStatusResponse"]["status"], 0, "{v}");
+    // Served bytes are the slimmed image, identical in content to the original.
+    let out = app.dir.path().join("after.qcow2");
+    let bytes = app
+        .client
+        .get(format!("{api}/images/{id}/action/download"))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    std::fs::write(&out, &bytes).unwrap();
+    run(
+        "qemu-img",
+        &[
+            "compare",
+            "-f",
+            "qcow2",
+            "-F",
+            "qcow2",
+            img.to_str().unwrap(),
+            out.to_str().unwrap(),
+        ],
+    );
+    server.kill().unwrap();
+    server.wait().unwrap();
+    // Scratch holds nothing of the killed run.
+    let scratch: Vec<_> = std::fs::read_dir(app.dir.path().join("scratch"))
+        .unwrap()
+        .collect();
+    assert!(scratch.is_empty(), "{scratch:?}");
+    app.stop().await;
+}
+
+crate::backend_tests!(sigkill_during_a_slim_then_restart);
