@@ -154,6 +154,16 @@ fn copy_file(src: &Path, dst: &Path, sync: bool) -> Duration {
 }
 
 async fn upload(client: &reqwest::Client, srv: &Server, src: &Path, size: u64) -> String {
+    upload_named(client, srv, src, size, "bench.img").await
+}
+
+async fn upload_named(
+    client: &reqwest::Client,
+    srv: &Server,
+    src: &Path,
+    size: u64,
+    name: &str,
+) -> String {
     let file = std::fs::File::open(src).unwrap();
     let body = reqwest::Body::wrap_stream(read_stream(file, 0, size));
     let form = reqwest::multipart::Form::new()
@@ -161,7 +171,7 @@ async fn upload(client: &reqwest::Client, srv: &Server, src: &Path, size: u64) -
         .text("priority", "0")
         .part(
             "file",
-            reqwest::multipart::Part::stream_with_length(body, size).file_name("bench.img"),
+            reqwest::multipart::Part::stream_with_length(body, size).file_name(name.to_string()),
         );
     let r = srv
         .expect_ok(
@@ -482,6 +492,8 @@ async fn local_rows(dir: &Path, sizes: &[u64]) -> (u64, Vec<Row>) {
         }
         std::fs::remove_file(&src).unwrap();
     }
+    let largest = sizes.iter().copied().max().unwrap_or(512);
+    rows.extend(imageops_rows(&srv, &client, dir, largest, "local store").await);
     (idle, rows)
 }
 
@@ -698,5 +710,140 @@ async fn s3_rows(dir: &Path, sizes: &[u64], endpoint: &str) -> Vec<Row> {
         }
         std::fs::remove_file(&src).unwrap();
     }
+    let largest = sizes.iter().copied().max().unwrap_or(512);
+    rows.extend(imageops_rows(&srv, &client, dir, largest, "S3, with transfers").await);
     rows
+}
+
+/// Runs a command, returning how long it took.
+fn timed(cmd: &str, args: &[&str]) -> Duration {
+    let t = Instant::now();
+    let ok = Command::new(cmd)
+        .args(args)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "{cmd} {args:?} failed");
+    t.elapsed()
+}
+
+async fn image_json(client: &reqwest::Client, srv: &Server, id: &str) -> serde_json::Value {
+    client
+        .get(srv.url(&format!("/images/{id}")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// Check and slim of a qcow2 holding `mib` MiB of data, against `md5sum` and a bare
+/// `qemu-img convert -c` of the same local file.
+async fn imageops_rows(
+    srv: &Server,
+    client: &reqwest::Client,
+    dir: &Path,
+    mib: u64,
+    where_: &str,
+) -> Vec<Row> {
+    let img = dir.join("bench.qcow2");
+    let p = img.to_str().unwrap();
+    timed(
+        "qemu-img",
+        &["create", "-q", "-f", "qcow2", p, &format!("{}M", mib * 2)],
+    );
+    timed(
+        "qemu-io",
+        &["-f", "qcow2", "-c", &format!("write -P 0x5a 0 {mib}M"), p],
+    );
+    let size = std::fs::metadata(&img).unwrap().len();
+    let out = dir.join("bench-out.qcow2");
+    let o = out.to_str().unwrap().to_string();
+    let base_md5 = median3(|| timed("md5sum", &[p]));
+    let base_convert = median3(|| {
+        let d = timed(
+            "qemu-img",
+            &[
+                "convert",
+                "-f",
+                "qcow2",
+                "-O",
+                "qcow2",
+                "-c",
+                "-o",
+                "compression_type=zstd",
+                p,
+                &o,
+            ],
+        );
+        std::fs::remove_file(&out).unwrap();
+        d
+    });
+    let (mut checks, mut slims, mut peak_check, mut peak_slim) = (vec![], vec![], 0, 0);
+    for _ in 0..3 {
+        settle();
+        srv.reset_peak();
+        let id = upload_named(client, srv, &img, size, "bench.qcow2").await;
+        // The check is queued with the record, as the upload is answered.
+        let t = Instant::now();
+        while image_json(client, srv, &id).await["checkStatusResponse"]["status"] == 4 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        checks.push(t.elapsed().as_secs_f64());
+        peak_check = peak_check.max(srv.peak_rss());
+        settle();
+        srv.reset_peak();
+        let t = Instant::now();
+        let r = client
+            .post(srv.url(&format!("/images/{id}/action/slim")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.text().await.unwrap(), "compress in progress");
+        let v = loop {
+            let v = image_json(client, srv, &id).await;
+            if v["slimStatus"] != 1 {
+                break v;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        slims.push(t.elapsed().as_secs_f64());
+        peak_slim = peak_slim.max(srv.peak_rss());
+        assert_eq!(v["slimStatus"], 2, "{v}");
+        client
+            .delete(srv.url(&format!("/images/{id}")))
+            .send()
+            .await
+            .unwrap();
+    }
+    std::fs::remove_file(&img).unwrap();
+    checks.sort_by(f64::total_cmp);
+    slims.sort_by(f64::total_cmp);
+    let data_mib = size / MIB;
+    vec![
+        Row {
+            op: format!("check of a qcow2 ({where_})"),
+            mib: data_mib,
+            secs: checks[1],
+            base_secs: base_md5,
+            peak: peak_check,
+            note: format!(
+                "vs md5sum of the file: {:.2}x its time",
+                checks[1] / base_md5
+            ),
+        },
+        Row {
+            op: format!("slim of a qcow2 ({where_})"),
+            mib: data_mib,
+            secs: slims[1],
+            base_secs: base_convert,
+            peak: peak_slim,
+            note: format!(
+                "vs bare qemu-img convert -c: {:.2}x its time",
+                slims[1] / base_convert
+            ),
+        },
+    ]
 }

@@ -191,6 +191,7 @@ impl Service {
             self.delete_object(&object.tier.bucket, &object.key).await;
             return Err(e.into());
         }
+        self.job_wake.notify_one();
         tracing::info!(image.id = %id, size_bytes = object.size, bucket = %object.tier.bucket, "image uploaded");
         self.image(&id).await
     }
@@ -363,6 +364,7 @@ impl Service {
         }
         txn.commit().await?;
         if accepted {
+            self.job_wake.notify_one();
             Ok(texts::SLIM_ACCEPTED)
         } else {
             // Another request changed the state in between; answer from the new state.

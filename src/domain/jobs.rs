@@ -60,6 +60,7 @@ impl Service {
             let Some(job) = claimed else {
                 tokio::select! {
                     _ = token.cancelled() => return,
+                    _ = self.job_wake.notified() => continue,
                     _ = tokio::time::sleep(IDLE_POLL) => continue,
                 }
             };
@@ -153,7 +154,7 @@ impl Service {
             _ => {}
         }
         let (input, _input_guard, _) = self
-            .materialize(&img.bucket, &img.object_key, img.size_bytes as u64)
+            .materialize(&img.bucket, &img.object_key, img.size_bytes as u64, false)
             .await?;
         if free_bytes(&self.cfg.scratch_dir)? < img.size_bytes as u64 + (64 << 20) {
             let msg = "not enough scratch space to slim the image";
@@ -247,7 +248,7 @@ impl Service {
             return Ok(());
         };
         let (path, _scratch, md5) = self
-            .materialize(&img.bucket, &img.object_key, img.size_bytes as u64)
+            .materialize(&img.bucket, &img.object_key, img.size_bytes as u64, true)
             .await?;
         let report = self
             .imageops
@@ -258,15 +259,19 @@ impl Service {
         Ok(())
     }
 
-    /// A local file with the object's bytes and their MD5: the store's own file when it has
-    /// one, else a scratch copy (removed when the returned guard drops).
+    /// A local file with the object's bytes (and their MD5 when asked for): the store's own
+    /// file when it has one, else a scratch copy (removed when the returned guard drops).
     pub(crate) async fn materialize(
         &self,
         bucket: &str,
         key: &str,
         size: u64,
+        want_md5: bool,
     ) -> Result<(PathBuf, Option<tempfile::TempPath>, String)> {
         if let Some(path) = self.store.local_path(bucket, key) {
+            if !want_md5 {
+                return Ok((path, None, String::new()));
+            }
             let p = path.clone();
             let md5 = tokio::task::spawn_blocking(move || md5_file(&p))
                 .await
@@ -287,7 +292,9 @@ impl Service {
         use futures::StreamExt;
         while let Some(chunk) = body.next().await {
             let chunk = chunk?;
-            hasher.update(&chunk);
+            if want_md5 {
+                hasher.update(&chunk);
+            }
             sink.write(chunk).await?;
         }
         sink.finish(false).await?;

@@ -87,6 +87,8 @@ pub struct Service {
     pub(crate) cfg: Arc<Config>,
     pub(crate) imageops: Arc<dyn ImageOps>,
     upload_slots: Arc<Semaphore>,
+    /// Wakes this replica's idle workers when it queued a job (others find it by polling).
+    pub(crate) job_wake: Arc<tokio::sync::Notify>,
 }
 
 impl Service {
@@ -103,6 +105,7 @@ impl Service {
             cfg,
             imageops,
             upload_slots,
+            job_wake: Arc::new(tokio::sync::Notify::new()),
         }
     }
 

@@ -323,6 +323,7 @@ impl Service {
         db::uploads::set_state(&txn, &session.id, COMPLETED, now_secs()).await?;
         db::jobs::enqueue(&txn, db::jobs::CHECK, &session.image_id, now_secs()).await?;
         txn.commit().await?;
+        self.job_wake.notify_one();
         tracing::info!(image.id = %session.image_id, identifier, size_bytes = size, parts = parts.len(), "chunks merged");
         db::images::find(&self.db, &session.image_id)
             .await?
