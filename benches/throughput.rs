@@ -754,10 +754,16 @@ async fn imageops_rows(
         "qemu-img",
         &["create", "-q", "-f", "qcow2", p, &format!("{}M", mib * 2)],
     );
-    timed(
-        "qemu-io",
-        &["-f", "qcow2", "-c", &format!("write -P 0x5a 0 {mib}M"), p],
-    );
+    // qemu-io takes at most 2 GiB per request: write 512 MiB at a time.
+    let writes: Vec<String> = (0..mib.div_ceil(512))
+        .map(|i| format!("write -P 0x5a {}M {}M", i * 512, (mib - i * 512).min(512)))
+        .collect();
+    let mut args = vec!["-f", "qcow2"];
+    for w in &writes {
+        args.extend(["-c", w.as_str()]);
+    }
+    args.push(p);
+    timed("qemu-io", &args);
     let size = std::fs::metadata(&img).unwrap().len();
     let out = dir.join("bench-out.qcow2");
     let o = out.to_str().unwrap().to_string();

@@ -74,6 +74,9 @@ struct FsVars {
     check_timeout_secs: u64,
     #[serde(default = "default_slim_timeout")]
     slim_timeout_secs: u64,
+    imageops_url: Option<String>,
+    #[serde(default = "default_imageops_listen")]
+    imageops_listen: SocketAddr,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -114,6 +117,10 @@ pub struct Config {
     pub job_lease_secs: u64,
     pub check_timeout_secs: u64,
     pub slim_timeout_secs: u64,
+    /// Remote imageops base URL; `None` = in process.
+    pub imageops_url: Option<String>,
+    /// Where `file-system imageops` serves.
+    pub imageops_listen: SocketAddr,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -172,6 +179,9 @@ fn default_job_lease() -> u64 {
 }
 fn default_check_timeout() -> u64 {
     1800
+}
+fn default_imageops_listen() -> SocketAddr {
+    "0.0.0.0:5000".parse().expect("valid default address")
 }
 fn default_slim_timeout() -> u64 {
     7200
@@ -260,6 +270,8 @@ impl Config {
             job_lease_secs: fs.job_lease_secs.max(3),
             check_timeout_secs: fs.check_timeout_secs.max(1),
             slim_timeout_secs: fs.slim_timeout_secs.max(1),
+            imageops_url: fs.imageops_url.filter(|u| !u.trim().is_empty()),
+            imageops_listen: fs.imageops_listen,
         })
     }
 }

@@ -55,10 +55,19 @@ pub async fn build(cfg: Config) -> anyhow::Result<Service> {
             )
         })?;
     }
-    let imageops: Arc<dyn imageops::ImageOps> = Arc::new(imageops::local::LocalImageOps::new(
-        Duration::from_secs(cfg.check_timeout_secs),
-        Duration::from_secs(cfg.slim_timeout_secs),
-    ));
+    let check_t = Duration::from_secs(cfg.check_timeout_secs);
+    let slim_t = Duration::from_secs(cfg.slim_timeout_secs);
+    let imageops: Arc<dyn imageops::ImageOps> = match &cfg.imageops_url {
+        None => Arc::new(imageops::local::LocalImageOps::new(check_t, slim_t)),
+        Some(url) => {
+            // The sidecar sees the scratch directory under the same names.
+            let shared = std::fs::canonicalize(&cfg.scratch_dir).context("scratch directory")?;
+            tracing::info!(url, "image checks and slims go to a remote imageops");
+            Arc::new(imageops::remote::RemoteImageOps::new(
+                url, shared, check_t, slim_t,
+            ))
+        }
+    };
     Ok(Service::new(db, store, imageops, Arc::new(cfg)))
 }
 

@@ -6,6 +6,7 @@ use file_system::{build, config::Config, db, serve, telemetry};
 const USAGE: &str = "usage: file-system [serve | migrate | help]
   serve    run the HTTP service (default)
   migrate  apply database migrations and exit
+  imageops serve the imageops HTTP API (sidecar) on FS_IMAGEOPS_LISTEN over FS_SCRATCH_DIR
 Settings come from environment variables (and .env); see .env.example.";
 
 fn main() -> anyhow::Result<()> {
@@ -40,6 +41,23 @@ async fn run() -> anyhow::Result<()> {
                 .with_context(|| format!("cannot listen on {listen}"))?;
             tracing::info!(addr = %listener.local_addr()?, "file-system listening");
             serve(listener, svc, shutdown_signal()).await
+        }
+        "imageops" => {
+            // The original imageops API, on the scratch directory shared with the service.
+            tokio::fs::create_dir_all(&cfg.scratch_dir).await?;
+            let dir = std::fs::canonicalize(&cfg.scratch_dir)?;
+            let ops = file_system::imageops::local::LocalImageOps::new(
+                std::time::Duration::from_secs(cfg.check_timeout_secs),
+                std::time::Duration::from_secs(cfg.slim_timeout_secs),
+            );
+            let listener = tokio::net::TcpListener::bind(cfg.imageops_listen)
+                .await
+                .with_context(|| format!("cannot listen on {}", cfg.imageops_listen))?;
+            tracing::info!(addr = %listener.local_addr()?, dir = %dir.display(), "imageops listening");
+            axum::serve(listener, file_system::imageops::server::router(dir, ops))
+                .with_graceful_shutdown(shutdown_signal())
+                .await?;
+            Ok(())
         }
         "migrate" => {
             let conn = db::connect(&cfg.database_url).await?;

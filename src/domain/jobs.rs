@@ -154,7 +154,13 @@ impl Service {
             _ => {}
         }
         let (input, _input_guard, _) = self
-            .materialize(&img.bucket, &img.object_key, img.size_bytes as u64, false)
+            .materialize(
+                &img.bucket,
+                &img.object_key,
+                img.size_bytes as u64,
+                ".qcow2",
+                false,
+            )
             .await?;
         if free_bytes(&self.cfg.scratch_dir)? < img.size_bytes as u64 + (64 << 20) {
             let msg = "not enough scratch space to slim the image";
@@ -162,7 +168,7 @@ impl Service {
                 .await?;
             return Ok(Step::Done);
         }
-        let (_, output) = self.scratch_file().await?;
+        let (_, output) = self.scratch_file_with(".qcow2").await?;
         // Progress goes to the record about once a second.
         let (tx, mut rx) = tokio::sync::watch::channel(0.0f64);
         let report_progress = async {
@@ -248,7 +254,13 @@ impl Service {
             return Ok(());
         };
         let (path, _scratch, md5) = self
-            .materialize(&img.bucket, &img.object_key, img.size_bytes as u64, true)
+            .materialize(
+                &img.bucket,
+                &img.object_key,
+                img.size_bytes as u64,
+                &extension(&img.file_name),
+                true,
+            )
             .await?;
         let report = self
             .imageops
@@ -266,9 +278,14 @@ impl Service {
         bucket: &str,
         key: &str,
         size: u64,
+        suffix: &str,
         want_md5: bool,
     ) -> Result<(PathBuf, Option<tempfile::TempPath>, String)> {
-        if let Some(path) = self.store.local_path(bucket, key) {
+        let direct = self
+            .store
+            .local_path(bucket, key)
+            .filter(|_| !self.imageops.shares_files());
+        if let Some(path) = direct {
             if !want_md5 {
                 return Ok((path, None, String::new()));
             }
@@ -285,7 +302,8 @@ impl Service {
                 self.cfg.scratch_dir.display()
             )));
         }
-        let (file, path) = self.scratch_file().await?;
+        // Names keep the image's extension: a remote imageops derives the format from it.
+        let (file, path) = self.scratch_file_with(suffix).await?;
         let mut sink = crate::storage::fileio::FileSink::new(file.into_std().await);
         let mut body = self.store.get(bucket, key, None).await?;
         let mut hasher = Md5::new();
@@ -303,7 +321,15 @@ impl Service {
     }
 }
 
-fn md5_file(path: &std::path::Path) -> std::io::Result<String> {
+/// `.qcow2`, `.img`, ... of a file name (empty when it has none).
+fn extension(name: &str) -> String {
+    std::path::Path::new(name)
+        .extension()
+        .map(|e| format!(".{}", e.to_string_lossy()))
+        .unwrap_or_default()
+}
+
+pub(crate) fn md5_file(path: &std::path::Path) -> std::io::Result<String> {
     use std::io::Read;
     let mut f = std::fs::File::open(path)?;
     let mut h = Md5::new();

@@ -152,10 +152,21 @@ impl Service {
 
     /// A fresh temp file in the scratch directory, removed when dropped.
     pub(crate) async fn scratch_file(&self) -> Result<(tokio::fs::File, tempfile::TempPath)> {
+        self.scratch_file_with("").await
+    }
+
+    /// Like `scratch_file`, with a name ending in `suffix`.
+    pub(crate) async fn scratch_file_with(
+        &self,
+        suffix: &str,
+    ) -> Result<(tokio::fs::File, tempfile::TempPath)> {
         let dir = self.cfg.scratch_dir.clone();
-        let tmp = tokio::task::spawn_blocking(move || tempfile::NamedTempFile::new_in(dir))
-            .await
-            .map_err(|e| Error::Internal(e.to_string()))??;
+        let suffix = suffix.to_string();
+        let tmp = tokio::task::spawn_blocking(move || {
+            tempfile::Builder::new().suffix(&suffix).tempfile_in(dir)
+        })
+        .await
+        .map_err(|e| Error::Internal(e.to_string()))??;
         let (file, path) = tmp.into_parts();
         Ok((tokio::fs::File::from_std(file), path))
     }

@@ -2,6 +2,8 @@
 //! process; a remote implementation speaks the original imageops HTTP API.
 
 pub mod local;
+pub mod remote;
+pub mod server;
 
 use async_trait::async_trait;
 use std::path::Path;
@@ -101,4 +103,10 @@ pub trait ImageOps: Send + Sync + 'static {
         output: &Path,
         progress: Progress,
     ) -> Result<(), CompressFailure>;
+
+    /// Whether files must be handed over in the shared scratch directory (a sidecar sees
+    /// nothing else).
+    fn shares_files(&self) -> bool {
+        false
+    }
 }

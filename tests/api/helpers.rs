@@ -30,6 +30,10 @@ pub struct Options {
     pub s3_endpoint: Option<String>,
     pub job_concurrency: Option<usize>,
     pub job_lease_secs: Option<u64>,
+    /// Use a remote imageops at this URL (sharing the app's scratch directory).
+    pub imageops_url: Option<String>,
+    /// Use this scratch directory instead of one in the test's temp dir.
+    pub scratch_dir: Option<PathBuf>,
 }
 
 /// The S3 server the tests use (started by scripts/test): endpoint and region.
@@ -75,6 +79,7 @@ pub struct TestApp {
     /// The service's configuration, as environment variables (to start the real binary).
     pub vars: Vec<(String, String)>,
     pub base: String,
+    pub scratch: PathBuf,
     pub client: Client,
     pub dir: tempfile::TempDir,
     #[allow(dead_code)]
@@ -96,12 +101,13 @@ impl TestApp {
             .try_init();
         let dir = tempfile::tempdir().expect("temp dir");
         let root = dir.path();
+        let scratch = opts
+            .scratch_dir
+            .clone()
+            .unwrap_or_else(|| root.join("scratch"));
         let mut vars = vec![
             ("FS_LISTEN".to_string(), "127.0.0.1:0".to_string()),
-            (
-                "FS_SCRATCH_DIR".into(),
-                root.join("scratch").display().to_string(),
-            ),
+            ("FS_SCRATCH_DIR".into(), scratch.display().to_string()),
             (
                 "FS_UPLOAD_TTL_SECS".into(),
                 opts.upload_ttl_secs.unwrap_or(86_400).to_string(),
@@ -146,6 +152,9 @@ impl TestApp {
         if let Some(m) = opts.max_image_bytes {
             vars.push(("FS_MAX_IMAGE_BYTES".into(), m.to_string()));
         }
+        if let Some(u) = &opts.imageops_url {
+            vars.push(("FS_IMAGEOPS_URL".into(), u.clone()));
+        }
         if let Some(n) = opts.job_concurrency {
             vars.push(("FS_JOB_CONCURRENCY".into(), n.to_string()));
         }
@@ -165,6 +174,7 @@ impl TestApp {
         }));
         TestApp {
             vars,
+            scratch,
             base: format!("http://{addr}"),
             client: Client::builder().build().unwrap(),
             dir,
@@ -215,7 +225,7 @@ impl TestApp {
     pub async fn leftovers(&self) -> Vec<String> {
         self.wait_jobs_idle().await;
         let mut files = vec![];
-        walk(&self.dir.path().join("scratch"), &mut files);
+        walk(&self.scratch, &mut files);
         if self.s3.is_none() {
             walk(&self.dir.path().join("objects"), &mut files);
         }

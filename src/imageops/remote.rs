@@ -1,0 +1,178 @@
+//! Client of the imageops HTTP API (the original sidecar's, or `file-system imageops`). Files
+//! are exchanged through a directory both sides mount: paths handed to it must lie inside.
+
+use super::{compress, result, status, CheckReport, CompressFailure, Declared, ImageOps, Progress};
+use async_trait::async_trait;
+use serde_json::{json, Value};
+use std::{
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+const POLL: Duration = Duration::from_millis(250);
+
+pub struct RemoteImageOps {
+    base: String,
+    shared_dir: PathBuf,
+    http: reqwest::Client,
+    check_timeout: Duration,
+    slim_timeout: Duration,
+}
+
+impl RemoteImageOps {
+    pub fn new(
+        base: &str,
+        shared_dir: PathBuf,
+        check_timeout: Duration,
+        slim_timeout: Duration,
+    ) -> Self {
+        Self {
+            base: base.trim_end_matches('/').to_string(),
+            shared_dir,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .expect("http client"),
+            check_timeout,
+            slim_timeout,
+        }
+    }
+
+    fn name(&self, p: &Path) -> Result<String, String> {
+        p.strip_prefix(&self.shared_dir)
+            .map(|r| r.to_string_lossy().to_string())
+            .map_err(|_| format!("{} is not in the shared directory", p.display()))
+    }
+
+    async fn call(&self, req: reqwest::RequestBuilder) -> Result<Value, String> {
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| format!("imageops unreachable: {e}"))?;
+        let status = resp.status();
+        let v: Value = resp
+            .json()
+            .await
+            .map_err(|e| format!("imageops answered garbage: {e}"))?;
+        if !status.is_success() {
+            return Err(format!("imageops refused: {v}"));
+        }
+        Ok(v)
+    }
+
+    async fn start(&self, what: &str, body: Value) -> Result<String, String> {
+        let v = self
+            .call(
+                self.http
+                    .post(format!("{}/api/v1/vmimage/{what}", self.base))
+                    .json(&body),
+            )
+            .await?;
+        v["requestId"]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| format!("imageops gave no requestId: {v}"))
+    }
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
+#[async_trait]
+impl ImageOps for RemoteImageOps {
+    async fn check(&self, path: &Path, _declared: Declared) -> CheckReport {
+        let run = async {
+            let id = self
+                .start("check", json!({ "inputImageName": self.name(path)? }))
+                .await?;
+            let deadline = Instant::now() + self.check_timeout;
+            loop {
+                let v = self
+                    .call(
+                        self.http
+                            .get(format!("{}/api/v1/vmimage/check/{id}", self.base)),
+                    )
+                    .await?;
+                let st = v["status"].as_i64().unwrap_or(status::FAILED as i64) as i32;
+                if st != 4 {
+                    let info = &v["checkInfo"];
+                    let ii = &info["imageInfo"];
+                    return Ok(CheckReport {
+                        status: st,
+                        msg: s(&v["msg"]),
+                        check_result: info["checkResult"].as_i64().unwrap_or(result::ERROR as i64)
+                            as i32,
+                        format: s(&ii["format"]),
+                        virtual_size_gib: ii["virtual_size"].as_f64().unwrap_or(0.0),
+                        image_end_offset: s(&ii["image-end-offset"]),
+                        check_errors: s(&ii["check-errors"]),
+                    });
+                }
+                if Instant::now() > deadline {
+                    return Ok(CheckReport {
+                        status: status::TIMED_OUT,
+                        check_result: result::TIMEOUT,
+                        ..CheckReport::failed("check timed out")
+                    });
+                }
+                tokio::time::sleep(POLL).await;
+            }
+        };
+        run.await
+            .unwrap_or_else(|e: String| CheckReport::failed(format!("check failed: {e}")))
+    }
+
+    async fn compress(
+        &self,
+        input: &Path,
+        output: &Path,
+        progress: Progress,
+    ) -> Result<(), CompressFailure> {
+        let failed = |msg: String| CompressFailure {
+            status: compress::FAILED,
+            msg,
+        };
+        let body = json!({
+            "inputImageName": self.name(input).map_err(failed)?,
+            "outputImageName": self.name(output).map_err(failed)?,
+        });
+        let id = self.start("compress", body).await.map_err(failed)?;
+        let deadline = Instant::now() + self.slim_timeout;
+        loop {
+            let v = self
+                .call(
+                    self.http
+                        .get(format!("{}/api/v1/vmimage/compress/{id}", self.base)),
+                )
+                .await
+                .map_err(failed)?;
+            let st = v["status"].as_i64().unwrap_or(compress::FAILED as i64) as i32;
+            match st {
+                compress::COMPLETED => return Ok(()),
+                compress::IN_PROGRESS => progress(v["rate"].as_f64().unwrap_or(0.0)),
+                other => {
+                    return Err(CompressFailure {
+                        status: other,
+                        msg: s(&v["msg"]),
+                    })
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(CompressFailure {
+                    status: compress::TIMED_OUT,
+                    msg: "compression timed out".into(),
+                });
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    fn shares_files(&self) -> bool {
+        true
+    }
+}

@@ -1,0 +1,188 @@
+//! The original imageops HTTP API, served by this binary (`file-system imageops`), so a sidecar
+//! deployment needs nothing else. Image names are relative to a directory both containers
+//! mount; requests run in the background and are polled by id.
+
+use super::{local::LocalImageOps, CheckReport, Declared, ImageOps};
+use axum::{
+    extract::{Path as UrlPath, State},
+    http::StatusCode,
+    routing::{get, post},
+    Json, Router,
+};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::{
+    collections::HashMap,
+    path::{Component, Path, PathBuf},
+    sync::{Arc, Mutex},
+};
+
+/// A finished check: the report, the file's MD5, its size and its name.
+type CheckDone = (CheckReport, String, u64, String);
+/// Running checks (`None`) and finished ones, by request id.
+type Checks = Arc<Mutex<HashMap<String, Option<CheckDone>>>>;
+/// Compressions by request id: status, message, progress.
+type Compressions = Arc<Mutex<HashMap<String, (i32, String, f64)>>>;
+
+#[derive(Clone)]
+pub struct OpsState {
+    dir: PathBuf,
+    ops: Arc<LocalImageOps>,
+    checks: Checks,
+    compressions: Compressions,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct CheckRequest {
+    input_image_name: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct CompressRequest {
+    input_image_name: String,
+    output_image_name: String,
+}
+
+type Reply = (StatusCode, Json<Value>);
+
+fn bad(msg: &str) -> Reply {
+    (
+        StatusCode::BAD_REQUEST,
+        Json(json!({ "status": 3, "msg": msg })),
+    )
+}
+
+/// A plain relative name inside the shared directory.
+fn resolve(dir: &Path, name: &str) -> Option<PathBuf> {
+    let p = Path::new(name);
+    let plain = !name.is_empty() && p.components().all(|c| matches!(c, Component::Normal(_)));
+    plain.then(|| dir.join(p))
+}
+
+pub fn router(dir: PathBuf, ops: LocalImageOps) -> Router {
+    let state = OpsState {
+        dir,
+        ops: Arc::new(ops),
+        checks: Arc::default(),
+        compressions: Arc::default(),
+    };
+    Router::new()
+        .route("/api/v1/vmimage/check", post(start_check))
+        .route("/api/v1/vmimage/check/{id}", get(check_status))
+        .route("/api/v1/vmimage/compress", post(start_compress))
+        .route("/api/v1/vmimage/compress/{id}", get(compress_status))
+        .route("/health", get(|| async { "ok" }))
+        .with_state(state)
+}
+
+async fn start_check(State(st): State<OpsState>, Json(req): Json<CheckRequest>) -> Reply {
+    let Some(path) = resolve(&st.dir, &req.input_image_name).filter(|p| p.is_file()) else {
+        return bad("input image not found");
+    };
+    let id = uuid::Uuid::new_v4().to_string();
+    st.checks.lock().expect("lock").insert(id.clone(), None);
+    let (ops, checks, rid, name) = (
+        st.ops.clone(),
+        st.checks.clone(),
+        id.clone(),
+        req.input_image_name,
+    );
+    tokio::spawn(async move {
+        let report = ops.check(&path, Declared::from_file_name(&name)).await;
+        let p = path.clone();
+        let md5 = tokio::task::spawn_blocking(move || crate::domain::jobs::md5_file(&p))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default();
+        let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        checks
+            .lock()
+            .expect("lock")
+            .insert(rid, Some((report, md5, size, name)));
+    });
+    (
+        StatusCode::OK,
+        Json(json!({ "status": 0, "msg": "Check In Progress", "requestId": id })),
+    )
+}
+
+async fn check_status(State(st): State<OpsState>, UrlPath(id): UrlPath<String>) -> Reply {
+    match st.checks.lock().expect("lock").get(&id) {
+        None => (
+            StatusCode::NOT_FOUND,
+            Json(json!({ "status": 3, "msg": "no such request" })),
+        ),
+        Some(None) => (
+            StatusCode::OK,
+            Json(json!({ "status": 4, "msg": "Check In Progress" })),
+        ),
+        Some(Some((r, md5, size, name))) => (
+            StatusCode::OK,
+            Json(json!({
+                "status": r.status,
+                "msg": r.msg,
+                "checkInfo": {
+                    "checksum": md5,
+                    "checkResult": r.check_result,
+                    "imageInfo": {
+                        "image-end-offset": r.image_end_offset,
+                        "check-errors": r.check_errors,
+                        "format": r.format,
+                        "filename": name,
+                        "virtual_size": r.virtual_size_gib,
+                        "disk_size": size.to_string(),
+                    }
+                }
+            })),
+        ),
+    }
+}
+
+async fn start_compress(State(st): State<OpsState>, Json(req): Json<CompressRequest>) -> Reply {
+    let Some(input) = resolve(&st.dir, &req.input_image_name).filter(|p| p.is_file()) else {
+        return bad("input image not found");
+    };
+    let Some(output) = resolve(&st.dir, &req.output_image_name) else {
+        return bad("invalid output image name");
+    };
+    let id = uuid::Uuid::new_v4().to_string();
+    st.compressions
+        .lock()
+        .expect("lock")
+        .insert(id.clone(), (1, "Compress In Progress".into(), 0.0));
+    let (ops, table, rid) = (st.ops.clone(), st.compressions.clone(), id.clone());
+    tokio::spawn(async move {
+        let t2 = table.clone();
+        let r2 = rid.clone();
+        let progress = Box::new(move |p: f64| {
+            if let Some(e) = t2.lock().expect("lock").get_mut(&r2) {
+                e.2 = p;
+            }
+        });
+        let outcome = match ops.compress(&input, &output, progress).await {
+            Ok(()) => (0, "Compress Completed".to_string(), 1.0),
+            Err(f) => (f.status, f.msg, 0.0),
+        };
+        table.lock().expect("lock").insert(rid, outcome);
+    });
+    (
+        StatusCode::OK,
+        Json(json!({ "status": 0, "msg": "Compress In Progress", "requestId": id })),
+    )
+}
+
+async fn compress_status(State(st): State<OpsState>, UrlPath(id): UrlPath<String>) -> Reply {
+    match st.compressions.lock().expect("lock").get(&id) {
+        None => (
+            StatusCode::NOT_FOUND,
+            Json(json!({ "status": 2, "msg": "no such request" })),
+        ),
+        Some((status, msg, rate)) => (
+            StatusCode::OK,
+            Json(json!({ "status": status, "msg": msg, "rate": rate })),
+        ),
+    }
+}

@@ -1,0 +1,119 @@
+//! The remote imageops mode, through the real `file-system imageops` subcommand serving the
+//! original imageops API over a shared scratch directory.
+
+use crate::{checks::wait_checked, helpers::*};
+use std::{
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+struct Sidecar(std::process::Child);
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn checks_and_slims_through_the_sidecar(b: Backend) {
+    let shared = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let _sidecar = Sidecar(
+        Command::new(env!("CARGO_BIN_EXE_file-system"))
+            .arg("imageops")
+            .env("FS_IMAGEOPS_LISTEN", format!("127.0.0.1:{port}"))
+            .env("FS_SCRATCH_DIR", shared.path())
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let url = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while client.get(format!("{url}/health")).send().await.is_err() {
+        assert!(Instant::now() < deadline, "imageops sidecar did not start");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The original API answers as the clients of the original expect.
+    let r = client
+        .post(format!("{url}/api/v1/vmimage/check"))
+        .json(&serde_json::json!({"inputImageName": "../etc/passwd"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+
+    let opts = Options {
+        imageops_url: Some(url),
+        scratch_dir: Some(shared.path().to_path_buf()),
+        ..Default::default()
+    };
+    let app = TestApp::spawn(b, opts).await;
+    let good = make_qcow2(app.dir.path(), "good.qcow2", 128, 16);
+    let good_id = app
+        .upload_ok("good.qcow2", std::fs::read(&good).unwrap())
+        .await;
+    let v = wait_checked(&app, &good_id).await;
+    assert_eq!(v["checkStatusResponse"]["status"], 0, "{v}");
+    assert_eq!(
+        v["checkStatusResponse"]["checkInfo"]["imageInfo"]["format"],
+        "qcow2"
+    );
+    let raw_id = app.upload_ok("disk.img", pattern(3, 1 << 20)).await;
+    let v = wait_checked(&app, &raw_id).await;
+    assert_eq!(v["checkStatusResponse"]["status"], 5, "{v}");
+    let fake_id = app.upload_ok("fake.qcow2", pattern(4, 1 << 20)).await;
+    let v = wait_checked(&app, &fake_id).await;
+    assert_eq!(v["checkStatusResponse"]["status"], 3, "{v}");
+
+    let r = app
+        .client
+        .post(app.url(&format!("/images/{good_id}/action/slim")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.text().await.unwrap(), "compress in progress");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let v = loop {
+        let (_, v) = app.get_json(&format!("/images/{good_id}")).await;
+        if v["slimStatus"] != 1 {
+            break v;
+        }
+        assert!(Instant::now() < deadline, "slim never finished: {v}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(v["slimStatus"], 2, "{v}");
+    let slim = app.dir.path().join("slim.qcow2");
+    app.download_to(&format!("/images/{good_id}/action/download"), &slim)
+        .await;
+    run(
+        "qemu-img",
+        &[
+            "compare",
+            "-f",
+            "qcow2",
+            "-F",
+            "qcow2",
+            good.to_str().unwrap(),
+            slim.to_str().unwrap(),
+        ],
+    );
+    // The shared directory is left clean.
+    let left = app.leftovers().await;
+    assert_eq!(
+        left.iter()
+            .filter(|f| f.starts_with(&shared.path().display().to_string()))
+            .count(),
+        0,
+        "{left:?}"
+    );
+    app.stop().await;
+}
+
+crate::backend_tests!(checks_and_slims_through_the_sidecar);
