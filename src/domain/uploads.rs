@@ -330,12 +330,18 @@ impl Service {
             .ok_or_else(|| Error::Internal("merged image vanished".into()))
     }
 
-    /// The merged object is a zip: copy it to scratch, replace the object by the image inside.
+    /// The merged object is a zip: replace the object by the image inside (through a scratch
+    /// copy where the store has no local file).
     async fn unpack_merged_zip(
         &self,
         session: &upload_session::Model,
         tier: &Tier,
     ) -> Result<(String, u64, u32)> {
+        // A store that keeps the archive as a file is read in place (the image replaces it by
+        // a rename once extracted, while the archive stays open).
+        if let Some(path) = self.store.local_path(&session.bucket, &session.object_key) {
+            return self.unpack_zip(&path, tier, &session.object_key).await;
+        }
         let (file, path) = self.scratch_file().await?;
         let body = self
             .store
