@@ -19,6 +19,15 @@ pub const CANCELLED: &str = "cancelled";
 pub const CHECK: &str = "check";
 pub const SLIM: &str = "slim";
 
+/// An update that moves a job to `state` and gives up its lease.
+fn unleased(state: &str, now: i64) -> sea_orm::UpdateMany<Jobs> {
+    Jobs::update_many()
+        .col_expr(job::Column::State, Expr::value(state))
+        .col_expr(job::Column::LeaseOwner, Expr::value(Option::<String>::None))
+        .col_expr(job::Column::LeaseUntil, Expr::value(Option::<i64>::None))
+        .col_expr(job::Column::UpdatedAt, Expr::value(now))
+}
+
 /// Adds a job, due now.
 pub async fn enqueue(
     db: &impl ConnectionTrait,
@@ -122,12 +131,8 @@ pub async fn finish(
     error: Option<&str>,
     now: i64,
 ) -> Result<bool, DbErr> {
-    let res = Jobs::update_many()
-        .col_expr(job::Column::State, Expr::value(state))
+    let res = unleased(state, now)
         .col_expr(job::Column::Error, Expr::value(error.map(str::to_string)))
-        .col_expr(job::Column::LeaseOwner, Expr::value(Option::<String>::None))
-        .col_expr(job::Column::LeaseUntil, Expr::value(Option::<i64>::None))
-        .col_expr(job::Column::UpdatedAt, Expr::value(now))
         .filter(job::Column::Id.eq(id))
         .filter(job::Column::LeaseOwner.eq(owner))
         .filter(job::Column::State.eq(RUNNING))
@@ -145,13 +150,9 @@ pub async fn retry_at(
     error: &str,
     now: i64,
 ) -> Result<(), DbErr> {
-    Jobs::update_many()
-        .col_expr(job::Column::State, Expr::value(QUEUED))
+    unleased(QUEUED, now)
         .col_expr(job::Column::RunAfter, Expr::value(run_after))
         .col_expr(job::Column::Error, Expr::value(error))
-        .col_expr(job::Column::LeaseOwner, Expr::value(Option::<String>::None))
-        .col_expr(job::Column::LeaseUntil, Expr::value(Option::<i64>::None))
-        .col_expr(job::Column::UpdatedAt, Expr::value(now))
         .filter(job::Column::Id.eq(id))
         .filter(job::Column::LeaseOwner.eq(owner))
         .exec(db)
@@ -166,12 +167,8 @@ pub async fn release_owner_prefix(
     owner: &str,
     now: i64,
 ) -> Result<u64, DbErr> {
-    let res = Jobs::update_many()
-        .col_expr(job::Column::State, Expr::value(QUEUED))
+    let res = unleased(QUEUED, now)
         .col_expr(job::Column::RunAfter, Expr::value(now))
-        .col_expr(job::Column::LeaseOwner, Expr::value(Option::<String>::None))
-        .col_expr(job::Column::LeaseUntil, Expr::value(Option::<i64>::None))
-        .col_expr(job::Column::UpdatedAt, Expr::value(now))
         .filter(job::Column::LeaseOwner.starts_with(owner))
         .filter(job::Column::State.eq(RUNNING))
         .exec(db)
@@ -207,16 +204,12 @@ pub async fn defer(
     run_after: i64,
     now: i64,
 ) -> Result<(), DbErr> {
-    Jobs::update_many()
-        .col_expr(job::Column::State, Expr::value(QUEUED))
+    unleased(QUEUED, now)
         .col_expr(job::Column::RunAfter, Expr::value(run_after))
         .col_expr(
             job::Column::Attempts,
             Expr::col(job::Column::Attempts).sub(1),
         )
-        .col_expr(job::Column::LeaseOwner, Expr::value(Option::<String>::None))
-        .col_expr(job::Column::LeaseUntil, Expr::value(Option::<i64>::None))
-        .col_expr(job::Column::UpdatedAt, Expr::value(now))
         .filter(job::Column::Id.eq(id))
         .filter(job::Column::LeaseOwner.eq(owner))
         .exec(db)
