@@ -408,41 +408,10 @@ async fn local_rows(dir: &Path, sizes: &[u64]) -> (u64, Vec<Row>) {
         let base_sync = median3(|| copy_file(&src, &dst, true));
         let base_read = median3(|| read_file(&src));
 
-        let ids = Mutex::new(vec![]);
-        let (secs, peak) = measure(&srv, || async {
-            let id = upload(&client, &srv, &src, size).await;
-            ids.lock().unwrap().push(id);
-        })
-        .await;
-        rows.push(Row {
-            op: "upload (single POST)".into(),
-            mib,
-            secs,
-            base_secs: base_sync,
-            peak,
-            note: "vs copy+fsync".into(),
-        });
-        let id = ids.lock().unwrap()[0].clone();
-
-        let merges = Mutex::new(vec![]);
-        let run = AtomicUsize::new(0);
-        let (secs, peak) = measure(&srv, || async {
-            let ident = format!("bench-{mib}-{}", run.fetch_add(1, Ordering::Relaxed));
-            let (cid, merge) = chunked(&client, &srv, &src, size, &ident).await;
-            ids.lock().unwrap().push(cid);
-            merges.lock().unwrap().push(merge.as_secs_f64());
-        })
-        .await;
-        let mut merges = merges.into_inner().unwrap();
-        merges.sort_by(f64::total_cmp);
-        rows.push(Row {
-            op: "upload (50 MiB chunks + merge)".into(),
-            mib,
-            secs,
-            base_secs: base_sync,
-            peak,
-            note: format!("merge {:.3} s", merges[1]),
-        });
+        let (upload_rows, ids) =
+            upload_rows(&srv, &client, &src, mib, base_sync, "vs copy+fsync").await;
+        rows.extend(upload_rows);
+        let id = ids[0].clone();
 
         let (secs, peak) = measure(&srv, || async {
             assert_eq!(download(&client, &srv, &id, false, Some(&dst)).await, size);
@@ -483,7 +452,7 @@ async fn local_rows(dir: &Path, sizes: &[u64]) -> (u64, Vec<Row>) {
             note: "vs reading the file (page cache)".into(),
         });
 
-        for i in ids.into_inner().unwrap() {
+        for i in ids {
             client
                 .delete(srv.url(&format!("/images/{i}")))
                 .send()
@@ -639,41 +608,10 @@ async fn s3_rows(dir: &Path, sizes: &[u64], endpoint: &str) -> Vec<Row> {
             .await
             .unwrap();
 
-        let ids = Mutex::new(vec![]);
-        let (secs, peak) = measure(&srv, || async {
-            let id = upload(&client, &srv, &src, size).await;
-            ids.lock().unwrap().push(id);
-        })
-        .await;
-        rows.push(Row {
-            op: "upload (single POST)".into(),
-            mib,
-            secs,
-            base_secs: base_up,
-            peak,
-            note: "vs SDK multipart upload".into(),
-        });
-        let id = ids.lock().unwrap()[0].clone();
-
-        let merges = Mutex::new(vec![]);
-        let run = AtomicUsize::new(0);
-        let (secs, peak) = measure(&srv, || async {
-            let ident = format!("s3-{mib}-{}", run.fetch_add(1, Ordering::Relaxed));
-            let (cid, merge) = chunked(&client, &srv, &src, size, &ident).await;
-            ids.lock().unwrap().push(cid);
-            merges.lock().unwrap().push(merge.as_secs_f64());
-        })
-        .await;
-        let mut merges = merges.into_inner().unwrap();
-        merges.sort_by(f64::total_cmp);
-        rows.push(Row {
-            op: "upload (50 MiB chunks + merge)".into(),
-            mib,
-            secs,
-            base_secs: base_up,
-            peak,
-            note: format!("merge {:.3} s", merges[1]),
-        });
+        let (upload_rows, ids) =
+            upload_rows(&srv, &client, &src, mib, base_up, "vs SDK multipart upload").await;
+        rows.extend(upload_rows);
+        let id = ids[0].clone();
 
         let (secs, peak) = measure(&srv, || async {
             assert_eq!(download(&client, &srv, &id, false, None).await, size);
@@ -701,7 +639,7 @@ async fn s3_rows(dir: &Path, sizes: &[u64], endpoint: &str) -> Vec<Row> {
             note: "vs SDK GetObject".into(),
         });
 
-        for i in ids.into_inner().unwrap() {
+        for i in ids {
             client
                 .delete(srv.url(&format!("/images/{i}")))
                 .send()
@@ -713,6 +651,53 @@ async fn s3_rows(dir: &Path, sizes: &[u64], endpoint: &str) -> Vec<Row> {
     let largest = sizes.iter().copied().max().unwrap_or(512);
     rows.extend(imageops_rows(&srv, &client, dir, largest, "S3, with transfers").await);
     rows
+}
+
+/// A single upload and a chunked upload (50 MiB chunks + merge) of `src`, each measured three
+/// times: their rows, and the ids of every image made.
+async fn upload_rows(
+    srv: &Server,
+    client: &reqwest::Client,
+    src: &Path,
+    mib: u64,
+    base_secs: f64,
+    note: &str,
+) -> (Vec<Row>, Vec<String>) {
+    let size = mib * MIB;
+    let ids = Mutex::new(vec![]);
+    let (secs, peak) = measure(srv, || async {
+        let id = upload(client, srv, src, size).await;
+        ids.lock().unwrap().push(id);
+    })
+    .await;
+    let single = Row {
+        op: "upload (single POST)".into(),
+        mib,
+        secs,
+        base_secs,
+        peak,
+        note: note.into(),
+    };
+    let merges = Mutex::new(vec![]);
+    let run = AtomicUsize::new(0);
+    let (secs, peak) = measure(srv, || async {
+        let ident = format!("bench-{mib}-{}", run.fetch_add(1, Ordering::Relaxed));
+        let (cid, merge) = chunked(client, srv, src, size, &ident).await;
+        ids.lock().unwrap().push(cid);
+        merges.lock().unwrap().push(merge.as_secs_f64());
+    })
+    .await;
+    let mut merges = merges.into_inner().unwrap();
+    merges.sort_by(f64::total_cmp);
+    let chunked_row = Row {
+        op: "upload (50 MiB chunks + merge)".into(),
+        mib,
+        secs,
+        base_secs,
+        peak,
+        note: format!("merge {:.3} s", merges[1]),
+    };
+    (vec![single, chunked_row], ids.into_inner().unwrap())
 }
 
 /// Runs a command, returning how long it took.
