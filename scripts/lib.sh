@@ -92,3 +92,43 @@ stop_garage() {
     fi
     [ -n "${GARAGE_DIR:-}" ] && rm -rf "$GARAGE_DIR"
 }
+
+# Puts PostgreSQL's server programs on PATH, installing Debian's package when missing.
+ensure_postgres() {
+    if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+        echo "installing: postgresql" >&2
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+    fi
+    PG_BIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
+}
+
+# Starts a throw-away PostgreSQL cluster on loopback (no fsync: its data dies with the run) and
+# exports FS_TEST_PG_URL, a URL without a database name; each test creates its own database.
+start_postgres() {
+    ensure_postgres
+    local dir port as=()
+    dir=$(mktemp -d "${TMPDIR:-/tmp}/fs-pg.XXXXXX")
+    port=$(free_port)
+    # The server refuses to run as root: run it as Debian's postgres user then.
+    if [ "$(id -u)" = 0 ]; then
+        chown postgres "$dir"
+        as=(runuser -u postgres --)
+    fi
+    "${as[@]}" "$PG_BIN/initdb" -D "$dir/data" -U postgres --auth=trust -E UTF8 --no-sync >"$dir/initdb.log" 2>&1 ||
+        { cat "$dir/initdb.log" >&2; return 1; }
+    "${as[@]}" "$PG_BIN/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
+        -o "-c listen_addresses=127.0.0.1 -p $port -k $dir -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=400" \
+        start >/dev/null || { cat "$dir/server.log" >&2; return 1; }
+    PG_DIR=$dir
+    PG_AS=("${as[@]}")
+    export FS_TEST_PG_URL="postgres://postgres@127.0.0.1:$port"
+    echo "postgresql $("$PG_BIN/postgres" --version | awk '{print $3}') on $FS_TEST_PG_URL" >&2
+}
+
+stop_postgres() {
+    if [ -n "${PG_DIR:-}" ]; then
+        "${PG_AS[@]}" "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -m immediate stop >/dev/null 2>&1 || true
+        rm -rf "$PG_DIR"
+    fi
+}

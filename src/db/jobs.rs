@@ -1,13 +1,17 @@
 //! Queries on `jobs`: the queue of image checks and slims.
 //!
-//! A job is claimed by a compare-and-set on its attempt counter, so of several replicas (or
-//! workers) trying at once exactly one wins; a worker that dies stops renewing its lease and the
+//! On PostgreSQL a job is claimed with `SELECT … FOR UPDATE SKIP LOCKED` inside a transaction,
+//! so replicas claiming at once each get a different job without waiting on each other. SQLite
+//! (one writer at a time, no row locks) uses a compare-and-set on the attempt counter instead.
+//! Either way exactly one claimer wins a job; a worker that dies stops renewing its lease and the
 //! job becomes claimable again when the lease runs out.
 
 use entity::job::{self, Entity as Jobs};
 use sea_orm::{
-    sea_query::Expr, ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, DbErr, EntityTrait,
-    QueryFilter, QueryOrder,
+    sea_query::{Expr, LockBehavior, LockType},
+    ActiveValue::Set,
+    ColumnTrait, Condition, ConnectionTrait, DatabaseBackend, DbErr, EntityTrait, QueryFilter,
+    QueryOrder, QuerySelect, TransactionTrait,
 };
 
 pub const QUEUED: &str = "queued";
@@ -54,47 +58,81 @@ pub async fn enqueue(
     Ok(id)
 }
 
-/// Claims the oldest job that is due (queued, or running under an expired lease).
-pub async fn claim(
+/// Jobs that may be claimed at `now`: queued and due, or running under an expired lease.
+fn due(now: i64) -> Condition {
+    Condition::any()
+        .add(
+            job::Column::State
+                .eq(QUEUED)
+                .and(job::Column::RunAfter.lte(now)),
+        )
+        .add(
+            job::Column::State
+                .eq(RUNNING)
+                .and(job::Column::LeaseUntil.lt(now)),
+        )
+}
+
+/// Takes `candidate` for `owner`, provided nobody changed it since it was read.
+async fn take(
     db: &impl ConnectionTrait,
+    candidate: &job::Model,
     owner: &str,
     now: i64,
     lease_secs: i64,
-) -> Result<Option<job::Model>, DbErr> {
+) -> Result<bool, DbErr> {
+    let res = Jobs::update_many()
+        .col_expr(job::Column::State, Expr::value(RUNNING))
+        .col_expr(job::Column::LeaseOwner, Expr::value(owner))
+        .col_expr(job::Column::LeaseUntil, Expr::value(now + lease_secs))
+        .col_expr(job::Column::Attempts, Expr::value(candidate.attempts + 1))
+        .col_expr(job::Column::UpdatedAt, Expr::value(now))
+        .filter(job::Column::Id.eq(&candidate.id))
+        .filter(job::Column::Attempts.eq(candidate.attempts))
+        .filter(job::Column::State.eq(&candidate.state))
+        .exec(db)
+        .await?;
+    Ok(res.rows_affected == 1)
+}
+
+/// Claims the oldest job that is due (queued, or running under an expired lease).
+pub async fn claim<C>(
+    db: &C,
+    owner: &str,
+    now: i64,
+    lease_secs: i64,
+) -> Result<Option<job::Model>, DbErr>
+where
+    C: ConnectionTrait + TransactionTrait,
+{
+    if db.get_database_backend() == DatabaseBackend::Postgres {
+        let txn = db.begin().await?;
+        let candidate = Jobs::find()
+            .filter(due(now))
+            .order_by_asc(job::Column::CreatedAt)
+            .lock_with_behavior(LockType::Update, LockBehavior::SkipLocked)
+            .one(&txn)
+            .await?;
+        let Some(candidate) = candidate else {
+            txn.commit().await?;
+            return Ok(None);
+        };
+        // The row is locked by this transaction: the update cannot lose.
+        let won = take(&txn, &candidate, owner, now, lease_secs).await?;
+        let claimed = Jobs::find_by_id(candidate.id).one(&txn).await?;
+        txn.commit().await?;
+        return Ok(claimed.filter(|_| won));
+    }
     for _ in 0..8 {
-        let due = Condition::any()
-            .add(
-                job::Column::State
-                    .eq(QUEUED)
-                    .and(job::Column::RunAfter.lte(now)),
-            )
-            .add(
-                job::Column::State
-                    .eq(RUNNING)
-                    .and(job::Column::LeaseUntil.lt(now)),
-            );
         let Some(candidate) = Jobs::find()
-            .filter(due)
+            .filter(due(now))
             .order_by_asc(job::Column::CreatedAt)
             .one(db)
             .await?
         else {
             return Ok(None);
         };
-        let won = Jobs::update_many()
-            .col_expr(job::Column::State, Expr::value(RUNNING))
-            .col_expr(job::Column::LeaseOwner, Expr::value(owner))
-            .col_expr(job::Column::LeaseUntil, Expr::value(now + lease_secs))
-            .col_expr(job::Column::Attempts, Expr::value(candidate.attempts + 1))
-            .col_expr(job::Column::UpdatedAt, Expr::value(now))
-            .filter(job::Column::Id.eq(&candidate.id))
-            .filter(job::Column::Attempts.eq(candidate.attempts))
-            .filter(job::Column::State.eq(&candidate.state))
-            .exec(db)
-            .await?
-            .rows_affected
-            == 1;
-        if won {
+        if take(db, &candidate, owner, now, lease_secs).await? {
             return Jobs::find_by_id(candidate.id).one(db).await;
         }
     }

@@ -17,6 +17,40 @@ pub const API: &str = "/image-management/v1";
 pub enum Backend {
     SqliteLocal,
     SqliteS3,
+    PostgresLocal,
+    PostgresS3,
+}
+
+impl Backend {
+    pub fn is_s3(self) -> bool {
+        matches!(self, Backend::SqliteS3 | Backend::PostgresS3)
+    }
+
+    pub fn is_postgres(self) -> bool {
+        matches!(self, Backend::PostgresLocal | Backend::PostgresS3)
+    }
+
+    /// A fresh, empty database for one test: a SQLite file in `dir`, or a new database in the
+    /// PostgreSQL cluster scripts/test started.
+    pub async fn new_database(self, dir: &Path) -> String {
+        if !self.is_postgres() {
+            return format!("sqlite://{}/meta.db?mode=rwc", dir.display());
+        }
+        use sea_orm::ConnectionTrait;
+        let server = std::env::var("FS_TEST_PG_URL").unwrap_or_else(|_| {
+            panic!("FS_TEST_PG_URL is not set: the PostgreSQL tests need a server; run them through scripts/test")
+        });
+        let name = format!("t_{}", uuid::Uuid::new_v4().simple());
+        let admin = sea_orm::Database::connect(format!("{server}/postgres"))
+            .await
+            .expect("PostgreSQL is reachable");
+        admin
+            .execute_unprepared(&format!("CREATE DATABASE {name}"))
+            .await
+            .unwrap();
+        admin.close().await.unwrap();
+        format!("{server}/{name}")
+    }
 }
 
 /// Knobs a test may turn.
@@ -78,6 +112,7 @@ struct S3View {
 pub struct TestApp {
     /// The service's configuration, as environment variables (to start the real binary).
     pub vars: Vec<(String, String)>,
+    pub database_url: String,
     pub base: String,
     pub scratch: PathBuf,
     pub client: Client,
@@ -113,20 +148,18 @@ impl TestApp {
                 opts.upload_ttl_secs.unwrap_or(86_400).to_string(),
             ),
         ];
-        vars.push((
-            "DATABASE_URL".into(),
-            format!("sqlite://{}/meta.db?mode=rwc", root.display()),
-        ));
+        let database_url = backend.new_database(root).await;
+        vars.push(("DATABASE_URL".into(), database_url.clone()));
         let mut s3 = None;
         match backend {
-            Backend::SqliteLocal => {
+            Backend::SqliteLocal | Backend::PostgresLocal => {
                 vars.push(("FS_STORAGE".into(), "local".into()));
                 vars.push((
                     "FS_LOCAL_DIR".into(),
                     root.join("objects").display().to_string(),
                 ));
             }
-            Backend::SqliteS3 => {
+            Backend::SqliteS3 | Backend::PostgresS3 => {
                 let (endpoint, region) = s3_env();
                 let prefix = format!("t-{}/", uuid::Uuid::new_v4().simple());
                 vars.push(("FS_STORAGE".into(), "s3".into()));
@@ -174,6 +207,7 @@ impl TestApp {
         }));
         TestApp {
             vars,
+            database_url,
             scratch,
             base: format!("http://{addr}"),
             client: Client::builder().build().unwrap(),
@@ -266,8 +300,7 @@ impl TestApp {
     /// Waits until no check or slim job is queued or running (they use scratch space).
     pub async fn wait_jobs_idle(&self) {
         use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter};
-        let url = format!("sqlite://{}/meta.db?mode=rwc", self.dir.path().display());
-        let db = file_system::db::connect(&url).await.unwrap();
+        let db = file_system::db::connect(&self.database_url).await.unwrap();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
         loop {
             let active = entity::job::Entity::find()
@@ -533,6 +566,22 @@ macro_rules! backend_tests {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
                     super::$name($crate::helpers::Backend::SqliteS3).await
+                }
+            )*
+        }
+        mod postgres_local {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::helpers::Backend::PostgresLocal).await
+                }
+            )*
+        }
+        mod postgres_s3 {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::helpers::Backend::PostgresS3).await
                 }
             )*
         }

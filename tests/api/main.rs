@@ -8,6 +8,7 @@ mod chunks;
 mod downloads;
 mod images;
 mod large;
+mod queue;
 mod remote_ops;
 mod restart;
 mod s3;

@@ -80,12 +80,7 @@ async fn sigkill_during_a_slim_then_restart(b: Backend) {
 
     // Kill it while the slim job runs: checked, and the slim job claimed by a worker.
     use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
-    let db = file_system::db::connect(&format!(
-        "sqlite://{}/meta.db?mode=rwc",
-        app.dir.path().display()
-    ))
-    .await
-    .unwrap();
+    let db = file_system::db::connect(&app.database_url).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let v: serde_json::Value = app
