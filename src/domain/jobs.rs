@@ -30,7 +30,10 @@ impl Service {
     /// Runs `FS_JOB_CONCURRENCY` workers until `token` is cancelled, then hands back the jobs
     /// they held so another replica (or the next start) takes them at once.
     pub async fn run_workers(self, token: CancellationToken) {
-        let owner = format!("worker-{}", uuid::Uuid::new_v4().simple());
+        // Who holds a lease is visible in the database: host (the pod's name), process, run.
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "file-system".into());
+        let run = uuid::Uuid::new_v4().simple().to_string();
+        let owner = format!("{host}/{}/{}", std::process::id(), &run[..12]);
         let mut set = tokio::task::JoinSet::new();
         for i in 0..self.cfg.job_concurrency {
             let (svc, token, owner) = (self.clone(), token.clone(), format!("{owner}-{i}"));

@@ -356,23 +356,7 @@ impl TestApp {
         file_name: &str,
         fields: &[(&str, &str)],
     ) -> Response {
-        let file = tokio::fs::File::open(path).await.unwrap();
-        let len = file.metadata().await.unwrap().len();
-        let body =
-            reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(file, 1 << 20));
-        let mut form = multipart::Form::new().part(
-            "file",
-            multipart::Part::stream_with_length(body, len).file_name(file_name.to_string()),
-        );
-        for (k, v) in fields {
-            form = form.text(k.to_string(), v.to_string());
-        }
-        self.client
-            .post(self.url("/images"))
-            .multipart(form)
-            .send()
-            .await
-            .unwrap()
+        send_file(&self.client, &self.url(""), path, file_name, fields).await
     }
 
     /// Uploads and returns the new image id, asserting success.
@@ -387,33 +371,11 @@ impl TestApp {
 
     /// Sends chunk `n` as the original clients do: a `part` named `"{n}.part"`.
     pub async fn chunk(&self, identifier: &str, n: u32, bytes: Vec<u8>) -> Response {
-        let form = multipart::Form::new()
-            .text("identifier", identifier.to_string())
-            .text("priority", "0")
-            .part(
-                "part",
-                multipart::Part::bytes(bytes).file_name(format!("{n}.part")),
-            );
-        self.client
-            .post(self.url("/images/upload"))
-            .multipart(form)
-            .send()
-            .await
-            .unwrap()
+        send_chunk(&self.client, &self.url(""), identifier, n, bytes).await
     }
 
     pub async fn merge(&self, identifier: &str, file_name: &str) -> Response {
-        let form = multipart::Form::new()
-            .text("identifier", identifier.to_string())
-            .text("filename", file_name.to_string())
-            .text("userId", "tester")
-            .text("priority", "0");
-        self.client
-            .post(self.url("/images/merge"))
-            .multipart(form)
-            .send()
-            .await
-            .unwrap()
+        send_merge(&self.client, &self.url(""), identifier, file_name).await
     }
 
     pub async fn get_json(&self, path: &str) -> (u16, serde_json::Value) {
@@ -437,6 +399,71 @@ impl TestApp {
         out.flush().await.unwrap();
         headers
     }
+}
+
+/// `POST {api}/images` of a file from disk (streamed), file part first, fields after it.
+pub async fn send_file(
+    client: &Client,
+    api: &str,
+    path: &Path,
+    file_name: &str,
+    fields: &[(&str, &str)],
+) -> Response {
+    let file = tokio::fs::File::open(path).await.unwrap();
+    let len = file.metadata().await.unwrap().len();
+    let body =
+        reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(file, 1 << 20));
+    let mut form = multipart::Form::new().part(
+        "file",
+        multipart::Part::stream_with_length(body, len).file_name(file_name.to_string()),
+    );
+    for (k, v) in fields {
+        form = form.text(k.to_string(), v.to_string());
+    }
+    client
+        .post(format!("{api}/images"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// `POST {api}/images/upload`: chunk `n` of `identifier`, as the original clients send it.
+pub async fn send_chunk(
+    client: &Client,
+    api: &str,
+    identifier: &str,
+    n: u32,
+    bytes: Vec<u8>,
+) -> Response {
+    let form = multipart::Form::new()
+        .text("identifier", identifier.to_string())
+        .text("priority", "0")
+        .part(
+            "part",
+            multipart::Part::bytes(bytes).file_name(format!("{n}.part")),
+        );
+    client
+        .post(format!("{api}/images/upload"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// `POST {api}/images/merge` for `identifier`.
+pub async fn send_merge(client: &Client, api: &str, identifier: &str, file_name: &str) -> Response {
+    let form = multipart::Form::new()
+        .text("identifier", identifier.to_string())
+        .text("filename", file_name.to_string())
+        .text("userId", "tester")
+        .text("priority", "0");
+    client
+        .post(format!("{api}/images/merge"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap()
 }
 
 fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
@@ -692,4 +719,87 @@ impl Drop for FaultProxy {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// The real server binary running as a separate process (a replica), on `port`.
+pub struct Replica {
+    pub child: std::process::Child,
+    pub base: String,
+}
+
+impl Replica {
+    /// Starts the binary with the app's variables (jobs: 2 workers, 3 s leases) plus `extra`,
+    /// and waits until it answers.
+    pub async fn start(
+        vars: &[(String, String)],
+        port: u16,
+        log: &Path,
+        extra: &[(&str, &str)],
+    ) -> Replica {
+        use std::process::Stdio;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_file-system"))
+            .envs(
+                vars.iter()
+                    .filter(|(k, _)| k != "FS_LISTEN" && k != "FS_JOB_CONCURRENCY")
+                    .cloned(),
+            )
+            .env("FS_JOB_CONCURRENCY", "2")
+            .env("FS_LISTEN", format!("127.0.0.1:{port}"))
+            .env("FS_JOB_LEASE_SECS", "3")
+            .env("RUST_LOG", "info")
+            .envs(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("start the server binary");
+        let base = format!("http://127.0.0.1:{port}");
+        let client = Client::new();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while client.get(format!("{base}/health")).send().await.is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "server did not come up"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        Replica { child, base }
+    }
+
+    pub fn api(&self, path: &str) -> String {
+        format!("{}{API}{path}", self.base)
+    }
+
+    /// SIGKILL: the process dies at once, holding whatever it held.
+    pub fn kill(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// Sends SIGTERM (what Kubernetes sends to stop a pod); `child.wait()` gives the exit.
+    pub fn terminate(&self) {
+        // SAFETY: kill(2) on our own child's pid, which has not been waited for yet.
+        let rc = unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        assert_eq!(rc, 0, "SIGTERM could not be sent");
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A free loopback port (for a process that binds it itself).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }

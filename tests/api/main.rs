@@ -10,6 +10,7 @@ mod images;
 mod large;
 mod queue;
 mod remote_ops;
+mod replicas;
 mod restart;
 mod s3;
 mod slims;

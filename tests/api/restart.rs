@@ -2,35 +2,7 @@
 //! up again and finishes; nothing stays "in progress" forever and scratch is clean.
 
 use crate::helpers::*;
-use std::{
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
-};
-
-fn start(vars: &[(String, String)], port: u16, log: &std::path::Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_file-system"))
-        .envs(
-            vars.iter()
-                .filter(|(k, _)| k != "FS_LISTEN" && k != "FS_JOB_CONCURRENCY")
-                .cloned(),
-        )
-        .env("FS_JOB_CONCURRENCY", "2")
-        .env("FS_LISTEN", format!("127.0.0.1:{port}"))
-        .env("FS_JOB_LEASE_SECS", "3")
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::from(std::fs::File::create(log).unwrap()))
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start the server binary")
-}
-
-async fn wait_up(client: &reqwest::Client, base: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while client.get(format!("{base}/health")).send().await.is_err() {
-        assert!(Instant::now() < deadline, "server did not come up");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
+use std::time::{Duration, Instant};
 
 async fn sigkill_during_a_slim_then_restart(b: Backend) {
     // The in-process app only provides a configuration (and the S3 prefix); it runs no jobs.
@@ -42,16 +14,11 @@ async fn sigkill_during_a_slim_then_restart(b: Backend) {
         },
     )
     .await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
     let api = format!("{base}{API}");
     let log = app.dir.path().join("server.log");
-    let mut server = start(&app.vars, port, &log);
-    wait_up(&app.client, &base).await;
+    let mut server = Replica::start(&app.vars, port, &log, &[]).await;
 
     let img = make_qcow2(app.dir.path(), "k.qcow2", 1024, 600);
     let form = reqwest::multipart::Form::new().part(
@@ -109,8 +76,7 @@ async fn sigkill_during_a_slim_then_restart(b: Backend) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     tokio::time::sleep(Duration::from_millis(50)).await;
-    server.kill().unwrap(); // SIGKILL
-    server.wait().unwrap();
+    server.kill(); // SIGKILL
     let killed = entity::image::Entity::find_by_id(id.clone())
         .one(&db)
         .await
@@ -122,8 +88,7 @@ async fn sigkill_during_a_slim_then_restart(b: Backend) {
     );
 
     // A new process takes the job over once its lease has run out, and finishes it.
-    let mut server = start(&app.vars, port, &log);
-    wait_up(&app.client, &base).await;
+    let mut server = Replica::start(&app.vars, port, &log, &[]).await;
     let deadline = Instant::now() + Duration::from_secs(120);
     let v = loop {
         let v: serde_json::Value = app
@@ -170,8 +135,7 @@ async fn sigkill_during_a_slim_then_restart(b: Backend) {
             out.to_str().unwrap(),
         ],
     );
-    server.kill().unwrap();
-    server.wait().unwrap();
+    server.kill();
     // Scratch holds nothing of the killed run.
     let scratch: Vec<_> = std::fs::read_dir(app.dir.path().join("scratch"))
         .unwrap()

@@ -1,0 +1,404 @@
+//! Two real server processes sharing one PostgreSQL database and one S3 store (Garage), as
+//! replicas behind a Kubernetes Service: any request may land on either.
+//!
+//! The replicas get the database through the original's `POSTGRES_*` variables, not
+//! `DATABASE_URL`, and each has its own scratch directory (an emptyDir per pod).
+
+use crate::helpers::*;
+use futures::{future::join_all, StreamExt};
+use reqwest::Client;
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+use serde_json::Value;
+use std::{
+    path::Path,
+    time::{Duration, Instant},
+};
+
+/// The app's variables with `DATABASE_URL` replaced by the `POSTGRES_*` ones.
+fn postgres_vars(app: &TestApp) -> Vec<(String, String)> {
+    // postgres://user@host:port/name (the test cluster trusts loopback: no password).
+    let rest = app.database_url.strip_prefix("postgres://").unwrap();
+    let (user, rest) = rest.split_once('@').unwrap();
+    let (host_port, name) = rest.split_once('/').unwrap();
+    let (host, port) = host_port.split_once(':').unwrap();
+    let mut vars: Vec<_> = app
+        .vars
+        .iter()
+        .filter(|(k, _)| k != "DATABASE_URL")
+        .cloned()
+        .collect();
+    for (k, v) in [
+        ("POSTGRES_HOST", host),
+        ("POSTGRES_PORT", port),
+        ("POSTGRES_USERNAME", user),
+        ("POSTGRES_PASSWORD", ""),
+        ("POSTGRES_DB_NAME", name),
+    ] {
+        vars.push((k.into(), v.into()));
+    }
+    vars
+}
+
+async fn start(vars: &[(String, String)], dir: &Path, name: &str) -> Replica {
+    let scratch = dir.join(format!("scratch-{name}"));
+    Replica::start(
+        vars,
+        free_port(),
+        &dir.join(format!("{name}.log")),
+        &[("FS_SCRATCH_DIR", scratch.to_str().unwrap())],
+    )
+    .await
+}
+
+async fn image(client: &Client, r: &Replica, id: &str) -> Value {
+    client
+        .get(r.api(&format!("/images/{id}")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+async fn download(client: &Client, r: &Replica, id: &str) -> bytes::Bytes {
+    let resp = client
+        .get(r.api(&format!("/images/{id}/action/download")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.bytes().await.unwrap()
+}
+
+fn split(data: &[u8], size: usize) -> Vec<Vec<u8>> {
+    data.chunks(size).map(<[u8]>::to_vec).collect()
+}
+
+/// Sends the chunks alternately to `a` and `b`, then merges through `via`.
+async fn alternate_and_merge(
+    client: &Client,
+    reps: [&Replica; 2],
+    via: &Replica,
+    identifier: &str,
+    data: &[u8],
+    chunk: usize,
+) -> String {
+    for (i, c) in split(data, chunk).into_iter().enumerate() {
+        let r = send_chunk(client, &reps[i % 2].api(""), identifier, i as u32 + 1, c).await;
+        assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    }
+    let r = send_merge(client, &via.api(""), identifier, "alt.qcow2").await;
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    r.json::<Value>().await.unwrap()["imageId"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+async fn upload(client: &Client, r: &Replica, path: &Path, name: &str) -> String {
+    let resp = send_file(
+        client,
+        &r.api(""),
+        path,
+        name,
+        &[("userId", "tester"), ("priority", "0")],
+    )
+    .await;
+    assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+    resp.json::<Value>().await.unwrap()["imageId"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+async fn slim(client: &Client, r: &Replica, id: &str) {
+    let resp = client
+        .post(r.api(&format!("/images/{id}/action/slim")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.text().await.unwrap(), "compress in progress");
+}
+
+/// Waits for the image's slim to end; returns the image.
+async fn slimmed(client: &Client, r: &Replica, id: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let v = image(client, r, id).await;
+        if v["slimStatus"] != 1 {
+            assert_eq!(v["slimStatus"], 2, "{v}");
+            return v;
+        }
+        assert!(Instant::now() < deadline, "slim still in progress: {v}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Waits until the image's check has ended (4 = in progress); returns the image.
+async fn checked(client: &Client, r: &Replica, id: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let v = image(client, r, id).await;
+        if v["checkStatusResponse"]["status"] != 4 {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "check still in progress: {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The slim job of `id` once a worker runs it, with the owner's process id.
+async fn running_slim(db: &sea_orm::DatabaseConnection, id: &str) -> (entity::job::Model, u32) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let job = entity::job::Entity::find()
+            .filter(entity::job::Column::ImageId.eq(id))
+            .filter(entity::job::Column::Kind.eq("slim"))
+            .one(db)
+            .await
+            .unwrap()
+            .expect("the slim job exists");
+        assert_ne!(job.state, "done", "the slim finished before it was caught");
+        if job.state == "running" {
+            // The owner is host/pid/run.
+            let owner = job.lease_owner.clone().unwrap();
+            let pid = owner.split('/').nth(1).unwrap().parse().unwrap();
+            return (job, pid);
+        }
+        assert!(Instant::now() < deadline, "the slim never started");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn two_replicas_share_one_database_and_store(b: Backend) {
+    assert!(b.is_postgres() && b.is_s3());
+    // The in-process app only provides the database, the S3 prefix and a view of both.
+    let app = TestApp::spawn(
+        b,
+        Options {
+            job_concurrency: Some(0),
+            ..Default::default()
+        },
+    )
+    .await;
+    let vars = postgres_vars(&app);
+    let dir = app.dir.path();
+    let client = app.client.clone();
+    let mut ra = start(&vars, dir, "a").await;
+    let mut rb = start(&vars, dir, "b").await;
+    let db = file_system::db::connect(&app.database_url).await.unwrap();
+
+    // Chunks sent alternately to both, merged through either: S3 parts (6 MiB chunks) and
+    // packed staging objects (1 MiB chunks).
+    let big = pattern(41, (31 << 20) + 333);
+    let id_big = alternate_and_merge(&client, [&ra, &rb], &rb, "alt-big", &big, 6 << 20).await;
+    assert_eq!(sha256(&download(&client, &ra, &id_big).await), sha256(&big));
+    let small = pattern(42, (7 << 20) + 5);
+    let id_small =
+        alternate_and_merge(&client, [&rb, &ra], &ra, "alt-small", &small, 1 << 20).await;
+    assert_eq!(
+        sha256(&download(&client, &rb, &id_small).await),
+        sha256(&small)
+    );
+
+    // The same identifier merged through both at once: one image.
+    let data = pattern(43, 3_000_000);
+    for (i, c) in split(&data, 700_000).into_iter().enumerate() {
+        let r = [&ra, &rb][i % 2];
+        assert_eq!(
+            send_chunk(&client, &r.api(""), "race", i as u32 + 1, c)
+                .await
+                .status(),
+            200
+        );
+    }
+    let merges = join_all((0..4).map(|i| {
+        let (client, api) = (client.clone(), [&ra, &rb][i % 2].api(""));
+        async move { send_merge(&client, &api, "race", "race.qcow2").await }
+    }))
+    .await;
+    let mut ids = vec![];
+    for r in merges {
+        assert_eq!(r.status(), 200);
+        ids.push(
+            r.json::<Value>().await.unwrap()["imageId"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    ids.dedup();
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    let raced = entity::image::Entity::find()
+        .filter(entity::image::Column::FileName.eq("race.qcow2"))
+        .all(&db)
+        .await
+        .unwrap();
+    assert_eq!(raced.len(), 1);
+    assert_eq!(
+        sha256(&download(&client, &rb, &ids[0]).await),
+        sha256(&data)
+    );
+
+    // An upload opened on one is cancelled on the other, leaving nothing.
+    for n in 1..=2 {
+        let r = send_chunk(&client, &ra.api(""), "cx", n, pattern(n as u64, 6 << 20)).await;
+        assert_eq!(r.status(), 200);
+    }
+    let r = client
+        .delete(rb.api("/images/upload?identifier=cx"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.text().await.unwrap(), "cancel success");
+    let r = send_merge(&client, &ra.api(""), "cx", "cx.qcow2").await;
+    assert_error(r, 400, None).await;
+
+    // Checks and slims of images uploaded to both run exactly once each.
+    let mut small_ids = vec![];
+    for i in 0..6 {
+        let img = make_qcow2(dir, &format!("s{i}.qcow2"), 64, 4 + i);
+        let r = [&ra, &rb][i as usize % 2];
+        let id = upload(&client, r, &img, &format!("s{i}.qcow2")).await;
+        slim(&client, [&rb, &ra][i as usize % 2], &id).await;
+        small_ids.push(id);
+    }
+    for id in &small_ids {
+        let v = slimmed(&client, &ra, id).await;
+        assert_eq!(v["checkStatusResponse"]["status"], 0, "{v}");
+    }
+    let jobs = entity::job::Entity::find()
+        .filter(entity::job::Column::ImageId.is_in(small_ids.clone()))
+        .all(&db)
+        .await
+        .unwrap();
+    assert_eq!(jobs.len(), 12, "one check and one slim per image");
+    for j in &jobs {
+        assert_eq!((j.state.as_str(), j.attempts), ("done", 1), "{j:?}");
+    }
+
+    // SIGKILL of the replica running a slim: the other takes it over when the lease runs out.
+    let img = make_qcow2(dir, "k.qcow2", 1024, 600);
+    let id = upload(&client, &ra, &img, "k.qcow2").await;
+    // Once checked, a worker that claims the slim runs it (before, it would put it back).
+    assert_eq!(
+        checked(&client, &rb, &id).await["checkStatusResponse"]["status"],
+        0
+    );
+    slim(&client, &rb, &id).await;
+    let (_, pid) = running_slim(&db, &id).await;
+    let (victim, survivor) = if pid == ra.child.id() {
+        (&mut ra, &mut rb)
+    } else {
+        assert_eq!(pid, rb.child.id(), "a replica runs the slim");
+        (&mut rb, &mut ra)
+    };
+    victim.kill();
+    // The survivor claims it (after the 3 s lease)...
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let job = loop {
+        let (job, pid) = running_slim(&db, &id).await;
+        if pid == survivor.child.id() {
+            break job;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the survivor never took the slim over"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(job.attempts, 2);
+
+    // ...and a SIGTERM now is graceful: a download in flight completes, the slim's lease is
+    // handed back at once, and the process exits 0.
+    let resp = client
+        .get(survivor.api(&format!("/images/{id_big}/action/download")))
+        .send()
+        .await
+        .unwrap();
+    let mut body = resp.bytes_stream();
+    let mut got = body.next().await.unwrap().unwrap().to_vec();
+    survivor.terminate();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // It no longer takes new connections while it finishes.
+    assert!(Client::new()
+        .get(format!("{}/health", survivor.base))
+        .send()
+        .await
+        .is_err());
+    while let Some(c) = body.next().await {
+        got.extend_from_slice(&c.unwrap());
+    }
+    assert_eq!(
+        sha256(&got),
+        sha256(&big),
+        "the download in flight completed"
+    );
+    let status = survivor.child.wait().unwrap();
+    assert!(status.success(), "exit status {status}");
+    let released = file_system::db::jobs::find(&db, &job.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(released.state, "queued", "{released:?}");
+    assert_eq!(released.lease_owner, None);
+
+    // A fresh replica takes the released job at once and finishes it.
+    let started = Instant::now();
+    let rc = start(&vars, dir, "c").await;
+    let v = slimmed(&client, &rc, &id).await;
+    assert_eq!(v["checkStatusResponse"]["status"], 0, "{v}");
+    let done = file_system::db::jobs::find(&db, &job.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((done.state.as_str(), done.attempts), ("done", 3));
+    eprintln!("slim finished {:?} after the restart", started.elapsed());
+    let out = dir.join("after.qcow2");
+    std::fs::write(&out, download(&client, &rc, &id).await).unwrap();
+    run(
+        "qemu-img",
+        &[
+            "compare",
+            "-f",
+            "qcow2",
+            "-F",
+            "qcow2",
+            img.to_str().unwrap(),
+            out.to_str().unwrap(),
+        ],
+    );
+
+    // Everything deleted through the last replica: nothing is left in the store.
+    let all: Value = client
+        .get(rc.api("/images"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    for v in all.as_array().unwrap() {
+        let id = v["imageId"].as_str().unwrap();
+        let r = client
+            .delete(rc.api(&format!("/images/{id}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let left = app.leftovers().await;
+    assert!(left.is_empty(), "{left:?}");
+    drop(rc);
+    drop(ra);
+    drop(rb);
+    app.stop().await;
+}
+
+mod postgres_s3 {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_replicas_share_one_database_and_store() {
+        super::two_replicas_share_one_database_and_store(crate::helpers::Backend::PostgresS3).await
+    }
+}
