@@ -13,6 +13,11 @@ ensure_tools() {
         apt-get update -qq
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
     fi
+    # Validates the service's OpenAPI document in the tests (PyPI).
+    if ! python3 -c 'import openapi_spec_validator' 2>/dev/null; then
+        echo "installing: openapi-spec-validator (PyPI)" >&2
+        python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore 'openapi-spec-validator>=0.7,<0.8'
+    fi
 }
 
 FS_TOOLS="${FS_TOOLS:-$HOME/.cache/fs-tools}"

@@ -7,6 +7,7 @@ pub mod config;
 pub mod db;
 pub mod domain;
 pub mod imageops;
+pub mod metrics;
 pub mod routes;
 pub mod storage;
 pub mod telemetry;

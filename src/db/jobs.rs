@@ -19,6 +19,7 @@ pub const RUNNING: &str = "running";
 pub const DONE: &str = "done";
 pub const FAILED: &str = "failed";
 pub const CANCELLED: &str = "cancelled";
+pub const STATES: [&str; 5] = [QUEUED, RUNNING, DONE, FAILED, CANCELLED];
 
 pub const CHECK: &str = "check";
 pub const SLIM: &str = "slim";
@@ -253,4 +254,24 @@ pub async fn defer(
         .exec(db)
         .await
         .map(|_| ())
+}
+
+/// How many jobs there are of each (kind, state).
+pub async fn count_by_kind_state(
+    db: &impl ConnectionTrait,
+) -> Result<Vec<((String, String), u64)>, DbErr> {
+    let rows: Vec<(String, String, i64)> = Jobs::find()
+        .select_only()
+        .column(job::Column::Kind)
+        .column(job::Column::State)
+        .column_as(Expr::col(job::Column::Id).count(), "n")
+        .group_by(job::Column::Kind)
+        .group_by(job::Column::State)
+        .into_tuple()
+        .all(db)
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(kind, state, n)| ((kind, state), n.max(0) as u64))
+        .collect())
 }

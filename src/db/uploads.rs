@@ -7,7 +7,7 @@ use entity::{
 use sea_orm::{
     sea_query::{Expr, OnConflict},
     ActiveValue::Set,
-    ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QueryOrder,
+    ColumnTrait, ConnectionTrait, DbErr, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
 };
 
 pub const OPEN: &str = "open";
@@ -180,4 +180,12 @@ pub async fn set_packed(db: &impl ConnectionTrait, session_id: &str) -> Result<(
         .exec(db)
         .await
         .map(|_| ())
+}
+
+/// How many uploads are open (or merging): neither merged nor cancelled yet.
+pub async fn count_open(db: &impl ConnectionTrait) -> Result<u64, DbErr> {
+    Sessions::find()
+        .filter(upload_session::Column::State.is_in([OPEN, MERGING]))
+        .count(db)
+        .await
 }

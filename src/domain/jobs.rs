@@ -77,6 +77,14 @@ impl Service {
                 _ = token.cancelled() => None,
             };
             let now = now_secs();
+            let label = match &outcome {
+                None => "interrupted",
+                Some(Ok(Step::Done)) => "done",
+                Some(Ok(Step::WaitSecs(_))) => "deferred",
+                Some(Err(_)) if job.attempts < MAX_ATTEMPTS => "retry",
+                Some(Err(_)) => "failed",
+            };
+            self.metrics.job_done(&job.kind, label, started.elapsed());
             let logged = match outcome {
                 None => Ok(()),
                 Some(Ok(Step::Done)) => {

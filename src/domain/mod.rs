@@ -14,6 +14,7 @@ pub mod zipout;
 use crate::{
     config::{Config, Tier},
     imageops::ImageOps,
+    metrics::Metrics,
     storage::{ObjectStore, StorageError},
 };
 use sea_orm::{DatabaseConnection, DbErr};
@@ -87,6 +88,7 @@ pub struct Service {
     pub(crate) cfg: Arc<Config>,
     pub(crate) imageops: Arc<dyn ImageOps>,
     upload_slots: Arc<Semaphore>,
+    pub(crate) metrics: Arc<Metrics>,
     /// Wakes this replica's idle workers when it queued a job (others find it by polling).
     pub(crate) job_wake: Arc<tokio::sync::Notify>,
 }
@@ -105,6 +107,7 @@ impl Service {
             cfg,
             imageops,
             upload_slots,
+            metrics: Arc::new(Metrics::new()),
             job_wake: Arc::new(tokio::sync::Notify::new()),
         }
     }
@@ -119,6 +122,30 @@ impl Service {
 
     pub fn config(&self) -> &Config {
         &self.cfg
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Every metric in Prometheus' text format, with the deployment-wide gauges (open uploads,
+    /// jobs by kind and state) read fresh from the database.
+    pub async fn metrics_text(&self) -> Result<String> {
+        let open = crate::db::uploads::count_open(&self.db).await?;
+        let counts = crate::db::jobs::count_by_kind_state(&self.db).await?;
+        let mut jobs = vec![];
+        // Every kind and state is reported, zero included, so the series never disappear.
+        for kind in [crate::db::jobs::CHECK, crate::db::jobs::SLIM] {
+            for state in crate::db::jobs::STATES {
+                let n = counts
+                    .iter()
+                    .find(|((k, s), _)| k == kind && s == state)
+                    .map_or(0, |(_, n)| *n);
+                jobs.push(((kind.to_string(), state.to_string()), n));
+            }
+        }
+        self.metrics.set_state(open, &jobs);
+        Ok(self.metrics.encode())
     }
 
     /// Bounds how many request bodies are handled at once.

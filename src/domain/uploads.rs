@@ -24,7 +24,7 @@ const MERGE_LEASE_SECS: i64 = 1800;
 const MERGE_POLL: Duration = Duration::from_millis(200);
 
 /// A received chunk, as reported by the resume query.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct ChunkInfo {
     #[serde(rename = "chunkNumber")]
     pub number: u32,
@@ -32,7 +32,7 @@ pub struct ChunkInfo {
 }
 
 /// What the server holds for an identifier.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct UploadStatus {
     pub identifier: String,
     /// `none`, `open`, `merging` or `completed`.

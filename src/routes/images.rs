@@ -17,6 +17,15 @@ use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
 type ApiResult<T> = Result<T, ApiError>;
 
+/// Uploads an image (or a zip holding one image in a folder) in one request.
+#[utoipa::path(post, path = "/images", tag = "images",
+    request_body(content = super::docs::UploadForm, content_type = "multipart/form-data"),
+    responses(
+        (status = 200, description = "Stored; a check is queued", body = FlatImage),
+        (status = 400, description = "No file, a bad name, a bad zip or a bad field", body = super::docs::ErrorBody),
+        (status = 413, description = "Larger than FS_MAX_IMAGE_BYTES", body = super::docs::ErrorBody),
+        (status = 503, description = "Database or storage unavailable", body = super::docs::ErrorBody),
+    ))]
 pub async fn upload(
     State(svc): State<Service>,
     Form { fields, mut parts }: Form,
@@ -25,6 +34,17 @@ pub async fn upload(
     Ok(Json(FlatImage::from(&img)))
 }
 
+/// Lists images, newest first.
+#[utoipa::path(get, path = "/images", tag = "images",
+    params(
+        ("userId" = Option<String>, Query, description = "Only this user's images"),
+        ("limit" = Option<u64>, Query, description = "At most this many"),
+        ("offset" = Option<u64>, Query, description = "Skip this many"),
+    ),
+    responses(
+        (status = 200, body = Vec<ImageView>),
+        (status = 400, description = "limit or offset not a number", body = super::docs::ErrorBody),
+    ))]
 pub async fn list(
     State(svc): State<Service>,
     RawQuery(q): RawQuery,
@@ -50,6 +70,13 @@ pub async fn list(
     Ok(Json(images.iter().map(ImageView::from).collect()))
 }
 
+/// One image, with its check and slim state.
+#[utoipa::path(get, path = "/images/{image_id}", tag = "images",
+    params(("image_id" = String, Path, description = "The image's id (a UUID)")),
+    responses(
+        (status = 200, body = ImageView),
+        (status = 404, description = "No such image", body = super::docs::ErrorBody),
+    ))]
 pub async fn get_image(
     State(svc): State<Service>,
     Path(id): Path<String>,
@@ -57,6 +84,13 @@ pub async fn get_image(
     Ok(Json(ImageView::from(&svc.image(&id).await?)))
 }
 
+/// Deletes an image and its stored bytes; work running on it is cancelled.
+#[utoipa::path(delete, path = "/images/{image_id}", tag = "images",
+    params(("image_id" = String, Path, description = "The image's id (a UUID)")),
+    responses(
+        (status = 200, description = "`delete success`", body = String, content_type = "text/plain"),
+        (status = 404, description = "No such image", body = super::docs::ErrorBody),
+    ))]
 pub async fn delete_image(
     State(svc): State<Service>,
     Path(id): Path<String>,
@@ -66,10 +100,25 @@ pub async fn delete_image(
     Ok("delete success")
 }
 
+/// Queues a slim (compressed qcow2 copy, served once it checks consistent).
+#[utoipa::path(post, path = "/images/{image_id}/action/slim", tag = "images",
+    params(("image_id" = String, Path, description = "The image's id (a UUID)")),
+    responses(
+        (status = 200, description = "`compress in progress`, or why no slim is needed or possible", body = String, content_type = "text/plain"),
+        (status = 404, description = "No such image", body = super::docs::ErrorBody),
+    ))]
 pub async fn slim(State(svc): State<Service>, Path(id): Path<String>) -> ApiResult<&'static str> {
     Ok(svc.request_slim(&id).await?)
 }
 
+/// Stores one chunk of a chunked upload (any order, concurrently, re-sent chunks replace).
+#[utoipa::path(post, path = "/images/upload", tag = "chunks",
+    request_body(content = super::docs::ChunkForm, content_type = "multipart/form-data"),
+    responses(
+        (status = 200, description = "`ok.`", body = String, content_type = "text/plain"),
+        (status = 400, description = "Bad identifier, chunk number or body", body = super::docs::ErrorBody),
+        (status = 413, description = "Larger than FS_MAX_IMAGE_BYTES", body = super::docs::ErrorBody),
+    ))]
 pub async fn upload_chunk(
     State(svc): State<Service>,
     Form { fields, mut parts }: Form,
@@ -78,6 +127,16 @@ pub async fn upload_chunk(
     Ok("ok.")
 }
 
+/// Drops every chunk received for an identifier.
+#[utoipa::path(delete, path = "/images/upload", tag = "chunks",
+    params(
+        ("identifier" = String, Query, description = "The upload's identifier (also accepted as a form field)"),
+        ("priority" = Option<String>, Query, description = "Storage tier"),
+    ),
+    responses(
+        (status = 200, description = "`cancel success`", body = String, content_type = "text/plain"),
+        (status = 400, description = "Missing or invalid identifier", body = super::docs::ErrorBody),
+    ))]
 pub async fn cancel_upload(
     State(svc): State<Service>,
     FormFields(fields): FormFields,
@@ -86,6 +145,14 @@ pub async fn cancel_upload(
     Ok("cancel success")
 }
 
+/// Assembles the chunks of an identifier into an image (idempotent).
+#[utoipa::path(post, path = "/images/merge", tag = "chunks",
+    request_body(content = super::docs::MergeForm, content_type = "multipart/form-data"),
+    responses(
+        (status = 200, description = "The image; a check is queued", body = FlatImage),
+        (status = 400, description = "Missing chunks (named), bad name or bad zip", body = super::docs::ErrorBody),
+        (status = 404, description = "Nothing was uploaded under this identifier", body = super::docs::ErrorBody),
+    ))]
 pub async fn merge(
     State(svc): State<Service>,
     FormFields(fields): FormFields,
@@ -94,7 +161,17 @@ pub async fn merge(
     Ok(Json(FlatImage::from(&img)))
 }
 
-/// `GET /images/upload`: the resume query (or the original's greeting without an identifier).
+/// The resume query: the chunks held for an identifier (or the original's greeting without one).
+#[utoipa::path(get, path = "/images/upload", tag = "chunks",
+    params(
+        ("identifier" = Option<String>, Query, description = "The upload's identifier"),
+        ("chunkNumber" = Option<u32>, Query, description = "Only whether this chunk is held"),
+    ),
+    responses(
+        (status = 200, description = "The chunks held (JSON); `Upload get request received.` without an identifier; empty when chunkNumber is held", body = crate::domain::uploads::UploadStatus),
+        (status = 204, description = "chunkNumber is not held"),
+        (status = 400, description = "Bad identifier or chunk number", body = super::docs::ErrorBody),
+    ))]
 pub async fn upload_query(
     State(svc): State<Service>,
     RawQuery(q): RawQuery,
@@ -120,6 +197,19 @@ pub async fn upload_query(
     }
 }
 
+/// Downloads the stored bytes (the slimmed ones once slimmed), or a zip of them.
+#[utoipa::path(get, path = "/images/{image_id}/action/download", tag = "images",
+    params(
+        ("image_id" = String, Path, description = "The image's id (a UUID)"),
+        ("isZip" = Option<bool>, Query, description = "`true`: a zip holding `{base}/{fileName}`"),
+        ("Range" = Option<String>, Header, description = "One `bytes=` range (not with isZip)"),
+    ),
+    responses(
+        (status = 200, description = "The bytes, as an attachment", content_type = "application/octet-stream"),
+        (status = 206, description = "The requested range", content_type = "application/octet-stream"),
+        (status = 404, description = "No such image", body = super::docs::ErrorBody),
+        (status = 416, description = "Range not satisfiable", body = super::docs::ErrorBody),
+    ))]
 pub async fn download(
     State(svc): State<Service>,
     Path(id): Path<String>,

@@ -1,55 +1,73 @@
 //! HTTP layer: every route in one place. Handlers only extract, call the domain and shape the
 //! response; this is the only module that knows axum.
 
+pub mod docs;
 pub mod error;
 pub mod extract;
 pub mod images;
 pub mod views;
 
-use crate::domain::Service;
+use crate::{domain::Service, metrics::RequestLabels};
 use axum::{
-    extract::{DefaultBodyLimit, State},
-    http::{header, HeaderName, HeaderValue, Method, Request, StatusCode},
-    routing::{get, post},
+    body::Body,
+    extract::{DefaultBodyLimit, MatchedPath, Request, State},
+    http::{header, HeaderName, HeaderValue, Method, StatusCode},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
     Json, Router,
 };
 use error::ApiError;
-use std::time::Duration;
+use http_body_util::BodyExt;
+use std::{
+    sync::OnceLock,
+    time::{Duration, Instant},
+};
 use tower_http::{
     cors::{AllowOrigin, Any, CorsLayer},
     request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
     trace::{DefaultOnResponse, TraceLayer},
 };
 use tracing::Level;
+use utoipa::OpenApi;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 pub const BASE: &str = "/image-management/v1";
 
-pub fn router(svc: Service) -> Router {
-    let api = Router::new()
-        .route("/images", post(images::upload).get(images::list))
-        .route(
-            "/images/upload",
-            post(images::upload_chunk)
-                .delete(images::cancel_upload)
-                .get(images::upload_query),
-        )
-        .route("/images/merge", post(images::merge))
-        .route(
-            "/images/{image_id}",
-            get(images::get_image).delete(images::delete_image),
-        )
-        .route("/images/{image_id}/action/download", get(images::download))
-        .route("/images/{image_id}/action/slim", post(images::slim));
-    let request_id = HeaderName::from_static("x-request-id");
-    Router::new()
+/// Every route, each registered with its OpenAPI description.
+fn documented() -> OpenApiRouter<Service> {
+    let api = OpenApiRouter::new()
+        .routes(routes!(images::upload, images::list))
+        .routes(routes!(
+            images::upload_chunk,
+            images::cancel_upload,
+            images::upload_query
+        ))
+        .routes(routes!(images::merge))
+        .routes(routes!(images::get_image, images::delete_image))
+        .routes(routes!(images::download))
+        .routes(routes!(images::slim));
+    OpenApiRouter::with_openapi(docs::ApiDoc::openapi())
         .nest(BASE, api)
-        .route("/health", get(|| async { "ok" }))
-        .route("/ready", get(ready))
+        .routes(routes!(health))
+        .routes(routes!(ready))
+        .routes(routes!(metrics))
+        .routes(routes!(openapi_json))
+}
+
+/// The OpenAPI document of every route.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    documented().split_for_parts().1
+}
+
+pub fn router(svc: Service) -> Router {
+    let (routes, _) = documented().split_for_parts();
+    let request_id = HeaderName::from_static("x-request-id");
+    routes
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .with_state(svc.clone())
         // Bodies are streamed and their limits enforced by the domain.
         .layer(DefaultBodyLimit::disable())
+        .layer(middleware::from_fn_with_state(svc.clone(), track))
         .layer(cors(&svc))
         .layer(
             TraceLayer::new_for_http()
@@ -66,6 +84,60 @@ pub fn router(svc: Service) -> Router {
         )
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+        .with_state(svc)
+}
+
+/// Counts a request's body bytes in and out, and records it (route, status, duration) once its
+/// response body has been sent or dropped.
+async fn track(State(svc): State<Service>, req: Request, next: Next) -> Response {
+    struct Done {
+        svc: Service,
+        labels: Option<RequestLabels>,
+        started: Instant,
+    }
+    impl Drop for Done {
+        fn drop(&mut self) {
+            if let Some(labels) = self.labels.take() {
+                self.svc
+                    .metrics()
+                    .request_done(labels, self.started.elapsed());
+            }
+        }
+    }
+    let started = Instant::now();
+    let method = req.method().to_string();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |p| p.as_str())
+        .to_string();
+    let counter = svc.clone();
+    let req = req.map(|body| {
+        Body::new(body.map_frame(move |frame| {
+            if let Some(d) = frame.data_ref() {
+                counter.metrics().received(d.len());
+            }
+            frame
+        }))
+    });
+    let resp = next.run(req).await;
+    let done = Done {
+        svc,
+        labels: Some(RequestLabels {
+            method,
+            route,
+            status: resp.status().as_u16(),
+        }),
+        started,
+    };
+    resp.map(|body| {
+        Body::new(body.map_frame(move |frame| {
+            if let Some(d) = frame.data_ref() {
+                done.svc.metrics().sent(d.len());
+            }
+            frame
+        }))
+    })
 }
 
 fn cors(svc: &Service) -> CorsLayer {
@@ -93,6 +165,19 @@ fn cors(svc: &Service) -> CorsLayer {
     }
 }
 
+/// Liveness: the process answers.
+#[utoipa::path(get, path = "/health", tag = "operations",
+    responses((status = 200, description = "`ok`", body = String, content_type = "text/plain")))]
+async fn health() -> &'static str {
+    "ok"
+}
+
+/// Readiness: the database and the default tier's bucket are reachable.
+#[utoipa::path(get, path = "/ready", tag = "operations",
+    responses(
+        (status = 200, body = docs::Readiness),
+        (status = 503, description = "DATABASE_UNAVAILABLE or STORAGE_UNAVAILABLE", body = docs::ErrorBody),
+    ))]
 async fn ready(State(svc): State<Service>) -> Result<Json<serde_json::Value>, ApiError> {
     use sea_orm::ConnectionTrait;
     if let Err(e) = svc.db().execute_unprepared("SELECT 1").await {
@@ -114,6 +199,33 @@ async fn ready(State(svc): State<Service>) -> Result<Json<serde_json::Value>, Ap
     Ok(Json(
         serde_json::json!({ "database": "ok", "storage": "ok" }),
     ))
+}
+
+/// Prometheus metrics, text exposition format.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses(
+        (status = 200, description = "Metrics", body = String, content_type = "text/plain; version=0.0.4"),
+        (status = 503, description = "The database is unreachable", body = docs::ErrorBody),
+    ))]
+async fn metrics(State(svc): State<Service>) -> Result<Response, ApiError> {
+    let text = svc.metrics_text().await?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
+}
+
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", tag = "operations",
+    responses((status = 200, description = "The OpenAPI 3.1 document", content_type = "application/json")))]
+async fn openapi_json() -> Response {
+    static DOC: OnceLock<String> = OnceLock::new();
+    let doc = DOC.get_or_init(|| openapi().to_json().expect("the document serializes"));
+    ([(header::CONTENT_TYPE, "application/json")], doc.as_str()).into_response()
 }
 
 async fn not_found() -> ApiError {

@@ -3,9 +3,10 @@
 use crate::domain::texts;
 use entity::image::Model;
 use serde::Serialize;
+use utoipa::ToSchema;
 
 /// The flat object of upload and merge responses (no nested values).
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct FlatImage {
     pub image_id: String,
@@ -34,7 +35,7 @@ impl From<&Model> for FlatImage {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ImageView {
     pub image_id: String,
@@ -49,7 +50,7 @@ pub struct ImageView {
     pub size: i64,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CheckStatusResponse {
     pub status: i32,
@@ -57,7 +58,7 @@ pub struct CheckStatusResponse {
     pub check_info: CheckInfo,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CheckInfo {
     pub checksum: String,
@@ -65,7 +66,7 @@ pub struct CheckInfo {
     pub image_info: ImageInfo,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct ImageInfo {
     #[serde(rename = "image-end-offset")]
     pub image_end_offset: String,
@@ -79,7 +80,7 @@ pub struct ImageInfo {
     pub disk_size: String,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CompressInfo {
     pub compress_status: i32,

@@ -8,6 +8,7 @@ mod chunks;
 mod downloads;
 mod images;
 mod large;
+mod operations;
 mod queue;
 mod remote_ops;
 mod replicas;

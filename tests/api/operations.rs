@@ -1,0 +1,239 @@
+//! What operators rely on: `/metrics`, `/openapi.json`, request ids, JSON logs, and a clean
+//! exit on SIGTERM.
+
+use crate::helpers::*;
+use serde_json::Value;
+use std::collections::BTreeSet;
+
+/// The value of one sample (`name{labels}`) in a Prometheus text exposition; 0 when absent.
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            (name == series).then(|| value.parse().unwrap())
+        })
+        .unwrap_or(0.0)
+}
+
+async fn metrics(app: &TestApp) -> String {
+    let r = app
+        .client
+        .get(format!("{}/metrics", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain; version=0.0.4"));
+    r.text().await.unwrap()
+}
+
+async fn metrics_count_requests_bytes_sessions_and_jobs(b: Backend) {
+    let app = TestApp::spawn(b, Options::default()).await;
+    let before = metrics(&app).await;
+    let upload_route = "/image-management/v1/images";
+    let ok_uploads =
+        format!(r#"fs_http_requests_total{{method="POST",route="{upload_route}",status="200"}}"#);
+    assert_eq!(sample(&before, &ok_uploads), 0.0);
+    assert_eq!(sample(&before, "fs_upload_sessions_open"), 0.0);
+    // Every kind and state is reported from the start.
+    assert!(
+        before.contains(r#"fs_jobs{kind="slim",state="failed"} 0"#),
+        "{before}"
+    );
+
+    let img = make_qcow2(app.dir.path(), "m.qcow2", 64, 3);
+    let size = std::fs::metadata(&img).unwrap().len() as f64;
+    let id = app.upload_ok("m.qcow2", std::fs::read(&img).unwrap()).await;
+    app.wait_jobs_idle().await;
+    let body = app
+        .client
+        .get(app.url(&format!("/images/{id}/action/download")))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(body.len() as f64, size);
+    assert_eq!(app.chunk("open-one", 1, vec![7; 1000]).await.status(), 200);
+    let _ = app.client.get(app.url("/nowhere")).send().await.unwrap();
+
+    let text = metrics(&app).await;
+    assert_eq!(sample(&text, &ok_uploads), 1.0, "{text}");
+    let download = format!(
+        r#"fs_http_requests_total{{method="GET",route="{upload_route}/{{image_id}}/action/download",status="200"}}"#
+    );
+    assert_eq!(sample(&text, &download), 1.0, "{text}");
+    assert_eq!(
+        sample(
+            &text,
+            r#"fs_http_requests_total{method="GET",route="unmatched",status="404"}"#
+        ),
+        1.0,
+        "{text}"
+    );
+    let seconds = format!(
+        r#"fs_http_request_duration_seconds_count{{method="POST",route="{upload_route}",status="200"}}"#
+    );
+    assert_eq!(sample(&text, &seconds), 1.0, "{text}");
+    assert!(sample(&text, "fs_http_received_bytes_total") >= size + 1000.0);
+    assert!(sample(&text, "fs_http_sent_bytes_total") >= size);
+    assert_eq!(sample(&text, "fs_upload_sessions_open"), 1.0, "{text}");
+    assert_eq!(
+        sample(&text, r#"fs_jobs{kind="check",state="done"}"#),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            r#"fs_job_duration_seconds_count{kind="check",outcome="done"}"#
+        ),
+        1.0,
+        "{text}"
+    );
+
+    // Cancelled: no session open any more.
+    let r = app
+        .client
+        .delete(app.url("/images/upload?identifier=open-one"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(sample(&metrics(&app).await, "fs_upload_sessions_open"), 0.0);
+    app.stop().await;
+}
+
+/// Every route of the router, as (method, path) of the OpenAPI document.
+const ROUTES: &[(&str, &str)] = &[
+    ("post", "/image-management/v1/images"),
+    ("get", "/image-management/v1/images"),
+    ("post", "/image-management/v1/images/upload"),
+    ("get", "/image-management/v1/images/upload"),
+    ("delete", "/image-management/v1/images/upload"),
+    ("post", "/image-management/v1/images/merge"),
+    ("get", "/image-management/v1/images/{image_id}"),
+    ("delete", "/image-management/v1/images/{image_id}"),
+    (
+        "get",
+        "/image-management/v1/images/{image_id}/action/download",
+    ),
+    ("post", "/image-management/v1/images/{image_id}/action/slim"),
+    ("get", "/health"),
+    ("get", "/ready"),
+    ("get", "/metrics"),
+    ("get", "/openapi.json"),
+];
+
+async fn openapi_documents_every_route(b: Backend) {
+    let app = TestApp::spawn(b, Options::default()).await;
+    let r = app
+        .client
+        .get(format!("{}/openapi.json", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "application/json");
+    let doc: Value = r.json().await.unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    // A valid OpenAPI document, by an independent validator.
+    let file = app.dir.path().join("openapi.json");
+    std::fs::write(&file, doc.to_string()).unwrap();
+    run(
+        "python3",
+        &[
+            "-c",
+            "import json, sys; from openapi_spec_validator import validate; validate(json.load(open(sys.argv[1])))",
+            file.to_str().unwrap(),
+        ],
+    );
+    let mut documented = BTreeSet::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for method in item.as_object().unwrap().keys() {
+            documented.insert((method.clone(), path.clone()));
+        }
+    }
+    let expected: BTreeSet<_> = ROUTES
+        .iter()
+        .map(|(m, p)| (m.to_string(), p.to_string()))
+        .collect();
+    assert_eq!(documented, expected);
+    // Each documented route is served (a made-up id gives the JSON 404 of a missing image,
+    // never the router's 404 or 405).
+    let some_id = "0b6a2f4e-5c1d-4e8f-9a7b-3c2d1e0f9a8b";
+    for (m, p) in ROUTES {
+        let url = format!("{}{}", app.base, p.replace("{image_id}", some_id));
+        let method = reqwest::Method::from_bytes(m.to_uppercase().as_bytes()).unwrap();
+        let r = app.client.request(method, &url).send().await.unwrap();
+        let status = r.status().as_u16();
+        assert_ne!(status, 405, "{m} {p}");
+        if status == 404 {
+            let v: Value = r.json().await.unwrap();
+            assert_ne!(v["message"], "no such resource", "{m} {p} is not routed");
+        }
+    }
+    // The shapes clients read are described.
+    let image = &doc["components"]["schemas"]["ImageView"]["properties"];
+    for field in ["imageId", "fileName", "checkStatusResponse", "slimStatus"] {
+        assert!(image.get(field).is_some(), "ImageView.{field}: {image}");
+    }
+    app.stop().await;
+}
+
+crate::backend_tests!(
+    metrics_count_requests_bytes_sessions_and_jobs,
+    openapi_documents_every_route
+);
+
+/// The real binary with `FS_LOG_FORMAT=json`: every log line is a JSON object, a request's
+/// lines carry its request id (the client's, echoed back), and SIGTERM ends it with status 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_carry_request_ids_and_sigterm_exits_0() {
+    let app = TestApp::spawn(
+        Backend::SqliteLocal,
+        Options {
+            job_concurrency: Some(0),
+            ..Default::default()
+        },
+    )
+    .await;
+    let log = app.dir.path().join("json.log");
+    let mut server =
+        Replica::start(&app.vars, free_port(), &log, &[("FS_LOG_FORMAT", "json")]).await;
+    let r = app
+        .client
+        .get(server.api("/images"))
+        .header("x-request-id", "trace-me-123")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-request-id"], "trace-me-123");
+    // Without one, the service makes one up.
+    let r = app.client.get(server.api("/images")).send().await.unwrap();
+    let made = r.headers()["x-request-id"].to_str().unwrap().to_string();
+    assert_eq!(made.len(), 36, "{made}");
+    server.terminate();
+    let status = server.child.wait().unwrap();
+    assert!(status.success(), "exit status {status}");
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<Value> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(lines.len() >= 3, "{text}");
+    let tagged: Vec<_> = lines
+        .iter()
+        .filter(|v| v.to_string().contains("trace-me-123"))
+        .collect();
+    assert!(!tagged.is_empty(), "no line carries the request id: {text}");
+    assert!(text.contains(&made), "{text}");
+    app.stop().await;
+}
