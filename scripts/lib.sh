@@ -8,6 +8,10 @@ ensure_tools() {
     command -v unzip >/dev/null || missing+=(unzip)
     command -v python3 >/dev/null || missing+=(python3)
     command -v java >/dev/null || missing+=(openjdk-17-jre-headless)
+    # The chart tests render the helm chart with Go's text/template and sprig (no helm here).
+    command -v go >/dev/null || missing+=(golang-go)
+    [ -d /usr/share/gocode/src/github.com/Masterminds/sprig ] || missing+=(golang-github-masterminds-sprig-dev)
+    [ -d /usr/share/gocode/src/gopkg.in/yaml.v3 ] || missing+=(golang-gopkg-yaml.v3-dev)
     if ((${#missing[@]})); then
         echo "installing: ${missing[*]}" >&2
         apt-get update -qq
