@@ -5,23 +5,19 @@ pub mod docs;
 pub mod error;
 pub mod extract;
 pub mod images;
+mod metered;
 pub mod views;
 
-use crate::{domain::Service, metrics::RequestLabels};
+use crate::domain::Service;
 use axum::{
-    body::Body,
-    extract::{DefaultBodyLimit, MatchedPath, Request, State},
+    extract::{DefaultBodyLimit, Request, State},
     http::{header, HeaderName, HeaderValue, Method, StatusCode},
-    middleware::{self, Next},
+    middleware,
     response::{IntoResponse, Response},
     Json, Router,
 };
 use error::ApiError;
-use http_body_util::BodyExt;
-use std::{
-    sync::OnceLock,
-    time::{Duration, Instant},
-};
+use std::{sync::OnceLock, time::Duration};
 use tower_http::{
     cors::{AllowOrigin, Any, CorsLayer},
     request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
@@ -67,7 +63,7 @@ pub fn router(svc: Service) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         // Bodies are streamed and their limits enforced by the domain.
         .layer(DefaultBodyLimit::disable())
-        .layer(middleware::from_fn_with_state(svc.clone(), track))
+        .layer(middleware::from_fn_with_state(svc.clone(), metered::track))
         .layer(cors(&svc))
         .layer(
             TraceLayer::new_for_http()
@@ -85,59 +81,6 @@ pub fn router(svc: Service) -> Router {
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
         .with_state(svc)
-}
-
-/// Counts a request's body bytes in and out, and records it (route, status, duration) once its
-/// response body has been sent or dropped.
-async fn track(State(svc): State<Service>, req: Request, next: Next) -> Response {
-    struct Done {
-        svc: Service,
-        labels: Option<RequestLabels>,
-        started: Instant,
-    }
-    impl Drop for Done {
-        fn drop(&mut self) {
-            if let Some(labels) = self.labels.take() {
-                self.svc
-                    .metrics()
-                    .request_done(labels, self.started.elapsed());
-            }
-        }
-    }
-    let started = Instant::now();
-    let method = req.method().to_string();
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or("unmatched", |p| p.as_str())
-        .to_string();
-    let counter = svc.clone();
-    let req = req.map(|body| {
-        Body::new(body.map_frame(move |frame| {
-            if let Some(d) = frame.data_ref() {
-                counter.metrics().received(d.len());
-            }
-            frame
-        }))
-    });
-    let resp = next.run(req).await;
-    let done = Done {
-        svc,
-        labels: Some(RequestLabels {
-            method,
-            route,
-            status: resp.status().as_u16(),
-        }),
-        started,
-    };
-    resp.map(|body| {
-        Body::new(body.map_frame(move |frame| {
-            if let Some(d) = frame.data_ref() {
-                done.svc.metrics().sent(d.len());
-            }
-            frame
-        }))
-    })
 }
 
 fn cors(svc: &Service) -> CorsLayer {
