@@ -129,8 +129,17 @@ impl Service {
     }
 
     /// Every metric in Prometheus' text format, with the deployment-wide gauges (open uploads,
-    /// jobs by kind and state) read fresh from the database.
-    pub async fn metrics_text(&self) -> Result<String> {
+    /// jobs by kind and state) read fresh from the database. When the database cannot be read,
+    /// those gauges keep their last values and this replica's own metrics are still served.
+    pub async fn metrics_text(&self) -> String {
+        match self.read_state_gauges().await {
+            Ok((open, jobs)) => self.metrics.set_state(open, &jobs),
+            Err(e) => tracing::warn!(error = %e, "metrics: the database could not be read"),
+        }
+        self.metrics.encode()
+    }
+
+    async fn read_state_gauges(&self) -> Result<(u64, Vec<((String, String), u64)>)> {
         let open = crate::db::uploads::count_open(&self.db).await?;
         let counts = crate::db::jobs::count_by_kind_state(&self.db).await?;
         let mut jobs = vec![];
@@ -144,8 +153,7 @@ impl Service {
                 jobs.push(((kind.to_string(), state.to_string()), n));
             }
         }
-        self.metrics.set_state(open, &jobs);
-        Ok(self.metrics.encode())
+        Ok((open, jobs))
     }
 
     /// Bounds how many request bodies are handled at once.
