@@ -68,6 +68,9 @@ pub struct Options {
     pub imageops_url: Option<String>,
     /// Use this scratch directory instead of one in the test's temp dir.
     pub scratch_dir: Option<PathBuf>,
+    /// The service reaches PostgreSQL through this address (e.g. a fault-injecting proxy)
+    /// instead of the server's own; the test itself still uses the direct one.
+    pub database_via: Option<String>,
 }
 
 /// The S3 server the tests use (started by scripts/test): endpoint and region.
@@ -149,7 +152,15 @@ impl TestApp {
             ),
         ];
         let database_url = backend.new_database(root).await;
-        vars.push(("DATABASE_URL".into(), database_url.clone()));
+        let service_url = match &opts.database_via {
+            None => database_url.clone(),
+            Some(via) => {
+                let server = std::env::var("FS_TEST_PG_URL").unwrap();
+                let host = server.rsplit('@').next().unwrap();
+                database_url.replace(host, via.trim_start_matches("http://"))
+            }
+        };
+        vars.push(("DATABASE_URL".into(), service_url));
         let mut s3 = None;
         match backend {
             Backend::SqliteLocal | Backend::PostgresLocal => {

@@ -193,6 +193,78 @@ async fn openapi_documents_every_route(b: Backend) {
     app.stop().await;
 }
 
+/// The database goes away and comes back: liveness and metrics stay up, readiness and every
+/// request that needs the database answer 503 `DATABASE_UNAVAILABLE` (promptly, not after a
+/// long hang), nothing is left behind, and the service recovers by itself.
+async fn database_outage_and_recovery(b: Backend) {
+    let server = std::env::var("FS_TEST_PG_URL").expect("FS_TEST_PG_URL (scripts/test)");
+    let proxy = FaultProxy::start(server.rsplit('@').next().unwrap()).await;
+    let app = TestApp::spawn(
+        b,
+        Options {
+            database_via: Some(proxy.url.clone()),
+            ..Default::default()
+        },
+    )
+    .await;
+    let before = app.upload_ok("before.qcow2", pattern(1, 4096)).await;
+    proxy.set(Fault::Refuse);
+    let started = std::time::Instant::now();
+    let get = |path: String| app.client.get(path).send();
+    assert_eq!(
+        get(format!("{}/health", app.base)).await.unwrap().status(),
+        200
+    );
+    assert_error(get(format!("{}/ready", app.base)).await.unwrap(), 503, None).await;
+    assert_eq!(
+        get(format!("{}/metrics", app.base)).await.unwrap().status(),
+        200
+    );
+    let v = assert_error(get(app.url("/images")).await.unwrap(), 503, None).await;
+    assert_eq!(v["code"], "DATABASE_UNAVAILABLE", "{v}");
+    let v = assert_error(
+        get(app.url(&format!("/images/{before}"))).await.unwrap(),
+        503,
+        None,
+    )
+    .await;
+    assert_eq!(v["code"], "DATABASE_UNAVAILABLE", "{v}");
+    let r = app
+        .upload("during.qcow2", pattern(2, 100_000), &[("userId", "u")])
+        .await;
+    let v = assert_error(r, 503, None).await;
+    assert_eq!(v["code"], "DATABASE_UNAVAILABLE", "{v}");
+    let elapsed = started.elapsed();
+    assert!(elapsed < std::time::Duration::from_secs(60), "{elapsed:?}");
+
+    proxy.set(Fault::Pass);
+    let (status, list) = app.get_json("/images").await;
+    assert_eq!(status, 200);
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+    let r = app
+        .client
+        .delete(app.url(&format!("/images/{before}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let left = app.leftovers().await;
+    assert!(left.is_empty(), "{left:?}");
+    app.stop().await;
+}
+
+mod postgres_outage {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres_local() {
+        super::database_outage_and_recovery(crate::helpers::Backend::PostgresLocal).await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres_s3() {
+        super::database_outage_and_recovery(crate::helpers::Backend::PostgresS3).await
+    }
+}
+
 crate::backend_tests!(
     metrics_count_requests_bytes_sessions_and_jobs,
     openapi_documents_every_route
