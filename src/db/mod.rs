@@ -6,7 +6,10 @@ pub mod jobs;
 pub mod uploads;
 
 use migration::MigratorTrait;
-use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbErr};
+use sea_orm::{
+    ConnectOptions, ConnectionTrait, Database, DatabaseBackend, DatabaseConnection, DbErr,
+    TransactionTrait,
+};
 use std::time::Duration;
 
 /// Connects to the database (creating the SQLite file's directory when needed).
@@ -38,7 +41,19 @@ pub async fn connect(url: &str) -> Result<DatabaseConnection, DbErr> {
     Ok(db)
 }
 
-/// Applies all pending migrations.
+/// Key of the PostgreSQL advisory lock that serializes migrations (any fixed number).
+const MIGRATION_LOCK: i64 = 0x6669_6c65_7379_7300; // "filesys\0"
+
+/// Applies all pending migrations. On PostgreSQL several replicas (or the migration Job and a
+/// replica) may start at once: they take turns under an advisory lock held by the migration's
+/// transaction, so the second finds nothing left to do instead of failing half way.
 pub async fn migrate(db: &DatabaseConnection) -> Result<(), DbErr> {
-    migration::Migrator::up(db, None).await
+    if db.get_database_backend() != DatabaseBackend::Postgres {
+        return migration::Migrator::up(db, None).await;
+    }
+    let txn = db.begin().await?;
+    txn.execute_unprepared(&format!("SELECT pg_advisory_xact_lock({MIGRATION_LOCK})"))
+        .await?;
+    migration::Migrator::up(&txn, None).await?;
+    txn.commit().await
 }

@@ -402,3 +402,48 @@ mod postgres_s3 {
         super::two_replicas_share_one_database_and_store(crate::helpers::Backend::PostgresS3).await
     }
 }
+
+/// Replicas (or the migration Job and a replica) starting at once on an empty database: every
+/// one of them migrates it, or finds it migrated, without failing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_migrations_on_a_fresh_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = Backend::PostgresLocal.new_database(dir.path()).await;
+    let runs: Vec<_> = (0..6)
+        .map(|_| {
+            std::process::Command::new(env!("CARGO_BIN_EXE_file-system"))
+                .arg("migrate")
+                .env("DATABASE_URL", &url)
+                .env("FS_SCRATCH_DIR", dir.path().join("scratch"))
+                .env("RUST_LOG", "warn")
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for run in runs {
+        let out = run.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    use sea_orm::ConnectionTrait;
+    let db = file_system::db::connect(&url).await.unwrap();
+    let applied = db
+        .query_one(sea_orm::Statement::from_string(
+            sea_orm::DatabaseBackend::Postgres,
+            "SELECT count(*) AS n FROM seaql_migrations",
+        ))
+        .await
+        .unwrap()
+        .unwrap()
+        .try_get::<i64>("", "n")
+        .unwrap();
+    use migration::MigratorTrait;
+    let known = migration::Migrator::migrations().len() as i64;
+    assert_eq!(applied, known, "each migration recorded once");
+}
