@@ -37,6 +37,10 @@ pub async fn list(
     if let Some(u) = user_id {
         q = q.filter(image::Column::UserId.eq(u));
     }
+    // Databases take 64-bit signed numbers; SQLite also wants a LIMIT before any OFFSET.
+    let most = i64::MAX as u64;
+    let offset = offset.map(|o| o.min(most));
+    let limit = limit.map(|l| l.min(most)).or(offset.map(|_| most));
     q.order_by_desc(image::Column::CreatedAt)
         .order_by_asc(image::Column::Id)
         .limit(limit)

@@ -98,6 +98,16 @@ async fn upload_query_delete_round_trip(b: Backend) {
     assert_eq!(mine.as_array().unwrap().len(), 1);
     assert_eq!(mine[0]["imageId"], id.as_str());
     assert!(mine[0]["checkStatusResponse"]["checkInfo"]["imageInfo"].is_object());
+    // An offset alone, and numbers past what databases hold, are not errors.
+    for (q, n) in [
+        ("offset=1", 1),
+        ("offset=18446744073709551615", 0),
+        ("limit=18446744073709551615&offset=0", 2),
+    ] {
+        let (status, v) = app.get_json(&format!("/images?{q}")).await;
+        assert_eq!(status, 200, "{q}: {v}");
+        assert_eq!(v.as_array().unwrap().len(), n, "{q}: {v}");
+    }
     let (_, page) = app.get_json("/images?limit=1&offset=1").await;
     assert_eq!(page.as_array().unwrap().len(), 1);
     let (_, none) = app.get_json("/images?userId=nobody").await;
