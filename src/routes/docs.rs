@@ -53,9 +53,10 @@ pub struct ChunkForm {
     #[schema(value_type = String, format = Binary)]
     part: Vec<u8>,
     /// Chosen by the client, shared by all chunks of one file: 1..128 of `[A-Za-z0-9._-]`.
+    #[schema(pattern = r"^[A-Za-z0-9._-]{1,128}$")]
     identifier: String,
     /// Overrides the number in the part's file name.
-    #[schema(rename = "chunkNumber")]
+    #[schema(rename = "chunkNumber", minimum = 1, maximum = 10000)]
     chunk_number: Option<u32>,
     priority: Option<String>,
 }
@@ -64,8 +65,10 @@ pub struct ChunkForm {
 #[derive(ToSchema)]
 #[allow(dead_code)]
 pub struct MergeForm {
+    #[schema(pattern = r"^[A-Za-z0-9._-]{1,128}$")]
     identifier: String,
-    /// The original file name: an image extension or `.zip`.
+    /// The original file name: an image extension or `.zip`, at most 128 characters.
+    #[schema(pattern = r"^.+\.(qcow2|img|iso|zip)$", max_length = 128)]
     filename: String,
     #[schema(rename = "userId")]
     user_id: Option<String>,

@@ -168,7 +168,11 @@ pub async fn merge(
         ("chunkNumber" = Option<u32>, Query, description = "Only whether this chunk is held"),
     ),
     responses(
-        (status = 200, description = "The chunks held (JSON); `Upload get request received.` without an identifier; empty when chunkNumber is held", body = crate::domain::uploads::UploadStatus),
+        (status = 200, description = "The chunks held (JSON); `Upload get request received.` (text) without an identifier; empty when chunkNumber is held",
+            content(
+                (crate::domain::uploads::UploadStatus = "application/json"),
+                (String = "text/plain"),
+            )),
         (status = 204, description = "chunkNumber is not held"),
         (status = 400, description = "Bad identifier or chunk number", body = super::docs::ErrorBody),
     ))]
