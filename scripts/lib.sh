@@ -17,10 +17,14 @@ ensure_tools() {
         apt-get update -qq
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
     fi
-    # Validates the service's OpenAPI document in the tests (PyPI).
-    if ! python3 -c 'import openapi_spec_validator' 2>/dev/null; then
-        echo "installing: openapi-spec-validator (PyPI)" >&2
-        python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore 'openapi-spec-validator>=0.7,<0.8'
+    # From PyPI: a validator of the service's OpenAPI document, and schemathesis, which sends
+    # requests generated from that document.
+    local py=()
+    python3 -c 'import openapi_spec_validator' 2>/dev/null || py+=('openapi-spec-validator>=0.7,<0.8')
+    command -v schemathesis >/dev/null || py+=('schemathesis==4.32.5')
+    if ((${#py[@]})); then
+        echo "installing (PyPI): ${py[*]}" >&2
+        python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore "${py[@]}"
     fi
 }
 
