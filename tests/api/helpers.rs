@@ -269,8 +269,18 @@ impl TestApp {
     /// (to prove nothing is left behind).
     pub async fn leftovers(&self) -> Vec<String> {
         self.wait_jobs_idle().await;
+        // A worker whose job was cancelled (its image deleted) lets go of its scratch files
+        // when it notices, at its next lease renewal: give it that long.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         let mut files = vec![];
-        walk(&self.scratch, &mut files);
+        loop {
+            files.clear();
+            walk(&self.scratch, &mut files);
+            if files.is_empty() || std::time::Instant::now() > deadline {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
         if self.s3.is_none() {
             walk(&self.dir.path().join("objects"), &mut files);
         }

@@ -208,6 +208,7 @@ async fn database_outage_and_recovery(b: Backend) {
     )
     .await;
     let before = app.upload_ok("before.qcow2", pattern(1, 4096)).await;
+    app.wait_jobs_idle().await;
     proxy.set(Fault::Refuse);
     let started = std::time::Instant::now();
     let get = |path: String| app.client.get(path).send();
