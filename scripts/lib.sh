@@ -21,7 +21,7 @@ ensure_tools() {
     # requests generated from that document.
     local py=()
     python3 -c 'import openapi_spec_validator' 2>/dev/null || py+=('openapi-spec-validator>=0.7,<0.8')
-    command -v schemathesis >/dev/null || py+=('schemathesis==4.32.5')
+    python3 -c 'import schemathesis' 2>/dev/null || py+=('schemathesis==4.32.5')
     if ((${#py[@]})); then
         echo "installing (PyPI): ${py[*]}" >&2
         python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore "${py[@]}"

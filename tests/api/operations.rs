@@ -337,8 +337,11 @@ async fn generated_requests_never_get_a_server_error(b: Backend) {
         &[],
     )
     .await;
-    let out = std::process::Command::new("schemathesis")
+    // Through python3 (where pip put it), not a console script that may not be on PATH.
+    let out = std::process::Command::new("python3")
         .args([
+            "-c",
+            "import sys; from schemathesis.cli import schemathesis; sys.argv[0] = 'schemathesis'; schemathesis()",
             "run",
             &format!("{}/openapi.json", server.base),
             "--checks",
