@@ -17,11 +17,13 @@ ensure_tools() {
         apt-get update -qq
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
     fi
-    # From PyPI: a validator of the service's OpenAPI document, and schemathesis, which sends
-    # requests generated from that document.
+    # From PyPI: a validator of the service's OpenAPI document, schemathesis, which sends
+    # requests generated from that document...
     local py=()
     python3 -c 'import openapi_spec_validator' 2>/dev/null || py+=('openapi-spec-validator>=0.7,<0.8')
     python3 -c 'import schemathesis' 2>/dev/null || py+=('schemathesis==4.32.5')
+    # ... and kubernetes-validate, which checks the rendered helm chart against the API schemas.
+    python3 -c 'import kubernetes_validate' 2>/dev/null || py+=('kubernetes-validate==1.37.0')
     if ((${#py[@]})); then
         echo "installing (PyPI): ${py[*]}" >&2
         python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore "${py[@]}"

@@ -1,6 +1,7 @@
 //! The helm chart and the container build, checked without a cluster: the chart is rendered by
 //! Go's text/template with the sprig functions (Helm's engine; `tests/support/helm-render`),
-//! every manifest must parse as YAML, and what it says is checked: probes, security context,
+//! every manifest must parse as YAML and validate strictly against the Kubernetes API schemas,
+//! and what it says is checked: probes, security context,
 //! scratch volume, hooks, the optional sidecar and ServiceMonitor, and that every `FS_*`
 //! variable the service reads can be set from values.
 
@@ -43,6 +44,7 @@ fn render(values: &str) -> Result<Vec<Value>, String> {
         return Err(String::from_utf8_lossy(&out.stderr).into_owned());
     }
     let text = String::from_utf8(out.stdout).unwrap();
+    kubernetes_schema_check(&text, dir.path());
     let mut docs = vec![];
     for doc in serde_yaml::Deserializer::from_str(&text) {
         let v = <Value as serde::Deserialize>::deserialize(doc)
@@ -52,6 +54,31 @@ fn render(values: &str) -> Result<Vec<Value>, String> {
         }
     }
     Ok(docs)
+}
+
+/// Validates manifests strictly (no unknown fields) against the Kubernetes API's own schemas,
+/// with kubernetes-validate (PyPI; it bundles the schemas, so no cluster is needed). The
+/// ServiceMonitor is a CRD it has no schema for: it is only warned about.
+fn kubernetes_schema_check(manifests: &str, dir: &Path) {
+    let file = dir.join("manifests.yaml");
+    std::fs::write(&file, manifests).unwrap();
+    let out = Command::new("python3")
+        .args([
+            "-m",
+            "kubernetes_validate",
+            "--strict",
+            "--quiet",
+            "--no-warn",
+        ])
+        .arg(&file)
+        .output()
+        .expect("python3 with kubernetes-validate (scripts/test installs it)");
+    assert!(
+        out.status.success(),
+        "manifests do not match the Kubernetes API: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
