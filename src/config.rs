@@ -70,6 +70,8 @@ struct FsVars {
     job_concurrency: usize,
     #[serde(default = "default_job_lease")]
     job_lease_secs: u64,
+    #[serde(default = "default_job_retention")]
+    job_retention_secs: u64,
     #[serde(default = "default_check_timeout")]
     check_timeout_secs: u64,
     #[serde(default = "default_slim_timeout")]
@@ -115,6 +117,8 @@ pub struct Config {
     pub job_concurrency: usize,
     /// A job not renewed for this long is taken over by another worker.
     pub job_lease_secs: u64,
+    /// Finished jobs (done, failed, cancelled) are deleted after this long.
+    pub job_retention_secs: u64,
     pub check_timeout_secs: u64,
     pub slim_timeout_secs: u64,
     /// Remote imageops base URL; `None` = in process.
@@ -174,6 +178,10 @@ fn default_shutdown_grace() -> u64 {
 fn default_job_concurrency() -> usize {
     2
 }
+fn default_job_retention() -> u64 {
+    7 * 24 * 3600
+}
+
 fn default_job_lease() -> u64 {
     60
 }
@@ -268,6 +276,7 @@ impl Config {
             s3,
             job_concurrency: fs.job_concurrency,
             job_lease_secs: fs.job_lease_secs.max(3),
+            job_retention_secs: fs.job_retention_secs,
             check_timeout_secs: fs.check_timeout_secs.max(1),
             slim_timeout_secs: fs.slim_timeout_secs.max(1),
             imageops_url: fs.imageops_url.filter(|u| !u.trim().is_empty()),

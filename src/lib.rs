@@ -126,7 +126,7 @@ async fn clear_scratch(dir: &std::path::Path) {
     }
 }
 
-/// Periodically expires abandoned chunked uploads.
+/// Periodically expires abandoned chunked uploads and deletes old finished jobs.
 async fn sweep_loop(svc: Service, token: CancellationToken) {
     let every = Duration::from_secs((svc.config().upload_ttl_secs / 4).clamp(1, 300));
     loop {
@@ -138,6 +138,11 @@ async fn sweep_loop(svc: Service, token: CancellationToken) {
             Ok(0) => {}
             Ok(n) => tracing::info!(sessions = n, "expired abandoned uploads"),
             Err(e) => tracing::warn!(error = %e, "sweeping abandoned uploads failed"),
+        }
+        match svc.prune_finished_jobs().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(jobs = n, "deleted finished jobs past their retention"),
+            Err(e) => tracing::warn!(error = %e, "pruning finished jobs failed"),
         }
     }
 }

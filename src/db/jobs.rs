@@ -231,6 +231,17 @@ pub async fn cancel_for_image(
         .map(|_| ())
 }
 
+/// Deletes finished jobs (done, failed, cancelled) last changed before `before`; returns how
+/// many. What they found lives on in the image records.
+pub async fn prune_finished(db: &impl ConnectionTrait, before: i64) -> Result<u64, DbErr> {
+    let res = Jobs::delete_many()
+        .filter(job::Column::State.is_in([DONE, FAILED, CANCELLED]))
+        .filter(job::Column::UpdatedAt.lt(before))
+        .exec(db)
+        .await?;
+    Ok(res.rows_affected)
+}
+
 pub async fn find(db: &impl ConnectionTrait, id: &str) -> Result<Option<job::Model>, DbErr> {
     Jobs::find_by_id(id.to_string()).one(db).await
 }

@@ -123,6 +123,12 @@ impl Service {
         }
     }
 
+    /// Deletes finished jobs older than `FS_JOB_RETENTION_SECS`, so the queue stays small.
+    pub async fn prune_finished_jobs(&self) -> Result<u64> {
+        let before = now_secs().saturating_sub(self.cfg.job_retention_secs as i64);
+        Ok(db::jobs::prune_finished(&self.db, before).await?)
+    }
+
     /// Renews the lease until it is lost; returns then.
     async fn keep_lease(&self, job: &job::Model, owner: &str) {
         let lease = self.cfg.job_lease_secs as i64;

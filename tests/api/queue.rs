@@ -79,10 +79,55 @@ async fn concurrent_claims_take_each_job_once(b: Backend) {
     );
 }
 
+/// Finished jobs past their retention are deleted; recent ones and live ones stay.
+async fn finished_jobs_are_pruned(b: Backend) {
+    let (_dir, conn) = queue_db(b).await;
+    let old = jobs::enqueue(&conn, jobs::CHECK, "a", 100).await.unwrap();
+    let recent = jobs::enqueue(&conn, jobs::CHECK, "b", 100).await.unwrap();
+    let queued = jobs::enqueue(&conn, jobs::SLIM, "c", 100).await.unwrap();
+    let failed = jobs::enqueue(&conn, jobs::SLIM, "d", 100).await.unwrap();
+    let running = jobs::enqueue(&conn, jobs::SLIM, "e", 100).await.unwrap();
+    // Claimed in order of creation (same second: any order), then ended at chosen times.
+    for _ in 0..5 {
+        assert!(jobs::claim(&conn, "w", 100, 10_000)
+            .await
+            .unwrap()
+            .is_some());
+    }
+    jobs::finish(&conn, &old, "w", jobs::DONE, None, 200)
+        .await
+        .unwrap();
+    jobs::finish(&conn, &failed, "w", jobs::FAILED, Some("x"), 200)
+        .await
+        .unwrap();
+    jobs::finish(&conn, &recent, "w", jobs::DONE, None, 900)
+        .await
+        .unwrap();
+    jobs::retry_at(&conn, &queued, "w", 150, "again", 150)
+        .await
+        .unwrap();
+    assert_eq!(jobs::prune_finished(&conn, 500).await.unwrap(), 2);
+    for (id, kept) in [
+        (&old, false),
+        (&failed, false),
+        (&recent, true),
+        (&queued, true),
+        (&running, true),
+    ] {
+        assert_eq!(jobs::find(&conn, id).await.unwrap().is_some(), kept, "{id}");
+    }
+    assert_eq!(jobs::prune_finished(&conn, 500).await.unwrap(), 0);
+}
+
 mod sqlite {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_claims_take_each_job_once() {
         super::concurrent_claims_take_each_job_once(crate::helpers::Backend::SqliteLocal).await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn finished_jobs_are_pruned() {
+        super::finished_jobs_are_pruned(crate::helpers::Backend::SqliteLocal).await
     }
 }
 
@@ -90,6 +135,11 @@ mod postgres {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_claims_take_each_job_once() {
         super::concurrent_claims_take_each_job_once(crate::helpers::Backend::PostgresLocal).await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn finished_jobs_are_pruned() {
+        super::finished_jobs_are_pruned(crate::helpers::Backend::PostgresLocal).await
     }
 
     /// A row another transaction holds locked is skipped, not waited for.
