@@ -102,20 +102,12 @@ pub async fn set_crc32(db: &impl ConnectionTrait, id: &str, crc: u32) -> Result<
         .map(|_| ())
 }
 
-/// Records a check's outcome (and the MD5 of the checked bytes, when known).
-pub async fn set_check(
-    db: &impl ConnectionTrait,
-    id: &str,
+/// Sets the columns that describe a check report, but for its message (callers differ there).
+fn with_report(
+    q: sea_orm::UpdateMany<Images>,
     r: &crate::imageops::CheckReport,
-    md5: Option<&str>,
-    now: i64,
-) -> Result<(), DbErr> {
-    let mut q = Images::update_many()
-        .col_expr(image::Column::CheckStatus, Expr::value(r.status))
-        .col_expr(
-            image::Column::CheckMsg,
-            Expr::value(r.msg.chars().take(500).collect::<String>()),
-        )
+) -> sea_orm::UpdateMany<Images> {
+    q.col_expr(image::Column::CheckStatus, Expr::value(r.status))
         .col_expr(image::Column::CheckResult, Expr::value(r.check_result))
         .col_expr(image::Column::Format, Expr::value(r.format.clone()))
         .col_expr(image::Column::VirtualSize, Expr::value(r.virtual_size_gib))
@@ -126,6 +118,21 @@ pub async fn set_check(
         .col_expr(
             image::Column::CheckErrors,
             Expr::value(r.check_errors.clone()),
+        )
+}
+
+/// Records a check's outcome (and the MD5 of the checked bytes, when known).
+pub async fn set_check(
+    db: &impl ConnectionTrait,
+    id: &str,
+    r: &crate::imageops::CheckReport,
+    md5: Option<&str>,
+    now: i64,
+) -> Result<(), DbErr> {
+    let mut q = with_report(Images::update_many(), r)
+        .col_expr(
+            image::Column::CheckMsg,
+            Expr::value(r.msg.chars().take(500).collect::<String>()),
         )
         .col_expr(image::Column::UpdatedAt, Expr::value(now));
     if let Some(m) = md5 {
@@ -194,7 +201,7 @@ pub async fn slim_done(
     r: &crate::imageops::CheckReport,
     now: i64,
 ) -> Result<bool, DbErr> {
-    let res = Images::update_many()
+    let res = with_report(Images::update_many(), r)
         .col_expr(image::Column::SlimStatus, Expr::value(2))
         .col_expr(image::Column::CompressStatus, Expr::value(0))
         .col_expr(
@@ -205,20 +212,8 @@ pub async fn slim_done(
         .col_expr(image::Column::SlimObjectKey, Expr::value(slim.key))
         .col_expr(image::Column::SlimSizeBytes, Expr::value(slim.size as i64))
         .col_expr(image::Column::SlimCrc32, Expr::value(slim.crc32 as i64))
-        .col_expr(image::Column::CheckStatus, Expr::value(r.status))
         .col_expr(image::Column::CheckMsg, Expr::value(r.msg.clone()))
-        .col_expr(image::Column::CheckResult, Expr::value(r.check_result))
         .col_expr(image::Column::Checksum, Expr::value(slim.md5))
-        .col_expr(image::Column::Format, Expr::value(r.format.clone()))
-        .col_expr(image::Column::VirtualSize, Expr::value(r.virtual_size_gib))
-        .col_expr(
-            image::Column::ImageEndOffset,
-            Expr::value(r.image_end_offset.clone()),
-        )
-        .col_expr(
-            image::Column::CheckErrors,
-            Expr::value(r.check_errors.clone()),
-        )
         .col_expr(image::Column::UpdatedAt, Expr::value(now))
         .filter(image::Column::Id.eq(id))
         .filter(image::Column::SlimStatus.eq(1))

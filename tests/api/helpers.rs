@@ -589,6 +589,22 @@ pub fn make_qcow2(dir: &Path, name: &str, virtual_mib: u64, data_mib: u64) -> Pa
     path
 }
 
+/// Asserts that two qcow2 files hold the same guest content (`qemu-img compare`).
+pub fn assert_same_qcow2(a: &Path, b: &Path) {
+    run(
+        "qemu-img",
+        &[
+            "compare",
+            "-f",
+            "qcow2",
+            "-F",
+            "qcow2",
+            a.to_str().unwrap(),
+            b.to_str().unwrap(),
+        ],
+    );
+}
+
 /// Builds a zip with Python's zipfile from a small script body (`z` is the open ZipFile).
 pub fn python_zip(path: &Path, script: &str) {
     let code = format!(
