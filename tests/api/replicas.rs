@@ -268,6 +268,8 @@ async fn two_replicas_share_one_database_and_store(b: Backend) {
         let v = slimmed(&client, &ra, id).await;
         assert_eq!(v["checkStatusResponse"]["status"], 0, "{v}");
     }
+    // A worker records its job's end just after the image's.
+    app.wait_jobs_idle().await;
     let jobs = entity::job::Entity::find()
         .filter(entity::job::Column::ImageId.is_in(small_ids.clone()))
         .all(&db)
@@ -349,10 +351,18 @@ async fn two_replicas_share_one_database_and_store(b: Backend) {
     let rc = start(&vars, dir, "c").await;
     let v = slimmed(&client, &rc, &id).await;
     assert_eq!(v["checkStatusResponse"]["status"], 0, "{v}");
-    let done = file_system::db::jobs::find(&db, &job.id)
-        .await
-        .unwrap()
-        .unwrap();
+    // The worker records the job's end just after the image's: wait for it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let done = loop {
+        let j = file_system::db::jobs::find(&db, &job.id)
+            .await
+            .unwrap()
+            .unwrap();
+        if j.state != "running" || Instant::now() > deadline {
+            break j;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert_eq!((done.state.as_str(), done.attempts), ("done", 3));
     eprintln!("slim finished {:?} after the restart", started.elapsed());
     let out = dir.join("after.qcow2");
