@@ -45,6 +45,8 @@ struct FsVars {
     max_image_bytes: u64,
     #[serde(default = "default_upload_ttl")]
     upload_ttl_secs: u64,
+    #[serde(default = "default_zip_max_ratio")]
+    zip_max_ratio: u64,
     #[serde(default = "default_cors")]
     cors_origins: String,
     #[serde(default = "default_log_format")]
@@ -105,6 +107,8 @@ pub struct Config {
     pub scratch_dir: PathBuf,
     pub tiers: BTreeMap<i32, Tier>,
     pub max_image_bytes: u64,
+    /// Largest inflated/compressed ratio of the image in an uploaded zip (0 = no bound).
+    pub zip_max_ratio: u64,
     pub upload_ttl_secs: u64,
     /// `None` = any origin.
     pub cors_origins: Option<Vec<String>>,
@@ -159,6 +163,12 @@ fn default_tiers() -> String {
 }
 fn default_max_image_bytes() -> u64 {
     500 << 30
+}
+/// Deflate cannot pass about 1032:1, so this refuses near-maximal deflate streams and the
+/// far higher ratios of bzip2, zstd or deflate64 bombs, while real disk images (sparse ones
+/// included) stay below it.
+fn default_zip_max_ratio() -> u64 {
+    1000
 }
 fn default_upload_ttl() -> u64 {
     86_400
@@ -268,6 +278,7 @@ impl Config {
             scratch_dir: fs.scratch_dir,
             tiers: parse_tiers(&fs.tiers)?,
             max_image_bytes: fs.max_image_bytes,
+            zip_max_ratio: fs.zip_max_ratio,
             upload_ttl_secs: fs.upload_ttl_secs,
             cors_origins,
             log_format: fs.log_format,

@@ -5,6 +5,7 @@ use super::{
     meter::Meter,
     now_secs, texts, validate, zipin, Error, Result, Service,
 };
+use crate::imageops::status;
 use crate::{
     config::Tier,
     db,
@@ -275,17 +276,20 @@ impl Service {
         tier: &Tier,
         key: &str,
     ) -> Result<(String, u64, u32)> {
-        let limit = self.cfg.max_image_bytes;
+        let limits = zipin::Limits {
+            max_bytes: self.cfg.max_image_bytes,
+            max_ratio: self.cfg.zip_max_ratio,
+        };
         let path = zip.to_path_buf();
-        let found = tokio::task::spawn_blocking(move || zipin::find_image(&path, limit))
+        let found = tokio::task::spawn_blocking(move || zipin::find_image(&path, limits))
             .await
             .map_err(|e| Error::Internal(e.to_string()))?
             .map_err(Error::InvalidZip)?;
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let path = zip.to_path_buf();
-        let index = found.index;
+        let entry = found.clone();
         let extractor =
-            tokio::task::spawn_blocking(move || zipin::extract(&path, index, limit, tx));
+            tokio::task::spawn_blocking(move || zipin::extract(&path, &entry, limits, tx));
         let body = futures::stream::unfold(rx, |mut rx| async move {
             rx.recv().await.map(|item| (item, rx))
         })
@@ -352,9 +356,13 @@ impl Service {
             2 => return Ok(texts::SLIM_DONE),
             _ => {}
         }
-        if img.check_status == 5 {
+        if img.check_status == status::NOT_CHECKED_TYPE {
             db::images::refuse_slim(&self.db, &id, texts::SLIM_UNSUPPORTED, now_secs()).await?;
             return Err(Error::InvalidInput(texts::SLIM_UNSUPPORTED.to_string()));
+        }
+        if let Some(refusal) = slim_refusal(&img) {
+            db::images::refuse_slim(&self.db, &id, &refusal, now_secs()).await?;
+            return Err(Error::SlimRefused(refusal));
         }
         // The state change and its job are one transaction: slimStatus 1 always has a job.
         let txn = self.db.begin().await?;
@@ -378,6 +386,22 @@ impl Service {
             }
         }
     }
+}
+
+/// Why an image may not be slimmed, from its check: only an image the check found safe and
+/// usable is, that is consistent (status 0) or with leaked clusters only (status 2: a leak
+/// wastes space but loses nothing, and the compressed copy drops it). A corrupted image (1), a
+/// refused one (3: a backing or data file, content that is not what its name says, a failed
+/// check) or one whose check timed out (6) is not; `None` also while the check is in progress
+/// (4; the slim waits for it) and for unsupported types (5, refused with its own text).
+pub(crate) fn slim_refusal(img: &image::Model) -> Option<String> {
+    let why = match img.check_status {
+        status::CORRUPTED => "its check found it corrupted".to_string(),
+        status::FAILED => format!("its check refused it ({})", img.check_msg),
+        status::TIMED_OUT => "its check timed out".to_string(),
+        _ => return None,
+    };
+    Some(format!("This image cannot be slimmed: {why}."))
 }
 
 /// Writes a (metered) body to a scratch file.

@@ -170,6 +170,12 @@ impl Service {
             }
             _ => {}
         }
+        if let Some(refusal) = super::images::slim_refusal(&img) {
+            tracing::info!(image.id = %image_id, %refusal, "slim refused after the check");
+            db::images::slim_failed(&self.db, image_id, compress::FAILED, &refusal, now_secs())
+                .await?;
+            return Ok(Step::Done);
+        }
         let (input, _input_guard, _) = self
             .materialize(
                 &img.bucket,
@@ -251,11 +257,11 @@ impl Service {
     async fn give_up(&self, job: &job::Model, e: &Error) {
         let recorded = match job.kind.as_str() {
             CHECK => {
-                let report = CheckReport::failed(format!("check failed: {e}"));
+                let report = CheckReport::failed(format!("check failed: {}", e.public_message()));
                 db::images::set_check(&self.db, &job.image_id, &report, None, now_secs()).await
             }
             _ => {
-                let msg = format!("slim failed: {e}");
+                let msg = format!("slim failed: {}", e.public_message());
                 db::images::slim_failed(&self.db, &job.image_id, compress::FAILED, &msg, now_secs())
                     .await
             }
@@ -314,9 +320,9 @@ impl Service {
         }
         let free = free_bytes(&self.cfg.scratch_dir)?;
         if free < size + (64 << 20) {
+            tracing::warn!(dir = %self.cfg.scratch_dir.display(), free_bytes = free, needed_bytes = size, "not enough scratch space");
             return Err(Error::Internal(format!(
-                "not enough scratch space in {}: {free} bytes free, {size} needed",
-                self.cfg.scratch_dir.display()
+                "not enough scratch space: {free} bytes free, {size} needed"
             )));
         }
         // Names keep the image's extension: a remote imageops derives the format from it.

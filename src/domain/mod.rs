@@ -62,6 +62,9 @@ pub enum Error {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    /// A slim that cannot be done for this image (its check did not find it usable).
+    #[error("{0}")]
+    SlimRefused(String),
     #[error("requested range not satisfiable")]
     RangeNotSatisfiable { size: u64 },
     #[error("storage error: {0}")]
@@ -70,6 +73,22 @@ pub enum Error {
     Db(#[from] DbErr),
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+impl Error {
+    /// The error as a client may read it (stored in check and compress messages): faults of
+    /// the service itself (storage, database, internal) say so without their details, which
+    /// are logged where they are handled.
+    pub fn public_message(&self) -> String {
+        match self {
+            Error::Storage(StorageError::Unavailable(_)) => {
+                "the object store is unavailable".into()
+            }
+            Error::Db(_) => "the metadata database is unavailable".into(),
+            Error::Storage(_) | Error::Internal(_) => "internal error".into(),
+            other => other.to_string(),
+        }
+    }
 }
 
 impl From<io::Error> for Error {

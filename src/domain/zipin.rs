@@ -1,9 +1,13 @@
 //! Unpacking an uploaded zip: exactly one image, inside a folder, nothing unsafe.
 //!
-//! Every entry is inspected before anything is extracted: absolute paths, `..`, links and
-//! special files reject the whole archive. The image is then streamed out of the archive with
-//! the size limit enforced on the bytes actually produced (declared sizes can lie), and the zip
-//! crate verifies the entry's CRC-32 at its end.
+//! Every entry is inspected before anything is extracted: absolute paths, `..`, drive letters,
+//! links and special files reject the whole archive. `\` separates path components as it does
+//! for common unzip tools (Windows archivers write it). Metadata that archivers add (macOS
+//! `__MACOSX/` folders and AppleDouble `._*` files, `.DS_Store`, `Thumbs.db`, `desktop.ini`) is
+//! ignored: never stored, never counted as an image. The image is then streamed out of the
+//! archive and refused when its bytes do not match what the archive declares (size and CRC-32,
+//! from the central directory), when it grows past the size limit, or when it inflates more
+//! than `max_ratio` times its compressed size (a zip bomb), whatever its headers say.
 
 use super::validate;
 use bytes::Bytes;
@@ -16,10 +20,55 @@ pub struct ZipImage {
     pub index: usize,
     /// Base name of the entry: the stored image's `fileName`.
     pub file_name: String,
+    /// Uncompressed size and CRC-32 the archive declares for the entry.
+    pub declared_size: u64,
+    pub declared_crc32: u32,
+    /// Compressed size of the entry (bytes).
+    pub compressed_size: u64,
 }
+
+/// What an archive may expand to.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest image (bytes).
+    pub max_bytes: u64,
+    /// Largest inflated/compressed ratio of the image entry; 0 = no bound.
+    pub max_ratio: u64,
+}
+
+/// Inflated bytes below which the ratio is not judged (tiny entries compress oddly).
+const RATIO_GRACE_BYTES: u64 = 64 << 10;
 
 /// Why an archive was refused (shown to the client).
 pub type Refusal = String;
+
+/// An entry name with `\` read as a separator, or a refusal when it could leave the folder it
+/// is unpacked into: absolute, a drive letter, `..` in any spelling, NUL.
+fn normalized(raw: &str) -> Result<String, Refusal> {
+    let name = raw.replace('\\', "/");
+    let unsafe_path = name.starts_with('/')
+        || name.contains('\0')
+        || name.split('/').any(|c| c == ".." || c.contains(':'));
+    if unsafe_path {
+        return Err(format!("unsafe entry path in archive: {raw:?}"));
+    }
+    Ok(name)
+}
+
+/// Files archivers add beside the content (resource forks, folder settings, thumbnails).
+fn is_archiver_metadata(name: &str) -> bool {
+    let base = name.rsplit('/').next().unwrap_or(name);
+    name.split('/').any(|c| c == "__MACOSX")
+        || base.starts_with("._")
+        || matches!(base, ".DS_Store" | "Thumbs.db" | "desktop.ini")
+}
+
+/// Inflated bytes past the allowed ratio to `compressed` bytes.
+fn past_ratio(inflated: u64, compressed: u64, max_ratio: u64) -> bool {
+    max_ratio > 0
+        && inflated > RATIO_GRACE_BYTES
+        && inflated > compressed.max(1).saturating_mul(max_ratio)
+}
 
 fn open(path: &Path) -> Result<zip::ZipArchive<File>, Refusal> {
     let file = File::open(path).map_err(|e| format!("cannot read the uploaded archive: {e}"))?;
@@ -27,26 +76,18 @@ fn open(path: &Path) -> Result<zip::ZipArchive<File>, Refusal> {
 }
 
 /// Finds the single image of the archive at `path`, checking every entry.
-pub fn find_image(path: &Path, max_bytes: u64) -> Result<ZipImage, Refusal> {
+pub fn find_image(path: &Path, limits: Limits) -> Result<ZipImage, Refusal> {
     let mut archive = open(path)?;
-    let mut found: Option<(ZipImage, u64)> = None;
+    let mut found: Option<ZipImage> = None;
     for i in 0..archive.len() {
         let entry = archive
             .by_index_raw(i)
             .map_err(|e| format!("damaged zip entry {i}: {e}"))?;
-        let name = entry.name().to_string();
-        let unsafe_path = entry.enclosed_name().is_none()
-            || name.starts_with('/')
-            || name.contains('\\')
-            || name.contains('\0')
-            || name.split('/').any(|c| c == "..");
-        if unsafe_path {
-            return Err(format!("unsafe entry path in archive: {name:?}"));
-        }
+        let name = normalized(entry.name())?;
         if entry.is_symlink() {
             return Err(format!("links are not allowed in the archive: {name:?}"));
         }
-        if entry.is_dir() {
+        if entry.is_dir() || name.ends_with('/') {
             continue;
         }
         if let Some(mode) = entry.unix_mode() {
@@ -56,7 +97,7 @@ pub fn find_image(path: &Path, max_bytes: u64) -> Result<ZipImage, Refusal> {
             }
         }
         let base = name.rsplit('/').next().unwrap_or(&name);
-        if !validate::is_image_name(base) {
+        if is_archiver_metadata(&name) || !validate::is_image_name(base) {
             continue;
         }
         if found.is_some() {
@@ -70,57 +111,131 @@ pub fn find_image(path: &Path, max_bytes: u64) -> Result<ZipImage, Refusal> {
         let file_name = validate::file_name(base).ok_or_else(|| {
             format!("image name {base:?} in the archive is not allowed (extension or over 128 characters)")
         })?;
-        found = Some((
-            ZipImage {
-                index: i,
-                file_name,
-            },
-            entry.size(),
+        found = Some(ZipImage {
+            index: i,
+            file_name,
+            declared_size: entry.size(),
+            declared_crc32: entry.crc32(),
+            compressed_size: entry.compressed_size(),
+        });
+    }
+    let image = found.ok_or("the archive holds no image (.qcow2, .img or .iso)")?;
+    if image.declared_size > limits.max_bytes {
+        return Err(format!(
+            "the image in the archive expands to {} bytes, past the limit of {}",
+            image.declared_size, limits.max_bytes
         ));
     }
-    let (image, declared) = found.ok_or("the archive holds no image (.qcow2, .img or .iso)")?;
-    if declared > max_bytes {
-        return Err(format!(
-            "the image in the archive expands to {declared} bytes, past the limit of {max_bytes}"
-        ));
+    if past_ratio(image.declared_size, image.compressed_size, limits.max_ratio) {
+        return Err(bomb(limits.max_ratio));
     }
     Ok(image)
 }
 
+fn bomb(max_ratio: u64) -> Refusal {
+    format!(
+        "the image in the archive expands more than {max_ratio} times its compressed size (a zip bomb)"
+    )
+}
+
 /// Streams the entry's bytes into `tx` (blocking; run it on a blocking thread). Stops with a
-/// refusal when the entry grows past `max_bytes` or fails its CRC check.
+/// refusal when the entry grows past its declared size or the size limit, past the ratio
+/// bound, or ends with another size or CRC-32 than declared.
 pub fn extract(
     path: &Path,
-    index: usize,
-    max_bytes: u64,
+    image: &ZipImage,
+    limits: Limits,
     tx: mpsc::Sender<std::io::Result<Bytes>>,
 ) -> Result<(), Refusal> {
+    let refuse = |msg: String| {
+        let _ = tx.blocking_send(Err(std::io::Error::other(msg.clone())));
+        Err(msg)
+    };
     let mut archive = open(path)?;
     let mut entry = archive
-        .by_index(index)
+        .by_index(image.index)
         .map_err(|e| format!("cannot read the image in the archive: {e}"))?;
     let mut total = 0u64;
+    let mut crc = crc32fast::Hasher::new();
     loop {
         let mut buf = vec![0u8; 256 * 1024];
         let n = match entry.read(&mut buf) {
-            Ok(0) => return Ok(()),
+            Ok(0) => break,
             Ok(n) => n,
-            Err(e) => {
-                let msg = format!("the image in the archive is damaged: {e}");
-                let _ = tx.blocking_send(Err(std::io::Error::other(msg.clone())));
-                return Err(msg);
-            }
+            // The zip crate checks the CRC-32 itself at the end of the entry.
+            Err(e) if e.to_string().contains("checksum") => return refuse(mismatch(image)),
+            Err(e) => return refuse(format!("the image in the archive is damaged: {e}")),
         };
         total += n as u64;
-        if total > max_bytes {
-            let msg =
-                format!("the image in the archive expands past the limit of {max_bytes} bytes");
-            let _ = tx.blocking_send(Err(std::io::Error::other(msg.clone())));
-            return Err(msg);
+        if total > limits.max_bytes {
+            return refuse(format!(
+                "the image in the archive expands past the limit of {} bytes",
+                limits.max_bytes
+            ));
+        }
+        if total > image.declared_size {
+            return refuse(format!(
+                "the image in the archive is larger than the {} bytes the archive declares",
+                image.declared_size
+            ));
+        }
+        if past_ratio(total, image.compressed_size, limits.max_ratio) {
+            return refuse(bomb(limits.max_ratio));
         }
         buf.truncate(n);
+        crc.update(&buf);
         if tx.blocking_send(Ok(Bytes::from(buf))).is_err() {
             return Err("extraction stopped".into());
         }
+    }
+    if total != image.declared_size || crc.finalize() != image.declared_crc32 {
+        return refuse(mismatch(image));
+    }
+    Ok(())
+}
+
+fn mismatch(image: &ZipImage) -> Refusal {
+    format!(
+        "the image in the archive does not match its declared size ({} bytes) and CRC-32",
+        image.declared_size
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert_eq!(normalized("myimg\\myimg.img").unwrap(), "myimg/myimg.img");
+        for bad in [
+            "../x.img",
+            "a/../../x.img",
+            "..\\x.img",
+            "a\\..\\..\\x.img",
+            "/etc/x.img",
+            "\\etc\\x.img",
+            "C:\\x\\y.img",
+            "c:x.img",
+            "a/b\0.img",
+        ] {
+            assert!(normalized(bad).is_err(), "{bad}");
+        }
+        assert!(is_archiver_metadata("__MACOSX/myimg/._myimg.img"));
+        assert!(is_archiver_metadata("myimg/._myimg.img"));
+        assert!(is_archiver_metadata("myimg/.DS_Store"));
+        assert!(!is_archiver_metadata("myimg/myimg.img"));
+    }
+
+    #[test]
+    fn ratios() {
+        assert!(!past_ratio(1 << 20, 1 << 10, 0));
+        assert!(past_ratio(1 << 20, 1 << 10, 1000));
+        assert!(!past_ratio(1 << 20, 2 << 10, 1000));
+        assert!(
+            !past_ratio(60 << 10, 1, 1000),
+            "small entries are not judged"
+        );
+        assert!(past_ratio(1 << 30, 0, 1000));
     }
 }

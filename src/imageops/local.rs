@@ -1,16 +1,17 @@
-//! In-process imageops: qemu-img with the format always given (`-f`), time limits, a memory
-//! limit, and a refusal of images that would make qemu-img open other files (backing files,
-//! external data files).
+//! In-process imageops: qemu-img run through `super::qemu` (explicit formats, no backing
+//! files, time and memory limits), and a refusal of images that would make qemu-img open other
+//! files (backing files, external data files) before it runs.
 
-use super::{compress, result, status, CheckReport, CompressFailure, Declared, ImageOps, Progress};
+use super::{
+    compress, qcow2,
+    qemu::{self, Format},
+    result, status, CheckReport, CompressFailure, Declared, ImageOps, Progress,
+};
 use async_trait::async_trait;
 use serde_json::Value;
-use std::{path::Path, process::Stdio, time::Duration};
-use tokio::{io::AsyncReadExt, process::Command};
+use std::{path::Path, time::Duration};
+use tokio::io::AsyncReadExt;
 
-const QCOW2_MAGIC: &[u8; 4] = b"QFI\xfb";
-/// Address-space limit of a qemu-img process.
-const MEMORY_LIMIT: u64 = 4 << 30;
 const INFO_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub struct LocalImageOps {
@@ -33,27 +34,13 @@ impl LocalImageOps {
         *self
             .zstd
             .get_or_init(|| async {
-                let dir = std::env::temp_dir()
+                let probe = std::env::temp_dir()
                     .join(format!("fs-zstd-probe-{}", uuid::Uuid::new_v4().simple()));
-                let p = dir.to_string_lossy().to_string();
                 let ok = matches!(
-                    qemu_img(
-                        &[
-                            "create",
-                            "-q",
-                            "-f",
-                            "qcow2",
-                            "-o",
-                            "compression_type=zstd",
-                            &p,
-                            "1M"
-                        ],
-                        INFO_TIMEOUT
-                    )
-                    .await,
+                    qemu_img(&qemu::zstd_probe(&probe), INFO_TIMEOUT).await,
                     Ok(Run { code: Some(0), .. })
                 );
-                let _ = tokio::fs::remove_file(&dir).await;
+                let _ = tokio::fs::remove_file(&probe).await;
                 ok
             })
             .await
@@ -82,31 +69,10 @@ enum RunError {
     Spawn(std::io::Error),
 }
 
-async fn qemu_img(args: &[&str], timeout: Duration) -> Result<Run, RunError> {
-    let mut cmd = Command::new("qemu-img");
-    cmd.args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    let cpu_secs = timeout.as_secs().max(1) + 5;
-    // SAFETY: only async-signal-safe calls (setrlimit) between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            let mem = libc::rlimit {
-                rlim_cur: MEMORY_LIMIT,
-                rlim_max: MEMORY_LIMIT,
-            };
-            let cpu = libc::rlimit {
-                rlim_cur: cpu_secs,
-                rlim_max: cpu_secs,
-            };
-            libc::setrlimit(libc::RLIMIT_AS, &mem);
-            libc::setrlimit(libc::RLIMIT_CPU, &cpu);
-            Ok(())
-        });
-    }
-    let mut child = cmd.spawn().map_err(RunError::Spawn)?;
+async fn qemu_img(args: &[String], timeout: Duration) -> Result<Run, RunError> {
+    let mut child = qemu::command(args, Some(timeout.as_secs().max(1) + 5))
+        .spawn()
+        .map_err(RunError::Spawn)?;
     let mut out = child.stdout.take().expect("piped");
     let mut err = child.stderr.take().expect("piped");
     let work = async {
@@ -140,16 +106,6 @@ fn gib(bytes: u64) -> f64 {
     (bytes as f64 / (1u64 << 30) as f64 * 1000.0).round() / 1000.0
 }
 
-async fn starts_with_qcow2_magic(path: &Path) -> std::io::Result<bool> {
-    let mut f = tokio::fs::File::open(path).await?;
-    let mut magic = [0u8; 4];
-    match f.read_exact(&mut magic).await {
-        Ok(_) => Ok(&magic == QCOW2_MAGIC),
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(false),
-        Err(e) => Err(e),
-    }
-}
-
 /// Reads a number or a numeric string of a JSON object.
 fn num(v: &Value, key: &str) -> Option<u64> {
     v.get(key).and_then(|x| {
@@ -158,36 +114,116 @@ fn num(v: &Value, key: &str) -> Option<u64> {
     })
 }
 
+impl Declared {
+    fn format(self) -> Format {
+        match self {
+            Declared::Qcow2 => Format::Qcow2,
+            Declared::Raw => Format::Raw,
+        }
+    }
+}
+
+/// The check report of a qcow2 that qemu-img said it could check, from `qemu-img check`'s exit
+/// code and JSON output.
+fn check_report(run: &Run, path: &Path, virtual_size_gib: f64) -> CheckReport {
+    let out: Value = serde_json::from_slice(&run.stdout).unwrap_or(Value::Null);
+    let end = num(&out, "image-end-offset")
+        .map(|n| n.to_string())
+        .unwrap_or_default();
+    let errors = num(&out, "check-errors").unwrap_or(0).to_string();
+    let code = run.code.unwrap_or(-1);
+    let (st, msg) = match code {
+        0 => (
+            status::CONSISTENT,
+            "check completed, the image is consistent".to_string(),
+        ),
+        2 => (
+            status::CORRUPTED,
+            "check completed, the image is corrupted".to_string(),
+        ),
+        3 => (
+            status::LEAKED,
+            "check completed, the image has leaked clusters, but is not corrupted".to_string(),
+        ),
+        _ => (
+            status::FAILED,
+            format!(
+                "check failed: {}",
+                if run.stderr.is_empty() {
+                    "qemu-img check could not complete".to_string()
+                } else {
+                    qemu::public_message(&run.stderr, &[path])
+                }
+            ),
+        ),
+    };
+    CheckReport {
+        status: st,
+        msg,
+        check_result: if st == status::FAILED {
+            result::ERROR
+        } else {
+            code
+        },
+        format: Format::Qcow2.name().into(),
+        virtual_size_gib,
+        image_end_offset: end,
+        check_errors: errors,
+    }
+}
+
+/// What `qemu-img info` says of the image, or the report that ends the check.
+async fn image_info(path: &Path, format: Format) -> Result<Value, CheckReport> {
+    let info = match qemu_img(&qemu::info(path, format), INFO_TIMEOUT).await {
+        Ok(r) if r.code == Some(0) => r,
+        Ok(r) => {
+            return Err(CheckReport::failed(format!(
+                "qemu-img info failed: {}",
+                qemu::public_message(&r.stderr, &[path])
+            )))
+        }
+        Err(RunError::Timeout) => return Err(timed_out()),
+        Err(RunError::Spawn(e)) => {
+            return Err(CheckReport::failed(format!(
+                "cannot run qemu-img: {}",
+                e.kind()
+            )))
+        }
+    };
+    serde_json::from_slice(&info.stdout)
+        .map_err(|e| CheckReport::failed(format!("unreadable qemu-img info output: {e}")))
+}
+
+/// A refusal when `qemu-img info` reports a backing file or an external data file (a second
+/// line of defence behind the header check).
+fn names_other_files(info: &Value) -> Option<qcow2::Refusal> {
+    let backing = [
+        "backing-filename",
+        "full-backing-filename",
+        "backing-filename-format",
+        "backing-image",
+    ]
+    .iter()
+    .any(|k| info.get(*k).is_some());
+    if backing {
+        return Some(qcow2::Refusal::BackingFile);
+    }
+    info.pointer("/format-specific/data/data-file")
+        .map(|_| qcow2::Refusal::DataFile)
+}
+
 #[async_trait]
 impl ImageOps for LocalImageOps {
     async fn check(&self, path: &Path, declared: Declared) -> CheckReport {
-        let p = path.to_string_lossy().to_string();
-        let fmt = match declared {
-            Declared::Qcow2 => "qcow2",
-            Declared::Raw => "raw",
-        };
+        let format = declared.format();
         if declared == Declared::Qcow2 {
-            match starts_with_qcow2_magic(path).await {
-                Ok(true) => {}
-                Ok(false) => {
-                    return CheckReport::failed(
-                        "the file is named .qcow2 but its content is not qcow2",
-                    )
-                }
-                Err(e) => return CheckReport::failed(format!("cannot read the image: {e}")),
+            if let Err(refusal) = qcow2::refuse_foreign_files(path).await {
+                return CheckReport::failed(refusal);
             }
         }
-        let info = match qemu_img(&["info", "-f", fmt, "--output=json", &p], INFO_TIMEOUT).await {
-            Ok(r) if r.code == Some(0) => r,
-            Ok(r) => return CheckReport::failed(format!("qemu-img info failed: {}", r.stderr)),
-            Err(RunError::Timeout) => return timed_out(),
-            Err(RunError::Spawn(e)) => {
-                return CheckReport::failed(format!("cannot run qemu-img: {e}"))
-            }
-        };
-        let info: Value = match serde_json::from_slice(&info.stdout) {
+        let info = match image_info(path, format).await {
             Ok(v) => v,
-            Err(e) => return CheckReport::failed(format!("unreadable qemu-img info output: {e}")),
+            Err(report) => return report,
         };
         let virtual_size = gib(num(&info, "virtual-size").unwrap_or(0));
         if declared == Declared::Raw {
@@ -201,88 +237,23 @@ impl ImageOps for LocalImageOps {
                 check_errors: String::new(),
             };
         }
-        // Images that point at other files would make qemu-img read them: refused.
-        let backing = info
-            .get("backing-filename")
-            .or_else(|| info.get("full-backing-filename"));
-        if let Some(b) = backing {
+        if let Some(refusal) = names_other_files(&info) {
             return CheckReport {
-                format: fmt.into(),
+                format: format.name().into(),
                 virtual_size_gib: virtual_size,
-                ..CheckReport::failed(format!("the image has a backing file ({b}); refused"))
+                ..CheckReport::failed(refusal.to_string())
             };
         }
-        let data_file = info.pointer("/format-specific/data/data-file");
-        if let Some(d) = data_file {
-            return CheckReport {
-                format: fmt.into(),
+        match qemu_img(&qemu::check(path), self.check_timeout).await {
+            Ok(run) => check_report(&run, path, virtual_size),
+            Err(RunError::Timeout) => CheckReport {
+                format: format.name().into(),
                 virtual_size_gib: virtual_size,
-                ..CheckReport::failed(format!(
-                    "the image has an external data file ({d}); refused"
-                ))
-            };
-        }
-        let run = match qemu_img(
-            &["check", "-f", fmt, "--output=json", &p],
-            self.check_timeout,
-        )
-        .await
-        {
-            Ok(r) => r,
-            Err(RunError::Timeout) => {
-                return CheckReport {
-                    format: fmt.into(),
-                    virtual_size_gib: virtual_size,
-                    ..timed_out()
-                }
-            }
-            Err(RunError::Spawn(e)) => {
-                return CheckReport::failed(format!("cannot run qemu-img: {e}"))
-            }
-        };
-        let out: Value = serde_json::from_slice(&run.stdout).unwrap_or(Value::Null);
-        let end = num(&out, "image-end-offset")
-            .map(|n| n.to_string())
-            .unwrap_or_default();
-        let errors = num(&out, "check-errors").unwrap_or(0).to_string();
-        let code = run.code.unwrap_or(-1);
-        let (st, msg) = match code {
-            0 => (
-                status::CONSISTENT,
-                "check completed, the image is consistent".to_string(),
-            ),
-            2 => (
-                status::CORRUPTED,
-                "check completed, the image is corrupted".to_string(),
-            ),
-            3 => (
-                status::LEAKED,
-                "check completed, the image has leaked clusters, but is not corrupted".to_string(),
-            ),
-            _ => (
-                status::FAILED,
-                format!(
-                    "check failed: {}",
-                    if run.stderr.is_empty() {
-                        "qemu-img check could not complete"
-                    } else {
-                        &run.stderr
-                    }
-                ),
-            ),
-        };
-        CheckReport {
-            status: st,
-            msg,
-            check_result: if st == status::FAILED {
-                result::ERROR
-            } else {
-                code
+                ..timed_out()
             },
-            format: fmt.into(),
-            virtual_size_gib: virtual_size,
-            image_end_offset: end,
-            check_errors: errors,
+            Err(RunError::Spawn(e)) => {
+                CheckReport::failed(format!("cannot run qemu-img: {}", e.kind()))
+            }
         }
     }
 
@@ -296,81 +267,37 @@ impl ImageOps for LocalImageOps {
             status: compress::FAILED,
             msg,
         };
-        let (i, o) = (
-            input.to_string_lossy().to_string(),
-            output.to_string_lossy().to_string(),
-        );
-        let mut args = vec!["convert", "-p", "-f", "qcow2", "-O", "qcow2", "-c"];
-        if self.supports_zstd().await {
-            args.extend(["-o", "compression_type=zstd"]);
-        }
-        args.extend([i.as_str(), o.as_str()]);
-        let mut cmd = Command::new("qemu-img");
-        cmd.args(&args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        // SAFETY: only setrlimit between fork and exec.
-        unsafe {
-            cmd.pre_exec(|| {
-                let mem = libc::rlimit {
-                    rlim_cur: MEMORY_LIMIT,
-                    rlim_max: MEMORY_LIMIT,
-                };
-                libc::setrlimit(libc::RLIMIT_AS, &mem);
-                Ok(())
-            });
-        }
-        let mut child = cmd
+        // The object may have changed since its check: never trust that check alone.
+        qcow2::refuse_foreign_files(input).await.map_err(failed)?;
+        let args = qemu::convert(input, output, self.supports_zstd().await);
+        let mut child = qemu::command(&args, None)
             .spawn()
-            .map_err(|e| failed(format!("cannot run qemu-img: {e}")))?;
-        let mut out = child.stdout.take().expect("piped");
+            .map_err(|e| failed(format!("cannot run qemu-img: {}", e.kind())))?;
+        let out = child.stdout.take().expect("piped");
         let mut err = child.stderr.take().expect("piped");
         let work = async {
-            let read_progress = async {
-                let mut buf = [0u8; 4096];
-                let mut line = String::new();
-                loop {
-                    match out.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => {
-                            for ch in String::from_utf8_lossy(&buf[..n]).chars() {
-                                if ch == '\r' || ch == '\n' {
-                                    if let Some(p) = parse_progress(&line) {
-                                        progress(p);
-                                    }
-                                    line.clear();
-                                } else {
-                                    line.push(ch);
-                                }
-                            }
-                        }
-                    }
-                }
-            };
             let mut stderr = vec![];
-            let ((), _) = tokio::join!(read_progress, err.read_to_end(&mut stderr));
+            let ((), _) = tokio::join!(read_progress(out, &progress), err.read_to_end(&mut stderr));
             let code = child
                 .wait()
                 .await
-                .map_err(|e| failed(e.to_string()))?
+                .map_err(|e| failed(format!("qemu-img did not finish: {}", e.kind())))?
                 .code();
-            match code {
-                Some(0) => Ok(()),
-                _ => {
-                    let msg = String::from_utf8_lossy(&stderr).trim().to_string();
-                    let no_space = msg.contains("No space left");
-                    Err(CompressFailure {
-                        status: if no_space {
-                            compress::NO_SPACE
-                        } else {
-                            compress::FAILED
-                        },
-                        msg: format!("compression failed: {msg}"),
-                    })
-                }
+            if code == Some(0) {
+                return Ok(());
             }
+            let msg = String::from_utf8_lossy(&stderr).trim().to_string();
+            Err(CompressFailure {
+                status: if msg.contains("No space left") {
+                    compress::NO_SPACE
+                } else {
+                    compress::FAILED
+                },
+                msg: format!(
+                    "compression failed: {}",
+                    qemu::public_message(&msg, &[input, output])
+                ),
+            })
         };
         match tokio::time::timeout(self.slim_timeout, work).await {
             Ok(r) => r,
@@ -378,6 +305,29 @@ impl ImageOps for LocalImageOps {
                 status: compress::TIMED_OUT,
                 msg: "compression timed out".into(),
             }),
+        }
+    }
+}
+
+/// Feeds `qemu-img convert -p` progress lines (ended by CR or LF) to `progress`.
+async fn read_progress(mut out: tokio::process::ChildStdout, progress: &Progress) {
+    let mut buf = [0u8; 4096];
+    let mut line = String::new();
+    loop {
+        match out.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                for ch in String::from_utf8_lossy(&buf[..n]).chars() {
+                    if ch == '\r' || ch == '\n' {
+                        if let Some(p) = parse_progress(&line) {
+                            progress(p);
+                        }
+                        line.clear();
+                    } else {
+                        line.push(ch);
+                    }
+                }
+            }
         }
     }
 }

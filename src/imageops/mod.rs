@@ -2,6 +2,8 @@
 //! process; a remote implementation speaks the original imageops HTTP API.
 
 pub mod local;
+pub mod qcow2;
+pub mod qemu;
 pub mod remote;
 pub mod server;
 

@@ -41,21 +41,28 @@ impl RemoteImageOps {
     fn name(&self, p: &Path) -> Result<String, String> {
         p.strip_prefix(&self.shared_dir)
             .map(|r| r.to_string_lossy().to_string())
-            .map_err(|_| format!("{} is not in the shared directory", p.display()))
+            .map_err(|_| {
+                tracing::error!(path = %p.display(), "a file for imageops is outside the shared directory");
+                "the image is not where imageops can read it".to_string()
+            })
     }
 
+    /// One call to the sidecar. Errors are fit for clients (they end up in check and compress
+    /// messages): the sidecar's address and its raw answers are logged, not returned.
     async fn call(&self, req: reqwest::RequestBuilder) -> Result<Value, String> {
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| format!("imageops unreachable: {e}"))?;
+        let resp = req.send().await.map_err(|e| {
+            tracing::warn!(error = %e, "imageops unreachable");
+            "imageops is unavailable".to_string()
+        })?;
         let status = resp.status();
-        let v: Value = resp
-            .json()
-            .await
-            .map_err(|e| format!("imageops answered garbage: {e}"))?;
+        let v: Value = resp.json().await.map_err(|e| {
+            tracing::warn!(error = %e, "imageops answered garbage");
+            "imageops gave an unreadable answer".to_string()
+        })?;
         if !status.is_success() {
-            return Err(format!("imageops refused: {v}"));
+            tracing::warn!(%status, answer = %v, "imageops refused a request");
+            let msg = super::qemu::public_message(&s(&v["msg"]), &[&self.shared_dir]);
+            return Err(format!("imageops refused: {msg}"));
         }
         Ok(v)
     }
@@ -68,10 +75,10 @@ impl RemoteImageOps {
                     .json(&body),
             )
             .await?;
-        v["requestId"]
-            .as_str()
-            .map(str::to_string)
-            .ok_or_else(|| format!("imageops gave no requestId: {v}"))
+        v["requestId"].as_str().map(str::to_string).ok_or_else(|| {
+            tracing::warn!(answer = %v, "imageops gave no requestId");
+            "imageops gave no request id".to_string()
+        })
     }
 }
 
@@ -85,7 +92,13 @@ fn s(v: &Value) -> String {
 
 #[async_trait]
 impl ImageOps for RemoteImageOps {
-    async fn check(&self, path: &Path, _declared: Declared) -> CheckReport {
+    async fn check(&self, path: &Path, declared: Declared) -> CheckReport {
+        // Whatever the sidecar does, an image that names other files never reaches it.
+        if declared == Declared::Qcow2 {
+            if let Err(refusal) = super::qcow2::refuse_foreign_files(path).await {
+                return CheckReport::failed(refusal);
+            }
+        }
         let run = async {
             let id = self
                 .start("check", json!({ "inputImageName": self.name(path)? }))
@@ -104,7 +117,7 @@ impl ImageOps for RemoteImageOps {
                     let ii = &info["imageInfo"];
                     return Ok(CheckReport {
                         status: st,
-                        msg: s(&v["msg"]),
+                        msg: super::qemu::public_message(&s(&v["msg"]), &[path]),
                         check_result: info["checkResult"].as_i64().unwrap_or(result::ERROR as i64)
                             as i32,
                         format: s(&ii["format"]),
@@ -137,6 +150,9 @@ impl ImageOps for RemoteImageOps {
             status: compress::FAILED,
             msg,
         };
+        super::qcow2::refuse_foreign_files(input)
+            .await
+            .map_err(failed)?;
         let body = json!({
             "inputImageName": self.name(input).map_err(failed)?,
             "outputImageName": self.name(output).map_err(failed)?,
@@ -158,7 +174,7 @@ impl ImageOps for RemoteImageOps {
                 other => {
                     return Err(CompressFailure {
                         status: other,
-                        msg: s(&v["msg"]),
+                        msg: super::qemu::public_message(&s(&v["msg"]), &[input, output]),
                     })
                 }
             }

@@ -109,6 +109,7 @@ impl From<Error> for ApiError {
             Error::ImageNotFound(_) => ApiError::new(S::NOT_FOUND, "IMAGE_NOT_FOUND", msg),
             Error::NotFound(_) => ApiError::new(S::NOT_FOUND, "NOT_FOUND", msg),
             Error::Conflict(_) => ApiError::new(S::CONFLICT, "CONFLICT", msg),
+            Error::SlimRefused(_) => ApiError::new(S::BAD_REQUEST, "SLIM_REFUSED", msg),
             Error::RangeNotSatisfiable { size } => ApiError {
                 size: Some(size),
                 ..ApiError::new(S::RANGE_NOT_SATISFIABLE, "RANGE_NOT_SATISFIABLE", msg)

@@ -25,7 +25,7 @@ fn md5_file(p: &Path) -> String {
     hex::encode(md5::Md5::digest(std::fs::read(p).unwrap()))
 }
 
-enum Damage {
+pub enum Damage {
     /// Two L2 entries point at the same data cluster: `qemu-img check` exits 2.
     Corrupt,
     /// An allocated L2 entry set to zero: its cluster leaks, `qemu-img check` exits 3.
@@ -33,7 +33,7 @@ enum Damage {
 }
 
 /// A small qcow2 (64 KiB clusters) with two data clusters, then its L2 table edited.
-fn damaged_qcow2(dir: &Path, name: &str, damage: Damage) -> PathBuf {
+pub fn damaged_qcow2(dir: &Path, name: &str, damage: Damage) -> PathBuf {
     let path = make_qcow2(dir, name, 16, 0);
     run(
         "qemu-io",

@@ -16,4 +16,5 @@ mod restart;
 mod s3;
 mod slims;
 mod storage_contract;
+mod trust;
 mod zips;

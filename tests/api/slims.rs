@@ -123,7 +123,31 @@ async fn failed_slim_keeps_the_original(b: Backend) {
     let data = be(&bytes, l2) & 0x00ff_ffff_ffff_fe00;
     bytes[l2 + 8..l2 + 16].copy_from_slice(&((1u64 << 62) | data).to_be_bytes());
     let id = app.upload_ok("c.qcow2", bytes.clone()).await;
-    wait_checked(&app, &id).await;
+    let v = wait_checked(&app, &id).await;
+    // The check finds the damage, so no slim is accepted for it ...
+    assert_eq!(v["checkStatusResponse"]["status"], 1, "{v}");
+    let r = app
+        .client
+        .post(app.url(&format!("/images/{id}/action/slim")))
+        .send()
+        .await
+        .unwrap();
+    let v = assert_error(r, 400, None).await;
+    assert_eq!(v["code"], "SLIM_REFUSED", "{v}");
+    // ... but were the record to say "consistent" (checked before the damage), the slim
+    // itself fails in qemu-img, and the original stays.
+    let db = file_system::db::connect(&app.database_url).await.unwrap();
+    {
+        use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+        entity::image::Entity::update_many()
+            .col_expr(entity::image::Column::CheckStatus, 0.into())
+            .col_expr(entity::image::Column::SlimStatus, 0.into())
+            .filter(entity::image::Column::Id.eq(&id))
+            .exec(&db)
+            .await
+            .unwrap();
+    }
+    db.close().await.unwrap();
     let r = app
         .client
         .post(app.url(&format!("/images/{id}/action/slim")))

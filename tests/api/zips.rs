@@ -107,7 +107,140 @@ async fn unsafe_or_wrong_archives_are_refused(b: Backend) {
     app.stop().await;
 }
 
+/// Archives as common tools write them: macOS Finder adds `__MACOSX/` AppleDouble files and
+/// `.DS_Store`; some Windows tools write `\` as the separator. Metadata is ignored (never
+/// stored, never counted), `\` is a separator, and the image is stored.
+async fn archives_from_common_tools_are_accepted(b: Backend) {
+    let app = TestApp::spawn(b, Options::default()).await;
+    let img = pattern(21, 3 << 20);
+    std::fs::write(app.dir.path().join("img.bin"), &img).unwrap();
+    let src = app.dir.path().join("img.bin");
+    let cases = [
+        (
+            "finder",
+            "z.writestr('myimg/', '')\nz.write(SRC, 'myimg/myimg.img')\n\
+             z.writestr('__MACOSX/', '')\nz.writestr('__MACOSX/myimg/', '')\n\
+             z.writestr('__MACOSX/myimg/._myimg.img', b'\\0\\5\\x16\\7' + bytes(4000))\n\
+             z.writestr('myimg/.DS_Store', bytes(6148))\nz.writestr('myimg/._other.qcow2', b'x')",
+        ),
+        ("backslash", "z.write(SRC, 'myimg\\\\myimg.img')"),
+    ];
+    for (what, script) in cases {
+        let zip = app.dir.path().join(format!("{what}.zip"));
+        python_zip(
+            &zip,
+            &script.replace("SRC", &format!("{:?}", src.to_str().unwrap())),
+        );
+        let resp = app.upload_path(&zip, "myimg.zip", &[]).await;
+        assert_eq!(resp.status(), 200, "{what}: {}", resp.text().await.unwrap());
+        let v: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(v["fileName"], "myimg.img", "{what}");
+        let id = v["imageId"].as_str().unwrap();
+        let dl = app
+            .client
+            .get(app.url(&format!("/images/{id}/action/download")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(sha256(&dl.bytes().await.unwrap()), sha256(&img), "{what}");
+        let r = app
+            .client
+            .delete(app.url(&format!("/images/{id}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    assert!(
+        app.leftovers().await.is_empty(),
+        "{:?}",
+        app.leftovers().await
+    );
+    app.stop().await;
+}
+
+/// Sets the declared uncompressed size (and optionally the CRC-32) of the first entry in both
+/// its local header and its central directory record.
+fn patch_declared(bytes: &mut [u8], size: u32, crc: Option<u32>) {
+    bytes[22..26].copy_from_slice(&size.to_le_bytes());
+    let cd = bytes
+        .windows(4)
+        .rposition(|w| w == [0x50, 0x4b, 0x01, 0x02])
+        .unwrap();
+    bytes[cd + 24..cd + 28].copy_from_slice(&size.to_le_bytes());
+    if let Some(c) = crc {
+        bytes[14..18].copy_from_slice(&c.to_le_bytes());
+        bytes[cd + 16..cd + 20].copy_from_slice(&c.to_le_bytes());
+    }
+}
+
+/// Archives whose entry is not what they declare, or that expand beyond a zip bomb's ratio
+/// while staying under the size limit: 400, nothing stored.
+async fn lying_archives_and_bombs_are_refused(b: Backend) {
+    let app = TestApp::spawn(b, Options::default()).await;
+    let data = app.dir.path().join("data.bin");
+    std::fs::write(&data, pattern(3, 8 << 20)).unwrap();
+    let d = format!("{:?}", data.to_str().unwrap());
+    let mut cases: Vec<(&str, Vec<u8>, &str)> = vec![];
+    // Declares 64 KiB, inflates to 8 MiB (CRC of the whole data kept).
+    let zip = app.dir.path().join("a.zip");
+    python_zip(&zip, &format!("z.write({d}, 'd/disk.img')"));
+    let mut bytes = std::fs::read(&zip).unwrap();
+    patch_declared(&mut bytes, 64 << 10, None);
+    cases.push(("declared smaller", bytes, "declares"));
+    // Declares more than it holds.
+    let mut bytes = std::fs::read(&zip).unwrap();
+    patch_declared(&mut bytes, (8 << 20) + 5, None);
+    cases.push(("declared larger", bytes, "declared size"));
+    // Right size, wrong CRC.
+    let mut bytes = std::fs::read(&zip).unwrap();
+    patch_declared(&mut bytes, 8 << 20, Some(0x1234_5678));
+    cases.push(("wrong crc", bytes, "CRC"));
+    // Bombs under the (default, 500 GiB) size limit: deflated zeros (about 1030:1) and bzip2
+    // (far beyond), with honest headers.
+    let zip = app.dir.path().join("b.zip");
+    python_zip(&zip, "z.writestr('d/zeros.img', bytes(64 << 20))");
+    cases.push(("deflate bomb", std::fs::read(&zip).unwrap(), "zip bomb"));
+    let zip = app.dir.path().join("c.zip");
+    python_zip(
+        &zip,
+        "z.writestr(zipfile.ZipInfo('d/zeros.img'), bytes(64 << 20), compress_type=zipfile.ZIP_BZIP2)",
+    );
+    cases.push(("bzip2 bomb", std::fs::read(&zip).unwrap(), "zip bomb"));
+    for (what, bytes, says) in cases {
+        let resp = app.upload("x.zip", bytes, &[]).await;
+        let v = assert_error(resp, 400, None).await;
+        assert_eq!(v["code"], "INVALID_ZIP", "{what}: {v}");
+        assert!(v["message"].as_str().unwrap().contains(says), "{what}: {v}");
+        assert!(
+            app.leftovers().await.is_empty(),
+            "{what}: {:?}",
+            app.leftovers().await
+        );
+    }
+    // Traversal in backslash spellings is still refused.
+    for name in [
+        "..\\\\evil.img",
+        "d\\\\..\\\\..\\\\evil.img",
+        "C:\\\\d\\\\evil.img",
+        "\\\\d\\\\evil.img",
+    ] {
+        let zip = app.dir.path().join("t.zip");
+        python_zip(&zip, &format!("z.writestr('{name}', b'x')"));
+        let v = assert_error(app.upload_path(&zip, "t.zip", &[]).await, 400, None).await;
+        assert_eq!(v["code"], "INVALID_ZIP", "{name}: {v}");
+    }
+    assert!(
+        app.leftovers().await.is_empty(),
+        "{:?}",
+        app.leftovers().await
+    );
+    app.stop().await;
+}
+
 crate::backend_tests!(
     zip_upload_stores_the_inner_image,
-    unsafe_or_wrong_archives_are_refused
+    unsafe_or_wrong_archives_are_refused,
+    archives_from_common_tools_are_accepted,
+    lying_archives_and_bombs_are_refused
 );

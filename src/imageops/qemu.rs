@@ -1,0 +1,203 @@
+//! The one place that builds the qemu-img command lines the service runs (info, check, convert,
+//! and the zstd probe), and the limits every run gets.
+//!
+//! An uploaded image is never named by its bare path: it is handed over as a `json:`
+//! description with the driver given explicitly (the format is never probed) and, for qcow2,
+//! `"backing": null`, so qemu-img cannot open a backing file even if the header names one
+//! (QEMU block layer, `BlockdevOptionsGenericCOWFormat.backing`). External data files cannot
+//! be switched off that way: they are refused before qemu-img runs (`super::qcow2`, and
+//! `qemu-img info`'s report).
+
+use std::{path::Path, process::Stdio};
+use tokio::process::Command;
+
+/// Address-space limit of a qemu-img process (bytes).
+pub const MEMORY_LIMIT: u64 = 4 << 30;
+
+/// The format an image is opened as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Qcow2,
+    Raw,
+}
+
+impl Format {
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Qcow2 => "qcow2",
+            Format::Raw => "raw",
+        }
+    }
+}
+
+/// The image argument: a `json:` pseudo-protocol description of `path` opened as `format`
+/// through the `file` protocol, without any backing file.
+pub fn image_arg(path: &Path, format: Format) -> String {
+    let file = serde_json::json!({ "driver": "file", "filename": path.to_string_lossy() });
+    let spec = match format {
+        Format::Qcow2 => serde_json::json!({ "driver": "qcow2", "backing": null, "file": file }),
+        Format::Raw => serde_json::json!({ "driver": "raw", "file": file }),
+    };
+    format!("json:{spec}")
+}
+
+/// `qemu-img info --output=json IMAGE`.
+pub fn info(path: &Path, format: Format) -> Vec<String> {
+    vec![
+        "info".into(),
+        "--output=json".into(),
+        image_arg(path, format),
+    ]
+}
+
+/// `qemu-img check --output=json IMAGE` (qcow2 only).
+pub fn check(path: &Path) -> Vec<String> {
+    vec![
+        "check".into(),
+        "--output=json".into(),
+        image_arg(path, Format::Qcow2),
+    ]
+}
+
+/// `qemu-img convert -p -O qcow2 -c [-o compression_type=zstd] IMAGE OUTPUT`: a compressed
+/// copy of the qcow2 at `input`, without unallocated or zero clusters; `-p` prints progress.
+pub fn convert(input: &Path, output: &Path, zstd: bool) -> Vec<String> {
+    let mut args: Vec<String> = ["convert", "-p", "-O", "qcow2", "-c"]
+        .map(String::from)
+        .into();
+    if zstd {
+        args.extend(["-o".into(), "compression_type=zstd".into()]);
+    }
+    args.push(image_arg(input, Format::Qcow2));
+    args.push(output.to_string_lossy().into_owned());
+    args
+}
+
+/// `qemu-img create -q -f qcow2 -o compression_type=zstd PATH 1M`: succeeds when this
+/// qemu-img writes zstd-compressed qcow2.
+pub fn zstd_probe(path: &Path) -> Vec<String> {
+    [
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-o",
+        "compression_type=zstd",
+        &path.to_string_lossy(),
+        "1M",
+    ]
+    .map(String::from)
+    .into()
+}
+
+/// A qemu-img process for `args`: no stdin, piped output, killed when dropped, limited to
+/// `MEMORY_LIMIT` of address space and, when given, `cpu_secs` of CPU time.
+pub fn command(args: &[String], cpu_secs: Option<u64>) -> Command {
+    let mut cmd = Command::new("qemu-img");
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    // SAFETY: only async-signal-safe calls (setrlimit) run between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            let mem = libc::rlimit {
+                rlim_cur: MEMORY_LIMIT,
+                rlim_max: MEMORY_LIMIT,
+            };
+            libc::setrlimit(libc::RLIMIT_AS, &mem);
+            if let Some(secs) = cpu_secs {
+                let cpu = libc::rlimit {
+                    rlim_cur: secs,
+                    rlim_max: secs,
+                };
+                libc::setrlimit(libc::RLIMIT_CPU, &cpu);
+            }
+            Ok(())
+        });
+    }
+    cmd
+}
+
+/// A tool's message made fit for clients: every path the service handed to the tool (and any
+/// other absolute path, e.g. of a file named inside an image) is replaced by `<image>` or
+/// `<path>`, so no server path or scratch file name leaves the service.
+pub fn public_message(msg: &str, paths: &[&Path]) -> String {
+    let mut out = msg.to_string();
+    for p in paths {
+        for spec in [
+            image_arg(p, Format::Qcow2),
+            image_arg(p, Format::Raw),
+            p.to_string_lossy().into_owned(),
+        ] {
+            out = out.replace(&spec, "<image>");
+        }
+    }
+    redact_paths(&out)
+}
+
+/// Replaces every absolute path (a `/` that starts a word, up to the next space or quote)
+/// by `<path>`.
+fn redact_paths(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    let mut prev: Option<char> = None;
+    while let Some(c) = chars.next() {
+        let starts_word = prev.is_none_or(|p| p.is_whitespace() || "'\"(=:`,[{".contains(p));
+        if c == '/' && starts_word {
+            while chars
+                .peek()
+                .is_some_and(|n| !n.is_whitespace() && !"'\"`),]}".contains(*n))
+            {
+                chars.next();
+            }
+            out.push_str("<path>");
+            prev = Some('>');
+            continue;
+        }
+        out.push(c);
+        prev = Some(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn images_are_described_without_backing_files() {
+        let a = image_arg(Path::new("/s/x \"y\".qcow2"), Format::Qcow2);
+        let v: serde_json::Value = serde_json::from_str(a.strip_prefix("json:").unwrap()).unwrap();
+        assert_eq!(v["driver"], "qcow2");
+        assert!(v["backing"].is_null() && v.get("backing").is_some());
+        assert_eq!(v["file"]["filename"], "/s/x \"y\".qcow2");
+        let r = image_arg(Path::new("/s/d.img"), Format::Raw);
+        assert!(
+            r.starts_with("json:{") && r.contains("\"driver\":\"raw\""),
+            "{r}"
+        );
+        let c = convert(Path::new("/i"), Path::new("/o"), true);
+        assert_eq!(c.last().unwrap(), "/o");
+        assert!(c[c.len() - 2].starts_with("json:"));
+    }
+
+    #[test]
+    fn messages_lose_their_paths() {
+        let p = Path::new("/data/scratch/.tmpAbC.qcow2");
+        let msg = format!(
+            "qemu-img: Could not open '{}': Could not open backing file /etc/passwd",
+            image_arg(p, Format::Qcow2)
+        );
+        assert_eq!(
+            public_message(&msg, &[p]),
+            "qemu-img: Could not open '<image>': Could not open backing file <path>"
+        );
+        assert_eq!(
+            public_message("failed: /var/lib/x.db: No space left", &[]),
+            "failed: <path> No space left"
+        );
+        assert_eq!(public_message("1/2 done, 50%", &[]), "1/2 done, 50%");
+    }
+}
