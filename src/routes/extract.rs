@@ -40,7 +40,11 @@ impl FormSource for MultipartParts {
             return Ok(None);
         };
         let name = field.name().unwrap_or("").to_string();
-        let file_name = field.file_name().map(str::to_string);
+        let file_name = field
+            .headers()
+            .get(axum::http::header::CONTENT_DISPOSITION)
+            .and_then(|v| disposition_file_name(v.as_bytes()))
+            .or_else(|| field.file_name().map(str::to_string));
         if file_name.is_some() || name == "file" || name == "part" {
             let body = field
                 .map_err(|e| {
@@ -68,6 +72,75 @@ impl FormSource for MultipartParts {
         let value = String::from_utf8(value)
             .map_err(|_| domain::Error::InvalidInput(format!("field {name:?} is not UTF-8")))?;
         Ok(Some(FormPart::Text { name, value }))
+    }
+}
+
+/// The file name of a part's `Content-Disposition` header: the RFC 5987 / RFC 7578
+/// `filename*=charset'lang'pct-encoded` form when present and decodable (UTF-8 or ISO-8859-1),
+/// as Go's mime/multipart (the original's parser) prefers it, else `filename=` (quoted or a
+/// token). `None` when the header names no file.
+pub fn disposition_file_name(header: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(header);
+    let params = disposition_params(&text);
+    let extended = params
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("filename*"))
+        .and_then(|(_, v)| decode_ext_value(v));
+    extended.or_else(|| {
+        params
+            .into_iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("filename"))
+            .map(|(_, v)| v)
+    })
+}
+
+/// The `key=value` parameters after the disposition type; quoted values are unquoted.
+fn disposition_params(text: &str) -> Vec<(String, String)> {
+    let mut out = vec![];
+    let mut rest = text.split_once(';').map_or("", |(_, r)| r);
+    while let Some((key, after)) = rest.split_once('=') {
+        let key = key.trim().trim_start_matches(';').trim().to_string();
+        let after = after.trim_start();
+        let (value, tail) = match after.strip_prefix('"') {
+            Some(q) => unquote(q),
+            None => match after.split_once(';') {
+                Some((v, t)) => (v.trim().to_string(), t),
+                None => (after.trim().to_string(), ""),
+            },
+        };
+        out.push((key, value));
+        rest = tail;
+    }
+    out
+}
+
+/// A quoted string (after its opening quote): its value and what follows its closing quote.
+fn unquote(q: &str) -> (String, &str) {
+    let mut value = String::new();
+    let mut chars = q.char_indices();
+    while let Some((i, c)) = chars.next() {
+        match c {
+            '\\' => {
+                if let Some((_, n)) = chars.next() {
+                    value.push(n);
+                }
+            }
+            '"' => return (value, &q[i + 1..]),
+            c => value.push(c),
+        }
+    }
+    (value, "")
+}
+
+/// Decodes an RFC 5987 `ext-value`: `charset'language'pct-encoded`.
+fn decode_ext_value(v: &str) -> Option<String> {
+    let mut it = v.splitn(3, '\'');
+    let (charset, _lang, encoded) = (it.next()?, it.next()?, it.next()?);
+    let bytes: Vec<u8> = percent_encoding::percent_decode_str(encoded).collect();
+    match charset.to_ascii_lowercase().as_str() {
+        "utf-8" => String::from_utf8(bytes).ok(),
+        "iso-8859-1" => Some(bytes.into_iter().map(char::from).collect()),
+        _ => None,
     }
 }
 
@@ -152,5 +225,40 @@ impl<S: Send + Sync> FromRequest<S> for FormFields {
         }
         fields.overlay(body);
         Ok(FormFields(fields))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::disposition_file_name as f;
+
+    #[test]
+    fn file_names_of_parts() {
+        assert_eq!(
+            f(b"form-data; name=\"file\"; filename=\"a.qcow2\"").as_deref(),
+            Some("a.qcow2")
+        );
+        assert_eq!(
+            f(b"form-data; name=\"file\"; filename*=UTF-8''%E9%95%9C%E5%83%8F.qcow2").as_deref(),
+            Some("\u{955c}\u{50cf}.qcow2")
+        );
+        assert_eq!(
+            f(b"form-data; name=file; filename=\"x.img\"; filename*=utf-8''y%20z.img").as_deref(),
+            Some("y z.img")
+        );
+        assert_eq!(
+            f(b"form-data; filename*=iso-8859-1'en'caf%E9.iso; name=\"file\"").as_deref(),
+            Some("caf\u{e9}.iso")
+        );
+        assert_eq!(
+            f(b"form-data; name=\"f\"; filename=\"a\\\"b;c.iso\"").as_deref(),
+            Some("a\"b;c.iso")
+        );
+        assert_eq!(f(b"form-data; name=\"userId\"").as_deref(), None);
+        // Undecodable extended value: the plain one is used.
+        assert_eq!(
+            f(b"form-data; filename=\"p.img\"; filename*=UTF-8''%FF.img").as_deref(),
+            Some("p.img")
+        );
     }
 }

@@ -319,8 +319,82 @@ crate::backend_tests!(
     fields_after_the_file_and_tiers,
     slim_request_contract,
     health_and_unknown_routes,
-    streamed_upload_with_odd_frames
+    streamed_upload_with_odd_frames,
+    extended_file_names_are_decoded
 );
+
+/// A multipart body with one file part whose `Content-Disposition` parameters are `params`.
+fn raw_multipart(params: &str, body: &[u8]) -> (String, Vec<u8>) {
+    let boundary = "b0undaryXyZ";
+    let mut out = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"userId\"\r\n\r\nu\r\n\
+         --{boundary}\r\nContent-Disposition: form-data; name=\"file\"; {params}\r\n\
+         Content-Type: application/octet-stream\r\n\r\n"
+    )
+    .into_bytes();
+    out.extend_from_slice(body);
+    out.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    (format!("multipart/form-data; boundary={boundary}"), out)
+}
+
+/// `filename*=UTF-8''...` (RFC 5987 / 7578, sent by .NET's HttpClient and others), alone or
+/// beside `filename=`, is decoded and preferred, then validated like any name.
+async fn extended_file_names_are_decoded(b: Backend) {
+    let app = TestApp::spawn(b, Options::default()).await;
+    let data = pattern(9, 5000);
+    let cases = [
+        (
+            "filename*=UTF-8''%E9%95%9C%E5%83%8F.qcow2",
+            Some("\u{955c}\u{50cf}.qcow2"),
+        ),
+        (
+            "filename=\"fallback.img\"; filename*=UTF-8''disk%20one.img",
+            Some("disk one.img"),
+        ),
+        (
+            "filename*=utf-8''plain.iso; filename=\"other.iso\"",
+            Some("plain.iso"),
+        ),
+        ("filename*=UTF-8''evil.exe", None),
+        (
+            "filename=\"ok.img\"; filename*=UTF-8''..%2F..%2Fevil.sh",
+            None,
+        ),
+    ];
+    for (params, want) in cases {
+        let (ct, body) = raw_multipart(params, &data);
+        let r = app
+            .client
+            .post(app.url("/images"))
+            .header("Content-Type", ct)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let Some(name) = want else {
+            let v = assert_error(r, 400, None).await;
+            assert_eq!(v["code"], "INVALID_FILE_NAME", "{params}: {v}");
+            continue;
+        };
+        assert_eq!(r.status(), 200, "{params}");
+        let v: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(v["fileName"], name, "{params}");
+        let id = v["imageId"].as_str().unwrap();
+        let dl = app
+            .client
+            .get(app.url(&format!("/images/{id}/action/download")))
+            .send()
+            .await
+            .unwrap();
+        let cd = dl.headers()["content-disposition"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        assert!(cd.starts_with("attachment; filename="), "{cd}");
+        assert_eq!(dl.bytes().await.unwrap().to_vec(), data, "{params}");
+    }
+    app.stop().await;
+}
 
 /// A body over several S3 parts, arriving in frames that straddle part boundaries.
 async fn streamed_upload_with_odd_frames(b: Backend) {
