@@ -75,9 +75,75 @@ fn open(path: &Path) -> Result<zip::ZipArchive<File>, Refusal> {
     zip::ZipArchive::new(file).map_err(|e| format!("not a valid zip archive: {e}"))
 }
 
+/// Most entries an uploaded archive may hold (an image, its folder and a few notes are
+/// usual): listing an archive costs memory per entry, so millions are refused unread.
+pub const MAX_ENTRIES: u64 = 10_000;
+
+/// How many entries the archive's end-of-central-directory record declares (the zip64 record
+/// when the classic one says 0xFFFF), read before the directory itself; `None` when no such
+/// record is found (the zip crate then says why the archive is invalid). Layout: APPNOTE.TXT
+/// sections 4.3.14 to 4.3.16.
+fn declared_entries(path: &Path) -> std::io::Result<Option<u64>> {
+    use std::io::{Seek, SeekFrom};
+    let mut f = File::open(path)?;
+    let len = f.metadata()?.len();
+    let tail_len = len.min(22 + 65_535 + 20);
+    f.seek(SeekFrom::Start(len - tail_len))?;
+    let mut tail = vec![0u8; tail_len as usize];
+    f.read_exact(&mut tail)?;
+    let Some(eocd) = tail.windows(4).rposition(|w| w == b"PK\x05\x06") else {
+        return Ok(None);
+    };
+    let Some(count) = tail.get(eocd + 10..eocd + 12) else {
+        return Ok(None);
+    };
+    let count = u16::from_le_bytes([count[0], count[1]]);
+    if count != u16::MAX {
+        return Ok(Some(count.into()));
+    }
+    // Zip64: a locator just before the record gives the offset of the zip64 record.
+    let locator = eocd.checked_sub(20).and_then(|at| tail.get(at..at + 20));
+    let Some(offset) = locator
+        .filter(|l| l.starts_with(b"PK\x06\x07"))
+        .map(|l| u64::from_le_bytes(l[8..16].try_into().expect("8 bytes")))
+    else {
+        return Ok(Some(count.into()));
+    };
+    let mut record = [0u8; 40];
+    if offset.saturating_add(40) > len {
+        return Ok(None);
+    }
+    f.seek(SeekFrom::Start(offset))?;
+    f.read_exact(&mut record)?;
+    if !record.starts_with(b"PK\x06\x06") {
+        return Ok(None);
+    }
+    Ok(Some(u64::from_le_bytes(
+        record[32..40].try_into().expect("8 bytes"),
+    )))
+}
+
+/// Opens the archive after checking how many entries it declares; refuses archives whose
+/// directory holds two entries of one name (readers disagree on which one counts: the zip
+/// crate keeps the last, Java's streaming reader the first).
+fn open_listed(path: &Path) -> Result<zip::ZipArchive<File>, Refusal> {
+    let declared =
+        declared_entries(path).map_err(|e| format!("cannot read the uploaded archive: {e}"))?;
+    if let Some(n) = declared.filter(|n| *n > MAX_ENTRIES) {
+        return Err(format!(
+            "the archive holds {n} entries; at most {MAX_ENTRIES} are accepted"
+        ));
+    }
+    let archive = open(path)?;
+    if declared.is_some_and(|n| n != archive.len() as u64) {
+        return Err("the archive holds several entries with the same name".into());
+    }
+    Ok(archive)
+}
+
 /// Finds the single image of the archive at `path`, checking every entry.
 pub fn find_image(path: &Path, limits: Limits) -> Result<ZipImage, Refusal> {
-    let mut archive = open(path)?;
+    let mut archive = open_listed(path)?;
     let mut found: Option<ZipImage> = None;
     for i in 0..archive.len() {
         let entry = archive

@@ -63,6 +63,11 @@ async fn unsafe_or_wrong_archives_are_refused(b: Backend) {
             "z.writestr('d/a.qcow2', 'a')\ni = zipfile.ZipInfo('d/l')\ni.create_system = 3\ni.external_attr = (0o120777 << 16)\nz.writestr(i, '/etc')".into(),
         ),
         ("bad inner name", "z.writestr('d/a.QCOW2', 'a')".into()),
+        // One name twice: the zip crate would keep the last, Java's streaming reader the first.
+        (
+            "same name twice",
+            "import warnings\nwarnings.simplefilter('ignore')\nz.writestr('d/a.qcow2', 'a')\nz.writestr('d/a.qcow2', 'b')".into(),
+        ),
         // Deflated zeros that expand past the limit (declared size honest).
         ("bomb", format!("z.writestr('d/big.img', b'\\0' * {})", limit + 1)),
     ];
@@ -207,6 +212,17 @@ async fn lying_archives_and_bombs_are_refused(b: Backend) {
         "z.writestr(zipfile.ZipInfo('d/zeros.img'), bytes(64 << 20), compress_type=zipfile.ZIP_BZIP2)",
     );
     cases.push(("bzip2 bomb", std::fs::read(&zip).unwrap(), "zip bomb"));
+    // Too many entries to list: refused from the end record, before the listing, also when
+    // the count is in the zip64 record.
+    for (what, n) in [("many entries", 10_001), ("zip64 count", 70_000)] {
+        let zip = app.dir.path().join(format!("{n}.zip"));
+        python_zip(
+            &zip,
+            &format!("for i in range({n}): z.writestr(f'd/{{i}}', '')"),
+        );
+        let says: &'static str = Box::leak(format!("holds {n} entries").into_boxed_str());
+        cases.push((what, std::fs::read(&zip).unwrap(), says));
+    }
     for (what, bytes, says) in cases {
         let resp = app.upload("x.zip", bytes, &[]).await;
         let v = assert_error(resp, 400, None).await;
