@@ -68,11 +68,29 @@ impl Drop for Counted {
     }
 }
 
+/// The method as a metric label: the standard ones by name, any other as `OTHER`, so clients
+/// cannot add series at will (the route label is the matched pattern or `unmatched`).
+fn method_label(m: &axum::http::Method) -> &'static str {
+    use axum::http::Method as M;
+    match *m {
+        M::GET => "GET",
+        M::POST => "POST",
+        M::PUT => "PUT",
+        M::DELETE => "DELETE",
+        M::HEAD => "HEAD",
+        M::OPTIONS => "OPTIONS",
+        M::PATCH => "PATCH",
+        M::TRACE => "TRACE",
+        M::CONNECT => "CONNECT",
+        _ => "OTHER",
+    }
+}
+
 /// Middleware: counts body bytes both ways and records every request once its response body
 /// is done.
 pub async fn track(State(svc): State<Service>, req: Request, next: Next) -> Response {
     let started = Instant::now();
-    let method = req.method().to_string();
+    let method = method_label(req.method()).to_string();
     let route = req
         .extensions()
         .get::<MatchedPath>()

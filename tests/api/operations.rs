@@ -266,9 +266,40 @@ mod postgres_outage {
     }
 }
 
+/// Clients cannot grow the metrics at will: unknown methods and unmatched paths share one label
+/// each, whatever was sent.
+async fn metric_labels_stay_bounded(b: Backend) {
+    let app = TestApp::spawn(b, Options::default()).await;
+    let series = |t: &str| t.lines().filter(|l| !l.starts_with('#')).count();
+    // Warm up one request of each kind so their series exist.
+    let send = |method: String, path: String| {
+        let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        app.client.request(m, format!("{}{path}", app.base)).send()
+    };
+    send("FOO0".into(), "/x0".into()).await.unwrap();
+    send("GET".into(), "/nope/0".into()).await.unwrap();
+    metrics(&app).await; // the scrape itself is counted from the next one on
+    let before = metrics(&app).await;
+    for i in 1..200 {
+        let r = send(format!("M{i}X"), format!("/random/{i}"))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 404);
+        send("GET".into(), format!("/nope/{i}")).await.unwrap();
+    }
+    let after = metrics(&app).await;
+    assert_eq!(series(&after), series(&before), "new series appeared");
+    assert!(
+        after.contains(r#"method="OTHER",route="unmatched""#),
+        "{after}"
+    );
+    app.stop().await;
+}
+
 crate::backend_tests!(
     metrics_count_requests_bytes_sessions_and_jobs,
-    openapi_documents_every_route
+    openapi_documents_every_route,
+    metric_labels_stay_bounded
 );
 
 /// The real binary with `FS_LOG_FORMAT=json`: every log line is a JSON object, a request's
