@@ -35,10 +35,12 @@ async fn run() -> anyhow::Result<()> {
     match cmd.as_str() {
         "serve" => {
             let listen = cfg.listen;
-            let svc = build(cfg).await?;
+            // The port first: a second process started by mistake on the same data directory
+            // fails here, before it touches what the running one uses (its scratch files).
             let listener = tokio::net::TcpListener::bind(listen)
                 .await
                 .with_context(|| format!("cannot listen on {listen}"))?;
+            let svc = build(cfg).await?;
             tracing::info!(addr = %listener.local_addr()?, "file-system listening");
             serve(listener, svc, shutdown_signal()).await
         }

@@ -134,3 +134,41 @@ async fn sigkill_during_a_slim_then_restart(b: Backend) {
 }
 
 crate::backend_tests!(sigkill_during_a_slim_then_restart);
+
+/// A second process started by mistake with the same settings fails on the busy port before it
+/// touches the running one's state: the scratch files of the running server stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_process_on_the_same_port_leaves_the_first_alone() {
+    let app = TestApp::spawn(
+        Backend::SqliteLocal,
+        Options {
+            job_concurrency: Some(0),
+            ..Default::default()
+        },
+    )
+    .await;
+    let port = free_port();
+    let log = app.dir.path().join("first.log");
+    let first = Replica::start(&app.vars, port, &log, &[]).await;
+    let held = app.scratch.join("in-use-by-the-first");
+    std::fs::write(&held, b"x").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_file-system"))
+        .envs(app.vars.iter().filter(|(k, _)| k != "FS_LISTEN").cloned())
+        .env("FS_LISTEN", format!("127.0.0.1:{port}"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "the second process started");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cannot listen"), "{stderr}");
+    assert!(
+        held.exists(),
+        "the second process emptied the first one's scratch directory"
+    );
+    let r = reqwest::get(format!("{}/health", first.base))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    std::fs::remove_file(&held).unwrap();
+    drop(first);
+    app.stop().await;
+}
