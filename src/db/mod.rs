@@ -33,12 +33,35 @@ pub async fn connect(url: &str) -> Result<DatabaseConnection, DbErr> {
     } else {
         opts.max_connections(20);
     }
-    let db = Database::connect(opts).await?;
+    let db = Database::connect(opts).await.map_err(|e| {
+        // Drivers echo the URL in their errors: never its password.
+        let redacted = redact_url(url);
+        let mut msg = e.to_string().replace(url, &redacted);
+        if let Some(pw) = password(url).filter(|p| !p.is_empty()) {
+            msg = msg.replace(pw, "***");
+        }
+        DbErr::Custom(format!("cannot connect to {redacted}: {msg}"))
+    })?;
     if url.starts_with("sqlite:") && !url.contains(":memory:") {
         // WAL lets readers run while a writer commits; it sticks to the database file.
         db.execute_unprepared("PRAGMA journal_mode=WAL").await?;
     }
     Ok(db)
+}
+
+/// The password of a `scheme://user:password@host/...` URL, as written.
+fn password(url: &str) -> Option<&str> {
+    let rest = url.split_once("://")?.1;
+    let userinfo = &rest[..rest.rfind('@')?];
+    userinfo.split_once(':').map(|(_, pw)| pw)
+}
+
+/// The URL with its password replaced by `***` (for logs and error messages).
+pub fn redact_url(url: &str) -> String {
+    match password(url).filter(|p| !p.is_empty()) {
+        Some(pw) => url.replacen(&format!(":{pw}@"), ":***@", 1),
+        None => url.to_string(),
+    }
 }
 
 /// Key of the PostgreSQL advisory lock that serializes migrations (any fixed number).
@@ -56,4 +79,26 @@ pub async fn migrate(db: &DatabaseConnection) -> Result<(), DbErr> {
         .await?;
     migration::Migrator::up(&txn, None).await?;
     txn.commit().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact_url("postgres://fs:S3cret@db:5432/x"),
+            "postgres://fs:***@db:5432/x"
+        );
+        assert_eq!(
+            redact_url("postgres://fs:p%40ss:w@rd@db/x"),
+            "postgres://fs:***@db/x"
+        );
+        assert_eq!(redact_url("postgres://fs@db/x"), "postgres://fs@db/x");
+        assert_eq!(
+            redact_url("sqlite://./data/a.db?mode=rwc"),
+            "sqlite://./data/a.db?mode=rwc"
+        );
+    }
 }

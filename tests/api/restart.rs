@@ -172,3 +172,36 @@ async fn a_second_process_on_the_same_port_leaves_the_first_alone() {
     drop(first);
     app.stop().await;
 }
+
+/// A database URL the service cannot use (malformed, an unknown scheme) is named in the error,
+/// but never its password, for `serve` and `migrate` alike.
+#[test]
+fn database_errors_never_show_the_password() {
+    let dir = tempfile::tempdir().unwrap();
+    for url in [
+        "postgres://fs:S3cretPw@127.0.0.1:notaport/db",
+        "mysql://fs:S3cretPw@db.example/fs",
+        "postgres://fs:S3cret%40Pw@127.0.0.1:notaport/db",
+    ] {
+        for cmd in ["serve", "migrate"] {
+            let out = std::process::Command::new(env!("CARGO_BIN_EXE_file-system"))
+                .arg(cmd)
+                .env("DATABASE_URL", url)
+                .env("FS_LISTEN", "127.0.0.1:0")
+                .env("FS_DATA_DIR", dir.path())
+                .env("FS_LOCAL_DIR", dir.path().join("objects"))
+                .env("FS_SCRATCH_DIR", dir.path().join("scratch"))
+                .env("RUST_BACKTRACE", "0")
+                .output()
+                .unwrap();
+            assert!(!out.status.success(), "{cmd} {url}");
+            let all = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(!all.contains("S3cret"), "{cmd} {url}: {all}");
+            assert!(all.contains("fs:***@"), "{cmd} {url}: {all}");
+        }
+    }
+}
