@@ -20,25 +20,49 @@ const TEXT_LIMIT: usize = 64 * 1024;
 pub fn parse_query(q: Option<&str>) -> Result<Fields, ApiError> {
     let pairs: Vec<(String, String)> = serde_urlencoded::from_str(q.unwrap_or(""))
         .map_err(|e| ApiError::bad_request(format!("malformed query string: {e}")))?;
+    if pairs.len() > MAX_FIELDS {
+        return Err(too_many_fields().into());
+    }
     Ok(Fields::from_pairs(pairs))
 }
 
+/// Most fields (and parts) one request may carry: clients send a handful; each is held until
+/// the request is handled.
+pub const MAX_FIELDS: usize = 200;
+
+fn too_many_fields() -> domain::Error {
+    domain::Error::InvalidInput(format!("more than {MAX_FIELDS} form fields"))
+}
+
 /// Parts of a `multipart/form-data` body, read as they arrive.
-pub struct MultipartParts(multer::Multipart<'static>);
+pub struct MultipartParts {
+    parts: multer::Multipart<'static>,
+    /// Parts read so far.
+    seen: usize,
+}
 
 fn bad_multipart(e: multer::Error) -> domain::Error {
+    // A refusal of the body stream itself (e.g. a header past its bound) says why.
+    let why = match std::error::Error::source(&e) {
+        Some(cause) => format!("{e}: {cause}"),
+        None => e.to_string(),
+    };
     domain::Error::BadBody(io::Error::new(
         io::ErrorKind::InvalidData,
-        format!("malformed multipart body: {e}"),
+        format!("malformed multipart body: {why}"),
     ))
 }
 
 #[async_trait]
 impl FormSource for MultipartParts {
     async fn next_part(&mut self) -> domain::Result<Option<FormPart>> {
-        let Some(mut field) = self.0.next_field().await.map_err(bad_multipart)? else {
+        let Some(mut field) = self.parts.next_field().await.map_err(bad_multipart)? else {
             return Ok(None);
         };
+        self.seen += 1;
+        if self.seen > MAX_FIELDS {
+            return Err(too_many_fields());
+        }
         let name = field.name().unwrap_or("").to_string();
         let file_name = field
             .headers()
@@ -177,10 +201,12 @@ impl<S: Send + Sync> FromRequest<S> for Form {
                         format!("malformed multipart body: {e}"),
                     )
                 })?;
-                Box::new(MultipartParts(multer::Multipart::new(
-                    req.into_body().into_data_stream(),
-                    boundary,
-                )))
+                let body =
+                    super::bounded::bound_headers(req.into_body().into_data_stream(), &boundary);
+                Box::new(MultipartParts {
+                    parts: multer::Multipart::new(body, boundary),
+                    seen: 0,
+                })
             }
             "application/x-www-form-urlencoded" => {
                 let bytes = axum::body::to_bytes(req.into_body(), TEXT_LIMIT)
@@ -192,6 +218,9 @@ impl<S: Send + Sync> FromRequest<S> for Form {
                     })?;
                 let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(&bytes)
                     .map_err(|e| ApiError::bad_request(format!("malformed form body: {e}")))?;
+                if pairs.len() > MAX_FIELDS {
+                    return Err(too_many_fields().into());
+                }
                 fields.overlay(Fields::from_pairs(pairs));
                 Box::new(NoParts)
             }

@@ -1,6 +1,7 @@
 //! HTTP layer: every route in one place. Handlers only extract, call the domain and shape the
 //! response; this is the only module that knows axum.
 
+mod bounded;
 pub mod docs;
 pub mod error;
 pub mod extract;

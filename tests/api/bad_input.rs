@@ -275,9 +275,82 @@ async fn chunk_and_merge_errors(b: Backend) {
     app.stop().await;
 }
 
+/// What a parser would have to hold is bounded: part headers and preambles (16 KiB), the
+/// number of fields (200) in multipart, url-encoded and query form. 400, nothing kept.
+async fn oversized_headers_and_field_floods(b: Backend) {
+    let app = TestApp::spawn(b, Options::default()).await;
+    let ct = "multipart/form-data; boundary=XyZ";
+    let post = |path: &'static str, ct: &'static str, body: reqwest::Body| {
+        app.client
+            .post(app.url(path))
+            .header("Content-Type", ct)
+            .body(body)
+            .send()
+    };
+    // One header line of 1 MiB.
+    let long = format!(
+        "--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.img\"\r\nX-Pad: {}\r\n\r\ndata\r\n--XyZ--\r\n",
+        "a".repeat(1 << 20)
+    );
+    let v = assert_error(post("/images", ct, long.into()).await.unwrap(), 400, None).await;
+    assert!(v["message"].as_str().unwrap().contains("header"), "{v}");
+    // A header block that never ends (48 MiB, streamed), and a body without any delimiter.
+    for start in [
+        "--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.img\"\r\nX: ",
+        "",
+    ] {
+        let frames = std::iter::once(Ok::<_, std::io::Error>(bytes::Bytes::from(start)))
+            .chain((0..48).map(|_| Ok(bytes::Bytes::from(vec![b'a'; 1 << 20]))));
+        let body = reqwest::Body::wrap_stream(futures::stream::iter(frames));
+        let r = post("/images/upload", ct, body).await.unwrap();
+        assert_error(r, 400, None).await;
+    }
+    // Field floods.
+    let mut many = String::new();
+    for i in 0..1000 {
+        many.push_str(&format!(
+            "--XyZ\r\nContent-Disposition: form-data; name=\"f{i}\"\r\n\r\nv\r\n"
+        ));
+    }
+    many.push_str("--XyZ--\r\n");
+    let v = assert_error(
+        post("/images/merge", ct, many.into()).await.unwrap(),
+        400,
+        None,
+    )
+    .await;
+    assert!(
+        v["message"].as_str().unwrap().contains("200 form fields"),
+        "{v}"
+    );
+    let pairs: String = (0..1000).map(|i| format!("f{i}=v&")).collect();
+    let r = post(
+        "/images/merge",
+        "application/x-www-form-urlencoded",
+        pairs.clone().into(),
+    );
+    assert_error(r.await.unwrap(), 400, None).await;
+    let r = app
+        .client
+        .get(app.url(&format!("/images?{pairs}")))
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, 400, None).await;
+    assert!(
+        app.leftovers().await.is_empty(),
+        "{:?}",
+        app.leftovers().await
+    );
+    // Ordinary requests still work.
+    app.upload_ok("after.img", pattern(1, 1000)).await;
+    app.stop().await;
+}
+
 crate::backend_tests!(
     upload_errors,
     malformed_bodies,
     image_ids_that_are_not_uuids,
-    chunk_and_merge_errors
+    chunk_and_merge_errors,
+    oversized_headers_and_field_floods
 );
