@@ -57,6 +57,8 @@ struct FsVars {
     upload_concurrency: usize,
     #[serde(default = "default_shutdown_grace")]
     shutdown_grace_secs: u64,
+    #[serde(default = "default_body_idle_timeout")]
+    body_idle_timeout_secs: u64,
     s3_endpoint: Option<String>,
     s3_region: Option<String>,
     s3_force_path_style: Option<bool>,
@@ -116,6 +118,8 @@ pub struct Config {
     /// Chunk and upload bodies handled at once (bounds disk and memory use).
     pub upload_concurrency: usize,
     pub shutdown_grace_secs: u64,
+    /// A request body that sends nothing for this long fails (408) and frees its upload slot.
+    pub body_idle_timeout_secs: u64,
     pub s3: S3Settings,
     /// Check and slim jobs at once per replica (0: this replica runs no jobs).
     pub job_concurrency: usize,
@@ -184,6 +188,9 @@ fn default_upload_concurrency() -> usize {
 }
 fn default_shutdown_grace() -> u64 {
     30
+}
+fn default_body_idle_timeout() -> u64 {
+    60
 }
 fn default_job_concurrency() -> usize {
     2
@@ -284,6 +291,7 @@ impl Config {
             log_format: fs.log_format,
             upload_concurrency: fs.upload_concurrency.max(1),
             shutdown_grace_secs: fs.shutdown_grace_secs,
+            body_idle_timeout_secs: fs.body_idle_timeout_secs.max(1),
             s3,
             job_concurrency: fs.job_concurrency,
             job_lease_secs: fs.job_lease_secs.max(3),

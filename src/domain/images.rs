@@ -418,6 +418,8 @@ pub(crate) async fn spool(file: tokio::fs::File, body: ByteStream, meter: &Meter
 pub(crate) fn body_error(e: std::io::Error, meter: &Meter) -> Error {
     if meter.exceeded() {
         Error::TooLarge
+    } else if e.kind() == std::io::ErrorKind::TimedOut {
+        Error::BodyTimeout
     } else {
         Error::BadBody(e)
     }

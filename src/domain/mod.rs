@@ -56,6 +56,9 @@ pub enum Error {
     MissingChunks(Vec<u32>),
     #[error("the request body could not be read: {0}")]
     BadBody(io::Error),
+    /// The client stopped sending its body (`FS_BODY_IDLE_TIMEOUT_SECS` without data).
+    #[error("the client sent no data for too long; the request was abandoned")]
+    BodyTimeout,
     #[error("there is no record in database with imageId: {0}")]
     ImageNotFound(String),
     #[error("{0}")]

@@ -80,6 +80,11 @@ fn storage_error(e: &StorageError) -> ApiError {
             "the store is out of space",
             e,
         ),
+        StorageError::Body(io) if io.kind() == std::io::ErrorKind::TimedOut => ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "REQUEST_TIMEOUT",
+            Error::BodyTimeout.to_string(),
+        ),
         StorageError::Body(io) => ApiError::new(
             StatusCode::BAD_REQUEST,
             "BAD_BODY",
@@ -106,6 +111,7 @@ impl From<Error> for ApiError {
             Error::InvalidZip(_) => ApiError::new(S::BAD_REQUEST, "INVALID_ZIP", msg),
             Error::MissingChunks(_) => ApiError::new(S::BAD_REQUEST, "MISSING_CHUNKS", msg),
             Error::BadBody(_) => ApiError::new(S::BAD_REQUEST, "BAD_BODY", msg),
+            Error::BodyTimeout => ApiError::new(S::REQUEST_TIMEOUT, "REQUEST_TIMEOUT", msg),
             Error::ImageNotFound(_) => ApiError::new(S::NOT_FOUND, "IMAGE_NOT_FOUND", msg),
             Error::NotFound(_) => ApiError::new(S::NOT_FOUND, "NOT_FOUND", msg),
             Error::Conflict(_) => ApiError::new(S::CONFLICT, "CONFLICT", msg),

@@ -41,7 +41,45 @@ pub struct MultipartParts {
     seen: usize,
 }
 
+/// Whether an error, or one of its causes, is the request body's idle timeout.
+fn is_body_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if err.is::<tower_http::timeout::TimeoutError>() {
+            return true;
+        }
+        if let Some(io) = err.downcast_ref::<io::Error>() {
+            if io.kind() == io::ErrorKind::TimedOut {
+                return true;
+            }
+            if io.get_ref().is_some_and(|inner| is_body_timeout(inner)) {
+                return true;
+            }
+        }
+        cur = err.source();
+    }
+    false
+}
+
+/// A failed multipart stream as an I/O error of the body: `TimedOut` when the client went
+/// silent, `InvalidData` otherwise.
+fn body_io_error(e: multer::Error) -> io::Error {
+    if is_body_timeout(&e) {
+        return io::Error::new(
+            io::ErrorKind::TimedOut,
+            "the client sent no data for too long",
+        );
+    }
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("malformed multipart body: {e}"),
+    )
+}
+
 fn bad_multipart(e: multer::Error) -> domain::Error {
+    if is_body_timeout(&e) {
+        return domain::Error::BodyTimeout;
+    }
     // A refusal of the body stream itself (e.g. a header past its bound) says why.
     let why = match std::error::Error::source(&e) {
         Some(cause) => format!("{e}: {cause}"),
@@ -70,14 +108,7 @@ impl FormSource for MultipartParts {
             .and_then(|v| disposition_file_name(v.as_bytes()))
             .or_else(|| field.file_name().map(str::to_string));
         if file_name.is_some() || name == "file" || name == "part" {
-            let body = field
-                .map_err(|e| {
-                    io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        format!("malformed multipart body: {e}"),
-                    )
-                })
-                .boxed();
+            let body = field.map_err(body_io_error).boxed();
             return Ok(Some(FormPart::File {
                 name,
                 file_name,

@@ -22,6 +22,7 @@ use std::{sync::OnceLock, time::Duration};
 use tower_http::{
     cors::{AllowOrigin, Any, CorsLayer},
     request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
+    timeout::RequestBodyTimeoutLayer,
     trace::{DefaultOnResponse, TraceLayer},
 };
 use tracing::Level;
@@ -62,8 +63,12 @@ pub fn router(svc: Service) -> Router {
     routes
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        // Bodies are streamed and their limits enforced by the domain.
+        // Bodies are streamed and their limits enforced by the domain; a client that stops
+        // sending fails its request instead of holding an upload slot forever.
         .layer(DefaultBodyLimit::disable())
+        .layer(RequestBodyTimeoutLayer::new(Duration::from_secs(
+            svc.config().body_idle_timeout_secs,
+        )))
         .layer(middleware::from_fn_with_state(svc.clone(), metered::track))
         .layer(cors(&svc))
         .layer(

@@ -347,7 +347,81 @@ async fn oversized_headers_and_field_floods(b: Backend) {
     app.stop().await;
 }
 
+/// Starts a request whose body never comes: headers, the start of a multipart body, then
+/// silence. Returns the connection and what the server answered (read until it closes or
+/// `within` passes).
+async fn silent_upload(
+    app: &TestApp,
+    path: &str,
+    within: std::time::Duration,
+) -> (tokio::net::TcpStream, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = app.base.trim_start_matches("http://").to_string();
+    let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "POST {API}{path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: multipart/form-data; boundary=XyZ\r\n\
+         Content-Length: 10000000\r\n\r\n--XyZ\r\nContent-Disposition: form-data; name=\"file\"; \
+         filename=\"slow.img\"\r\n\r\nfirst bytes"
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = vec![];
+    let mut buf = [0u8; 4096];
+    let _ = tokio::time::timeout(within, async {
+        while let Ok(n) = conn.read(&mut buf).await {
+            if n == 0 || answer.ends_with(b"}") {
+                break;
+            }
+            answer.extend_from_slice(&buf[..n]);
+            if String::from_utf8_lossy(&answer).contains("\r\n\r\n{") && answer.ends_with(b"}") {
+                break;
+            }
+        }
+    })
+    .await;
+    (conn, String::from_utf8_lossy(&answer).into_owned())
+}
+
+/// A body that stops arriving fails with 408 after FS_BODY_IDLE_TIMEOUT_SECS, and silent
+/// clients cannot hold the upload slots: with every slot taken by one, a normal upload is
+/// served once they time out. Nothing is left behind.
+async fn silent_bodies_time_out(b: Backend) {
+    let app = TestApp::spawn(
+        b,
+        Options {
+            env: vec![
+                ("FS_BODY_IDLE_TIMEOUT_SECS", "2".into()),
+                ("FS_UPLOAD_CONCURRENCY", "2".into()),
+            ],
+            ..Default::default()
+        },
+    )
+    .await;
+    let started = std::time::Instant::now();
+    let hold = |path: &'static str| silent_upload(&app, path, std::time::Duration::from_secs(15));
+    let (a, b2, good) = tokio::join!(hold("/images"), hold("/images/upload"), async {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let upload = app.upload_ok("normal.img", pattern(2, 1000));
+        tokio::time::timeout(std::time::Duration::from_secs(12), upload)
+            .await
+            .expect("a normal upload waited behind silent clients")
+    });
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(12),
+        "{:?}",
+        started.elapsed()
+    );
+    for (_, answer) in [&a, &b2] {
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+        assert!(answer.contains("REQUEST_TIMEOUT"), "{answer}");
+    }
+    assert!(!good.is_empty());
+    let left = app.leftovers().await;
+    assert_eq!(left.len(), 1, "only the normal upload stays: {left:?}");
+    app.stop().await;
+}
+
 crate::backend_tests!(
+    silent_bodies_time_out,
     upload_errors,
     malformed_bodies,
     image_ids_that_are_not_uuids,

@@ -71,6 +71,8 @@ pub struct Options {
     /// The service reaches PostgreSQL through this address (e.g. a fault-injecting proxy)
     /// instead of the server's own; the test itself still uses the direct one.
     pub database_via: Option<String>,
+    /// Further settings, as environment variables (`FS_...`).
+    pub env: Vec<(&'static str, String)>,
 }
 
 /// The S3 server the tests use (started by scripts/test): endpoint and region.
@@ -208,6 +210,7 @@ impl TestApp {
         if let Some(t) = opts.tiers {
             vars.push(("FS_TIERS".into(), t.to_string()));
         }
+        vars.extend(opts.env.iter().map(|(k, v)| (k.to_string(), v.clone())));
         let cfg = Config::from_vars(vars.clone()).expect("test config");
         let svc = file_system::build(cfg).await.expect("service starts");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
