@@ -134,6 +134,14 @@ async fn sweep_loop(svc: Service, token: CancellationToken) {
             _ = token.cancelled() => return,
             _ = tokio::time::sleep(every) => {}
         }
+        // A write is idle at most FS_BODY_IDLE_TIMEOUT_SECS before it fails; twice that, and
+        // at least an hour, is safely dead.
+        let idle = Duration::from_secs((svc.config().body_idle_timeout_secs * 2).max(3600));
+        match svc.store().sweep_stale_temp(idle).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(files = n, "removed temporary files of writes that died"),
+            Err(e) => tracing::warn!(error = %e, "sweeping temporary files failed"),
+        }
         match svc.sweep_abandoned_uploads().await {
             Ok(0) => {}
             Ok(n) => tracing::info!(sessions = n, "expired abandoned uploads"),

@@ -376,6 +376,25 @@ impl ObjectStore for LocalStore {
         self.object_path(bucket, key).ok()
     }
 
+    async fn sweep_stale_temp(&self, idle: std::time::Duration) -> Result<usize> {
+        let mut rd = tokio::fs::read_dir(self.root.join(".tmp")).await?;
+        let mut removed = 0;
+        while let Some(e) = rd.next_entry().await? {
+            let Ok(meta) = e.metadata().await else {
+                continue;
+            };
+            let stale = meta
+                .modified()
+                .ok()
+                .and_then(|m| m.elapsed().ok())
+                .is_some_and(|age| age > idle);
+            if meta.is_file() && stale && tokio::fs::remove_file(e.path()).await.is_ok() {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
     async fn ping(&self, _bucket: &str) -> Result<()> {
         tokio::fs::metadata(self.root.join(".tmp")).await?;
         Ok(())

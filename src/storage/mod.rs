@@ -147,6 +147,13 @@ pub trait ObjectStore: Send + Sync + 'static {
         None
     }
 
+    /// Removes what writes that died half way (a killed process) left in the store's own
+    /// temporary area, when untouched for longer than `idle`; returns how many. Writes in
+    /// progress touch their files continuously, so they are never taken.
+    async fn sweep_stale_temp(&self, _idle: std::time::Duration) -> Result<usize> {
+        Ok(0)
+    }
+
     /// Smallest non-final multipart part the store accepts (0: no minimum).
     fn min_part_size(&self) -> u64 {
         0

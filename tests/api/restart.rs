@@ -205,3 +205,29 @@ fn database_errors_never_show_the_password() {
         }
     }
 }
+
+/// Files a killed write left in the local store's `.tmp` are removed once untouched for long
+/// enough; files of writes in progress stay.
+#[tokio::test]
+async fn stale_temporary_files_are_swept() {
+    use file_system::storage::{LocalStore, ObjectStore};
+    let dir = tempfile::tempdir().unwrap();
+    let store = LocalStore::open(dir.path()).await.unwrap();
+    let tmp = dir.path().join(".tmp");
+    let dead = tmp.join("killed-mid-write");
+    let live = tmp.join("being-written");
+    std::fs::write(&dead, b"half").unwrap();
+    std::fs::write(&live, b"growing").unwrap();
+    let two_hours_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(7200);
+    std::fs::File::options()
+        .write(true)
+        .open(&dead)
+        .unwrap()
+        .set_modified(two_hours_ago)
+        .unwrap();
+    let hour = std::time::Duration::from_secs(3600);
+    assert_eq!(store.sweep_stale_temp(hour).await.unwrap(), 1);
+    assert!(!dead.exists());
+    assert!(live.exists());
+    assert_eq!(store.sweep_stale_temp(hour).await.unwrap(), 0);
+}
