@@ -23,6 +23,7 @@ type ApiResult<T> = Result<T, ApiError>;
     responses(
         (status = 200, description = "Stored; a check is queued", body = FlatImage),
         (status = 400, description = "No file, a bad name, a bad zip or a bad field", body = super::docs::ErrorBody),
+        (status = 408, description = "The client stopped sending the body (REQUEST_TIMEOUT)", body = super::docs::ErrorBody),
         (status = 413, description = "Larger than FS_MAX_IMAGE_BYTES", body = super::docs::ErrorBody),
         (status = 503, description = "Database or storage unavailable", body = super::docs::ErrorBody),
     ))]
@@ -105,6 +106,7 @@ pub async fn delete_image(
     params(("image_id" = String, Path, description = "The image's id (a UUID)")),
     responses(
         (status = 200, description = "`compress in progress`, or why no slim is needed or possible", body = String, content_type = "text/plain"),
+        (status = 400, description = "Not slimmable: an ISO or raw image, or its check did not find it usable (SLIM_REFUSED)", body = super::docs::ErrorBody),
         (status = 404, description = "No such image", body = super::docs::ErrorBody),
     ))]
 pub async fn slim(State(svc): State<Service>, Path(id): Path<String>) -> ApiResult<&'static str> {
@@ -117,6 +119,7 @@ pub async fn slim(State(svc): State<Service>, Path(id): Path<String>) -> ApiResu
     responses(
         (status = 200, description = "`ok.`", body = String, content_type = "text/plain"),
         (status = 400, description = "Bad identifier, chunk number or body", body = super::docs::ErrorBody),
+        (status = 408, description = "The client stopped sending the body (REQUEST_TIMEOUT)", body = super::docs::ErrorBody),
         (status = 413, description = "Larger than FS_MAX_IMAGE_BYTES", body = super::docs::ErrorBody),
     ))]
 pub async fn upload_chunk(
