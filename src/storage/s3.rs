@@ -28,6 +28,8 @@ use futures::StreamExt;
 use std::{sync::Arc, time::Duration};
 use tokio::{sync::Semaphore, task::JoinSet};
 
+pub mod plan;
+
 /// Settings of the S3 store.
 #[derive(Debug, Clone)]
 pub struct S3Settings {
