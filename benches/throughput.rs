@@ -498,6 +498,7 @@ async fn sdk_client(endpoint: &str) -> aws_sdk_s3::Client {
         part_bytes: 8 * MIB,
         upload_concurrency: 4,
         key_prefix: String::new(),
+        spool_dir: std::env::temp_dir(),
     };
     file_system::storage::S3Store::new(settings)
         .await

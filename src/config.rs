@@ -276,6 +276,7 @@ impl Config {
             part_bytes: fs.s3_part_bytes,
             upload_concurrency: fs.s3_upload_concurrency.max(1),
             key_prefix: fs.s3_key_prefix,
+            spool_dir: fs.scratch_dir.clone(),
         };
         Ok(Config {
             listen: fs.listen,

@@ -43,9 +43,13 @@ pub async fn build(cfg: Config) -> anyhow::Result<Service> {
                 .with_context(|| format!("cannot open local store {}", cfg.local_dir.display()))?,
         ),
         StorageKind::S3 => Arc::new(SharedS3(Arc::new(
-            S3Store::new(cfg.s3.clone())
-                .await
-                .context("cannot set up the S3 client")?,
+            // Staged chunks are joined into parts in the scratch directory.
+            S3Store::new(storage::S3Settings {
+                spool_dir: cfg.scratch_dir.clone(),
+                ..cfg.s3.clone()
+            })
+            .await
+            .context("cannot set up the S3 client")?,
         ))),
     };
     for tier in cfg.tiers.values() {

@@ -12,6 +12,9 @@ pub struct Model {
     pub size_bytes: i64,
     pub etag: String,
     pub crc32: i64,
+    /// Held by the store as a staging object, packed into a part at merge; `false`: sent as
+    /// multipart part `part_number` directly.
+    pub staged: bool,
     pub updated_at: i64,
 }
 

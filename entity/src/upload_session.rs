@@ -18,8 +18,8 @@ pub struct Model {
     pub upload_id: String,
     /// `open`, `merging` or `completed`.
     pub state: String,
-    /// Chunks are held aside and packed into parts at merge (they are below the store's
-    /// minimum part size), instead of being sent as parts directly.
+    /// Legacy, no longer read or written: sessions once switched all their chunks to packing.
+    /// Each part now records whether it is staged (`upload_part::staged`).
     pub packed: bool,
     pub created_at: i64,
     pub updated_at: i64,

@@ -5,6 +5,7 @@ pub use sea_orm_migration::prelude::*;
 mod m20261128_000001_initial;
 mod m20261128_000002_session_packing;
 mod m20261128_000003_jobs;
+mod m20261130_000004_part_staged;
 
 pub struct Migrator;
 
@@ -15,6 +16,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261128_000001_initial::Migration),
             Box::new(m20261128_000002_session_packing::Migration),
             Box::new(m20261128_000003_jobs::Migration),
+            Box::new(m20261130_000004_part_staged::Migration),
         ]
     }
 }

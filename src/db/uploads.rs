@@ -40,22 +40,30 @@ pub async fn insert_if_absent(
     Ok(res == 1)
 }
 
-/// Records part `number`, replacing an earlier one of that number.
+/// A part as the store took it.
+pub struct NewPart<'a> {
+    pub number: u32,
+    pub size: u64,
+    pub etag: &'a str,
+    pub crc32: u32,
+    /// Held as a staging object rather than sent as a multipart part of its own.
+    pub staged: bool,
+}
+
+/// Records a part, replacing an earlier one of that number.
 pub async fn upsert_part(
     db: &impl ConnectionTrait,
     session_id: &str,
-    number: u32,
-    size: u64,
-    etag: &str,
-    crc32: u32,
+    p: NewPart<'_>,
     now: i64,
 ) -> Result<(), DbErr> {
     let part = upload_part::ActiveModel {
         session_id: Set(session_id.to_string()),
-        part_number: Set(number as i32),
-        size_bytes: Set(size as i64),
-        etag: Set(etag.to_string()),
-        crc32: Set(crc32 as i64),
+        part_number: Set(p.number as i32),
+        size_bytes: Set(p.size as i64),
+        etag: Set(p.etag.to_string()),
+        crc32: Set(p.crc32 as i64),
+        staged: Set(p.staged),
         updated_at: Set(now),
     };
     Parts::insert(part)
@@ -68,6 +76,7 @@ pub async fn upsert_part(
                 upload_part::Column::SizeBytes,
                 upload_part::Column::Etag,
                 upload_part::Column::Crc32,
+                upload_part::Column::Staged,
                 upload_part::Column::UpdatedAt,
             ])
             .to_owned(),
@@ -172,11 +181,15 @@ pub async fn stale_open(
         .await
 }
 
-/// Switches a session to packing its chunks at merge.
-pub async fn set_packed(db: &impl ConnectionTrait, session_id: &str) -> Result<(), DbErr> {
-    Sessions::update_many()
-        .col_expr(upload_session::Column::Packed, Expr::value(true))
-        .filter(upload_session::Column::Id.eq(session_id))
+/// Forgets parts of a session (they must be sent again).
+pub async fn delete_parts(
+    db: &impl ConnectionTrait,
+    session_id: &str,
+    numbers: &[u32],
+) -> Result<(), DbErr> {
+    Parts::delete_many()
+        .filter(upload_part::Column::SessionId.eq(session_id))
+        .filter(upload_part::Column::PartNumber.is_in(numbers.iter().map(|n| *n as i32)))
         .exec(db)
         .await
         .map(|_| ())

@@ -6,6 +6,7 @@ pub mod form;
 pub mod images;
 pub mod jobs;
 pub mod meter;
+pub mod placement;
 pub mod uploads;
 pub mod validate;
 pub mod zipin;

@@ -4,7 +4,9 @@ use super::{
     form::{Fields, FormPart, FormSource},
     images::{object_key, spool, NewImage},
     meter::{combine_crc32, Meter},
-    now_secs, texts, validate, Error, Result, Service,
+    now_secs,
+    placement::{self, Received},
+    texts, validate, Error, Result, Service,
 };
 use crate::{
     config::Tier,
@@ -42,6 +44,21 @@ pub struct UploadStatus {
     pub total_bytes: u64,
     #[serde(rename = "imageId", skip_serializing_if = "Option::is_none")]
     pub image_id: Option<String>,
+}
+
+/// Why chunks must be sent again, naming them.
+fn resend_message(numbers: &[u32], min: u64) -> String {
+    let list: Vec<String> = numbers.iter().map(u32::to_string).collect();
+    let (what, it) = match numbers.len() {
+        1 => ("chunk", "it"),
+        _ => ("chunks", "each of them"),
+    };
+    format!(
+        "{what} {} must be sent again: the chunks just before {it} are smaller than {min} \
+         bytes together and cannot be joined to a part already stored; sent again, {it} is \
+         joined with them",
+        list.join(", ")
+    )
 }
 
 fn identifier_of(fields: &Fields) -> Result<String> {
@@ -84,7 +101,7 @@ impl Service {
         let number = validate::chunk_number(fields.get("chunkNumber"), file_name.as_deref())
             .map_err(Error::InvalidInput)?;
         let tier = self.tier_for(fields.get("priority"))?.clone();
-        let mut session = self.open_session(&identifier, &tier).await?;
+        let session = self.open_session(&identifier, &tier).await?;
         if session.state != OPEN {
             return Err(Error::Conflict(format!(
                 "upload {identifier} is {}; cancel it to start again",
@@ -96,10 +113,8 @@ impl Service {
             )));
         }
         let len = body.len;
-        if !session.packed && self.needs_packing(&session, number, len).await? {
-            db::uploads::set_packed(&self.db, &session.id).await?;
-            session.packed = true;
-        }
+        let min = self.store.min_part_size();
+        let direct = self.place_chunk(&session.id, number, len, min).await?;
         let etag = self
             .store
             .upload_part(
@@ -108,35 +123,46 @@ impl Service {
                 &session.upload_id,
                 number,
                 body,
-                !session.packed,
+                direct,
             )
             .await?;
-        db::uploads::upsert_part(&self.db, &session.id, number, len, &etag, crc32, now_secs())
-            .await?;
-        tracing::debug!(identifier, chunk = number, size_bytes = len, "chunk stored");
+        // The store stages a chunk below its minimum even when asked to send it directly.
+        let staged = !direct || len < min;
+        let part = db::uploads::NewPart {
+            number,
+            size: len,
+            etag: &etag,
+            crc32,
+            staged,
+        };
+        db::uploads::upsert_part(&self.db, &session.id, part, now_secs()).await?;
+        tracing::debug!(
+            identifier,
+            chunk = number,
+            size_bytes = len,
+            staged,
+            "chunk stored"
+        );
         Ok(())
     }
 
-    /// Whether a session must switch to packing its chunks at merge: this chunk is below the
-    /// store's minimum part size, it cannot be the last one (chunk 1, or a higher number was
-    /// seen), and no chunk went to the store as a part of its own yet. Until then a small chunk
-    /// is taken for the final one, which may be small.
-    async fn needs_packing(
-        &self,
-        session: &upload_session::Model,
-        number: u32,
-        len: u64,
-    ) -> Result<bool> {
-        let min = self.store.min_part_size();
-        if len >= min {
-            return Ok(false);
+    /// Whether chunk `number` goes to the store as a part directly (`placement`). The other
+    /// chunks are read only when they matter.
+    async fn place_chunk(&self, session_id: &str, number: u32, len: u64, min: u64) -> Result<bool> {
+        if min == 0 || len < min {
+            return Ok(placement::send_direct(number, len, min, &[]));
         }
-        let parts = db::uploads::parts(&self.db, &session.id).await?;
-        let not_last = number == 1 || parts.iter().any(|p| p.part_number as u32 > number);
-        let direct_parts = parts
+        let received: Vec<Received> = db::uploads::parts(&self.db, session_id)
+            .await?
             .iter()
-            .any(|p| p.size_bytes as u64 >= min && p.part_number as u32 != number);
-        Ok(not_last && !direct_parts)
+            .filter(|p| p.part_number as u32 != number)
+            .map(|p| Received {
+                number: p.part_number as u32,
+                len: p.size_bytes as u64,
+                staged: p.staged,
+            })
+            .collect();
+        Ok(placement::send_direct(number, len, min, &received))
     }
 
     /// Finds the identifier's session or opens one (with its multipart upload). Safe when
@@ -170,7 +196,7 @@ impl Service {
             object_key: Set(key.clone()),
             upload_id: Set(upload_id.clone()),
             state: Set(OPEN.to_string()),
-            // Decided by the chunks as they come (see `needs_packing`).
+            // Legacy: each part records whether it is staged (see `placement`).
             packed: Set(false),
             created_at: Set(now),
             updated_at: Set(now),
@@ -266,36 +292,12 @@ impl Service {
         tier: &Tier,
         identifier: &str,
     ) -> Result<image::Model> {
-        let completed: Vec<CompletedPart> = parts
-            .iter()
-            .map(|p| CompletedPart {
-                number: p.part_number as u32,
-                etag: p.etag.clone(),
-            })
-            .collect();
         let session_tier = Tier {
             priority: session.priority,
             bucket: session.bucket.clone(),
             storage_class: tier.storage_class.clone(),
         };
-        match self
-            .store
-            .complete_multipart(
-                &session.bucket,
-                &session.object_key,
-                &session.upload_id,
-                &completed,
-            )
-            .await
-        {
-            Err(StorageError::NoSuchUpload) => {
-                return Err(Error::Conflict(format!(
-                    "upload {identifier} no longer exists in the store; cancel it and upload again"
-                )))
-            }
-            Err(StorageError::InvalidPart(msg)) => return Err(Error::InvalidInput(msg)),
-            other => other?,
-        }
+        self.complete_upload(session, parts, identifier).await?;
         let (name, size, crc32) = if validate::is_zip(file_name) {
             self.unpack_merged_zip(session, &session_tier).await?
         } else {
@@ -328,6 +330,49 @@ impl Service {
         db::images::find(&self.db, &session.image_id)
             .await?
             .ok_or_else(|| Error::Internal("merged image vanished".into()))
+    }
+
+    /// Completes the session's multipart upload from its parts. Direct chunks that cannot
+    /// follow the small chunks before them are forgotten (the resume query then lists them
+    /// missing) and named, so the client sends them again.
+    async fn complete_upload(
+        &self,
+        session: &upload_session::Model,
+        parts: &[entity::upload_part::Model],
+        identifier: &str,
+    ) -> Result<()> {
+        let completed: Vec<CompletedPart> = parts
+            .iter()
+            .map(|p| CompletedPart {
+                number: p.part_number as u32,
+                etag: p.etag.clone(),
+                size: p.size_bytes as u64,
+            })
+            .collect();
+        match self
+            .store
+            .complete_multipart(
+                &session.bucket,
+                &session.object_key,
+                &session.upload_id,
+                &completed,
+            )
+            .await
+        {
+            Err(StorageError::NoSuchUpload) => Err(Error::Conflict(format!(
+                "upload {identifier} no longer exists in the store; cancel it and upload again"
+            ))),
+            Err(StorageError::InvalidPart(msg)) => Err(Error::InvalidInput(msg)),
+            Err(StorageError::Resend(numbers)) => {
+                db::uploads::delete_parts(&self.db, &session.id, &numbers).await?;
+                tracing::info!(identifier, chunks = ?numbers, "chunks must be sent again");
+                Err(Error::InvalidInput(resend_message(
+                    &numbers,
+                    self.store.min_part_size(),
+                )))
+            }
+            other => Ok(other?),
+        }
     }
 
     /// The merged object is a zip: replace the object by the image inside (through a scratch

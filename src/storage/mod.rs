@@ -27,6 +27,9 @@ pub enum StorageError {
     NoSuchUpload,
     #[error("invalid part list: {0}")]
     InvalidPart(String),
+    /// The parts cannot be joined into valid multipart parts unless these are sent again.
+    #[error("parts {0:?} must be sent again")]
+    Resend(Vec<u32>),
     /// The body handed to the store failed (client went away, size limit hit, ...).
     #[error("request body failed: {0}")]
     Body(io::Error),
@@ -56,6 +59,8 @@ impl ByteRange {
 pub struct CompletedPart {
     pub number: u32,
     pub etag: String,
+    /// The part's length in bytes.
+    pub size: u64,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -95,8 +100,8 @@ pub trait ObjectStore: Send + Sync + 'static {
     async fn create_multipart(&self, bucket: &str, key: &str, opts: &PutOptions) -> Result<String>;
 
     /// Stores part `number` (1..=10000), replacing an earlier part of that number. Returns its
-    /// ETag. With `direct` false the store may hold the part aside and pack it at completion
-    /// (an upload whose chunks are below `min_part_size`).
+    /// ETag. With `direct` false the store may hold the part aside and pack it at completion;
+    /// a store with a `min_part_size` also holds aside a part below it.
     async fn upload_part(
         &self,
         bucket: &str,
@@ -108,7 +113,8 @@ pub trait ObjectStore: Send + Sync + 'static {
     ) -> Result<String>;
 
     /// Joins `parts` (ascending numbers) into the object. Completing an upload that already
-    /// completed into an existing object succeeds.
+    /// completed into an existing object succeeds. `Resend` names parts held directly that
+    /// cannot follow the small parts held aside before them.
     async fn complete_multipart(
         &self,
         bucket: &str,

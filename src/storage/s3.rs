@@ -3,10 +3,12 @@
 //! - `put` streams a body into bounded parts (a few in flight) of one multipart upload, or one
 //!   `PutObject` when it is small; a failure aborts the upload.
 //! - Chunk n of a chunked upload is part n (`UploadPart` from the spooled file, retried by the
-//!   SDK). Strict stores reject non-final parts under 5 MiB, so a chunk below the minimum, or
-//!   any chunk of an upload the caller marks as packed, is held as a staging object
-//!   (`staging/{upload_id}/{n}`) and packed into parts of at least the minimum at completion.
-//! - Completion of direct parts is `CompleteMultipartUpload`: no image byte passes through.
+//!   SDK) when the caller says `direct`. Strict stores reject non-final parts under 5 MiB, so a
+//!   chunk below the minimum, or one the caller does not send directly, is held as a staging
+//!   object (`staging/{upload_id}/{n}`).
+//! - Completion follows [`plan`]: direct parts stay, staged chunks are copied inside the store
+//!   (`UploadPartCopy`) or joined through a spool file into parts of at least the minimum;
+//!   then `CompleteMultipartUpload`. For direct parts no image byte passes through.
 
 use super::{
     ByteRange, ByteStream, CompletedPart, ObjectStore, PutOptions, Result, SpooledPart,
@@ -24,9 +26,11 @@ use aws_sdk_s3::{
     Client,
 };
 use bytes::{Bytes, BytesMut};
-use futures::StreamExt;
-use std::{sync::Arc, time::Duration};
-use tokio::{sync::Semaphore, task::JoinSet};
+use futures::{StreamExt, TryStreamExt};
+use std::{path::PathBuf, sync::Arc, time::Duration};
+use tokio::{io::AsyncWriteExt, sync::Semaphore, task::JoinSet};
+
+pub mod plan;
 
 /// Settings of the S3 store.
 #[derive(Debug, Clone)]
@@ -43,6 +47,8 @@ pub struct S3Settings {
     pub upload_concurrency: usize,
     /// Prepended to every key (several deployments, or test runs, can share buckets).
     pub key_prefix: String,
+    /// Where staged chunks are joined into a part at completion (the scratch directory).
+    pub spool_dir: PathBuf,
 }
 
 /// Marks an ETag of a part held as a staging object.
@@ -346,9 +352,11 @@ impl S3Store {
         .boxed())
     }
 
-    /// Packs the parts of an upload into valid multipart parts (direct parts stay; staged ones
-    /// are streamed into parts of at least the minimum) and returns the list to complete with.
-    /// A staged part that sits between direct parts cannot be packed: `InvalidPart`.
+    /// Turns the parts of an upload into valid multipart parts by the merge plan (see
+    /// [`plan`]): direct parts stay; staged chunks are copied inside the store or streamed
+    /// into parts of at least the minimum, a few at once. Returns the list to complete with.
+    /// `Resend` when no plan exists; `NotFound` when the staging objects are gone (the upload
+    /// completed before).
     pub async fn pack_parts(
         self: &Arc<Self>,
         bucket: &str,
@@ -356,26 +364,37 @@ impl S3Store {
         upload_id: &str,
         parts: &[CompletedPart],
     ) -> Result<Vec<S3Part>> {
-        let staged: Vec<&CompletedPart> = parts
+        let chunks: Vec<plan::Chunk> = parts
             .iter()
-            .filter(|p| p.etag.starts_with(STAGED))
-            .collect();
-        let direct: Vec<S3Part> = parts
-            .iter()
-            .filter(|p| !p.etag.starts_with(STAGED))
-            .map(|p| {
-                S3Part::builder()
-                    .part_number(p.number as i32)
-                    .e_tag(&p.etag)
-                    .build()
+            .map(|p| plan::Chunk {
+                number: p.number,
+                len: p.size,
+                held: match p.etag.starts_with(STAGED) {
+                    true => plan::Held::Staged,
+                    false => plan::Held::Direct {
+                        etag: p.etag.clone(),
+                    },
+                },
             })
             .collect();
-        if staged.is_empty() {
-            return Ok(direct);
+        let planned = plan::plan(&chunks, self.settings.min_part_bytes)
+            .map_err(|e| StorageError::Resend(e.resend))?;
+        if let Some(first) = chunks.iter().find(|c| c.held == plan::Held::Staged) {
+            self.probe_staging(bucket, upload_id, first.number).await?;
         }
-        // Staging objects are gone once an upload completed (a retried merge): say so.
-        let probe = self.k(&staging_key(upload_id, staged[0].number));
-        if let Err(SdkError::ServiceError(se)) = self
+        let jobs = planned
+            .into_iter()
+            .map(|p| self.make_part(bucket, key, upload_id, p));
+        futures::stream::iter(jobs)
+            .buffered(self.settings.upload_concurrency.max(1))
+            .try_collect()
+            .await
+    }
+
+    /// Staging objects are gone once an upload completed (a retried merge): `NotFound` then.
+    async fn probe_staging(&self, bucket: &str, upload_id: &str, number: u32) -> Result<()> {
+        let probe = self.k(&staging_key(upload_id, number));
+        match self
             .client
             .head_object()
             .bucket(bucket)
@@ -383,64 +402,119 @@ impl S3Store {
             .send()
             .await
         {
-            if se.err().is_not_found() || se.raw().status().as_u16() == 404 {
-                return Err(StorageError::NotFound);
+            Err(SdkError::ServiceError(se))
+                if se.err().is_not_found() || se.raw().status().as_u16() == 404 =>
+            {
+                Err(StorageError::NotFound)
             }
+            _ => Ok(()),
         }
-        let last = parts.last().map(|p| p.number).unwrap_or(0);
-        if !direct.is_empty() {
-            if let Some(p) = staged.iter().find(|p| p.number != last) {
-                return Err(StorageError::InvalidPart(format!(
-                    "chunk {} is smaller than {} bytes but is not the last chunk; \
-                     send it again at least that large (every chunk but the last)",
-                    p.number, self.settings.min_part_bytes
-                )));
-            }
-            // Only the final chunk is small: it becomes the final part as it is.
-            let mut direct = direct;
-            let body = self
-                .get_stream(bucket, &self.k(&staging_key(upload_id, last)), None)
-                .await?;
-            let bytes = read_all(body).await?;
-            direct.push(
-                self.upload_bytes(bucket, key, upload_id, last, bytes)
-                    .await?,
-            );
-            return Ok(direct);
-        }
-        // Every chunk is staged: stream them in order into packed parts.
-        let this = self.clone();
-        let (bucket2, numbers) = (
-            bucket.to_string(),
-            parts.iter().map(|p| p.number).collect::<Vec<_>>(),
-        );
-        let id2 = upload_id.to_string();
-        let body = futures::stream::iter(numbers)
-            .then(move |n| {
-                let (this, bucket, id) = (this.clone(), bucket2.clone(), id2.clone());
-                async move {
-                    this.get_stream(&bucket, &this.k(&staging_key(&id, n)), None)
-                        .await
-                }
-            })
-            .map(|r| match r {
-                Ok(s) => s,
-                Err(e) => {
-                    futures::stream::once(async move { Err(std::io::Error::other(e.to_string())) })
-                        .boxed()
-                }
-            })
-            .flatten()
-            .boxed();
-        let packed = self
-            .stream_parts(bucket, key, upload_id, 1, Filler::default(), body)
-            .await
-            .map_err(|e| match e {
-                StorageError::Body(io) => StorageError::Io(io),
-                other => other,
-            })?;
-        Ok(packed.0)
     }
+
+    /// Makes one planned part (`key` is the store key).
+    async fn make_part(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+        part: plan::Part,
+    ) -> Result<S3Part> {
+        let etag = match part.source {
+            plan::Source::Keep { etag } => etag,
+            plan::Source::Copy => {
+                let source = copy_source(bucket, &self.k(&staging_key(upload_id, part.number)));
+                let out = self
+                    .client
+                    .upload_part_copy()
+                    .copy_source(source)
+                    .bucket(bucket)
+                    .key(key)
+                    .upload_id(upload_id)
+                    .part_number(part.number as i32)
+                    .send()
+                    .await
+                    .map_err(s3_err)?;
+                out.copy_part_result()
+                    .and_then(|r| r.e_tag())
+                    .map(str::to_string)
+                    .ok_or_else(|| std::io::Error::other("store returned no ETag"))?
+            }
+            plan::Source::Upload { chunks } => {
+                self.upload_staged(bucket, key, upload_id, part.number, &chunks, part.len)
+                    .await?
+            }
+        };
+        Ok(S3Part::builder()
+            .part_number(part.number as i32)
+            .e_tag(etag)
+            .build())
+    }
+
+    /// Streams staged chunks, in order, through a spool file (memory stays bounded, and the
+    /// SDK can retry from the file) into part `number` of `len` bytes; returns its ETag.
+    async fn upload_staged(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+        number: u32,
+        chunks: &[u32],
+        len: u64,
+    ) -> Result<String> {
+        let (file, path) = tempfile::Builder::new()
+            .prefix(".s3-part-")
+            .tempfile_in(&self.settings.spool_dir)?
+            .into_parts();
+        let mut file = tokio::fs::File::from_std(file);
+        let mut written = 0u64;
+        for &n in chunks {
+            let mut body = self
+                .get_stream(bucket, &self.k(&staging_key(upload_id, n)), None)
+                .await?;
+            while let Some(b) = body.next().await {
+                let b = b?;
+                file.write_all(&b).await?;
+                written += b.len() as u64;
+            }
+        }
+        file.flush().await?;
+        drop(file);
+        if written != len {
+            return Err(StorageError::Io(std::io::Error::other(format!(
+                "staged chunks {chunks:?} hold {written} bytes, not {len}"
+            ))));
+        }
+        let body = S3Body::from_path(&path)
+            .await
+            .map_err(|e| StorageError::Io(std::io::Error::other(e.to_string())))?;
+        let out = self
+            .client
+            .upload_part()
+            .bucket(bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .part_number(number as i32)
+            .content_length(len as i64)
+            .body(body)
+            .send()
+            .await
+            .map_err(s3_err)?;
+        out.e_tag()
+            .map(str::to_string)
+            .ok_or_else(|| StorageError::Io(std::io::Error::other("store returned no ETag")))
+    }
+}
+
+/// The `x-amz-copy-source` of an object: bucket and key, the key URL-encoded ('/' kept).
+fn copy_source(bucket: &str, key: &str) -> String {
+    use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+    const KEEP: &AsciiSet = &NON_ALPHANUMERIC
+        .remove(b'/')
+        .remove(b'-')
+        .remove(b'_')
+        .remove(b'.')
+        .remove(b'~');
+    format!("{bucket}/{}", utf8_percent_encode(key, KEEP))
 }
 
 impl S3Store {
@@ -544,14 +618,6 @@ impl Filler {
         }
         Ok((part, false))
     }
-}
-
-async fn read_all(mut s: ByteStream) -> Result<Bytes> {
-    let mut buf = BytesMut::new();
-    while let Some(c) = s.next().await {
-        buf.extend_from_slice(&c?);
-    }
-    Ok(buf.freeze())
 }
 
 /// The store is used through `Arc` so parts can upload on tasks of their own.

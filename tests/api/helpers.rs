@@ -98,6 +98,7 @@ pub fn s3_settings(prefix: &str) -> file_system::storage::S3Settings {
         part_bytes: 8 << 20,
         upload_concurrency: 4,
         key_prefix: prefix.to_string(),
+        spool_dir: std::env::temp_dir(),
     }
 }
 

@@ -1,5 +1,6 @@
 //! What only the S3 backend does: chunks as multipart parts, packing small chunks for strict
-//! stores, faults of the store. Run against a real Garage.
+//! stores, faults of the store. Run against a real Garage (which takes parts of any size, so
+//! the tests check part sizes themselves).
 
 use crate::helpers::*;
 use file_system::storage::{
@@ -52,7 +53,11 @@ async fn small_chunks_are_packed_into_valid_parts() {
             )
             .await
             .unwrap();
-        parts.push(CompletedPart { number: n, etag });
+        parts.push(CompletedPart {
+            number: n,
+            etag,
+            size: c.len() as u64,
+        });
     }
     let key = format!("{prefix}images/packed");
     let packed = inner.pack_parts("images", &key, &id, &parts).await.unwrap();
@@ -99,8 +104,8 @@ async fn small_chunks_are_packed_into_valid_parts() {
     store.delete("images", "images/packed").await.unwrap();
 }
 
-/// Chunks of 5 MiB and more are parts of the upload as soon as they arrive; merge only
-/// completes it.
+/// Chunks of 5 MiB and more sent in order are parts of the upload as soon as they arrive;
+/// merge only completes it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn big_chunks_become_parts_directly() {
     let app = TestApp::spawn(Backend::SqliteS3, Options::default()).await;
@@ -110,7 +115,7 @@ async fn big_chunks_become_parts_directly() {
         pattern(3, 6 << 20),
         pattern(4, 1 << 20),
     ];
-    for (i, c) in chunks.iter().enumerate().rev() {
+    for (i, c) in chunks.iter().enumerate() {
         assert_eq!(
             app.chunk("big", i as u32 + 1, c.clone()).await.status(),
             200
@@ -158,41 +163,172 @@ async fn big_chunks_become_parts_directly() {
     app.stop().await;
 }
 
-/// Once chunks go straight to parts, a later small chunk that is not the last cannot be
-/// joined: merge says which, keeps everything, and works once it is sent again.
+/// A small chunk between big ones: the big one after it is staged too, and merge joins them
+/// into one part.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn small_chunk_between_big_ones_is_named() {
+async fn small_chunk_between_big_ones_is_joined() {
     let app = TestApp::spawn(Backend::SqliteS3, Options::default()).await;
     let big = |s| pattern(s, 5 << 20);
     assert_eq!(app.chunk("mix", 1, big(1)).await.status(), 200);
     assert_eq!(app.chunk("mix", 2, pattern(2, 1000)).await.status(), 200);
     assert_eq!(app.chunk("mix", 3, big(3)).await.status(), 200);
-    let v = assert_error(app.merge("mix", "mix.img").await, 400, None).await;
-    assert!(v["message"].as_str().unwrap().contains("chunk 2"), "{v}");
-    assert_eq!(app.chunk("mix", 2, big(2)).await.status(), 200);
-    let r = app.merge("mix", "mix.img").await;
+    let id = merged(app.merge("mix", "mix.img").await).await;
+    assert_eq!(
+        download_sha(&app, &id).await,
+        sha256(&[big(1), pattern(2, 1000), big(3)].concat())
+    );
+    assert_eq!(part_sizes(&app, &id).await, [5 << 20, (5 << 20) + 1000]);
+    assert_eq!(app.leftovers().await, [image_object(&app, &id)]);
+    app.stop().await;
+}
+
+/// Chunks sent as parts directly, then one of them sent again too small to be a part: merge
+/// names the chunk after it, forgets it (the resume query lists it missing), and works once it
+/// is sent again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smaller_resend_names_the_chunk_to_send_again() {
+    let app = TestApp::spawn(Backend::SqliteS3, Options::default()).await;
+    let big = |s| pattern(s, 6 << 20);
+    for n in 1..=3 {
+        assert_eq!(app.chunk("again", n, big(n as u64)).await.status(), 200);
+    }
+    assert_eq!(app.chunk("again", 2, pattern(2, 1000)).await.status(), 200);
+    let v = assert_error(app.merge("again", "again.img").await, 400, None).await;
+    let msg = v["message"].as_str().unwrap();
+    assert!(msg.contains("chunk 3 "), "{v}");
+    let (_, st) = app.get_json("/images/upload?identifier=again").await;
+    let listed: Vec<u64> = st["chunks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["chunkNumber"].as_u64().unwrap())
+        .collect();
+    assert_eq!(listed, [1, 2], "{st}");
+    assert_eq!(app.chunk("again", 3, big(3)).await.status(), 200);
+    let id = merged(app.merge("again", "again.img").await).await;
+    assert_eq!(
+        download_sha(&app, &id).await,
+        sha256(&[big(1), pattern(2, 1000), big(3)].concat())
+    );
+    assert_eq!(part_sizes(&app, &id).await, [6 << 20, (6 << 20) + 1000]);
+    assert_eq!(app.leftovers().await, [image_object(&app, &id)]);
+    app.stop().await;
+}
+
+/// Every arrival order of chunks around the 5 MiB minimum merges into the right bytes, with
+/// every part but the last at least 5 MiB, and leaves only the image behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_arrival_order_merges() {
+    const MIB: usize = 1 << 20;
+    let app = TestApp::spawn(Backend::SqliteS3, Options::default()).await;
+    let sets: [&[usize]; 7] = [
+        &[4, 4, 6],
+        &[6, 6, 1],
+        &[1, 6, 6],
+        &[5, 5, 5],
+        &[4, 1, 6, 1],
+        &[6, 4, 6, 2],
+        &[1, 1, 1, 6],
+    ];
+    for (s, sizes) in sets.iter().enumerate() {
+        let chunks: Vec<Vec<u8>> = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, m)| pattern((s * 10 + i) as u64, m * MIB))
+            .collect();
+        let want = sha256(&chunks.concat());
+        for (k, order) in permutations(chunks.len()).into_iter().enumerate() {
+            let ident = format!("order-{s}-{k}");
+            let what = format!("{sizes:?} MiB in order {order:?}");
+            for &i in &order {
+                let r = app.chunk(&ident, i as u32 + 1, chunks[i].clone()).await;
+                assert_eq!(r.status(), 200, "{what}");
+            }
+            let r = app.merge(&ident, "order.img").await;
+            if r.status() != 200 {
+                panic!("{what}: merge {}: {}", r.status(), r.text().await.unwrap());
+            }
+            let id = merged(r).await;
+            assert_eq!(download_sha(&app, &id).await, want, "{what}");
+            let sizes = part_sizes(&app, &id).await;
+            for p in &sizes[..sizes.len() - 1] {
+                assert!(
+                    *p >= 5 << 20,
+                    "{what}: a non-final part under 5 MiB: {sizes:?}"
+                );
+            }
+            assert_eq!(app.leftovers().await, [image_object(&app, &id)], "{what}");
+            let r = app
+                .client
+                .delete(app.url(&format!("/images/{id}")))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200, "{what}");
+        }
+    }
+    app.stop().await;
+}
+
+fn permutations(n: usize) -> Vec<Vec<usize>> {
+    if n == 0 {
+        return vec![vec![]];
+    }
+    let mut out = vec![];
+    for p in permutations(n - 1) {
+        for at in 0..=p.len() {
+            let mut q = p.clone();
+            q.insert(at, n - 1);
+            out.push(q);
+        }
+    }
+    out
+}
+
+/// The image id of a successful merge.
+async fn merged(r: reqwest::Response) -> String {
     assert_eq!(r.status(), 200);
-    let id = r.json::<serde_json::Value>().await.unwrap()["imageId"]
+    r.json::<serde_json::Value>().await.unwrap()["imageId"]
         .as_str()
         .unwrap()
-        .to_string();
+        .to_string()
+}
+
+async fn download_sha(app: &TestApp, id: &str) -> String {
     let dl = app
         .client
         .get(app.url(&format!("/images/{id}/action/download")))
         .send()
         .await
         .unwrap();
-    assert_eq!(
-        sha256(&dl.bytes().await.unwrap()),
-        sha256(&[big(1), big(2), big(3)].concat())
-    );
-    assert_eq!(
-        app.leftovers().await.len(),
-        1,
-        "{:?}",
-        app.leftovers().await
-    );
-    app.stop().await;
+    assert_eq!(dl.status(), 200);
+    sha256(&dl.bytes().await.unwrap())
+}
+
+/// The image's object, as `leftovers` names it.
+fn image_object(app: &TestApp, id: &str) -> String {
+    let (_, prefix) = app.s3();
+    format!("images/{prefix}images/{id}")
+}
+
+/// The sizes of the parts the image's object was completed from (`HeadObject` by part number).
+async fn part_sizes(app: &TestApp, id: &str) -> Vec<i64> {
+    let (s3, prefix) = app.s3();
+    let key = format!("{prefix}images/{id}");
+    let head = |n| {
+        s3.head_object()
+            .bucket("images")
+            .key(&key)
+            .part_number(n)
+            .send()
+    };
+    let first = head(1).await.unwrap();
+    let count = first.parts_count().unwrap_or(1);
+    let mut sizes = vec![first.content_length().unwrap()];
+    for n in 2..=count {
+        sizes.push(head(n).await.unwrap().content_length().unwrap());
+    }
+    sizes
 }
 
 /// The store unreachable or failing half way: 503, nothing recorded, nothing left, and the

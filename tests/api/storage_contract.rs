@@ -123,7 +123,11 @@ pub async fn contract(
                 )
                 .await
                 .unwrap();
-            done.push(CompletedPart { number: n, etag });
+            done.push(CompletedPart {
+                number: n,
+                etag,
+                size: parts[n as usize - 1].len() as u64,
+            });
         }
         // Re-send part 2 with other bytes of another length, then part 4 with the same length.
         let new2 = pattern(99, 80_001);
@@ -140,10 +144,12 @@ pub async fn contract(
         done.push(CompletedPart {
             number: 2,
             etag: e2,
+            size: new2.len() as u64,
         });
         done.push(CompletedPart {
             number: 4,
             etag: e4,
+            size: new4.len() as u64,
         });
         done.sort_by_key(|p| p.number);
         store
@@ -189,7 +195,11 @@ pub async fn contract(
             )
             .await
             .unwrap();
-        done.push(CompletedPart { number: n, etag });
+        done.push(CompletedPart {
+            number: n,
+            etag,
+            size: parts[n as usize - 1].len() as u64,
+        });
     }
     done.remove(1);
     store
