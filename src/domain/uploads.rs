@@ -113,8 +113,15 @@ impl Service {
             )));
         }
         let len = body.len;
+        let others = self.other_chunks(&session.id, number).await?;
+        // The chunk that would take the upload past the image size limit is refused now, not
+        // at the merge: what the upload holds stays within the limit.
+        let held: u64 = others.iter().map(|c| c.len).sum();
+        if held.saturating_add(len) > self.cfg.max_image_bytes {
+            return Err(Error::TooLarge);
+        }
         let min = self.store.min_part_size();
-        let direct = self.place_chunk(&session.id, number, len, min).await?;
+        let direct = placement::send_direct(number, len, min, &others);
         let etag = self
             .store
             .upload_part(
@@ -146,13 +153,9 @@ impl Service {
         Ok(())
     }
 
-    /// Whether chunk `number` goes to the store as a part directly (`placement`). The other
-    /// chunks are read only when they matter.
-    async fn place_chunk(&self, session_id: &str, number: u32, len: u64, min: u64) -> Result<bool> {
-        if min == 0 || len < min {
-            return Ok(placement::send_direct(number, len, min, &[]));
-        }
-        let received: Vec<Received> = db::uploads::parts(&self.db, session_id)
+    /// The chunks an upload holds besides (an earlier copy of) chunk `number`, ascending.
+    async fn other_chunks(&self, session_id: &str, number: u32) -> Result<Vec<Received>> {
+        Ok(db::uploads::parts(&self.db, session_id)
             .await?
             .iter()
             .filter(|p| p.part_number as u32 != number)
@@ -161,8 +164,7 @@ impl Service {
                 len: p.size_bytes as u64,
                 staged: p.staged,
             })
-            .collect();
-        Ok(placement::send_direct(number, len, min, &received))
+            .collect())
     }
 
     /// Finds the identifier's session or opens one (with its multipart upload). Safe when
@@ -269,11 +271,11 @@ impl Service {
                 .complete(&session, &parts, &file_name, &user_id, &tier, &identifier)
                 .await;
             if let Err(e) = &result {
-                let reopen = !matches!(e, Error::InvalidZip(_));
+                // The chunks were joined: a result that cannot be used consumed them.
+                let reopen = !matches!(e, Error::InvalidZip(_) | Error::TooLarge);
                 if reopen {
                     db::uploads::set_state(&self.db, &session.id, OPEN, now_secs()).await?;
                 } else {
-                    // The chunks were consumed into an archive that cannot be used.
                     self.delete_object(&session.bucket, &session.object_key)
                         .await;
                     db::uploads::delete(&self.db, &session.id).await?;

@@ -420,7 +420,68 @@ async fn silent_bodies_time_out(b: Backend) {
     app.stop().await;
 }
 
+/// The image size limit holds for chunked uploads as chunks arrive: the chunk that would take
+/// an upload past it is refused (413), what was held stays and the resume query tells the
+/// truth, also after a merge whose archive expands past the limit (its chunks are gone then).
+async fn chunks_respect_the_size_limit(b: Backend) {
+    let app = TestApp::spawn(
+        b,
+        Options {
+            max_image_bytes: Some(4 << 20),
+            ..Default::default()
+        },
+    )
+    .await;
+    let two = |seed| pattern(seed, 2 << 20);
+    assert_eq!(app.chunk("lim", 1, two(1)).await.status(), 200);
+    assert_eq!(app.chunk("lim", 2, two(2)).await.status(), 200);
+    let r = app.chunk("lim", 3, two(3)).await;
+    assert_error(r, 413, Some("File size is larger than max size")).await;
+    // Sending chunk 2 again replaces it: still within the limit.
+    assert_eq!(app.chunk("lim", 2, two(2)).await.status(), 200);
+    let (_, v) = app.get_json("/images/upload?identifier=lim").await;
+    let numbers: Vec<u64> = v["chunks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["chunkNumber"].as_u64().unwrap())
+        .collect();
+    assert_eq!(numbers, [1, 2], "{v}");
+    let r = app.merge("lim", "lim.img").await;
+    assert_eq!(r.status(), 200);
+    let id = r.json::<serde_json::Value>().await.unwrap()["imageId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let dl = app
+        .client
+        .get(app.url(&format!("/images/{id}/action/download")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        dl.bytes().await.unwrap().to_vec(),
+        [two(1), two(2)].concat()
+    );
+
+    // A zip of 1 MiB whose image expands past the limit: refused at merge, chunks consumed,
+    // and the resume query says so.
+    let zip = app.dir.path().join("exp.zip");
+    python_zip(&zip, "z.writestr('d/big.img', bytes(6 << 20))");
+    let bytes = std::fs::read(&zip).unwrap();
+    assert_eq!(app.chunk("zz", 1, bytes).await.status(), 200);
+    let v = assert_error(app.merge("zz", "exp.zip").await, 400, None).await;
+    assert_eq!(v["code"], "INVALID_ZIP", "{v}");
+    let (_, v) = app.get_json("/images/upload?identifier=zz").await;
+    assert_eq!(v["state"], "none", "{v}");
+    assert_eq!(v["chunks"], serde_json::json!([]), "{v}");
+    let left = app.leftovers().await;
+    assert_eq!(left.len(), 1, "only the merged image stays: {left:?}");
+    app.stop().await;
+}
+
 crate::backend_tests!(
+    chunks_respect_the_size_limit,
     silent_bodies_time_out,
     upload_errors,
     malformed_bodies,
