@@ -55,6 +55,10 @@ struct FsVars {
     upload_concurrency: usize,
     #[serde(default = "default_shutdown_grace")]
     shutdown_grace_secs: u64,
+    #[serde(default = "default_drain_max_bytes")]
+    drain_max_bytes: u64,
+    #[serde(default = "default_drain_timeout")]
+    drain_timeout_secs: u64,
     s3_endpoint: Option<String>,
     s3_region: Option<String>,
     s3_force_path_style: Option<bool>,
@@ -112,6 +116,11 @@ pub struct Config {
     /// Chunk and upload bodies handled at once (bounds disk and memory use).
     pub upload_concurrency: usize,
     pub shutdown_grace_secs: u64,
+    /// A request answered before its body was read has the rest of the body read and
+    /// discarded, up to this many bytes, so the answer reaches the client (else: closed).
+    pub drain_max_bytes: u64,
+    /// ... and for up to this long.
+    pub drain_timeout_secs: u64,
     pub s3: S3Settings,
     /// Check and slim jobs at once per replica (0: this replica runs no jobs).
     pub job_concurrency: usize,
@@ -173,6 +182,12 @@ fn default_upload_concurrency() -> usize {
     64
 }
 fn default_shutdown_grace() -> u64 {
+    30
+}
+fn default_drain_max_bytes() -> u64 {
+    256 << 20
+}
+fn default_drain_timeout() -> u64 {
     30
 }
 fn default_job_concurrency() -> usize {
@@ -273,6 +288,8 @@ impl Config {
             log_format: fs.log_format,
             upload_concurrency: fs.upload_concurrency.max(1),
             shutdown_grace_secs: fs.shutdown_grace_secs,
+            drain_max_bytes: fs.drain_max_bytes,
+            drain_timeout_secs: fs.drain_timeout_secs,
             s3,
             job_concurrency: fs.job_concurrency,
             job_lease_secs: fs.job_lease_secs.max(3),
@@ -348,6 +365,8 @@ mod tests {
         assert_eq!(c.tiers[&0].bucket, "images");
         assert_eq!(c.max_image_bytes, 500 << 30);
         assert!(c.cors_origins.is_none());
+        assert_eq!(c.drain_max_bytes, 256 << 20);
+        assert_eq!(c.drain_timeout_secs, 30);
     }
 
     #[test]
