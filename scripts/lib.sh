@@ -7,7 +7,10 @@ ensure_tools() {
     command -v qemu-io >/dev/null || missing+=(qemu-utils)
     command -v unzip >/dev/null || missing+=(unzip)
     command -v python3 >/dev/null || missing+=(python3)
-    command -v java >/dev/null || missing+=(openjdk-17-jre-headless)
+    # Java runs the clients in tests/support as single source files (`java File.java`): a JDK.
+    command -v javac >/dev/null || missing+=(openjdk-17-jdk-headless)
+    # A real reverse proxy in front of the service (tests/api/proxy.rs).
+    command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx)
     # The chart tests render the helm chart with Go's text/template and sprig (no helm here).
     command -v go >/dev/null || missing+=(golang-go)
     [ -d /usr/share/gocode/src/github.com/Masterminds/sprig ] || missing+=(golang-github-masterminds-sprig-dev)

@@ -59,6 +59,10 @@ struct FsVars {
     shutdown_grace_secs: u64,
     #[serde(default = "default_body_idle_timeout")]
     body_idle_timeout_secs: u64,
+    #[serde(default = "default_drain_max_bytes")]
+    drain_max_bytes: u64,
+    #[serde(default = "default_drain_timeout")]
+    drain_timeout_secs: u64,
     s3_endpoint: Option<String>,
     s3_region: Option<String>,
     s3_force_path_style: Option<bool>,
@@ -120,6 +124,11 @@ pub struct Config {
     pub shutdown_grace_secs: u64,
     /// A request body that sends nothing for this long fails (408) and frees its upload slot.
     pub body_idle_timeout_secs: u64,
+    /// A request answered before its body was read has the rest of the body read and
+    /// discarded, up to this many bytes, so the answer reaches the client (else: closed).
+    pub drain_max_bytes: u64,
+    /// ... and for up to this long.
+    pub drain_timeout_secs: u64,
     pub s3: S3Settings,
     /// Check and slim jobs at once per replica (0: this replica runs no jobs).
     pub job_concurrency: usize,
@@ -191,6 +200,12 @@ fn default_shutdown_grace() -> u64 {
 }
 fn default_body_idle_timeout() -> u64 {
     60
+}
+fn default_drain_max_bytes() -> u64 {
+    256 << 20
+}
+fn default_drain_timeout() -> u64 {
+    30
 }
 fn default_job_concurrency() -> usize {
     2
@@ -293,6 +308,8 @@ impl Config {
             upload_concurrency: fs.upload_concurrency.max(1),
             shutdown_grace_secs: fs.shutdown_grace_secs,
             body_idle_timeout_secs: fs.body_idle_timeout_secs.max(1),
+            drain_max_bytes: fs.drain_max_bytes,
+            drain_timeout_secs: fs.drain_timeout_secs,
             s3,
             job_concurrency: fs.job_concurrency,
             job_lease_secs: fs.job_lease_secs.max(3),
@@ -368,6 +385,8 @@ mod tests {
         assert_eq!(c.tiers[&0].bucket, "images");
         assert_eq!(c.max_image_bytes, 500 << 30);
         assert!(c.cors_origins.is_none());
+        assert_eq!(c.drain_max_bytes, 256 << 20);
+        assert_eq!(c.drain_timeout_secs, 30);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 mod bounded;
 pub mod docs;
+mod drain;
 pub mod error;
 pub mod extract;
 pub mod images;
@@ -60,6 +61,10 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 pub fn router(svc: Service) -> Router {
     let (routes, _) = documented().split_for_parts();
     let request_id = HeaderName::from_static("x-request-id");
+    let limits = drain::DrainLimits {
+        max_bytes: svc.config().drain_max_bytes,
+        timeout: Duration::from_secs(svc.config().drain_timeout_secs),
+    };
     routes
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -86,6 +91,9 @@ pub fn router(svc: Service) -> Router {
         )
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+        // Outermost: whatever answered (a handler, an extractor's rejection, a fallback, a
+        // layer), what it left of the request body is drained before the answer goes out.
+        .layer(middleware::from_fn_with_state(limits, drain::linger))
         .with_state(svc)
 }
 

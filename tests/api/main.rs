@@ -9,6 +9,7 @@ mod downloads;
 mod images;
 mod large;
 mod operations;
+mod proxy;
 mod queue;
 mod remote_ops;
 mod replicas;
