@@ -320,7 +320,7 @@ impl Refused {
                 "INVALID_PARAMETER",
                 "identifier \"bad identifier!\" must be 1 to 128 characters of A-Z, a-z, 0-9, '.', '_' or '-' (not '.' or '..')",
             ),
-            Refused::MalformedForm => (400, "BAD_BODY", "the request body could not be read: malformed multipart body: failed to read headers"),
+            Refused::MalformedForm => (400, "BAD_BODY", "the request body could not be read: malformed multipart body: failed to read headers: invalid header name"),
             Refused::NoRoute => (404, "NOT_FOUND", "no such resource"),
             Refused::BadMethod => (405, "METHOD_NOT_ALLOWED", "method not allowed on this resource"),
         }
