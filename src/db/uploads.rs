@@ -169,14 +169,19 @@ pub async fn delete_for_image(db: &impl ConnectionTrait, image_id: &str) -> Resu
     Ok(())
 }
 
-/// Open sessions untouched since `before` (abandoned uploads).
-pub async fn stale_open(
+/// Abandoned sessions: open ones untouched since `open_before`, and merging ones whose merger
+/// went silent before `merging_before` (its replica died, its client gave up).
+pub async fn stale(
     db: &impl ConnectionTrait,
-    before: i64,
+    open_before: i64,
+    merging_before: i64,
 ) -> Result<Vec<upload_session::Model>, DbErr> {
+    use upload_session::Column as C;
     Sessions::find()
-        .filter(upload_session::Column::State.eq(OPEN))
-        .filter(upload_session::Column::UpdatedAt.lt(before))
+        .filter(
+            (C::State.eq(OPEN).and(C::UpdatedAt.lt(open_before)))
+                .or(C::State.eq(MERGING).and(C::UpdatedAt.lt(merging_before))),
+        )
         .all(db)
         .await
 }

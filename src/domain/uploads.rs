@@ -456,14 +456,17 @@ impl Service {
         })
     }
 
-    /// Aborts chunked uploads untouched for longer than the configured TTL.
+    /// Aborts chunked uploads untouched for longer than the configured TTL, and merges whose
+    /// merger went silent for longer than that and the merge lease.
     pub async fn sweep_abandoned_uploads(&self) -> Result<usize> {
         let before = now_secs() - self.cfg.upload_ttl_secs as i64;
-        let stale = db::uploads::stale_open(&self.db, before).await?;
+        // A merge is given up only when both the TTL and the merge lease have passed.
+        let merging_before = before.min(now_secs() - MERGE_LEASE_SECS);
+        let stale = db::uploads::stale(&self.db, before, merging_before).await?;
         let mut swept = 0;
         for s in stale {
             // Re-check under the claim so a chunk or merge arriving now is not lost.
-            if !db::uploads::claim_merge(&self.db, &s.id, now_secs(), i64::MIN).await? {
+            if !db::uploads::claim_merge(&self.db, &s.id, now_secs(), merging_before).await? {
                 continue;
             }
             self.store

@@ -318,8 +318,72 @@ crate::backend_tests!(
     cancel_drops_every_chunk,
     concurrent_merges_make_one_image,
     chunked_zip_is_unpacked,
-    abandoned_uploads_expire
+    abandoned_uploads_expire,
+    merges_whose_merger_died_expire
 );
+
+/// A session left `merging` by a replica that died (and a client that gave up) is expired once
+/// both the TTL and the merge lease have passed: its multipart upload and staging objects are
+/// freed and the open-uploads gauge no longer counts it. A merge still within its lease stays.
+async fn merges_whose_merger_died_expire(b: Backend) {
+    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+    let app = TestApp::spawn(
+        b,
+        Options {
+            upload_ttl_secs: Some(2),
+            ..Default::default()
+        },
+    )
+    .await;
+    let db = file_system::db::connect(&app.database_url).await.unwrap();
+    let now = chrono::Utc::now().timestamp();
+    for (ident, silent_for) in [("dead-merge", 7200), ("live-merge", 5)] {
+        assert_eq!(app.chunk(ident, 1, pattern(4, 6 << 20)).await.status(), 200);
+        assert_eq!(app.chunk(ident, 2, pattern(5, 1000)).await.status(), 200);
+        entity::upload_session::Entity::update_many()
+            .col_expr(entity::upload_session::Column::State, "merging".into())
+            .col_expr(
+                entity::upload_session::Column::UpdatedAt,
+                (now - silent_for).into(),
+            )
+            .filter(entity::upload_session::Column::Identifier.eq(ident))
+            .exec(&db)
+            .await
+            .unwrap();
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let (_, st) = app.get_json("/images/upload?identifier=dead-merge").await;
+        if st["state"] == "none" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "not expired: {st}");
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    let (_, st) = app.get_json("/images/upload?identifier=live-merge").await;
+    assert_eq!(
+        st["state"], "merging",
+        "a merge within its lease was taken: {st}"
+    );
+    // Once the live one is cancelled, nothing of either is held: the dead one's storage went.
+    entity::upload_session::Entity::update_many()
+        .col_expr(entity::upload_session::Column::State, "open".into())
+        .col_expr(entity::upload_session::Column::UpdatedAt, now.into())
+        .filter(entity::upload_session::Column::Identifier.eq("live-merge"))
+        .exec(&db)
+        .await
+        .unwrap();
+    db.close().await.unwrap();
+    let r = app
+        .client
+        .delete(app.url("/images/upload?identifier=live-merge"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.text().await.unwrap(), "cancel success");
+    assert_eq!(app.leftovers().await, Vec::<String>::new());
+    app.stop().await;
+}
 
 /// Uploads nobody touched for longer than the TTL are aborted and their storage freed.
 async fn abandoned_uploads_expire(b: Backend) {
