@@ -72,7 +72,7 @@ impl Service {
             // The job runs while its lease is renewed; losing the lease (the job was cancelled,
             // or taken over) or shutting down stops it.
             let outcome = tokio::select! {
-                r = self.run_job(&job) => Some(r),
+                r = isolated(self.run_job(&job)) => Some(r),
                 _ = self.keep_lease(&job, &owner) => None,
                 _ = token.cancelled() => None,
             };
@@ -344,6 +344,24 @@ impl Service {
     }
 }
 
+/// Runs a job so that a panic in it is a failed attempt (retried with backoff, then recorded
+/// on the image) instead of the end of its worker.
+async fn isolated<F: std::future::Future<Output = Result<Step>>>(job: F) -> Result<Step> {
+    use futures::FutureExt;
+    match std::panic::AssertUnwindSafe(job).catch_unwind().await {
+        Ok(r) => r,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            tracing::error!(panic = %what, "a job panicked");
+            Err(Error::Internal(format!("the job panicked: {what}")))
+        }
+    }
+}
+
 /// `.qcow2`, `.img`, ... of a file name (empty when it has none).
 fn extension(name: &str) -> String {
     std::path::Path::new(name)
@@ -377,4 +395,17 @@ fn free_bytes(dir: &std::path::Path) -> Result<u64> {
         return Err(std::io::Error::last_os_error().into());
     }
     Ok(st.f_bavail as u64 * st.f_frsize as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_job_is_a_failed_attempt() {
+        let r = isolated(async { panic!("boom") }).await;
+        assert!(matches!(r, Err(Error::Internal(m)) if m.contains("boom")));
+        let r = isolated(async { Ok(Step::WaitSecs(3)) }).await;
+        assert!(matches!(r, Ok(Step::WaitSecs(3))));
+    }
 }
