@@ -90,8 +90,9 @@ pub fn zstd_probe(path: &Path) -> Vec<String> {
     .into()
 }
 
-/// A qemu-img process for `args`: no stdin, piped output, killed when dropped, limited to
-/// `MEMORY_LIMIT` of address space and, when given, `cpu_secs` of CPU time.
+/// A qemu-img process for `args`: no stdin, piped output, killed when dropped or when the
+/// service dies, limited to `MEMORY_LIMIT` of address space and, when given, `cpu_secs` of CPU
+/// time.
 pub fn command(args: &[String], cpu_secs: Option<u64>) -> Command {
     let mut cmd = Command::new("qemu-img");
     cmd.args(args)
@@ -99,9 +100,25 @@ pub fn command(args: &[String], cpu_secs: Option<u64>) -> Command {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    // SAFETY: only async-signal-safe calls (setrlimit) run between fork and exec.
+    let parent = std::process::id();
+    // SAFETY: only async-signal-safe calls (prctl, getppid, setrlimit, _exit) run between fork
+    // and exec.
     unsafe {
         cmd.pre_exec(move || {
+            // The child dies with the service, even with a SIGKILL (which runs no cleanup):
+            // no qemu-img goes on writing into scratch for a job another replica took over.
+            // The signal follows the forking thread, a runtime worker that lives as long as
+            // the service (this is never called from a blocking-pool thread).
+            libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            );
+            if libc::getppid() as u32 != parent {
+                libc::_exit(1);
+            }
             let mem = libc::rlimit {
                 rlim_cur: MEMORY_LIMIT,
                 rlim_max: MEMORY_LIMIT,

@@ -75,8 +75,24 @@ async fn sigkill_during_a_slim_then_restart(b: Backend) {
         assert!(Instant::now() < deadline, "the slim never started: {v}");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // qemu-img is converting this test's image when the server dies ...
+    let marker = app.dir.path().to_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while qemu_img_processes(&marker).is_empty() {
+        assert!(Instant::now() < deadline, "qemu-img never ran");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     server.kill(); // SIGKILL
+                   // ... and dies with it.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !qemu_img_processes(&marker).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "qemu-img outlived its server: {:?}",
+            qemu_img_processes(&marker)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let killed = entity::image::Entity::find_by_id(id.clone())
         .one(&db)
         .await
@@ -230,4 +246,27 @@ async fn stale_temporary_files_are_swept() {
     assert!(!dead.exists());
     assert!(live.exists());
     assert_eq!(store.sweep_stale_temp(hour).await.unwrap(), 0);
+}
+
+/// Pids of running qemu-img processes whose command line mentions `marker`.
+fn qemu_img_processes(marker: &str) -> Vec<u32> {
+    let mut out = vec![];
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let cmd = String::from_utf8_lossy(&cmd);
+        let zombie = std::fs::read_to_string(e.path().join("stat")).is_ok_and(|s| {
+            s.rsplit(')')
+                .next()
+                .is_some_and(|r| r.trim_start().starts_with('Z'))
+        });
+        if cmd.starts_with("qemu-img") && cmd.contains(marker) && !zombie {
+            out.push(pid);
+        }
+    }
+    out
 }
