@@ -453,16 +453,7 @@ async fn chunks_respect_the_size_limit(b: Backend) {
         .as_str()
         .unwrap()
         .to_string();
-    let dl = app
-        .client
-        .get(app.url(&format!("/images/{id}/action/download")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        dl.bytes().await.unwrap().to_vec(),
-        [two(1), two(2)].concat()
-    );
+    assert_eq!(app.download(&id).await, [two(1), two(2)].concat());
 
     // A zip of 1 MiB whose image expands past the limit: refused at merge, chunks consumed,
     // and the resume query says so.

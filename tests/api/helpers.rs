@@ -409,6 +409,18 @@ impl TestApp {
         (status, resp.json().await.unwrap_or(serde_json::Value::Null))
     }
 
+    /// The bytes `GET .../images/{id}/action/download` serves (asserting a 200).
+    pub async fn download(&self, id: &str) -> Vec<u8> {
+        let r = self
+            .client
+            .get(self.url(&format!("/images/{id}/action/download")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        r.bytes().await.unwrap().to_vec()
+    }
+
     /// Downloads to a file, returning the response headers' status and the file.
     pub async fn download_to(&self, path: &str, dst: &Path) -> reqwest::header::HeaderMap {
         use futures::StreamExt;

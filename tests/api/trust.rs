@@ -131,17 +131,6 @@ fn assert_no_paths(app: &TestApp, what: &str, text: &str) {
     assert!(!text.contains("/scratch"), "{what}: {text}");
 }
 
-async fn download(app: &TestApp, id: &str) -> Vec<u8> {
-    let r = app
-        .client
-        .get(app.url(&format!("/images/{id}/action/download")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    r.bytes().await.unwrap().to_vec()
-}
-
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
@@ -192,7 +181,7 @@ async fn images_naming_host_files_never_serve_them(b: Backend) {
         assert_eq!(v["compressInfo"]["compressStatus"], 2, "{what}: {v}");
         assert_no_paths(&app, &what, &v.to_string());
 
-        let got = download(&app, &id).await;
+        let got = app.download(&id).await;
         assert!(
             !contains(&got, &tag),
             "{what}: the download carried the host file"
@@ -227,7 +216,7 @@ async fn slim_never_trusts_the_check_alone(b: Backend) {
         let msg = v["compressInfo"]["compressMsg"].as_str().unwrap();
         assert!(msg.contains(why), "{what}: {msg}");
         assert_no_paths(&app, &what, &v.to_string());
-        let got = download(&app, &id).await;
+        let got = app.download(&id).await;
         assert!(
             !contains(&got, &tag),
             "{what}: the download carried the host file"
@@ -255,7 +244,7 @@ async fn slim_needs_a_usable_check(b: Backend) {
     assert!(v["message"].as_str().unwrap().contains("corrupted"), "{v}");
     let (_, v) = app.get_json(&format!("/images/{id}")).await;
     assert_eq!(v["slimStatus"], 3, "{v}");
-    assert_eq!(download(&app, &id).await, bytes);
+    assert_eq!(app.download(&id).await, bytes);
 
     let leak =
         crate::checks::damaged_qcow2(app.dir.path(), "leak.qcow2", crate::checks::Damage::Leak);

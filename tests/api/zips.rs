@@ -141,13 +141,7 @@ async fn archives_from_common_tools_are_accepted(b: Backend) {
         let v: serde_json::Value = resp.json().await.unwrap();
         assert_eq!(v["fileName"], "myimg.img", "{what}");
         let id = v["imageId"].as_str().unwrap();
-        let dl = app
-            .client
-            .get(app.url(&format!("/images/{id}/action/download")))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(sha256(&dl.bytes().await.unwrap()), sha256(&img), "{what}");
+        assert_eq!(sha256(&app.download(id).await), sha256(&img), "{what}");
         let r = app
             .client
             .delete(app.url(&format!("/images/{id}")))
