@@ -59,6 +59,8 @@ struct FsVars {
     shutdown_grace_secs: u64,
     #[serde(default = "default_body_idle_timeout")]
     body_idle_timeout_secs: u64,
+    #[serde(default = "default_header_timeout")]
+    header_timeout_secs: u64,
     #[serde(default = "default_drain_max_bytes")]
     drain_max_bytes: u64,
     #[serde(default = "default_drain_timeout")]
@@ -124,6 +126,9 @@ pub struct Config {
     pub shutdown_grace_secs: u64,
     /// A request body that sends nothing for this long fails (408) and frees its upload slot.
     pub body_idle_timeout_secs: u64,
+    /// A connection must deliver a request's complete headers within this long (seconds),
+    /// or it is closed.
+    pub header_timeout_secs: u64,
     /// A request answered before its body was read has the rest of the body read and
     /// discarded, up to this many bytes, so the answer reaches the client (else: closed).
     pub drain_max_bytes: u64,
@@ -200,6 +205,9 @@ fn default_shutdown_grace() -> u64 {
 }
 fn default_body_idle_timeout() -> u64 {
     60
+}
+fn default_header_timeout() -> u64 {
+    30
 }
 fn default_drain_max_bytes() -> u64 {
     256 << 20
@@ -308,6 +316,7 @@ impl Config {
             upload_concurrency: fs.upload_concurrency.max(1),
             shutdown_grace_secs: fs.shutdown_grace_secs,
             body_idle_timeout_secs: fs.body_idle_timeout_secs.max(1),
+            header_timeout_secs: fs.header_timeout_secs.max(1),
             drain_max_bytes: fs.drain_max_bytes,
             drain_timeout_secs: fs.drain_timeout_secs,
             s3,

@@ -3,8 +3,10 @@
 //!
 //! Layers: `routes` (HTTP) -> `domain` -> (`db`, `storage`). See `docs/ARCHITECTURE.md`.
 
+pub mod cleanup;
 pub mod config;
 pub mod db;
+pub mod dirlock;
 pub mod domain;
 pub mod imageops;
 pub mod metrics;
@@ -27,7 +29,6 @@ pub async fn build(cfg: Config) -> anyhow::Result<Service> {
     db::migrate(&db)
         .await
         .context("database migration failed")?;
-    clear_scratch(&cfg.scratch_dir).await;
     tokio::fs::create_dir_all(&cfg.scratch_dir)
         .await
         .with_context(|| {
@@ -36,6 +37,14 @@ pub async fn build(cfg: Config) -> anyhow::Result<Service> {
                 cfg.scratch_dir.display()
             )
         })?;
+    // Owned before it is emptied: a second process started on it by mistake stops here.
+    let scratch_lock = dirlock::lock(&cfg.scratch_dir, "scratch directory").with_context(|| {
+        format!(
+            "cannot lock scratch directory {}",
+            cfg.scratch_dir.display()
+        )
+    })?;
+    clear_scratch(&cfg.scratch_dir).await;
     let store: Arc<dyn ObjectStore> = match cfg.storage {
         StorageKind::Local => Arc::new(
             LocalStore::open(&cfg.local_dir)
@@ -73,41 +82,70 @@ pub async fn build(cfg: Config) -> anyhow::Result<Service> {
             ))
         }
     };
-    Ok(Service::new(db, store, imageops, Arc::new(cfg)))
+    Ok(Service::new(db, store, imageops, Arc::new(cfg)).holding(scratch_lock))
 }
 
 /// Serves the API on `listener` until `shutdown` resolves, then lets requests in flight finish
-/// (up to the configured grace period) and stops background work.
+/// and stops background work, all within the configured grace period: a database or store
+/// that does not answer cannot hold the process past it (the leases it could not release
+/// lapse, and another replica takes that work over).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     svc: Service,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let token = CancellationToken::new();
-    let sweeper = tokio::spawn(sweep_loop(svc.clone(), token.clone()));
-    let workers = tokio::spawn(svc.clone().run_workers(token.clone()));
+    let background = [
+        tokio::spawn(sweep_loop(svc.clone(), token.clone())),
+        tokio::spawn(recovery_loop(svc.clone(), token.clone())),
+        tokio::spawn(svc.clone().run_workers(token.clone())),
+    ];
     let grace = Duration::from_secs(svc.config().shutdown_grace_secs);
+    let header_timeout = Duration::from_secs(svc.config().header_timeout_secs);
     let app = routes::router(svc);
     let stop = token.clone();
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        shutdown.await;
-        tracing::info!("shutting down: no new connections, finishing requests in flight");
-        stop.cancel();
-    });
-    let server = tokio::spawn(async move { server.await });
+    let server = tokio::spawn(routes::serve::serve(
+        listener,
+        app,
+        header_timeout,
+        async move {
+            shutdown.await;
+            tracing::info!("shutting down: no new connections, finishing requests in flight");
+            stop.cancel();
+        },
+    ));
     token.cancelled().await;
-    match tokio::time::timeout(grace, server).await {
-        Ok(res) => res
-            .context("server task failed")?
-            .context("server failed")?,
-        Err(_) => tracing::warn!(
+    let deadline = tokio::time::Instant::now() + grace;
+    if tokio::time::timeout_at(deadline, server).await.is_err() {
+        tracing::warn!(
             grace_secs = grace.as_secs(),
             "requests still running after the grace period; stopping"
-        ),
+        );
     }
-    let _ = sweeper.await;
-    let _ = workers.await;
+    let background = futures::future::join_all(background);
+    if tokio::time::timeout_at(deadline, background).await.is_err() {
+        tracing::warn!(
+            grace_secs = grace.as_secs(),
+            "background work still running after the grace period; stopping (its leases lapse \
+             and another replica takes it over)"
+        );
+    }
     Ok(())
+}
+
+/// Takes over merges whose process died, at start-up and then every few seconds.
+async fn recovery_loop(svc: Service, token: CancellationToken) {
+    loop {
+        match svc.recover_merges().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(merges = n, "took over interrupted merges"),
+            Err(e) => tracing::warn!(error = %e, "recovering interrupted merges failed"),
+        }
+        tokio::select! {
+            _ = token.cancelled() => return,
+            _ = tokio::time::sleep(domain::uploads::MERGE_RENEW) => {}
+        }
+    }
 }
 
 /// Empties the scratch directory: what a previous run of this replica left there (killed in

@@ -18,10 +18,14 @@ fn main() -> anyhow::Result<()> {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
         libc::mallopt(libc::M_TRIM_THRESHOLD, 64 << 20);
     }
-    tokio::runtime::Builder::new_multi_thread()
+    let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .build()?
-        .block_on(run())
+        .build()?;
+    let result = rt.block_on(run());
+    // `serve` bounded the shutdown by the grace period; whatever still runs (a blocking call
+    // into a file system or database that no longer answers) must not hold the exit.
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    result
 }
 
 async fn run() -> anyhow::Result<()> {
@@ -56,9 +60,10 @@ async fn run() -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("cannot listen on {}", cfg.imageops_listen))?;
             tracing::info!(addr = %listener.local_addr()?, dir = %dir.display(), "imageops listening");
-            axum::serve(listener, file_system::imageops::server::router(dir, ops))
-                .with_graceful_shutdown(shutdown_signal())
-                .await?;
+            let app = file_system::imageops::server::router(dir, ops);
+            let header_timeout = std::time::Duration::from_secs(cfg.header_timeout_secs);
+            file_system::routes::serve::serve(listener, app, header_timeout, shutdown_signal())
+                .await;
             Ok(())
         }
         "migrate" => {

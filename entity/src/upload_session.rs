@@ -21,6 +21,15 @@ pub struct Model {
     /// Legacy, no longer read or written: sessions once switched all their chunks to packing.
     /// Each part now records whether it is staged (`upload_part::staged`).
     pub packed: bool,
+    /// Names the current merger while `merging` (a fresh value per claim); `None` otherwise.
+    pub merge_token: Option<String>,
+    /// The merge request's `filename`, kept so that another process can finish the merge.
+    pub merge_file_name: Option<String>,
+    /// The merge request's `userId`, kept for the same reason.
+    pub merge_user_id: Option<String>,
+    /// A zipped upload's merge: the image (JSON `{"fileName", "size", "crc32"}`) that is
+    /// about to replace the archive in the store, recorded before the replacement.
+    pub merge_unpacked: Option<String>,
     pub created_at: i64,
     pub updated_at: i64,
 }

@@ -6,6 +6,7 @@ mod m20261128_000001_initial;
 mod m20261128_000002_session_packing;
 mod m20261128_000003_jobs;
 mod m20261130_000004_part_staged;
+mod m20261201_000005_merge_claim;
 
 pub struct Migrator;
 
@@ -17,6 +18,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261128_000002_session_packing::Migration),
             Box::new(m20261128_000003_jobs::Migration),
             Box::new(m20261130_000004_part_staged::Migration),
+            Box::new(m20261201_000005_merge_claim::Migration),
         ]
     }
 }

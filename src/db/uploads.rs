@@ -106,43 +106,164 @@ pub async fn parts(
         .await
 }
 
+/// Who claims a merge, and (from a merge request) what it was asked.
+pub struct MergeClaim<'a> {
+    /// A fresh value per claim; later writes of the merge are conditional on it.
+    pub token: &'a str,
+    /// The request's `filename` and `userId`; `None` keeps those recorded (a recovery).
+    pub request: Option<(&'a str, &'a str)>,
+}
+
 /// Moves a session from `open` (or from a `merging` whose merger went silent before
-/// `stale_before`) to `merging`. `true` when this caller now owns the merge.
+/// `stale_before`) to `merging`, owned by `claim.token`. `true` when this caller now owns the
+/// merge.
 pub async fn claim_merge(
     db: &impl ConnectionTrait,
     session_id: &str,
     now: i64,
     stale_before: i64,
+    claim: &MergeClaim<'_>,
 ) -> Result<bool, DbErr> {
-    let res = Sessions::update_many()
-        .col_expr(upload_session::Column::State, Expr::value(MERGING))
-        .col_expr(upload_session::Column::UpdatedAt, Expr::value(now))
-        .filter(upload_session::Column::Id.eq(session_id))
+    use upload_session::Column as C;
+    let mut update = Sessions::update_many()
+        .col_expr(C::State, Expr::value(MERGING))
+        .col_expr(C::MergeToken, Expr::value(claim.token))
+        .col_expr(C::UpdatedAt, Expr::value(now));
+    if let Some((file_name, user_id)) = claim.request {
+        update = update
+            .col_expr(C::MergeFileName, Expr::value(file_name))
+            .col_expr(C::MergeUserId, Expr::value(user_id));
+    }
+    let res = update
+        .filter(C::Id.eq(session_id))
         .filter(
-            upload_session::Column::State
+            C::State
                 .eq(OPEN)
-                .or(upload_session::Column::State
-                    .eq(MERGING)
-                    .and(upload_session::Column::UpdatedAt.lt(stale_before))),
+                .or(C::State.eq(MERGING).and(C::UpdatedAt.lt(stale_before))),
         )
         .exec(db)
         .await?;
     Ok(res.rows_affected == 1)
 }
 
-pub async fn set_state(
+/// Claims an open session untouched since `before` (to expire it), re-checked in the same
+/// statement so that a chunk arriving meanwhile wins. `true` when `token` now owns it.
+pub async fn claim_stale_open(
     db: &impl ConnectionTrait,
     session_id: &str,
+    before: i64,
+    token: &str,
+    now: i64,
+) -> Result<bool, DbErr> {
+    use upload_session::Column as C;
+    let res = Sessions::update_many()
+        .col_expr(C::State, Expr::value(MERGING))
+        .col_expr(C::MergeToken, Expr::value(token))
+        // Fresh, so the merge recovery leaves it to this claimer.
+        .col_expr(C::UpdatedAt, Expr::value(now))
+        .filter(C::Id.eq(session_id))
+        .filter(C::State.eq(OPEN))
+        .filter(C::UpdatedAt.lt(before))
+        .exec(db)
+        .await?;
+    Ok(res.rows_affected == 1)
+}
+
+/// Renews the merge lease of `token`; `false` when another merger took the session over.
+pub async fn renew_merge(
+    db: &impl ConnectionTrait,
+    session_id: &str,
+    token: &str,
+    now: i64,
+) -> Result<bool, DbErr> {
+    use upload_session::Column as C;
+    let res = Sessions::update_many()
+        .col_expr(C::UpdatedAt, Expr::value(now))
+        .filter(C::Id.eq(session_id))
+        .filter(C::State.eq(MERGING))
+        .filter(C::MergeToken.eq(token))
+        .exec(db)
+        .await?;
+    Ok(res.rows_affected == 1)
+}
+
+/// Ends the merge of `token`: the session becomes `state` (`completed`, or `open` again) and
+/// forgets the merge request.
+/// `false` (nothing written) when another merger took the session over.
+pub async fn end_merge(
+    db: &impl ConnectionTrait,
+    session_id: &str,
+    token: &str,
     state: &str,
     now: i64,
-) -> Result<(), DbErr> {
-    Sessions::update_many()
-        .col_expr(upload_session::Column::State, Expr::value(state))
-        .col_expr(upload_session::Column::UpdatedAt, Expr::value(now))
-        .filter(upload_session::Column::Id.eq(session_id))
+) -> Result<bool, DbErr> {
+    use upload_session::Column as C;
+    let res = Sessions::update_many()
+        .col_expr(C::State, Expr::value(state))
+        .col_expr(C::MergeToken, Expr::value(Option::<String>::None))
+        .col_expr(C::MergeFileName, Expr::value(Option::<String>::None))
+        .col_expr(C::MergeUserId, Expr::value(Option::<String>::None))
+        .col_expr(C::MergeUnpacked, Expr::value(Option::<String>::None))
+        .col_expr(C::UpdatedAt, Expr::value(now))
+        .filter(C::Id.eq(session_id))
+        .filter(C::State.eq(MERGING))
+        .filter(C::MergeToken.eq(token))
         .exec(db)
+        .await?;
+    Ok(res.rows_affected == 1)
+}
+
+/// Records, for the merge of `token`, the image about to replace the merged archive.
+/// `false` (nothing written) when another merger took the session over.
+pub async fn record_unpacked(
+    db: &impl ConnectionTrait,
+    session_id: &str,
+    token: &str,
+    unpacked: &str,
+) -> Result<bool, DbErr> {
+    use upload_session::Column as C;
+    let res = Sessions::update_many()
+        .col_expr(C::MergeUnpacked, Expr::value(unpacked))
+        .filter(C::Id.eq(session_id))
+        .filter(C::State.eq(MERGING))
+        .filter(C::MergeToken.eq(token))
+        .exec(db)
+        .await?;
+    Ok(res.rows_affected == 1)
+}
+
+/// Deletes a session being merged by `token`, with its part rows. `false` (nothing deleted)
+/// when another merger took it over.
+pub async fn delete_merging(
+    db: &impl ConnectionTrait,
+    session_id: &str,
+    token: &str,
+) -> Result<bool, DbErr> {
+    use upload_session::Column as C;
+    let res = Sessions::delete_many()
+        .filter(C::Id.eq(session_id))
+        .filter(C::MergeToken.eq(token))
+        .exec(db)
+        .await?;
+    if res.rows_affected == 1 {
+        Parts::delete_many()
+            .filter(upload_part::Column::SessionId.eq(session_id))
+            .exec(db)
+            .await?;
+    }
+    Ok(res.rows_affected == 1)
+}
+
+/// Merges whose merger stopped renewing its lease before `before` (its process died).
+pub async fn stale_merges(
+    db: &impl ConnectionTrait,
+    before: i64,
+) -> Result<Vec<upload_session::Model>, DbErr> {
+    use upload_session::Column as C;
+    Sessions::find()
+        .filter(C::State.eq(MERGING).and(C::UpdatedAt.lt(before)))
+        .all(db)
         .await
-        .map(|_| ())
 }
 
 /// Deletes a session and its part rows.
@@ -169,19 +290,14 @@ pub async fn delete_for_image(db: &impl ConnectionTrait, image_id: &str) -> Resu
     Ok(())
 }
 
-/// Abandoned sessions: open ones untouched since `open_before`, and merging ones whose merger
-/// went silent before `merging_before` (its replica died, its client gave up).
-pub async fn stale(
+/// Abandoned sessions: open ones untouched since `before`.
+pub async fn stale_open(
     db: &impl ConnectionTrait,
-    open_before: i64,
-    merging_before: i64,
+    before: i64,
 ) -> Result<Vec<upload_session::Model>, DbErr> {
     use upload_session::Column as C;
     Sessions::find()
-        .filter(
-            (C::State.eq(OPEN).and(C::UpdatedAt.lt(open_before)))
-                .or(C::State.eq(MERGING).and(C::UpdatedAt.lt(merging_before))),
-        )
+        .filter(C::State.eq(OPEN).and(C::UpdatedAt.lt(before)))
         .all(db)
         .await
 }

@@ -7,6 +7,7 @@ use super::{
 };
 use crate::imageops::status;
 use crate::{
+    cleanup::Cleanup,
     config::Tier,
     db,
     storage::{
@@ -35,12 +36,26 @@ pub struct ListQuery {
     pub offset: Option<u64>,
 }
 
-/// Bytes of an image already in the store, not yet recorded.
+/// Bytes of an image already in the store, not yet recorded. Removed from the store when
+/// dropped before `recorded` (a failure, or the client going away mid-form).
 struct StoredObject {
     tier: Tier,
     key: String,
     size: u64,
     crc32: u32,
+    unreferenced: Cleanup,
+}
+
+impl StoredObject {
+    /// The image record now references the object: it stays.
+    fn recorded(self) {
+        self.unreferenced.disarm();
+    }
+
+    /// Removes the object now.
+    async fn discard(self) {
+        self.unreferenced.run().await;
+    }
 }
 
 /// A file part received by `POST /images`, before the rest of the form is known.
@@ -158,6 +173,7 @@ impl Service {
                 let id = uuid::Uuid::new_v4().to_string();
                 let key = object_key(&id);
                 let (name, size, crc32) = self.unpack_zip(&file, &tier, &key).await?;
+                let unreferenced = self.unreferenced(&tier.bucket, &key);
                 (
                     name,
                     StoredObject {
@@ -165,6 +181,7 @@ impl Service {
                         key,
                         size,
                         crc32,
+                        unreferenced,
                     },
                 )
             }
@@ -189,11 +206,14 @@ impl Service {
         }
         .await;
         if let Err(e) = recorded {
-            self.delete_object(&object.tier.bucket, &object.key).await;
+            object.discard().await;
             return Err(e.into());
         }
+        let size = object.size;
+        let bucket = object.tier.bucket.clone();
+        object.recorded();
         self.job_wake.notify_one();
-        tracing::info!(image.id = %id, size_bytes = object.size, bucket = %object.tier.bucket, "image uploaded");
+        tracing::info!(image.id = %id, size_bytes = size, bucket = %bucket, "image uploaded");
         self.image(&id).await
     }
 
@@ -215,6 +235,7 @@ impl Service {
             Ok(size) => Ok(Staged::Image {
                 file_name,
                 object: StoredObject {
+                    unreferenced: self.unreferenced(&tier.bucket, &key),
                     tier,
                     key,
                     size,
@@ -234,6 +255,8 @@ impl Service {
                 ..object
             });
         }
+        // The copy is guarded from the moment it may exist; the original goes either way.
+        let copy = self.unreferenced(&tier.bucket, &object.key);
         let opts = PutOptions {
             storage_class: tier.storage_class.clone(),
         };
@@ -247,18 +270,42 @@ impl Service {
                 &opts,
             )
             .await;
-        self.delete_object(&object.tier.bucket, &object.key).await;
-        copied?;
+        let StoredObject {
+            key,
+            size,
+            crc32,
+            unreferenced,
+            ..
+        } = object;
+        unreferenced.run().await;
+        if let Err(e) = copied {
+            copy.run().await;
+            return Err(e.into());
+        }
         Ok(StoredObject {
             tier: tier.clone(),
-            ..object
+            key,
+            size,
+            crc32,
+            unreferenced: copy,
         })
     }
 
     async fn discard(&self, staged: Staged) {
         if let Staged::Image { object, .. } = staged {
-            self.delete_object(&object.tier.bucket, &object.key).await;
+            object.discard().await;
         }
+    }
+
+    /// A guard that removes `bucket`/`key` unless disarmed: for objects not yet referenced by
+    /// a record.
+    pub(crate) fn unreferenced(&self, bucket: &str, key: &str) -> Cleanup {
+        let (store, bucket, key) = (self.store.clone(), bucket.to_string(), key.to_string());
+        Cleanup::new(async move {
+            if let Err(e) = store.delete(&bucket, &key).await {
+                tracing::warn!(bucket, key, error = %e, "could not remove an unreferenced object");
+            }
+        })
     }
 
     /// Best-effort removal of an object nobody will reference; failures are logged.
@@ -276,15 +323,37 @@ impl Service {
         tier: &Tier,
         key: &str,
     ) -> Result<(String, u64, u32)> {
-        let limits = zipin::Limits {
-            max_bytes: self.cfg.max_image_bytes,
-            max_ratio: self.cfg.zip_max_ratio,
-        };
+        let found = self.find_zip_image(zip).await?;
+        self.extract_zip_image(zip, found, tier, key).await
+    }
+
+    /// The single image of the zip at `zip`, as its listing declares it (refusals: 400).
+    pub(crate) async fn find_zip_image(&self, zip: &Path) -> Result<zipin::ZipImage> {
+        let limits = self.zip_limits();
         let path = zip.to_path_buf();
-        let found = tokio::task::spawn_blocking(move || zipin::find_image(&path, limits))
+        tokio::task::spawn_blocking(move || zipin::find_image(&path, limits))
             .await
             .map_err(|e| Error::Internal(e.to_string()))?
-            .map_err(Error::InvalidZip)?;
+            .map_err(Error::InvalidZip)
+    }
+
+    fn zip_limits(&self) -> zipin::Limits {
+        zipin::Limits {
+            max_bytes: self.cfg.max_image_bytes,
+            max_ratio: self.cfg.zip_max_ratio,
+        }
+    }
+
+    /// Extracts `found` from the zip at `zip` into `tier`/`key`, checking its size and CRC-32
+    /// as it streams. Returns the image's file name, size and CRC-32.
+    pub(crate) async fn extract_zip_image(
+        &self,
+        zip: &Path,
+        found: zipin::ZipImage,
+        tier: &Tier,
+        key: &str,
+    ) -> Result<(String, u64, u32)> {
+        let limits = self.zip_limits();
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let path = zip.to_path_buf();
         let entry = found.clone();

@@ -114,6 +114,8 @@ pub struct Service {
     pub(crate) metrics: Arc<Metrics>,
     /// Wakes this replica's idle workers when it queued a job (others find it by polling).
     pub(crate) job_wake: Arc<tokio::sync::Notify>,
+    /// Directories this process owns (its scratch directory) for as long as it runs.
+    _locks: Arc<Vec<crate::dirlock::DirLock>>,
 }
 
 impl Service {
@@ -132,7 +134,16 @@ impl Service {
             upload_slots,
             metrics: Arc::new(Metrics::new()),
             job_wake: Arc::new(tokio::sync::Notify::new()),
+            _locks: Arc::new(vec![]),
         }
+    }
+
+    /// Keeps `lock` for the service's lifetime.
+    pub fn holding(mut self, lock: crate::dirlock::DirLock) -> Self {
+        let mut locks: Vec<_> = Arc::try_unwrap(self._locks).unwrap_or_default();
+        locks.push(lock);
+        self._locks = Arc::new(locks);
+        self
     }
 
     pub fn db(&self) -> &DatabaseConnection {

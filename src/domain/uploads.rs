@@ -20,10 +20,19 @@ use entity::{image, upload_session};
 use futures::StreamExt;
 use sea_orm::{ActiveValue::Set, TransactionTrait};
 use std::time::Duration;
+use tokio_util::task::AbortOnDropHandle;
 
-/// A merge that has not finished after this long is considered dead and may be taken over.
-const MERGE_LEASE_SECS: i64 = 1800;
+/// A merge whose merger has not renewed its claim for this long is dead (its process was
+/// killed) and is taken over: finished by the sweeper of any replica, or by a repeated merge
+/// request.
+const MERGE_LEASE_SECS: i64 = 15;
+/// How often a running merge renews its claim.
+pub const MERGE_RENEW: Duration = Duration::from_secs(5);
+/// How often a repeated merge looks at the outcome of the merge it waits for.
 const MERGE_POLL: Duration = Duration::from_millis(200);
+/// How long a repeated merge waits for another, live merger before it answers 409 (below the
+/// 60 s that proxies commonly allow a response).
+const MERGE_WAIT: Duration = Duration::from_secs(30);
 
 /// A received chunk, as reported by the resume query.
 #[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
@@ -44,6 +53,15 @@ pub struct UploadStatus {
     pub total_bytes: u64,
     #[serde(rename = "imageId", skip_serializing_if = "Option::is_none")]
     pub image_id: Option<String>,
+}
+
+/// The image a zipped upload's merge extracts (recorded in `upload_sessions.merge_unpacked`).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Unpacked {
+    #[serde(rename = "fileName")]
+    file_name: String,
+    size: u64,
+    crc32: u32,
 }
 
 /// Why chunks must be sent again, naming them.
@@ -200,6 +218,10 @@ impl Service {
             state: Set(OPEN.to_string()),
             // Legacy: each part records whether it is staged (see `placement`).
             packed: Set(false),
+            merge_token: Set(None),
+            merge_file_name: Set(None),
+            merge_user_id: Set(None),
+            merge_unpacked: Set(None),
             created_at: Set(now),
             updated_at: Set(now),
         };
@@ -222,7 +244,9 @@ impl Service {
         let file_name = validate::file_name(fields.get("filename").unwrap_or(""))
             .ok_or(Error::InvalidFileName(texts::BAD_MERGE_NAME))?;
         let user_id = fields.get("userId").unwrap_or("").to_string();
-        let tier = self.tier_for(fields.get("priority"))?.clone();
+        // The session's own tier is used; a priority that names none is still an error.
+        self.tier_for(fields.get("priority"))?;
+        let deadline = tokio::time::Instant::now() + MERGE_WAIT;
         loop {
             let Some(session) = db::uploads::find(&self.db, &identifier).await? else {
                 // Merged before and its session swept: still the same image.
@@ -260,29 +284,112 @@ impl Service {
             if !missing.is_empty() {
                 return Err(Error::MissingChunks(missing));
             }
+            let token = uuid::Uuid::new_v4().simple().to_string();
+            let claim = db::uploads::MergeClaim {
+                token: &token,
+                request: Some((&file_name, &user_id)),
+            };
             let now = now_secs();
-            if !db::uploads::claim_merge(&self.db, &session.id, now, now - MERGE_LEASE_SECS).await?
+            if !db::uploads::claim_merge(&self.db, &session.id, now, now - MERGE_LEASE_SECS, &claim)
+                .await?
             {
-                // Someone else merges it: wait for the outcome, then answer from it.
+                // Someone else merges it: wait for the outcome (or for its lease to lapse, then
+                // take over), within bounds.
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(Error::Conflict(format!(
+                        "upload {identifier} is still being merged; ask again later"
+                    )));
+                }
                 tokio::time::sleep(MERGE_POLL).await;
                 continue;
             }
-            let result = self
-                .complete(&session, &parts, &file_name, &user_id, &tier, &identifier)
-                .await;
-            if let Err(e) = &result {
-                // The chunks were joined: a result that cannot be used consumed them.
-                let reopen = !matches!(e, Error::InvalidZip(_) | Error::TooLarge);
-                if reopen {
-                    db::uploads::set_state(&self.db, &session.id, OPEN, now_secs()).await?;
-                } else {
-                    self.delete_object(&session.bucket, &session.object_key)
-                        .await;
-                    db::uploads::delete(&self.db, &session.id).await?;
+            // On a task of its own: a client that goes away does not cut a merge in half.
+            let svc = self.clone();
+            let run = tokio::spawn(async move {
+                svc.run_merge(session, token, file_name, user_id, identifier)
+                    .await
+            });
+            return run.await.map_err(|e| Error::Internal(e.to_string()))?;
+        }
+    }
+
+    /// Runs a merge this process claimed with `token`, renewing its claim while it runs; a
+    /// failure reopens the session (chunks kept) or, when the joined result is unusable,
+    /// drops it.
+    async fn run_merge(
+        &self,
+        session: upload_session::Model,
+        token: String,
+        file_name: String,
+        user_id: String,
+        identifier: String,
+    ) -> Result<image::Model> {
+        let _renewal = AbortOnDropHandle::new(tokio::spawn({
+            let (db, id, token) = (self.db.clone(), session.id.clone(), token.clone());
+            async move {
+                loop {
+                    tokio::time::sleep(MERGE_RENEW).await;
+                    match db::uploads::renew_merge(&db, &id, &token, now_secs()).await {
+                        Ok(true) => {}
+                        Ok(false) => return tracing::warn!("a merge was taken over by another"),
+                        Err(e) => tracing::warn!(error = %e, "could not renew a merge claim"),
+                    }
                 }
             }
-            return result;
+        }));
+        let parts = db::uploads::parts(&self.db, &session.id).await?;
+        let result = self
+            .complete(&session, &parts, &file_name, &user_id, &token, &identifier)
+            .await;
+        if let Err(e) = &result {
+            // The chunks were joined: a result that cannot be used consumed them.
+            let reopen = !matches!(e, Error::InvalidZip(_) | Error::TooLarge);
+            if reopen {
+                db::uploads::end_merge(&self.db, &session.id, &token, OPEN, now_secs()).await?;
+            } else if db::uploads::delete_merging(&self.db, &session.id, &token).await? {
+                self.delete_object(&session.bucket, &session.object_key)
+                    .await;
+            }
         }
+        result
+    }
+
+    /// Finishes the merges whose merger died (its claim not renewed for the lease): a merge
+    /// that recorded its request is completed as asked, an older one is reopened. Returns how
+    /// many were taken over.
+    pub async fn recover_merges(&self) -> Result<usize> {
+        let before = now_secs() - MERGE_LEASE_SECS;
+        let mut recovered = 0;
+        for s in db::uploads::stale_merges(&self.db, before).await? {
+            let token = uuid::Uuid::new_v4().simple().to_string();
+            let claim = db::uploads::MergeClaim {
+                token: &token,
+                request: None,
+            };
+            if !db::uploads::claim_merge(&self.db, &s.id, now_secs(), before, &claim).await? {
+                continue;
+            }
+            recovered += 1;
+            let identifier = s.identifier.clone();
+            let Some(file_name) = s.merge_file_name.clone() else {
+                db::uploads::end_merge(&self.db, &s.id, &token, OPEN, now_secs()).await?;
+                tracing::info!(identifier, "interrupted merge reopened");
+                continue;
+            };
+            let user_id = s.merge_user_id.clone().unwrap_or_default();
+            match self
+                .run_merge(s, token, file_name, user_id, identifier.clone())
+                .await
+            {
+                Ok(img) => {
+                    tracing::info!(identifier, image.id = %img.id, "interrupted merge finished")
+                }
+                Err(e) => {
+                    tracing::info!(identifier, error = %e, "interrupted merge could not be finished")
+                }
+            }
+        }
+        Ok(recovered)
     }
 
     async fn complete(
@@ -291,17 +398,22 @@ impl Service {
         parts: &[entity::upload_part::Model],
         file_name: &str,
         user_id: &str,
-        tier: &Tier,
+        token: &str,
         identifier: &str,
     ) -> Result<image::Model> {
         let session_tier = Tier {
             priority: session.priority,
             bucket: session.bucket.clone(),
-            storage_class: tier.storage_class.clone(),
+            storage_class: self
+                .cfg
+                .tiers
+                .get(&session.priority)
+                .and_then(|t| t.storage_class.clone()),
         };
         self.complete_upload(session, parts, identifier).await?;
         let (name, size, crc32) = if validate::is_zip(file_name) {
-            self.unpack_merged_zip(session, &session_tier).await?
+            self.unpack_merged_zip(session, &session_tier, token, identifier)
+                .await?
         } else {
             let size = parts.iter().map(|p| p.size_bytes as u64).sum();
             let crc = combine_crc32(parts.iter().map(|p| (p.crc32 as u32, p.size_bytes as u64)));
@@ -323,8 +435,13 @@ impl Service {
             source_identifier: Some(identifier),
         };
         let txn = self.db.begin().await?;
+        if !db::uploads::end_merge(&txn, &session.id, token, COMPLETED, now_secs()).await? {
+            // Taken over (this merger looked dead): the other merger records the image.
+            return Err(Error::Conflict(format!(
+                "upload {identifier} is being merged by another request"
+            )));
+        }
         db::images::insert(&txn, record.into_active_model()).await?;
-        db::uploads::set_state(&txn, &session.id, COMPLETED, now_secs()).await?;
         db::jobs::enqueue(&txn, db::jobs::CHECK, &session.image_id, now_secs()).await?;
         txn.commit().await?;
         self.job_wake.notify_one();
@@ -378,29 +495,58 @@ impl Service {
     }
 
     /// The merged object is a zip: replace the object by the image inside (through a scratch
-    /// copy where the store has no local file).
+    /// copy where the store has no local file). The image is recorded in the session before it
+    /// replaces the archive, so a merge interrupted after that moment finds it in place.
     async fn unpack_merged_zip(
         &self,
         session: &upload_session::Model,
         tier: &Tier,
+        token: &str,
+        identifier: &str,
     ) -> Result<(String, u64, u32)> {
+        let key = &session.object_key;
+        if let Some(done) = session
+            .merge_unpacked
+            .as_deref()
+            .and_then(|j| serde_json::from_str::<Unpacked>(j).ok())
+        {
+            // Replacing is atomic (a rename, an S3 completion): the object is the whole
+            // archive or the whole image, and only the image has exactly the image's size
+            // (an archive adds its headers to a stored entry; a deflated one that lands on
+            // the same byte count is not an archive this merge accepted).
+            if self.store.head(&session.bucket, key).await? == Some(done.size) {
+                return Ok((done.file_name, done.size, done.crc32));
+            }
+        }
         // A store that keeps the archive as a file is read in place (the image replaces it by
         // a rename once extracted, while the archive stays open).
-        if let Some(path) = self.store.local_path(&session.bucket, &session.object_key) {
-            return self.unpack_zip(&path, tier, &session.object_key).await;
+        let (path, _scratch) = match self.store.local_path(&session.bucket, key) {
+            Some(path) => (path, None),
+            None => {
+                let (file, path) = self.scratch_file().await?;
+                let body = self.store.get(&session.bucket, key, None).await?;
+                spool(file, body, &Meter::default())
+                    .await
+                    .map_err(|e| match e {
+                        Error::BadBody(io) => Error::Storage(StorageError::Io(io)),
+                        other => other,
+                    })?;
+                (path.to_path_buf(), Some(path))
+            }
+        };
+        let found = self.find_zip_image(&path).await?;
+        let unpacked = Unpacked {
+            file_name: found.file_name.clone(),
+            size: found.declared_size,
+            crc32: found.declared_crc32,
+        };
+        let json = serde_json::to_string(&unpacked).map_err(|e| Error::Internal(e.to_string()))?;
+        if !db::uploads::record_unpacked(&self.db, &session.id, token, &json).await? {
+            return Err(Error::Conflict(format!(
+                "upload {identifier} is being merged by another request"
+            )));
         }
-        let (file, path) = self.scratch_file().await?;
-        let body = self
-            .store
-            .get(&session.bucket, &session.object_key, None)
-            .await?;
-        spool(file, body, &Meter::default())
-            .await
-            .map_err(|e| match e {
-                Error::BadBody(io) => Error::Storage(StorageError::Io(io)),
-                other => other,
-            })?;
-        self.unpack_zip(&path, tier, &session.object_key).await
+        self.extract_zip_image(&path, found, tier, key).await
     }
 
     /// `DELETE /images/upload`: drops every chunk of an identifier.
@@ -456,23 +602,27 @@ impl Service {
         })
     }
 
-    /// Aborts chunked uploads untouched for longer than the configured TTL, and merges whose
-    /// merger went silent for longer than that and the merge lease.
+    /// Aborts chunked uploads untouched for longer than the configured TTL (merges are
+    /// `recover_merges`' concern).
     pub async fn sweep_abandoned_uploads(&self) -> Result<usize> {
         let before = now_secs() - self.cfg.upload_ttl_secs as i64;
-        // A merge is given up only when both the TTL and the merge lease have passed.
-        let merging_before = before.min(now_secs() - MERGE_LEASE_SECS);
-        let stale = db::uploads::stale(&self.db, before, merging_before).await?;
         let mut swept = 0;
-        for s in stale {
-            // Re-check under the claim so a chunk or merge arriving now is not lost.
-            if !db::uploads::claim_merge(&self.db, &s.id, now_secs(), merging_before).await? {
+        for s in db::uploads::stale_open(&self.db, before).await? {
+            // Claimed first, so that a chunk or a merge arriving now is not lost: a merge
+            // claims only open sessions, and a chunk for a claimed one gets 409.
+            let token = uuid::Uuid::new_v4().simple().to_string();
+            if !db::uploads::claim_stale_open(&self.db, &s.id, before, &token, now_secs()).await? {
                 continue;
             }
-            self.store
+            let aborted = self
+                .store
                 .abort_multipart(&s.bucket, &s.object_key, &s.upload_id)
-                .await?;
-            db::uploads::delete(&self.db, &s.id).await?;
+                .await;
+            if let Err(e) = aborted {
+                db::uploads::end_merge(&self.db, &s.id, &token, OPEN, now_secs()).await?;
+                return Err(e.into());
+            }
+            db::uploads::delete_merging(&self.db, &s.id, &token).await?;
             tracing::info!(identifier = %s.identifier, "abandoned upload expired");
             swept += 1;
         }

@@ -8,6 +8,7 @@ pub mod error;
 pub mod extract;
 pub mod images;
 mod metered;
+pub mod serve;
 pub mod views;
 
 use crate::domain::Service;

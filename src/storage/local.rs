@@ -10,10 +10,12 @@ use super::{
     local_parts, ByteRange, ByteStream, CompletedPart, ObjectStore, PutOptions, Result,
     SpooledPart, StorageError,
 };
+use crate::dirlock::{self, DirLock};
 use async_trait::async_trait;
 use std::{
     io,
     path::{Component, Path, PathBuf},
+    sync::Arc,
 };
 
 /// Read and write granularity: large enough that the blocking-pool hop per call is noise.
@@ -22,16 +24,39 @@ const IO_BUF: usize = 1 << 20;
 #[derive(Debug, Clone)]
 pub struct LocalStore {
     root: PathBuf,
+    /// One process owns the directory (see `crate::dirlock`).
+    _lock: Arc<DirLock>,
 }
 
 impl LocalStore {
-    /// Opens (creating when needed) a store rooted at `root`.
+    /// Opens (creating when needed) a store rooted at `root`, owned by this process: fails
+    /// with `ErrorKind::WouldBlock` when another process has it open. Temporary files of
+    /// writes an earlier process left unfinished (it was killed) are removed.
     pub async fn open(root: impl Into<PathBuf>) -> Result<Self> {
         let root = root.into();
         for sub in [".tmp", ".uploads"] {
             tokio::fs::create_dir_all(root.join(sub)).await?;
         }
-        Ok(Self { root })
+        let lock = dirlock::lock(&root, "local store directory")?;
+        // Owned by this process alone now: whatever is in `.tmp` belongs to nobody.
+        let mut rd = tokio::fs::read_dir(root.join(".tmp")).await?;
+        let mut left = 0;
+        while let Some(e) = rd.next_entry().await? {
+            if e.file_type().await?.is_file() {
+                tokio::fs::remove_file(e.path()).await?;
+                left += 1;
+            }
+        }
+        if left > 0 {
+            tracing::info!(
+                files = left,
+                "removed temporary files of writes a previous run left unfinished"
+            );
+        }
+        Ok(Self {
+            root,
+            _lock: Arc::new(lock),
+        })
     }
 
     fn bucket_dir(&self, bucket: &str) -> Result<PathBuf> {

@@ -14,6 +14,7 @@ use super::{
     ByteRange, ByteStream, CompletedPart, ObjectStore, PutOptions, Result, SpooledPart,
     StorageError,
 };
+use crate::cleanup::Cleanup;
 use async_trait::async_trait;
 use aws_sdk_s3::{
     error::{DisplayErrorContext, ProvideErrorMetadata, SdkError},
@@ -693,6 +694,28 @@ impl ObjectStore for SharedS3 {
             .await
             .map_err(s3_err)?;
         let upload_id = created.upload_id().unwrap_or_default().to_string();
+        // Aborted on failure, and also when this future is dropped mid-body (the client went
+        // away): no multipart upload is left behind either way.
+        let abort = {
+            let (client, bucket, key, id) = (
+                s.client.clone(),
+                bucket.to_string(),
+                key.to_string(),
+                upload_id.clone(),
+            );
+            Cleanup::new(async move {
+                let aborted = client
+                    .abort_multipart_upload()
+                    .bucket(&bucket)
+                    .key(&key)
+                    .upload_id(&id)
+                    .send()
+                    .await;
+                if let Err(e) = aborted {
+                    tracing::warn!(bucket, error = %s3_err(e), "could not abort an unfinished upload");
+                }
+            })
+        };
         filler.ready = Some(first);
         let result = async {
             let (parts, size) = s
@@ -703,15 +726,9 @@ impl ObjectStore for SharedS3 {
                 .map(|()| size)
         }
         .await;
-        if result.is_err() {
-            let _ = s
-                .client
-                .abort_multipart_upload()
-                .bucket(bucket)
-                .key(key)
-                .upload_id(&upload_id)
-                .send()
-                .await;
+        match result {
+            Ok(_) => abort.disarm(),
+            Err(_) => abort.run().await,
         }
         result
     }
@@ -804,8 +821,9 @@ impl ObjectStore for SharedS3 {
         let packed = match s.pack_parts(bucket, key, upload_id, parts).await {
             Err(StorageError::NoSuchUpload) | Err(StorageError::NotFound) => {
                 // Completed before (a retried merge): the object is the proof.
+                // Its staging objects go now if the first completion died before removing them.
                 return match self.head(bucket, logical).await? {
-                    Some(_) => Ok(()),
+                    Some(_) => s.delete_staging(bucket, upload_id).await,
                     None => Err(StorageError::NoSuchUpload),
                 };
             }

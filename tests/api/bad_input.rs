@@ -420,6 +420,105 @@ async fn silent_bodies_time_out(b: Backend) {
     app.stop().await;
 }
 
+/// Sends `head` and `body` raw, then drops the connection without a word (a client killed,
+/// a proxy giving up).
+async fn send_then_vanish(app: &TestApp, path: &str, parts: &[&[u8]], declared: usize) {
+    use tokio::io::AsyncWriteExt;
+    let addr = app.base.trim_start_matches("http://").to_string();
+    let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "POST {API}{path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: multipart/form-data; \
+         boundary=XyZ\r\nContent-Length: {declared}\r\n\r\n"
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    for p in parts {
+        conn.write_all(p).await.unwrap();
+    }
+    conn.flush().await.unwrap();
+    // Give the server time to take what was sent, then vanish.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    drop(conn);
+}
+
+/// Requests dropped mid-body leave nothing: not in the middle of the file (a multipart upload
+/// to S3 under way, a scratch spool), not after a complete file part while the form goes on
+/// (the object already stored), for single uploads, zips and chunks alike.
+async fn dropped_requests_leave_nothing(b: Backend) {
+    let app = TestApp::spawn(b, Options::default()).await;
+    let file_part = |name: &str, file: &str| {
+        format!(
+            "--XyZ\r\nContent-Disposition: form-data; name=\"{name}\"; filename=\"{file}\"\r\n\r\n"
+        )
+        .into_bytes()
+    };
+    // Past the first S3 part (8 MiB), so a multipart upload is under way.
+    let big = pattern(3, 12 << 20);
+    let small = pattern(4, 1000);
+    let end_file =
+        b"\r\n--XyZ\r\nContent-Disposition: form-data; name=\"userId\"\r\n\r\nsomeo".to_vec();
+    let chunk_head =
+        b"--XyZ\r\nContent-Disposition: form-data; name=\"identifier\"\r\n\r\ndropped\r\n".to_vec();
+    let cases: Vec<(&str, &str, Vec<Vec<u8>>)> = vec![
+        (
+            "mid-file, large",
+            "/images",
+            vec![file_part("file", "a.img"), big.clone()],
+        ),
+        (
+            "mid-file, small",
+            "/images",
+            vec![file_part("file", "b.img"), small.clone()],
+        ),
+        (
+            "after the file part",
+            "/images",
+            vec![file_part("file", "c.img"), big.clone(), end_file.clone()],
+        ),
+        (
+            "after a small file part",
+            "/images",
+            vec![file_part("file", "d.img"), small.clone(), end_file.clone()],
+        ),
+        (
+            "mid-zip",
+            "/images",
+            vec![file_part("file", "e.zip"), big.clone()],
+        ),
+        (
+            "mid-chunk",
+            "/images/upload",
+            vec![chunk_head.clone(), file_part("part", "1"), big.clone()],
+        ),
+        (
+            "after the chunk",
+            "/images/upload",
+            vec![chunk_head, file_part("part", "1"), big.clone(), end_file],
+        ),
+    ];
+    for (what, path, parts) in &cases {
+        let parts: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
+        send_then_vanish(&app, path, &parts, 64 << 20).await;
+        // Cleanup runs when the server notices; give it a moment.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        loop {
+            let left = app.leftovers().await;
+            if left.is_empty() {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{what}: left {left:?}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+        let (_, list) = app.get_json("/images").await;
+        assert_eq!(list, serde_json::json!([]), "{what}");
+        let (_, st) = app.get_json("/images/upload?identifier=dropped").await;
+        assert_eq!(st["state"], "none", "{what}: {st}");
+    }
+    app.stop().await;
+}
+
 /// The image size limit holds for chunked uploads as chunks arrive: the chunk that would take
 /// an upload past it is refused (413), what was held stays and the resume query tells the
 /// truth, also after a merge whose archive expands past the limit (its chunks are gone then).
@@ -472,6 +571,7 @@ async fn chunks_respect_the_size_limit(b: Backend) {
 }
 
 crate::backend_tests!(
+    dropped_requests_leave_nothing,
     chunks_respect_the_size_limit,
     silent_bodies_time_out,
     upload_errors,
@@ -480,3 +580,47 @@ crate::backend_tests!(
     chunk_and_merge_errors,
     oversized_headers_and_field_floods
 );
+
+/// Request headers that never finish (sent slowly, or not at all) cannot hold a connection:
+/// it is closed after FS_HEADER_TIMEOUT_SECS, and other clients are served meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unfinished_headers_are_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = TestApp::spawn(
+        Backend::SqliteLocal,
+        Options {
+            env: vec![("FS_HEADER_TIMEOUT_SECS", "2".into())],
+            ..Default::default()
+        },
+    )
+    .await;
+    let addr = app.base.trim_start_matches("http://").to_string();
+    let started = std::time::Instant::now();
+    let mut conns = vec![];
+    for opening in [
+        "",
+        "POST /image-management/v1/images HTTP/1.1\r\nHost: a\r\nX-Slow: ",
+    ] {
+        let mut c = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        c.write_all(opening.as_bytes()).await.unwrap();
+        conns.push(c);
+    }
+    // Others are served while those wait.
+    assert_eq!(app.get_json("/images").await.0, 200);
+    for mut c in conns {
+        let mut buf = vec![];
+        let read =
+            tokio::time::timeout(std::time::Duration::from_secs(10), c.read_to_end(&mut buf))
+                .await
+                .expect("the connection stayed open past the header timeout");
+        // Closed (possibly after a 408), never answered as a request.
+        assert!(
+            read.is_err() || buf.is_empty() || buf.starts_with(b"HTTP/1.1 408"),
+            "{:?}",
+            String::from_utf8_lossy(&buf)
+        );
+    }
+    let took = started.elapsed();
+    assert!(took >= std::time::Duration::from_millis(1500), "{took:?}");
+    app.stop().await;
+}

@@ -319,57 +319,75 @@ crate::backend_tests!(
     concurrent_merges_make_one_image,
     chunked_zip_is_unpacked,
     abandoned_uploads_expire,
-    merges_whose_merger_died_expire
+    merges_whose_merger_died_are_taken_over
 );
 
-/// A session left `merging` by a replica that died (and a client that gave up) is expired once
-/// both the TTL and the merge lease have passed: its multipart upload and staging objects are
-/// freed and the open-uploads gauge no longer counts it. A merge still within its lease stays.
-async fn merges_whose_merger_died_expire(b: Backend) {
+/// A session left `merging` by a process that died (its claim no longer renewed) is taken
+/// over within seconds: finished as its merge request asked when that was recorded, reopened
+/// (chunks kept) when not. A merge whose claim is fresh is left to its merger.
+async fn merges_whose_merger_died_are_taken_over(b: Backend) {
+    use entity::upload_session::{Column, Entity};
     use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
-    let app = TestApp::spawn(
-        b,
-        Options {
-            upload_ttl_secs: Some(2),
-            ..Default::default()
-        },
-    )
-    .await;
+    let app = TestApp::spawn(b, Options::default()).await;
     let db = file_system::db::connect(&app.database_url).await.unwrap();
     let now = chrono::Utc::now().timestamp();
-    for (ident, silent_for) in [("dead-merge", 7200), ("live-merge", 5)] {
+    let sessions = [
+        ("dead-merge", 60, Some("dead.qcow2")),
+        ("legacy-merge", 7200, None),
+        ("live-merge", 0, Some("live.qcow2")),
+    ];
+    for (ident, silent_for, file_name) in sessions {
         assert_eq!(app.chunk(ident, 1, pattern(4, 6 << 20)).await.status(), 200);
         assert_eq!(app.chunk(ident, 2, pattern(5, 1000)).await.status(), 200);
-        entity::upload_session::Entity::update_many()
-            .col_expr(entity::upload_session::Column::State, "merging".into())
-            .col_expr(
-                entity::upload_session::Column::UpdatedAt,
-                (now - silent_for).into(),
-            )
-            .filter(entity::upload_session::Column::Identifier.eq(ident))
+        Entity::update_many()
+            .col_expr(Column::State, "merging".into())
+            .col_expr(Column::MergeToken, "a-dead-process".into())
+            .col_expr(Column::MergeFileName, file_name.into())
+            .col_expr(Column::MergeUserId, file_name.map(|_| "merger").into())
+            .col_expr(Column::UpdatedAt, (now - silent_for).into())
+            .filter(Column::Identifier.eq(ident))
             .exec(&db)
             .await
             .unwrap();
     }
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    loop {
-        let (_, st) = app.get_json("/images/upload?identifier=dead-merge").await;
-        if st["state"] == "none" {
-            break;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let (dead, legacy) = loop {
+        let (_, dead) = app.get_json("/images/upload?identifier=dead-merge").await;
+        let (_, legacy) = app.get_json("/images/upload?identifier=legacy-merge").await;
+        if dead["state"] != "merging" && legacy["state"] != "merging" {
+            break (dead, legacy);
         }
-        assert!(std::time::Instant::now() < deadline, "not expired: {st}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not taken over: {dead} {legacy}"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(250)).await;
-    }
+    };
+    // Finished as asked: the image exists under the requested name and user.
+    assert_eq!(dead["state"], "completed", "{dead}");
+    let id = dead["imageId"].as_str().unwrap().to_string();
+    let (_, img) = app.get_json(&format!("/images/{id}")).await;
+    assert_eq!(img["fileName"], "dead.qcow2", "{img}");
+    assert_eq!(img["userId"], "merger", "{img}");
+    let mut expected = pattern(4, 6 << 20);
+    expected.extend(pattern(5, 1000));
+    assert!(app.download(&id).await == expected);
+    // Reopened with its chunks: a merge now makes the image.
+    assert_eq!(legacy["state"], "open", "{legacy}");
+    assert_eq!(legacy["chunks"].as_array().unwrap().len(), 2, "{legacy}");
+    let r = app.merge("legacy-merge", "legacy.qcow2").await;
+    assert_eq!(r.status(), 200);
+    let legacy_id = r.json::<serde_json::Value>().await.unwrap()["imageId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // The live merge is its merger's.
     let (_, st) = app.get_json("/images/upload?identifier=live-merge").await;
-    assert_eq!(
-        st["state"], "merging",
-        "a merge within its lease was taken: {st}"
-    );
-    // Once the live one is cancelled, nothing of either is held: the dead one's storage went.
-    entity::upload_session::Entity::update_many()
-        .col_expr(entity::upload_session::Column::State, "open".into())
-        .col_expr(entity::upload_session::Column::UpdatedAt, now.into())
-        .filter(entity::upload_session::Column::Identifier.eq("live-merge"))
+    assert_eq!(st["state"], "merging", "a live merge was taken: {st}");
+    // Once the live one is cancelled and the images deleted, nothing is held.
+    Entity::update_many()
+        .col_expr(Column::State, "open".into())
+        .filter(Column::Identifier.eq("live-merge"))
         .exec(&db)
         .await
         .unwrap();
@@ -381,6 +399,15 @@ async fn merges_whose_merger_died_expire(b: Backend) {
         .await
         .unwrap();
     assert_eq!(r.text().await.unwrap(), "cancel success");
+    for id in [id, legacy_id] {
+        let r = app
+            .client
+            .delete(app.url(&format!("/images/{id}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
     assert_eq!(app.leftovers().await, Vec::<String>::new());
     app.stop().await;
 }

@@ -73,6 +73,9 @@ pub struct Options {
     pub database_via: Option<String>,
     /// Further settings, as environment variables (`FS_...`).
     pub env: Vec<(&'static str, String)>,
+    /// Prepare the configuration, database and store view only: the test runs the real
+    /// binary (`Replica`) on them, which must then own the directories alone.
+    pub no_server: bool,
 }
 
 /// The S3 server the tests use (started by scripts/test): endpoint and region.
@@ -213,6 +216,20 @@ impl TestApp {
         }
         vars.extend(opts.env.iter().map(|(k, v)| (k.to_string(), v.clone())));
         let cfg = Config::from_vars(vars.clone()).expect("test config");
+        if opts.no_server {
+            return TestApp {
+                vars,
+                database_url,
+                scratch,
+                base: String::new(),
+                client: Client::builder().build().unwrap(),
+                dir,
+                backend,
+                s3,
+                shutdown: None,
+                server: None,
+            };
+        }
         let svc = file_system::build(cfg).await.expect("service starts");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -703,6 +720,8 @@ pub enum Fault {
     /// Cuts a connection once a request sends more than 1 MiB (uploads fail half way; small
     /// requests still pass).
     CutLarge = 2,
+    /// Swallows everything without closing (the server hangs, as behind a dead route).
+    Blackhole = 3,
 }
 
 impl FaultProxy {
@@ -722,6 +741,14 @@ impl FaultProxy {
                 let mode = m.load(Ordering::SeqCst);
                 if mode == Fault::Refuse as u8 {
                     drop(client);
+                    continue;
+                }
+                if mode == Fault::Blackhole as u8 {
+                    tokio::spawn(async move {
+                        let mut client = client;
+                        let mut buf = vec![0u8; 64 * 1024];
+                        while matches!(client.read(&mut buf).await, Ok(n) if n > 0) {}
+                    });
                     continue;
                 }
                 let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else {
@@ -745,6 +772,9 @@ impl FaultProxy {
                                 || (mode == Fault::CutLarge as u8 && sent > (1 << 20))
                             {
                                 return;
+                            }
+                            if mode == Fault::Blackhole as u8 {
+                                continue;
                             }
                             if sw.write_all(&buf[..n]).await.is_err() {
                                 return;

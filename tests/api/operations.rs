@@ -309,7 +309,7 @@ async fn json_logs_carry_request_ids_and_sigterm_exits_0() {
     let app = TestApp::spawn(
         Backend::SqliteLocal,
         Options {
-            job_concurrency: Some(0),
+            no_server: true,
             ..Default::default()
         },
     )
@@ -355,7 +355,7 @@ async fn generated_requests_never_get_a_server_error(b: Backend) {
     let app = TestApp::spawn(
         b,
         Options {
-            job_concurrency: Some(0),
+            no_server: true,
             max_image_bytes: Some(10 << 20),
             ..Default::default()
         },

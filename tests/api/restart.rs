@@ -9,7 +9,7 @@ async fn sigkill_during_a_slim_then_restart(b: Backend) {
     let app = TestApp::spawn(
         b,
         Options {
-            job_concurrency: Some(0),
+            no_server: true,
             ..Default::default()
         },
     )
@@ -158,7 +158,7 @@ async fn a_second_process_on_the_same_port_leaves_the_first_alone() {
     let app = TestApp::spawn(
         Backend::SqliteLocal,
         Options {
-            job_concurrency: Some(0),
+            no_server: true,
             ..Default::default()
         },
     )
@@ -187,6 +187,238 @@ async fn a_second_process_on_the_same_port_leaves_the_first_alone() {
     std::fs::remove_file(&held).unwrap();
     drop(first);
     app.stop().await;
+}
+
+/// SIGKILL at moments in and around a merge (plain and zipped), then a restart: the merge is
+/// finished by the new process within seconds (not after a long lease), a repeated merge
+/// answers with the same image in bounded time, the image holds the bytes sent, and nothing
+/// is left behind (no partial file, no multipart upload, no staging object, no second object).
+async fn sigkill_during_a_merge_then_restart(b: Backend) {
+    let app = TestApp::spawn(
+        b,
+        Options {
+            no_server: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    let port = free_port();
+    let log = app.dir.path().join("server.log");
+    let api = format!("http://127.0.0.1:{port}{API}");
+    let client = reqwest::Client::new();
+    // Chunks of 6 MiB (above S3's 5 MiB minimum part), so each is a part of its own.
+    let chunk = 6 << 20;
+    let plain = pattern(7, 4 * chunk);
+    let zip_path = app.dir.path().join("z.zip");
+    std::fs::write(app.dir.path().join("inner.img"), &plain).unwrap();
+    python_zip(
+        &zip_path,
+        &format!(
+            "z.write({:?}, 'imgs/inner.qcow2')",
+            app.dir.path().join("inner.img").display()
+        ),
+    );
+    let zipped = std::fs::read(&zip_path).unwrap();
+    let cases = [
+        ("plain-0", "a.qcow2", &plain, 0u64),
+        ("plain-30", "b.qcow2", &plain, 30),
+        ("zip-80", "c.zip", &zipped, 80),
+    ];
+    let mut server = Replica::start(&app.vars, port, &log, &[]).await;
+    let mut ids = vec![];
+    for (identifier, name, bytes, kill_after_ms) in cases {
+        for (i, c) in bytes.chunks(chunk).enumerate() {
+            let r = send_chunk(&client, &api, identifier, i as u32 + 1, c.to_vec()).await;
+            assert_eq!(r.status(), 200, "{identifier} chunk {}", i + 1);
+        }
+        let merge = tokio::spawn({
+            let (client, api) = (client.clone(), api.clone());
+            async move { send_merge(&client, &api, identifier, name).await }
+        });
+        tokio::time::sleep(Duration::from_millis(kill_after_ms)).await;
+        server.kill();
+        let _ = merge.await;
+        server = Replica::start(&app.vars, port, &log, &[]).await;
+        // The merge is taken over and finished by itself, within seconds.
+        let started = Instant::now();
+        let v = loop {
+            let v: serde_json::Value = client
+                .get(format!("{api}/images/upload?identifier={identifier}"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if v["state"] != "merging" {
+                break v;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(40),
+                "{identifier}: still merging after the restart: {v}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        assert!(
+            matches!(v["state"].as_str(), Some("completed" | "open")),
+            "{identifier}: {v}"
+        );
+        // A repeated merge answers promptly, with the image.
+        let started = Instant::now();
+        let r = send_merge(&client, &api, identifier, name).await;
+        assert!(started.elapsed() < Duration::from_secs(40));
+        assert_eq!(r.status(), 200, "{identifier}");
+        let img: serde_json::Value = r.json().await.unwrap();
+        let id = img["imageId"].as_str().unwrap().to_string();
+        let got = client
+            .get(format!("{api}/images/{id}/action/download"))
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        assert!(
+            got[..] == plain[..],
+            "{identifier}: the image is not what was sent"
+        );
+        ids.push(id);
+    }
+    // Exactly one object per image, and nothing else.
+    let left = app.leftovers().await;
+    assert_eq!(left.len(), ids.len(), "{left:?}");
+    for id in &ids {
+        assert!(
+            left.iter().any(|l| l.ends_with(id)),
+            "{id} missing from {left:?}"
+        );
+    }
+    drop(server);
+}
+
+mod merge_crash {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite_local() {
+        super::sigkill_during_a_merge_then_restart(crate::helpers::Backend::SqliteLocal).await
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres_s3() {
+        super::sigkill_during_a_merge_then_restart(crate::helpers::Backend::PostgresS3).await
+    }
+}
+
+/// A second process started by mistake on the same directories (another port) fails at once,
+/// naming the directory, before it touches what the running one uses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_process_on_the_same_directories_leaves_the_first_alone() {
+    let app = TestApp::spawn(
+        Backend::SqliteLocal,
+        Options {
+            no_server: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    let log = app.dir.path().join("first.log");
+    let first = Replica::start(&app.vars, free_port(), &log, &[]).await;
+    let held = app.scratch.join("in-use-by-the-first");
+    std::fs::write(&held, b"x").unwrap();
+    let tmp = app.dir.path().join("objects/.tmp/being-written");
+    std::fs::write(&tmp, b"x").unwrap();
+    let second = app.dir.path().join("second-scratch");
+    for extra in [
+        vec![],
+        vec![("FS_SCRATCH_DIR", second.display().to_string())],
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_file-system"))
+            .envs(app.vars.iter().filter(|(k, _)| k != "FS_LISTEN").cloned())
+            .env("FS_LISTEN", format!("127.0.0.1:{}", free_port()))
+            .envs(extra.clone())
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "the second process started");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("in use by another file-system process"),
+            "{stderr}"
+        );
+        assert!(
+            held.exists(),
+            "the second process emptied the first one's scratch"
+        );
+        assert!(
+            tmp.exists(),
+            "the second process swept the first one's writes"
+        );
+    }
+    let r = reqwest::get(format!("{}/health", first.base))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    std::fs::remove_file(&held).unwrap();
+    drop(first);
+    // Once the first is gone, the next owner removes what the dead writes left.
+    let next = Replica::start(&app.vars, free_port(), &log, &[]).await;
+    assert!(!tmp.exists(), "a dead write's temporary file stayed");
+    drop(next);
+}
+
+/// SIGTERM with PostgreSQL unreachable (packets swallowed, as behind a dead route), while
+/// requests wait on it: the process ends within the grace period, not after the pool's
+/// timeouts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_the_database_unreachable_ends_within_the_grace_period() {
+    let pg = std::env::var("FS_TEST_PG_URL").expect("FS_TEST_PG_URL (scripts/test)");
+    let proxy = FaultProxy::start(pg.rsplit('@').next().unwrap()).await;
+    let app = TestApp::spawn(
+        Backend::PostgresLocal,
+        Options {
+            no_server: true,
+            database_via: Some(proxy.url.clone()),
+            ..Default::default()
+        },
+    )
+    .await;
+    let log = app.dir.path().join("server.log");
+    let mut server = Replica::start(
+        &app.vars,
+        free_port(),
+        &log,
+        &[("FS_SHUTDOWN_GRACE_SECS", "3")],
+    )
+    .await;
+    let img = app.dir.path().join("a.qcow2");
+    std::fs::write(&img, pattern(1, 4096)).unwrap();
+    let r = send_file(&app.client, &server.api(""), &img, "a.qcow2", &[]).await;
+    assert_eq!(r.status(), 200);
+    proxy.set(Fault::Blackhole);
+    // Requests now hang on the database.
+    let waiting: Vec<_> = (0..3)
+        .map(|_| tokio::spawn(reqwest::get(server.api("/images"))))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = Instant::now();
+    server.terminate();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still running 30 s after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(6),
+        "shutdown took {took:?} (grace 3 s)"
+    );
+    assert!(status.success(), "{status:?}");
+    for w in waiting {
+        let _ = w.await;
+    }
 }
 
 /// A database URL the service cannot use (malformed, an unknown scheme) is named in the error,
