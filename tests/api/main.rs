@@ -6,6 +6,7 @@ mod bad_input;
 mod checks;
 mod chunks;
 mod downloads;
+mod hostile;
 mod images;
 mod large;
 mod operations;
