@@ -16,6 +16,7 @@ use hyper_util::{
 };
 use std::{future::Future, pin::pin, time::Duration};
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 /// Serves `app` on `listener` until `shutdown` resolves, then stops accepting and waits for
@@ -36,6 +37,8 @@ pub async fn serve(
         .timer(TokioTimer::new())
         .keep_alive_interval(Some(header_timeout));
     let graceful = GracefulShutdown::new();
+    // Connections that have not sent a byte yet are not hyper's: they are dropped at shutdown.
+    let stopping = CancellationToken::new();
     let mut shutdown = pin!(shutdown);
     loop {
         let stream = tokio::select! {
@@ -52,13 +55,18 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let (app, builder, watcher) = (app.clone(), builder.clone(), graceful.watcher());
+        let stopping = stopping.clone();
         tokio::spawn(async move {
             // Until its first byte, a connection is in hyper's protocol detection, which has
             // no timer: the first byte must come within the header timeout too.
             let mut first = [0u8; 1];
-            match tokio::time::timeout(header_timeout, stream.peek(&mut first)).await {
-                Ok(Ok(n)) if n > 0 => {}
-                _ => return,
+            tokio::select! {
+                peeked = tokio::time::timeout(header_timeout, stream.peek(&mut first)) => {
+                    if !matches!(peeked, Ok(Ok(n)) if n > 0) {
+                        return;
+                    }
+                }
+                () = stopping.cancelled() => return,
             }
             let service = TowerToHyperService::new(
                 app.map_request(|req: Request<Incoming>| req.map(Body::new)),
@@ -72,5 +80,6 @@ pub async fn serve(
         });
     }
     drop(listener);
+    stopping.cancel();
     graceful.shutdown().await;
 }
