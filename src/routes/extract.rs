@@ -175,11 +175,16 @@ fn unquote(q: &str) -> (String, &str) {
     let mut chars = q.char_indices();
     while let Some((i, c)) = chars.next() {
         match c {
-            '\\' => {
-                if let Some((_, n)) = chars.next() {
+            // A backslash escapes only a special character (RFC 2045 tspecials, as Go's
+            // mime parser of the original reads it): `C:\Windows\a.img` as sent unescaped by
+            // old browsers keeps its backslashes (and the base name is `a.img`).
+            '\\' => match q[i + 1..].chars().next() {
+                Some(n) if "()<>@,;:\\\"/[]?=".contains(n) => {
                     value.push(n);
+                    chars.next();
                 }
-            }
+                _ => value.push('\\'),
+            },
             '"' => return (value, &q[i + 1..]),
             c => value.push(c),
         }

@@ -17,6 +17,31 @@ use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
 type ApiResult<T> = Result<T, ApiError>;
 
+/// The `{image_id}` of a route, as text. An id that is not valid UTF-8 once percent-decoded
+/// (axum's `Path` would answer a plain-text 400) is decoded lossily instead, so that it gets
+/// the same JSON 404 as every other id that names no image (SPEC section 1).
+pub struct ImageIdPath(pub String);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ImageIdPath {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        if let Ok(Path(id)) = Path::<String>::from_request_parts(parts, state).await {
+            return Ok(ImageIdPath(id));
+        }
+        let raw = parts
+            .uri
+            .path()
+            .split_once("/images/")
+            .map_or("", |(_, rest)| rest.split('/').next().unwrap_or(""));
+        let id = percent_encoding::percent_decode_str(raw).decode_utf8_lossy();
+        Ok(ImageIdPath(id.into_owned()))
+    }
+}
+
 /// Uploads an image (or a zip holding one image in a folder) in one request.
 #[utoipa::path(post, path = "/images", tag = "images",
     request_body(content = super::docs::UploadForm, content_type = "multipart/form-data"),
@@ -80,7 +105,7 @@ pub async fn list(
     ))]
 pub async fn get_image(
     State(svc): State<Service>,
-    Path(id): Path<String>,
+    ImageIdPath(id): ImageIdPath,
 ) -> ApiResult<Json<ImageView>> {
     Ok(Json(ImageView::from(&svc.image(&id).await?)))
 }
@@ -94,7 +119,7 @@ pub async fn get_image(
     ))]
 pub async fn delete_image(
     State(svc): State<Service>,
-    Path(id): Path<String>,
+    ImageIdPath(id): ImageIdPath,
     _f: FormFields,
 ) -> ApiResult<&'static str> {
     svc.delete_image(&id).await?;
@@ -109,7 +134,10 @@ pub async fn delete_image(
         (status = 400, description = "Not slimmable: an ISO or raw image, or its check did not find it usable (SLIM_REFUSED)", body = super::docs::ErrorBody),
         (status = 404, description = "No such image", body = super::docs::ErrorBody),
     ))]
-pub async fn slim(State(svc): State<Service>, Path(id): Path<String>) -> ApiResult<&'static str> {
+pub async fn slim(
+    State(svc): State<Service>,
+    ImageIdPath(id): ImageIdPath,
+) -> ApiResult<&'static str> {
     Ok(svc.request_slim(&id).await?)
 }
 
@@ -219,7 +247,7 @@ pub async fn upload_query(
     ))]
 pub async fn download(
     State(svc): State<Service>,
-    Path(id): Path<String>,
+    ImageIdPath(id): ImageIdPath,
     RawQuery(q): RawQuery,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
@@ -227,7 +255,10 @@ pub async fn download(
     let zip = fields
         .get("isZip")
         .is_some_and(|v| v.eq_ignore_ascii_case("true"));
-    let range = if zip {
+    // No download carries a validator (ETag, Last-Modified) yet, so no `If-Range` can match
+    // the representation served now: RFC 9110 section 13.1.5 then wants the whole
+    // representation (200), never a range that could be spliced onto other bytes.
+    let range = if zip || headers.contains_key(header::IF_RANGE) {
         None
     } else {
         headers

@@ -807,6 +807,14 @@ async fn traversal_image_id_nul(app: &TestApp) -> Held {
     image_id_unknown_everywhere(app, "0e0c8a52-6b3b-4f8c-9e5d-0f1a2b3c4d5e%00").await
 }
 
+async fn traversal_image_id_overlong_utf8(app: &TestApp) -> Held {
+    // Overlong `..` and a lone 0xFF: not UTF-8 once decoded, still a JSON 404 (not axum's
+    // plain-text 400).
+    image_id_unknown_everywhere(app, "%C0%AE%C0%AE").await;
+    image_id_unknown_everywhere(app, "%FF").await;
+    images(2)
+}
+
 async fn traversal_image_id_uuid_lookalike(app: &TestApp) -> Held {
     // 36 characters once decoded (as long as a UUID), with traversal in it.
     let raw = format!("{}etc%2Fpassw", "..%2F".repeat(9));
@@ -836,6 +844,8 @@ async fn traversal_part_name_absolute(app: &TestApp) -> Held {
 
 async fn traversal_part_name_backslash(app: &TestApp) -> Held {
     part_name_is_chunk(app, b"..\\\\..\\\\3.part", 3).await;
+    // Unescaped backslashes: still chunk 4.
+    part_name_is_chunk(app, b"..\\..\\4.part", 4).await;
     let body =
         Raw::new()
             .text("identifier", b"pn")
@@ -939,9 +949,13 @@ async fn traversal_file_name_backslash(app: &TestApp) -> Held {
     // separator, the name is reduced to its base.
     upload_name_becomes(app, b"..\\\\..\\\\evil-bs.img", "evil-bs.img").await;
     upload_name_becomes(app, b"C:\\\\Windows\\\\evil-drive.img", "evil-drive.img").await;
+    // Unescaped, as old browsers send a Windows path: a backslash that escapes nothing
+    // special stays, and is a separator.
+    upload_name_becomes(app, b"C:\\Windows\\evil-raw.img", "evil-raw.img").await;
+    upload_name_becomes(app, b"..\\..\\evil-rawdot.img", "evil-rawdot.img").await;
     let v = ok_json(upload_ext_name(app, "UTF-8''..%5C..%5Cevil-ext.img", b"data").await).await;
     assert_eq!(v["fileName"], "evil-ext.img");
-    images(3)
+    images(5)
 }
 
 async fn traversal_file_name_nul(app: &TestApp) -> Held {
@@ -2170,6 +2184,22 @@ async fn range_on_zip_download(app: &TestApp) -> Held {
     images(1)
 }
 
+async fn range_with_a_stale_if_range_is_whole(app: &TestApp) -> Held {
+    // No validator is ever sent, so no If-Range matches: the whole image, never a range
+    // that a client would splice onto bytes it holds (RFC 9110 section 13.1.5).
+    let (id, data) = range_image(app).await;
+    for v in [
+        "\"bogus\"",
+        "W/\"x\"",
+        "Sat, 01 Jan 2000 00:00:00 GMT",
+        "garbage",
+    ] {
+        let r = download_with(app, &id, false, &[("Range", "bytes=0-9"), ("If-Range", v)]).await;
+        whole(r, &data).await;
+    }
+    images(1)
+}
+
 async fn conditional_headers_are_ignored(app: &TestApp) -> Held {
     // The service sends no validators (ETag, Last-Modified): nothing can match or fail, and
     // the whole image is served.
@@ -2609,6 +2639,7 @@ hostile_cases! {
     traversal_image_id_absolute,
     traversal_image_id_backslash,
     traversal_image_id_nul,
+    traversal_image_id_overlong_utf8,
     traversal_image_id_uuid_lookalike,
     // Traversal: chunk part name.
     traversal_part_name_dotdot,
@@ -2723,6 +2754,7 @@ hostile_cases! {
     range_malformed,
     range_overflowing_numbers,
     range_on_zip_download,
+    range_with_a_stale_if_range_is_whole,
     conditional_headers_are_ignored,
     // qcow2.
     qcow2_backing_file,
