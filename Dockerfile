@@ -4,11 +4,14 @@
 
 FROM rust:1-bookworm AS build
 WORKDIR /src
-COPY Cargo.toml Cargo.lock ./
+COPY Cargo.toml Cargo.lock build.rs ./
 COPY entity entity
 COPY migration migration
 COPY src src
 COPY benches benches
+# No .git in the build context: pass the revision for `--version`
+# (docker build --build-arg FS_GIT_REVISION=$(git rev-parse --short=12 HEAD) .).
+ARG FS_GIT_REVISION=unknown
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked --bin file-system \

@@ -1,10 +1,13 @@
-//! Settings, read from environment variables (and `.env` when present).
+//! Settings, read from environment variables (and `./.env` when present).
 //!
-//! Every variable is listed with its default in `.env.example`. Flat keys, one `envy` call per
-//! group: `FS_*` for the service, `DATABASE_URL` / `POSTGRES_*` for the database.
+//! Every variable is listed with its default in `.env.example`: `FS_*` for the service,
+//! `DATABASE_URL` / `POSTGRES_*` for the database. Sizes take units (`8MiB`, `500GiB`, plain
+//! numbers are bytes), times take units (`30s`, `24h`, plain numbers are seconds), choices
+//! ignore case; every error names the variable, the value and the form expected.
+
+mod settings;
 
 use crate::storage::S3Settings;
-use serde::Deserialize;
 use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf};
 
 /// One storage tier: where images of a priority live.
@@ -15,95 +18,16 @@ pub struct Tier {
     pub storage_class: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StorageKind {
     Local,
     S3,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
     Text,
     Json,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-struct FsVars {
-    #[serde(default = "default_listen")]
-    listen: SocketAddr,
-    #[serde(default = "default_storage")]
-    storage: StorageKind,
-    #[serde(default = "default_local_dir")]
-    local_dir: PathBuf,
-    #[serde(default = "default_scratch_dir")]
-    scratch_dir: PathBuf,
-    #[serde(default = "default_tiers")]
-    tiers: String,
-    #[serde(default = "default_max_image_bytes")]
-    max_image_bytes: u64,
-    #[serde(default = "default_upload_ttl")]
-    upload_ttl_secs: u64,
-    #[serde(default = "default_zip_max_ratio")]
-    zip_max_ratio: u64,
-    #[serde(default = "default_cors")]
-    cors_origins: String,
-    #[serde(default = "default_log_format")]
-    log_format: LogFormat,
-    #[serde(default = "default_data_dir")]
-    data_dir: PathBuf,
-    #[serde(default = "default_upload_concurrency")]
-    upload_concurrency: usize,
-    #[serde(default = "default_shutdown_grace")]
-    shutdown_grace_secs: u64,
-    #[serde(default = "default_body_idle_timeout")]
-    body_idle_timeout_secs: u64,
-    #[serde(default = "default_header_timeout")]
-    header_timeout_secs: u64,
-    #[serde(default = "default_drain_max_bytes")]
-    drain_max_bytes: u64,
-    #[serde(default = "default_drain_timeout")]
-    drain_timeout_secs: u64,
-    s3_endpoint: Option<String>,
-    s3_region: Option<String>,
-    s3_force_path_style: Option<bool>,
-    #[serde(default = "default_min_part")]
-    s3_min_part_bytes: u64,
-    #[serde(default = "default_part")]
-    s3_part_bytes: u64,
-    #[serde(default = "default_s3_concurrency")]
-    s3_upload_concurrency: usize,
-    #[serde(default)]
-    s3_key_prefix: String,
-    #[serde(default = "default_job_concurrency")]
-    job_concurrency: usize,
-    #[serde(default = "default_job_lease")]
-    job_lease_secs: u64,
-    #[serde(default = "default_job_retention")]
-    job_retention_secs: u64,
-    #[serde(default = "default_check_timeout")]
-    check_timeout_secs: u64,
-    #[serde(default = "default_slim_timeout")]
-    slim_timeout_secs: u64,
-    imageops_url: Option<String>,
-    #[serde(default = "default_imageops_listen")]
-    imageops_listen: SocketAddr,
-}
-
-#[derive(Debug, Clone, Deserialize, Default)]
-struct DbVars {
-    database_url: Option<String>,
-}
-
-/// The original EdgeGallery deployment's variables, honoured when `DATABASE_URL` is unset.
-#[derive(Debug, Clone, Deserialize, Default)]
-struct PostgresVars {
-    host: Option<String>,
-    port: Option<u16>,
-    username: Option<String>,
-    password: Option<String>,
-    db_name: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -151,184 +75,166 @@ pub struct Config {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("invalid environment variable: {0}")]
-    Env(#[from] envy::Error),
+    /// Every setting that could not be used, each naming its variable, the value given and
+    /// the form expected.
+    #[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
+    Invalid(Vec<String>),
     #[error("invalid FS_TIERS entry {0:?}: expected PRIORITY=BUCKET[:STORAGE_CLASS]")]
     Tier(String),
     #[error("FS_TIERS must define priority 0 (the default tier)")]
     NoDefaultTier,
-    #[error("{0}")]
-    Invalid(String),
 }
 
-fn default_listen() -> SocketAddr {
-    "0.0.0.0:9500".parse().expect("valid default address")
-}
-fn default_storage() -> StorageKind {
-    StorageKind::Local
-}
-fn default_data_dir() -> PathBuf {
-    PathBuf::from("./data")
-}
-fn default_local_dir() -> PathBuf {
-    PathBuf::from("./data/objects")
-}
-fn default_scratch_dir() -> PathBuf {
-    PathBuf::from("./data/scratch")
-}
-fn default_tiers() -> String {
-    "0=images".into()
-}
-fn default_max_image_bytes() -> u64 {
-    500 << 30
-}
-/// Deflate cannot pass about 1032:1, so this refuses near-maximal deflate streams and the
-/// far higher ratios of bzip2, zstd or deflate64 bombs, while real disk images (sparse ones
-/// included) stay below it.
-fn default_zip_max_ratio() -> u64 {
-    1000
-}
-fn default_upload_ttl() -> u64 {
-    86_400
-}
-fn default_cors() -> String {
-    "*".into()
-}
-fn default_log_format() -> LogFormat {
-    LogFormat::Text
-}
-fn default_upload_concurrency() -> usize {
-    64
-}
-fn default_shutdown_grace() -> u64 {
-    30
-}
-fn default_body_idle_timeout() -> u64 {
-    60
-}
-fn default_header_timeout() -> u64 {
-    30
-}
-fn default_drain_max_bytes() -> u64 {
-    256 << 20
-}
-fn default_drain_timeout() -> u64 {
-    30
-}
-fn default_job_concurrency() -> usize {
-    2
-}
-fn default_job_retention() -> u64 {
-    7 * 24 * 3600
-}
-
-fn default_job_lease() -> u64 {
-    60
-}
-fn default_check_timeout() -> u64 {
-    1800
-}
-fn default_imageops_listen() -> SocketAddr {
-    "0.0.0.0:5000".parse().expect("valid default address")
-}
-fn default_slim_timeout() -> u64 {
-    7200
-}
-fn default_min_part() -> u64 {
-    5 << 20
-}
-fn default_part() -> u64 {
-    8 << 20
-}
-fn default_s3_concurrency() -> usize {
-    4
+/// What `Config::from_env` read besides the process environment.
+#[derive(Debug, Clone, Default)]
+pub struct Sources {
+    /// `.env` of the working directory, when there was one.
+    pub dotenv: Option<PathBuf>,
 }
 
 impl Config {
-    /// Reads `.env` (if any) and the process environment.
-    pub fn from_env() -> Result<Self, ConfigError> {
-        let _ = dotenvy::dotenv();
-        Self::from_vars(std::env::vars())
+    /// Reads `./.env` when the working directory has one (only there: never a parent's), then
+    /// the process environment, which wins.
+    pub fn from_env() -> Result<(Self, Sources), ConfigError> {
+        let mut sources = Sources::default();
+        let dotenv = PathBuf::from(".env");
+        if dotenv.is_file() {
+            dotenvy::from_path(&dotenv)
+                .map_err(|e| ConfigError::Invalid(vec![format!("{}: {e}", dotenv.display())]))?;
+            sources.dotenv = Some(dotenv);
+        }
+        Ok((Self::from_vars(std::env::vars())?, sources))
     }
 
-    /// Builds the configuration from explicit variables (used by tests).
+    /// Builds the configuration from explicit variables (used by tests). Every problem is
+    /// reported at once.
     pub fn from_vars(
         vars: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
-        let vars: Vec<(String, String)> = vars.into_iter().collect();
-        let fs: FsVars = envy::prefixed("FS_").from_iter(vars.clone())?;
-        let db: DbVars = envy::from_iter(vars.clone())?;
-        let pg: PostgresVars = envy::prefixed("POSTGRES_").from_iter(vars)?;
-        let database_url = match db.database_url.filter(|u| !u.is_empty()) {
+        let mut r = settings::Reader::new(vars);
+        use settings::{bytes, choice, number, secs, socket_addr};
+        let listen = r.get("FS_LISTEN", default_addr(9500), socket_addr);
+        let storage = r.get(
+            "FS_STORAGE",
+            StorageKind::Local,
+            choice(&[("local", StorageKind::Local), ("s3", StorageKind::S3)]),
+        );
+        let data_dir = r.path("FS_DATA_DIR", "./data");
+        let local_dir = r.path("FS_LOCAL_DIR", "./data/objects");
+        let scratch_dir = r.path("FS_SCRATCH_DIR", "./data/scratch");
+        let tiers_spec = r.string("FS_TIERS").unwrap_or_else(|| "0=images".into());
+        let max_image_bytes = r.get("FS_MAX_IMAGE_BYTES", 500 << 30, bytes);
+        // Deflate cannot pass about 1032:1, so this refuses near-maximal deflate streams and
+        // the far higher ratios of bzip2, zstd or deflate64 bombs, while real disk images
+        // (sparse ones included) stay below it.
+        let zip_max_ratio = r.get("FS_ZIP_MAX_RATIO", 1000, number);
+        let upload_ttl_secs = r.get("FS_UPLOAD_TTL_SECS", 86_400, secs);
+        let cors = r.string("FS_CORS_ORIGINS").unwrap_or_else(|| "*".into());
+        let log_format = r.get(
+            "FS_LOG_FORMAT",
+            LogFormat::Text,
+            choice(&[("text", LogFormat::Text), ("json", LogFormat::Json)]),
+        );
+        let upload_concurrency: usize = r.get("FS_UPLOAD_CONCURRENCY", 64, number);
+        let shutdown_grace_secs = r.get("FS_SHUTDOWN_GRACE_SECS", 30, secs);
+        let body_idle_timeout_secs = r.get("FS_BODY_IDLE_TIMEOUT_SECS", 60, secs);
+        let header_timeout_secs = r.get("FS_HEADER_TIMEOUT_SECS", 30, secs);
+        let drain_max_bytes = r.get("FS_DRAIN_MAX_BYTES", 256 << 20, bytes);
+        let drain_timeout_secs = r.get("FS_DRAIN_TIMEOUT_SECS", 30, secs);
+        let s3_endpoint = r.string("FS_S3_ENDPOINT");
+        let s3_region = r.string("FS_S3_REGION");
+        let s3_force_path_style = r.opt("FS_S3_FORCE_PATH_STYLE", settings::boolean);
+        let s3_min_part_bytes = r.get("FS_S3_MIN_PART_BYTES", 5 << 20, bytes);
+        let s3_part_bytes = r.get("FS_S3_PART_BYTES", 8 << 20, bytes);
+        let s3_upload_concurrency: usize = r.get("FS_S3_UPLOAD_CONCURRENCY", 4, number);
+        let s3_key_prefix = r.string("FS_S3_KEY_PREFIX").unwrap_or_default();
+        let job_concurrency = r.get("FS_JOB_CONCURRENCY", 2, number);
+        let job_lease_secs = r.get("FS_JOB_LEASE_SECS", 60, secs);
+        let job_retention_secs = r.get("FS_JOB_RETENTION_SECS", 7 * 24 * 3600, secs);
+        let check_timeout_secs = r.get("FS_CHECK_TIMEOUT_SECS", 1800, secs);
+        let slim_timeout_secs = r.get("FS_SLIM_TIMEOUT_SECS", 7200, secs);
+        let imageops_url = r.string("FS_IMAGEOPS_URL");
+        let imageops_listen = r.get("FS_IMAGEOPS_LISTEN", default_addr(5000), socket_addr);
+        let database_url = match r.string("DATABASE_URL") {
             Some(url) => url,
-            None => match pg.host.filter(|h| !h.is_empty()) {
+            None => match r.string("POSTGRES_HOST") {
                 Some(host) => format!(
                     "postgres://{}:{}@{}:{}/{}",
-                    pct(pg.username.as_deref().unwrap_or("postgres")),
-                    pct(pg.password.as_deref().unwrap_or("")),
+                    pct(&r
+                        .string("POSTGRES_USERNAME")
+                        .unwrap_or_else(|| "postgres".into())),
+                    pct(&r.string("POSTGRES_PASSWORD").unwrap_or_default()),
                     host,
-                    pg.port.unwrap_or(5432),
-                    pg.db_name.as_deref().unwrap_or("postgres")
+                    r.get::<u16>("POSTGRES_PORT", 5432, number),
+                    r.string("POSTGRES_DB_NAME")
+                        .unwrap_or_else(|| "postgres".into())
                 ),
                 None => format!(
                     "sqlite://{}?mode=rwc",
-                    fs.data_dir.join("file-system.db").display()
+                    data_dir.join("file-system.db").display()
                 ),
             },
         };
-        if fs.max_image_bytes == 0 {
-            return Err(ConfigError::Invalid(
-                "FS_MAX_IMAGE_BYTES must be > 0".into(),
-            ));
+        if max_image_bytes == 0 {
+            r.problem("FS_MAX_IMAGE_BYTES must be more than 0 bytes");
         }
-        let cors_origins = match fs.cors_origins.trim() {
+        if s3_part_bytes < s3_min_part_bytes {
+            r.problem("FS_S3_PART_BYTES must be at least FS_S3_MIN_PART_BYTES");
+        }
+        let tiers = match parse_tiers(&tiers_spec) {
+            Ok(t) => t,
+            Err(e) => {
+                r.problem(&e.to_string());
+                BTreeMap::new()
+            }
+        };
+        r.finish()?;
+        let cors_origins = match cors.trim() {
             "" | "*" => None,
             list => Some(list.split(',').map(|s| s.trim().to_string()).collect()),
         };
-        let endpoint = fs.s3_endpoint.filter(|e| !e.is_empty());
-        if fs.s3_part_bytes < fs.s3_min_part_bytes {
-            return Err(ConfigError::Invalid(
-                "FS_S3_PART_BYTES must be at least FS_S3_MIN_PART_BYTES".into(),
-            ));
-        }
         let s3 = S3Settings {
-            force_path_style: fs.s3_force_path_style.unwrap_or(endpoint.is_some()),
-            endpoint,
-            region: fs.s3_region.filter(|r| !r.is_empty()),
-            min_part_bytes: fs.s3_min_part_bytes,
-            part_bytes: fs.s3_part_bytes,
-            upload_concurrency: fs.s3_upload_concurrency.max(1),
-            key_prefix: fs.s3_key_prefix,
-            spool_dir: fs.scratch_dir.clone(),
+            force_path_style: s3_force_path_style.unwrap_or(s3_endpoint.is_some()),
+            endpoint: s3_endpoint,
+            region: s3_region,
+            min_part_bytes: s3_min_part_bytes,
+            part_bytes: s3_part_bytes,
+            upload_concurrency: s3_upload_concurrency.max(1),
+            key_prefix: s3_key_prefix,
+            spool_dir: scratch_dir.clone(),
         };
         Ok(Config {
-            listen: fs.listen,
+            listen,
             database_url,
-            storage: fs.storage,
-            local_dir: fs.local_dir,
-            scratch_dir: fs.scratch_dir,
-            tiers: parse_tiers(&fs.tiers)?,
-            max_image_bytes: fs.max_image_bytes,
-            zip_max_ratio: fs.zip_max_ratio,
-            upload_ttl_secs: fs.upload_ttl_secs,
+            storage,
+            local_dir,
+            scratch_dir,
+            tiers,
+            max_image_bytes,
+            zip_max_ratio,
+            upload_ttl_secs,
             cors_origins,
-            log_format: fs.log_format,
-            upload_concurrency: fs.upload_concurrency.max(1),
-            shutdown_grace_secs: fs.shutdown_grace_secs,
-            body_idle_timeout_secs: fs.body_idle_timeout_secs.max(1),
-            header_timeout_secs: fs.header_timeout_secs.max(1),
-            drain_max_bytes: fs.drain_max_bytes,
-            drain_timeout_secs: fs.drain_timeout_secs,
+            log_format,
+            upload_concurrency: upload_concurrency.max(1),
+            shutdown_grace_secs,
+            body_idle_timeout_secs: body_idle_timeout_secs.max(1),
+            header_timeout_secs: header_timeout_secs.max(1),
+            drain_max_bytes,
+            drain_timeout_secs,
             s3,
-            job_concurrency: fs.job_concurrency,
-            job_lease_secs: fs.job_lease_secs.max(3),
-            job_retention_secs: fs.job_retention_secs,
-            check_timeout_secs: fs.check_timeout_secs.max(1),
-            slim_timeout_secs: fs.slim_timeout_secs.max(1),
-            imageops_url: fs.imageops_url.filter(|u| !u.trim().is_empty()),
-            imageops_listen: fs.imageops_listen,
+            job_concurrency,
+            job_lease_secs: job_lease_secs.max(3),
+            job_retention_secs,
+            check_timeout_secs: check_timeout_secs.max(1),
+            slim_timeout_secs: slim_timeout_secs.max(1),
+            imageops_url,
+            imageops_listen,
         })
     }
+}
+
+fn default_addr(port: u16) -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], port))
 }
 
 fn pct(s: &str) -> String {
@@ -396,6 +302,49 @@ mod tests {
         assert!(c.cors_origins.is_none());
         assert_eq!(c.drain_max_bytes, 256 << 20);
         assert_eq!(c.drain_timeout_secs, 30);
+    }
+
+    #[test]
+    fn sizes_and_times_take_units_and_choices_ignore_case() {
+        let c = Config::from_vars(vars(&[
+            ("FS_MAX_IMAGE_BYTES", "50GiB"),
+            ("FS_S3_PART_BYTES", "16MiB"),
+            ("FS_UPLOAD_TTL_SECS", "24h"),
+            ("FS_BODY_IDLE_TIMEOUT_SECS", "90s"),
+            ("FS_STORAGE", "S3"),
+            ("FS_LOG_FORMAT", "JSON"),
+            ("FS_LISTEN", "localhost:9600"),
+        ]))
+        .unwrap();
+        assert_eq!(c.max_image_bytes, 50 << 30);
+        assert_eq!(c.s3.part_bytes, 16 << 20);
+        assert_eq!(c.upload_ttl_secs, 86_400);
+        assert_eq!(c.body_idle_timeout_secs, 90);
+        assert_eq!(c.storage, StorageKind::S3);
+        assert_eq!(c.log_format, LogFormat::Json);
+        assert!(c.listen.ip().is_loopback() && c.listen.port() == 9600);
+    }
+
+    #[test]
+    fn every_bad_setting_is_named_with_the_form_expected() {
+        let err = Config::from_vars(vars(&[
+            ("FS_STORAGE", "s4"),
+            ("FS_LISTEN", "garbage"),
+            ("FS_MAX_IMAGE_BYTES", "lots"),
+            ("FS_UPLOAD_TTL_SECS", "soon"),
+            ("FS_TIERS", "1=only-one"),
+        ]))
+        .unwrap_err()
+        .to_string();
+        for expected in [
+            "FS_STORAGE=\"s4\" is not valid: expected one of local, s3",
+            "FS_LISTEN=\"garbage\" is not valid: expected HOST:PORT",
+            "FS_MAX_IMAGE_BYTES=\"lots\" is not valid: expected a size in bytes",
+            "FS_UPLOAD_TTL_SECS=\"soon\" is not valid: expected a duration",
+            "FS_TIERS must define priority 0",
+        ] {
+            assert!(err.contains(expected), "{expected:?} not in {err}");
+        }
     }
 
     #[test]

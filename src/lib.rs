@@ -10,6 +10,7 @@ pub mod dirlock;
 pub mod domain;
 pub mod imageops;
 pub mod metrics;
+pub mod preflight;
 pub mod routes;
 pub mod storage;
 pub mod telemetry;

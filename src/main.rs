@@ -1,13 +1,32 @@
-//! `file-system [serve]` runs the service; `file-system migrate` applies database migrations.
+//! The `file-system` command: the service, its migrations, the imageops sidecar and a
+//! configuration check. Settings come from environment variables (see `.env.example`).
 
 use anyhow::Context;
-use file_system::{build, config::Config, db, serve, telemetry};
+use clap::{Parser, Subcommand};
+use file_system::{build, config::Config, db, preflight, serve, telemetry};
 
-const USAGE: &str = "usage: file-system [serve | migrate | help]
-  serve    run the HTTP service (default)
-  migrate  apply database migrations and exit
-  imageops serve the imageops HTTP API (sidecar) on FS_IMAGEOPS_LISTEN over FS_SCRATCH_DIR
-Settings come from environment variables (and .env); see .env.example.";
+/// An S3-backed store for virtual-machine images (the EdgeGallery file-system API).
+///
+/// Settings come from environment variables and ./.env (see .env.example).
+#[derive(Parser)]
+#[command(name = "file-system", version = preflight::VERSION)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the HTTP service on FS_LISTEN (the default command).
+    Serve,
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Serve the imageops HTTP API (sidecar) on FS_IMAGEOPS_LISTEN over FS_SCRATCH_DIR.
+    Imageops,
+    /// Validate every setting, reach the database, the store and qemu-img, print a summary;
+    /// exit 1 listing every problem.
+    CheckConfig,
+}
 
 fn main() -> anyhow::Result<()> {
     // Part buffers are megabytes: keep them out of glibc's heap arenas (whose dynamic mmap
@@ -18,37 +37,44 @@ fn main() -> anyhow::Result<()> {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
         libc::mallopt(libc::M_TRIM_THRESHOLD, 64 << 20);
     }
+    let cli = Cli::parse();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let result = rt.block_on(run());
+    let result = rt.block_on(run(cli.command.unwrap_or(Command::Serve)));
     // `serve` bounded the shutdown by the grace period; whatever still runs (a blocking call
     // into a file system or database that no longer answers) must not hold the exit.
     rt.shutdown_timeout(std::time::Duration::from_secs(1));
     result
 }
 
-async fn run() -> anyhow::Result<()> {
-    let cmd = std::env::args().nth(1).unwrap_or_else(|| "serve".into());
-    if matches!(cmd.as_str(), "help" | "-h" | "--help") {
-        println!("{USAGE}");
-        return Ok(());
-    }
-    let cfg = Config::from_env()?;
+async fn run(command: Command) -> anyhow::Result<()> {
+    let (cfg, sources) = match Config::from_env() {
+        Ok(c) => c,
+        Err(e) => {
+            // Before logging is set up (its format is a setting): plain stderr.
+            eprintln!("{e}");
+            std::process::exit(2);
+        }
+    };
     telemetry::init(cfg.log_format);
-    match cmd.as_str() {
-        "serve" => {
+    if let Some(path) = &sources.dotenv {
+        tracing::info!(file = %path.display(), "settings read from .env (the environment wins)");
+    }
+    match command {
+        Command::Serve => {
             let listen = cfg.listen;
-            // The port first: a second process started by mistake on the same data directory
-            // fails here, before it touches what the running one uses (its scratch files).
+            // The port first: a second process started by mistake fails here, before it
+            // touches anything (its directories are locked next, in `build`).
             let listener = tokio::net::TcpListener::bind(listen)
                 .await
                 .with_context(|| format!("cannot listen on {listen}"))?;
+            preflight::log_summary(&cfg).await;
             let svc = build(cfg).await?;
             tracing::info!(addr = %listener.local_addr()?, "file-system listening");
             serve(listener, svc, shutdown_signal()).await
         }
-        "imageops" => {
+        Command::Imageops => {
             // The original imageops API, on the scratch directory shared with the service.
             tokio::fs::create_dir_all(&cfg.scratch_dir).await?;
             let dir = std::fs::canonicalize(&cfg.scratch_dir)?;
@@ -66,15 +92,29 @@ async fn run() -> anyhow::Result<()> {
                 .await;
             Ok(())
         }
-        "migrate" => {
+        Command::Migrate => {
             let conn = db::connect(&cfg.database_url).await?;
             db::migrate(&conn).await?;
             tracing::info!("migrations applied");
             Ok(())
         }
-        other => {
-            eprintln!("unknown command {other:?}\n{USAGE}");
-            std::process::exit(2);
+        Command::CheckConfig => {
+            for (what, value) in preflight::summary(&cfg) {
+                println!("{what:>16}: {value}");
+            }
+            if let Ok(v) = preflight::qemu_img_version().await {
+                println!("{:>16}: {v}", "qemu-img");
+            }
+            let problems = preflight::check(&cfg).await;
+            if problems.is_empty() {
+                println!("configuration OK: the database, the store and qemu-img answer");
+                return Ok(());
+            }
+            eprintln!("{} problem(s):", problems.len());
+            for p in &problems {
+                eprintln!("  - {p}");
+            }
+            std::process::exit(1);
         }
     }
 }

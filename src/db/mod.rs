@@ -24,6 +24,33 @@ pub async fn connect(url: &str) -> Result<DatabaseConnection, DbErr> {
             }
         }
     }
+    if let Some((host, port)) = postgres_host_port(url) {
+        // A closed port or an unreachable host fails now, named, rather than as the pool's
+        // "timed out" after its acquire timeout.
+        let probe = tokio::time::timeout(
+            Duration::from_secs(5),
+            tokio::net::TcpStream::connect((host.as_str(), port)),
+        )
+        .await;
+        let why = match probe {
+            Ok(Ok(_)) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(_) => Some("no answer within 5 s".into()),
+        };
+        if let Some(why) = why {
+            return Err(DbErr::Custom(format!(
+                "cannot reach PostgreSQL at {host}:{port}: {why}"
+            )));
+        }
+    }
+    // A SQLite file that does not exist yet is created (sqlx opens read-write only, unless
+    // the URL says `mode=`).
+    let url =
+        &match url.starts_with("sqlite:") && !url.contains("mode=") && !url.contains(":memory:") {
+            true if url.contains('?') => format!("{url}&mode=rwc"),
+            true => format!("{url}?mode=rwc"),
+            false => url.to_string(),
+        };
     let mut opts = ConnectOptions::new(url.to_string());
     opts.connect_timeout(Duration::from_secs(10))
         .acquire_timeout(Duration::from_secs(30))
@@ -47,6 +74,34 @@ pub async fn connect(url: &str) -> Result<DatabaseConnection, DbErr> {
         db.execute_unprepared("PRAGMA journal_mode=WAL").await?;
     }
     Ok(db)
+}
+
+/// Host and port of a `postgres://` / `postgresql://` URL with a TCP host (port 5432 when
+/// not given); `None` for other URLs and Unix sockets.
+fn postgres_host_port(url: &str) -> Option<(String, u16)> {
+    let rest = url
+        .strip_prefix("postgres://")
+        .or_else(|| url.strip_prefix("postgresql://"))?;
+    let authority = rest.split(['/', '?']).next()?;
+    let hostport = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let (host, port) = match hostport.strip_prefix('[') {
+        Some(v6) => {
+            let (h, after) = v6.split_once(']')?;
+            (h, after.strip_prefix(':'))
+        }
+        None => match hostport.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (hostport, None),
+        },
+    };
+    if host.is_empty() || host.starts_with('%') {
+        return None;
+    }
+    let port = match port {
+        Some(p) => p.parse().ok()?,
+        None => 5432,
+    };
+    Some((host.to_string(), port))
 }
 
 /// The password of a `scheme://user:password@host/...` URL, as written.
@@ -83,7 +138,19 @@ pub async fn migrate(db: &DatabaseConnection) -> Result<(), DbErr> {
 
 #[cfg(test)]
 mod tests {
-    use super::redact_url;
+    use super::{postgres_host_port, redact_url};
+
+    #[test]
+    fn postgres_hosts_and_ports_are_found() {
+        let hp = |u: &str| postgres_host_port(u);
+        assert_eq!(hp("postgres://u:p@db:6543/fs"), Some(("db".into(), 6543)));
+        assert_eq!(hp("postgres://u:p@db/fs"), Some(("db".into(), 5432)));
+        assert_eq!(hp("postgresql://db"), Some(("db".into(), 5432)));
+        assert_eq!(hp("postgres://u@[::1]:5433/fs"), Some(("::1".into(), 5433)));
+        assert_eq!(hp("postgres://u:p@h@db:1/x"), Some(("db".into(), 1)));
+        assert_eq!(hp("sqlite://./x.db"), None);
+        assert_eq!(hp("postgres://u:p@db:notaport/fs"), None);
+    }
 
     #[test]
     fn passwords_are_redacted() {

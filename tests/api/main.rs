@@ -5,6 +5,7 @@ mod helpers;
 mod bad_input;
 mod checks;
 mod chunks;
+mod cli;
 mod downloads;
 mod hostile;
 mod images;

@@ -1,0 +1,146 @@
+//! What an operator needs to know before trusting a start: the start-up summary and
+//! `file-system check-config`, which reaches every dependency and lists every problem.
+
+use crate::{
+    config::{Config, StorageKind},
+    db,
+    storage::{ObjectStore, S3Store, SharedS3},
+};
+use std::{path::Path, sync::Arc, time::Duration};
+
+/// The crate version and the git revision it was built from.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("FS_GIT_REVISION"),
+    ")"
+);
+
+/// Free bytes on the file system holding `dir` (`None` when it cannot be read).
+pub fn free_bytes(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `path` is a valid C string and `st` a properly sized out-parameter.
+    let rc = unsafe { libc::statvfs(path.as_ptr(), &mut st) };
+    (rc == 0).then(|| st.f_bavail as u64 * st.f_frsize as u64)
+}
+
+/// `qemu-img --version`'s first line, or why it cannot run.
+pub async fn qemu_img_version() -> Result<String, String> {
+    let out = tokio::process::Command::new("qemu-img")
+        .arg("--version")
+        .output()
+        .await
+        .map_err(|e| format!("qemu-img cannot run ({e}); install qemu-utils"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    Ok(text.lines().next().unwrap_or("").trim().to_string())
+}
+
+/// The settings that shape a deployment, as `(what, value)` lines without secrets.
+pub fn summary(cfg: &Config) -> Vec<(&'static str, String)> {
+    let mib = |b: u64| format!("{} MiB", b >> 20);
+    let store = match cfg.storage {
+        StorageKind::Local => format!("local directory {}", cfg.local_dir.display()),
+        StorageKind::S3 => format!(
+            "S3 at {}",
+            cfg.s3
+                .endpoint
+                .as_deref()
+                .unwrap_or("the AWS default endpoint")
+        ),
+    };
+    let tiers: Vec<String> = cfg
+        .tiers
+        .values()
+        .map(|t| match &t.storage_class {
+            Some(c) => format!("{}={}:{c}", t.priority, t.bucket),
+            None => format!("{}={}", t.priority, t.bucket),
+        })
+        .collect();
+    let free = free_bytes(&cfg.scratch_dir).map_or("unknown".into(), mib);
+    vec![
+        ("version", VERSION.to_string()),
+        ("database", db::redact_url(&cfg.database_url)),
+        ("store", store),
+        ("tiers", tiers.join(", ")),
+        (
+            "scratch",
+            format!("{} ({free} free)", cfg.scratch_dir.display()),
+        ),
+        ("max image size", mib(cfg.max_image_bytes)),
+        ("uploads at once", cfg.upload_concurrency.to_string()),
+        ("job concurrency", cfg.job_concurrency.to_string()),
+        (
+            "auth",
+            "none: keep the service behind a gateway that authenticates".into(),
+        ),
+    ]
+}
+
+/// Logs the summary at INFO, and qemu-img's version (a WARN when it cannot run).
+pub async fn log_summary(cfg: &Config) {
+    for (what, value) in summary(cfg) {
+        tracing::info!(setting = what, value = %value, "configuration");
+    }
+    match qemu_img_version().await {
+        Ok(v) => tracing::info!(setting = "qemu-img", value = %v, "configuration"),
+        Err(e) => tracing::warn!("{e}: image checks and slims will fail"),
+    }
+}
+
+/// Reaches the database, the store (every tier's bucket) and qemu-img; returns every
+/// problem found (empty: all good). Takes no lock and changes nothing.
+pub async fn check(cfg: &Config) -> Vec<String> {
+    let mut problems = vec![];
+    match tokio::time::timeout(Duration::from_secs(15), db::connect(&cfg.database_url)).await {
+        Ok(Ok(conn)) => {
+            let _ = conn.close().await;
+        }
+        Ok(Err(sea_orm::DbErr::Custom(e))) => problems.push(format!("database: {e}")),
+        Ok(Err(e)) => problems.push(format!("database: {e}")),
+        Err(_) => problems.push(format!(
+            "database: {} did not answer within 15 s",
+            db::redact_url(&cfg.database_url)
+        )),
+    }
+    match cfg.storage {
+        StorageKind::Local => {
+            if let Err(e) = writable(&cfg.local_dir) {
+                problems.push(format!("store: {}: {e}", cfg.local_dir.display()));
+            }
+        }
+        StorageKind::S3 => match S3Store::new(cfg.s3.clone()).await {
+            Ok(s3) => {
+                let store = SharedS3(Arc::new(s3));
+                for tier in cfg.tiers.values() {
+                    let reached =
+                        tokio::time::timeout(Duration::from_secs(15), store.ping(&tier.bucket))
+                            .await;
+                    match reached {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => problems.push(format!("store: bucket {}: {e}", tier.bucket)),
+                        Err(_) => problems.push(format!(
+                            "store: bucket {} did not answer within 15 s",
+                            tier.bucket
+                        )),
+                    }
+                }
+            }
+            Err(e) => problems.push(format!("store: {e}")),
+        },
+    }
+    if let Err(e) = writable(&cfg.scratch_dir) {
+        problems.push(format!("scratch: {}: {e}", cfg.scratch_dir.display()));
+    }
+    if let Err(e) = qemu_img_version().await {
+        problems.push(e);
+    }
+    problems
+}
+
+/// `dir` exists (or can be created) and a file can be written in it.
+fn writable(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    tempfile::tempfile_in(dir).map(drop)
+}

@@ -1,0 +1,262 @@
+//! The command line and configuration as an operator meets them: subcommands, `--version`,
+//! `--help`, refused arguments, settings errors that name the variable, a database that is
+//! not there, `.env`, `check-config` and the start-up summary. The real binary, every time.
+
+use crate::helpers::free_port;
+use std::{
+    path::Path,
+    process::{Command, Output},
+    time::{Duration, Instant},
+};
+
+/// The binary in `dir` with only `vars` set (and PATH, for qemu-img).
+fn file_system(dir: &Path, args: &[&str], vars: &[(&str, &str)]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_file-system"))
+        .args(args)
+        .current_dir(dir)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(vars.iter().copied())
+        .output()
+        .unwrap()
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Settings of a service kept entirely in `dir`.
+fn local(dir: &Path) -> Vec<(&'static str, String)> {
+    vec![
+        ("FS_DATA_DIR", dir.join("data").display().to_string()),
+        (
+            "FS_LOCAL_DIR",
+            dir.join("data/objects").display().to_string(),
+        ),
+        (
+            "FS_SCRATCH_DIR",
+            dir.join("data/scratch").display().to_string(),
+        ),
+    ]
+}
+
+fn with<'a>(
+    base: &'a [(&'static str, String)],
+    more: &[(&'static str, &'a str)],
+) -> Vec<(&'a str, &'a str)> {
+    base.iter()
+        .map(|(k, v)| (*k, v.as_str()))
+        .chain(more.iter().copied())
+        .collect()
+}
+
+#[test]
+fn version_help_and_unknown_arguments() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = file_system(dir.path(), &["--version"], &[]);
+    assert!(out.status.success());
+    let v = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        v.starts_with(&format!("file-system {} (", env!("CARGO_PKG_VERSION"))),
+        "{v}"
+    );
+    let out = file_system(dir.path(), &["--help"], &[]);
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for cmd in ["serve", "migrate", "imageops", "check-config"] {
+        assert!(help.contains(cmd), "{cmd} missing from {help}");
+    }
+    for cmd in ["serve", "migrate", "imageops", "check-config"] {
+        let out = file_system(dir.path(), &[cmd, "--help"], &[]);
+        assert!(out.status.success(), "{cmd} --help: {}", text(&out));
+    }
+    for args in [&["--bogus"][..], &["frobnicate"], &["serve", "extra"]] {
+        let out = file_system(dir.path(), args, &[]);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out));
+        assert!(text(&out).contains("error:"), "{args:?}: {}", text(&out));
+    }
+}
+
+#[test]
+fn every_bad_setting_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = file_system(
+        dir.path(),
+        &[],
+        &[
+            ("FS_STORAGE", "s4"),
+            ("FS_LISTEN", "garbage"),
+            ("FS_MAX_IMAGE_BYTES", "500 gigs"),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let t = text(&out);
+    for name in [
+        "FS_STORAGE=\"s4\"",
+        "FS_LISTEN=\"garbage\"",
+        "FS_MAX_IMAGE_BYTES=\"500 gigs\"",
+    ] {
+        assert!(t.contains(name), "{name} missing: {t}");
+    }
+    assert!(
+        !dir.path().join("data").exists(),
+        "a refused start created files"
+    );
+}
+
+#[test]
+fn a_closed_database_port_fails_within_seconds_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port().to_string();
+    let url = format!("postgres://fs:S3cretPw@127.0.0.1:{port}/fs");
+    let base = local(dir.path());
+    let listen = format!("127.0.0.1:{}", free_port());
+    for cmd in ["serve", "migrate"] {
+        let started = Instant::now();
+        let out = file_system(
+            dir.path(),
+            &[cmd],
+            &with(&base, &[("DATABASE_URL", &url), ("FS_LISTEN", &listen)]),
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{cmd}: {:?}",
+            started.elapsed()
+        );
+        assert!(!out.status.success());
+        let t = text(&out);
+        assert!(t.contains(&format!("127.0.0.1:{port}")), "{cmd}: {t}");
+        assert!(!t.contains("S3cretPw"), "{cmd}: {t}");
+    }
+}
+
+#[test]
+fn a_relative_sqlite_file_is_created() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = file_system(
+        dir.path(),
+        &["migrate"],
+        &[("DATABASE_URL", "sqlite://./my.db")],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(dir.path().join("my.db").is_file());
+}
+
+#[test]
+fn dotenv_is_read_from_the_working_directory_only_and_said() {
+    let dir = tempfile::tempdir().unwrap();
+    let child = dir.path().join("child");
+    std::fs::create_dir_all(&child).unwrap();
+    let base = local(dir.path());
+    std::fs::write(dir.path().join(".env"), "FS_MAX_IMAGE_BYTES=2GiB\n").unwrap();
+    // In the directory that has it: read, and the log says so.
+    let out = file_system(dir.path(), &["check-config"], &with(&base, &[]));
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains("settings read from .env"), "{t}");
+    assert!(t.contains("max image size: 2048 MiB"), "{t}");
+    // In a directory below it: not read.
+    let out = file_system(&child, &["check-config"], &with(&base, &[]));
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(!t.contains("settings read from .env"), "{t}");
+    assert!(t.contains("max image size: 512000 MiB"), "{t}");
+}
+
+#[test]
+fn check_config_lists_every_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = local(dir.path());
+    let out = file_system(dir.path(), &["check-config"], &with(&base, &[]));
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    for line in [
+        "version: ",
+        "database: sqlite://",
+        "store: local directory",
+        "configuration OK",
+    ] {
+        assert!(t.contains(line), "{line:?} missing: {t}");
+    }
+    let db = format!("postgres://fs:S3cretPw@127.0.0.1:{}/fs", free_port());
+    let s3 = format!("http://127.0.0.1:{}", free_port());
+    let out = file_system(
+        dir.path(),
+        &["check-config"],
+        &with(
+            &base,
+            &[
+                ("DATABASE_URL", &db),
+                ("FS_STORAGE", "s3"),
+                ("FS_S3_ENDPOINT", &s3),
+                ("FS_S3_REGION", "r"),
+                ("AWS_ACCESS_KEY_ID", "k"),
+                ("AWS_SECRET_ACCESS_KEY", "s"),
+            ],
+        ),
+    );
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    assert!(t.contains("2 problem(s)"), "{t}");
+    assert!(
+        t.contains("  - database: cannot reach PostgreSQL at 127.0.0.1:"),
+        "{t}"
+    );
+    assert!(t.contains("  - store: bucket images"), "{t}");
+    assert!(!t.contains("S3cretPw"), "{t}");
+}
+
+/// `FS_LISTEN` takes a host name; the start logs the summary an operator needs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serves_on_a_host_name_and_logs_a_summary() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let log = dir.path().join("server.log");
+    let f = std::fs::File::create(&log).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_file-system"))
+        .current_dir(dir.path())
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(local(dir.path()))
+        .env("FS_LISTEN", format!("localhost:{port}"))
+        .stdout(f.try_clone().unwrap())
+        .stderr(f)
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let url = format!("http://127.0.0.1:{port}/health");
+    while reqwest::get(&url).await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "{}",
+            std::fs::read_to_string(&log).unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let t = std::fs::read_to_string(&log).unwrap();
+    for what in [
+        "version",
+        "database",
+        "store",
+        "scratch",
+        "max image size",
+        "job concurrency",
+        "auth",
+        "qemu-img",
+    ] {
+        assert!(
+            t.contains(&format!("setting={what} ")) || t.contains(&format!("setting=\"{what}\"")),
+            "{what} missing from the summary: {t}"
+        );
+    }
+    assert!(
+        !t.contains("\u{1b}["),
+        "colour codes in a log that is not a terminal"
+    );
+}
