@@ -296,6 +296,12 @@ impl ObjectStore for LocalStore {
                 "parts must be ascending and non-empty".into(),
             ));
         }
+        if local_parts::data_published(&dir)? && tokio::fs::try_exists(&dst).await? {
+            // A completion died after publishing the joined parts, before removing their
+            // directory: the object is the proof; finish its cleanup.
+            tokio::fs::remove_dir_all(&dir).await?;
+            return Ok(());
+        }
         let numbers: Vec<u32> = parts.iter().map(|p| p.number).collect();
         let tmp = self.tmp_path();
         let guard = TmpGuard(Some(tmp.clone()));

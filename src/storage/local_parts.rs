@@ -146,11 +146,24 @@ pub fn put_part(dir: &Path, number: u32, src: &Path, len: u64) -> io::Result<()>
     }
 }
 
+/// Whether the contiguous parts were already moved out as a finished object (by a completion
+/// that died before it removed the directory): the index lists parts but `data` is gone.
+pub fn data_published(dir: &Path) -> io::Result<bool> {
+    Ok(!read_index(dir)?.is_empty() && !dir.join("data").try_exists()?)
+}
+
 /// Assembles `numbers` (ascending) into the file `out_tmp`, or returns `data` itself when it
 /// already holds them: the path of the finished, synced file.
 pub fn assemble(dir: &Path, numbers: &[u32], out_tmp: &Path) -> io::Result<PathBuf> {
     let _lock = DirLock::take(dir)?;
     let lens = read_index(dir)?;
+    if !lens.is_empty() && !dir.join("data").try_exists()? {
+        // Never recreate `data` empty under an index that lists parts in it.
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            "the joined parts are no longer in the upload",
+        ));
+    }
     let k = lens.len() as u32;
     let in_data: Vec<u32> = numbers.iter().copied().filter(|&n| n <= k).collect();
     let prefix = in_data.iter().enumerate().all(|(i, &n)| n == i as u32 + 1);

@@ -324,3 +324,55 @@ async fn s3_store_contract() {
         .unwrap();
     assert!(ups.uploads().is_empty(), "{:?}", ups.uploads());
 }
+
+/// A completion killed after it published the joined parts (renamed them into place) but
+/// before it removed their directory: completing again finishes the cleanup and keeps the
+/// object; with the object gone too, it fails, never publishing an empty or zeroed file.
+#[tokio::test]
+async fn local_completion_killed_after_publishing_is_finished_safely() {
+    use file_system::storage::{CompletedPart, LocalStore, ObjectStore, PutOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("objects");
+    let store = LocalStore::open(&root).await.unwrap();
+    store.ensure_bucket("b").await.unwrap();
+    for key in ["kept", "lost"] {
+        let id = store
+            .create_multipart("b", key, &PutOptions::default())
+            .await
+            .unwrap();
+        let mut parts = vec![];
+        for (n, data) in [(1u32, b"abc"), (2, b"def")] {
+            let etag = store
+                .upload_part("b", key, &id, n, spooled(dir.path(), data), true)
+                .await
+                .unwrap();
+            parts.push(CompletedPart {
+                number: n,
+                etag,
+                size: 3,
+            });
+        }
+        // What the killed completion did: the joined parts are the object now.
+        let data = root.join(".uploads").join(&id).join("data");
+        std::fs::rename(&data, root.join("b").join(key)).unwrap();
+        if key == "lost" {
+            std::fs::remove_file(root.join("b").join(key)).unwrap();
+            assert!(store
+                .complete_multipart("b", key, &id, &parts)
+                .await
+                .is_err());
+            assert!(store.head("b", key).await.unwrap().is_none());
+            store.abort_multipart("b", key, &id).await.unwrap();
+            continue;
+        }
+        store
+            .complete_multipart("b", key, &id, &parts)
+            .await
+            .unwrap();
+        assert_eq!(
+            read_all(store.get("b", key, None).await.unwrap()).await,
+            b"abcdef"
+        );
+        assert!(!root.join(".uploads").join(&id).exists());
+    }
+}
