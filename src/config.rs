@@ -99,8 +99,7 @@ impl Config {
         let mut sources = Sources::default();
         let dotenv = PathBuf::from(".env");
         if dotenv.is_file() {
-            dotenvy::from_path(&dotenv)
-                .map_err(|e| ConfigError::Invalid(vec![format!("{}: {e}", dotenv.display())]))?;
+            dotenvy::from_path(&dotenv).map_err(|e| dotenv_error(&dotenv, e))?;
             sources.dotenv = Some(dotenv);
         }
         Ok((Self::from_vars(std::env::vars())?, sources))
@@ -112,7 +111,9 @@ impl Config {
         vars: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
         let mut r = settings::Reader::new(vars);
-        use settings::{bytes, choice, number, secs, socket_addr};
+        use settings::{bytes, bytes_up_to, choice, number, number_in, secs, socket_addr};
+        // S3's largest part (and so the largest part size that makes sense anywhere).
+        const MAX_PART: u64 = 5 << 30;
         let listen = r.get("FS_LISTEN", default_addr(9500), socket_addr);
         let storage = r.get(
             "FS_STORAGE",
@@ -135,25 +136,25 @@ impl Config {
             LogFormat::Text,
             choice(&[("text", LogFormat::Text), ("json", LogFormat::Json)]),
         );
-        let upload_concurrency: usize = r.get("FS_UPLOAD_CONCURRENCY", 64, number);
+        let upload_concurrency: usize = r.get("FS_UPLOAD_CONCURRENCY", 64, number_in(1, 100_000));
         let shutdown_grace_secs = r.get("FS_SHUTDOWN_GRACE_SECS", 30, secs);
         let body_idle_timeout_secs = r.get("FS_BODY_IDLE_TIMEOUT_SECS", 60, secs);
         let header_timeout_secs = r.get("FS_HEADER_TIMEOUT_SECS", 30, secs);
         let drain_max_bytes = r.get("FS_DRAIN_MAX_BYTES", 256 << 20, bytes);
         let drain_timeout_secs = r.get("FS_DRAIN_TIMEOUT_SECS", 30, secs);
-        let s3_endpoint = r.string("FS_S3_ENDPOINT");
+        let s3_endpoint = r.opt("FS_S3_ENDPOINT", settings::http_url);
         let s3_region = r.string("FS_S3_REGION");
         let s3_force_path_style = r.opt("FS_S3_FORCE_PATH_STYLE", settings::boolean);
-        let s3_min_part_bytes = r.get("FS_S3_MIN_PART_BYTES", 5 << 20, bytes);
-        let s3_part_bytes = r.get("FS_S3_PART_BYTES", 8 << 20, bytes);
-        let s3_upload_concurrency: usize = r.get("FS_S3_UPLOAD_CONCURRENCY", 4, number);
+        let s3_min_part_bytes = r.get("FS_S3_MIN_PART_BYTES", 5 << 20, bytes_up_to(MAX_PART));
+        let s3_part_bytes = r.get("FS_S3_PART_BYTES", 8 << 20, bytes_up_to(MAX_PART));
+        let s3_upload_concurrency: usize = r.get("FS_S3_UPLOAD_CONCURRENCY", 4, number_in(1, 64));
         let s3_key_prefix = r.string("FS_S3_KEY_PREFIX").unwrap_or_default();
-        let job_concurrency = r.get("FS_JOB_CONCURRENCY", 2, number);
+        let job_concurrency = r.get("FS_JOB_CONCURRENCY", 2, number_in(0, 1024));
         let job_lease_secs = r.get("FS_JOB_LEASE_SECS", 60, secs);
         let job_retention_secs = r.get("FS_JOB_RETENTION_SECS", 7 * 24 * 3600, secs);
         let check_timeout_secs = r.get("FS_CHECK_TIMEOUT_SECS", 1800, secs);
         let slim_timeout_secs = r.get("FS_SLIM_TIMEOUT_SECS", 7200, secs);
-        let imageops_url = r.string("FS_IMAGEOPS_URL");
+        let imageops_url = r.opt("FS_IMAGEOPS_URL", settings::http_url);
         let imageops_listen = r.get("FS_IMAGEOPS_LISTEN", default_addr(5000), socket_addr);
         let database_url = match r.string("DATABASE_URL") {
             Some(url) => url,
@@ -175,6 +176,14 @@ impl Config {
                 ),
             },
         };
+        let scheme = database_url.split(':').next().unwrap_or("");
+        if !matches!(scheme, "sqlite" | "postgres" | "postgresql") {
+            // Named without its value, which may hold a password.
+            r.problem(
+                "DATABASE_URL is not valid: expected sqlite://PATH or \
+                 postgres://USER:PASSWORD@HOST:PORT/DATABASE",
+            );
+        }
         if max_image_bytes == 0 {
             r.problem("FS_MAX_IMAGE_BYTES must be more than 0 bytes");
         }
@@ -199,7 +208,7 @@ impl Config {
             region: s3_region,
             min_part_bytes: s3_min_part_bytes,
             part_bytes: s3_part_bytes,
-            upload_concurrency: s3_upload_concurrency.max(1),
+            upload_concurrency: s3_upload_concurrency,
             key_prefix: s3_key_prefix,
             spool_dir: scratch_dir.clone(),
         };
@@ -215,7 +224,7 @@ impl Config {
             upload_ttl_secs,
             cors_origins,
             log_format,
-            upload_concurrency: upload_concurrency.max(1),
+            upload_concurrency,
             shutdown_grace_secs,
             body_idle_timeout_secs: body_idle_timeout_secs.max(1),
             header_timeout_secs: header_timeout_secs.max(1),
@@ -231,6 +240,35 @@ impl Config {
             imageops_listen,
         })
     }
+}
+
+/// A `.env` that cannot be read, named by line number and variable, never by its value
+/// (which may be a secret; dotenvy's message quotes the whole line).
+fn dotenv_error(path: &std::path::Path, e: dotenvy::Error) -> ConfigError {
+    let text = match e {
+        dotenvy::Error::LineParse(fragment, _) => {
+            // `fragment` is the unparsed rest of the line (often the value): find its line.
+            let content = std::fs::read_to_string(path).unwrap_or_default();
+            let found = content
+                .lines()
+                .enumerate()
+                .find(|(_, l)| !fragment.trim().is_empty() && l.contains(fragment.trim()));
+            let (number, name) = match found {
+                Some((i, l)) => (
+                    (i + 1).to_string(),
+                    l.split('=').next().unwrap_or("").trim(),
+                ),
+                None => ("?".to_string(), "?"),
+            };
+            format!(
+                "{}: line {number} ({name}) cannot be parsed: quote a value that holds spaces, \
+                 quotes or '#' (VAR='value')",
+                path.display()
+            )
+        }
+        other => format!("{}: {other}", path.display()),
+    };
+    ConfigError::Invalid(vec![text])
 }
 
 fn default_addr(port: u16) -> SocketAddr {

@@ -24,12 +24,8 @@ use tokio_util::sync::CancellationToken;
 
 /// Connects the database (migrating it), opens the store and prepares every tier's bucket.
 pub async fn build(cfg: Config) -> anyhow::Result<Service> {
-    let db = db::connect(&cfg.database_url)
-        .await
-        .context("cannot connect to the database")?;
-    db::migrate(&db)
-        .await
-        .context("database migration failed")?;
+    // The directories first: a second process started on them by mistake stops here, before
+    // it touches the database or anything in them.
     tokio::fs::create_dir_all(&cfg.scratch_dir)
         .await
         .with_context(|| {
@@ -38,21 +34,26 @@ pub async fn build(cfg: Config) -> anyhow::Result<Service> {
                 cfg.scratch_dir.display()
             )
         })?;
-    // Owned before it is emptied: a second process started on it by mistake stops here.
-    let scratch_lock = dirlock::lock(&cfg.scratch_dir, "scratch directory").with_context(|| {
-        format!(
-            "cannot lock scratch directory {}",
-            cfg.scratch_dir.display()
-        )
-    })?;
-    clear_scratch(&cfg.scratch_dir).await;
-    let store: Arc<dyn ObjectStore> = match cfg.storage {
-        StorageKind::Local => Arc::new(
+    let scratch_lock =
+        dirlock::lock(&cfg.scratch_dir, "scratch directory").map_err(|e| anyhow::anyhow!("{e}"))?;
+    let local = match cfg.storage {
+        StorageKind::Local => Some(
             LocalStore::open(&cfg.local_dir)
                 .await
-                .with_context(|| format!("cannot open local store {}", cfg.local_dir.display()))?,
+                .map_err(|e| anyhow::anyhow!("cannot open the local store: {e}"))?,
         ),
-        StorageKind::S3 => Arc::new(SharedS3(Arc::new(
+        StorageKind::S3 => None,
+    };
+    let db = db::connect(&cfg.database_url)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot connect to the database: {}", db::describe(&e)))?;
+    db::migrate(&db)
+        .await
+        .context("database migration failed")?;
+    clear_scratch(&cfg.scratch_dir).await;
+    let store: Arc<dyn ObjectStore> = match local {
+        Some(local) => Arc::new(local),
+        None => Arc::new(SharedS3(Arc::new(
             // Staged chunks are joined into parts in the scratch directory.
             S3Store::new(storage::S3Settings {
                 spool_dir: cfg.scratch_dir.clone(),

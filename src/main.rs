@@ -45,17 +45,37 @@ fn main() -> anyhow::Result<()> {
     // `serve` bounded the shutdown by the grace period; whatever still runs (a blocking call
     // into a file system or database that no longer answers) must not hold the exit.
     rt.shutdown_timeout(std::time::Duration::from_secs(1));
-    result
+    if let Err(e) = result {
+        // Through the log, so that with FS_LOG_FORMAT=json a fatal error is JSON too.
+        tracing::error!(error = %format!("{e:#}"), "file-system stopped");
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+/// A configuration that cannot be used, before logging is set up: plain text, or one JSON
+/// object when FS_LOG_FORMAT asks for JSON. `check-config` exits 1 (a problem found), other
+/// commands 2.
+fn config_failed(e: &file_system::config::ConfigError, check: bool) -> ! {
+    let json = std::env::var("FS_LOG_FORMAT").is_ok_and(|f| f.trim().eq_ignore_ascii_case("json"));
+    if json {
+        let line = serde_json::json!({
+            "timestamp": chrono::Utc::now().to_rfc3339(),
+            "level": "ERROR",
+            "message": "invalid configuration",
+            "error": e.to_string(),
+        });
+        eprintln!("{line}");
+    } else {
+        eprintln!("{e}");
+    }
+    std::process::exit(if check { 1 } else { 2 });
 }
 
 async fn run(command: Command) -> anyhow::Result<()> {
     let (cfg, sources) = match Config::from_env() {
         Ok(c) => c,
-        Err(e) => {
-            // Before logging is set up (its format is a setting): plain stderr.
-            eprintln!("{e}");
-            std::process::exit(2);
-        }
+        Err(e) => config_failed(&e, matches!(command, Command::CheckConfig)),
     };
     telemetry::init(cfg.log_format);
     if let Some(path) = &sources.dotenv {
@@ -93,7 +113,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Migrate => {
-            let conn = db::connect(&cfg.database_url).await?;
+            let conn = db::connect(&cfg.database_url).await.map_err(|e| {
+                anyhow::anyhow!("cannot connect to the database: {}", db::describe(&e))
+            })?;
             db::migrate(&conn).await?;
             tracing::info!("migrations applied");
             Ok(())

@@ -16,9 +16,14 @@ pub const VERSION: &str = concat!(
     ")"
 );
 
-/// Free bytes on the file system holding `dir` (`None` when it cannot be read).
+/// Free bytes on the file system holding `dir`, or its nearest existing ancestor (a first
+/// start creates it later); `None` when it cannot be read.
 pub fn free_bytes(dir: &Path) -> Option<u64> {
     use std::os::unix::ffi::OsStrExt;
+    let dir = dir
+        .ancestors()
+        .find(|d| d.exists())
+        .unwrap_or(Path::new("."));
     let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
     // SAFETY: `path` is a valid C string and `st` a properly sized out-parameter.

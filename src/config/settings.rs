@@ -81,6 +81,28 @@ pub fn number<T: FromStr>(v: &str) -> Result<T, String> {
         .map_err(|_| "a whole number (e.g. 4)".into())
 }
 
+/// A whole number from `lo` to `hi`.
+pub fn number_in<T>(lo: T, hi: T) -> impl Fn(&str) -> Result<T, String>
+where
+    T: FromStr + PartialOrd + std::fmt::Display + Copy,
+{
+    move |v| {
+        let n: T = number(v).map_err(|_| format!("a whole number from {lo} to {hi}"))?;
+        if n < lo || n > hi {
+            return Err(format!("a whole number from {lo} to {hi}"));
+        }
+        Ok(n)
+    }
+}
+
+/// A byte count no larger than `hi` (see `bytes`).
+pub fn bytes_up_to(hi: u64) -> impl Fn(&str) -> Result<u64, String> {
+    move |v| match bytes(v)? {
+        n if n > hi => Err(format!("a size of at most {hi} bytes ({} GiB)", hi >> 30)),
+        n => Ok(n),
+    }
+}
+
 /// A byte count: a plain number of bytes, or a number with a unit (`8MiB`, `500GiB`, `5MB`,
 /// `1.5 GiB`; binary units are powers of 1024, decimal ones of 1000), parsed by `bytesize`.
 pub fn bytes(v: &str) -> Result<u64, String> {
@@ -100,8 +122,22 @@ pub fn secs(v: &str) -> Result<u64, String> {
     if let Ok(n) = v.replace('_', "").parse::<u64>() {
         return Ok(n);
     }
-    let d = humantime::parse_duration(v).map_err(|_| FORM.to_string())?;
+    // Units in any case (`30S`, `24H`); humantime's are lower case.
+    let d = humantime::parse_duration(&v.to_ascii_lowercase()).map_err(|_| FORM.to_string())?;
     Ok(d.as_secs() + u64::from(d.subsec_nanos() > 0))
+}
+
+/// An `http://` or `https://` URL with a host.
+pub fn http_url(v: &str) -> Result<String, String> {
+    const FORM: &str = "an http:// or https:// URL (e.g. http://127.0.0.1:3900)";
+    let rest = v
+        .strip_prefix("http://")
+        .or_else(|| v.strip_prefix("https://"))
+        .ok_or(FORM)?;
+    match rest.split(['/', '?']).next() {
+        Some(host) if !host.is_empty() && !host.contains(char::is_whitespace) => Ok(v.to_string()),
+        _ => Err(FORM.into()),
+    }
 }
 
 /// `true`/`false` (also `1`/`0`, `yes`/`no`, `on`/`off`), any case.
@@ -169,7 +205,19 @@ mod tests {
         assert_eq!(secs("24h"), Ok(86_400));
         assert_eq!(secs("1h 30m"), Ok(5400));
         assert_eq!(secs("1500ms"), Ok(2));
+        assert_eq!(secs("30S"), Ok(30));
         assert!(secs("soon").is_err());
+    }
+
+    #[test]
+    fn ranges_are_enforced_and_named() {
+        let f = number_in::<usize>(1, 100_000);
+        assert_eq!(f("64"), Ok(64));
+        assert_eq!(f("0"), Err("a whole number from 1 to 100000".into()));
+        assert!(f("18446744073709551615").is_err());
+        assert!(f("-1").is_err());
+        assert!(bytes_up_to(5 << 30)("10GiB").is_err());
+        assert_eq!(bytes_up_to(5 << 30)("5GiB"), Ok(5 << 30));
     }
 
     #[test]

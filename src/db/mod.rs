@@ -60,7 +60,16 @@ pub async fn connect(url: &str) -> Result<DatabaseConnection, DbErr> {
     } else {
         opts.max_connections(20);
     }
-    let db = Database::connect(opts).await.map_err(|e| {
+    // A server that accepts connections but never answers must not hold a start for the
+    // pool's timeouts.
+    let connecting = tokio::time::timeout(Duration::from_secs(10), Database::connect(opts));
+    let connected = connecting.await.map_err(|_| {
+        DbErr::Custom(format!(
+            "the database at {} did not answer within 10 s",
+            redact_url(url)
+        ))
+    })?;
+    let db = connected.map_err(|e| {
         // Drivers echo the URL in their errors: never its password.
         let redacted = redact_url(url);
         let mut msg = e.to_string().replace(url, &redacted);
@@ -74,6 +83,15 @@ pub async fn connect(url: &str) -> Result<DatabaseConnection, DbErr> {
         db.execute_unprepared("PRAGMA journal_mode=WAL").await?;
     }
     Ok(db)
+}
+
+/// A database error as an operator should read it (without SeaORM's "Custom Error:" prefix
+/// on the messages `connect` makes).
+pub fn describe(e: &DbErr) -> String {
+    match e {
+        DbErr::Custom(m) => m.clone(),
+        other => other.to_string(),
+    }
 }
 
 /// Host and port of a `postgres://` / `postgresql://` URL with a TCP host (port 5432 when
@@ -113,10 +131,21 @@ fn password(url: &str) -> Option<&str> {
 
 /// The URL with its password replaced by `***` (for logs and error messages).
 pub fn redact_url(url: &str) -> String {
-    match password(url).filter(|p| !p.is_empty()) {
+    let mut out = match password(url).filter(|p| !p.is_empty()) {
         Some(pw) => url.replacen(&format!(":{pw}@"), ":***@", 1),
         None => url.to_string(),
+    };
+    // `?password=...` (URL query) and `password=...` (key=value form) too.
+    let mut from = 0;
+    while let Some(at) = out[from..].to_ascii_lowercase().find("password=") {
+        let start = from + at + "password=".len();
+        let end = out[start..]
+            .find(['&', ' ', ';'])
+            .map_or(out.len(), |e| start + e);
+        out.replace_range(start..end, "***");
+        from = start + 3;
     }
+    out
 }
 
 /// Key of the PostgreSQL advisory lock that serializes migrations (any fixed number).
@@ -139,6 +168,19 @@ pub async fn migrate(db: &DatabaseConnection) -> Result<(), DbErr> {
 #[cfg(test)]
 mod tests {
     use super::{postgres_host_port, redact_url};
+
+    #[test]
+    fn passwords_in_queries_and_key_value_forms_are_hidden() {
+        assert_eq!(
+            redact_url("postgres://u@h:1/db?password=qsecret&sslmode=disable"),
+            "postgres://u@h:1/db?password=***&sslmode=disable"
+        );
+        assert_eq!(
+            redact_url("host=h user=u PASSWORD=s3cret dbname=x"),
+            "host=h user=u PASSWORD=*** dbname=x"
+        );
+        assert_eq!(redact_url("postgres://u:pw@h/db"), "postgres://u:***@h/db");
+    }
 
     #[test]
     fn postgres_hosts_and_ports_are_found() {

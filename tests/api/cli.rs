@@ -260,3 +260,87 @@ async fn serves_on_a_host_name_and_logs_a_summary() {
         "colour codes in a log that is not a terminal"
     );
 }
+
+#[test]
+fn settings_out_of_range_secrets_and_json_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = local(dir.path());
+    // Values a semaphore or a worker pool cannot take are refused up front, with the range.
+    let out = file_system(
+        dir.path(),
+        &["check-config"],
+        &with(
+            &base,
+            &[
+                ("FS_UPLOAD_CONCURRENCY", "18446744073709551615"),
+                ("FS_JOB_CONCURRENCY", "100000"),
+                ("FS_S3_PART_BYTES", "10GiB"),
+                ("FS_S3_ENDPOINT", "notaurl"),
+                ("DATABASE_URL", "mysql://u:S3cretPw@h/db"),
+            ],
+        ),
+    );
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    for expected in [
+        "FS_UPLOAD_CONCURRENCY=\"18446744073709551615\" is not valid: expected a whole number from 1 to 100000",
+        "FS_JOB_CONCURRENCY=\"100000\" is not valid: expected a whole number from 0 to 1024",
+        "FS_S3_PART_BYTES=\"10GiB\" is not valid: expected a size of at most",
+        "FS_S3_ENDPOINT=\"notaurl\" is not valid: expected an http:// or https:// URL",
+        "DATABASE_URL is not valid",
+    ] {
+        assert!(t.contains(expected), "{expected:?} missing: {t}");
+    }
+    assert!(!t.contains("S3cretPw"), "{t}");
+    // A password in the query is hidden in the summary.
+    let url = format!(
+        "postgres://u@127.0.0.1:{}/db?password=QuerySecret",
+        free_port()
+    );
+    let out = file_system(
+        dir.path(),
+        &["check-config"],
+        &with(&base, &[("DATABASE_URL", &url)]),
+    );
+    let t = text(&out);
+    assert!(t.contains("password=***"), "{t}");
+    assert!(!t.contains("QuerySecret"), "{t}");
+    // A .env line that cannot be parsed is named by number and variable, not shown.
+    std::fs::write(
+        dir.path().join(".env"),
+        "FS_LISTEN=127.0.0.1:1\nPOSTGRES_PASSWORD=hunter 2 secret\n",
+    )
+    .unwrap();
+    let out = file_system(dir.path(), &["check-config"], &with(&base, &[]));
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    assert!(
+        t.contains("line 2 (POSTGRES_PASSWORD) cannot be parsed"),
+        "{t}"
+    );
+    assert!(!t.contains("hunter"), "{t}");
+    std::fs::remove_file(dir.path().join(".env")).unwrap();
+    // With JSON logs, fatal errors are JSON too: a bad setting, and a start that fails.
+    let out = file_system(
+        dir.path(),
+        &[],
+        &with(&base, &[("FS_LOG_FORMAT", "json"), ("FS_STORAGE", "s4")]),
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let url = format!("postgres://u:pw@127.0.0.1:{}/db", free_port());
+    let failed = file_system(
+        dir.path(),
+        &[],
+        &with(&base, &[("FS_LOG_FORMAT", "json"), ("DATABASE_URL", &url)]),
+    );
+    assert_eq!(failed.status.code(), Some(1));
+    for out in [out, failed] {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.trim().is_empty());
+        for line in stderr.lines() {
+            let v: serde_json::Value =
+                serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+            assert_eq!(v["level"], "ERROR", "{line}");
+        }
+    }
+}

@@ -263,6 +263,11 @@ async fn sigkill_during_a_merge_then_restart(b: Backend) {
             matches!(v["state"].as_str(), Some("completed" | "open")),
             "{identifier}: {v}"
         );
+        eprintln!(
+            "{identifier}: {} {:?} after the restart",
+            v["state"],
+            started.elapsed()
+        );
         // A repeated merge answers promptly, with the image.
         let started = Instant::now();
         let r = send_merge(&client, &api, identifier, name).await;
@@ -411,6 +416,7 @@ async fn sigterm_with_the_database_unreachable_ends_within_the_grace_period() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let took = started.elapsed();
+    eprintln!("SIGTERM to exit with PostgreSQL black-holed: {took:?} (grace 3 s)");
     assert!(
         took < Duration::from_secs(6),
         "shutdown took {took:?} (grace 3 s)"
@@ -449,7 +455,14 @@ fn database_errors_never_show_the_password() {
                 String::from_utf8_lossy(&out.stderr)
             );
             assert!(!all.contains("S3cret"), "{cmd} {url}: {all}");
-            assert!(all.contains("fs:***@"), "{cmd} {url}: {all}");
+            if url.starts_with("mysql") {
+                assert!(
+                    all.contains("DATABASE_URL is not valid"),
+                    "{cmd} {url}: {all}"
+                );
+            } else {
+                assert!(all.contains("fs:***@"), "{cmd} {url}: {all}");
+            }
         }
     }
 }
