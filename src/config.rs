@@ -164,7 +164,7 @@ impl Config {
                     pct(&r
                         .string("POSTGRES_USERNAME")
                         .unwrap_or_else(|| "postgres".into())),
-                    pct(&r.string("POSTGRES_PASSWORD").unwrap_or_default()),
+                    pct(&r.secret("POSTGRES_PASSWORD").unwrap_or_default()),
                     host,
                     r.get::<u16>("POSTGRES_PORT", 5432, number),
                     r.string("POSTGRES_DB_NAME")
@@ -400,11 +400,12 @@ mod tests {
         let c = Config::from_vars(vars(&[
             ("POSTGRES_HOST", "db"),
             ("POSTGRES_USERNAME", "u"),
-            ("POSTGRES_PASSWORD", "p@ss"),
+            ("POSTGRES_PASSWORD", "p@ss "),
             ("POSTGRES_DB_NAME", "fs"),
         ]))
         .unwrap();
-        assert_eq!(c.database_url, "postgres://u:p%40ss@db:5432/fs");
+        // The password as set, trailing space included.
+        assert_eq!(c.database_url, "postgres://u:p%40ss%20@db:5432/fs");
         let c = Config::from_vars(vars(&[
             ("DATABASE_URL", "sqlite::memory:"),
             ("POSTGRES_HOST", "db"),

@@ -124,25 +124,29 @@ s3: {accessKeyId: AK, secretAccessKey: SK}
 config: {FS_S3_ENDPOINT: 'http://minio:9000'}
 ";
 
-/// The `FS_*` variables the service reads: the fields of `FsVars` in src/config.rs.
+/// The `FS_*` variables the service reads: every `"FS_..."` name `Config::from_vars` reads in
+/// src/config.rs (before its tests).
 fn service_variables() -> BTreeSet<String> {
     let src = std::fs::read_to_string(root().join("src/config.rs")).unwrap();
     let body = src
-        .split("struct FsVars {")
+        .split("pub fn from_vars(")
         .nth(1)
-        .and_then(|s| s.split("\n}").next())
-        .expect("FsVars in src/config.rs");
+        .and_then(|s| s.split("#[cfg(test)]").next())
+        .expect("Config::from_vars in src/config.rs");
     let vars: BTreeSet<String> = body
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.starts_with('#') && !l.starts_with("//"))
-        .filter_map(|l| l.split_once(':').map(|(f, _)| f.trim()))
-        .filter(|f| {
-            !f.is_empty()
-                && f.chars()
-                    .all(|c| c.is_ascii_lowercase() || c == '_' || c.is_ascii_digit())
+        .split("r.get(\"")
+        .chain(body.split("r.opt(\""))
+        .chain(body.split("r.string(\""))
+        .chain(body.split("r.path(\""))
+        .skip(1)
+        .filter_map(|rest| rest.split('"').next())
+        .filter(|name| {
+            name.starts_with("FS_")
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_uppercase() || c == '_' || c.is_ascii_digit())
         })
-        .map(|f| format!("FS_{}", f.to_uppercase()))
+        .map(str::to_string)
         .collect();
     assert!(vars.len() > 20, "{vars:?}");
     vars

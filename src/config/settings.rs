@@ -31,6 +31,12 @@ impl Reader {
             .map(str::to_string)
     }
 
+    /// The variable's value exactly as set (a password may begin or end with a space);
+    /// `None` when unset or empty.
+    pub fn secret(&self, name: &str) -> Option<String> {
+        self.vars.get(name).filter(|v| !v.is_empty()).cloned()
+    }
+
     pub fn path(&self, name: &str, default: &str) -> PathBuf {
         PathBuf::from(self.string(name).unwrap_or_else(|| default.into()))
     }
