@@ -124,12 +124,17 @@ async fn run(command: Command) -> anyhow::Result<()> {
             for (what, value) in preflight::summary(&cfg) {
                 println!("{what:>16}: {value}");
             }
-            if let Ok(v) = preflight::qemu_img_version().await {
-                println!("{:>16}: {v}", "qemu-img");
+            match &cfg.imageops_url {
+                Some(url) => println!("{:>16}: {url}", "imageops"),
+                None => {
+                    if let Ok(v) = preflight::qemu_img_version().await {
+                        println!("{:>16}: {v}", "qemu-img");
+                    }
+                }
             }
             let problems = preflight::check(&cfg).await;
             if problems.is_empty() {
-                println!("configuration OK: the database, the store and qemu-img answer");
+                println!("configuration OK: the database, the store and image checks answer");
                 return Ok(());
             }
             eprintln!("{} problem(s):", problems.len());

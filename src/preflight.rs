@@ -83,10 +83,29 @@ pub fn summary(cfg: &Config) -> Vec<(&'static str, String)> {
     ]
 }
 
-/// Logs the summary at INFO, and qemu-img's version (a WARN when it cannot run).
+/// Whether the imageops sidecar at `url` answers HTTP at all (any status).
+async fn imageops_answers(url: &str) -> Result<(), String> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .map_err(|e| e.to_string())?;
+    client
+        .get(url)
+        .send()
+        .await
+        .map(drop)
+        .map_err(|e| format!("imageops sidecar {url} does not answer: {e}"))
+}
+
+/// Logs the summary at INFO, and qemu-img's version (a WARN when it cannot run) or the
+/// imageops sidecar that runs it.
 pub async fn log_summary(cfg: &Config) {
     for (what, value) in summary(cfg) {
         tracing::info!(setting = what, value = %value, "configuration");
+    }
+    if let Some(url) = &cfg.imageops_url {
+        tracing::info!(setting = "imageops", value = %url, "configuration");
+        return;
     }
     match qemu_img_version().await {
         Ok(v) => tracing::info!(setting = "qemu-img", value = %v, "configuration"),
@@ -94,8 +113,8 @@ pub async fn log_summary(cfg: &Config) {
     }
 }
 
-/// Reaches the database, the store (every tier's bucket) and qemu-img; returns every
-/// problem found (empty: all good). Takes no lock and changes nothing.
+/// Reaches the database, the store (every tier's bucket) and qemu-img (or the imageops
+/// sidecar); returns every problem found (empty: all good). Takes no lock.
 pub async fn check(cfg: &Config) -> Vec<String> {
     let mut problems = vec![];
     match tokio::time::timeout(Duration::from_secs(15), db::connect(&cfg.database_url)).await {
@@ -138,7 +157,12 @@ pub async fn check(cfg: &Config) -> Vec<String> {
     if let Err(e) = writable(&cfg.scratch_dir) {
         problems.push(format!("scratch: {}: {e}", cfg.scratch_dir.display()));
     }
-    if let Err(e) = qemu_img_version().await {
+    // Checks and slims run qemu-img here, or in the sidecar that FS_IMAGEOPS_URL names.
+    let imageops = match &cfg.imageops_url {
+        Some(url) => imageops_answers(url).await,
+        None => qemu_img_version().await.map(drop),
+    };
+    if let Err(e) = imageops {
         problems.push(e);
     }
     problems

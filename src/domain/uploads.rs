@@ -23,8 +23,8 @@ use std::time::Duration;
 use tokio_util::task::AbortOnDropHandle;
 
 /// A merge whose merger has not renewed its claim for this long is dead (its process was
-/// killed) and is taken over: finished by the sweeper of any replica, or by a repeated merge
-/// request.
+/// killed) and is taken over: finished by the recovery loop of any replica, or by a repeated
+/// merge request.
 const MERGE_LEASE_SECS: i64 = 15;
 /// How often a running merge renews its claim.
 pub const MERGE_RENEW: Duration = Duration::from_secs(5);

@@ -184,6 +184,7 @@ fn check_config_lists_every_problem() {
     }
     let db = format!("postgres://fs:S3cretPw@127.0.0.1:{}/fs", free_port());
     let s3 = format!("http://127.0.0.1:{}", free_port());
+    let imageops = format!("http://127.0.0.1:{}", free_port());
     let out = file_system(
         dir.path(),
         &["check-config"],
@@ -196,12 +197,17 @@ fn check_config_lists_every_problem() {
                 ("FS_S3_REGION", "r"),
                 ("AWS_ACCESS_KEY_ID", "k"),
                 ("AWS_SECRET_ACCESS_KEY", "s"),
+                ("FS_IMAGEOPS_URL", &imageops),
             ],
         ),
     );
     let t = text(&out);
     assert_eq!(out.status.code(), Some(1), "{t}");
-    assert!(t.contains("2 problem(s)"), "{t}");
+    assert!(t.contains("3 problem(s)"), "{t}");
+    assert!(
+        t.contains(&format!("  - imageops sidecar {imageops} does not answer")),
+        "{t}"
+    );
     assert!(
         t.contains("  - database: cannot reach PostgreSQL at 127.0.0.1:"),
         "{t}"
