@@ -436,23 +436,25 @@ async fn abandoned_uploads_expire(b: Backend) {
         200
     );
     assert!(!app.leftovers().await.is_empty());
+    // Expiry aborts the upload, then deletes the session: wait for both.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     loop {
         let left = app.leftovers().await;
-        if left.is_empty() {
+        let mut states = vec![];
+        for ident in ["old-small", "old-big"] {
+            let (_, st) = app
+                .get_json(&format!("/images/upload?identifier={ident}"))
+                .await;
+            states.push(st);
+        }
+        if left.is_empty() && states.iter().all(|st| st["state"] == "none") {
             break;
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "not expired: {left:?}"
+            "not expired: {left:?} {states:?}"
         );
         tokio::time::sleep(std::time::Duration::from_millis(250)).await;
-    }
-    for ident in ["old-small", "old-big"] {
-        let (_, st) = app
-            .get_json(&format!("/images/upload?identifier={ident}"))
-            .await;
-        assert_eq!(st["state"], "none", "{st}");
     }
     app.stop().await;
 }
