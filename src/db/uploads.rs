@@ -169,6 +169,16 @@ pub async fn claim_stale_open(
     Ok(res.rows_affected == 1)
 }
 
+/// The session `session_id` while it is being merged under `token` (every write of a merge
+/// is conditional on it, so a merger that was taken over writes nothing).
+fn merge_of(session_id: &str, token: &str) -> sea_orm::Condition {
+    use upload_session::Column as C;
+    sea_orm::Condition::all()
+        .add(C::Id.eq(session_id))
+        .add(C::State.eq(MERGING))
+        .add(C::MergeToken.eq(token))
+}
+
 /// Renews the merge lease of `token`; `false` when another merger took the session over.
 pub async fn renew_merge(
     db: &impl ConnectionTrait,
@@ -179,9 +189,7 @@ pub async fn renew_merge(
     use upload_session::Column as C;
     let res = Sessions::update_many()
         .col_expr(C::UpdatedAt, Expr::value(now))
-        .filter(C::Id.eq(session_id))
-        .filter(C::State.eq(MERGING))
-        .filter(C::MergeToken.eq(token))
+        .filter(merge_of(session_id, token))
         .exec(db)
         .await?;
     Ok(res.rows_affected == 1)
@@ -205,9 +213,7 @@ pub async fn end_merge(
         .col_expr(C::MergeUserId, Expr::value(Option::<String>::None))
         .col_expr(C::MergeUnpacked, Expr::value(Option::<String>::None))
         .col_expr(C::UpdatedAt, Expr::value(now))
-        .filter(C::Id.eq(session_id))
-        .filter(C::State.eq(MERGING))
-        .filter(C::MergeToken.eq(token))
+        .filter(merge_of(session_id, token))
         .exec(db)
         .await?;
     Ok(res.rows_affected == 1)
@@ -224,9 +230,7 @@ pub async fn record_unpacked(
     use upload_session::Column as C;
     let res = Sessions::update_many()
         .col_expr(C::MergeUnpacked, Expr::value(unpacked))
-        .filter(C::Id.eq(session_id))
-        .filter(C::State.eq(MERGING))
-        .filter(C::MergeToken.eq(token))
+        .filter(merge_of(session_id, token))
         .exec(db)
         .await?;
     Ok(res.rows_affected == 1)
