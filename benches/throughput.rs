@@ -499,6 +499,7 @@ async fn sdk_client(endpoint: &str) -> aws_sdk_s3::Client {
         upload_concurrency: 4,
         key_prefix: String::new(),
         spool_dir: std::env::temp_dir(),
+        checksum: Default::default(),
     };
     file_system::storage::S3Store::new(settings)
         .await

@@ -7,7 +7,7 @@
 
 mod settings;
 
-use crate::storage::S3Settings;
+use crate::storage::{s3::S3Checksum, S3Settings};
 use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf};
 
 /// One storage tier: where images of a priority live.
@@ -149,6 +149,15 @@ impl Config {
         let s3_part_bytes = r.get("FS_S3_PART_BYTES", 8 << 20, bytes_up_to(MAX_PART));
         let s3_upload_concurrency: usize = r.get("FS_S3_UPLOAD_CONCURRENCY", 4, number_in(1, 64));
         let s3_key_prefix = r.string("FS_S3_KEY_PREFIX").unwrap_or_default();
+        let s3_checksum = r.get(
+            "FS_S3_CHECKSUM",
+            S3Checksum::default(),
+            choice(&[
+                ("crc32c", S3Checksum::Crc32c),
+                ("sha256", S3Checksum::Sha256),
+                ("off", S3Checksum::Off),
+            ]),
+        );
         let job_concurrency = r.get("FS_JOB_CONCURRENCY", 2, number_in(0, 1024));
         let job_lease_secs = r.get("FS_JOB_LEASE_SECS", 60, secs);
         let job_retention_secs = r.get("FS_JOB_RETENTION_SECS", 7 * 24 * 3600, secs);
@@ -211,6 +220,7 @@ impl Config {
             upload_concurrency: s3_upload_concurrency,
             key_prefix: s3_key_prefix,
             spool_dir: scratch_dir.clone(),
+            checksum: s3_checksum,
         };
         Ok(Config {
             listen,

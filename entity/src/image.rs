@@ -39,6 +39,19 @@ pub struct Model {
     pub slim_object_key: Option<String>,
     pub slim_size_bytes: Option<i64>,
     pub slim_crc32: Option<i64>,
+    /// Lower-case hex MD5 of the image as received (the upload's stream, or its first check).
+    pub original_md5: Option<String>,
+    /// Lower-case hex SHA-256 of the image as received.
+    pub original_sha256: Option<String>,
+    /// Lower-case hex MD5 of the slimmed copy, computed when it was made.
+    pub slim_md5: Option<String>,
+    /// Lower-case hex SHA-256 of the slimmed copy, computed when it was made.
+    pub slim_sha256: Option<String>,
+    /// Lower-case hex SHA-256 of the served bytes as the last check read them (the MD5 is
+    /// `checksum`).
+    pub sha256: Option<String>,
+    /// Unix seconds when the slimmed copy started to be served.
+    pub slimmed_at: Option<i64>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

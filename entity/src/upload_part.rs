@@ -15,6 +15,8 @@ pub struct Model {
     /// Held by the store as a staging object, packed into a part at merge; `false`: sent as
     /// multipart part `part_number` directly.
     pub staged: bool,
+    /// The checksum the store verified when it took the part (base64), if one was sent.
+    pub checksum: Option<String>,
     pub updated_at: i64,
 }
 

@@ -30,6 +30,12 @@ pub struct Model {
     /// A zipped upload's merge: the image (JSON `{"fileName", "size", "crc32"}`) that is
     /// about to replace the archive in the store, recorded before the replacement.
     pub merge_unpacked: Option<String>,
+    /// The whole upload's length in bytes, as the client declared it (`totalSize`).
+    pub total_size: Option<i64>,
+    /// How many chunks the upload has, as the client declared it (`totalChunks`).
+    pub total_chunks: Option<i32>,
+    /// The whole-image checksum the merge verifies (`md5:<hex>` or `sha256:<hex>`).
+    pub merge_checksum: Option<String>,
     pub created_at: i64,
     pub updated_at: i64,
 }

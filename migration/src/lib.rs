@@ -7,6 +7,7 @@ mod m20261128_000002_session_packing;
 mod m20261128_000003_jobs;
 mod m20261130_000004_part_staged;
 mod m20261201_000005_merge_claim;
+mod m20261201_000006_integrity;
 
 pub struct Migrator;
 
@@ -19,6 +20,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261128_000003_jobs::Migration),
             Box::new(m20261130_000004_part_staged::Migration),
             Box::new(m20261201_000005_merge_claim::Migration),
+            Box::new(m20261201_000006_integrity::Migration),
         ]
     }
 }

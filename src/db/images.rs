@@ -74,6 +74,26 @@ pub async fn request_slim(db: &impl ConnectionTrait, id: &str, now: i64) -> Resu
     Ok(res.rows_affected == 1)
 }
 
+/// Marks a fresh check as requested unless one is pending or running (`check_status` 4 always
+/// has a check job); `false` when one is.
+pub async fn request_check(
+    db: &impl ConnectionTrait,
+    id: &str,
+    in_progress: (i32, &str),
+    now: i64,
+) -> Result<bool, DbErr> {
+    let res = Images::update_many()
+        .col_expr(image::Column::CheckStatus, Expr::value(in_progress.0))
+        .col_expr(image::Column::CheckResult, Expr::value(in_progress.0))
+        .col_expr(image::Column::CheckMsg, Expr::value(in_progress.1))
+        .col_expr(image::Column::UpdatedAt, Expr::value(now))
+        .filter(image::Column::Id.eq(id))
+        .filter(image::Column::CheckStatus.ne(in_progress.0))
+        .exec(db)
+        .await?;
+    Ok(res.rows_affected == 1)
+}
+
 /// Records that an image cannot be slimmed.
 pub async fn refuse_slim(
     db: &impl ConnectionTrait,
@@ -121,12 +141,20 @@ fn with_report(
         )
 }
 
-/// Records a check's outcome (and the MD5 of the checked bytes, when known).
+/// Digests a check computed over the bytes it read (lower-case hex).
+pub struct CheckHashes<'a> {
+    pub md5: &'a str,
+    pub sha256: &'a str,
+    /// They are the first computed of the original as received: recorded as such too.
+    pub original: bool,
+}
+
+/// Records a check's outcome (and the digests of the checked bytes, when known).
 pub async fn set_check(
     db: &impl ConnectionTrait,
     id: &str,
     r: &crate::imageops::CheckReport,
-    md5: Option<&str>,
+    hashes: Option<&CheckHashes<'_>>,
     now: i64,
 ) -> Result<(), DbErr> {
     let mut q = with_report(Images::update_many(), r)
@@ -135,8 +163,15 @@ pub async fn set_check(
             Expr::value(r.msg.chars().take(500).collect::<String>()),
         )
         .col_expr(image::Column::UpdatedAt, Expr::value(now));
-    if let Some(m) = md5 {
-        q = q.col_expr(image::Column::Checksum, Expr::value(m));
+    if let Some(h) = hashes {
+        q = q
+            .col_expr(image::Column::Checksum, Expr::value(h.md5))
+            .col_expr(image::Column::Sha256, Expr::value(h.sha256));
+        if h.original {
+            q = q
+                .col_expr(image::Column::OriginalMd5, Expr::value(h.md5))
+                .col_expr(image::Column::OriginalSha256, Expr::value(h.sha256));
+        }
     }
     q.filter(image::Column::Id.eq(id))
         .exec(db)
@@ -189,7 +224,9 @@ pub struct SlimResult<'a> {
     pub key: &'a str,
     pub size: u64,
     pub crc32: u32,
+    /// Lower-case hex digests of the slimmed copy.
     pub md5: &'a str,
+    pub sha256: &'a str,
 }
 
 /// Points the image at its slimmed copy (served from now on, and described by the check
@@ -214,6 +251,10 @@ pub async fn slim_done(
         .col_expr(image::Column::SlimCrc32, Expr::value(slim.crc32 as i64))
         .col_expr(image::Column::CheckMsg, Expr::value(r.msg.clone()))
         .col_expr(image::Column::Checksum, Expr::value(slim.md5))
+        .col_expr(image::Column::Sha256, Expr::value(slim.sha256))
+        .col_expr(image::Column::SlimMd5, Expr::value(slim.md5))
+        .col_expr(image::Column::SlimSha256, Expr::value(slim.sha256))
+        .col_expr(image::Column::SlimmedAt, Expr::value(now))
         .col_expr(image::Column::UpdatedAt, Expr::value(now))
         .filter(image::Column::Id.eq(id))
         .filter(image::Column::SlimStatus.eq(1))

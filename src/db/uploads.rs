@@ -48,6 +48,8 @@ pub struct NewPart<'a> {
     pub crc32: u32,
     /// Held as a staging object rather than sent as a multipart part of its own.
     pub staged: bool,
+    /// The checksum the store verified when it took the part.
+    pub checksum: Option<&'a str>,
 }
 
 /// Records a part, replacing an earlier one of that number.
@@ -64,6 +66,7 @@ pub async fn upsert_part(
         etag: Set(p.etag.to_string()),
         crc32: Set(p.crc32 as i64),
         staged: Set(p.staged),
+        checksum: Set(p.checksum.map(str::to_string)),
         updated_at: Set(now),
     };
     Parts::insert(part)
@@ -77,6 +80,7 @@ pub async fn upsert_part(
                 upload_part::Column::Etag,
                 upload_part::Column::Crc32,
                 upload_part::Column::Staged,
+                upload_part::Column::Checksum,
                 upload_part::Column::UpdatedAt,
             ])
             .to_owned(),
@@ -110,8 +114,17 @@ pub async fn parts(
 pub struct MergeClaim<'a> {
     /// A fresh value per claim; later writes of the merge are conditional on it.
     pub token: &'a str,
-    /// The request's `filename` and `userId`; `None` keeps those recorded (a recovery).
-    pub request: Option<(&'a str, &'a str)>,
+    /// The request; `None` keeps the one recorded (a recovery).
+    pub request: Option<MergeRequest<'a>>,
+}
+
+/// What a merge request asked for, recorded so that another process can finish the merge.
+#[derive(Clone, Copy)]
+pub struct MergeRequest<'a> {
+    pub file_name: &'a str,
+    pub user_id: &'a str,
+    /// The whole-image checksum to verify (`md5:<hex>` or `sha256:<hex>`).
+    pub checksum: Option<&'a str>,
 }
 
 /// Moves a session from `open` (or from a `merging` whose merger went silent before
@@ -129,10 +142,11 @@ pub async fn claim_merge(
         .col_expr(C::State, Expr::value(MERGING))
         .col_expr(C::MergeToken, Expr::value(claim.token))
         .col_expr(C::UpdatedAt, Expr::value(now));
-    if let Some((file_name, user_id)) = claim.request {
+    if let Some(r) = claim.request {
         update = update
-            .col_expr(C::MergeFileName, Expr::value(file_name))
-            .col_expr(C::MergeUserId, Expr::value(user_id));
+            .col_expr(C::MergeFileName, Expr::value(r.file_name))
+            .col_expr(C::MergeUserId, Expr::value(r.user_id))
+            .col_expr(C::MergeChecksum, Expr::value(r.checksum));
     }
     let res = update
         .filter(C::Id.eq(session_id))
@@ -212,11 +226,61 @@ pub async fn end_merge(
         .col_expr(C::MergeFileName, Expr::value(Option::<String>::None))
         .col_expr(C::MergeUserId, Expr::value(Option::<String>::None))
         .col_expr(C::MergeUnpacked, Expr::value(Option::<String>::None))
+        .col_expr(C::MergeChecksum, Expr::value(Option::<String>::None))
         .col_expr(C::UpdatedAt, Expr::value(now))
         .filter(merge_of(session_id, token))
         .exec(db)
         .await?;
     Ok(res.rows_affected == 1)
+}
+
+/// Points the session being merged by `token` at a new multipart upload of a new image id and
+/// key (its chunks were stored again there). `false` (nothing written) when another merger
+/// took it over.
+pub async fn replace_upload(
+    db: &impl ConnectionTrait,
+    session_id: &str,
+    token: &str,
+    upload: (&str, &str, &str),
+) -> Result<bool, DbErr> {
+    use upload_session::Column as C;
+    let (upload_id, image_id, object_key) = upload;
+    let res = Sessions::update_many()
+        .col_expr(C::UploadId, Expr::value(upload_id))
+        .col_expr(C::ImageId, Expr::value(image_id))
+        .col_expr(C::ObjectKey, Expr::value(object_key))
+        .filter(merge_of(session_id, token))
+        .exec(db)
+        .await?;
+    Ok(res.rows_affected == 1)
+}
+
+/// Records the totals a client declared (`totalSize` in bytes, `totalChunks`) where none was
+/// recorded yet; the caller compares with what was recorded before.
+pub async fn record_totals(
+    db: &impl ConnectionTrait,
+    session_id: &str,
+    total_size: Option<u64>,
+    total_chunks: Option<u32>,
+) -> Result<(), DbErr> {
+    use upload_session::Column as C;
+    if let Some(size) = total_size {
+        Sessions::update_many()
+            .col_expr(C::TotalSize, Expr::value(size as i64))
+            .filter(C::Id.eq(session_id))
+            .filter(C::TotalSize.is_null())
+            .exec(db)
+            .await?;
+    }
+    if let Some(chunks) = total_chunks {
+        Sessions::update_many()
+            .col_expr(C::TotalChunks, Expr::value(chunks as i32))
+            .filter(C::Id.eq(session_id))
+            .filter(C::TotalChunks.is_null())
+            .exec(db)
+            .await?;
+    }
+    Ok(())
 }
 
 /// Records, for the merge of `token`, the image about to replace the merged archive.

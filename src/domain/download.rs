@@ -37,11 +37,32 @@ impl RangeRequest {
     }
 }
 
-/// A download ready to stream.
-pub struct Download {
+/// What a download serves, before any byte is read: its headers and validators (RFC 9110
+/// section 8.8). The bytes of one image never change under one key, so the validators name
+/// the image, the copy served (original or slimmed) and the form (plain or zipped).
+pub struct Representation {
     /// Name the client should save it as.
     pub file_name: String,
     pub content_type: &'static str,
+    /// Length of the whole representation in bytes.
+    pub length: u64,
+    /// A strong entity tag, quoted: `"<image id>.<o|s>.<size hex>.<crc32 hex>[.zip]"`.
+    pub etag: String,
+    /// When these bytes started to be served, in Unix seconds (`Last-Modified`).
+    pub last_modified: i64,
+    /// Lower-case hex SHA-256 of the representation, when known (the plain form only).
+    pub sha256: Option<String>,
+    /// Whether ranges are served (the plain form).
+    pub ranges: bool,
+    bucket: String,
+    key: String,
+    /// The size of the stored object in bytes.
+    size: u64,
+    zip: Option<zipout::ZipEntry>,
+}
+
+/// A download ready to stream.
+pub struct Download {
     /// Length of `body`.
     pub length: u64,
     /// `Some` for a partial response: the range served and the full size.
@@ -50,37 +71,50 @@ pub struct Download {
 }
 
 impl Service {
-    /// Prepares the download of an image: plain (optionally one range) or zipped.
-    pub async fn download(
-        &self,
-        raw_id: &str,
-        zip: bool,
-        range: Option<RangeRequest>,
-    ) -> Result<Download> {
+    /// Describes the download of an image, plain or zipped, without reading it.
+    pub async fn representation(&self, raw_id: &str, zip: bool) -> Result<Representation> {
         let img = self.image(raw_id).await?;
         // Once slimmed, the slimmed copy is what is served, under the original name.
-        let (key, size, crc32) = match (img.slim_status, &img.slim_object_key, img.slim_size_bytes)
-        {
-            (2, Some(k), Some(s)) => (k.clone(), s as u64, img.slim_crc32),
-            _ => (img.object_key.clone(), img.size_bytes as u64, img.crc32),
+        let slim = match (img.slim_status, &img.slim_object_key, img.slim_size_bytes) {
+            (2, Some(k), Some(s)) => Some((k.clone(), s as u64)),
+            _ => None,
         };
-        if zip {
-            let crc32 = match crc32 {
-                Some(c) => c as u32,
-                None => {
-                    // Older records may lack it: one pass over the object, then remember it.
-                    let meter = Meter::default();
-                    let mut s =
-                        meter.wrap(self.store.get(&img.bucket, &key, None).await?, u64::MAX);
-                    while let Some(chunk) = s.next().await {
-                        chunk?;
-                    }
-                    if key == img.object_key {
-                        db::images::set_crc32(&self.db, &img.id, meter.crc32()).await?;
-                    }
-                    meter.crc32()
+        let (key, size, crc32, sha256, since, copy) = match slim {
+            Some((k, s)) => (
+                k,
+                s,
+                img.slim_crc32,
+                img.slim_sha256.clone().or_else(|| img.sha256.clone()),
+                img.slimmed_at.unwrap_or(img.updated_at),
+                's',
+            ),
+            None => (
+                img.object_key.clone(),
+                img.size_bytes as u64,
+                img.crc32,
+                img.original_sha256.clone().or_else(|| img.sha256.clone()),
+                img.created_at,
+                'o',
+            ),
+        };
+        let crc32 = match crc32 {
+            Some(c) => c as u32,
+            None if zip => {
+                // Older records may lack it: one pass over the object, then remember it.
+                let meter = Meter::default();
+                let mut s = meter.wrap(self.store.get(&img.bucket, &key, None).await?, u64::MAX);
+                while let Some(chunk) = s.next().await {
+                    chunk?;
                 }
-            };
+                if key == img.object_key {
+                    db::images::set_crc32(&self.db, &img.id, meter.crc32()).await?;
+                }
+                meter.crc32()
+            }
+            None => 0,
+        };
+        let tag = format!("{}.{copy}.{size:x}.{crc32:08x}", img.id);
+        if zip {
             let stem = validate::stem(&img.file_name);
             let (dos_date, dos_time) = zipout::dos_datetime(&img.upload_time);
             let entry = zipout::ZipEntry {
@@ -90,24 +124,57 @@ impl Service {
                 dos_date,
                 dos_time,
             };
-            let data = self.store.get(&img.bucket, &key, None).await?;
-            let (length, body) = entry.stream(data);
-            return Ok(Download {
+            return Ok(Representation {
                 file_name: format!("{stem}.zip"),
                 content_type: "application/zip",
+                length: entry.length(),
+                etag: format!("\"{tag}.zip\""),
+                last_modified: since,
+                sha256: None,
+                ranges: false,
+                bucket: img.bucket,
+                key,
+                size,
+                zip: Some(entry),
+            });
+        }
+        Ok(Representation {
+            file_name: img.file_name,
+            content_type: "application/octet-stream",
+            length: size,
+            etag: format!("\"{tag}\""),
+            last_modified: since,
+            sha256,
+            ranges: true,
+            bucket: img.bucket,
+            key,
+            size,
+            zip: None,
+        })
+    }
+
+    /// Opens the bytes of `repr`, or one range of them (plain form only).
+    pub async fn open(
+        &self,
+        repr: Representation,
+        range: Option<RangeRequest>,
+    ) -> Result<Download> {
+        if let Some(entry) = repr.zip {
+            let data = self.store.get(&repr.bucket, &repr.key, None).await?;
+            let (length, body) = entry.stream(data);
+            return Ok(Download {
                 length,
                 partial: None,
                 body,
             });
         }
+        let size = repr.size;
         let range = match range {
             None => None,
             Some(r) => Some(r.resolve(size).ok_or(Error::RangeNotSatisfiable { size })?),
         };
-        let body = self.store.get(&img.bucket, &key, range).await?;
+        let body = self.store.get(&repr.bucket, &repr.key, range).await?;
         Ok(Download {
-            file_name: img.file_name,
-            content_type: "application/octet-stream",
             length: range.map_or(size, |r| r.length()),
             partial: range.map(|r| (r, size)),
             body,

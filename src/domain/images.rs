@@ -2,6 +2,7 @@
 
 use super::{
     form::{Fields, FormPart, FormSource},
+    integrity::{Digests, Wanted},
     meter::Meter,
     now_secs, texts, validate, zipin, Error, Result, Service,
 };
@@ -43,6 +44,8 @@ struct StoredObject {
     key: String,
     size: u64,
     crc32: u32,
+    /// MD5 and SHA-256 of the bytes, computed while they streamed in.
+    digests: Digests,
     unreferenced: Cleanup,
 }
 
@@ -66,7 +69,29 @@ enum Staged {
     },
     Zip {
         file: tempfile::TempPath,
+        /// Of the archive as received.
+        digests: Digests,
     },
+}
+
+impl Staged {
+    /// Digests of the file as the client sent it (the archive, for a zip).
+    fn sent_digests(&self) -> &Digests {
+        match self {
+            Staged::Image { object, .. } => &object.digests,
+            Staged::Zip { digests, .. } => digests,
+        }
+    }
+}
+
+/// The image a zip held, once stored.
+pub(crate) struct Extracted {
+    pub file_name: String,
+    /// Bytes.
+    pub size: u64,
+    pub crc32: u32,
+    /// MD5 and SHA-256 of the image, computed as it was extracted.
+    pub digests: Digests,
 }
 
 /// The fields of a new image record.
@@ -78,6 +103,8 @@ pub(crate) struct NewImage<'a> {
     pub key: &'a str,
     pub size: u64,
     pub crc32: u32,
+    /// MD5 and SHA-256 of the image as received, when they were computed on the way in.
+    pub digests: Option<&'a Digests>,
     pub source_identifier: Option<&'a str>,
 }
 
@@ -110,6 +137,12 @@ impl NewImage<'_> {
             slim_object_key: Set(None),
             slim_size_bytes: Set(None),
             slim_crc32: Set(None),
+            original_md5: Set(self.digests.and_then(Digests::md5_hex)),
+            original_sha256: Set(self.digests.and_then(Digests::sha256_hex)),
+            slim_md5: Set(None),
+            slim_sha256: Set(None),
+            sha256: Set(None),
+            slimmed_at: Set(None),
             created_at: Set(now),
             updated_at: Set(now),
         }
@@ -157,8 +190,20 @@ impl Service {
                 return Err(e);
             }
         };
-        let tier = match self.tier_for(fields.get("priority")) {
-            Ok(t) => t.clone(),
+        let settled = self
+            .tier_for(fields.get("priority"))
+            .cloned()
+            .and_then(|tier| {
+                if let Some(expected) = super::uploads::image_checksum(&fields)? {
+                    staged
+                        .sent_digests()
+                        .verify(std::slice::from_ref(&expected), "the uploaded file")
+                        .map_err(Error::ChecksumMismatch)?;
+                }
+                Ok(tier)
+            });
+        let tier = match settled {
+            Ok(t) => t,
             Err(e) => {
                 self.discard(staged).await;
                 return Err(e);
@@ -169,18 +214,19 @@ impl Service {
             Staged::Image { file_name, object } => {
                 (file_name, self.move_to_tier(object, &tier).await?)
             }
-            Staged::Zip { file } => {
+            Staged::Zip { file, .. } => {
                 let id = uuid::Uuid::new_v4().to_string();
                 let key = object_key(&id);
-                let (name, size, crc32) = self.unpack_zip(&file, &tier, &key).await?;
+                let x = self.unpack_zip(&file, &tier, &key).await?;
                 let unreferenced = self.unreferenced(&tier.bucket, &key);
                 (
-                    name,
+                    x.file_name,
                     StoredObject {
                         tier,
                         key,
-                        size,
-                        crc32,
+                        size: x.size,
+                        crc32: x.crc32,
+                        digests: x.digests,
                         unreferenced,
                     },
                 )
@@ -195,6 +241,7 @@ impl Service {
             key: &object.key,
             size: object.size,
             crc32: object.crc32,
+            digests: Some(&object.digests),
             source_identifier: None,
         };
         // The record and its check job appear together, or not at all.
@@ -220,12 +267,16 @@ impl Service {
     /// Streams one file part into the store (plain image) or a scratch file (zip).
     async fn stage(&self, file_name: String, body: ByteStream, tier: Tier) -> Result<Staged> {
         let limit = self.cfg.max_image_bytes;
-        let meter = Meter::default();
+        // MD5 and SHA-256 in the same pass as the bytes go to the store.
+        let meter = Meter::hashing(Wanted::IMAGE);
         let body = meter.wrap(body, limit);
         if validate::is_zip(&file_name) {
             let (file, path) = self.scratch_file().await?;
             spool(file, body, &meter).await?;
-            return Ok(Staged::Zip { file: path });
+            return Ok(Staged::Zip {
+                file: path,
+                digests: meter.digests(),
+            });
         }
         let key = object_key(&uuid::Uuid::new_v4().to_string());
         let opts = PutOptions {
@@ -240,6 +291,7 @@ impl Service {
                     key,
                     size,
                     crc32: meter.crc32(),
+                    digests: meter.digests(),
                 },
             }),
             Err(StorageError::Body(e)) => Err(body_error(e, &meter)),
@@ -274,6 +326,7 @@ impl Service {
             key,
             size,
             crc32,
+            digests,
             unreferenced,
             ..
         } = object;
@@ -287,6 +340,7 @@ impl Service {
             key,
             size,
             crc32,
+            digests,
             unreferenced: copy,
         })
     }
@@ -316,13 +370,7 @@ impl Service {
     }
 
     /// Extracts the single image of the zip at `zip` into `tier`/`key`.
-    /// Returns the image's file name, size and CRC-32.
-    pub(crate) async fn unpack_zip(
-        &self,
-        zip: &Path,
-        tier: &Tier,
-        key: &str,
-    ) -> Result<(String, u64, u32)> {
+    pub(crate) async fn unpack_zip(&self, zip: &Path, tier: &Tier, key: &str) -> Result<Extracted> {
         let found = self.find_zip_image(zip).await?;
         self.extract_zip_image(zip, found, tier, key).await
     }
@@ -345,14 +393,14 @@ impl Service {
     }
 
     /// Extracts `found` from the zip at `zip` into `tier`/`key`, checking its size and CRC-32
-    /// as it streams. Returns the image's file name, size and CRC-32.
+    /// as it streams.
     pub(crate) async fn extract_zip_image(
         &self,
         zip: &Path,
         found: zipin::ZipImage,
         tier: &Tier,
         key: &str,
-    ) -> Result<(String, u64, u32)> {
+    ) -> Result<Extracted> {
         let limits = self.zip_limits();
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let path = zip.to_path_buf();
@@ -363,7 +411,7 @@ impl Service {
             rx.recv().await.map(|item| (item, rx))
         })
         .boxed();
-        let meter = Meter::default();
+        let meter = Meter::hashing(Wanted::IMAGE);
         let body = meter.wrap(body, u64::MAX);
         let opts = PutOptions {
             storage_class: tier.storage_class.clone(),
@@ -373,7 +421,12 @@ impl Service {
             .await
             .map_err(|e| Error::Internal(e.to_string()))?;
         match (stored, extracted) {
-            (Ok(size), Ok(())) => Ok((found.file_name, size, meter.crc32())),
+            (Ok(size), Ok(())) => Ok(Extracted {
+                file_name: found.file_name,
+                size,
+                crc32: meter.crc32(),
+                digests: meter.digests(),
+            }),
             (Err(StorageError::Body(_)), Err(refusal)) => Err(Error::InvalidZip(refusal)),
             (Err(e), _) => Err(e.into()),
             (Ok(_), Err(refusal)) => {
@@ -411,6 +464,23 @@ impl Service {
         db::images::delete(&self.db, &id).await?;
         tracing::info!(image.id = %id, "image deleted");
         Ok(())
+    }
+
+    /// `POST .../action/check`: queues a fresh check of the bytes served (MD5 and SHA-256
+    /// compared with those recorded, then qemu-img), one at a time per image. Returns the
+    /// text to answer with.
+    pub async fn request_check(&self, raw_id: &str) -> Result<&'static str> {
+        let img = self.image(raw_id).await?;
+        let txn = self.db.begin().await?;
+        let in_progress = (CHECK_IN_PROGRESS, texts::CHECK_IN_PROGRESS);
+        if !db::images::request_check(&txn, &img.id, in_progress, now_secs()).await? {
+            return Ok(texts::CHECK_RUNNING);
+        }
+        db::jobs::enqueue(&txn, db::jobs::CHECK, &img.id, now_secs()).await?;
+        txn.commit().await?;
+        self.job_wake.notify_one();
+        tracing::info!(image.id = %img.id, "check requested");
+        Ok(texts::CHECK_ACCEPTED)
     }
 
     /// `POST .../action/slim`: returns the text to answer with.

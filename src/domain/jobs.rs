@@ -2,6 +2,7 @@
 //! (see `db::jobs`), keep their lease alive while they work, and retry failures with backoff.
 //! A worker that dies just stops renewing its lease; another picks the job up after it runs out.
 
+use super::integrity::{digest_file, Digests, Hasher, Wanted};
 use super::{now_secs, Error, Result, Service};
 use crate::{
     db::{
@@ -12,7 +13,6 @@ use crate::{
     imageops::{compress, status, CheckReport, Declared},
 };
 use entity::job;
-use md5::{Digest, Md5};
 use std::{path::PathBuf, time::Duration};
 use tokio_util::sync::CancellationToken;
 
@@ -182,7 +182,7 @@ impl Service {
                 &img.object_key,
                 img.size_bytes as u64,
                 ".qcow2",
-                false,
+                Wanted::default(),
             )
             .await?;
         if free_bytes(&self.cfg.scratch_dir)? < img.size_bytes as u64 + (64 << 20) {
@@ -221,7 +221,7 @@ impl Service {
             return Ok(Step::Done);
         }
         let out = output.to_path_buf();
-        let md5 = tokio::task::spawn_blocking(move || md5_file(&out))
+        let digests = tokio::task::spawn_blocking(move || digest_file(&out, Wanted::IMAGE))
             .await
             .map_err(|e| Error::Internal(e.to_string()))??;
         let key = format!("{}.slim", img.object_key);
@@ -242,7 +242,8 @@ impl Service {
             key: &key,
             size,
             crc32: meter.crc32(),
-            md5: &md5,
+            md5: &digests.md5_hex().unwrap_or_default(),
+            sha256: &digests.sha256_hex().unwrap_or_default(),
         };
         if db::images::slim_done(&self.db, image_id, &slim, &report, now_secs()).await? {
             tracing::info!(image.id = %image_id, before_bytes = img.size_bytes, after_bytes = size, "image slimmed");
@@ -271,26 +272,63 @@ impl Service {
         }
     }
 
-    /// Checks an image: MD5 of its bytes, then qemu-img through the imageops interface.
+    /// Checks the image as served (its slimmed copy once there is one): MD5 and SHA-256 of its
+    /// bytes in one pass, compared with those recorded when the bytes were stored, then
+    /// qemu-img through the imageops interface. Bytes that no longer match what was recorded
+    /// are reported corrupted, whatever qemu-img says.
     async fn run_check(&self, image_id: &str) -> Result<()> {
         let Some(img) = db::images::find(&self.db, image_id).await? else {
             return Ok(());
         };
-        let (path, _scratch, md5) = self
+        let slimmed = img.slim_status == 2 && img.slim_object_key.is_some();
+        let (key, size, expected) = match (&img.slim_object_key, img.slim_size_bytes) {
+            (Some(k), Some(s)) if slimmed => {
+                (k.clone(), s as u64, (&img.slim_md5, &img.slim_sha256))
+            }
+            _ => (
+                img.object_key.clone(),
+                img.size_bytes as u64,
+                (&img.original_md5, &img.original_sha256),
+            ),
+        };
+        let (path, _scratch, digests) = self
             .materialize(
                 &img.bucket,
-                &img.object_key,
-                img.size_bytes as u64,
+                &key,
+                size,
                 &extension(&img.file_name),
-                true,
+                Wanted::IMAGE,
             )
             .await?;
-        let report = self
+        let md5 = digests.md5_hex().unwrap_or_default();
+        let sha256 = digests.sha256_hex().unwrap_or_default();
+        let mut report = self
             .imageops
             .check(&path, Declared::from_file_name(&img.file_name))
             .await;
+        let changed = [(expected.0, &md5, "MD5"), (expected.1, &sha256, "SHA-256")]
+            .into_iter()
+            .find_map(|(want, got, name)| {
+                want.as_ref()
+                    .filter(|w| *w != got)
+                    .map(|w| format!("{name} {got}, recorded {w}"))
+            });
+        if let Some(what) = changed {
+            tracing::warn!(image.id = %image_id, %what, "stored bytes changed since they were recorded");
+            report.status = status::CORRUPTED;
+            report.msg = format!(
+                "image corrupted: the stored bytes no longer match the checksums recorded when \
+                 they were stored ({what})"
+            );
+        }
         tracing::info!(image.id = %image_id, status = report.status, "image checked");
-        db::images::set_check(&self.db, image_id, &report, Some(&md5), now_secs()).await?;
+        let hashes = db::images::CheckHashes {
+            md5: &md5,
+            sha256: &sha256,
+            // A merged image's first check records what was received.
+            original: !slimmed && img.original_md5.is_none(),
+        };
+        db::images::set_check(&self.db, image_id, &report, Some(&hashes), now_secs()).await?;
         Ok(())
     }
 
@@ -302,21 +340,21 @@ impl Service {
         key: &str,
         size: u64,
         suffix: &str,
-        want_md5: bool,
-    ) -> Result<(PathBuf, Option<tempfile::TempPath>, String)> {
+        wanted: Wanted,
+    ) -> Result<(PathBuf, Option<tempfile::TempPath>, Digests)> {
         let direct = self
             .store
             .local_path(bucket, key)
             .filter(|_| !self.imageops.shares_files());
         if let Some(path) = direct {
-            if !want_md5 {
-                return Ok((path, None, String::new()));
+            if !wanted.any() {
+                return Ok((path, None, Digests::default()));
             }
             let p = path.clone();
-            let md5 = tokio::task::spawn_blocking(move || md5_file(&p))
+            let digests = tokio::task::spawn_blocking(move || digest_file(&p, wanted))
                 .await
                 .map_err(|e| Error::Internal(e.to_string()))??;
-            return Ok((path, None, md5));
+            return Ok((path, None, digests));
         }
         let free = free_bytes(&self.cfg.scratch_dir)?;
         if free < size + (64 << 20) {
@@ -329,18 +367,16 @@ impl Service {
         let (file, path) = self.scratch_file_with(suffix).await?;
         let mut sink = crate::storage::fileio::FileSink::new(file.into_std().await);
         let mut body = self.store.get(bucket, key, None).await?;
-        let mut hasher = Md5::new();
+        let mut hasher = Hasher::new(wanted);
         use futures::StreamExt;
         while let Some(chunk) = body.next().await {
             let chunk = chunk?;
-            if want_md5 {
-                hasher.update(&chunk);
-            }
+            hasher.update(&chunk);
             sink.write(chunk).await?;
         }
         sink.finish(false).await?;
         let p = path.to_path_buf();
-        Ok((p, Some(path), hex::encode(hasher.finalize())))
+        Ok((p, Some(path), hasher.finish()))
     }
 }
 
@@ -368,20 +404,6 @@ fn extension(name: &str) -> String {
         .extension()
         .map(|e| format!(".{}", e.to_string_lossy()))
         .unwrap_or_default()
-}
-
-pub(crate) fn md5_file(path: &std::path::Path) -> std::io::Result<String> {
-    use std::io::Read;
-    let mut f = std::fs::File::open(path)?;
-    let mut h = Md5::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            return Ok(hex::encode(h.finalize()));
-        }
-        h.update(&buf[..n]);
-    }
 }
 
 /// Bytes available to unprivileged users on the file system holding `dir`.

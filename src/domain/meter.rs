@@ -1,5 +1,6 @@
 //! Counting and hashing bytes while they stream past, with a size limit.
 
+use super::integrity::{Digests, Hasher, Wanted};
 use crate::storage::ByteStream;
 use futures::StreamExt;
 use std::{
@@ -12,6 +13,8 @@ struct State {
     bytes: u64,
     crc: crc32fast::Hasher,
     exceeded: bool,
+    /// The other digests asked for (none by default).
+    digests: Hasher,
 }
 
 /// Shared view of a metered stream: how many bytes went through, their CRC-32, and whether the
@@ -20,6 +23,13 @@ struct State {
 pub struct Meter(Arc<Mutex<State>>);
 
 impl Meter {
+    /// A meter that also computes the digests in `wanted`, in the same pass.
+    pub fn hashing(wanted: Wanted) -> Self {
+        let meter = Meter::default();
+        meter.0.lock().expect("meter lock").digests = Hasher::new(wanted);
+        meter
+    }
+
     /// Wraps `body` so it fails once more than `limit` bytes have passed.
     pub fn wrap(&self, body: ByteStream, limit: u64) -> ByteStream {
         let meter = self.clone();
@@ -32,6 +42,7 @@ impl Meter {
                 return Err(io::Error::other("size limit exceeded"));
             }
             st.crc.update(&chunk);
+            st.digests.update(&chunk);
             Ok(chunk)
         })
         .boxed()
@@ -43,6 +54,11 @@ impl Meter {
 
     pub fn crc32(&self) -> u32 {
         self.0.lock().expect("meter lock").crc.clone().finalize()
+    }
+
+    /// The digests asked for at creation, over the bytes that went through.
+    pub fn digests(&self) -> Digests {
+        self.0.lock().expect("meter lock").digests.clone().finish()
     }
 
     pub fn exceeded(&self) -> bool {

@@ -4,6 +4,7 @@
 pub mod download;
 pub mod form;
 pub mod images;
+pub mod integrity;
 pub mod jobs;
 pub mod meter;
 pub mod placement;
@@ -38,6 +39,8 @@ pub mod texts {
     pub const SLIM_UNSUPPORTED: &str =
         "This image cannot be slimmed because the type of image is not supported.";
     pub const SLIM_ACCEPTED: &str = "compress in progress";
+    pub const CHECK_ACCEPTED: &str = "check in progress";
+    pub const CHECK_RUNNING: &str = "The image is being checked. No need to check again.";
 }
 
 /// What can go wrong in the domain. The HTTP layer maps each variant to a status code.
@@ -55,6 +58,12 @@ pub enum Error {
     InvalidZip(String),
     #[error("missing chunks: {}", .0.iter().map(u32::to_string).collect::<Vec<_>>().join(", "))]
     MissingChunks(Vec<u32>),
+    /// Bytes that do not match the checksum declared for them.
+    #[error("{0}")]
+    ChecksumMismatch(String),
+    /// Chunks that do not add up to the totals the client declared.
+    #[error("{0}")]
+    SizeMismatch(String),
     #[error("the request body could not be read: {0}")]
     BadBody(io::Error),
     /// The client stopped sending its body (`FS_BODY_IDLE_TIMEOUT_SECS` without data).

@@ -3,6 +3,7 @@
 use super::{
     form::{Fields, FormPart, FormSource},
     images::{object_key, spool, NewImage},
+    integrity::{self, Algorithm, Checksum, Digests, Wanted},
     meter::{combine_crc32, Meter},
     now_secs,
     placement::{self, Received},
@@ -79,6 +80,165 @@ fn resend_message(numbers: &[u32], min: u64) -> String {
     )
 }
 
+/// A merge as it was asked for (recorded in the session, so another process can finish it).
+struct MergeJob {
+    file_name: String,
+    user_id: String,
+    /// The whole image's checksum to verify, if the client sent one.
+    checksum: Option<Checksum>,
+}
+
+/// The `checksum` field of an upload or a merge: `md5:<hex>` or `sha256:<hex>` of the whole
+/// file as sent.
+pub(crate) fn image_checksum(fields: &Fields) -> Result<Option<Checksum>> {
+    match fields
+        .get("checksum")
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+    {
+        None => Ok(None),
+        Some(v) => Checksum::parse_field(v, "checksum", &[Algorithm::Md5, Algorithm::Sha256])
+            .map(Some)
+            .map_err(Error::InvalidInput),
+    }
+}
+
+/// The form field that carries a chunk's checksum.
+const CHUNK_CHECKSUM: &str = "chunkChecksum";
+
+fn chunk_checksum(value: &str) -> std::result::Result<Checksum, String> {
+    Checksum::parse_field(
+        value,
+        CHUNK_CHECKSUM,
+        &[Algorithm::Md5, Algorithm::Sha256, Algorithm::Crc32c],
+    )
+}
+
+/// The totals resumable-upload clients send with every chunk and the merge, under the names
+/// simple-uploader.js and resumable.js use: `totalSize` and `chunkSize` (bytes),
+/// `totalChunks`, `currentChunkSize` (bytes of this chunk). All optional.
+#[derive(Debug, Default, Clone, Copy)]
+struct Totals {
+    total_size: Option<u64>,
+    total_chunks: Option<u32>,
+    current_chunk_size: Option<u64>,
+}
+
+impl Totals {
+    fn of(fields: &Fields) -> Result<Self> {
+        let number = |name: &str| -> Result<Option<u64>> {
+            match fields.get(name).map(str::trim).filter(|v| !v.is_empty()) {
+                None => Ok(None),
+                Some(v) if v.bytes().all(|c| c.is_ascii_digit()) => v
+                    .parse()
+                    .map(Some)
+                    .map_err(|_| Error::InvalidInput(format!("{name} {v:?} is too large"))),
+                Some(v) => Err(Error::InvalidInput(format!(
+                    "{name} {v:?} must be a non-negative integer"
+                ))),
+            }
+        };
+        let total_chunks = match number("totalChunks")? {
+            None => None,
+            Some(n @ 1..=10_000) => Some(n as u32),
+            Some(n) => {
+                return Err(Error::InvalidInput(format!(
+                    "totalChunks {n} must be from 1 to {}",
+                    validate::MAX_CHUNK_NUMBER
+                )))
+            }
+        };
+        if number("chunkSize")? == Some(0) {
+            return Err(Error::InvalidInput("chunkSize must be at least 1".into()));
+        }
+        Ok(Totals {
+            total_size: number("totalSize")?,
+            total_chunks,
+            current_chunk_size: number("currentChunkSize")?,
+        })
+    }
+
+    /// Chunk `number` fits the declared totals (and the image size limit).
+    fn check_chunk(&self, number: u32, max_image_bytes: u64) -> Result<()> {
+        if let Some(total) = self.total_chunks {
+            if number > total {
+                return Err(Error::InvalidInput(format!(
+                    "chunk {number} is beyond totalChunks {total}"
+                )));
+            }
+        }
+        if self.total_size.is_some_and(|t| t > max_image_bytes) {
+            return Err(Error::TooLarge);
+        }
+        Ok(())
+    }
+
+    /// The chunks held cover the totals exactly: no number missing up to `totalChunks` (or up
+    /// to the highest received), none beyond it, and `totalSize` bytes in all.
+    fn covered_by(&self, parts: &[entity::upload_part::Model]) -> Result<()> {
+        let highest = parts.last().map_or(0, |p| p.part_number as u32);
+        let last = self.total_chunks.unwrap_or(highest);
+        let beyond: Vec<String> = parts
+            .iter()
+            .map(|p| p.part_number as u32)
+            .filter(|n| *n > last)
+            .map(|n| n.to_string())
+            .collect();
+        if !beyond.is_empty() {
+            return Err(Error::InvalidInput(format!(
+                "chunks {} are beyond totalChunks {last}; cancel the upload to start again",
+                beyond.join(", ")
+            )));
+        }
+        let missing: Vec<u32> = (1..=last)
+            .filter(|n| {
+                parts
+                    .binary_search_by_key(&(*n as i32), |p| p.part_number)
+                    .is_err()
+            })
+            .collect();
+        if !missing.is_empty() {
+            return Err(Error::MissingChunks(missing));
+        }
+        let held: u64 = parts.iter().map(|p| p.size_bytes as u64).sum();
+        if let Some(total) = self.total_size.filter(|t| *t != held) {
+            return Err(Error::SizeMismatch(format!(
+                "the chunks hold {held} bytes, totalSize is {total}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The totals agree with those recorded from earlier chunks; fills in what this request
+    /// did not declare.
+    fn agrees_with(mut self, session: &upload_session::Model) -> Result<Self> {
+        let recorded_size = session.total_size.map(|t| t as u64);
+        let recorded_chunks = session.total_chunks.map(|t| t as u32);
+        let conflict = |name: &str, now: u64, before: u64| {
+            Error::InvalidInput(format!(
+                "{name} {now} differs from {before}, declared earlier for upload {}; cancel it to \
+                 start again",
+                session.identifier
+            ))
+        };
+        match (self.total_size, recorded_size) {
+            (Some(now), Some(before)) if now != before => {
+                return Err(conflict("totalSize", now, before))
+            }
+            (None, before) => self.total_size = before,
+            _ => {}
+        }
+        match (self.total_chunks, recorded_chunks) {
+            (Some(now), Some(before)) if now != before => {
+                return Err(conflict("totalChunks", now as u64, before as u64))
+            }
+            (None, before) => self.total_chunks = before,
+            _ => {}
+        }
+        Ok(self)
+    }
+}
+
 fn identifier_of(fields: &Fields) -> Result<String> {
     let id = fields.get("identifier").unwrap_or("");
     if validate::identifier(id) {
@@ -92,10 +252,18 @@ fn identifier_of(fields: &Fields) -> Result<String> {
 
 impl Service {
     /// `POST /images/upload`: stores one chunk as part n of the identifier's upload.
-    pub async fn upload_chunk(&self, query: Fields, form: &mut dyn FormSource) -> Result<()> {
+    /// `declared` holds the chunk's checksums from the request headers (`Content-MD5`,
+    /// `Repr-Digest`, ...); a `chunkChecksum` field adds one. Every checksum and the declared
+    /// `currentChunkSize` are verified before anything is stored.
+    pub async fn upload_chunk(
+        &self,
+        query: Fields,
+        declared: Vec<Checksum>,
+        form: &mut dyn FormSource,
+    ) -> Result<()> {
         let _slot = self.upload_slot().await;
         let mut fields = query;
-        let mut spooled: Option<(SpooledPart, Option<String>, u32)> = None;
+        let mut spooled: Option<(SpooledPart, Option<String>, u32, Wanted, Digests)> = None;
         while let Some(part) = form.next_part().await? {
             match part {
                 FormPart::Text { name, value } => fields.set(name, value),
@@ -104,22 +272,60 @@ impl Service {
                     file_name,
                     body,
                 } if spooled.is_none() && (name == "part" || name == "file") => {
-                    // Fields may follow the chunk, so it is spooled before anything is decided.
-                    let meter = Meter::default();
+                    // Fields may follow the chunk, so it is spooled before anything is decided;
+                    // the digests known to be needed now are computed on the way.
+                    let mut wanted = Wanted::for_checksums(&declared);
+                    if let Some(Ok(c)) = fields.get(CHUNK_CHECKSUM).map(chunk_checksum) {
+                        wanted.add(c.algorithm);
+                    }
+                    let meter = Meter::hashing(wanted);
                     let body = meter.wrap(body, self.cfg.max_image_bytes);
                     let (file, path) = self.scratch_file().await?;
                     let len = spool(file, body, &meter).await?;
-                    spooled = Some((SpooledPart { file: path, len }, file_name, meter.crc32()));
+                    spooled = Some((
+                        SpooledPart { file: path, len },
+                        file_name,
+                        meter.crc32(),
+                        wanted,
+                        meter.digests(),
+                    ));
                 }
                 FormPart::File { mut body, .. } => while body.next().await.is_some() {},
             }
         }
-        let (body, file_name, crc32) = spooled.ok_or(Error::NoFile)?;
+        let (body, file_name, crc32, computed, mut digests) = spooled.ok_or(Error::NoFile)?;
         let identifier = identifier_of(&fields)?;
         let number = validate::chunk_number(fields.get("chunkNumber"), file_name.as_deref())
             .map_err(Error::InvalidInput)?;
+        let totals = Totals::of(&fields)?;
+        let mut declared = declared;
+        if let Some(c) = fields.get(CHUNK_CHECKSUM) {
+            declared.push(chunk_checksum(c).map_err(Error::InvalidInput)?);
+        }
+        let needed = Wanted::for_checksums(&declared);
+        if !computed.covers(needed) {
+            // A checksum field sent after the chunk: one more pass, over the local copy.
+            let path = body.path();
+            digests = tokio::task::spawn_blocking(move || integrity::digest_file(&path, needed))
+                .await
+                .map_err(|e| Error::Internal(e.to_string()))??;
+        }
+        digests
+            .verify(&declared, &format!("chunk {number}"))
+            .map_err(Error::ChecksumMismatch)?;
+        if let Some(expected) = totals.current_chunk_size {
+            if expected != body.len {
+                return Err(Error::SizeMismatch(format!(
+                    "chunk {number} has {} bytes; currentChunkSize says {expected}",
+                    body.len
+                )));
+            }
+        }
+        totals.check_chunk(number, self.cfg.max_image_bytes)?;
         let tier = self.tier_for(fields.get("priority"))?.clone();
         let session = self.open_session(&identifier, &tier).await?;
+        let totals = totals.agrees_with(&session)?;
+        totals.check_chunk(number, self.cfg.max_image_bytes)?;
         if session.state != OPEN {
             return Err(Error::Conflict(format!(
                 "upload {identifier} is {}; cancel it to start again",
@@ -138,9 +344,20 @@ impl Service {
         if held.saturating_add(len) > self.cfg.max_image_bytes {
             return Err(Error::TooLarge);
         }
+        let new_totals = (totals.total_size.is_some() && session.total_size.is_none())
+            || (totals.total_chunks.is_some() && session.total_chunks.is_none());
+        if new_totals {
+            db::uploads::record_totals(
+                &self.db,
+                &session.id,
+                totals.total_size,
+                totals.total_chunks,
+            )
+            .await?;
+        }
         let min = self.store.min_part_size();
         let direct = placement::send_direct(number, len, min, &others);
-        let etag = self
+        let uploaded = self
             .store
             .upload_part(
                 &session.bucket,
@@ -156,9 +373,10 @@ impl Service {
         let part = db::uploads::NewPart {
             number,
             size: len,
-            etag: &etag,
+            etag: &uploaded.etag,
             crc32,
             staged,
+            checksum: uploaded.checksum.as_deref(),
         };
         db::uploads::upsert_part(&self.db, &session.id, part, now_secs()).await?;
         tracing::debug!(
@@ -222,6 +440,9 @@ impl Service {
             merge_file_name: Set(None),
             merge_user_id: Set(None),
             merge_unpacked: Set(None),
+            total_size: Set(None),
+            total_chunks: Set(None),
+            merge_checksum: Set(None),
             created_at: Set(now),
             updated_at: Set(now),
         };
@@ -244,6 +465,8 @@ impl Service {
         let file_name = validate::file_name(fields.get("filename").unwrap_or(""))
             .ok_or(Error::InvalidFileName(texts::BAD_MERGE_NAME))?;
         let user_id = fields.get("userId").unwrap_or("").to_string();
+        let checksum = image_checksum(&fields)?;
+        let totals = Totals::of(&fields)?;
         // The session's own tier is used; a priority that names none is still an error.
         self.tier_for(fields.get("priority"))?;
         let deadline = tokio::time::Instant::now() + MERGE_WAIT;
@@ -268,26 +491,21 @@ impl Service {
                 )));
             }
             let parts = db::uploads::parts(&self.db, &session.id).await?;
-            let max = parts.last().map(|p| p.part_number as u32).unwrap_or(0);
-            if max == 0 {
+            if parts.is_empty() {
                 return Err(Error::InvalidInput(format!(
                     "no chunks received for identifier {identifier}"
                 )));
             }
-            let missing: Vec<u32> = (1..=max)
-                .filter(|n| {
-                    parts
-                        .binary_search_by_key(&(*n as i32), |p| p.part_number)
-                        .is_err()
-                })
-                .collect();
-            if !missing.is_empty() {
-                return Err(Error::MissingChunks(missing));
-            }
+            totals.agrees_with(&session)?.covered_by(&parts)?;
             let token = uuid::Uuid::new_v4().simple().to_string();
+            let checksum_text = checksum.as_ref().map(Checksum::to_string);
             let claim = db::uploads::MergeClaim {
                 token: &token,
-                request: Some((&file_name, &user_id)),
+                request: Some(db::uploads::MergeRequest {
+                    file_name: &file_name,
+                    user_id: &user_id,
+                    checksum: checksum_text.as_deref(),
+                }),
             };
             let now = now_secs();
             if !db::uploads::claim_merge(&self.db, &session.id, now, now - MERGE_LEASE_SECS, &claim)
@@ -305,10 +523,15 @@ impl Service {
             }
             // On a task of its own: a client that goes away does not cut a merge in half.
             let svc = self.clone();
-            let run = tokio::spawn(async move {
-                svc.run_merge(session, token, file_name, user_id, identifier)
-                    .await
-            });
+            let request = MergeJob {
+                file_name,
+                user_id,
+                checksum,
+            };
+            let run =
+                tokio::spawn(
+                    async move { svc.run_merge(session, token, request, identifier).await },
+                );
             return run.await.map_err(|e| Error::Internal(e.to_string()))?;
         }
     }
@@ -320,8 +543,7 @@ impl Service {
         &self,
         session: upload_session::Model,
         token: String,
-        file_name: String,
-        user_id: String,
+        request: MergeJob,
         identifier: String,
     ) -> Result<image::Model> {
         let _renewal = AbortOnDropHandle::new(tokio::spawn({
@@ -339,7 +561,7 @@ impl Service {
         }));
         let parts = db::uploads::parts(&self.db, &session.id).await?;
         let result = self
-            .complete(&session, &parts, &file_name, &user_id, &token, &identifier)
+            .complete(&session, &parts, &request, &token, &identifier)
             .await;
         if let Err(e) = &result {
             // The chunks were joined: a result that cannot be used consumed them.
@@ -376,11 +598,15 @@ impl Service {
                 tracing::info!(identifier, "interrupted merge reopened");
                 continue;
             };
-            let user_id = s.merge_user_id.clone().unwrap_or_default();
-            match self
-                .run_merge(s, token, file_name, user_id, identifier.clone())
-                .await
-            {
+            let request = MergeJob {
+                file_name,
+                user_id: s.merge_user_id.clone().unwrap_or_default(),
+                // Recorded in its canonical form when the merge was asked for.
+                checksum: s.merge_checksum.as_deref().and_then(|c| {
+                    Checksum::parse_field(c, "checksum", &[Algorithm::Md5, Algorithm::Sha256]).ok()
+                }),
+            };
+            match self.run_merge(s, token, request, identifier.clone()).await {
                 Ok(img) => {
                     tracing::info!(identifier, image.id = %img.id, "interrupted merge finished")
                 }
@@ -396,11 +622,11 @@ impl Service {
         &self,
         session: &upload_session::Model,
         parts: &[entity::upload_part::Model],
-        file_name: &str,
-        user_id: &str,
+        request: &MergeJob,
         token: &str,
         identifier: &str,
     ) -> Result<image::Model> {
+        let (file_name, user_id) = (request.file_name.as_str(), request.user_id.as_str());
         let session_tier = Tier {
             priority: session.priority,
             bucket: session.bucket.clone(),
@@ -411,13 +637,18 @@ impl Service {
                 .and_then(|t| t.storage_class.clone()),
         };
         self.complete_upload(session, parts, identifier).await?;
-        let (name, size, crc32) = if validate::is_zip(file_name) {
+        // A zipped upload that recorded its image verified the archive before that.
+        if let (Some(expected), None) = (&request.checksum, &session.merge_unpacked) {
+            self.verify_merged(session, parts, token, expected).await?;
+        }
+        let (name, size, crc32, digests) = if validate::is_zip(file_name) {
             self.unpack_merged_zip(session, &session_tier, token, identifier)
                 .await?
         } else {
             let size = parts.iter().map(|p| p.size_bytes as u64).sum();
             let crc = combine_crc32(parts.iter().map(|p| (p.crc32 as u32, p.size_bytes as u64)));
-            (file_name.to_string(), size, crc)
+            // The image's MD5 and SHA-256 are computed by its check.
+            (file_name.to_string(), size, crc, None)
         };
         if size > self.cfg.max_image_bytes {
             self.delete_object(&session.bucket, &session.object_key)
@@ -432,6 +663,7 @@ impl Service {
             key: &session.object_key,
             size,
             crc32,
+            digests: digests.as_ref(),
             source_identifier: Some(identifier),
         };
         let txn = self.db.begin().await?;
@@ -451,6 +683,131 @@ impl Service {
             .ok_or_else(|| Error::Internal("merged image vanished".into()))
     }
 
+    /// Verifies the merged object against the checksum the merge was asked to verify. On a
+    /// mismatch its chunks are stored again (under a new multipart upload) and the merged
+    /// object removed, so the client can replace chunks and merge again.
+    async fn verify_merged(
+        &self,
+        session: &upload_session::Model,
+        parts: &[entity::upload_part::Model],
+        token: &str,
+        expected: &Checksum,
+    ) -> Result<()> {
+        let (bucket, key) = (&session.bucket, &session.object_key);
+        let wanted = Wanted::for_checksums([expected]);
+        let digests = match self.store.local_path(bucket, key) {
+            Some(path) => {
+                tokio::task::spawn_blocking(move || integrity::digest_file(&path, wanted))
+                    .await
+                    .map_err(|e| Error::Internal(e.to_string()))??
+            }
+            None => {
+                let meter = Meter::hashing(wanted);
+                let mut body = meter.wrap(self.store.get(bucket, key, None).await?, u64::MAX);
+                while let Some(chunk) = body.next().await {
+                    chunk?;
+                }
+                meter.digests()
+            }
+        };
+        let Err(why) = digests.verify(std::slice::from_ref(expected), "the merged upload") else {
+            return Ok(());
+        };
+        self.split_back(session, parts, token).await?;
+        Err(Error::ChecksumMismatch(format!(
+            "{why}; the chunks are kept: send the wrong ones again, then merge"
+        )))
+    }
+
+    /// Stores the chunks of a merged object again as the parts of a new multipart upload
+    /// (each as it was held: a part of its own or staged), points the session at it and
+    /// removes the merged object. The new upload is for a new image id and key: some stores
+    /// (Garage) drop the uploads in progress of a key when an object of that key is deleted.
+    async fn split_back(
+        &self,
+        session: &upload_session::Model,
+        parts: &[entity::upload_part::Model],
+        token: &str,
+    ) -> Result<()> {
+        let (bucket, key) = (&session.bucket, &session.object_key);
+        let opts = PutOptions {
+            storage_class: self
+                .cfg
+                .tiers
+                .get(&session.priority)
+                .and_then(|t| t.storage_class.clone()),
+        };
+        let image_id = uuid::Uuid::new_v4().to_string();
+        let new_key = object_key(&image_id);
+        let upload_id = self.store.create_multipart(bucket, &new_key, &opts).await?;
+        let abort = {
+            let (store, bucket, key, id) = (
+                self.store.clone(),
+                bucket.clone(),
+                new_key.clone(),
+                upload_id.clone(),
+            );
+            crate::cleanup::Cleanup::new(async move {
+                let _ = store.abort_multipart(&bucket, &key, &id).await;
+            })
+        };
+        let min = self.store.min_part_size();
+        let mut offset = 0u64;
+        let mut stored = vec![];
+        for p in parts {
+            let len = p.size_bytes as u64;
+            let body = if len == 0 {
+                futures::stream::empty().boxed()
+            } else {
+                let range = crate::storage::ByteRange {
+                    start: offset,
+                    end: offset + len - 1,
+                };
+                self.store.get(bucket, key, Some(range)).await?
+            };
+            offset += len;
+            let (file, path) = self.scratch_file().await?;
+            spool(file, body, &Meter::default())
+                .await
+                .map_err(|e| match e {
+                    Error::BadBody(io) => Error::Storage(StorageError::Io(io)),
+                    other => other,
+                })?;
+            let number = p.part_number as u32;
+            let direct = !p.staged;
+            let spooled = SpooledPart { file: path, len };
+            let uploaded = self
+                .store
+                .upload_part(bucket, &new_key, &upload_id, number, spooled, direct)
+                .await?;
+            stored.push((number, len, uploaded, p.crc32 as u32, !direct || len < min));
+        }
+        let txn = self.db.begin().await?;
+        let upload = (upload_id.as_str(), image_id.as_str(), new_key.as_str());
+        if !db::uploads::replace_upload(&txn, &session.id, token, upload).await? {
+            return Err(Error::Conflict(format!(
+                "upload {} is being merged by another request",
+                session.identifier
+            )));
+        }
+        for (number, size, uploaded, crc32, staged) in &stored {
+            let part = db::uploads::NewPart {
+                number: *number,
+                size: *size,
+                etag: &uploaded.etag,
+                crc32: *crc32,
+                staged: *staged,
+                checksum: uploaded.checksum.as_deref(),
+            };
+            db::uploads::upsert_part(&txn, &session.id, part, now_secs()).await?;
+        }
+        txn.commit().await?;
+        abort.disarm();
+        self.delete_object(bucket, key).await;
+        tracing::info!(identifier = %session.identifier, chunks = stored.len(), "merged upload split back into its chunks");
+        Ok(())
+    }
+
     /// Completes the session's multipart upload from its parts. Direct chunks that cannot
     /// follow the small chunks before them are forgotten (the resume query then lists them
     /// missing) and named, so the client sends them again.
@@ -466,6 +823,7 @@ impl Service {
                 number: p.part_number as u32,
                 etag: p.etag.clone(),
                 size: p.size_bytes as u64,
+                checksum: p.checksum.clone(),
             })
             .collect();
         match self
@@ -503,7 +861,7 @@ impl Service {
         tier: &Tier,
         token: &str,
         identifier: &str,
-    ) -> Result<(String, u64, u32)> {
+    ) -> Result<(String, u64, u32, Option<Digests>)> {
         let key = &session.object_key;
         if let Some(done) = session
             .merge_unpacked
@@ -515,7 +873,7 @@ impl Service {
             // (an archive adds its headers to a stored entry; a deflated one that lands on
             // the same byte count is not an archive this merge accepted).
             if self.store.head(&session.bucket, key).await? == Some(done.size) {
-                return Ok((done.file_name, done.size, done.crc32));
+                return Ok((done.file_name, done.size, done.crc32, None));
             }
         }
         // A store that keeps the archive as a file is read in place (the image replaces it by
@@ -546,7 +904,8 @@ impl Service {
                 "upload {identifier} is being merged by another request"
             )));
         }
-        self.extract_zip_image(&path, found, tier, key).await
+        let x = self.extract_zip_image(&path, found, tier, key).await?;
+        Ok((x.file_name, x.size, x.crc32, Some(x.digests)))
     }
 
     /// `DELETE /images/upload`: drops every chunk of an identifier.

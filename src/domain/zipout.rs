@@ -131,6 +131,12 @@ impl ZipEntry {
         b.freeze()
     }
 
+    /// The archive's total length in bytes.
+    pub fn length(&self) -> u64 {
+        let cd_offset = self.local_header().len() as u64 + self.size;
+        cd_offset + self.trailer(cd_offset).len() as u64
+    }
+
     /// The archive's bytes and total length, with `data` (exactly `size` bytes) inside.
     pub fn stream(self, data: ByteStream) -> (u64, ByteStream) {
         let header = self.local_header();

@@ -110,6 +110,8 @@ impl From<Error> for ApiError {
             Error::InvalidInput(_) => ApiError::new(S::BAD_REQUEST, "INVALID_PARAMETER", msg),
             Error::InvalidZip(_) => ApiError::new(S::BAD_REQUEST, "INVALID_ZIP", msg),
             Error::MissingChunks(_) => ApiError::new(S::BAD_REQUEST, "MISSING_CHUNKS", msg),
+            Error::ChecksumMismatch(_) => ApiError::new(S::BAD_REQUEST, "CHECKSUM_MISMATCH", msg),
+            Error::SizeMismatch(_) => ApiError::new(S::BAD_REQUEST, "SIZE_MISMATCH", msg),
             Error::BadBody(_) => ApiError::new(S::BAD_REQUEST, "BAD_BODY", msg),
             Error::BodyTimeout => ApiError::new(S::REQUEST_TIMEOUT, "REQUEST_TIMEOUT", msg),
             Error::ImageNotFound(_) => ApiError::new(S::NOT_FOUND, "IMAGE_NOT_FOUND", msg),

@@ -1,18 +1,20 @@
 //! Handlers of `/image-management/v1/images...`: extract, call the domain, shape the response.
 
 use super::{
+    conditional,
     error::ApiError,
     extract::{parse_query, Form, FormFields},
     views::{FlatImage, ImageView},
 };
-use crate::domain::{download::RangeRequest, images::ListQuery, Service};
+use crate::domain::{download::RangeRequest, images::ListQuery, integrity::Checksum, Service};
 use axum::{
     body::Body,
     extract::{Path, RawQuery, State},
-    http::{header, HeaderMap, HeaderValue, StatusCode},
+    http::{header, HeaderMap, HeaderValue, Method, StatusCode},
     response::{IntoResponse, Response},
     Json,
 };
+use base64::{engine::general_purpose::STANDARD as B64, Engine};
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
 type ApiResult<T> = Result<T, ApiError>;
@@ -141,6 +143,21 @@ pub async fn slim(
     Ok(svc.request_slim(&id).await?)
 }
 
+/// Queues a fresh check: the stored bytes' MD5 and SHA-256 are compared with those recorded
+/// when they were stored (a mismatch reports the image corrupted), then qemu-img checks it.
+#[utoipa::path(post, path = "/images/{image_id}/action/check", tag = "images",
+    params(("image_id" = String, Path, description = "The image's id (a UUID)")),
+    responses(
+        (status = 200, description = "`check in progress`, or that a check is already pending", body = String, content_type = "text/plain"),
+        (status = 404, description = "No such image", body = super::docs::ErrorBody),
+    ))]
+pub async fn check(
+    State(svc): State<Service>,
+    ImageIdPath(id): ImageIdPath,
+) -> ApiResult<&'static str> {
+    Ok(svc.request_check(&id).await?)
+}
+
 /// Stores one chunk of a chunked upload (any order, concurrently, re-sent chunks replace).
 #[utoipa::path(post, path = "/images/upload", tag = "chunks",
     request_body(content = super::docs::ChunkForm, content_type = "multipart/form-data"),
@@ -152,9 +169,17 @@ pub async fn slim(
     ))]
 pub async fn upload_chunk(
     State(svc): State<Service>,
+    headers: HeaderMap,
     Form { fields, mut parts }: Form,
 ) -> ApiResult<&'static str> {
-    svc.upload_chunk(fields, parts.as_mut()).await?;
+    // A value that is not text fails to parse (never skipped unverified).
+    let text: Vec<(&str, std::borrow::Cow<str>)> = headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), String::from_utf8_lossy(v.as_bytes())))
+        .collect();
+    let declared = Checksum::from_headers(text.iter().map(|(k, v)| (*k, v.as_ref())))
+        .map_err(ApiError::bad_request)?;
+    svc.upload_chunk(fields, declared, parts.as_mut()).await?;
     Ok("ok.")
 }
 
@@ -238,10 +263,16 @@ pub async fn upload_query(
         ("image_id" = String, Path, description = "The image's id (a UUID)"),
         ("isZip" = Option<bool>, Query, description = "`true`: a zip holding `{base}/{fileName}`"),
         ("Range" = Option<String>, Header, description = "One `bytes=` range (not with isZip)"),
+        ("If-Range" = Option<String>, Header, description = "The ETag or Last-Modified the Range belongs to; other bytes are served whole (200)"),
+        ("If-None-Match" = Option<String>, Header, description = "304 when the ETag matches"),
+        ("If-Modified-Since" = Option<String>, Header, description = "304 when not modified since"),
+        ("If-Match" = Option<String>, Header, description = "412 unless the ETag matches"),
     ),
     responses(
-        (status = 200, description = "The bytes, as an attachment", content_type = "application/octet-stream"),
+        (status = 200, description = "The bytes, as an attachment, with ETag, Last-Modified and (plain form) Repr-Digest", content_type = "application/octet-stream"),
         (status = 206, description = "The requested range", content_type = "application/octet-stream"),
+        (status = 304, description = "Not modified (If-None-Match, If-Modified-Since)"),
+        (status = 412, description = "If-Match or If-Unmodified-Since failed", body = super::docs::ErrorBody),
         (status = 404, description = "No such image", body = super::docs::ErrorBody),
         (status = 416, description = "Range not satisfiable", body = super::docs::ErrorBody),
     ))]
@@ -249,46 +280,98 @@ pub async fn download(
     State(svc): State<Service>,
     ImageIdPath(id): ImageIdPath,
     RawQuery(q): RawQuery,
+    method: Method,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     let fields = parse_query(q.as_deref())?;
     let zip = fields
         .get("isZip")
         .is_some_and(|v| v.eq_ignore_ascii_case("true"));
-    // No download carries a validator (ETag, Last-Modified) yet, so no `If-Range` can match
-    // the representation served now: RFC 9110 section 13.1.5 then wants the whole
-    // representation (200), never a range that could be spliced onto other bytes.
-    let range = if zip || headers.contains_key(header::IF_RANGE) {
-        None
-    } else {
+    let repr = svc.representation(&id, zip).await?;
+    let validators = conditional::Validators {
+        etag: &repr.etag,
+        last_modified: repr.last_modified,
+    };
+    let mut h = HeaderMap::new();
+    if let Ok(v) = HeaderValue::from_str(&repr.etag) {
+        h.insert(header::ETAG, v);
+    }
+    h.insert(
+        header::LAST_MODIFIED,
+        HeaderValue::from_str(&conditional::http_date(repr.last_modified)).expect("ascii"),
+    );
+    if let Some(hex_digest) = &repr.sha256 {
+        // RFC 9530: the digest of the whole representation, also on a 206.
+        if let Ok(bytes) = hex::decode(hex_digest) {
+            let v = format!("sha-256=:{}:", B64.encode(bytes));
+            h.insert("repr-digest", HeaderValue::from_str(&v).expect("base64"));
+        }
+    }
+    let honour_range = match conditional::evaluate(&headers, &validators) {
+        conditional::Outcome::Failed => {
+            return Err(ApiError::new(
+                StatusCode::PRECONDITION_FAILED,
+                "PRECONDITION_FAILED",
+                "the image's current representation does not match the request's preconditions",
+            ))
+        }
+        conditional::Outcome::NotModified => {
+            let mut resp = StatusCode::NOT_MODIFIED.into_response();
+            resp.headers_mut().extend(h);
+            return Ok(resp);
+        }
+        conditional::Outcome::Serve { range } => range,
+    };
+    // A Range whose If-Range names other bytes gets the whole representation (RFC 9110
+    // section 13.1.5), never a range that could be spliced onto other bytes.
+    let range = if repr.ranges && honour_range {
         headers
             .get(header::RANGE)
             .and_then(|v| v.to_str().ok())
             .and_then(parse_range)
+    } else {
+        None
     };
-    let dl = svc.download(&id, zip, range).await?;
-    let mut resp = Response::new(Body::from_stream(dl.body));
-    let h = resp.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
-        HeaderValue::from_static(dl.content_type),
+        HeaderValue::from_static(repr.content_type),
     );
-    h.insert(header::CONTENT_LENGTH, HeaderValue::from(dl.length));
     h.insert(
         header::CONTENT_DISPOSITION,
-        content_disposition(&dl.file_name),
+        content_disposition(&repr.file_name),
     );
-    if !zip {
+    if repr.ranges {
         h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     }
-    if let Some((r, size)) = dl.partial {
+    let (length, partial, body) = if method == Method::HEAD {
+        // The same headers as a GET, and no store read.
+        let partial = match range {
+            None => None,
+            Some(r) => {
+                let size = repr.length;
+                let r = r
+                    .resolve(size)
+                    .ok_or(crate::domain::Error::RangeNotSatisfiable { size })?;
+                Some((r, size))
+            }
+        };
+        let length = partial.map_or(repr.length, |(r, _)| r.length());
+        (length, partial, Body::empty())
+    } else {
+        let dl = svc.open(repr, range).await?;
+        (dl.length, dl.partial, Body::from_stream(dl.body))
+    };
+    let mut resp = Response::new(body);
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+    if let Some((r, size)) = partial {
         *resp.status_mut() = StatusCode::PARTIAL_CONTENT;
         let v = format!("bytes {}-{}/{size}", r.start, r.end);
-        resp.headers_mut().insert(
+        h.insert(
             header::CONTENT_RANGE,
             HeaderValue::from_str(&v).expect("ascii"),
         );
     }
+    resp.headers_mut().extend(h);
     Ok(resp)
 }
 

@@ -2,6 +2,7 @@
 //! response; this is the only module that knows axum.
 
 mod bounded;
+mod conditional;
 pub mod docs;
 mod drain;
 pub mod error;
@@ -45,7 +46,8 @@ fn documented() -> OpenApiRouter<Service> {
         .routes(routes!(images::merge))
         .routes(routes!(images::get_image, images::delete_image))
         .routes(routes!(images::download))
-        .routes(routes!(images::slim));
+        .routes(routes!(images::slim))
+        .routes(routes!(images::check));
     OpenApiRouter::with_openapi(docs::ApiDoc::openapi())
         .nest(BASE, api)
         .routes(routes!(health))

@@ -17,6 +17,9 @@ pub struct FlatImage {
     pub slim_status: i32,
     pub check_status: i32,
     pub msg: String,
+    /// Extra: lower-case hex SHA-256 of the image, when known already (single uploads).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
 }
 
 impl From<&Model> for FlatImage {
@@ -31,6 +34,7 @@ impl From<&Model> for FlatImage {
             // Upload/merge keep the original's meaning: 0 = the check was queued.
             check_status: 0,
             msg: texts::CHECK_IN_PROGRESS.to_string(),
+            sha256: recorded_sha256(m),
         }
     }
 }
@@ -48,6 +52,13 @@ pub struct ImageView {
     pub compress_info: CompressInfo,
     /// Extra: the stored image's length in bytes, as a number.
     pub size: i64,
+    /// Extra: lower-case hex SHA-256 of the bytes served, as recorded when they were stored
+    /// (empty until known: a merged image's is computed by its first check).
+    pub sha256: String,
+    /// Extra: lower-case hex MD5 of the image as uploaded (before any slim).
+    pub original_checksum: String,
+    /// Extra: lower-case hex SHA-256 of the image as uploaded (before any slim).
+    pub original_sha256: String,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -61,7 +72,10 @@ pub struct CheckStatusResponse {
 #[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CheckInfo {
+    /// MD5 of the bytes served, as the last check read them.
     pub checksum: String,
+    /// Extra: SHA-256 of the bytes served, as the last check read them.
+    pub sha256: String,
     pub check_result: i32,
     pub image_info: ImageInfo,
 }
@@ -102,6 +116,7 @@ impl From<&Model> for ImageView {
                 msg: m.check_msg.clone(),
                 check_info: CheckInfo {
                     checksum: m.checksum.clone().unwrap_or_default(),
+                    sha256: m.sha256.clone().unwrap_or_default(),
                     check_result: m.check_result,
                     image_info: ImageInfo {
                         image_end_offset: m.image_end_offset.clone().unwrap_or_default(),
@@ -119,8 +134,25 @@ impl From<&Model> for ImageView {
                 compress_rate: m.compress_rate.unwrap_or(0.0),
             },
             size: served_size(m),
+            sha256: recorded_sha256(m).unwrap_or_default(),
+            original_checksum: m
+                .original_md5
+                .clone()
+                .or_else(|| (m.slim_status != 2).then(|| m.checksum.clone()).flatten())
+                .unwrap_or_default(),
+            original_sha256: m.original_sha256.clone().unwrap_or_default(),
         }
     }
+}
+
+/// SHA-256 of the bytes downloads serve, as recorded when they were stored (else as last
+/// checked).
+fn recorded_sha256(m: &Model) -> Option<String> {
+    let recorded = match (m.slim_status, &m.slim_object_key) {
+        (2, Some(_)) => m.slim_sha256.clone(),
+        _ => m.original_sha256.clone(),
+    };
+    recorded.or_else(|| m.sha256.clone())
 }
 
 /// Length of the bytes downloads serve: the slimmed copy once there is one.

@@ -8,7 +8,7 @@
 use super::{
     fileio::{self, BodyOrFile, FileSink},
     local_parts, ByteRange, ByteStream, CompletedPart, ObjectStore, PutOptions, Result,
-    SpooledPart, StorageError,
+    SpooledPart, StorageError, UploadedPart,
 };
 use crate::dirlock::{self, DirLock};
 use async_trait::async_trait;
@@ -260,7 +260,7 @@ impl ObjectStore for LocalStore {
         number: u32,
         body: SpooledPart,
         _direct: bool,
-    ) -> Result<String> {
+    ) -> Result<UploadedPart> {
         let dir = self.upload_dir(upload_id)?;
         if !tokio::fs::try_exists(&dir).await? {
             return Err(StorageError::NoSuchUpload);
@@ -272,7 +272,11 @@ impl ObjectStore for LocalStore {
         })
         .await
         .map_err(|e| io::Error::other(e.to_string()))??;
-        Ok(etag)
+        // Local writes are not corrupted in transit: no store-side checksum.
+        Ok(UploadedPart {
+            etag,
+            checksum: None,
+        })
     }
 
     async fn complete_multipart(

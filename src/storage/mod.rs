@@ -54,6 +54,15 @@ impl ByteRange {
     }
 }
 
+/// A part as the store took it (`upload_part`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadedPart {
+    pub etag: String,
+    /// The checksum the store verified on receipt and must be given back at completion
+    /// (S3's `x-amz-checksum-crc32c` or `-sha256`, base64), when one was sent.
+    pub checksum: Option<String>,
+}
+
 /// A part recorded at upload time, handed back at completion.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CompletedPart {
@@ -61,6 +70,19 @@ pub struct CompletedPart {
     pub etag: String,
     /// The part's length in bytes.
     pub size: u64,
+    /// As `UploadedPart::checksum`.
+    pub checksum: Option<String>,
+}
+
+impl CompletedPart {
+    pub fn new(number: u32, part: UploadedPart, size: u64) -> Self {
+        CompletedPart {
+            number,
+            etag: part.etag,
+            size,
+            checksum: part.checksum,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -100,7 +122,7 @@ pub trait ObjectStore: Send + Sync + 'static {
     async fn create_multipart(&self, bucket: &str, key: &str, opts: &PutOptions) -> Result<String>;
 
     /// Stores part `number` (1..=10000), replacing an earlier part of that number. Returns its
-    /// ETag. With `direct` false the store may hold the part aside and pack it at completion;
+    /// ETag (and checksum). With `direct` false the store may hold the part aside and pack it at completion;
     /// a store with a `min_part_size` also holds aside a part below it.
     async fn upload_part(
         &self,
@@ -110,7 +132,7 @@ pub trait ObjectStore: Send + Sync + 'static {
         number: u32,
         body: SpooledPart,
         direct: bool,
-    ) -> Result<String>;
+    ) -> Result<UploadedPart>;
 
     /// Joins `parts` (ascending numbers) into the object. Completing an upload that already
     /// completed into an existing object succeeds. `Resend` names parts held directly that

@@ -12,7 +12,7 @@
 
 use super::{
     ByteRange, ByteStream, CompletedPart, ObjectStore, PutOptions, Result, SpooledPart,
-    StorageError,
+    StorageError, UploadedPart,
 };
 use crate::cleanup::Cleanup;
 use async_trait::async_trait;
@@ -21,8 +21,9 @@ use aws_sdk_s3::{
     primitives::ByteStream as S3Body,
     types::{
         AbortIncompleteMultipartUpload, BucketLifecycleConfiguration, BucketLocationConstraint,
-        CompletedMultipartUpload, CompletedPart as S3Part, CreateBucketConfiguration,
-        ExpirationStatus, LifecycleExpiration, LifecycleRule, LifecycleRuleFilter, StorageClass,
+        ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart as S3Part,
+        CreateBucketConfiguration, ExpirationStatus, LifecycleExpiration, LifecycleRule,
+        LifecycleRuleFilter, StorageClass,
     },
     Client,
 };
@@ -50,6 +51,95 @@ pub struct S3Settings {
     pub key_prefix: String,
     /// Where staged chunks are joined into a part at completion (the scratch directory).
     pub spool_dir: PathBuf,
+    /// The checksum sent with every put and part, verified by the store.
+    pub checksum: S3Checksum,
+}
+
+/// The checksum sent with every `PutObject` and `UploadPart` (S3's additional checksums:
+/// `x-amz-checksum-crc32c` or `-sha256`, computed by the SDK while it sends), which the store
+/// verifies before it accepts the bytes. A multipart upload declares it when it is created and
+/// hands each part's value back at completion. `Off` for stores that reject these headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum S3Checksum {
+    #[default]
+    Crc32c,
+    Sha256,
+    Off,
+}
+
+impl S3Checksum {
+    fn algorithm(self) -> Option<ChecksumAlgorithm> {
+        match self {
+            S3Checksum::Crc32c => Some(ChecksumAlgorithm::Crc32C),
+            S3Checksum::Sha256 => Some(ChecksumAlgorithm::Sha256),
+            S3Checksum::Off => None,
+        }
+    }
+
+    /// The checksum of `bytes` (base64, as S3 headers carry it).
+    fn of_bytes(self, bytes: &[u8]) -> Option<String> {
+        use base64::{engine::general_purpose::STANDARD as B64, Engine};
+        use sha2::Digest;
+        match self {
+            S3Checksum::Crc32c => Some(B64.encode(crc32c::crc32c(bytes).to_be_bytes())),
+            S3Checksum::Sha256 => Some(B64.encode(sha2::Sha256::digest(bytes))),
+            S3Checksum::Off => None,
+        }
+    }
+
+    /// The checksum of a local file (one read, off the async threads).
+    async fn of_file(self, path: &std::path::Path) -> Result<Option<String>> {
+        use crate::domain::integrity::{digest_file, Wanted};
+        use base64::{engine::general_purpose::STANDARD as B64, Engine};
+        let wanted = match self {
+            S3Checksum::Off => return Ok(None),
+            S3Checksum::Crc32c => Wanted {
+                crc32c: true,
+                ..Default::default()
+            },
+            S3Checksum::Sha256 => Wanted {
+                sha256: true,
+                ..Default::default()
+            },
+        };
+        let path = path.to_path_buf();
+        let d = tokio::task::spawn_blocking(move || digest_file(&path, wanted))
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))??;
+        Ok(match self {
+            S3Checksum::Crc32c => d.crc32c.map(|c| B64.encode(c.to_be_bytes())),
+            _ => d.sha256.map(|h| B64.encode(h)),
+        })
+    }
+
+    /// A checksum as the (crc32c, sha256) request fields.
+    fn fields(self, value: Option<String>) -> (Option<String>, Option<String>) {
+        match self {
+            S3Checksum::Crc32c => (value, None),
+            S3Checksum::Sha256 => (None, value),
+            S3Checksum::Off => (None, None),
+        }
+    }
+
+    /// The value of this algorithm among those a response carries.
+    fn pick(self, crc32c: Option<&str>, sha256: Option<&str>) -> Option<String> {
+        match self {
+            S3Checksum::Crc32c => crc32c.map(str::to_string),
+            S3Checksum::Sha256 => sha256.map(str::to_string),
+            S3Checksum::Off => None,
+        }
+    }
+
+    /// A completed part with its etag and (this algorithm's) checksum.
+    fn part(self, number: u32, etag: Option<String>, checksum: Option<String>) -> S3Part {
+        let b = S3Part::builder().part_number(number as i32).set_e_tag(etag);
+        match self {
+            S3Checksum::Crc32c => b.set_checksum_crc32_c(checksum),
+            S3Checksum::Sha256 => b.set_checksum_sha256(checksum),
+            S3Checksum::Off => b,
+        }
+        .build()
+    }
 }
 
 /// Marks an ETag of a part held as a staging object.
@@ -143,7 +233,9 @@ impl S3Store {
         let shared = loader.load().await;
         let mut b = aws_sdk_s3::config::Builder::from(&shared)
             .force_path_style(settings.force_path_style)
-            // Some S3-compatible stores reject the SDK's default CRC checksums.
+            // Some S3-compatible stores reject the SDK's default CRC checksums, and Garage the
+            // signed trailers it sends them in: FS_S3_CHECKSUM values are computed here and
+            // sent as plain headers instead.
             .request_checksum_calculation(
                 aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired,
             )
@@ -175,11 +267,15 @@ impl S3Store {
         opts: &PutOptions,
     ) -> Result<()> {
         let len = body.len() as i64;
+        let c = self.settings.checksum;
+        let (crc, sha) = c.fields(c.of_bytes(&body));
         self.client
             .put_object()
             .bucket(bucket)
             .key(key)
             .set_storage_class(class(opts))
+            .set_checksum_crc32_c(crc)
+            .set_checksum_sha256(sha)
             .content_length(len)
             .body(S3Body::from(body))
             .send()
@@ -197,6 +293,9 @@ impl S3Store {
         body: Bytes,
     ) -> Result<S3Part> {
         let len = body.len() as i64;
+        let c = self.settings.checksum;
+        let checksum = c.of_bytes(&body);
+        let (crc, sha) = c.fields(checksum.clone());
         let out = self
             .client
             .upload_part()
@@ -204,15 +303,31 @@ impl S3Store {
             .key(key)
             .upload_id(upload_id)
             .part_number(n as i32)
+            .set_checksum_crc32_c(crc)
+            .set_checksum_sha256(sha)
             .content_length(len)
             .body(S3Body::from(body))
             .send()
             .await
             .map_err(s3_err)?;
-        Ok(S3Part::builder()
-            .part_number(n as i32)
-            .set_e_tag(out.e_tag)
-            .build())
+        Ok(c.part(n, out.e_tag, checksum))
+    }
+
+    /// Opens a multipart upload (declaring the checksum its parts carry).
+    async fn create_upload(&self, bucket: &str, key: &str, opts: &PutOptions) -> Result<String> {
+        let out = self
+            .client
+            .create_multipart_upload()
+            .bucket(bucket)
+            .key(key)
+            .set_storage_class(class(opts))
+            .set_checksum_algorithm(self.settings.checksum.algorithm())
+            .send()
+            .await
+            .map_err(s3_err)?;
+        out.upload_id()
+            .map(str::to_string)
+            .ok_or_else(|| StorageError::Io(std::io::Error::other("store returned no upload id")))
     }
 
     async fn complete(
@@ -383,9 +498,13 @@ impl S3Store {
         if let Some(first) = chunks.iter().find(|c| c.held == plan::Held::Staged) {
             self.probe_staging(bucket, upload_id, first.number).await?;
         }
-        let jobs = planned
-            .into_iter()
-            .map(|p| self.make_part(bucket, key, upload_id, p));
+        let jobs = planned.into_iter().map(|p| {
+            let kept = parts
+                .iter()
+                .find(|c| c.number == p.number)
+                .and_then(|c| c.checksum.clone());
+            self.make_part(bucket, key, upload_id, p, kept)
+        });
         futures::stream::iter(jobs)
             .buffered(self.settings.upload_concurrency.max(1))
             .try_collect()
@@ -419,9 +538,11 @@ impl S3Store {
         key: &str,
         upload_id: &str,
         part: plan::Part,
+        kept_checksum: Option<String>,
     ) -> Result<S3Part> {
-        let etag = match part.source {
-            plan::Source::Keep { etag } => etag,
+        let c = self.settings.checksum;
+        let (etag, checksum) = match part.source {
+            plan::Source::Keep { etag } => (etag, kept_checksum),
             plan::Source::Copy => {
                 let source = copy_source(bucket, &self.k(&staging_key(upload_id, part.number)));
                 let out = self
@@ -435,20 +556,21 @@ impl S3Store {
                     .send()
                     .await
                     .map_err(s3_err)?;
-                out.copy_part_result()
+                let result = out.copy_part_result();
+                let etag = result
                     .and_then(|r| r.e_tag())
                     .map(str::to_string)
-                    .ok_or_else(|| std::io::Error::other("store returned no ETag"))?
+                    .ok_or_else(|| std::io::Error::other("store returned no ETag"))?;
+                let checksum =
+                    result.and_then(|r| c.pick(r.checksum_crc32_c(), r.checksum_sha256()));
+                (etag, checksum)
             }
             plan::Source::Upload { chunks } => {
                 self.upload_staged(bucket, key, upload_id, part.number, &chunks, part.len)
                     .await?
             }
         };
-        Ok(S3Part::builder()
-            .part_number(part.number as i32)
-            .e_tag(etag)
-            .build())
+        Ok(c.part(part.number, Some(etag), checksum))
     }
 
     /// Streams staged chunks, in order, through a spool file (memory stays bounded, and the
@@ -461,7 +583,7 @@ impl S3Store {
         number: u32,
         chunks: &[u32],
         len: u64,
-    ) -> Result<String> {
+    ) -> Result<(String, Option<String>)> {
         let (file, path) = tempfile::Builder::new()
             .prefix(".s3-part-")
             .tempfile_in(&self.settings.spool_dir)?
@@ -488,6 +610,9 @@ impl S3Store {
         let body = S3Body::from_path(&path)
             .await
             .map_err(|e| StorageError::Io(std::io::Error::other(e.to_string())))?;
+        let c = self.settings.checksum;
+        let checksum = c.of_file(&path).await?;
+        let (crc, sha) = c.fields(checksum.clone());
         let out = self
             .client
             .upload_part()
@@ -495,14 +620,18 @@ impl S3Store {
             .key(key)
             .upload_id(upload_id)
             .part_number(number as i32)
+            .set_checksum_crc32_c(crc)
+            .set_checksum_sha256(sha)
             .content_length(len as i64)
             .body(body)
             .send()
             .await
             .map_err(s3_err)?;
-        out.e_tag()
+        let etag = out
+            .e_tag()
             .map(str::to_string)
-            .ok_or_else(|| StorageError::Io(std::io::Error::other("store returned no ETag")))
+            .ok_or_else(|| StorageError::Io(std::io::Error::other("store returned no ETag")))?;
+        Ok((etag, checksum))
     }
 }
 
@@ -684,16 +813,7 @@ impl ObjectStore for SharedS3 {
             s.put_small(bucket, key, first.freeze(), opts).await?;
             return Ok(total);
         }
-        let created = s
-            .client
-            .create_multipart_upload()
-            .bucket(bucket)
-            .key(key)
-            .set_storage_class(class(opts))
-            .send()
-            .await
-            .map_err(s3_err)?;
-        let upload_id = created.upload_id().unwrap_or_default().to_string();
+        let upload_id = s.create_upload(bucket, key, opts).await?;
         // Aborted on failure, and also when this future is dropped mid-body (the client went
         // away): no multipart upload is left behind either way.
         let abort = {
@@ -734,20 +854,7 @@ impl ObjectStore for SharedS3 {
     }
 
     async fn create_multipart(&self, bucket: &str, key: &str, opts: &PutOptions) -> Result<String> {
-        let key = &self.0.k(key);
-        let out = self
-            .0
-            .client
-            .create_multipart_upload()
-            .bucket(bucket)
-            .key(key)
-            .set_storage_class(class(opts))
-            .send()
-            .await
-            .map_err(s3_err)?;
-        out.upload_id()
-            .map(str::to_string)
-            .ok_or_else(|| StorageError::Io(std::io::Error::other("store returned no upload id")))
+        self.0.create_upload(bucket, &self.0.k(key), opts).await
     }
 
     async fn upload_part(
@@ -758,9 +865,12 @@ impl ObjectStore for SharedS3 {
         number: u32,
         body: SpooledPart,
         direct: bool,
-    ) -> Result<String> {
+    ) -> Result<UploadedPart> {
         let key = &self.0.k(key);
         let s = &self.0;
+        let c = s.settings.checksum;
+        let checksum = c.of_file(&body.file).await?;
+        let (crc, sha) = c.fields(checksum.clone());
         let file_body = S3Body::from_path(&body.file)
             .await
             .map_err(|e| StorageError::Io(std::io::Error::other(e.to_string())))?;
@@ -772,6 +882,8 @@ impl ObjectStore for SharedS3 {
                 .key(key)
                 .upload_id(upload_id)
                 .part_number(number as i32)
+                .set_checksum_crc32_c(crc)
+                .set_checksum_sha256(sha)
                 .content_length(body.len as i64)
                 .body(file_body)
                 .send()
@@ -785,22 +897,29 @@ impl ObjectStore for SharedS3 {
                 .key(self.0.k(&staging_key(upload_id, number)))
                 .send()
                 .await;
-            return out
+            let etag = out
                 .e_tag()
                 .map(str::to_string)
-                .ok_or_else(|| StorageError::Io(std::io::Error::other("store returned no ETag")));
+                .ok_or_else(|| StorageError::Io(std::io::Error::other("store returned no ETag")))?;
+            return Ok(UploadedPart { etag, checksum });
         }
         let out = s
             .client
             .put_object()
             .bucket(bucket)
             .key(self.0.k(&staging_key(upload_id, number)))
+            .set_checksum_crc32_c(crc)
+            .set_checksum_sha256(sha)
             .content_length(body.len as i64)
             .body(file_body)
             .send()
             .await
             .map_err(s3_err)?;
-        Ok(format!("{STAGED}{}", out.e_tag().unwrap_or("")))
+        // Packed into a part at completion, which gets its own checksum then.
+        Ok(UploadedPart {
+            etag: format!("{STAGED}{}", out.e_tag().unwrap_or("")),
+            checksum: None,
+        })
     }
 
     async fn complete_multipart(
@@ -926,18 +1045,7 @@ impl ObjectStore for SharedS3 {
                 .map_err(s3_err)?;
             return Ok(());
         }
-        let upload_id = s
-            .client
-            .create_multipart_upload()
-            .bucket(dst_bucket)
-            .key(dst_key)
-            .set_storage_class(class(opts))
-            .send()
-            .await
-            .map_err(s3_err)?
-            .upload_id()
-            .unwrap_or_default()
-            .to_string();
+        let upload_id = s.create_upload(dst_bucket, dst_key, opts).await?;
         let result = async {
             let mut parts = vec![];
             let mut off = 0u64;
@@ -956,11 +1064,12 @@ impl ObjectStore for SharedS3 {
                     .send()
                     .await
                     .map_err(s3_err)?;
-                let etag = out
-                    .copy_part_result()
-                    .and_then(|r| r.e_tag())
-                    .map(str::to_string);
-                parts.push(S3Part::builder().part_number(n).set_e_tag(etag).build());
+                let result = out.copy_part_result();
+                let etag = result.and_then(|r| r.e_tag()).map(str::to_string);
+                let c = s.settings.checksum;
+                let checksum =
+                    result.and_then(|r| c.pick(r.checksum_crc32_c(), r.checksum_sha256()));
+                parts.push(c.part(n as u32, etag, checksum));
                 off = end + 1;
                 n += 1;
             }

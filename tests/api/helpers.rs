@@ -102,6 +102,7 @@ pub fn s3_settings(prefix: &str) -> file_system::storage::S3Settings {
         upload_concurrency: 4,
         key_prefix: prefix.to_string(),
         spool_dir: std::env::temp_dir(),
+        checksum: Default::default(),
     }
 }
 

@@ -2185,8 +2185,9 @@ async fn range_on_zip_download(app: &TestApp) -> Held {
 }
 
 async fn range_with_a_stale_if_range_is_whole(app: &TestApp) -> Held {
-    // No validator is ever sent, so no If-Range matches: the whole image, never a range
-    // that a client would splice onto bytes it holds (RFC 9110 section 13.1.5).
+    // An If-Range that names other bytes (another tag, a weak one, another date, garbage):
+    // the whole image, never a range that a client would splice onto bytes it holds
+    // (RFC 9110 section 13.1.5).
     let (id, data) = range_image(app).await;
     for v in [
         "\"bogus\"",
@@ -2200,17 +2201,26 @@ async fn range_with_a_stale_if_range_is_whole(app: &TestApp) -> Held {
     images(1)
 }
 
-async fn conditional_headers_are_ignored(app: &TestApp) -> Held {
-    // The service sends no validators (ETag, Last-Modified): nothing can match or fail, and
-    // the whole image is served.
+async fn conditional_headers_that_do_not_hold_are_whole(app: &TestApp) -> Held {
+    // Conditions that name other bytes or an earlier time, or cannot be read: the whole
+    // image. (A condition that holds answers 304: see the integrity tests.)
     let (id, data) = range_image(app).await;
     for (k, v) in [
         ("If-None-Match", "\"abc\""),
-        ("If-Modified-Since", "Sat, 01 Jan 2100 00:00:00 GMT"),
+        ("If-Modified-Since", "Sat, 01 Jan 2000 00:00:00 GMT"),
         ("If-Modified-Since", "garbage"),
+        ("If-Unmodified-Since", "garbage"),
     ] {
         whole(download_with(app, &id, false, &[(k, v)]).await, &data).await;
     }
+    let r = download_with(
+        app,
+        &id,
+        false,
+        &[("If-Modified-Since", "Sat, 01 Jan 2100 00:00:00 GMT")],
+    )
+    .await;
+    assert_eq!(r.status(), 304);
     images(1)
 }
 
@@ -2755,7 +2765,7 @@ hostile_cases! {
     range_overflowing_numbers,
     range_on_zip_download,
     range_with_a_stale_if_range_is_whole,
-    conditional_headers_are_ignored,
+    conditional_headers_that_do_not_hold_are_whole,
     // qcow2.
     qcow2_backing_file,
     qcow2_backing_file_json,

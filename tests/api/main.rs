@@ -9,6 +9,7 @@ mod cli;
 mod downloads;
 mod hostile;
 mod images;
+mod integrity;
 mod large;
 mod operations;
 mod proxy;

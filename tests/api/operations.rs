@@ -124,6 +124,10 @@ const ROUTES: &[(&str, &str)] = &[
         "/image-management/v1/images/{image_id}/action/download",
     ),
     ("post", "/image-management/v1/images/{image_id}/action/slim"),
+    (
+        "post",
+        "/image-management/v1/images/{image_id}/action/check",
+    ),
     ("get", "/health"),
     ("get", "/ready"),
     ("get", "/metrics"),

@@ -53,11 +53,7 @@ async fn small_chunks_are_packed_into_valid_parts() {
             )
             .await
             .unwrap();
-        parts.push(CompletedPart {
-            number: n,
-            etag,
-            size: c.len() as u64,
-        });
+        parts.push(CompletedPart::new(n, etag, c.len() as u64));
     }
     let key = format!("{prefix}images/packed");
     let packed = inner.pack_parts("images", &key, &id, &parts).await.unwrap();

@@ -123,11 +123,11 @@ pub async fn contract(
                 )
                 .await
                 .unwrap();
-            done.push(CompletedPart {
-                number: n,
+            done.push(CompletedPart::new(
+                n,
                 etag,
-                size: parts[n as usize - 1].len() as u64,
-            });
+                parts[n as usize - 1].len() as u64,
+            ));
         }
         // Re-send part 2 with other bytes of another length, then part 4 with the same length.
         let new2 = pattern(99, 80_001);
@@ -141,16 +141,8 @@ pub async fn contract(
             .await
             .unwrap();
         done.retain(|p| p.number != 2 && p.number != 4);
-        done.push(CompletedPart {
-            number: 2,
-            etag: e2,
-            size: new2.len() as u64,
-        });
-        done.push(CompletedPart {
-            number: 4,
-            etag: e4,
-            size: new4.len() as u64,
-        });
+        done.push(CompletedPart::new(2, e2, new2.len() as u64));
+        done.push(CompletedPart::new(4, e4, new4.len() as u64));
         done.sort_by_key(|p| p.number);
         store
             .complete_multipart(bucket, "c/multi", &id, &done)
@@ -195,11 +187,11 @@ pub async fn contract(
             )
             .await
             .unwrap();
-        done.push(CompletedPart {
-            number: n,
+        done.push(CompletedPart::new(
+            n,
             etag,
-            size: parts[n as usize - 1].len() as u64,
-        });
+            parts[n as usize - 1].len() as u64,
+        ));
     }
     done.remove(1);
     store
@@ -296,15 +288,21 @@ async fn s3_store_contract() {
     let dir = tempfile::tempdir().unwrap();
     let prefix = format!("contract-{}/", uuid::Uuid::new_v4().simple());
     // Garage takes parts of any size: a low minimum sends the contract's parts directly.
-    let settings = file_system::storage::S3Settings {
-        min_part_bytes: 64 << 10,
-        ..s3_settings(&prefix)
-    };
-    let store = Arc::new(file_system::storage::SharedS3(Arc::new(
-        file_system::storage::S3Store::new(settings).await.unwrap(),
-    )));
-    contract(store.clone(), "contract", dir.path(), true).await;
-    contract(store, "contract", dir.path(), false).await;
+    // Every FS_S3_CHECKSUM setting: the store verifies what it receives, and completions
+    // hand each part's checksum back.
+    use file_system::storage::s3::S3Checksum;
+    for checksum in [S3Checksum::Crc32c, S3Checksum::Sha256, S3Checksum::Off] {
+        let settings = file_system::storage::S3Settings {
+            min_part_bytes: 64 << 10,
+            checksum,
+            ..s3_settings(&prefix)
+        };
+        let store = Arc::new(file_system::storage::SharedS3(Arc::new(
+            file_system::storage::S3Store::new(settings).await.unwrap(),
+        )));
+        contract(store.clone(), "contract", dir.path(), true).await;
+        contract(store, "contract", dir.path(), false).await;
+    }
     // Nothing is left under the prefix: no objects, no staging, no uploads in progress.
     let client = s3_client().await;
     let objs = client
@@ -346,11 +344,7 @@ async fn local_completion_killed_after_publishing_is_finished_safely() {
                 .upload_part("b", key, &id, n, spooled(dir.path(), data), true)
                 .await
                 .unwrap();
-            parts.push(CompletedPart {
-                number: n,
-                etag,
-                size: 3,
-            });
+            parts.push(CompletedPart::new(n, etag, 3));
         }
         // What the killed completion did: the joined parts are the object now.
         let data = root.join(".uploads").join(&id).join("data");

@@ -1,0 +1,685 @@
+//! Integrity end to end: declared totals, per-chunk and whole-image checksums, SHA-256 of every
+//! image, validators and conditional downloads, and re-checks that find corruption.
+
+use crate::{checks::wait_checked, helpers::*};
+use base64::{engine::general_purpose::STANDARD as B64, Engine};
+use md5::Digest as _;
+use reqwest::multipart;
+
+fn md5_hex(b: &[u8]) -> String {
+    hex::encode(md5::Md5::digest(b))
+}
+
+fn crc32c_hex(b: &[u8]) -> String {
+    format!("{:08x}", crc32c::crc32c(b))
+}
+
+/// Sends chunk `n` with extra text fields (before the part, or after it) and headers.
+async fn chunk_with(
+    app: &TestApp,
+    identifier: &str,
+    n: u32,
+    bytes: Vec<u8>,
+    before: &[(&str, String)],
+    after: &[(&str, String)],
+    headers: &[(&str, String)],
+) -> reqwest::Response {
+    let mut form = multipart::Form::new().text("identifier", identifier.to_string());
+    for (k, v) in before {
+        form = form.text(k.to_string(), v.clone());
+    }
+    form = form.part(
+        "part",
+        multipart::Part::bytes(bytes).file_name(format!("{n}.part")),
+    );
+    for (k, v) in after {
+        form = form.text(k.to_string(), v.clone());
+    }
+    let mut req = app.client.post(app.url("/images/upload")).multipart(form);
+    for (k, v) in headers {
+        req = req.header(*k, v.as_str());
+    }
+    req.send().await.unwrap()
+}
+
+async fn merge_with(
+    app: &TestApp,
+    identifier: &str,
+    file_name: &str,
+    fields: &[(&str, String)],
+) -> reqwest::Response {
+    let mut form = multipart::Form::new()
+        .text("identifier", identifier.to_string())
+        .text("filename", file_name.to_string())
+        .text("userId", "tester")
+        .text("priority", "0");
+    for (k, v) in fields {
+        form = form.text(k.to_string(), v.clone());
+    }
+    app.client
+        .post(app.url("/images/merge"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// The chunk numbers the resume query reports.
+async fn held(app: &TestApp, identifier: &str) -> Vec<u64> {
+    let (_, v) = app
+        .get_json(&format!("/images/upload?identifier={identifier}"))
+        .await;
+    v["chunks"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|c| c["chunkNumber"].as_u64().unwrap())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+async fn declared_totals_are_enforced(b: Backend) {
+    let app = TestApp::spawn(b, Options::default()).await;
+    let chunks: Vec<Vec<u8>> = (0..3).map(|i| pattern(i, 10_000 + i as usize)).collect();
+    let total: usize = chunks.iter().map(Vec::len).sum();
+    let totals = |c: &Vec<u8>| {
+        vec![
+            ("totalSize", total.to_string()),
+            ("totalChunks", "3".to_string()),
+            ("chunkSize", "10000".to_string()),
+            ("currentChunkSize", c.len().to_string()),
+        ]
+    };
+    // A body shorter than currentChunkSize (a truncated chunk): refused, nothing stored.
+    let mut short = chunks[0].clone();
+    short.truncate(9_000);
+    let r = chunk_with(&app, "tot", 1, short, &totals(&chunks[0]), &[], &[]).await;
+    let v = assert_error(r, 400, None).await;
+    assert_eq!(v["code"], "SIZE_MISMATCH", "{v}");
+    assert!(held(&app, "tot").await.is_empty());
+    // Garbage totals: 400.
+    for (k, bad) in [
+        ("totalSize", "-1"),
+        ("totalChunks", "0"),
+        ("totalChunks", "x"),
+        ("chunkSize", "0"),
+    ] {
+        let r = chunk_with(
+            &app,
+            "tot",
+            1,
+            chunks[0].clone(),
+            &[(k, bad.to_string())],
+            &[],
+            &[],
+        )
+        .await;
+        assert_error(r, 400, None).await;
+    }
+    // Chunks 1 and 2 of 3, the totals after the part (as some clients send them).
+    for (i, c) in chunks.iter().enumerate().take(2) {
+        let r = chunk_with(&app, "tot", i as u32 + 1, c.clone(), &[], &totals(c), &[]).await;
+        assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    }
+    // A chunk beyond totalChunks, or declaring other totals: 400.
+    let r = chunk_with(
+        &app,
+        "tot",
+        4,
+        chunks[0].clone(),
+        &totals(&chunks[0]),
+        &[],
+        &[],
+    )
+    .await;
+    assert!(assert_error(r, 400, None).await["message"]
+        .as_str()
+        .unwrap()
+        .contains("totalChunks"));
+    let r = chunk_with(
+        &app,
+        "tot",
+        3,
+        chunks[2].clone(),
+        &[("totalSize", "5".into())],
+        &[],
+        &[],
+    )
+    .await;
+    assert_error(r, 400, None).await;
+    // The merge knows the totals from the chunks: chunk 3 is missing, named; chunks kept.
+    let r = app.merge("tot", "disk.img").await;
+    let v = assert_error(r, 400, None).await;
+    assert_eq!(v["code"], "MISSING_CHUNKS", "{v}");
+    assert!(v["message"].as_str().unwrap().contains('3'), "{v}");
+    assert_eq!(held(&app, "tot").await, vec![1, 2]);
+    // The merge's own totals are checked as well.
+    let r = merge_with(&app, "tot", "disk.img", &[("totalChunks", "2".into())]).await;
+    assert_error(r, 400, None).await;
+    // Chunk 3 arrives; a merge that declares another size is refused, the right one works.
+    let r = chunk_with(
+        &app,
+        "tot",
+        3,
+        chunks[2].clone(),
+        &totals(&chunks[2]),
+        &[],
+        &[],
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let r = merge_with(
+        &app,
+        "tot",
+        "disk.img",
+        &[("totalSize", (total + 1).to_string())],
+    )
+    .await;
+    assert_error(r, 400, None).await;
+    let r = app.merge("tot", "disk.img").await;
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(
+        app.download(v["imageId"].as_str().unwrap()).await,
+        chunks.concat()
+    );
+
+    // Without totals the merge checks what it can (no gaps), as before; with totalSize it
+    // also counts the bytes: 2 of 3 chunks are not a complete image.
+    for (i, c) in chunks.iter().enumerate().take(2) {
+        assert_eq!(
+            app.chunk("part2", i as u32 + 1, c.clone()).await.status(),
+            200
+        );
+    }
+    let r = merge_with(
+        &app,
+        "part2",
+        "disk.img",
+        &[("totalSize", total.to_string())],
+    )
+    .await;
+    let v = assert_error(r, 400, None).await;
+    assert_eq!(v["code"], "SIZE_MISMATCH", "{v}");
+    assert_eq!(held(&app, "part2").await, vec![1, 2]);
+    app.stop().await;
+}
+
+async fn chunk_checksums_in_every_form(b: Backend) {
+    let app = TestApp::spawn(b, Options::default()).await;
+    let good = pattern(7, 70_000);
+    let other = pattern(8, 70_000);
+    let sha = sha2::Sha256::digest(&good);
+    let md5 = md5::Md5::digest(&good);
+    type Form = Vec<(&'static str, String)>;
+    // (before the part, after the part, headers)
+    let forms: Vec<(&str, Form, Form, Form)> = vec![
+        (
+            "content-md5",
+            vec![],
+            vec![],
+            vec![("Content-MD5", B64.encode(md5))],
+        ),
+        (
+            "repr-digest",
+            vec![],
+            vec![],
+            vec![("Repr-Digest", format!("sha-256=:{}:", B64.encode(sha)))],
+        ),
+        (
+            "content-digest",
+            vec![],
+            vec![],
+            vec![("Content-Digest", format!("sha-256=:{}:", B64.encode(sha)))],
+        ),
+        (
+            "digest",
+            vec![],
+            vec![],
+            vec![("Digest", format!("SHA-256={}", B64.encode(sha)))],
+        ),
+        (
+            "field md5 before",
+            vec![("chunkChecksum", format!("md5:{}", md5_hex(&good)))],
+            vec![],
+            vec![],
+        ),
+        (
+            "field sha256 after",
+            vec![],
+            vec![("chunkChecksum", format!("sha256:{}", hex::encode(sha)))],
+            vec![],
+        ),
+        (
+            "field crc32c after",
+            vec![],
+            vec![("chunkChecksum", format!("crc32c:{}", crc32c_hex(&good)))],
+            vec![],
+        ),
+    ];
+    for (i, (what, before, after, headers)) in forms.iter().enumerate() {
+        let id = format!("ck{i}");
+        // The right bytes with their checksum: stored.
+        let r = chunk_with(&app, &id, 1, good.clone(), before, after, headers).await;
+        assert_eq!(r.status(), 200, "{what}: {}", r.text().await.unwrap());
+        // Other bytes with the same checksum: refused, the stored copy kept.
+        let r = chunk_with(&app, &id, 1, other.clone(), before, after, headers).await;
+        let v = assert_error(r, 400, None).await;
+        assert_eq!(v["code"], "CHECKSUM_MISMATCH", "{what}: {v}");
+        // The same for a chunk never stored before: nothing stored.
+        let r = chunk_with(&app, &id, 2, other.clone(), before, after, headers).await;
+        assert_eq!(
+            assert_error(r, 400, None).await["code"],
+            "CHECKSUM_MISMATCH"
+        );
+        assert_eq!(held(&app, &id).await, vec![1], "{what}");
+        let r = app.merge(&id, "disk.img").await;
+        assert_eq!(r.status(), 200, "{what}");
+        let v: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(
+            app.download(v["imageId"].as_str().unwrap()).await,
+            good,
+            "{what}"
+        );
+    }
+    // Malformed declarations: 400, not ignored.
+    for (h, v) in [
+        ("Content-MD5", "not base64"),
+        ("Content-MD5", "AAAA"),
+        ("Repr-Digest", "sha-256=:AAAA:"),
+    ] {
+        let r = chunk_with(
+            &app,
+            "bad",
+            1,
+            good.clone(),
+            &[],
+            &[],
+            &[(h, v.to_string())],
+        )
+        .await;
+        assert_error(r, 400, None).await;
+    }
+    for v in ["md5", "sha1:00", "md5:xyz", "crc32c:123"] {
+        let r = chunk_with(
+            &app,
+            "bad",
+            1,
+            good.clone(),
+            &[("chunkChecksum", v.into())],
+            &[],
+            &[],
+        )
+        .await;
+        assert_error(r, 400, None).await;
+    }
+    assert!(held(&app, "bad").await.is_empty());
+    assert!(app.leftovers().await.iter().all(|l| !l.contains("scratch")));
+    app.stop().await;
+}
+
+async fn whole_image_checksums(b: Backend) {
+    let app = TestApp::spawn(b, Options::default()).await;
+    let data = pattern(21, 300_000);
+    let sha = hex::encode(sha2::Sha256::digest(&data));
+    // POST /images: a wrong checksum records nothing and keeps nothing.
+    for wrong in [
+        format!("md5:{}", md5_hex(b"x")),
+        format!("sha256:{}", hex::encode(sha2::Sha256::digest(b"x"))),
+    ] {
+        let r = app
+            .upload("disk.img", data.clone(), &[("checksum", &wrong)])
+            .await;
+        assert_eq!(
+            assert_error(r, 400, None).await["code"],
+            "CHECKSUM_MISMATCH"
+        );
+    }
+    let r = app
+        .upload("disk.img", data.clone(), &[("checksum", "sha1:00")])
+        .await;
+    assert_error(r, 400, None).await;
+    let (_, list) = app.get_json("/images").await;
+    assert_eq!(list.as_array().unwrap().len(), 0, "{list}");
+    assert!(
+        app.leftovers().await.is_empty(),
+        "{:?}",
+        app.leftovers().await
+    );
+    // The right one (either algorithm, checksum before or after the file): recorded.
+    let r = app
+        .upload(
+            "disk.img",
+            data.clone(),
+            &[("checksum", &format!("sha256:{sha}"))],
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let flat: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(flat["sha256"], sha.as_str(), "{flat}");
+    let id = flat["imageId"].as_str().unwrap().to_string();
+    let r = app
+        .upload_path(
+            &{
+                let p = app.dir.path().join("d.img");
+                std::fs::write(&p, &data).unwrap();
+                p
+            },
+            "d.img",
+            &[("checksum", &format!("md5:{}", md5_hex(&data)))],
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let v = wait_checked(&app, &id).await;
+    assert_eq!(v["sha256"], sha.as_str(), "{v}");
+    assert_eq!(v["originalSha256"], sha.as_str(), "{v}");
+    assert_eq!(v["originalChecksum"], md5_hex(&data), "{v}");
+    assert_eq!(
+        v["checkStatusResponse"]["checkInfo"]["checksum"],
+        md5_hex(&data)
+    );
+    assert_eq!(
+        v["checkStatusResponse"]["checkInfo"]["sha256"],
+        sha.as_str()
+    );
+
+    // A merge with a wrong checksum: 400, no image, every chunk kept; fixed, it merges.
+    let parts: Vec<Vec<u8>> = data.chunks(100_000).map(<[u8]>::to_vec).collect();
+    for (i, p) in parts.iter().enumerate() {
+        assert_eq!(
+            app.chunk("whole", i as u32 + 1, p.clone()).await.status(),
+            200
+        );
+    }
+    let wrong = format!("sha256:{}", hex::encode(sha2::Sha256::digest(b"y")));
+    let r = merge_with(&app, "whole", "disk.img", &[("checksum", wrong)]).await;
+    let v = assert_error(r, 400, None).await;
+    assert_eq!(v["code"], "CHECKSUM_MISMATCH", "{v}");
+    assert_eq!(held(&app, "whole").await, vec![1, 2, 3]);
+    let (_, list) = app.get_json("/images").await;
+    assert_eq!(list.as_array().unwrap().len(), 2, "{list}");
+    // The client replaces a chunk and merges again, verified.
+    let r = merge_with(
+        &app,
+        "whole",
+        "disk.img",
+        &[("checksum", format!("md5:{}", md5_hex(&data)))],
+    )
+    .await;
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let merged: serde_json::Value = r.json().await.unwrap();
+    let mid = merged["imageId"].as_str().unwrap();
+    assert_eq!(app.download(mid).await, data);
+    // A merged image's SHA-256 comes from its check.
+    let v = wait_checked(&app, mid).await;
+    assert_eq!(v["sha256"], sha.as_str(), "{v}");
+    app.stop().await;
+}
+
+async fn downloads_carry_validators(b: Backend) {
+    let app = TestApp::spawn(b, Options::default()).await;
+    let data = pattern(31, 200_000);
+    let id = app.upload_ok("disk.img", data.clone()).await;
+    let url = app.url(&format!("/images/{id}/action/download"));
+    let zurl = format!("{url}?isZip=true");
+    let get = |u: &str, h: &[(&str, &str)]| {
+        let mut r = app.client.get(u);
+        for (k, v) in h {
+            r = r.header(*k, *v);
+        }
+        r.send()
+    };
+    let r = get(&url, &[]).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let etag = r.headers()["etag"].to_str().unwrap().to_string();
+    let modified = r.headers()["last-modified"].to_str().unwrap().to_string();
+    let digest = format!("sha-256=:{}:", B64.encode(sha2::Sha256::digest(&data)));
+    assert_eq!(r.headers()["repr-digest"], digest.as_str());
+    assert!(etag.starts_with('"') && etag.ends_with('"'), "{etag}");
+    let z = get(&zurl, &[]).await.unwrap();
+    let zetag = z.headers()["etag"].to_str().unwrap().to_string();
+    assert_ne!(zetag, etag, "plain and zipped forms differ");
+    assert!(z.headers().get("repr-digest").is_none());
+    // 304s, 412s.
+    for h in [
+        ("If-None-Match", etag.as_str()),
+        ("If-None-Match", "*"),
+        ("If-Modified-Since", modified.as_str()),
+    ] {
+        let r = get(&url, &[h]).await.unwrap();
+        assert_eq!(r.status(), 304, "{h:?}");
+        assert_eq!(r.headers()["etag"], etag.as_str());
+        assert!(r.bytes().await.unwrap().is_empty());
+    }
+    assert_eq!(
+        get(&zurl, &[("If-None-Match", &zetag)])
+            .await
+            .unwrap()
+            .status(),
+        304
+    );
+    assert_eq!(
+        get(&zurl, &[("If-None-Match", &etag)])
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        get(&url, &[("If-None-Match", "\"other\"")])
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let r = get(&url, &[("If-Match", "\"other\"")]).await.unwrap();
+    assert_eq!(
+        assert_error(r, 412, None).await["code"],
+        "PRECONDITION_FAILED"
+    );
+    assert_eq!(
+        get(&url, &[("If-Match", &etag)]).await.unwrap().status(),
+        200
+    );
+    let old = "Mon, 01 Jan 2001 00:00:00 GMT";
+    assert_eq!(
+        get(&url, &[("If-Unmodified-Since", old)])
+            .await
+            .unwrap()
+            .status(),
+        412
+    );
+    // If-Range: the same bytes -> the range; other bytes -> the whole representation.
+    for ok in [etag.as_str(), modified.as_str()] {
+        let r = get(&url, &[("Range", "bytes=10-19"), ("If-Range", ok)])
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 206, "{ok}");
+        assert_eq!(r.bytes().await.unwrap().to_vec(), data[10..20].to_vec());
+    }
+    for stale in ["\"other\"", old, "W/\"x\""] {
+        let r = get(&url, &[("Range", "bytes=10-19"), ("If-Range", stale)])
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{stale}");
+        assert_eq!(r.bytes().await.unwrap().to_vec(), data);
+    }
+    // HEAD: the same headers, no body.
+    for (u, range) in [(&url, None), (&url, Some("bytes=0-99")), (&zurl, None)] {
+        let mut req = app.client.head(u.as_str());
+        if let Some(rg) = range {
+            req = req.header("Range", rg);
+        }
+        let h = req.send().await.unwrap();
+        let mut g = app.client.get(u.as_str());
+        if let Some(rg) = range {
+            g = g.header("Range", rg);
+        }
+        let g = g.send().await.unwrap();
+        assert_eq!(h.status(), g.status());
+        for name in [
+            "etag",
+            "last-modified",
+            "content-length",
+            "content-type",
+            "content-disposition",
+            "content-range",
+            "accept-ranges",
+            "repr-digest",
+        ] {
+            assert_eq!(
+                h.headers().get(name),
+                g.headers().get(name),
+                "{name} of {u} {range:?}"
+            );
+        }
+        assert!(h.bytes().await.unwrap().is_empty());
+    }
+    app.stop().await;
+}
+
+async fn resumed_download_across_a_slim(b: Backend) {
+    let app = TestApp::spawn(b, Options::default()).await;
+    let img = make_qcow2(app.dir.path(), "s.qcow2", 64, 8);
+    let r = app.upload_path(&img, "s.qcow2", &[("userId", "u")]).await;
+    assert_eq!(r.status(), 200);
+    let id = r.json::<serde_json::Value>().await.unwrap()["imageId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    wait_checked(&app, &id).await;
+    let url = app.url(&format!("/images/{id}/action/download"));
+    let first = app
+        .client
+        .get(&url)
+        .header("Range", "bytes=0-1023")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(first.status(), 206);
+    let etag = first.headers()["etag"].to_str().unwrap().to_string();
+    let r = app
+        .client
+        .post(app.url(&format!("/images/{id}/action/slim")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.text().await.unwrap(), "compress in progress");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let v = loop {
+        let (_, v) = app.get_json(&format!("/images/{id}")).await;
+        if v["slimStatus"] != 1 {
+            break v;
+        }
+        assert!(std::time::Instant::now() < deadline);
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    assert_eq!(v["slimStatus"], 2, "{v}");
+    // The served bytes changed: the resumed request gets the whole new representation.
+    let r = app
+        .client
+        .get(&url)
+        .header("Range", "bytes=1024-")
+        .header("If-Range", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let new_etag = r.headers()["etag"].to_str().unwrap().to_string();
+    assert_ne!(new_etag, etag);
+    let body = r.bytes().await.unwrap();
+    assert_eq!(body.len() as u64, v["size"].as_u64().unwrap());
+    let sha = hex::encode(sha2::Sha256::digest(&body));
+    // The record shows the served bytes' hashes and keeps the original's.
+    assert_eq!(v["sha256"], sha.as_str(), "{v}");
+    assert_eq!(v["originalSha256"], sha256_file(&img).as_str(), "{v}");
+    assert_ne!(v["originalSha256"], v["sha256"]);
+    assert_eq!(
+        app.client
+            .get(&url)
+            .header("If-None-Match", &etag)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    app.stop().await;
+}
+
+/// Replaces a stored object's bytes behind the service's back.
+async fn overwrite(app: &TestApp, key: &str, bytes: Vec<u8>) {
+    if app.backend.is_s3() {
+        let (client, prefix) = app.s3();
+        client
+            .put_object()
+            .bucket("images")
+            .key(format!("{prefix}{key}"))
+            .body(bytes.into())
+            .send()
+            .await
+            .unwrap();
+    } else {
+        let path = app.dir.path().join("objects/images").join(key);
+        assert!(path.is_file(), "{}", path.display());
+        std::fs::write(path, bytes).unwrap();
+    }
+}
+
+async fn rechecks_find_corruption(b: Backend) {
+    let app = TestApp::spawn(b, Options::default()).await;
+    let img = make_qcow2(app.dir.path(), "c.qcow2", 16, 2);
+    let r = app.upload_path(&img, "c.qcow2", &[]).await;
+    let id = r.json::<serde_json::Value>().await.unwrap()["imageId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let v = wait_checked(&app, &id).await;
+    assert_eq!(v["checkStatusResponse"]["status"], 0, "{v}");
+    let check = |id: String| {
+        let url = app.url(&format!("/images/{id}/action/check"));
+        let c = app.client.clone();
+        async move { c.post(url).send().await.unwrap() }
+    };
+    // A re-check of intact bytes: consistent again.
+    let r = check(id.clone()).await;
+    assert_eq!(r.status(), 200);
+    let text = r.text().await.unwrap();
+    assert!(
+        [
+            "check in progress",
+            "The image is being checked. No need to check again."
+        ]
+        .contains(&text.as_str()),
+        "{text}"
+    );
+    let v = wait_checked(&app, &id).await;
+    assert_eq!(v["checkStatusResponse"]["status"], 0, "{v}");
+    // One byte changed in the store: the re-check says so.
+    let mut bytes = std::fs::read(&img).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    overwrite(&app, &format!("images/{id}"), bytes).await;
+    assert_eq!(check(id.clone()).await.status(), 200);
+    let v = wait_checked(&app, &id).await;
+    let st = &v["checkStatusResponse"];
+    assert_eq!(st["status"], 1, "{v}");
+    assert!(
+        st["msg"].as_str().unwrap().contains("no longer match"),
+        "{v}"
+    );
+    // Unknown ids: the usual 404.
+    let r = check(uuid::Uuid::new_v4().to_string()).await;
+    assert_eq!(assert_error(r, 404, None).await["code"], "IMAGE_NOT_FOUND");
+    app.stop().await;
+}
+
+crate::backend_tests!(
+    declared_totals_are_enforced,
+    chunk_checksums_in_every_form,
+    whole_image_checksums,
+    downloads_carry_validators,
+    resumed_download_across_a_slim,
+    rechecks_find_corruption,
+);
