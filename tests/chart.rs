@@ -581,14 +581,59 @@ fn container_build_matches_the_chart() {
     assert!(runtime.contains("qemu-utils"));
     assert!(runtime.contains("USER 10001:10001"));
     assert!(runtime.contains("EXPOSE 9500"));
-    // Everything the build copies exists.
+    // The image ships a stripped binary without debug info, whatever the release profile says.
+    let build = docker.split("\nFROM ").nth(1).unwrap();
+    assert!(build.contains("CARGO_PROFILE_RELEASE_STRIP=symbols"));
+    assert!(build.contains("CARGO_PROFILE_RELEASE_DEBUG=false"));
+    assert!(
+        !docker.contains("\nHEALTHCHECK"),
+        "the chart's probes check health"
+    );
+    // Everything the build copies is in git (a clean checkout builds) and not excluded from
+    // the build context by .dockerignore.
+    let ignored: Vec<String> = std::fs::read_to_string(root().join(".dockerignore"))
+        .unwrap_or_default()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(String::from)
+        .collect();
+    // Conservative: a pattern matches a path when it matches any of its components, with `*`
+    // standing for any run of characters.
+    fn glob(pattern: &str, name: &str) -> bool {
+        match pattern.split_once('*') {
+            None => pattern == name,
+            Some((head, tail)) => {
+                name.starts_with(head)
+                    && (0..=name.len() - head.len()).any(|i| glob(tail, &name[head.len() + i..]))
+            }
+        }
+    }
     for line in docker
         .lines()
         .filter(|l| l.starts_with("COPY ") && !l.contains("--from"))
     {
         let parts: Vec<&str> = line.split_whitespace().collect();
         for src in &parts[1..parts.len() - 1] {
-            assert!(root().join(src).exists(), "Dockerfile copies missing {src}");
+            let out = Command::new("git")
+                .args(["ls-files", "--", src])
+                .current_dir(root())
+                .output()
+                .expect("git");
+            let files = String::from_utf8(out.stdout).unwrap();
+            assert!(
+                !files.trim().is_empty(),
+                "Dockerfile copies {src}, which is not in git"
+            );
+            for file in files.lines() {
+                for pattern in &ignored {
+                    let p = pattern.trim_start_matches('/').trim_end_matches('/');
+                    assert!(
+                        !file.split('/').any(|part| glob(p, part)),
+                        ".dockerignore pattern {pattern} excludes {file}, which the build copies"
+                    );
+                }
+            }
         }
     }
     let values: Value =
