@@ -25,8 +25,11 @@ ensure_tools() {
     local py=()
     python3 -c 'import openapi_spec_validator' 2>/dev/null || py+=('openapi-spec-validator>=0.7,<0.8')
     python3 -c 'import schemathesis' 2>/dev/null || py+=('schemathesis==4.32.5')
-    # ... and kubernetes-validate, which checks the rendered helm chart against the API schemas.
+    # ... kubernetes-validate, which checks the rendered helm chart against the API schemas,
+    # and jsonschema (the reference implementation; kubernetes-validate depends on it too),
+    # which checks the chart's values.schema.json and the values of every chart test.
     python3 -c 'import kubernetes_validate' 2>/dev/null || py+=('kubernetes-validate==1.37.0')
+    python3 -c 'import jsonschema; jsonschema.Draft7Validator' 2>/dev/null || py+=('jsonschema>=4.18,<5')
     if ((${#py[@]})); then
         echo "installing (PyPI): ${py[*]}" >&2
         python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore "${py[@]}"

@@ -1,8 +1,10 @@
 //! The helm chart and the container build, checked without a cluster: the chart is rendered by
 //! Go's text/template with the sprig functions (Helm's engine; `tests/support/helm-render`),
 //! every manifest must parse as YAML and validate strictly against the Kubernetes API schemas,
-//! and what it says is checked: probes, security context,
-//! scratch volume, hooks, the optional sidecar and ServiceMonitor, and that every `FS_*`
+//! the values of every render must validate against the chart's `values.schema.json` (as
+//! Helm validates them), and what it says is checked: probes, security context, scratch
+//! volume, hooks, the optional sidecar, ServiceMonitor, Ingress, HPA, NetworkPolicy and
+//! PodDisruptionBudget, anti-affinity, the migration Job's settings, and that every `FS_*`
 //! variable the service reads can be set from values.
 
 use serde_json::Value;
@@ -21,7 +23,11 @@ fn chart() -> PathBuf {
 }
 
 /// Renders the chart with `values` (YAML) over its defaults: the manifests, or the error.
+/// The values must pass the chart's schema first, as `helm install` requires.
 fn render(values: &str) -> Result<Vec<Value>, String> {
+    if let Err(e) = schema_check(values) {
+        panic!("values refused by values.schema.json: {e}\n{values}");
+    }
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("values.yaml");
     std::fs::write(&file, values).unwrap();
@@ -81,10 +87,76 @@ fn kubernetes_schema_check(manifests: &str, dir: &Path) {
     );
 }
 
-fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
+/// Helm's merge of user values over the chart's defaults (as `helm -f` and helm-render do):
+/// maps merge key by key, anything else replaces.
+fn merge(dst: &mut Value, src: &Value) {
+    match (dst, src) {
+        (Value::Object(d), Value::Object(s)) => {
+            for (k, v) in s {
+                match d.get_mut(k) {
+                    Some(existing) if existing.is_object() && v.is_object() => merge(existing, v),
+                    _ => {
+                        d.insert(k.clone(), v.clone());
+                    }
+                }
+            }
+        }
+        (d, s) => *d = s.clone(),
+    }
+}
+
+/// Validates the chart's defaults with `values` (YAML) merged over them against
+/// `values.schema.json`, the way Helm does before it renders: `Err` lists every violation.
+/// The validator is Python's `jsonschema`, the reference implementation of JSON Schema
+/// (kubernetes-validate is built on it, so it is already there; scripts/lib.sh installs it).
+/// The schema itself is checked against the draft-07 meta-schema first.
+fn schema_check(values: &str) -> Result<(), String> {
+    let mut merged: Value =
+        serde_yaml::from_str(&std::fs::read_to_string(chart().join("values.yaml")).unwrap())
+            .unwrap();
+    let user: Value = serde_yaml::from_str(values).unwrap();
+    if !user.is_null() {
+        merge(&mut merged, &user);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("values.json");
+    std::fs::write(&file, serde_json::to_vec(&merged).unwrap()).unwrap();
+    const SCRIPT: &str = r#"
+import json, sys, jsonschema
+schema = json.load(open(sys.argv[1]))
+assert schema["$schema"] == "http://json-schema.org/draft-07/schema#", schema["$schema"]
+jsonschema.Draft7Validator.check_schema(schema)
+values = json.load(open(sys.argv[2]))
+errors = sorted(jsonschema.Draft7Validator(schema).iter_errors(values), key=lambda e: e.json_path)
+for e in errors:
+    print(f"{e.json_path}: {e.message}")
+sys.exit(1 if errors else 0)
+"#;
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(SCRIPT)
+        .arg(chart().join("values.schema.json"))
+        .arg(&file)
+        .output()
+        .expect("python3 with jsonschema (scripts/test installs it)");
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+fn try_find<'a>(docs: &'a [Value], kind: &str, name: &str) -> Option<&'a Value> {
     docs.iter()
         .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
-        .unwrap_or_else(|| panic!("no {kind} {name}"))
+}
+
+fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    try_find(docs, kind, name).unwrap_or_else(|| panic!("no {kind} {name}"))
 }
 
 fn kinds(docs: &[Value]) -> BTreeSet<String> {
@@ -110,12 +182,15 @@ fn env_names(container: &Value) -> BTreeSet<String> {
         .unwrap_or_default()
 }
 
-fn env_value<'a>(container: &'a Value, name: &str) -> &'a Value {
+fn env_entry<'a>(container: &'a Value, name: &str) -> &'a Value {
     container["env"]
         .as_array()
         .and_then(|a| a.iter().find(|e| e["name"] == name))
-        .map(|e| &e["value"])
         .unwrap_or(&Value::Null)
+}
+
+fn env_value<'a>(container: &'a Value, name: &str) -> &'a Value {
+    &env_entry(container, name)["value"]
 }
 
 const BASIC: &str = "
@@ -162,6 +237,7 @@ fn default_release_renders_a_safe_deployment() {
         "Deployment/fs-file-system",
         "PodDisruptionBudget/fs-file-system",
         "Secret/fs-file-system-migrate",
+        "ConfigMap/fs-file-system-migrate",
         "Job/fs-file-system-migrate",
     ]
     .map(String::from)
@@ -189,6 +265,10 @@ fn default_release_renders_a_safe_deployment() {
         serde_json::json!(["ALL"])
     );
     assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/health");
+    // A slow start (migrations, bucket checks) is not killed by the liveness probe.
+    assert_eq!(c["startupProbe"]["httpGet"]["path"], "/health");
+    assert_eq!(c["startupProbe"]["failureThreshold"], 60);
+    assert!(c["startupProbe"].get("enabled").is_none());
     assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/ready");
     assert_eq!(c["resources"]["limits"]["memory"], "1Gi");
     assert_eq!(
@@ -201,6 +281,34 @@ fn default_release_renders_a_safe_deployment() {
     assert!(!env_names(c).contains("FS_IMAGEOPS_URL"));
     assert_eq!(c["envFrom"][0]["configMapRef"]["name"], "fs-file-system");
     assert_eq!(c["envFrom"][1]["secretRef"]["name"], "fs-file-system");
+    // The published image, tagged with the chart's appVersion, which is the crate's version.
+    let chart_meta: Value =
+        serde_yaml::from_str(&std::fs::read_to_string(chart().join("Chart.yaml")).unwrap())
+            .unwrap();
+    let cargo = std::fs::read_to_string(root().join("Cargo.toml")).unwrap();
+    let version = cargo
+        .split("[package]")
+        .nth(1)
+        .and_then(|p| p.lines().find(|l| l.starts_with("version = ")))
+        .map(|l| l.trim_start_matches("version = ").trim_matches('"'))
+        .unwrap();
+    assert_eq!(chart_meta["appVersion"], version);
+    assert_eq!(
+        c["image"],
+        format!("ghcr.io/file-system/file-system:{version}")
+    );
+    // Replicas spread over nodes by default (soft), without an Ingress, HPA or NetworkPolicy.
+    let anti = &pod["affinity"]["podAntiAffinity"];
+    let term = &anti["preferredDuringSchedulingIgnoredDuringExecution"][0];
+    assert_eq!(term["weight"], 100);
+    assert_eq!(
+        term["podAffinityTerm"]["topologyKey"],
+        "kubernetes.io/hostname"
+    );
+    assert_eq!(
+        term["podAffinityTerm"]["labelSelector"]["matchLabels"],
+        dep["spec"]["selector"]["matchLabels"]
+    );
     // The scratch volume is an emptyDir with a size limit, mounted where FS_SCRATCH_DIR says.
     let scratch = pod["volumes"]
         .as_array()
@@ -243,7 +351,11 @@ fn default_release_renders_a_safe_deployment() {
     let jc = &job["spec"]["template"]["spec"]["containers"][0];
     assert_eq!(jc["args"], serde_json::json!(["migrate"]));
     assert_eq!(
-        jc["envFrom"][0]["secretRef"]["name"],
+        jc["envFrom"][0]["configMapRef"]["name"],
+        "fs-file-system-migrate"
+    );
+    assert_eq!(
+        jc["envFrom"][1]["secretRef"]["name"],
         "fs-file-system-migrate"
     );
     assert_eq!(env_value(jc, "POSTGRES_HOST"), "pg.example");
@@ -293,7 +405,12 @@ podDisruptionBudget: {enabled: false}
     let containers = pod["containers"].as_array().unwrap();
     assert_eq!(containers.len(), 2);
     let (app, ops) = (&containers[0], &containers[1]);
-    assert_eq!(app["envFrom"][1]["secretRef"]["name"], "my-creds");
+    // The user's Secret is read key by key (existing_secret_key_names has the details).
+    assert_eq!(app["envFrom"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        env_entry(app, "DATABASE_URL")["valueFrom"]["secretKeyRef"]["name"],
+        "my-creds"
+    );
     assert_eq!(env_value(app, "FS_IMAGEOPS_URL"), "http://127.0.0.1:5000");
     assert_eq!(ops["args"], serde_json::json!(["imageops"]));
     assert_eq!(ops["image"], app["image"]);
@@ -313,8 +430,9 @@ podDisruptionBudget: {enabled: false}
     }
     // The migration job reads the user's Secret.
     let job = find(&docs, "Job", "fs-file-system-migrate");
+    let jc = &job["spec"]["template"]["spec"]["containers"][0];
     assert_eq!(
-        job["spec"]["template"]["spec"]["containers"][0]["envFrom"][0]["secretRef"]["name"],
+        env_entry(jc, "DATABASE_URL")["valueFrom"]["secretKeyRef"]["name"],
         "my-creds"
     );
 }
@@ -463,18 +581,494 @@ fn container_build_matches_the_chart() {
     assert!(runtime.contains("qemu-utils"));
     assert!(runtime.contains("USER 10001:10001"));
     assert!(runtime.contains("EXPOSE 9500"));
-    // Everything the build copies exists.
+    // The image ships a stripped binary without debug info, whatever the release profile says.
+    let build = docker.split("\nFROM ").nth(1).unwrap();
+    assert!(build.contains("CARGO_PROFILE_RELEASE_STRIP=symbols"));
+    assert!(build.contains("CARGO_PROFILE_RELEASE_DEBUG=false"));
+    assert!(
+        !docker.contains("\nHEALTHCHECK"),
+        "the chart's probes check health"
+    );
+    // Everything the build copies is in git (a clean checkout builds) and not excluded from
+    // the build context by .dockerignore.
+    let ignored: Vec<String> = std::fs::read_to_string(root().join(".dockerignore"))
+        .unwrap_or_default()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(String::from)
+        .collect();
+    // Conservative: a pattern matches a path when it matches any of its components, with `*`
+    // standing for any run of characters.
+    fn glob(pattern: &str, name: &str) -> bool {
+        match pattern.split_once('*') {
+            None => pattern == name,
+            Some((head, tail)) => {
+                name.starts_with(head)
+                    && (0..=name.len() - head.len()).any(|i| glob(tail, &name[head.len() + i..]))
+            }
+        }
+    }
     for line in docker
         .lines()
         .filter(|l| l.starts_with("COPY ") && !l.contains("--from"))
     {
         let parts: Vec<&str> = line.split_whitespace().collect();
         for src in &parts[1..parts.len() - 1] {
-            assert!(root().join(src).exists(), "Dockerfile copies missing {src}");
+            let out = Command::new("git")
+                .args(["ls-files", "--", src])
+                .current_dir(root())
+                .output()
+                .expect("git");
+            let files = String::from_utf8(out.stdout).unwrap();
+            assert!(
+                !files.trim().is_empty(),
+                "Dockerfile copies {src}, which is not in git"
+            );
+            for file in files.lines() {
+                for pattern in &ignored {
+                    let p = pattern.trim_start_matches('/').trim_end_matches('/');
+                    assert!(
+                        !file.split('/').any(|part| glob(p, part)),
+                        ".dockerignore pattern {pattern} excludes {file}, which the build copies"
+                    );
+                }
+            }
         }
     }
     let values: Value =
         serde_yaml::from_str(&std::fs::read_to_string(chart().join("values.yaml")).unwrap())
             .unwrap();
     assert_eq!(values["podSecurityContext"]["runAsUser"], 10001);
+}
+
+fn containers(docs: &[Value], kind: &str, name: &str) -> Vec<Value> {
+    find(docs, kind, name)["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+/// The schema is valid draft-07 JSON Schema, takes the defaults (every render above also
+/// checks its own values), and refuses what Helm would otherwise ignore silently: misspelt
+/// keys at the top level and inside the chart's own objects, and values of the wrong kind.
+#[test]
+fn values_schema_refuses_typos() {
+    schema_check("").expect("the defaults validate");
+    schema_check(BASIC).unwrap();
+    // A parent chart's globals are not this chart's business.
+    schema_check("global: {imageRegistry: r.example}").unwrap();
+    for (values, wanted) in [
+        ("replicaCont: 3", "replicaCont"),
+        ("ingress: {enabeld: true}", "enabeld"),
+        ("database: {hostname: pg}", "hostname"),
+        ("existingSecretKeys: {databaseURL: url}", "databaseURL"),
+        ("autoscaling: {minReplica: 2}", "minReplica"),
+        ("networkPolicy: {egress: {restricted: true}}", "restricted"),
+        ("probes: {startup: {enable: false}}", "enable"),
+        // Environment variable names only, so a lower-case key is a typo too.
+        ("config: {fs_storage: s3}", "fs_storage"),
+        ("podAntiAffinityPreset: medium", "medium"),
+        // `tag: 1.10` is the number 1.1 in YAML: refused instead of pulling the wrong tag.
+        ("image: {tag: 1.10}", "1.1"),
+        ("replicaCount: two", "two"),
+        ("extraEnv: [{value: x}]", "name"),
+    ] {
+        let err = schema_check(values).expect_err(values);
+        assert!(err.contains(wanted), "{values}: {err}");
+    }
+}
+
+/// Off by default; when on, the Ingress routes every host and path to the Service and
+/// carries the ingress-nginx settings without which every image upload is refused (1 MiB
+/// body limit) or spooled on the controller's disk; the user's annotations win.
+#[test]
+fn ingress_with_the_annotations_large_uploads_need() {
+    let docs = render(BASIC).unwrap();
+    assert!(try_find(&docs, "Ingress", "fs-file-system").is_none());
+
+    let docs = render(&format!(
+        "{BASIC}
+ingress:
+  enabled: true
+  className: nginx
+  annotations:
+    nginx.ingress.kubernetes.io/proxy-send-timeout: '7200'
+    cert-manager.io/cluster-issuer: letsencrypt
+  hosts:
+    - host: images.example.com
+      paths: [{{path: /image-management, pathType: Prefix}}]
+    - host: fs.example.com
+  tls: [{{secretName: images-tls, hosts: [images.example.com]}}]
+"
+    ))
+    .unwrap();
+    let ing = find(&docs, "Ingress", "fs-file-system");
+    let ann = &ing["metadata"]["annotations"];
+    assert_eq!(ann["nginx.ingress.kubernetes.io/proxy-body-size"], "0");
+    assert_eq!(
+        ann["nginx.ingress.kubernetes.io/proxy-request-buffering"],
+        "off"
+    );
+    assert_eq!(
+        ann["nginx.ingress.kubernetes.io/proxy-read-timeout"],
+        "3600"
+    );
+    assert_eq!(
+        ann["nginx.ingress.kubernetes.io/proxy-send-timeout"],
+        "7200"
+    );
+    assert_eq!(ann["cert-manager.io/cluster-issuer"], "letsencrypt");
+    let spec = &ing["spec"];
+    assert_eq!(spec["ingressClassName"], "nginx");
+    assert_eq!(spec["tls"][0]["secretName"], "images-tls");
+    let rules = spec["rules"].as_array().unwrap();
+    assert_eq!(rules.len(), 2);
+    assert_eq!(rules[0]["host"], "images.example.com");
+    assert_eq!(rules[0]["http"]["paths"][0]["path"], "/image-management");
+    // A host without paths gets all of them.
+    assert_eq!(rules[1]["host"], "fs.example.com");
+    assert_eq!(rules[1]["http"]["paths"][0]["path"], "/");
+    for rule in rules {
+        let backend = &rule["http"]["paths"][0]["backend"]["service"];
+        assert_eq!(backend["name"], "fs-file-system");
+        assert_eq!(backend["port"]["name"], "http");
+    }
+
+    // Another controller: no nginx annotations, only the user's.
+    let docs = render(&format!(
+        "{BASIC}
+ingress: {{enabled: true, nginxUploadAnnotations: false, className: traefik}}
+"
+    ))
+    .unwrap();
+    let ing = find(&docs, "Ingress", "fs-file-system");
+    assert!(ing["metadata"].get("annotations").is_none(), "{ing}");
+}
+
+/// A PodDisruptionBudget only when more than one replica is guaranteed: a lone pod under
+/// minAvailable 1 could never be evicted and node drains would hang. With the HPA, its
+/// minimum counts, and the Deployment leaves `replicas` to it.
+#[test]
+fn pdb_only_with_several_replicas_and_the_autoscaler() {
+    let pdb = |values: &str| -> Option<Value> {
+        let docs = render(&format!("{BASIC}\n{values}")).unwrap();
+        try_find(&docs, "PodDisruptionBudget", "fs-file-system").cloned()
+    };
+    assert!(pdb("replicaCount: 1").is_none());
+    let two = pdb("replicaCount: 2").expect("a PDB at 2 replicas");
+    assert_eq!(two["spec"]["minAvailable"], 1);
+    assert!(two["spec"].get("maxUnavailable").is_none());
+    let max = pdb("podDisruptionBudget: {maxUnavailable: 1}").unwrap();
+    assert_eq!(max["spec"]["maxUnavailable"], 1);
+    assert!(max["spec"].get("minAvailable").is_none());
+    assert!(pdb("replicaCount: 3\nautoscaling: {enabled: true, minReplicas: 1}").is_none());
+    assert!(pdb("replicaCount: 1\nautoscaling: {enabled: true, minReplicas: 2}").is_some());
+    assert!(pdb("podDisruptionBudget: {enabled: false}").is_none());
+
+    let docs = render(&format!(
+        "{BASIC}
+autoscaling:
+  enabled: true
+  minReplicas: 3
+  maxReplicas: 9
+  targetCPUUtilizationPercentage: 60
+  targetMemoryUtilizationPercentage: 80
+  behavior: {{scaleDown: {{stabilizationWindowSeconds: 600}}}}
+"
+    ))
+    .unwrap();
+    let hpa = find(&docs, "HorizontalPodAutoscaler", "fs-file-system");
+    assert_eq!(hpa["apiVersion"], "autoscaling/v2");
+    let spec = &hpa["spec"];
+    assert_eq!(spec["scaleTargetRef"]["kind"], "Deployment");
+    assert_eq!(spec["scaleTargetRef"]["name"], "fs-file-system");
+    assert_eq!(spec["minReplicas"], 3);
+    assert_eq!(spec["maxReplicas"], 9);
+    assert_eq!(spec["metrics"][0]["resource"]["name"], "cpu");
+    assert_eq!(
+        spec["metrics"][0]["resource"]["target"]["averageUtilization"],
+        60
+    );
+    assert_eq!(spec["metrics"][1]["resource"]["name"], "memory");
+    assert_eq!(
+        spec["behavior"]["scaleDown"]["stabilizationWindowSeconds"],
+        600
+    );
+    let dep = find(&docs, "Deployment", "fs-file-system");
+    assert!(
+        dep["spec"].get("replicas").is_none(),
+        "the HPA owns replicas"
+    );
+    assert!(try_find(
+        &render(BASIC).unwrap(),
+        "HorizontalPodAutoscaler",
+        "fs-file-system"
+    )
+    .is_none());
+
+    let err = render(&format!(
+        "{BASIC}\nautoscaling: {{enabled: true, minReplicas: 5, maxReplicas: 2}}"
+    ))
+    .unwrap_err();
+    assert!(err.contains("minReplicas is above"), "{err}");
+}
+
+/// Ingress only to the API port (from the peers given, or any); egress open, or restricted
+/// to DNS, the database and S3 with configurable peers and ports.
+#[test]
+fn network_policy() {
+    assert!(try_find(&render(BASIC).unwrap(), "NetworkPolicy", "fs-file-system").is_none());
+
+    let docs = render(&format!(
+        "{BASIC}
+networkPolicy:
+  enabled: true
+  ingress:
+    from: [{{namespaceSelector: {{matchLabels: {{kubernetes.io/metadata.name: ingress-nginx}}}}}}]
+"
+    ))
+    .unwrap();
+    let np = &find(&docs, "NetworkPolicy", "fs-file-system")["spec"];
+    let dep = find(&docs, "Deployment", "fs-file-system");
+    assert_eq!(
+        np["podSelector"]["matchLabels"],
+        dep["spec"]["selector"]["matchLabels"]
+    );
+    assert_eq!(np["policyTypes"], serde_json::json!(["Ingress"]));
+    assert_eq!(np["ingress"][0]["ports"][0]["port"], "http");
+    assert_eq!(
+        np["ingress"][0]["from"][0]["namespaceSelector"]["matchLabels"]
+            ["kubernetes.io/metadata.name"],
+        "ingress-nginx"
+    );
+    assert!(np.get("egress").is_none());
+
+    let docs = render(&format!(
+        "{BASIC}
+networkPolicy:
+  enabled: true
+  egress:
+    restrict: true
+    database: {{to: [{{ipBlock: {{cidr: 10.0.5.0/24}}}}], ports: [6432]}}
+    s3: {{ports: [443]}}
+    extra: [{{ports: [{{port: 5000, protocol: TCP}}]}}]
+"
+    ))
+    .unwrap();
+    let np = &find(&docs, "NetworkPolicy", "fs-file-system")["spec"];
+    assert_eq!(np["policyTypes"], serde_json::json!(["Ingress", "Egress"]));
+    let egress = np["egress"].as_array().unwrap();
+    assert_eq!(egress.len(), 4);
+    let dns: BTreeSet<String> = egress[0]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| format!("{}/{}", p["port"], p["protocol"].as_str().unwrap()))
+        .collect();
+    assert_eq!(dns, ["53/TCP", "53/UDP"].map(String::from).into());
+    assert!(egress[0].get("to").is_none(), "DNS anywhere by default");
+    assert_eq!(egress[1]["ports"][0]["port"], 6432);
+    assert_eq!(egress[1]["to"][0]["ipBlock"]["cidr"], "10.0.5.0/24");
+    assert_eq!(
+        egress[2]["ports"],
+        serde_json::json!([{"port": 443, "protocol": "TCP"}])
+    );
+    assert_eq!(egress[3]["ports"][0]["port"], 5000);
+}
+
+/// existingSecret is read key by key under the names the user gives; a key name set to ""
+/// is not read; the chart then creates no Secret of its own.
+#[test]
+fn existing_secret_key_names() {
+    let docs = render(
+        "
+database: {host: pg.example}
+existingSecret: vault-synced
+existingSecretKeys:
+  databaseUrl: ''
+  databasePassword: pg-password
+  accessKeyId: s3-access-key
+  secretAccessKey: s3-secret-key
+",
+    )
+    .unwrap();
+    let names = kinds(&docs);
+    assert!(!names.contains("Secret/fs-file-system"), "{names:?}");
+    assert!(
+        !names.contains("Secret/fs-file-system-migrate"),
+        "{names:?}"
+    );
+    for c in [
+        &containers(&docs, "Deployment", "fs-file-system")[0],
+        &containers(&docs, "Job", "fs-file-system-migrate")[0],
+    ] {
+        for (var, key) in [
+            ("POSTGRES_PASSWORD", "pg-password"),
+            ("AWS_ACCESS_KEY_ID", "s3-access-key"),
+            ("AWS_SECRET_ACCESS_KEY", "s3-secret-key"),
+        ] {
+            let r = &env_entry(c, var)["valueFrom"]["secretKeyRef"];
+            assert_eq!(r["name"], "vault-synced", "{var}");
+            assert_eq!(r["key"], key, "{var}");
+            // A Secret without the AWS keys (IRSA) still starts the pod.
+            assert_eq!(r["optional"], true, "{var}");
+        }
+        assert!(!env_names(c).contains("DATABASE_URL"));
+        assert_eq!(env_value(c, "POSTGRES_HOST"), "pg.example");
+        let from = serde_json::to_string(&c["envFrom"]).unwrap();
+        assert!(!from.contains("secretRef"), "{from}");
+    }
+    // The default key names are the variable names.
+    let docs = render("existingSecret: creds").unwrap();
+    let c = &containers(&docs, "Deployment", "fs-file-system")[0];
+    assert_eq!(
+        env_entry(c, "DATABASE_URL")["valueFrom"]["secretKeyRef"]["key"],
+        "DATABASE_URL"
+    );
+}
+
+/// The migration Job runs the service's code against the same database with the same
+/// settings: the same config (a hook copy of the ConfigMap, since the release's own does not
+/// exist yet before install), the same credentials, extraEnv, extraEnvFrom and extra volumes.
+/// Its pod is not one of the Service's endpoints.
+#[test]
+fn migration_job_gets_the_deployments_settings() {
+    let docs = render(&format!(
+        "{BASIC}
+extraEnv:
+  - {{name: PGSSLROOTCERT, value: /etc/fs-ca/ca.crt}}
+  - {{name: FS_TOKEN, valueFrom: {{secretKeyRef: {{name: tokens, key: fs}}}}}}
+extraEnvFrom: [{{configMapRef: {{name: site-settings}}}}]
+extraVolumes: [{{name: ca, configMap: {{name: fs-ca}}}}]
+extraVolumeMounts: [{{name: ca, mountPath: /etc/fs-ca, readOnly: true}}]
+imagePullSecrets: [{{name: regcred}}]
+podAnnotations: {{example.com/team: images}}
+podLabels: {{team: images}}
+"
+    ))
+    .unwrap();
+    let dep = find(&docs, "Deployment", "fs-file-system");
+    let job = find(&docs, "Job", "fs-file-system-migrate");
+    let (dpod, jpod) = (&dep["spec"]["template"], &job["spec"]["template"]);
+    let (app, migrate) = (
+        &dpod["spec"]["containers"][0],
+        &jpod["spec"]["containers"][0],
+    );
+
+    // The same env entries, but those that place the server process (port, scratch).
+    let mut app_env = app["env"].as_array().unwrap().clone();
+    app_env.retain(|e| !["FS_LISTEN", "FS_SCRATCH_DIR"].contains(&e["name"].as_str().unwrap()));
+    assert_eq!(&app_env, migrate["env"].as_array().unwrap());
+    assert_eq!(env_value(migrate, "PGSSLROOTCERT"), "/etc/fs-ca/ca.crt");
+    assert_eq!(
+        env_entry(migrate, "FS_TOKEN")["valueFrom"]["secretKeyRef"]["name"],
+        "tokens"
+    );
+    // The same sources, the hook's copies in place of the release's objects.
+    let sources = |c: &Value| serde_json::to_string(&c["envFrom"]).unwrap();
+    assert_eq!(
+        sources(app).replace("fs-file-system\"", "fs-file-system-migrate\""),
+        sources(migrate)
+    );
+    assert!(sources(migrate).contains("site-settings"));
+    let cm = find(&docs, "ConfigMap", "fs-file-system");
+    let hook_cm = find(&docs, "ConfigMap", "fs-file-system-migrate");
+    assert_eq!(cm["data"], hook_cm["data"]);
+    assert_eq!(
+        hook_cm["metadata"]["annotations"]["helm.sh/hook-weight"],
+        "-5"
+    );
+    let secret = find(&docs, "Secret", "fs-file-system");
+    assert_eq!(
+        secret["data"],
+        find(&docs, "Secret", "fs-file-system-migrate")["data"]
+    );
+    // Extra volumes, pull secrets and annotations reach both pods.
+    for pod in [dpod, jpod] {
+        assert!(pod["spec"]["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v["name"] == "ca" && v["configMap"]["name"] == "fs-ca"));
+        assert_eq!(pod["spec"]["imagePullSecrets"][0]["name"], "regcred");
+        assert_eq!(pod["metadata"]["annotations"]["example.com/team"], "images");
+    }
+    for c in [app, migrate] {
+        assert!(c["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["name"] == "ca" && m["mountPath"] == "/etc/fs-ca"));
+    }
+    assert_eq!(dpod["metadata"]["labels"]["team"], "images");
+    // The Service selects the replicas, never the migration pod (it serves nothing).
+    let selector = find(&docs, "Service", "fs-file-system")["spec"]["selector"]
+        .as_object()
+        .unwrap()
+        .clone();
+    let labels = jpod["metadata"]["labels"].as_object().unwrap();
+    assert!(
+        !selector.iter().all(|(k, v)| labels.get(k) == Some(v)),
+        "{labels:?}"
+    );
+}
+
+/// podAntiAffinityPreset: soft (default) prefers other nodes, hard requires them, "" none;
+/// an explicit affinity replaces the preset. Spread constraints get this release's selector
+/// when they name none. The startup probe can be turned off.
+#[test]
+fn anti_affinity_presets_spread_and_startup_probe() {
+    let pod = |values: &str| -> Value {
+        let docs = render(&format!("{BASIC}\n{values}")).unwrap();
+        find(&docs, "Deployment", "fs-file-system")["spec"]["template"]["spec"].clone()
+    };
+    let hard = pod("podAntiAffinityPreset: hard");
+    let required =
+        &hard["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"];
+    assert_eq!(required[0]["topologyKey"], "kubernetes.io/hostname");
+    assert_eq!(
+        required[0]["labelSelector"]["matchLabels"]["app.kubernetes.io/instance"],
+        "fs"
+    );
+    assert!(hard["affinity"]["podAntiAffinity"]
+        .get("preferredDuringSchedulingIgnoredDuringExecution")
+        .is_none());
+    let soft = pod("podAntiAffinityPreset: soft");
+    assert!(soft["affinity"]["podAntiAffinity"]
+        .get("preferredDuringSchedulingIgnoredDuringExecution")
+        .is_some());
+    assert!(pod("podAntiAffinityPreset: ''").get("affinity").is_none());
+    let own = pod(
+        "affinity: {nodeAffinity: {requiredDuringSchedulingIgnoredDuringExecution: {nodeSelectorTerms: [{matchExpressions: [{key: disk, operator: In, values: [ssd]}]}]}}}",
+    );
+    assert!(own["affinity"].get("podAntiAffinity").is_none());
+    assert!(own["affinity"].get("nodeAffinity").is_some());
+
+    let spread = pod(
+        "topologySpreadConstraints:
+  - {maxSkew: 1, topologyKey: topology.kubernetes.io/zone, whenUnsatisfiable: ScheduleAnyway}
+  - {maxSkew: 2, topologyKey: kubernetes.io/hostname, whenUnsatisfiable: DoNotSchedule, labelSelector: {matchLabels: {team: images}}}",
+    );
+    let tsc = spread["topologySpreadConstraints"].as_array().unwrap();
+    assert_eq!(tsc.len(), 2);
+    assert_eq!(tsc[0]["topologyKey"], "topology.kubernetes.io/zone");
+    assert_eq!(
+        tsc[0]["labelSelector"]["matchLabels"]["app.kubernetes.io/name"],
+        "file-system"
+    );
+    assert_eq!(
+        tsc[1]["labelSelector"]["matchLabels"],
+        serde_json::json!({"team": "images"})
+    );
+    assert!(pod("").get("topologySpreadConstraints").is_none());
+
+    let no_startup = pod("probes: {startup: {enabled: false}}");
+    assert!(no_startup["containers"][0].get("startupProbe").is_none());
+    let slow = pod("probes: {startup: {failureThreshold: 120, periodSeconds: 10}}");
+    assert_eq!(
+        slow["containers"][0]["startupProbe"]["failureThreshold"],
+        120
+    );
+    assert_eq!(slow["containers"][0]["startupProbe"]["periodSeconds"], 10);
 }

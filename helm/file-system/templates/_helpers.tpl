@@ -46,6 +46,21 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end -}}
 {{- end -}}
 
+{{/* Selector labels as a dict, for objects built in templates (affinity, spread). */}}
+{{- define "file-system.selectorLabelsDict" -}}
+{{- toJson (dict "app.kubernetes.io/name" (include "file-system.name" .) "app.kubernetes.io/instance" .Release.Name) -}}
+{{- end -}}
+
+{{/* The replicas the workload never goes below: the HPA's minimum when it scales the
+     Deployment, else replicaCount. */}}
+{{- define "file-system.minReplicas" -}}
+{{- if .Values.autoscaling.enabled -}}
+{{- .Values.autoscaling.minReplicas -}}
+{{- else -}}
+{{- .Values.replicaCount -}}
+{{- end -}}
+{{- end -}}
+
 {{/* Database settings that are not secret, as container env entries. */}}
 {{- define "file-system.databaseEnv" -}}
 {{- if and (not .Values.database.url) .Values.database.host }}
@@ -60,9 +75,79 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 {{- end -}}
 
+{{/* The ConfigMap's data: every `config` entry, as a string. Rendered into the release's
+     ConfigMap and into the migration hook's copy. */}}
+{{- define "file-system.configData" -}}
+{{- range $key, $value := .Values.config }}
+{{ $key }}: {{ $value | toString | quote }}
+{{- end }}
+{{- end -}}
+
+{{/* The Secret's data when the chart creates it (keys are the variable names). */}}
+{{- define "file-system.secretData" -}}
+{{- if .Values.database.url }}
+DATABASE_URL: {{ .Values.database.url | b64enc | quote }}
+{{- end }}
+{{- if .Values.database.password }}
+POSTGRES_PASSWORD: {{ .Values.database.password | b64enc | quote }}
+{{- end }}
+{{- if .Values.s3.accessKeyId }}
+AWS_ACCESS_KEY_ID: {{ .Values.s3.accessKeyId | b64enc | quote }}
+{{- end }}
+{{- if .Values.s3.secretAccessKey }}
+AWS_SECRET_ACCESS_KEY: {{ .Values.s3.secretAccessKey | b64enc | quote }}
+{{- end }}
+{{- end -}}
+
+{{/* The settings every container that runs the service's code gets, the Deployment's and
+     the migration Job's alike, so that they cannot drift apart. Called with
+     (dict "root" $ "suffix" S): S is "" for the release's ConfigMap and Secret and "-migrate"
+     for the hook's copies (a pre-install hook runs before the release's objects exist).
+     envFrom: the config, the chart's Secret (its keys are the variable names), extraEnvFrom. */}}
+{{- define "file-system.envFrom" -}}
+{{- $root := .root -}}
+{{- $name := printf "%s%s" (include "file-system.fullname" $root) .suffix -}}
+- configMapRef:
+    name: {{ $name }}
+{{- if not $root.Values.existingSecret }}
+- secretRef:
+    name: {{ $name }}
+{{- end }}
+{{- with $root.Values.extraEnvFrom }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* env: the database settings, the existing Secret's values under the key names
+     existingSecretKeys gives (a key set to "" is not read; a key missing from the Secret is
+     skipped, as envFrom would), then extraEnv, which wins over everything before it. */}}
+{{- define "file-system.env" -}}
+{{- $root := .root -}}
+{{- include "file-system.databaseEnv" $root }}
+{{- if $root.Values.existingSecret }}
+{{- $keys := $root.Values.existingSecretKeys }}
+{{- range $var, $key := dict "DATABASE_URL" $keys.databaseUrl "POSTGRES_PASSWORD" $keys.databasePassword "AWS_ACCESS_KEY_ID" $keys.accessKeyId "AWS_SECRET_ACCESS_KEY" $keys.secretAccessKey }}
+{{- if $key }}
+- name: {{ $var }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ $root.Values.existingSecret }}
+      key: {{ $key | quote }}
+      optional: true
+{{- end }}
+{{- end }}
+{{- end }}
+{{- with $root.Values.extraEnv }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
 {{/* Refuses a release that cannot work: no database configured. */}}
 {{- define "file-system.validate" -}}
 {{- if not (or .Values.database.url .Values.database.host .Values.existingSecret) -}}
 {{- fail "set database.url or database.host (PostgreSQL), or existingSecret with DATABASE_URL" -}}
+{{- end -}}
+{{- if and .Values.autoscaling.enabled (gt (int .Values.autoscaling.minReplicas) (int .Values.autoscaling.maxReplicas)) -}}
+{{- fail "autoscaling.minReplicas is above autoscaling.maxReplicas" -}}
 {{- end -}}
 {{- end -}}
