@@ -168,6 +168,7 @@ impl Service {
             staged,
             "chunk stored"
         );
+        self.metrics.upload_chunk_received();
         Ok(())
     }
 
@@ -232,7 +233,9 @@ impl Service {
                 .abort_multipart(&tier.bucket, &key, &upload_id)
                 .await;
         }
-        inserted?;
+        if inserted? {
+            self.metrics.upload_session_opened();
+        }
         db::uploads::find(&self.db, identifier)
             .await?
             .ok_or_else(|| Error::Internal("upload session vanished after insert".into()))
@@ -282,6 +285,8 @@ impl Service {
                 })
                 .collect();
             if !missing.is_empty() {
+                self.metrics
+                    .upload_merge(crate::metrics::MergeOutcome::MissingChunks);
                 return Err(Error::MissingChunks(missing));
             }
             let token = uuid::Uuid::new_v4().simple().to_string();
@@ -341,6 +346,10 @@ impl Service {
         let result = self
             .complete(&session, &parts, &file_name, &user_id, &token, &identifier)
             .await;
+        self.metrics.upload_merge(match &result {
+            Ok(_) => crate::metrics::MergeOutcome::Completed,
+            Err(_) => crate::metrics::MergeOutcome::Failed,
+        });
         if let Err(e) = &result {
             // The chunks were joined: a result that cannot be used consumed them.
             let reopen = !matches!(e, Error::InvalidZip(_) | Error::TooLarge);
@@ -566,6 +575,7 @@ impl Service {
                     .await?;
                 db::uploads::delete(&self.db, &session.id).await?;
                 tracing::info!(identifier, "upload cancelled");
+                self.metrics.upload_session_cancelled();
                 Ok(())
             }
         }
@@ -624,6 +634,7 @@ impl Service {
             }
             db::uploads::delete_merging(&self.db, &s.id, &token).await?;
             tracing::info!(identifier = %s.identifier, "abandoned upload expired");
+            self.metrics.upload_session_expired();
             swept += 1;
         }
         Ok(swept)

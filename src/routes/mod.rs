@@ -159,19 +159,12 @@ async fn ready(State(svc): State<Service>) -> Result<Json<serde_json::Value>, Ap
     ))
 }
 
-/// Prometheus metrics, text exposition format.
+/// Prometheus metrics, OpenMetrics text format.
 #[utoipa::path(get, path = "/metrics", tag = "operations",
-    responses((status = 200, description = "Metrics", body = String, content_type = "text/plain; version=0.0.4")))]
+    responses((status = 200, description = "Metrics", body = String, content_type = "application/openmetrics-text; version=1.0.0")))]
 async fn metrics(State(svc): State<Service>) -> Response {
     let text = svc.metrics_text().await;
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        text,
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response()
 }
 
 /// This document.

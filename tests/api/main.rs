@@ -10,6 +10,7 @@ mod downloads;
 mod hostile;
 mod images;
 mod large;
+mod metrics;
 mod operations;
 mod proxy;
 mod queue;
