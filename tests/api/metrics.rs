@@ -1,9 +1,13 @@
 //! `/metrics`: its format, what the service counts (store calls, the upload lifecycle, checks,
-//! the process, scratch space), and the Grafana dashboard's queries against a real scrape.
+//! the process, scratch space), the Grafana dashboard's queries against a real scrape, and the
+//! access log's latency of a streamed response.
 
 use crate::helpers::*;
 use serde_json::Value;
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::{Duration, Instant},
+};
 
 /// The content type an OpenMetrics body is served with.
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -464,3 +468,146 @@ crate::backend_tests!(
     metrics_count_store_calls_uploads_checks_and_the_process,
     dashboard_queries_exported_metrics
 );
+
+/// The access-log line of the request whose path ends with `path_end` and whose `complete`
+/// field is `complete`, waiting for it to be written.
+async fn access_line(log: &std::path::Path, path_end: &str, complete: bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = std::fs::read_to_string(log).unwrap();
+        let found = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|v| {
+                v["message"] == "finished processing request"
+                    && v["complete"] == complete
+                    && v["span"]["path"]
+                        .as_str()
+                        .is_some_and(|p| p.ends_with(path_end))
+            });
+        if let Some(v) = found {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no access line for {path_end}:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A download read slowly is logged and timed for as long as its body took, not until its
+/// headers went out; one the client drops half way is logged (as incomplete) when it is
+/// dropped. Only lower bounds are asserted.
+async fn slow_download_latency_covers_the_body(b: Backend) {
+    use futures::StreamExt;
+    let app = TestApp::spawn(
+        b,
+        Options {
+            no_server: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    let log = app.dir.path().join("server.log");
+    let server = Replica::start(&app.vars, free_port(), &log, &[("FS_LOG_FORMAT", "json")]).await;
+    const MIB: usize = 1 << 20;
+    let size = 80 * MIB;
+    let r = app
+        .client
+        .post(server.api("/images"))
+        .multipart(reqwest::multipart::Form::new().text("userId", "u").part(
+            "file",
+            reqwest::multipart::Part::bytes(pattern(11, size)).file_name("slow.img"),
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let id = r.json::<Value>().await.unwrap()["imageId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let path = format!("/images/{id}/action/download");
+
+    let r = app.client.get(server.api(&path)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    // From here the server has started answering. It cannot have finished before the client
+    // read all but what the socket buffers and the layers in between can hold (well below
+    // 48 MiB here: 32 MiB of receive buffer at most, 4 MiB of send buffer).
+    let headers_at = Instant::now();
+    let in_flight_bound = 48 * MIB;
+    let mut read = 0;
+    let mut paced = 0;
+    let mut lower_bound = None;
+    let mut body = r.bytes_stream();
+    while let Some(chunk) = body.next().await {
+        read += chunk.unwrap().len();
+        if lower_bound.is_none() && read >= size - in_flight_bound {
+            lower_bound = Some(headers_at.elapsed());
+        }
+        // About 20 MiB/s: 100 ms per 2 MiB.
+        while paced + 2 * MIB <= read {
+            paced += 2 * MIB;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    assert_eq!(read, size);
+    let lower_bound = lower_bound.unwrap();
+    // 32 MiB read at that pace: the pauses after the first 30 MiB (1.5 s) at least; the
+    // bound is far above what logging at the headers would show (0 ms).
+    assert!(
+        lower_bound >= Duration::from_millis(1200),
+        "{lower_bound:?}"
+    );
+
+    let line = access_line(&log, &path, true).await;
+    let logged = line["latency_ms"].as_u64().expect("latency_ms is a number");
+    assert!(
+        logged >= lower_bound.as_millis() as u64,
+        "logged {logged} ms, the body took at least {lower_bound:?}: {line}"
+    );
+    assert_eq!(line["status"], 200, "{line}");
+    assert_eq!(line["sent_bytes"], size as u64, "{line}");
+    let m = scrape(&app.client, &server.base).await;
+    let seconds = m.get(&format!(
+        r#"fs_http_request_duration_seconds_sum{{method="GET",route="{API}/images/{{image_id}}/action/download",status="200"}}"#
+    ));
+    assert!(
+        seconds >= lower_bound.as_secs_f64(),
+        "recorded {seconds} s, the body took at least {lower_bound:?}"
+    );
+
+    // A client that reads a little, waits and goes away.
+    let r = app.client.get(server.api(&path)).send().await.unwrap();
+    let headers_at = Instant::now();
+    let mut body = r.bytes_stream();
+    let mut read = 0;
+    while read < 4 * MIB {
+        read += body.next().await.unwrap().unwrap().len();
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let held = headers_at.elapsed();
+    drop(body);
+    let line = access_line(&log, &path, false).await;
+    let logged = line["latency_ms"].as_u64().unwrap();
+    assert!(
+        logged >= held.as_millis() as u64,
+        "logged {logged} ms, the client held the download {held:?}: {line}"
+    );
+    assert!(line["sent_bytes"].as_u64().unwrap() < size as u64, "{line}");
+    drop(server);
+    app.stop().await;
+}
+
+mod slow_download {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite_local() {
+        super::slow_download_latency_covers_the_body(crate::helpers::Backend::SqliteLocal).await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres_s3() {
+        super::slow_download_latency_covers_the_body(crate::helpers::Backend::PostgresS3).await
+    }
+}
