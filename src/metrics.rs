@@ -1,8 +1,10 @@
-//! Prometheus metrics (`GET /metrics`, text exposition format).
+//! Prometheus metrics (`GET /metrics`, OpenMetrics text format, see [`CONTENT_TYPE`]).
 //!
-//! Request and byte counters are this replica's; the open-session and job gauges are read from
-//! the database at scrape time, so they describe the whole deployment and every replica reports
-//! the same values (aggregate them with `max`, not `sum`).
+//! Request, byte, store, upload and job counters are this replica's; the open-session and job
+//! gauges are read from the database at scrape time, so they describe the whole deployment and
+//! every replica reports the same values (aggregate them with `max`, not `sum`). The process
+//! metrics (`process_*`) and scratch bytes are read at scrape time too. Every metric is listed
+//! in the README's metrics section.
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
@@ -11,10 +13,15 @@ use prometheus_client::{
         family::{Family, MetricConstructor},
         gauge::Gauge,
         histogram::{exponential_buckets, Histogram},
+        info::Info,
     },
     registry::Registry,
 };
 use std::time::Duration;
+
+/// The content type of [`Metrics::encode`]'s output: prometheus-client writes OpenMetrics text
+/// (ending with `# EOF`), which Prometheus reads when it is announced as such.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -34,6 +41,118 @@ pub struct JobLabels {
 pub struct JobStateLabels {
     pub kind: String,
     pub state: String,
+}
+
+/// One object-store call: which trait method, and how it ended.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StoreLabels {
+    /// `put`, `create_multipart`, `upload_part`, `complete_multipart`, `abort_multipart`,
+    /// `get`, `head`, `delete`, `copy`, `ensure_bucket`, `ping`, `sweep_stale_temp`.
+    pub operation: String,
+    /// `ok`, `not_found` (missing object or upload) or `error`.
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabels {
+    pub status: String,
+}
+
+/// How a merge request or a merge run ended (`fs_upload_merges_total`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MergeOutcome {
+    /// The merge ran and created the image.
+    Completed,
+    /// Refused before it started: chunks are missing (400, chunks kept).
+    MissingChunks,
+    /// The merge ran and failed (its session reopened, or dropped when unusable).
+    Failed,
+}
+
+impl MergeOutcome {
+    const ALL: [MergeOutcome; 3] = [Self::Completed, Self::MissingChunks, Self::Failed];
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Completed => "completed",
+            Self::MissingChunks => "missing_chunks",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+/// `checkStatusResponse.status` values (SPEC section 3) as label values of
+/// `fs_image_checks_total`, each named after its meaning.
+const CHECK_STATUSES: [(i32, &str); 6] = [
+    (0, "consistent"),
+    (1, "corrupted"),
+    (2, "leaked_clusters"),
+    (3, "failed"),
+    (5, "not_checked_type"),
+    (6, "timed_out"),
+];
+
+/// How a slim job ended, as label values of `fs_image_slims_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SlimOutcome {
+    /// `slimStatus` 2: the slimmed copy checked consistent and is served.
+    Slimmed,
+    /// `compressStatus` 2: the conversion failed, or its result did not check consistent.
+    Failed,
+    /// `compressStatus` 3: not enough scratch space.
+    NoSpace,
+    /// `compressStatus` 4: the conversion timed out.
+    TimedOut,
+    /// `slimStatus` 3 for an image type that cannot be slimmed (check status 5).
+    Unsupported,
+    /// `slimStatus` 3 because the image's check refused it or found it damaged.
+    Refused,
+}
+
+impl SlimOutcome {
+    const ALL: [SlimOutcome; 6] = [
+        Self::Slimmed,
+        Self::Failed,
+        Self::NoSpace,
+        Self::TimedOut,
+        Self::Unsupported,
+        Self::Refused,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Slimmed => "slimmed",
+            Self::Failed => "failed",
+            Self::NoSpace => "no_space",
+            Self::TimedOut => "timed_out",
+            Self::Unsupported => "unsupported",
+            Self::Refused => "refused",
+        }
+    }
+
+    /// The outcome a failed compression with `compressStatus` `status` stands for.
+    pub fn from_compress_status(status: i32) -> Self {
+        match status {
+            crate::imageops::compress::NO_SPACE => Self::NoSpace,
+            crate::imageops::compress::TIMED_OUT => Self::TimedOut,
+            _ => Self::Failed,
+        }
+    }
+}
+
+/// Chunked-upload lifecycle counters (this replica's).
+struct UploadCounters {
+    sessions_opened: Counter,
+    chunks_received: Counter,
+    merges: Family<OutcomeLabels, Counter>,
+    sessions_cancelled: Counter,
+    sessions_expired: Counter,
+    images_uploaded: Counter,
 }
 
 /// Histogram buckets in seconds, from `start` growing ×4 over `count` buckets.
@@ -59,6 +178,12 @@ pub struct Metrics {
     upload_sessions: Gauge,
     jobs: Family<JobStateLabels, Gauge>,
     job_seconds: Family<JobLabels, Histogram, Buckets>,
+    store_ops: Family<StoreLabels, Counter>,
+    store_seconds: Family<StoreLabels, Histogram, Buckets>,
+    uploads: UploadCounters,
+    checks: Family<StatusLabels, Counter>,
+    slims: Family<StatusLabels, Counter>,
+    scratch_bytes: Gauge,
 }
 
 impl Default for Metrics {
@@ -69,7 +194,19 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("fs");
+        let mut root = Registry::default();
+        // The process metrics keep the names every Prometheus client library uses.
+        #[cfg(target_os = "linux")]
+        root.register_collector(Box::new(process::ProcessCollector));
+        let registry = root.sub_registry_with_prefix("fs");
+        registry.register(
+            "build",
+            "The version and git revision of this binary (value 1)",
+            Info::new(vec![
+                ("version".to_string(), env!("CARGO_PKG_VERSION").to_string()),
+                ("revision".to_string(), env!("FS_GIT_REVISION").to_string()),
+            ]),
+        );
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
             "http_requests",
@@ -83,7 +220,7 @@ impl Metrics {
         });
         registry.register(
             "http_request_duration_seconds",
-            "Time from a request's arrival until its response body was sent",
+            "Time from a request's arrival until its response body was sent (or dropped)",
             request_seconds.clone(),
         );
         let bytes_received = Counter::default();
@@ -120,8 +257,94 @@ impl Metrics {
             "Time a worker of this replica spent on a job run, by kind and outcome",
             job_seconds.clone(),
         );
+        let store_ops = Family::<StoreLabels, Counter>::default();
+        registry.register(
+            "store_operations",
+            "Object-store calls, by operation and outcome",
+            store_ops.clone(),
+        );
+        // 1 ms .. ~4.6 h: a HEAD to the put of a whole image.
+        let store_seconds = Family::new_with_constructor(Buckets {
+            start: 0.001,
+            count: 12,
+        });
+        registry.register(
+            "store_operation_duration_seconds",
+            "Time an object-store call took, by operation and outcome (for get: until the \
+             object's stream was open)",
+            store_seconds.clone(),
+        );
+        let uploads = UploadCounters {
+            sessions_opened: Counter::default(),
+            chunks_received: Counter::default(),
+            merges: Family::default(),
+            sessions_cancelled: Counter::default(),
+            sessions_expired: Counter::default(),
+            images_uploaded: Counter::default(),
+        };
+        registry.register(
+            "upload_sessions_opened",
+            "Chunked uploads opened (first chunk of an identifier)",
+            uploads.sessions_opened.clone(),
+        );
+        registry.register(
+            "upload_chunks_received",
+            "Chunks stored as parts of a chunked upload",
+            uploads.chunks_received.clone(),
+        );
+        registry.register(
+            "upload_merges",
+            "Merges of chunked uploads, by outcome (completed, missing_chunks, failed)",
+            uploads.merges.clone(),
+        );
+        registry.register(
+            "upload_sessions_cancelled",
+            "Chunked uploads cancelled by a client (DELETE /images/upload)",
+            uploads.sessions_cancelled.clone(),
+        );
+        registry.register(
+            "upload_sessions_expired",
+            "Abandoned chunked uploads expired by the sweeper",
+            uploads.sessions_expired.clone(),
+        );
+        registry.register(
+            "image_uploads",
+            "Single-request image uploads (POST /images) stored and recorded",
+            uploads.images_uploaded.clone(),
+        );
+        let checks = Family::<StatusLabels, Counter>::default();
+        registry.register(
+            "image_checks",
+            "Image checks recorded, by check status",
+            checks.clone(),
+        );
+        let slims = Family::<StatusLabels, Counter>::default();
+        registry.register("image_slims", "Slim jobs ended, by outcome", slims.clone());
+        let scratch_bytes = Gauge::default();
+        registry.register(
+            "scratch_bytes",
+            "Bytes of disk the files in this replica's scratch directory take",
+            scratch_bytes.clone(),
+        );
+        // Every label value of the small, fixed sets is there from the start, so the series
+        // never appear out of nothing (rate() needs their first sample).
+        for o in MergeOutcome::ALL {
+            let _ = uploads.merges.get_or_create(&OutcomeLabels {
+                outcome: o.label().into(),
+            });
+        }
+        for (_, name) in CHECK_STATUSES {
+            let _ = checks.get_or_create(&StatusLabels {
+                status: name.into(),
+            });
+        }
+        for o in SlimOutcome::ALL {
+            let _ = slims.get_or_create(&StatusLabels {
+                status: o.label().into(),
+            });
+        }
         Metrics {
-            registry,
+            registry: root,
             requests,
             request_seconds,
             bytes_received,
@@ -129,6 +352,12 @@ impl Metrics {
             upload_sessions,
             jobs,
             job_seconds,
+            store_ops,
+            store_seconds,
+            uploads,
+            checks,
+            slims,
+            scratch_bytes,
         }
     }
 
@@ -140,14 +369,17 @@ impl Metrics {
             .observe(elapsed.as_secs_f64());
     }
 
+    /// Counts `bytes` of request body received.
     pub fn received(&self, bytes: usize) {
         self.bytes_received.inc_by(bytes as u64);
     }
 
+    /// Counts `bytes` of response body sent.
     pub fn sent(&self, bytes: usize) {
         self.bytes_sent.inc_by(bytes as u64);
     }
 
+    /// Records one job run of `kind` that took `elapsed` and ended as `outcome`.
     pub fn job_done(&self, kind: &str, outcome: &str, elapsed: Duration) {
         self.job_seconds
             .get_or_create(&JobLabels {
@@ -155,6 +387,75 @@ impl Metrics {
                 outcome: outcome.to_string(),
             })
             .observe(elapsed.as_secs_f64());
+    }
+
+    /// Records one object-store call.
+    pub fn store_op(&self, operation: &str, outcome: &str, elapsed: Duration) {
+        let labels = StoreLabels {
+            operation: operation.to_string(),
+            outcome: outcome.to_string(),
+        };
+        self.store_ops.get_or_create(&labels).inc();
+        self.store_seconds
+            .get_or_create(&labels)
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// A chunked upload was opened.
+    pub fn upload_session_opened(&self) {
+        self.uploads.sessions_opened.inc();
+    }
+
+    /// A chunk was stored.
+    pub fn upload_chunk_received(&self) {
+        self.uploads.chunks_received.inc();
+    }
+
+    /// A merge ended as `outcome`.
+    pub fn upload_merge(&self, outcome: MergeOutcome) {
+        self.uploads
+            .merges
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.label().into(),
+            })
+            .inc();
+    }
+
+    /// A client cancelled a chunked upload.
+    pub fn upload_session_cancelled(&self) {
+        self.uploads.sessions_cancelled.inc();
+    }
+
+    /// The sweeper expired an abandoned chunked upload.
+    pub fn upload_session_expired(&self) {
+        self.uploads.sessions_expired.inc();
+    }
+
+    /// A single-request upload was stored and recorded.
+    pub fn image_uploaded(&self) {
+        self.uploads.images_uploaded.inc();
+    }
+
+    /// A check recorded `status` (SPEC section 3) on an image.
+    pub fn image_checked(&self, status: i32) {
+        let name = CHECK_STATUSES
+            .iter()
+            .find(|(s, _)| *s == status)
+            .map_or("other", |(_, n)| n);
+        self.checks
+            .get_or_create(&StatusLabels {
+                status: name.into(),
+            })
+            .inc();
+    }
+
+    /// A slim job ended as `outcome`.
+    pub fn image_slimmed(&self, outcome: SlimOutcome) {
+        self.slims
+            .get_or_create(&StatusLabels {
+                status: outcome.label().into(),
+            })
+            .inc();
     }
 
     /// Sets the deployment-wide gauges from fresh counts.
@@ -170,11 +471,118 @@ impl Metrics {
         }
     }
 
-    /// The text exposition of every metric.
+    /// Sets the scratch gauge (bytes of disk in use).
+    pub fn set_scratch_bytes(&self, bytes: u64) {
+        self.scratch_bytes.set(bytes.min(i64::MAX as u64) as i64);
+    }
+
+    /// The OpenMetrics text of every metric, ending with `# EOF` (see [`CONTENT_TYPE`]).
     pub fn encode(&self) -> String {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
         out
+    }
+}
+
+/// Bytes of disk the files under `dir` take (allocated blocks, as `du` counts them, so sparse
+/// images count what they really hold), read now: nothing to keep in step with the code that
+/// creates and removes scratch files. Files that vanish while it walks are skipped.
+pub fn disk_usage(dir: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut total = 0;
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let Ok(meta) = e.metadata() else { continue };
+            if meta.is_dir() {
+                dirs.push(e.path());
+            } else {
+                // st_blocks is in 512-byte units whatever the file system's block size.
+                total += meta.blocks() * 512;
+            }
+        }
+    }
+    total
+}
+
+/// The standard process metrics, read from `/proc/self` at each scrape (the `procfs` crate
+/// parses it).
+#[cfg(target_os = "linux")]
+mod process {
+    use prometheus_client::{
+        collector::Collector,
+        encoding::{DescriptorEncoder, EncodeMetric},
+        metrics::{counter::ConstCounter, gauge::ConstGauge},
+    };
+
+    #[derive(Debug)]
+    pub struct ProcessCollector;
+
+    fn gauge(enc: &mut DescriptorEncoder, name: &str, help: &str, v: f64) -> std::fmt::Result {
+        let g = ConstGauge::new(v);
+        g.encode(enc.encode_descriptor(name, help, None, g.metric_type())?)
+    }
+
+    impl Collector for ProcessCollector {
+        fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+            // A value /proc does not give is left out; the scrape itself never fails for it.
+            let Ok(me) = procfs::process::Process::myself() else {
+                return Ok(());
+            };
+            if let Ok(stat) = me.stat() {
+                let ticks = procfs::ticks_per_second() as f64;
+                let cpu = ConstCounter::new((stat.utime + stat.stime) as f64 / ticks);
+                cpu.encode(enc.encode_descriptor(
+                    "process_cpu_seconds",
+                    "User and system CPU time spent, in seconds",
+                    None,
+                    cpu.metric_type(),
+                )?)?;
+                let page = procfs::page_size() as f64;
+                gauge(
+                    &mut enc,
+                    "process_resident_memory_bytes",
+                    "Resident memory size, in bytes",
+                    stat.rss as f64 * page,
+                )?;
+                gauge(
+                    &mut enc,
+                    "process_virtual_memory_bytes",
+                    "Virtual memory size, in bytes",
+                    stat.vsize as f64,
+                )?;
+                if let Ok(boot) = procfs::boot_time_secs() {
+                    gauge(
+                        &mut enc,
+                        "process_start_time_seconds",
+                        "Start time of the process since the Unix epoch, in seconds",
+                        boot as f64 + stat.starttime as f64 / ticks,
+                    )?;
+                }
+            }
+            if let Ok(n) = me.fd_count() {
+                gauge(
+                    &mut enc,
+                    "process_open_fds",
+                    "Open file descriptors",
+                    n as f64,
+                )?;
+            }
+            if let Ok(limits) = me.limits() {
+                if let procfs::process::LimitValue::Value(max) = limits.max_open_files.soft_limit {
+                    gauge(
+                        &mut enc,
+                        "process_max_fds",
+                        "Limit on open file descriptors (soft limit)",
+                        max as f64,
+                    )?;
+                }
+            }
+            Ok(())
+        }
     }
 }

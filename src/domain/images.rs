@@ -261,6 +261,7 @@ impl Service {
         object.recorded();
         self.job_wake.notify_one();
         tracing::info!(image.id = %id, size_bytes = size, bucket = %bucket, "image uploaded");
+        self.metrics.image_uploaded();
         self.image(&id).await
     }
 

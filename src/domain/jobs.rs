@@ -11,6 +11,7 @@ use crate::{
     },
     domain::{images::CHECK_IN_PROGRESS, texts},
     imageops::{compress, status, CheckReport, Declared},
+    metrics::SlimOutcome,
 };
 use entity::job;
 use std::{path::PathBuf, time::Duration};
@@ -166,6 +167,7 @@ impl Service {
             status::NOT_CHECKED_TYPE => {
                 db::images::refuse_slim(&self.db, image_id, texts::SLIM_UNSUPPORTED, now_secs())
                     .await?;
+                self.metrics.image_slimmed(SlimOutcome::Unsupported);
                 return Ok(Step::Done);
             }
             _ => {}
@@ -174,6 +176,7 @@ impl Service {
             tracing::info!(image.id = %image_id, %refusal, "slim refused after the check");
             db::images::slim_failed(&self.db, image_id, compress::FAILED, &refusal, now_secs())
                 .await?;
+            self.metrics.image_slimmed(SlimOutcome::Refused);
             return Ok(Step::Done);
         }
         let (input, _input_guard, _) = self
@@ -189,6 +192,7 @@ impl Service {
             let msg = "not enough scratch space to slim the image";
             db::images::slim_failed(&self.db, image_id, compress::NO_SPACE, msg, now_secs())
                 .await?;
+            self.metrics.image_slimmed(SlimOutcome::NoSpace);
             return Ok(Step::Done);
         }
         let (_, output) = self.scratch_file_with(".qcow2").await?;
@@ -212,12 +216,15 @@ impl Service {
         if let Err(f) = compressed {
             tracing::info!(image.id = %image_id, msg = %f.msg, "slim failed; the original stays");
             db::images::slim_failed(&self.db, image_id, f.status, &f.msg, now_secs()).await?;
+            self.metrics
+                .image_slimmed(SlimOutcome::from_compress_status(f.status));
             return Ok(Step::Done);
         }
         let report = self.imageops.check(&output, Declared::Qcow2).await;
         if report.status != status::CONSISTENT {
             let msg = format!("the slimmed image did not check consistent: {}", report.msg);
             db::images::slim_failed(&self.db, image_id, compress::FAILED, &msg, now_secs()).await?;
+            self.metrics.image_slimmed(SlimOutcome::Failed);
             return Ok(Step::Done);
         }
         let out = output.to_path_buf();
@@ -247,6 +254,7 @@ impl Service {
         };
         if db::images::slim_done(&self.db, image_id, &slim, &report, now_secs()).await? {
             tracing::info!(image.id = %image_id, before_bytes = img.size_bytes, after_bytes = size, "image slimmed");
+            self.metrics.image_slimmed(SlimOutcome::Slimmed);
         } else {
             // Deleted (or reset) meanwhile: nothing may stay behind.
             self.delete_object(&img.bucket, &key).await;
@@ -259,10 +267,12 @@ impl Service {
         let recorded = match job.kind.as_str() {
             CHECK => {
                 let report = CheckReport::failed(format!("check failed: {}", e.public_message()));
+                self.metrics.image_checked(report.status);
                 db::images::set_check(&self.db, &job.image_id, &report, None, now_secs()).await
             }
             _ => {
                 let msg = format!("slim failed: {}", e.public_message());
+                self.metrics.image_slimmed(SlimOutcome::Failed);
                 db::images::slim_failed(&self.db, &job.image_id, compress::FAILED, &msg, now_secs())
                     .await
             }
@@ -329,6 +339,7 @@ impl Service {
             original: !slimmed && img.original_md5.is_none(),
         };
         db::images::set_check(&self.db, image_id, &report, Some(&hashes), now_secs()).await?;
+        self.metrics.image_checked(report.status);
         Ok(())
     }
 

@@ -135,13 +135,19 @@ impl Service {
         cfg: Arc<Config>,
     ) -> Self {
         let upload_slots = Arc::new(Semaphore::new(cfg.upload_concurrency));
+        let metrics = Arc::new(Metrics::new());
+        // Every store call of the service is counted and timed, whichever backend it is.
+        let store = Arc::new(crate::storage::metered::MeteredStore::new(
+            store,
+            metrics.clone(),
+        ));
         Self {
             db,
             store,
             cfg,
             imageops,
             upload_slots,
-            metrics: Arc::new(Metrics::new()),
+            metrics,
             job_wake: Arc::new(tokio::sync::Notify::new()),
             _locks: Arc::new(vec![]),
         }
@@ -171,13 +177,20 @@ impl Service {
         &self.metrics
     }
 
-    /// Every metric in Prometheus' text format, with the deployment-wide gauges (open uploads,
-    /// jobs by kind and state) read fresh from the database. When the database cannot be read,
-    /// those gauges keep their last values and this replica's own metrics are still served.
+    /// Every metric in OpenMetrics text format, with the deployment-wide gauges (open uploads,
+    /// jobs by kind and state) read fresh from the database and the scratch directory's usage
+    /// measured now. When the database cannot be read, those gauges keep their last values and
+    /// this replica's own metrics are still served.
     pub async fn metrics_text(&self) -> String {
         match self.read_state_gauges().await {
             Ok((open, jobs)) => self.metrics.set_state(open, &jobs),
             Err(e) => tracing::warn!(error = %e, "metrics: the database could not be read"),
+        }
+        let scratch = self.cfg.scratch_dir.clone();
+        if let Ok(bytes) =
+            tokio::task::spawn_blocking(move || crate::metrics::disk_usage(&scratch)).await
+        {
+            self.metrics.set_scratch_bytes(bytes);
         }
         self.metrics.encode()
     }

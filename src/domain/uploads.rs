@@ -386,6 +386,7 @@ impl Service {
             staged,
             "chunk stored"
         );
+        self.metrics.upload_chunk_received();
         Ok(())
     }
 
@@ -453,7 +454,9 @@ impl Service {
                 .abort_multipart(&tier.bucket, &key, &upload_id)
                 .await;
         }
-        inserted?;
+        if inserted? {
+            self.metrics.upload_session_opened();
+        }
         db::uploads::find(&self.db, identifier)
             .await?
             .ok_or_else(|| Error::Internal("upload session vanished after insert".into()))
@@ -496,7 +499,16 @@ impl Service {
                     "no chunks received for identifier {identifier}"
                 )));
             }
-            totals.agrees_with(&session)?.covered_by(&parts)?;
+            let covered = totals
+                .agrees_with(&session)
+                .and_then(|t| t.covered_by(&parts));
+            if let Err(e) = covered {
+                if matches!(e, Error::MissingChunks(_)) {
+                    self.metrics
+                        .upload_merge(crate::metrics::MergeOutcome::MissingChunks);
+                }
+                return Err(e);
+            }
             let token = uuid::Uuid::new_v4().simple().to_string();
             let checksum_text = checksum.as_ref().map(Checksum::to_string);
             let claim = db::uploads::MergeClaim {
@@ -563,6 +575,10 @@ impl Service {
         let result = self
             .complete(&session, &parts, &request, &token, &identifier)
             .await;
+        self.metrics.upload_merge(match &result {
+            Ok(_) => crate::metrics::MergeOutcome::Completed,
+            Err(_) => crate::metrics::MergeOutcome::Failed,
+        });
         if let Err(e) = &result {
             // The chunks were joined: a result that cannot be used consumed them.
             let reopen = !matches!(e, Error::InvalidZip(_) | Error::TooLarge);
@@ -925,6 +941,7 @@ impl Service {
                     .await?;
                 db::uploads::delete(&self.db, &session.id).await?;
                 tracing::info!(identifier, "upload cancelled");
+                self.metrics.upload_session_cancelled();
                 Ok(())
             }
         }
@@ -983,6 +1000,7 @@ impl Service {
             }
             db::uploads::delete_merging(&self.db, &s.id, &token).await?;
             tracing::info!(identifier = %s.identifier, "abandoned upload expired");
+            self.metrics.upload_session_expired();
             swept += 1;
         }
         Ok(swept)

@@ -26,9 +26,8 @@ use tower_http::{
     cors::{AllowOrigin, Any, CorsLayer},
     request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
     timeout::RequestBodyTimeoutLayer,
-    trace::{DefaultOnResponse, TraceLayer},
+    trace::TraceLayer,
 };
-use tracing::Level;
 use utoipa::OpenApi;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
@@ -90,7 +89,9 @@ pub fn router(svc: Service) -> Router {
                     tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
                 })
                 .on_request(())
-                .on_response(DefaultOnResponse::new().level(Level::INFO).latency_unit(tower_http::LatencyUnit::Millis)),
+                // The access line is written by `metered` once the response body is done:
+                // here it would be written when the headers go out.
+                .on_response(()),
         )
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
@@ -161,19 +162,12 @@ async fn ready(State(svc): State<Service>) -> Result<Json<serde_json::Value>, Ap
     ))
 }
 
-/// Prometheus metrics, text exposition format.
+/// Prometheus metrics, OpenMetrics text format.
 #[utoipa::path(get, path = "/metrics", tag = "operations",
-    responses((status = 200, description = "Metrics", body = String, content_type = "text/plain; version=0.0.4")))]
+    responses((status = 200, description = "Metrics", body = String, content_type = "application/openmetrics-text; version=1.0.0")))]
 async fn metrics(State(svc): State<Service>) -> Response {
     let text = svc.metrics_text().await;
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        text,
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response()
 }
 
 /// This document.

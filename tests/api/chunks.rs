@@ -456,5 +456,16 @@ async fn abandoned_uploads_expire(b: Backend) {
         );
         tokio::time::sleep(std::time::Duration::from_millis(250)).await;
     }
+    // Counted as expired, not as cancelled (the count follows the deletion at once).
+    loop {
+        let m = crate::metrics::scrape(&app.client, &app.base).await;
+        if m.get("fs_upload_sessions_expired_total") == 2.0 {
+            assert_eq!(m.get("fs_upload_sessions_cancelled_total"), 0.0);
+            assert_eq!(m.get("fs_upload_sessions_opened_total"), 2.0);
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{}", m.text);
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     app.stop().await;
 }

@@ -11,6 +11,7 @@ mod hostile;
 mod images;
 mod integrity;
 mod large;
+mod metrics;
 mod operations;
 mod proxy;
 mod queue;

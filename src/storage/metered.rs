@@ -1,0 +1,147 @@
+//! An `ObjectStore` around another that counts every call by operation and outcome and times
+//! it, for `/metrics` (`fs_store_operations_total`, `fs_store_operation_duration_seconds`).
+//! The backends know nothing of it: the service wraps whichever store it is given.
+
+use super::{
+    ByteRange, ByteStream, CompletedPart, ObjectStore, PutOptions, Result, SpooledPart,
+    StorageError, UploadedPart,
+};
+use crate::metrics::Metrics;
+use async_trait::async_trait;
+use std::{path::PathBuf, sync::Arc, time::Instant};
+
+/// Times and counts the calls of the store it holds.
+pub struct MeteredStore {
+    inner: Arc<dyn ObjectStore>,
+    metrics: Arc<Metrics>,
+}
+
+impl MeteredStore {
+    pub fn new(inner: Arc<dyn ObjectStore>, metrics: Arc<Metrics>) -> Self {
+        Self { inner, metrics }
+    }
+
+    /// Runs one call of `operation`, recording its outcome and duration.
+    async fn observe<T>(
+        &self,
+        operation: &str,
+        call: impl std::future::Future<Output = Result<T>>,
+        not_found: impl Fn(&T) -> bool,
+    ) -> Result<T> {
+        let started = Instant::now();
+        let result = call.await;
+        let outcome = match &result {
+            Ok(v) if not_found(v) => "not_found",
+            Ok(_) => "ok",
+            Err(StorageError::NotFound | StorageError::NoSuchUpload) => "not_found",
+            Err(_) => "error",
+        };
+        self.metrics.store_op(operation, outcome, started.elapsed());
+        result
+    }
+}
+
+fn found<T>(_: &T) -> bool {
+    false
+}
+
+#[async_trait]
+impl ObjectStore for MeteredStore {
+    async fn ensure_bucket(&self, bucket: &str) -> Result<()> {
+        self.observe("ensure_bucket", self.inner.ensure_bucket(bucket), found)
+            .await
+    }
+
+    async fn put(
+        &self,
+        bucket: &str,
+        key: &str,
+        body: ByteStream,
+        opts: &PutOptions,
+    ) -> Result<u64> {
+        self.observe("put", self.inner.put(bucket, key, body, opts), found)
+            .await
+    }
+
+    async fn create_multipart(&self, bucket: &str, key: &str, opts: &PutOptions) -> Result<String> {
+        let call = self.inner.create_multipart(bucket, key, opts);
+        self.observe("create_multipart", call, found).await
+    }
+
+    async fn upload_part(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+        number: u32,
+        body: SpooledPart,
+        direct: bool,
+    ) -> Result<UploadedPart> {
+        let call = self
+            .inner
+            .upload_part(bucket, key, upload_id, number, body, direct);
+        self.observe("upload_part", call, found).await
+    }
+
+    async fn complete_multipart(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+        parts: &[CompletedPart],
+    ) -> Result<()> {
+        let call = self.inner.complete_multipart(bucket, key, upload_id, parts);
+        self.observe("complete_multipart", call, found).await
+    }
+
+    async fn abort_multipart(&self, bucket: &str, key: &str, upload_id: &str) -> Result<()> {
+        let call = self.inner.abort_multipart(bucket, key, upload_id);
+        self.observe("abort_multipart", call, found).await
+    }
+
+    async fn get(&self, bucket: &str, key: &str, range: Option<ByteRange>) -> Result<ByteStream> {
+        self.observe("get", self.inner.get(bucket, key, range), found)
+            .await
+    }
+
+    async fn head(&self, bucket: &str, key: &str) -> Result<Option<u64>> {
+        self.observe("head", self.inner.head(bucket, key), Option::is_none)
+            .await
+    }
+
+    async fn delete(&self, bucket: &str, key: &str) -> Result<()> {
+        self.observe("delete", self.inner.delete(bucket, key), found)
+            .await
+    }
+
+    async fn copy(
+        &self,
+        src_bucket: &str,
+        src_key: &str,
+        dst_bucket: &str,
+        dst_key: &str,
+        opts: &PutOptions,
+    ) -> Result<()> {
+        let call = self
+            .inner
+            .copy(src_bucket, src_key, dst_bucket, dst_key, opts);
+        self.observe("copy", call, found).await
+    }
+
+    async fn ping(&self, bucket: &str) -> Result<()> {
+        self.observe("ping", self.inner.ping(bucket), found).await
+    }
+
+    fn local_path(&self, bucket: &str, key: &str) -> Option<PathBuf> {
+        self.inner.local_path(bucket, key)
+    }
+
+    async fn sweep_stale_temp(&self, idle: std::time::Duration) -> Result<usize> {
+        let call = self.inner.sweep_stale_temp(idle);
+        self.observe("sweep_stale_temp", call, found).await
+    }
+
+    fn min_part_size(&self) -> u64 {
+        self.inner.min_part_size()
+    }
+}
