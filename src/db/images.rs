@@ -179,6 +179,33 @@ pub async fn set_check(
         .map(|_| ())
 }
 
+/// Records that an image's stored bytes no longer match those recorded (found outside a check,
+/// by a slim that re-hashed its input): check status 1 with `msg` and the digests found.
+pub async fn set_corrupted(
+    db: &impl ConnectionTrait,
+    id: &str,
+    msg: &str,
+    found: &CheckHashes<'_>,
+    now: i64,
+) -> Result<(), DbErr> {
+    Images::update_many()
+        .col_expr(
+            image::Column::CheckStatus,
+            Expr::value(crate::imageops::status::CORRUPTED),
+        )
+        .col_expr(
+            image::Column::CheckMsg,
+            Expr::value(msg.chars().take(500).collect::<String>()),
+        )
+        .col_expr(image::Column::Checksum, Expr::value(found.md5))
+        .col_expr(image::Column::Sha256, Expr::value(found.sha256))
+        .col_expr(image::Column::UpdatedAt, Expr::value(now))
+        .filter(image::Column::Id.eq(id))
+        .exec(db)
+        .await
+        .map(|_| ())
+}
+
 /// Progress of a running slim (0..1).
 pub async fn set_compress_rate(
     db: &impl ConnectionTrait,

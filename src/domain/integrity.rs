@@ -85,9 +85,14 @@ impl Checksum {
 
     /// Parses a `Content-MD5` header: base64 of the 16 digest bytes (RFC 1864).
     pub fn parse_content_md5(value: &str) -> Result<Self, String> {
-        let digest = B64
-            .decode(value.trim())
-            .map_err(|_| "Content-MD5 must be the base64 of a 16-byte MD5 digest".to_string())?;
+        let bad = || {
+            "Content-MD5 must be the base64 of the 16-byte MD5 digest (24 characters, not hex)"
+                .to_string()
+        };
+        let digest = B64.decode(value.trim()).map_err(|_| bad())?;
+        if digest.len() != 16 {
+            return Err(bad());
+        }
         Checksum::new(Algorithm::Md5, digest, "Content-MD5")
     }
 
@@ -97,8 +102,12 @@ impl Checksum {
         let mut out = vec![];
         for member in value.split(',') {
             let Some((alg, v)) = member.split_once('=') else {
+                let example = match header {
+                    "digest" => "SHA-256=<base64>",
+                    _ => "sha-256=:<base64>:",
+                };
                 return Err(format!(
-                    "{header} must be a list of algorithm=digest, e.g. sha-256=:<base64>:"
+                    "{header} must be a list of algorithm=digest, e.g. {example}"
                 ));
             };
             let algorithm = match alg.trim().to_ascii_lowercase().as_str() {

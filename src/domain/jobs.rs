@@ -179,15 +179,33 @@ impl Service {
             self.metrics.image_slimmed(SlimOutcome::Refused);
             return Ok(Step::Done);
         }
-        let (input, _input_guard, _) = self
+        let (input, _input_guard, digests) = self
             .materialize(
                 &img.bucket,
                 &img.object_key,
                 img.size_bytes as u64,
                 ".qcow2",
-                Wanted::default(),
+                Wanted::IMAGE,
             )
             .await?;
+        // Bytes that changed since they were recorded are never made the new reference.
+        let expected = (&img.original_md5, &img.original_sha256);
+        if let Some(msg) = changed_since_recorded(expected, &digests) {
+            tracing::warn!(image.id = %image_id, %msg, "slim refused: stored bytes changed");
+            let md5 = digests.md5_hex().unwrap_or_default();
+            let sha256 = digests.sha256_hex().unwrap_or_default();
+            let found = db::images::CheckHashes {
+                md5: &md5,
+                sha256: &sha256,
+                original: false,
+            };
+            db::images::set_corrupted(&self.db, image_id, &msg, &found, now_secs()).await?;
+            let refusal = format!("This image cannot be slimmed: {msg}.");
+            db::images::slim_failed(&self.db, image_id, compress::FAILED, &refusal, now_secs())
+                .await?;
+            self.metrics.image_slimmed(SlimOutcome::Refused);
+            return Ok(Step::Done);
+        }
         if free_bytes(&self.cfg.scratch_dir)? < img.size_bytes as u64 + (64 << 20) {
             let msg = "not enough scratch space to slim the image";
             db::images::slim_failed(&self.db, image_id, compress::NO_SPACE, msg, now_secs())
@@ -301,7 +319,7 @@ impl Service {
                 (&img.original_md5, &img.original_sha256),
             ),
         };
-        let (path, _scratch, digests) = self
+        let materialized = self
             .materialize(
                 &img.bucket,
                 &key,
@@ -309,27 +327,36 @@ impl Service {
                 &extension(&img.file_name),
                 Wanted::IMAGE,
             )
-            .await?;
+            .await;
+        let (path, _scratch, digests) = match materialized {
+            Err(e) if object_missing(&e) => {
+                // Retrying cannot bring it back: the check's verdict, at once.
+                let mut report = CheckReport::failed(
+                    "image corrupted: the image's data is missing from the store",
+                );
+                report.status = status::CORRUPTED;
+                tracing::warn!(image.id = %image_id, "stored object missing");
+                let none = db::images::CheckHashes {
+                    md5: "",
+                    sha256: "",
+                    original: false,
+                };
+                db::images::set_check(&self.db, image_id, &report, Some(&none), now_secs()).await?;
+                self.metrics.image_checked(report.status);
+                return Ok(());
+            }
+            other => other?,
+        };
         let md5 = digests.md5_hex().unwrap_or_default();
         let sha256 = digests.sha256_hex().unwrap_or_default();
         let mut report = self
             .imageops
             .check(&path, Declared::from_file_name(&img.file_name))
             .await;
-        let changed = [(expected.0, &md5, "MD5"), (expected.1, &sha256, "SHA-256")]
-            .into_iter()
-            .find_map(|(want, got, name)| {
-                want.as_ref()
-                    .filter(|w| *w != got)
-                    .map(|w| format!("{name} {got}, recorded {w}"))
-            });
-        if let Some(what) = changed {
-            tracing::warn!(image.id = %image_id, %what, "stored bytes changed since they were recorded");
+        if let Some(msg) = changed_since_recorded(expected, &digests) {
+            tracing::warn!(image.id = %image_id, %msg, "stored bytes changed since they were recorded");
             report.status = status::CORRUPTED;
-            report.msg = format!(
-                "image corrupted: the stored bytes no longer match the checksums recorded when \
-                 they were stored ({what})"
-            );
+            report.msg = msg;
         }
         tracing::info!(image.id = %image_id, status = report.status, "image checked");
         let hashes = db::images::CheckHashes {
@@ -389,6 +416,37 @@ impl Service {
         let p = path.to_path_buf();
         Ok((p, Some(path), hasher.finish()))
     }
+}
+
+/// Whether an error says the object itself is gone (S3: no such key; local: no such file).
+fn object_missing(e: &Error) -> bool {
+    match e {
+        Error::Storage(crate::storage::StorageError::NotFound) => true,
+        Error::Storage(crate::storage::StorageError::Io(io)) => {
+            io.kind() == std::io::ErrorKind::NotFound
+        }
+        _ => false,
+    }
+}
+
+/// Why bytes read now are not those recorded when they were stored (MD5 and SHA-256, lower-case
+/// hex; `None` where nothing was recorded): a message naming both digests, or `None`.
+fn changed_since_recorded(
+    recorded: (&Option<String>, &Option<String>),
+    found: &Digests,
+) -> Option<String> {
+    let (md5, sha256) = (found.md5_hex(), found.sha256_hex());
+    [(recorded.0, md5, "MD5"), (recorded.1, sha256, "SHA-256")]
+        .into_iter()
+        .find_map(|(want, got, name)| {
+            let (want, got) = (want.as_ref()?, got?);
+            (*want != got).then(|| {
+                format!(
+                    "image corrupted: the stored bytes no longer match the checksums recorded \
+                     when they were stored ({name} {got}, recorded {want})"
+                )
+            })
+        })
 }
 
 /// Runs a job so that a panic in it is a failed attempt (retried with backoff, then recorded

@@ -185,9 +185,13 @@ impl Totals {
             .map(|n| n.to_string())
             .collect();
         if !beyond.is_empty() {
+            let what = match beyond.len() {
+                1 => "chunk {} is",
+                _ => "chunks {} are",
+            }
+            .replace("{}", &beyond.join(", "));
             return Err(Error::InvalidInput(format!(
-                "chunks {} are beyond totalChunks {last}; cancel the upload to start again",
-                beyond.join(", ")
+                "{what} beyond totalChunks {last}; cancel the upload to start again"
             )));
         }
         let missing: Vec<u32> = (1..=last)
@@ -344,6 +348,12 @@ impl Service {
         if held.saturating_add(len) > self.cfg.max_image_bytes {
             return Err(Error::TooLarge);
         }
+        if let Some(total) = totals.total_size.filter(|t| held.saturating_add(len) > *t) {
+            return Err(Error::SizeMismatch(format!(
+                "with chunk {number} the upload would hold {} bytes, more than its totalSize {total}",
+                held.saturating_add(len)
+            )));
+        }
         let new_totals = (totals.total_size.is_some() && session.total_size.is_none())
             || (totals.total_chunks.is_some() && session.total_chunks.is_none());
         if new_totals {
@@ -477,7 +487,9 @@ impl Service {
             let Some(session) = db::uploads::find(&self.db, &identifier).await? else {
                 // Merged before and its session swept: still the same image.
                 if let Some(img) = db::images::find_by_identifier(&self.db, &identifier).await? {
-                    return Ok(img);
+                    return self
+                        .merged_before(img, checksum.as_ref(), &totals, &file_name)
+                        .await;
                 }
                 return Err(Error::InvalidInput(format!(
                     "no chunks received for identifier {identifier}"
@@ -485,7 +497,9 @@ impl Service {
             };
             if session.state == COMPLETED {
                 if let Some(img) = db::images::find(&self.db, &session.image_id).await? {
-                    return Ok(img);
+                    return self
+                        .merged_before(img, checksum.as_ref(), &totals, &file_name)
+                        .await;
                 }
                 // The merged image was deleted since: the identifier is free again.
                 db::uploads::delete(&self.db, &session.id).await?;
@@ -546,6 +560,70 @@ impl Service {
                 );
             return run.await.map_err(|e| Error::Internal(e.to_string()))?;
         }
+    }
+
+    /// The answer to a repeated merge of an identifier merged into `img`: the image, when what
+    /// the repetition declares holds for it (`totalSize`, `checksum`; a zipped upload's
+    /// archive is gone, so neither can be compared again).
+    async fn merged_before(
+        &self,
+        img: image::Model,
+        checksum: Option<&Checksum>,
+        totals: &Totals,
+        file_name: &str,
+    ) -> Result<image::Model> {
+        if validate::is_zip(file_name) {
+            return Ok(img);
+        }
+        if let Some(total) = totals.total_size.filter(|t| *t != img.size_bytes as u64) {
+            return Err(Error::SizeMismatch(format!(
+                "this upload was merged into image {} of {} bytes, not totalSize {total}",
+                img.id, img.size_bytes
+            )));
+        }
+        let Some(expected) = checksum else {
+            return Ok(img);
+        };
+        let recorded = match expected.algorithm {
+            Algorithm::Md5 => img.original_md5.as_deref(),
+            Algorithm::Sha256 => img.original_sha256.as_deref(),
+            Algorithm::Crc32c => None,
+        };
+        let digests = match recorded.and_then(|h| hex::decode(h).ok()) {
+            Some(bytes) => {
+                let mut d = Digests::default();
+                match expected.algorithm {
+                    Algorithm::Md5 => d.md5 = bytes.try_into().ok(),
+                    _ => d.sha256 = bytes.try_into().ok(),
+                }
+                d
+            }
+            None => {
+                let wanted = Wanted::for_checksums([expected]);
+                self.object_digests(&img.bucket, &img.object_key, wanted)
+                    .await?
+            }
+        };
+        digests
+            .verify(std::slice::from_ref(expected), "the merged image")
+            .map_err(Error::ChecksumMismatch)?;
+        Ok(img)
+    }
+
+    /// Digests of a stored object, in one read (in place when the store keeps it as a file).
+    async fn object_digests(&self, bucket: &str, key: &str, wanted: Wanted) -> Result<Digests> {
+        if let Some(path) = self.store.local_path(bucket, key) {
+            return tokio::task::spawn_blocking(move || integrity::digest_file(&path, wanted))
+                .await
+                .map_err(|e| Error::Internal(e.to_string()))?
+                .map_err(Error::from);
+        }
+        let meter = Meter::hashing(wanted);
+        let mut body = meter.wrap(self.store.get(bucket, key, None).await?, u64::MAX);
+        while let Some(chunk) = body.next().await {
+            chunk?;
+        }
+        Ok(meter.digests())
     }
 
     /// Runs a merge this process claimed with `token`, renewing its claim while it runs; a
@@ -654,8 +732,9 @@ impl Service {
         };
         self.complete_upload(session, parts, identifier).await?;
         // A zipped upload that recorded its image verified the archive before that.
+        let mut verified = None;
         if let (Some(expected), None) = (&request.checksum, &session.merge_unpacked) {
-            self.verify_merged(session, parts, token, expected).await?;
+            verified = Some(self.verify_merged(session, parts, token, expected).await?);
         }
         let (name, size, crc32, digests) = if validate::is_zip(file_name) {
             self.unpack_merged_zip(session, &session_tier, token, identifier)
@@ -663,8 +742,9 @@ impl Service {
         } else {
             let size = parts.iter().map(|p| p.size_bytes as u64).sum();
             let crc = combine_crc32(parts.iter().map(|p| (p.crc32 as u32, p.size_bytes as u64)));
-            // The image's MD5 and SHA-256 are computed by its check.
-            (file_name.to_string(), size, crc, None)
+            // Verified against the client's checksum, the digests are the original's; else
+            // the image's first check computes them.
+            (file_name.to_string(), size, crc, verified)
         };
         if size > self.cfg.max_image_bytes {
             self.delete_object(&session.bucket, &session.object_key)
@@ -699,35 +779,21 @@ impl Service {
             .ok_or_else(|| Error::Internal("merged image vanished".into()))
     }
 
-    /// Verifies the merged object against the checksum the merge was asked to verify. On a
-    /// mismatch its chunks are stored again (under a new multipart upload) and the merged
-    /// object removed, so the client can replace chunks and merge again.
+    /// Verifies the merged object against the checksum the merge was asked to verify, and
+    /// returns its MD5 and SHA-256 (one read). On a mismatch its chunks are stored again
+    /// (under a new multipart upload) and the merged object removed, so the client can
+    /// replace chunks and merge again.
     async fn verify_merged(
         &self,
         session: &upload_session::Model,
         parts: &[entity::upload_part::Model],
         token: &str,
         expected: &Checksum,
-    ) -> Result<()> {
+    ) -> Result<Digests> {
         let (bucket, key) = (&session.bucket, &session.object_key);
-        let wanted = Wanted::for_checksums([expected]);
-        let digests = match self.store.local_path(bucket, key) {
-            Some(path) => {
-                tokio::task::spawn_blocking(move || integrity::digest_file(&path, wanted))
-                    .await
-                    .map_err(|e| Error::Internal(e.to_string()))??
-            }
-            None => {
-                let meter = Meter::hashing(wanted);
-                let mut body = meter.wrap(self.store.get(bucket, key, None).await?, u64::MAX);
-                while let Some(chunk) = body.next().await {
-                    chunk?;
-                }
-                meter.digests()
-            }
-        };
+        let digests = self.object_digests(bucket, key, Wanted::IMAGE).await?;
         let Err(why) = digests.verify(std::slice::from_ref(expected), "the merged upload") else {
-            return Ok(());
+            return Ok(digests);
         };
         self.split_back(session, parts, token).await?;
         Err(Error::ChecksumMismatch(format!(

@@ -41,10 +41,14 @@ pub fn evaluate(headers: &HeaderMap, v: &Validators<'_>) -> Outcome {
             .collect();
         (!values.is_empty()).then(|| values.join(","))
     };
+    // A date field is a single value: sent more than once, it is ignored (RFC 9110 13.1.3).
     let date = |name: &header::HeaderName| -> Option<SystemTime> {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
+        let mut all = headers.get_all(name).iter();
+        let (Some(v), None) = (all.next(), all.next()) else {
+            return None;
+        };
+        v.to_str()
+            .ok()
             .and_then(|s| httpdate::parse_http_date(s.trim()).ok())
     };
     let modified = v.last_modified_time();
@@ -69,8 +73,11 @@ pub fn evaluate(headers: &HeaderMap, v: &Validators<'_>) -> Outcome {
         }
     }
     // 5: If-Range (section 13.1.5): an entity tag compared strongly, or the exact date.
-    let range = match headers.get(header::IF_RANGE).map(|h| h.to_str()) {
+    // If-Range is one validator: several lines cannot match one representation.
+    let if_range: Vec<_> = headers.get_all(header::IF_RANGE).iter().collect();
+    let range = match if_range.first().map(|h| h.to_str()) {
         None => true,
+        Some(_) if if_range.len() > 1 => false,
         Some(Ok(value)) => {
             let value = value.trim();
             if value.starts_with('"') || value.starts_with("W/") {
@@ -217,5 +224,14 @@ mod tests {
         assert_eq!(outcome(&[("if-range", "W/\"abc\"")]), whole);
         assert_eq!(outcome(&[("if-range", &before)]), whole);
         assert_eq!(outcome(&[("if-range", "garbage")]), whole);
+        // Fields that must be single, sent twice.
+        assert_eq!(
+            outcome(&[("if-range", "\"abc\""), ("if-range", "\"x\"")]),
+            whole
+        );
+        assert_eq!(
+            outcome(&[("if-modified-since", &at), ("if-modified-since", &before)]),
+            serve
+        );
     }
 }

@@ -324,13 +324,11 @@ pub async fn download(
     };
     // A Range whose If-Range names other bytes gets the whole representation (RFC 9110
     // section 13.1.5), never a range that could be spliced onto other bytes.
-    let range = if repr.ranges && honour_range {
-        headers
-            .get(header::RANGE)
-            .and_then(|v| v.to_str().ok())
-            .and_then(parse_range)
-    } else {
-        None
+    let ranges: Vec<_> = headers.get_all(header::RANGE).iter().collect();
+    let range = match ranges[..] {
+        // One Range field; several are not a request this service can honour: ignored.
+        [one] if repr.ranges && honour_range => one.to_str().ok().and_then(parse_range),
+        _ => None,
     };
     h.insert(
         header::CONTENT_TYPE,

@@ -116,6 +116,9 @@ fn cors(svc: &Service) -> CorsLayer {
             header::CONTENT_DISPOSITION,
             header::CONTENT_RANGE,
             header::CONTENT_LENGTH,
+            header::ETAG,
+            header::LAST_MODIFIED,
+            header::HeaderName::from_static("repr-digest"),
         ])
         .max_age(Duration::from_secs(3600));
     match &svc.config().cors_origins {

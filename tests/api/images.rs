@@ -26,6 +26,7 @@ async fn upload_query_delete_round_trip(b: Backend) {
             "fileName",
             "imageId",
             "msg",
+            "sha256",
             "slimStatus",
             "storageMedium",
             "uploadTime",

@@ -154,6 +154,11 @@ async fn declared_totals_are_enforced(b: Backend) {
     assert_eq!(v["code"], "MISSING_CHUNKS", "{v}");
     assert!(v["message"].as_str().unwrap().contains('3'), "{v}");
     assert_eq!(held(&app, "tot").await, vec![1, 2]);
+    // A chunk that would take the upload past its totalSize: refused at once.
+    let big = pattern(9, total);
+    let r = chunk_with(&app, "tot", 3, big, &[], &[], &[]).await;
+    assert_eq!(assert_error(r, 400, None).await["code"], "SIZE_MISMATCH");
+    assert_eq!(held(&app, "tot").await, vec![1, 2]);
     // The merge's own totals are checked as well.
     let r = merge_with(&app, "tot", "disk.img", &[("totalChunks", "2".into())]).await;
     assert_error(r, 400, None).await;
@@ -410,10 +415,57 @@ async fn whole_image_checksums(b: Backend) {
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
     let merged: serde_json::Value = r.json().await.unwrap();
     let mid = merged["imageId"].as_str().unwrap();
+    // Verified at the merge, its digests are known (and recorded) at once.
+    assert_eq!(merged["sha256"], sha.as_str(), "{merged}");
     assert_eq!(app.download(mid).await, data);
-    // A merged image's SHA-256 comes from its check.
     let v = wait_checked(&app, mid).await;
     assert_eq!(v["sha256"], sha.as_str(), "{v}");
+    assert_eq!(v["originalChecksum"], md5_hex(&data), "{v}");
+    // A repeated merge answers with the image only when what it declares holds.
+    let wrong = format!("md5:{}", md5_hex(b"z"));
+    let r = merge_with(&app, "whole", "disk.img", &[("checksum", wrong)]).await;
+    assert_eq!(
+        assert_error(r, 400, None).await["code"],
+        "CHECKSUM_MISMATCH"
+    );
+    let r = merge_with(&app, "whole", "disk.img", &[("totalSize", "5".into())]).await;
+    assert_eq!(assert_error(r, 400, None).await["code"], "SIZE_MISMATCH");
+    let r = merge_with(
+        &app,
+        "whole",
+        "disk.img",
+        &[("checksum", format!("sha256:{sha}"))],
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<serde_json::Value>().await.unwrap()["imageId"], mid);
+    // Merged without a checksum, repeated with one: the object is hashed to answer.
+    for (i, p) in parts.iter().enumerate() {
+        assert_eq!(
+            app.chunk("plain", i as u32 + 1, p.clone()).await.status(),
+            200
+        );
+    }
+    assert_eq!(app.merge("plain", "disk.img").await.status(), 200);
+    let r = merge_with(
+        &app,
+        "plain",
+        "disk.img",
+        &[("checksum", format!("sha256:{}", "0".repeat(64)))],
+    )
+    .await;
+    assert_eq!(
+        assert_error(r, 400, None).await["code"],
+        "CHECKSUM_MISMATCH"
+    );
+    let r = merge_with(
+        &app,
+        "plain",
+        "disk.img",
+        &[("checksum", format!("md5:{}", md5_hex(&data)))],
+    )
+    .await;
+    assert_eq!(r.status(), 200);
     app.stop().await;
 }
 
@@ -441,6 +493,21 @@ async fn downloads_carry_validators(b: Backend) {
     let zetag = z.headers()["etag"].to_str().unwrap().to_string();
     assert_ne!(zetag, etag, "plain and zipped forms differ");
     assert!(z.headers().get("repr-digest").is_none());
+    // Browser clients may read the validators.
+    let r = app
+        .client
+        .get(&url)
+        .header("Origin", "http://console.example")
+        .send()
+        .await
+        .unwrap();
+    let exposed = r.headers()["access-control-expose-headers"]
+        .to_str()
+        .unwrap()
+        .to_lowercase();
+    for h in ["etag", "last-modified", "repr-digest"] {
+        assert!(exposed.contains(h), "{exposed}");
+    }
     // 304s, 412s.
     for h in [
         ("If-None-Match", etag.as_str()),
@@ -627,6 +694,22 @@ async fn overwrite(app: &TestApp, key: &str, bytes: Vec<u8>) {
     }
 }
 
+/// Removes a stored object behind the service's back.
+async fn remove(app: &TestApp, key: &str) {
+    if app.backend.is_s3() {
+        let (client, prefix) = app.s3();
+        client
+            .delete_object()
+            .bucket("images")
+            .key(format!("{prefix}{key}"))
+            .send()
+            .await
+            .unwrap();
+    } else {
+        std::fs::remove_file(app.dir.path().join("objects/images").join(key)).unwrap();
+    }
+}
+
 async fn rechecks_find_corruption(b: Backend) {
     let app = TestApp::spawn(b, Options::default()).await;
     let img = make_qcow2(app.dir.path(), "c.qcow2", 16, 2);
@@ -669,6 +752,61 @@ async fn rechecks_find_corruption(b: Backend) {
         st["msg"].as_str().unwrap().contains("no longer match"),
         "{v}"
     );
+    // A slim re-hashes its input: bytes changed since the (consistent) check are refused,
+    // never made the new reference.
+    let img2 = make_qcow2(app.dir.path(), "d.qcow2", 16, 2);
+    let r = app.upload_path(&img2, "d.qcow2", &[]).await;
+    let id2 = r.json::<serde_json::Value>().await.unwrap()["imageId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        wait_checked(&app, &id2).await["checkStatusResponse"]["status"],
+        0
+    );
+    let mut bytes = std::fs::read(&img2).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x01;
+    overwrite(&app, &format!("images/{id2}"), bytes).await;
+    let r = app
+        .client
+        .post(app.url(&format!("/images/{id2}/action/slim")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let v = loop {
+        let (_, v) = app.get_json(&format!("/images/{id2}")).await;
+        if v["slimStatus"] != 1 {
+            break v;
+        }
+        assert!(std::time::Instant::now() < deadline, "{v}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(v["slimStatus"], 3, "{v}");
+    assert_eq!(v["checkStatusResponse"]["status"], 1, "{v}");
+    assert!(
+        v["compressInfo"]["compressMsg"]
+            .as_str()
+            .unwrap()
+            .contains("no longer match"),
+        "{v}"
+    );
+    // An object gone from the store: the re-check says so at once, without stale digests.
+    remove(&app, &format!("images/{id2}")).await;
+    assert_eq!(check(id2.clone()).await.status(), 200);
+    let v = wait_checked(&app, &id2).await;
+    let st = &v["checkStatusResponse"];
+    assert_eq!(st["status"], 1, "{v}");
+    assert!(
+        st["msg"]
+            .as_str()
+            .unwrap()
+            .contains("missing from the store"),
+        "{v}"
+    );
+    assert_eq!(st["checkInfo"]["checksum"], "", "{v}");
     // Unknown ids: the usual 404.
     let r = check(uuid::Uuid::new_v4().to_string()).await;
     assert_eq!(assert_error(r, 404, None).await["code"], "IMAGE_NOT_FOUND");
