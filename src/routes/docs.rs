@@ -43,6 +43,10 @@ pub struct UploadForm {
     user_id: Option<String>,
     /// Storage tier; missing or empty means 0.
     priority: Option<String>,
+    /// The file's checksum as sent (for a `.zip`, the archive's): `md5:<hex>` or
+    /// `sha256:<hex>`; a mismatch is 400 `CHECKSUM_MISMATCH` and nothing is recorded.
+    #[schema(pattern = r"^(md5|sha256):[0-9a-fA-F]+$")]
+    checksum: Option<String>,
 }
 
 /// `POST /images/upload`: one chunk.
@@ -59,6 +63,28 @@ pub struct ChunkForm {
     #[schema(rename = "chunkNumber", minimum = 1, maximum = 10000)]
     chunk_number: Option<u32>,
     priority: Option<String>,
+    /// Bytes of the whole upload (simple-uploader.js / resumable.js); recorded, and the merge
+    /// must cover it exactly (400 `SIZE_MISMATCH`).
+    #[schema(rename = "totalSize", minimum = 0)]
+    total_size: Option<u64>,
+    /// How many chunks the upload has; a chunk above it is 400, a merge missing one is 400
+    /// `MISSING_CHUNKS`.
+    #[schema(rename = "totalChunks", minimum = 1, maximum = 10000)]
+    total_chunks: Option<u32>,
+    /// The client's nominal chunk size in bytes (accepted, not enforced).
+    #[schema(rename = "chunkSize", minimum = 1)]
+    chunk_size: Option<u64>,
+    /// Bytes of this chunk; a body of another length is 400 `SIZE_MISMATCH`, nothing stored.
+    #[schema(rename = "currentChunkSize", minimum = 0)]
+    current_chunk_size: Option<u64>,
+    /// This chunk's checksum: `md5:<hex>`, `sha256:<hex>` or `crc32c:<hex>` (also accepted
+    /// as the headers Content-MD5, Repr-Digest, Content-Digest, Digest); a mismatch is 400
+    /// `CHECKSUM_MISMATCH`, nothing stored.
+    #[schema(
+        rename = "chunkChecksum",
+        pattern = r"^(md5|sha256|crc32c):[0-9a-fA-F]+$"
+    )]
+    chunk_checksum: Option<String>,
 }
 
 /// `POST /images/merge`: assembles the chunks of `identifier` into an image.
@@ -73,6 +99,15 @@ pub struct MergeForm {
     #[schema(rename = "userId")]
     user_id: Option<String>,
     priority: Option<String>,
+    /// The whole file's checksum: `md5:<hex>` or `sha256:<hex>`; a mismatch is 400
+    /// `CHECKSUM_MISMATCH`, the chunks are kept.
+    #[schema(pattern = r"^(md5|sha256):[0-9a-fA-F]+$")]
+    checksum: Option<String>,
+    /// As on the chunks: the merge refuses chunks that do not cover them exactly.
+    #[schema(rename = "totalSize", minimum = 0)]
+    total_size: Option<u64>,
+    #[schema(rename = "totalChunks", minimum = 1, maximum = 10000)]
+    total_chunks: Option<u32>,
 }
 
 /// `GET /ready`: what was checked.

@@ -163,8 +163,9 @@ pub async fn check(
     request_body(content = super::docs::ChunkForm, content_type = "multipart/form-data"),
     responses(
         (status = 200, description = "`ok.`", body = String, content_type = "text/plain"),
-        (status = 400, description = "Bad identifier, chunk number or body", body = super::docs::ErrorBody),
+        (status = 400, description = "Bad identifier, chunk number, body, totals (SIZE_MISMATCH) or checksum (CHECKSUM_MISMATCH)", body = super::docs::ErrorBody),
         (status = 408, description = "The client stopped sending the body (REQUEST_TIMEOUT)", body = super::docs::ErrorBody),
+        (status = 409, description = "The upload is being merged, or was merged", body = super::docs::ErrorBody),
         (status = 413, description = "Larger than FS_MAX_IMAGE_BYTES", body = super::docs::ErrorBody),
     ))]
 pub async fn upload_chunk(
@@ -267,6 +268,7 @@ pub async fn upload_query(
         ("If-None-Match" = Option<String>, Header, description = "304 when the ETag matches"),
         ("If-Modified-Since" = Option<String>, Header, description = "304 when not modified since"),
         ("If-Match" = Option<String>, Header, description = "412 unless the ETag matches"),
+        ("If-Unmodified-Since" = Option<String>, Header, description = "412 when modified since"),
     ),
     responses(
         (status = 200, description = "The bytes, as an attachment, with ETag, Last-Modified and (plain form) Repr-Digest", content_type = "application/octet-stream"),
