@@ -111,7 +111,9 @@ impl Config {
         vars: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
         let mut r = settings::Reader::new(vars);
-        use settings::{bytes, bytes_up_to, choice, number, number_in, secs, socket_addr};
+        use settings::{
+            bytes, bytes_up_to, choice, number, number_in, secs, secs_from, socket_addr,
+        };
         // S3's largest part (and so the largest part size that makes sense anywhere).
         const MAX_PART: u64 = 5 << 30;
         let listen = r.get("FS_LISTEN", default_addr(9500), socket_addr);
@@ -129,7 +131,7 @@ impl Config {
         // the far higher ratios of bzip2, zstd or deflate64 bombs, while real disk images
         // (sparse ones included) stay below it.
         let zip_max_ratio = r.get("FS_ZIP_MAX_RATIO", 1000, number);
-        let upload_ttl_secs = r.get("FS_UPLOAD_TTL_SECS", 86_400, secs);
+        let upload_ttl_secs = r.get("FS_UPLOAD_TTL_SECS", 86_400, secs_from(1));
         let cors = r.string("FS_CORS_ORIGINS").unwrap_or_else(|| "*".into());
         let log_format = r.get(
             "FS_LOG_FORMAT",
@@ -138,8 +140,8 @@ impl Config {
         );
         let upload_concurrency: usize = r.get("FS_UPLOAD_CONCURRENCY", 64, number_in(1, 100_000));
         let shutdown_grace_secs = r.get("FS_SHUTDOWN_GRACE_SECS", 30, secs);
-        let body_idle_timeout_secs = r.get("FS_BODY_IDLE_TIMEOUT_SECS", 60, secs);
-        let header_timeout_secs = r.get("FS_HEADER_TIMEOUT_SECS", 30, secs);
+        let body_idle_timeout_secs = r.get("FS_BODY_IDLE_TIMEOUT_SECS", 60, secs_from(1));
+        let header_timeout_secs = r.get("FS_HEADER_TIMEOUT_SECS", 30, secs_from(1));
         let drain_max_bytes = r.get("FS_DRAIN_MAX_BYTES", 256 << 20, bytes);
         let drain_timeout_secs = r.get("FS_DRAIN_TIMEOUT_SECS", 30, secs);
         let s3_endpoint = r.opt("FS_S3_ENDPOINT", settings::http_url);
@@ -159,10 +161,10 @@ impl Config {
             ]),
         );
         let job_concurrency = r.get("FS_JOB_CONCURRENCY", 2, number_in(0, 1024));
-        let job_lease_secs = r.get("FS_JOB_LEASE_SECS", 60, secs);
-        let job_retention_secs = r.get("FS_JOB_RETENTION_SECS", 7 * 24 * 3600, secs);
-        let check_timeout_secs = r.get("FS_CHECK_TIMEOUT_SECS", 1800, secs);
-        let slim_timeout_secs = r.get("FS_SLIM_TIMEOUT_SECS", 7200, secs);
+        let job_lease_secs = r.get("FS_JOB_LEASE_SECS", 60, secs_from(3));
+        let job_retention_secs = r.get("FS_JOB_RETENTION_SECS", 7 * 24 * 3600, secs_from(1));
+        let check_timeout_secs = r.get("FS_CHECK_TIMEOUT_SECS", 1800, secs_from(1));
+        let slim_timeout_secs = r.get("FS_SLIM_TIMEOUT_SECS", 7200, secs_from(1));
         let imageops_url = r.opt("FS_IMAGEOPS_URL", settings::http_url);
         let imageops_listen = r.get("FS_IMAGEOPS_LISTEN", default_addr(5000), socket_addr);
         let database_url = match r.string("DATABASE_URL") {
@@ -236,16 +238,16 @@ impl Config {
             log_format,
             upload_concurrency,
             shutdown_grace_secs,
-            body_idle_timeout_secs: body_idle_timeout_secs.max(1),
-            header_timeout_secs: header_timeout_secs.max(1),
+            body_idle_timeout_secs,
+            header_timeout_secs,
             drain_max_bytes,
             drain_timeout_secs,
             s3,
             job_concurrency,
-            job_lease_secs: job_lease_secs.max(3),
+            job_lease_secs,
             job_retention_secs,
-            check_timeout_secs: check_timeout_secs.max(1),
-            slim_timeout_secs: slim_timeout_secs.max(1),
+            check_timeout_secs,
+            slim_timeout_secs,
             imageops_url,
             imageops_listen,
         })
@@ -393,6 +395,58 @@ mod tests {
         ] {
             assert!(err.contains(expected), "{expected:?} not in {err}");
         }
+    }
+
+    #[test]
+    fn a_zero_that_makes_no_sense_is_refused_by_name() {
+        let err = Config::from_vars(vars(&[
+            ("FS_UPLOAD_TTL_SECS", "0"),
+            ("FS_BODY_IDLE_TIMEOUT_SECS", "0"),
+            ("FS_HEADER_TIMEOUT_SECS", "0s"),
+            ("FS_JOB_LEASE_SECS", "2"),
+            ("FS_JOB_RETENTION_SECS", "0"),
+            ("FS_CHECK_TIMEOUT_SECS", "0"),
+            ("FS_SLIM_TIMEOUT_SECS", "0"),
+        ]))
+        .unwrap_err()
+        .to_string();
+        for name in [
+            "FS_UPLOAD_TTL_SECS=\"0\"",
+            "FS_BODY_IDLE_TIMEOUT_SECS=\"0\"",
+            "FS_HEADER_TIMEOUT_SECS=\"0s\"",
+            "FS_JOB_RETENTION_SECS=\"0\"",
+            "FS_CHECK_TIMEOUT_SECS=\"0\"",
+            "FS_SLIM_TIMEOUT_SECS=\"0\"",
+        ] {
+            assert!(
+                err.contains(&format!(
+                    "{name} is not valid: expected a duration of at least 1 s"
+                )),
+                "{name}: {err}"
+            );
+        }
+        assert!(
+            err.contains(
+                "FS_JOB_LEASE_SECS=\"2\" is not valid: expected a duration of at least 3 s"
+            ),
+            "{err}"
+        );
+        // Where 0 has a meaning, it is taken: no grace, no drain, no zip ratio bound.
+        let c = Config::from_vars(vars(&[
+            ("FS_SHUTDOWN_GRACE_SECS", "0"),
+            ("FS_DRAIN_TIMEOUT_SECS", "0"),
+            ("FS_DRAIN_MAX_BYTES", "0"),
+            ("FS_ZIP_MAX_RATIO", "0"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            (
+                c.shutdown_grace_secs,
+                c.drain_timeout_secs,
+                c.drain_max_bytes
+            ),
+            (0, 0, 0)
+        );
     }
 
     #[test]

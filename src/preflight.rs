@@ -4,7 +4,7 @@
 use crate::{
     config::{Config, StorageKind},
     db,
-    storage::{ObjectStore, S3Store, SharedS3},
+    storage::{ObjectStore, S3Store, SharedS3, StorageError},
 };
 use std::{path::Path, sync::Arc, time::Duration};
 
@@ -44,7 +44,6 @@ pub async fn qemu_img_version() -> Result<String, String> {
 
 /// The settings that shape a deployment, as `(what, value)` lines without secrets.
 pub fn summary(cfg: &Config) -> Vec<(&'static str, String)> {
-    let mib = |b: u64| format!("{} MiB", b >> 20);
     let store = match cfg.storage {
         StorageKind::Local => format!("local directory {}", cfg.local_dir.display()),
         StorageKind::S3 => format!(
@@ -63,7 +62,7 @@ pub fn summary(cfg: &Config) -> Vec<(&'static str, String)> {
             None => format!("{}={}", t.priority, t.bucket),
         })
         .collect();
-    let free = free_bytes(&cfg.scratch_dir).map_or("unknown".into(), mib);
+    let free = free_bytes(&cfg.scratch_dir).map_or("unknown".into(), size);
     vec![
         ("version", VERSION.to_string()),
         ("database", db::redact_url(&cfg.database_url)),
@@ -73,7 +72,7 @@ pub fn summary(cfg: &Config) -> Vec<(&'static str, String)> {
             "scratch",
             format!("{} ({free} free)", cfg.scratch_dir.display()),
         ),
-        ("max image size", mib(cfg.max_image_bytes)),
+        ("max image size", size(cfg.max_image_bytes)),
         ("uploads at once", cfg.upload_concurrency.to_string()),
         ("job concurrency", cfg.job_concurrency.to_string()),
         (
@@ -81,6 +80,13 @@ pub fn summary(cfg: &Config) -> Vec<(&'static str, String)> {
             "none: keep the service behind a gateway that authenticates".into(),
         ),
     ]
+}
+
+/// A byte count with binary units: `500 GiB`, `8 MiB`, `1.5 GiB`, `37.2 GiB`.
+pub fn size(bytes: u64) -> String {
+    let text = bytesize::ByteSize::b(bytes).display().iec().to_string();
+    // `500.0 GiB` reads better as `500 GiB`.
+    text.replace(".0 ", " ")
 }
 
 /// Whether the imageops sidecar at `url` answers HTTP at all (any status).
@@ -143,6 +149,12 @@ pub async fn check(cfg: &Config) -> Vec<String> {
                             .await;
                     match reached {
                         Ok(Ok(())) => {}
+                        Ok(Err(StorageError::NotFound)) => problems.push(format!(
+                            "store: bucket {} does not exist at {} (`serve` creates it when \
+                             the credentials allow creating buckets)",
+                            tier.bucket,
+                            cfg.s3.endpoint.as_deref().unwrap_or("AWS")
+                        )),
                         Ok(Err(e)) => problems.push(format!("store: bucket {}: {e}", tier.bucket)),
                         Err(_) => problems.push(format!(
                             "store: bucket {} did not answer within 15 s",
@@ -172,4 +184,15 @@ pub async fn check(cfg: &Config) -> Vec<String> {
 fn writable(dir: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
     tempfile::tempfile_in(dir).map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn sizes_have_units() {
+        assert_eq!(super::size(536_870_912_000), "500 GiB");
+        assert_eq!(super::size(8 << 20), "8 MiB");
+        assert_eq!(super::size(3 << 29), "1.5 GiB");
+        assert_eq!(super::size(0), "0 B");
+    }
 }

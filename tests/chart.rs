@@ -1014,6 +1014,55 @@ podLabels: {{team: images}}
     );
 }
 
+/// The imageops sidecar gets the service's settings: its sources (extraEnvFrom too), its env
+/// (extraEnv too) and the extra volume mounts, beside its own listen address.
+#[test]
+fn imageops_sidecar_gets_the_services_settings() {
+    let docs = render(&format!(
+        "{BASIC}
+imageops: {{sidecar: {{enabled: true}}}}
+extraEnv:
+  - {{name: SSL_CERT_FILE, value: /etc/fs-ca/ca.crt}}
+  - {{name: FS_TOKEN, valueFrom: {{secretKeyRef: {{name: tokens, key: fs}}}}}}
+extraEnvFrom: [{{configMapRef: {{name: site-settings}}}}]
+extraVolumes: [{{name: ca, configMap: {{name: fs-ca}}}}]
+extraVolumeMounts: [{{name: ca, mountPath: /etc/fs-ca, readOnly: true}}]
+"
+    ))
+    .unwrap();
+    let dep = find(&docs, "Deployment", "fs-file-system");
+    let containers = dep["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .unwrap();
+    let (app, ops) = (&containers[0], &containers[1]);
+    assert_eq!(ops["name"], "imageops");
+    assert_eq!(ops["envFrom"], app["envFrom"]);
+    assert!(serde_json::to_string(&ops["envFrom"])
+        .unwrap()
+        .contains("site-settings"));
+    // The same entries, but those that place each process.
+    let own = |c: &Value, skip: &[&str]| {
+        let mut env = c["env"].as_array().unwrap().clone();
+        env.retain(|e| !skip.contains(&e["name"].as_str().unwrap()));
+        env
+    };
+    assert_eq!(
+        own(app, &["FS_LISTEN", "FS_SCRATCH_DIR", "FS_IMAGEOPS_URL"]),
+        own(ops, &["FS_IMAGEOPS_LISTEN", "FS_SCRATCH_DIR"])
+    );
+    assert_eq!(env_value(ops, "SSL_CERT_FILE"), "/etc/fs-ca/ca.crt");
+    assert_eq!(
+        env_entry(ops, "FS_TOKEN")["valueFrom"]["secretKeyRef"]["name"],
+        "tokens"
+    );
+    assert_eq!(env_value(ops, "FS_IMAGEOPS_LISTEN"), "127.0.0.1:5000");
+    assert!(ops["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|m| m["name"] == "ca" && m["mountPath"] == "/etc/fs-ca"));
+}
+
 /// podAntiAffinityPreset: soft (default) prefers other nodes, hard requires them, "" none;
 /// an explicit affinity replaces the preset. Spread constraints get this release's selector
 /// when they name none. The startup probe can be turned off.

@@ -133,6 +133,17 @@ pub fn secs(v: &str) -> Result<u64, String> {
     Ok(d.as_secs() + u64::from(d.subsec_nanos() > 0))
 }
 
+/// A duration (see `secs`) of at least `lo` seconds: a time limit for which 0 (or less than
+/// `lo`) would make no sense, refused rather than silently raised.
+pub fn secs_from(lo: u64) -> impl Fn(&str) -> Result<u64, String> {
+    move |v| match secs(v)? {
+        n if n < lo => Err(format!(
+            "a duration of at least {lo} s (e.g. 30s, 15m, 24h)"
+        )),
+        n => Ok(n),
+    }
+}
+
 /// An `http://` or `https://` URL with a host.
 pub fn http_url(v: &str) -> Result<String, String> {
     const FORM: &str = "an http:// or https:// URL (e.g. http://127.0.0.1:3900)";
@@ -213,6 +224,11 @@ mod tests {
         assert_eq!(secs("1500ms"), Ok(2));
         assert_eq!(secs("30S"), Ok(30));
         assert!(secs("soon").is_err());
+        assert_eq!(secs_from(1)("30s"), Ok(30));
+        assert_eq!(
+            secs_from(3)("2"),
+            Err("a duration of at least 3 s (e.g. 30s, 15m, 24h)".into())
+        );
     }
 
     #[test]

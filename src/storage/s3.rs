@@ -17,6 +17,7 @@ use super::{
 use crate::cleanup::Cleanup;
 use async_trait::async_trait;
 use aws_sdk_s3::{
+    config::http::HttpResponse,
     error::{DisplayErrorContext, ProvideErrorMetadata, SdkError},
     primitives::ByteStream as S3Body,
     types::{
@@ -174,13 +175,23 @@ impl S3Store {
 }
 
 /// Maps SDK failures: the network or a 5xx means the store is unavailable.
-fn s3_err<
-    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-    R: std::fmt::Debug,
->(
-    e: SdkError<E, R>,
+/// An SDK error as the variant callers act on, with a short message an operator can read:
+/// the HTTP status with the store's error code and message, a hint for the bodiless 400/403
+/// answers of HEAD requests, or why the endpoint could not be reached. The SDK's whole
+/// nested structure goes to the DEBUG log only.
+fn s3_err<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static>(
+    e: SdkError<E, HttpResponse>,
 ) -> StorageError {
-    let msg = DisplayErrorContext(&e).to_string();
+    s3_err_at(None, e)
+}
+
+/// `s3_err`, naming `endpoint` when it cannot be reached.
+fn s3_err_at<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static>(
+    endpoint: Option<&str>,
+    e: SdkError<E, HttpResponse>,
+) -> StorageError {
+    tracing::debug!(error = %DisplayErrorContext(&e), "S3 request failed");
+    let msg = describe(endpoint, &e);
     match &e {
         SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) | SdkError::ResponseError(_) => {
             StorageError::Unavailable(msg)
@@ -206,6 +217,97 @@ fn s3_err<
     }
 }
 
+/// The message of `s3_err`: one short line.
+fn describe<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static>(
+    endpoint: Option<&str>,
+    e: &SdkError<E, HttpResponse>,
+) -> String {
+    let at = endpoint.unwrap_or("the S3 endpoint");
+    match e {
+        SdkError::ServiceError(se) => {
+            let raw = se.raw();
+            let status = raw.status().as_u16();
+            let err = se.err();
+            match (err.code(), err.message()) {
+                (Some(code), Some(message)) if !message.is_empty() => {
+                    format!("S3 {status} {code}: {}", clip(message))
+                }
+                (Some(code), _) => format!("S3 {status} {code}"),
+                // HEAD answers have no body, so no code: say what the status usually means.
+                (None, _) => match status {
+                    403 => {
+                        "S3 403 Forbidden: check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY".into()
+                    }
+                    400 => "S3 400 Bad Request: check FS_S3_REGION".into(),
+                    301 => match raw.headers().get("x-amz-bucket-region") {
+                        Some(r) => format!(
+                            "S3 301: the bucket is in region {}: check FS_S3_REGION",
+                            clip(r)
+                        ),
+                        None => "S3 301: the bucket is elsewhere: check FS_S3_REGION".into(),
+                    },
+                    404 => "S3 404 Not Found".into(),
+                    s => format!("S3 {s}"),
+                },
+            }
+        }
+        SdkError::DispatchFailure(df) => {
+            if chain(e).contains("loading credentials") {
+                // The AWS chain found no credentials (it ends asking the EC2 metadata service).
+                format!(
+                    "no S3 credentials: set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (the AWS \
+                     credentials chain ended with: {})",
+                    root_cause(e)
+                )
+            } else if df.is_timeout() {
+                format!("S3 at {at} did not answer in time")
+            } else {
+                format!("cannot reach S3 at {at}: {}", root_cause(e))
+            }
+        }
+        SdkError::TimeoutError(_) => format!("S3 at {at} did not answer in time"),
+        SdkError::ResponseError(re) => format!(
+            "S3 at {at} sent an answer that cannot be read (HTTP {})",
+            re.raw().status().as_u16()
+        ),
+        SdkError::ConstructionFailure(_) => {
+            format!("S3 request could not be built: {}", root_cause(e))
+        }
+        _ => format!("S3 request failed: {}", root_cause(e)),
+    }
+}
+
+/// Every cause's text, outermost first.
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut inner = e;
+    while let Some(next) = inner.source() {
+        text.push_str(": ");
+        text.push_str(&next.to_string());
+        inner = next;
+    }
+    text
+}
+
+/// The innermost cause's own text (`Connection refused (os error 111)`, `failed to lookup
+/// address information: ...`), without the SDK's wrappers.
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut inner = e;
+    while let Some(next) = inner.source() {
+        inner = next;
+    }
+    clip(&inner.to_string())
+}
+
+/// At most 200 characters of `s`, on one line.
+fn clip(s: &str) -> String {
+    let line = s.split_whitespace().collect::<Vec<_>>().join(" ");
+    match line.char_indices().nth(200) {
+        Some((i, _)) => format!("{}...", &line[..i]),
+        None => line,
+    }
+}
+
 fn class(opts: &PutOptions) -> Option<StorageClass> {
     opts.storage_class.as_deref().map(StorageClass::from)
 }
@@ -227,8 +329,19 @@ impl S3Store {
                     .read_timeout(Duration::from_secs(120))
                     .build(),
             );
+        let endpoint = settings.endpoint.as_deref().filter(|e| !e.is_empty());
         if let Some(r) = settings.region.clone().filter(|r| !r.is_empty()) {
             loader = loader.region(Region::new(r));
+        } else if endpoint.is_some() {
+            // An S3-compatible store: the SDK's default region chain would end asking the EC2
+            // instance metadata service (a WARN and seconds at every start off EC2). Take
+            // AWS_REGION / AWS_DEFAULT_REGION when set, else us-east-1, which such stores
+            // accept (Garage excepted: it wants its own s3_region).
+            use aws_config::{environment::EnvironmentVariableRegionProvider, meta::region};
+            loader = loader.region(
+                region::RegionProviderChain::first_try(EnvironmentVariableRegionProvider::new())
+                    .or_else(Region::new("us-east-1")),
+            );
         }
         let shared = loader.load().await;
         let mut b = aws_sdk_s3::config::Builder::from(&shared)
@@ -252,6 +365,22 @@ impl S3Store {
             client: Client::from_conf(b.build()),
             settings,
         })
+    }
+
+    /// Where the store is, for messages.
+    fn endpoint(&self) -> &str {
+        self.settings
+            .endpoint
+            .as_deref()
+            .unwrap_or("the AWS default endpoint")
+    }
+
+    /// `s3_err`, naming this store's endpoint when it cannot be reached.
+    fn err<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static>(
+        &self,
+        e: SdkError<E, HttpResponse>,
+    ) -> StorageError {
+        s3_err_at(Some(self.endpoint()), e)
     }
 
     /// The SDK client (tests and tools inspect the store with it).
@@ -280,7 +409,7 @@ impl S3Store {
             .body(S3Body::from(body))
             .send()
             .await
-            .map_err(s3_err)?;
+            .map_err(|e| self.err(e))?;
         Ok(())
     }
 
@@ -309,7 +438,7 @@ impl S3Store {
             .body(S3Body::from(body))
             .send()
             .await
-            .map_err(s3_err)?;
+            .map_err(|e| self.err(e))?;
         Ok(c.part(n, out.e_tag, checksum))
     }
 
@@ -324,7 +453,7 @@ impl S3Store {
             .set_checksum_algorithm(self.settings.checksum.algorithm())
             .send()
             .await
-            .map_err(s3_err)?;
+            .map_err(|e| self.err(e))?;
         out.upload_id()
             .map(str::to_string)
             .ok_or_else(|| StorageError::Io(std::io::Error::other("store returned no upload id")))
@@ -349,7 +478,7 @@ impl S3Store {
             )
             .send()
             .await
-            .map_err(s3_err)?;
+            .map_err(|e| self.err(e))?;
         Ok(())
     }
 
@@ -425,7 +554,7 @@ impl S3Store {
                 .set_continuation_token(token)
                 .send()
                 .await
-                .map_err(s3_err)?;
+                .map_err(|e| self.err(e))?;
             for obj in page.contents() {
                 if let Some(k) = obj.key() {
                     self.client
@@ -434,7 +563,7 @@ impl S3Store {
                         .key(k)
                         .send()
                         .await
-                        .map_err(s3_err)?;
+                        .map_err(|e| self.err(e))?;
                 }
             }
             match page.next_continuation_token() {
@@ -458,7 +587,7 @@ impl S3Store {
             .set_range(range.map(|r| format!("bytes={}-{}", r.start, r.end)))
             .send()
             .await
-            .map_err(s3_err)?;
+            .map_err(|e| self.err(e))?;
         let body = out.body;
         Ok(futures::stream::unfold(body, |mut b| async move {
             b.next()
@@ -555,7 +684,7 @@ impl S3Store {
                     .part_number(part.number as i32)
                     .send()
                     .await
-                    .map_err(s3_err)?;
+                    .map_err(|e| self.err(e))?;
                 let result = out.copy_part_result();
                 let etag = result
                     .and_then(|r| r.e_tag())
@@ -626,7 +755,7 @@ impl S3Store {
             .body(body)
             .send()
             .await
-            .map_err(s3_err)?;
+            .map_err(|e| self.err(e))?;
         let etag = out
             .e_tag()
             .map(str::to_string)
@@ -667,7 +796,7 @@ impl S3Store {
             {
                 vec![]
             }
-            Err(e) => return Err(s3_err(e)),
+            Err(e) => return Err(self.err(e)),
         };
         rules.retain(|r| !r.id().is_some_and(|id| id.starts_with(&tag)));
         let built = [
@@ -704,7 +833,7 @@ impl S3Store {
             .lifecycle_configuration(cfg)
             .send()
             .await
-            .map_err(s3_err)?;
+            .map_err(|e| self.err(e))?;
         Ok(())
     }
 }
@@ -777,14 +906,14 @@ impl ObjectStore for SharedS3 {
                             .build(),
                     );
                 }
-                match req.send().await.map_err(s3_err) {
+                match req.send().await.map_err(|e| self.0.err(e)) {
                     Ok(_) => tracing::info!(bucket, "bucket created"),
                     // Another replica (or test) created it at the same moment.
                     Err(StorageError::Io(e)) if e.to_string().contains("BucketAlready") => {}
                     Err(e) => return Err(e),
                 }
             }
-            Err(e) => return Err(s3_err(e)),
+            Err(e) => return Err(self.0.err(e)),
         }
         // Backup for the sweeper: stores that support it drop stale uploads and staging objects.
         if let Err(e) = self.0.ensure_lifecycle(bucket).await {
@@ -888,7 +1017,7 @@ impl ObjectStore for SharedS3 {
                 .body(file_body)
                 .send()
                 .await
-                .map_err(s3_err)?;
+                .map_err(|e| self.0.err(e))?;
             // Drop a staging copy an earlier, smaller version of this chunk left.
             let _ = s
                 .client
@@ -914,7 +1043,7 @@ impl ObjectStore for SharedS3 {
             .body(file_body)
             .send()
             .await
-            .map_err(s3_err)?;
+            .map_err(|e| self.0.err(e))?;
         // Packed into a part at completion, which gets its own checksum then.
         Ok(UploadedPart {
             etag: format!("{STAGED}{}", out.e_tag().unwrap_or("")),
@@ -966,7 +1095,7 @@ impl ObjectStore for SharedS3 {
             .upload_id(upload_id)
             .send()
             .await
-            .map_err(s3_err)
+            .map_err(|e| self.0.err(e))
         {
             Ok(_) | Err(StorageError::NoSuchUpload) | Err(StorageError::NotFound) => {}
             Err(e) => return Err(e),
@@ -996,7 +1125,7 @@ impl ObjectStore for SharedS3 {
             {
                 Ok(None)
             }
-            Err(e) => Err(s3_err(e)),
+            Err(e) => Err(self.0.err(e)),
         }
     }
 
@@ -1010,7 +1139,7 @@ impl ObjectStore for SharedS3 {
             .key(key)
             .send()
             .await
-            .map_err(s3_err)
+            .map_err(|e| self.0.err(e))
         {
             Ok(_) | Err(StorageError::NotFound) => Ok(()),
             Err(e) => Err(e),
@@ -1042,7 +1171,7 @@ impl ObjectStore for SharedS3 {
                 .set_storage_class(class(opts))
                 .send()
                 .await
-                .map_err(s3_err)?;
+                .map_err(|e| self.0.err(e))?;
             return Ok(());
         }
         let upload_id = s.create_upload(dst_bucket, dst_key, opts).await?;
@@ -1063,7 +1192,7 @@ impl ObjectStore for SharedS3 {
                     .part_number(n)
                     .send()
                     .await
-                    .map_err(s3_err)?;
+                    .map_err(|e| self.0.err(e))?;
                 let result = out.copy_part_result();
                 let etag = result.and_then(|r| r.e_tag()).map(str::to_string);
                 let c = s.settings.checksum;
@@ -1096,7 +1225,7 @@ impl ObjectStore for SharedS3 {
             .bucket(bucket)
             .send()
             .await
-            .map_err(s3_err)?;
+            .map_err(|e| self.0.err(e))?;
         Ok(())
     }
 

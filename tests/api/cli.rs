@@ -158,13 +158,13 @@ fn dotenv_is_read_from_the_working_directory_only_and_said() {
     let t = text(&out);
     assert!(out.status.success(), "{t}");
     assert!(t.contains("settings read from .env"), "{t}");
-    assert!(t.contains("max image size: 2048 MiB"), "{t}");
+    assert!(t.contains("max image size: 2 GiB"), "{t}");
     // In a directory below it: not read.
     let out = file_system(&child, &["check-config"], &with(&base, &[]));
     let t = text(&out);
     assert!(out.status.success(), "{t}");
     assert!(!t.contains("settings read from .env"), "{t}");
-    assert!(t.contains("max image size: 512000 MiB"), "{t}");
+    assert!(t.contains("max image size: 500 GiB"), "{t}");
 }
 
 #[test]
@@ -349,4 +349,94 @@ fn settings_out_of_range_secrets_and_json_errors() {
             assert_eq!(v["level"], "ERROR", "{line}");
         }
     }
+}
+
+/// `check-config` against a real Garage, each S3 problem in a short line naming its cause.
+#[test]
+fn check_config_names_s3_problems_in_short_lines() {
+    let (endpoint, region) = crate::helpers::s3_env();
+    let key = std::env::var("AWS_ACCESS_KEY_ID").unwrap();
+    let secret = std::env::var("AWS_SECRET_ACCESS_KEY").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let base = local(dir.path());
+    let missing = format!("0=missing-{}", free_port());
+    let unreachable = format!("http://127.0.0.1:{}", free_port());
+    let run = |more: &[(&'static str, &str)]| {
+        let mut vars = vec![
+            ("FS_STORAGE", "s3"),
+            ("FS_TIERS", missing.as_str()),
+            ("AWS_ACCESS_KEY_ID", key.as_str()),
+        ];
+        vars.extend_from_slice(more);
+        let out = file_system(dir.path(), &["check-config"], &with(&base, &vars));
+        let t = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{t}");
+        for line in t.lines() {
+            assert!(line.chars().count() < 300, "a long line: {line}");
+        }
+        assert!(
+            !t.contains("StatusCode(") && !t.contains("raw: Response"),
+            "{t}"
+        );
+        t
+    };
+    let unreachable_at = format!("cannot reach S3 at {unreachable}");
+    let no_bucket = format!("bucket {} does not exist", &missing[2..]);
+    // (endpoint, region, secret), what the message must say.
+    let cases = [
+        (
+            (endpoint.as_str(), region.as_str(), "wrong-secret"),
+            vec!["S3 403", "check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY"],
+        ),
+        (
+            (endpoint.as_str(), "wrong-region", secret.as_str()),
+            vec!["FS_S3_REGION"],
+        ),
+        (
+            (unreachable.as_str(), region.as_str(), secret.as_str()),
+            vec![unreachable_at.as_str(), "Connection refused"],
+        ),
+        (
+            (endpoint.as_str(), region.as_str(), secret.as_str()),
+            vec![no_bucket.as_str(), "`serve` creates it"],
+        ),
+    ];
+    for ((ep, reg, sec), expected) in cases {
+        let t = run(&[
+            ("FS_S3_ENDPOINT", ep),
+            ("FS_S3_REGION", reg),
+            ("AWS_SECRET_ACCESS_KEY", sec),
+        ]);
+        for e in expected {
+            assert!(t.contains(e), "{e:?} missing: {t}");
+        }
+    }
+}
+
+/// With an endpoint and no region, the SDK is not sent to the EC2 metadata service for one
+/// (off EC2: a WARN and seconds lost at every start).
+#[test]
+fn an_endpoint_without_a_region_does_not_ask_imds() {
+    let (endpoint, _) = crate::helpers::s3_env();
+    let key = std::env::var("AWS_ACCESS_KEY_ID").unwrap();
+    let secret = std::env::var("AWS_SECRET_ACCESS_KEY").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let base = local(dir.path());
+    let out = file_system(
+        dir.path(),
+        &["check-config"],
+        &with(
+            &base,
+            &[
+                ("FS_STORAGE", "s3"),
+                ("FS_S3_ENDPOINT", &endpoint),
+                ("AWS_ACCESS_KEY_ID", &key),
+                ("AWS_SECRET_ACCESS_KEY", &secret),
+                ("RUST_LOG", "info"),
+            ],
+        ),
+    );
+    let t = text(&out);
+    assert!(t.contains("store: S3 at"), "{t}");
+    assert!(!t.to_ascii_lowercase().contains("imds"), "{t}");
 }
