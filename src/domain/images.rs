@@ -209,7 +209,13 @@ impl Service {
                 return Err(e);
             }
         };
-        let user_id = fields.get("userId").unwrap_or("").to_string();
+        let user_id = match validate::user_id(fields.get("userId")) {
+            Ok(u) => u,
+            Err(e) => {
+                self.discard(staged).await;
+                return Err(Error::InvalidInput(e));
+            }
+        };
         let (file_name, object) = match staged {
             Staged::Image { file_name, object } => {
                 (file_name, self.move_to_tier(object, &tier).await?)

@@ -477,7 +477,7 @@ impl Service {
         let identifier = identifier_of(&fields)?;
         let file_name = validate::file_name(fields.get("filename").unwrap_or(""))
             .ok_or(Error::InvalidFileName(texts::BAD_MERGE_NAME))?;
-        let user_id = fields.get("userId").unwrap_or("").to_string();
+        let user_id = validate::user_id(fields.get("userId")).map_err(Error::InvalidInput)?;
         let checksum = image_checksum(&fields)?;
         let totals = Totals::of(&fields)?;
         // The session's own tier is used; a priority that names none is still an error.

@@ -47,6 +47,17 @@ pub fn stem(name: &str) -> &str {
     }
 }
 
+/// A `userId` as sent (free text, as in the original), but for a NUL character: no client
+/// means one, and PostgreSQL cannot store or compare text holding it (a 400, not the
+/// database's 500).
+pub fn user_id(raw: Option<&str>) -> Result<String, String> {
+    let id = raw.unwrap_or("");
+    if id.contains('\0') {
+        return Err("userId must not hold a NUL character".into());
+    }
+    Ok(id.to_string())
+}
+
 /// 1..128 characters of `[A-Za-z0-9._-]`, not `.` or `..`.
 pub fn identifier(id: &str) -> bool {
     (1..=MAX_NAME_CHARS).contains(&id.len())

@@ -23,23 +23,7 @@ pub fn parse_query(q: Option<&str>) -> Result<Fields, ApiError> {
     if pairs.len() > MAX_FIELDS {
         return Err(too_many_fields().into());
     }
-    no_nul(&pairs)?;
     Ok(Fields::from_pairs(pairs))
-}
-
-/// Refuses a field whose name or value holds a NUL character: no client means one, and
-/// PostgreSQL cannot store or compare text holding it (a 400, not the database's 500).
-fn no_nul(pairs: &[(String, String)]) -> Result<(), domain::Error> {
-    match pairs
-        .iter()
-        .find(|(k, v)| k.contains('\0') || v.contains('\0'))
-    {
-        None => Ok(()),
-        Some((k, _)) => Err(domain::Error::InvalidInput(format!(
-            "field {:?} holds a NUL character",
-            k.replace('\0', "\\0")
-        ))),
-    }
 }
 
 /// Most fields (and parts) one request may carry: clients send a handful; each is held until
@@ -142,12 +126,6 @@ impl FormSource for MultipartParts {
         }
         let value = String::from_utf8(value)
             .map_err(|_| domain::Error::InvalidInput(format!("field {name:?} is not UTF-8")))?;
-        let (name, value) = {
-            let pair = [(name, value)];
-            no_nul(&pair)?;
-            let [(name, value)] = pair;
-            (name, value)
-        };
         Ok(Some(FormPart::Text { name, value }))
     }
 }
@@ -279,7 +257,6 @@ impl<S: Send + Sync> FromRequest<S> for Form {
                 if pairs.len() > MAX_FIELDS {
                     return Err(too_many_fields().into());
                 }
-                no_nul(&pairs)?;
                 fields.overlay(Fields::from_pairs(pairs));
                 Box::new(NoParts)
             }

@@ -86,11 +86,10 @@ pub async fn list(
             }),
         }
     };
+    let user_id =
+        crate::domain::validate::user_id(fields.get("userId")).map_err(ApiError::bad_request)?;
     let query = ListQuery {
-        user_id: fields
-            .get("userId")
-            .filter(|u| !u.is_empty())
-            .map(str::to_string),
+        user_id: Some(user_id).filter(|u| !u.is_empty()),
         limit: number("limit")?,
         offset: number("offset")?,
     };

@@ -570,9 +570,10 @@ async fn chunks_respect_the_size_limit(b: Backend) {
     app.stop().await;
 }
 
-/// A NUL character in any field (query, multipart or url-encoded form) is a client's mistake:
-/// 400, never the database's 500 (PostgreSQL cannot hold NUL in text). Found by schemathesis
-/// with `GET /images?userId=...%00...`.
+/// A NUL character in a userId (query, multipart or url-encoded form), the one free-text field
+/// stored and compared as sent, is a client's mistake: 400, never the database's 500
+/// (PostgreSQL cannot hold NUL in text). Found by schemathesis with
+/// `GET /images?userId=...%00...`. (Names and identifiers have their own rules.)
 async fn nul_characters_in_fields(b: Backend) {
     let app = TestApp::spawn(b, Options::default()).await;
     let r = app
