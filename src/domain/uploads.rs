@@ -610,6 +610,19 @@ impl Service {
         Ok(img)
     }
 
+    /// Copies bytes read from the store into a scratch file (removed when the path drops). A
+    /// read that fails is the store's fault, not a client's body.
+    async fn spool_stored(&self, body: crate::storage::ByteStream) -> Result<tempfile::TempPath> {
+        let (file, path) = self.scratch_file().await?;
+        spool(file, body, &Meter::default())
+            .await
+            .map_err(|e| match e {
+                Error::BadBody(io) => Error::Storage(StorageError::Io(io)),
+                other => other,
+            })?;
+        Ok(path)
+    }
+
     /// Digests of a stored object, in one read (in place when the store keeps it as a file).
     async fn object_digests(&self, bucket: &str, key: &str, wanted: Wanted) -> Result<Digests> {
         if let Some(path) = self.store.local_path(bucket, key) {
@@ -848,13 +861,7 @@ impl Service {
                 self.store.get(bucket, key, Some(range)).await?
             };
             offset += len;
-            let (file, path) = self.scratch_file().await?;
-            spool(file, body, &Meter::default())
-                .await
-                .map_err(|e| match e {
-                    Error::BadBody(io) => Error::Storage(StorageError::Io(io)),
-                    other => other,
-                })?;
+            let path = self.spool_stored(body).await?;
             let number = p.part_number as u32;
             let direct = !p.staged;
             let spooled = SpooledPart { file: path, len };
@@ -963,14 +970,8 @@ impl Service {
         let (path, _scratch) = match self.store.local_path(&session.bucket, key) {
             Some(path) => (path, None),
             None => {
-                let (file, path) = self.scratch_file().await?;
                 let body = self.store.get(&session.bucket, key, None).await?;
-                spool(file, body, &Meter::default())
-                    .await
-                    .map_err(|e| match e {
-                        Error::BadBody(io) => Error::Storage(StorageError::Io(io)),
-                        other => other,
-                    })?;
+                let path = self.spool_stored(body).await?;
                 (path.to_path_buf(), Some(path))
             }
         };

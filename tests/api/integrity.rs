@@ -1,7 +1,7 @@
 //! Integrity end to end: declared totals, per-chunk and whole-image checksums, SHA-256 of every
 //! image, validators and conditional downloads, and re-checks that find corruption.
 
-use crate::{checks::wait_checked, helpers::*};
+use crate::{checks::wait_checked, helpers::*, slims::wait_slim_done};
 use base64::{engine::general_purpose::STANDARD as B64, Engine};
 use md5::Digest as _;
 use reqwest::multipart;
@@ -633,15 +633,7 @@ async fn resumed_download_across_a_slim(b: Backend) {
         .await
         .unwrap();
     assert_eq!(r.text().await.unwrap(), "compress in progress");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-    let v = loop {
-        let (_, v) = app.get_json(&format!("/images/{id}")).await;
-        if v["slimStatus"] != 1 {
-            break v;
-        }
-        assert!(std::time::Instant::now() < deadline);
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    };
+    let v = wait_slim_done(&app, &id).await;
     assert_eq!(v["slimStatus"], 2, "{v}");
     // The served bytes changed: the resumed request gets the whole new representation.
     let r = app
@@ -775,15 +767,7 @@ async fn rechecks_find_corruption(b: Backend) {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    let v = loop {
-        let (_, v) = app.get_json(&format!("/images/{id2}")).await;
-        if v["slimStatus"] != 1 {
-            break v;
-        }
-        assert!(std::time::Instant::now() < deadline, "{v}");
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    };
+    let v = wait_slim_done(&app, &id2).await;
     assert_eq!(v["slimStatus"], 3, "{v}");
     assert_eq!(v["checkStatusResponse"]["status"], 1, "{v}");
     assert!(

@@ -4,7 +4,8 @@
 use crate::{checks::wait_checked, helpers::*};
 use std::time::{Duration, Instant};
 
-async fn wait_slim_done(app: &TestApp, id: &str) -> serde_json::Value {
+/// Polls an image until its slim is no longer in progress.
+pub async fn wait_slim_done(app: &TestApp, id: &str) -> serde_json::Value {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let (_, v) = app.get_json(&format!("/images/{id}")).await;
