@@ -4,5 +4,7 @@
 
 pub mod image;
 pub mod job;
+pub mod quota;
+pub mod quota_reservation;
 pub mod upload_part;
 pub mod upload_session;

@@ -36,6 +36,9 @@ pub struct Model {
     pub total_chunks: Option<i32>,
     /// The whole-image checksum the merge verifies (`md5:<hex>` or `sha256:<hex>`).
     pub merge_checksum: Option<String>,
+    /// The user the session belongs to (its chunks count against this user's quota); `None`
+    /// for sessions without one.
+    pub owner: Option<String>,
     pub created_at: i64,
     pub updated_at: i64,
 }

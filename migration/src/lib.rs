@@ -8,6 +8,7 @@ mod m20261128_000003_jobs;
 mod m20261130_000004_part_staged;
 mod m20261201_000005_merge_claim;
 mod m20261201_000006_integrity;
+mod m20261201_000007_users;
 
 pub struct Migrator;
 
@@ -21,6 +22,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261130_000004_part_staged::Migration),
             Box::new(m20261201_000005_merge_claim::Migration),
             Box::new(m20261201_000006_integrity::Migration),
+            Box::new(m20261201_000007_users::Migration),
         ]
     }
 }

@@ -1,6 +1,7 @@
 //! Domain logic: images, chunked uploads, downloads. Free of HTTP types; talks to the
 //! metadata database (`crate::db`) and the object store (`crate::storage`).
 
+pub mod caller;
 pub mod download;
 pub mod form;
 pub mod images;

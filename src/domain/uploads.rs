@@ -454,6 +454,7 @@ impl Service {
             total_size: Set(None),
             total_chunks: Set(None),
             merge_checksum: Set(None),
+            owner: Set(None),
             created_at: Set(now),
             updated_at: Set(now),
         };

@@ -4,6 +4,7 @@
 use super::error::ApiError;
 use crate::domain::{
     self,
+    caller::Caller,
     form::{Fields, FormPart, FormSource, NoParts},
 };
 use async_trait::async_trait;
@@ -267,6 +268,27 @@ impl<S: Send + Sync> FromRequest<S> for Form {
 }
 
 /// Text fields only (merge, cancel, delete): file parts are read past and ignored.
+/// The request's [`Caller`], as the authentication layer (`routes::auth`) recorded it in the
+/// request's extensions; [`Caller::Anonymous`] when authentication is off.
+pub struct Authenticated(pub Caller);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Authenticated {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(Authenticated(
+            parts
+                .extensions
+                .get::<Caller>()
+                .cloned()
+                .unwrap_or(Caller::Anonymous),
+        ))
+    }
+}
+
 pub struct FormFields(pub Fields);
 
 impl<S: Send + Sync> FromRequest<S> for FormFields {
