@@ -76,6 +76,14 @@ pub enum Error {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    /// The caller may not do this: name another user without being an admin, or an admin's
+    /// action as a user (403, `FORBIDDEN`).
+    #[error("{0}")]
+    Forbidden(String),
+    /// The bytes or images would take the user past a quota (413, `QUOTA_EXCEEDED`); the
+    /// message names the limit.
+    #[error("{0}")]
+    QuotaExceeded(String),
     /// A slim that cannot be done for this image (its check did not find it usable).
     #[error("{0}")]
     SlimRefused(String),
@@ -102,6 +110,12 @@ impl Error {
             Error::Storage(_) | Error::Internal(_) => "internal error".into(),
             other => other.to_string(),
         }
+    }
+}
+
+impl From<caller::NotYours> for Error {
+    fn from(e: caller::NotYours) -> Self {
+        Error::Forbidden(e.to_string())
     }
 }
 

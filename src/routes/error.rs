@@ -117,6 +117,8 @@ impl From<Error> for ApiError {
             Error::ImageNotFound(_) => ApiError::new(S::NOT_FOUND, "IMAGE_NOT_FOUND", msg),
             Error::NotFound(_) => ApiError::new(S::NOT_FOUND, "NOT_FOUND", msg),
             Error::Conflict(_) => ApiError::new(S::CONFLICT, "CONFLICT", msg),
+            Error::Forbidden(_) => ApiError::new(S::FORBIDDEN, "FORBIDDEN", msg),
+            Error::QuotaExceeded(_) => ApiError::new(S::PAYLOAD_TOO_LARGE, "QUOTA_EXCEEDED", msg),
             Error::SlimRefused(_) => ApiError::new(S::BAD_REQUEST, "SLIM_REFUSED", msg),
             Error::RangeNotSatisfiable { size } => ApiError {
                 size: Some(size),
