@@ -85,15 +85,21 @@ impl Caller {
         self.sees_all() || self.id() == Some(owner)
     }
 
-    /// The owner a listing is limited to: the caller's own id for a user; what was asked
-    /// (`userId`, if any) for an admin or with authentication off.
-    pub fn list_filter<'a>(&'a self, asked: Option<&'a str>) -> Option<&'a str> {
+    /// The owner a listing is limited to: the caller's own id for a user (asking for another
+    /// user's is refused); what was asked (`userId`, if any) for an admin or with
+    /// authentication off.
+    pub fn list_filter<'a>(&'a self, asked: Option<&'a str>) -> Result<Option<&'a str>, NotYours> {
         match self {
             Caller::User {
                 id,
                 role: Role::User,
-            } => Some(id),
-            _ => asked,
+            } => match asked {
+                Some(other) if other != id => Err(NotYours {
+                    named: other.to_string(),
+                }),
+                _ => Ok(Some(id)),
+            },
+            _ => Ok(asked),
         }
     }
 
@@ -163,10 +169,12 @@ mod tests {
         assert!(!alice.may_access("bob"));
         assert!(admin.may_access("bob"));
         assert!(Caller::Anonymous.may_access("bob"));
-        assert_eq!(alice.list_filter(Some("bob")), Some("alice"));
-        assert_eq!(admin.list_filter(Some("bob")), Some("bob"));
-        assert_eq!(admin.list_filter(None), None);
-        assert_eq!(Caller::Anonymous.list_filter(None), None);
+        assert!(alice.list_filter(Some("bob")).is_err());
+        assert_eq!(alice.list_filter(Some("alice")).unwrap(), Some("alice"));
+        assert_eq!(alice.list_filter(None).unwrap(), Some("alice"));
+        assert_eq!(admin.list_filter(Some("bob")).unwrap(), Some("bob"));
+        assert_eq!(admin.list_filter(None).unwrap(), None);
+        assert_eq!(Caller::Anonymous.list_filter(None).unwrap(), None);
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Downloads: the stored bytes (whole or one range), or a one-entry zip made on the fly.
 
-use super::{meter::Meter, validate, zipout, Error, Result, Service};
+use super::{caller::Caller, meter::Meter, validate, zipout, Error, Result, Service};
 use crate::{
     db,
     storage::{ByteRange, ByteStream},
@@ -72,8 +72,13 @@ pub struct Download {
 
 impl Service {
     /// Describes the download of an image, plain or zipped, without reading it.
-    pub async fn representation(&self, raw_id: &str, zip: bool) -> Result<Representation> {
-        let img = self.image(raw_id).await?;
+    pub async fn representation(
+        &self,
+        caller: &Caller,
+        raw_id: &str,
+        zip: bool,
+    ) -> Result<Representation> {
+        let img = self.image(caller, raw_id).await?;
         // Once slimmed, the slimmed copy is what is served, under the original name.
         let slim = match (img.slim_status, &img.slim_object_key, img.slim_size_bytes) {
             (2, Some(k), Some(s)) => Some((k.clone(), s as u64)),

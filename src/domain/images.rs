@@ -1,6 +1,7 @@
 //! Images: single uploads (plain or zipped), queries, deletion, slim requests.
 
 use super::{
+    caller::Caller,
     form::{Fields, FormPart, FormSource},
     integrity::{Digests, Wanted},
     meter::Meter,
@@ -153,6 +154,7 @@ impl Service {
     /// `POST /images`: streams the `file` part into the store and records the image.
     pub async fn upload_image(
         &self,
+        caller: &Caller,
         query: Fields,
         form: &mut dyn FormSource,
     ) -> Result<image::Model> {
@@ -209,11 +211,14 @@ impl Service {
                 return Err(e);
             }
         };
-        let user_id = match validate::user_id(fields.get("userId")) {
+        let user_id = validate::user_id(fields.get("userId"))
+            .map_err(Error::InvalidInput)
+            .and_then(|u| Ok(caller.acting_for(&u)?));
+        let user_id = match user_id {
             Ok(u) => u,
             Err(e) => {
                 self.discard(staged).await;
-                return Err(Error::InvalidInput(e));
+                return Err(e);
             }
         };
         let (file_name, object) = match staged {
@@ -268,7 +273,7 @@ impl Service {
         self.job_wake.notify_one();
         tracing::info!(image.id = %id, size_bytes = size, bucket = %bucket, "image uploaded");
         self.metrics.image_uploaded();
-        self.image(&id).await
+        self.image(&Caller::Anonymous, &id).await
     }
 
     /// Streams one file part into the store (plain image) or a scratch file (zip).
@@ -443,22 +448,34 @@ impl Service {
         }
     }
 
-    /// One image record.
-    pub async fn image(&self, raw_id: &str) -> Result<image::Model> {
+    /// One image record the caller may see: another user's image is `ImageNotFound`, the
+    /// same answer as a missing one, so that ids do not reveal what exists.
+    pub async fn image(&self, caller: &Caller, raw_id: &str) -> Result<image::Model> {
         let not_found = || Error::ImageNotFound(raw_id.to_string());
         let id = validate::image_id(raw_id).ok_or_else(not_found)?;
-        db::images::find(&self.db, &id).await?.ok_or_else(not_found)
+        self.visible_image(caller, &id).await?.ok_or_else(not_found)
     }
 
-    pub async fn list_images(&self, q: ListQuery) -> Result<Vec<image::Model>> {
-        Ok(db::images::list(&self.db, q.user_id.as_deref(), q.limit, q.offset).await?)
+    /// The image `id`, when it exists and the caller may see it.
+    async fn visible_image(&self, caller: &Caller, id: &str) -> Result<Option<image::Model>> {
+        Ok(db::images::find(&self.db, id)
+            .await?
+            .filter(|img| caller.may_access(&img.user_id)))
     }
 
-    /// Removes an image's objects, then its record. Succeeds when it is already gone.
-    pub async fn delete_image(&self, raw_id: &str) -> Result<()> {
+    /// The images the caller may see, newest first: a user's own (asking for another user's
+    /// is `Forbidden`), else those of `q.user_id` when given.
+    pub async fn list_images(&self, caller: &Caller, q: ListQuery) -> Result<Vec<image::Model>> {
+        let user = caller.list_filter(q.user_id.as_deref())?;
+        Ok(db::images::list(&self.db, user, q.limit, q.offset).await?)
+    }
+
+    /// Removes an image's objects, then its record. Succeeds when it is already gone (or is
+    /// another user's: nothing changes, and the answer does not tell).
+    pub async fn delete_image(&self, caller: &Caller, raw_id: &str) -> Result<()> {
         let id =
             validate::image_id(raw_id).ok_or_else(|| Error::ImageNotFound(raw_id.to_string()))?;
-        let Some(img) = db::images::find(&self.db, &id).await? else {
+        let Some(img) = self.visible_image(caller, &id).await? else {
             return Ok(());
         };
         // Work on the image stops first (a running job loses its lease and ends).
@@ -476,8 +493,8 @@ impl Service {
     /// `POST .../action/check`: queues a fresh check of the bytes served (MD5 and SHA-256
     /// compared with those recorded, then qemu-img), one at a time per image. Returns the
     /// text to answer with.
-    pub async fn request_check(&self, raw_id: &str) -> Result<&'static str> {
-        let img = self.image(raw_id).await?;
+    pub async fn request_check(&self, caller: &Caller, raw_id: &str) -> Result<&'static str> {
+        let img = self.image(caller, raw_id).await?;
         let txn = self.db.begin().await?;
         let in_progress = (CHECK_IN_PROGRESS, texts::CHECK_IN_PROGRESS);
         if !db::images::request_check(&txn, &img.id, in_progress, now_secs()).await? {
@@ -491,10 +508,11 @@ impl Service {
     }
 
     /// `POST .../action/slim`: returns the text to answer with.
-    pub async fn request_slim(&self, raw_id: &str) -> Result<&'static str> {
+    pub async fn request_slim(&self, caller: &Caller, raw_id: &str) -> Result<&'static str> {
         let not_found = || Error::NotFound(texts::SLIM_NOT_FOUND.to_string());
         let id = validate::image_id(raw_id).ok_or_else(not_found)?;
-        let img = db::images::find(&self.db, &id)
+        let img = self
+            .visible_image(caller, &id)
             .await?
             .ok_or_else(not_found)?;
         match img.slim_status {

@@ -1,6 +1,7 @@
 //! Chunked uploads: chunks are parts of one multipart upload per identifier; merge completes it.
 
 use super::{
+    caller::{self, Caller},
     form::{Fields, FormPart, FormSource},
     images::{object_key, spool, NewImage},
     integrity::{self, Algorithm, Checksum, Digests, Wanted},
@@ -243,6 +244,28 @@ impl Totals {
     }
 }
 
+/// An upload session as a request names it: the client's `identifier`, the owner the caller
+/// addresses it as (see `Caller::session_owner`) and the key it is stored under.
+struct SessionRef {
+    identifier: String,
+    owner: Option<String>,
+    key: String,
+}
+
+impl SessionRef {
+    /// From the request's `identifier` and `userId` fields.
+    fn of(caller: &Caller, fields: &Fields) -> Result<Self> {
+        let identifier = identifier_of(fields)?;
+        let user_field = validate::user_id(fields.get("userId")).map_err(Error::InvalidInput)?;
+        let owner = caller.session_owner(&user_field)?;
+        Ok(SessionRef {
+            key: caller::session_key(owner.as_deref(), &identifier),
+            identifier,
+            owner,
+        })
+    }
+}
+
 fn identifier_of(fields: &Fields) -> Result<String> {
     let id = fields.get("identifier").unwrap_or("");
     if validate::identifier(id) {
@@ -261,6 +284,7 @@ impl Service {
     /// `currentChunkSize` are verified before anything is stored.
     pub async fn upload_chunk(
         &self,
+        caller: &Caller,
         query: Fields,
         declared: Vec<Checksum>,
         form: &mut dyn FormSource,
@@ -298,7 +322,8 @@ impl Service {
             }
         }
         let (body, file_name, crc32, computed, mut digests) = spooled.ok_or(Error::NoFile)?;
-        let identifier = identifier_of(&fields)?;
+        let target = SessionRef::of(caller, &fields)?;
+        let identifier = target.identifier.as_str();
         let number = validate::chunk_number(fields.get("chunkNumber"), file_name.as_deref())
             .map_err(Error::InvalidInput)?;
         let totals = Totals::of(&fields)?;
@@ -327,7 +352,15 @@ impl Service {
         }
         totals.check_chunk(number, self.cfg.max_image_bytes)?;
         let tier = self.tier_for(fields.get("priority"))?.clone();
-        let session = self.open_session(&identifier, &tier).await?;
+        // With authentication off, the session records the `userId` a client sends with its
+        // chunks (the user its chunks count against), as it did not belong to anyone before.
+        let owner = target.owner.clone().or_else(|| {
+            fields
+                .get("userId")
+                .filter(|u| !u.is_empty() && !u.contains('\0'))
+                .map(str::to_string)
+        });
+        let session = self.open_session(&target, owner, &tier).await?;
         let totals = totals.agrees_with(&session)?;
         totals.check_chunk(number, self.cfg.max_image_bytes)?;
         if session.state != OPEN {
@@ -416,8 +449,14 @@ impl Service {
 
     /// Finds the identifier's session or opens one (with its multipart upload). Safe when
     /// several first chunks race: one insert wins, the others drop their multipart uploads.
-    async fn open_session(&self, identifier: &str, tier: &Tier) -> Result<upload_session::Model> {
-        if let Some(s) = db::uploads::find(&self.db, identifier).await? {
+    async fn open_session(
+        &self,
+        target: &SessionRef,
+        owner: Option<String>,
+        tier: &Tier,
+    ) -> Result<upload_session::Model> {
+        let identifier = target.identifier.as_str();
+        if let Some(s) = db::uploads::find(&self.db, &target.key).await? {
             if s.priority != tier.priority {
                 return Err(Error::InvalidInput(format!(
                     "upload {identifier} was started with priority {}, not {}",
@@ -438,7 +477,7 @@ impl Service {
         let now = now_secs();
         let row = upload_session::ActiveModel {
             id: Set(uuid::Uuid::new_v4().to_string()),
-            identifier: Set(identifier.to_string()),
+            identifier: Set(target.key.clone()),
             priority: Set(tier.priority),
             bucket: Set(tier.bucket.clone()),
             image_id: Set(image_id),
@@ -454,7 +493,7 @@ impl Service {
             total_size: Set(None),
             total_chunks: Set(None),
             merge_checksum: Set(None),
-            owner: Set(None),
+            owner: Set(owner),
             created_at: Set(now),
             updated_at: Set(now),
         };
@@ -468,26 +507,28 @@ impl Service {
         if inserted? {
             self.metrics.upload_session_opened();
         }
-        db::uploads::find(&self.db, identifier)
+        db::uploads::find(&self.db, &target.key)
             .await?
             .ok_or_else(|| Error::Internal("upload session vanished after insert".into()))
     }
 
     /// `POST /images/merge`: joins chunks 1..N into the image. Repeating it returns the same image.
-    pub async fn merge(&self, fields: Fields) -> Result<image::Model> {
-        let identifier = identifier_of(&fields)?;
+    pub async fn merge(&self, caller: &Caller, fields: Fields) -> Result<image::Model> {
+        let target = SessionRef::of(caller, &fields)?;
+        let identifier = target.identifier.clone();
         let file_name = validate::file_name(fields.get("filename").unwrap_or(""))
             .ok_or(Error::InvalidFileName(texts::BAD_MERGE_NAME))?;
         let user_id = validate::user_id(fields.get("userId")).map_err(Error::InvalidInput)?;
+        let user_id = caller.acting_for(&user_id)?;
         let checksum = image_checksum(&fields)?;
         let totals = Totals::of(&fields)?;
         // The session's own tier is used; a priority that names none is still an error.
         self.tier_for(fields.get("priority"))?;
         let deadline = tokio::time::Instant::now() + MERGE_WAIT;
         loop {
-            let Some(session) = db::uploads::find(&self.db, &identifier).await? else {
+            let Some(session) = db::uploads::find(&self.db, &target.key).await? else {
                 // Merged before and its session swept: still the same image.
-                if let Some(img) = db::images::find_by_identifier(&self.db, &identifier).await? {
+                if let Some(img) = db::images::find_by_identifier(&self.db, &target.key).await? {
                     return self
                         .merged_before(img, checksum.as_ref(), &totals, &file_name)
                         .await;
@@ -700,7 +741,7 @@ impl Service {
                 continue;
             }
             recovered += 1;
-            let identifier = s.identifier.clone();
+            let identifier = caller::client_identifier(&s.identifier).to_string();
             let Some(file_name) = s.merge_file_name.clone() else {
                 db::uploads::end_merge(&self.db, &s.id, &token, OPEN, now_secs()).await?;
                 tracing::info!(identifier, "interrupted merge reopened");
@@ -774,7 +815,8 @@ impl Service {
             size,
             crc32,
             digests: digests.as_ref(),
-            source_identifier: Some(identifier),
+            // The session's key: a repeated merge by the same owner finds this image.
+            source_identifier: Some(&session.identifier),
         };
         let txn = self.db.begin().await?;
         if !db::uploads::end_merge(&txn, &session.id, token, COMPLETED, now_secs()).await? {
@@ -894,7 +936,11 @@ impl Service {
         txn.commit().await?;
         abort.disarm();
         self.delete_object(bucket, key).await;
-        tracing::info!(identifier = %session.identifier, chunks = stored.len(), "merged upload split back into its chunks");
+        tracing::info!(
+            identifier = caller::client_identifier(&session.identifier),
+            chunks = stored.len(),
+            "merged upload split back into its chunks"
+        );
         Ok(())
     }
 
@@ -993,9 +1039,10 @@ impl Service {
     }
 
     /// `DELETE /images/upload`: drops every chunk of an identifier.
-    pub async fn cancel_upload(&self, fields: Fields) -> Result<()> {
-        let identifier = identifier_of(&fields)?;
-        let Some(session) = db::uploads::find(&self.db, &identifier).await? else {
+    pub async fn cancel_upload(&self, caller: &Caller, fields: Fields) -> Result<()> {
+        let target = SessionRef::of(caller, &fields)?;
+        let identifier = target.identifier.as_str();
+        let Some(session) = db::uploads::find(&self.db, &target.key).await? else {
             return Ok(());
         };
         match session.state.as_str() {
@@ -1016,11 +1063,10 @@ impl Service {
     }
 
     /// `GET /images/upload?identifier=`: the chunks already received.
-    pub async fn upload_status(&self, identifier: &str) -> Result<UploadStatus> {
-        let mut fields = Fields::default();
-        fields.set("identifier".into(), identifier.into());
-        let identifier = identifier_of(&fields)?;
-        let Some(session) = db::uploads::find(&self.db, &identifier).await? else {
+    pub async fn upload_status(&self, caller: &Caller, fields: Fields) -> Result<UploadStatus> {
+        let target = SessionRef::of(caller, &fields)?;
+        let identifier = target.identifier;
+        let Some(session) = db::uploads::find(&self.db, &target.key).await? else {
             return Ok(UploadStatus {
                 identifier,
                 state: "none".into(),
@@ -1067,7 +1113,10 @@ impl Service {
                 return Err(e.into());
             }
             db::uploads::delete_merging(&self.db, &s.id, &token).await?;
-            tracing::info!(identifier = %s.identifier, "abandoned upload expired");
+            tracing::info!(
+                identifier = caller::client_identifier(&s.identifier),
+                "abandoned upload expired"
+            );
             self.metrics.upload_session_expired();
             swept += 1;
         }

@@ -3,7 +3,7 @@
 use super::{
     conditional,
     error::ApiError,
-    extract::{parse_query, Form, FormFields},
+    extract::{parse_query, Authenticated, Form, FormFields},
     views::{FlatImage, ImageView},
 };
 use crate::domain::{download::RangeRequest, images::ListQuery, integrity::Checksum, Service};
@@ -56,9 +56,10 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ImageIdPath {
     ))]
 pub async fn upload(
     State(svc): State<Service>,
+    Authenticated(caller): Authenticated,
     Form { fields, mut parts }: Form,
 ) -> ApiResult<Json<FlatImage>> {
-    let img = svc.upload_image(fields, parts.as_mut()).await?;
+    let img = svc.upload_image(&caller, fields, parts.as_mut()).await?;
     Ok(Json(FlatImage::from(&img)))
 }
 
@@ -75,6 +76,7 @@ pub async fn upload(
     ))]
 pub async fn list(
     State(svc): State<Service>,
+    Authenticated(caller): Authenticated,
     RawQuery(q): RawQuery,
 ) -> ApiResult<Json<Vec<ImageView>>> {
     let fields = parse_query(q.as_deref())?;
@@ -93,7 +95,7 @@ pub async fn list(
         limit: number("limit")?,
         offset: number("offset")?,
     };
-    let images = svc.list_images(query).await?;
+    let images = svc.list_images(&caller, query).await?;
     Ok(Json(images.iter().map(ImageView::from).collect()))
 }
 
@@ -106,9 +108,10 @@ pub async fn list(
     ))]
 pub async fn get_image(
     State(svc): State<Service>,
+    Authenticated(caller): Authenticated,
     ImageIdPath(id): ImageIdPath,
 ) -> ApiResult<Json<ImageView>> {
-    Ok(Json(ImageView::from(&svc.image(&id).await?)))
+    Ok(Json(ImageView::from(&svc.image(&caller, &id).await?)))
 }
 
 /// Deletes an image and its stored bytes; work running on it is cancelled.
@@ -120,10 +123,11 @@ pub async fn get_image(
     ))]
 pub async fn delete_image(
     State(svc): State<Service>,
+    Authenticated(caller): Authenticated,
     ImageIdPath(id): ImageIdPath,
     _f: FormFields,
 ) -> ApiResult<&'static str> {
-    svc.delete_image(&id).await?;
+    svc.delete_image(&caller, &id).await?;
     Ok("delete success")
 }
 
@@ -137,9 +141,10 @@ pub async fn delete_image(
     ))]
 pub async fn slim(
     State(svc): State<Service>,
+    Authenticated(caller): Authenticated,
     ImageIdPath(id): ImageIdPath,
 ) -> ApiResult<&'static str> {
-    Ok(svc.request_slim(&id).await?)
+    Ok(svc.request_slim(&caller, &id).await?)
 }
 
 /// Queues a fresh check: the stored bytes' MD5 and SHA-256 are compared with those recorded
@@ -152,9 +157,10 @@ pub async fn slim(
     ))]
 pub async fn check(
     State(svc): State<Service>,
+    Authenticated(caller): Authenticated,
     ImageIdPath(id): ImageIdPath,
 ) -> ApiResult<&'static str> {
-    Ok(svc.request_check(&id).await?)
+    Ok(svc.request_check(&caller, &id).await?)
 }
 
 /// Stores one chunk of a chunked upload (any order, concurrently, re-sent chunks replace).
@@ -169,6 +175,7 @@ pub async fn check(
     ))]
 pub async fn upload_chunk(
     State(svc): State<Service>,
+    Authenticated(caller): Authenticated,
     headers: HeaderMap,
     Form { fields, mut parts }: Form,
 ) -> ApiResult<&'static str> {
@@ -179,7 +186,8 @@ pub async fn upload_chunk(
         .collect();
     let declared = Checksum::from_headers(text.iter().map(|(k, v)| (*k, v.as_ref())))
         .map_err(ApiError::bad_request)?;
-    svc.upload_chunk(fields, declared, parts.as_mut()).await?;
+    svc.upload_chunk(&caller, fields, declared, parts.as_mut())
+        .await?;
     Ok("ok.")
 }
 
@@ -195,9 +203,10 @@ pub async fn upload_chunk(
     ))]
 pub async fn cancel_upload(
     State(svc): State<Service>,
+    Authenticated(caller): Authenticated,
     FormFields(fields): FormFields,
 ) -> ApiResult<&'static str> {
-    svc.cancel_upload(fields).await?;
+    svc.cancel_upload(&caller, fields).await?;
     Ok("cancel success")
 }
 
@@ -211,9 +220,10 @@ pub async fn cancel_upload(
     ))]
 pub async fn merge(
     State(svc): State<Service>,
+    Authenticated(caller): Authenticated,
     FormFields(fields): FormFields,
 ) -> ApiResult<Json<FlatImage>> {
-    let img = svc.merge(fields).await?;
+    let img = svc.merge(&caller, fields).await?;
     Ok(Json(FlatImage::from(&img)))
 }
 
@@ -234,13 +244,14 @@ pub async fn merge(
     ))]
 pub async fn upload_query(
     State(svc): State<Service>,
+    Authenticated(caller): Authenticated,
     RawQuery(q): RawQuery,
 ) -> ApiResult<Response> {
     let fields = parse_query(q.as_deref())?;
-    let Some(identifier) = fields.get("identifier") else {
+    if fields.get("identifier").is_none() {
         return Ok("Upload get request received.".into_response());
-    };
-    let status = svc.upload_status(identifier).await?;
+    }
+    let status = svc.upload_status(&caller, fields.clone()).await?;
     match fields.get("chunkNumber") {
         None => Ok(Json(status).into_response()),
         Some(n) => {
@@ -279,6 +290,7 @@ pub async fn upload_query(
     ))]
 pub async fn download(
     State(svc): State<Service>,
+    Authenticated(caller): Authenticated,
     ImageIdPath(id): ImageIdPath,
     RawQuery(q): RawQuery,
     method: Method,
@@ -288,7 +300,7 @@ pub async fn download(
     let zip = fields
         .get("isZip")
         .is_some_and(|v| v.eq_ignore_ascii_case("true"));
-    let repr = svc.representation(&id, zip).await?;
+    let repr = svc.representation(&caller, &id, zip).await?;
     let validators = conditional::Validators {
         etag: &repr.etag,
         last_modified: repr.last_modified,

@@ -22,4 +22,5 @@ mod s3;
 mod slims;
 mod storage_contract;
 mod trust;
+mod users;
 mod zips;

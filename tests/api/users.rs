@@ -1,0 +1,402 @@
+//! Ownership with authentication on (`FS_AUTH=token`): every image and upload session belongs
+//! to its user; another user's image id or identifier gets the answer a missing one gets, and
+//! nothing changes; an admin sees and manages everything and may act for a user.
+
+use crate::helpers::*;
+use reqwest::{header, multipart, Client};
+
+/// Static API tokens of the tests' users: (token, user, role).
+const USERS: [(&str, &str, &str); 3] = [
+    ("alice-token-0123456789", "alice", "user"),
+    ("bob-token-0123456789", "bob", "user"),
+    ("root-token-0123456789", "root", "admin"),
+];
+
+/// A server with token authentication, and one HTTP client per user (alice, bob, root).
+pub struct Users {
+    pub app: TestApp,
+    pub alice: Client,
+    pub bob: Client,
+    pub root: Client,
+    _tokens: tempfile::TempDir,
+}
+
+/// The line of a tokens file for `token`.
+pub fn token_line(token: &str, user: &str, role: &str) -> String {
+    format!("sha256:{} {user} {role}\n", sha256(token.as_bytes()))
+}
+
+/// A client that sends `Authorization: Bearer {token}` with every request.
+pub fn bearer_client(token: &str) -> Client {
+    let mut headers = header::HeaderMap::new();
+    headers.insert(
+        header::AUTHORIZATION,
+        format!("Bearer {token}").parse().unwrap(),
+    );
+    Client::builder().default_headers(headers).build().unwrap()
+}
+
+impl Users {
+    pub async fn spawn(b: Backend, mut opts: Options) -> Users {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("tokens");
+        let lines: String = USERS.iter().map(|(t, u, r)| token_line(t, u, r)).collect();
+        std::fs::write(&file, format!("# test users\n{lines}")).unwrap();
+        opts.env.push(("FS_AUTH", "token".into()));
+        opts.env
+            .push(("FS_AUTH_TOKENS_FILE", file.display().to_string()));
+        let app = TestApp::spawn(b, opts).await;
+        Users {
+            app,
+            alice: bearer_client(USERS[0].0),
+            bob: bearer_client(USERS[1].0),
+            root: bearer_client(USERS[2].0),
+            _tokens: dir,
+        }
+    }
+
+    pub fn api(&self) -> String {
+        self.app.url("")
+    }
+}
+
+/// `POST /images` as `client`, returning the status and the JSON answer.
+async fn upload_as(
+    client: &Client,
+    api: &str,
+    bytes: Vec<u8>,
+    fields: &[(&str, &str)],
+) -> (u16, serde_json::Value) {
+    let mut form = multipart::Form::new();
+    for (k, v) in fields {
+        form = form.text(k.to_string(), v.to_string());
+    }
+    form = form.part("file", multipart::Part::bytes(bytes).file_name("disk.img"));
+    let r = client
+        .post(format!("{api}/images"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or_default())
+}
+
+/// A chunk with extra fields.
+async fn chunk_as(
+    client: &Client,
+    api: &str,
+    identifier: &str,
+    n: u32,
+    bytes: Vec<u8>,
+    fields: &[(&str, &str)],
+) -> reqwest::Response {
+    let mut form = multipart::Form::new().text("identifier", identifier.to_string());
+    for (k, v) in fields {
+        form = form.text(k.to_string(), v.to_string());
+    }
+    form = form.part(
+        "part",
+        multipart::Part::bytes(bytes).file_name(format!("{n}.part")),
+    );
+    client
+        .post(format!("{api}/images/upload"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn merge_as(
+    client: &Client,
+    api: &str,
+    identifier: &str,
+    fields: &[(&str, &str)],
+) -> reqwest::Response {
+    let mut form = multipart::Form::new()
+        .text("identifier", identifier.to_string())
+        .text("filename", "joined.img");
+    for (k, v) in fields {
+        form = form.text(k.to_string(), v.to_string());
+    }
+    client
+        .post(format!("{api}/images/merge"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn get_as(client: &Client, url: String) -> (u16, serde_json::Value) {
+    let r = client.get(url).send().await.unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or_default())
+}
+
+/// The ids in a listing.
+fn ids(list: &serde_json::Value) -> Vec<String> {
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["imageId"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Every route with another user's image id answers as for a missing image, and changes
+/// nothing.
+async fn another_users_image_is_not_found(b: Backend) {
+    let u = Users::spawn(b, Options::default()).await;
+    let api = u.api();
+    let (s, img) = upload_as(&u.alice, &api, pattern(1, 300_000), &[]).await;
+    assert_eq!(s, 200, "{img}");
+    assert_eq!(img["userId"], "alice", "the token's user owns the image");
+    let id = img["imageId"].as_str().unwrap().to_string();
+    let missing = uuid::Uuid::new_v4().to_string();
+    for (who, client) in [("bob", &u.bob), ("alice", &u.alice)] {
+        for target in [&missing, &id] {
+            if who == "alice" && target == &id {
+                continue;
+            }
+            let url = |tail: &str| format!("{api}/images/{target}{tail}");
+            let (s, v) = get_as(client, url("")).await;
+            assert_eq!(
+                (s, v["code"].as_str()),
+                (404, Some("IMAGE_NOT_FOUND")),
+                "{who}: {v}"
+            );
+            let r = client.get(url("/action/download")).send().await.unwrap();
+            assert_eq!(r.status(), 404, "{who} download");
+            let r = client
+                .get(url("/action/download?isZip=true"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 404, "{who} zip download");
+            let r = client.head(url("/action/download")).send().await.unwrap();
+            assert_eq!(r.status(), 404, "{who} HEAD");
+            let r = client.post(url("/action/slim")).send().await.unwrap();
+            assert_eq!(r.status(), 404, "{who} slim");
+            let v: serde_json::Value = r.json().await.unwrap();
+            assert_eq!(v["message"], "file path doesn't exist");
+            let r = client.post(url("/action/check")).send().await.unwrap();
+            assert_eq!(r.status(), 404, "{who} check");
+            // Deleting a missing image succeeds (the original's answer): the same for
+            // another user's, which stays.
+            let r = client.delete(url("")).send().await.unwrap();
+            assert_eq!(r.status(), 200, "{who} delete");
+            assert_eq!(r.text().await.unwrap(), "delete success");
+        }
+    }
+    // Bob's listing holds nothing of alice's; asking for hers is refused.
+    let (s, list) = get_as(&u.bob, format!("{api}/images")).await;
+    assert_eq!(s, 200);
+    assert!(ids(&list).is_empty(), "{list}");
+    let (s, v) = get_as(&u.bob, format!("{api}/images?userId=alice")).await;
+    assert_eq!((s, v["code"].as_str()), (403, Some("FORBIDDEN")), "{v}");
+    // Alice's image is untouched: same record, same bytes, nothing queued by bob.
+    let (s, v) = get_as(&u.alice, format!("{api}/images/{id}")).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["slimStatus"], 0, "bob's slim did not start one: {v}");
+    let bytes = u
+        .alice
+        .get(format!("{api}/images/{id}/action/download"))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(bytes.to_vec(), pattern(1, 300_000));
+    let (_, list) = get_as(&u.alice, format!("{api}/images")).await;
+    assert_eq!(ids(&list), vec![id.clone()]);
+    u.app.stop().await;
+}
+
+/// Two users sending chunks under the same identifier never mix them; neither sees,
+/// cancels or merges the other's.
+async fn identifiers_are_per_user(b: Backend) {
+    let u = Users::spawn(b, Options::default()).await;
+    let api = u.api();
+    let ident = "shared-ident";
+    let (a1, a2) = (pattern(10, 100_000), pattern(11, 50_000));
+    let b1 = pattern(20, 70_000);
+    for (n, bytes) in [(1, a1.clone()), (2, a2.clone())] {
+        let r = chunk_as(&u.alice, &api, ident, n, bytes, &[]).await;
+        assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    }
+    // Bob's resume query does not see alice's chunks.
+    let (s, v) = get_as(&u.bob, format!("{api}/images/upload?identifier={ident}")).await;
+    assert_eq!(s, 200);
+    assert_eq!(v["state"], "none", "{v}");
+    assert_eq!(v["totalBytes"], 0, "{v}");
+    let r = u
+        .bob
+        .get(format!(
+            "{api}/images/upload?identifier={ident}&chunkNumber=1"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204, "bob does not hold chunk 1");
+    // Bob's merge finds nothing of his; his cancel leaves alice's chunks.
+    let r = merge_as(&u.bob, &api, ident, &[]).await;
+    assert_eq!(r.status(), 400, "bob has no chunks under this identifier");
+    let r = u
+        .bob
+        .delete(format!("{api}/images/upload?identifier={ident}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // Bob uploads his own chunk under the same identifier and merges it.
+    let r = chunk_as(&u.bob, &api, ident, 1, b1.clone(), &[]).await;
+    assert_eq!(r.status(), 200);
+    let r = merge_as(&u.bob, &api, ident, &[]).await;
+    assert_eq!(r.status(), 200);
+    let bob_img: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(bob_img["userId"], "bob");
+    // Alice still holds both chunks and merges her own bytes.
+    let (_, v) = get_as(&u.alice, format!("{api}/images/upload?identifier={ident}")).await;
+    assert_eq!(v["totalBytes"], 150_000, "{v}");
+    let r = merge_as(&u.alice, &api, ident, &[]).await;
+    assert_eq!(r.status(), 200);
+    let alice_img: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(alice_img["userId"], "alice");
+    assert_ne!(alice_img["imageId"], bob_img["imageId"]);
+    let download = |c: &Client, id: &serde_json::Value| {
+        let url = format!("{api}/images/{}/action/download", id.as_str().unwrap());
+        let c = c.clone();
+        async move { c.get(url).send().await.unwrap().bytes().await.unwrap() }
+    };
+    assert_eq!(
+        download(&u.alice, &alice_img["imageId"]).await.to_vec(),
+        [a1, a2].concat()
+    );
+    assert_eq!(download(&u.bob, &bob_img["imageId"]).await.to_vec(), b1);
+    // A repeated merge by bob gives bob's image, not alice's (merged under the same
+    // identifier).
+    let r = merge_as(&u.bob, &api, ident, &[]).await;
+    let again: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(again["imageId"], bob_img["imageId"]);
+    u.app.stop().await;
+}
+
+/// A `userId` that names another user is refused for a user, and nothing is stored.
+async fn naming_another_user_is_forbidden(b: Backend) {
+    let u = Users::spawn(b, Options::default()).await;
+    let api = u.api();
+    // The field after the file part: the bytes were already received.
+    let mut form = multipart::Form::new().part(
+        "file",
+        multipart::Part::bytes(pattern(3, 200_000)).file_name("disk.img"),
+    );
+    form = form.text("userId", "bob");
+    let r = u
+        .alice
+        .post(format!("{api}/images"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    let v = assert_error(r, 403, None).await;
+    assert_eq!(v["code"], "FORBIDDEN");
+    // Naming herself is fine.
+    let (s, v) = upload_as(&u.alice, &api, pattern(4, 1000), &[("userId", "alice")]).await;
+    assert_eq!(s, 200, "{v}");
+    let r = chunk_as(
+        &u.alice,
+        &api,
+        "x1",
+        1,
+        pattern(5, 1000),
+        &[("userId", "bob")],
+    )
+    .await;
+    assert_error(r, 403, None).await;
+    let r = chunk_as(&u.alice, &api, "x1", 1, pattern(5, 1000), &[]).await;
+    assert_eq!(r.status(), 200);
+    let r = merge_as(&u.alice, &api, "x1", &[("userId", "bob")]).await;
+    assert_error(r, 403, None).await;
+    let r = u
+        .alice
+        .delete(format!("{api}/images/upload?identifier=x1&userId=bob"))
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, 403, None).await;
+    let (s, _) = get_as(
+        &u.alice,
+        format!("{api}/images/upload?identifier=x1&userId=bob"),
+    )
+    .await;
+    assert_eq!(s, 403);
+    // Only alice's image exists; her chunk is still held.
+    let (_, list) = get_as(&u.root, format!("{api}/images")).await;
+    assert_eq!(ids(&list).len(), 1, "{list}");
+    let (_, v) = get_as(&u.alice, format!("{api}/images/upload?identifier=x1")).await;
+    assert_eq!(v["totalBytes"], 1000, "{v}");
+    u.app.wait_jobs_idle().await;
+    let left = u.app.leftovers().await;
+    assert!(left.iter().all(|l| !l.contains("scratch")), "{left:?}");
+    u.app.stop().await;
+}
+
+/// An admin sees every user's images, filters by user, reads and deletes any, and uploads
+/// (single and chunked) on behalf of a user.
+async fn admins_see_and_manage_everything(b: Backend) {
+    let u = Users::spawn(b, Options::default()).await;
+    let api = u.api();
+    let (_, a) = upload_as(&u.alice, &api, pattern(6, 5000), &[]).await;
+    let (_, bb) = upload_as(&u.bob, &api, pattern(7, 6000), &[]).await;
+    let (a, bb) = (a["imageId"].clone(), bb["imageId"].clone());
+    let (_, all) = get_as(&u.root, format!("{api}/images")).await;
+    assert_eq!(ids(&all).len(), 2, "{all}");
+    let (_, only) = get_as(&u.root, format!("{api}/images?userId=bob")).await;
+    assert_eq!(ids(&only), vec![bb.as_str().unwrap().to_string()]);
+    let (s, _) = get_as(&u.root, format!("{api}/images/{}", a.as_str().unwrap())).await;
+    assert_eq!(s, 200);
+    // On behalf of alice: the image is hers, and she sees it.
+    let (s, v) = upload_as(&u.root, &api, pattern(8, 7000), &[("userId", "alice")]).await;
+    assert_eq!((s, v["userId"].as_str()), (200, Some("alice")), "{v}");
+    let (_, mine) = get_as(&u.alice, format!("{api}/images")).await;
+    assert_eq!(ids(&mine).len(), 2, "{mine}");
+    // Chunks sent by the admin for alice are alice's upload: she resumes and merges it.
+    let r = chunk_as(
+        &u.root,
+        &api,
+        "for-alice",
+        1,
+        pattern(9, 4000),
+        &[("userId", "alice")],
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let (_, v) = get_as(
+        &u.alice,
+        format!("{api}/images/upload?identifier=for-alice"),
+    )
+    .await;
+    assert_eq!(v["totalBytes"], 4000, "{v}");
+    let r = chunk_as(&u.alice, &api, "for-alice", 2, pattern(10, 100), &[]).await;
+    assert_eq!(r.status(), 200);
+    let r = merge_as(&u.alice, &api, "for-alice", &[]).await;
+    assert_eq!(r.status(), 200);
+    // The admin deletes bob's image.
+    let r = u
+        .root
+        .delete(format!("{api}/images/{}", bb.as_str().unwrap()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let (s, _) = get_as(&u.bob, format!("{api}/images/{}", bb.as_str().unwrap())).await;
+    assert_eq!(s, 404, "the admin deleted it");
+    u.app.stop().await;
+}
+
+crate::backend_tests!(
+    another_users_image_is_not_found,
+    identifiers_are_per_user,
+    naming_another_user_is_forbidden,
+    admins_see_and_manage_everything,
+);
