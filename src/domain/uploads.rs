@@ -44,6 +44,21 @@ pub struct ChunkInfo {
     pub size: u64,
 }
 
+/// What a stored chunk did (for the audit trail).
+#[derive(Debug, Clone)]
+pub struct ChunkReceipt {
+    /// The client's identifier.
+    pub identifier: String,
+    /// The chunk (part) number.
+    pub number: u32,
+    /// Bytes.
+    pub size: u64,
+    /// Whether this chunk opened the upload session.
+    pub session_opened: bool,
+    /// The user the session belongs to, if any.
+    pub owner: Option<String>,
+}
+
 /// What the server holds for an identifier.
 #[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct UploadStatus {
@@ -288,7 +303,7 @@ impl Service {
         query: Fields,
         declared: Vec<Checksum>,
         form: &mut dyn FormSource,
-    ) -> Result<()> {
+    ) -> Result<ChunkReceipt> {
         let _slot = self.upload_slot().await;
         let mut fields = query;
         let mut spooled: Option<(SpooledPart, Option<String>, u32, Wanted, Digests)> = None;
@@ -360,7 +375,7 @@ impl Service {
                 .filter(|u| !u.is_empty() && !u.contains('\0'))
                 .map(str::to_string)
         });
-        let session = self.open_session(&target, owner, &tier).await?;
+        let (session, opened) = self.open_session(&target, owner, &tier).await?;
         let totals = totals.agrees_with(&session)?;
         totals.check_chunk(number, self.cfg.max_image_bytes)?;
         if session.state != OPEN {
@@ -430,7 +445,13 @@ impl Service {
             "chunk stored"
         );
         self.metrics.upload_chunk_received();
-        Ok(())
+        Ok(ChunkReceipt {
+            identifier: target.identifier,
+            number,
+            size: len,
+            session_opened: opened,
+            owner: session.owner,
+        })
     }
 
     /// The chunks an upload holds besides (an earlier copy of) chunk `number`, ascending.
@@ -454,7 +475,7 @@ impl Service {
         target: &SessionRef,
         owner: Option<String>,
         tier: &Tier,
-    ) -> Result<upload_session::Model> {
+    ) -> Result<(upload_session::Model, bool)> {
         let identifier = target.identifier.as_str();
         if let Some(s) = db::uploads::find(&self.db, &target.key).await? {
             if s.priority != tier.priority {
@@ -463,7 +484,7 @@ impl Service {
                     s.priority, tier.priority
                 )));
             }
-            return Ok(s);
+            return Ok((s, false));
         }
         let image_id = uuid::Uuid::new_v4().to_string();
         let key = object_key(&image_id);
@@ -504,12 +525,14 @@ impl Service {
                 .abort_multipart(&tier.bucket, &key, &upload_id)
                 .await;
         }
-        if inserted? {
+        let opened = inserted?;
+        if opened {
             self.metrics.upload_session_opened();
         }
-        db::uploads::find(&self.db, &target.key)
+        let session = db::uploads::find(&self.db, &target.key)
             .await?
-            .ok_or_else(|| Error::Internal("upload session vanished after insert".into()))
+            .ok_or_else(|| Error::Internal("upload session vanished after insert".into()))?;
+        Ok((session, opened))
     }
 
     /// `POST /images/merge`: joins chunks 1..N into the image. Repeating it returns the same image.

@@ -50,6 +50,7 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ImageIdPath {
     responses(
         (status = 200, description = "Stored; a check is queued", body = FlatImage),
         (status = 400, description = "No file, a bad name, a bad zip or a bad field", body = super::docs::ErrorBody),
+        (status = 403, description = "userId names another user and the caller is not an admin (FORBIDDEN; authentication on)", body = super::docs::ErrorBody),
         (status = 408, description = "The client stopped sending the body (REQUEST_TIMEOUT)", body = super::docs::ErrorBody),
         (status = 413, description = "Larger than FS_MAX_IMAGE_BYTES", body = super::docs::ErrorBody),
         (status = 503, description = "Database or storage unavailable", body = super::docs::ErrorBody),
@@ -73,6 +74,7 @@ pub async fn upload(
     responses(
         (status = 200, body = Vec<ImageView>),
         (status = 400, description = "limit or offset not a number", body = super::docs::ErrorBody),
+        (status = 403, description = "userId names another user and the caller is not an admin (FORBIDDEN; authentication on)", body = super::docs::ErrorBody),
     ))]
 pub async fn list(
     State(svc): State<Service>,
@@ -169,6 +171,7 @@ pub async fn check(
     responses(
         (status = 200, description = "`ok.`", body = String, content_type = "text/plain"),
         (status = 400, description = "Bad identifier, chunk number, body, totals (SIZE_MISMATCH) or checksum (CHECKSUM_MISMATCH)", body = super::docs::ErrorBody),
+        (status = 403, description = "userId names another user and the caller is not an admin (FORBIDDEN; authentication on)", body = super::docs::ErrorBody),
         (status = 408, description = "The client stopped sending the body (REQUEST_TIMEOUT)", body = super::docs::ErrorBody),
         (status = 409, description = "The upload is being merged, or was merged", body = super::docs::ErrorBody),
         (status = 413, description = "Larger than FS_MAX_IMAGE_BYTES", body = super::docs::ErrorBody),
@@ -200,6 +203,7 @@ pub async fn upload_chunk(
     responses(
         (status = 200, description = "`cancel success`", body = String, content_type = "text/plain"),
         (status = 400, description = "Missing or invalid identifier", body = super::docs::ErrorBody),
+        (status = 403, description = "userId names another user and the caller is not an admin (FORBIDDEN; authentication on)", body = super::docs::ErrorBody),
     ))]
 pub async fn cancel_upload(
     State(svc): State<Service>,
@@ -216,6 +220,7 @@ pub async fn cancel_upload(
     responses(
         (status = 200, description = "The image; a check is queued", body = FlatImage),
         (status = 400, description = "Missing chunks (named), bad name or bad zip", body = super::docs::ErrorBody),
+        (status = 403, description = "userId names another user and the caller is not an admin (FORBIDDEN; authentication on)", body = super::docs::ErrorBody),
         (status = 404, description = "Nothing was uploaded under this identifier", body = super::docs::ErrorBody),
     ))]
 pub async fn merge(
@@ -241,6 +246,7 @@ pub async fn merge(
             )),
         (status = 204, description = "chunkNumber is not held"),
         (status = 400, description = "Bad identifier or chunk number", body = super::docs::ErrorBody),
+        (status = 403, description = "userId names another user and the caller is not an admin (FORBIDDEN; authentication on)", body = super::docs::ErrorBody),
     ))]
 pub async fn upload_query(
     State(svc): State<Service>,
