@@ -3,6 +3,7 @@
 //!
 //! Layers: `routes` (HTTP) -> `domain` -> (`db`, `storage`). See `docs/ARCHITECTURE.md`.
 
+pub mod auth;
 pub mod cleanup;
 pub mod config;
 pub mod db;
