@@ -7,6 +7,8 @@ ensure_tools() {
     command -v qemu-io >/dev/null || missing+=(qemu-utils)
     command -v unzip >/dev/null || missing+=(unzip)
     command -v python3 >/dev/null || missing+=(python3)
+    # RSA and EC key pairs for the JWT tests (src/auth/jwt.rs, tests/api/auth.rs).
+    command -v openssl >/dev/null || missing+=(openssl)
     # Java runs the clients in tests/support as single source files (`java File.java`): a JDK.
     command -v javac >/dev/null || missing+=(openjdk-17-jdk-headless)
     # A real reverse proxy in front of the service (tests/api/proxy.rs).

@@ -7,7 +7,10 @@
 
 mod settings;
 
-use crate::storage::{s3::S3Checksum, S3Settings};
+use crate::{
+    auth::{jwt::JwtKey, AuthSettings, JwtSettings, Secret},
+    storage::{s3::S3Checksum, S3Settings},
+};
 use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf};
 
 /// One storage tier: where images of a priority live.
@@ -42,7 +45,7 @@ pub struct Config {
     /// Largest inflated/compressed ratio of the image in an uploaded zip (0 = no bound).
     pub zip_max_ratio: u64,
     pub upload_ttl_secs: u64,
-    /// `None` = any origin.
+    /// `None` = any origin; an empty list = none (the default with authentication on).
     pub cors_origins: Option<Vec<String>>,
     pub log_format: LogFormat,
     /// Chunk and upload bodies handled at once (bounds disk and memory use).
@@ -71,6 +74,10 @@ pub struct Config {
     pub imageops_url: Option<String>,
     /// Where `file-system imageops` serves.
     pub imageops_listen: SocketAddr,
+    /// Authentication, the metrics token and trusted proxies.
+    pub auth: AuthSettings,
+    /// Settings that were ignored, to be logged once logging is up.
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -132,7 +139,7 @@ impl Config {
         // (sparse ones included) stay below it.
         let zip_max_ratio = r.get("FS_ZIP_MAX_RATIO", 1000, number);
         let upload_ttl_secs = r.get("FS_UPLOAD_TTL_SECS", 86_400, secs_from(1));
-        let cors = r.string("FS_CORS_ORIGINS").unwrap_or_else(|| "*".into());
+        let cors = r.string("FS_CORS_ORIGINS");
         let log_format = r.get(
             "FS_LOG_FORMAT",
             LogFormat::Text,
@@ -201,6 +208,8 @@ impl Config {
         if s3_part_bytes < s3_min_part_bytes {
             r.problem("FS_S3_PART_BYTES must be at least FS_S3_MIN_PART_BYTES");
         }
+        let mut warnings = vec![];
+        let auth = read_auth(&mut r, &mut warnings);
         let tiers = match parse_tiers(&tiers_spec) {
             Ok(t) => t,
             Err(e) => {
@@ -209,9 +218,16 @@ impl Config {
             }
         };
         r.finish()?;
-        let cors_origins = match cors.trim() {
-            "" | "*" => None,
-            list => Some(list.split(',').map(|s| s.trim().to_string()).collect()),
+        let cors_origins = match cors.as_deref().map(str::trim) {
+            // With authentication on, browsers of other origins get nothing unless allowed.
+            None if auth.enabled() => Some(vec![]),
+            None | Some("*") => None,
+            Some(list) => Some(
+                list.split(',')
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty())
+                    .collect(),
+            ),
         };
         let s3 = S3Settings {
             force_path_style: s3_force_path_style.unwrap_or(s3_endpoint.is_some()),
@@ -250,7 +266,142 @@ impl Config {
             slim_timeout_secs,
             imageops_url,
             imageops_listen,
+            auth,
+            warnings,
         })
+    }
+}
+
+/// `FS_AUTH` and what goes with it. Every inconsistency is a problem; `FS_JWT_*` or a tokens
+/// file set while their mode is off is ignored with a warning (a half-finished roll-out
+/// should not stop the service, but should not go unnoticed either).
+fn read_auth(r: &mut settings::Reader, warnings: &mut Vec<String>) -> AuthSettings {
+    use settings::secs;
+    let modes = r.get("FS_AUTH", (false, false), |v| {
+        let mut modes = (false, false);
+        for m in v.split(',').map(|m| m.trim().to_ascii_lowercase()) {
+            match m.as_str() {
+                "none" if v.trim().eq_ignore_ascii_case("none") => {}
+                "token" => modes.0 = true,
+                "jwt" => modes.1 = true,
+                _ => return Err("none, token, jwt or token,jwt".into()),
+            }
+        }
+        Ok(modes)
+    });
+    let (token_on, jwt_on) = modes;
+    let tokens_path = r.string("FS_AUTH_TOKENS_FILE").map(PathBuf::from);
+    let tokens_file = match (token_on, tokens_path) {
+        (true, None) => {
+            r.problem(
+                "FS_AUTH=token needs FS_AUTH_TOKENS_FILE (lines `sha256:<hex> <userId> <role>`)",
+            );
+            None
+        }
+        (true, Some(path)) => {
+            if let Err(e) = crate::auth::tokens::load(&path) {
+                r.problem(&e);
+            }
+            Some(path)
+        }
+        (false, Some(_)) => {
+            warnings.push(
+                "FS_AUTH_TOKENS_FILE is set but FS_AUTH does not include token: ignored".into(),
+            );
+            None
+        }
+        (false, None) => None,
+    };
+    let secret = r.secret("FS_JWT_HS256_SECRET").map(Secret::new);
+    let key_file = r.string("FS_JWT_PUBLIC_KEY_FILE").map(PathBuf::from);
+    let issuer = r.string("FS_JWT_ISSUER");
+    let audience = r.string("FS_JWT_AUDIENCE");
+    let user_claim = r.string("FS_JWT_USER_CLAIM");
+    let admin_claim = r.string("FS_JWT_ADMIN_CLAIM");
+    let admin_value = r.string("FS_JWT_ADMIN_VALUE");
+    let leeway_secs = r.get("FS_JWT_LEEWAY_SECS", 60, secs);
+    let jwt = if jwt_on {
+        let key = match (secret, key_file) {
+            (Some(_), Some(_)) => {
+                r.problem("FS_AUTH=jwt takes one key: FS_JWT_HS256_SECRET or FS_JWT_PUBLIC_KEY_FILE, not both");
+                None
+            }
+            (None, None) => {
+                r.problem("FS_AUTH=jwt needs a key: FS_JWT_HS256_SECRET or FS_JWT_PUBLIC_KEY_FILE (PEM, RSA or P-256)");
+                None
+            }
+            (Some(s), None) => {
+                if s.expose().len() < 32 {
+                    r.problem("FS_JWT_HS256_SECRET must be at least 32 bytes (RFC 7518 asks for at least 256 bits)");
+                }
+                Some(JwtKey::Hs256(s))
+            }
+            (None, Some(path)) => match JwtKey::from_pem_file(path.clone()) {
+                Ok(k) => Some(k),
+                Err(e) => {
+                    r.problem(&format!("FS_JWT_PUBLIC_KEY_FILE {}: {e}", path.display()));
+                    None
+                }
+            },
+        };
+        let admin = match (admin_claim, admin_value) {
+            (Some(c), Some(v)) => Some((c, v)),
+            (None, None) => None,
+            _ => {
+                r.problem(
+                    "FS_JWT_ADMIN_CLAIM and FS_JWT_ADMIN_VALUE go together: set both or neither",
+                );
+                None
+            }
+        };
+        key.map(|key| JwtSettings {
+            key,
+            issuer,
+            audience,
+            user_claim: user_claim.unwrap_or_else(|| "sub".into()),
+            admin,
+            leeway_secs,
+        })
+    } else {
+        let set: Vec<&str> = [
+            ("FS_JWT_HS256_SECRET", secret.is_some()),
+            ("FS_JWT_PUBLIC_KEY_FILE", key_file.is_some()),
+            ("FS_JWT_ISSUER", issuer.is_some()),
+            ("FS_JWT_AUDIENCE", audience.is_some()),
+            ("FS_JWT_USER_CLAIM", user_claim.is_some()),
+            ("FS_JWT_ADMIN_CLAIM", admin_claim.is_some()),
+            ("FS_JWT_ADMIN_VALUE", admin_value.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(name, set)| set.then_some(name))
+        .collect();
+        if !set.is_empty() {
+            warnings.push(format!(
+                "{} set but FS_AUTH does not include jwt: ignored",
+                set.join(", ")
+            ));
+        }
+        None
+    };
+    let metrics_token = r.secret("FS_METRICS_TOKEN").map(Secret::new);
+    let trusted_proxies = r.get("FS_TRUSTED_PROXIES", vec![], |v| {
+        v.split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(|p| {
+                p.parse::<ipnet::IpNet>()
+                    .or_else(|_| p.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| {
+                        format!("a comma list of IP addresses or CIDRs (e.g. 10.0.0.0/8, 127.0.0.1); {p:?} is neither")
+                    })
+            })
+            .collect()
+    });
+    AuthSettings {
+        tokens_file,
+        jwt,
+        metrics_token,
+        trusted_proxies,
     }
 }
 
@@ -476,5 +627,114 @@ mod tests {
         ]))
         .unwrap();
         assert_eq!(c.database_url, "sqlite::memory:");
+    }
+
+    #[test]
+    fn auth_is_off_by_default_and_cors_stays_open() {
+        let c = Config::from_vars(vec![]).unwrap();
+        assert!(!c.auth.enabled());
+        assert!(c.cors_origins.is_none());
+        assert!(c.auth.metrics_token.is_none());
+        assert!(c.warnings.is_empty());
+    }
+
+    #[test]
+    fn auth_settings_are_read_and_checked_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let tokens = dir.path().join("tokens");
+        std::fs::write(
+            &tokens,
+            format!("# ops\nsha256:{} ops admin\n", "ab".repeat(32)),
+        )
+        .unwrap();
+        let secret = "0123456789abcdef0123456789abcdef";
+        let c = Config::from_vars(vars(&[
+            ("FS_AUTH", "JWT, token"),
+            ("FS_AUTH_TOKENS_FILE", tokens.to_str().unwrap()),
+            ("FS_JWT_HS256_SECRET", secret),
+            ("FS_JWT_USER_CLAIM", "userId"),
+            ("FS_JWT_ADMIN_CLAIM", "authorities"),
+            ("FS_JWT_ADMIN_VALUE", "ROLE_APPSTORE_ADMIN"),
+            ("FS_JWT_LEEWAY_SECS", "2m"),
+            ("FS_METRICS_TOKEN", "m3trics"),
+            ("FS_TRUSTED_PROXIES", "10.0.0.0/8, 127.0.0.1,::1"),
+        ]))
+        .unwrap();
+        assert!(c.auth.enabled());
+        assert_eq!(c.auth.tokens_file.as_deref(), Some(tokens.as_path()));
+        let jwt = c.auth.jwt.as_ref().unwrap();
+        assert_eq!(jwt.user_claim, "userId");
+        assert_eq!(jwt.leeway_secs, 120);
+        assert_eq!(
+            jwt.admin,
+            Some(("authorities".into(), "ROLE_APPSTORE_ADMIN".into()))
+        );
+        assert_eq!(c.auth.trusted_proxies.len(), 3);
+        // With auth on and no FS_CORS_ORIGINS, no origin is allowed; an explicit one wins.
+        assert_eq!(c.cors_origins, Some(vec![]));
+        // Secrets never print.
+        let printed = format!("{c:?}");
+        assert!(
+            !printed.contains(secret) && !printed.contains("m3trics"),
+            "{printed}"
+        );
+        let c = Config::from_vars(vars(&[
+            ("FS_AUTH", "token"),
+            ("FS_AUTH_TOKENS_FILE", tokens.to_str().unwrap()),
+            ("FS_CORS_ORIGINS", "*"),
+        ]))
+        .unwrap();
+        assert!(c.cors_origins.is_none());
+    }
+
+    #[test]
+    fn every_auth_inconsistency_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let bad = dir.path().join("tokens");
+        std::fs::write(&bad, "\nsha256:1234 alice user\n").unwrap();
+        let problems =
+            |list: &[(&str, &str)]| Config::from_vars(vars(list)).unwrap_err().to_string();
+        let err = problems(&[
+            ("FS_AUTH", "token,jwt"),
+            ("FS_TRUSTED_PROXIES", "10.0.0.0/33"),
+            ("FS_JWT_ADMIN_CLAIM", "roles"),
+        ]);
+        for expected in [
+            "FS_AUTH=token needs FS_AUTH_TOKENS_FILE",
+            "FS_AUTH=jwt needs a key",
+            "FS_JWT_ADMIN_CLAIM and FS_JWT_ADMIN_VALUE go together",
+            "FS_TRUSTED_PROXIES=\"10.0.0.0/33\" is not valid",
+        ] {
+            assert!(err.contains(expected), "{expected:?} not in {err}");
+        }
+        let err = problems(&[
+            ("FS_AUTH", "token,jwt"),
+            ("FS_AUTH_TOKENS_FILE", bad.to_str().unwrap()),
+            ("FS_JWT_HS256_SECRET", "short"),
+            ("FS_JWT_PUBLIC_KEY_FILE", "/nonexistent.pem"),
+        ]);
+        assert!(err.contains("line 2: the first field"), "{err}");
+        assert!(err.contains("not both"), "{err}");
+        let err = problems(&[("FS_AUTH", "jwt"), ("FS_JWT_HS256_SECRET", "short")]);
+        assert!(err.contains("at least 32 bytes"), "{err}");
+        let err = problems(&[
+            ("FS_AUTH", "jwt"),
+            ("FS_JWT_PUBLIC_KEY_FILE", "/nonexistent.pem"),
+        ]);
+        assert!(
+            err.contains("FS_JWT_PUBLIC_KEY_FILE /nonexistent.pem: cannot be read"),
+            "{err}"
+        );
+        let err = problems(&[("FS_AUTH", "basic")]);
+        assert!(
+            err.contains("expected none, token, jwt or token,jwt"),
+            "{err}"
+        );
+        let err = problems(&[("FS_AUTH", "none,token")]);
+        assert!(err.contains("FS_AUTH=\"none,token\""), "{err}");
+        // JWT settings without jwt on: ignored with a warning, not an error.
+        let c = Config::from_vars(vars(&[("FS_JWT_ISSUER", "https://idp")])).unwrap();
+        assert!(c.auth.jwt.is_none());
+        assert!(c.warnings[0].contains("FS_JWT_ISSUER"), "{:?}", c.warnings);
     }
 }

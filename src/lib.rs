@@ -3,6 +3,7 @@
 //!
 //! Layers: `routes` (HTTP) -> `domain` -> (`db`, `storage`). See `docs/ARCHITECTURE.md`.
 
+pub mod auth;
 pub mod cleanup;
 pub mod config;
 pub mod db;
@@ -97,14 +98,21 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let token = CancellationToken::new();
-    let background = [
+    // The tokens file and key were checked with the settings; read them for good now.
+    let authenticator = auth::Authenticator::new(&svc.config().auth)
+        .map_err(|e| anyhow::anyhow!("authentication: {e}"))?
+        .map(Arc::new);
+    let mut background = vec![
         tokio::spawn(sweep_loop(svc.clone(), token.clone())),
         tokio::spawn(recovery_loop(svc.clone(), token.clone())),
         tokio::spawn(svc.clone().run_workers(token.clone())),
     ];
+    if let Some(a) = &authenticator {
+        background.push(tokio::spawn(a.clone().watch_tokens(token.clone())));
+    }
     let grace = Duration::from_secs(svc.config().shutdown_grace_secs);
     let header_timeout = Duration::from_secs(svc.config().header_timeout_secs);
-    let app = routes::router(svc);
+    let app = routes::router(svc, authenticator);
     let stop = token.clone();
     let server = tokio::spawn(routes::serve::serve(
         listener,

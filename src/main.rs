@@ -78,6 +78,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Err(e) => config_failed(&e, matches!(command, Command::CheckConfig)),
     };
     telemetry::init(cfg.log_format);
+    for w in &cfg.warnings {
+        tracing::warn!("{w}");
+    }
     if let Some(path) = &sources.dotenv {
         tracing::info!(file = %path.display(), "settings read from .env (the environment wins)");
     }

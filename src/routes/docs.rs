@@ -3,7 +3,10 @@
 //! route cannot exist without its documentation. The types here only describe request bodies
 //! the handlers read field by field.
 
-use utoipa::{OpenApi, ToSchema};
+use utoipa::{
+    openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme},
+    OpenApi, ToSchema,
+};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -20,6 +23,52 @@ use utoipa::{OpenApi, ToSchema};
     )
 )]
 pub struct ApiDoc;
+
+/// Declares the bearer credential (`FS_AUTH`) in `doc`: a `bearerAuth` scheme, asked for by
+/// every API operation and by `/metrics`. Both `{}` (no credential: authentication off, the
+/// default) and `bearerAuth` are listed, since which one applies is the deployment's choice.
+pub fn add_bearer_security(doc: &mut utoipa::openapi::OpenApi) {
+    let components = doc.components.get_or_insert_with(Default::default);
+    components.add_security_scheme(
+        "bearerAuth",
+        SecurityScheme::Http(
+            HttpBuilder::new()
+                .scheme(HttpAuthScheme::Bearer)
+                .description(Some(
+                    "With FS_AUTH on: a static API token (FS_AUTH_TOKENS_FILE) or a JWT. A \
+                     missing or refused credential is 401 UNAUTHORIZED with \
+                     WWW-Authenticate: Bearer. /metrics takes FS_METRICS_TOKEN when it is set.",
+                ))
+                .build(),
+        ),
+    );
+    for (path, item) in doc.paths.paths.iter_mut() {
+        if !(path.starts_with(super::BASE) || path == "/metrics") {
+            continue;
+        }
+        let operations = [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.head,
+            &mut item.patch,
+        ];
+        for op in operations.into_iter().flatten() {
+            op.security = Some(vec![
+                SecurityRequirement::default(),
+                SecurityRequirement::new("bearerAuth", Vec::<String>::new()),
+            ]);
+            let unauthorized = utoipa::openapi::ResponseBuilder::new()
+                .description("UNAUTHORIZED: authentication is on and the bearer credential is missing or refused")
+                .build();
+            op.responses
+                .responses
+                .entry("401".into())
+                .or_insert(unauthorized.into());
+        }
+    }
+}
 
 /// The JSON body of every error response.
 #[derive(ToSchema)]

@@ -1,6 +1,8 @@
 //! HTTP layer: every route in one place. Handlers only extract, call the domain and shape the
 //! response; this is the only module that knows axum.
 
+pub mod audit;
+pub mod auth;
 mod bounded;
 mod conditional;
 pub mod docs;
@@ -12,7 +14,7 @@ mod metered;
 pub mod serve;
 pub mod views;
 
-use crate::domain::Service;
+use crate::{auth::Authenticator, domain::Service};
 use axum::{
     extract::{DefaultBodyLimit, Request, State},
     http::{header, HeaderName, HeaderValue, Method, StatusCode},
@@ -21,7 +23,10 @@ use axum::{
     Json, Router,
 };
 use error::ApiError;
-use std::{sync::OnceLock, time::Duration};
+use std::{
+    sync::{Arc, OnceLock},
+    time::Duration,
+};
 use tower_http::{
     cors::{AllowOrigin, Any, CorsLayer},
     request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
@@ -57,11 +62,15 @@ fn documented() -> OpenApiRouter<Service> {
 
 /// The OpenAPI document of every route.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    documented().split_for_parts().1
+    let mut doc = documented().split_for_parts().1;
+    docs::add_bearer_security(&mut doc);
+    doc
 }
 
-pub fn router(svc: Service) -> Router {
+/// The whole service. `authenticator` is `None` with authentication off (`FS_AUTH=none`).
+pub fn router(svc: Service, authenticator: Option<Arc<Authenticator>>) -> Router {
     let (routes, _) = documented().split_for_parts();
+    let gate = auth::Gate::new(&svc.config().auth, authenticator);
     let request_id = HeaderName::from_static("x-request-id");
     let limits = drain::DrainLimits {
         max_bytes: svc.config().drain_max_bytes,
@@ -76,6 +85,10 @@ pub fn router(svc: Service) -> Router {
         .layer(RequestBodyTimeoutLayer::new(Duration::from_secs(
             svc.config().body_idle_timeout_secs,
         )))
+        // Inside `metered` (a refusal is counted and has its access line), `cors` (a preflight
+        // is answered before it; a 401 carries the CORS headers a browser needs to read it)
+        // and `drain::linger` (a refused upload's body is drained, so the 401 arrives).
+        .layer(middleware::from_fn_with_state(gate, auth::gate))
         .layer(middleware::from_fn_with_state(svc.clone(), metered::track))
         .layer(cors(&svc))
         .layer(

@@ -7,7 +7,11 @@
 //! after that (hyper's `header_read_timeout`), or the connection is closed;
 //! bodies have their own idle timeout (`FS_BODY_IDLE_TIMEOUT_SECS`, in the router).
 
-use axum::{body::Body, extract::Request, Router};
+use axum::{
+    body::Body,
+    extract::{ConnectInfo, Request},
+    Router,
+};
 use hyper::body::Incoming;
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
@@ -54,6 +58,8 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
+        // Each request carries its peer's address (the audit trail's remote address).
+        let peer = stream.peer_addr().ok();
         let (app, builder, watcher) = (app.clone(), builder.clone(), graceful.watcher());
         let stopping = stopping.clone();
         tokio::spawn(async move {
@@ -68,9 +74,14 @@ pub async fn serve(
                 }
                 () = stopping.cancelled() => return,
             }
-            let service = TowerToHyperService::new(
-                app.map_request(|req: Request<Incoming>| req.map(Body::new)),
-            );
+            let service =
+                TowerToHyperService::new(app.map_request(move |req: Request<Incoming>| {
+                    let mut req = req.map(Body::new);
+                    if let Some(peer) = peer {
+                        req.extensions_mut().insert(ConnectInfo(peer));
+                    }
+                    req
+                }));
             let conn = builder
                 .serve_connection_with_upgrades(TokioIo::new(stream), service)
                 .into_owned();

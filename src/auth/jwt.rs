@@ -1,0 +1,566 @@
+//! JWT verification (`FS_AUTH=jwt`) with the `jsonwebtoken` crate.
+//!
+//! One key, one algorithm: an HS256 secret (`FS_JWT_HS256_SECRET`), or a PEM public key
+//! (`FS_JWT_PUBLIC_KEY_FILE`): RS256 for an RSA key, ES256 for a P-256 key. Only that
+//! algorithm is accepted, so `alg: none` and algorithm confusion (an HS256 token "signed" with
+//! the RSA public key as its secret) are refused. `exp` is required; `nbf` is checked when
+//! present; `iss` and `aud` when configured.
+
+use super::{AuthFailure, JwtSettings, Secret};
+use crate::domain::caller::{Caller, Role};
+use base64::Engine;
+use jsonwebtoken::{errors::ErrorKind, Algorithm, DecodingKey, Validation};
+use serde_json::{Map, Value};
+use std::path::PathBuf;
+
+/// The verification key, checked when the settings are read.
+#[derive(Clone)]
+pub enum JwtKey {
+    Hs256(Secret),
+    /// An RSA public key (PEM).
+    Rs256 {
+        path: PathBuf,
+        pem: Vec<u8>,
+    },
+    /// A P-256 public key (PEM).
+    Es256 {
+        path: PathBuf,
+        pem: Vec<u8>,
+    },
+}
+
+impl std::fmt::Debug for JwtKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            JwtKey::Hs256(s) => write!(f, "Hs256({s:?})"),
+            JwtKey::Rs256 { path, .. } => write!(f, "Rs256({})", path.display()),
+            JwtKey::Es256 { path, .. } => write!(f, "Es256({})", path.display()),
+        }
+    }
+}
+
+/// DER of the P-256 curve's OID (1.2.840.10045.3.1.7), as it appears in the key's parameters.
+const P256_OID: &[u8] = &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+
+impl JwtKey {
+    /// Reads a PEM public key file: RSA -> RS256, P-256 -> ES256. The error says what is wrong
+    /// with it (never printing it).
+    pub fn from_pem_file(path: PathBuf) -> Result<Self, String> {
+        let pem = std::fs::read(&path).map_err(|e| format!("cannot be read: {e}"))?;
+        let label = pem_label(&pem).ok_or("is not a PEM file (no -----BEGIN ...----- line)")?;
+        if label.contains("PRIVATE") {
+            return Err(format!(
+                "holds a private key ({label}): give the public key (openssl pkey -pubout)"
+            ));
+        }
+        if label != "PUBLIC KEY" && label != "RSA PUBLIC KEY" {
+            return Err(format!(
+                "holds a {label}: expected a PUBLIC KEY (RSA or P-256)"
+            ));
+        }
+        if DecodingKey::from_rsa_pem(&pem).is_ok() {
+            return Ok(JwtKey::Rs256 { path, pem });
+        }
+        if DecodingKey::from_ec_pem(&pem).is_ok() {
+            let der = pem_body(&pem).unwrap_or_default();
+            if !der.windows(P256_OID.len()).any(|w| w == P256_OID) {
+                return Err(
+                    "holds an EC key on a curve other than P-256 (ES256 needs P-256)".into(),
+                );
+            }
+            return Ok(JwtKey::Es256 { path, pem });
+        }
+        Err("is not an RSA or P-256 public key".into())
+    }
+
+    pub fn algorithm(&self) -> Algorithm {
+        match self {
+            JwtKey::Hs256(_) => Algorithm::HS256,
+            JwtKey::Rs256 { .. } => Algorithm::RS256,
+            JwtKey::Es256 { .. } => Algorithm::ES256,
+        }
+    }
+
+    fn decoding_key(&self) -> Result<DecodingKey, String> {
+        match self {
+            JwtKey::Hs256(s) => Ok(DecodingKey::from_secret(s.expose().as_bytes())),
+            JwtKey::Rs256 { path, pem } => DecodingKey::from_rsa_pem(pem)
+                .map_err(|e| format!("FS_JWT_PUBLIC_KEY_FILE {}: {e}", path.display())),
+            JwtKey::Es256 { path, pem } => DecodingKey::from_ec_pem(pem)
+                .map_err(|e| format!("FS_JWT_PUBLIC_KEY_FILE {}: {e}", path.display())),
+        }
+    }
+}
+
+/// The label of the first PEM block (`PUBLIC KEY`, `RSA PUBLIC KEY`, ...).
+fn pem_label(pem: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(pem).ok()?;
+    let line = text.lines().find(|l| l.starts_with("-----BEGIN "))?;
+    Some(
+        line.trim()
+            .trim_start_matches("-----BEGIN ")
+            .trim_end_matches("-----")
+            .to_string(),
+    )
+}
+
+/// The DER bytes of the first PEM block.
+fn pem_body(pem: &[u8]) -> Option<Vec<u8>> {
+    let text = std::str::from_utf8(pem).ok()?;
+    let b64: String = text
+        .lines()
+        .skip_while(|l| !l.starts_with("-----BEGIN "))
+        .skip(1)
+        .take_while(|l| !l.starts_with("-----END "))
+        .map(str::trim)
+        .collect();
+    base64::engine::general_purpose::STANDARD.decode(b64).ok()
+}
+
+/// Whether a credential has a JWT's shape: three base64url parts, the first a JSON object
+/// (`eyJ` is the encoding of `{"`).
+pub fn looks_like_jwt(token: &str) -> bool {
+    token.starts_with("eyJ") && token.split('.').count() == 3
+}
+
+/// Verifies JWTs against the configured key and claims.
+pub struct JwtVerifier {
+    key: DecodingKey,
+    validation: Validation,
+    user_claim: String,
+    admin: Option<(String, String)>,
+}
+
+impl JwtVerifier {
+    pub fn new(s: &JwtSettings) -> Result<Self, String> {
+        let mut validation = Validation::new(s.key.algorithm());
+        let mut required = vec!["exp"];
+        validation.leeway = s.leeway_secs;
+        validation.validate_exp = true;
+        validation.validate_nbf = true;
+        if let Some(iss) = &s.issuer {
+            validation.set_issuer(&[iss]);
+            required.push("iss");
+        }
+        match &s.audience {
+            Some(aud) => {
+                validation.set_audience(&[aud]);
+                required.push("aud");
+            }
+            // Not configured, not checked (the crate would refuse any token that has one).
+            None => validation.validate_aud = false,
+        }
+        validation.set_required_spec_claims(&required);
+        Ok(JwtVerifier {
+            key: s.key.decoding_key()?,
+            validation,
+            user_claim: s.user_claim.clone(),
+            admin: s.admin.clone(),
+        })
+    }
+
+    /// The caller a JWT names, once its signature and claims check out.
+    pub fn verify(&self, token: &str) -> Result<Caller, AuthFailure> {
+        let data = jsonwebtoken::decode::<Map<String, Value>>(token, &self.key, &self.validation)
+            .map_err(|e| failure(e.kind()))?;
+        let claims = data.claims;
+        let user = match claim(&claims, &self.user_claim) {
+            Some(Value::String(s)) if !s.trim().is_empty() => s.clone(),
+            Some(Value::Number(n)) => n.to_string(),
+            _ => return Err(AuthFailure::NoUserClaim(self.user_claim.clone())),
+        };
+        let admin = self
+            .admin
+            .as_ref()
+            .is_some_and(|(name, value)| match claim(&claims, name) {
+                Some(Value::String(s)) => s == value,
+                Some(Value::Array(items)) => items.iter().any(|i| i.as_str() == Some(value)),
+                _ => false,
+            });
+        let role = if admin { Role::Admin } else { Role::User };
+        Ok(Caller::user(user, role))
+    }
+}
+
+/// A claim by name; a name with dots that is not itself a claim is a path into nested
+/// objects (`realm_access.roles`, as Keycloak puts roles).
+fn claim<'a>(claims: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
+    if let Some(v) = claims.get(name) {
+        return Some(v);
+    }
+    let mut parts = name.split('.');
+    let mut cur = claims.get(parts.next()?)?;
+    for p in parts {
+        cur = cur.as_object()?.get(p)?;
+    }
+    Some(cur)
+}
+
+fn failure(kind: &ErrorKind) -> AuthFailure {
+    match kind {
+        ErrorKind::InvalidSignature => AuthFailure::BadSignature,
+        ErrorKind::ExpiredSignature => AuthFailure::Expired,
+        ErrorKind::ImmatureSignature => AuthFailure::NotYetValid,
+        ErrorKind::InvalidIssuer => AuthFailure::WrongIssuer,
+        ErrorKind::InvalidAudience => AuthFailure::WrongAudience,
+        ErrorKind::InvalidAlgorithm | ErrorKind::MissingAlgorithm => AuthFailure::WrongAlgorithm,
+        ErrorKind::MissingRequiredClaim(c) => AuthFailure::MissingClaim(c.clone()),
+        ErrorKind::InvalidClaimFormat(c) => AuthFailure::BadClaim(c.clone()),
+        // A key that does not fit the token's algorithm is a wrong algorithm too.
+        ErrorKind::InvalidKeyFormat | ErrorKind::InvalidEcdsaKey | ErrorKind::InvalidRsaKey(_) => {
+            AuthFailure::WrongAlgorithm
+        }
+        _ => AuthFailure::InvalidJwt,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jsonwebtoken::{encode, EncodingKey, Header};
+    use serde_json::json;
+    use std::{path::Path, process::Command, sync::OnceLock};
+
+    /// Keys made once per test run by the openssl CLI: (dir, rsa private/public, ec
+    /// private/public, another rsa private, a P-384 public).
+    struct Keys {
+        _dir: tempfile::TempDir,
+        rsa_priv: Vec<u8>,
+        rsa_pub: PathBuf,
+        ec_priv: Vec<u8>,
+        ec_pub: PathBuf,
+        other_rsa_priv: Vec<u8>,
+        p384_pub: PathBuf,
+        rsa_priv_path: PathBuf,
+    }
+
+    fn openssl(args: &[&str]) {
+        let out = Command::new("openssl")
+            .args(args)
+            .output()
+            .expect("openssl must be installed for the tests");
+        assert!(out.status.success(), "openssl {args:?}: {out:?}");
+    }
+
+    fn keypair(dir: &Path, name: &str, algorithm: &str, opt: &str) -> (PathBuf, PathBuf) {
+        let private = dir.join(format!("{name}.key"));
+        let public = dir.join(format!("{name}.pub"));
+        let p = private.to_str().unwrap();
+        openssl(&[
+            "genpkey",
+            "-algorithm",
+            algorithm,
+            "-pkeyopt",
+            opt,
+            "-out",
+            p,
+        ]);
+        openssl(&[
+            "pkey",
+            "-in",
+            p,
+            "-pubout",
+            "-out",
+            public.to_str().unwrap(),
+        ]);
+        (private, public)
+    }
+
+    fn keys() -> &'static Keys {
+        static KEYS: OnceLock<Keys> = OnceLock::new();
+        KEYS.get_or_init(|| {
+            let dir = tempfile::tempdir().unwrap();
+            let (rsa_priv, rsa_pub) = keypair(dir.path(), "rsa", "RSA", "rsa_keygen_bits:2048");
+            let (ec_priv, ec_pub) = keypair(dir.path(), "ec", "EC", "ec_paramgen_curve:P-256");
+            let (other, _) = keypair(dir.path(), "other", "RSA", "rsa_keygen_bits:2048");
+            let (_, p384_pub) = keypair(dir.path(), "p384", "EC", "ec_paramgen_curve:P-384");
+            Keys {
+                rsa_priv: std::fs::read(&rsa_priv).unwrap(),
+                rsa_priv_path: rsa_priv,
+                rsa_pub,
+                ec_priv: std::fs::read(&ec_priv).unwrap(),
+                ec_pub,
+                other_rsa_priv: std::fs::read(&other).unwrap(),
+                p384_pub,
+                _dir: dir,
+            }
+        })
+    }
+
+    fn now() -> i64 {
+        chrono::Utc::now().timestamp()
+    }
+
+    fn settings(key: JwtKey) -> JwtSettings {
+        JwtSettings {
+            key,
+            issuer: None,
+            audience: None,
+            user_claim: "sub".into(),
+            admin: None,
+            leeway_secs: 60,
+        }
+    }
+
+    fn hs(secret: &str) -> JwtKey {
+        JwtKey::Hs256(Secret::new(secret))
+    }
+
+    fn sign_hs(secret: &[u8], claims: &Value) -> String {
+        encode(
+            &Header::new(Algorithm::HS256),
+            claims,
+            &EncodingKey::from_secret(secret),
+        )
+        .unwrap()
+    }
+
+    fn verify(s: JwtSettings, token: &str) -> Result<Caller, AuthFailure> {
+        JwtVerifier::new(&s).unwrap().verify(token)
+    }
+
+    #[test]
+    fn hs256_rs256_and_es256_tokens_are_accepted() {
+        let k = keys();
+        let claims = json!({ "sub": "alice", "exp": now() + 600 });
+        let alice = Caller::user("alice", Role::User);
+        assert_eq!(
+            verify(settings(hs("s")), &sign_hs(b"s", &claims)),
+            Ok(alice.clone())
+        );
+        let rsa = JwtKey::from_pem_file(k.rsa_pub.clone()).unwrap();
+        assert_eq!(rsa.algorithm(), Algorithm::RS256);
+        let t = encode(
+            &Header::new(Algorithm::RS256),
+            &claims,
+            &EncodingKey::from_rsa_pem(&k.rsa_priv).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(verify(settings(rsa), &t), Ok(alice.clone()));
+        let ec = JwtKey::from_pem_file(k.ec_pub.clone()).unwrap();
+        assert_eq!(ec.algorithm(), Algorithm::ES256);
+        let t = encode(
+            &Header::new(Algorithm::ES256),
+            &claims,
+            &EncodingKey::from_ec_pem(&k.ec_priv).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(verify(settings(ec), &t), Ok(alice));
+    }
+
+    #[test]
+    fn times_are_checked_with_leeway() {
+        let s = || settings(hs("s"));
+        let t = |c: Value| sign_hs(b"s", &c);
+        assert_eq!(
+            verify(s(), &t(json!({ "sub": "a", "exp": now() - 120 }))),
+            Err(AuthFailure::Expired)
+        );
+        // Within the leeway: accepted.
+        assert!(verify(s(), &t(json!({ "sub": "a", "exp": now() - 30 }))).is_ok());
+        assert_eq!(
+            verify(
+                s(),
+                &t(json!({ "sub": "a", "exp": now() + 600, "nbf": now() + 300 }))
+            ),
+            Err(AuthFailure::NotYetValid)
+        );
+        assert!(verify(
+            s(),
+            &t(json!({ "sub": "a", "exp": now() + 600, "nbf": now() + 30 }))
+        )
+        .is_ok());
+        assert_eq!(
+            verify(s(), &t(json!({ "sub": "a" }))),
+            Err(AuthFailure::MissingClaim("exp".into()))
+        );
+        // An `exp` that is not a number is no `exp`.
+        assert_eq!(
+            verify(s(), &t(json!({ "sub": "a", "exp": "tomorrow" }))),
+            Err(AuthFailure::MissingClaim("exp".into()))
+        );
+    }
+
+    #[test]
+    fn issuer_and_audience_are_checked_when_set() {
+        let s = JwtSettings {
+            issuer: Some("https://idp".into()),
+            audience: Some("file-system".into()),
+            ..settings(hs("s"))
+        };
+        let t = |c: Value| sign_hs(b"s", &c);
+        let exp = now() + 600;
+        assert!(verify(
+            s.clone(),
+            &t(
+                json!({ "sub": "a", "exp": exp, "iss": "https://idp", "aud": ["x", "file-system"] })
+            )
+        )
+        .is_ok());
+        assert_eq!(
+            verify(
+                s.clone(),
+                &t(json!({ "sub": "a", "exp": exp, "iss": "https://evil", "aud": "file-system" }))
+            ),
+            Err(AuthFailure::WrongIssuer)
+        );
+        assert_eq!(
+            verify(
+                s.clone(),
+                &t(json!({ "sub": "a", "exp": exp, "iss": "https://idp", "aud": "appstore" }))
+            ),
+            Err(AuthFailure::WrongAudience)
+        );
+        assert_eq!(
+            verify(
+                s.clone(),
+                &t(json!({ "sub": "a", "exp": exp, "aud": "file-system" }))
+            ),
+            Err(AuthFailure::MissingClaim("iss".into()))
+        );
+        // Unset: not checked, an `aud` for someone else included.
+        assert!(verify(
+            settings(hs("s")),
+            &t(json!({ "sub": "a", "exp": exp, "aud": "x", "iss": "y" }))
+        )
+        .is_ok());
+    }
+
+    #[test]
+    fn forged_tokens_are_refused() {
+        let k = keys();
+        let claims = json!({ "sub": "alice", "exp": now() + 600 });
+        let rsa = || settings(JwtKey::from_pem_file(k.rsa_pub.clone()).unwrap());
+        // Another key.
+        let other = encode(
+            &Header::new(Algorithm::RS256),
+            &claims,
+            &EncodingKey::from_rsa_pem(&k.other_rsa_priv).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(verify(rsa(), &other), Err(AuthFailure::BadSignature));
+        assert_eq!(
+            verify(settings(hs("right")), &sign_hs(b"wrong", &claims)),
+            Err(AuthFailure::BadSignature)
+        );
+        // Algorithm confusion: HS256 "signed" with the RSA public key's bytes as its secret.
+        let public = std::fs::read(&k.rsa_pub).unwrap();
+        assert_eq!(
+            verify(rsa(), &sign_hs(&public, &claims)),
+            Err(AuthFailure::WrongAlgorithm)
+        );
+        // alg: none, no signature.
+        let b64 = |v: Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+        let none = format!(
+            "{}.{}.",
+            b64(json!({ "alg": "none", "typ": "JWT" })),
+            b64(claims.clone())
+        );
+        assert!(verify(rsa(), &none).is_err());
+        assert!(verify(settings(hs("s")), &none).is_err());
+        // A tampered payload: someone else's id under the same signature.
+        let good = sign_hs(b"s", &claims);
+        let parts: Vec<&str> = good.split('.').collect();
+        let forged = format!(
+            "{}.{}.{}",
+            parts[0],
+            b64(json!({ "sub": "root", "exp": now() + 600 })),
+            parts[2]
+        );
+        assert_eq!(
+            verify(settings(hs("s")), &forged),
+            Err(AuthFailure::BadSignature)
+        );
+        assert_eq!(
+            verify(settings(hs("s")), "eyJ.not.jwt"),
+            Err(AuthFailure::InvalidJwt)
+        );
+    }
+
+    #[test]
+    fn user_and_admin_claims() {
+        let s = JwtSettings {
+            user_claim: "userId".into(),
+            admin: Some(("authorities".into(), "ROLE_APPSTORE_ADMIN".into())),
+            ..settings(hs("s"))
+        };
+        let t = |c: Value| sign_hs(b"s", &c);
+        let exp = now() + 600;
+        // EdgeGallery's shape: the user id in `userId`, roles in an `authorities` array.
+        assert_eq!(
+            verify(
+                s.clone(),
+                &t(
+                    json!({ "userId": "u-1", "exp": exp, "authorities": ["ROLE_APPSTORE_TENANT", "ROLE_APPSTORE_ADMIN"] })
+                )
+            ),
+            Ok(Caller::user("u-1", Role::Admin))
+        );
+        assert_eq!(
+            verify(
+                s.clone(),
+                &t(json!({ "userId": "u-1", "exp": exp, "authorities": ["ROLE_APPSTORE_TENANT"] }))
+            ),
+            Ok(Caller::user("u-1", Role::User))
+        );
+        assert_eq!(
+            verify(
+                s.clone(),
+                &t(json!({ "userId": "u-1", "exp": exp, "authorities": "ROLE_APPSTORE_ADMIN" }))
+            ),
+            Ok(Caller::user("u-1", Role::Admin))
+        );
+        assert_eq!(
+            verify(s.clone(), &t(json!({ "userId": 42, "exp": exp }))),
+            Ok(Caller::user("42", Role::User))
+        );
+        for bad in [
+            json!({ "sub": "a", "exp": exp }),
+            json!({ "userId": "", "exp": exp }),
+            json!({ "userId": ["a"], "exp": exp }),
+        ] {
+            assert_eq!(
+                verify(s.clone(), &t(bad)),
+                Err(AuthFailure::NoUserClaim("userId".into()))
+            );
+        }
+        // A nested claim by path.
+        let s = JwtSettings {
+            admin: Some(("realm_access.roles".into(), "admin".into())),
+            ..settings(hs("s"))
+        };
+        assert_eq!(
+            verify(
+                s,
+                &t(json!({ "sub": "k", "exp": exp, "realm_access": { "roles": ["admin"] } }))
+            ),
+            Ok(Caller::user("k", Role::Admin))
+        );
+    }
+
+    #[test]
+    fn key_files_are_checked() {
+        let k = keys();
+        let err = |p: &Path| JwtKey::from_pem_file(p.to_path_buf()).err().unwrap();
+        assert!(err(&k.rsa_priv_path).contains("private key"));
+        assert!(err(&k.p384_pub).contains("P-256"));
+        assert!(err(Path::new("/nonexistent/key.pem")).contains("cannot be read"));
+        let dir = tempfile::tempdir().unwrap();
+        let junk = dir.path().join("junk.pem");
+        std::fs::write(
+            &junk,
+            "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n",
+        )
+        .unwrap();
+        assert!(err(&junk).contains("not an RSA or P-256"));
+        std::fs::write(&junk, "hello").unwrap();
+        assert!(err(&junk).contains("not a PEM"));
+    }
+
+    #[test]
+    fn only_jwt_shaped_credentials_are_tried_as_jwts() {
+        assert!(looks_like_jwt("eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhIn0.sig"));
+        assert!(!looks_like_jwt("0123456789abcdef"));
+        assert!(!looks_like_jwt("eyJ.a"));
+    }
+}
