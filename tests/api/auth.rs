@@ -693,3 +693,60 @@ async fn auth_failures_reach_the_audit_log() {
     assert_eq!(event["outcome"], "refused", "{event}");
     drop(replica);
 }
+
+/// SIGHUP reloads the tokens file even when nothing the poll looks at changed (same inode,
+/// length and modification time), and does not stop the process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_tokens() {
+    let keys = tempfile::tempdir().unwrap();
+    let tokens = keys.path().join("tokens");
+    // Two tokens of the same length, so the file keeps its length when one replaces the other.
+    std::fs::write(&tokens, token_line("token-one", "ops", "admin")).unwrap();
+    let app = TestApp::spawn(
+        Backend::SqliteLocal,
+        Options {
+            env: vec![
+                ("FS_AUTH", "token".into()),
+                ("FS_AUTH_TOKENS_FILE", tokens.display().to_string()),
+            ],
+            no_server: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    let log = app.dir.path().join("server.log");
+    let replica =
+        crate::helpers::Replica::start(&app.vars, crate::helpers::free_port(), &log, &[]).await;
+    let status = |token: &'static str| {
+        let client = client_with(token);
+        let url = replica.api("/images");
+        async move { client.get(url).send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(status("token-one").await, 200);
+    // Rewritten in place, its modification time put back: the poll sees no change.
+    let modified = std::fs::metadata(&tokens).unwrap().modified().unwrap();
+    std::fs::write(&tokens, token_line("token-two", "ops", "admin")).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&tokens)
+        .unwrap()
+        .set_modified(modified)
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(status("token-two").await, 401, "the poll saw a change");
+    // SAFETY: kill(2) on our own child, which has not been waited for.
+    assert_eq!(
+        unsafe { libc::kill(replica.child.id() as i32, libc::SIGHUP) },
+        0
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while status("token-two").await != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "SIGHUP did not reload the tokens"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status("token-one").await, 401);
+    drop(replica);
+}
