@@ -75,11 +75,32 @@ pub fn summary(cfg: &Config) -> Vec<(&'static str, String)> {
         ("max image size", size(cfg.max_image_bytes)),
         ("uploads at once", cfg.upload_concurrency.to_string()),
         ("job concurrency", cfg.job_concurrency.to_string()),
-        (
-            "auth",
-            "none: keep the service behind a gateway that authenticates".into(),
-        ),
+        ("auth", auth_summary(&cfg.auth)),
     ]
+}
+
+/// How requests are authenticated, never printing a secret.
+fn auth_summary(a: &crate::auth::AuthSettings) -> String {
+    let mut parts = vec![];
+    if let Some(file) = &a.tokens_file {
+        parts.push(format!("tokens from {}", file.display()));
+    }
+    if let Some(jwt) = &a.jwt {
+        let mut text = format!("JWT {:?}", jwt.key.algorithm());
+        if let Some(iss) = &jwt.issuer {
+            text.push_str(&format!(" from {iss}"));
+        }
+        text.push_str(&format!(", user claim {}", jwt.user_claim));
+        parts.push(text);
+    }
+    let mut text = match parts.is_empty() {
+        true => "none: keep the service behind a gateway that authenticates".to_string(),
+        false => parts.join("; "),
+    };
+    if a.metrics_token.is_some() {
+        text.push_str("; /metrics needs its token");
+    }
+    text
 }
 
 /// A byte count with binary units: `500 GiB`, `8 MiB`, `1.5 GiB`, `37.2 GiB`.

@@ -1121,3 +1121,88 @@ fn anti_affinity_presets_spread_and_startup_probe() {
     );
     assert_eq!(slow["containers"][0]["startupProbe"]["periodSeconds"], 10);
 }
+
+/// Authentication: the HS256 secret and metrics token go into the Secret (or are read from
+/// existingSecret), the tokens file and the JWT public key are mounted from Secrets of the
+/// user's as directories (so an update reaches the pods), in every container running the
+/// service, and the ServiceMonitor scrapes with the metrics token.
+#[test]
+fn authentication_secrets_and_files() {
+    let docs = render(
+        "
+database: {host: pg.example}
+config: {FS_AUTH: 'token,jwt', FS_JWT_USER_CLAIM: userId}
+imageops: {sidecar: {enabled: true}}
+metrics: {serviceMonitor: {enabled: true}}
+auth:
+  metricsToken: scrape
+  tokensSecret: fs-tokens
+  jwtPublicKeySecret: idp-key
+  jwtPublicKeySecretKey: tls.pem
+",
+    )
+    .unwrap();
+    let secret = find(&docs, "Secret", "fs-file-system");
+    assert_eq!(secret["data"]["FS_METRICS_TOKEN"], "c2NyYXBl");
+    assert!(secret["data"].get("FS_JWT_HS256_SECRET").is_none());
+    let dep = find(&docs, "Deployment", "fs-file-system");
+    let job = find(&docs, "Job", "fs-file-system-migrate");
+    for pod in [&dep["spec"]["template"], &job["spec"]["template"]] {
+        let volumes = pod["spec"]["volumes"].as_array().unwrap();
+        let tokens = volumes.iter().find(|v| v["name"] == "auth-tokens").unwrap();
+        assert_eq!(tokens["secret"]["secretName"], "fs-tokens");
+        assert_eq!(tokens["secret"]["items"][0]["key"], "tokens");
+        let jwt = volumes.iter().find(|v| v["name"] == "auth-jwt").unwrap();
+        assert_eq!(jwt["secret"]["secretName"], "idp-key");
+        assert_eq!(jwt["secret"]["items"][0]["key"], "tls.pem");
+        for c in pod["spec"]["containers"].as_array().unwrap() {
+            assert_eq!(
+                env_value(c, "FS_AUTH_TOKENS_FILE"),
+                "/etc/file-system/tokens/tokens"
+            );
+            assert_eq!(
+                env_value(c, "FS_JWT_PUBLIC_KEY_FILE"),
+                "/etc/file-system/jwt/public.pem"
+            );
+            let mounts = c["volumeMounts"].as_array().unwrap();
+            let m = mounts.iter().find(|m| m["name"] == "auth-tokens").unwrap();
+            // A directory, never a subPath: a subPath mount is not updated with its Secret.
+            assert_eq!(m["mountPath"], "/etc/file-system/tokens");
+            assert!(m.get("subPath").is_none());
+            assert!(mounts.iter().any(|m| m["name"] == "auth-jwt"));
+        }
+    }
+    let sm = find(&docs, "ServiceMonitor", "fs-file-system");
+    let bearer = &sm["spec"]["endpoints"][0]["bearerTokenSecret"];
+    assert_eq!(bearer["name"], "fs-file-system");
+    assert_eq!(bearer["key"], "FS_METRICS_TOKEN");
+
+    // From a Secret of the user's, under its own key names.
+    let docs = render(
+        "
+existingSecret: vault-synced
+existingSecretKeys: {jwtHs256Secret: jwt-secret, metricsToken: scrape-token}
+metrics: {serviceMonitor: {enabled: true}}
+",
+    )
+    .unwrap();
+    let c = &containers(&docs, "Deployment", "fs-file-system")[0];
+    for (var, key) in [
+        ("FS_JWT_HS256_SECRET", "jwt-secret"),
+        ("FS_METRICS_TOKEN", "scrape-token"),
+    ] {
+        let r = &env_entry(c, var)["valueFrom"]["secretKeyRef"];
+        assert_eq!(r["name"], "vault-synced", "{var}");
+        assert_eq!(r["key"], key, "{var}");
+    }
+    let sm = find(&docs, "ServiceMonitor", "fs-file-system");
+    let bearer = &sm["spec"]["endpoints"][0]["bearerTokenSecret"];
+    assert_eq!(bearer["name"], "vault-synced");
+    assert_eq!(bearer["key"], "scrape-token");
+    // Off by default: no auth volume, no bearer.
+    let docs = render(BASIC).unwrap();
+    let dep = find(&docs, "Deployment", "fs-file-system");
+    let volumes = serde_json::to_string(&dep["spec"]["template"]["spec"]["volumes"]).unwrap();
+    assert!(!volumes.contains("auth-"), "{volumes}");
+    assert!(schema_check("auth: {tokensSecrt: x}").is_err());
+}

@@ -165,7 +165,7 @@ impl JwtVerifier {
             .map_err(|e| failure(e.kind()))?;
         let claims = data.claims;
         let user = match claim(&claims, &self.user_claim) {
-            Some(Value::String(s)) if !s.trim().is_empty() => s.clone(),
+            Some(Value::String(s)) if super::usable_user_id(s) => s.clone(),
             Some(Value::Number(n)) => n.to_string(),
             _ => return Err(AuthFailure::NoUserClaim(self.user_claim.clone())),
         };

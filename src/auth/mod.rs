@@ -147,6 +147,12 @@ pub fn bearer(header: Option<&[u8]>) -> Result<&str, AuthFailure> {
     Ok(token)
 }
 
+/// Whether a user id from a credential can be an owner: 1 to 255 bytes, not blank, no
+/// control characters (PostgreSQL text cannot hold NUL; logs should not carry line breaks).
+pub fn usable_user_id(id: &str) -> bool {
+    !id.trim().is_empty() && id.len() <= 255 && !id.chars().any(char::is_control)
+}
+
 /// Verifies bearer credentials: static tokens, JWTs, or both.
 pub struct Authenticator {
     tokens: Option<tokens::TokenStore>,

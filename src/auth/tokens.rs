@@ -70,8 +70,10 @@ pub fn parse(text: &str) -> Result<TokenMap, Vec<String>> {
                 continue;
             }
         };
-        if user.len() > 255 {
-            problems.push(format!("line {n}: the userId is longer than 255 bytes"));
+        if !super::usable_user_id(user) {
+            problems.push(format!(
+                "line {n}: the userId must be at most 255 bytes without control characters"
+            ));
             continue;
         }
         let owner = TokenOwner {

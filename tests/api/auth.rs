@@ -618,3 +618,135 @@ async fn a_refused_large_upload_gets_its_answer() {
     assert!(app.leftovers().await.is_empty());
     app.stop().await;
 }
+
+/// The real binary with `RUST_LOG=warn,audit=info` and JSON logs: a refused credential is one
+/// `auth_failure` event at target `audit` with the reason, the client address a trusted proxy
+/// forwarded, and the request id the answer carries; never the credential; and nothing else
+/// at info level gets through the filter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_failures_reach_the_audit_log() {
+    let keys = tempfile::tempdir().unwrap();
+    let tokens = keys.path().join("tokens");
+    std::fs::write(&tokens, token_line(SERVICE_TOKEN, "appstore", "admin")).unwrap();
+    let app = TestApp::spawn(
+        Backend::SqliteLocal,
+        Options {
+            env: vec![
+                ("FS_AUTH", "token".into()),
+                ("FS_AUTH_TOKENS_FILE", tokens.display().to_string()),
+            ],
+            no_server: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    let log = app.dir.path().join("server.log");
+    let replica = crate::helpers::Replica::start(
+        &app.vars,
+        crate::helpers::free_port(),
+        &log,
+        &[
+            ("RUST_LOG", "warn,audit=info"),
+            ("FS_LOG_FORMAT", "json"),
+            ("FS_TRUSTED_PROXIES", "127.0.0.0/8"),
+        ],
+    )
+    .await;
+    let r = client_with("a-secret-credential-value")
+        .get(replica.api("/images"))
+        .header("x-forwarded-for", "203.0.113.5")
+        .send()
+        .await
+        .unwrap();
+    let request_id = r.headers()["x-request-id"].to_str().unwrap().to_string();
+    assert_unauthorized(r, true).await;
+    let r = client_with(SERVICE_TOKEN)
+        .get(replica.api("/images"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let event = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let found = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|v| v["action"] == "auth_failure");
+        if let Some(v) = found {
+            assert!(!text.contains("a-secret-credential-value"), "{text}");
+            // Only audit events pass the filter at info level.
+            assert!(
+                text.lines()
+                    .all(|l| l.contains("\"audit\"") || l.contains("WARN") || l.contains("ERROR")),
+                "{text}"
+            );
+            break v;
+        }
+        assert!(Instant::now() < deadline, "no auth_failure event: {text}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(event["reason"], "unknown_token", "{event}");
+    assert_eq!(event["remote"], "203.0.113.5", "{event}");
+    assert_eq!(event["request_id"], request_id.as_str(), "{event}");
+    assert_eq!(event["path"], format!("{API}/images"), "{event}");
+    assert_eq!(event["outcome"], "refused", "{event}");
+    drop(replica);
+}
+
+/// SIGHUP reloads the tokens file even when nothing the poll looks at changed (same inode,
+/// length and modification time), and does not stop the process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_tokens() {
+    let keys = tempfile::tempdir().unwrap();
+    let tokens = keys.path().join("tokens");
+    // Two tokens of the same length, so the file keeps its length when one replaces the other.
+    std::fs::write(&tokens, token_line("token-one", "ops", "admin")).unwrap();
+    let app = TestApp::spawn(
+        Backend::SqliteLocal,
+        Options {
+            env: vec![
+                ("FS_AUTH", "token".into()),
+                ("FS_AUTH_TOKENS_FILE", tokens.display().to_string()),
+            ],
+            no_server: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    let log = app.dir.path().join("server.log");
+    let replica =
+        crate::helpers::Replica::start(&app.vars, crate::helpers::free_port(), &log, &[]).await;
+    let status = |token: &'static str| {
+        let client = client_with(token);
+        let url = replica.api("/images");
+        async move { client.get(url).send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(status("token-one").await, 200);
+    // Rewritten in place, its modification time put back: the poll sees no change.
+    let modified = std::fs::metadata(&tokens).unwrap().modified().unwrap();
+    std::fs::write(&tokens, token_line("token-two", "ops", "admin")).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&tokens)
+        .unwrap()
+        .set_modified(modified)
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(status("token-two").await, 401, "the poll saw a change");
+    // SAFETY: kill(2) on our own child, which has not been waited for.
+    assert_eq!(
+        unsafe { libc::kill(replica.child.id() as i32, libc::SIGHUP) },
+        0
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while status("token-two").await != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "SIGHUP did not reload the tokens"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status("token-one").await, 401);
+    drop(replica);
+}

@@ -97,6 +97,12 @@ AWS_ACCESS_KEY_ID: {{ .Values.s3.accessKeyId | b64enc | quote }}
 {{- if .Values.s3.secretAccessKey }}
 AWS_SECRET_ACCESS_KEY: {{ .Values.s3.secretAccessKey | b64enc | quote }}
 {{- end }}
+{{- if .Values.auth.jwtHs256Secret }}
+FS_JWT_HS256_SECRET: {{ .Values.auth.jwtHs256Secret | b64enc | quote }}
+{{- end }}
+{{- if .Values.auth.metricsToken }}
+FS_METRICS_TOKEN: {{ .Values.auth.metricsToken | b64enc | quote }}
+{{- end }}
 {{- end -}}
 
 {{/* The settings every container that runs the service's code gets, the Deployment's and
@@ -126,7 +132,7 @@ AWS_SECRET_ACCESS_KEY: {{ .Values.s3.secretAccessKey | b64enc | quote }}
 {{- include "file-system.databaseEnv" $root }}
 {{- if $root.Values.existingSecret }}
 {{- $keys := $root.Values.existingSecretKeys }}
-{{- range $var, $key := dict "DATABASE_URL" $keys.databaseUrl "POSTGRES_PASSWORD" $keys.databasePassword "AWS_ACCESS_KEY_ID" $keys.accessKeyId "AWS_SECRET_ACCESS_KEY" $keys.secretAccessKey }}
+{{- range $var, $key := dict "DATABASE_URL" $keys.databaseUrl "POSTGRES_PASSWORD" $keys.databasePassword "AWS_ACCESS_KEY_ID" $keys.accessKeyId "AWS_SECRET_ACCESS_KEY" $keys.secretAccessKey "FS_JWT_HS256_SECRET" $keys.jwtHs256Secret "FS_METRICS_TOKEN" $keys.metricsToken }}
 {{- if $key }}
 - name: {{ $var }}
   valueFrom:
@@ -137,7 +143,61 @@ AWS_SECRET_ACCESS_KEY: {{ .Values.s3.secretAccessKey | b64enc | quote }}
 {{- end }}
 {{- end }}
 {{- end }}
+{{- include "file-system.authEnv" $root }}
 {{- with $root.Values.extraEnv }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* Where the tokens file and the JWT public key are mounted (directories, so that an update
+     of their Secret reaches the pod, and the service reloads the tokens). */}}
+{{- define "file-system.authEnv" -}}
+{{- if .Values.auth.tokensSecret }}
+- name: FS_AUTH_TOKENS_FILE
+  value: /etc/file-system/tokens/tokens
+{{- end }}
+{{- if .Values.auth.jwtPublicKeySecret }}
+- name: FS_JWT_PUBLIC_KEY_FILE
+  value: /etc/file-system/jwt/public.pem
+{{- end }}
+{{- end -}}
+
+{{/* The volumes of the tokens file and JWT public key Secrets, and the extra volumes. */}}
+{{- define "file-system.volumes" -}}
+{{- if .Values.auth.tokensSecret }}
+- name: auth-tokens
+  secret:
+    secretName: {{ .Values.auth.tokensSecret }}
+    items:
+      - key: {{ .Values.auth.tokensSecretKey | quote }}
+        path: tokens
+{{- end }}
+{{- if .Values.auth.jwtPublicKeySecret }}
+- name: auth-jwt
+  secret:
+    secretName: {{ .Values.auth.jwtPublicKeySecret }}
+    items:
+      - key: {{ .Values.auth.jwtPublicKeySecretKey | quote }}
+        path: public.pem
+{{- end }}
+{{- with .Values.extraVolumes }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* Their mounts, and the extra volume mounts, for every container running the service. */}}
+{{- define "file-system.volumeMounts" -}}
+{{- if .Values.auth.tokensSecret }}
+- name: auth-tokens
+  mountPath: /etc/file-system/tokens
+  readOnly: true
+{{- end }}
+{{- if .Values.auth.jwtPublicKeySecret }}
+- name: auth-jwt
+  mountPath: /etc/file-system/jwt
+  readOnly: true
+{{- end }}
+{{- with .Values.extraVolumeMounts }}
 {{ toYaml . }}
 {{- end }}
 {{- end -}}
