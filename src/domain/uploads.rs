@@ -327,7 +327,9 @@ impl Service {
         }
         totals.check_chunk(number, self.cfg.max_image_bytes)?;
         let tier = self.tier_for(fields.get("priority"))?.clone();
-        let session = self.open_session(&identifier, &tier).await?;
+        let owner = validate::user_id(fields.get("userId")).map_err(Error::InvalidInput)?;
+        let owner = Some(owner.as_str()).filter(|o| !o.is_empty());
+        let session = self.open_session(&identifier, &tier, owner).await?;
         let totals = totals.agrees_with(&session)?;
         totals.check_chunk(number, self.cfg.max_image_bytes)?;
         if session.state != OPEN {
@@ -365,6 +367,7 @@ impl Service {
             )
             .await?;
         }
+        let quota = self.reserve_chunk(&session, number, len).await?;
         let min = self.store.min_part_size();
         let direct = placement::send_direct(number, len, min, &others);
         let uploaded = self
@@ -389,6 +392,7 @@ impl Service {
             checksum: uploaded.checksum.as_deref(),
         };
         db::uploads::upsert_part(&self.db, &session.id, part, now_secs()).await?;
+        quota.release().await;
         tracing::debug!(
             identifier,
             chunk = number,
@@ -416,7 +420,12 @@ impl Service {
 
     /// Finds the identifier's session or opens one (with its multipart upload). Safe when
     /// several first chunks race: one insert wins, the others drop their multipart uploads.
-    async fn open_session(&self, identifier: &str, tier: &Tier) -> Result<upload_session::Model> {
+    async fn open_session(
+        &self,
+        identifier: &str,
+        tier: &Tier,
+        owner: Option<&str>,
+    ) -> Result<upload_session::Model> {
         if let Some(s) = db::uploads::find(&self.db, identifier).await? {
             if s.priority != tier.priority {
                 return Err(Error::InvalidInput(format!(
@@ -454,7 +463,7 @@ impl Service {
             total_size: Set(None),
             total_chunks: Set(None),
             merge_checksum: Set(None),
-            owner: Set(None),
+            owner: Set(owner.map(str::to_string)),
             created_at: Set(now),
             updated_at: Set(now),
         };
@@ -735,6 +744,7 @@ impl Service {
         identifier: &str,
     ) -> Result<image::Model> {
         let (file_name, user_id) = (request.file_name.as_str(), request.user_id.as_str());
+        let quota = self.reserve_merge(session, parts, user_id).await?;
         let session_tier = Tier {
             priority: session.priority,
             bucket: session.bucket.clone(),
@@ -765,6 +775,7 @@ impl Service {
                 .await;
             return Err(Error::TooLarge);
         }
+        self.settle_merged(&quota, session, token, size).await?;
         let record = NewImage {
             id: &session.image_id,
             file_name: &name,
@@ -786,6 +797,7 @@ impl Service {
         db::images::insert(&txn, record.into_active_model()).await?;
         db::jobs::enqueue(&txn, db::jobs::CHECK, &session.image_id, now_secs()).await?;
         txn.commit().await?;
+        quota.release().await;
         self.job_wake.notify_one();
         tracing::info!(image.id = %session.image_id, identifier, size_bytes = size, parts = parts.len(), "chunks merged");
         db::images::find(&self.db, &session.image_id)

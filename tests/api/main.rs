@@ -15,6 +15,7 @@ mod metrics;
 mod operations;
 mod proxy;
 mod queue;
+mod quotas;
 mod remote_ops;
 mod replicas;
 mod restart;
