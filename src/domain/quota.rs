@@ -102,6 +102,9 @@ struct Held {
     db: DatabaseConnection,
     defaults: Limits,
     id: String,
+    /// The user the reservation is for; `false`: not known yet (its `userId` field had not
+    /// arrived when the file began), nothing enforced until it is.
+    bound: bool,
     user: String,
     limits: Limits,
     /// Bytes reserved.
@@ -174,7 +177,7 @@ impl Held {
     /// Grows the bytes reserved to cover `seen` (in steps).
     async fn cover(&mut self, seen: u64) -> Result<()> {
         self.seen = seen;
-        if seen <= self.bytes || self.limits.max_bytes == 0 {
+        if !self.bound || seen <= self.bytes || self.limits.max_bytes == 0 {
             return Ok(());
         }
         let (held, images, what, user) = (self.bytes, self.images, self.what, self.user.clone());
@@ -279,12 +282,14 @@ impl Reservation {
     }
 
     /// Moves the reservation to `user` (the image's user, once the whole form is read), with
-    /// everything it must cover; refused when that does not fit the user's quota.
+    /// everything it must cover (the bytes seen and the image); refused when that does not fit
+    /// the user's quota.
     pub async fn rebind(&self, user: &str) -> Result<()> {
         let mut held = self.0.lock().await;
-        if held.user == user {
+        if held.bound && held.user == user {
             return Ok(());
         }
+        held.bound = true;
         let limits = limits_of(&held.db, user, held.defaults).await?;
         if limits.unlimited() {
             // Nothing to hold for this user: what was held for the other one goes now.
@@ -400,6 +405,7 @@ impl Service {
             db: self.db.clone(),
             defaults: self.quota_defaults(),
             id: uuid::Uuid::new_v4().to_string(),
+            bound: true,
             user: user.to_string(),
             limits,
             bytes: 0,
@@ -430,15 +436,27 @@ impl Service {
         Ok(Reservation(Arc::new(tokio::sync::Mutex::new(held))))
     }
 
-    /// The `file` part of a single upload begins, for the user its `userId` field names so
-    /// far (the hook in `upload_image`): its reservation, and the body wrapped to grow it.
+    /// The `file` part of a single upload begins (the hook in `upload_image`): its
+    /// reservation, for the user its `userId` field names, and the body wrapped to grow it.
+    /// When that field has not arrived yet (it may follow the file), the user is not known:
+    /// nothing is enforced while the bytes arrive, and the whole upload is reserved at once
+    /// when the form ends ([`Reservation::rebind`]).
     pub async fn quota_upload(
         &self,
         user_field: Option<&str>,
         body: ByteStream,
     ) -> Result<(Reservation, ByteStream)> {
-        let user = super::validate::user_id(user_field).map_err(Error::InvalidInput)?;
-        let reservation = self.reserve_upload(&user).await?;
+        let reservation = match user_field {
+            Some(field) => {
+                let user = super::validate::user_id(Some(field)).map_err(Error::InvalidInput)?;
+                self.reserve_upload(&user).await?
+            }
+            None => {
+                let mut held = self.reservation("", Limits::default(), "upload");
+                held.bound = false;
+                Reservation(Arc::new(tokio::sync::Mutex::new(held)))
+            }
+        };
         let body = reservation.wrap(body);
         Ok((reservation, body))
     }

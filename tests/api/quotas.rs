@@ -284,7 +284,18 @@ async fn chunks_stop_at_the_crossing_chunk(b: Backend) {
 /// kept.
 async fn image_limit_on_upload_and_merge(b: Backend) {
     let app = quota_app(b, &[("FS_QUOTA_IMAGES", "2")]).await;
-    let first = upload_id(&app, "dave", 1000).await;
+    // The user "" (no userId) at its limit...
+    for _ in 0..2 {
+        assert_eq!(app.upload("n.img", vec![1; 100], &[]).await.status(), 200);
+    }
+    assert_quota_exceeded(app.upload("n.img", vec![1; 100], &[]).await).await;
+    // ... is not the user of an upload whose userId follows its file.
+    let r = upload_as(&app, "dave", 1000, true).await;
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let first = r.json::<Value>().await.unwrap()["imageId"]
+        .as_str()
+        .unwrap()
+        .to_string();
     upload_id(&app, "dave", 1000).await;
     let before = app.leftovers().await;
     let msg = assert_quota_exceeded(upload_as(&app, "dave", 1000, false).await).await;
@@ -458,6 +469,32 @@ async fn chunk_as_bytes(
         .unwrap()
 }
 
+/// A reservation counts while its lease runs: one left by a replica that died (here written
+/// directly) holds its room until it expires, then counts no more and is pruned.
+async fn reservations_count_until_their_lease_ends(b: Backend) {
+    use file_system::db::quotas;
+    let app = quota_app(b, &[("FS_QUOTA_BYTES", "3MiB")]).await;
+    let db = file_system::db::connect(&app.database_url).await.unwrap();
+    let now = chrono::Utc::now().timestamp();
+    quotas::put_reservation(&db, "lost-live", "kim", 2 << 20, 1, now + 600)
+        .await
+        .unwrap();
+    quotas::put_reservation(&db, "lost-old", "kim", 3 << 20, 1, now - 1)
+        .await
+        .unwrap();
+    assert_held(&app, "kim", (2 << 20, 1)).await;
+    assert_quota_exceeded(upload_as(&app, "kim", 2 * MIB, false).await).await;
+    // The lease ends.
+    quotas::put_reservation(&db, "lost-live", "kim", 2 << 20, 1, now - 1)
+        .await
+        .unwrap();
+    assert_held(&app, "kim", (0, 0)).await;
+    upload_id(&app, "kim", 2 * MIB).await;
+    assert_eq!(quotas::prune_expired(&db, now).await.unwrap(), 2);
+    db.close().await.unwrap();
+    app.stop().await;
+}
+
 /// Many uploads of one user at once: what is stored never exceeds the quota, and the refused
 /// ones leave nothing.
 async fn concurrent_uploads_never_overrun(b: Backend) {
@@ -592,4 +629,5 @@ crate::backend_tests!(
     overrides_raise_and_lower_limits,
     concurrent_uploads_never_overrun,
     zips_count_their_image,
+    reservations_count_until_their_lease_ends,
 );
