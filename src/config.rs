@@ -78,6 +78,11 @@ pub struct Config {
     pub auth: AuthSettings,
     /// Settings that were ignored, to be logged once logging is up.
     pub warnings: Vec<String>,
+    /// Bytes each user may hold (images as uploaded and chunks not merged yet) unless an
+    /// admin set its own limit; 0 = unlimited.
+    pub quota_bytes: u64,
+    /// Images each user may hold unless an admin set its own limit; 0 = unlimited.
+    pub quota_images: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -174,6 +179,8 @@ impl Config {
         let slim_timeout_secs = r.get("FS_SLIM_TIMEOUT_SECS", 7200, secs_from(1));
         let imageops_url = r.opt("FS_IMAGEOPS_URL", settings::http_url);
         let imageops_listen = r.get("FS_IMAGEOPS_LISTEN", default_addr(5000), socket_addr);
+        let quota_bytes = r.get("FS_QUOTA_BYTES", 0, bytes_up_to(i64::MAX as u64));
+        let quota_images = r.get("FS_QUOTA_IMAGES", 0, number_in(0, i64::MAX as u64));
         let database_url = match r.string("DATABASE_URL") {
             Some(url) => url,
             None => match r.string("POSTGRES_HOST") {
@@ -268,6 +275,8 @@ impl Config {
             imageops_listen,
             auth,
             warnings,
+            quota_bytes,
+            quota_images,
         })
     }
 }
@@ -503,6 +512,28 @@ mod tests {
         assert!(c.cors_origins.is_none());
         assert_eq!(c.drain_max_bytes, 256 << 20);
         assert_eq!(c.drain_timeout_secs, 30);
+        assert_eq!((c.quota_bytes, c.quota_images), (0, 0));
+    }
+
+    #[test]
+    fn quotas_take_sizes_with_units() {
+        let c = Config::from_vars(vars(&[
+            ("FS_QUOTA_BYTES", "10GiB"),
+            ("FS_QUOTA_IMAGES", "25"),
+        ]))
+        .unwrap();
+        assert_eq!((c.quota_bytes, c.quota_images), (10 << 30, 25));
+        let err = Config::from_vars(vars(&[
+            ("FS_QUOTA_BYTES", "-1"),
+            ("FS_QUOTA_IMAGES", "many"),
+        ]))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("FS_QUOTA_BYTES=\"-1\" is not valid"), "{err}");
+        assert!(
+            err.contains("FS_QUOTA_IMAGES=\"many\" is not valid"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -199,6 +199,11 @@ async fn sweep_loop(svc: Service, token: CancellationToken) {
             Ok(n) => tracing::info!(sessions = n, "expired abandoned uploads"),
             Err(e) => tracing::warn!(error = %e, "sweeping abandoned uploads failed"),
         }
+        match svc.prune_quota_reservations().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(reservations = n, "deleted expired quota reservations"),
+            Err(e) => tracing::warn!(error = %e, "pruning quota reservations failed"),
+        }
         match svc.prune_finished_jobs().await {
             Ok(0) => {}
             Ok(n) => tracing::info!(jobs = n, "deleted finished jobs past their retention"),

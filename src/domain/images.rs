@@ -161,6 +161,7 @@ impl Service {
         let _slot = self.upload_slot().await;
         let mut fields = query;
         let mut staged: Option<Staged> = None;
+        let mut quota = None;
         let outcome: Result<()> = async {
             while let Some(part) = form.next_part().await? {
                 match part {
@@ -174,7 +175,12 @@ impl Service {
                             .ok_or(Error::InvalidFileName(texts::BAD_UPLOAD_NAME))?;
                         // The tier is known now only if priority came first; it is settled below.
                         let tier = self.tier_for(fields.get("priority"))?.clone();
-                        staged = Some(self.stage(file_name, body, tier).await?);
+                        let (reservation, body) = self
+                            .quota_upload(quota_user(caller, &fields)?.as_deref(), body)
+                            .await?;
+                        let stage = self.stage(file_name, body, tier).await;
+                        staged = Some(reservation.checked(stage).await?);
+                        quota = Some(reservation);
                     }
                     FormPart::File { mut body, .. } => while body.next().await.is_some() {},
                 }
@@ -221,6 +227,12 @@ impl Service {
                 return Err(e);
             }
         };
+        // The bytes counted for the user named when the file began; it may be named later.
+        let quota = quota.expect("a staged file has a reservation");
+        if let Err(e) = quota.rebind(&user_id).await {
+            self.discard(staged).await;
+            return Err(e);
+        }
         let (file_name, object) = match staged {
             Staged::Image { file_name, object } => {
                 (file_name, self.move_to_tier(object, &tier).await?)
@@ -228,7 +240,9 @@ impl Service {
             Staged::Zip { file, .. } => {
                 let id = uuid::Uuid::new_v4().to_string();
                 let key = object_key(&id);
-                let x = self.unpack_zip(&file, &tier, &key).await?;
+                let found = self.find_zip_image(&file).await?;
+                quota.settle(found.declared_size).await?;
+                let x = self.extract_zip_image(&file, found, &tier, &key).await?;
                 let unreferenced = self.unreferenced(&tier.bucket, &key);
                 (
                     x.file_name,
@@ -270,6 +284,7 @@ impl Service {
         let size = object.size;
         let bucket = object.tier.bucket.clone();
         object.recorded();
+        quota.release().await;
         self.job_wake.notify_one();
         tracing::info!(image.id = %id, size_bytes = size, bucket = %bucket, "image uploaded");
         self.metrics.image_uploaded();
@@ -379,12 +394,6 @@ impl Service {
         if let Err(e) = self.store.delete(bucket, key).await {
             tracing::warn!(bucket, key, error = %e, "could not remove an unreferenced object");
         }
-    }
-
-    /// Extracts the single image of the zip at `zip` into `tier`/`key`.
-    pub(crate) async fn unpack_zip(&self, zip: &Path, tier: &Tier, key: &str) -> Result<Extracted> {
-        let found = self.find_zip_image(zip).await?;
-        self.extract_zip_image(zip, found, tier, key).await
     }
 
     /// The single image of the zip at `zip`, as its listing declares it (refusals: 400).
@@ -549,6 +558,16 @@ impl Service {
                 None => Err(not_found()),
             }
         }
+    }
+}
+
+/// The user a single upload's bytes count against while they arrive: the authenticated user
+/// (or whom an admin names, when it named one before the file); with authentication off the
+/// `userId` field, `None` when it has not arrived yet (it may follow the file).
+fn quota_user(caller: &Caller, fields: &Fields) -> Result<Option<String>> {
+    match caller {
+        Caller::Anonymous => Ok(fields.get("userId").map(str::to_string)),
+        Caller::User { .. } => Ok(Some(caller.acting_for(fields.get("userId").unwrap_or(""))?)),
     }
 }
 

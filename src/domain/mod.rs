@@ -9,6 +9,7 @@ pub mod integrity;
 pub mod jobs;
 pub mod meter;
 pub mod placement;
+pub mod quota;
 pub mod uploads;
 pub mod validate;
 pub mod zipin;

@@ -413,6 +413,7 @@ impl Service {
             )
             .await?;
         }
+        let quota = self.reserve_chunk(&session, number, len).await?;
         let min = self.store.min_part_size();
         let direct = placement::send_direct(number, len, min, &others);
         let uploaded = self
@@ -437,6 +438,7 @@ impl Service {
             checksum: uploaded.checksum.as_deref(),
         };
         db::uploads::upsert_part(&self.db, &session.id, part, now_secs()).await?;
+        quota.release().await;
         tracing::debug!(
             identifier,
             chunk = number,
@@ -799,6 +801,7 @@ impl Service {
         identifier: &str,
     ) -> Result<image::Model> {
         let (file_name, user_id) = (request.file_name.as_str(), request.user_id.as_str());
+        let quota = self.reserve_merge(session, parts, user_id).await?;
         let session_tier = Tier {
             priority: session.priority,
             bucket: session.bucket.clone(),
@@ -829,6 +832,7 @@ impl Service {
                 .await;
             return Err(Error::TooLarge);
         }
+        self.settle_merged(&quota, session, token, size).await?;
         let record = NewImage {
             id: &session.image_id,
             file_name: &name,
@@ -851,6 +855,7 @@ impl Service {
         db::images::insert(&txn, record.into_active_model()).await?;
         db::jobs::enqueue(&txn, db::jobs::CHECK, &session.image_id, now_secs()).await?;
         txn.commit().await?;
+        quota.release().await;
         self.job_wake.notify_one();
         tracing::info!(image.id = %session.image_id, identifier, size_bytes = size, parts = parts.len(), "chunks merged");
         db::images::find(&self.db, &session.image_id)

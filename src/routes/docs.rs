@@ -19,6 +19,7 @@ use utoipa::{
     tags(
         (name = "images", description = "Upload, query, download, delete and slim images"),
         (name = "chunks", description = "Chunked (resumable) uploads"),
+        (name = "quotas", description = "Per-user quotas (FS_QUOTA_BYTES, FS_QUOTA_IMAGES) and usage"),
         (name = "operations", description = "Health, readiness, metrics and this document")
     )
 )]

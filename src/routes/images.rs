@@ -1,6 +1,7 @@
 //! Handlers of `/image-management/v1/images...`: extract, call the domain, shape the response.
 
 use super::{
+    audit::{Audit, AuditEvent},
     conditional,
     error::ApiError,
     extract::{parse_query, Authenticated, Form, FormFields},
@@ -52,16 +53,71 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ImageIdPath {
         (status = 400, description = "No file, a bad name, a bad zip or a bad field", body = super::docs::ErrorBody),
         (status = 403, description = "userId names another user and the caller is not an admin (FORBIDDEN; authentication on)", body = super::docs::ErrorBody),
         (status = 408, description = "The client stopped sending the body (REQUEST_TIMEOUT)", body = super::docs::ErrorBody),
-        (status = 413, description = "Larger than FS_MAX_IMAGE_BYTES", body = super::docs::ErrorBody),
+        (status = 413, description = "Larger than FS_MAX_IMAGE_BYTES (FILE_TOO_LARGE), or past the user's quota (QUOTA_EXCEEDED: the upload stops at the bytes that cross it, nothing is kept)", body = super::docs::ErrorBody),
         (status = 503, description = "Database or storage unavailable", body = super::docs::ErrorBody),
     ))]
 pub async fn upload(
     State(svc): State<Service>,
-    Authenticated(caller): Authenticated,
+    audit: Audit,
     Form { fields, mut parts }: Form,
 ) -> ApiResult<Json<FlatImage>> {
-    let img = svc.upload_image(&caller, fields, parts.as_mut()).await?;
-    Ok(Json(FlatImage::from(&img)))
+    let result = svc
+        .upload_image(audit.caller(), fields, parts.as_mut())
+        .await
+        .map_err(ApiError::from);
+    match &result {
+        Ok(img) => owned(
+            audit.record("image.upload").image(&img.id),
+            &audit,
+            &img.user_id,
+        )
+        .detail(&format!("size_bytes={}", img.size_bytes))
+        .success(),
+        Err(e) => audit.record("image.upload").error(e),
+    }
+    Ok(Json(FlatImage::from(&result?)))
+}
+
+/// Names the owner on an audit event when it is not the caller itself (an admin acting for a
+/// user, or the `userId` field with authentication off).
+fn owned<'a>(event: AuditEvent<'a>, audit: &Audit, owner: &'a str) -> AuditEvent<'a> {
+    match audit.caller().id() == Some(owner) {
+        true => event,
+        false => event.owner(owner),
+    }
+}
+
+/// Ends an audit event with a request's outcome.
+fn outcome<T>(event: AuditEvent<'_>, result: &ApiResult<T>) {
+    match result {
+        Ok(_) => event.success(),
+        Err(e) => event.error(e),
+    }
+}
+
+/// An event about the image of a path, when its id is well-formed (the path is the client's
+/// text).
+fn about_image<'a>(event: AuditEvent<'a>, id: &'a Option<String>) -> AuditEvent<'a> {
+    match id {
+        Some(id) => event.image(id),
+        None => event,
+    }
+}
+
+/// The identifier of a request as the audit trail names it: only a valid one.
+fn audited_identifier(fields: &crate::domain::form::Fields) -> Option<String> {
+    fields
+        .get("identifier")
+        .filter(|i| crate::domain::validate::identifier(i))
+        .map(str::to_string)
+}
+
+/// An event about a chunked upload, when its identifier is valid.
+fn about_upload<'a>(event: AuditEvent<'a>, identifier: &'a Option<String>) -> AuditEvent<'a> {
+    match identifier {
+        Some(i) => event.identifier(i),
+        None => event,
+    }
 }
 
 /// Lists images, newest first.
@@ -125,12 +181,17 @@ pub async fn get_image(
     ))]
 pub async fn delete_image(
     State(svc): State<Service>,
-    Authenticated(caller): Authenticated,
+    audit: Audit,
     ImageIdPath(id): ImageIdPath,
     _f: FormFields,
 ) -> ApiResult<&'static str> {
-    svc.delete_image(&caller, &id).await?;
-    Ok("delete success")
+    let result = svc
+        .delete_image(audit.caller(), &id)
+        .await
+        .map_err(ApiError::from);
+    let valid = crate::domain::validate::image_id(&id);
+    outcome(about_image(audit.record("image.delete"), &valid), &result);
+    result.map(|()| "delete success")
 }
 
 /// Queues a slim (compressed qcow2 copy, served once it checks consistent).
@@ -143,10 +204,20 @@ pub async fn delete_image(
     ))]
 pub async fn slim(
     State(svc): State<Service>,
-    Authenticated(caller): Authenticated,
+    audit: Audit,
     ImageIdPath(id): ImageIdPath,
 ) -> ApiResult<&'static str> {
-    Ok(svc.request_slim(&caller, &id).await?)
+    let result = svc
+        .request_slim(audit.caller(), &id)
+        .await
+        .map_err(ApiError::from);
+    let valid = crate::domain::validate::image_id(&id);
+    let event = about_image(audit.record("image.slim"), &valid);
+    match &result {
+        Ok(answer) => event.detail(answer).success(),
+        Err(e) => event.error(e),
+    }
+    result
 }
 
 /// Queues a fresh check: the stored bytes' MD5 and SHA-256 are compared with those recorded
@@ -159,10 +230,20 @@ pub async fn slim(
     ))]
 pub async fn check(
     State(svc): State<Service>,
-    Authenticated(caller): Authenticated,
+    audit: Audit,
     ImageIdPath(id): ImageIdPath,
 ) -> ApiResult<&'static str> {
-    Ok(svc.request_check(&caller, &id).await?)
+    let result = svc
+        .request_check(audit.caller(), &id)
+        .await
+        .map_err(ApiError::from);
+    let valid = crate::domain::validate::image_id(&id);
+    let event = about_image(audit.record("image.check"), &valid);
+    match &result {
+        Ok(answer) => event.detail(answer).success(),
+        Err(e) => event.error(e),
+    }
+    result
 }
 
 /// Stores one chunk of a chunked upload (any order, concurrently, re-sent chunks replace).
@@ -174,11 +255,11 @@ pub async fn check(
         (status = 403, description = "userId names another user and the caller is not an admin (FORBIDDEN; authentication on)", body = super::docs::ErrorBody),
         (status = 408, description = "The client stopped sending the body (REQUEST_TIMEOUT)", body = super::docs::ErrorBody),
         (status = 409, description = "The upload is being merged, or was merged", body = super::docs::ErrorBody),
-        (status = 413, description = "Larger than FS_MAX_IMAGE_BYTES", body = super::docs::ErrorBody),
+        (status = 413, description = "Larger than FS_MAX_IMAGE_BYTES (FILE_TOO_LARGE), or past the quota of the upload's user (QUOTA_EXCEEDED: this chunk is not stored, the chunks held are kept)", body = super::docs::ErrorBody),
     ))]
 pub async fn upload_chunk(
     State(svc): State<Service>,
-    Authenticated(caller): Authenticated,
+    audit: Audit,
     headers: HeaderMap,
     Form { fields, mut parts }: Form,
 ) -> ApiResult<&'static str> {
@@ -189,9 +270,25 @@ pub async fn upload_chunk(
         .collect();
     let declared = Checksum::from_headers(text.iter().map(|(k, v)| (*k, v.as_ref())))
         .map_err(ApiError::bad_request)?;
-    svc.upload_chunk(&caller, fields, declared, parts.as_mut())
-        .await?;
-    Ok("ok.")
+    let result = svc
+        .upload_chunk(audit.caller(), fields, declared, parts.as_mut())
+        .await
+        .map_err(ApiError::from);
+    match &result {
+        // One event per session opened, not per chunk.
+        Ok(receipt) if receipt.session_opened => {
+            let event = audit
+                .record("upload.session_opened")
+                .identifier(&receipt.identifier);
+            match &receipt.owner {
+                Some(owner) => owned(event, &audit, owner).success(),
+                None => event.success(),
+            }
+        }
+        Ok(_) => {}
+        Err(e) => audit.record("upload.chunk").error(e),
+    }
+    result.map(|_| "ok.")
 }
 
 /// Drops every chunk received for an identifier.
@@ -207,11 +304,19 @@ pub async fn upload_chunk(
     ))]
 pub async fn cancel_upload(
     State(svc): State<Service>,
-    Authenticated(caller): Authenticated,
+    audit: Audit,
     FormFields(fields): FormFields,
 ) -> ApiResult<&'static str> {
-    svc.cancel_upload(&caller, fields).await?;
-    Ok("cancel success")
+    let identifier = audited_identifier(&fields);
+    let result = svc
+        .cancel_upload(audit.caller(), fields)
+        .await
+        .map_err(ApiError::from);
+    outcome(
+        about_upload(audit.record("upload.cancel"), &identifier),
+        &result,
+    );
+    result.map(|()| "cancel success")
 }
 
 /// Assembles the chunks of an identifier into an image (idempotent).
@@ -222,14 +327,24 @@ pub async fn cancel_upload(
         (status = 400, description = "Missing chunks (named), bad name or bad zip", body = super::docs::ErrorBody),
         (status = 403, description = "userId names another user and the caller is not an admin (FORBIDDEN; authentication on)", body = super::docs::ErrorBody),
         (status = 404, description = "Nothing was uploaded under this identifier", body = super::docs::ErrorBody),
+        (status = 413, description = "The image would take its user past a quota (QUOTA_EXCEEDED); the chunks are kept (a zipped upload whose image does not fit is dropped)", body = super::docs::ErrorBody),
     ))]
 pub async fn merge(
     State(svc): State<Service>,
-    Authenticated(caller): Authenticated,
+    audit: Audit,
     FormFields(fields): FormFields,
 ) -> ApiResult<Json<FlatImage>> {
-    let img = svc.merge(&caller, fields).await?;
-    Ok(Json(FlatImage::from(&img)))
+    let identifier = audited_identifier(&fields);
+    let result = svc
+        .merge(audit.caller(), fields)
+        .await
+        .map_err(ApiError::from);
+    let event = about_upload(audit.record("upload.merge"), &identifier);
+    match &result {
+        Ok(img) => owned(event.image(&img.id), &audit, &img.user_id).success(),
+        Err(e) => event.error(e),
+    }
+    Ok(Json(FlatImage::from(&result?)))
 }
 
 /// The resume query: the chunks held for an identifier (or the original's greeting without one).

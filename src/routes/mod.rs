@@ -11,6 +11,7 @@ pub mod error;
 pub mod extract;
 pub mod images;
 mod metered;
+pub mod quotas;
 pub mod serve;
 pub mod views;
 
@@ -51,7 +52,9 @@ fn documented() -> OpenApiRouter<Service> {
         .routes(routes!(images::get_image, images::delete_image))
         .routes(routes!(images::download))
         .routes(routes!(images::slim))
-        .routes(routes!(images::check));
+        .routes(routes!(images::check))
+        .routes(routes!(quotas::get_quota, quotas::set_quota))
+        .routes(routes!(quotas::usage));
     OpenApiRouter::with_openapi(docs::ApiDoc::openapi())
         .nest(BASE, api)
         .routes(routes!(health))

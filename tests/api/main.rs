@@ -16,6 +16,7 @@ mod metrics;
 mod operations;
 mod proxy;
 mod queue;
+mod quotas;
 mod remote_ops;
 mod replicas;
 mod restart;

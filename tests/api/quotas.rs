@@ -1,0 +1,633 @@
+//! Quotas (`FS_QUOTA_BYTES`, `FS_QUOTA_IMAGES`, per-user overrides) with authentication off:
+//! the user is the `userId` field. Uploads stop at the bytes that cross a quota, chunks at the
+//! chunk, merges at the image; refused requests leave nothing behind; usage is what is stored.
+
+use crate::helpers::*;
+use futures::future::join_all;
+use reqwest::multipart;
+use serde_json::{json, Value};
+
+const MIB: usize = 1 << 20;
+
+async fn quota_app(b: Backend, env: &[(&'static str, &str)]) -> TestApp {
+    TestApp::spawn(
+        b,
+        Options {
+            env: env.iter().map(|(k, v)| (*k, v.to_string())).collect(),
+            ..Default::default()
+        },
+    )
+    .await
+}
+
+/// `GET /usage?userId=` (asserting a 200).
+async fn usage(app: &TestApp, user: &str) -> Value {
+    let (status, v) = app.get_json(&format!("/usage?userId={user}")).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["userId"], user, "{v}");
+    v
+}
+
+/// Bytes and images of a usage answer.
+async fn held(app: &TestApp, user: &str) -> (u64, u64) {
+    let v = usage(app, user).await;
+    (v["bytes"].as_u64().unwrap(), v["images"].as_u64().unwrap())
+}
+
+/// Asserts what a user holds. A refused request's reservation is deleted as the request ends,
+/// possibly just after its answer went out: a few moments are allowed for that.
+async fn assert_held(app: &TestApp, user: &str, expected: (u64, u64)) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let got = held(app, user).await;
+        if got == expected || std::time::Instant::now() > deadline {
+            assert_eq!(got, expected, "usage of {user:?}");
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// `POST /images` for `user`, the userId field sent before the file (or after it).
+async fn upload_as(
+    app: &TestApp,
+    user: &str,
+    len: usize,
+    user_after_file: bool,
+) -> reqwest::Response {
+    let mut form = multipart::Form::new().text("priority", "0");
+    if !user_after_file {
+        form = form.text("userId", user.to_string());
+    }
+    form = form.part(
+        "file",
+        multipart::Part::bytes(pattern(len as u64, len)).file_name("q.qcow2"),
+    );
+    if user_after_file {
+        form = form.text("userId", user.to_string());
+    }
+    app.client
+        .post(app.url("/images"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn upload_id(app: &TestApp, user: &str, len: usize) -> String {
+    let r = upload_as(app, user, len, false).await;
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["userId"], user);
+    v["imageId"].as_str().unwrap().to_string()
+}
+
+/// Chunk `n` of `identifier`, with a userId field when `user` is given.
+async fn chunk_as(
+    app: &TestApp,
+    user: Option<&str>,
+    identifier: &str,
+    n: u32,
+    len: usize,
+) -> reqwest::Response {
+    let mut form = multipart::Form::new().text("identifier", identifier.to_string());
+    if let Some(u) = user {
+        form = form.text("userId", u.to_string());
+    }
+    form = form.part(
+        "part",
+        multipart::Part::bytes(pattern(n as u64, len)).file_name(format!("{n}.part")),
+    );
+    app.client
+        .post(app.url("/images/upload"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn merge_as(app: &TestApp, user: &str, identifier: &str) -> reqwest::Response {
+    let form = multipart::Form::new()
+        .text("identifier", identifier.to_string())
+        .text("filename", "merged.qcow2")
+        .text("userId", user.to_string());
+    app.client
+        .post(app.url("/images/merge"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// The chunk numbers held for an identifier.
+async fn chunks_held(app: &TestApp, identifier: &str) -> Vec<u64> {
+    let (_, v) = app
+        .get_json(&format!("/images/upload?identifier={identifier}"))
+        .await;
+    v["chunks"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|c| c["chunkNumber"].as_u64().unwrap())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+async fn delete(app: &TestApp, id: &str) {
+    let r = app
+        .client
+        .delete(app.url(&format!("/images/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+async fn put_quota(app: &TestApp, user: &str, body: &str) -> reqwest::Response {
+    app.client
+        .put(app.url(&format!("/quotas/{user}")))
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn assert_quota_exceeded(resp: reqwest::Response) -> String {
+    let v = assert_error(resp, 413, None).await;
+    assert_eq!(v["code"], "QUOTA_EXCEEDED", "{v}");
+    v["message"].as_str().unwrap().to_string()
+}
+
+/// A single upload that crosses the byte quota fails with 413 at the crossing bytes and keeps
+/// nothing; other users are not affected; a deleted image frees its bytes.
+async fn single_upload_stops_at_the_byte_quota(b: Backend) {
+    let app = quota_app(b, &[("FS_QUOTA_BYTES", "3MiB")]).await;
+    let first = upload_id(&app, "alice", 2 * MIB).await;
+    assert_held(&app, "alice", (2 * MIB as u64, 1)).await;
+    let before = app.leftovers().await;
+
+    // 2 MiB more would be 4 MiB: refused, the message names the limit.
+    let msg = assert_quota_exceeded(upload_as(&app, "alice", 2 * MIB, false).await).await;
+    assert!(
+        msg.contains("user \"alice\" may hold 3.0 MiB (3145728 bytes)"),
+        "{msg}"
+    );
+    // A body far past the quota: the answer still reaches the client.
+    assert_quota_exceeded(upload_as(&app, "alice", 20 * MIB, false).await).await;
+    // The user named after the file: refused once it is known.
+    let msg = assert_quota_exceeded(upload_as(&app, "alice", 2 * MIB, true).await).await;
+    assert!(msg.contains("3145728 bytes"), "{msg}");
+    assert_eq!(
+        app.leftovers().await,
+        before,
+        "a refused upload left something"
+    );
+    assert_held(&app, "alice", (2 * MIB as u64, 1)).await;
+    let (_, list) = app.get_json("/images?userId=alice").await;
+    assert_eq!(list.as_array().unwrap().len(), 1);
+
+    // Exactly up to the limit is fine; one byte more is not.
+    let second = upload_id(&app, "alice", MIB).await;
+    assert_held(&app, "alice", (3 * MIB as u64, 2)).await;
+    assert_quota_exceeded(upload_as(&app, "alice", 1, false).await).await;
+    // Another user has a quota of its own.
+    upload_id(&app, "bob", 3 * MIB).await;
+    // The user "" (no userId) too.
+    let v = usage(&app, "").await;
+    assert_eq!(
+        (v["bytes"].as_u64(), v["maxBytes"].as_u64()),
+        (Some(0), Some(3 << 20))
+    );
+
+    // Deleting an image frees its bytes.
+    delete(&app, &first).await;
+    assert_held(&app, "alice", (MIB as u64, 1)).await;
+    upload_id(&app, "alice", 2 * MIB).await;
+    delete(&app, &second).await;
+    app.stop().await;
+}
+
+/// Chunks count for the upload's user as they arrive: the chunk that crosses the quota is
+/// refused (nothing stored, the chunks held are kept), a re-sent chunk replaces its old copy in
+/// the count, a merge does not count the bytes twice, a cancel frees them.
+async fn chunks_stop_at_the_crossing_chunk(b: Backend) {
+    let app = quota_app(b, &[("FS_QUOTA_BYTES", "3MiB")]).await;
+    let carol = Some("carol");
+    assert_eq!(chunk_as(&app, carol, "c1", 1, MIB).await.status(), 200);
+    assert_eq!(chunk_as(&app, carol, "c1", 2, MIB).await.status(), 200);
+    let v = usage(&app, "carol").await;
+    assert_eq!(
+        (v["bytes"].as_u64(), v["openUploads"].as_u64()),
+        (Some(2 << 20), Some(1))
+    );
+    let msg = assert_quota_exceeded(chunk_as(&app, carol, "c1", 3, MIB + 1).await).await;
+    assert!(msg.contains("3145728 bytes"), "{msg}");
+    assert_eq!(chunks_held(&app, "c1").await, vec![1, 2]);
+    // Chunks of another upload of the same user count together.
+    assert_quota_exceeded(chunk_as(&app, carol, "c2", 1, MIB + 1).await).await;
+    assert_eq!(chunks_held(&app, "c2").await, Vec::<u64>::new());
+    // Chunk 2 again, larger: its old copy does not count against it (1 + 2 = 3 MiB).
+    assert_eq!(chunk_as(&app, carol, "c1", 2, 2 * MIB).await.status(), 200);
+    assert_held(&app, "carol", (3 << 20, 0)).await;
+    assert_quota_exceeded(chunk_as(&app, carol, "c1", 3, 1).await).await;
+    assert_eq!(chunks_held(&app, "c1").await, vec![1, 2]);
+
+    // Merged for its own user: the same bytes, now an image (c2, opened by its refused
+    // first chunk, is still open and holds nothing).
+    let r = merge_as(&app, "carol", "c1").await;
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let v = usage(&app, "carol").await;
+    assert_eq!(
+        (
+            v["bytes"].as_u64(),
+            v["images"].as_u64(),
+            v["openUploads"].as_u64()
+        ),
+        (Some(3 << 20), Some(1), Some(1))
+    );
+    let id = r.json::<Value>().await.unwrap()["imageId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    delete(&app, &id).await;
+
+    // A cancel frees the chunks.
+    assert_eq!(chunk_as(&app, carol, "c3", 1, 3 * MIB).await.status(), 200);
+    assert_quota_exceeded(chunk_as(&app, carol, "c4", 1, 1).await).await;
+    let r = app
+        .client
+        .delete(app.url("/images/upload?identifier=c3"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_held(&app, "carol", (0, 0)).await;
+    assert_eq!(chunk_as(&app, carol, "c4", 1, 3 * MIB).await.status(), 200);
+
+    // Chunks sent without a user count for no one until the merge names one: refused then,
+    // the chunks kept.
+    assert_eq!(chunk_as(&app, None, "c5", 1, 2 * MIB).await.status(), 200);
+    assert_eq!(chunk_as(&app, None, "c5", 2, 2 * MIB).await.status(), 200);
+    assert_quota_exceeded(merge_as(&app, "frank", "c5").await).await;
+    assert_eq!(chunks_held(&app, "c5").await, vec![1, 2]);
+    assert_held(&app, "frank", (0, 0)).await;
+    let r = put_quota(&app, "frank", r#"{"maxBytes": 0}"#).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(merge_as(&app, "frank", "c5").await.status(), 200);
+    assert_held(&app, "frank", (4 << 20, 1)).await;
+    app.stop().await;
+}
+
+/// The image limit: an upload is refused before its bytes are stored, a merge with its chunks
+/// kept.
+async fn image_limit_on_upload_and_merge(b: Backend) {
+    let app = quota_app(b, &[("FS_QUOTA_IMAGES", "2")]).await;
+    // The user "" (no userId) at its limit...
+    for _ in 0..2 {
+        assert_eq!(app.upload("n.img", vec![1; 100], &[]).await.status(), 200);
+    }
+    assert_quota_exceeded(app.upload("n.img", vec![1; 100], &[]).await).await;
+    // ... is not the user of an upload whose userId follows its file.
+    let r = upload_as(&app, "dave", 1000, true).await;
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let first = r.json::<Value>().await.unwrap()["imageId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    upload_id(&app, "dave", 1000).await;
+    let before = app.leftovers().await;
+    let msg = assert_quota_exceeded(upload_as(&app, "dave", 1000, false).await).await;
+    assert!(msg.contains("may hold 2 images"), "{msg}");
+    assert_eq!(
+        app.leftovers().await,
+        before,
+        "a refused upload left something"
+    );
+    assert_eq!(
+        chunk_as(&app, Some("dave"), "d1", 1, 1000).await.status(),
+        200
+    );
+    let msg = assert_quota_exceeded(merge_as(&app, "dave", "d1").await).await;
+    assert!(msg.contains("may hold 2 images"), "{msg}");
+    assert_eq!(chunks_held(&app, "d1").await, vec![1]);
+    let v = usage(&app, "dave").await;
+    assert_eq!(
+        (
+            v["images"].as_u64(),
+            v["maxImages"].as_u64(),
+            v["maxBytes"].as_u64()
+        ),
+        (Some(2), Some(2), Some(0))
+    );
+    delete(&app, &first).await;
+    let r = merge_as(&app, "dave", "d1").await;
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    assert_eq!(held(&app, "dave").await.1, 2);
+    app.stop().await;
+}
+
+/// `PUT /quotas/{userId}` raises, lowers and resets a user's limits; bad bodies are 400.
+async fn overrides_raise_and_lower_limits(b: Backend) {
+    let app = quota_app(b, &[("FS_QUOTA_BYTES", "1MiB")]).await;
+    assert_quota_exceeded(upload_as(&app, "erin", 2 * MIB, false).await).await;
+    let (status, v) = app.get_json("/quotas/erin").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        v,
+        json!({"userId": "erin", "maxBytes": 1 << 20, "maxImages": 0,
+               "maxBytesOverride": null, "maxImagesOverride": null})
+    );
+
+    let r = put_quota(&app, "erin", r#"{"maxBytes": 4194304, "maxImages": 5}"#).await;
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(
+        v,
+        json!({"userId": "erin", "maxBytes": 4 << 20, "maxImages": 5,
+               "maxBytesOverride": 4 << 20, "maxImagesOverride": 5})
+    );
+    upload_id(&app, "erin", 2 * MIB).await;
+    // Unlimited.
+    assert_eq!(
+        put_quota(&app, "erin", r#"{"maxBytes": 0}"#).await.status(),
+        200
+    );
+    upload_id(&app, "erin", 3 * MIB).await;
+    let v = usage(&app, "erin").await;
+    assert_eq!(
+        (
+            v["bytes"].as_u64(),
+            v["maxBytes"].as_u64(),
+            v["maxImages"].as_u64()
+        ),
+        (Some(5 << 20), Some(0), Some(0))
+    );
+    // Back to the default: lower than what erin holds, nothing more fits.
+    assert_eq!(
+        put_quota(&app, "erin", r#"{"maxBytes": null}"#)
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(usage(&app, "erin").await["maxBytes"], 1 << 20);
+    assert_quota_exceeded(upload_as(&app, "erin", 1, false).await).await;
+    assert_held(&app, "erin", (5 << 20, 2)).await;
+
+    for bad in [
+        r#"{"maxBytes": -1}"#,
+        r#"{"maxBytes": "10GiB"}"#,
+        r#"{"maxImages": 1.5}"#,
+        r#"{"maxBytes": 1, "extra": 2}"#,
+        r#"{"maxBytes": 18446744073709551615}"#,
+        r#"[1, 2]"#,
+        "null",
+        "not json",
+    ] {
+        let v = assert_error(put_quota(&app, "erin", bad).await, 400, None).await;
+        assert_eq!(v["code"], "INVALID_PARAMETER", "{bad}: {v}");
+    }
+    assert_eq!(usage(&app, "erin").await["maxBytes"], 1 << 20);
+    app.stop().await;
+}
+
+/// A zip counts the image it holds, not its archive: refused when the image does not fit,
+/// in a single upload (nothing kept) and at a merge (the upload is dropped, its archive being
+/// gone by then, as for an image over the size limit).
+async fn zips_count_their_image(b: Backend) {
+    let app = quota_app(b, &[("FS_QUOTA_BYTES", "2MiB")]).await;
+    // 3 MiB of 2-bit noise: an archive of about 0.8 MiB.
+    let zip = app.dir.path().join("noise.zip");
+    python_zip(
+        &zip,
+        "import random\nrandom.seed(7)\n\
+         z.writestr('noise/noise.img', bytes(x & 3 for x in random.randbytes(3 << 20)))",
+    );
+    let archive = std::fs::read(&zip).unwrap();
+    assert!(archive.len() < 3 * MIB / 2, "{} bytes", archive.len());
+    let before = app.leftovers().await;
+    let form = multipart::Form::new().text("userId", "ivan").part(
+        "file",
+        multipart::Part::bytes(archive.clone()).file_name("noise.zip"),
+    );
+    let r = app
+        .client
+        .post(app.url("/images"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    let msg = assert_quota_exceeded(r).await;
+    assert!(msg.contains("2097152 bytes"), "{msg}");
+    assert_eq!(app.leftovers().await, before);
+    assert_held(&app, "ivan", (0, 0)).await;
+
+    assert_eq!(
+        chunk_as_bytes(&app, "ivan", "z1", 1, archive)
+            .await
+            .status(),
+        200
+    );
+    let form = multipart::Form::new()
+        .text("identifier", "z1")
+        .text("filename", "noise.zip")
+        .text("userId", "ivan");
+    let r = app
+        .client
+        .post(app.url("/images/merge"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_quota_exceeded(r).await;
+    assert_eq!(chunks_held(&app, "z1").await, Vec::<u64>::new());
+    assert_eq!(app.leftovers().await, before);
+    assert_held(&app, "ivan", (0, 0)).await;
+    app.stop().await;
+}
+
+async fn chunk_as_bytes(
+    app: &TestApp,
+    user: &str,
+    identifier: &str,
+    n: u32,
+    bytes: Vec<u8>,
+) -> reqwest::Response {
+    let form = multipart::Form::new()
+        .text("identifier", identifier.to_string())
+        .text("userId", user.to_string())
+        .part(
+            "part",
+            multipart::Part::bytes(bytes).file_name(format!("{n}.part")),
+        );
+    app.client
+        .post(app.url("/images/upload"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// A reservation counts while its lease runs: one left by a replica that died (here written
+/// directly) holds its room until it expires, then counts no more and is pruned.
+async fn reservations_count_until_their_lease_ends(b: Backend) {
+    use file_system::db::quotas;
+    let app = quota_app(b, &[("FS_QUOTA_BYTES", "3MiB")]).await;
+    let db = file_system::db::connect(&app.database_url).await.unwrap();
+    let now = chrono::Utc::now().timestamp();
+    quotas::put_reservation(&db, "lost-live", "kim", 2 << 20, 1, now + 600)
+        .await
+        .unwrap();
+    quotas::put_reservation(&db, "lost-old", "kim", 3 << 20, 1, now - 1)
+        .await
+        .unwrap();
+    assert_held(&app, "kim", (2 << 20, 1)).await;
+    assert_quota_exceeded(upload_as(&app, "kim", 2 * MIB, false).await).await;
+    // The lease ends.
+    quotas::put_reservation(&db, "lost-live", "kim", 2 << 20, 1, now - 1)
+        .await
+        .unwrap();
+    assert_held(&app, "kim", (0, 0)).await;
+    upload_id(&app, "kim", 2 * MIB).await;
+    assert_eq!(quotas::prune_expired(&db, now).await.unwrap(), 2);
+    db.close().await.unwrap();
+    app.stop().await;
+}
+
+/// Many uploads of one user at once: what is stored never exceeds the quota, and the refused
+/// ones leave nothing.
+async fn concurrent_uploads_never_overrun(b: Backend) {
+    let app = quota_app(b, &[("FS_QUOTA_BYTES", "5MiB")]).await;
+    let results = join_all((0..8).map(|_| upload_as(&app, "gina", MIB + 1000, false))).await;
+    let mut ok = 0;
+    for r in results {
+        match r.status().as_u16() {
+            200 => ok += 1,
+            _ => {
+                assert_quota_exceeded(r).await;
+            }
+        }
+    }
+    assert!(
+        (1..=4).contains(&ok),
+        "{ok} uploads of 1 MiB fit a 5 MiB quota"
+    );
+    assert_held(&app, "gina", (ok * (MIB as u64 + 1000), ok)).await;
+    let (_, list) = app.get_json("/images?userId=gina").await;
+    assert_eq!(list.as_array().unwrap().len() as u64, ok);
+    // Only the images' objects are stored.
+    let left = app.leftovers().await;
+    assert_eq!(left.len() as u64, ok, "{left:?}");
+    app.stop().await;
+}
+
+/// Two replicas (separate processes) on one PostgreSQL database and one S3 store, many
+/// uploads of one user through both at once, in rounds: the database settles every race, so
+/// what is stored never exceeds the quota, and the refused uploads leave nothing.
+async fn two_replicas_never_overrun_a_quota(b: Backend) {
+    assert!(b.is_postgres() && b.is_s3());
+    let app = TestApp::spawn(
+        b,
+        Options {
+            no_server: true,
+            env: vec![
+                ("FS_QUOTA_BYTES", "6MiB".into()),
+                ("FS_QUOTA_IMAGES", "5".into()),
+            ],
+            ..Default::default()
+        },
+    )
+    .await;
+    let dir = app.dir.path();
+    let mut replicas = vec![];
+    for name in ["a", "b"] {
+        let scratch = dir.join(format!("scratch-{name}"));
+        replicas.push(
+            Replica::start(
+                &app.vars,
+                free_port(),
+                &dir.join(format!("{name}.log")),
+                &[("FS_SCRATCH_DIR", scratch.to_str().unwrap())],
+            )
+            .await,
+        );
+    }
+    let client = app.client.clone();
+    let len = MIB + 4321;
+    let mut stored = 0u64;
+    for round in 0..4u64 {
+        let sends = (0..8).map(|i| {
+            let (client, url) = (client.clone(), replicas[i % 2].api("/images"));
+            let bytes = pattern(round * 100 + i as u64, len);
+            async move {
+                let form = multipart::Form::new()
+                    .text("userId", "hana")
+                    .part("file", multipart::Part::bytes(bytes).file_name("race.img"));
+                client.post(url).multipart(form).send().await.unwrap()
+            }
+        });
+        for r in join_all(sends).await {
+            if r.status() == 200 {
+                stored += 1;
+            } else {
+                assert_quota_exceeded(r).await;
+            }
+        }
+        assert!(
+            stored * len as u64 <= 6 << 20,
+            "round {round}: {stored} images stored"
+        );
+    }
+    assert!(stored >= 1);
+    let images: Value = client
+        .get(replicas[1].api("/images?userId=hana"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(images.as_array().unwrap().len() as u64, stored);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let v: Value = client
+            .get(replicas[0].api("/usage?userId=hana"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let expected = (Some(stored * len as u64), Some(stored));
+        let got = (v["bytes"].as_u64(), v["images"].as_u64());
+        if got == expected || std::time::Instant::now() > deadline {
+            assert_eq!(got, expected, "{v}");
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // In the store: the stored images' objects, nothing else (no object, no multipart upload
+    // of a refused upload).
+    let left = app.leftovers().await;
+    assert_eq!(left.len() as u64, stored, "{left:?}");
+    drop(replicas);
+    app.stop().await;
+}
+
+mod replicas {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_replicas_never_overrun_a_quota() {
+        super::two_replicas_never_overrun_a_quota(crate::helpers::Backend::PostgresS3).await
+    }
+}
+
+crate::backend_tests!(
+    single_upload_stops_at_the_byte_quota,
+    chunks_stop_at_the_crossing_chunk,
+    image_limit_on_upload_and_merge,
+    overrides_raise_and_lower_limits,
+    concurrent_uploads_never_overrun,
+    zips_count_their_image,
+    reservations_count_until_their_lease_ends,
+);
