@@ -213,14 +213,41 @@ async fn credentials_let_requests_through(b: Backend) {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let merged = app.merge("jwt-up", "alice.qcow2").await;
-    assert_eq!(merged.status(), 200, "{}", merged.text().await.unwrap());
+    // Alice merges her own upload (a userId naming anyone else would be refused).
+    let form = multipart::Form::new()
+        .text("identifier", "jwt-up")
+        .text("filename", "alice.qcow2");
+    let merged = app
+        .client
+        .post(app.url("/images/merge"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(merged.status(), 200);
+    let merged: serde_json::Value = merged.json().await.unwrap();
+    assert_eq!(merged["userId"], "alice", "the JWT's user owns the image");
+    let mine = merged["imageId"].as_str().unwrap().to_string();
     let (status, list) = app.get_json("/images").await;
     assert_eq!(status, 200);
-    assert!(list.to_string().contains(&id), "{list}");
-    assert_eq!(app.get_json(&format!("/images/{id}")).await.0, 200);
-    assert_eq!(app.download(&id).await, vec![1u8; 100_000]);
+    assert!(list.to_string().contains(&mine), "{list}");
+    assert!(
+        !list.to_string().contains(&id),
+        "alice sees only her own: {list}"
+    );
+    assert_eq!(app.get_json(&format!("/images/{mine}")).await.0, 200);
+    assert_eq!(
+        app.download(&mine).await,
+        [vec![2u8; 70_000], vec![3u8; 30_000]].concat()
+    );
     app.client = service;
+    // The service's token is an admin's: it sees both users' images.
+    let (_, all) = app.get_json("/images").await;
+    assert!(
+        all.to_string().contains(&id) && all.to_string().contains(&mine),
+        "{all}"
+    );
+    assert_eq!(app.download(&id).await, vec![1u8; 100_000]);
     let r = app
         .client
         .delete(app.url(&format!("/images/{id}")))

@@ -400,3 +400,158 @@ crate::backend_tests!(
     naming_another_user_is_forbidden,
     admins_see_and_manage_everything,
 );
+
+/// The real binary with `RUST_LOG=warn,audit=info` and JSON logs: every state change is one
+/// event at target `audit`, with the user, role, what it concerned, the outcome, the remote
+/// address and the request id; a chunked upload is one `upload.session_opened`, not one event
+/// per chunk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_changes_reach_the_audit_log() {
+    use serde_json::Value;
+    let keys = tempfile::tempdir().unwrap();
+    let tokens = keys.path().join("tokens");
+    let lines: String = USERS.iter().map(|(t, u, r)| token_line(t, u, r)).collect();
+    std::fs::write(&tokens, lines).unwrap();
+    let app = TestApp::spawn(
+        Backend::SqliteLocal,
+        Options {
+            env: vec![
+                ("FS_AUTH", "token".into()),
+                ("FS_AUTH_TOKENS_FILE", tokens.display().to_string()),
+            ],
+            no_server: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    let log = app.dir.path().join("server.log");
+    let replica = crate::helpers::Replica::start(
+        &app.vars,
+        crate::helpers::free_port(),
+        &log,
+        &[("RUST_LOG", "warn,audit=info"), ("FS_LOG_FORMAT", "json")],
+    )
+    .await;
+    let api = replica.api("");
+    let (alice, bob, root) = (
+        bearer_client(USERS[0].0),
+        bearer_client(USERS[1].0),
+        bearer_client(USERS[2].0),
+    );
+    let (s, img) = upload_as(&alice, &api, pattern(1, 5000), &[]).await;
+    assert_eq!(s, 200);
+    let id = img["imageId"].as_str().unwrap().to_string();
+    let (s, _) = upload_as(&root, &api, pattern(2, 5000), &[("userId", "alice")]).await;
+    assert_eq!(s, 200);
+    for n in 1..=2 {
+        let r = chunk_as(&alice, &api, "audited", n, pattern(n as u64, 1000), &[]).await;
+        assert_eq!(r.status(), 200);
+    }
+    let r = merge_as(&alice, &api, "audited", &[]).await;
+    assert_eq!(r.status(), 200);
+    let r = chunk_as(&alice, &api, "dropped", 1, pattern(3, 1000), &[]).await;
+    assert_eq!(r.status(), 200);
+    let r = alice
+        .delete(format!("{api}/images/upload?identifier=dropped"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = alice
+        .post(format!("{api}/images/{id}/action/check"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = alice
+        .post(format!("{api}/images/{id}/action/slim"))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().as_u16() < 500);
+    let (s, _) = upload_as(&bob, &api, pattern(4, 100), &[("userId", "alice")]).await;
+    assert_eq!(s, 403);
+    let r = root
+        .put(format!("{api}/quotas/bob"))
+        .json(&serde_json::json!({ "maxBytes": 1_000_000, "maxImages": 3 }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = alice
+        .delete(format!("{api}/images/{id}"))
+        .send()
+        .await
+        .unwrap();
+    let request_id = r.headers()["x-request-id"].to_str().unwrap().to_string();
+    assert_eq!(r.status(), 200);
+    let wanted = [
+        "image.upload",
+        "upload.session_opened",
+        "upload.merge",
+        "upload.cancel",
+        "image.check",
+        "image.slim",
+        "quota.set",
+        "image.delete",
+    ];
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let events: Vec<Value> = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let events: Vec<Value> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v["target"] == "audit" || v["action"].is_string())
+            .collect();
+        let done = wanted
+            .iter()
+            .all(|a| events.iter().any(|e| e["action"] == *a));
+        if done {
+            break events;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "missing audit events: {text}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    let of =
+        |action: &str| -> Vec<&Value> { events.iter().filter(|e| e["action"] == action).collect() };
+    for e in &events {
+        assert!(
+            e["remote"].as_str().is_some_and(|r| r.starts_with("127.")),
+            "{e}"
+        );
+        assert!(
+            e["request_id"].as_str().is_some_and(|r| !r.is_empty()),
+            "{e}"
+        );
+    }
+    // Two chunks, one session: one event (plus the cancelled upload's).
+    assert_eq!(of("upload.session_opened").len(), 2, "{events:?}");
+    let uploads = of("image.upload");
+    assert!(uploads.iter().any(|e| e["user"] == "alice"
+        && e["role"] == "user"
+        && e["outcome"] == "success"
+        && e["image_id"] == id.as_str()));
+    // The admin acting for alice: the owner is named.
+    assert!(uploads.iter().any(|e| e["user"] == "root"
+        && e["role"] == "admin"
+        && e["owner"] == "alice"
+        && e["outcome"] == "success"));
+    // Bob naming alice: refused, with its status.
+    assert!(uploads.iter().any(|e| e["user"] == "bob"
+        && e["outcome"] == "refused"
+        && e["status"] == 403
+        && e["error_code"] == "FORBIDDEN"));
+    let merge = of("upload.merge")[0];
+    assert_eq!(merge["identifier"], "audited", "{merge}");
+    assert_eq!(merge["outcome"], "success", "{merge}");
+    let quota = of("quota.set")[0];
+    assert_eq!(quota["owner"], "bob", "{quota}");
+    assert_eq!(quota["user"], "root", "{quota}");
+    let delete = of("image.delete")[0];
+    assert_eq!(delete["image_id"], id.as_str(), "{delete}");
+    assert_eq!(delete["request_id"], request_id.as_str(), "{delete}");
+    drop(replica);
+}
