@@ -682,6 +682,8 @@ impl S3Store {
                     .key(key)
                     .upload_id(upload_id)
                     .part_number(part.number as i32)
+                    .customize()
+                    .mutate_request(empty_body_length)
                     .send()
                     .await
                     .map_err(|e| self.err(e))?;
@@ -762,6 +764,12 @@ impl S3Store {
             .ok_or_else(|| StorageError::Io(std::io::Error::other("store returned no ETag")))?;
         Ok((etag, checksum))
     }
+}
+
+/// `Content-Length: 0` on a request without a body. The SDK sends none on `UploadPartCopy`,
+/// and Ceph's RADOS Gateway refuses such a PUT (411 MissingContentLength).
+fn empty_body_length(req: &mut aws_sdk_s3::config::http::HttpRequest) {
+    req.headers_mut().insert("content-length", "0");
 }
 
 /// The `x-amz-copy-source` of an object: bucket and key, the key URL-encoded ('/' kept).
@@ -1190,6 +1198,8 @@ impl ObjectStore for SharedS3 {
                     .key(dst_key)
                     .upload_id(&upload_id)
                     .part_number(n)
+                    .customize()
+                    .mutate_request(empty_body_length)
                     .send()
                     .await
                     .map_err(|e| self.0.err(e))?;
