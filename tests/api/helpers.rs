@@ -691,7 +691,7 @@ pub fn python_zip(path: &Path, script: &str) {
     run("python3", &["-c", &code, path.to_str().unwrap()]);
 }
 
-/// Declares tokio tests that run each named body on every backend.
+/// Declares tokio tests that run each named body on every backend (on RGW only when asked for).
 #[macro_export]
 macro_rules! backend_tests {
     ($($name:ident),* $(,)?) => {
@@ -724,6 +724,16 @@ macro_rules! backend_tests {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
                     super::$name($crate::helpers::Backend::PostgresS3).await
+                }
+            )*
+        }
+        // On Ceph's RADOS Gateway too, when asked for (see `s3_server_tests!`).
+        mod sqlite_rgw {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                #[ignore = "needs Ceph's RADOS Gateway: scripts/lib.sh start_rgw"]
+                async fn $name() {
+                    super::$name($crate::helpers::Backend::SqliteRgw).await
                 }
             )*
         }
