@@ -171,7 +171,8 @@ ensure_ceph() {
 }
 
 # Starts a throw-away single-node Ceph cluster on loopback: one monitor, one OSD keeping its
-# objects in memory (memstore), pools of size 1, and the RADOS Gateway (beast) with a user.
+# objects in memory (memstore), pools of size 1, and the RADOS Gateway (beast) with a user and
+# the storage classes STANDARD and STANDARD_IA.
 # No manager: the gateway does not need one. Exports FS_TEST_RGW_ENDPOINT, FS_TEST_RGW_REGION,
 # FS_TEST_RGW_ACCESS_KEY_ID, FS_TEST_RGW_SECRET_ACCESS_KEY. The user gets the keys in
 # AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY when they are set (Garage's, so one test process
@@ -256,6 +257,14 @@ CONF
     timeout 120 radosgw-admin "${c[@]}" user create --uid=fs-test --display-name=fs-test \
         --access-key="$key_id" --secret-key="$secret" >"$dir/log/user.out" 2>&1 ||
         { echo "radosgw-admin user create failed" >&2; cat "$dir/log/user.out" >&2; return 1; }
+    # A second storage class besides STANDARD, for tiers (RGW refuses classes it does not
+    # know: 400 InvalidArgument).
+    radosgw-admin "${c[@]}" zonegroup placement add --rgw-zonegroup=default \
+        --placement-id=default-placement --storage-class=STANDARD_IA >>"$dir/log/user.out" 2>&1 &&
+        radosgw-admin "${c[@]}" zone placement add --rgw-zone=default \
+            --placement-id=default-placement --storage-class=STANDARD_IA \
+            --data-pool=default.rgw.standard-ia.data >>"$dir/log/user.out" 2>&1 ||
+        { echo "radosgw-admin placement add failed" >&2; tail -n 20 "$dir/log/user.out" >&2; return 1; }
     ceph "${c[@]}" auth get-or-create client.rgw.a mon 'allow rw' osd 'allow rwx' \
         -o "$dir/client.rgw.a.keyring" 2>/dev/null
     radosgw "${c[@]}" -f -n client.rgw.a >>"$dir/log/rgw.out" 2>&1 &

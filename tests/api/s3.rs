@@ -479,7 +479,75 @@ async fn buckets_get_lifecycle_rules(b: Backend) {
     app.stop().await;
 }
 
+/// A tier with a storage class: its objects get that class, sent whole (`PutObject`), in parts
+/// (multipart) or moved there once the fields after the file named the tier (`CopyObject`).
+/// Garage takes any class and keeps none; RGW knows the classes its zone was given
+/// (`start_rgw` adds STANDARD_IA) and refuses the others.
+async fn tiers_with_a_storage_class(b: Backend) {
+    let app = TestApp::spawn(
+        b,
+        Options {
+            tiers: Some("0=images,1=archive:STANDARD_IA"),
+            ..Default::default()
+        },
+    )
+    .await;
+    let mut ids = vec![];
+    for (name, len) in [("small.img", 1000), ("big.img", 20 << 20)] {
+        let r = app
+            .upload(name, pattern(len as u64, len), &[("priority", "1")])
+            .await;
+        assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+        ids.push(
+            r.json::<serde_json::Value>().await.unwrap()["imageId"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    let late = app.dir.path().join("late.img");
+    std::fs::write(&late, pattern(7, 12 << 20)).unwrap();
+    let r = app
+        .upload_path(&late, "late.img", &[("priority", "1")])
+        .await;
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    ids.push(
+        r.json::<serde_json::Value>().await.unwrap()["imageId"]
+            .as_str()
+            .unwrap()
+            .to_string(),
+    );
+    let (s3, prefix) = app.s3();
+    for id in &ids {
+        let head = s3
+            .head_object()
+            .bucket("archive")
+            .key(format!("{prefix}images/{id}"))
+            .send()
+            .await
+            .unwrap();
+        if b.s3_server() == Some(S3Server::Rgw) {
+            assert_eq!(
+                head.storage_class(),
+                Some(&aws_sdk_s3::types::StorageClass::StandardIa),
+                "{id}"
+            );
+        }
+        assert_eq!(
+            app.client
+                .delete(app.url(&format!("/images/{id}")))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+    }
+    app.stop().await;
+}
+
 crate::s3_server_tests!(
+    tiers_with_a_storage_class,
     small_chunks_are_packed_into_valid_parts,
     big_chunks_become_parts_directly,
     small_chunk_between_big_ones_is_joined,
