@@ -383,6 +383,24 @@ impl S3Store {
         s3_err_at(Some(self.endpoint()), e)
     }
 
+    /// `err` of a write with `opts`, saying so when the store refused the storage class a tier
+    /// names (AWS: InvalidStorageClass; Ceph's RGW: InvalidArgument for a class its zone
+    /// placement does not list).
+    fn class_err<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static>(
+        &self,
+        e: SdkError<E, HttpResponse>,
+        opts: &PutOptions,
+    ) -> StorageError {
+        let refused = matches!(&e, SdkError::ServiceError(se)
+            if matches!(se.err().code(), Some("InvalidStorageClass" | "InvalidArgument")));
+        match (self.err(e), opts.storage_class.as_deref()) {
+            (StorageError::Io(io), Some(c)) if refused => StorageError::Io(std::io::Error::other(
+                format!("{io} (storage class {c} of FS_TIERS: does the store offer it?)"),
+            )),
+            (other, _) => other,
+        }
+    }
+
     /// The SDK client (tests and tools inspect the store with it).
     pub fn client(&self) -> &Client {
         &self.client
@@ -409,7 +427,7 @@ impl S3Store {
             .body(S3Body::from(body))
             .send()
             .await
-            .map_err(|e| self.err(e))?;
+            .map_err(|e| self.class_err(e, opts))?;
         Ok(())
     }
 
@@ -453,7 +471,7 @@ impl S3Store {
             .set_checksum_algorithm(self.settings.checksum.algorithm())
             .send()
             .await
-            .map_err(|e| self.err(e))?;
+            .map_err(|e| self.class_err(e, opts))?;
         out.upload_id()
             .map(str::to_string)
             .ok_or_else(|| StorageError::Io(std::io::Error::other("store returned no upload id")))
@@ -1239,7 +1257,7 @@ impl ObjectStore for SharedS3 {
                 .set_storage_class(class(opts))
                 .send()
                 .await
-                .map_err(|e| self.0.err(e))?;
+                .map_err(|e| self.0.class_err(e, opts))?;
             return Ok(());
         }
         let upload_id = s.create_upload(dst_bucket, dst_key, opts).await?;

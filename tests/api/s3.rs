@@ -487,7 +487,7 @@ async fn tiers_with_a_storage_class(b: Backend) {
     let app = TestApp::spawn(
         b,
         Options {
-            tiers: Some("0=images,1=archive:STANDARD_IA"),
+            tiers: Some("0=images,1=archive:STANDARD_IA,2=images:GLACIER"),
             ..Default::default()
         },
     )
@@ -517,6 +517,26 @@ async fn tiers_with_a_storage_class(b: Backend) {
             .unwrap()
             .to_string(),
     );
+    // A class the store does not offer: RGW refuses it (the log says which setting), Garage
+    // takes it.
+    let r = app
+        .upload("cold.img", pattern(8, 1000), &[("priority", "2")])
+        .await;
+    match b.s3_server() {
+        Some(S3Server::Rgw) => {
+            assert_eq!(assert_error(r, 500, None).await["code"], "STORAGE_ERROR");
+        }
+        _ => {
+            assert_eq!(r.status(), 200);
+            let v: serde_json::Value = r.json().await.unwrap();
+            let id = v["imageId"].as_str().unwrap();
+            app.client
+                .delete(app.url(&format!("/images/{id}")))
+                .send()
+                .await
+                .unwrap();
+        }
+    }
     let (s3, prefix) = app.s3();
     for id in &ids {
         let head = s3
