@@ -21,6 +21,7 @@ pub enum Backend {
     PostgresLocal,
     PostgresS3,
     SqliteRgw,
+    PostgresRgw,
 }
 
 /// The S3 server a test uses, both started by scripts/lib.sh.
@@ -42,12 +43,15 @@ impl Backend {
         match self {
             Backend::SqliteLocal | Backend::PostgresLocal => None,
             Backend::SqliteS3 | Backend::PostgresS3 => Some(S3Server::Garage),
-            Backend::SqliteRgw => Some(S3Server::Rgw),
+            Backend::SqliteRgw | Backend::PostgresRgw => Some(S3Server::Rgw),
         }
     }
 
     pub fn is_postgres(self) -> bool {
-        matches!(self, Backend::PostgresLocal | Backend::PostgresS3)
+        matches!(
+            self,
+            Backend::PostgresLocal | Backend::PostgresS3 | Backend::PostgresRgw
+        )
     }
 
     /// A fresh, empty database for one test: a SQLite file in `dir`, or a new database in the
@@ -220,7 +224,7 @@ impl TestApp {
                     root.join("objects").display().to_string(),
                 ));
             }
-            Backend::SqliteS3 | Backend::PostgresS3 | Backend::SqliteRgw => {
+            Backend::SqliteS3 | Backend::PostgresS3 | Backend::SqliteRgw | Backend::PostgresRgw => {
                 let server = backend.s3_server().unwrap();
                 let (endpoint, region) = s3_env_of(server);
                 let prefix = format!("t-{}/", uuid::Uuid::new_v4().simple());
