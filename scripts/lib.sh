@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared helpers for scripts/test and scripts/bench (sourced, not run).
 
 # Installs the command-line tools the tests drive, from Debian's packages, when missing.
@@ -154,4 +155,152 @@ stop_postgres() {
         "${PG_AS[@]}" "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -m immediate stop >/dev/null 2>&1 || true
         rm -rf "$PG_DIR"
     fi
+}
+
+# Puts Ceph's monitor, OSD and RADOS Gateway on PATH, installing Debian's packages when
+# missing (about a minute, ~250 MB).
+ensure_ceph() {
+    local missing=()
+    command -v ceph-mon >/dev/null || missing+=(ceph-mon)
+    command -v ceph-osd >/dev/null || missing+=(ceph-osd)
+    command -v radosgw >/dev/null || missing+=(radosgw)
+    command -v radosgw-admin >/dev/null || missing+=(radosgw)
+    if ((${#missing[@]})); then
+        echo "installing: ${missing[*]}" >&2
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    fi
+}
+
+# Starts a throw-away single-node Ceph cluster on loopback: one monitor, one OSD keeping its
+# objects in memory (memstore), pools of size 1, and the RADOS Gateway (beast) with a user and
+# the storage classes STANDARD and STANDARD_IA.
+# No manager: the gateway does not need one. Exports FS_TEST_RGW_ENDPOINT, FS_TEST_RGW_REGION,
+# FS_TEST_RGW_ACCESS_KEY_ID, FS_TEST_RGW_SECRET_ACCESS_KEY. The user gets the keys in
+# AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY when they are set (Garage's, so one test process
+# reaches both stores with the same credentials), else new ones, exported there too.
+start_rgw() {
+    ensure_ceph
+    local dir started
+    started=$(date +%s)
+    dir=$(mktemp -d "${TMPDIR:-/tmp}/fs-rgw.XXXXXX")
+    RGW_DIR=$dir
+    RGW_PIDS=()
+    local mon_port rgw_port fsid conf="$dir/ceph.conf"
+    mon_port=$(free_port); rgw_port=$(free_port)
+    fsid=$(python3 -c 'import uuid; print(uuid.uuid4())')
+    mkdir -p "$dir/mon" "$dir/osd" "$dir/run" "$dir/log"
+    cat >"$conf" <<CONF
+[global]
+fsid = $fsid
+mon host = v1:127.0.0.1:$mon_port
+ms bind msgr2 = false
+public addr = 127.0.0.1
+auth cluster required = cephx
+auth service required = cephx
+auth client required = cephx
+keyring = $dir/\$name.keyring
+run dir = $dir/run
+admin socket = $dir/run/\$name.asok
+log file = $dir/log/\$name.log
+pid file = $dir/run/\$name.pid
+crash dir = $dir/crash
+mon data = $dir/mon/\$id
+osd data = $dir/osd/\$id
+osd objectstore = memstore
+memstore device bytes = 8589934592
+osd pool default size = 1
+osd pool default min size = 1
+osd pool default pg num = 8
+osd pool default pgp num = 8
+osd pool default pg autoscale mode = off
+osd crush chooseleaf type = 0
+mon allow pool size one = true
+mon allow pool delete = true
+mon max pg per osd = 1000
+mon warn on pool no redundancy = false
+mon data avail crit = 1
+mon data avail warn = 2
+osd op num shards = 1
+osd op num threads per shard = 2
+rgw frontends = beast endpoint=127.0.0.1:$rgw_port
+rgw dns name = localhost
+# Deleted objects' data is collected within a minute (memstore holds it in memory).
+rgw gc obj min wait = 60
+rgw gc processor period = 60
+CONF
+    local c=(-c "$conf")
+    ceph-authtool --create-keyring "$dir/mon..keyring" --gen-key -n mon. --cap mon 'allow *' >/dev/null
+    ceph-authtool --create-keyring "$dir/client.admin.keyring" --gen-key -n client.admin \
+        --cap mon 'allow *' --cap osd 'allow *' --cap mgr 'allow *' >/dev/null
+    ceph-authtool "$dir/mon..keyring" --import-keyring "$dir/client.admin.keyring" >/dev/null
+    monmaptool --create --fsid "$fsid" --addv a "v1:127.0.0.1:$mon_port" "$dir/monmap" >/dev/null
+    ceph-mon "${c[@]}" --mkfs -i a --monmap "$dir/monmap" --keyring "$dir/mon..keyring" ||
+        { echo "ceph-mon --mkfs failed" >&2; return 1; }
+    ceph-mon "${c[@]}" -f -i a >>"$dir/log/mon.out" 2>&1 &
+    RGW_PIDS+=($!)
+    # The OSD: registered with the monitor, its key written where the conf says.
+    local osd_uuid osd_key osd_id
+    osd_uuid=$(python3 -c 'import uuid; print(uuid.uuid4())')
+    osd_key=$(ceph-authtool --gen-print-key)
+    osd_id=$(echo "{\"cephx_secret\": \"$osd_key\"}" |
+        timeout 60 ceph "${c[@]}" osd new "$osd_uuid" -i -) ||
+        { echo "the monitor did not answer" >&2; tail -n 20 "$dir/log/mon.a.log" >&2; return 1; }
+    ceph-authtool --create-keyring "$dir/osd.$osd_id.keyring" -n "osd.$osd_id" --add-key "$osd_key" >/dev/null
+    mkdir -p "$dir/osd/$osd_id"
+    ceph-osd "${c[@]}" -i "$osd_id" --mkfs --osd-uuid "$osd_uuid" >>"$dir/log/osd.out" 2>&1 ||
+        { echo "ceph-osd --mkfs failed" >&2; cat "$dir/log/osd.out" >&2; return 1; }
+    ceph-osd "${c[@]}" -f -i "$osd_id" >>"$dir/log/osd.out" 2>&1 &
+    RGW_PIDS+=($!)
+    # The gateway's user and keys (radosgw-admin talks to RADOS directly).
+    local key_id secret
+    key_id=${AWS_ACCESS_KEY_ID:-RGW$(python3 -c 'import secrets; print(secrets.token_hex(10).upper())')}
+    secret=${AWS_SECRET_ACCESS_KEY:-$(python3 -c 'import secrets; print(secrets.token_hex(32))')}
+    timeout 120 radosgw-admin "${c[@]}" user create --uid=fs-test --display-name=fs-test \
+        --access-key="$key_id" --secret-key="$secret" >"$dir/log/user.out" 2>&1 ||
+        { echo "radosgw-admin user create failed" >&2; cat "$dir/log/user.out" >&2; return 1; }
+    # A second storage class besides STANDARD, for tiers (RGW refuses classes it does not
+    # know: 400 InvalidArgument).
+    radosgw-admin "${c[@]}" zonegroup placement add --rgw-zonegroup=default \
+        --placement-id=default-placement --storage-class=STANDARD_IA >>"$dir/log/user.out" 2>&1 &&
+        radosgw-admin "${c[@]}" zone placement add --rgw-zone=default \
+            --placement-id=default-placement --storage-class=STANDARD_IA \
+            --data-pool=default.rgw.standard-ia.data >>"$dir/log/user.out" 2>&1 ||
+        { echo "radosgw-admin placement add failed" >&2; tail -n 20 "$dir/log/user.out" >&2; return 1; }
+    ceph "${c[@]}" auth get-or-create client.rgw.a mon 'allow rw' osd 'allow rwx' \
+        -o "$dir/client.rgw.a.keyring" 2>/dev/null
+    radosgw "${c[@]}" -f -n client.rgw.a >>"$dir/log/rgw.out" 2>&1 &
+    RGW_PIDS+=($!)
+    local endpoint="http://127.0.0.1:$rgw_port"
+    for _ in $(seq 1 300); do
+        curl -sf -o /dev/null "$endpoint" && break
+        # Gone already: no point waiting.
+        kill -0 "${RGW_PIDS[-1]}" 2>/dev/null || break
+        sleep 0.2
+    done
+    if ! curl -sf -o /dev/null "$endpoint"; then
+        tail -n 30 "$dir/log/client.rgw.a.log" >&2
+        echo "radosgw did not start" >&2
+        return 1
+    fi
+    export FS_TEST_RGW_ENDPOINT=$endpoint
+    export FS_TEST_RGW_REGION=us-east-1
+    export FS_TEST_RGW_ACCESS_KEY_ID=$key_id
+    export FS_TEST_RGW_SECRET_ACCESS_KEY=$secret
+    export AWS_ACCESS_KEY_ID=$key_id
+    export AWS_SECRET_ACCESS_KEY=$secret
+    echo "ceph $(ceph-mon --version | awk '{print $3}') radosgw on $endpoint (data in $dir, $(($(date +%s) - started)) s)" >&2
+}
+
+stop_rgw() {
+    local pid
+    for pid in "${RGW_PIDS[@]}"; do
+        kill -KILL "$pid" 2>/dev/null || true
+    done
+    for pid in "${RGW_PIDS[@]}"; do
+        wait "$pid" 2>/dev/null || true
+    done
+    RGW_PIDS=()
+    [ -n "${RGW_DIR:-}" ] && rm -rf "$RGW_DIR"
+    RGW_DIR=
 }

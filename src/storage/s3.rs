@@ -383,6 +383,24 @@ impl S3Store {
         s3_err_at(Some(self.endpoint()), e)
     }
 
+    /// `err` of a write with `opts`, saying so when the store refused the storage class a tier
+    /// names (AWS: InvalidStorageClass; Ceph's RGW: InvalidArgument for a class its zone
+    /// placement does not list).
+    fn class_err<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static>(
+        &self,
+        e: SdkError<E, HttpResponse>,
+        opts: &PutOptions,
+    ) -> StorageError {
+        let refused = matches!(&e, SdkError::ServiceError(se)
+            if matches!(se.err().code(), Some("InvalidStorageClass" | "InvalidArgument")));
+        match (self.err(e), opts.storage_class.as_deref()) {
+            (StorageError::Io(io), Some(c)) if refused => StorageError::Io(std::io::Error::other(
+                format!("{io} (storage class {c} of FS_TIERS: does the store offer it?)"),
+            )),
+            (other, _) => other,
+        }
+    }
+
     /// The SDK client (tests and tools inspect the store with it).
     pub fn client(&self) -> &Client {
         &self.client
@@ -409,7 +427,7 @@ impl S3Store {
             .body(S3Body::from(body))
             .send()
             .await
-            .map_err(|e| self.err(e))?;
+            .map_err(|e| self.class_err(e, opts))?;
         Ok(())
     }
 
@@ -453,7 +471,7 @@ impl S3Store {
             .set_checksum_algorithm(self.settings.checksum.algorithm())
             .send()
             .await
-            .map_err(|e| self.err(e))?;
+            .map_err(|e| self.class_err(e, opts))?;
         out.upload_id()
             .map(str::to_string)
             .ok_or_else(|| StorageError::Io(std::io::Error::other("store returned no upload id")))
@@ -622,10 +640,32 @@ impl S3Store {
                 },
             })
             .collect();
-        let planned = plan::plan(&chunks, self.settings.min_part_bytes)
-            .map_err(|e| StorageError::Resend(e.resend))?;
+        let min = self.settings.min_part_bytes;
+        let mut planned = plan::plan(&chunks, min).map_err(|e| StorageError::Resend(e.resend))?;
         if let Some(first) = chunks.iter().find(|c| c.held == plan::Held::Staged) {
             self.probe_staging(bucket, upload_id, first.number).await?;
+        }
+        // Parts sent directly before their chunk came again as a staging object are still in
+        // the upload: strict stores (Ceph's RGW) complete only from all of them, so they are
+        // overwritten when the sizes allow. Otherwise the plan stays (AWS and others take it).
+        if planned
+            .iter()
+            .any(|p| matches!(p.source, plan::Source::Upload { .. }))
+        {
+            match self.held_parts(bucket, key, upload_id).await {
+                Ok(held) => {
+                    if let Some(covered) = plan::cover(planned.clone(), &held, min) {
+                        planned = covered;
+                    }
+                }
+                // Completed before (a retried merge): the caller looks for the object.
+                Err(e @ (StorageError::NoSuchUpload | StorageError::NotFound)) => return Err(e),
+                // Credentials without ListParts (s3:ListMultipartUploadParts): the plan as it
+                // is, which stores other than RGW complete.
+                Err(e) => {
+                    tracing::warn!(bucket, error = %e, "cannot list the parts of an upload; completing without checking for parts left behind");
+                }
+            }
         }
         let jobs = planned.into_iter().map(|p| {
             let kept = parts
@@ -638,6 +678,34 @@ impl S3Store {
             .buffered(self.settings.upload_concurrency.max(1))
             .try_collect()
             .await
+    }
+
+    /// The part numbers the store holds for an upload (`ListParts`).
+    async fn held_parts(&self, bucket: &str, key: &str, upload_id: &str) -> Result<Vec<u32>> {
+        let mut numbers = vec![];
+        let mut marker = None;
+        loop {
+            let page = self
+                .client
+                .list_parts()
+                .bucket(bucket)
+                .key(key)
+                .upload_id(upload_id)
+                .set_part_number_marker(marker)
+                .send()
+                .await
+                .map_err(|e| self.err(e))?;
+            numbers.extend(
+                page.parts()
+                    .iter()
+                    .filter_map(|p| p.part_number())
+                    .map(|n| n as u32),
+            );
+            match page.next_part_number_marker() {
+                Some(m) if page.is_truncated() == Some(true) => marker = Some(m.to_string()),
+                _ => return Ok(numbers),
+            }
+        }
     }
 
     /// Staging objects are gone once an upload completed (a retried merge): `NotFound` then.
@@ -682,6 +750,8 @@ impl S3Store {
                     .key(key)
                     .upload_id(upload_id)
                     .part_number(part.number as i32)
+                    .customize()
+                    .mutate_request(empty_body_length)
                     .send()
                     .await
                     .map_err(|e| self.err(e))?;
@@ -695,15 +765,29 @@ impl S3Store {
                 (etag, checksum)
             }
             plan::Source::Upload { chunks } => {
-                self.upload_staged(bucket, key, upload_id, part.number, &chunks, part.len)
+                self.upload_staged(bucket, key, upload_id, part.number, &chunks, None, part.len)
                     .await?
+            }
+            plan::Source::Slice { chunks, skip } => {
+                self.upload_staged(
+                    bucket,
+                    key,
+                    upload_id,
+                    part.number,
+                    &chunks,
+                    Some(skip),
+                    part.len,
+                )
+                .await?
             }
         };
         Ok(c.part(part.number, Some(etag), checksum))
     }
 
     /// Streams staged chunks, in order, through a spool file (memory stays bounded, and the
-    /// SDK can retry from the file) into part `number` of `len` bytes; returns its ETag.
+    /// SDK can retry from the file) into part `number`: all their `len` bytes, or with `slice`
+    /// `len` bytes from that many in; returns its ETag.
+    #[allow(clippy::too_many_arguments)]
     async fn upload_staged(
         &self,
         bucket: &str,
@@ -711,6 +795,7 @@ impl S3Store {
         upload_id: &str,
         number: u32,
         chunks: &[u32],
+        slice: Option<u64>,
         len: u64,
     ) -> Result<(String, Option<String>)> {
         let (file, path) = tempfile::Builder::new()
@@ -718,22 +803,27 @@ impl S3Store {
             .tempfile_in(&self.settings.spool_dir)?
             .into_parts();
         let mut file = tokio::fs::File::from_std(file);
-        let mut written = 0u64;
+        let (mut skip, mut seen, mut written) = (slice.unwrap_or(0), 0u64, 0u64);
         for &n in chunks {
             let mut body = self
                 .get_stream(bucket, &self.k(&staging_key(upload_id, n)), None)
                 .await?;
             while let Some(b) = body.next().await {
                 let b = b?;
-                file.write_all(&b).await?;
-                written += b.len() as u64;
+                seen += b.len() as u64;
+                let dropped = skip.min(b.len() as u64);
+                skip -= dropped;
+                let b = &b[dropped as usize..];
+                let kept = (len - written).min(b.len() as u64) as usize;
+                file.write_all(&b[..kept]).await?;
+                written += kept as u64;
             }
         }
         file.flush().await?;
         drop(file);
-        if written != len {
+        if written != len || (slice.is_none() && seen != len) {
             return Err(StorageError::Io(std::io::Error::other(format!(
-                "staged chunks {chunks:?} hold {written} bytes, not {len}"
+                "staged chunks {chunks:?} hold {seen} bytes, too few or many for {len}"
             ))));
         }
         let body = S3Body::from_path(&path)
@@ -762,6 +852,12 @@ impl S3Store {
             .ok_or_else(|| StorageError::Io(std::io::Error::other("store returned no ETag")))?;
         Ok((etag, checksum))
     }
+}
+
+/// `Content-Length: 0` on a request without a body. The SDK sends none on `UploadPartCopy`,
+/// and Ceph's RADOS Gateway refuses such a PUT (411 MissingContentLength).
+fn empty_body_length(req: &mut aws_sdk_s3::config::http::HttpRequest) {
+    req.headers_mut().insert("content-length", "0");
 }
 
 /// The `x-amz-copy-source` of an object: bucket and key, the key URL-encoded ('/' kept).
@@ -1171,7 +1267,7 @@ impl ObjectStore for SharedS3 {
                 .set_storage_class(class(opts))
                 .send()
                 .await
-                .map_err(|e| self.0.err(e))?;
+                .map_err(|e| self.0.class_err(e, opts))?;
             return Ok(());
         }
         let upload_id = s.create_upload(dst_bucket, dst_key, opts).await?;
@@ -1190,6 +1286,8 @@ impl ObjectStore for SharedS3 {
                     .key(dst_key)
                     .upload_id(&upload_id)
                     .part_number(n)
+                    .customize()
+                    .mutate_request(empty_body_length)
                     .send()
                     .await
                     .map_err(|e| self.0.err(e))?;

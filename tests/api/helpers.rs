@@ -12,22 +12,46 @@ use tokio::sync::oneshot;
 
 pub const API: &str = "/image-management/v1";
 
-/// Database + storage combination a test body runs on.
+/// Database + storage combination a test body runs on. `...S3` is Garage; `...Rgw` is Ceph's
+/// RADOS Gateway, a strict store (5 MiB parts, storage classes, error codes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
     SqliteLocal,
     SqliteS3,
     PostgresLocal,
     PostgresS3,
+    SqliteRgw,
+    PostgresRgw,
+}
+
+/// The S3 server a test uses, both started by scripts/lib.sh.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum S3Server {
+    /// Garage (`start_garage`): lenient, takes parts of any size.
+    Garage,
+    /// Ceph's RADOS Gateway (`start_rgw`): strict like AWS and MinIO.
+    Rgw,
 }
 
 impl Backend {
     pub fn is_s3(self) -> bool {
-        matches!(self, Backend::SqliteS3 | Backend::PostgresS3)
+        self.s3_server().is_some()
+    }
+
+    /// The S3 server of an S3 backend.
+    pub fn s3_server(self) -> Option<S3Server> {
+        match self {
+            Backend::SqliteLocal | Backend::PostgresLocal => None,
+            Backend::SqliteS3 | Backend::PostgresS3 => Some(S3Server::Garage),
+            Backend::SqliteRgw | Backend::PostgresRgw => Some(S3Server::Rgw),
+        }
     }
 
     pub fn is_postgres(self) -> bool {
-        matches!(self, Backend::PostgresLocal | Backend::PostgresS3)
+        matches!(
+            self,
+            Backend::PostgresLocal | Backend::PostgresS3 | Backend::PostgresRgw
+        )
     }
 
     /// A fresh, empty database for one test: a SQLite file in `dir`, or a new database in the
@@ -78,21 +102,44 @@ pub struct Options {
     pub no_server: bool,
 }
 
-/// The S3 server the tests use (started by scripts/test): endpoint and region.
+/// The S3 server the tests use (Garage, started by scripts/test): endpoint and region.
 pub fn s3_env() -> (String, String) {
-    let get = |k: &str| {
-        std::env::var(k).unwrap_or_else(|_| {
-            panic!("{k} is not set: the S3 tests need Garage; run them through scripts/test")
-        })
-    };
-    get("AWS_ACCESS_KEY_ID");
-    get("AWS_SECRET_ACCESS_KEY");
-    (get("FS_TEST_S3_ENDPOINT"), get("FS_TEST_S3_REGION"))
+    s3_env_of(S3Server::Garage)
 }
 
-/// S3 settings for a test: Garage, path-style, keys under a prefix of the test's own.
-pub fn s3_settings(prefix: &str) -> file_system::storage::S3Settings {
-    let (endpoint, region) = s3_env();
+/// Endpoint and region of one S3 server. The service takes its keys from AWS_ACCESS_KEY_ID /
+/// AWS_SECRET_ACCESS_KEY, one pair per process: `start_rgw` gives its user Garage's keys.
+pub fn s3_env_of(server: S3Server) -> (String, String) {
+    let get = |k: &str| {
+        std::env::var(k).unwrap_or_else(|_| match server {
+            S3Server::Garage => {
+                panic!("{k} is not set: the S3 tests need Garage; run them through scripts/test")
+            }
+            S3Server::Rgw => panic!(
+                "{k} is not set: the RGW tests need Ceph's RADOS Gateway; \
+                 `source scripts/lib.sh; start_garage; start_rgw` first"
+            ),
+        })
+    };
+    let key_id = get("AWS_ACCESS_KEY_ID");
+    get("AWS_SECRET_ACCESS_KEY");
+    match server {
+        S3Server::Garage => (get("FS_TEST_S3_ENDPOINT"), get("FS_TEST_S3_REGION")),
+        S3Server::Rgw => {
+            assert_eq!(
+                get("FS_TEST_RGW_ACCESS_KEY_ID"),
+                key_id,
+                "the RGW user must have AWS_ACCESS_KEY_ID's key: start_rgw after start_garage"
+            );
+            (get("FS_TEST_RGW_ENDPOINT"), get("FS_TEST_RGW_REGION"))
+        }
+    }
+}
+
+/// S3 settings for a test on `server`: path-style, the real 5 MiB minimum part size, keys
+/// under a prefix of the test's own.
+pub fn s3_settings_of(server: S3Server, prefix: &str) -> file_system::storage::S3Settings {
+    let (endpoint, region) = s3_env_of(server);
     file_system::storage::S3Settings {
         endpoint: Some(endpoint),
         region: Some(region),
@@ -106,8 +153,8 @@ pub fn s3_settings(prefix: &str) -> file_system::storage::S3Settings {
     }
 }
 
-pub async fn s3_client() -> aws_sdk_s3::Client {
-    let store = file_system::storage::S3Store::new(s3_settings(""))
+pub async fn s3_client_of(server: S3Server) -> aws_sdk_s3::Client {
+    let store = file_system::storage::S3Store::new(s3_settings_of(server, ""))
         .await
         .unwrap();
     store.client().clone()
@@ -177,8 +224,9 @@ impl TestApp {
                     root.join("objects").display().to_string(),
                 ));
             }
-            Backend::SqliteS3 | Backend::PostgresS3 => {
-                let (endpoint, region) = s3_env();
+            Backend::SqliteS3 | Backend::PostgresS3 | Backend::SqliteRgw | Backend::PostgresRgw => {
+                let server = backend.s3_server().unwrap();
+                let (endpoint, region) = s3_env_of(server);
                 let prefix = format!("t-{}/", uuid::Uuid::new_v4().simple());
                 vars.push(("FS_STORAGE".into(), "s3".into()));
                 vars.push((
@@ -194,7 +242,7 @@ impl TestApp {
                 let tiers =
                     file_system::config::parse_tiers(opts.tiers.unwrap_or("0=images")).unwrap();
                 s3 = Some(S3View {
-                    client: s3_client().await,
+                    client: s3_client_of(server).await,
                     prefix,
                     buckets: tiers.values().map(|t| t.bucket.clone()).collect(),
                 });
@@ -647,7 +695,7 @@ pub fn python_zip(path: &Path, script: &str) {
     run("python3", &["-c", &code, path.to_str().unwrap()]);
 }
 
-/// Declares tokio tests that run each named body on every backend.
+/// Declares tokio tests that run each named body on every backend (on RGW only when asked for).
 #[macro_export]
 macro_rules! backend_tests {
     ($($name:ident),* $(,)?) => {
@@ -680,6 +728,43 @@ macro_rules! backend_tests {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
                     super::$name($crate::helpers::Backend::PostgresS3).await
+                }
+            )*
+        }
+        // On Ceph's RADOS Gateway too, when asked for (see `s3_server_tests!`).
+        mod sqlite_rgw {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                #[ignore = "needs Ceph's RADOS Gateway: scripts/lib.sh start_rgw"]
+                async fn $name() {
+                    super::$name($crate::helpers::Backend::SqliteRgw).await
+                }
+            )*
+        }
+    };
+}
+
+/// Declares tokio tests that run each named body on each S3 server: Garage (`mod garage`) and
+/// Ceph's RADOS Gateway (`mod rgw`). scripts/test starts no RGW yet, so those are ignored
+/// unless asked for: `start_garage; start_postgres; start_rgw` (scripts/lib.sh), then
+/// `cargo test --test api -- --ignored rgw::`.
+#[macro_export]
+macro_rules! s3_server_tests {
+    ($($name:ident),* $(,)?) => {
+        mod garage {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::helpers::Backend::SqliteS3).await
+                }
+            )*
+        }
+        mod rgw {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                #[ignore = "needs Ceph's RADOS Gateway: scripts/lib.sh start_rgw"]
+                async fn $name() {
+                    super::$name($crate::helpers::Backend::SqliteRgw).await
                 }
             )*
         }

@@ -321,6 +321,11 @@ mod merge_crash {
     async fn postgres_s3() {
         super::sigkill_during_a_merge_then_restart(crate::helpers::Backend::PostgresS3).await
     }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "needs Ceph's RADOS Gateway: scripts/lib.sh start_rgw"]
+    async fn postgres_rgw() {
+        super::sigkill_during_a_merge_then_restart(crate::helpers::Backend::PostgresRgw).await
+    }
 }
 
 /// A second process started by mistake on the same directories (another port) fails at once,

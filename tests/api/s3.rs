@@ -1,6 +1,7 @@
 //! What only the S3 backend does: chunks as multipart parts, packing small chunks for strict
-//! stores, faults of the store. Run against a real Garage (which takes parts of any size, so
-//! the tests check part sizes themselves).
+//! stores, faults of the store. Every body runs against a real Garage (which takes parts of any
+//! size, so the tests check part sizes themselves) and against Ceph's RADOS Gateway, which
+//! enforces the 5 MiB minimum as AWS and MinIO do.
 
 use crate::helpers::*;
 use file_system::storage::{
@@ -19,14 +20,13 @@ fn spooled(dir: &std::path::Path, data: &[u8]) -> SpooledPart {
 
 /// 1 MiB chunks on a store with a 5 MiB minimum: before completion, ListParts shows only parts
 /// of at least 5 MiB (but the last), and the object is right.
-#[tokio::test]
-async fn small_chunks_are_packed_into_valid_parts() {
+async fn small_chunks_are_packed_into_valid_parts(b: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let prefix = format!("pack-{}/", uuid::Uuid::new_v4().simple());
     let settings = S3Settings {
         min_part_bytes: 5 << 20,
         part_bytes: 5 << 20,
-        ..s3_settings(&prefix)
+        ..s3_settings_of(b.s3_server().unwrap(), &prefix)
     };
     let inner = Arc::new(S3Store::new(settings).await.unwrap());
     let store = SharedS3(inner.clone());
@@ -102,9 +102,8 @@ async fn small_chunks_are_packed_into_valid_parts() {
 
 /// Chunks of 5 MiB and more sent in order are parts of the upload as soon as they arrive;
 /// merge only completes it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn big_chunks_become_parts_directly() {
-    let app = TestApp::spawn(Backend::SqliteS3, Options::default()).await;
+async fn big_chunks_become_parts_directly(b: Backend) {
+    let app = TestApp::spawn(b, Options::default()).await;
     let chunks = [
         pattern(1, 6 << 20),
         pattern(2, 6 << 20),
@@ -161,9 +160,8 @@ async fn big_chunks_become_parts_directly() {
 
 /// A small chunk between big ones: the big one after it is staged too, and merge joins them
 /// into one part.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn small_chunk_between_big_ones_is_joined() {
-    let app = TestApp::spawn(Backend::SqliteS3, Options::default()).await;
+async fn small_chunk_between_big_ones_is_joined(b: Backend) {
+    let app = TestApp::spawn(b, Options::default()).await;
     let big = |s| pattern(s, 5 << 20);
     assert_eq!(app.chunk("mix", 1, big(1)).await.status(), 200);
     assert_eq!(app.chunk("mix", 2, pattern(2, 1000)).await.status(), 200);
@@ -173,7 +171,7 @@ async fn small_chunk_between_big_ones_is_joined() {
         download_sha(&app, &id).await,
         sha256(&[big(1), pattern(2, 1000), big(3)].concat())
     );
-    assert_eq!(part_sizes(&app, &id).await, [5 << 20, (5 << 20) + 1000]);
+    assert_parts(&app, &id, &[5 << 20, (5 << 20) + 1000]).await;
     assert_eq!(app.leftovers().await, [image_object(&app, &id)]);
     app.stop().await;
 }
@@ -181,9 +179,8 @@ async fn small_chunk_between_big_ones_is_joined() {
 /// Chunks sent as parts directly, then one of them sent again too small to be a part: merge
 /// names the chunk after it, forgets it (the resume query lists it missing), and works once it
 /// is sent again.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn smaller_resend_names_the_chunk_to_send_again() {
-    let app = TestApp::spawn(Backend::SqliteS3, Options::default()).await;
+async fn smaller_resend_names_the_chunk_to_send_again(b: Backend) {
+    let app = TestApp::spawn(b, Options::default()).await;
     let big = |s| pattern(s, 6 << 20);
     for n in 1..=3 {
         assert_eq!(app.chunk("again", n, big(n as u64)).await.status(), 200);
@@ -206,17 +203,18 @@ async fn smaller_resend_names_the_chunk_to_send_again() {
         download_sha(&app, &id).await,
         sha256(&[big(1), pattern(2, 1000), big(3)].concat())
     );
-    assert_eq!(part_sizes(&app, &id).await, [6 << 20, (6 << 20) + 1000]);
+    // Parts 2 and 3 the store holds from the first sending are both overwritten (strict stores
+    // complete only from every part they hold): chunks 2 and 3 are cut into two parts.
+    assert_parts(&app, &id, &[6 << 20, 5 << 20, (1 << 20) + 1000]).await;
     assert_eq!(app.leftovers().await, [image_object(&app, &id)]);
     app.stop().await;
 }
 
 /// Every arrival order of chunks around the 5 MiB minimum merges into the right bytes, with
 /// every part but the last at least 5 MiB, and leaves only the image behind.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn any_arrival_order_merges() {
+async fn any_arrival_order_merges(b: Backend) {
     const MIB: usize = 1 << 20;
-    let app = TestApp::spawn(Backend::SqliteS3, Options::default()).await;
+    let app = TestApp::spawn(b, Options::default()).await;
     let sets: [&[usize]; 7] = [
         &[4, 4, 6],
         &[6, 6, 1],
@@ -246,8 +244,9 @@ async fn any_arrival_order_merges() {
             }
             let id = merged(r).await;
             assert_eq!(download_sha(&app, &id).await, want, "{what}");
-            let sizes = part_sizes(&app, &id).await;
-            for p in &sizes[..sizes.len() - 1] {
+            // (RGW refused any non-final part under 5 MiB itself.)
+            let sizes = part_sizes(&app, &id).await.unwrap_or_default();
+            for p in sizes.iter().rev().skip(1) {
                 assert!(
                     *p >= 5 << 20,
                     "{what}: a non-final part under 5 MiB: {sizes:?}"
@@ -307,8 +306,35 @@ fn image_object(app: &TestApp, id: &str) -> String {
     format!("images/{prefix}images/{id}")
 }
 
-/// The sizes of the parts the image's object was completed from (`HeadObject` by part number).
-async fn part_sizes(app: &TestApp, id: &str) -> Vec<i64> {
+/// The image's object was completed from parts of these sizes: exactly when the store tells
+/// part sizes, else their number.
+async fn assert_parts(app: &TestApp, id: &str, want: &[i64]) {
+    match part_sizes(app, id).await {
+        Some(sizes) => assert_eq!(sizes, want),
+        None => assert_eq!(part_count(app, id).await, want.len()),
+    }
+}
+
+/// The number of parts of the image's object, from its multipart ETag (`"{md5}-{parts}"`).
+async fn part_count(app: &TestApp, id: &str) -> usize {
+    let (s3, prefix) = app.s3();
+    let head = s3
+        .head_object()
+        .bucket("images")
+        .key(format!("{prefix}images/{id}"))
+        .send()
+        .await
+        .unwrap();
+    let etag = head.e_tag().unwrap().trim_matches('"');
+    match etag.split_once('-') {
+        Some((_, n)) => n.parse().unwrap(),
+        None => 1,
+    }
+}
+
+/// The sizes of the parts the image's object was completed from (`HeadObject` by part number),
+/// `None` when the store ignores the part number (Ceph's RGW 16 answers for the whole object).
+async fn part_sizes(app: &TestApp, id: &str) -> Option<Vec<i64>> {
     let (s3, prefix) = app.s3();
     let key = format!("{prefix}images/{id}");
     let head = |n| {
@@ -319,22 +345,24 @@ async fn part_sizes(app: &TestApp, id: &str) -> Vec<i64> {
             .send()
     };
     let first = head(1).await.unwrap();
+    if app.backend.s3_server() == Some(S3Server::Rgw) && first.parts_count().is_none() {
+        return None;
+    }
     let count = first.parts_count().unwrap_or(1);
     let mut sizes = vec![first.content_length().unwrap()];
     for n in 2..=count {
         sizes.push(head(n).await.unwrap().content_length().unwrap());
     }
-    sizes
+    Some(sizes)
 }
 
 /// The store unreachable or failing half way: 503, nothing recorded, nothing left, and the
 /// service keeps answering.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn store_faults() {
-    let (endpoint, _) = s3_env();
+async fn store_faults(b: Backend) {
+    let (endpoint, _) = s3_env_of(b.s3_server().unwrap());
     let proxy = FaultProxy::start(&endpoint).await;
     let app = TestApp::spawn(
-        Backend::SqliteS3,
+        b,
         Options {
             s3_endpoint: Some(proxy.url.clone()),
             ..Default::default()
@@ -394,13 +422,12 @@ async fn store_faults() {
 }
 
 /// Buckets get the lifecycle rules that back the sweeper up, and rules already there stay.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn buckets_get_lifecycle_rules() {
+async fn buckets_get_lifecycle_rules(b: Backend) {
     use aws_sdk_s3::types::{
         BucketLifecycleConfiguration, ExpirationStatus, LifecycleExpiration, LifecycleRule,
         LifecycleRuleFilter,
     };
-    let client = s3_client().await;
+    let client = s3_client_of(b.s3_server().unwrap()).await;
     let bucket = format!("lc-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
     client.create_bucket().bucket(&bucket).send().await.unwrap();
     let theirs = LifecycleRule::builder()
@@ -424,7 +451,7 @@ async fn buckets_get_lifecycle_rules() {
         .unwrap();
     let tiers: &'static str = Box::leak(format!("0={bucket}").into_boxed_str());
     let app = TestApp::spawn(
-        Backend::SqliteS3,
+        b,
         Options {
             tiers: Some(tiers),
             ..Default::default()
@@ -451,3 +478,101 @@ async fn buckets_get_lifecycle_rules() {
     assert!(ids.iter().any(|i| i.ends_with("expire-staging")), "{ids:?}");
     app.stop().await;
 }
+
+/// A tier with a storage class: its objects get that class, sent whole (`PutObject`), in parts
+/// (multipart) or moved there once the fields after the file named the tier (`CopyObject`).
+/// Garage takes any class and keeps none; RGW knows the classes its zone was given
+/// (`start_rgw` adds STANDARD_IA) and refuses the others.
+async fn tiers_with_a_storage_class(b: Backend) {
+    let app = TestApp::spawn(
+        b,
+        Options {
+            tiers: Some("0=images,1=archive:STANDARD_IA,2=images:GLACIER"),
+            ..Default::default()
+        },
+    )
+    .await;
+    let mut ids = vec![];
+    for (name, len) in [("small.img", 1000), ("big.img", 20 << 20)] {
+        let r = app
+            .upload(name, pattern(len as u64, len), &[("priority", "1")])
+            .await;
+        assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+        ids.push(
+            r.json::<serde_json::Value>().await.unwrap()["imageId"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    let late = app.dir.path().join("late.img");
+    std::fs::write(&late, pattern(7, 12 << 20)).unwrap();
+    let r = app
+        .upload_path(&late, "late.img", &[("priority", "1")])
+        .await;
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    ids.push(
+        r.json::<serde_json::Value>().await.unwrap()["imageId"]
+            .as_str()
+            .unwrap()
+            .to_string(),
+    );
+    // A class the store does not offer: RGW refuses it (the log says which setting), Garage
+    // takes it.
+    let r = app
+        .upload("cold.img", pattern(8, 1000), &[("priority", "2")])
+        .await;
+    match b.s3_server() {
+        Some(S3Server::Rgw) => {
+            assert_eq!(assert_error(r, 500, None).await["code"], "STORAGE_ERROR");
+        }
+        _ => {
+            assert_eq!(r.status(), 200);
+            let v: serde_json::Value = r.json().await.unwrap();
+            let id = v["imageId"].as_str().unwrap();
+            app.client
+                .delete(app.url(&format!("/images/{id}")))
+                .send()
+                .await
+                .unwrap();
+        }
+    }
+    let (s3, prefix) = app.s3();
+    for id in &ids {
+        let head = s3
+            .head_object()
+            .bucket("archive")
+            .key(format!("{prefix}images/{id}"))
+            .send()
+            .await
+            .unwrap();
+        if b.s3_server() == Some(S3Server::Rgw) {
+            assert_eq!(
+                head.storage_class(),
+                Some(&aws_sdk_s3::types::StorageClass::StandardIa),
+                "{id}"
+            );
+        }
+        assert_eq!(
+            app.client
+                .delete(app.url(&format!("/images/{id}")))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+    }
+    app.stop().await;
+}
+
+crate::s3_server_tests!(
+    tiers_with_a_storage_class,
+    small_chunks_are_packed_into_valid_parts,
+    big_chunks_become_parts_directly,
+    small_chunk_between_big_ones_is_joined,
+    smaller_resend_names_the_chunk_to_send_again,
+    any_arrival_order_merges,
+    store_faults,
+    buckets_get_lifecycle_rules,
+);

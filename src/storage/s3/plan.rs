@@ -14,6 +14,10 @@
 //!   must be sent again (it is then staged, and the run grows).
 //!
 //! A group is numbered by its first chunk, so part numbers stay ascending and never collide.
+//!
+//! Some stores (Ceph's RADOS Gateway) complete an upload only from every part it holds. A chunk
+//! sent as a part and later again as a staging object (smaller) leaves that part behind, so
+//! [`cover`] then renumbers and splits groups until each part the store holds is overwritten.
 
 /// How a chunk is held before completion.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,6 +45,8 @@ pub enum Source {
     Copy,
     /// These staged chunks (consecutive, in order), streamed into one part.
     Upload { chunks: Vec<u32> },
+    /// The part's `len` bytes from `skip` bytes into these staged chunks (in order).
+    Slice { chunks: Vec<u32>, skip: u64 },
 }
 
 /// One part of the completed upload.
@@ -122,6 +128,60 @@ fn plan_run(run: &[Chunk], min: u64, at_end: bool) -> Option<Vec<Vec<&Chunk>>> {
     Some(groups)
 }
 
+/// Makes the parts of `parts` (a plan) cover every number in `held`, the parts the store holds
+/// for the upload: a group of staged chunks whose numbers include held ones is cut into one
+/// slice per held number (each at least `min` bytes, but the object's last). `None` when the
+/// sizes do not allow it; held numbers outside every group are left alone.
+pub fn cover(parts: Vec<Part>, held: &[u32], min: u64) -> Option<Vec<Part>> {
+    let last = parts.len().saturating_sub(1);
+    let mut out = Vec::with_capacity(parts.len());
+    for (i, part) in parts.into_iter().enumerate() {
+        let chunks = match &part.source {
+            Source::Upload { chunks } => chunks.clone(),
+            _ => {
+                out.push(part);
+                continue;
+            }
+        };
+        let (first, end) = (chunks[0], chunks[chunks.len() - 1]);
+        let mut numbers: Vec<u32> = held
+            .iter()
+            .copied()
+            .filter(|n| (first..=end).contains(n))
+            .collect();
+        numbers.sort_unstable();
+        numbers.dedup();
+        match numbers.len() {
+            0 => out.push(part),
+            1 => out.push(Part {
+                number: numbers[0],
+                ..part
+            }),
+            k => {
+                let k = k as u64;
+                // Even slices, or slices of the minimum with the rest last (the object's end).
+                let piece = (part.len / k).max(min);
+                let rest = part.len.checked_sub(piece * (k - 1)).filter(|&r| r > 0)?;
+                if i != last && rest < min {
+                    return None;
+                }
+                for (j, &number) in numbers.iter().enumerate() {
+                    let j = j as u64;
+                    out.push(Part {
+                        number,
+                        len: if j == k - 1 { rest } else { piece },
+                        source: Source::Slice {
+                            chunks: chunks.clone(),
+                            skip: piece * j,
+                        },
+                    });
+                }
+            }
+        }
+    }
+    Some(out)
+}
+
 fn to_part(group: Vec<&Chunk>, min: u64) -> Part {
     let len = group.iter().map(|c| c.len).sum();
     let number = group[0].number;
@@ -176,9 +236,19 @@ mod tests {
                 .map(|p| match &p.source {
                     Source::Keep { .. } => format!("K{}", p.number),
                     Source::Copy => format!("C{}", p.number),
-                    Source::Upload { chunks } => {
+                    Source::Upload { chunks } if p.number == chunks[0] => {
                         format!("U{}-{}", chunks[0], chunks[chunks.len() - 1])
                     }
+                    Source::Upload { chunks } => {
+                        format!("U{}:{}-{}", p.number, chunks[0], chunks[chunks.len() - 1])
+                    }
+                    Source::Slice { chunks, skip } => format!(
+                        "S{}:{}-{}+{skip}:{}",
+                        p.number,
+                        chunks[0],
+                        chunks[chunks.len() - 1],
+                        p.len
+                    ),
                 })
                 .collect::<Vec<_>>()
                 .join(" "),
@@ -214,6 +284,84 @@ mod tests {
         ];
         for (spec, want) in table {
             assert_eq!(show(&plan(&chunks(spec), MIN)), want, "{spec}");
+        }
+    }
+
+    /// Parts the store holds from chunks sent directly before, now staged: every one of them is
+    /// a part of the completion ("S2:2-3+0:5" is part 2 of 5 bytes from 0 bytes into chunks
+    /// 2..3).
+    #[test]
+    fn covers_the_parts_the_store_holds() {
+        let table = [
+            // Nothing held inside a group: the plan as it is.
+            ("6d 1s 6s", &[1u32][..], Some("K1 U2-3")),
+            // Held at the group's first number, or at another one of its chunks.
+            ("6d 1s 6s", &[1, 2], Some("K1 U2-3")),
+            ("6d 1s 6s", &[1, 3], Some("K1 U3:2-3")),
+            // Held at both: one slice each, the object's end may be small.
+            ("6d 1s 6s", &[1, 2, 3], Some("K1 S2:2-3+0:5 S3:2-3+5:2")),
+            ("6d 1s 6s 6d", &[1, 2, 3, 4], None),
+            ("6d 6s 6s 6d", &[1, 2, 3, 4], Some("K1 C2 C3 K4")),
+            ("6d 4s 4s 4s 6d", &[1, 2, 3, 4, 5], None),
+            (
+                "6d 4s 4s 4s 6d",
+                &[1, 3, 4, 5],
+                Some("K1 S3:2-4+0:6 S4:2-4+6:6 K5"),
+            ),
+            ("1s 1s 1s", &[2], Some("U2:1-3")),
+            ("1s 1s 1s", &[1, 2, 3], None),
+            ("6s 6s 6s", &[1, 2, 3], Some("C1 C2 C3")),
+            ("2s 2s 2s 2s 2s", &[1, 3, 5], None),
+            (
+                "2s 2s 2s 4s 4s",
+                &[4, 5],
+                Some("U1-3 S4:4-5+0:5 S5:4-5+5:3"),
+            ),
+        ];
+        for (spec, held, want) in table {
+            let got = cover(plan(&chunks(spec), MIN).unwrap(), held, MIN);
+            let got = got.map(|p| show(&Ok(p)));
+            assert_eq!(got.as_deref(), want, "{spec} holding {held:?}");
+        }
+    }
+
+    /// Covered plans stay valid: ascending numbers, every held number inside a group used,
+    /// slices joining into the group's bytes, the minimum kept but at the end.
+    #[test]
+    fn covered_plans_are_valid() {
+        let kinds = ["1s", "4s", "6s", "11s", "6d"];
+        for n in 1..=5u32 {
+            for code in 0..kinds.len().pow(n) {
+                let spec: Vec<&str> = (0..n)
+                    .map(|i| kinds[code / kinds.len().pow(i) % kinds.len()])
+                    .collect();
+                let c = chunks(&spec.join(" "));
+                let Ok(planned) = plan(&c, MIN) else { continue };
+                for mask in 0..(1u32 << n) {
+                    let held: Vec<u32> = (1..=n).filter(|k| mask & (1 << (k - 1)) != 0).collect();
+                    let Some(parts) = cover(planned.clone(), &held, MIN) else {
+                        continue;
+                    };
+                    let what = format!("{} holding {held:?}: {parts:?}", spec.join(" "));
+                    assert!(
+                        parts.windows(2).all(|w| w[0].number < w[1].number),
+                        "{what}"
+                    );
+                    for p in &parts[..parts.len() - 1] {
+                        assert!(p.len >= MIN, "{what}");
+                    }
+                    let total: u64 = c.iter().map(|c| c.len).sum();
+                    assert_eq!(parts.iter().map(|p| p.len).sum::<u64>(), total, "{what}");
+                    for g in &planned {
+                        if let Source::Upload { chunks } = &g.source {
+                            let span = chunks[0]..=chunks[chunks.len() - 1];
+                            for h in held.iter().filter(|h| span.contains(h)) {
+                                assert!(parts.iter().any(|p| p.number == *h), "{what}");
+                            }
+                        }
+                    }
+                }
+            }
         }
     }
 
