@@ -695,7 +695,7 @@ pub fn python_zip(path: &Path, script: &str) {
     run("python3", &["-c", &code, path.to_str().unwrap()]);
 }
 
-/// Declares tokio tests that run each named body on every backend (on RGW only when asked for).
+/// Declares tokio tests that run each named body on every backend (SQLite on RGW too).
 #[macro_export]
 macro_rules! backend_tests {
     ($($name:ident),* $(,)?) => {
@@ -731,11 +731,10 @@ macro_rules! backend_tests {
                 }
             )*
         }
-        // On Ceph's RADOS Gateway too, when asked for (see `s3_server_tests!`).
+        // On Ceph's RADOS Gateway too (started by scripts/test).
         mod sqlite_rgw {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                #[ignore = "needs Ceph's RADOS Gateway: scripts/lib.sh start_rgw"]
                 async fn $name() {
                     super::$name($crate::helpers::Backend::SqliteRgw).await
                 }
@@ -745,9 +744,8 @@ macro_rules! backend_tests {
 }
 
 /// Declares tokio tests that run each named body on each S3 server: Garage (`mod garage`) and
-/// Ceph's RADOS Gateway (`mod rgw`). scripts/test starts no RGW yet, so those are ignored
-/// unless asked for: `start_garage; start_postgres; start_rgw` (scripts/lib.sh), then
-/// `cargo test --test api -- --ignored rgw::`.
+/// Ceph's RADOS Gateway (`mod rgw`), both started by scripts/test (by hand:
+/// `start_garage; start_postgres; start_rgw` from scripts/lib.sh).
 #[macro_export]
 macro_rules! s3_server_tests {
     ($($name:ident),* $(,)?) => {
@@ -762,7 +760,6 @@ macro_rules! s3_server_tests {
         mod rgw {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                #[ignore = "needs Ceph's RADOS Gateway: scripts/lib.sh start_rgw"]
                 async fn $name() {
                     super::$name($crate::helpers::Backend::SqliteRgw).await
                 }

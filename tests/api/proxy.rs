@@ -494,7 +494,6 @@ mod replicas_behind_nginx {
         super::two_replicas_behind_nginx(crate::helpers::Backend::PostgresS3).await
     }
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    #[ignore = "needs Ceph's RADOS Gateway: scripts/lib.sh start_rgw"]
     async fn postgres_rgw() {
         super::two_replicas_behind_nginx(crate::helpers::Backend::PostgresRgw).await
     }

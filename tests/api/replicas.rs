@@ -404,7 +404,6 @@ mod postgres_s3 {
 
 mod postgres_rgw {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    #[ignore = "needs Ceph's RADOS Gateway: scripts/lib.sh start_rgw"]
     async fn two_replicas_share_one_database_and_store() {
         super::two_replicas_share_one_database_and_store(crate::helpers::Backend::PostgresRgw).await
     }

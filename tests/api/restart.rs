@@ -322,7 +322,6 @@ mod merge_crash {
         super::sigkill_during_a_merge_then_restart(crate::helpers::Backend::PostgresS3).await
     }
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    #[ignore = "needs Ceph's RADOS Gateway: scripts/lib.sh start_rgw"]
     async fn postgres_rgw() {
         super::sigkill_during_a_merge_then_restart(crate::helpers::Backend::PostgresRgw).await
     }
