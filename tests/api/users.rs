@@ -394,7 +394,65 @@ async fn admins_see_and_manage_everything(b: Backend) {
     u.app.stop().await;
 }
 
+/// Quotas with authentication on: a user reads its own usage and quota only and sets none;
+/// an admin sets and reads anyone's; the limit it sets holds for that user's uploads.
+async fn quota_routes_follow_roles(b: Backend) {
+    let u = Users::spawn(b, Options::default()).await;
+    let api = u.api();
+    let (s, _) = upload_as(&u.alice, &api, pattern(1, 3000), &[]).await;
+    assert_eq!(s, 200);
+    let (s, v) = get_as(&u.alice, format!("{api}/usage")).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        (v["userId"].as_str(), v["bytes"].as_u64()),
+        (Some("alice"), Some(3000))
+    );
+    assert_eq!(v["images"], 1, "{v}");
+    for url in [
+        format!("{api}/usage?userId=alice"),
+        format!("{api}/quotas/alice"),
+    ] {
+        let (s, v) = get_as(&u.bob, url).await;
+        assert_eq!((s, v["code"].as_str()), (403, Some("FORBIDDEN")), "{v}");
+    }
+    let limit = serde_json::json!({ "maxBytes": 5000, "maxImages": 10 });
+    let r = u
+        .bob
+        .put(format!("{api}/quotas/bob"))
+        .json(&limit)
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, 403, None).await;
+    let r = u
+        .root
+        .put(format!("{api}/quotas/alice"))
+        .json(&limit)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let (s, v) = get_as(&u.root, format!("{api}/usage?userId=alice")).await;
+    assert_eq!((s, v["maxBytes"].as_u64()), (200, Some(5000)), "{v}");
+    let (s, v) = get_as(&u.alice, format!("{api}/quotas/alice")).await;
+    assert_eq!((s, v["maxBytes"].as_u64()), (200, Some(5000)), "{v}");
+    // 3000 held + 3000 more is over 5000: refused, and nothing of it is kept.
+    let (s, v) = upload_as(&u.alice, &api, pattern(2, 3000), &[]).await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (413, Some("QUOTA_EXCEEDED")),
+        "{v}"
+    );
+    // Bob has no limit of his own.
+    let (s, _) = upload_as(&u.bob, &api, pattern(3, 6000), &[]).await;
+    assert_eq!(s, 200);
+    let (_, v) = get_as(&u.alice, format!("{api}/usage")).await;
+    assert_eq!(v["bytes"], 3000, "{v}");
+    u.app.stop().await;
+}
+
 crate::backend_tests!(
+    quota_routes_follow_roles,
     another_users_image_is_not_found,
     identifiers_are_per_user,
     naming_another_user_is_forbidden,
