@@ -76,6 +76,10 @@ pub enum AuthFailure {
     Missing,
     #[error("the Authorization header is not a Bearer credential")]
     NotBearer,
+    /// More than one `Authorization` header: a proxy that reads another one than this service
+    /// would see another identity (RFC 9110 allows one credential per request).
+    #[error("the request carries more than one Authorization header")]
+    Repeated,
     #[error("the bearer credential is malformed")]
     Malformed,
     #[error("the token is not known")]
@@ -108,6 +112,7 @@ impl AuthFailure {
         match self {
             AuthFailure::Missing => "missing",
             AuthFailure::NotBearer => "not_bearer",
+            AuthFailure::Repeated => "repeated",
             AuthFailure::Malformed => "malformed",
             AuthFailure::UnknownToken => "unknown_token",
             AuthFailure::InvalidJwt => "invalid_jwt",

@@ -1,7 +1,7 @@
 //! Images: single uploads (plain or zipped), queries, deletion, slim requests.
 
 use super::{
-    caller::Caller,
+    caller::{Caller, Role},
     form::{Fields, FormPart, FormSource},
     integrity::{Digests, Wanted},
     meter::Meter,
@@ -479,13 +479,14 @@ impl Service {
         Ok(db::images::list(&self.db, user, q.limit, q.offset).await?)
     }
 
-    /// Removes an image's objects, then its record. Succeeds when it is already gone (or is
-    /// another user's: nothing changes, and the answer does not tell).
-    pub async fn delete_image(&self, caller: &Caller, raw_id: &str) -> Result<()> {
+    /// Removes an image's objects, then its record; `true` when it did. Succeeds (`false`)
+    /// when it is already gone, or is another user's: nothing changes, and the answer does
+    /// not tell.
+    pub async fn delete_image(&self, caller: &Caller, raw_id: &str) -> Result<bool> {
         let id =
             validate::image_id(raw_id).ok_or_else(|| Error::ImageNotFound(raw_id.to_string()))?;
         let Some(img) = self.visible_image(caller, &id).await? else {
-            return Ok(());
+            return Ok(false);
         };
         // Work on the image stops first (a running job loses its lease and ends).
         db::jobs::cancel_for_image(&self.db, &id, now_secs()).await?;
@@ -496,7 +497,7 @@ impl Service {
         db::uploads::delete_for_image(&self.db, &id).await?;
         db::images::delete(&self.db, &id).await?;
         tracing::info!(image.id = %id, "image deleted");
-        Ok(())
+        Ok(true)
     }
 
     /// `POST .../action/check`: queues a fresh check of the bytes served (MD5 and SHA-256
@@ -561,13 +562,15 @@ impl Service {
     }
 }
 
-/// The user a single upload's bytes count against while they arrive: the authenticated user
-/// (or whom an admin names, when it named one before the file); with authentication off the
-/// `userId` field, `None` when it has not arrived yet (it may follow the file).
+/// The user a single upload's bytes count against while they arrive: a user's own; whom an
+/// admin (or, with authentication off, the `userId` field) names; `None` when that field has
+/// not arrived yet (it may follow the file: the whole upload is then reserved when the form
+/// ends, for the user it names).
 fn quota_user(caller: &Caller, fields: &Fields) -> Result<Option<String>> {
-    match caller {
-        Caller::Anonymous => Ok(fields.get("userId").map(str::to_string)),
-        Caller::User { .. } => Ok(Some(caller.acting_for(fields.get("userId").unwrap_or(""))?)),
+    match (caller.role(), fields.get("userId")) {
+        (Some(Role::User), field) => Ok(Some(caller.acting_for(field.unwrap_or(""))?)),
+        (_, None) => Ok(None),
+        (_, Some(field)) => Ok(Some(caller.acting_for(field)?)),
     }
 }
 

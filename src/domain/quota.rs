@@ -20,9 +20,22 @@ use sea_orm::{DatabaseConnection, TransactionTrait};
 use std::{sync::Arc, time::Duration};
 use tokio_util::task::AbortOnDropHandle;
 
-/// How many bytes a single upload reserves at a time as its bytes arrive (16 MiB): one
-/// database transaction per step.
+/// The most bytes a single upload reserves ahead of what arrived (16 MiB): one database
+/// transaction per step.
 pub const STEP_BYTES: u64 = 16 << 20;
+/// The least it reserves ahead (1 MiB). Between the two, a step is as large as what arrived,
+/// so that an upload never holds more than twice its bytes plus this: small uploads in
+/// parallel do not hold each other's room.
+pub const MIN_STEP_BYTES: u64 = 1 << 20;
+/// A refusal is settled only after this many tries, a short wait apart: bytes other requests
+/// of the user reserved ahead and do not need are released meanwhile.
+const REFUSAL_TRIES: u32 = 4;
+const REFUSAL_WAIT: std::time::Duration = std::time::Duration::from_millis(150);
+
+/// The step a growing reservation takes once `seen` bytes arrived.
+pub fn step_for(seen: u64) -> u64 {
+    seen.clamp(MIN_STEP_BYTES, STEP_BYTES)
+}
 /// A reservation not renewed for this long (seconds) no longer counts: its request was lost
 /// with its replica.
 pub const LEASE_SECS: i64 = 15 * 60;
@@ -181,20 +194,31 @@ impl Held {
             return Ok(());
         }
         let (held, images, what, user) = (self.bytes, self.images, self.what, self.user.clone());
-        self.transact(&user.clone(), |limits, used, _| {
-            let total = used + held;
-            match grow(limits.max_bytes, total, held, seen, STEP_BYTES) {
-                Some(b) => Ok((b, images)),
-                None => Err(bytes_refusal(
-                    &user,
-                    limits.max_bytes,
-                    used,
-                    used + seen,
-                    what,
-                )),
+        let mut tries = 0;
+        loop {
+            let outcome = self
+                .transact(&user.clone(), |limits, used, _| {
+                    let total = used + held;
+                    match grow(limits.max_bytes, total, held, seen, step_for(seen)) {
+                        Some(b) => Ok((b, images)),
+                        None => Err(bytes_refusal(
+                            &user,
+                            limits.max_bytes,
+                            used,
+                            used + seen,
+                            what,
+                        )),
+                    }
+                })
+                .await;
+            tries += 1;
+            match outcome {
+                Err(Error::QuotaExceeded(_)) if tries < REFUSAL_TRIES => {
+                    tokio::time::sleep(REFUSAL_WAIT).await
+                }
+                other => return other,
             }
-        })
-        .await
+        }
     }
 
     /// Reserves exactly `bytes` and `images` for `user` (replacing what this reservation held,
@@ -302,7 +326,8 @@ impl Reservation {
             held.limits = limits;
             return Ok(());
         }
-        let bytes = held.seen.max(held.bytes);
+        // The form has ended: every byte was seen, and exactly those count.
+        let bytes = held.seen;
         held.exactly(user, bytes, 1).await
     }
 
@@ -659,6 +684,13 @@ mod tests {
         assert_eq!(grow(100, 90, 16, 27, S), None);
         // Others took the room meanwhile.
         assert_eq!(grow(100, 120, 16, 17, S), None);
+    }
+
+    #[test]
+    fn steps_follow_what_arrived() {
+        assert_eq!(step_for(0), MIN_STEP_BYTES);
+        assert_eq!(step_for(3 << 20), 3 << 20);
+        assert_eq!(step_for(1 << 30), STEP_BYTES);
     }
 
     #[test]

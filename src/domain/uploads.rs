@@ -44,16 +44,12 @@ pub struct ChunkInfo {
     pub size: u64,
 }
 
-/// What a stored chunk did (for the audit trail).
-#[derive(Debug, Clone)]
-pub struct ChunkReceipt {
-    /// The client's identifier.
-    pub identifier: String,
-    /// The chunk (part) number.
-    pub number: u32,
-    /// Bytes.
-    pub size: u64,
-    /// Whether this chunk opened the upload session.
+/// What a chunk request got to, whether it succeeded or not (for the audit trail).
+#[derive(Debug, Clone, Default)]
+pub struct ChunkTrace {
+    /// The client's identifier, once read and valid.
+    pub identifier: Option<String>,
+    /// Whether this request opened the upload session (also when the chunk was then refused).
     pub session_opened: bool,
     /// The user the session belongs to, if any.
     pub owner: Option<String>,
@@ -303,7 +299,8 @@ impl Service {
         query: Fields,
         declared: Vec<Checksum>,
         form: &mut dyn FormSource,
-    ) -> Result<ChunkReceipt> {
+        trace: &mut ChunkTrace,
+    ) -> Result<()> {
         let _slot = self.upload_slot().await;
         let mut fields = query;
         let mut spooled: Option<(SpooledPart, Option<String>, u32, Wanted, Digests)> = None;
@@ -337,6 +334,7 @@ impl Service {
             }
         }
         let (body, file_name, crc32, computed, mut digests) = spooled.ok_or(Error::NoFile)?;
+        trace.identifier = identifier_of(&fields).ok();
         let target = SessionRef::of(caller, &fields)?;
         let identifier = target.identifier.as_str();
         let number = validate::chunk_number(fields.get("chunkNumber"), file_name.as_deref())
@@ -376,6 +374,8 @@ impl Service {
                 .map(str::to_string)
         });
         let (session, opened) = self.open_session(&target, owner, &tier).await?;
+        trace.session_opened = opened;
+        trace.owner = session.owner.clone();
         let totals = totals.agrees_with(&session)?;
         totals.check_chunk(number, self.cfg.max_image_bytes)?;
         if session.state != OPEN {
@@ -447,13 +447,7 @@ impl Service {
             "chunk stored"
         );
         self.metrics.upload_chunk_received();
-        Ok(ChunkReceipt {
-            identifier: target.identifier,
-            number,
-            size: len,
-            session_opened: opened,
-            owner: session.owner,
-        })
+        Ok(())
     }
 
     /// The chunks an upload holds besides (an earlier copy of) chunk `number`, ascending.

@@ -65,10 +65,13 @@ pub async fn gate(State(gate): State<Gate>, mut req: Request, next: Next) -> Res
     let remote = audit::client_addr(peer, req.headers(), &gate.trusted_proxies);
     req.extensions_mut().insert(audit::ClientAddr(remote));
     let path = req.uri().path();
-    let header = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .map(|v| v.as_bytes());
+    let mut headers = req.headers().get_all(header::AUTHORIZATION).iter();
+    let header = headers.next().map(|v| v.as_bytes());
+    let repeated = headers.next().is_some();
+    let bearer = |header| match repeated {
+        true => Err(AuthFailure::Repeated),
+        false => bearer(header),
+    };
     let checked = if path == "/metrics" {
         gate.metrics_token.as_ref().map(|expected| {
             bearer(header).and_then(|token| {

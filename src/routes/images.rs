@@ -7,7 +7,9 @@ use super::{
     extract::{parse_query, Authenticated, Form, FormFields},
     views::{FlatImage, ImageView},
 };
-use crate::domain::{download::RangeRequest, images::ListQuery, integrity::Checksum, Service};
+use crate::domain::{
+    download::RangeRequest, images::ListQuery, integrity::Checksum, uploads::ChunkTrace, Service,
+};
 use axum::{
     body::Body,
     extract::{Path, RawQuery, State},
@@ -190,8 +192,15 @@ pub async fn delete_image(
         .await
         .map_err(ApiError::from);
     let valid = crate::domain::validate::image_id(&id);
-    outcome(about_image(audit.record("image.delete"), &valid), &result);
-    result.map(|()| "delete success")
+    let event = about_image(audit.record("image.delete"), &valid);
+    match &result {
+        Ok(true) => event.success(),
+        // The answer is the same (SPEC: deleting a missing image succeeds); the trail says
+        // that nothing the caller may see was there.
+        Ok(false) => event.outcome("not_found"),
+        Err(e) => event.error(e),
+    }
+    result.map(|_| "delete success")
 }
 
 /// Queues a slim (compressed qcow2 copy, served once it checks consistent).
@@ -270,25 +279,23 @@ pub async fn upload_chunk(
         .collect();
     let declared = Checksum::from_headers(text.iter().map(|(k, v)| (*k, v.as_ref())))
         .map_err(ApiError::bad_request)?;
+    let mut trace = ChunkTrace::default();
     let result = svc
-        .upload_chunk(audit.caller(), fields, declared, parts.as_mut())
+        .upload_chunk(audit.caller(), fields, declared, parts.as_mut(), &mut trace)
         .await
         .map_err(ApiError::from);
-    match &result {
-        // One event per session opened, not per chunk.
-        Ok(receipt) if receipt.session_opened => {
-            let event = audit
-                .record("upload.session_opened")
-                .identifier(&receipt.identifier);
-            match &receipt.owner {
-                Some(owner) => owned(event, &audit, owner).success(),
-                None => event.success(),
-            }
+    // One event per session opened (not per chunk), and one per refused chunk.
+    if trace.session_opened {
+        let event = about_upload(audit.record("upload.session_opened"), &trace.identifier);
+        match &trace.owner {
+            Some(owner) => owned(event, &audit, owner).success(),
+            None => event.success(),
         }
-        Ok(_) => {}
-        Err(e) => audit.record("upload.chunk").error(e),
     }
-    result.map(|_| "ok.")
+    if let Err(e) = &result {
+        about_upload(audit.record("upload.chunk"), &trace.identifier).error(e);
+    }
+    result.map(|()| "ok.")
 }
 
 /// Drops every chunk received for an identifier.

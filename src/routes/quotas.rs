@@ -76,9 +76,11 @@ pub async fn set_quota(
         return Err(bad(&"not an object"));
     }
     let change: QuotaChange = serde_json::from_value(value).map_err(|e| bad(&e))?;
+    let limit = |v: Option<u64>| v.map_or("default".to_string(), |n| n.to_string());
     let detail = format!(
-        "max_bytes={:?} max_images={:?}",
-        change.max_bytes, change.max_images
+        "max_bytes={} max_images={}",
+        limit(change.max_bytes),
+        limit(change.max_images)
     );
     let result = svc
         .set_quota(audit.caller(), &user, change)

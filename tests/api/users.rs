@@ -451,7 +451,76 @@ async fn quota_routes_follow_roles(b: Backend) {
     u.app.stop().await;
 }
 
+/// Quotas under parallel uploads and late `userId` fields: small uploads in parallel do not
+/// hold each other's room; an admin's upload for a user that names the user after the file is
+/// charged to that user at its real size (not to the admin).
+async fn quotas_count_real_bytes(b: Backend) {
+    let u = Users::spawn(b, Options::default()).await;
+    let api = u.api();
+    let set = |user: &'static str, bytes: u64| {
+        let (root, api) = (u.root.clone(), api.clone());
+        async move {
+            let r = root
+                .put(format!("{api}/quotas/{user}"))
+                .json(&serde_json::json!({ "maxBytes": bytes }))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+        }
+    };
+    set("alice", 20 << 20).await;
+    let uploads = (0..5).map(|i| {
+        let (alice, api) = (u.alice.clone(), api.clone());
+        async move { upload_as(&alice, &api, pattern(i, 1 << 20), &[]).await }
+    });
+    for (s, v) in futures::future::join_all(uploads).await {
+        assert_eq!(s, 200, "5 MiB in all fit a 20 MiB quota: {v}");
+    }
+    // The admin holds more than its own small quota allows; the upload is mia's.
+    set("root", 1000).await;
+    set("mia", 3 << 20).await;
+    let form = multipart::Form::new()
+        .part(
+            "file",
+            multipart::Part::bytes(pattern(9, 2 << 20)).file_name("late.img"),
+        )
+        .text("userId", "mia");
+    let r = u
+        .root
+        .post(format!("{api}/images"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let (_, v) = get_as(&u.root, format!("{api}/usage?userId=mia")).await;
+    assert_eq!(v["bytes"], 2 << 20, "{v}");
+    let (_, v) = get_as(&u.root, format!("{api}/usage")).await;
+    assert_eq!(v["bytes"], 0, "nothing is left on the admin: {v}");
+    u.app.stop().await;
+}
+
+/// Two `Authorization` headers are refused, whichever comes first.
+async fn one_credential_per_request(b: Backend) {
+    let u = Users::spawn(b, Options::default()).await;
+    for pair in [[USERS[0].0, USERS[1].0], [USERS[1].0, "unknown"]] {
+        let r = Client::new()
+            .get(u.app.url("/images"))
+            .header(header::AUTHORIZATION, format!("Bearer {}", pair[0]))
+            .header(header::AUTHORIZATION, format!("Bearer {}", pair[1]))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401);
+        assert!(r.headers().contains_key(header::WWW_AUTHENTICATE));
+    }
+    u.app.stop().await;
+}
+
 crate::backend_tests!(
+    quotas_count_real_bytes,
+    one_credential_per_request,
     quota_routes_follow_roles,
     another_users_image_is_not_found,
     identifiers_are_per_user,
@@ -529,6 +598,22 @@ async fn state_changes_reach_the_audit_log() {
     assert!(r.status().as_u16() < 500);
     let (s, _) = upload_as(&bob, &api, pattern(4, 100), &[("userId", "alice")]).await;
     assert_eq!(s, 403);
+    let r = chunk_as(
+        &bob,
+        &api,
+        "bobs",
+        1,
+        pattern(5, 100),
+        &[("userId", "alice")],
+    )
+    .await;
+    assert_eq!(r.status(), 403);
+    let r = bob
+        .delete(format!("{api}/images/{id}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "the answer a missing image gets");
     let r = root
         .put(format!("{api}/quotas/bob"))
         .json(&serde_json::json!({ "maxBytes": 1_000_000, "maxImages": 3 }))
@@ -608,8 +693,21 @@ async fn state_changes_reach_the_audit_log() {
     let quota = of("quota.set")[0];
     assert_eq!(quota["owner"], "bob", "{quota}");
     assert_eq!(quota["user"], "root", "{quota}");
-    let delete = of("image.delete")[0];
+    // Bob's delete of alice's image deleted nothing, and the trail says so.
+    let deletes = of("image.delete");
+    assert!(deletes.iter().any(|e| e["user"] == "bob"
+        && e["outcome"] == "not_found"
+        && e["image_id"] == id.as_str()));
+    let delete = deletes.iter().find(|e| e["user"] == "alice").unwrap();
+    assert_eq!(delete["outcome"], "success", "{delete}");
     assert_eq!(delete["image_id"], id.as_str(), "{delete}");
     assert_eq!(delete["request_id"], request_id.as_str(), "{delete}");
+    // A refused chunk names its identifier.
+    let chunk = of("upload.chunk")[0];
+    assert_eq!(
+        (chunk["identifier"].as_str(), chunk["status"].as_u64()),
+        (Some("bobs"), Some(403)),
+        "{chunk}"
+    );
     drop(replica);
 }
