@@ -16,7 +16,8 @@ use std::{
 const SECRET: &str = "an-hs256-secret-of-at-least-32-bytes!";
 const SERVICE_TOKEN: &str = "appstore-0123456789abcdef";
 
-fn token_line(token: &str, user: &str, role: &str) -> String {
+/// The line of a tokens file for `token` (only its SHA-256).
+pub fn token_line(token: &str, user: &str, role: &str) -> String {
     format!(
         "sha256:{} {user} {role}\n",
         hex::encode(Sha256::digest(token))
@@ -45,7 +46,7 @@ fn user_jwt(user: &str) -> String {
 }
 
 /// A client that sends `Authorization: Bearer <token>` with every request.
-fn client_with(token: &str) -> Client {
+pub fn client_with(token: &str) -> Client {
     let mut headers = header::HeaderMap::new();
     headers.insert(
         header::AUTHORIZATION,

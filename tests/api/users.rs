@@ -2,7 +2,10 @@
 //! to its user; another user's image id or identifier gets the answer a missing one gets, and
 //! nothing changes; an admin sees and manages everything and may act for a user.
 
-use crate::helpers::*;
+use crate::{
+    auth::{client_with, token_line},
+    helpers::*,
+};
 use reqwest::{header, multipart, Client};
 
 /// Static API tokens of the tests' users: (token, user, role).
@@ -21,21 +24,6 @@ pub struct Users {
     _tokens: tempfile::TempDir,
 }
 
-/// The line of a tokens file for `token`.
-pub fn token_line(token: &str, user: &str, role: &str) -> String {
-    format!("sha256:{} {user} {role}\n", sha256(token.as_bytes()))
-}
-
-/// A client that sends `Authorization: Bearer {token}` with every request.
-pub fn bearer_client(token: &str) -> Client {
-    let mut headers = header::HeaderMap::new();
-    headers.insert(
-        header::AUTHORIZATION,
-        format!("Bearer {token}").parse().unwrap(),
-    );
-    Client::builder().default_headers(headers).build().unwrap()
-}
-
 impl Users {
     pub async fn spawn(b: Backend, mut opts: Options) -> Users {
         let dir = tempfile::tempdir().unwrap();
@@ -48,9 +36,9 @@ impl Users {
         let app = TestApp::spawn(b, opts).await;
         Users {
             app,
-            alice: bearer_client(USERS[0].0),
-            bob: bearer_client(USERS[1].0),
-            root: bearer_client(USERS[2].0),
+            alice: client_with(USERS[0].0),
+            bob: client_with(USERS[1].0),
+            root: client_with(USERS[2].0),
             _tokens: dir,
         }
     }
@@ -561,9 +549,9 @@ async fn state_changes_reach_the_audit_log() {
     .await;
     let api = replica.api("");
     let (alice, bob, root) = (
-        bearer_client(USERS[0].0),
-        bearer_client(USERS[1].0),
-        bearer_client(USERS[2].0),
+        client_with(USERS[0].0),
+        client_with(USERS[1].0),
+        client_with(USERS[2].0),
     );
     let (s, img) = upload_as(&alice, &api, pattern(1, 5000), &[]).await;
     assert_eq!(s, 200);
