@@ -71,6 +71,17 @@ pub async fn build(cfg: Config) -> anyhow::Result<Service> {
                 tier.bucket, tier.priority
             )
         })?;
+        if let Some(class) = &tier.storage_class {
+            probe_storage_class(store.as_ref(), &tier.bucket, class)
+                .await
+                .with_context(|| {
+                    format!(
+                        "the store refuses storage class {class} of tier {} (FS_TIERS): \
+                         name one it offers, or none",
+                        tier.priority
+                    )
+                })?;
+        }
     }
     let check_t = Duration::from_secs(cfg.check_timeout_secs);
     let slim_t = Duration::from_secs(cfg.slim_timeout_secs);
@@ -86,6 +97,29 @@ pub async fn build(cfg: Config) -> anyhow::Result<Service> {
         }
     };
     Ok(Service::new(db, store, imageops, Arc::new(cfg)).holding(scratch_lock))
+}
+
+/// Writes and removes an empty object of storage class `class` in `bucket`, so that a class the
+/// store does not offer stops the start instead of failing every upload to its tier (AWS
+/// answers `InvalidStorageClass`, Ceph's RGW `InvalidArgument` for a class its zone placement
+/// lacks; Garage and the local store take any class).
+async fn probe_storage_class(
+    store: &dyn ObjectStore,
+    bucket: &str,
+    class: &str,
+) -> storage::Result<()> {
+    // Under staging/, which the lifecycle rules expire should the delete not happen.
+    let key = format!(
+        "staging/storage-class-probe-{}",
+        uuid::Uuid::new_v4().simple()
+    );
+    let opts = storage::PutOptions {
+        storage_class: Some(class.to_string()),
+    };
+    let empty: storage::ByteStream = Box::pin(futures::stream::empty());
+    store.put(bucket, &key, empty, &opts).await?;
+    store.delete(bucket, &key).await?;
+    Ok(())
 }
 
 /// Serves the API on `listener` until `shutdown` resolves, then lets requests in flight finish
