@@ -6,6 +6,7 @@
 //! metrics (`process_*`) and scratch bytes are read at scrape time too. Every metric is listed
 //! in the README's metrics section.
 
+use entity::status::{CheckStatus, CompressStatus, JobKind, JobState};
 use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{
@@ -17,6 +18,7 @@ use prometheus_client::{
     },
     registry::Registry,
 };
+use sea_orm::Iterable;
 use std::time::Duration;
 
 /// The content type of [`Metrics::encode`]'s output: prometheus-client writes OpenMetrics text
@@ -88,14 +90,18 @@ impl MergeOutcome {
 
 /// `checkStatusResponse.status` values (SPEC section 3) as label values of
 /// `fs_image_checks_total`, each named after its meaning.
-const CHECK_STATUSES: [(i32, &str); 6] = [
-    (0, "consistent"),
-    (1, "corrupted"),
-    (2, "leaked_clusters"),
-    (3, "failed"),
-    (5, "not_checked_type"),
-    (6, "timed_out"),
-];
+/// A check that ended (`InProgress` is not an outcome).
+fn check_label(status: CheckStatus) -> Option<&'static str> {
+    Some(match status {
+        CheckStatus::Consistent => "consistent",
+        CheckStatus::Corrupted => "corrupted",
+        CheckStatus::LeakedClusters => "leaked_clusters",
+        CheckStatus::Failed => "failed",
+        CheckStatus::NotCheckedType => "not_checked_type",
+        CheckStatus::TimedOut => "timed_out",
+        CheckStatus::InProgress => return None,
+    })
+}
 
 /// How a slim job ended, as label values of `fs_image_slims_total`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -136,10 +142,10 @@ impl SlimOutcome {
     }
 
     /// The outcome a failed compression with `compressStatus` `status` stands for.
-    pub fn from_compress_status(status: i32) -> Self {
+    pub fn from_compress_status(status: CompressStatus) -> Self {
         match status {
-            crate::imageops::compress::NO_SPACE => Self::NoSpace,
-            crate::imageops::compress::TIMED_OUT => Self::TimedOut,
+            CompressStatus::NoSpace => Self::NoSpace,
+            CompressStatus::TimedOut => Self::TimedOut,
             _ => Self::Failed,
         }
     }
@@ -333,7 +339,7 @@ impl Metrics {
                 outcome: o.label().into(),
             });
         }
-        for (_, name) in CHECK_STATUSES {
+        for name in CheckStatus::iter().filter_map(check_label) {
             let _ = checks.get_or_create(&StatusLabels {
                 status: name.into(),
             });
@@ -380,10 +386,10 @@ impl Metrics {
     }
 
     /// Records one job run of `kind` that took `elapsed` and ended as `outcome`.
-    pub fn job_done(&self, kind: &str, outcome: &str, elapsed: Duration) {
+    pub fn job_done(&self, kind: JobKind, outcome: &str, elapsed: Duration) {
         self.job_seconds
             .get_or_create(&JobLabels {
-                kind: kind.to_string(),
+                kind: kind.as_str().to_string(),
                 outcome: outcome.to_string(),
             })
             .observe(elapsed.as_secs_f64());
@@ -437,11 +443,8 @@ impl Metrics {
     }
 
     /// A check recorded `status` (SPEC section 3) on an image.
-    pub fn image_checked(&self, status: i32) {
-        let name = CHECK_STATUSES
-            .iter()
-            .find(|(s, _)| *s == status)
-            .map_or("other", |(_, n)| n);
+    pub fn image_checked(&self, status: CheckStatus) {
+        let name = check_label(status).unwrap_or("other");
         self.checks
             .get_or_create(&StatusLabels {
                 status: name.into(),
@@ -459,13 +462,13 @@ impl Metrics {
     }
 
     /// Sets the deployment-wide gauges from fresh counts.
-    pub fn set_state(&self, open_sessions: u64, jobs: &[((String, String), u64)]) {
+    pub fn set_state(&self, open_sessions: u64, jobs: &[((JobKind, JobState), u64)]) {
         self.upload_sessions.set(open_sessions as i64);
         for ((kind, state), n) in jobs {
             self.jobs
                 .get_or_create(&JobStateLabels {
-                    kind: kind.clone(),
-                    state: state.clone(),
+                    kind: kind.as_str().to_string(),
+                    state: state.as_str().to_string(),
                 })
                 .set(*n as i64);
         }

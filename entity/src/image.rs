@@ -1,5 +1,6 @@
 //! One stored image and what is known about it (check and slim results).
 
+use crate::status::{CheckStatus, CompressStatus, SlimStatus};
 use sea_orm::entity::prelude::*;
 
 #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
@@ -21,8 +22,8 @@ pub struct Model {
     pub crc32: Option<i64>,
     /// Chunked-upload identifier this image was merged from, if any.
     pub source_identifier: Option<String>,
-    pub slim_status: i32,
-    pub check_status: i32,
+    pub slim_status: SlimStatus,
+    pub check_status: CheckStatus,
     pub check_msg: String,
     pub check_result: i32,
     pub checksum: Option<String>,
@@ -30,7 +31,8 @@ pub struct Model {
     pub check_errors: Option<String>,
     pub format: Option<String>,
     pub virtual_size: Option<f64>,
-    pub compress_status: Option<i32>,
+    /// `None` until the first slim.
+    pub compress_status: Option<CompressStatus>,
     pub compress_msg: Option<String>,
     pub compress_rate: Option<f64>,
     pub created_at: i64,

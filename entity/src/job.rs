@@ -1,5 +1,6 @@
 //! A background job (image check or slim), claimed by one replica at a time through a lease.
 
+use crate::status::{JobKind, JobState};
 use sea_orm::entity::prelude::*;
 
 #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
@@ -7,11 +8,9 @@ use sea_orm::entity::prelude::*;
 pub struct Model {
     #[sea_orm(primary_key, auto_increment = false)]
     pub id: String,
-    /// `check` or `slim`.
-    pub kind: String,
+    pub kind: JobKind,
     pub image_id: String,
-    /// `queued`, `running`, `done`, `failed` or `cancelled`.
-    pub state: String,
+    pub state: JobState,
     pub attempts: i32,
     /// Not to be started before (unix seconds): retries back off.
     pub run_after: i64,

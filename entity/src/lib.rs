@@ -6,5 +6,6 @@ pub mod image;
 pub mod job;
 pub mod quota;
 pub mod quota_reservation;
+pub mod status;
 pub mod upload_part;
 pub mod upload_session;

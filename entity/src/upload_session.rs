@@ -1,5 +1,6 @@
 //! An open (or finished) chunked upload: one per client `identifier`.
 
+use crate::status::SessionState;
 use sea_orm::entity::prelude::*;
 
 #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
@@ -16,8 +17,7 @@ pub struct Model {
     pub object_key: String,
     /// Multipart upload id in the object store.
     pub upload_id: String,
-    /// `open`, `merging` or `completed`.
-    pub state: String,
+    pub state: SessionState,
     /// Legacy, no longer read or written: sessions once switched all their chunks to packing.
     /// Each part now records whether it is staged (`upload_part::staged`).
     pub packed: bool,

@@ -1,6 +1,7 @@
 //! Queries on `images`.
 
 use entity::image::{self, Entity as Images};
+use entity::status::{CheckStatus, CompressStatus, SlimStatus};
 use sea_orm::{
     sea_query::Expr, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QueryOrder,
     QuerySelect,
@@ -59,8 +60,11 @@ pub async fn delete(db: &impl ConnectionTrait, id: &str) -> Result<(), DbErr> {
 /// Marks a slim as requested when none is running or done; `false` when the state did not allow it.
 pub async fn request_slim(db: &impl ConnectionTrait, id: &str, now: i64) -> Result<bool, DbErr> {
     let res = Images::update_many()
-        .col_expr(image::Column::SlimStatus, Expr::value(1))
-        .col_expr(image::Column::CompressStatus, Expr::value(1))
+        .col_expr(image::Column::SlimStatus, Expr::value(SlimStatus::Slimming))
+        .col_expr(
+            image::Column::CompressStatus,
+            Expr::value(CompressStatus::InProgress),
+        )
         .col_expr(
             image::Column::CompressMsg,
             Expr::value("compress in progress"),
@@ -68,27 +72,33 @@ pub async fn request_slim(db: &impl ConnectionTrait, id: &str, now: i64) -> Resu
         .col_expr(image::Column::CompressRate, Expr::value(0.0))
         .col_expr(image::Column::UpdatedAt, Expr::value(now))
         .filter(image::Column::Id.eq(id))
-        .filter(image::Column::SlimStatus.is_in([0, 3]))
+        .filter(image::Column::SlimStatus.is_in([SlimStatus::NotSlimmed, SlimStatus::Failed]))
         .exec(db)
         .await?;
     Ok(res.rows_affected == 1)
 }
 
-/// Marks a fresh check as requested unless one is pending or running (`check_status` 4 always
+/// Marks a fresh check as requested unless one is pending or running (a check in progress always
 /// has a check job); `false` when one is.
 pub async fn request_check(
     db: &impl ConnectionTrait,
     id: &str,
-    in_progress: (i32, &str),
+    in_progress_msg: &str,
     now: i64,
 ) -> Result<bool, DbErr> {
     let res = Images::update_many()
-        .col_expr(image::Column::CheckStatus, Expr::value(in_progress.0))
-        .col_expr(image::Column::CheckResult, Expr::value(in_progress.0))
-        .col_expr(image::Column::CheckMsg, Expr::value(in_progress.1))
+        .col_expr(
+            image::Column::CheckStatus,
+            Expr::value(CheckStatus::InProgress),
+        )
+        .col_expr(
+            image::Column::CheckResult,
+            Expr::value(crate::imageops::result::IN_PROGRESS),
+        )
+        .col_expr(image::Column::CheckMsg, Expr::value(in_progress_msg))
         .col_expr(image::Column::UpdatedAt, Expr::value(now))
         .filter(image::Column::Id.eq(id))
-        .filter(image::Column::CheckStatus.ne(in_progress.0))
+        .filter(image::Column::CheckStatus.ne(CheckStatus::InProgress))
         .exec(db)
         .await?;
     Ok(res.rows_affected == 1)
@@ -102,8 +112,11 @@ pub async fn refuse_slim(
     now: i64,
 ) -> Result<(), DbErr> {
     Images::update_many()
-        .col_expr(image::Column::SlimStatus, Expr::value(3))
-        .col_expr(image::Column::CompressStatus, Expr::value(2))
+        .col_expr(image::Column::SlimStatus, Expr::value(SlimStatus::Failed))
+        .col_expr(
+            image::Column::CompressStatus,
+            Expr::value(CompressStatus::Failed),
+        )
         .col_expr(image::Column::CompressMsg, Expr::value(msg))
         .col_expr(image::Column::UpdatedAt, Expr::value(now))
         .filter(image::Column::Id.eq(id))
@@ -191,7 +204,7 @@ pub async fn set_corrupted(
     Images::update_many()
         .col_expr(
             image::Column::CheckStatus,
-            Expr::value(crate::imageops::status::CORRUPTED),
+            Expr::value(CheckStatus::Corrupted),
         )
         .col_expr(
             image::Column::CheckMsg,
@@ -217,7 +230,7 @@ pub async fn set_compress_rate(
         .col_expr(image::Column::CompressRate, Expr::value(rate))
         .col_expr(image::Column::UpdatedAt, Expr::value(now))
         .filter(image::Column::Id.eq(id))
-        .filter(image::Column::SlimStatus.eq(1))
+        .filter(image::Column::SlimStatus.eq(SlimStatus::Slimming))
         .exec(db)
         .await
         .map(|_| ())
@@ -227,12 +240,12 @@ pub async fn set_compress_rate(
 pub async fn slim_failed(
     db: &impl ConnectionTrait,
     id: &str,
-    compress_status: i32,
+    compress_status: CompressStatus,
     msg: &str,
     now: i64,
 ) -> Result<(), DbErr> {
     Images::update_many()
-        .col_expr(image::Column::SlimStatus, Expr::value(3))
+        .col_expr(image::Column::SlimStatus, Expr::value(SlimStatus::Failed))
         .col_expr(image::Column::CompressStatus, Expr::value(compress_status))
         .col_expr(
             image::Column::CompressMsg,
@@ -240,7 +253,7 @@ pub async fn slim_failed(
         )
         .col_expr(image::Column::UpdatedAt, Expr::value(now))
         .filter(image::Column::Id.eq(id))
-        .filter(image::Column::SlimStatus.eq(1))
+        .filter(image::Column::SlimStatus.eq(SlimStatus::Slimming))
         .exec(db)
         .await
         .map(|_| ())
@@ -266,8 +279,11 @@ pub async fn slim_done(
     now: i64,
 ) -> Result<bool, DbErr> {
     let res = with_report(Images::update_many(), r)
-        .col_expr(image::Column::SlimStatus, Expr::value(2))
-        .col_expr(image::Column::CompressStatus, Expr::value(0))
+        .col_expr(image::Column::SlimStatus, Expr::value(SlimStatus::Slimmed))
+        .col_expr(
+            image::Column::CompressStatus,
+            Expr::value(CompressStatus::Completed),
+        )
         .col_expr(
             image::Column::CompressMsg,
             Expr::value("compress completed"),
@@ -284,7 +300,7 @@ pub async fn slim_done(
         .col_expr(image::Column::SlimmedAt, Expr::value(now))
         .col_expr(image::Column::UpdatedAt, Expr::value(now))
         .filter(image::Column::Id.eq(id))
-        .filter(image::Column::SlimStatus.eq(1))
+        .filter(image::Column::SlimStatus.eq(SlimStatus::Slimming))
         .exec(db)
         .await?;
     Ok(res.rows_affected == 1)

@@ -14,18 +14,13 @@ use sea_orm::{
     QueryOrder, QuerySelect, TransactionTrait,
 };
 
-pub const QUEUED: &str = "queued";
-pub const RUNNING: &str = "running";
-pub const DONE: &str = "done";
-pub const FAILED: &str = "failed";
-pub const CANCELLED: &str = "cancelled";
-pub const STATES: [&str; 5] = [QUEUED, RUNNING, DONE, FAILED, CANCELLED];
-
-pub const CHECK: &str = "check";
-pub const SLIM: &str = "slim";
+use entity::status::{
+    JobKind,
+    JobState::{self, Cancelled, Done, Failed, Queued, Running},
+};
 
 /// An update that moves a job to `state` and gives up its lease.
-fn unleased(state: &str, now: i64) -> sea_orm::UpdateMany<Jobs> {
+fn unleased(state: JobState, now: i64) -> sea_orm::UpdateMany<Jobs> {
     Jobs::update_many()
         .col_expr(job::Column::State, Expr::value(state))
         .col_expr(job::Column::LeaseOwner, Expr::value(Option::<String>::None))
@@ -36,16 +31,16 @@ fn unleased(state: &str, now: i64) -> sea_orm::UpdateMany<Jobs> {
 /// Adds a job, due now.
 pub async fn enqueue(
     db: &impl ConnectionTrait,
-    kind: &str,
+    kind: JobKind,
     image_id: &str,
     now: i64,
 ) -> Result<String, DbErr> {
     let id = uuid::Uuid::new_v4().to_string();
     let row = job::ActiveModel {
         id: Set(id.clone()),
-        kind: Set(kind.to_string()),
+        kind: Set(kind),
         image_id: Set(image_id.to_string()),
-        state: Set(QUEUED.to_string()),
+        state: Set(Queued),
         attempts: Set(0),
         run_after: Set(now),
         lease_owner: Set(None),
@@ -64,12 +59,12 @@ fn due(now: i64) -> Condition {
     Condition::any()
         .add(
             job::Column::State
-                .eq(QUEUED)
+                .eq(Queued)
                 .and(job::Column::RunAfter.lte(now)),
         )
         .add(
             job::Column::State
-                .eq(RUNNING)
+                .eq(Running)
                 .and(job::Column::LeaseUntil.lt(now)),
         )
 }
@@ -83,14 +78,14 @@ async fn take(
     lease_secs: i64,
 ) -> Result<bool, DbErr> {
     let res = Jobs::update_many()
-        .col_expr(job::Column::State, Expr::value(RUNNING))
+        .col_expr(job::Column::State, Expr::value(Running))
         .col_expr(job::Column::LeaseOwner, Expr::value(owner))
         .col_expr(job::Column::LeaseUntil, Expr::value(now + lease_secs))
         .col_expr(job::Column::Attempts, Expr::value(candidate.attempts + 1))
         .col_expr(job::Column::UpdatedAt, Expr::value(now))
         .filter(job::Column::Id.eq(&candidate.id))
         .filter(job::Column::Attempts.eq(candidate.attempts))
-        .filter(job::Column::State.eq(&candidate.state))
+        .filter(job::Column::State.eq(candidate.state))
         .exec(db)
         .await?;
     Ok(res.rows_affected == 1)
@@ -155,7 +150,7 @@ pub async fn heartbeat(
         .col_expr(job::Column::UpdatedAt, Expr::value(now))
         .filter(job::Column::Id.eq(id))
         .filter(job::Column::LeaseOwner.eq(owner))
-        .filter(job::Column::State.eq(RUNNING))
+        .filter(job::Column::State.eq(Running))
         .exec(db)
         .await?;
     Ok(res.rows_affected == 1)
@@ -166,7 +161,7 @@ pub async fn finish(
     db: &impl ConnectionTrait,
     id: &str,
     owner: &str,
-    state: &str,
+    state: JobState,
     error: Option<&str>,
     now: i64,
 ) -> Result<bool, DbErr> {
@@ -174,7 +169,7 @@ pub async fn finish(
         .col_expr(job::Column::Error, Expr::value(error.map(str::to_string)))
         .filter(job::Column::Id.eq(id))
         .filter(job::Column::LeaseOwner.eq(owner))
-        .filter(job::Column::State.eq(RUNNING))
+        .filter(job::Column::State.eq(Running))
         .exec(db)
         .await?;
     Ok(res.rows_affected == 1)
@@ -189,7 +184,7 @@ pub async fn retry_at(
     error: &str,
     now: i64,
 ) -> Result<(), DbErr> {
-    unleased(QUEUED, now)
+    unleased(Queued, now)
         .col_expr(job::Column::RunAfter, Expr::value(run_after))
         .col_expr(job::Column::Error, Expr::value(error))
         .filter(job::Column::Id.eq(id))
@@ -206,10 +201,10 @@ pub async fn release_owner_prefix(
     owner: &str,
     now: i64,
 ) -> Result<u64, DbErr> {
-    let res = unleased(QUEUED, now)
+    let res = unleased(Queued, now)
         .col_expr(job::Column::RunAfter, Expr::value(now))
         .filter(job::Column::LeaseOwner.starts_with(owner))
-        .filter(job::Column::State.eq(RUNNING))
+        .filter(job::Column::State.eq(Running))
         .exec(db)
         .await?;
     Ok(res.rows_affected)
@@ -222,10 +217,10 @@ pub async fn cancel_for_image(
     now: i64,
 ) -> Result<(), DbErr> {
     Jobs::update_many()
-        .col_expr(job::Column::State, Expr::value(CANCELLED))
+        .col_expr(job::Column::State, Expr::value(Cancelled))
         .col_expr(job::Column::UpdatedAt, Expr::value(now))
         .filter(job::Column::ImageId.eq(image_id))
-        .filter(job::Column::State.is_in([QUEUED, RUNNING]))
+        .filter(job::Column::State.is_in([Queued, Running]))
         .exec(db)
         .await
         .map(|_| ())
@@ -235,7 +230,7 @@ pub async fn cancel_for_image(
 /// many. What they found lives on in the image records.
 pub async fn prune_finished(db: &impl ConnectionTrait, before: i64) -> Result<u64, DbErr> {
     let res = Jobs::delete_many()
-        .filter(job::Column::State.is_in([DONE, FAILED, CANCELLED]))
+        .filter(job::Column::State.is_in([Done, Failed, Cancelled]))
         .filter(job::Column::UpdatedAt.lt(before))
         .exec(db)
         .await?;
@@ -254,7 +249,7 @@ pub async fn defer(
     run_after: i64,
     now: i64,
 ) -> Result<(), DbErr> {
-    unleased(QUEUED, now)
+    unleased(Queued, now)
         .col_expr(job::Column::RunAfter, Expr::value(run_after))
         .col_expr(
             job::Column::Attempts,
@@ -270,8 +265,8 @@ pub async fn defer(
 /// How many jobs there are of each (kind, state).
 pub async fn count_by_kind_state(
     db: &impl ConnectionTrait,
-) -> Result<Vec<((String, String), u64)>, DbErr> {
-    let rows: Vec<(String, String, i64)> = Jobs::find()
+) -> Result<Vec<((JobKind, JobState), u64)>, DbErr> {
+    let rows: Vec<(JobKind, JobState, i64)> = Jobs::find()
         .select_only()
         .column(job::Column::Kind)
         .column(job::Column::State)

@@ -16,7 +16,7 @@ use sea_orm::{
     ColumnTrait, ConnectionTrait, DbErr, EntityTrait, FromQueryResult, QueryFilter,
 };
 
-use super::uploads::COMPLETED;
+use entity::status::SessionState;
 
 /// What a user holds, read in one statement (one snapshot: a request that turns its
 /// reservation into an image or a chunk between two reads cannot be missed by both).
@@ -56,7 +56,7 @@ fn unmerged_sessions(user: &str) -> SelectStatement {
         .column(upload_session::Column::Id)
         .from(Sessions)
         .and_where(upload_session::Column::Owner.eq(user))
-        .and_where(upload_session::Column::State.ne(COMPLETED))
+        .and_where(upload_session::Column::State.ne(SessionState::Completed))
         .to_owned()
 }
 
@@ -95,7 +95,7 @@ pub async fn usage(
         .expr(bigint(Expr::col(upload_session::Column::Id).count()))
         .from(Sessions)
         .and_where(upload_session::Column::Owner.eq(user))
-        .and_where(upload_session::Column::State.ne(COMPLETED))
+        .and_where(upload_session::Column::State.ne(SessionState::Completed))
         .to_owned());
     let stmt = Query::select()
         .expr_as(

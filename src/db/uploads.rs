@@ -10,9 +10,7 @@ use sea_orm::{
     ColumnTrait, ConnectionTrait, DbErr, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
 };
 
-pub const OPEN: &str = "open";
-pub const MERGING: &str = "merging";
-pub const COMPLETED: &str = "completed";
+use entity::status::SessionState::{self, Merging, Open};
 
 pub async fn find(
     db: &impl ConnectionTrait,
@@ -139,7 +137,7 @@ pub async fn claim_merge(
 ) -> Result<bool, DbErr> {
     use upload_session::Column as C;
     let mut update = Sessions::update_many()
-        .col_expr(C::State, Expr::value(MERGING))
+        .col_expr(C::State, Expr::value(Merging))
         .col_expr(C::MergeToken, Expr::value(claim.token))
         .col_expr(C::UpdatedAt, Expr::value(now));
     if let Some(r) = claim.request {
@@ -152,8 +150,8 @@ pub async fn claim_merge(
         .filter(C::Id.eq(session_id))
         .filter(
             C::State
-                .eq(OPEN)
-                .or(C::State.eq(MERGING).and(C::UpdatedAt.lt(stale_before))),
+                .eq(Open)
+                .or(C::State.eq(Merging).and(C::UpdatedAt.lt(stale_before))),
         )
         .exec(db)
         .await?;
@@ -171,12 +169,12 @@ pub async fn claim_stale_open(
 ) -> Result<bool, DbErr> {
     use upload_session::Column as C;
     let res = Sessions::update_many()
-        .col_expr(C::State, Expr::value(MERGING))
+        .col_expr(C::State, Expr::value(Merging))
         .col_expr(C::MergeToken, Expr::value(token))
         // Fresh, so the merge recovery leaves it to this claimer.
         .col_expr(C::UpdatedAt, Expr::value(now))
         .filter(C::Id.eq(session_id))
-        .filter(C::State.eq(OPEN))
+        .filter(C::State.eq(Open))
         .filter(C::UpdatedAt.lt(before))
         .exec(db)
         .await?;
@@ -189,7 +187,7 @@ fn merge_of(session_id: &str, token: &str) -> sea_orm::Condition {
     use upload_session::Column as C;
     sea_orm::Condition::all()
         .add(C::Id.eq(session_id))
-        .add(C::State.eq(MERGING))
+        .add(C::State.eq(Merging))
         .add(C::MergeToken.eq(token))
 }
 
@@ -216,7 +214,7 @@ pub async fn end_merge(
     db: &impl ConnectionTrait,
     session_id: &str,
     token: &str,
-    state: &str,
+    state: SessionState,
     now: i64,
 ) -> Result<bool, DbErr> {
     use upload_session::Column as C;
@@ -329,7 +327,7 @@ pub async fn stale_merges(
 ) -> Result<Vec<upload_session::Model>, DbErr> {
     use upload_session::Column as C;
     Sessions::find()
-        .filter(C::State.eq(MERGING).and(C::UpdatedAt.lt(before)))
+        .filter(C::State.eq(Merging).and(C::UpdatedAt.lt(before)))
         .all(db)
         .await
 }
@@ -365,7 +363,7 @@ pub async fn stale_open(
 ) -> Result<Vec<upload_session::Model>, DbErr> {
     use upload_session::Column as C;
     Sessions::find()
-        .filter(C::State.eq(OPEN).and(C::UpdatedAt.lt(before)))
+        .filter(C::State.eq(Open).and(C::UpdatedAt.lt(before)))
         .all(db)
         .await
 }
@@ -387,7 +385,7 @@ pub async fn delete_parts(
 /// How many uploads are open (or merging): neither merged nor cancelled yet.
 pub async fn count_open(db: &impl ConnectionTrait) -> Result<u64, DbErr> {
     Sessions::find()
-        .filter(upload_session::Column::State.is_in([OPEN, MERGING]))
+        .filter(upload_session::Column::State.is_in([Open, Merging]))
         .count(db)
         .await
 }

@@ -81,7 +81,7 @@ impl Service {
         let img = self.image(caller, raw_id).await?;
         // Once slimmed, the slimmed copy is what is served, under the original name.
         let slim = match (img.slim_status, &img.slim_object_key, img.slim_size_bytes) {
-            (2, Some(k), Some(s)) => Some((k.clone(), s as u64)),
+            (entity::status::SlimStatus::Slimmed, Some(k), Some(s)) => Some((k.clone(), s as u64)),
             _ => None,
         };
         let (key, size, crc32, sha256, since, copy) = match slim {

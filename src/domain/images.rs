@@ -7,7 +7,6 @@ use super::{
     meter::Meter,
     now_secs, texts, validate, zipin, Error, Result, Service,
 };
-use crate::imageops::status;
 use crate::{
     cleanup::Cleanup,
     config::Tier,
@@ -17,13 +16,13 @@ use crate::{
         ByteStream, PutOptions, StorageError,
     },
 };
-use entity::image;
+use entity::{
+    image,
+    status::{CheckStatus, JobKind, SlimStatus},
+};
 use futures::StreamExt;
 use sea_orm::{ActiveValue::Set, TransactionTrait};
 use std::path::Path;
-
-/// Check status right after upload: "check in progress" (SPEC section 3).
-pub const CHECK_IN_PROGRESS: i32 = 4;
 
 /// Object key of an image's bytes. Keys are made from ids only.
 pub fn object_key(image_id: &str) -> String {
@@ -123,10 +122,10 @@ impl NewImage<'_> {
             size_bytes: Set(self.size as i64),
             crc32: Set(Some(self.crc32 as i64)),
             source_identifier: Set(self.source_identifier.map(str::to_string)),
-            slim_status: Set(0),
-            check_status: Set(CHECK_IN_PROGRESS),
+            slim_status: Set(SlimStatus::NotSlimmed),
+            check_status: Set(CheckStatus::InProgress),
             check_msg: Set(texts::CHECK_IN_PROGRESS.to_string()),
-            check_result: Set(CHECK_IN_PROGRESS),
+            check_result: Set(crate::imageops::result::IN_PROGRESS),
             checksum: Set(None),
             image_end_offset: Set(None),
             check_errors: Set(None),
@@ -273,7 +272,7 @@ impl Service {
         let recorded = async {
             let txn = self.db.begin().await?;
             db::images::insert(&txn, record.into_active_model()).await?;
-            db::jobs::enqueue(&txn, db::jobs::CHECK, &id, now_secs()).await?;
+            db::jobs::enqueue(&txn, JobKind::Check, &id, now_secs()).await?;
             txn.commit().await
         }
         .await;
@@ -506,11 +505,11 @@ impl Service {
     pub async fn request_check(&self, caller: &Caller, raw_id: &str) -> Result<&'static str> {
         let img = self.image(caller, raw_id).await?;
         let txn = self.db.begin().await?;
-        let in_progress = (CHECK_IN_PROGRESS, texts::CHECK_IN_PROGRESS);
-        if !db::images::request_check(&txn, &img.id, in_progress, now_secs()).await? {
+        let msg = texts::CHECK_IN_PROGRESS;
+        if !db::images::request_check(&txn, &img.id, msg, now_secs()).await? {
             return Ok(texts::CHECK_RUNNING);
         }
-        db::jobs::enqueue(&txn, db::jobs::CHECK, &img.id, now_secs()).await?;
+        db::jobs::enqueue(&txn, JobKind::Check, &img.id, now_secs()).await?;
         txn.commit().await?;
         self.job_wake.notify_one();
         tracing::info!(image.id = %img.id, "check requested");
@@ -526,11 +525,11 @@ impl Service {
             .await?
             .ok_or_else(not_found)?;
         match img.slim_status {
-            1 => return Ok(texts::SLIM_RUNNING),
-            2 => return Ok(texts::SLIM_DONE),
-            _ => {}
+            SlimStatus::Slimming => return Ok(texts::SLIM_RUNNING),
+            SlimStatus::Slimmed => return Ok(texts::SLIM_DONE),
+            SlimStatus::NotSlimmed | SlimStatus::Failed => {}
         }
-        if img.check_status == status::NOT_CHECKED_TYPE {
+        if img.check_status == CheckStatus::NotCheckedType {
             db::images::refuse_slim(&self.db, &id, texts::SLIM_UNSUPPORTED, now_secs()).await?;
             return Err(Error::InvalidInput(texts::SLIM_UNSUPPORTED.to_string()));
         }
@@ -542,7 +541,7 @@ impl Service {
         let txn = self.db.begin().await?;
         let accepted = db::images::request_slim(&txn, &id, now_secs()).await?;
         if accepted {
-            db::jobs::enqueue(&txn, db::jobs::SLIM, &id, now_secs()).await?;
+            db::jobs::enqueue(&txn, JobKind::Slim, &id, now_secs()).await?;
         }
         txn.commit().await?;
         if accepted {
@@ -554,7 +553,7 @@ impl Service {
                 .await?
                 .map(|i| i.slim_status)
             {
-                Some(2) => Ok(texts::SLIM_DONE),
+                Some(SlimStatus::Slimmed) => Ok(texts::SLIM_DONE),
                 Some(_) => Ok(texts::SLIM_RUNNING),
                 None => Err(not_found()),
             }
@@ -582,9 +581,9 @@ fn quota_user(caller: &Caller, fields: &Fields) -> Result<Option<String>> {
 /// (4; the slim waits for it) and for unsupported types (5, refused with its own text).
 pub(crate) fn slim_refusal(img: &image::Model) -> Option<String> {
     let why = match img.check_status {
-        status::CORRUPTED => "its check found it corrupted".to_string(),
-        status::FAILED => format!("its check refused it ({})", img.check_msg),
-        status::TIMED_OUT => "its check timed out".to_string(),
+        CheckStatus::Corrupted => "its check found it corrupted".to_string(),
+        CheckStatus::Failed => format!("its check refused it ({})", img.check_msg),
+        CheckStatus::TimedOut => "its check timed out".to_string(),
         _ => return None,
     };
     Some(format!("This image cannot be slimmed: {why}."))

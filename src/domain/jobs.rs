@@ -5,15 +5,15 @@
 use super::integrity::{digest_file, Digests, Hasher, Wanted};
 use super::{now_secs, Error, Result, Service};
 use crate::{
-    db::{
-        self,
-        jobs::{CHECK, DONE, FAILED, SLIM},
-    },
-    domain::{images::CHECK_IN_PROGRESS, texts},
-    imageops::{compress, status, CheckReport, Declared},
+    db,
+    domain::texts,
+    imageops::{CheckReport, CheckStatus, CompressStatus, Declared},
     metrics::SlimOutcome,
 };
-use entity::job;
+use entity::{
+    job,
+    status::{JobKind, JobState, SlimStatus},
+};
 use std::{path::PathBuf, time::Duration};
 use tokio_util::sync::CancellationToken;
 
@@ -85,11 +85,11 @@ impl Service {
                 Some(Err(_)) if job.attempts < MAX_ATTEMPTS => "retry",
                 Some(Err(_)) => "failed",
             };
-            self.metrics.job_done(&job.kind, label, started.elapsed());
+            self.metrics.job_done(job.kind, label, started.elapsed());
             let logged = match outcome {
                 None => Ok(()),
                 Some(Ok(Step::Done)) => {
-                    db::jobs::finish(&self.db, &job.id, &owner, DONE, None, now)
+                    db::jobs::finish(&self.db, &job.id, &owner, JobState::Done, None, now)
                         .await
                         .map(|_| ())
                 }
@@ -112,9 +112,16 @@ impl Service {
                 Some(Err(e)) => {
                     tracing::error!(job.id = %job.id, error = %e, "job failed for good");
                     self.give_up(&job, &e).await;
-                    db::jobs::finish(&self.db, &job.id, &owner, FAILED, Some(&e.to_string()), now)
-                        .await
-                        .map(|_| ())
+                    db::jobs::finish(
+                        &self.db,
+                        &job.id,
+                        &owner,
+                        JobState::Failed,
+                        Some(&e.to_string()),
+                        now,
+                    )
+                    .await
+                    .map(|_| ())
                 }
             };
             if let Err(e) = logged {
@@ -146,10 +153,9 @@ impl Service {
     }
 
     async fn run_job(&self, job: &job::Model) -> Result<Step> {
-        match job.kind.as_str() {
-            CHECK => self.run_check(&job.image_id).await.map(|()| Step::Done),
-            SLIM => self.run_slim(&job.image_id).await,
-            other => Err(Error::Internal(format!("unknown job kind {other:?}"))),
+        match job.kind {
+            JobKind::Check => self.run_check(&job.image_id).await.map(|()| Step::Done),
+            JobKind::Slim => self.run_slim(&job.image_id).await,
         }
     }
 
@@ -159,12 +165,12 @@ impl Service {
         let Some(img) = db::images::find(&self.db, image_id).await? else {
             return Ok(Step::Done);
         };
-        if img.slim_status != 1 {
+        if img.slim_status != SlimStatus::Slimming {
             return Ok(Step::Done);
         }
         match img.check_status {
-            CHECK_IN_PROGRESS => return Ok(Step::WaitSecs(1)),
-            status::NOT_CHECKED_TYPE => {
+            CheckStatus::InProgress => return Ok(Step::WaitSecs(1)),
+            CheckStatus::NotCheckedType => {
                 db::images::refuse_slim(&self.db, image_id, texts::SLIM_UNSUPPORTED, now_secs())
                     .await?;
                 self.metrics.image_slimmed(SlimOutcome::Unsupported);
@@ -174,8 +180,14 @@ impl Service {
         }
         if let Some(refusal) = super::images::slim_refusal(&img) {
             tracing::info!(image.id = %image_id, %refusal, "slim refused after the check");
-            db::images::slim_failed(&self.db, image_id, compress::FAILED, &refusal, now_secs())
-                .await?;
+            db::images::slim_failed(
+                &self.db,
+                image_id,
+                CompressStatus::Failed,
+                &refusal,
+                now_secs(),
+            )
+            .await?;
             self.metrics.image_slimmed(SlimOutcome::Refused);
             return Ok(Step::Done);
         }
@@ -201,14 +213,20 @@ impl Service {
             };
             db::images::set_corrupted(&self.db, image_id, &msg, &found, now_secs()).await?;
             let refusal = format!("This image cannot be slimmed: {msg}.");
-            db::images::slim_failed(&self.db, image_id, compress::FAILED, &refusal, now_secs())
-                .await?;
+            db::images::slim_failed(
+                &self.db,
+                image_id,
+                CompressStatus::Failed,
+                &refusal,
+                now_secs(),
+            )
+            .await?;
             self.metrics.image_slimmed(SlimOutcome::Refused);
             return Ok(Step::Done);
         }
         if free_bytes(&self.cfg.scratch_dir)? < img.size_bytes as u64 + (64 << 20) {
             let msg = "not enough scratch space to slim the image";
-            db::images::slim_failed(&self.db, image_id, compress::NO_SPACE, msg, now_secs())
+            db::images::slim_failed(&self.db, image_id, CompressStatus::NoSpace, msg, now_secs())
                 .await?;
             self.metrics.image_slimmed(SlimOutcome::NoSpace);
             return Ok(Step::Done);
@@ -239,9 +257,10 @@ impl Service {
             return Ok(Step::Done);
         }
         let report = self.imageops.check(&output, Declared::Qcow2).await;
-        if report.status != status::CONSISTENT {
+        if report.status != CheckStatus::Consistent {
             let msg = format!("the slimmed image did not check consistent: {}", report.msg);
-            db::images::slim_failed(&self.db, image_id, compress::FAILED, &msg, now_secs()).await?;
+            db::images::slim_failed(&self.db, image_id, CompressStatus::Failed, &msg, now_secs())
+                .await?;
             self.metrics.image_slimmed(SlimOutcome::Failed);
             return Ok(Step::Done);
         }
@@ -282,17 +301,23 @@ impl Service {
 
     /// Records on the image that its job could not be done.
     async fn give_up(&self, job: &job::Model, e: &Error) {
-        let recorded = match job.kind.as_str() {
-            CHECK => {
+        let recorded = match job.kind {
+            JobKind::Check => {
                 let report = CheckReport::failed(format!("check failed: {}", e.public_message()));
                 self.metrics.image_checked(report.status);
                 db::images::set_check(&self.db, &job.image_id, &report, None, now_secs()).await
             }
-            _ => {
+            JobKind::Slim => {
                 let msg = format!("slim failed: {}", e.public_message());
                 self.metrics.image_slimmed(SlimOutcome::Failed);
-                db::images::slim_failed(&self.db, &job.image_id, compress::FAILED, &msg, now_secs())
-                    .await
+                db::images::slim_failed(
+                    &self.db,
+                    &job.image_id,
+                    CompressStatus::Failed,
+                    &msg,
+                    now_secs(),
+                )
+                .await
             }
         };
         if let Err(e) = recorded {
@@ -308,7 +333,7 @@ impl Service {
         let Some(img) = db::images::find(&self.db, image_id).await? else {
             return Ok(());
         };
-        let slimmed = img.slim_status == 2 && img.slim_object_key.is_some();
+        let slimmed = img.slim_status == SlimStatus::Slimmed && img.slim_object_key.is_some();
         let (key, size, expected) = match (&img.slim_object_key, img.slim_size_bytes) {
             (Some(k), Some(s)) if slimmed => {
                 (k.clone(), s as u64, (&img.slim_md5, &img.slim_sha256))
@@ -334,7 +359,7 @@ impl Service {
                 let mut report = CheckReport::failed(
                     "image corrupted: the image's data is missing from the store",
                 );
-                report.status = status::CORRUPTED;
+                report.status = CheckStatus::Corrupted;
                 tracing::warn!(image.id = %image_id, "stored object missing");
                 let none = db::images::CheckHashes {
                     md5: "",
@@ -355,10 +380,10 @@ impl Service {
             .await;
         if let Some(msg) = changed_since_recorded(expected, &digests) {
             tracing::warn!(image.id = %image_id, %msg, "stored bytes changed since they were recorded");
-            report.status = status::CORRUPTED;
+            report.status = CheckStatus::Corrupted;
             report.msg = msg;
         }
-        tracing::info!(image.id = %image_id, status = report.status, "image checked");
+        tracing::info!(image.id = %image_id, status = ?report.status, "image checked");
         let hashes = db::images::CheckHashes {
             md5: &md5,
             sha256: &sha256,

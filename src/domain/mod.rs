@@ -21,6 +21,7 @@ use crate::{
     metrics::Metrics,
     storage::{ObjectStore, StorageError},
 };
+use entity::status::{JobKind, JobState};
 use sea_orm::{DatabaseConnection, DbErr};
 use std::{io, sync::Arc};
 use tokio::sync::Semaphore;
@@ -211,18 +212,19 @@ impl Service {
         self.metrics.encode()
     }
 
-    async fn read_state_gauges(&self) -> Result<(u64, Vec<((String, String), u64)>)> {
+    async fn read_state_gauges(&self) -> Result<(u64, Vec<((JobKind, JobState), u64)>)> {
+        use sea_orm::Iterable;
         let open = crate::db::uploads::count_open(&self.db).await?;
         let counts = crate::db::jobs::count_by_kind_state(&self.db).await?;
         let mut jobs = vec![];
         // Every kind and state is reported, zero included, so the series never disappear.
-        for kind in [crate::db::jobs::CHECK, crate::db::jobs::SLIM] {
-            for state in crate::db::jobs::STATES {
+        for kind in JobKind::iter() {
+            for state in JobState::iter() {
                 let n = counts
                     .iter()
-                    .find(|((k, s), _)| k == kind && s == state)
+                    .find(|((k, s), _)| *k == kind && *s == state)
                     .map_or(0, |(_, n)| *n);
-                jobs.push(((kind.to_string(), state.to_string()), n));
+                jobs.push(((kind, state), n));
             }
         }
         Ok((open, jobs))

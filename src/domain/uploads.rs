@@ -12,13 +12,17 @@ use super::{
 };
 use crate::{
     config::Tier,
-    db::{
-        self,
-        uploads::{COMPLETED, MERGING, OPEN},
-    },
+    db,
     storage::{CompletedPart, PutOptions, SpooledPart, StorageError},
 };
-use entity::{image, upload_session};
+use entity::{
+    image,
+    status::{
+        JobKind,
+        SessionState::{Completed, Merging, Open},
+    },
+    upload_session,
+};
 use futures::StreamExt;
 use sea_orm::{ActiveValue::Set, TransactionTrait};
 use std::time::Duration;
@@ -378,10 +382,10 @@ impl Service {
         trace.owner = session.owner.clone();
         let totals = totals.agrees_with(&session)?;
         totals.check_chunk(number, self.cfg.max_image_bytes)?;
-        if session.state != OPEN {
+        if session.state != Open {
             return Err(Error::Conflict(format!(
                 "upload {identifier} is {}; cancel it to start again",
-                if session.state == MERGING {
+                if session.state == Merging {
                     "being merged"
                 } else {
                     "already merged"
@@ -500,7 +504,7 @@ impl Service {
             image_id: Set(image_id),
             object_key: Set(key.clone()),
             upload_id: Set(upload_id.clone()),
-            state: Set(OPEN.to_string()),
+            state: Set(Open),
             // Legacy: each part records whether it is staged (see `placement`).
             packed: Set(false),
             merge_token: Set(None),
@@ -556,7 +560,7 @@ impl Service {
                     "no chunks received for identifier {identifier}"
                 )));
             };
-            if session.state == COMPLETED {
+            if session.state == Completed {
                 if let Some(img) = db::images::find(&self.db, &session.image_id).await? {
                     return self
                         .merged_before(img, checksum.as_ref(), &totals, &file_name)
@@ -735,7 +739,7 @@ impl Service {
             // The chunks were joined: a result that cannot be used consumed them.
             let reopen = !matches!(e, Error::InvalidZip(_) | Error::TooLarge);
             if reopen {
-                db::uploads::end_merge(&self.db, &session.id, &token, OPEN, now_secs()).await?;
+                db::uploads::end_merge(&self.db, &session.id, &token, Open, now_secs()).await?;
             } else if db::uploads::delete_merging(&self.db, &session.id, &token).await? {
                 self.delete_object(&session.bucket, &session.object_key)
                     .await;
@@ -762,7 +766,7 @@ impl Service {
             recovered += 1;
             let identifier = caller::client_identifier(&s.identifier).to_string();
             let Some(file_name) = s.merge_file_name.clone() else {
-                db::uploads::end_merge(&self.db, &s.id, &token, OPEN, now_secs()).await?;
+                db::uploads::end_merge(&self.db, &s.id, &token, Open, now_secs()).await?;
                 tracing::info!(identifier, "interrupted merge reopened");
                 continue;
             };
@@ -840,14 +844,14 @@ impl Service {
             source_identifier: Some(&session.identifier),
         };
         let txn = self.db.begin().await?;
-        if !db::uploads::end_merge(&txn, &session.id, token, COMPLETED, now_secs()).await? {
+        if !db::uploads::end_merge(&txn, &session.id, token, Completed, now_secs()).await? {
             // Taken over (this merger looked dead): the other merger records the image.
             return Err(Error::Conflict(format!(
                 "upload {identifier} is being merged by another request"
             )));
         }
         db::images::insert(&txn, record.into_active_model()).await?;
-        db::jobs::enqueue(&txn, db::jobs::CHECK, &session.image_id, now_secs()).await?;
+        db::jobs::enqueue(&txn, JobKind::Check, &session.image_id, now_secs()).await?;
         txn.commit().await?;
         quota.release().await;
         self.job_wake.notify_one();
@@ -1067,11 +1071,11 @@ impl Service {
         let Some(session) = db::uploads::find(&self.db, &target.key).await? else {
             return Ok(());
         };
-        match session.state.as_str() {
-            MERGING => Err(Error::Conflict(format!(
+        match session.state {
+            Merging => Err(Error::Conflict(format!(
                 "upload {identifier} is being merged"
             ))),
-            COMPLETED => Ok(db::uploads::delete(&self.db, &session.id).await?),
+            Completed => Ok(db::uploads::delete(&self.db, &session.id).await?),
             _ => {
                 self.store
                     .abort_multipart(&session.bucket, &session.object_key, &session.upload_id)
@@ -1109,8 +1113,8 @@ impl Service {
             identifier,
             total_bytes: chunks.iter().map(|c| c.size).sum(),
             chunks,
-            image_id: (session.state == COMPLETED).then_some(session.image_id),
-            state: session.state,
+            image_id: (session.state == Completed).then_some(session.image_id),
+            state: session.state.as_str().into(),
         })
     }
 
@@ -1131,7 +1135,7 @@ impl Service {
                 .abort_multipart(&s.bucket, &s.object_key, &s.upload_id)
                 .await;
             if let Err(e) = aborted {
-                db::uploads::end_merge(&self.db, &s.id, &token, OPEN, now_secs()).await?;
+                db::uploads::end_merge(&self.db, &s.id, &token, Open, now_secs()).await?;
                 return Err(e.into());
             }
             db::uploads::delete_merging(&self.db, &s.id, &token).await?;

@@ -3,9 +3,10 @@
 //! files (backing files, external data files) before it runs.
 
 use super::{
-    compress, qcow2,
+    qcow2,
     qemu::{self, Format},
-    result, status, CheckReport, CompressFailure, Declared, ImageOps, Progress,
+    result, CheckReport, CheckStatus, CompressFailure, CompressStatus, Declared, ImageOps,
+    Progress,
 };
 use async_trait::async_trait;
 use serde_json::Value;
@@ -95,7 +96,7 @@ async fn qemu_img(args: &[String], timeout: Duration) -> Result<Run, RunError> {
 
 fn timed_out() -> CheckReport {
     CheckReport {
-        status: status::TIMED_OUT,
+        status: CheckStatus::TimedOut,
         msg: "check timed out".into(),
         check_result: result::TIMEOUT,
         ..CheckReport::failed("")
@@ -134,19 +135,19 @@ fn check_report(run: &Run, path: &Path, virtual_size_gib: f64) -> CheckReport {
     let code = run.code.unwrap_or(-1);
     let (st, msg) = match code {
         0 => (
-            status::CONSISTENT,
+            CheckStatus::Consistent,
             "check completed, the image is consistent".to_string(),
         ),
         2 => (
-            status::CORRUPTED,
+            CheckStatus::Corrupted,
             "check completed, the image is corrupted".to_string(),
         ),
         3 => (
-            status::LEAKED,
+            CheckStatus::LeakedClusters,
             "check completed, the image has leaked clusters, but is not corrupted".to_string(),
         ),
         _ => (
-            status::FAILED,
+            CheckStatus::Failed,
             format!(
                 "check failed: {}",
                 if run.stderr.is_empty() {
@@ -160,7 +161,7 @@ fn check_report(run: &Run, path: &Path, virtual_size_gib: f64) -> CheckReport {
     CheckReport {
         status: st,
         msg,
-        check_result: if st == status::FAILED {
+        check_result: if st == CheckStatus::Failed {
             result::ERROR
         } else {
             code
@@ -228,7 +229,7 @@ impl ImageOps for LocalImageOps {
         let virtual_size = gib(num(&info, "virtual-size").unwrap_or(0));
         if declared == Declared::Raw {
             return CheckReport {
-                status: status::NOT_CHECKED_TYPE,
+                status: CheckStatus::NotCheckedType,
                 msg: "this type of image is not checked".into(),
                 check_result: result::NOT_QCOW2,
                 format: "raw".into(),
@@ -264,7 +265,7 @@ impl ImageOps for LocalImageOps {
         progress: Progress,
     ) -> Result<(), CompressFailure> {
         let failed = |msg: String| CompressFailure {
-            status: compress::FAILED,
+            status: CompressStatus::Failed,
             msg,
         };
         // The object may have changed since its check: never trust that check alone.
@@ -289,9 +290,9 @@ impl ImageOps for LocalImageOps {
             let msg = String::from_utf8_lossy(&stderr).trim().to_string();
             Err(CompressFailure {
                 status: if msg.contains("No space left") {
-                    compress::NO_SPACE
+                    CompressStatus::NoSpace
                 } else {
-                    compress::FAILED
+                    CompressStatus::Failed
                 },
                 msg: format!(
                     "compression failed: {}",
@@ -302,7 +303,7 @@ impl ImageOps for LocalImageOps {
         match tokio::time::timeout(self.slim_timeout, work).await {
             Ok(r) => r,
             Err(_) => Err(CompressFailure {
-                status: compress::TIMED_OUT,
+                status: CompressStatus::TimedOut,
                 msg: "compression timed out".into(),
             }),
         }

@@ -27,18 +27,12 @@ impl Declared {
     }
 }
 
-/// Check statuses (SPEC section 3).
-pub mod status {
-    pub const CONSISTENT: i32 = 0;
-    pub const CORRUPTED: i32 = 1;
-    pub const LEAKED: i32 = 2;
-    pub const FAILED: i32 = 3;
-    pub const NOT_CHECKED_TYPE: i32 = 5;
-    pub const TIMED_OUT: i32 = 6;
-}
+pub use entity::status::{CheckStatus, CompressStatus};
 
 /// `checkResult` values (SPEC section 3).
 pub mod result {
+    /// While a check is queued or running (the number of `checkStatus` in progress).
+    pub const IN_PROGRESS: i32 = 4;
     pub const NOT_QCOW2: i32 = 63;
     pub const ERROR: i32 = 99;
     pub const TIMEOUT: i32 = 100;
@@ -47,7 +41,7 @@ pub mod result {
 /// What a check found.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CheckReport {
-    pub status: i32,
+    pub status: CheckStatus,
     pub msg: String,
     /// `qemu-img check` exit code, or 63 / 99 / 100.
     pub check_result: i32,
@@ -61,7 +55,7 @@ pub struct CheckReport {
 impl CheckReport {
     pub fn failed(msg: impl Into<String>) -> Self {
         CheckReport {
-            status: status::FAILED,
+            status: CheckStatus::Failed,
             msg: msg.into(),
             check_result: result::ERROR,
             format: String::new(),
@@ -72,20 +66,11 @@ impl CheckReport {
     }
 }
 
-/// `compressInfo.compressStatus` values (SPEC section 3).
-pub mod compress {
-    pub const COMPLETED: i32 = 0;
-    pub const IN_PROGRESS: i32 = 1;
-    pub const FAILED: i32 = 2;
-    pub const NO_SPACE: i32 = 3;
-    pub const TIMED_OUT: i32 = 4;
-}
-
 /// Why a compression did not produce an image.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CompressFailure {
-    /// A `compress` status (failed, no space, timed out).
-    pub status: i32,
+    /// Failed, no space or timed out.
+    pub status: CompressStatus,
     pub msg: String,
 }
 

@@ -1,8 +1,11 @@
 //! Client of the imageops HTTP API (the original sidecar's, or `file-system imageops`). Files
 //! are exchanged through a directory both sides mount: paths handed to it must lie inside.
 
-use super::{compress, result, status, CheckReport, CompressFailure, Declared, ImageOps, Progress};
+use super::{
+    result, CheckReport, CheckStatus, CompressFailure, CompressStatus, Declared, ImageOps, Progress,
+};
 use async_trait::async_trait;
+use sea_orm::ActiveEnum;
 use serde_json::{json, Value};
 use std::{
     path::{Path, PathBuf},
@@ -82,6 +85,12 @@ impl RemoteImageOps {
     }
 }
 
+/// A status number of the sidecar's answers as its type; `None` when absent or unknown.
+fn wire<E: ActiveEnum<Value = i32>>(v: &Value) -> Option<E> {
+    let n = i32::try_from(v.as_i64()?).ok()?;
+    E::try_from_value(&n).ok()
+}
+
 fn s(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
@@ -111,8 +120,8 @@ impl ImageOps for RemoteImageOps {
                             .get(format!("{}/api/v1/vmimage/check/{id}", self.base)),
                     )
                     .await?;
-                let st = v["status"].as_i64().unwrap_or(status::FAILED as i64) as i32;
-                if st != 4 {
+                let st = wire(&v["status"]).unwrap_or(CheckStatus::Failed);
+                if st != CheckStatus::InProgress {
                     let info = &v["checkInfo"];
                     let ii = &info["imageInfo"];
                     return Ok(CheckReport {
@@ -128,7 +137,7 @@ impl ImageOps for RemoteImageOps {
                 }
                 if Instant::now() > deadline {
                     return Ok(CheckReport {
-                        status: status::TIMED_OUT,
+                        status: CheckStatus::TimedOut,
                         check_result: result::TIMEOUT,
                         ..CheckReport::failed("check timed out")
                     });
@@ -147,7 +156,7 @@ impl ImageOps for RemoteImageOps {
         progress: Progress,
     ) -> Result<(), CompressFailure> {
         let failed = |msg: String| CompressFailure {
-            status: compress::FAILED,
+            status: CompressStatus::Failed,
             msg,
         };
         super::qcow2::refuse_foreign_files(input)
@@ -167,10 +176,9 @@ impl ImageOps for RemoteImageOps {
                 )
                 .await
                 .map_err(failed)?;
-            let st = v["status"].as_i64().unwrap_or(compress::FAILED as i64) as i32;
-            match st {
-                compress::COMPLETED => return Ok(()),
-                compress::IN_PROGRESS => progress(v["rate"].as_f64().unwrap_or(0.0)),
+            match wire(&v["status"]).unwrap_or(CompressStatus::Failed) {
+                CompressStatus::Completed => return Ok(()),
+                CompressStatus::InProgress => progress(v["rate"].as_f64().unwrap_or(0.0)),
                 other => {
                     return Err(CompressFailure {
                         status: other,
@@ -180,7 +188,7 @@ impl ImageOps for RemoteImageOps {
             }
             if Instant::now() > deadline {
                 return Err(CompressFailure {
-                    status: compress::TIMED_OUT,
+                    status: CompressStatus::TimedOut,
                     msg: "compression timed out".into(),
                 });
             }

@@ -2,13 +2,14 @@
 //! deployment needs nothing else. Image names are relative to a directory both containers
 //! mount; requests run in the background and are polled by id.
 
-use super::{local::LocalImageOps, CheckReport, Declared, ImageOps};
+use super::{local::LocalImageOps, CheckReport, CheckStatus, CompressStatus, Declared, ImageOps};
 use axum::{
     extract::{Path as UrlPath, State},
     http::StatusCode,
     routing::{get, post},
     Json, Router,
 };
+use sea_orm::ActiveEnum;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::{
@@ -22,7 +23,7 @@ type CheckDone = (CheckReport, String, u64, String);
 /// Running checks (`None`) and finished ones, by request id.
 type Checks = Arc<Mutex<HashMap<String, Option<CheckDone>>>>;
 /// Compressions by request id: status, message, progress.
-type Compressions = Arc<Mutex<HashMap<String, (i32, String, f64)>>>;
+type Compressions = Arc<Mutex<HashMap<String, (CompressStatus, String, f64)>>>;
 
 #[derive(Clone)]
 pub struct OpsState {
@@ -119,16 +120,18 @@ async fn check_status(State(st): State<OpsState>, UrlPath(id): UrlPath<String>) 
     match st.checks.lock().expect("lock").get(&id) {
         None => (
             StatusCode::NOT_FOUND,
-            Json(json!({ "status": 3, "msg": "no such request" })),
+            Json(json!({ "status": CheckStatus::Failed.to_value(), "msg": "no such request" })),
         ),
         Some(None) => (
             StatusCode::OK,
-            Json(json!({ "status": 4, "msg": "Check In Progress" })),
+            Json(
+                json!({ "status": CheckStatus::InProgress.to_value(), "msg": "Check In Progress" }),
+            ),
         ),
         Some(Some((r, md5, size, name))) => (
             StatusCode::OK,
             Json(json!({
-                "status": r.status,
+                "status": r.status.to_value(),
                 "msg": r.msg,
                 "checkInfo": {
                     "checksum": md5,
@@ -155,10 +158,14 @@ async fn start_compress(State(st): State<OpsState>, Json(req): Json<CompressRequ
         return bad("invalid output image name");
     };
     let id = uuid::Uuid::new_v4().to_string();
-    st.compressions
-        .lock()
-        .expect("lock")
-        .insert(id.clone(), (1, "Compress In Progress".into(), 0.0));
+    st.compressions.lock().expect("lock").insert(
+        id.clone(),
+        (
+            CompressStatus::InProgress,
+            "Compress In Progress".into(),
+            0.0,
+        ),
+    );
     let (ops, table, rid) = (st.ops.clone(), st.compressions.clone(), id.clone());
     tokio::spawn(async move {
         let t2 = table.clone();
@@ -169,7 +176,11 @@ async fn start_compress(State(st): State<OpsState>, Json(req): Json<CompressRequ
             }
         });
         let outcome = match ops.compress(&input, &output, progress).await {
-            Ok(()) => (0, "Compress Completed".to_string(), 1.0),
+            Ok(()) => (
+                CompressStatus::Completed,
+                "Compress Completed".to_string(),
+                1.0,
+            ),
             Err(f) => (f.status, f.msg, 0.0),
         };
         table.lock().expect("lock").insert(rid, outcome);
@@ -184,11 +195,11 @@ async fn compress_status(State(st): State<OpsState>, UrlPath(id): UrlPath<String
     match st.compressions.lock().expect("lock").get(&id) {
         None => (
             StatusCode::NOT_FOUND,
-            Json(json!({ "status": 2, "msg": "no such request" })),
+            Json(json!({ "status": CompressStatus::Failed.to_value(), "msg": "no such request" })),
         ),
         Some((status, msg, rate)) => (
             StatusCode::OK,
-            Json(json!({ "status": status, "msg": msg, "rate": rate })),
+            Json(json!({ "status": status.to_value(), "msg": msg, "rate": rate })),
         ),
     }
 }

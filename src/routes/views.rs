@@ -1,7 +1,11 @@
 //! JSON shapes the existing clients read. Field names and types are the contract (SPEC §2).
 
 use crate::domain::texts;
-use entity::image::Model;
+use entity::{
+    image::Model,
+    status::{CompressStatus, SlimStatus},
+};
+use sea_orm::ActiveEnum;
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -30,7 +34,7 @@ impl From<&Model> for FlatImage {
             upload_time: m.upload_time.clone(),
             user_id: m.user_id.clone(),
             storage_medium: m.bucket.clone(),
-            slim_status: m.slim_status,
+            slim_status: m.slim_status.to_value(),
             // Upload/merge keep the original's meaning: 0 = the check was queued.
             check_status: 0,
             msg: texts::CHECK_IN_PROGRESS.to_string(),
@@ -110,9 +114,9 @@ impl From<&Model> for ImageView {
             user_id: m.user_id.clone(),
             upload_time: m.upload_time.clone(),
             storage_medium: m.bucket.clone(),
-            slim_status: m.slim_status,
+            slim_status: m.slim_status.to_value(),
             check_status_response: CheckStatusResponse {
-                status: m.check_status,
+                status: m.check_status.to_value(),
                 msg: m.check_msg.clone(),
                 check_info: CheckInfo {
                     checksum: m.checksum.clone().unwrap_or_default(),
@@ -129,7 +133,11 @@ impl From<&Model> for ImageView {
                 },
             },
             compress_info: CompressInfo {
-                compress_status: m.compress_status.unwrap_or(0),
+                // Never slimmed reads as 0, as in the original.
+                compress_status: m
+                    .compress_status
+                    .unwrap_or(CompressStatus::Completed)
+                    .to_value(),
                 compress_msg: m.compress_msg.clone().unwrap_or_default(),
                 compress_rate: m.compress_rate.unwrap_or(0.0),
             },
@@ -138,7 +146,11 @@ impl From<&Model> for ImageView {
             original_checksum: m
                 .original_md5
                 .clone()
-                .or_else(|| (m.slim_status != 2).then(|| m.checksum.clone()).flatten())
+                .or_else(|| {
+                    (m.slim_status != SlimStatus::Slimmed)
+                        .then(|| m.checksum.clone())
+                        .flatten()
+                })
                 .unwrap_or_default(),
             original_sha256: m.original_sha256.clone().unwrap_or_default(),
         }
@@ -149,7 +161,7 @@ impl From<&Model> for ImageView {
 /// checked).
 fn recorded_sha256(m: &Model) -> Option<String> {
     let recorded = match (m.slim_status, &m.slim_object_key) {
-        (2, Some(_)) => m.slim_sha256.clone(),
+        (SlimStatus::Slimmed, Some(_)) => m.slim_sha256.clone(),
         _ => m.original_sha256.clone(),
     };
     recorded.or_else(|| m.sha256.clone())
@@ -158,7 +170,7 @@ fn recorded_sha256(m: &Model) -> Option<String> {
 /// Length of the bytes downloads serve: the slimmed copy once there is one.
 fn served_size(m: &Model) -> i64 {
     match (m.slim_status, m.slim_size_bytes) {
-        (2, Some(s)) => s,
+        (SlimStatus::Slimmed, Some(s)) => s,
         _ => m.size_bytes,
     }
 }

@@ -3,6 +3,7 @@
 //! again while a live one does not.
 
 use crate::helpers::*;
+use entity::status::{JobKind, JobState};
 use file_system::db::{self, jobs};
 use std::collections::HashSet;
 
@@ -20,7 +21,7 @@ async fn concurrent_claims_take_each_job_once(b: Backend) {
     let mut ids = HashSet::new();
     for i in 0..24 {
         ids.insert(
-            jobs::enqueue(&conn, jobs::CHECK, &format!("img-{i}"), now)
+            jobs::enqueue(&conn, JobKind::Check, &format!("img-{i}"), now)
                 .await
                 .unwrap(),
         );
@@ -49,7 +50,7 @@ async fn concurrent_claims_take_each_job_once(b: Backend) {
     assert_eq!(claimed.len(), 24, "every worker got a job");
     assert_eq!(distinct, ids, "each job went to exactly one worker");
     for j in &claimed {
-        assert_eq!(j.state, jobs::RUNNING);
+        assert_eq!(j.state, JobState::Running);
         assert_eq!(j.attempts, 1);
     }
     // Nothing is left to claim while the leases live...
@@ -68,12 +69,12 @@ async fn concurrent_claims_take_each_job_once(b: Backend) {
     let old = claimed.iter().find(|j| j.id == again.id).unwrap();
     let old_owner = old.lease_owner.clone().unwrap();
     assert!(
-        !jobs::finish(&conn, &again.id, &old_owner, jobs::DONE, None, now + 62)
+        !jobs::finish(&conn, &again.id, &old_owner, JobState::Done, None, now + 62)
             .await
             .unwrap()
     );
     assert!(
-        jobs::finish(&conn, &again.id, "late", jobs::DONE, None, now + 62)
+        jobs::finish(&conn, &again.id, "late", JobState::Done, None, now + 62)
             .await
             .unwrap()
     );
@@ -82,11 +83,15 @@ async fn concurrent_claims_take_each_job_once(b: Backend) {
 /// Finished jobs past their retention are deleted; recent ones and live ones stay.
 async fn finished_jobs_are_pruned(b: Backend) {
     let (_dir, conn) = queue_db(b).await;
-    let old = jobs::enqueue(&conn, jobs::CHECK, "a", 100).await.unwrap();
-    let recent = jobs::enqueue(&conn, jobs::CHECK, "b", 100).await.unwrap();
-    let queued = jobs::enqueue(&conn, jobs::SLIM, "c", 100).await.unwrap();
-    let failed = jobs::enqueue(&conn, jobs::SLIM, "d", 100).await.unwrap();
-    let running = jobs::enqueue(&conn, jobs::SLIM, "e", 100).await.unwrap();
+    let old = jobs::enqueue(&conn, JobKind::Check, "a", 100)
+        .await
+        .unwrap();
+    let recent = jobs::enqueue(&conn, JobKind::Check, "b", 100)
+        .await
+        .unwrap();
+    let queued = jobs::enqueue(&conn, JobKind::Slim, "c", 100).await.unwrap();
+    let failed = jobs::enqueue(&conn, JobKind::Slim, "d", 100).await.unwrap();
+    let running = jobs::enqueue(&conn, JobKind::Slim, "e", 100).await.unwrap();
     // Claimed in order of creation (same second: any order), then ended at chosen times.
     for _ in 0..5 {
         assert!(jobs::claim(&conn, "w", 100, 10_000)
@@ -94,13 +99,13 @@ async fn finished_jobs_are_pruned(b: Backend) {
             .unwrap()
             .is_some());
     }
-    jobs::finish(&conn, &old, "w", jobs::DONE, None, 200)
+    jobs::finish(&conn, &old, "w", JobState::Done, None, 200)
         .await
         .unwrap();
-    jobs::finish(&conn, &failed, "w", jobs::FAILED, Some("x"), 200)
+    jobs::finish(&conn, &failed, "w", JobState::Failed, Some("x"), 200)
         .await
         .unwrap();
-    jobs::finish(&conn, &recent, "w", jobs::DONE, None, 900)
+    jobs::finish(&conn, &recent, "w", JobState::Done, None, 900)
         .await
         .unwrap();
     jobs::retry_at(&conn, &queued, "w", 150, "again", 150)
@@ -149,10 +154,10 @@ mod postgres {
             sea_query::LockType, EntityTrait, QueryOrder, QuerySelect, TransactionTrait,
         };
         let (_dir, conn) = super::queue_db(crate::helpers::Backend::PostgresLocal).await;
-        let first = super::jobs::enqueue(&conn, super::jobs::SLIM, "a", 1)
+        let first = super::jobs::enqueue(&conn, super::JobKind::Slim, "a", 1)
             .await
             .unwrap();
-        let second = super::jobs::enqueue(&conn, super::jobs::SLIM, "b", 2)
+        let second = super::jobs::enqueue(&conn, super::JobKind::Slim, "b", 2)
             .await
             .unwrap();
         let holder = conn.begin().await.unwrap();

@@ -159,8 +159,12 @@ async fn running_slim(db: &sea_orm::DatabaseConnection, id: &str) -> (entity::jo
             .await
             .unwrap()
             .expect("the slim job exists");
-        assert_ne!(job.state, "done", "the slim finished before it was caught");
-        if job.state == "running" {
+        assert_ne!(
+            job.state,
+            entity::status::JobState::Done,
+            "the slim finished before it was caught"
+        );
+        if job.state == entity::status::JobState::Running {
             // The owner is host/pid/run.
             let owner = job.lease_owner.clone().unwrap();
             let pid = owner.split('/').nth(1).unwrap().parse().unwrap();
@@ -343,7 +347,11 @@ async fn two_replicas_share_one_database_and_store(b: Backend) {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(released.state, "queued", "{released:?}");
+    assert_eq!(
+        released.state,
+        entity::status::JobState::Queued,
+        "{released:?}"
+    );
     assert_eq!(released.lease_owner, None);
 
     // A fresh replica takes the released job at once and finishes it.
@@ -358,7 +366,7 @@ async fn two_replicas_share_one_database_and_store(b: Backend) {
             .await
             .unwrap()
             .unwrap();
-        if j.state != "running" || Instant::now() > deadline {
+        if j.state != entity::status::JobState::Running || Instant::now() > deadline {
             break j;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

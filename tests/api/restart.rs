@@ -101,7 +101,8 @@ async fn sigkill_during_a_slim_then_restart(b: Backend) {
         .unwrap()
         .unwrap();
     assert_eq!(
-        killed.slim_status, 1,
+        killed.slim_status,
+        entity::status::SlimStatus::Slimming,
         "the process died after the slim had finished"
     );
 
