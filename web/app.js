@@ -90,8 +90,11 @@ function askToken(error) {
   const d = $('token-dialog');
   const msg = $('token-error');
   if (error && api.token()) {
+    // A refused token is forgotten: the prompt asks for another.
     msg.textContent = `The service refused the token: ${error.message}`;
     msg.hidden = false;
+    api.setToken('');
+    updateSession();
   } else if (error) {
     msg.hidden = true;
   }
