@@ -230,6 +230,8 @@ export class Upload {
         await sendChunk(
           form,
           (loaded) => {
+            // A late event of an aborted request (a pause) must not count again.
+            if (this.state !== 'uploading' || !this.inflight.has(n)) return;
             this.inflight.set(n, Math.min(loaded, b - a));
             this.progress();
           },

@@ -75,7 +75,10 @@ static ETAGS: LazyLock<Vec<String>> = LazyLock::new(|| {
 /// The console's routes, merged into the service's router.
 pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
     Router::new()
-        .route("/", get(|h: HeaderMap| async move { serve("index.html", &h) }))
+        .route(
+            "/",
+            get(|h: HeaderMap| async move { serve("index.html", &h) }),
+        )
         .route(
             "/console/{file}",
             get(|Path(file): Path<String>, h: HeaderMap| async move { serve(&file, &h) }),
@@ -84,12 +87,8 @@ pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
 
 fn serve(name: &str, headers: &HeaderMap) -> Response {
     let Some(i) = ASSETS.iter().position(|a| a.name == name) else {
-        return super::error::ApiError::new(
-            StatusCode::NOT_FOUND,
-            "NOT_FOUND",
-            "no such resource",
-        )
-        .into_response();
+        return super::error::ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", "no such resource")
+            .into_response();
     };
     let asset = &ASSETS[i];
     let etag = ETAGS[i].as_str();
@@ -153,6 +152,9 @@ mod tests {
         assert!(!html.contains("<script>"), "inline script");
         assert!(!html.contains("style="), "inline style");
         assert!(!html.contains("onclick"), "inline handler");
-        assert!(!html.contains("http://") && !html.contains("https://"), "another host");
+        assert!(
+            !html.contains("http://") && !html.contains("https://"),
+            "another host"
+        );
     }
 }

@@ -84,7 +84,10 @@ async fn the_page_and_its_assets_are_served_with_type_etag_and_csp() {
         let h = resp.headers().clone();
         assert_eq!(h[header::CONTENT_TYPE], kind, "{path}");
         let csp = h[header::CONTENT_SECURITY_POLICY].to_str().unwrap();
-        assert!(csp.starts_with("default-src 'self'; script-src 'self';"), "{csp}");
+        assert!(
+            csp.starts_with("default-src 'self'; script-src 'self';"),
+            "{csp}"
+        );
         assert!(!csp.contains("unsafe"), "{csp}");
         assert_eq!(h[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
         assert_eq!(h[header::CACHE_CONTROL], "no-cache");
@@ -149,14 +152,18 @@ async fn with_authentication_on_the_console_is_open_and_the_api_is_not() {
     }
     let refused = get(&app, "/image-management/v1/images").await;
     assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
-    assert_eq!(get(&app, "/metrics").await.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        get(&app, "/metrics").await.status(),
+        StatusCode::UNAUTHORIZED
+    );
     app.stop().await;
 }
 
 /// The scenario of tests/browser/console.mjs on one backend: a 30 MiB qcow2 uploaded with a
 /// reload half way and resumed (only the missing chunks sent, the stored bytes compared by
 /// SHA-256), details, slim (progress, then "slimmed"), re-check, a .zip as another user and
-/// the user filter, delete with confirmation; axe-core on each view.
+/// the user filter, delete with confirmation, pause / resume / cancel of another upload;
+/// axe-core on each view.
 async fn console_in_chromium(b: Backend) {
     let app = TestApp::spawn(b, Options::default()).await;
     let files = tempfile::tempdir().unwrap();
@@ -166,12 +173,18 @@ async fn console_in_chromium(b: Backend) {
         &archive,
         "z.writestr('small/small.img', bytes(range(256)) * 4096)",
     );
+    let other = files.path().join("other.img");
+    std::fs::write(&other, crate::helpers::pattern(3, 20 << 20)).unwrap();
     let dir = artifacts(&format!("console-{b:?}"));
     run_scenario(
         "console.mjs",
         &app.base,
         &dir,
-        &[image.to_str().unwrap(), archive.to_str().unwrap()],
+        &[
+            image.to_str().unwrap(),
+            archive.to_str().unwrap(),
+            other.to_str().unwrap(),
+        ],
     )
     .await;
     app.wait_jobs_idle().await;

@@ -4,7 +4,9 @@
 // "slimmed"; re-check; a .zip uploaded as another user, the user filter; a delete confirmed
 // in its dialog; axe-core on each view.
 //
-// node console.mjs <base-url> <artifacts-dir> <image.qcow2> <archive.zip>
+// Also: pause, resume and cancel of an upload (DELETE /images/upload drops its chunks).
+//
+// node console.mjs <base-url> <artifacts-dir> <image.qcow2> <archive.zip> <other.img>
 
 import { mkdtempSync, rmSync, statSync } from 'node:fs';
 import os from 'node:os';
@@ -12,9 +14,9 @@ import path from 'node:path';
 import { args, launch, shot, axe, sha256File, sha256Url, assert, until, watch, log, main } from './common.mjs';
 
 const { base, artifacts, rest } = args();
-const [image, archive] = rest;
-if (!image || !archive) {
-  console.error('usage: node console.mjs <base-url> <artifacts-dir> <image.qcow2> <archive.zip>');
+const [image, archive, other] = rest;
+if (!image || !archive || !other) {
+  console.error('usage: node console.mjs <base-url> <artifacts-dir> <image.qcow2> <archive.zip> <other.img>');
   process.exit(2);
 }
 const API = `${base}/image-management/v1`;
@@ -198,6 +200,36 @@ await main(async () => {
     assert(left.length === 1 && left[0].fileName === name, `left: ${left.map((i) => i.fileName)}`);
     await axe(page, 'the console after a delete');
     await shot(page, artifacts, 'deleted');
+
+    // Pause, resume, cancel: chunks after the first are held back again.
+    await page.fill('#upload-user', '');
+    chunkPosts = 0;
+    held.length = 0;
+    await page.route(isChunk, throttle);
+    const deletes = [];
+    page.on('request', (r) => {
+      if (r.method() === 'DELETE' && new URL(r.url()).pathname === UPLOAD_PATH) deletes.push(r);
+    });
+    await page.setInputFiles('#file-input', other);
+    const otherName = path.basename(other);
+    const up = page.locator('li.upload').filter({ hasText: otherName });
+    const otherId = await up.getAttribute('data-identifier');
+    await until('two chunks of the other file', async () => (await resumeQuery(otherId)).chunks.length === 2 && held.length >= 1);
+    await up.getByRole('button', { name: `Pause ${otherName}` }).click();
+    await until('paused', async () => (await up.getAttribute('data-state')) === 'paused');
+    const heldBefore = held.length;
+    await shot(page, artifacts, 'paused');
+    await up.getByRole('button', { name: `Resume ${otherName}` }).click();
+    await until('the resumed upload to send again', async () => held.length > heldBefore);
+    assert((await up.getAttribute('data-state')) === 'uploading', 'uploading again');
+    await up.getByRole('button', { name: `Cancel ${otherName}` }).click();
+    await until('the cancel', async () => deletes.length === 1 && (await up.count()) === 0);
+    for (const r of held) await r.abort().catch(() => {});
+    await page.unroute(isChunk, throttle);
+    const cancelled = await resumeQuery(otherId);
+    assert(cancelled.chunks.length === 0 && cancelled.state === 'none', `after cancel: ${JSON.stringify(cancelled)}`);
+    assert(!(await page.locator(`#pending li[data-identifier="${otherId}"]`).count()), 'not remembered');
+    log('pause, resume and cancel: the service holds nothing of the cancelled upload');
 
     assert(problems.length === 0, `problems in the page:\n${problems.join('\n')}`);
   } finally {
