@@ -265,7 +265,8 @@ async function slim(img) {
 async function recheck(img) {
   clearNotice();
   try {
-    await api.checkImage(img.imageId);
+    const answer = await api.checkImage(img.imageId);
+    if (answer !== 'check in progress') notify(answer, 'info');
     img.checkStatusResponse = { ...img.checkStatusResponse, status: 4, msg: 'Check In Progress' };
     renderImages();
   } catch (e) {

@@ -2,13 +2,14 @@
 // upload of a 30 MiB qcow2 with a reload half way and a resume that sends only the missing
 // chunks, the stored bytes compared by SHA-256; details; slim with its progress bar then
 // "slimmed"; re-check; a .zip uploaded as another user, the user filter; a delete confirmed
-// in its dialog; axe-core on each view.
+// in its dialog; axe-core on each view. The first file is chosen from the keyboard (Enter on
+// the drop zone), the .zip is dropped on it.
 //
 // Also: pause, resume and cancel of an upload (DELETE /images/upload drops its chunks).
 //
 // node console.mjs <base-url> <artifacts-dir> <image.qcow2> <archive.zip> <other.img>
 
-import { mkdtempSync, rmSync, statSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { args, launch, shot, axe, sha256File, sha256Url, assert, until, watch, log, main } from './common.mjs';
@@ -78,7 +79,10 @@ await main(async () => {
     };
     const isChunk = (url) => url.pathname === UPLOAD_PATH;
     await page.route(isChunk, throttle);
-    await page.setInputFiles('#file-input', image);
+    // From the keyboard: the drop zone is a button that opens the file chooser.
+    await page.focus('#drop');
+    const [chooser] = await Promise.all([page.waitForEvent('filechooser'), page.keyboard.press('Enter')]);
+    await chooser.setFiles(image);
     const item = page.locator('li.upload').first();
     const identifier = await item.getAttribute('data-identifier');
     log(`identifier ${identifier}`);
@@ -170,8 +174,17 @@ await main(async () => {
     await shot(page, artifacts, 'rechecked');
 
     // A .zip, uploaded as another user; the filter by user.
+    // Dropped on the drop zone (a drop event carrying the file, as a drag from the desktop).
     await page.fill('#upload-user', 'alice');
-    await page.setInputFiles('#file-input', archive);
+    const bytes = readFileSync(archive).toString('base64');
+    const transfer = await page.evaluateHandle(({ bytes, name }) => {
+      const dt = new DataTransfer();
+      const raw = Uint8Array.from(atob(bytes), (c) => c.charCodeAt(0));
+      dt.items.add(new File([raw], name, { type: 'application/zip' }));
+      return dt;
+    }, { bytes, name: path.basename(archive) });
+    await page.dispatchEvent('#drop', 'dragenter', { dataTransfer: transfer });
+    await page.dispatchEvent('#drop', 'drop', { dataTransfer: transfer });
     const inner = 'small.img';
     await row(page, inner).waitFor({ timeout: 60_000 });
     assert((await row(page, inner).locator('td').first().textContent()) === 'alice', 'the zip image is alice\'s');
