@@ -190,7 +190,14 @@ await main(async () => {
     assert((await row(page, inner).locator('td').first().textContent()) === 'alice', 'the zip image is alice\'s');
     await until('the zip image check', async () => (await row(page, inner).locator('td.check').textContent()).includes('not checked'));
     await page.fill('#filter-user', 'alice');
-    await page.getByRole('button', { name: 'Filter' }).click();
+    await page.selectOption('#page-size', '10');
+    const [listing] = await Promise.all([
+      page.waitForRequest((r) => new URL(r.url()).pathname === '/image-management/v1/images'),
+      page.getByRole('button', { name: 'Filter' }).click(),
+    ]);
+    const q = new URL(listing.url()).searchParams;
+    assert(q.get('userId') === 'alice' && q.get('limit') === '10' && q.get('offset') === '0', `listing ${listing.url()}`);
+    assert(await page.locator('#next').isDisabled(), 'no next page');
     await until('the filter', async () => (await page.locator('#rows tr').count()) === 1);
     await shot(page, artifacts, 'filtered');
     await page.fill('#filter-user', '');
