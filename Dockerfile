@@ -8,6 +8,8 @@ COPY Cargo.toml Cargo.lock build.rs ./
 COPY entity entity
 COPY migration migration
 COPY src src
+# The web console's files, embedded in the binary (src/routes/console.rs).
+COPY web web
 COPY benches benches
 # No .git in the build context: pass the revision for `--version`
 # (docker build --build-arg FS_GIT_REVISION=$(git rev-parse --short=12 HEAD) .).

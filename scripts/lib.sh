@@ -39,6 +39,31 @@ ensure_tools() {
     fi
 }
 
+# What the web console's browser tests need (tests/api/console.rs runs tests/browser/*.mjs):
+# Debian's Chromium (playwright-core drives /usr/bin/chromium; `npx playwright install` cannot
+# download a browser here) and Node.js, then `npm ci` in tests/browser when node_modules is
+# missing or was installed from another package-lock.json.
+ensure_browser() {
+    local missing=()
+    [ -x /usr/bin/chromium ] || missing+=(chromium)
+    command -v node >/dev/null || missing+=(nodejs)
+    command -v npm >/dev/null || missing+=(npm)
+    if ((${#missing[@]})); then
+        echo "installing: ${missing[*]}" >&2
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    fi
+    local dir lock stamp
+    dir="$(dirname "${BASH_SOURCE[0]}")/../tests/browser"
+    lock=$(sha256sum "$dir/package-lock.json" | cut -d' ' -f1)
+    stamp="$dir/node_modules/.fs-package-lock.sha256"
+    if [ "$(cat "$stamp" 2>/dev/null)" != "$lock" ]; then
+        echo "installing tests/browser's npm packages (npm ci)" >&2
+        (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+        echo "$lock" >"$stamp"
+    fi
+}
+
 FS_TOOLS="${FS_TOOLS:-$HOME/.cache/fs-tools}"
 GARAGE_VERSION=2.5.0
 

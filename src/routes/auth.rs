@@ -7,7 +7,8 @@
 //!   extensions, where `extract::Authenticated` and `audit::Audit` find it;
 //! - with `FS_METRICS_TOKEN` set, `/metrics` needs that token.
 //!
-//! `/health`, `/ready` and `/openapi.json` stay open. An unknown path under the API base is
+//! `/health`, `/ready`, `/openapi.json` and the web console's files (`/`, `/console/{file}`:
+//! no data, the page asks for a token itself) stay open. An unknown path under the API base is
 //! refused like a known one when the request has no credential (401 before 404), so routes
 //! cannot be probed without one.
 //!

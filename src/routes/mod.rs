@@ -5,6 +5,7 @@ pub mod audit;
 pub mod auth;
 mod bounded;
 mod conditional;
+pub mod console;
 pub mod docs;
 mod drain;
 pub mod error;
@@ -80,6 +81,8 @@ pub fn router(svc: Service, authenticator: Option<Arc<Authenticator>>) -> Router
         timeout: Duration::from_secs(svc.config().drain_timeout_secs),
     };
     routes
+        // The web console (`/`, `/console/...`): outside the API base, so open with auth on.
+        .merge(console::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         // Bodies are streamed and their limits enforced by the domain; a client that stops

@@ -7,6 +7,7 @@ mod bad_input;
 mod checks;
 mod chunks;
 mod cli;
+mod console;
 mod downloads;
 mod hostile;
 mod images;
