@@ -133,7 +133,7 @@ impl From<&Model> for ImageView {
                 },
             },
             compress_info: CompressInfo {
-                // Never slimmed reads as 0, as in the original.
+                // Never slimmed reads as 0, as it always has (`slimStatus` 0 says it was not).
                 compress_status: m
                     .compress_status
                     .unwrap_or(CompressStatus::Completed)
