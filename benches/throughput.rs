@@ -497,6 +497,7 @@ async fn sdk_client(endpoint: &str) -> aws_sdk_s3::Client {
         min_part_bytes: 5 * MIB,
         part_bytes: 8 * MIB,
         upload_concurrency: 4,
+        readahead_bytes: 128 << 20,
         key_prefix: String::new(),
         spool_dir: std::env::temp_dir(),
         checksum: Default::default(),

@@ -162,6 +162,7 @@ impl Config {
         let s3_min_part_bytes = r.get("FS_S3_MIN_PART_BYTES", 5 << 20, bytes_up_to(MAX_PART));
         let s3_part_bytes = r.get("FS_S3_PART_BYTES", 8 << 20, bytes_up_to(MAX_PART));
         let s3_upload_concurrency: usize = r.get("FS_S3_UPLOAD_CONCURRENCY", 4, number_in(1, 64));
+        let s3_readahead_bytes = r.get("FS_S3_READAHEAD_BYTES", 128 << 20, bytes);
         let s3_key_prefix = r.string("FS_S3_KEY_PREFIX").unwrap_or_default();
         let s3_checksum = r.get(
             "FS_S3_CHECKSUM",
@@ -243,6 +244,7 @@ impl Config {
             min_part_bytes: s3_min_part_bytes,
             part_bytes: s3_part_bytes,
             upload_concurrency: s3_upload_concurrency,
+            readahead_bytes: s3_readahead_bytes,
             key_prefix: s3_key_prefix,
             spool_dir: scratch_dir.clone(),
             checksum: s3_checksum,

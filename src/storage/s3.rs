@@ -34,6 +34,7 @@ use std::{path::PathBuf, sync::Arc, time::Duration};
 use tokio::{io::AsyncWriteExt, sync::Semaphore, task::JoinSet};
 
 pub mod plan;
+mod readahead;
 
 /// Settings of the S3 store.
 #[derive(Debug, Clone)]
@@ -48,6 +49,9 @@ pub struct S3Settings {
     pub part_bytes: u64,
     /// Parts of one streamed upload in flight at once.
     pub upload_concurrency: usize,
+    /// Memory all downloads together may hold read ahead of what they send, in windows of
+    /// `part_bytes` (each download reads up to 3 windows ahead); 0 reads with one GET.
+    pub readahead_bytes: u64,
     /// Prepended to every key (several deployments, or test runs, can share buckets).
     pub key_prefix: String,
     /// Where staged chunks are joined into a part at completion (the scratch directory).
@@ -151,6 +155,7 @@ const COPY_PART: u64 = 1 << 30;
 pub struct S3Store {
     client: Client,
     settings: S3Settings,
+    readahead: readahead::Budget,
 }
 
 /// Where the staged chunks of an upload live. Upload ids are opaque (and may hold characters
@@ -363,6 +368,7 @@ impl S3Store {
         }
         Ok(Self {
             client: Client::from_conf(b.build()),
+            readahead: readahead::Budget::new(settings.readahead_bytes, settings.part_bytes),
             settings,
         })
     }
@@ -591,7 +597,69 @@ impl S3Store {
         }
     }
 
+    /// Streams an object, or `range` of it. Longer than one read-ahead window, it is read as
+    /// a few ranged GETs at once, in order ([`readahead`]).
     async fn get_stream(
+        &self,
+        bucket: &str,
+        key: &str,
+        range: Option<ByteRange>,
+    ) -> Result<ByteStream> {
+        let window = self.readahead.window;
+        let single =
+            self.settings.readahead_bytes == 0 || range.is_some_and(|r| r.length() <= window);
+        if single {
+            return self.get_once(bucket, key, range).await;
+        }
+        let start = range.map_or(0, |r| r.start);
+        let first_end = range.map_or(start + window - 1, |r| r.end.min(start + window - 1));
+        let out = match self
+            .client
+            .get_object()
+            .bucket(bucket)
+            .key(key)
+            .range(format!("bytes={start}-{first_end}"))
+            .send()
+            .await
+        {
+            Ok(out) => out,
+            // An empty object has no byte 0.
+            Err(SdkError::ServiceError(se))
+                if range.is_none() && se.raw().status().as_u16() == 416 =>
+            {
+                return self.get_once(bucket, key, None).await;
+            }
+            Err(e) => return Err(self.err(e)),
+        };
+        let total = out.content_range().and_then(readahead::total_of);
+        let Some(end) = range.map(|r| r.end).or(total.map(|t| t.saturating_sub(1))) else {
+            // A store that ignored the range sent the whole object.
+            return Ok(body_stream(out.body));
+        };
+        let end = total.map_or(end, |t| end.min(t.saturating_sub(1)));
+        let first_end = first_end.min(end);
+        let first = readahead::exact(body_stream(out.body), first_end - start + 1);
+        if first_end >= end {
+            return Ok(first);
+        }
+        let windows = Windows {
+            client: self.client.clone(),
+            endpoint: self.settings.endpoint.clone(),
+            bucket: bucket.to_string(),
+            key: key.to_string(),
+            etag: out.e_tag,
+        };
+        Ok(readahead::ordered(
+            windows,
+            self.readahead.clone(),
+            first,
+            first_end,
+            end,
+        ))
+    }
+
+    /// Streams an object, or `range` of it, with one GET.
+    async fn get_once(
         &self,
         bucket: &str,
         key: &str,
@@ -606,13 +674,7 @@ impl S3Store {
             .send()
             .await
             .map_err(|e| self.err(e))?;
-        let body = out.body;
-        Ok(futures::stream::unfold(body, |mut b| async move {
-            b.next()
-                .await
-                .map(|r| (r.map_err(std::io::Error::other), b))
-        })
-        .boxed())
+        Ok(body_stream(out.body))
     }
 
     /// Turns the parts of an upload into valid multipart parts by the merge plan (see
@@ -972,6 +1034,48 @@ impl Filler {
             }
         }
         Ok((part, false))
+    }
+}
+
+/// An SDK body as a stream of byte chunks.
+fn body_stream(body: S3Body) -> ByteStream {
+    futures::stream::unfold(body, |mut b| async move {
+        b.next()
+            .await
+            .map(|r| (r.map_err(std::io::Error::other), b))
+    })
+    .boxed()
+}
+
+/// The later windows of one download: ranged GETs of the object the first window came from
+/// (`If-Match` its ETag).
+#[derive(Clone)]
+struct Windows {
+    client: Client,
+    endpoint: Option<String>,
+    bucket: String,
+    key: String,
+    etag: Option<String>,
+}
+
+impl readahead::Fetch for Windows {
+    async fn fetch(&self, start: u64, end: u64) -> Result<ByteStream> {
+        let out = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(&self.key)
+            .range(format!("bytes={start}-{end}"))
+            .set_if_match(self.etag.clone())
+            .send()
+            .await;
+        match out {
+            Ok(out) => Ok(body_stream(out.body)),
+            Err(SdkError::ServiceError(se)) if se.raw().status().as_u16() == 412 => {
+                Err(readahead::changed())
+            }
+            Err(e) => Err(s3_err_at(self.endpoint.as_deref(), e)),
+        }
     }
 }
 

@@ -147,6 +147,7 @@ pub fn s3_settings_of(server: S3Server, prefix: &str) -> file_system::storage::S
         min_part_bytes: 5 << 20,
         part_bytes: 8 << 20,
         upload_concurrency: 4,
+        readahead_bytes: 128 << 20,
         key_prefix: prefix.to_string(),
         spool_dir: std::env::temp_dir(),
         checksum: Default::default(),

@@ -575,7 +575,110 @@ async fn a_storage_class_the_store_lacks_stops_the_start(b: Backend) {
     app.stop().await;
 }
 
+/// Reads through the store's read-ahead (windows of 1 MiB, several ranged GETs at once) give
+/// exactly the object's bytes, whole and for ranges inside, across and at the ends of windows,
+/// with the budget at several sizes (0: one GET); an object replaced during a download fails
+/// the download (`If-Match`) instead of splicing two versions.
+async fn reads_ahead_in_order_and_never_splice(b: Backend) {
+    use file_system::storage::ByteRange;
+    use futures::StreamExt;
+    let prefix = format!("ahead-{}/", uuid::Uuid::new_v4().simple());
+    let data = pattern(3, (21 << 20) + 3);
+    let sdk = s3_client_of(b.s3_server().unwrap()).await;
+    let key = format!("{prefix}images/ahead");
+    SharedS3(Arc::new(
+        S3Store::new(s3_settings_of(b.s3_server().unwrap(), &prefix))
+            .await
+            .unwrap(),
+    ))
+    .ensure_bucket("images")
+    .await
+    .unwrap();
+    sdk.put_object()
+        .bucket("images")
+        .key(&key)
+        .body(data.clone().into())
+        .send()
+        .await
+        .unwrap();
+    async fn read(store: &SharedS3, range: Option<ByteRange>) -> Result<Vec<u8>, std::io::Error> {
+        let mut s = store.get("images", "images/ahead", range).await.unwrap();
+        let mut out = vec![];
+        while let Some(b) = s.next().await {
+            out.extend_from_slice(&b?);
+        }
+        Ok(out)
+    }
+    const MIB: u64 = 1 << 20;
+    let last = data.len() as u64 - 1;
+    for budget in [0, MIB, 3 * MIB, 64 * MIB] {
+        let store = SharedS3(Arc::new(
+            S3Store::new(S3Settings {
+                part_bytes: MIB,
+                readahead_bytes: budget,
+                ..s3_settings_of(b.s3_server().unwrap(), &prefix)
+            })
+            .await
+            .unwrap(),
+        ));
+        assert_eq!(read(&store, None).await.unwrap(), data, "budget {budget}");
+        for (start, end) in [
+            (0, 0),
+            (MIB - 1, MIB),
+            (7, 3 * MIB + 5),
+            (5 * MIB + 7, last),
+            (last, last),
+            (0, last),
+        ] {
+            let got = read(&store, Some(ByteRange { start, end })).await.unwrap();
+            assert!(
+                got == data[start as usize..=end as usize],
+                "budget {budget}, range {start}-{end}"
+            );
+        }
+    }
+    // Replaced after the first window: the rest is refused.
+    let store = SharedS3(Arc::new(
+        S3Store::new(S3Settings {
+            part_bytes: MIB,
+            readahead_bytes: MIB,
+            ..s3_settings_of(b.s3_server().unwrap(), &prefix)
+        })
+        .await
+        .unwrap(),
+    ));
+    let mut s = store.get("images", "images/ahead", None).await.unwrap();
+    let mut got = s.next().await.unwrap().unwrap().len();
+    sdk.put_object()
+        .bucket("images")
+        .key(&key)
+        .body(pattern(4, data.len()).into())
+        .send()
+        .await
+        .unwrap();
+    let mut failed = None;
+    while let Some(item) = s.next().await {
+        match item {
+            Ok(b) => got += b.len(),
+            Err(e) => {
+                failed = Some(e);
+                break;
+            }
+        }
+    }
+    let e = failed.expect("a replaced object fails the download");
+    assert!(e.to_string().contains("changed"), "{e}");
+    assert!(got < data.len());
+    sdk.delete_object()
+        .bucket("images")
+        .key(&key)
+        .send()
+        .await
+        .unwrap();
+}
+
 crate::s3_server_tests!(
+    reads_ahead_in_order_and_never_splice,
     tiers_with_a_storage_class,
     a_storage_class_the_store_lacks_stops_the_start,
     small_chunks_are_packed_into_valid_parts,
