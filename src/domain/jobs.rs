@@ -180,16 +180,7 @@ impl Service {
         }
         if let Some(refusal) = super::images::slim_refusal(&img) {
             tracing::info!(image.id = %image_id, %refusal, "slim refused after the check");
-            db::images::slim_failed(
-                &self.db,
-                image_id,
-                CompressStatus::Failed,
-                &refusal,
-                now_secs(),
-            )
-            .await?;
-            self.metrics.image_slimmed(SlimOutcome::Refused);
-            return Ok(Step::Done);
+            return self.refuse_slim(image_id, &refusal).await;
         }
         let (input, _input_guard, digests) = self
             .materialize(
@@ -213,16 +204,7 @@ impl Service {
             };
             db::images::set_corrupted(&self.db, image_id, &msg, &found, now_secs()).await?;
             let refusal = format!("This image cannot be slimmed: {msg}.");
-            db::images::slim_failed(
-                &self.db,
-                image_id,
-                CompressStatus::Failed,
-                &refusal,
-                now_secs(),
-            )
-            .await?;
-            self.metrics.image_slimmed(SlimOutcome::Refused);
-            return Ok(Step::Done);
+            return self.refuse_slim(image_id, &refusal).await;
         }
         if free_bytes(&self.cfg.scratch_dir)? < img.size_bytes as u64 + (64 << 20) {
             let msg = "not enough scratch space to slim the image";
@@ -296,6 +278,14 @@ impl Service {
             // Deleted (or reset) meanwhile: nothing may stay behind.
             self.delete_object(&img.bucket, &key).await;
         }
+        Ok(Step::Done)
+    }
+
+    /// Ends a slim the image's state refuses: `slimStatus` 3 with `refusal` as its message.
+    async fn refuse_slim(&self, image_id: &str, refusal: &str) -> Result<Step> {
+        let now = now_secs();
+        db::images::slim_failed(&self.db, image_id, CompressStatus::Failed, refusal, now).await?;
+        self.metrics.image_slimmed(SlimOutcome::Refused);
         Ok(Step::Done)
     }
 
