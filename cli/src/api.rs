@@ -10,6 +10,9 @@ use std::time::Duration;
 pub const API: &str = "/image-management/v1";
 /// How long to wait for a TCP (and TLS) connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// A request that receives no byte for this long fails (and is retried): a hung server or a
+/// dead path. Long, because a merge with a checksum hashes the whole image before it answers.
+const READ_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 /// First backoff delay; doubled on every retry up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 /// Longest backoff delay between two attempts.
@@ -70,6 +73,7 @@ impl Api {
         }
         let http = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
+            .read_timeout(READ_TIMEOUT)
             .default_headers(headers)
             .user_agent(concat!("fsctl/", env!("CARGO_PKG_VERSION")))
             .build()

@@ -88,6 +88,37 @@ struct Session {
     bar: ProgressBar,
 }
 
+impl Session {
+    /// The session of `fp`'s upload: its chunk plan and derived identifier.
+    fn new(
+        api: &Api,
+        args: &UploadArgs,
+        fp: &Fingerprint,
+        file_name: &str,
+        pacer: Option<Arc<Pacer>>,
+    ) -> Session {
+        let plan = ChunkPlan::new(fp.size, args.chunk_size);
+        let user = args.user.clone().unwrap_or_default();
+        let priority = args.priority.clone().unwrap_or_default();
+        let identifier = plan::identifier(fp, &user, &priority, plan.chunk_size);
+        let mut owner = vec![];
+        if let Some(u) = &args.user {
+            owner.push(("userId", u.clone()));
+        }
+        if let Some(p) = &args.priority {
+            owner.push(("priority", p.clone()));
+        }
+        Session {
+            api: api.clone(),
+            identifier,
+            plan,
+            owner,
+            pacer,
+            bar: progress::bytes(fp.size, file_name),
+        }
+    }
+}
+
 /// One chunk read from the file.
 struct ReadChunk {
     number: u64,
@@ -104,25 +135,7 @@ pub async fn run(api: &Api, args: UploadArgs, pacer: Option<Arc<Pacer>>) -> Resu
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .ok_or_else(|| Error::Usage(format!("{} has no file name", args.file.display())))?;
-    let plan = ChunkPlan::new(fp.size, args.chunk_size);
-    let user = args.user.clone().unwrap_or_default();
-    let priority = args.priority.clone().unwrap_or_default();
-    let identifier = plan::identifier(&fp, &user, &priority, plan.chunk_size);
-    let mut owner = vec![];
-    if let Some(u) = &args.user {
-        owner.push(("userId", u.clone()));
-    }
-    if let Some(p) = &args.priority {
-        owner.push(("priority", p.clone()));
-    }
-    let session = Arc::new(Session {
-        api: api.clone(),
-        identifier,
-        plan,
-        owner,
-        pacer,
-        bar: progress::bytes(fp.size, &file_name),
-    });
+    let session = Arc::new(Session::new(api, &args, &fp, &file_name, pacer));
     let held = held_chunks(&session).await?;
     let skipped = held.len() as u64;
     // On stderr whatever the output format: the name to give `fsctl cancel`.
@@ -177,7 +190,7 @@ pub async fn run(api: &Api, args: UploadArgs, pacer: Option<Arc<Pacer>>) -> Resu
 }
 
 /// Asks the resume query which chunks the server holds with the size this plan gives them
-/// (a chunk held at another size is sent again).
+/// (a chunk held at another size is sent again); all of them once the upload is merged.
 async fn held_chunks(s: &Session) -> Result<BTreeMap<u64, u64>> {
     let url = s.api.url("/images/upload");
     let mut query = vec![("identifier", s.identifier.clone())];
@@ -187,8 +200,16 @@ async fn held_chunks(s: &Session) -> Result<BTreeMap<u64, u64>> {
         .send("resume query", || s.api.http().get(&url).query(&query))
         .await?;
     let status: UploadStatus = read_json(r, "resume query").await?;
-    if matches!(status.state, SessionState::None | SessionState::Unknown) {
-        return Ok(BTreeMap::new());
+    match status.state {
+        SessionState::None | SessionState::Unknown => return Ok(BTreeMap::new()),
+        // Merged already, or being merged (a run killed during its merge): nothing to send;
+        // the merge asked again answers with that image (or waits for the merge running).
+        SessionState::Completed | SessionState::Merging => {
+            return Ok((1..=s.plan.total_chunks)
+                .map(|n| (n, s.plan.chunk_len(n)))
+                .collect())
+        }
+        SessionState::Open => {}
     }
     Ok(status
         .chunks

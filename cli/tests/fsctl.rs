@@ -24,20 +24,50 @@ struct Server {
     task: tokio::task::JoinHandle<Result<(), Box<dyn std::error::Error + Send + Sync>>>,
 }
 
+/// Where the service keeps the bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Store {
+    /// A directory in the test's temp dir.
+    Local,
+    /// Garage, as `scripts/lib.sh start_garage` exports it (scripts/test starts it).
+    Garage,
+}
+
 impl Server {
     async fn start() -> Server {
+        Server::start_on(Store::Local).await
+    }
+
+    async fn start_on(store: Store) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
-        let vars = [
+        let mut vars = vec![
             ("FS_LISTEN", "127.0.0.1:0".to_string()),
             ("FS_SCRATCH_DIR", root.join("scratch").display().to_string()),
-            ("FS_STORAGE", "local".into()),
-            ("FS_LOCAL_DIR", root.join("objects").display().to_string()),
             (
                 "DATABASE_URL",
                 format!("sqlite://{}/meta.db?mode=rwc", root.display()),
             ),
         ];
+        match store {
+            Store::Local => {
+                vars.push(("FS_STORAGE", "local".into()));
+                vars.push(("FS_LOCAL_DIR", root.join("objects").display().to_string()));
+            }
+            Store::Garage => {
+                let get = |k: &str| {
+                    std::env::var(k).unwrap_or_else(|_| {
+                        panic!("{k} is not set: this test needs Garage; run it through scripts/test or after `source scripts/lib.sh; start_garage`")
+                    })
+                };
+                get("AWS_ACCESS_KEY_ID");
+                vars.push(("FS_STORAGE", "s3".into()));
+                vars.push(("FS_S3_ENDPOINT", get("FS_TEST_S3_ENDPOINT")));
+                vars.push(("FS_S3_REGION", get("FS_TEST_S3_REGION")));
+                let prefix = root.file_name().unwrap().to_string_lossy().replace('.', "");
+                vars.push(("FS_S3_KEY_PREFIX", format!("fsctl-{prefix}/")));
+            }
+        }
         let cfg = file_system::config::Config::from_vars(
             vars.into_iter().map(|(k, v)| (k.to_string(), v)),
         )
@@ -232,7 +262,17 @@ async fn until<F: std::future::Future<Output = bool>>(what: &str, mut cond: impl
 /// (its chunk counter grows by that many), and the image's bytes are the file's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_upload_resumes_sending_only_missing_chunks() {
-    let s = Server::start().await;
+    killed_upload_resumes(Store::Local).await;
+}
+
+/// The same on Garage: chunks become multipart parts or staging objects, merged at the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_upload_resumes_on_s3() {
+    killed_upload_resumes(Store::Garage).await;
+}
+
+async fn killed_upload_resumes(store: Store) {
+    let s = Server::start_on(store).await;
     let total = 12u64;
     let bytes = noise(total as usize * MIB, 1);
     let path = s.work().join("disk.img");
@@ -351,6 +391,19 @@ async fn killed_download_resumes_with_range() {
     );
     assert_eq!(sha(&std::fs::read(&out).unwrap()), sha(&bytes));
     assert!(!part.exists(), "the partial file became the target");
+
+    // A partial file whose ETag is not the image's: If-Range fails, the service answers 200
+    // with the whole image, and fsctl starts again instead of splicing.
+    let stale = s.work().join("stale.img");
+    std::fs::write(s.work().join("stale.img.fsctl-part"), noise(MIB, 9)).unwrap();
+    let meta = serde_json::json!({"imageId": id, "zip": false, "etag": "\"not-these-bytes\""});
+    std::fs::write(s.work().join("stale.img.fsctl-part.json"), meta.to_string()).unwrap();
+    let v = s
+        .json(&["download", id.as_str(), "-o", stale.to_str().unwrap()], 0)
+        .await;
+    assert_eq!(v["restarted"], true, "{v}");
+    assert_eq!(v["resumedFrom"], 0);
+    assert_eq!(sha(&std::fs::read(&stale).unwrap()), sha(&bytes));
     s.stop().await;
 }
 
@@ -379,6 +432,17 @@ async fn parallel_upload_then_plain_and_zip_download() {
     assert_eq!(s.metric("fs_upload_chunks_received_total", &[]).await, 11.0);
     let id = v["image"]["imageId"].as_str().unwrap().to_string();
     download_matches(&s, &id, &bytes).await;
+
+    // The same command again: the upload is merged, nothing is sent, the image is the same.
+    let again = s
+        .json(
+            &["upload", path.to_str().unwrap(), "--chunk-size", "1MiB"],
+            0,
+        )
+        .await;
+    assert_eq!(again["chunksSent"], 0);
+    assert_eq!(again["image"]["imageId"], id.as_str());
+    assert_eq!(s.metric("fs_upload_chunks_received_total", &[]).await, 11.0);
 
     let zip = s.work().join("multi.zip");
     let z = s
