@@ -55,7 +55,7 @@ struct ErrorBody {
 /// What one attempt came to.
 enum Attempt {
     Done(Response),
-    /// Worth another attempt (connection trouble, 5xx, 408, 409 "ask again", 429).
+    /// Worth another attempt (connection trouble, 5xx, 408, 429).
     Transient(Error),
     Fatal(Error),
 }
@@ -190,7 +190,9 @@ async fn attempt(what: &str, req: RequestBuilder) -> Attempt {
 fn classify(what: &str, status: StatusCode, code: String, message: String) -> Attempt {
     match status {
         StatusCode::NOT_FOUND => Attempt::Fatal(Error::NotFound(message)),
-        StatusCode::REQUEST_TIMEOUT | StatusCode::CONFLICT | StatusCode::TOO_MANY_REQUESTS => {
+        // 409 is not here: a chunk for a merged upload is a lasting conflict; only the merge's
+        // "a merge is running, ask again" is worth waiting for (upload.rs does).
+        StatusCode::REQUEST_TIMEOUT | StatusCode::TOO_MANY_REQUESTS => {
             Attempt::Transient(Error::Refused {
                 status: status.as_u16(),
                 code,
@@ -250,7 +252,8 @@ mod tests {
         assert_eq!(kind(400), "refused");
         assert_eq!(kind(403), "refused");
         assert_eq!(kind(413), "refused");
-        assert_eq!(kind(409), "transient");
+        assert_eq!(kind(409), "refused");
+        assert_eq!(kind(408), "transient");
         assert_eq!(kind(500), "transient");
         assert_eq!(kind(503), "transient");
     }

@@ -7,7 +7,7 @@
 //! after one of `parallel` permits is taken, and the permit goes back when its chunk is stored.
 
 use crate::{
-    api::{read_json, Api},
+    api::{read_json, Api, Retry},
     error::{Error, Result},
     images,
     pacer::{self, Pacer},
@@ -364,9 +364,21 @@ async fn merge(s: &Session, file_name: &str, sha256: &str) -> Result<Value> {
         ("checksum", format!("sha256:{sha256}")),
     ];
     fields.extend(s.owner.iter().cloned());
-    let r = s
-        .api
-        .send("merge", || s.api.http().post(&url).form(&fields))
-        .await?;
-    read_json(r, "merge").await
+    let mut conflicts = 0;
+    loop {
+        match s
+            .api
+            .send("merge", || s.api.http().post(&url).form(&fields))
+            .await
+        {
+            Ok(r) => return read_json(r, "merge").await,
+            // Another merge of this upload runs (e.g. one a killed run started): the service
+            // waited 30 s for it; ask again.
+            Err(Error::Refused { status: 409, .. }) if conflicts < s.api.retry.retries => {
+                tokio::time::sleep(Retry::delay(conflicts)).await;
+                conflicts += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }

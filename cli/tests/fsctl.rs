@@ -39,6 +39,11 @@ impl Server {
     }
 
     async fn start_on(store: Store) -> Server {
+        Server::start_with(store, vec![]).await
+    }
+
+    /// A server on `store` with further settings (`FS_...` variables).
+    async fn start_with(store: Store, extra: Vec<(&'static str, String)>) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
         let mut vars = vec![
@@ -68,6 +73,7 @@ impl Server {
                 vars.push(("FS_S3_KEY_PREFIX", format!("fsctl-{prefix}/")));
             }
         }
+        vars.extend(extra);
         let cfg = file_system::config::Config::from_vars(
             vars.into_iter().map(|(k, v)| (k.to_string(), v)),
         )
@@ -600,5 +606,51 @@ async fn json_output_and_exit_codes() {
     s.json(&["info", &id], 3).await;
     let v = s.json(&["cancel", "fsctl-nothing-here"], 0).await;
     assert_eq!(v["message"], "cancel success");
+    s.stop().await;
+}
+
+/// With authentication on, `FS_TOKEN` (or `--token`) is the Bearer credential: without it the
+/// service's 401 is exit 4 with its message; with it the image is the token's user's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_from_env_or_flag() {
+    let tokens = tempfile::NamedTempFile::new().unwrap();
+    let token = "fsctl-test-token-4f1d9a0c7e2b";
+    std::fs::write(
+        tokens.path(),
+        format!("sha256:{} alice user\n", sha(token.as_bytes())),
+    )
+    .unwrap();
+    let s = Server::start_with(
+        Store::Local,
+        vec![
+            ("FS_AUTH", "token".into()),
+            ("FS_AUTH_TOKENS_FILE", tokens.path().display().to_string()),
+        ],
+    )
+    .await;
+    let v = s.json(&["ls"], 4).await;
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("401"),
+        "{v}"
+    );
+
+    let path = s.work().join("mine.img");
+    std::fs::write(&path, noise(MIB, 10)).unwrap();
+    let out = s
+        .fsctl(&["upload", path.to_str().unwrap(), "--json"])
+        .env("FS_TOKEN", token)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let up: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(up["image"]["userId"], "alice");
+    let list = s.json(&["ls", "--token", token], 0).await;
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    s.json(&["ls", "--token", "wrong"], 4).await;
     s.stop().await;
 }
