@@ -64,8 +64,8 @@ enum Command {
         /// The storage tier (`priority`; 0 is the default tier).
         #[arg(long)]
         priority: Option<String>,
-        /// Bytes per chunk (raised when the file would need more than 10000 chunks).
-        #[arg(long, default_value = "50MiB", value_parser = units::parse_size)]
+        /// Bytes per chunk, at most 1GiB (raised when the file would need more than 10000 chunks).
+        #[arg(long, default_value = "50MiB", value_parser = units::parse_chunk_size)]
         chunk_size: u64,
         /// Chunks in flight (each holds one chunk buffer in memory).
         #[arg(long, default_value = "4", value_parser = units::parse_parallel)]

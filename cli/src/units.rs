@@ -15,6 +15,20 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     Ok(bytes)
 }
 
+/// Largest `--chunk-size`: each chunk in flight is one buffer of this size in memory.
+pub const MAX_CHUNK_SIZE: u64 = 1 << 30;
+
+/// Parses a chunk size: a size (see [`parse_size`]) of at most [`MAX_CHUNK_SIZE`].
+pub fn parse_chunk_size(s: &str) -> Result<u64, String> {
+    let n = parse_size(s)?;
+    if n > MAX_CHUNK_SIZE {
+        return Err(format!(
+            "{s:?} is larger than a chunk may be (1 GiB): each chunk in flight is held in memory"
+        ));
+    }
+    Ok(n)
+}
+
 /// Parses a rate in bytes per second, like curl's `--limit-rate`: `10MiB` is 10 MiB/s. An
 /// optional `/s` suffix is accepted (`10MiB/s`).
 pub fn parse_rate(s: &str) -> Result<u64, String> {
@@ -57,6 +71,13 @@ mod tests {
         for bad in ["", "lots", "-5", "0", "0MiB", "5XB", "1.5.5MiB"] {
             assert!(parse_size(bad).is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn chunk_sizes_are_bounded() {
+        assert_eq!(parse_chunk_size("1GiB").unwrap(), 1 << 30);
+        assert!(parse_chunk_size("2GiB").is_err());
+        assert!(parse_chunk_size("100TiB").is_err());
     }
 
     #[test]

@@ -654,3 +654,52 @@ async fn token_from_env_or_flag() {
     s.json(&["ls", "--token", "wrong"], 4).await;
     s.stop().await;
 }
+
+/// `slim --wait` follows a real qcow2's slim to "slimmed" (exit 0); the download then serves
+/// and verifies the slimmed bytes. A raw image cannot be slimmed: the service's 400, exit 4.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slim_wait_follows_the_slim() {
+    let s = Server::start().await;
+    let img = s.work().join("data.qcow2");
+    for args in [
+        vec![
+            "qemu-img",
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            img.to_str().unwrap(),
+            "64M",
+        ],
+        vec!["qemu-io", "-c", "write -P 0x5a 0 8M", img.to_str().unwrap()],
+    ] {
+        let out = std::process::Command::new(args[0])
+            .args(&args[1..])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}");
+    }
+    let v = s
+        .json(&["upload", img.to_str().unwrap(), "--wait"], 0)
+        .await;
+    let id = v["image"]["imageId"].as_str().unwrap().to_string();
+    let slimmed = s.json(&["slim", &id, "--wait"], 0).await;
+    assert_eq!(slimmed["slimStatus"], 2, "{slimmed}");
+    let (code, out, _) = s.run(&["slim", &id]).await;
+    assert_eq!(code, 0);
+    assert!(out.contains("already been slimmed"), "{out}");
+    let target = s.work().join("slim.qcow2");
+    let d = s
+        .json(&["download", &id, "-o", target.to_str().unwrap()], 0)
+        .await;
+    assert_eq!(
+        d["sha256"], slimmed["sha256"],
+        "the slimmed bytes are served"
+    );
+    assert_ne!(d["sha256"], sha(&std::fs::read(&img).unwrap()));
+
+    let raw = upload(&s, "raw.img", &noise(MIB, 11), &["--wait"]).await;
+    let v = s.json(&["slim", &raw, "--wait"], 4).await;
+    assert_eq!(v["error"]["kind"], "refused", "{v}");
+    s.stop().await;
+}
