@@ -166,6 +166,20 @@ impl Server {
             .sum()
     }
 
+    /// A metric's value once it has stopped moving (what a killed client left in flight has
+    /// ended on the server).
+    async fn settled_metric(&self, name: &str) -> f64 {
+        let mut last = self.metric(name, &[]).await;
+        loop {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let now = self.metric(name, &[]).await;
+            if now == last {
+                return now;
+            }
+            last = now;
+        }
+    }
+
     /// The chunk numbers the server holds for an identifier (the resume query).
     async fn held_chunks(&self, identifier: &str) -> Vec<u64> {
         let v: serde_json::Value = reqwest::Client::new()
@@ -319,13 +333,12 @@ async fn killed_upload_resumes(store: Store) {
     let status = child.wait().await.unwrap();
     assert!(!status.success(), "fsctl was killed, not finished");
     // Let a chunk request cut off by the kill end on the server.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = s.settled_metric("fs_upload_chunks_received_total").await;
     let held = s.held_chunks(&identifier).await;
     assert!(
         held.len() >= 4 && (held.len() as u64) < total,
         "held {held:?}"
     );
-    let before = s.metric("fs_upload_chunks_received_total", &[]).await;
 
     let v = s.json(&args[..6], 0).await;
     let after = s.metric("fs_upload_chunks_received_total", &[]).await;
@@ -376,6 +389,17 @@ async fn killed_download_resumes_with_range() {
             &["action/download", "status=\"206\""],
         )
         .await;
+    // The killed download's response has ended on the server (its duration is recorded when
+    // its body is dropped), so every byte it sent is counted before this reading.
+    until("the killed download to end on the server", || async {
+        s.metric(
+            "fs_http_request_duration_seconds_count",
+            &["action/download", "status=\"200\""],
+        )
+        .await
+            >= 1.0
+    })
+    .await;
     let sent_before = s.metric("fs_http_sent_bytes_total", &[]).await;
 
     let v = s.json(&args, 0).await;
