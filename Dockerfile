@@ -7,6 +7,7 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock build.rs ./
 COPY entity entity
 COPY migration migration
+COPY cli cli
 COPY src src
 # The web console's files, embedded in the binary (src/routes/console.rs).
 COPY web web

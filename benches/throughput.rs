@@ -3,7 +3,9 @@
 //! and the server's peak RSS during each operation. Prints a table; asserts nothing.
 //!
 //! Sizes (MiB) come from `FS_BENCH_SIZES_MIB` (default `512,2048`); the work directory from
-//! `FS_BENCH_DIR` (default: the system temp directory).
+//! `FS_BENCH_DIR` (default: the system temp directory). With `FS_BENCH_FSCTL` naming an fsctl
+//! binary (scripts/bench builds one), a client table compares `fsctl upload --parallel 4` and
+//! `--parallel 1` with one `curl -F` POST of the same file (`FS_BENCH_CLIENT_MIB`, default 2048).
 
 use file_system::storage::fileio::{read_stream, FileSink};
 use futures::StreamExt;
@@ -359,6 +361,17 @@ async fn main() {
         "baseline: the same bytes copied file to file on the same disk, synced where the service syncs",
         &rows,
     );
+    match std::env::var("FS_BENCH_FSCTL") {
+        Ok(fsctl) => {
+            let rows = client_rows(dir.path(), Path::new(&fsctl)).await;
+            print_table(
+                "clients, local store, SQLite",
+                "baseline: one `curl -F file=@...` POST /images of the same file",
+                &rows,
+            );
+        }
+        Err(_) => println!("\n(no client rows: FS_BENCH_FSCTL unset; scripts/bench builds fsctl)"),
+    }
     match std::env::var("FS_TEST_S3_ENDPOINT") {
         Ok(endpoint) => {
             let rows = s3_rows(dir.path(), &sizes, &endpoint).await;
@@ -840,4 +853,114 @@ async fn imageops_rows(
             ),
         },
     ]
+}
+
+/// Client rows: `fsctl upload` with 4 and with 1 chunk in flight (50 MiB chunks) against one
+/// `curl -F` POST of the same file (`FS_BENCH_CLIENT_MIB`, default 2048), each the median of
+/// 3 fresh uploads (the file's mtime is changed before each fsctl run, so it never resumes).
+async fn client_rows(dir: &Path, fsctl: &Path) -> Vec<Row> {
+    let mib: u64 = std::env::var("FS_BENCH_CLIENT_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2048);
+    std::fs::create_dir_all(dir.join("clients")).unwrap();
+    let srv = Server::start(&dir.join("clients"), &[]);
+    let client = reqwest::Client::new();
+    let src = dir.join(format!("client-{mib}.img"));
+    make_source(&src, mib * MIB);
+    let src_s = src.to_str().unwrap().to_string();
+    let curl = client_median(&srv, &client, || {
+        let url = srv.url("/images");
+        let out = Command::new("curl")
+            .args([
+                "-sS",
+                "-f",
+                "-F",
+                &format!("file=@{src_s}"),
+                "-F",
+                "userId=bench",
+                &url,
+            ])
+            .output()
+            .expect("curl");
+        assert!(out.status.success(), "curl failed");
+        json_id(&out.stdout, "imageId")
+    })
+    .await;
+    let mut rows = vec![];
+    let mut p1 = 0.0;
+    for parallel in ["1", "4"] {
+        let (secs, peak) = client_median(&srv, &client, || {
+            let f = std::fs::File::options().write(true).open(&src).unwrap();
+            f.set_modified(std::time::SystemTime::now()).unwrap();
+            let out = Command::new(fsctl)
+                .args([
+                    "upload",
+                    &src_s,
+                    "--parallel",
+                    parallel,
+                    "--json",
+                    "--server",
+                    &srv.base,
+                ])
+                .output()
+                .expect("fsctl");
+            assert!(
+                out.status.success(),
+                "fsctl failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            v["image"]["imageId"].as_str().unwrap().to_string()
+        })
+        .await;
+        if parallel == "1" {
+            p1 = secs;
+        }
+        rows.push(Row {
+            op: format!("fsctl upload --parallel {parallel}"),
+            mib,
+            secs,
+            base_secs: curl.0,
+            peak,
+            note: format!(
+                "vs curl -F ({:.2} s); vs --parallel 1: {:.2}x",
+                curl.0,
+                p1 / secs
+            ),
+        });
+    }
+    std::fs::remove_file(&src).unwrap();
+    rows
+}
+
+/// Runs an upload three times (deleting its image after each): median seconds, server peak RSS.
+async fn client_median(
+    srv: &Server,
+    client: &reqwest::Client,
+    mut upload: impl FnMut() -> String,
+) -> (f64, u64) {
+    let mut times = vec![];
+    let mut peak = 0;
+    for _ in 0..3 {
+        settle();
+        srv.reset_peak();
+        let t = Instant::now();
+        let id = upload();
+        times.push(t.elapsed().as_secs_f64());
+        peak = peak.max(srv.peak_rss());
+        client
+            .delete(srv.url(&format!("/images/{id}")))
+            .send()
+            .await
+            .unwrap();
+    }
+    times.sort_by(f64::total_cmp);
+    (times[1], peak)
+}
+
+/// A string field of a JSON answer.
+fn json_id(body: &[u8], field: &str) -> String {
+    let v: serde_json::Value = serde_json::from_slice(body).expect("a JSON answer");
+    v[field].as_str().expect("the field").to_string()
 }

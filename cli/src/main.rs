@@ -1,0 +1,229 @@
+//! `fsctl`: the command-line client of file-system. Resumable, parallel, verified uploads and
+//! downloads of VM images, and the image commands (list, info, delete, slim, check, cancel).
+//!
+//! Exit codes: see [`error::ExitCode`] (0 ok, 1 other failure, 2 usage, 3 not found,
+//! 4 refused, 5 verification failed, 6 server unavailable, 7 job failed).
+
+mod api;
+mod download;
+mod error;
+mod images;
+mod pacer;
+mod plan;
+mod progress;
+mod report;
+mod units;
+mod upload;
+
+use clap::{Parser, Subcommand};
+use error::Error;
+use report::Report;
+use std::{path::PathBuf, sync::Arc};
+
+/// Command-line client of file-system, the S3-backed store for VM images.
+///
+/// Uploads resume by themselves: rerun the same command after an interruption and only the
+/// chunks the server lacks are sent. Downloads resume from their partial file and verify the
+/// SHA-256. Exit codes: 0 ok, 1 other failure, 2 usage, 3 not found, 4 refused by the server,
+/// 5 verification failed (checksum mismatch, image corrupted), 6 server unavailable,
+/// 7 a slim failed.
+#[derive(Parser)]
+#[command(name = "fsctl", version)]
+struct Cli {
+    /// The service's base URL.
+    #[arg(
+        long,
+        env = "FS_SERVER",
+        default_value = "http://127.0.0.1:9500",
+        global = true
+    )]
+    server: String,
+    /// API token or JWT, sent as `Authorization: Bearer <token>`.
+    #[arg(long, env = "FS_TOKEN", hide_env_values = true, global = true)]
+    token: Option<String>,
+    /// Print exactly one JSON document on stdout (errors too).
+    #[arg(long, global = true)]
+    json: bool,
+    /// Retries of a request after a transient failure (connection error, timeout, 5xx), with
+    /// exponential backoff from 0.5 s to 16 s.
+    #[arg(long, default_value_t = 5, global = true)]
+    retries: u32,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Upload an image (.qcow2, .img, .iso, or a .zip holding one) in chunks; rerun to resume.
+    Upload {
+        /// The file to upload.
+        file: PathBuf,
+        /// The user the image belongs to (`userId`).
+        #[arg(long)]
+        user: Option<String>,
+        /// The storage tier (`priority`; 0 is the default tier).
+        #[arg(long)]
+        priority: Option<String>,
+        /// Bytes per chunk, at most 1GiB (raised when the file would need more than 10000 chunks).
+        #[arg(long, default_value = "50MiB", value_parser = units::parse_chunk_size)]
+        chunk_size: u64,
+        /// Chunks in flight (each holds one chunk buffer in memory).
+        #[arg(long, default_value = "4", value_parser = units::parse_parallel)]
+        parallel: usize,
+        /// Follow the image's check; exit 5 when it is not usable.
+        #[arg(long)]
+        wait: bool,
+        /// Bytes per second at most, over all chunks in flight (e.g. 10MiB).
+        #[arg(long, value_parser = units::parse_rate)]
+        limit_rate: Option<u64>,
+    },
+    /// Download an image (resumes a partial download; verifies its SHA-256).
+    Download {
+        /// The image id.
+        id: String,
+        /// Where to write it (a file, or a directory); default: its name, here.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// Download it as a zip (`{base}/{fileName}` inside).
+        #[arg(long)]
+        zip: bool,
+        /// Bytes per second at most (e.g. 10MiB).
+        #[arg(long, value_parser = units::parse_rate)]
+        limit_rate: Option<u64>,
+    },
+    /// List images.
+    Ls {
+        /// Only this user's images.
+        #[arg(long)]
+        user: Option<String>,
+        /// At most this many.
+        #[arg(long)]
+        limit: Option<u64>,
+        /// Skip this many.
+        #[arg(long)]
+        offset: Option<u64>,
+    },
+    /// Show one image: check and slim status, sizes, checksums.
+    Info {
+        /// The image id.
+        id: String,
+    },
+    /// Delete an image.
+    Rm {
+        /// The image id.
+        id: String,
+    },
+    /// Slim (compress) an image; --wait shows its progress and result.
+    Slim {
+        /// The image id.
+        id: String,
+        /// Follow the slim to its end; exit 7 when it failed.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Check an image again (re-read its bytes); --wait prints the result.
+    Check {
+        /// The image id.
+        id: String,
+        /// Follow the check to its end; exit 5 when the image is not usable.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Cancel a chunked upload: the server drops its chunks.
+    Cancel {
+        /// The upload's identifier (`fsctl upload` prints it).
+        identifier: String,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let json = cli.json;
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return finish(Err(Error::io("cannot start the runtime")(e)), json),
+    };
+    let result = runtime.block_on(run(cli));
+    finish(result, json)
+}
+
+/// Runs the command.
+async fn run(cli: Cli) -> error::Result<Report> {
+    let api = api::Api::new(
+        &cli.server,
+        cli.token.as_deref(),
+        api::Retry {
+            retries: cli.retries,
+        },
+    )?;
+    let pacer = |rate: Option<u64>| rate.map(|r| Arc::new(pacer::Pacer::new(r)));
+    match cli.command {
+        Command::Upload {
+            file,
+            user,
+            priority,
+            chunk_size,
+            parallel,
+            wait,
+            limit_rate,
+        } => {
+            let args = upload::UploadArgs {
+                file,
+                user,
+                priority,
+                chunk_size,
+                parallel,
+                wait,
+            };
+            upload::run(&api, args, pacer(limit_rate)).await
+        }
+        Command::Download {
+            id,
+            output,
+            zip,
+            limit_rate,
+        } => {
+            let args = download::DownloadArgs { id, output, zip };
+            download::run(&api, args, pacer(limit_rate)).await
+        }
+        Command::Ls {
+            user,
+            limit,
+            offset,
+        } => images::list(&api, user.as_deref(), limit, offset).await,
+        Command::Info { id } => images::info(&api, &id).await,
+        Command::Rm { id } => images::remove(&api, &id).await,
+        Command::Slim { id, wait } => images::slim(&api, &id, wait).await,
+        Command::Check { id, wait } => images::check(&api, &id, wait).await,
+        Command::Cancel { identifier } => images::cancel(&api, &identifier).await,
+    }
+}
+
+/// Prints the report (stdout) or the error (stderr; with `--json` also a JSON document on
+/// stdout), and returns the exit code.
+fn finish(result: error::Result<Report>, json: bool) -> std::process::ExitCode {
+    let code = match result {
+        Ok(report) => {
+            if json {
+                println!("{}", report.json);
+            } else {
+                println!("{}", report.human);
+            }
+            report.exit
+        }
+        Err(e) => {
+            eprintln!("fsctl: {e}");
+            if json {
+                let doc = serde_json::json!({
+                    "error": {"kind": e.kind(), "message": e.to_string(), "exitCode": e.exit_code().code()}
+                });
+                println!("{doc}");
+            }
+            e.exit_code()
+        }
+    };
+    std::process::ExitCode::from(code.code())
+}

@@ -1,0 +1,384 @@
+//! `fsctl upload`: a resumable, parallel chunked upload (`POST /images/upload` per chunk, then
+//! `POST /images/merge`), in the resumable.js / simple-uploader.js protocol the service reads.
+//!
+//! The file is read once, in order: every chunk read feeds the whole-file SHA-256 (sent as the
+//! merge's `checksum`); chunks the server already holds (the resume query) are read for that
+//! hash but not sent. At most `parallel` chunk buffers exist at any time: a buffer is read only
+//! after one of `parallel` permits is taken, and the permit goes back when its chunk is stored.
+
+use crate::{
+    api::{read_json, Api, Retry},
+    error::{Error, Result},
+    images,
+    pacer::{self, Pacer},
+    plan::{self, ChunkPlan, Fingerprint},
+    progress,
+    report::Report,
+    units,
+};
+use bytes::Bytes;
+use indicatif::ProgressBar;
+use reqwest::multipart::{Form, Part};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use std::{
+    collections::BTreeMap,
+    io::Read,
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+};
+use tokio::{sync::Semaphore, task::JoinSet};
+
+/// Request bodies are sent in slices of this many bytes (the unit of pacing and progress).
+const SLICE: usize = 64 << 10;
+
+/// What `fsctl upload` was asked to do.
+#[derive(Debug, Clone)]
+pub struct UploadArgs {
+    pub file: PathBuf,
+    pub user: Option<String>,
+    pub priority: Option<String>,
+    /// Requested chunk size in bytes (raised when the file needs more than 10000 chunks).
+    pub chunk_size: u64,
+    /// Chunks in flight.
+    pub parallel: usize,
+    pub wait: bool,
+}
+
+/// The session state the resume query reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum SessionState {
+    None,
+    Open,
+    Merging,
+    Completed,
+    #[serde(other)]
+    Unknown,
+}
+
+/// The resume query's answer (`GET /images/upload?identifier=X`).
+#[derive(Debug, Deserialize)]
+struct UploadStatus {
+    state: SessionState,
+    #[serde(default)]
+    chunks: Vec<HeldChunk>,
+}
+
+/// A chunk the server holds.
+#[derive(Debug, Deserialize)]
+struct HeldChunk {
+    #[serde(rename = "chunkNumber")]
+    number: u64,
+    size: u64,
+}
+
+/// Everything the chunk requests of one upload share.
+struct Session {
+    api: Api,
+    identifier: String,
+    plan: ChunkPlan,
+    /// `userId` and `priority`, sent on every chunk and on the merge.
+    owner: Vec<(&'static str, String)>,
+    pacer: Option<Arc<Pacer>>,
+    bar: ProgressBar,
+}
+
+impl Session {
+    /// The session of `fp`'s upload: its chunk plan and derived identifier.
+    fn new(
+        api: &Api,
+        args: &UploadArgs,
+        fp: &Fingerprint,
+        file_name: &str,
+        pacer: Option<Arc<Pacer>>,
+    ) -> Session {
+        let plan = ChunkPlan::new(fp.size, args.chunk_size);
+        let user = args.user.clone().unwrap_or_default();
+        let priority = args.priority.clone().unwrap_or_default();
+        let identifier = plan::identifier(fp, &user, &priority, plan.chunk_size);
+        let mut owner = vec![];
+        if let Some(u) = &args.user {
+            owner.push(("userId", u.clone()));
+        }
+        if let Some(p) = &args.priority {
+            owner.push(("priority", p.clone()));
+        }
+        Session {
+            api: api.clone(),
+            identifier,
+            plan,
+            owner,
+            pacer,
+            bar: progress::bytes(fp.size, file_name),
+        }
+    }
+}
+
+/// One chunk read from the file.
+struct ReadChunk {
+    number: u64,
+    bytes: Bytes,
+    crc32c: u32,
+}
+
+/// Runs `fsctl upload`.
+pub async fn run(api: &Api, args: UploadArgs, pacer: Option<Arc<Pacer>>) -> Result<Report> {
+    let fp = Fingerprint::of(&args.file)
+        .map_err(Error::io(format!("cannot read {}", args.file.display())))?;
+    let file_name = fp
+        .path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .ok_or_else(|| Error::Usage(format!("{} has no file name", args.file.display())))?;
+    let session = Arc::new(Session::new(api, &args, &fp, &file_name, pacer));
+    let held = held_chunks(&session).await?;
+    let skipped = held.len() as u64;
+    // On stderr whatever the output format: the name to give `fsctl cancel`.
+    eprintln!(
+        "fsctl: upload {} ({} chunks of {}, {skipped} already on the server)",
+        session.identifier,
+        session.plan.total_chunks,
+        units::human(session.plan.chunk_size)
+    );
+    let sha256 = send_chunks(&session, &fp, &held, args.parallel).await?;
+    session.bar.finish_and_clear();
+    if Fingerprint::of(&args.file).ok().as_ref() != Some(&fp) {
+        return Err(Error::Verification(format!(
+            "{} changed while it was being uploaded; upload it again",
+            args.file.display()
+        )));
+    }
+    let record = merge(&session, &file_name, &sha256).await?;
+    let image_id = record
+        .get("imageId")
+        .and_then(Value::as_str)
+        .ok_or_else(|| Error::Protocol(format!("merge answer without imageId: {record}")))?
+        .to_string();
+    let sent = session.plan.total_chunks - skipped;
+    let mut doc = json!({
+        "image": record,
+        "identifier": session.identifier,
+        "sha256": sha256,
+        "totalSize": fp.size,
+        "chunkSize": session.plan.chunk_size,
+        "totalChunks": session.plan.total_chunks,
+        "chunksSent": sent,
+        "chunksSkipped": skipped,
+    });
+    let mut human = format!(
+        "uploaded {file_name} ({}) as image {image_id}: {sent} of {} chunks sent, {skipped} already on the server\nsha256 {sha256}",
+        units::human(fp.size),
+        session.plan.total_chunks
+    );
+    if !args.wait {
+        return Ok(Report::ok(doc, human));
+    }
+    let checked = images::wait_check(api, &image_id).await?;
+    doc["check"] = checked.json;
+    human.push('\n');
+    human.push_str(&checked.human);
+    Ok(Report {
+        json: doc,
+        human,
+        exit: checked.exit,
+    })
+}
+
+/// Asks the resume query which chunks the server holds with the size this plan gives them
+/// (a chunk held at another size is sent again); all of them once the upload is merged.
+async fn held_chunks(s: &Session) -> Result<BTreeMap<u64, u64>> {
+    let url = s.api.url("/images/upload");
+    let mut query = vec![("identifier", s.identifier.clone())];
+    query.extend(s.owner.iter().filter(|(k, _)| *k == "userId").cloned());
+    let r = s
+        .api
+        .send("resume query", || s.api.http().get(&url).query(&query))
+        .await?;
+    let status: UploadStatus = read_json(r, "resume query").await?;
+    match status.state {
+        SessionState::None | SessionState::Unknown => return Ok(BTreeMap::new()),
+        // Merged already, or being merged (a run killed during its merge): nothing to send;
+        // the merge asked again answers with that image (or waits for the merge running).
+        SessionState::Completed | SessionState::Merging => {
+            return Ok((1..=s.plan.total_chunks)
+                .map(|n| (n, s.plan.chunk_len(n)))
+                .collect())
+        }
+        SessionState::Open => {}
+    }
+    Ok(status
+        .chunks
+        .into_iter()
+        .filter(|c| c.size == s.plan.chunk_len(c.number))
+        .map(|c| (c.number, c.size))
+        .collect())
+}
+
+/// Reads the file in order, hashing all of it, and sends the chunks not in `held`, at most
+/// `parallel` at once. Returns the whole file's SHA-256 (hex).
+async fn send_chunks(
+    s: &Arc<Session>,
+    fp: &Fingerprint,
+    held: &BTreeMap<u64, u64>,
+    parallel: usize,
+) -> Result<String> {
+    let permits = Arc::new(Semaphore::new(parallel.max(1)));
+    let mut file = std::fs::File::open(&fp.path)
+        .map_err(Error::io(format!("cannot open {}", fp.path.display())))?;
+    let mut hasher = Sha256::new();
+    let mut tasks: JoinSet<Result<()>> = JoinSet::new();
+    for number in 1..=s.plan.total_chunks {
+        let permit = permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Error::Protocol("chunk permits closed".into()))?;
+        while let Some(done) = tasks.try_join_next() {
+            joined(done)?;
+        }
+        let len = s.plan.chunk_len(number);
+        let skip = held.contains_key(&number);
+        let (f, h, chunk) = read_chunk(file, hasher, number, len, !skip).await?;
+        (file, hasher) = (f, h);
+        if skip {
+            s.bar.inc(len);
+            continue;
+        }
+        let s = s.clone();
+        tasks.spawn(async move {
+            let r = send_chunk(&s, chunk).await;
+            drop(permit);
+            r
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        joined(done)?;
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
+/// A finished chunk task's result.
+fn joined(r: std::result::Result<Result<()>, tokio::task::JoinError>) -> Result<()> {
+    r.map_err(|e| Error::Protocol(format!("a chunk task failed: {e}")))?
+}
+
+/// Reads chunk `number` (`len` bytes) on a blocking thread, feeding the whole-file hash, and
+/// its CRC-32C when it is to be sent.
+async fn read_chunk(
+    mut file: std::fs::File,
+    mut hasher: Sha256,
+    number: u64,
+    len: u64,
+    checksum: bool,
+) -> Result<(std::fs::File, Sha256, ReadChunk)> {
+    tokio::task::spawn_blocking(move || {
+        let mut buf = vec![0u8; len as usize];
+        file.read_exact(&mut buf).map_err(Error::io(format!(
+            "cannot read chunk {number} (the file may have shrunk)"
+        )))?;
+        hasher.update(&buf);
+        let crc32c = if checksum { crc32c::crc32c(&buf) } else { 0 };
+        let chunk = ReadChunk {
+            number,
+            bytes: Bytes::from(buf),
+            crc32c,
+        };
+        Ok((file, hasher, chunk))
+    })
+    .await
+    .map_err(|e| Error::Protocol(format!("a read task failed: {e}")))?
+}
+
+/// Sends one chunk (again after transient failures), with its size and CRC-32C.
+async fn send_chunk(s: &Session, chunk: ReadChunk) -> Result<()> {
+    let url = s.api.url("/images/upload");
+    let sent = Arc::new(AtomicU64::new(0));
+    let plan = s.plan;
+    let make = || {
+        let mut form = Form::new()
+            .text("identifier", s.identifier.clone())
+            .text("chunkNumber", chunk.number.to_string())
+            .text("totalChunks", plan.total_chunks.to_string())
+            .text("totalSize", plan.total_size.to_string())
+            .text("chunkSize", plan.chunk_size.to_string())
+            .text("currentChunkSize", chunk.bytes.len().to_string())
+            .text("chunkChecksum", format!("crc32c:{:08x}", chunk.crc32c));
+        for (k, v) in &s.owner {
+            form = form.text(*k, v.clone());
+        }
+        let body = paced_body(
+            chunk.bytes.clone(),
+            s.pacer.clone(),
+            s.bar.clone(),
+            sent.clone(),
+        );
+        let part = Part::stream_with_length(body, chunk.bytes.len() as u64)
+            .file_name(format!("{}.part", chunk.number));
+        s.api.http().post(&url).multipart(form.part("part", part))
+    };
+    let undo = || s.bar.dec(sent.swap(0, Ordering::Relaxed));
+    s.api
+        .send_with(&format!("chunk {}", chunk.number), make, undo)
+        .await?;
+    Ok(())
+}
+
+/// A request body of `data` in [`SLICE`]s, each waiting for the pacer and counted on the bar.
+fn paced_body(
+    data: Bytes,
+    pacer: Option<Arc<Pacer>>,
+    bar: ProgressBar,
+    sent: Arc<AtomicU64>,
+) -> reqwest::Body {
+    let stream = futures::stream::unfold(0usize, move |at| {
+        let (data, pacer, bar, sent) = (data.clone(), pacer.clone(), bar.clone(), sent.clone());
+        async move {
+            if at >= data.len() {
+                return None;
+            }
+            let end = (at + SLICE).min(data.len());
+            let n = (end - at) as u64;
+            pacer::take(pacer.as_deref(), n).await;
+            bar.inc(n);
+            sent.fetch_add(n, Ordering::Relaxed);
+            Some((Ok::<Bytes, std::io::Error>(data.slice(at..end)), end))
+        }
+    });
+    reqwest::Body::wrap_stream(stream)
+}
+
+/// `POST /images/merge` with the totals and the whole file's checksum; the image's record.
+async fn merge(s: &Session, file_name: &str, sha256: &str) -> Result<Value> {
+    let url = s.api.url("/images/merge");
+    let mut fields = vec![
+        ("identifier", s.identifier.clone()),
+        ("filename", file_name.to_string()),
+        ("totalSize", s.plan.total_size.to_string()),
+        ("totalChunks", s.plan.total_chunks.to_string()),
+        ("chunkSize", s.plan.chunk_size.to_string()),
+        ("checksum", format!("sha256:{sha256}")),
+    ];
+    fields.extend(s.owner.iter().cloned());
+    let mut conflicts = 0;
+    loop {
+        match s
+            .api
+            .send("merge", || s.api.http().post(&url).form(&fields))
+            .await
+        {
+            Ok(r) => return read_json(r, "merge").await,
+            // Another merge of this upload runs (e.g. one a killed run started): the service
+            // waited 30 s for it; ask again.
+            Err(Error::Refused { status: 409, .. }) if conflicts < s.api.retry.retries => {
+                tokio::time::sleep(Retry::delay(conflicts)).await;
+                conflicts += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
