@@ -600,6 +600,25 @@ async fn sdk_download(c: &aws_sdk_s3::Client, key: &str) -> u64 {
     n
 }
 
+/// boto3's `download_file` of `key` in the bench bucket into `dst` (its default transfer
+/// settings: 8 MiB ranges, 10 at once), written and closed like the service's downloads.
+fn boto3_download(endpoint: &str, key: &str, dst: &Path) {
+    let script = "import boto3, os, sys\n\
+        s3 = boto3.client('s3', endpoint_url=sys.argv[1], region_name=os.environ.get('FS_TEST_S3_REGION'))\n\
+        s3.download_file('bench', sys.argv[2], sys.argv[3])\n\
+        f = os.open(sys.argv[3], os.O_RDONLY); os.fsync(f); os.close(f)\n";
+    let out = std::process::Command::new("python3")
+        .args(["-c", script, endpoint, key])
+        .arg(dst)
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "boto3: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 async fn s3_rows(dir: &Path, sizes: &[u64], endpoint: &str) -> Vec<Row> {
     let prefix = format!("bench-{}/", std::process::id());
     std::fs::create_dir_all(dir.join("s3")).unwrap();
@@ -640,6 +659,28 @@ async fn s3_rows(dir: &Path, sizes: &[u64], endpoint: &str) -> Vec<Row> {
             base_secs: base_down,
             peak,
             note: "vs SDK GetObject".into(),
+        });
+        // boto3's download_file reads several ranges at once (its transfer manager): the
+        // baseline the service's read-ahead answers.
+        let dst = dir.join("s3").join("download.bin");
+        let stored = format!("{prefix}images/{id}");
+        let (base_boto3, _) = measure(&srv, || async {
+            boto3_download(endpoint, &stored, &dst);
+            assert_eq!(std::fs::metadata(&dst).unwrap().len(), size);
+            std::fs::remove_file(&dst).unwrap();
+        })
+        .await;
+        let (secs, peak) = measure(&srv, || async {
+            assert_eq!(download(&client, &srv, &id, false, Some(&dst)).await, size);
+        })
+        .await;
+        rows.push(Row {
+            op: "download to file".into(),
+            mib,
+            secs,
+            base_secs: base_boto3,
+            peak,
+            note: "vs boto3 download_file".into(),
         });
 
         let (secs, peak) = measure(&srv, || async {
