@@ -688,7 +688,7 @@ impl S3Store {
         key: &str,
         upload_id: &str,
         parts: &[CompletedPart],
-    ) -> Result<Vec<S3Part>> {
+    ) -> Result<Packed> {
         let chunks: Vec<plan::Chunk> = parts
             .iter()
             .map(|p| plan::Chunk {
@@ -704,6 +704,7 @@ impl S3Store {
             .collect();
         let min = self.settings.min_part_bytes;
         let mut planned = plan::plan(&chunks, min).map_err(|e| StorageError::Resend(e.resend))?;
+        let mut left_behind = vec![];
         if let Some(first) = chunks.iter().find(|c| c.held == plan::Held::Staged) {
             self.probe_staging(bucket, upload_id, first.number).await?;
         }
@@ -715,11 +716,15 @@ impl S3Store {
             .any(|p| matches!(p.source, plan::Source::Upload { .. }))
         {
             match self.held_parts(bucket, key, upload_id).await {
-                Ok(held) => {
-                    if let Some(covered) = plan::cover(planned.clone(), &held, min) {
-                        planned = covered;
+                Ok(held) => match plan::cover(planned.clone(), &held, min) {
+                    Some(covered) => planned = covered,
+                    None => {
+                        left_behind = held
+                            .into_iter()
+                            .filter(|n| !planned.iter().any(|p| p.number == *n))
+                            .collect()
                     }
-                }
+                },
                 // Completed before (a retried merge): the caller looks for the object.
                 Err(e @ (StorageError::NoSuchUpload | StorageError::NotFound)) => return Err(e),
                 // Credentials without ListParts (s3:ListMultipartUploadParts): the plan as it
@@ -736,10 +741,11 @@ impl S3Store {
                 .and_then(|c| c.checksum.clone());
             self.make_part(bucket, key, upload_id, p, kept)
         });
-        futures::stream::iter(jobs)
+        let parts = futures::stream::iter(jobs)
             .buffered(self.settings.upload_concurrency.max(1))
             .try_collect()
-            .await
+            .await?;
+        Ok(Packed { parts, left_behind })
     }
 
     /// The part numbers the store holds for an upload (`ListParts`).
@@ -1037,6 +1043,14 @@ impl Filler {
     }
 }
 
+/// What an upload completes with: its parts, and the part numbers the store holds that no
+/// valid part list could overwrite (a store that completes only from every part it holds
+/// refuses the completion then).
+pub struct Packed {
+    pub parts: Vec<S3Part>,
+    pub left_behind: Vec<u32>,
+}
+
 /// An SDK body as a stream of byte chunks.
 fn body_stream(body: S3Body) -> ByteStream {
     futures::stream::unfold(body, |mut b| async move {
@@ -1277,8 +1291,24 @@ impl ObjectStore for SharedS3 {
             }
             other => other?,
         };
-        match s.complete(bucket, key, upload_id, packed).await {
+        let Packed { parts, left_behind } = packed;
+        match s.complete(bucket, key, upload_id, parts).await {
             Err(StorageError::NoSuchUpload) if self.head(bucket, logical).await?.is_some() => {}
+            // A strict store that completes only from every part it holds.
+            Err(StorageError::InvalidPart(msg)) if !left_behind.is_empty() => {
+                tracing::info!(bucket, %msg, parts = ?left_behind, "completion refused: parts left behind");
+                let numbers: Vec<String> = left_behind.iter().map(u32::to_string).collect();
+                let (what, were) = match numbers.len() {
+                    1 => ("chunk", "was"),
+                    _ => ("chunks", "were"),
+                };
+                return Err(StorageError::InvalidPart(format!(
+                    "{what} {} {were} sent again smaller than before, and this store keeps the \
+                     earlier parts and completes only with all of them: cancel the upload and \
+                     send it again",
+                    numbers.join(", ")
+                )));
+            }
             other => other?,
         }
         s.delete_staging(bucket, upload_id).await

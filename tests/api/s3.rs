@@ -56,7 +56,11 @@ async fn small_chunks_are_packed_into_valid_parts(b: Backend) {
         parts.push(CompletedPart::new(n, etag, c.len() as u64));
     }
     let key = format!("{prefix}images/packed");
-    let packed = inner.pack_parts("images", &key, &id, &parts).await.unwrap();
+    let packed = inner
+        .pack_parts("images", &key, &id, &parts)
+        .await
+        .unwrap()
+        .parts;
     let listed = inner
         .client()
         .list_parts()
@@ -207,6 +211,54 @@ async fn smaller_resend_names_the_chunk_to_send_again(b: Backend) {
     // complete only from every part they hold): chunks 2 and 3 are cut into two parts.
     assert_parts(&app, &id, &[6 << 20, 5 << 20, (1 << 20) + 1000]).await;
     assert_eq!(app.leftovers().await, [image_object(&app, &id)]);
+    app.stop().await;
+}
+
+/// Chunks first sent as parts of 6 MiB, then again at 1 MiB: no valid part list can overwrite
+/// both earlier parts. Garage (and AWS) complete without them; RGW, which completes only from
+/// every part it holds, refuses, and the merge says what to do (400, not a 500); the chunks
+/// are kept, and a cancel leaves nothing.
+async fn smaller_resends_a_strict_store_cannot_complete(b: Backend) {
+    let app = TestApp::spawn(b, Options::default()).await;
+    for n in 1..=2 {
+        assert_eq!(
+            app.chunk("shrunk", n, pattern(n as u64, 6 << 20))
+                .await
+                .status(),
+            200
+        );
+    }
+    let small = |n: u32| pattern(10 + n as u64, 1 << 20);
+    for n in 1..=2 {
+        assert_eq!(app.chunk("shrunk", n, small(n)).await.status(), 200);
+    }
+    let r = app.merge("shrunk", "shrunk.img").await;
+    match b.s3_server() {
+        Some(S3Server::Rgw) => {
+            let v = assert_error(r, 400, None).await;
+            let msg = v["message"].as_str().unwrap();
+            assert!(msg.contains("chunk 2 was sent again smaller"), "{v}");
+            assert!(msg.contains("cancel the upload"), "{v}");
+            let (_, st) = app.get_json("/images/upload?identifier=shrunk").await;
+            assert_eq!(st["chunks"].as_array().unwrap().len(), 2, "{st}");
+            let r = app
+                .client
+                .delete(app.url("/images/upload?identifier=shrunk"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            assert_eq!(app.leftovers().await, Vec::<String>::new());
+        }
+        _ => {
+            let id = merged(r).await;
+            assert_eq!(
+                download_sha(&app, &id).await,
+                sha256(&[small(1), small(2)].concat())
+            );
+            assert_eq!(app.leftovers().await, [image_object(&app, &id)]);
+        }
+    }
     app.stop().await;
 }
 
@@ -685,6 +737,7 @@ crate::s3_server_tests!(
     big_chunks_become_parts_directly,
     small_chunk_between_big_ones_is_joined,
     smaller_resend_names_the_chunk_to_send_again,
+    smaller_resends_a_strict_store_cannot_complete,
     any_arrival_order_merges,
     store_faults,
     buckets_get_lifecycle_rules,
