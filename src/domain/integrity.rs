@@ -201,27 +201,79 @@ impl Wanted {
 }
 
 /// Digests being computed over bytes fed in order.
-#[derive(Clone, Default)]
+///
+/// MD5 and SHA-256 together cost about twice what one does, and both are wanted for every
+/// image: once more than [`PARALLEL_FROM`] bytes have come, SHA-256 moves to a thread of its own
+/// (fed the same refcounted buffers through a bounded queue) while MD5 and CRC-32C stay on the
+/// caller's, so a pass takes about as long as its slowest digest.
+#[derive(Default)]
 pub struct Hasher {
     md5: Option<Md5>,
-    sha256: Option<Sha256>,
+    sha256: Sha256State,
     crc32c: Option<u32>,
+    fed: u64,
+}
+
+/// Bytes hashed on the caller's thread before SHA-256 moves to its own (small bodies never pay
+/// for a thread).
+pub const PARALLEL_FROM: u64 = 4 << 20;
+
+/// Buffers queued for the SHA-256 thread before the caller waits for it.
+const QUEUE: usize = 16;
+
+#[derive(Default)]
+enum Sha256State {
+    #[default]
+    Off,
+    Inline(Sha256),
+    Thread {
+        queue: std::sync::mpsc::SyncSender<bytes::Bytes>,
+        done: std::thread::JoinHandle<[u8; 32]>,
+    },
 }
 
 impl Hasher {
     pub fn new(w: Wanted) -> Self {
         Hasher {
             md5: w.md5.then(Md5::new),
-            sha256: w.sha256.then(Sha256::new),
+            sha256: match w.sha256 {
+                true => Sha256State::Inline(Sha256::new()),
+                false => Sha256State::Off,
+            },
             crc32c: w.crc32c.then_some(0),
+            fed: 0,
         }
     }
 
+    /// Feeds bytes (copied when SHA-256 runs on its own thread; see [`Hasher::update_bytes`]).
     pub fn update(&mut self, bytes: &[u8]) {
-        if let Some(h) = &mut self.md5 {
-            h.update(bytes);
+        match self.sha256 {
+            Sha256State::Thread { .. } => self.update_bytes(bytes::Bytes::copy_from_slice(bytes)),
+            _ => self.feed(bytes, None),
         }
-        if let Some(h) = &mut self.sha256 {
+    }
+
+    /// Feeds a buffer without copying it.
+    pub fn update_bytes(&mut self, bytes: bytes::Bytes) {
+        let b = bytes.clone();
+        self.feed(&b, Some(bytes));
+    }
+
+    fn feed(&mut self, bytes: &[u8], owned: Option<bytes::Bytes>) {
+        self.fed += bytes.len() as u64;
+        if self.fed > PARALLEL_FROM && self.md5.is_some() {
+            self.go_parallel();
+        }
+        match &mut self.sha256 {
+            Sha256State::Off => {}
+            Sha256State::Inline(h) => h.update(bytes),
+            Sha256State::Thread { queue, .. } => {
+                let owned = owned.unwrap_or_else(|| bytes::Bytes::copy_from_slice(bytes));
+                // The thread only ends when the queue's sender is dropped.
+                queue.send(owned).expect("the SHA-256 thread runs");
+            }
+        }
+        if let Some(h) = &mut self.md5 {
             h.update(bytes);
         }
         if let Some(c) = &mut self.crc32c {
@@ -229,10 +281,40 @@ impl Hasher {
         }
     }
 
+    /// Moves SHA-256 (as far as it got) to a thread of its own.
+    fn go_parallel(&mut self) {
+        let Sha256State::Inline(h) = &self.sha256 else {
+            return;
+        };
+        let mut moved = h.clone();
+        let (queue, rx) = std::sync::mpsc::sync_channel::<bytes::Bytes>(QUEUE);
+        let spawned = std::thread::Builder::new()
+            .name("sha256".into())
+            .spawn(move || {
+                for b in rx {
+                    moved.update(&b);
+                }
+                moved.finalize().into()
+            });
+        match spawned {
+            Ok(done) => self.sha256 = Sha256State::Thread { queue, done },
+            // No thread to be had (a process at its limit): it stays on the caller's.
+            Err(e) => tracing::debug!(error = %e, "hashing on one thread"),
+        }
+    }
+
     pub fn finish(self) -> Digests {
+        let sha256 = match self.sha256 {
+            Sha256State::Off => None,
+            Sha256State::Inline(h) => Some(h.finalize().into()),
+            Sha256State::Thread { queue, done } => {
+                drop(queue);
+                Some(done.join().expect("the SHA-256 thread does not panic"))
+            }
+        };
         Digests {
             md5: self.md5.map(|h| h.finalize().into()),
-            sha256: self.sha256.map(|h| h.finalize().into()),
+            sha256,
             crc32c: self.crc32c,
         }
     }
@@ -288,13 +370,14 @@ pub fn digest_file(path: &Path, w: Wanted) -> std::io::Result<Digests> {
     use std::io::Read;
     let mut f = std::fs::File::open(path)?;
     let mut h = Hasher::new(w);
-    let mut buf = vec![0u8; 1 << 20];
     loop {
+        let mut buf = bytes::BytesMut::zeroed(1 << 20);
         let n = f.read(&mut buf)?;
         if n == 0 {
             return Ok(h.finish());
         }
-        h.update(&buf[..n]);
+        buf.truncate(n);
+        h.update_bytes(buf.freeze());
     }
 }
 
@@ -312,6 +395,41 @@ mod tests {
         });
         h.update(bytes);
         h.finish()
+    }
+
+    /// Past `PARALLEL_FROM` SHA-256 runs on its own thread: the digests are those of one
+    /// thread, whatever the piece sizes and however they are fed.
+    #[test]
+    fn digests_on_two_threads_are_those_of_one() {
+        let data: Vec<u8> = (0..(PARALLEL_FROM as usize * 3 + 12345))
+            .map(|i| (i * 7 % 253) as u8)
+            .collect();
+        let want = {
+            use sha2::Digest as _;
+            (
+                <[u8; 16]>::from(Md5::digest(&data)),
+                <[u8; 32]>::from(Sha256::digest(&data)),
+            )
+        };
+        for piece in [1 << 20, 65_537, PARALLEL_FROM as usize + 1, data.len()] {
+            let mut h = Hasher::new(Wanted::IMAGE);
+            for (i, c) in data.chunks(piece).enumerate() {
+                match i % 2 {
+                    0 => h.update(c),
+                    _ => h.update_bytes(bytes::Bytes::copy_from_slice(c)),
+                }
+            }
+            let d = h.finish();
+            assert_eq!(
+                (d.md5.unwrap(), d.sha256.unwrap()),
+                want,
+                "pieces of {piece}"
+            );
+        }
+        // Dropped unfinished: its thread ends with the queue.
+        let mut h = Hasher::new(Wanted::IMAGE);
+        h.update(&data);
+        drop(h);
     }
 
     #[test]

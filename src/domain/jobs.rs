@@ -424,7 +424,7 @@ impl Service {
         use futures::StreamExt;
         while let Some(chunk) = body.next().await {
             let chunk = chunk?;
-            hasher.update(&chunk);
+            hasher.update_bytes(chunk.clone());
             sink.write(chunk).await?;
         }
         sink.finish(false).await?;

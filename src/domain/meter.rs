@@ -42,7 +42,7 @@ impl Meter {
                 return Err(io::Error::other("size limit exceeded"));
             }
             st.crc.update(&chunk);
-            st.digests.update(&chunk);
+            st.digests.update_bytes(chunk.clone());
             Ok(chunk)
         })
         .boxed()
@@ -56,9 +56,10 @@ impl Meter {
         self.0.lock().expect("meter lock").crc.clone().finalize()
     }
 
-    /// The digests asked for at creation, over the bytes that went through.
+    /// The digests asked for at creation, over the bytes that went through; once, when the
+    /// stream has ended (a second call finds none).
     pub fn digests(&self) -> Digests {
-        self.0.lock().expect("meter lock").digests.clone().finish()
+        std::mem::take(&mut self.0.lock().expect("meter lock").digests).finish()
     }
 
     pub fn exceeded(&self) -> bool {
