@@ -228,7 +228,7 @@ impl ObjectStore for LocalStore {
         let dst = self.object_path(bucket, key)?;
         let tmp = self.tmp_path();
         let guard = TmpGuard(Some(tmp.clone()));
-        let mut sink = FileSink::new(std::fs::File::create(&tmp)?);
+        let mut sink = FileSink::durable(std::fs::File::create(&tmp)?);
         match sink.drain(body).await {
             Ok(()) => {}
             Err(BodyOrFile::Body(e)) => return Err(StorageError::Body(e)),
