@@ -16,14 +16,59 @@ use std::{
     collections::HashMap,
     path::{Component, Path, PathBuf},
     sync::{Arc, Mutex},
+    time::{Duration, Instant},
 };
 
 /// A finished check: the report, the file's MD5, its size and its name.
 type CheckDone = (CheckReport, String, u64, String);
 /// Running checks (`None`) and finished ones, by request id.
-type Checks = Arc<Mutex<HashMap<String, Option<CheckDone>>>>;
+type Checks = Arc<Mutex<Requests<Option<CheckDone>>>>;
 /// Compressions by request id: status, message, progress.
-type Compressions = Arc<Mutex<HashMap<String, (CompressStatus, String, f64)>>>;
+type Compressions = Arc<Mutex<Requests<(CompressStatus, String, f64)>>>;
+
+/// How long a finished request's result is kept for its poller (which asks every second or
+/// so); then it is forgotten, so the table does not grow with every request ever made.
+const RETAIN: Duration = Duration::from_secs(600);
+
+/// Requests by id: running ones, and finished ones for [`RETAIN`].
+struct Requests<T> {
+    by_id: HashMap<String, (T, Option<Instant>)>,
+}
+
+impl<T> Default for Requests<T> {
+    fn default() -> Self {
+        Requests {
+            by_id: HashMap::new(),
+        }
+    }
+}
+
+impl<T> Requests<T> {
+    /// Records a new running request (and forgets results older than [`RETAIN`]).
+    fn start(&mut self, id: &str, value: T) {
+        self.prune(Instant::now());
+        self.by_id.insert(id.to_string(), (value, None));
+    }
+
+    /// Records a request's result.
+    fn finish(&mut self, id: &str, value: T) {
+        self.by_id
+            .insert(id.to_string(), (value, Some(Instant::now())));
+    }
+
+    fn get(&self, id: &str) -> Option<&T> {
+        self.by_id.get(id).map(|(v, _)| v)
+    }
+
+    fn get_mut(&mut self, id: &str) -> Option<&mut T> {
+        self.by_id.get_mut(id).map(|(v, _)| v)
+    }
+
+    fn prune(&mut self, now: Instant) {
+        self.by_id
+            .retain(|_, (_, done)| done.is_none_or(|t| now.duration_since(t) < RETAIN));
+    }
+}
 
 #[derive(Clone)]
 pub struct OpsState {
@@ -83,7 +128,7 @@ async fn start_check(State(st): State<OpsState>, Json(req): Json<CheckRequest>) 
         return bad("input image not found");
     };
     let id = uuid::Uuid::new_v4().to_string();
-    st.checks.lock().expect("lock").insert(id.clone(), None);
+    st.checks.lock().expect("lock").start(&id, None);
     let (ops, checks, rid, name) = (
         st.ops.clone(),
         st.checks.clone(),
@@ -108,7 +153,7 @@ async fn start_check(State(st): State<OpsState>, Json(req): Json<CheckRequest>) 
         checks
             .lock()
             .expect("lock")
-            .insert(rid, Some((report, md5, size, name)));
+            .finish(&rid, Some((report, md5, size, name)));
     });
     (
         StatusCode::OK,
@@ -158,8 +203,8 @@ async fn start_compress(State(st): State<OpsState>, Json(req): Json<CompressRequ
         return bad("invalid output image name");
     };
     let id = uuid::Uuid::new_v4().to_string();
-    st.compressions.lock().expect("lock").insert(
-        id.clone(),
+    st.compressions.lock().expect("lock").start(
+        &id,
         (
             CompressStatus::InProgress,
             "Compress In Progress".into(),
@@ -183,7 +228,7 @@ async fn start_compress(State(st): State<OpsState>, Json(req): Json<CompressRequ
             ),
             Err(f) => (f.status, f.msg, 0.0),
         };
-        table.lock().expect("lock").insert(rid, outcome);
+        table.lock().expect("lock").finish(&rid, outcome);
     });
     (
         StatusCode::OK,
@@ -201,5 +246,26 @@ async fn compress_status(State(st): State<OpsState>, UrlPath(id): UrlPath<String
             StatusCode::OK,
             Json(json!({ "status": status.to_value(), "msg": msg, "rate": rate })),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Finished requests are forgotten after `RETAIN`; running ones never are.
+    #[test]
+    fn finished_requests_are_forgotten() {
+        let mut r = Requests::default();
+        r.start("running", 1);
+        r.start("done", 2);
+        r.finish("done", 3);
+        assert_eq!(r.get("done"), Some(&3));
+        let later = Instant::now() + RETAIN + Duration::from_secs(1);
+        r.prune(later);
+        assert_eq!(r.get("done"), None);
+        assert_eq!(r.get("running"), Some(&1));
+        *r.get_mut("running").unwrap() = 4;
+        assert_eq!(r.get("running"), Some(&4));
     }
 }
