@@ -10,6 +10,7 @@ pub mod db;
 pub mod dirlock;
 pub mod domain;
 pub mod imageops;
+pub mod integrity;
 pub mod metrics;
 pub mod preflight;
 pub mod routes;

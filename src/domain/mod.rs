@@ -5,7 +5,8 @@ pub mod caller;
 pub mod download;
 pub mod form;
 pub mod images;
-pub mod integrity;
+/// Declared checksums and digests (pure; imageops uses them too).
+pub use crate::integrity;
 pub mod jobs;
 pub mod meter;
 pub mod placement;

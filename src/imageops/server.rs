@@ -138,17 +138,16 @@ async fn start_check(State(st): State<OpsState>, Json(req): Json<CheckRequest>) 
     tokio::spawn(async move {
         let report = ops.check(&path, Declared::from_file_name(&name)).await;
         let p = path.clone();
-        let wanted = crate::domain::integrity::Wanted {
+        let wanted = crate::integrity::Wanted {
             md5: true,
             ..Default::default()
         };
-        let md5 =
-            tokio::task::spawn_blocking(move || crate::domain::integrity::digest_file(&p, wanted))
-                .await
-                .ok()
-                .and_then(Result::ok)
-                .and_then(|d| d.md5_hex())
-                .unwrap_or_default();
+        let md5 = tokio::task::spawn_blocking(move || crate::integrity::digest_file(&p, wanted))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .and_then(|d| d.md5_hex())
+            .unwrap_or_default();
         let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
         checks
             .lock()

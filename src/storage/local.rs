@@ -5,6 +5,7 @@
 //! joins the parts with `copy_file_range`, so no byte passes through user space (and file
 //! systems with reflinks share the blocks instead of copying them).
 
+use super::fileio::copy_between;
 use super::{
     fileio::{self, BodyOrFile, FileSink},
     local_parts, ByteRange, ByteStream, CompletedPart, ObjectStore, PutOptions, Result,
@@ -17,9 +18,6 @@ use std::{
     path::{Component, Path, PathBuf},
     sync::Arc,
 };
-
-/// Read and write granularity: large enough that the blocking-pool hop per call is noise.
-const IO_BUF: usize = 1 << 20;
 
 #[derive(Debug, Clone)]
 pub struct LocalStore {
@@ -132,83 +130,6 @@ impl Drop for TmpGuard {
             let _ = std::fs::remove_file(p);
         }
     }
-}
-
-/// Copies `len` bytes of `src` from `src_off` to `dst` at `dst_off` inside the kernel
-/// (`copy_file_range`: no user-space pass, and shared blocks on file systems with reflinks),
-/// falling back to a plain copy where that is not supported. Returns `dst_off + len`.
-pub(super) fn copy_between(
-    src: &std::fs::File,
-    src_off: u64,
-    dst: &std::fs::File,
-    dst_off: u64,
-    len: u64,
-) -> io::Result<u64> {
-    use std::os::fd::AsRawFd;
-    let mut in_off = src_off as libc::loff_t;
-    let mut out_off = dst_off as libc::loff_t;
-    let mut remaining = len;
-    while remaining > 0 {
-        let chunk = remaining.min(1 << 30) as usize;
-        // SAFETY: both descriptors are open files owned by the caller; offsets are valid pointers.
-        let n = unsafe {
-            libc::copy_file_range(
-                src.as_raw_fd(),
-                &mut in_off,
-                dst.as_raw_fd(),
-                &mut out_off,
-                chunk,
-                0,
-            )
-        };
-        if n < 0 {
-            let err = io::Error::last_os_error();
-            return match err.raw_os_error() {
-                Some(libc::EXDEV)
-                | Some(libc::ENOSYS)
-                | Some(libc::EOPNOTSUPP)
-                | Some(libc::EINVAL) => {
-                    copy_plain(src, in_off as u64, dst, out_off as u64, remaining)?;
-                    Ok(dst_off + len)
-                }
-                _ => Err(err),
-            };
-        }
-        if n == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "source shorter than expected",
-            ));
-        }
-        remaining -= n as u64;
-    }
-    Ok(dst_off + len)
-}
-
-fn copy_plain(
-    src: &std::fs::File,
-    mut in_off: u64,
-    dst: &std::fs::File,
-    mut out_off: u64,
-    mut len: u64,
-) -> io::Result<()> {
-    use std::os::unix::fs::FileExt;
-    let mut buf = vec![0u8; IO_BUF];
-    while len > 0 {
-        let want = (len as usize).min(buf.len());
-        let n = src.read_at(&mut buf[..want], in_off)?;
-        if n == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "source shorter than expected",
-            ));
-        }
-        dst.write_all_at(&buf[..n], out_off)?;
-        in_off += n as u64;
-        out_off += n as u64;
-        len -= n as u64;
-    }
-    Ok(())
 }
 
 #[async_trait]

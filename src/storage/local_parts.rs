@@ -10,7 +10,7 @@
 //! `data`, and completion is a rename. Every step holds an exclusive `flock` on the directory,
 //! so concurrent chunks of one upload (from any process) are safe.
 
-use super::local::copy_between;
+use super::fileio::copy_between;
 use std::{
     fs::{self, File, OpenOptions},
     io::{self, Write},
