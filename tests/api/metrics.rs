@@ -87,9 +87,13 @@ impl Scrape {
         }
     }
 
-    /// The value of `series`; 0 when absent (as a counter not yet incremented).
+    /// The value of `series`, which must be there: a gauge or counter that vanished fails the
+    /// test instead of reading 0.
     pub fn get(&self, series: &str) -> f64 {
-        self.series.get(series).copied().unwrap_or(0.0)
+        self.series
+            .get(series)
+            .copied()
+            .unwrap_or_else(|| panic!("{series} is not exported:\n{}", self.text))
     }
 
     /// The names of every sample (`fs_http_requests_total`, `fs_jobs`, ...).

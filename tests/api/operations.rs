@@ -5,15 +5,13 @@ use crate::helpers::*;
 use serde_json::Value;
 use std::collections::BTreeSet;
 
-/// The value of one sample (`name{labels}`) in a Prometheus text exposition; 0 when absent.
-fn sample(text: &str, series: &str) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| {
-            let (name, value) = l.rsplit_once(' ')?;
-            (name == series).then(|| value.parse().unwrap())
-        })
-        .unwrap_or(0.0)
+/// The value of one sample (`name{labels}`) in a Prometheus text exposition; `None` when the
+/// series is absent (a gauge that vanished fails a test instead of reading 0).
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (name, value) = l.rsplit_once(' ')?;
+        (name == series).then(|| value.parse().unwrap())
+    })
 }
 
 async fn metrics(app: &TestApp) -> String {
@@ -37,8 +35,9 @@ async fn metrics_count_requests_bytes_sessions_and_jobs(b: Backend) {
     let upload_route = "/image-management/v1/images";
     let ok_uploads =
         format!(r#"fs_http_requests_total{{method="POST",route="{upload_route}",status="200"}}"#);
-    assert_eq!(sample(&before, &ok_uploads), 0.0);
-    assert_eq!(sample(&before, "fs_upload_sessions_open"), 0.0);
+    // A labelled counter appears with its first sample; a gauge is there from the start.
+    assert_eq!(sample(&before, &ok_uploads), None);
+    assert_eq!(sample(&before, "fs_upload_sessions_open"), Some(0.0));
     // Every kind and state is reported from the start.
     assert!(
         before.contains(r#"fs_jobs{kind="slim",state="failed"} 0"#),
@@ -63,29 +62,33 @@ async fn metrics_count_requests_bytes_sessions_and_jobs(b: Backend) {
     let _ = app.client.get(app.url("/nowhere")).send().await.unwrap();
 
     let text = metrics(&app).await;
-    assert_eq!(sample(&text, &ok_uploads), 1.0, "{text}");
+    assert_eq!(sample(&text, &ok_uploads), Some(1.0), "{text}");
     let download = format!(
         r#"fs_http_requests_total{{method="GET",route="{upload_route}/{{image_id}}/action/download",status="200"}}"#
     );
-    assert_eq!(sample(&text, &download), 1.0, "{text}");
+    assert_eq!(sample(&text, &download), Some(1.0), "{text}");
     assert_eq!(
         sample(
             &text,
             r#"fs_http_requests_total{method="GET",route="unmatched",status="404"}"#
         ),
-        1.0,
+        Some(1.0),
         "{text}"
     );
     let seconds = format!(
         r#"fs_http_request_duration_seconds_count{{method="POST",route="{upload_route}",status="200"}}"#
     );
-    assert_eq!(sample(&text, &seconds), 1.0, "{text}");
-    assert!(sample(&text, "fs_http_received_bytes_total") >= size + 1000.0);
-    assert!(sample(&text, "fs_http_sent_bytes_total") >= size);
-    assert_eq!(sample(&text, "fs_upload_sessions_open"), 1.0, "{text}");
+    assert_eq!(sample(&text, &seconds), Some(1.0), "{text}");
+    assert!(sample(&text, "fs_http_received_bytes_total").unwrap() >= size + 1000.0);
+    assert!(sample(&text, "fs_http_sent_bytes_total").unwrap() >= size);
+    assert_eq!(
+        sample(&text, "fs_upload_sessions_open"),
+        Some(1.0),
+        "{text}"
+    );
     assert_eq!(
         sample(&text, r#"fs_jobs{kind="check",state="done"}"#),
-        1.0,
+        Some(1.0),
         "{text}"
     );
     assert_eq!(
@@ -93,7 +96,7 @@ async fn metrics_count_requests_bytes_sessions_and_jobs(b: Backend) {
             &text,
             r#"fs_job_duration_seconds_count{kind="check",outcome="done"}"#
         ),
-        1.0,
+        Some(1.0),
         "{text}"
     );
 
@@ -105,7 +108,10 @@ async fn metrics_count_requests_bytes_sessions_and_jobs(b: Backend) {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    assert_eq!(sample(&metrics(&app).await, "fs_upload_sessions_open"), 0.0);
+    assert_eq!(
+        sample(&metrics(&app).await, "fs_upload_sessions_open"),
+        Some(0.0)
+    );
     app.stop().await;
 }
 
