@@ -55,6 +55,10 @@ await main(async () => {
   try {
     const page = context.pages()[0] || (await context.newPage());
     watch(page, problems);
+    // File choosers are intercepted from the start: waitForEvent('filechooser') alone turns
+    // the interception on without waiting for it, and a cold browser could open the real
+    // (headless, invisible) dialog before it took effect.
+    page.on('filechooser', () => {});
     const name = path.basename(image);
     const size = statSync(image).size;
     const expected = await sha256File(image);
