@@ -624,14 +624,21 @@ impl S3Store {
         {
             Ok(out) => out,
             // An empty object has no byte 0.
-            Err(SdkError::ServiceError(se))
-                if range.is_none() && se.raw().status().as_u16() == 416 =>
-            {
-                return self.get_once(bucket, key, None).await;
+            Err(SdkError::ServiceError(se)) if se.raw().status().as_u16() == 416 => {
+                return match range {
+                    Some(r) => Err(outside(r)),
+                    None => self.get_once(bucket, key, None).await,
+                };
             }
             Err(e) => return Err(self.err(e)),
         };
         let total = out.content_range().and_then(readahead::total_of);
+        // Stores clamp an end past the object; the contract refuses such a range instead.
+        if let (Some(r), Some(t)) = (range, total) {
+            if r.end >= t {
+                return Err(outside(r));
+            }
+        }
         let Some(end) = range.map(|r| r.end).or(total.map(|t| t.saturating_sub(1))) else {
             // A store that ignored the range sent the whole object.
             return Ok(body_stream(out.body));
@@ -665,7 +672,7 @@ impl S3Store {
         key: &str,
         range: Option<ByteRange>,
     ) -> Result<ByteStream> {
-        let out = self
+        let out = match self
             .client
             .get_object()
             .bucket(bucket)
@@ -673,7 +680,19 @@ impl S3Store {
             .set_range(range.map(|r| format!("bytes={}-{}", r.start, r.end)))
             .send()
             .await
-            .map_err(|e| self.err(e))?;
+        {
+            Ok(out) => out,
+            Err(SdkError::ServiceError(se)) if se.raw().status().as_u16() == 416 => {
+                return Err(range.map_or_else(|| self.err(SdkError::ServiceError(se)), outside));
+            }
+            Err(e) => return Err(self.err(e)),
+        };
+        // Stores clamp an end past the object (a shorter answer); the contract refuses it.
+        if let Some(r) = range {
+            if out.content_length().is_some_and(|n| n as u64 != r.length()) {
+                return Err(outside(r));
+            }
+        }
         Ok(body_stream(out.body))
     }
 
@@ -1051,6 +1070,15 @@ pub struct Packed {
     pub left_behind: Vec<u32>,
 }
 
+/// The error for a range that does not lie inside the object (HTTP 416 from the store, or a
+/// store that clamped the end): the same `InvalidPart` the local store gives.
+fn outside(r: ByteRange) -> StorageError {
+    StorageError::InvalidPart(format!(
+        "bytes {}-{} are outside the object",
+        r.start, r.end
+    ))
+}
+
 /// An SDK body as a stream of byte chunks.
 fn body_stream(body: S3Body) -> ByteStream {
     futures::stream::unfold(body, |mut b| async move {
@@ -1292,7 +1320,22 @@ impl ObjectStore for SharedS3 {
             other => other?,
         };
         let Packed { parts, left_behind } = packed;
-        match s.complete(bucket, key, upload_id, parts).await {
+        let completed = match s.complete(bucket, key, upload_id, parts).await {
+            // Ceph's RGW (16.x) answers the completion of an upload id it does not know with
+            // 500 "multipart completion is already in progress"; ListParts tells the truth
+            // (RGW's answer to that is NoSuchKey).
+            Err(StorageError::Unavailable(msg))
+                if matches!(
+                    s.held_parts(bucket, key, upload_id).await,
+                    Err(StorageError::NoSuchUpload | StorageError::NotFound)
+                ) =>
+            {
+                tracing::debug!(bucket, %msg, "completion refused: the upload is gone");
+                Err(StorageError::NoSuchUpload)
+            }
+            other => other,
+        };
+        match completed {
             Err(StorageError::NoSuchUpload) if self.head(bucket, logical).await?.is_some() => {}
             // A strict store that completes only from every part it holds.
             Err(StorageError::InvalidPart(msg)) if !left_behind.is_empty() => {

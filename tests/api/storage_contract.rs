@@ -243,6 +243,92 @@ pub async fn contract(
     store.ping(bucket).await.unwrap();
 }
 
+/// The edges of the contract, the same on every store: reads outside an object are refused
+/// when they are asked for (never a short or padded stream), and an unknown upload id is
+/// `NoSuchUpload` for parts and completion, while aborting it succeeds.
+pub async fn contract_edges(store: Arc<dyn ObjectStore>, bucket: &str, tmp: &std::path::Path) {
+    store.ensure_bucket(bucket).await.unwrap();
+    let data = pattern(5, 100_000);
+    store
+        .put(
+            bucket,
+            "e/obj",
+            stream_of(data.clone()),
+            &PutOptions::default(),
+        )
+        .await
+        .unwrap();
+    let last = data.len() as u64 - 1;
+    for (start, end) in [
+        (0, last + 1),
+        (last, last + 10),
+        (last + 1, last + 1),
+        (1 << 40, (1 << 40) + 5),
+    ] {
+        match store
+            .get(bucket, "e/obj", Some(ByteRange { start, end }))
+            .await
+        {
+            Err(StorageError::InvalidPart(_)) => {}
+            other => panic!(
+                "range {start}-{end} of {} bytes: {:?}",
+                data.len(),
+                other.map(|_| "a stream")
+            ),
+        }
+    }
+    let got = read_all(
+        store
+            .get(
+                bucket,
+                "e/obj",
+                Some(ByteRange {
+                    start: last,
+                    end: last,
+                }),
+            )
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(got, [data[last as usize]]);
+    let unknown = "2f5bd1a3-6d43-4ac2-9a43-0fd6a7c1d1e0";
+    // Above S3's 5 MiB minimum, so that the part goes to the (unknown) upload, not staging.
+    let part = store
+        .upload_part(
+            bucket,
+            "e/up",
+            unknown,
+            1,
+            spooled(tmp, &pattern(6, 6 << 20)),
+            true,
+        )
+        .await;
+    assert!(matches!(part, Err(StorageError::NoSuchUpload)), "{part:?}");
+    let done = store
+        .complete_multipart(
+            bucket,
+            "e/up",
+            unknown,
+            &[CompletedPart::new(
+                1,
+                file_system::storage::UploadedPart {
+                    etag: "\"x\"".into(),
+                    checksum: None,
+                },
+                1,
+            )],
+        )
+        .await;
+    assert!(matches!(done, Err(StorageError::NoSuchUpload)), "{done:?}");
+    store
+        .abort_multipart(bucket, "e/up", unknown)
+        .await
+        .unwrap();
+    assert_eq!(store.head(bucket, "e/up").await.unwrap(), None);
+    store.delete(bucket, "e/obj").await.unwrap();
+}
+
 #[tokio::test]
 async fn local_store_contract() {
     let dir = tempfile::tempdir().unwrap();
@@ -252,7 +338,8 @@ async fn local_store_contract() {
             .unwrap(),
     );
     contract(store.clone(), "contract", dir.path(), true).await;
-    contract(store, "contract", dir.path(), false).await;
+    contract(store.clone(), "contract", dir.path(), false).await;
+    contract_edges(store, "contract", dir.path()).await;
     // Nothing but the bucket directory is left.
     let mut left = vec![];
     for e in walkdir(dir.path().join("objects")) {
@@ -306,7 +393,8 @@ async fn s3_store_contract(b: Backend) {
             file_system::storage::S3Store::new(settings).await.unwrap(),
         )));
         contract(store.clone(), "contract", dir.path(), true).await;
-        contract(store, "contract", dir.path(), false).await;
+        contract(store.clone(), "contract", dir.path(), false).await;
+        contract_edges(store, "contract", dir.path()).await;
     }
     // Nothing is left under the prefix: no objects, no staging, no uploads in progress.
     let client = s3_client_of(server).await;
