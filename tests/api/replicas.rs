@@ -137,7 +137,8 @@ async fn slimmed(client: &Client, r: &Replica, id: &str) -> Value {
 
 /// Waits until the image's check has ended (4 = in progress); returns the image.
 async fn checked(client: &Client, r: &Replica, id: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(120);
+    // Generous: a 600 MiB check on S3 under a loaded test run takes minutes.
+    let deadline = Instant::now() + Duration::from_secs(300);
     loop {
         let v = image(client, r, id).await;
         if v["checkStatusResponse"]["status"] != 4 {
@@ -150,7 +151,7 @@ async fn checked(client: &Client, r: &Replica, id: &str) -> Value {
 
 /// The slim job of `id` once a worker runs it, with the owner's process id.
 async fn running_slim(db: &sea_orm::DatabaseConnection, id: &str) -> (entity::job::Model, u32) {
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + Duration::from_secs(180);
     loop {
         let job = entity::job::Entity::find()
             .filter(entity::job::Column::ImageId.eq(id))
