@@ -81,7 +81,7 @@ async fn sigkill_during_a_slim_then_restart(b: Backend) {
     // (On S3 the slim first copies and hashes 600 MiB from the store: under a loaded test run
     // that alone can take half a minute.)
     let marker = app.dir.path().to_str().unwrap().to_string();
-    let deadline = Instant::now() + Duration::from_secs(120);
+    let deadline = Instant::now() + Duration::from_secs(300);
     while qemu_img_processes(&marker).is_empty() {
         assert!(Instant::now() < deadline, "qemu-img never ran");
         tokio::time::sleep(Duration::from_millis(10)).await;
