@@ -137,19 +137,25 @@ impl Service {
         Ok(db::jobs::prune_finished(&self.db, before).await?)
     }
 
-    /// Renews the lease until it is lost; returns then.
+    /// Renews the lease until it is lost; returns then. The renewals run on a task of their
+    /// own: a job that streams bytes already read ahead rarely yields, and renewals polled in
+    /// its task were starved past the lease (the job was then taken over again and again).
     async fn keep_lease(&self, job: &job::Model, owner: &str) {
         let lease = self.cfg.job_lease_secs as i64;
         let every = Duration::from_secs((lease as u64 / 3).max(1));
-        loop {
-            tokio::time::sleep(every).await;
-            let now = now_secs();
-            match db::jobs::heartbeat(&self.db, &job.id, owner, now + lease, 0.0, now).await {
-                Ok(true) => {}
-                Ok(false) => return,
-                Err(e) => tracing::warn!(job.id = %job.id, error = %e, "renewing a lease failed"),
+        let (db, id, owner) = (self.db.clone(), job.id.clone(), owner.to_string());
+        let renewals = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let now = now_secs();
+                match db::jobs::heartbeat(&db, &id, &owner, now + lease, 0.0, now).await {
+                    Ok(true) => {}
+                    Ok(false) => return,
+                    Err(e) => tracing::warn!(job.id = %id, error = %e, "renewing a lease failed"),
+                }
             }
-        }
+        });
+        let _ = tokio_util::task::AbortOnDropHandle::new(renewals).await;
     }
 
     async fn run_job(&self, job: &job::Model) -> Result<Step> {
