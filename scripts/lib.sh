@@ -139,7 +139,10 @@ stop_garage() {
         kill "$GARAGE_PID" 2>/dev/null || true
         wait "$GARAGE_PID" 2>/dev/null || true
     fi
-    [ -n "${GARAGE_DIR:-}" ] && rm -rf "$GARAGE_DIR"
+    # An if, not `[ ... ] && ...`: a caller's EXIT trap under `set -e` would exit 1 on it.
+    if [ -n "${GARAGE_DIR:-}" ]; then
+        rm -rf "$GARAGE_DIR"
+    fi
 }
 
 # Puts PostgreSQL's server programs on PATH, installing Debian's package when missing.
@@ -326,6 +329,8 @@ stop_rgw() {
         wait "$pid" 2>/dev/null || true
     done
     RGW_PIDS=()
-    [ -n "${RGW_DIR:-}" ] && rm -rf "$RGW_DIR"
+    if [ -n "${RGW_DIR:-}" ]; then
+        rm -rf "$RGW_DIR"
+    fi
     RGW_DIR=
 }
