@@ -21,7 +21,7 @@ use anyhow::Context;
 use config::{Config, StorageKind};
 use domain::Service;
 use std::{future::Future, sync::Arc, time::Duration};
-use storage::{LocalStore, ObjectStore, S3Store, SharedS3};
+use storage::{LocalStore, ObjectStore, S3Store};
 use tokio_util::sync::CancellationToken;
 
 /// Connects the database (migrating it), opens the store and prepares every tier's bucket.
@@ -55,15 +55,15 @@ pub async fn build(cfg: Config) -> anyhow::Result<Service> {
     clear_scratch(&cfg.scratch_dir).await;
     let store: Arc<dyn ObjectStore> = match local {
         Some(local) => Arc::new(local),
-        None => Arc::new(SharedS3(Arc::new(
-            // Staged chunks are joined into parts in the scratch directory.
+        // Staged chunks are joined into parts in the scratch directory.
+        None => Arc::new(
             S3Store::new(storage::S3Settings {
                 spool_dir: cfg.scratch_dir.clone(),
                 ..cfg.s3.clone()
             })
             .await
             .context("cannot set up the S3 client")?,
-        ))),
+        ),
     };
     for tier in cfg.tiers.values() {
         store.ensure_bucket(&tier.bucket).await.with_context(|| {

@@ -4,9 +4,9 @@
 use crate::{
     config::{Config, StorageKind},
     db,
-    storage::{ObjectStore, S3Store, SharedS3, StorageError},
+    storage::{ObjectStore, S3Store, StorageError},
 };
-use std::{path::Path, sync::Arc, time::Duration};
+use std::{path::Path, time::Duration};
 
 /// The crate version and the git revision it was built from.
 pub const VERSION: &str = concat!(
@@ -162,8 +162,7 @@ pub async fn check(cfg: &Config) -> Vec<String> {
             }
         }
         StorageKind::S3 => match S3Store::new(cfg.s3.clone()).await {
-            Ok(s3) => {
-                let store = SharedS3(Arc::new(s3));
+            Ok(store) => {
                 for tier in cfg.tiers.values() {
                     let reached =
                         tokio::time::timeout(Duration::from_secs(15), store.ping(&tier.bucket))

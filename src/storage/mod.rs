@@ -15,7 +15,7 @@ use futures::stream::BoxStream;
 use std::{io, path::PathBuf};
 
 pub use local::LocalStore;
-pub use s3::{S3Settings, S3Store, SharedS3};
+pub use s3::{S3Settings, S3Store};
 
 /// A stream of object bytes.
 pub type ByteStream = BoxStream<'static, io::Result<Bytes>>;

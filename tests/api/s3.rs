@@ -4,10 +4,7 @@
 //! enforces the 5 MiB minimum as AWS and MinIO do.
 
 use crate::helpers::*;
-use file_system::storage::{
-    CompletedPart, ObjectStore, S3Settings, S3Store, SharedS3, SpooledPart,
-};
-use std::sync::Arc;
+use file_system::storage::{CompletedPart, ObjectStore, S3Settings, S3Store, SpooledPart};
 
 fn spooled(dir: &std::path::Path, data: &[u8]) -> SpooledPart {
     let mut f = tempfile::NamedTempFile::new_in(dir).unwrap();
@@ -28,8 +25,8 @@ async fn small_chunks_are_packed_into_valid_parts(b: Backend) {
         part_bytes: 5 << 20,
         ..s3_settings_of(b.s3_server().unwrap(), &prefix)
     };
-    let inner = Arc::new(S3Store::new(settings).await.unwrap());
-    let store = SharedS3(inner.clone());
+    let store = S3Store::new(settings).await.unwrap();
+    let inner = store.clone();
     store.ensure_bucket("images").await.unwrap();
     let id = store
         .create_multipart("images", "images/packed", &Default::default())
@@ -638,14 +635,12 @@ async fn reads_ahead_in_order_and_never_splice(b: Backend) {
     let data = pattern(3, (21 << 20) + 3);
     let sdk = s3_client_of(b.s3_server().unwrap()).await;
     let key = format!("{prefix}images/ahead");
-    SharedS3(Arc::new(
-        S3Store::new(s3_settings_of(b.s3_server().unwrap(), &prefix))
-            .await
-            .unwrap(),
-    ))
-    .ensure_bucket("images")
-    .await
-    .unwrap();
+    S3Store::new(s3_settings_of(b.s3_server().unwrap(), &prefix))
+        .await
+        .unwrap()
+        .ensure_bucket("images")
+        .await
+        .unwrap();
     sdk.put_object()
         .bucket("images")
         .key(&key)
@@ -653,7 +648,7 @@ async fn reads_ahead_in_order_and_never_splice(b: Backend) {
         .send()
         .await
         .unwrap();
-    async fn read(store: &SharedS3, range: Option<ByteRange>) -> Result<Vec<u8>, std::io::Error> {
+    async fn read(store: &S3Store, range: Option<ByteRange>) -> Result<Vec<u8>, std::io::Error> {
         let mut s = store.get("images", "images/ahead", range).await.unwrap();
         let mut out = vec![];
         while let Some(b) = s.next().await {
@@ -664,15 +659,13 @@ async fn reads_ahead_in_order_and_never_splice(b: Backend) {
     const MIB: u64 = 1 << 20;
     let last = data.len() as u64 - 1;
     for budget in [0, MIB, 3 * MIB, 64 * MIB] {
-        let store = SharedS3(Arc::new(
-            S3Store::new(S3Settings {
-                part_bytes: MIB,
-                readahead_bytes: budget,
-                ..s3_settings_of(b.s3_server().unwrap(), &prefix)
-            })
-            .await
-            .unwrap(),
-        ));
+        let store = S3Store::new(S3Settings {
+            part_bytes: MIB,
+            readahead_bytes: budget,
+            ..s3_settings_of(b.s3_server().unwrap(), &prefix)
+        })
+        .await
+        .unwrap();
         assert_eq!(read(&store, None).await.unwrap(), data, "budget {budget}");
         for (start, end) in [
             (0, 0),
@@ -690,15 +683,13 @@ async fn reads_ahead_in_order_and_never_splice(b: Backend) {
         }
     }
     // Replaced after the first window: the rest is refused.
-    let store = SharedS3(Arc::new(
-        S3Store::new(S3Settings {
-            part_bytes: MIB,
-            readahead_bytes: MIB,
-            ..s3_settings_of(b.s3_server().unwrap(), &prefix)
-        })
-        .await
-        .unwrap(),
-    ));
+    let store = S3Store::new(S3Settings {
+        part_bytes: MIB,
+        readahead_bytes: MIB,
+        ..s3_settings_of(b.s3_server().unwrap(), &prefix)
+    })
+    .await
+    .unwrap();
     let mut s = store.get("images", "images/ahead", None).await.unwrap();
     let mut got = s.next().await.unwrap().unwrap().len();
     sdk.put_object()

@@ -389,9 +389,7 @@ async fn s3_store_contract(b: Backend) {
             checksum,
             ..base
         };
-        let store = Arc::new(file_system::storage::SharedS3(Arc::new(
-            file_system::storage::S3Store::new(settings).await.unwrap(),
-        )));
+        let store = Arc::new(file_system::storage::S3Store::new(settings).await.unwrap());
         contract(store.clone(), "contract", dir.path(), true).await;
         contract(store.clone(), "contract", dir.path(), false).await;
         contract_edges(store, "contract", dir.path()).await;

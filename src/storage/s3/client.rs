@@ -1,0 +1,181 @@
+//! The store's SDK client, its settings, and the bucket it works in.
+
+use super::{error::s3_err_at, readahead, S3Checksum, S3Store};
+use crate::storage::{PutOptions, Result, StorageError};
+use aws_sdk_s3::{
+    config::http::HttpResponse,
+    error::{ProvideErrorMetadata, SdkError},
+    types::{BucketLocationConstraint, CreateBucketConfiguration},
+    Client,
+};
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+/// Settings of the S3 store.
+#[derive(Debug, Clone)]
+pub struct S3Settings {
+    /// Empty = AWS.
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub force_path_style: bool,
+    /// Smallest non-final part the store accepts (5 MiB on AWS and MinIO).
+    pub min_part_bytes: u64,
+    /// Part size of streamed single uploads (grows for very large bodies).
+    pub part_bytes: u64,
+    /// Parts of one streamed upload in flight at once.
+    pub upload_concurrency: usize,
+    /// Memory all downloads together may hold read ahead of what they send, in windows of
+    /// `part_bytes` (each download reads up to 3 windows ahead); 0 reads with one GET.
+    pub readahead_bytes: u64,
+    /// Prepended to every key (several deployments, or test runs, can share buckets).
+    pub key_prefix: String,
+    /// Where staged chunks are joined into a part at completion (the scratch directory).
+    pub spool_dir: PathBuf,
+    /// The checksum sent with every put and part, verified by the store.
+    pub checksum: S3Checksum,
+}
+
+impl S3Store {
+    /// A store with the SDK's standard retries (5 attempts) and timeouts (connect 5 s, read
+    /// 120 s). Nothing is sent to the store yet.
+    pub async fn new(settings: S3Settings) -> Result<Self> {
+        use aws_config::{retry::RetryConfig, timeout::TimeoutConfig, BehaviorVersion, Region};
+        let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .retry_config(RetryConfig::standard().with_max_attempts(5))
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_secs(5))
+                    .read_timeout(Duration::from_secs(120))
+                    .build(),
+            );
+        let endpoint = settings.endpoint.as_deref().filter(|e| !e.is_empty());
+        if let Some(r) = settings.region.clone().filter(|r| !r.is_empty()) {
+            loader = loader.region(Region::new(r));
+        } else if endpoint.is_some() {
+            // An S3-compatible store: the SDK's default region chain would end asking the EC2
+            // instance metadata service (a WARN and seconds at every start off EC2). Take
+            // AWS_REGION / AWS_DEFAULT_REGION when set, else us-east-1, which such stores
+            // accept (Garage excepted: it wants its own s3_region).
+            use aws_config::{environment::EnvironmentVariableRegionProvider, meta::region};
+            loader = loader.region(
+                region::RegionProviderChain::first_try(EnvironmentVariableRegionProvider::new())
+                    .or_else(Region::new("us-east-1")),
+            );
+        }
+        let shared = loader.load().await;
+        let mut b = aws_sdk_s3::config::Builder::from(&shared)
+            .force_path_style(settings.force_path_style)
+            // Some S3-compatible stores reject the SDK's default CRC checksums, and Garage the
+            // signed trailers it sends them in: FS_S3_CHECKSUM values are computed here and
+            // sent as plain headers instead.
+            .request_checksum_calculation(
+                aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired,
+            )
+            .response_checksum_validation(
+                aws_sdk_s3::config::ResponseChecksumValidation::WhenRequired,
+            );
+        if shared.region().is_none() {
+            b = b.region(Region::new("us-east-1"));
+        }
+        if let Some(ep) = settings.endpoint.clone().filter(|e| !e.is_empty()) {
+            b = b.endpoint_url(ep);
+        }
+        Ok(Self {
+            client: Client::from_conf(b.build()),
+            readahead: readahead::Budget::new(settings.readahead_bytes, settings.part_bytes),
+            settings: Arc::new(settings),
+        })
+    }
+
+    /// Where the store is, for messages.
+    pub(super) fn endpoint(&self) -> &str {
+        self.settings
+            .endpoint
+            .as_deref()
+            .unwrap_or("the AWS default endpoint")
+    }
+
+    /// `s3_err`, naming this store's endpoint when it cannot be reached.
+    pub(super) fn err<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static>(
+        &self,
+        e: SdkError<E, HttpResponse>,
+    ) -> StorageError {
+        s3_err_at(Some(self.endpoint()), e)
+    }
+
+    /// `err` of a write with `opts`, saying so when the store refused the storage class a tier
+    /// names (AWS: InvalidStorageClass; Ceph's RGW: InvalidArgument for a class its zone
+    /// placement does not list).
+    pub(super) fn class_err<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static>(
+        &self,
+        e: SdkError<E, HttpResponse>,
+        opts: &PutOptions,
+    ) -> StorageError {
+        let refused = matches!(&e, SdkError::ServiceError(se)
+            if matches!(se.err().code(), Some("InvalidStorageClass" | "InvalidArgument")));
+        match (self.err(e), opts.storage_class.as_deref()) {
+            (StorageError::Io(io), Some(c)) if refused => StorageError::Io(std::io::Error::other(
+                format!("{io} (storage class {c} of FS_TIERS: does the store offer it?)"),
+            )),
+            (other, _) => other,
+        }
+    }
+
+    /// The SDK client (tests and tools inspect the store with it).
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// The store key of a logical key.
+    pub(super) fn k(&self, key: &str) -> String {
+        format!("{}{key}", self.settings.key_prefix)
+    }
+
+    /// Creates `bucket` when it does not exist (in the client's region on AWS), then sets this
+    /// deployment's lifecycle rules where the store supports them.
+    pub(super) async fn create_bucket(&self, bucket: &str) -> Result<()> {
+        let c = &self.client;
+        match c.head_bucket().bucket(bucket).send().await {
+            Ok(_) => {}
+            Err(SdkError::ServiceError(se))
+                if se.err().is_not_found() || se.raw().status().as_u16() == 404 =>
+            {
+                let mut req = c.create_bucket().bucket(bucket);
+                let region = c
+                    .config()
+                    .region()
+                    .map(|r| r.to_string())
+                    .unwrap_or_default();
+                if self.settings.endpoint.is_none() && region != "us-east-1" && !region.is_empty() {
+                    req = req.create_bucket_configuration(
+                        CreateBucketConfiguration::builder()
+                            .location_constraint(BucketLocationConstraint::from(region.as_str()))
+                            .build(),
+                    );
+                }
+                match req.send().await.map_err(|e| self.err(e)) {
+                    Ok(_) => tracing::info!(bucket, "bucket created"),
+                    // Another replica (or test) created it at the same moment.
+                    Err(StorageError::Io(e)) if e.to_string().contains("BucketAlready") => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Err(e) => return Err(self.err(e)),
+        }
+        // Backup for the sweeper: stores that support it drop stale uploads and staging objects.
+        if let Err(e) = self.ensure_lifecycle(bucket).await {
+            tracing::info!(bucket, error = %e, "lifecycle rules not set; the sweeper alone expires abandoned uploads");
+        }
+        Ok(())
+    }
+
+    /// Whether the bucket answers (`HeadBucket`), for readiness.
+    pub(super) async fn ping_bucket(&self, bucket: &str) -> Result<()> {
+        self.client
+            .head_bucket()
+            .bucket(bucket)
+            .send()
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+}

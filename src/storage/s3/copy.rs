@@ -1,0 +1,83 @@
+//! Copies inside the store.
+
+use super::{pack::empty_body_length, put::class, S3Store};
+use crate::storage::{PutOptions, Result, StorageError};
+
+/// Objects larger than this are copied part by part (`CopyObject` stops at 5 GiB).
+const COPY_PART: u64 = 1 << 30;
+
+impl S3Store {
+    /// Copies an object inside the store (`CopyObject`, or `UploadPartCopy` in 1 GiB parts
+    /// past 5 GiB, where `CopyObject` stops); keys are store keys.
+    pub(super) async fn copy_object(
+        &self,
+        src_bucket: &str,
+        src_key: &str,
+        dst_bucket: &str,
+        dst_key: &str,
+        opts: &PutOptions,
+    ) -> Result<()> {
+        let s = self;
+        let size = self
+            .head_object(src_bucket, src_key)
+            .await?
+            .ok_or(StorageError::NotFound)?;
+        let source = format!("{src_bucket}/{src_key}");
+        if size <= COPY_PART * 5 {
+            s.client
+                .copy_object()
+                .copy_source(&source)
+                .bucket(dst_bucket)
+                .key(dst_key)
+                .set_storage_class(class(opts))
+                .send()
+                .await
+                .map_err(|e| self.class_err(e, opts))?;
+            return Ok(());
+        }
+        let upload_id = s.create_upload(dst_bucket, dst_key, opts).await?;
+        let result = async {
+            let mut parts = vec![];
+            let mut off = 0u64;
+            let mut n = 1;
+            while off < size {
+                let end = (off + COPY_PART).min(size) - 1;
+                let out = s
+                    .client
+                    .upload_part_copy()
+                    .copy_source(&source)
+                    .copy_source_range(format!("bytes={off}-{end}"))
+                    .bucket(dst_bucket)
+                    .key(dst_key)
+                    .upload_id(&upload_id)
+                    .part_number(n)
+                    .customize()
+                    .mutate_request(empty_body_length)
+                    .send()
+                    .await
+                    .map_err(|e| self.err(e))?;
+                let result = out.copy_part_result();
+                let etag = result.and_then(|r| r.e_tag()).map(str::to_string);
+                let c = s.settings.checksum;
+                let checksum =
+                    result.and_then(|r| c.pick(r.checksum_crc32_c(), r.checksum_sha256()));
+                parts.push(c.part(n as u32, etag, checksum));
+                off = end + 1;
+                n += 1;
+            }
+            s.complete(dst_bucket, dst_key, &upload_id, parts).await
+        }
+        .await;
+        if result.is_err() {
+            let _ = s
+                .client
+                .abort_multipart_upload()
+                .bucket(dst_bucket)
+                .key(dst_key)
+                .upload_id(&upload_id)
+                .send()
+                .await;
+        }
+        result
+    }
+}

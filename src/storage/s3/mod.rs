@@ -1,0 +1,134 @@
+//! S3 object store (AWS S3, MinIO, Garage, Ceph RGW) through aws-sdk-s3.
+//!
+//! - `put` streams a body into bounded parts (a few in flight) of one multipart upload, or one
+//!   `PutObject` when it is small; a failure aborts the upload.
+//! - Chunk n of a chunked upload is part n (`UploadPart` from the spooled file, retried by the
+//!   SDK) when the caller says `direct`. Strict stores reject non-final parts under 5 MiB, so a
+//!   chunk below the minimum, or one the caller does not send directly, is held as a staging
+//!   object (`staging/{upload_id}/{n}`).
+//! - Completion follows [`plan`]: direct parts stay, staged chunks are copied inside the store
+//!   (`UploadPartCopy`) or joined through a spool file into parts of at least the minimum;
+//!   then `CompleteMultipartUpload`. For direct parts no image byte passes through.
+
+//!
+//! By concern: [`client`] (SDK client, settings, bucket), [`error`] (SDK errors as
+//! [`StorageError`]), [`checksum`], [`put`] (streamed puts), [`multipart`] (chunks as parts or
+//! staging objects, completion, abort), [`pack`] (the parts a completion is made of, by
+//! [`plan`]), [`copy`], [`read`] (GET with [`readahead`], HEAD) and [`lifecycle`].
+
+use super::{
+    ByteRange, ByteStream, CompletedPart, ObjectStore, PutOptions, Result, SpooledPart,
+    StorageError, UploadedPart,
+};
+use async_trait::async_trait;
+use aws_sdk_s3::Client;
+use std::sync::Arc;
+
+mod checksum;
+mod client;
+mod copy;
+mod error;
+mod lifecycle;
+mod multipart;
+mod pack;
+pub mod plan;
+mod put;
+mod read;
+mod readahead;
+
+pub use checksum::S3Checksum;
+pub use client::S3Settings;
+pub use pack::Packed;
+
+/// An S3 object store. Cheap to clone (the SDK client and the settings are shared), so parts
+/// upload on tasks of their own.
+#[derive(Clone)]
+pub struct S3Store {
+    client: Client,
+    settings: Arc<S3Settings>,
+    readahead: readahead::Budget,
+}
+
+/// Every method maps its logical key to the store key (`FS_S3_KEY_PREFIX` + key) and hands it
+/// to the module of its concern.
+#[async_trait]
+impl ObjectStore for S3Store {
+    async fn ensure_bucket(&self, bucket: &str) -> Result<()> {
+        self.create_bucket(bucket).await
+    }
+
+    async fn put(
+        &self,
+        bucket: &str,
+        key: &str,
+        body: ByteStream,
+        opts: &PutOptions,
+    ) -> Result<u64> {
+        self.put_streamed(bucket, &self.k(key), body, opts).await
+    }
+
+    async fn create_multipart(&self, bucket: &str, key: &str, opts: &PutOptions) -> Result<String> {
+        self.create_upload(bucket, &self.k(key), opts).await
+    }
+
+    async fn upload_part(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+        number: u32,
+        body: SpooledPart,
+        direct: bool,
+    ) -> Result<UploadedPart> {
+        self.put_chunk(bucket, &self.k(key), upload_id, number, body, direct)
+            .await
+    }
+
+    async fn complete_multipart(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+        parts: &[CompletedPart],
+    ) -> Result<()> {
+        self.complete_chunks(bucket, &self.k(key), upload_id, parts)
+            .await
+    }
+
+    async fn abort_multipart(&self, bucket: &str, key: &str, upload_id: &str) -> Result<()> {
+        self.abort_chunks(bucket, &self.k(key), upload_id).await
+    }
+
+    async fn get(&self, bucket: &str, key: &str, range: Option<ByteRange>) -> Result<ByteStream> {
+        self.get_stream(bucket, &self.k(key), range).await
+    }
+
+    async fn head(&self, bucket: &str, key: &str) -> Result<Option<u64>> {
+        self.head_object(bucket, &self.k(key)).await
+    }
+
+    async fn delete(&self, bucket: &str, key: &str) -> Result<()> {
+        self.delete_object(bucket, &self.k(key)).await
+    }
+
+    async fn copy(
+        &self,
+        src_bucket: &str,
+        src_key: &str,
+        dst_bucket: &str,
+        dst_key: &str,
+        opts: &PutOptions,
+    ) -> Result<()> {
+        let (src_key, dst_key) = (self.k(src_key), self.k(dst_key));
+        self.copy_object(src_bucket, &src_key, dst_bucket, &dst_key, opts)
+            .await
+    }
+
+    async fn ping(&self, bucket: &str) -> Result<()> {
+        self.ping_bucket(bucket).await
+    }
+
+    fn min_part_size(&self) -> u64 {
+        self.settings.min_part_bytes
+    }
+}

@@ -1,0 +1,261 @@
+//! Multipart uploads of chunked uploads: chunk n as part n or as a staging object, completion
+//! after packing, abort. Every key here is a store key (prefixed).
+
+use super::{pack::Packed, put::class, S3Store};
+use crate::storage::{CompletedPart, PutOptions, Result, SpooledPart, StorageError, UploadedPart};
+use aws_sdk_s3::{
+    primitives::ByteStream as S3Body,
+    types::{CompletedMultipartUpload, CompletedPart as S3Part},
+};
+
+/// Marks an ETag of a part held as a staging object.
+pub(super) const STAGED: &str = "staged:";
+
+/// Where the staged chunks of an upload live. Upload ids are opaque (and may hold characters
+/// awkward in keys), so the prefix is their MD5.
+fn staging_prefix(upload_id: &str) -> String {
+    use md5::Digest;
+    format!(
+        "staging/{}/",
+        hex::encode(md5::Md5::digest(upload_id.as_bytes()))
+    )
+}
+
+/// The staging object of chunk `number`.
+pub(super) fn staging_key(upload_id: &str, number: u32) -> String {
+    format!("{}{number:05}", staging_prefix(upload_id))
+}
+
+impl S3Store {
+    /// Opens a multipart upload (declaring the checksum its parts carry).
+    pub(super) async fn create_upload(
+        &self,
+        bucket: &str,
+        key: &str,
+        opts: &PutOptions,
+    ) -> Result<String> {
+        let out = self
+            .client
+            .create_multipart_upload()
+            .bucket(bucket)
+            .key(key)
+            .set_storage_class(class(opts))
+            .set_checksum_algorithm(self.settings.checksum.algorithm())
+            .send()
+            .await
+            .map_err(|e| self.class_err(e, opts))?;
+        out.upload_id()
+            .map(str::to_string)
+            .ok_or_else(|| StorageError::Io(std::io::Error::other("store returned no upload id")))
+    }
+
+    /// Completes an upload with `parts` (`CompleteMultipartUpload`).
+    pub(super) async fn complete(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+        parts: Vec<S3Part>,
+    ) -> Result<()> {
+        self.client
+            .complete_multipart_upload()
+            .bucket(bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Chunk `number` of a chunked upload: part `number` itself when `direct` and at least the
+    /// minimum part size, else a staging object (its ETag marked [`STAGED`]).
+    pub(super) async fn put_chunk(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+        number: u32,
+        body: SpooledPart,
+        direct: bool,
+    ) -> Result<UploadedPart> {
+        let s = self;
+        let c = s.settings.checksum;
+        let checksum = c.of_file(&body.file).await?;
+        let (crc, sha) = c.fields(checksum.clone());
+        let file_body = S3Body::from_path(&body.file)
+            .await
+            .map_err(|e| StorageError::Io(std::io::Error::other(e.to_string())))?;
+        if direct && body.len >= s.settings.min_part_bytes {
+            let out = s
+                .client
+                .upload_part()
+                .bucket(bucket)
+                .key(key)
+                .upload_id(upload_id)
+                .part_number(number as i32)
+                .set_checksum_crc32_c(crc)
+                .set_checksum_sha256(sha)
+                .content_length(body.len as i64)
+                .body(file_body)
+                .send()
+                .await
+                .map_err(|e| self.err(e))?;
+            // Drop a staging copy an earlier, smaller version of this chunk left.
+            let _ = s
+                .client
+                .delete_object()
+                .bucket(bucket)
+                .key(self.k(&staging_key(upload_id, number)))
+                .send()
+                .await;
+            let etag = out
+                .e_tag()
+                .map(str::to_string)
+                .ok_or_else(|| StorageError::Io(std::io::Error::other("store returned no ETag")))?;
+            return Ok(UploadedPart { etag, checksum });
+        }
+        let out = s
+            .client
+            .put_object()
+            .bucket(bucket)
+            .key(self.k(&staging_key(upload_id, number)))
+            .set_checksum_crc32_c(crc)
+            .set_checksum_sha256(sha)
+            .content_length(body.len as i64)
+            .body(file_body)
+            .send()
+            .await
+            .map_err(|e| self.err(e))?;
+        // Packed into a part at completion, which gets its own checksum then.
+        Ok(UploadedPart {
+            etag: format!("{STAGED}{}", out.e_tag().unwrap_or("")),
+            checksum: None,
+        })
+    }
+
+    /// Completes an upload from its chunks ([`pack`](super::pack) first); a retried
+    /// completion whose object exists succeeds. Staging objects are removed after.
+    pub(super) async fn complete_chunks(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+        parts: &[CompletedPart],
+    ) -> Result<()> {
+        let s = self;
+        if parts.is_empty() || parts.windows(2).any(|w| w[0].number >= w[1].number) {
+            return Err(StorageError::InvalidPart(
+                "parts must be ascending and non-empty".into(),
+            ));
+        }
+        let packed = match s.pack_parts(bucket, key, upload_id, parts).await {
+            Err(StorageError::NoSuchUpload) | Err(StorageError::NotFound) => {
+                // Completed before (a retried merge): the object is the proof.
+                // Its staging objects go now if the first completion died before removing them.
+                return match self.head_object(bucket, key).await? {
+                    Some(_) => s.delete_staging(bucket, upload_id).await,
+                    None => Err(StorageError::NoSuchUpload),
+                };
+            }
+            other => other?,
+        };
+        let Packed { parts, left_behind } = packed;
+        let completed = match s.complete(bucket, key, upload_id, parts).await {
+            // Ceph's RGW (16.x) answers the completion of an upload id it does not know with
+            // 500 "multipart completion is already in progress"; ListParts tells the truth
+            // (RGW's answer to that is NoSuchKey).
+            Err(StorageError::Unavailable(msg))
+                if matches!(
+                    s.held_parts(bucket, key, upload_id).await,
+                    Err(StorageError::NoSuchUpload | StorageError::NotFound)
+                ) =>
+            {
+                tracing::debug!(bucket, %msg, "completion refused: the upload is gone");
+                Err(StorageError::NoSuchUpload)
+            }
+            other => other,
+        };
+        match completed {
+            Err(StorageError::NoSuchUpload) if self.head_object(bucket, key).await?.is_some() => {}
+            // A strict store that completes only from every part it holds.
+            Err(StorageError::InvalidPart(msg)) if !left_behind.is_empty() => {
+                tracing::info!(bucket, %msg, parts = ?left_behind, "completion refused: parts left behind");
+                let numbers: Vec<String> = left_behind.iter().map(u32::to_string).collect();
+                let (what, were) = match numbers.len() {
+                    1 => ("chunk", "was"),
+                    _ => ("chunks", "were"),
+                };
+                return Err(StorageError::InvalidPart(format!(
+                    "{what} {} {were} sent again smaller than before, and this store keeps the \
+                     earlier parts and completes only with all of them: cancel the upload and \
+                     send it again",
+                    numbers.join(", ")
+                )));
+            }
+            other => other?,
+        }
+        s.delete_staging(bucket, upload_id).await
+    }
+
+    /// Aborts an upload (an unknown one is no error) and removes its staging objects.
+    pub(super) async fn abort_chunks(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+    ) -> Result<()> {
+        let s = self;
+        match s
+            .client
+            .abort_multipart_upload()
+            .bucket(bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .send()
+            .await
+            .map_err(|e| self.err(e))
+        {
+            Ok(_) | Err(StorageError::NoSuchUpload) | Err(StorageError::NotFound) => {}
+            Err(e) => return Err(e),
+        }
+        s.delete_staging(bucket, upload_id).await
+    }
+
+    /// Removes every staging object of an upload.
+    pub(super) async fn delete_staging(&self, bucket: &str, upload_id: &str) -> Result<()> {
+        let prefix = self.k(&staging_prefix(upload_id));
+        let mut token = None;
+        loop {
+            let page = self
+                .client
+                .list_objects_v2()
+                .bucket(bucket)
+                .prefix(&prefix)
+                .set_continuation_token(token)
+                .send()
+                .await
+                .map_err(|e| self.err(e))?;
+            for obj in page.contents() {
+                if let Some(k) = obj.key() {
+                    self.client
+                        .delete_object()
+                        .bucket(bucket)
+                        .key(k)
+                        .send()
+                        .await
+                        .map_err(|e| self.err(e))?;
+                }
+            }
+            match page.next_continuation_token() {
+                Some(t) if page.is_truncated() == Some(true) => token = Some(t.to_string()),
+                _ => return Ok(()),
+            }
+        }
+    }
+}
