@@ -65,6 +65,34 @@ pub struct StatusLabels {
     pub status: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReadLabels {
+    pub via: String,
+}
+
+/// How a check or slim had qemu-img read a stored image (`fs_image_reads_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageRead {
+    /// The store's own file, in place (the local store).
+    File,
+    /// A read-only NBD export of the object, read in place with ranged reads (S3).
+    Nbd,
+    /// A scratch copy of the object (a sidecar imageops, which sees only the shared directory).
+    Copy,
+}
+
+impl ImageRead {
+    pub const ALL: [ImageRead; 3] = [ImageRead::File, ImageRead::Nbd, ImageRead::Copy];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            ImageRead::File => "file",
+            ImageRead::Nbd => "nbd",
+            ImageRead::Copy => "copy",
+        }
+    }
+}
+
 /// How a merge request or a merge run ended (`fs_upload_merges_total`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MergeOutcome {
@@ -189,6 +217,7 @@ pub struct Metrics {
     uploads: UploadCounters,
     checks: Family<StatusLabels, Counter>,
     slims: Family<StatusLabels, Counter>,
+    image_reads: Family<ReadLabels, Counter>,
     scratch_bytes: Gauge,
 }
 
@@ -326,6 +355,18 @@ impl Metrics {
         );
         let slims = Family::<StatusLabels, Counter>::default();
         registry.register("image_slims", "Slim jobs ended, by outcome", slims.clone());
+        let image_reads = Family::<ReadLabels, Counter>::default();
+        registry.register(
+            "image_reads",
+            "Stored images read by check and slim jobs, by how qemu-img read them (file: the \
+             store's own file; nbd: an NBD export of the object; copy: a scratch copy)",
+            image_reads.clone(),
+        );
+        for via in ImageRead::ALL {
+            let _ = image_reads.get_or_create(&ReadLabels {
+                via: via.label().into(),
+            });
+        }
         let scratch_bytes = Gauge::default();
         registry.register(
             "scratch_bytes",
@@ -363,6 +404,7 @@ impl Metrics {
             uploads,
             checks,
             slims,
+            image_reads,
             scratch_bytes,
         }
     }
@@ -457,6 +499,15 @@ impl Metrics {
         self.slims
             .get_or_create(&StatusLabels {
                 status: outcome.label().into(),
+            })
+            .inc();
+    }
+
+    /// A check or slim had qemu-img read a stored image `via` a file, an export or a copy.
+    pub fn image_read(&self, via: ImageRead) {
+        self.image_reads
+            .get_or_create(&ReadLabels {
+                via: via.label().into(),
             })
             .inc();
     }

@@ -2,13 +2,14 @@
 //! (see `db::jobs`), keep their lease alive while they work, and retry failures with backoff.
 //! A worker that dies just stops renewing its lease; another picks the job up after it runs out.
 
-use super::integrity::{digest_file, Digests, Hasher, Wanted};
+use super::integrity::{Digests, Hasher, Wanted};
 use super::{now_secs, Error, Result, Service};
 use crate::{
     db,
     domain::texts,
-    imageops::{CheckReport, CheckStatus, CompressStatus, Declared},
-    metrics::SlimOutcome,
+    imageops::{qcow2::HEAD_BYTES, CheckReport, CheckStatus, CompressStatus, Declared, Image},
+    metrics::{ImageRead, SlimOutcome},
+    storage::{nbd, ByteRange},
 };
 use entity::{
     job,
@@ -188,30 +189,7 @@ impl Service {
             tracing::info!(image.id = %image_id, %refusal, "slim refused after the check");
             return self.refuse_slim(image_id, &refusal).await;
         }
-        let (input, _input_guard, digests) = self
-            .materialize(
-                &img.bucket,
-                &img.object_key,
-                img.size_bytes as u64,
-                ".qcow2",
-                Wanted::IMAGE,
-            )
-            .await?;
-        // Bytes that changed since they were recorded are never made the new reference.
-        let expected = (&img.original_md5, &img.original_sha256);
-        if let Some(msg) = changed_since_recorded(expected, &digests) {
-            tracing::warn!(image.id = %image_id, %msg, "slim refused: stored bytes changed");
-            let md5 = digests.md5_hex().unwrap_or_default();
-            let sha256 = digests.sha256_hex().unwrap_or_default();
-            let found = db::images::CheckHashes {
-                md5: &md5,
-                sha256: &sha256,
-                original: false,
-            };
-            db::images::set_corrupted(&self.db, image_id, &msg, &found, now_secs()).await?;
-            let refusal = format!("This image cannot be slimmed: {msg}.");
-            return self.refuse_slim(image_id, &refusal).await;
-        }
+        // Only the output takes scratch space: the input is read where it is stored.
         if free_bytes(&self.cfg.scratch_dir)? < img.size_bytes as u64 + (64 << 20) {
             let msg = "not enough scratch space to slim the image";
             db::images::slim_failed(&self.db, image_id, CompressStatus::NoSpace, msg, now_secs())
@@ -233,10 +211,29 @@ impl Service {
         let progress = Box::new(move |p| {
             let _ = tx.send(p);
         });
-        let compressed = tokio::select! {
-            r = self.imageops.compress(&input, &output, progress) => r,
+        // The input is compressed while its bytes are hashed: both read the stored object.
+        let (imageops, out) = (self.imageops.clone(), output.to_path_buf());
+        let compress =
+            |input: Image| async move { imageops.compress(&input, &out, progress).await };
+        let (compressed, digests) = tokio::select! {
+            r = self.on_image(&img.bucket, &img.object_key, img.size_bytes as u64, ".qcow2", compress) => r?,
             _ = report_progress => unreachable!("progress reporting never ends by itself"),
         };
+        // Bytes that changed since they were recorded are never made the new reference.
+        let expected = (&img.original_md5, &img.original_sha256);
+        if let Some(msg) = changed_since_recorded(expected, &digests) {
+            tracing::warn!(image.id = %image_id, %msg, "slim refused: stored bytes changed");
+            let md5 = digests.md5_hex().unwrap_or_default();
+            let sha256 = digests.sha256_hex().unwrap_or_default();
+            let found = db::images::CheckHashes {
+                md5: &md5,
+                sha256: &sha256,
+                original: false,
+            };
+            db::images::set_corrupted(&self.db, image_id, &msg, &found, now_secs()).await?;
+            let refusal = format!("This image cannot be slimmed: {msg}.");
+            return self.refuse_slim(image_id, &refusal).await;
+        }
         if let Err(f) = compressed {
             tracing::info!(image.id = %image_id, msg = %f.msg, "slim failed; the original stays");
             db::images::slim_failed(&self.db, image_id, f.status, &f.msg, now_secs()).await?;
@@ -244,7 +241,10 @@ impl Service {
                 .image_slimmed(SlimOutcome::from_compress_status(f.status));
             return Ok(Step::Done);
         }
-        let report = self.imageops.check(&output, Declared::Qcow2).await;
+        let report = self
+            .imageops
+            .check(&Image::File(output.to_path_buf()), Declared::Qcow2)
+            .await;
         if report.status != CheckStatus::Consistent {
             let msg = format!("the slimmed image did not check consistent: {}", report.msg);
             db::images::slim_failed(&self.db, image_id, CompressStatus::Failed, &msg, now_secs())
@@ -252,12 +252,9 @@ impl Service {
             self.metrics.image_slimmed(SlimOutcome::Failed);
             return Ok(Step::Done);
         }
-        let out = output.to_path_buf();
-        let digests = tokio::task::spawn_blocking(move || digest_file(&out, Wanted::IMAGE))
-            .await
-            .map_err(|e| Error::Internal(e.to_string()))??;
         let key = format!("{}.slim", img.object_key);
-        let meter = super::meter::Meter::default();
+        // The output is hashed while it is stored: one read of it.
+        let meter = super::meter::Meter::hashing(Wanted::IMAGE);
         let file = std::fs::File::open(&output)?;
         let len = file.metadata()?.len();
         let body = meter.wrap(crate::storage::fileio::read_stream(file, 0, len), u64::MAX);
@@ -270,6 +267,7 @@ impl Service {
             storage_class: class,
         };
         let size = self.store.put(&img.bucket, &key, body, &opts).await?;
+        let digests = meter.digests();
         let slim = db::images::SlimResult {
             key: &key,
             size,
@@ -340,16 +338,16 @@ impl Service {
                 (&img.original_md5, &img.original_sha256),
             ),
         };
-        let materialized = self
-            .materialize(
-                &img.bucket,
-                &key,
-                size,
-                &extension(&img.file_name),
-                Wanted::IMAGE,
-            )
+        // qemu-img checks the bytes while they are hashed: both read the stored object.
+        let (imageops, declared) = (
+            self.imageops.clone(),
+            Declared::from_file_name(&img.file_name),
+        );
+        let check = |image: Image| async move { imageops.check(&image, declared).await };
+        let checked = self
+            .on_image(&img.bucket, &key, size, &extension(&img.file_name), check)
             .await;
-        let (path, _scratch, digests) = match materialized {
+        let (mut report, digests) = match checked {
             Err(e) if object_missing(&e) => {
                 // Retrying cannot bring it back: the check's verdict, at once.
                 let mut report = CheckReport::failed(
@@ -370,10 +368,6 @@ impl Service {
         };
         let md5 = digests.md5_hex().unwrap_or_default();
         let sha256 = digests.sha256_hex().unwrap_or_default();
-        let mut report = self
-            .imageops
-            .check(&path, Declared::from_file_name(&img.file_name))
-            .await;
         if let Some(msg) = changed_since_recorded(expected, &digests) {
             tracing::warn!(image.id = %image_id, %msg, "stored bytes changed since they were recorded");
             report.status = CheckStatus::Corrupted;
@@ -391,30 +385,94 @@ impl Service {
         Ok(())
     }
 
-    /// A local file with the object's bytes (and their MD5 when asked for): the store's own
-    /// file when it has one, else a scratch copy (removed when the returned guard drops).
-    pub(crate) async fn materialize(
+    /// Runs `op` on the object's bytes as qemu-img reads them while their digests (MD5 and
+    /// SHA-256) are computed in one more read of the object, at the same time: qemu-img reads
+    /// the store's own file when it has one, else a read-only NBD export of the object
+    /// (`storage::nbd`: ranged reads, no copy). Only a sidecar imageops, which sees nothing
+    /// but the shared scratch directory, gets a scratch copy (hashed while it is written,
+    /// removed afterwards).
+    ///
+    /// Errors: the object cannot be read (a missing one is [`object_missing`]), or a copy finds
+    /// no scratch space.
+    async fn on_image<T, F, Fut>(
         &self,
         bucket: &str,
         key: &str,
         size: u64,
         suffix: &str,
-        wanted: Wanted,
-    ) -> Result<(PathBuf, Option<tempfile::TempPath>, Digests)> {
-        let direct = self
-            .store
-            .local_path(bucket, key)
-            .filter(|_| !self.imageops.shares_files());
-        if let Some(path) = direct {
-            if !wanted.any() {
-                return Ok((path, None, Digests::default()));
+        op: F,
+    ) -> Result<(T, Digests)>
+    where
+        F: FnOnce(Image) -> Fut,
+        Fut: std::future::Future<Output = T>,
+    {
+        if !self.imageops.shares_files() {
+            if let Some(path) = self.store.local_path(bucket, key) {
+                self.metrics.image_read(ImageRead::File);
+                let digests = self.object_digests(bucket, key, Wanted::IMAGE);
+                let (out, digests) = tokio::join!(op(Image::File(path)), digests);
+                return Ok((out, digests?));
             }
-            let p = path.clone();
-            let digests = tokio::task::spawn_blocking(move || digest_file(&p, wanted))
-                .await
-                .map_err(|e| Error::Internal(e.to_string()))??;
-            return Ok((path, None, digests));
+            let socket = self
+                .cfg
+                .scratch_dir
+                .join(format!("nbd-{}.sock", uuid::Uuid::new_v4().simple()));
+            // A Unix socket's address holds 107 bytes: a longer scratch path copies instead.
+            if socket.as_os_str().len() < 100 {
+                let head = self.object_head(bucket, key, size).await?;
+                let export = nbd::Export::start(self.store.clone(), bucket, key, size, socket)?;
+                let image = Image::Nbd {
+                    socket: export.socket().to_path_buf(),
+                    head,
+                };
+                self.metrics.image_read(ImageRead::Nbd);
+                let digests = self.object_digests(bucket, key, Wanted::IMAGE);
+                let (out, digests) = tokio::join!(op(image), digests);
+                let (digests, failed) = (digests?, export.failed_reads());
+                if failed > 0 {
+                    // qemu-img's verdict was on read errors, not on the image: try again.
+                    return Err(Error::Internal(format!(
+                        "{failed} reads of the stored image failed"
+                    )));
+                }
+                return Ok((out, digests));
+            }
         }
+        self.metrics.image_read(ImageRead::Copy);
+        let (path, _copy, digests) = self.scratch_copy(bucket, key, size, suffix).await?;
+        Ok((op(Image::File(path)).await, digests))
+    }
+
+    /// The object's first bytes (at most [`HEAD_BYTES`]), for the header checks made before
+    /// qemu-img runs.
+    async fn object_head(&self, bucket: &str, key: &str, size: u64) -> Result<bytes::Bytes> {
+        use futures::StreamExt;
+        let n = size.min(HEAD_BYTES as u64);
+        if n == 0 {
+            // Nothing to read; whether the object is there shows when it is hashed.
+            return Ok(bytes::Bytes::new());
+        }
+        let range = ByteRange {
+            start: 0,
+            end: n - 1,
+        };
+        let mut body = self.store.get(bucket, key, Some(range)).await?;
+        let mut head = bytes::BytesMut::with_capacity(n as usize);
+        while let Some(chunk) = body.next().await {
+            head.extend_from_slice(&chunk?);
+        }
+        Ok(head.freeze())
+    }
+
+    /// A scratch copy of the object (its name ending in `suffix`: a sidecar derives the format
+    /// from it) and the digests of its bytes, computed while it is written.
+    async fn scratch_copy(
+        &self,
+        bucket: &str,
+        key: &str,
+        size: u64,
+        suffix: &str,
+    ) -> Result<(PathBuf, tempfile::TempPath, Digests)> {
         let free = free_bytes(&self.cfg.scratch_dir)?;
         if free < size + (64 << 20) {
             tracing::warn!(dir = %self.cfg.scratch_dir.display(), free_bytes = free, needed_bytes = size, "not enough scratch space");
@@ -422,11 +480,10 @@ impl Service {
                 "not enough scratch space: {free} bytes free, {size} needed"
             )));
         }
-        // Names keep the image's extension: a remote imageops derives the format from it.
         let (file, path) = self.scratch_file_with(suffix).await?;
         let mut sink = crate::storage::fileio::FileSink::new(file.into_std().await);
         let mut body = self.store.get(bucket, key, None).await?;
-        let mut hasher = Hasher::new(wanted);
+        let mut hasher = Hasher::new(Wanted::IMAGE);
         use futures::StreamExt;
         while let Some(chunk) = body.next().await {
             let chunk = chunk?;
@@ -434,8 +491,7 @@ impl Service {
             sink.write(chunk).await?;
         }
         sink.finish(false).await?;
-        let p = path.to_path_buf();
-        Ok((p, Some(path), hasher.finish()))
+        Ok((path.to_path_buf(), path, hasher.finish()))
     }
 }
 

@@ -260,6 +260,28 @@ impl Service {
         ))
     }
 
+    /// Digests of a stored object, in one read (in place when the store keeps it as a file).
+    pub(crate) async fn object_digests(
+        &self,
+        bucket: &str,
+        key: &str,
+        wanted: integrity::Wanted,
+    ) -> Result<integrity::Digests> {
+        use futures::StreamExt;
+        if let Some(path) = self.store.local_path(bucket, key) {
+            return tokio::task::spawn_blocking(move || integrity::digest_file(&path, wanted))
+                .await
+                .map_err(|e| Error::Internal(e.to_string()))?
+                .map_err(Error::from);
+        }
+        let meter = meter::Meter::hashing(wanted);
+        let mut body = meter.wrap(self.store.get(bucket, key, None).await?, u64::MAX);
+        while let Some(chunk) = body.next().await {
+            chunk?;
+        }
+        Ok(meter.digests())
+    }
+
     /// A fresh temp file in the scratch directory, removed when dropped.
     pub(crate) async fn scratch_file(&self) -> Result<(tokio::fs::File, tempfile::TempPath)> {
         self.scratch_file_with("").await

@@ -688,22 +688,6 @@ impl Service {
         Ok(path)
     }
 
-    /// Digests of a stored object, in one read (in place when the store keeps it as a file).
-    async fn object_digests(&self, bucket: &str, key: &str, wanted: Wanted) -> Result<Digests> {
-        if let Some(path) = self.store.local_path(bucket, key) {
-            return tokio::task::spawn_blocking(move || integrity::digest_file(&path, wanted))
-                .await
-                .map_err(|e| Error::Internal(e.to_string()))?
-                .map_err(Error::from);
-        }
-        let meter = Meter::hashing(wanted);
-        let mut body = meter.wrap(self.store.get(bucket, key, None).await?, u64::MAX);
-        while let Some(chunk) = body.next().await {
-            chunk?;
-        }
-        Ok(meter.digests())
-    }
-
     /// Runs a merge this process claimed with `token`, renewing its claim while it runs; a
     /// failure reopens the session (chunks kept) or, when the joined result is unusable,
     /// drops it.

@@ -5,7 +5,7 @@
 use super::{
     qcow2,
     qemu::{self, Format},
-    result, CheckReport, CheckStatus, CompressFailure, CompressStatus, Declared, ImageOps,
+    result, CheckReport, CheckStatus, CompressFailure, CompressStatus, Declared, Image, ImageOps,
     Progress,
 };
 use async_trait::async_trait;
@@ -126,7 +126,7 @@ impl Declared {
 
 /// The check report of a qcow2 that qemu-img said it could check, from `qemu-img check`'s exit
 /// code and JSON output.
-fn check_report(run: &Run, path: &Path, virtual_size_gib: f64) -> CheckReport {
+fn check_report(run: &Run, image: &Image, virtual_size_gib: f64) -> CheckReport {
     let out: Value = serde_json::from_slice(&run.stdout).unwrap_or(Value::Null);
     let end = num(&out, "image-end-offset")
         .map(|n| n.to_string())
@@ -153,7 +153,7 @@ fn check_report(run: &Run, path: &Path, virtual_size_gib: f64) -> CheckReport {
                 if run.stderr.is_empty() {
                     "qemu-img check could not complete".to_string()
                 } else {
-                    qemu::public_message(&run.stderr, &[path])
+                    qemu::public_message(&run.stderr, &[image])
                 }
             ),
         ),
@@ -174,13 +174,13 @@ fn check_report(run: &Run, path: &Path, virtual_size_gib: f64) -> CheckReport {
 }
 
 /// What `qemu-img info` says of the image, or the report that ends the check.
-async fn image_info(path: &Path, format: Format) -> Result<Value, CheckReport> {
-    let info = match qemu_img(&qemu::info(path, format), INFO_TIMEOUT).await {
+async fn image_info(image: &Image, format: Format) -> Result<Value, CheckReport> {
+    let info = match qemu_img(&qemu::info(image, format), INFO_TIMEOUT).await {
         Ok(r) if r.code == Some(0) => r,
         Ok(r) => {
             return Err(CheckReport::failed(format!(
                 "qemu-img info failed: {}",
-                qemu::public_message(&r.stderr, &[path])
+                qemu::public_message(&r.stderr, &[image])
             )))
         }
         Err(RunError::Timeout) => return Err(timed_out()),
@@ -215,14 +215,14 @@ fn names_other_files(info: &Value) -> Option<qcow2::Refusal> {
 
 #[async_trait]
 impl ImageOps for LocalImageOps {
-    async fn check(&self, path: &Path, declared: Declared) -> CheckReport {
+    async fn check(&self, image: &Image, declared: Declared) -> CheckReport {
         let format = declared.format();
         if declared == Declared::Qcow2 {
-            if let Err(refusal) = qcow2::refuse_foreign_files(path).await {
+            if let Err(refusal) = qcow2::refuse_foreign_files(image).await {
                 return CheckReport::failed(refusal);
             }
         }
-        let info = match image_info(path, format).await {
+        let info = match image_info(image, format).await {
             Ok(v) => v,
             Err(report) => return report,
         };
@@ -245,8 +245,8 @@ impl ImageOps for LocalImageOps {
                 ..CheckReport::failed(refusal.to_string())
             };
         }
-        match qemu_img(&qemu::check(path), self.check_timeout).await {
-            Ok(run) => check_report(&run, path, virtual_size),
+        match qemu_img(&qemu::check(image), self.check_timeout).await {
+            Ok(run) => check_report(&run, image, virtual_size),
             Err(RunError::Timeout) => CheckReport {
                 format: format.name().into(),
                 virtual_size_gib: virtual_size,
@@ -260,7 +260,7 @@ impl ImageOps for LocalImageOps {
 
     async fn compress(
         &self,
-        input: &Path,
+        input: &Image,
         output: &Path,
         progress: Progress,
     ) -> Result<(), CompressFailure> {
@@ -296,7 +296,7 @@ impl ImageOps for LocalImageOps {
                 },
                 msg: format!(
                     "compression failed: {}",
-                    qemu::public_message(&msg, &[input, output])
+                    qemu::public_message(&msg, &[input, &Image::File(output.into())])
                 ),
             })
         };

@@ -8,7 +8,28 @@ pub mod remote;
 pub mod server;
 
 use async_trait::async_trait;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// An image as qemu-img opens it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Image {
+    /// A local file (the local store's own, or a scratch file).
+    File(PathBuf),
+    /// A read-only NBD export of a stored object on a Unix socket (`crate::storage::nbd`),
+    /// with the object's first bytes (at most [`qcow2::HEAD_BYTES`]) for the header checks made
+    /// before qemu-img runs.
+    Nbd { socket: PathBuf, head: bytes::Bytes },
+}
+
+impl Image {
+    /// The local file, when the image is one.
+    pub fn file(&self) -> Option<&Path> {
+        match self {
+            Image::File(p) => Some(p),
+            Image::Nbd { .. } => None,
+        }
+    }
+}
 
 /// The format an image must have, from its file name (never probed from its content).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,20 +100,20 @@ pub type Progress = Box<dyn Fn(f64) + Send + Sync>;
 
 #[async_trait]
 pub trait ImageOps: Send + Sync + 'static {
-    /// Checks the image file at `path`, which must be of the `declared` format.
-    async fn check(&self, path: &Path, declared: Declared) -> CheckReport;
+    /// Checks `image`, which must be of the `declared` format.
+    async fn check(&self, image: &Image, declared: Declared) -> CheckReport;
 
-    /// Rewrites the qcow2 at `input` into `output`, compressed and without unallocated or zero
-    /// clusters, reporting progress as it goes.
+    /// Rewrites the qcow2 `input` into the file `output`, compressed and without unallocated
+    /// or zero clusters, reporting progress as it goes.
     async fn compress(
         &self,
-        input: &Path,
+        input: &Image,
         output: &Path,
         progress: Progress,
     ) -> Result<(), CompressFailure>;
 
     /// Whether files must be handed over in the shared scratch directory (a sidecar sees
-    /// nothing else).
+    /// nothing else: no store's file, no NBD export).
     fn shares_files(&self) -> bool {
         false
     }

@@ -8,6 +8,7 @@
 //! - header extensions follow the header (version 2: at byte 72): type (u32), length (u32),
 //!   data padded to 8 bytes; type 0 ends the list, `0x44415441` names the external data file.
 
+use super::Image;
 use std::{io::Read, path::Path};
 
 pub const MAGIC: &[u8; 4] = b"QFI\xfb";
@@ -19,7 +20,7 @@ const AUTOCLEAR_DATA_FILE_RAW: u64 = 1 << 1;
 const EXT_DATA_FILE: u32 = 0x4441_5441;
 /// How much of the file is read: the header and its extensions fit in the first cluster, and
 /// the smallest cluster is 512 bytes; 64 KiB covers the default cluster size.
-const READ_AT_MOST: usize = 64 << 10;
+pub const HEAD_BYTES: usize = 64 << 10;
 
 /// Why a qcow2 is refused. Texts are shown to clients: they never repeat a name found in the
 /// image (it could be a path of the server host).
@@ -100,17 +101,21 @@ pub fn inspect_bytes(b: &[u8]) -> Result<(), Refusal> {
 
 /// Reads the start of the file at `path` and checks it (see `inspect_bytes`).
 pub fn inspect(path: &Path) -> std::io::Result<Result<(), Refusal>> {
-    let mut head = Vec::with_capacity(READ_AT_MOST);
+    let mut head = Vec::with_capacity(HEAD_BYTES);
     std::fs::File::open(path)?
-        .take(READ_AT_MOST as u64)
+        .take(HEAD_BYTES as u64)
         .read_to_end(&mut head)?;
     Ok(inspect_bytes(&head))
 }
 
-/// Refuses a qcow2 whose header is not qcow2 or names another file (read without qemu).
-pub async fn refuse_foreign_files(path: &Path) -> Result<(), String> {
-    let p = path.to_path_buf();
-    match tokio::task::spawn_blocking(move || inspect(&p)).await {
+/// Refuses a qcow2 whose header is not qcow2 or names another file (read without qemu): from
+/// the file, or from the first bytes an NBD export's image came with.
+pub async fn refuse_foreign_files(image: &Image) -> Result<(), String> {
+    let path = match image {
+        Image::File(p) => p.clone(),
+        Image::Nbd { head, .. } => return inspect_bytes(head).map_err(|r| r.to_string()),
+    };
+    match tokio::task::spawn_blocking(move || inspect(&path)).await {
         Ok(Ok(Ok(()))) => Ok(()),
         Ok(Ok(Err(refusal))) => Err(refusal.to_string()),
         Ok(Err(e)) => Err(format!("cannot read the image: {}", e.kind())),

@@ -8,6 +8,7 @@
 //! be switched off that way: they are refused before qemu-img runs (`super::qcow2`, and
 //! `qemu-img info`'s report).
 
+use super::Image;
 use std::{path::Path, process::Stdio};
 use tokio::process::Command;
 
@@ -30,10 +31,19 @@ impl Format {
     }
 }
 
-/// The image argument: a `json:` pseudo-protocol description of `path` opened as `format`
-/// through the `file` protocol, without any backing file.
-pub fn image_arg(path: &Path, format: Format) -> String {
-    let file = serde_json::json!({ "driver": "file", "filename": path.to_string_lossy() });
+/// The image argument: a `json:` pseudo-protocol description of `image` opened as `format`
+/// through the `file` protocol (a local file) or the `nbd` one (an export on a Unix socket,
+/// QEMU's `BlockdevOptionsNbd`), without any backing file.
+pub fn image_arg(image: &Image, format: Format) -> String {
+    let file = match image {
+        Image::File(path) => {
+            serde_json::json!({ "driver": "file", "filename": path.to_string_lossy() })
+        }
+        Image::Nbd { socket, .. } => serde_json::json!({
+            "driver": "nbd",
+            "server": { "type": "unix", "path": socket.to_string_lossy() },
+        }),
+    };
     let spec = match format {
         Format::Qcow2 => serde_json::json!({ "driver": "qcow2", "backing": null, "file": file }),
         Format::Raw => serde_json::json!({ "driver": "raw", "file": file }),
@@ -42,26 +52,26 @@ pub fn image_arg(path: &Path, format: Format) -> String {
 }
 
 /// `qemu-img info --output=json IMAGE`.
-pub fn info(path: &Path, format: Format) -> Vec<String> {
+pub fn info(image: &Image, format: Format) -> Vec<String> {
     vec![
         "info".into(),
         "--output=json".into(),
-        image_arg(path, format),
+        image_arg(image, format),
     ]
 }
 
 /// `qemu-img check --output=json IMAGE` (qcow2 only).
-pub fn check(path: &Path) -> Vec<String> {
+pub fn check(image: &Image) -> Vec<String> {
     vec![
         "check".into(),
         "--output=json".into(),
-        image_arg(path, Format::Qcow2),
+        image_arg(image, Format::Qcow2),
     ]
 }
 
 /// `qemu-img convert -p -O qcow2 -c [-o compression_type=zstd] IMAGE OUTPUT`: a compressed
-/// copy of the qcow2 at `input`, without unallocated or zero clusters; `-p` prints progress.
-pub fn convert(input: &Path, output: &Path, zstd: bool) -> Vec<String> {
+/// copy of the qcow2 `input`, without unallocated or zero clusters; `-p` prints progress.
+pub fn convert(input: &Image, output: &Path, zstd: bool) -> Vec<String> {
     let mut args: Vec<String> = ["convert", "-p", "-O", "qcow2", "-c"]
         .map(String::from)
         .into();
@@ -137,16 +147,20 @@ pub fn command(args: &[String], cpu_secs: Option<u64>) -> Command {
     cmd
 }
 
-/// A tool's message made fit for clients: every path the service handed to the tool (and any
-/// other absolute path, e.g. of a file named inside an image) is replaced by `<image>` or
-/// `<path>`, so no server path or scratch file name leaves the service.
-pub fn public_message(msg: &str, paths: &[&Path]) -> String {
+/// A tool's message made fit for clients: every image the service handed to the tool (and any
+/// absolute path, e.g. of a file named inside an image or of a socket) is replaced by
+/// `<image>` or `<path>`, so no server path or scratch file name leaves the service.
+pub fn public_message(msg: &str, images: &[&Image]) -> String {
     let mut out = msg.to_string();
-    for p in paths {
+    for image in images {
+        let path = match image {
+            Image::File(p) => p,
+            Image::Nbd { socket, .. } => socket,
+        };
         for spec in [
-            image_arg(p, Format::Qcow2),
-            image_arg(p, Format::Raw),
-            p.to_string_lossy().into_owned(),
+            image_arg(image, Format::Qcow2),
+            image_arg(image, Format::Raw),
+            path.to_string_lossy().into_owned(),
         ] {
             out = out.replace(&spec, "<image>");
         }
@@ -185,31 +199,59 @@ mod tests {
 
     #[test]
     fn images_are_described_without_backing_files() {
-        let a = image_arg(Path::new("/s/x \"y\".qcow2"), Format::Qcow2);
+        let file = |p: &str| Image::File(p.into());
+        let a = image_arg(&file("/s/x \"y\".qcow2"), Format::Qcow2);
         let v: serde_json::Value = serde_json::from_str(a.strip_prefix("json:").unwrap()).unwrap();
         assert_eq!(v["driver"], "qcow2");
         assert!(v["backing"].is_null() && v.get("backing").is_some());
         assert_eq!(v["file"]["filename"], "/s/x \"y\".qcow2");
-        let r = image_arg(Path::new("/s/d.img"), Format::Raw);
+        let r = image_arg(&file("/s/d.img"), Format::Raw);
         assert!(
             r.starts_with("json:{") && r.contains("\"driver\":\"raw\""),
             "{r}"
         );
-        let c = convert(Path::new("/i"), Path::new("/o"), true);
+        let c = convert(&file("/i"), Path::new("/o"), true);
         assert_eq!(c.last().unwrap(), "/o");
         assert!(c[c.len() - 2].starts_with("json:"));
+        let nbd = Image::Nbd {
+            socket: "/s/nbd.sock".into(),
+            head: bytes::Bytes::new(),
+        };
+        let n: serde_json::Value = serde_json::from_str(
+            image_arg(&nbd, Format::Qcow2)
+                .strip_prefix("json:")
+                .unwrap(),
+        )
+        .unwrap();
+        assert!(n["backing"].is_null() && n.get("backing").is_some());
+        assert_eq!(
+            n["file"],
+            serde_json::json!({ "driver": "nbd", "server": { "type": "unix", "path": "/s/nbd.sock" } })
+        );
     }
 
     #[test]
     fn messages_lose_their_paths() {
-        let p = Path::new("/data/scratch/.tmpAbC.qcow2");
+        let p = Image::File("/data/scratch/.tmpAbC.qcow2".into());
         let msg = format!(
             "qemu-img: Could not open '{}': Could not open backing file /etc/passwd",
-            image_arg(p, Format::Qcow2)
+            image_arg(&p, Format::Qcow2)
         );
         assert_eq!(
-            public_message(&msg, &[p]),
+            public_message(&msg, &[&p]),
             "qemu-img: Could not open '<image>': Could not open backing file <path>"
+        );
+        let nbd = Image::Nbd {
+            socket: "/data/scratch/nbd-1.sock".into(),
+            head: bytes::Bytes::new(),
+        };
+        let msg = format!(
+            "qemu-img: Could not open '{}': Requested export not available",
+            image_arg(&nbd, Format::Raw)
+        );
+        assert_eq!(
+            public_message(&msg, &[&nbd]),
+            "qemu-img: Could not open '<image>': Requested export not available"
         );
         assert_eq!(
             public_message("failed: /var/lib/x.db: No space left", &[]),

@@ -2,7 +2,8 @@
 //! are exchanged through a directory both sides mount: paths handed to it must lie inside.
 
 use super::{
-    result, CheckReport, CheckStatus, CompressFailure, CompressStatus, Declared, ImageOps, Progress,
+    result, CheckReport, CheckStatus, CompressFailure, CompressStatus, Declared, Image, ImageOps,
+    Progress,
 };
 use async_trait::async_trait;
 use sea_orm::ActiveEnum;
@@ -41,7 +42,12 @@ impl RemoteImageOps {
         }
     }
 
-    fn name(&self, p: &Path) -> Result<String, String> {
+    /// The name of a file in the shared directory, as the sidecar knows it (an NBD export is
+    /// never handed to a sidecar: `shares_files`).
+    fn name(&self, image: &Image) -> Result<String, String> {
+        let Some(p) = image.file() else {
+            return Err("the image is not where imageops can read it".to_string());
+        };
         p.strip_prefix(&self.shared_dir)
             .map(|r| r.to_string_lossy().to_string())
             .map_err(|_| {
@@ -64,7 +70,8 @@ impl RemoteImageOps {
         })?;
         if !status.is_success() {
             tracing::warn!(%status, answer = %v, "imageops refused a request");
-            let msg = super::qemu::public_message(&s(&v["msg"]), &[&self.shared_dir]);
+            let shared = Image::File(self.shared_dir.clone());
+            let msg = super::qemu::public_message(&s(&v["msg"]), &[&shared]);
             return Err(format!("imageops refused: {msg}"));
         }
         Ok(v)
@@ -101,16 +108,16 @@ fn s(v: &Value) -> String {
 
 #[async_trait]
 impl ImageOps for RemoteImageOps {
-    async fn check(&self, path: &Path, declared: Declared) -> CheckReport {
+    async fn check(&self, image: &Image, declared: Declared) -> CheckReport {
         // Whatever the sidecar does, an image that names other files never reaches it.
         if declared == Declared::Qcow2 {
-            if let Err(refusal) = super::qcow2::refuse_foreign_files(path).await {
+            if let Err(refusal) = super::qcow2::refuse_foreign_files(image).await {
                 return CheckReport::failed(refusal);
             }
         }
         let run = async {
             let id = self
-                .start("check", json!({ "inputImageName": self.name(path)? }))
+                .start("check", json!({ "inputImageName": self.name(image)? }))
                 .await?;
             let deadline = Instant::now() + self.check_timeout;
             loop {
@@ -126,7 +133,7 @@ impl ImageOps for RemoteImageOps {
                     let ii = &info["imageInfo"];
                     return Ok(CheckReport {
                         status: st,
-                        msg: super::qemu::public_message(&s(&v["msg"]), &[path]),
+                        msg: super::qemu::public_message(&s(&v["msg"]), &[image]),
                         check_result: info["checkResult"].as_i64().unwrap_or(result::ERROR as i64)
                             as i32,
                         format: s(&ii["format"]),
@@ -151,7 +158,7 @@ impl ImageOps for RemoteImageOps {
 
     async fn compress(
         &self,
-        input: &Path,
+        input: &Image,
         output: &Path,
         progress: Progress,
     ) -> Result<(), CompressFailure> {
@@ -164,7 +171,7 @@ impl ImageOps for RemoteImageOps {
             .map_err(failed)?;
         let body = json!({
             "inputImageName": self.name(input).map_err(failed)?,
-            "outputImageName": self.name(output).map_err(failed)?,
+            "outputImageName": self.name(&Image::File(output.into())).map_err(failed)?,
         });
         let id = self.start("compress", body).await.map_err(failed)?;
         let deadline = Instant::now() + self.slim_timeout;
@@ -182,7 +189,10 @@ impl ImageOps for RemoteImageOps {
                 other => {
                     return Err(CompressFailure {
                         status: other,
-                        msg: super::qemu::public_message(&s(&v["msg"]), &[input, output]),
+                        msg: super::qemu::public_message(
+                            &s(&v["msg"]),
+                            &[input, &Image::File(output.into())],
+                        ),
                     })
                 }
             }

@@ -2,7 +2,9 @@
 //! deployment needs nothing else. Image names are relative to a directory both containers
 //! mount; requests run in the background and are polled by id.
 
-use super::{local::LocalImageOps, CheckReport, CheckStatus, CompressStatus, Declared, ImageOps};
+use super::{
+    local::LocalImageOps, CheckReport, CheckStatus, CompressStatus, Declared, Image, ImageOps,
+};
 use axum::{
     extract::{Path as UrlPath, State},
     http::StatusCode,
@@ -136,7 +138,8 @@ async fn start_check(State(st): State<OpsState>, Json(req): Json<CheckRequest>) 
         req.input_image_name,
     );
     tokio::spawn(async move {
-        let report = ops.check(&path, Declared::from_file_name(&name)).await;
+        let image = Image::File(path.clone());
+        let report = ops.check(&image, Declared::from_file_name(&name)).await;
         let p = path.clone();
         let wanted = crate::integrity::Wanted {
             md5: true,
@@ -219,7 +222,7 @@ async fn start_compress(State(st): State<OpsState>, Json(req): Json<CompressRequ
                 e.2 = p;
             }
         });
-        let outcome = match ops.compress(&input, &output, progress).await {
+        let outcome = match ops.compress(&Image::File(input), &output, progress).await {
             Ok(()) => (
                 CompressStatus::Completed,
                 "Compress Completed".to_string(),

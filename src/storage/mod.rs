@@ -7,6 +7,7 @@ pub mod fileio;
 pub mod local;
 mod local_parts;
 pub mod metered;
+pub mod nbd;
 pub mod s3;
 
 use async_trait::async_trait;

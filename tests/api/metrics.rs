@@ -224,6 +224,15 @@ async fn metrics_count_store_calls_uploads_checks_and_the_process(b: Backend) {
         1.0,
         "{t}"
     );
+    // qemu-img read both where they are stored: the local store's file, or an NBD export of
+    // the S3 object; never a scratch copy.
+    let via = if b.is_s3() { "nbd" } else { "file" };
+    assert_eq!(
+        m.get(&format!(r#"fs_image_reads_total{{via="{via}"}}"#)),
+        2.0,
+        "{t}"
+    );
+    assert_eq!(m.get(r#"fs_image_reads_total{via="copy"}"#), 0.0, "{t}");
     // Store calls, whichever backend: one multipart upload per session, one part per chunk.
     let ops = |op: &str, outcome: &str| {
         m.get(&format!(

@@ -329,6 +329,269 @@ pub async fn contract_edges(store: Arc<dyn ObjectStore>, bucket: &str, tmp: &std
     store.delete(bucket, "e/obj").await.unwrap();
 }
 
+/// Runs `qemu-img ARGS` without blocking the runtime that serves the export; its output, or
+/// its error message.
+async fn qemu_img(args: &[&str]) -> Result<String, String> {
+    let out = tokio::process::Command::new("qemu-img")
+        .args(args)
+        .output()
+        .await
+        .unwrap();
+    match out.status.success() {
+        true => Ok(String::from_utf8_lossy(&out.stdout).into_owned()),
+        false => Err(String::from_utf8_lossy(&out.stderr).into_owned()),
+    }
+}
+
+/// The `json:` description of an NBD export at `socket` opened as `driver` (qcow2 or raw).
+fn nbd_image(driver: &str, socket: &std::path::Path) -> String {
+    let file = serde_json::json!({ "driver": "nbd", "server": { "type": "unix", "path": socket } });
+    format!(
+        "json:{}",
+        serde_json::json!({ "driver": driver, "file": file })
+    )
+}
+
+/// A minimal NBD client: fixed newstyle, `NBD_OPT_EXPORT_NAME`, then simple requests.
+struct NbdClient(tokio::net::UnixStream);
+
+impl NbdClient {
+    async fn connect(socket: &std::path::Path) -> (NbdClient, u64, u16) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut c = tokio::net::UnixStream::connect(socket).await.unwrap();
+        assert_eq!(
+            c.read_u64().await.unwrap(),
+            0x4e42_444d_4147_4943,
+            "NBDMAGIC"
+        );
+        assert_eq!(
+            c.read_u64().await.unwrap(),
+            0x4948_4156_454f_5054,
+            "IHAVEOPT"
+        );
+        assert_eq!(
+            c.read_u16().await.unwrap() & 0b11,
+            0b11,
+            "fixed newstyle, no zeroes"
+        );
+        c.write_u32(0b11).await.unwrap();
+        // An option the export does not know is refused, and negotiation goes on.
+        c.write_u64(0x4948_4156_454f_5054).await.unwrap();
+        c.write_u32(8).await.unwrap(); // NBD_OPT_STRUCTURED_REPLY
+        c.write_u32(0).await.unwrap();
+        assert_eq!(c.read_u64().await.unwrap(), 0x0003_e889_0455_65a9);
+        assert_eq!(c.read_u32().await.unwrap(), 8);
+        assert_eq!(
+            c.read_u32().await.unwrap(),
+            (1 << 31) + 1,
+            "NBD_REP_ERR_UNSUP"
+        );
+        assert_eq!(c.read_u32().await.unwrap(), 0);
+        c.write_u64(0x4948_4156_454f_5054).await.unwrap();
+        c.write_u32(1).await.unwrap(); // NBD_OPT_EXPORT_NAME, any name
+        c.write_u32(3).await.unwrap();
+        c.write_all(b"any").await.unwrap();
+        let size = c.read_u64().await.unwrap();
+        let flags = c.read_u16().await.unwrap();
+        (NbdClient(c), size, flags)
+    }
+
+    /// Sends one request; the reply's error and the data of a successful read.
+    async fn request(
+        &mut self,
+        kind: u16,
+        offset: u64,
+        len: u32,
+        payload: &[u8],
+    ) -> (u32, Vec<u8>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let c = &mut self.0;
+        c.write_u32(0x2560_9513).await.unwrap();
+        c.write_u16(0).await.unwrap();
+        c.write_u16(kind).await.unwrap();
+        c.write_u64(0xc00c1e).await.unwrap();
+        c.write_u64(offset).await.unwrap();
+        c.write_u32(len).await.unwrap();
+        c.write_all(payload).await.unwrap();
+        assert_eq!(c.read_u32().await.unwrap(), 0x6744_6698, "simple reply");
+        let error = c.read_u32().await.unwrap();
+        assert_eq!(
+            c.read_u64().await.unwrap(),
+            0xc00c1e,
+            "the request's cookie"
+        );
+        let mut data = vec![
+            0;
+            if error == 0 && kind == 0 {
+                len as usize
+            } else {
+                0
+            }
+        ];
+        c.read_exact(&mut data).await.unwrap();
+        (error, data)
+    }
+}
+
+/// An NBD export of a stored object (how check and slim read S3 objects in place) serves its
+/// exact bytes to qemu-img and to a plain client, is read-only, refuses reads past the end,
+/// outlives clients that send garbage, and leaves no socket behind.
+pub async fn nbd_export(store: Arc<dyn ObjectStore>, bucket: &str, tmp: &std::path::Path) {
+    use file_system::storage::nbd::Export;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    store.ensure_bucket(bucket).await.unwrap();
+    let img = make_qcow2(tmp, "nbd.qcow2", 64, 8);
+    let bytes = std::fs::read(&img).unwrap();
+    let len = bytes.len() as u64;
+    store
+        .put(
+            bucket,
+            "n/img",
+            stream_of(bytes.clone()),
+            &PutOptions::default(),
+        )
+        .await
+        .unwrap();
+    let socket = tmp.join(format!("nbd-{}.sock", uuid::Uuid::new_v4().simple()));
+    let export = Export::start(store.clone(), bucket, "n/img", len, socket.clone()).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "only the service's user may connect");
+
+    // qemu-img sees the stored qcow2, and its guest content is the original's.
+    let info = qemu_img(&["info", "--output=json", &nbd_image("qcow2", &socket)])
+        .await
+        .unwrap();
+    let info: serde_json::Value = serde_json::from_str(&info).unwrap();
+    assert_eq!(info["virtual-size"], 64 << 20, "{info}");
+    qemu_img(&[
+        "compare",
+        "-F",
+        "qcow2",
+        &nbd_image("qcow2", &socket),
+        img.to_str().unwrap(),
+    ])
+    .await
+    .unwrap();
+    // Byte for byte, through qemu-img's raw driver (many reads in flight).
+    let copy = tmp.join("nbd-copy.raw");
+    qemu_img(&[
+        "convert",
+        "-O",
+        "raw",
+        &nbd_image("raw", &socket),
+        copy.to_str().unwrap(),
+    ])
+    .await
+    .unwrap();
+    assert!(
+        std::fs::read(&copy).unwrap() == bytes,
+        "the export's bytes are the object's"
+    );
+    // Writes are refused (the export says it is read-only).
+    let write = tokio::process::Command::new("qemu-io")
+        .args(["-c", "write 0 4k", &nbd_image("raw", &socket)])
+        .output()
+        .await
+        .unwrap();
+    let said = String::from_utf8_lossy(&write.stderr).to_string()
+        + &String::from_utf8_lossy(&write.stdout);
+    assert!(
+        !write.status.success()
+            || said.contains("ermission")
+            || said.contains("not permitted")
+            || said.contains("read-only"),
+        "{said}"
+    );
+
+    // A plain client: reads at any offset, refusals for what is outside the object.
+    let (mut c, size, flags) = NbdClient::connect(&socket).await;
+    assert_eq!(size, len);
+    assert_eq!(flags & 0b11, 0b11, "has flags, read-only");
+    assert_eq!(c.request(0, 0, 16, &[]).await, (0, bytes[..16].to_vec()));
+    // Across the blocks the export reads the store in, forward and back.
+    let block = file_system::storage::nbd::BLOCK as usize;
+    for at in [block - 8, 3 * block - 1, block / 2, 2 * block] {
+        let n = block + 100;
+        assert_eq!(
+            c.request(0, at as u64, n as u32, &[]).await,
+            (0, bytes[at..at + n].to_vec()),
+            "{at}"
+        );
+    }
+    let tail = (len - 100) as usize;
+    assert_eq!(
+        c.request(0, len - 100, 100, &[]).await,
+        (0, bytes[tail..].to_vec())
+    );
+    assert_eq!(
+        c.request(0, len - 10, 100, &[]).await.0,
+        22,
+        "past the end: EINVAL"
+    );
+    assert_eq!(
+        c.request(0, u64::MAX - 5, 10, &[]).await.0,
+        22,
+        "offset overflow: EINVAL"
+    );
+    assert_eq!(c.request(0, 0, 0, &[]).await.0, 22, "an empty read: EINVAL");
+    assert_eq!(c.request(1, 0, 4, b"evil").await.0, 1, "a write: EPERM");
+    assert_eq!(
+        c.request(3, 0, 0, &[]).await.0,
+        0,
+        "a flush has nothing to do"
+    );
+    assert_eq!(
+        c.request(0, 512, 8, &[]).await,
+        (0, bytes[512..520].to_vec()),
+        "still served"
+    );
+    c.0.write_u32(0x2560_9513).await.unwrap(); // NBD_CMD_DISC
+    c.0.write_all(&[0, 0, 0, 2]).await.unwrap();
+    c.0.write_all(&[0; 20]).await.unwrap();
+    assert_eq!(
+        c.0.read(&mut [0u8; 1]).await.unwrap(),
+        0,
+        "closed after a disconnect"
+    );
+
+    // Garbage at any stage ends that connection only.
+    for garbage in [
+        &b"GET / HTTP/1.1
+
+"[..],
+        &[0xff; 4],
+        &[0, 0, 0, 3, 0x49, 0x48, 0x41, 0x56],
+    ] {
+        let mut g = tokio::net::UnixStream::connect(&socket).await.unwrap();
+        let mut hello = [0u8; 18];
+        g.read_exact(&mut hello).await.unwrap();
+        let _ = g.write_all(garbage).await;
+        let _ = g.shutdown().await;
+        let mut rest = vec![];
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(10), g.read_to_end(&mut rest))
+            .await
+            .expect("the export closes a garbage connection");
+    }
+    let (mut c, _, _) = NbdClient::connect(&socket).await;
+    c.0.write_all(&[0xde, 0xad, 0xbe, 0xef]).await.unwrap(); // a bad request magic
+    c.0.write_all(&[0; 24]).await.unwrap();
+    let mut rest = vec![];
+    let _ = c.0.read_to_end(&mut rest).await;
+    assert!(rest.is_empty(), "no reply to a bad request: {rest:?}");
+    let (mut c, _, _) = NbdClient::connect(&socket).await;
+    assert_eq!(
+        c.request(0, 0, 4, &[]).await,
+        (0, bytes[..4].to_vec()),
+        "served after garbage"
+    );
+
+    drop(export);
+    assert!(!socket.exists(), "the socket is removed with its export");
+    assert!(tokio::net::UnixStream::connect(&socket).await.is_err());
+    store.delete(bucket, "n/img").await.unwrap();
+}
+
 #[tokio::test]
 async fn local_store_contract() {
     let dir = tempfile::tempdir().unwrap();
@@ -339,7 +602,8 @@ async fn local_store_contract() {
     );
     contract(store.clone(), "contract", dir.path(), true).await;
     contract(store.clone(), "contract", dir.path(), false).await;
-    contract_edges(store, "contract", dir.path()).await;
+    contract_edges(store.clone(), "contract", dir.path()).await;
+    nbd_export(store, "contract", dir.path()).await;
     // Nothing but the bucket directory is left.
     let mut left = vec![];
     for e in walkdir(dir.path().join("objects")) {
@@ -392,7 +656,10 @@ async fn s3_store_contract(b: Backend) {
         let store = Arc::new(file_system::storage::S3Store::new(settings).await.unwrap());
         contract(store.clone(), "contract", dir.path(), true).await;
         contract(store.clone(), "contract", dir.path(), false).await;
-        contract_edges(store, "contract", dir.path()).await;
+        contract_edges(store.clone(), "contract", dir.path()).await;
+        if checksum == S3Checksum::Off {
+            nbd_export(store, "contract", dir.path()).await;
+        }
     }
     // Nothing is left under the prefix: no objects, no staging, no uploads in progress.
     let client = s3_client_of(server).await;

@@ -1,0 +1,496 @@
+//! A read-only NBD export of one stored object on a Unix socket, so that qemu-img reads an
+//! image where it is stored (ranged GETs on S3) instead of from a scratch copy.
+//!
+//! The protocol is the Network Block Device protocol's fixed newstyle negotiation and simple
+//! replies (NetworkBlockDevice/nbd, `doc/proto.md`): options `NBD_OPT_GO`, `NBD_OPT_INFO`,
+//! `NBD_OPT_EXPORT_NAME` and `NBD_OPT_ABORT` are served, every other option is answered
+//! `NBD_REP_ERR_UNSUP` (qemu then goes on without structured replies or metadata contexts);
+//! commands `NBD_CMD_READ`, `NBD_CMD_FLUSH` and `NBD_CMD_DISC` are served, writes are refused
+//! with `EPERM` (the export is flagged read-only). Reads run concurrently (at most
+//! [`IN_FLIGHT`] per connection, each at most [`MAX_READ`] bytes, as advertised in
+//! `NBD_INFO_BLOCK_SIZE`), and their replies may come back out of order, matched by cookie.
+//!
+//! qemu-img reads a qcow2 a cluster (64 KiB) at a time; one ranged GET each would cost a round
+//! trip per cluster. The store is read in aligned blocks of [`BLOCK`] bytes instead, the last
+//! [`CACHED_BLOCKS`] kept, and while the reads go forward the next [`PREFETCH_BLOCKS`] are
+//! fetched ahead (at most `(CACHED_BLOCKS + IN_FLIGHT) * BLOCK` bytes held per export).
+//!
+//! The socket lives in the process's scratch directory with mode 0600: only this service's
+//! user can connect. Dropping the [`Export`] stops it, ends its connections and removes the
+//! socket.
+
+use super::{ByteRange, ObjectStore, StorageError};
+use bytes::{BufMut, Bytes, BytesMut};
+use futures::StreamExt;
+use std::{
+    io,
+    path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{unix::OwnedWriteHalf, UnixListener, UnixStream},
+    sync::{Mutex, Semaphore},
+};
+
+/// The largest read served (bytes): advertised as the maximum block size, so a request stays
+/// one bounded buffer.
+pub const MAX_READ: u32 = 4 << 20;
+/// Reads served at once per connection (so at most `IN_FLIGHT * MAX_READ` bytes buffered).
+pub const IN_FLIGHT: usize = 8;
+/// The longest option a client may send (bytes); longer ones end the connection.
+const MAX_OPTION: u32 = 4096;
+/// The longest request the protocol allows a client to send (32 MiB); a larger read or write
+/// ends the connection.
+const MAX_REQUEST: u32 = 32 << 20;
+
+const NBDMAGIC: u64 = 0x4e42_444d_4147_4943;
+const IHAVEOPT: u64 = 0x4948_4156_454f_5054;
+const REPLY_MAGIC: u64 = 0x0003_e889_0455_65a9;
+const REQUEST_MAGIC: u32 = 0x2560_9513;
+const SIMPLE_REPLY_MAGIC: u32 = 0x6744_6698;
+
+const FLAG_FIXED_NEWSTYLE: u16 = 1 << 0;
+const FLAG_NO_ZEROES: u16 = 1 << 1;
+const FLAG_C_NO_ZEROES: u32 = 1 << 1;
+/// Transmission flags: has flags, read only, can take several connections.
+const TRANSMISSION_FLAGS: u16 = (1 << 0) | (1 << 1) | (1 << 8);
+
+const OPT_EXPORT_NAME: u32 = 1;
+const OPT_ABORT: u32 = 2;
+const OPT_INFO: u32 = 6;
+const OPT_GO: u32 = 7;
+
+const REP_ACK: u32 = 1;
+const REP_INFO: u32 = 3;
+const REP_ERR_UNSUP: u32 = (1 << 31) + 1;
+const REP_ERR_INVALID: u32 = (1 << 31) + 3;
+
+const INFO_EXPORT: u16 = 0;
+const INFO_BLOCK_SIZE: u16 = 3;
+
+const CMD_READ: u16 = 0;
+const CMD_WRITE: u16 = 1;
+const CMD_DISC: u16 = 2;
+const CMD_FLUSH: u16 = 3;
+
+const EPERM: u32 = 1;
+const EIO: u32 = 5;
+const EINVAL: u32 = 22;
+
+/// Bytes read from the store at a time (aligned to multiples of it).
+pub const BLOCK: u64 = 1 << 20;
+/// Blocks kept once read.
+pub const CACHED_BLOCKS: usize = 16;
+/// Blocks fetched ahead of reads that go forward.
+pub const PREFETCH_BLOCKS: u64 = 4;
+
+/// A block, fetched once by whichever read or prefetch comes first.
+type Block = Arc<tokio::sync::OnceCell<Bytes>>;
+
+/// The object an export serves.
+struct Object {
+    store: Arc<dyn ObjectStore>,
+    bucket: String,
+    key: String,
+    size: u64,
+    /// Reads the store failed (answered `EIO`).
+    failed_reads: AtomicU64,
+    /// The blocks read last, oldest first.
+    cache: std::sync::Mutex<std::collections::VecDeque<(u64, Block)>>,
+    /// The last block the latest read needed (`u64::MAX` before any).
+    last_block: AtomicU64,
+}
+
+impl Object {
+    /// The cache entry of block `index` (a new, empty one when it is not there).
+    fn entry(&self, index: u64) -> Block {
+        let mut cache = self.cache.lock().expect("cache lock");
+        if let Some((_, b)) = cache.iter().find(|(i, _)| *i == index) {
+            return b.clone();
+        }
+        let b = Block::default();
+        cache.push_back((index, b.clone()));
+        if cache.len() > CACHED_BLOCKS {
+            cache.pop_front();
+        }
+        b
+    }
+
+    /// Block `index`'s bytes, fetched from the store unless they are cached.
+    async fn block(&self, index: u64) -> Result<Bytes, StorageError> {
+        let entry = self.entry(index);
+        let start = index * BLOCK;
+        let len = BLOCK.min(self.size - start) as u32;
+        entry
+            .get_or_try_init(|| fetch(self, start, len))
+            .await
+            .cloned()
+    }
+
+    /// `len` bytes from `offset` (inside the object), from its blocks; when the reads go
+    /// forward, the blocks after these are fetched ahead on tasks of their own.
+    async fn read(self: &Arc<Self>, offset: u64, len: u32) -> Result<Bytes, StorageError> {
+        let end = offset + len as u64;
+        let (first, last) = (offset / BLOCK, (end - 1) / BLOCK);
+        let previous = self.last_block.swap(last, Ordering::Relaxed);
+        if previous != u64::MAX && (first == previous || first == previous + 1) {
+            for index in last + 1..=last + PREFETCH_BLOCKS {
+                if index * BLOCK >= self.size {
+                    break;
+                }
+                let object = self.clone();
+                tokio::spawn(async move {
+                    // A failed prefetch is only a miss: the read that needs it fetches again.
+                    let _ = object.block(index).await;
+                });
+            }
+        }
+        let mut out = BytesMut::with_capacity(len as usize);
+        for index in first..=last {
+            let block = self.block(index).await?;
+            let start = index * BLOCK;
+            let from = offset.max(start) - start;
+            let to = end.min(start + block.len() as u64) - start;
+            if first == last {
+                return Ok(block.slice(from as usize..to as usize));
+            }
+            out.extend_from_slice(&block[from as usize..to as usize]);
+        }
+        Ok(out.freeze())
+    }
+}
+
+/// A running export of one object; stopped, with its connections, when dropped.
+pub struct Export {
+    socket: PathBuf,
+    object: Arc<Object>,
+    _server: tokio_util::task::AbortOnDropHandle<()>,
+}
+
+impl Export {
+    /// Starts serving `bucket/key` (of `size` bytes) on a new Unix socket at `socket`.
+    ///
+    /// Errors: the socket cannot be created (for example a path longer than the 107 bytes a
+    /// Unix socket address holds).
+    pub fn start(
+        store: Arc<dyn ObjectStore>,
+        bucket: &str,
+        key: &str,
+        size: u64,
+        socket: PathBuf,
+    ) -> io::Result<Export> {
+        let listener = UnixListener::bind(&socket)?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))?;
+        let object = Arc::new(Object {
+            store,
+            bucket: bucket.to_string(),
+            key: key.to_string(),
+            size,
+            failed_reads: AtomicU64::new(0),
+            cache: Default::default(),
+            last_block: AtomicU64::new(u64::MAX),
+        });
+        let server = tokio::spawn(accept(listener, object.clone()));
+        Ok(Export {
+            socket,
+            object,
+            _server: tokio_util::task::AbortOnDropHandle::new(server),
+        })
+    }
+
+    /// The Unix socket qemu connects to (`{"driver": "nbd", "server": {"type": "unix",
+    /// "path": ...}}`).
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// How many reads of the store failed so far (their clients got `EIO`): a tool's verdict
+    /// on the image is then a verdict on a read error, not on the image.
+    pub fn failed_reads(&self) -> u64 {
+        self.object.failed_reads.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Export {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
+/// Accepts connections until aborted; each is served on a task that ends with the server.
+async fn accept(listener: UnixListener, object: Arc<Object>) {
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((conn, _)) => {
+                    let object = object.clone();
+                    connections.spawn(async move {
+                        if let Err(e) = serve(conn, object).await {
+                            tracing::debug!(error = %e, "NBD connection ended");
+                        }
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "NBD export cannot accept");
+                    return;
+                }
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+}
+
+/// Serves one connection: negotiation, then requests until the client disconnects.
+async fn serve(conn: UnixStream, object: Arc<Object>) -> io::Result<()> {
+    let (mut rd, mut wr) = conn.into_split();
+    let mut hello = BytesMut::with_capacity(18);
+    hello.put_u64(NBDMAGIC);
+    hello.put_u64(IHAVEOPT);
+    hello.put_u16(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES);
+    wr.write_all(&hello).await?;
+    let client_flags = rd.read_u32().await?;
+    if client_flags & !0b11 != 0 {
+        return Err(protocol("unknown client flags"));
+    }
+    let no_zeroes = client_flags & FLAG_C_NO_ZEROES != 0;
+    if !negotiate(&mut rd, &mut wr, object.size, no_zeroes).await? {
+        return Ok(());
+    }
+    transmit(rd, wr, object).await
+}
+
+fn protocol(what: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, format!("NBD: {what}"))
+}
+
+/// Option haggling; true when transmission begins, false when the client aborted.
+async fn negotiate(
+    rd: &mut (impl AsyncReadExt + Unpin),
+    wr: &mut OwnedWriteHalf,
+    size: u64,
+    no_zeroes: bool,
+) -> io::Result<bool> {
+    loop {
+        if rd.read_u64().await? != IHAVEOPT {
+            return Err(protocol("bad option magic"));
+        }
+        let option = rd.read_u32().await?;
+        let len = rd.read_u32().await?;
+        if len > MAX_OPTION {
+            return Err(protocol("option too long"));
+        }
+        let mut data = vec![0u8; len as usize];
+        rd.read_exact(&mut data).await?;
+        match option {
+            OPT_EXPORT_NAME => {
+                // Any name: a socket serves one object.
+                let mut b = BytesMut::with_capacity(10 + 124);
+                b.put_u64(size);
+                b.put_u16(TRANSMISSION_FLAGS);
+                if !no_zeroes {
+                    b.put_bytes(0, 124);
+                }
+                wr.write_all(&b).await?;
+                return Ok(true);
+            }
+            OPT_ABORT => {
+                option_reply(wr, option, REP_ACK, &[]).await?;
+                return Ok(false);
+            }
+            OPT_INFO | OPT_GO => {
+                let Some(block_size_asked) = info_requests(&data) else {
+                    option_reply(wr, option, REP_ERR_INVALID, &[]).await?;
+                    continue;
+                };
+                let mut export = BytesMut::with_capacity(12);
+                export.put_u16(INFO_EXPORT);
+                export.put_u64(size);
+                export.put_u16(TRANSMISSION_FLAGS);
+                option_reply(wr, option, REP_INFO, &export).await?;
+                if block_size_asked {
+                    let mut sizes = BytesMut::with_capacity(14);
+                    sizes.put_u16(INFO_BLOCK_SIZE);
+                    sizes.put_u32(1); // minimum
+                    sizes.put_u32(64 << 10); // preferred: a qcow2 cluster
+                    sizes.put_u32(MAX_READ); // maximum
+                    option_reply(wr, option, REP_INFO, &sizes).await?;
+                }
+                option_reply(wr, option, REP_ACK, &[]).await?;
+                if option == OPT_GO {
+                    return Ok(true);
+                }
+            }
+            _ => option_reply(wr, option, REP_ERR_UNSUP, &[]).await?,
+        }
+    }
+}
+
+/// Parses `NBD_OPT_INFO`/`NBD_OPT_GO` data (name length, name, request count, requests);
+/// whether `NBD_INFO_BLOCK_SIZE` was asked for, or `None` when the data is malformed.
+fn info_requests(data: &[u8]) -> Option<bool> {
+    let name_len = u32::from_be_bytes(data.get(0..4)?.try_into().ok()?) as usize;
+    let rest = data.get(4usize.checked_add(name_len)?..)?;
+    let count = u16::from_be_bytes(rest.get(0..2)?.try_into().ok()?) as usize;
+    let requests = rest.get(2..)?;
+    if requests.len() != count * 2 {
+        return None;
+    }
+    Some(
+        requests
+            .chunks_exact(2)
+            .any(|r| u16::from_be_bytes([r[0], r[1]]) == INFO_BLOCK_SIZE),
+    )
+}
+
+async fn option_reply(
+    wr: &mut OwnedWriteHalf,
+    option: u32,
+    kind: u32,
+    data: &[u8],
+) -> io::Result<()> {
+    let mut b = BytesMut::with_capacity(20 + data.len());
+    b.put_u64(REPLY_MAGIC);
+    b.put_u32(option);
+    b.put_u32(kind);
+    b.put_u32(data.len() as u32);
+    b.put_slice(data);
+    wr.write_all(&b).await
+}
+
+/// The transmission phase: requests read in order, reads served concurrently.
+async fn transmit(
+    mut rd: tokio::net::unix::OwnedReadHalf,
+    wr: OwnedWriteHalf,
+    object: Arc<Object>,
+) -> io::Result<()> {
+    let wr = Arc::new(Mutex::new(wr));
+    let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+    let mut reads = tokio::task::JoinSet::new();
+    loop {
+        let mut header = [0u8; 28];
+        rd.read_exact(&mut header).await?;
+        let field = |at: usize, n: usize| &header[at..at + n];
+        let be32 = |b: &[u8]| u32::from_be_bytes(b.try_into().expect("4 bytes"));
+        let be64 = |b: &[u8]| u64::from_be_bytes(b.try_into().expect("8 bytes"));
+        if be32(field(0, 4)) != REQUEST_MAGIC {
+            return Err(protocol("bad request magic"));
+        }
+        let kind = u16::from_be_bytes([header[6], header[7]]);
+        let cookie = be64(field(8, 8));
+        let offset = be64(field(16, 8));
+        let len = be32(field(24, 4));
+        if len > MAX_REQUEST {
+            return Err(protocol("request too long"));
+        }
+        // Finished reads are collected as we go, so the set stays small.
+        while reads.try_join_next().is_some() {}
+        match kind {
+            CMD_READ => {
+                let in_range = offset
+                    .checked_add(len as u64)
+                    .is_some_and(|end| end <= object.size);
+                if !in_range || len == 0 {
+                    reply(&wr, cookie, EINVAL, None).await?;
+                    continue;
+                }
+                let slot = slots.clone().acquire_owned().await.expect("never closed");
+                let (object, wr) = (object.clone(), wr.clone());
+                reads.spawn(async move {
+                    let data = object.read(offset, len).await;
+                    let sent = match data {
+                        Ok(bytes) => reply(&wr, cookie, 0, Some(&bytes)).await,
+                        Err(e) => {
+                            object.failed_reads.fetch_add(1, Ordering::Relaxed);
+                            tracing::warn!(error = %e, offset, len, "NBD read failed");
+                            reply(&wr, cookie, EIO, None).await
+                        }
+                    };
+                    drop(slot);
+                    sent
+                });
+            }
+            CMD_WRITE => {
+                // Read and dropped: the export is read-only.
+                tokio::io::copy(&mut (&mut rd).take(len as u64), &mut tokio::io::sink()).await?;
+                reply(&wr, cookie, EPERM, None).await?;
+            }
+            CMD_DISC => {
+                // Replies still owed go out before the connection closes.
+                while reads.join_next().await.is_some() {}
+                return Ok(());
+            }
+            // Nothing is written, so nothing is to be flushed.
+            CMD_FLUSH => reply(&wr, cookie, 0, None).await?,
+            _ => reply(&wr, cookie, EINVAL, None).await?,
+        }
+    }
+}
+
+/// `len` bytes of the object from `offset`, read from the store in one ranged read.
+async fn fetch(object: &Object, offset: u64, len: u32) -> Result<Bytes, StorageError> {
+    let range = ByteRange {
+        start: offset,
+        end: offset + len as u64 - 1,
+    };
+    let mut body = object
+        .store
+        .get(&object.bucket, &object.key, Some(range))
+        .await?;
+    let mut buf = BytesMut::with_capacity(len as usize);
+    while let Some(chunk) = body.next().await {
+        buf.extend_from_slice(&chunk?);
+        if buf.len() > len as usize {
+            break;
+        }
+    }
+    if buf.len() != len as usize {
+        return Err(StorageError::Io(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("a ranged read gave {} bytes, {len} asked", buf.len()),
+        )));
+    }
+    Ok(buf.freeze())
+}
+
+/// One simple reply (header, then the data of a successful read).
+async fn reply(
+    wr: &Mutex<OwnedWriteHalf>,
+    cookie: u64,
+    error: u32,
+    data: Option<&[u8]>,
+) -> io::Result<()> {
+    let mut head = BytesMut::with_capacity(16);
+    head.put_u32(SIMPLE_REPLY_MAGIC);
+    head.put_u32(error);
+    head.put_u64(cookie);
+    let mut wr = wr.lock().await;
+    wr.write_all(&head).await?;
+    if let Some(data) = data {
+        wr.write_all(data).await?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::info_requests;
+
+    #[test]
+    fn info_requests_are_parsed_strictly() {
+        // name "ab", two requests: NBD_INFO_NAME (1) and NBD_INFO_BLOCK_SIZE (3).
+        let go = [0, 0, 0, 2, b'a', b'b', 0, 2, 0, 1, 0, 3];
+        assert_eq!(info_requests(&go), Some(true));
+        let no_block_size = [0, 0, 0, 0, 0, 1, 0, 1];
+        assert_eq!(info_requests(&no_block_size), Some(false));
+        assert_eq!(info_requests(&[0, 0, 0, 9, b'a']), None);
+        assert_eq!(info_requests(&[0, 0, 0, 0, 0, 2, 0, 1]), None);
+        assert_eq!(info_requests(&[0xff, 0xff, 0xff, 0xff]), None);
+        assert_eq!(info_requests(&[]), None);
+    }
+}
