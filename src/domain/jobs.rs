@@ -7,15 +7,25 @@ use super::{now_secs, Error, Result, Service};
 use crate::{
     db,
     domain::texts,
-    imageops::{qcow2::HEAD_BYTES, CheckReport, CheckStatus, CompressStatus, Declared, Image},
+    imageops::{
+        qcow2::HEAD_BYTES, CheckReport, CheckStatus, CompressFailure, CompressStatus, Declared,
+        Image,
+    },
     metrics::{ImageRead, SlimOutcome},
     storage::{nbd, ByteRange},
 };
 use entity::{
-    job,
+    image, job,
     status::{JobKind, JobState, SlimStatus},
 };
-use std::{path::PathBuf, time::Duration};
+use std::{
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
 use tokio_util::sync::CancellationToken;
 
 const MAX_ATTEMPTS: i32 = 5;
@@ -27,6 +37,22 @@ enum Step {
     WaitSecs(i64),
 }
 const IDLE_POLL: Duration = Duration::from_millis(500);
+
+/// How far a running job got, 0.0..=1.0, shared between the job and its lease renewals, which
+/// write it to the job's row (`jobs.progress`).
+#[derive(Clone, Default)]
+struct JobProgress(Arc<AtomicU64>);
+
+impl JobProgress {
+    fn set(&self, fraction: f64) {
+        self.0
+            .store(fraction.clamp(0.0, 1.0).to_bits(), Ordering::Relaxed);
+    }
+
+    fn get(&self) -> f64 {
+        f64::from_bits(self.0.load(Ordering::Relaxed))
+    }
+}
 
 impl Service {
     /// Runs `FS_JOB_CONCURRENCY` workers until `token` is cancelled, then hands back the jobs
@@ -73,9 +99,10 @@ impl Service {
             tracing::info!(job.id = %job.id, job.kind = %job.kind, image.id = %job.image_id, attempt = job.attempts, "job started");
             // The job runs while its lease is renewed; losing the lease (the job was cancelled,
             // or taken over) or shutting down stops it.
+            let progress = JobProgress::default();
             let outcome = tokio::select! {
-                r = isolated(self.run_job(&job)) => Some(r),
-                _ = self.keep_lease(&job, &owner) => None,
+                r = isolated(self.run_job(&job, &progress)) => Some(r),
+                _ = self.keep_lease(&job, &owner, progress.clone()) => None,
                 _ = token.cancelled() => None,
             };
             let now = now_secs();
@@ -141,7 +168,7 @@ impl Service {
     /// Renews the lease until it is lost; returns then. The renewals run on a task of their
     /// own: a job that streams bytes already read ahead rarely yields, and renewals polled in
     /// its task were starved past the lease (the job was then taken over again and again).
-    async fn keep_lease(&self, job: &job::Model, owner: &str) {
+    async fn keep_lease(&self, job: &job::Model, owner: &str, progress: JobProgress) {
         let lease = self.cfg.job_lease_secs as i64;
         let every = Duration::from_secs((lease as u64 / 3).max(1));
         let (db, id, owner) = (self.db.clone(), job.id.clone(), owner.to_string());
@@ -149,7 +176,8 @@ impl Service {
             loop {
                 tokio::time::sleep(every).await;
                 let now = now_secs();
-                match db::jobs::heartbeat(&db, &id, &owner, now + lease, 0.0, now).await {
+                let done = progress.get();
+                match db::jobs::heartbeat(&db, &id, &owner, now + lease, done, now).await {
                     Ok(true) => {}
                     Ok(false) => return,
                     Err(e) => tracing::warn!(job.id = %id, error = %e, "renewing a lease failed"),
@@ -159,70 +187,33 @@ impl Service {
         let _ = tokio_util::task::AbortOnDropHandle::new(renewals).await;
     }
 
-    async fn run_job(&self, job: &job::Model) -> Result<Step> {
+    async fn run_job(&self, job: &job::Model, progress: &JobProgress) -> Result<Step> {
         match job.kind {
             JobKind::Check => self.run_check(&job.image_id).await.map(|()| Step::Done),
-            JobKind::Slim => self.run_slim(&job.image_id).await,
+            JobKind::Slim => self.run_slim(&job.image_id, progress).await,
         }
     }
 
     /// Slims a qcow2: compressed copy, checked, stored under its own key; only a consistent
     /// result is served from then on. Waits for the image's check first.
-    async fn run_slim(&self, image_id: &str) -> Result<Step> {
+    async fn run_slim(&self, image_id: &str, job_progress: &JobProgress) -> Result<Step> {
         let Some(img) = db::images::find(&self.db, image_id).await? else {
             return Ok(Step::Done);
         };
-        if img.slim_status != SlimStatus::Slimming {
-            return Ok(Step::Done);
-        }
-        match img.check_status {
-            CheckStatus::InProgress => return Ok(Step::WaitSecs(1)),
-            CheckStatus::NotCheckedType => {
-                db::images::refuse_slim(&self.db, image_id, texts::SLIM_UNSUPPORTED, now_secs())
-                    .await?;
-                self.metrics.image_slimmed(SlimOutcome::Unsupported);
-                return Ok(Step::Done);
-            }
-            _ => {}
-        }
-        if let Some(refusal) = super::images::slim_refusal(&img) {
-            tracing::info!(image.id = %image_id, %refusal, "slim refused after the check");
-            return self.refuse_slim(image_id, &refusal).await;
-        }
-        // Only the output takes scratch space: the input is read where it is stored.
-        if free_bytes(&self.cfg.scratch_dir)? < img.size_bytes as u64 + (64 << 20) {
-            let msg = "not enough scratch space to slim the image";
-            db::images::slim_failed(&self.db, image_id, CompressStatus::NoSpace, msg, now_secs())
-                .await?;
-            self.metrics.image_slimmed(SlimOutcome::NoSpace);
-            return Ok(Step::Done);
+        if let Some(step) = self.slim_not_now(&img).await? {
+            return Ok(step);
         }
         let (_, output) = self.scratch_file_with(".qcow2").await?;
-        // Progress goes to the record about once a second.
-        let (tx, mut rx) = tokio::sync::watch::channel(0.0f64);
-        let report_progress = async {
-            while rx.changed().await.is_ok() {
-                let p = *rx.borrow_and_update();
-                let _ = db::images::set_compress_rate(&self.db, image_id, p, now_secs()).await;
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-            std::future::pending::<()>().await
-        };
-        let progress = Box::new(move |p| {
-            let _ = tx.send(p);
-        });
-        // The input is compressed while its bytes are hashed: both read the stored object.
-        let (imageops, out) = (self.imageops.clone(), output.to_path_buf());
-        let compress =
-            |input: Image| async move { imageops.compress(&input, &out, progress).await };
-        let (compressed, digests) = tokio::select! {
-            r = self.on_image(&img.bucket, &img.object_key, img.size_bytes as u64, ".qcow2", compress) => r?,
-            _ = report_progress => unreachable!("progress reporting never ends by itself"),
-        };
         // Bytes that changed since they were recorded are never made the new reference.
         let expected = (&img.original_md5, &img.original_sha256);
+        let (compressed, digests) = self
+            .compress_original(&img, &output, job_progress, to_verify(expected))
+            .await?;
         if let Some(msg) = changed_since_recorded(expected, &digests) {
             tracing::warn!(image.id = %image_id, %msg, "slim refused: stored bytes changed");
+            let digests = self
+                .digests_of_changed(&img.bucket, &img.object_key, digests)
+                .await?;
             let md5 = digests.md5_hex().unwrap_or_default();
             let sha256 = digests.sha256_hex().unwrap_or_default();
             let found = db::images::CheckHashes {
@@ -241,6 +232,85 @@ impl Service {
                 .image_slimmed(SlimOutcome::from_compress_status(f.status));
             return Ok(Step::Done);
         }
+        self.keep_slimmed(&img, &output).await
+    }
+
+    /// Why a slim cannot run now: the image is gone or no longer slimming (done), its check
+    /// is still running (later), its check refuses it or scratch cannot hold the result (the
+    /// slim ends, recorded on the image). `None` when it can run.
+    async fn slim_not_now(&self, img: &image::Model) -> Result<Option<Step>> {
+        let image_id = img.id.as_str();
+        if img.slim_status != SlimStatus::Slimming {
+            return Ok(Some(Step::Done));
+        }
+        match img.check_status {
+            CheckStatus::InProgress => return Ok(Some(Step::WaitSecs(1))),
+            CheckStatus::NotCheckedType => {
+                db::images::refuse_slim(&self.db, image_id, texts::SLIM_UNSUPPORTED, now_secs())
+                    .await?;
+                self.metrics.image_slimmed(SlimOutcome::Unsupported);
+                return Ok(Some(Step::Done));
+            }
+            _ => {}
+        }
+        if let Some(refusal) = super::images::slim_refusal(img) {
+            tracing::info!(image.id = %image_id, %refusal, "slim refused after the check");
+            return self.refuse_slim(image_id, &refusal).await.map(Some);
+        }
+        // Only the output takes scratch space: the input is read where it is stored.
+        if free_bytes(&self.cfg.scratch_dir)? < img.size_bytes as u64 + (64 << 20) {
+            let msg = "not enough scratch space to slim the image";
+            db::images::slim_failed(&self.db, image_id, CompressStatus::NoSpace, msg, now_secs())
+                .await?;
+            self.metrics.image_slimmed(SlimOutcome::NoSpace);
+            return Ok(Some(Step::Done));
+        }
+        Ok(None)
+    }
+
+    /// Compresses the stored original into `output` while its bytes are hashed (both read the
+    /// stored object); progress goes to the job and, about once a second, to the image's
+    /// `compressRate`.
+    async fn compress_original(
+        &self,
+        img: &image::Model,
+        output: &std::path::Path,
+        job_progress: &JobProgress,
+        wanted: Wanted,
+    ) -> Result<(Result<(), CompressFailure>, Digests)> {
+        let (tx, mut rx) = tokio::sync::watch::channel(0.0f64);
+        let report_progress = async {
+            while rx.changed().await.is_ok() {
+                let p = *rx.borrow_and_update();
+                let now = now_secs();
+                let _ = db::images::set_compress_rate(&self.db, &img.id, p, now).await;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            std::future::pending::<()>().await
+        };
+        let job_progress = job_progress.clone();
+        let progress = Box::new(move |p| {
+            job_progress.set(p);
+            let _ = tx.send(p);
+        });
+        let (imageops, out) = (self.imageops.clone(), output.to_path_buf());
+        let compress =
+            |input: Image| async move { imageops.compress(&input, &out, progress).await };
+        let object = (
+            img.bucket.as_str(),
+            img.object_key.as_str(),
+            img.size_bytes as u64,
+        );
+        tokio::select! {
+            r = self.on_image(object, ".qcow2", wanted, compress) => r,
+            _ = report_progress => unreachable!("progress reporting never ends by itself"),
+        }
+    }
+
+    /// Checks the compressed `output` and, when consistent, stores it beside the original
+    /// (hashed while it is stored: one read) and records it; only then is it served.
+    async fn keep_slimmed(&self, img: &image::Model, output: &std::path::Path) -> Result<Step> {
+        let image_id = img.id.as_str();
         let report = self
             .imageops
             .check(&Image::File(output.to_path_buf()), Declared::Qcow2)
@@ -253,9 +323,8 @@ impl Service {
             return Ok(Step::Done);
         }
         let key = format!("{}.slim", img.object_key);
-        // The output is hashed while it is stored: one read of it.
         let meter = super::meter::Meter::hashing(Wanted::IMAGE);
-        let file = std::fs::File::open(&output)?;
+        let file = std::fs::File::open(output)?;
         let len = file.metadata()?.len();
         let body = meter.wrap(crate::storage::fileio::read_stream(file, 0, len), u64::MAX);
         let class = self
@@ -344,8 +413,14 @@ impl Service {
             Declared::from_file_name(&img.file_name),
         );
         let check = |image: Image| async move { imageops.check(&image, declared).await };
+        let suffix = extension(&img.file_name);
         let checked = self
-            .on_image(&img.bucket, &key, size, &extension(&img.file_name), check)
+            .on_image(
+                (&img.bucket, &key, size),
+                &suffix,
+                to_verify(expected),
+                check,
+            )
             .await;
         let (mut report, digests) = match checked {
             Err(e) if object_missing(&e) => {
@@ -366,9 +441,21 @@ impl Service {
             }
             other => other?,
         };
-        let md5 = digests.md5_hex().unwrap_or_default();
-        let sha256 = digests.sha256_hex().unwrap_or_default();
-        if let Some(msg) = changed_since_recorded(expected, &digests) {
+        let changed = changed_since_recorded(expected, &digests);
+        let digests = match changed {
+            Some(_) => self.digests_of_changed(&img.bucket, &key, digests).await?,
+            None => digests,
+        };
+        // Unchanged bytes have the recorded digests, computed or not.
+        let md5 = digests
+            .md5_hex()
+            .or_else(|| expected.0.clone())
+            .unwrap_or_default();
+        let sha256 = digests
+            .sha256_hex()
+            .or_else(|| expected.1.clone())
+            .unwrap_or_default();
+        if let Some(msg) = changed {
             tracing::warn!(image.id = %image_id, %msg, "stored bytes changed since they were recorded");
             report.status = CheckStatus::Corrupted;
             report.msg = msg;
@@ -385,8 +472,8 @@ impl Service {
         Ok(())
     }
 
-    /// Runs `op` on the object's bytes as qemu-img reads them while their digests (MD5 and
-    /// SHA-256) are computed in one more read of the object, at the same time: qemu-img reads
+    /// Runs `op` on the object's bytes as qemu-img reads them while their `wanted` digests are
+    /// computed in one more read of the object, at the same time: qemu-img reads
     /// the store's own file when it has one, else a read-only NBD export of the object
     /// (`storage::nbd`: ranged reads, no copy). Only a sidecar imageops, which sees nothing
     /// but the shared scratch directory, gets a scratch copy (hashed while it is written,
@@ -396,20 +483,20 @@ impl Service {
     /// no scratch space.
     async fn on_image<T, F, Fut>(
         &self,
-        bucket: &str,
-        key: &str,
-        size: u64,
+        object: (&str, &str, u64),
         suffix: &str,
+        wanted: Wanted,
         op: F,
     ) -> Result<(T, Digests)>
     where
         F: FnOnce(Image) -> Fut,
         Fut: std::future::Future<Output = T>,
     {
+        let (bucket, key, size) = object;
         if !self.imageops.shares_files() {
             if let Some(path) = self.store.local_path(bucket, key) {
                 self.metrics.image_read(ImageRead::File);
-                let digests = self.object_digests(bucket, key, Wanted::IMAGE);
+                let digests = self.object_digests(bucket, key, wanted);
                 let (out, digests) = tokio::join!(op(Image::File(path)), digests);
                 return Ok((out, digests?));
             }
@@ -426,7 +513,7 @@ impl Service {
                     head,
                 };
                 self.metrics.image_read(ImageRead::Nbd);
-                let digests = self.object_digests(bucket, key, Wanted::IMAGE);
+                let digests = self.object_digests(bucket, key, wanted);
                 let (out, digests) = tokio::join!(op(image), digests);
                 let (digests, failed) = (digests?, export.failed_reads());
                 if failed > 0 {
@@ -439,8 +526,17 @@ impl Service {
             }
         }
         self.metrics.image_read(ImageRead::Copy);
-        let (path, _copy, digests) = self.scratch_copy(bucket, key, size, suffix).await?;
+        let (path, _copy, digests) = self.scratch_copy(bucket, key, size, suffix, wanted).await?;
         Ok((op(Image::File(path)).await, digests))
+    }
+
+    /// Both digests of bytes found changed, for the record: those computed when they are both
+    /// there, else one more read of the object.
+    async fn digests_of_changed(&self, bucket: &str, key: &str, found: Digests) -> Result<Digests> {
+        if found.md5.is_some() && found.sha256.is_some() {
+            return Ok(found);
+        }
+        self.object_digests(bucket, key, Wanted::IMAGE).await
     }
 
     /// The object's first bytes (at most [`HEAD_BYTES`]), for the header checks made before
@@ -472,6 +568,7 @@ impl Service {
         key: &str,
         size: u64,
         suffix: &str,
+        wanted: Wanted,
     ) -> Result<(PathBuf, tempfile::TempPath, Digests)> {
         let free = free_bytes(&self.cfg.scratch_dir)?;
         if free < size + (64 << 20) {
@@ -483,7 +580,7 @@ impl Service {
         let (file, path) = self.scratch_file_with(suffix).await?;
         let mut sink = crate::storage::fileio::FileSink::new(file.into_std().await);
         let mut body = self.store.get(bucket, key, None).await?;
-        let mut hasher = Hasher::new(Wanted::IMAGE);
+        let mut hasher = Hasher::new(wanted);
         use futures::StreamExt;
         while let Some(chunk) = body.next().await {
             let chunk = chunk?;
@@ -503,6 +600,21 @@ fn object_missing(e: &Error) -> bool {
             io.kind() == std::io::ErrorKind::NotFound
         }
         _ => false,
+    }
+}
+
+/// The digests a job computes to verify stored bytes against those `recorded` (MD5, SHA-256,
+/// lower-case hex): SHA-256 alone when both were recorded (bytes with the recorded SHA-256 are
+/// the recorded bytes, so their MD5 is the recorded one, and SHA-256 runs at several times
+/// MD5's speed on CPUs with SHA extensions); both when either is missing (a merged image's
+/// first check records them).
+fn to_verify(recorded: (&Option<String>, &Option<String>)) -> Wanted {
+    match recorded {
+        (Some(_), Some(_)) => Wanted {
+            sha256: true,
+            ..Wanted::default()
+        },
+        _ => Wanted::IMAGE,
     }
 }
 

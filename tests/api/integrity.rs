@@ -735,6 +735,7 @@ async fn rechecks_find_corruption(b: Backend) {
     let mut bytes = std::fs::read(&img).unwrap();
     let last = bytes.len() - 1;
     bytes[last] ^= 0xff;
+    let changed_md5 = md5_hex(&bytes);
     overwrite(&app, &format!("images/{id}"), bytes).await;
     assert_eq!(check(id.clone()).await.status(), 200);
     let v = wait_checked(&app, &id).await;
@@ -744,6 +745,9 @@ async fn rechecks_find_corruption(b: Backend) {
         st["msg"].as_str().unwrap().contains("no longer match"),
         "{v}"
     );
+    // The verdict carries the MD5 of the bytes found (a check verifies with SHA-256 alone
+    // when both digests are recorded, and hashes changed bytes again for the record).
+    assert_eq!(st["checkInfo"]["checksum"], changed_md5.as_str(), "{v}");
     // A slim re-hashes its input: bytes changed since the (consistent) check are refused,
     // never made the new reference.
     let img2 = make_qcow2(app.dir.path(), "d.qcow2", 16, 2);

@@ -73,6 +73,25 @@ async fn concurrent_claims_take_each_job_once(b: Backend) {
             .await
             .unwrap()
     );
+    // Renewals by the holder extend its lease and write its progress; the old owner's change
+    // nothing.
+    assert!(
+        jobs::heartbeat(&conn, &again.id, "late", now + 200, 0.25, now + 61)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !jobs::heartbeat(&conn, &again.id, &old_owner, now + 300, 0.9, now + 61)
+            .await
+            .unwrap()
+    );
+    use sea_orm::EntityTrait;
+    let row = entity::job::Entity::find_by_id(again.id.clone())
+        .one(&conn)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((row.progress, row.lease_until), (0.25, Some(now + 200)));
     assert!(
         jobs::finish(&conn, &again.id, "late", JobState::Done, None, now + 62)
             .await
