@@ -4,8 +4,8 @@ use crate::helpers::*;
 use std::path::{Path, PathBuf};
 
 /// Polls an image until its check is no longer in progress. The bound is generous: on S3 a
-/// check of a few hundred MiB copies and hashes them first, which a loaded test run (two
-/// cores, every backend at once) slows by minutes.
+/// check of a few hundred MiB reads and hashes them through ranged GETs, which a loaded test
+/// run (two cores, every backend at once) slows by minutes.
 pub async fn wait_checked(app: &TestApp, id: &str) -> serde_json::Value {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
     loop {

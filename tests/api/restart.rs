@@ -48,8 +48,8 @@ async fn sigkill_during_a_slim_then_restart(b: Backend) {
     // Kill it while the slim job runs: checked, and the slim job claimed by a worker.
     use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
     let db = file_system::db::connect(&app.database_url).await.unwrap();
-    // Generous: on S3 the check before the slim copies and hashes 600 MiB, minutes under a
-    // loaded test run.
+    // Generous: on S3 the check before the slim reads and hashes 600 MiB from the store,
+    // minutes under a loaded test run.
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
         let v: serde_json::Value = app
@@ -78,8 +78,8 @@ async fn sigkill_during_a_slim_then_restart(b: Backend) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     // qemu-img is converting this test's image when the server dies ...
-    // (On S3 the slim first copies and hashes 600 MiB from the store: under a loaded test run
-    // that alone can take half a minute.)
+    // (On S3 the slim reads 600 MiB from the store twice at once, through the NBD export and
+    // for its hash: under a loaded test run that can take half a minute.)
     let marker = app.dir.path().to_str().unwrap().to_string();
     let deadline = Instant::now() + Duration::from_secs(300);
     while qemu_img_processes(&marker).is_empty() {
