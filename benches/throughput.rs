@@ -1,12 +1,18 @@
 //! `cargo bench --bench throughput`: runs the real server binary and measures, in one run,
-//! upload and download throughput against a plain file copy of the same bytes on the same disk,
-//! and the server's peak RSS during each operation. Prints a table; asserts nothing.
+//! upload throughput against nginx's WebDAV PUT of the same bytes on the same disk (with
+//! `dd conv=fsync` beside it), download throughput against a plain file copy, check and slim
+//! against `md5sum` and a bare `qemu-img convert`, and the server's peak RSS during each
+//! operation. Prints a table; asserts nothing.
 //!
 //! Sizes (MiB) come from `FS_BENCH_SIZES_MIB` (default `512,2048`); the work directory from
 //! `FS_BENCH_DIR` (default: the system temp directory). With `FS_BENCH_FSCTL` naming an fsctl
 //! binary (scripts/bench builds one), a client table compares `fsctl upload --parallel 4` and
 //! `--parallel 1` with one `curl -F` POST of the same file (`FS_BENCH_CLIENT_MIB`, default 2048).
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use common::nginx::{Nginx, Site};
 use file_system::storage::fileio::{read_stream, FileSink};
 use futures::StreamExt;
 use std::{
@@ -421,8 +427,26 @@ async fn local_rows(dir: &Path, sizes: &[u64]) -> (u64, Vec<Row>) {
         let base_sync = median3(|| copy_file(&src, &dst, true));
         let base_read = median3(|| read_file(&src));
 
+        let (webdav, dd) = plain_uploads(&srv, &client, dir, &src, size).await;
+        for (op, secs, note) in [
+            (
+                "nginx WebDAV PUT",
+                webdav,
+                "the baseline of the uploads (not synced)",
+            ),
+            ("dd bs=1M conv=fsync", dd, "vs nginx WebDAV PUT"),
+        ] {
+            rows.push(Row {
+                op: op.into(),
+                mib,
+                secs,
+                base_secs: webdav,
+                peak: 0,
+                note: note.into(),
+            });
+        }
         let (upload_rows, ids) =
-            upload_rows(&srv, &client, &src, mib, base_sync, "vs copy+fsync").await;
+            upload_rows(&srv, &client, &src, mib, webdav, "vs nginx WebDAV PUT").await;
         rows.extend(upload_rows);
         let id = ids[0].clone();
 
@@ -710,6 +734,60 @@ async fn s3_rows(dir: &Path, sizes: &[u64], endpoint: &str) -> Vec<Row> {
     rows
 }
 
+/// The upload baselines on the same disk, each the median of 3 runs: nginx's WebDAV PUT of
+/// the same bytes through the same HTTP client (nginx writes the body to a temporary file and
+/// renames it into place, never syncing), and `dd bs=1M conv=fsync` (the bytes durable).
+async fn plain_uploads(
+    srv: &Server,
+    client: &reqwest::Client,
+    dir: &Path,
+    src: &Path,
+    size: u64,
+) -> (f64, f64) {
+    let nginx = Nginx::start(Some(dir), |d| {
+        std::fs::create_dir_all(d.join("dav")).unwrap();
+        Site {
+            http: String::new(),
+            server: format!(
+                "        client_max_body_size 0;
+        location /dav/ {{
+            root {};
+            dav_methods PUT;
+        }}",
+                d.display()
+            ),
+        }
+    })
+    .await;
+    let url = format!("{}/dav/bench.img", nginx.base);
+    let (webdav, _) = measure(srv, || async {
+        let file = std::fs::File::open(src).unwrap();
+        let body = reqwest::Body::wrap_stream(read_stream(file, 0, size));
+        let r = client
+            .put(&url)
+            .header(reqwest::header::CONTENT_LENGTH, size)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "WebDAV PUT: {}", r.status());
+    })
+    .await;
+    let dst = dir.join("dd.bin");
+    let (input, output) = (
+        format!("if={}", src.display()),
+        format!("of={}", dst.display()),
+    );
+    let dd = median3(|| {
+        timed(
+            "dd",
+            &[&input, &output, "bs=1M", "conv=fsync", "status=none"],
+        )
+    });
+    std::fs::remove_file(&dst).unwrap();
+    (webdav, dd)
+}
+
 /// A single upload and a chunked upload (50 MiB chunks + merge) of `src`, each measured three
 /// times: their rows, and the ids of every image made.
 async fn upload_rows(
@@ -750,9 +828,9 @@ async fn upload_rows(
         op: "upload (50 MiB chunks + merge)".into(),
         mib,
         secs,
-        base_secs,
+        base_secs: single.secs,
         peak,
-        note: format!("merge {:.3} s", merges[1]),
+        note: format!("vs the single POST; merge {:.3} s", merges[1]),
     };
     (vec![single, chunked_row], ids.into_inner().unwrap())
 }

@@ -11,7 +11,11 @@ use crate::{
     auth::{jwt::JwtKey, AuthSettings, JwtSettings, Secret},
     storage::{s3::S3Checksum, S3Settings},
 };
-use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf};
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
 
 /// One storage tier: where images of a priority live.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -126,160 +130,155 @@ impl Config {
         use settings::{
             bytes, bytes_up_to, choice, number, number_in, secs, secs_from, socket_addr,
         };
-        // S3's largest part (and so the largest part size that makes sense anywhere).
-        const MAX_PART: u64 = 5 << 30;
-        let listen = r.get("FS_LISTEN", default_addr(9500), socket_addr);
-        let storage = r.get(
-            "FS_STORAGE",
-            StorageKind::Local,
-            choice(&[("local", StorageKind::Local), ("s3", StorageKind::S3)]),
-        );
         let data_dir = r.path("FS_DATA_DIR", "./data");
-        let local_dir = r.path("FS_LOCAL_DIR", "./data/objects");
         let scratch_dir = r.path("FS_SCRATCH_DIR", "./data/scratch");
-        let tiers_spec = r.string("FS_TIERS").unwrap_or_else(|| "0=images".into());
-        let max_image_bytes = r.get("FS_MAX_IMAGE_BYTES", 500 << 30, bytes);
-        // Deflate cannot pass about 1032:1, so this refuses near-maximal deflate streams and
-        // the far higher ratios of bzip2, zstd or deflate64 bombs, while real disk images
-        // (sparse ones included) stay below it.
-        let zip_max_ratio = r.get("FS_ZIP_MAX_RATIO", 1000, number);
-        let upload_ttl_secs = r.get("FS_UPLOAD_TTL_SECS", 86_400, secs_from(1));
-        let cors = r.string("FS_CORS_ORIGINS");
-        let log_format = r.get(
-            "FS_LOG_FORMAT",
-            LogFormat::Text,
-            choice(&[("text", LogFormat::Text), ("json", LogFormat::Json)]),
-        );
-        let upload_concurrency: usize = r.get("FS_UPLOAD_CONCURRENCY", 64, number_in(1, 100_000));
-        let shutdown_grace_secs = r.get("FS_SHUTDOWN_GRACE_SECS", 30, secs);
-        let body_idle_timeout_secs = r.get("FS_BODY_IDLE_TIMEOUT_SECS", 60, secs_from(1));
-        let header_timeout_secs = r.get("FS_HEADER_TIMEOUT_SECS", 30, secs_from(1));
-        let drain_max_bytes = r.get("FS_DRAIN_MAX_BYTES", 256 << 20, bytes);
-        let drain_timeout_secs = r.get("FS_DRAIN_TIMEOUT_SECS", 30, secs);
-        let s3_endpoint = r.opt("FS_S3_ENDPOINT", settings::http_url);
-        let s3_region = r.string("FS_S3_REGION");
-        let s3_force_path_style = r.opt("FS_S3_FORCE_PATH_STYLE", settings::boolean);
-        let s3_min_part_bytes = r.get("FS_S3_MIN_PART_BYTES", 5 << 20, bytes_up_to(MAX_PART));
-        let s3_part_bytes = r.get("FS_S3_PART_BYTES", 8 << 20, bytes_up_to(MAX_PART));
-        let s3_upload_concurrency: usize = r.get("FS_S3_UPLOAD_CONCURRENCY", 4, number_in(1, 64));
-        let s3_readahead_bytes = r.get("FS_S3_READAHEAD_BYTES", 128 << 20, bytes);
-        let s3_key_prefix = r.string("FS_S3_KEY_PREFIX").unwrap_or_default();
-        let s3_checksum = r.get(
-            "FS_S3_CHECKSUM",
-            S3Checksum::default(),
-            choice(&[
-                ("crc32c", S3Checksum::Crc32c),
-                ("sha256", S3Checksum::Sha256),
-                ("off", S3Checksum::Off),
-            ]),
-        );
-        let job_concurrency = r.get("FS_JOB_CONCURRENCY", 2, number_in(0, 1024));
-        let job_lease_secs = r.get("FS_JOB_LEASE_SECS", 60, secs_from(3));
-        let job_retention_secs = r.get("FS_JOB_RETENTION_SECS", 7 * 24 * 3600, secs_from(1));
-        let check_timeout_secs = r.get("FS_CHECK_TIMEOUT_SECS", 1800, secs_from(1));
-        let slim_timeout_secs = r.get("FS_SLIM_TIMEOUT_SECS", 7200, secs_from(1));
-        let imageops_url = r.opt("FS_IMAGEOPS_URL", settings::http_url);
-        let imageops_listen = r.get("FS_IMAGEOPS_LISTEN", default_addr(5000), socket_addr);
-        let quota_bytes = r.get("FS_QUOTA_BYTES", 0, bytes_up_to(i64::MAX as u64));
-        let quota_images = r.get("FS_QUOTA_IMAGES", 0, number_in(0, i64::MAX as u64));
-        let database_url = match r.string("DATABASE_URL") {
-            Some(url) => url,
-            None => match r.string("POSTGRES_HOST") {
-                Some(host) => format!(
-                    "postgres://{}:{}@{}:{}/{}",
-                    pct(&r
-                        .string("POSTGRES_USERNAME")
-                        .unwrap_or_else(|| "postgres".into())),
-                    pct(&r.secret("POSTGRES_PASSWORD").unwrap_or_default()),
-                    host,
-                    r.get::<u16>("POSTGRES_PORT", 5432, number),
-                    r.string("POSTGRES_DB_NAME")
-                        .unwrap_or_else(|| "postgres".into())
-                ),
-                None => format!(
-                    "sqlite://{}?mode=rwc",
-                    data_dir.join("file-system.db").display()
-                ),
-            },
+        let mut warnings = vec![];
+        let mut config = Config {
+            listen: r.get("FS_LISTEN", default_addr(9500), socket_addr),
+            storage: r.get(
+                "FS_STORAGE",
+                StorageKind::Local,
+                choice(&[("local", StorageKind::Local), ("s3", StorageKind::S3)]),
+            ),
+            local_dir: r.path("FS_LOCAL_DIR", "./data/objects"),
+            s3: read_s3(&mut r, &scratch_dir),
+            database_url: read_database_url(&mut r, &data_dir),
+            scratch_dir,
+            // Parsed below, from FS_TIERS.
+            tiers: BTreeMap::new(),
+            max_image_bytes: r.get("FS_MAX_IMAGE_BYTES", 500 << 30, bytes),
+            // Deflate cannot pass about 1032:1, so this refuses near-maximal deflate streams
+            // and the far higher ratios of bzip2, zstd or deflate64 bombs, while real disk
+            // images (sparse ones included) stay below it.
+            zip_max_ratio: r.get("FS_ZIP_MAX_RATIO", 1000, number),
+            upload_ttl_secs: r.get("FS_UPLOAD_TTL_SECS", 86_400, secs_from(1)),
+            // Decided below, once authentication is known.
+            cors_origins: None,
+            log_format: r.get(
+                "FS_LOG_FORMAT",
+                LogFormat::Text,
+                choice(&[("text", LogFormat::Text), ("json", LogFormat::Json)]),
+            ),
+            upload_concurrency: r.get("FS_UPLOAD_CONCURRENCY", 64, number_in(1, 100_000)),
+            shutdown_grace_secs: r.get("FS_SHUTDOWN_GRACE_SECS", 30, secs),
+            body_idle_timeout_secs: r.get("FS_BODY_IDLE_TIMEOUT_SECS", 60, secs_from(1)),
+            header_timeout_secs: r.get("FS_HEADER_TIMEOUT_SECS", 30, secs_from(1)),
+            drain_max_bytes: r.get("FS_DRAIN_MAX_BYTES", 256 << 20, bytes),
+            drain_timeout_secs: r.get("FS_DRAIN_TIMEOUT_SECS", 30, secs),
+            job_concurrency: r.get("FS_JOB_CONCURRENCY", 2, number_in(0, 1024)),
+            job_lease_secs: r.get("FS_JOB_LEASE_SECS", 60, secs_from(3)),
+            job_retention_secs: r.get("FS_JOB_RETENTION_SECS", 7 * 24 * 3600, secs_from(1)),
+            check_timeout_secs: r.get("FS_CHECK_TIMEOUT_SECS", 1800, secs_from(1)),
+            slim_timeout_secs: r.get("FS_SLIM_TIMEOUT_SECS", 7200, secs_from(1)),
+            imageops_url: r.opt("FS_IMAGEOPS_URL", settings::http_url),
+            imageops_listen: r.get("FS_IMAGEOPS_LISTEN", default_addr(5000), socket_addr),
+            quota_bytes: r.get("FS_QUOTA_BYTES", 0, bytes_up_to(i64::MAX as u64)),
+            quota_images: r.get("FS_QUOTA_IMAGES", 0, number_in(0, i64::MAX as u64)),
+            auth: read_auth(&mut r, &mut warnings),
+            warnings: vec![],
         };
-        let scheme = database_url.split(':').next().unwrap_or("");
-        if !matches!(scheme, "sqlite" | "postgres" | "postgresql") {
-            // Named without its value, which may hold a password.
-            r.problem(
-                "DATABASE_URL is not valid: expected sqlite://PATH or \
-                 postgres://USER:PASSWORD@HOST:PORT/DATABASE",
-            );
-        }
-        if max_image_bytes == 0 {
+        config.warnings = warnings;
+        if config.max_image_bytes == 0 {
             r.problem("FS_MAX_IMAGE_BYTES must be more than 0 bytes");
         }
-        if s3_part_bytes < s3_min_part_bytes {
-            r.problem("FS_S3_PART_BYTES must be at least FS_S3_MIN_PART_BYTES");
+        let tiers_spec = r.string("FS_TIERS").unwrap_or_else(|| "0=images".into());
+        match parse_tiers(&tiers_spec) {
+            Ok(t) => config.tiers = t,
+            Err(e) => r.problem(&e.to_string()),
         }
-        let mut warnings = vec![];
-        let auth = read_auth(&mut r, &mut warnings);
-        let tiers = match parse_tiers(&tiers_spec) {
-            Ok(t) => t,
-            Err(e) => {
-                r.problem(&e.to_string());
-                BTreeMap::new()
-            }
-        };
+        let cors = r.string("FS_CORS_ORIGINS");
         r.finish()?;
-        let cors_origins = match cors.as_deref().map(str::trim) {
-            // With authentication on, browsers of other origins get nothing unless allowed.
-            None if auth.enabled() => Some(vec![]),
-            None | Some("*") => None,
-            Some(list) => Some(
-                list.split(',')
-                    .map(|s| s.trim().to_string())
-                    .filter(|s| !s.is_empty())
-                    .collect(),
+        config.cors_origins = cors_origins(cors.as_deref(), &config.auth);
+        Ok(config)
+    }
+}
+
+/// S3's largest part (and so the largest part size that makes sense anywhere), in bytes.
+const MAX_PART: u64 = 5 << 30;
+
+/// The `FS_S3_*` settings; `scratch_dir` is where parts are spooled.
+fn read_s3(r: &mut settings::Reader, scratch_dir: &Path) -> S3Settings {
+    use settings::{bytes, bytes_up_to, choice, number_in};
+    let endpoint = r.opt("FS_S3_ENDPOINT", settings::http_url);
+    let region = r.string("FS_S3_REGION");
+    let force_path_style = r.opt("FS_S3_FORCE_PATH_STYLE", settings::boolean);
+    let min_part_bytes = r.get("FS_S3_MIN_PART_BYTES", 5 << 20, bytes_up_to(MAX_PART));
+    let part_bytes = r.get("FS_S3_PART_BYTES", 8 << 20, bytes_up_to(MAX_PART));
+    let upload_concurrency: usize = r.get("FS_S3_UPLOAD_CONCURRENCY", 4, number_in(1, 64));
+    let readahead_bytes = r.get("FS_S3_READAHEAD_BYTES", 128 << 20, bytes);
+    let key_prefix = r.string("FS_S3_KEY_PREFIX").unwrap_or_default();
+    let checksum = r.get(
+        "FS_S3_CHECKSUM",
+        S3Checksum::default(),
+        choice(&[
+            ("crc32c", S3Checksum::Crc32c),
+            ("sha256", S3Checksum::Sha256),
+            ("off", S3Checksum::Off),
+        ]),
+    );
+    if part_bytes < min_part_bytes {
+        r.problem("FS_S3_PART_BYTES must be at least FS_S3_MIN_PART_BYTES");
+    }
+    S3Settings {
+        force_path_style: force_path_style.unwrap_or(endpoint.is_some()),
+        endpoint,
+        region,
+        min_part_bytes,
+        part_bytes,
+        upload_concurrency,
+        readahead_bytes,
+        key_prefix,
+        spool_dir: scratch_dir.to_path_buf(),
+        checksum,
+    }
+}
+
+/// `DATABASE_URL`, else one made of `POSTGRES_*` (the original's variables), else SQLite in
+/// `data_dir`.
+fn read_database_url(r: &mut settings::Reader, data_dir: &Path) -> String {
+    let url = match r.string("DATABASE_URL") {
+        Some(url) => url,
+        None => match r.string("POSTGRES_HOST") {
+            Some(host) => format!(
+                "postgres://{}:{}@{}:{}/{}",
+                pct(&r
+                    .string("POSTGRES_USERNAME")
+                    .unwrap_or_else(|| "postgres".into())),
+                pct(&r.secret("POSTGRES_PASSWORD").unwrap_or_default()),
+                host,
+                r.get::<u16>("POSTGRES_PORT", 5432, settings::number),
+                r.string("POSTGRES_DB_NAME")
+                    .unwrap_or_else(|| "postgres".into())
             ),
-        };
-        let s3 = S3Settings {
-            force_path_style: s3_force_path_style.unwrap_or(s3_endpoint.is_some()),
-            endpoint: s3_endpoint,
-            region: s3_region,
-            min_part_bytes: s3_min_part_bytes,
-            part_bytes: s3_part_bytes,
-            upload_concurrency: s3_upload_concurrency,
-            readahead_bytes: s3_readahead_bytes,
-            key_prefix: s3_key_prefix,
-            spool_dir: scratch_dir.clone(),
-            checksum: s3_checksum,
-        };
-        Ok(Config {
-            listen,
-            database_url,
-            storage,
-            local_dir,
-            scratch_dir,
-            tiers,
-            max_image_bytes,
-            zip_max_ratio,
-            upload_ttl_secs,
-            cors_origins,
-            log_format,
-            upload_concurrency,
-            shutdown_grace_secs,
-            body_idle_timeout_secs,
-            header_timeout_secs,
-            drain_max_bytes,
-            drain_timeout_secs,
-            s3,
-            job_concurrency,
-            job_lease_secs,
-            job_retention_secs,
-            check_timeout_secs,
-            slim_timeout_secs,
-            imageops_url,
-            imageops_listen,
-            auth,
-            warnings,
-            quota_bytes,
-            quota_images,
-        })
+            None => format!(
+                "sqlite://{}?mode=rwc",
+                data_dir.join("file-system.db").display()
+            ),
+        },
+    };
+    let scheme = url.split(':').next().unwrap_or("");
+    if !matches!(scheme, "sqlite" | "postgres" | "postgresql") {
+        // Named without its value, which may hold a password.
+        r.problem(
+            "DATABASE_URL is not valid: expected sqlite://PATH or \
+             postgres://USER:PASSWORD@HOST:PORT/DATABASE",
+        );
+    }
+    url
+}
+
+/// The origins `FS_CORS_ORIGINS` allows (`None`: any).
+fn cors_origins(setting: Option<&str>, auth: &AuthSettings) -> Option<Vec<String>> {
+    match setting.map(str::trim) {
+        // With authentication on, browsers of other origins get nothing unless allowed.
+        None if auth.enabled() => Some(vec![]),
+        None | Some("*") => None,
+        Some(list) => Some(
+            list.split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect(),
+        ),
     }
 }
 
@@ -287,8 +286,7 @@ impl Config {
 /// file set while their mode is off is ignored with a warning (a half-finished roll-out
 /// should not stop the service, but should not go unnoticed either).
 fn read_auth(r: &mut settings::Reader, warnings: &mut Vec<String>) -> AuthSettings {
-    use settings::secs;
-    let modes = r.get("FS_AUTH", (false, false), |v| {
+    let (token_on, jwt_on) = r.get("FS_AUTH", (false, false), |v| {
         let mut modes = (false, false);
         for m in v.split(',').map(|m| m.trim().to_ascii_lowercase()) {
             match m.as_str() {
@@ -300,9 +298,21 @@ fn read_auth(r: &mut settings::Reader, warnings: &mut Vec<String>) -> AuthSettin
         }
         Ok(modes)
     });
-    let (token_on, jwt_on) = modes;
-    let tokens_path = r.string("FS_AUTH_TOKENS_FILE").map(PathBuf::from);
-    let tokens_file = match (token_on, tokens_path) {
+    AuthSettings {
+        tokens_file: read_tokens_file(r, token_on, warnings),
+        jwt: read_jwt(r, jwt_on, warnings),
+        metrics_token: r.secret("FS_METRICS_TOKEN").map(Secret::new),
+        trusted_proxies: r.get("FS_TRUSTED_PROXIES", vec![], trusted_proxies),
+    }
+}
+
+/// `FS_AUTH_TOKENS_FILE`, loaded once to find its problems, when token mode is on.
+fn read_tokens_file(
+    r: &mut settings::Reader,
+    token_on: bool,
+    warnings: &mut Vec<String>,
+) -> Option<PathBuf> {
+    match (token_on, r.string("FS_AUTH_TOKENS_FILE").map(PathBuf::from)) {
         (true, None) => {
             r.problem(
                 "FS_AUTH=token needs FS_AUTH_TOKENS_FILE (lines `sha256:<hex> <userId> <role>`)",
@@ -322,7 +332,16 @@ fn read_auth(r: &mut settings::Reader, warnings: &mut Vec<String>) -> AuthSettin
             None
         }
         (false, None) => None,
-    };
+    }
+}
+
+/// The `FS_JWT_*` settings when JWT mode is on (`None` with a problem when they do not make
+/// a whole); with it off, a warning names those that are set.
+fn read_jwt(
+    r: &mut settings::Reader,
+    jwt_on: bool,
+    warnings: &mut Vec<String>,
+) -> Option<JwtSettings> {
     let secret = r.secret("FS_JWT_HS256_SECRET").map(Secret::new);
     let key_file = r.string("FS_JWT_PUBLIC_KEY_FILE").map(PathBuf::from);
     let issuer = r.string("FS_JWT_ISSUER");
@@ -330,50 +349,8 @@ fn read_auth(r: &mut settings::Reader, warnings: &mut Vec<String>) -> AuthSettin
     let user_claim = r.string("FS_JWT_USER_CLAIM");
     let admin_claim = r.string("FS_JWT_ADMIN_CLAIM");
     let admin_value = r.string("FS_JWT_ADMIN_VALUE");
-    let leeway_secs = r.get("FS_JWT_LEEWAY_SECS", 60, secs);
-    let jwt = if jwt_on {
-        let key = match (secret, key_file) {
-            (Some(_), Some(_)) => {
-                r.problem("FS_AUTH=jwt takes one key: FS_JWT_HS256_SECRET or FS_JWT_PUBLIC_KEY_FILE, not both");
-                None
-            }
-            (None, None) => {
-                r.problem("FS_AUTH=jwt needs a key: FS_JWT_HS256_SECRET or FS_JWT_PUBLIC_KEY_FILE (PEM, RSA or P-256)");
-                None
-            }
-            (Some(s), None) => {
-                if s.expose().len() < 32 {
-                    r.problem("FS_JWT_HS256_SECRET must be at least 32 bytes (RFC 7518 asks for at least 256 bits)");
-                }
-                Some(JwtKey::Hs256(s))
-            }
-            (None, Some(path)) => match JwtKey::from_pem_file(path.clone()) {
-                Ok(k) => Some(k),
-                Err(e) => {
-                    r.problem(&format!("FS_JWT_PUBLIC_KEY_FILE {}: {e}", path.display()));
-                    None
-                }
-            },
-        };
-        let admin = match (admin_claim, admin_value) {
-            (Some(c), Some(v)) => Some((c, v)),
-            (None, None) => None,
-            _ => {
-                r.problem(
-                    "FS_JWT_ADMIN_CLAIM and FS_JWT_ADMIN_VALUE go together: set both or neither",
-                );
-                None
-            }
-        };
-        key.map(|key| JwtSettings {
-            key,
-            issuer,
-            audience,
-            user_claim: user_claim.unwrap_or_else(|| "sub".into()),
-            admin,
-            leeway_secs,
-        })
-    } else {
+    let leeway_secs = r.get("FS_JWT_LEEWAY_SECS", 60, settings::secs);
+    if !jwt_on {
         let set: Vec<&str> = [
             ("FS_JWT_HS256_SECRET", secret.is_some()),
             ("FS_JWT_PUBLIC_KEY_FILE", key_file.is_some()),
@@ -392,28 +369,71 @@ fn read_auth(r: &mut settings::Reader, warnings: &mut Vec<String>) -> AuthSettin
                 set.join(", ")
             ));
         }
-        None
-    };
-    let metrics_token = r.secret("FS_METRICS_TOKEN").map(Secret::new);
-    let trusted_proxies = r.get("FS_TRUSTED_PROXIES", vec![], |v| {
-        v.split(',')
-            .map(str::trim)
-            .filter(|p| !p.is_empty())
-            .map(|p| {
-                p.parse::<ipnet::IpNet>()
-                    .or_else(|_| p.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
-                    .map_err(|_| {
-                        format!("a comma list of IP addresses or CIDRs (e.g. 10.0.0.0/8, 127.0.0.1); {p:?} is neither")
-                    })
-            })
-            .collect()
-    });
-    AuthSettings {
-        tokens_file,
-        jwt,
-        metrics_token,
-        trusted_proxies,
+        return None;
     }
+    let key = jwt_key(r, secret, key_file);
+    let admin = match (admin_claim, admin_value) {
+        (Some(c), Some(v)) => Some((c, v)),
+        (None, None) => None,
+        _ => {
+            r.problem("FS_JWT_ADMIN_CLAIM and FS_JWT_ADMIN_VALUE go together: set both or neither");
+            None
+        }
+    };
+    key.map(|key| JwtSettings {
+        key,
+        issuer,
+        audience,
+        user_claim: user_claim.unwrap_or_else(|| "sub".into()),
+        admin,
+        leeway_secs,
+    })
+}
+
+/// The one JWT key: an HS256 secret of at least 32 bytes or a PEM public key file.
+fn jwt_key(
+    r: &mut settings::Reader,
+    secret: Option<Secret>,
+    key_file: Option<PathBuf>,
+) -> Option<JwtKey> {
+    match (secret, key_file) {
+        (Some(_), Some(_)) => {
+            r.problem("FS_AUTH=jwt takes one key: FS_JWT_HS256_SECRET or FS_JWT_PUBLIC_KEY_FILE, not both");
+            None
+        }
+        (None, None) => {
+            r.problem("FS_AUTH=jwt needs a key: FS_JWT_HS256_SECRET or FS_JWT_PUBLIC_KEY_FILE (PEM, RSA or P-256)");
+            None
+        }
+        (Some(s), None) => {
+            if s.expose().len() < 32 {
+                r.problem("FS_JWT_HS256_SECRET must be at least 32 bytes (RFC 7518 asks for at least 256 bits)");
+            }
+            Some(JwtKey::Hs256(s))
+        }
+        (None, Some(path)) => match JwtKey::from_pem_file(path.clone()) {
+            Ok(k) => Some(k),
+            Err(e) => {
+                r.problem(&format!("FS_JWT_PUBLIC_KEY_FILE {}: {e}", path.display()));
+                None
+            }
+        },
+    }
+}
+
+/// `FS_TRUSTED_PROXIES`: a comma list of IP addresses and CIDRs.
+fn trusted_proxies(v: &str) -> Result<Vec<ipnet::IpNet>, String> {
+    v.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            p.parse::<ipnet::IpNet>()
+                .or_else(|_| p.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| {
+                    format!("a comma list of IP addresses or CIDRs (e.g. 10.0.0.0/8, 127.0.0.1); {p:?} is neither")
+                })
+        })
+        .collect()
 }
 
 /// A `.env` that cannot be read, named by line number and variable, never by its value

@@ -16,7 +16,7 @@ use prometheus_client::{
         histogram::{exponential_buckets, Histogram},
         info::Info,
     },
-    registry::Registry,
+    registry::{Metric, Registry},
 };
 use sea_orm::Iterable;
 use std::time::Duration;
@@ -179,6 +179,208 @@ impl SlimOutcome {
     }
 }
 
+/// Registers `metric` under `name` with its `help` text; returns it (a handle on the same
+/// values).
+fn registered<M: Metric + Clone>(r: &mut Registry, name: &str, help: &str, metric: M) -> M {
+    r.register(name, help, metric.clone());
+    metric
+}
+
+/// Every label value of a small, fixed set created at once, so the series never appear out of
+/// nothing (rate() needs their first sample).
+fn prime<L, M>(family: &Family<L, M>, labels: impl IntoIterator<Item = L>)
+where
+    L: Clone + std::hash::Hash + Eq,
+    M: Default,
+{
+    for l in labels {
+        let _ = family.get_or_create(&l);
+    }
+}
+
+type HttpMetrics = (
+    Family<RequestLabels, Counter>,
+    Family<RequestLabels, Histogram, Buckets>,
+    Counter,
+    Counter,
+);
+
+/// Requests by method, route and status; their durations; body bytes in and out.
+fn http_metrics(r: &mut Registry) -> HttpMetrics {
+    (
+        registered(
+            r,
+            "http_requests",
+            "HTTP requests answered, by method, route and status",
+            Family::default(),
+        ),
+        // 1 ms .. ~4.6 h: from a query to a multi-GiB transfer.
+        registered(
+            r,
+            "http_request_duration_seconds",
+            "Time from a request's arrival until its response body was sent (or dropped)",
+            Family::new_with_constructor(Buckets {
+                start: 0.001,
+                count: 12,
+            }),
+        ),
+        registered(
+            r,
+            "http_received_bytes",
+            "Request body bytes received",
+            Counter::default(),
+        ),
+        registered(
+            r,
+            "http_sent_bytes",
+            "Response body bytes sent",
+            Counter::default(),
+        ),
+    )
+}
+
+/// Object-store calls and their durations, by operation and outcome.
+fn store_metrics(
+    r: &mut Registry,
+) -> (
+    Family<StoreLabels, Counter>,
+    Family<StoreLabels, Histogram, Buckets>,
+) {
+    (
+        registered(
+            r,
+            "store_operations",
+            "Object-store calls, by operation and outcome",
+            Family::default(),
+        ),
+        // 1 ms .. ~4.6 h: a HEAD to the put of a whole image.
+        registered(
+            r,
+            "store_operation_duration_seconds",
+            "Time an object-store call took, by operation and outcome (for get: until the \
+             object's stream was open)",
+            Family::new_with_constructor(Buckets {
+                start: 0.001,
+                count: 12,
+            }),
+        ),
+    )
+}
+
+type JobMetrics = (
+    Family<JobStateLabels, Gauge>,
+    Family<JobLabels, Histogram, Buckets>,
+    Family<StatusLabels, Counter>,
+    Family<StatusLabels, Counter>,
+    Family<ReadLabels, Counter>,
+);
+
+/// Jobs by kind and state, their run times, checks and slims by outcome, image reads by way.
+fn job_metrics(r: &mut Registry) -> JobMetrics {
+    let jobs = registered(
+        r,
+        "jobs",
+        "Check and slim jobs by kind and state (all replicas)",
+        Family::default(),
+    );
+    // 10 ms .. ~11.6 h.
+    let job_seconds = registered(
+        r,
+        "job_duration_seconds",
+        "Time a worker of this replica spent on a job run, by kind and outcome",
+        Family::new_with_constructor(Buckets {
+            start: 0.01,
+            count: 12,
+        }),
+    );
+    let checks = registered(
+        r,
+        "image_checks",
+        "Image checks recorded, by check status",
+        Family::default(),
+    );
+    let slims = registered(
+        r,
+        "image_slims",
+        "Slim jobs ended, by outcome",
+        Family::default(),
+    );
+    let image_reads = registered(
+        r,
+        "image_reads",
+        "Stored images read by check and slim jobs, by how qemu-img read them (file: the \
+         store's own file; nbd: an NBD export of the object; copy: a scratch copy)",
+        Family::default(),
+    );
+    let status = |name: &str| StatusLabels {
+        status: name.into(),
+    };
+    prime(
+        &checks,
+        CheckStatus::iter().filter_map(check_label).map(status),
+    );
+    prime(&slims, SlimOutcome::ALL.map(|o| status(o.label())));
+    prime(
+        &image_reads,
+        ImageRead::ALL.map(|v| ReadLabels {
+            via: v.label().into(),
+        }),
+    );
+    (jobs, job_seconds, checks, slims, image_reads)
+}
+
+/// Open chunked uploads (all replicas) and this replica's upload lifecycle counters.
+fn upload_metrics(r: &mut Registry) -> (Gauge, UploadCounters) {
+    let open = registered(
+        r,
+        "upload_sessions_open",
+        "Chunked uploads opened and not yet merged or cancelled (all replicas)",
+        Gauge::default(),
+    );
+    let mut counter = |name: &str, help: &str| registered(r, name, help, Counter::default());
+    let sessions_opened = counter(
+        "upload_sessions_opened",
+        "Chunked uploads opened (first chunk of an identifier)",
+    );
+    let chunks_received = counter(
+        "upload_chunks_received",
+        "Chunks stored as parts of a chunked upload",
+    );
+    let sessions_cancelled = counter(
+        "upload_sessions_cancelled",
+        "Chunked uploads cancelled by a client (DELETE /images/upload)",
+    );
+    let sessions_expired = counter(
+        "upload_sessions_expired",
+        "Abandoned chunked uploads expired by the sweeper",
+    );
+    let images_uploaded = counter(
+        "image_uploads",
+        "Single-request image uploads (POST /images) stored and recorded",
+    );
+    let merges = registered(
+        r,
+        "upload_merges",
+        "Merges of chunked uploads, by outcome (completed, missing_chunks, failed)",
+        Family::default(),
+    );
+    prime(
+        &merges,
+        MergeOutcome::ALL.map(|o| OutcomeLabels {
+            outcome: o.label().into(),
+        }),
+    );
+    let counters = UploadCounters {
+        sessions_opened,
+        chunks_received,
+        merges,
+        sessions_cancelled,
+        sessions_expired,
+        images_uploaded,
+    };
+    (open, counters)
+}
+
 /// Chunked-upload lifecycle counters (this replica's).
 struct UploadCounters {
     sessions_opened: Counter,
@@ -228,13 +430,15 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Every metric registered (names prefixed `fs_`, beside the process metrics), each label
+    /// value of the small fixed sets present from the start.
     pub fn new() -> Self {
         let mut root = Registry::default();
         // The process metrics keep the names every Prometheus client library uses.
         #[cfg(target_os = "linux")]
         root.register_collector(Box::new(process::ProcessCollector));
-        let registry = root.sub_registry_with_prefix("fs");
-        registry.register(
+        let r = root.sub_registry_with_prefix("fs");
+        r.register(
             "build",
             "The version and git revision of this binary (value 1)",
             Info::new(vec![
@@ -242,154 +446,16 @@ impl Metrics {
                 ("revision".to_string(), env!("FS_GIT_REVISION").to_string()),
             ]),
         );
-        let requests = Family::<RequestLabels, Counter>::default();
-        registry.register(
-            "http_requests",
-            "HTTP requests answered, by method, route and status",
-            requests.clone(),
-        );
-        // 1 ms .. ~4.6 h: from a query to a multi-GiB transfer.
-        let request_seconds = Family::new_with_constructor(Buckets {
-            start: 0.001,
-            count: 12,
-        });
-        registry.register(
-            "http_request_duration_seconds",
-            "Time from a request's arrival until its response body was sent (or dropped)",
-            request_seconds.clone(),
-        );
-        let bytes_received = Counter::default();
-        registry.register(
-            "http_received_bytes",
-            "Request body bytes received",
-            bytes_received.clone(),
-        );
-        let bytes_sent = Counter::default();
-        registry.register(
-            "http_sent_bytes",
-            "Response body bytes sent",
-            bytes_sent.clone(),
-        );
-        let upload_sessions = Gauge::default();
-        registry.register(
-            "upload_sessions_open",
-            "Chunked uploads opened and not yet merged or cancelled (all replicas)",
-            upload_sessions.clone(),
-        );
-        let jobs = Family::<JobStateLabels, Gauge>::default();
-        registry.register(
-            "jobs",
-            "Check and slim jobs by kind and state (all replicas)",
-            jobs.clone(),
-        );
-        // 10 ms .. ~11.6 h.
-        let job_seconds = Family::new_with_constructor(Buckets {
-            start: 0.01,
-            count: 12,
-        });
-        registry.register(
-            "job_duration_seconds",
-            "Time a worker of this replica spent on a job run, by kind and outcome",
-            job_seconds.clone(),
-        );
-        let store_ops = Family::<StoreLabels, Counter>::default();
-        registry.register(
-            "store_operations",
-            "Object-store calls, by operation and outcome",
-            store_ops.clone(),
-        );
-        // 1 ms .. ~4.6 h: a HEAD to the put of a whole image.
-        let store_seconds = Family::new_with_constructor(Buckets {
-            start: 0.001,
-            count: 12,
-        });
-        registry.register(
-            "store_operation_duration_seconds",
-            "Time an object-store call took, by operation and outcome (for get: until the \
-             object's stream was open)",
-            store_seconds.clone(),
-        );
-        let uploads = UploadCounters {
-            sessions_opened: Counter::default(),
-            chunks_received: Counter::default(),
-            merges: Family::default(),
-            sessions_cancelled: Counter::default(),
-            sessions_expired: Counter::default(),
-            images_uploaded: Counter::default(),
-        };
-        registry.register(
-            "upload_sessions_opened",
-            "Chunked uploads opened (first chunk of an identifier)",
-            uploads.sessions_opened.clone(),
-        );
-        registry.register(
-            "upload_chunks_received",
-            "Chunks stored as parts of a chunked upload",
-            uploads.chunks_received.clone(),
-        );
-        registry.register(
-            "upload_merges",
-            "Merges of chunked uploads, by outcome (completed, missing_chunks, failed)",
-            uploads.merges.clone(),
-        );
-        registry.register(
-            "upload_sessions_cancelled",
-            "Chunked uploads cancelled by a client (DELETE /images/upload)",
-            uploads.sessions_cancelled.clone(),
-        );
-        registry.register(
-            "upload_sessions_expired",
-            "Abandoned chunked uploads expired by the sweeper",
-            uploads.sessions_expired.clone(),
-        );
-        registry.register(
-            "image_uploads",
-            "Single-request image uploads (POST /images) stored and recorded",
-            uploads.images_uploaded.clone(),
-        );
-        let checks = Family::<StatusLabels, Counter>::default();
-        registry.register(
-            "image_checks",
-            "Image checks recorded, by check status",
-            checks.clone(),
-        );
-        let slims = Family::<StatusLabels, Counter>::default();
-        registry.register("image_slims", "Slim jobs ended, by outcome", slims.clone());
-        let image_reads = Family::<ReadLabels, Counter>::default();
-        registry.register(
-            "image_reads",
-            "Stored images read by check and slim jobs, by how qemu-img read them (file: the \
-             store's own file; nbd: an NBD export of the object; copy: a scratch copy)",
-            image_reads.clone(),
-        );
-        for via in ImageRead::ALL {
-            let _ = image_reads.get_or_create(&ReadLabels {
-                via: via.label().into(),
-            });
-        }
-        let scratch_bytes = Gauge::default();
-        registry.register(
+        let (requests, request_seconds, bytes_received, bytes_sent) = http_metrics(r);
+        let (store_ops, store_seconds) = store_metrics(r);
+        let (jobs, job_seconds, checks, slims, image_reads) = job_metrics(r);
+        let (upload_sessions, uploads) = upload_metrics(r);
+        let scratch_bytes = registered(
+            r,
             "scratch_bytes",
             "Bytes of disk the files in this replica's scratch directory take",
-            scratch_bytes.clone(),
+            Gauge::default(),
         );
-        // Every label value of the small, fixed sets is there from the start, so the series
-        // never appear out of nothing (rate() needs their first sample).
-        for o in MergeOutcome::ALL {
-            let _ = uploads.merges.get_or_create(&OutcomeLabels {
-                outcome: o.label().into(),
-            });
-        }
-        for name in CheckStatus::iter().filter_map(check_label) {
-            let _ = checks.get_or_create(&StatusLabels {
-                status: name.into(),
-            });
-        }
-        for o in SlimOutcome::ALL {
-            let _ = slims.get_or_create(&StatusLabels {
-                status: o.label().into(),
-            });
-        }
         Metrics {
             registry: root,
             requests,

@@ -2,6 +2,7 @@
 //!
 //! The schema itself is owned by the `migration` crate; these types only mirror it.
 
+pub mod check;
 pub mod image;
 pub mod job;
 pub mod quota;

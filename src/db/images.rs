@@ -59,22 +59,17 @@ pub async fn delete(db: &impl ConnectionTrait, id: &str) -> Result<(), DbErr> {
 
 /// Marks a slim as requested when none is running or done; `false` when the state did not allow it.
 pub async fn request_slim(db: &impl ConnectionTrait, id: &str, now: i64) -> Result<bool, DbErr> {
-    let res = Images::update_many()
-        .col_expr(image::Column::SlimStatus, Expr::value(SlimStatus::Slimming))
-        .col_expr(
-            image::Column::CompressStatus,
-            Expr::value(CompressStatus::InProgress),
-        )
-        .col_expr(
-            image::Column::CompressMsg,
-            Expr::value("compress in progress"),
-        )
-        .col_expr(image::Column::CompressRate, Expr::value(0.0))
-        .col_expr(image::Column::UpdatedAt, Expr::value(now))
-        .filter(image::Column::Id.eq(id))
-        .filter(image::Column::SlimStatus.is_in([SlimStatus::NotSlimmed, SlimStatus::Failed]))
-        .exec(db)
-        .await?;
+    let res = slim_state(
+        Images::update_many(),
+        (SlimStatus::Slimming, CompressStatus::InProgress),
+        "compress in progress",
+        now,
+    )
+    .col_expr(image::Column::CompressRate, Expr::value(0.0))
+    .filter(image::Column::Id.eq(id))
+    .filter(image::Column::SlimStatus.is_in([SlimStatus::NotSlimmed, SlimStatus::Failed]))
+    .exec(db)
+    .await?;
     Ok(res.rows_affected == 1)
 }
 
@@ -93,7 +88,7 @@ pub async fn request_check(
         )
         .col_expr(
             image::Column::CheckResult,
-            Expr::value(crate::imageops::result::IN_PROGRESS),
+            Expr::value(entity::check::result::IN_PROGRESS),
         )
         .col_expr(image::Column::CheckMsg, Expr::value(in_progress_msg))
         .col_expr(image::Column::UpdatedAt, Expr::value(now))
@@ -111,18 +106,16 @@ pub async fn refuse_slim(
     msg: &str,
     now: i64,
 ) -> Result<(), DbErr> {
-    Images::update_many()
-        .col_expr(image::Column::SlimStatus, Expr::value(SlimStatus::Failed))
-        .col_expr(
-            image::Column::CompressStatus,
-            Expr::value(CompressStatus::Failed),
-        )
-        .col_expr(image::Column::CompressMsg, Expr::value(msg))
-        .col_expr(image::Column::UpdatedAt, Expr::value(now))
-        .filter(image::Column::Id.eq(id))
-        .exec(db)
-        .await
-        .map(|_| ())
+    slim_state(
+        Images::update_many(),
+        (SlimStatus::Failed, CompressStatus::Failed),
+        msg,
+        now,
+    )
+    .filter(image::Column::Id.eq(id))
+    .exec(db)
+    .await
+    .map(|_| ())
 }
 
 /// Stores a CRC-32 computed after the fact.
@@ -135,10 +128,23 @@ pub async fn set_crc32(db: &impl ConnectionTrait, id: &str, crc: u32) -> Result<
         .map(|_| ())
 }
 
+/// Sets a slim's state: `slimStatus`, `compressStatus` and `compressMsg` (and `updated_at`).
+fn slim_state(
+    q: sea_orm::UpdateMany<Images>,
+    (slim, compress): (SlimStatus, CompressStatus),
+    msg: impl Into<sea_orm::Value>,
+    now: i64,
+) -> sea_orm::UpdateMany<Images> {
+    q.col_expr(image::Column::SlimStatus, Expr::value(slim))
+        .col_expr(image::Column::CompressStatus, Expr::value(compress))
+        .col_expr(image::Column::CompressMsg, Expr::value(msg))
+        .col_expr(image::Column::UpdatedAt, Expr::value(now))
+}
+
 /// Sets the columns that describe a check report, but for its message (callers differ there).
 fn with_report(
     q: sea_orm::UpdateMany<Images>,
-    r: &crate::imageops::CheckReport,
+    r: &entity::check::CheckReport,
 ) -> sea_orm::UpdateMany<Images> {
     q.col_expr(image::Column::CheckStatus, Expr::value(r.status))
         .col_expr(image::Column::CheckResult, Expr::value(r.check_result))
@@ -166,7 +172,7 @@ pub struct CheckHashes<'a> {
 pub async fn set_check(
     db: &impl ConnectionTrait,
     id: &str,
-    r: &crate::imageops::CheckReport,
+    r: &entity::check::CheckReport,
     hashes: Option<&CheckHashes<'_>>,
     now: i64,
 ) -> Result<(), DbErr> {
@@ -244,19 +250,18 @@ pub async fn slim_failed(
     msg: &str,
     now: i64,
 ) -> Result<(), DbErr> {
-    Images::update_many()
-        .col_expr(image::Column::SlimStatus, Expr::value(SlimStatus::Failed))
-        .col_expr(image::Column::CompressStatus, Expr::value(compress_status))
-        .col_expr(
-            image::Column::CompressMsg,
-            Expr::value(msg.chars().take(500).collect::<String>()),
-        )
-        .col_expr(image::Column::UpdatedAt, Expr::value(now))
-        .filter(image::Column::Id.eq(id))
-        .filter(image::Column::SlimStatus.eq(SlimStatus::Slimming))
-        .exec(db)
-        .await
-        .map(|_| ())
+    let msg: String = msg.chars().take(500).collect();
+    slim_state(
+        Images::update_many(),
+        (SlimStatus::Failed, compress_status),
+        msg,
+        now,
+    )
+    .filter(image::Column::Id.eq(id))
+    .filter(image::Column::SlimStatus.eq(SlimStatus::Slimming))
+    .exec(db)
+    .await
+    .map(|_| ())
 }
 
 /// The slimmed copy of an image.
@@ -275,33 +280,29 @@ pub async fn slim_done(
     db: &impl ConnectionTrait,
     id: &str,
     slim: &SlimResult<'_>,
-    r: &crate::imageops::CheckReport,
+    r: &entity::check::CheckReport,
     now: i64,
 ) -> Result<bool, DbErr> {
-    let res = with_report(Images::update_many(), r)
-        .col_expr(image::Column::SlimStatus, Expr::value(SlimStatus::Slimmed))
-        .col_expr(
-            image::Column::CompressStatus,
-            Expr::value(CompressStatus::Completed),
-        )
-        .col_expr(
-            image::Column::CompressMsg,
-            Expr::value("compress completed"),
-        )
-        .col_expr(image::Column::CompressRate, Expr::value(1.0))
-        .col_expr(image::Column::SlimObjectKey, Expr::value(slim.key))
-        .col_expr(image::Column::SlimSizeBytes, Expr::value(slim.size as i64))
-        .col_expr(image::Column::SlimCrc32, Expr::value(slim.crc32 as i64))
-        .col_expr(image::Column::CheckMsg, Expr::value(r.msg.clone()))
-        .col_expr(image::Column::Checksum, Expr::value(slim.md5))
-        .col_expr(image::Column::Sha256, Expr::value(slim.sha256))
-        .col_expr(image::Column::SlimMd5, Expr::value(slim.md5))
-        .col_expr(image::Column::SlimSha256, Expr::value(slim.sha256))
-        .col_expr(image::Column::SlimmedAt, Expr::value(now))
-        .col_expr(image::Column::UpdatedAt, Expr::value(now))
-        .filter(image::Column::Id.eq(id))
-        .filter(image::Column::SlimStatus.eq(SlimStatus::Slimming))
-        .exec(db)
-        .await?;
+    let state = (SlimStatus::Slimmed, CompressStatus::Completed);
+    let res = slim_state(
+        with_report(Images::update_many(), r),
+        state,
+        "compress completed",
+        now,
+    )
+    .col_expr(image::Column::CompressRate, Expr::value(1.0))
+    .col_expr(image::Column::SlimObjectKey, Expr::value(slim.key))
+    .col_expr(image::Column::SlimSizeBytes, Expr::value(slim.size as i64))
+    .col_expr(image::Column::SlimCrc32, Expr::value(slim.crc32 as i64))
+    .col_expr(image::Column::CheckMsg, Expr::value(r.msg.clone()))
+    .col_expr(image::Column::Checksum, Expr::value(slim.md5))
+    .col_expr(image::Column::Sha256, Expr::value(slim.sha256))
+    .col_expr(image::Column::SlimMd5, Expr::value(slim.md5))
+    .col_expr(image::Column::SlimSha256, Expr::value(slim.sha256))
+    .col_expr(image::Column::SlimmedAt, Expr::value(now))
+    .filter(image::Column::Id.eq(id))
+    .filter(image::Column::SlimStatus.eq(SlimStatus::Slimming))
+    .exec(db)
+    .await?;
     Ok(res.rows_affected == 1)
 }

@@ -144,16 +144,24 @@ pub async fn heartbeat(
     progress: f64,
     now: i64,
 ) -> Result<bool, DbErr> {
-    let res = Jobs::update_many()
-        .col_expr(job::Column::LeaseUntil, Expr::value(until))
-        .col_expr(job::Column::Progress, Expr::value(progress))
-        .col_expr(job::Column::UpdatedAt, Expr::value(now))
-        .filter(job::Column::Id.eq(id))
+    let res = held_by(
+        Jobs::update_many()
+            .col_expr(job::Column::LeaseUntil, Expr::value(until))
+            .col_expr(job::Column::Progress, Expr::value(progress))
+            .col_expr(job::Column::UpdatedAt, Expr::value(now)),
+        id,
+        owner,
+    )
+    .exec(db)
+    .await?;
+    Ok(res.rows_affected == 1)
+}
+
+/// Only the job `id` while `owner` runs it (its lease not lost, the job not cancelled).
+fn held_by(q: sea_orm::UpdateMany<Jobs>, id: &str, owner: &str) -> sea_orm::UpdateMany<Jobs> {
+    q.filter(job::Column::Id.eq(id))
         .filter(job::Column::LeaseOwner.eq(owner))
         .filter(job::Column::State.eq(Running))
-        .exec(db)
-        .await?;
-    Ok(res.rows_affected == 1)
 }
 
 /// Ends a job (done or failed) if this worker still holds it.
@@ -165,13 +173,13 @@ pub async fn finish(
     error: Option<&str>,
     now: i64,
 ) -> Result<bool, DbErr> {
-    let res = unleased(state, now)
-        .col_expr(job::Column::Error, Expr::value(error.map(str::to_string)))
-        .filter(job::Column::Id.eq(id))
-        .filter(job::Column::LeaseOwner.eq(owner))
-        .filter(job::Column::State.eq(Running))
-        .exec(db)
-        .await?;
+    let res = held_by(
+        unleased(state, now).col_expr(job::Column::Error, Expr::value(error.map(str::to_string))),
+        id,
+        owner,
+    )
+    .exec(db)
+    .await?;
     Ok(res.rows_affected == 1)
 }
 

@@ -5,6 +5,7 @@ use crate::{
     db,
     storage::{ByteRange, ByteStream},
 };
+use entity::{image, status::SlimStatus};
 use futures::StreamExt;
 
 /// A `Range: bytes=...` request, as sent (resolved against the size later).
@@ -70,6 +71,44 @@ pub struct Download {
     pub body: ByteStream,
 }
 
+/// The bytes a download of an image serves, as its record describes them: once slimmed, the
+/// slimmed copy (under the original name).
+struct Served {
+    key: String,
+    /// Bytes.
+    size: u64,
+    crc32: Option<u32>,
+    /// Lower-case hex SHA-256, when recorded.
+    sha256: Option<String>,
+    /// When these bytes began to be served (Unix seconds).
+    since: i64,
+    /// `o` (the original) or `s` (the slimmed copy), for the ETag.
+    copy: char,
+}
+
+impl Served {
+    fn of(img: &image::Model) -> Self {
+        match (img.slim_status, &img.slim_object_key, img.slim_size_bytes) {
+            (SlimStatus::Slimmed, Some(k), Some(s)) => Served {
+                key: k.clone(),
+                size: s as u64,
+                crc32: img.slim_crc32.map(|c| c as u32),
+                sha256: img.slim_sha256.clone().or_else(|| img.sha256.clone()),
+                since: img.slimmed_at.unwrap_or(img.updated_at),
+                copy: 's',
+            },
+            _ => Served {
+                key: img.object_key.clone(),
+                size: img.size_bytes as u64,
+                crc32: img.crc32.map(|c| c as u32),
+                sha256: img.original_sha256.clone().or_else(|| img.sha256.clone()),
+                since: img.created_at,
+                copy: 'o',
+            },
+        }
+    }
+}
+
 impl Service {
     /// Describes the download of an image, plain or zipped, without reading it.
     pub async fn representation(
@@ -79,43 +118,18 @@ impl Service {
         zip: bool,
     ) -> Result<Representation> {
         let img = self.image(caller, raw_id).await?;
-        // Once slimmed, the slimmed copy is what is served, under the original name.
-        let slim = match (img.slim_status, &img.slim_object_key, img.slim_size_bytes) {
-            (entity::status::SlimStatus::Slimmed, Some(k), Some(s)) => Some((k.clone(), s as u64)),
-            _ => None,
-        };
-        let (key, size, crc32, sha256, since, copy) = match slim {
-            Some((k, s)) => (
-                k,
-                s,
-                img.slim_crc32,
-                img.slim_sha256.clone().or_else(|| img.sha256.clone()),
-                img.slimmed_at.unwrap_or(img.updated_at),
-                's',
-            ),
-            None => (
-                img.object_key.clone(),
-                img.size_bytes as u64,
-                img.crc32,
-                img.original_sha256.clone().or_else(|| img.sha256.clone()),
-                img.created_at,
-                'o',
-            ),
-        };
+        let Served {
+            key,
+            size,
+            crc32,
+            sha256,
+            since,
+            copy,
+        } = Served::of(&img);
         let crc32 = match crc32 {
-            Some(c) => c as u32,
-            None if zip => {
-                // Older records may lack it: one pass over the object, then remember it.
-                let meter = Meter::default();
-                let mut s = meter.wrap(self.store.get(&img.bucket, &key, None).await?, u64::MAX);
-                while let Some(chunk) = s.next().await {
-                    chunk?;
-                }
-                if key == img.object_key {
-                    db::images::set_crc32(&self.db, &img.id, meter.crc32()).await?;
-                }
-                meter.crc32()
-            }
+            Some(c) => c,
+            // Older records may lack it: one pass over the object, then remember it.
+            None if zip => self.crc32_of(&img, &key).await?,
             None => 0,
         };
         let tag = format!("{}.{copy}.{size:x}.{crc32:08x}", img.id);
@@ -156,6 +170,20 @@ impl Service {
             size,
             zip: None,
         })
+    }
+
+    /// The CRC-32 of `key` (the image's original or slimmed bytes), computed in one pass;
+    /// recorded when it is the original's.
+    async fn crc32_of(&self, img: &image::Model, key: &str) -> Result<u32> {
+        let meter = Meter::default();
+        let mut s = meter.wrap(self.store.get(&img.bucket, key, None).await?, u64::MAX);
+        while let Some(chunk) = s.next().await {
+            chunk?;
+        }
+        if key == img.object_key {
+            db::images::set_crc32(&self.db, &img.id, meter.crc32()).await?;
+        }
+        Ok(meter.crc32())
     }
 
     /// Opens the bytes of `repr`, or one range of them (plain form only).

@@ -61,3 +61,61 @@ impl FormSource for NoParts {
         Ok(None)
     }
 }
+
+/// Reads a form once, in order: text parts into [`Fields`] (over the query's), the first file
+/// part of a given name handed out to be consumed, any other file part drained. The one place
+/// a form is walked, for every request that takes one.
+pub struct FormReader<'a> {
+    form: &'a mut dyn FormSource,
+    fields: Fields,
+}
+
+impl<'a> FormReader<'a> {
+    /// Starts reading `form`; `query` holds the fields known before it (query parameters).
+    pub fn new(form: &'a mut dyn FormSource, query: Fields) -> Self {
+        FormReader {
+            form,
+            fields: query,
+        }
+    }
+
+    /// The fields read so far (only those sent before the current part).
+    pub fn fields(&self) -> &Fields {
+        &self.fields
+    }
+
+    /// Reads on to the first file part named one of `names`: its file name and body, which
+    /// must be consumed (or dropped) before the form is read on. `None` when the form ends
+    /// first. File parts of other names on the way are drained.
+    ///
+    /// Errors: the body cannot be read or is not a well-formed form.
+    pub async fn file(&mut self, names: &[&str]) -> Result<Option<(Option<String>, ByteStream)>> {
+        while let Some(part) = self.form.next_part().await? {
+            match part {
+                FormPart::Text { name, value } => self.fields.set(name, value),
+                FormPart::File {
+                    name,
+                    file_name,
+                    body,
+                } if names.contains(&name.as_str()) => return Ok(Some((file_name, body))),
+                FormPart::File { body, .. } => drain(body).await?,
+            }
+        }
+        Ok(None)
+    }
+
+    /// Reads the rest of the form (file parts drained) and returns all its fields.
+    pub async fn finish(mut self) -> Result<Fields> {
+        self.file(&[]).await?;
+        Ok(self.fields)
+    }
+}
+
+/// Reads a file part's body to its end, keeping nothing.
+async fn drain(mut body: ByteStream) -> Result<()> {
+    use futures::StreamExt;
+    while let Some(chunk) = body.next().await {
+        chunk.map_err(super::Error::BadBody)?;
+    }
+    Ok(())
+}

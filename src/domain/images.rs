@@ -2,10 +2,12 @@
 
 use super::{
     caller::{Caller, Role},
-    form::{Fields, FormPart, FormSource},
+    form::{Fields, FormReader, FormSource},
     integrity::{Digests, Wanted},
     meter::Meter,
-    now_secs, texts, validate, zipin, Error, Result, Service,
+    now_secs,
+    quota::Reservation,
+    texts, validate, zipin, Error, Result, Service,
 };
 use crate::{
     cleanup::Cleanup,
@@ -158,109 +160,115 @@ impl Service {
         form: &mut dyn FormSource,
     ) -> Result<image::Model> {
         let _slot = self.upload_slot().await;
-        let mut fields = query;
-        let mut staged: Option<Staged> = None;
-        let mut quota = None;
-        let outcome: Result<()> = async {
-            while let Some(part) = form.next_part().await? {
-                match part {
-                    FormPart::Text { name, value } => fields.set(name, value),
-                    FormPart::File {
-                        name,
-                        file_name,
-                        body,
-                    } if name == "file" && staged.is_none() => {
-                        let file_name = validate::file_name(file_name.as_deref().unwrap_or(""))
-                            .ok_or(Error::InvalidFileName(texts::BAD_UPLOAD_NAME))?;
-                        // The tier is known now only if priority came first; it is settled below.
-                        let tier = self.tier_for(fields.get("priority"))?.clone();
-                        let (reservation, body) = self
-                            .quota_upload(quota_user(caller, &fields)?.as_deref(), body)
-                            .await?;
-                        let stage = self.stage(file_name, body, tier).await;
-                        staged = Some(reservation.checked(stage).await?);
-                        quota = Some(reservation);
-                    }
-                    FormPart::File { mut body, .. } => while body.next().await.is_some() {},
-                }
-            }
-            Ok(())
-        }
-        .await;
-        let staged = match (outcome, staged) {
-            (Ok(()), Some(s)) => s,
-            (Ok(()), None) => return Err(Error::NoFile),
-            (Err(e), staged) => {
-                if let Some(s) = staged {
-                    self.discard(s).await;
-                }
-                return Err(e);
-            }
-        };
-        let settled = self
-            .tier_for(fields.get("priority"))
-            .cloned()
-            .and_then(|tier| {
-                if let Some(expected) = super::uploads::image_checksum(&fields)? {
-                    staged
-                        .sent_digests()
-                        .verify(std::slice::from_ref(&expected), "the uploaded file")
-                        .map_err(Error::ChecksumMismatch)?;
-                }
-                Ok(tier)
-            });
-        let tier = match settled {
-            Ok(t) => t,
+        let (staged, quota, fields) = self.receive_image(caller, query, form).await?;
+        let sent = staged.sent_digests().clone();
+        let settled = self.settle_upload(caller, &fields, &sent, &quota).await;
+        let (tier, user_id) = match settled {
+            Ok(v) => v,
             Err(e) => {
                 self.discard(staged).await;
                 return Err(e);
             }
         };
-        let user_id = validate::user_id(fields.get("userId"))
-            .map_err(Error::InvalidInput)
-            .and_then(|u| Ok(caller.acting_for(&u)?));
-        let user_id = match user_id {
-            Ok(u) => u,
-            Err(e) => {
-                self.discard(staged).await;
-                return Err(e);
-            }
-        };
-        // The bytes counted for the user named when the file began; it may be named later.
-        let quota = quota.expect("a staged file has a reservation");
-        if let Err(e) = quota.rebind(&user_id).await {
-            self.discard(staged).await;
-            return Err(e);
-        }
         let (file_name, object) = match staged {
             Staged::Image { file_name, object } => {
                 (file_name, self.move_to_tier(object, &tier).await?)
             }
-            Staged::Zip { file, .. } => {
-                let id = uuid::Uuid::new_v4().to_string();
-                let key = object_key(&id);
-                let found = self.find_zip_image(&file).await?;
-                quota.settle(found.declared_size).await?;
-                let x = self.extract_zip_image(&file, found, &tier, &key).await?;
-                let unreferenced = self.unreferenced(&tier.bucket, &key);
-                (
-                    x.file_name,
-                    StoredObject {
-                        tier,
-                        key,
-                        size: x.size,
-                        crc32: x.crc32,
-                        digests: x.digests,
-                        unreferenced,
-                    },
-                )
-            }
+            Staged::Zip { file, .. } => self.unpack_upload(&file, tier, &quota).await?,
         };
+        self.record_upload(&file_name, &user_id, object, quota)
+            .await
+    }
+
+    /// Reads a `POST /images` form: its fields (over `query`) and its `file` part, staged
+    /// under a quota reservation for the user named before the file (if any).
+    async fn receive_image(
+        &self,
+        caller: &Caller,
+        query: Fields,
+        form: &mut dyn FormSource,
+    ) -> Result<(Staged, Reservation, Fields)> {
+        let mut form = FormReader::new(form, query);
+        let (file_name, body) = form.file(&["file"]).await?.ok_or(Error::NoFile)?;
+        let file_name = validate::file_name(file_name.as_deref().unwrap_or(""))
+            .ok_or(Error::InvalidFileName(texts::BAD_UPLOAD_NAME))?;
+        // The tier is known now only if priority came first; it is settled later.
+        let tier = self.tier_for(form.fields().get("priority"))?.clone();
+        let (reservation, body) = self
+            .quota_upload(quota_user(caller, form.fields())?.as_deref(), body)
+            .await?;
+        let stage = self.stage(file_name, body, tier).await;
+        let staged = reservation.checked(stage).await?;
+        match form.finish().await {
+            Ok(fields) => Ok((staged, reservation, fields)),
+            Err(e) => {
+                self.discard(staged).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// What the whole form decides once the file is staged: the tier (`priority`), the whole
+    /// file's `checksum` verified against the digests `sent` computed, and the user it belongs to (`userId`), to whom the bytes
+    /// are counted from now on.
+    async fn settle_upload(
+        &self,
+        caller: &Caller,
+        fields: &Fields,
+        sent: &Digests,
+        quota: &Reservation,
+    ) -> Result<(Tier, String)> {
+        let tier = self.tier_for(fields.get("priority"))?.clone();
+        if let Some(expected) = super::uploads::image_checksum(fields)? {
+            sent.verify(std::slice::from_ref(&expected), "the uploaded file")
+                .map_err(Error::ChecksumMismatch)?;
+        }
+        let user_id = validate::user_id(fields.get("userId")).map_err(Error::InvalidInput)?;
+        let user_id = caller.acting_for(&user_id)?;
+        // The bytes counted for the user named when the file began; it may be named later.
+        quota.rebind(&user_id).await?;
+        Ok((tier, user_id))
+    }
+
+    /// Extracts the image of an uploaded zip (spooled at `file`) into `tier`, once its
+    /// declared size fits the quota: its file name and the stored object.
+    async fn unpack_upload(
+        &self,
+        file: &Path,
+        tier: Tier,
+        quota: &Reservation,
+    ) -> Result<(String, StoredObject)> {
+        let id = uuid::Uuid::new_v4().to_string();
+        let key = object_key(&id);
+        let found = self.find_zip_image(file).await?;
+        quota.settle(found.declared_size).await?;
+        let x = self.extract_zip_image(file, found, &tier, &key).await?;
+        let unreferenced = self.unreferenced(&tier.bucket, &key);
+        let object = StoredObject {
+            tier,
+            key,
+            size: x.size,
+            crc32: x.crc32,
+            digests: x.digests,
+            unreferenced,
+        };
+        Ok((x.file_name, object))
+    }
+
+    /// Records an uploaded image and its check job together (or discards the object), then
+    /// releases the quota reservation: the image as `GET /images/{id}` shows it.
+    async fn record_upload(
+        &self,
+        file_name: &str,
+        user_id: &str,
+        object: StoredObject,
+        quota: Reservation,
+    ) -> Result<image::Model> {
         let id = object.key.trim_start_matches("images/").to_string();
         let record = NewImage {
             id: &id,
-            file_name: &file_name,
-            user_id: &user_id,
+            file_name,
+            user_id,
             tier: &object.tier,
             key: &object.key,
             size: object.size,

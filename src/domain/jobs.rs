@@ -105,58 +105,64 @@ impl Service {
                 _ = self.keep_lease(&job, &owner, progress.clone()) => None,
                 _ = token.cancelled() => None,
             };
-            let now = now_secs();
-            let label = match &outcome {
-                None => "interrupted",
-                Some(Ok(Step::Done)) => "done",
-                Some(Ok(Step::WaitSecs(_))) => "deferred",
-                Some(Err(_)) if job.attempts < MAX_ATTEMPTS => "retry",
-                Some(Err(_)) => "failed",
-            };
-            self.metrics.job_done(job.kind, label, started.elapsed());
-            let logged = match outcome {
-                None => Ok(()),
-                Some(Ok(Step::Done)) => {
-                    db::jobs::finish(&self.db, &job.id, &owner, JobState::Done, None, now)
-                        .await
-                        .map(|_| ())
-                }
-                Some(Ok(Step::WaitSecs(secs))) => {
-                    db::jobs::defer(&self.db, &job.id, &owner, now + secs, now).await
-                }
-                Some(Err(e)) if job.attempts < MAX_ATTEMPTS => {
-                    let backoff = 2i64.pow(job.attempts as u32).min(300);
-                    tracing::warn!(job.id = %job.id, error = %e, retry_in_secs = backoff, "job failed; will retry");
-                    db::jobs::retry_at(
-                        &self.db,
-                        &job.id,
-                        &owner,
-                        now + backoff,
-                        &e.to_string(),
-                        now,
-                    )
-                    .await
-                }
-                Some(Err(e)) => {
-                    tracing::error!(job.id = %job.id, error = %e, "job failed for good");
-                    self.give_up(&job, &e).await;
-                    db::jobs::finish(
-                        &self.db,
-                        &job.id,
-                        &owner,
-                        JobState::Failed,
-                        Some(&e.to_string()),
-                        now,
-                    )
+            self.record_outcome(&job, &owner, outcome, started).await;
+        }
+    }
+
+    /// Records how a job run ended: done, deferred, retried with backoff (until
+    /// `MAX_ATTEMPTS`) or failed for good; `None` (interrupted: lease lost or shutting down)
+    /// leaves the row to whoever holds it next.
+    async fn record_outcome(
+        &self,
+        job: &job::Model,
+        owner: &str,
+        outcome: Option<Result<Step>>,
+        started: std::time::Instant,
+    ) {
+        let now = now_secs();
+        let label = match &outcome {
+            None => "interrupted",
+            Some(Ok(Step::Done)) => "done",
+            Some(Ok(Step::WaitSecs(_))) => "deferred",
+            Some(Err(_)) if job.attempts < MAX_ATTEMPTS => "retry",
+            Some(Err(_)) => "failed",
+        };
+        self.metrics.job_done(job.kind, label, started.elapsed());
+        let logged = match outcome {
+            None => Ok(()),
+            Some(Ok(Step::Done)) => {
+                db::jobs::finish(&self.db, &job.id, owner, JobState::Done, None, now)
                     .await
                     .map(|_| ())
-                }
-            };
-            if let Err(e) = logged {
-                tracing::warn!(job.id = %job.id, error = %e, "recording a job outcome failed");
             }
-            tracing::info!(job.id = %job.id, duration_ms = started.elapsed().as_millis() as u64, "job ended");
+            Some(Ok(Step::WaitSecs(secs))) => {
+                db::jobs::defer(&self.db, &job.id, owner, now + secs, now).await
+            }
+            Some(Err(e)) if job.attempts < MAX_ATTEMPTS => {
+                let backoff = 2i64.pow(job.attempts as u32).min(300);
+                tracing::warn!(job.id = %job.id, error = %e, retry_in_secs = backoff, "job failed; will retry");
+                db::jobs::retry_at(&self.db, &job.id, owner, now + backoff, &e.to_string(), now)
+                    .await
+            }
+            Some(Err(e)) => {
+                tracing::error!(job.id = %job.id, error = %e, "job failed for good");
+                self.give_up(job, &e).await;
+                db::jobs::finish(
+                    &self.db,
+                    &job.id,
+                    owner,
+                    JobState::Failed,
+                    Some(&e.to_string()),
+                    now,
+                )
+                .await
+                .map(|_| ())
+            }
+        };
+        if let Err(e) = logged {
+            tracing::warn!(job.id = %job.id, error = %e, "recording a job outcome failed");
         }
+        tracing::info!(job.id = %job.id, duration_ms = started.elapsed().as_millis() as u64, "job ended");
     }
 
     /// Deletes finished jobs older than `FS_JOB_RETENTION_SECS`, so the queue stays small.

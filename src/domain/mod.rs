@@ -3,6 +3,7 @@
 
 pub mod caller;
 pub mod download;
+mod error;
 pub mod form;
 pub mod images;
 /// Declared checksums and digests (pure; imageops uses them too).
@@ -16,15 +17,17 @@ pub mod validate;
 pub mod zipin;
 pub mod zipout;
 
+pub use error::{Answer, Code, Error, Result};
+
 use crate::{
     config::{Config, Tier},
     imageops::ImageOps,
     metrics::Metrics,
-    storage::{ObjectStore, StorageError},
+    storage::ObjectStore,
 };
 use entity::status::{JobKind, JobState};
-use sea_orm::{DatabaseConnection, DbErr};
-use std::{io, sync::Arc};
+use sea_orm::DatabaseConnection;
+use std::sync::Arc;
 use tokio::sync::Semaphore;
 
 /// Texts the existing clients compare against (SPEC section 2).
@@ -46,89 +49,6 @@ pub mod texts {
     pub const CHECK_ACCEPTED: &str = "check in progress";
     pub const CHECK_RUNNING: &str = "The image is being checked. No need to check again.";
 }
-
-/// What can go wrong in the domain. The HTTP layer maps each variant to a status code.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("{}", texts::NO_FILE)]
-    NoFile,
-    #[error("{0}")]
-    InvalidFileName(&'static str),
-    #[error("{}", texts::TOO_LARGE)]
-    TooLarge,
-    #[error("{0}")]
-    InvalidInput(String),
-    #[error("{0}")]
-    InvalidZip(String),
-    #[error("missing chunks: {}", .0.iter().map(u32::to_string).collect::<Vec<_>>().join(", "))]
-    MissingChunks(Vec<u32>),
-    /// Bytes that do not match the checksum declared for them.
-    #[error("{0}")]
-    ChecksumMismatch(String),
-    /// Chunks that do not add up to the totals the client declared.
-    #[error("{0}")]
-    SizeMismatch(String),
-    #[error("the request body could not be read: {0}")]
-    BadBody(io::Error),
-    /// The client stopped sending its body (`FS_BODY_IDLE_TIMEOUT_SECS` without data).
-    #[error("the client sent no data for too long; the request was abandoned")]
-    BodyTimeout,
-    #[error("there is no record in database with imageId: {0}")]
-    ImageNotFound(String),
-    #[error("{0}")]
-    NotFound(String),
-    #[error("{0}")]
-    Conflict(String),
-    /// The caller may not do this: name another user without being an admin, or an admin's
-    /// action as a user (403, `FORBIDDEN`).
-    #[error("{0}")]
-    Forbidden(String),
-    /// The bytes or images would take the user past a quota (413, `QUOTA_EXCEEDED`); the
-    /// message names the limit.
-    #[error("{0}")]
-    QuotaExceeded(String),
-    /// A slim that cannot be done for this image (its check did not find it usable).
-    #[error("{0}")]
-    SlimRefused(String),
-    #[error("requested range not satisfiable")]
-    RangeNotSatisfiable { size: u64 },
-    #[error("storage error: {0}")]
-    Storage(#[from] StorageError),
-    #[error("database error: {0}")]
-    Db(#[from] DbErr),
-    #[error("internal error: {0}")]
-    Internal(String),
-}
-
-impl Error {
-    /// The error as a client may read it (stored in check and compress messages): faults of
-    /// the service itself (storage, database, internal) say so without their details, which
-    /// are logged where they are handled.
-    pub fn public_message(&self) -> String {
-        match self {
-            Error::Storage(StorageError::Unavailable(_)) => {
-                "the object store is unavailable".into()
-            }
-            Error::Db(_) => "the metadata database is unavailable".into(),
-            Error::Storage(_) | Error::Internal(_) => "internal error".into(),
-            other => other.to_string(),
-        }
-    }
-}
-
-impl From<caller::NotYours> for Error {
-    fn from(e: caller::NotYours) -> Self {
-        Error::Forbidden(e.to_string())
-    }
-}
-
-impl From<io::Error> for Error {
-    fn from(e: io::Error) -> Self {
-        Error::Storage(StorageError::Io(e))
-    }
-}
-
-pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// The application's services, shared by all requests (cheap to clone).
 #[derive(Clone)]
@@ -193,6 +113,22 @@ impl Service {
 
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
+    }
+
+    /// Whether this replica can serve: the metadata database answers `SELECT 1` and the
+    /// default tier's bucket answers. Errors: [`Error::DatabaseUnreachable`],
+    /// [`Error::StoreUnreachable`].
+    pub async fn readiness(&self) -> Result<()> {
+        use sea_orm::ConnectionTrait;
+        self.db
+            .execute_unprepared("SELECT 1")
+            .await
+            .map_err(Error::DatabaseUnreachable)?;
+        self.store
+            .ping(&self.cfg.tiers[&0].bucket)
+            .await
+            .map_err(Error::StoreUnreachable)?;
+        Ok(())
     }
 
     /// Every metric in OpenMetrics text format, with the deployment-wide gauges (open uploads,
@@ -267,19 +203,13 @@ impl Service {
         key: &str,
         wanted: integrity::Wanted,
     ) -> Result<integrity::Digests> {
-        use futures::StreamExt;
         if let Some(path) = self.store.local_path(bucket, key) {
             return tokio::task::spawn_blocking(move || integrity::digest_file(&path, wanted))
                 .await
                 .map_err(|e| Error::Internal(e.to_string()))?
                 .map_err(Error::from);
         }
-        let meter = meter::Meter::hashing(wanted);
-        let mut body = meter.wrap(self.store.get(bucket, key, None).await?, u64::MAX);
-        while let Some(chunk) = body.next().await {
-            chunk?;
-        }
-        Ok(meter.digests())
+        stream_digests(self.store.get(bucket, key, None).await?, wanted).await
     }
 
     /// A fresh temp file in the scratch directory, removed when dropped.
@@ -307,4 +237,18 @@ impl Service {
 /// Seconds since the Unix epoch.
 pub(crate) fn now_secs() -> i64 {
     chrono::Utc::now().timestamp()
+}
+
+/// The `wanted` digests of a stream's bytes, read to its end.
+pub(crate) async fn stream_digests(
+    body: crate::storage::ByteStream,
+    wanted: integrity::Wanted,
+) -> Result<integrity::Digests> {
+    use futures::StreamExt;
+    let meter = meter::Meter::hashing(wanted);
+    let mut body = meter.wrap(body, u64::MAX);
+    while let Some(chunk) = body.next().await {
+        chunk?;
+    }
+    Ok(meter.digests())
 }

@@ -2,7 +2,7 @@
 
 use super::{
     caller::{self, Caller},
-    form::{Fields, FormPart, FormSource},
+    form::{Fields, FormReader, FormSource},
     images::{object_key, spool, NewImage},
     integrity::{self, Algorithm, Checksum, Digests, Wanted},
     meter::{combine_crc32, Meter},
@@ -13,7 +13,7 @@ use super::{
 use crate::{
     config::Tier,
     db,
-    storage::{CompletedPart, PutOptions, SpooledPart, StorageError},
+    storage::{CompletedPart, PutOptions, SpooledPart, StorageError, UploadedPart},
 };
 use entity::{
     image,
@@ -96,6 +96,23 @@ fn resend_message(numbers: &[u32], min: u64) -> String {
     )
 }
 
+/// A chunk copied back into a multipart upload by a split.
+struct CopiedChunk {
+    number: u32,
+    len: u64,
+    uploaded: UploadedPart,
+    crc32: u32,
+    staged: bool,
+}
+
+/// Where a merge request finds its upload.
+enum MergeTarget {
+    /// Merged before, into this image.
+    Merged(Box<image::Model>),
+    /// Still open (or being merged), with the chunks it holds, ascending.
+    Open(Box<upload_session::Model>, Vec<entity::upload_part::Model>),
+}
+
 /// A merge as it was asked for (recorded in the session, so another process can finish it).
 struct MergeJob {
     file_name: String,
@@ -128,6 +145,43 @@ fn chunk_checksum(value: &str) -> std::result::Result<Checksum, String> {
         CHUNK_CHECKSUM,
         &[Algorithm::Md5, Algorithm::Sha256, Algorithm::Crc32c],
     )
+}
+
+/// A chunk's file part, spooled to scratch, with what was computed while it passed.
+struct SpooledChunk {
+    body: SpooledPart,
+    /// The part's file name, where some clients put the chunk number.
+    file_name: Option<String>,
+    crc32: u32,
+    /// The digests computed on the way.
+    computed: Wanted,
+    digests: Digests,
+}
+
+impl SpooledChunk {
+    /// Verifies chunk `number` against every `declared` checksum (one more pass over the
+    /// spooled copy for an algorithm not computed on the way, when a checksum field came after
+    /// the chunk) and against `currentChunkSize`.
+    async fn verify(&mut self, number: u32, declared: &[Checksum], totals: &Totals) -> Result<()> {
+        let needed = Wanted::for_checksums(declared);
+        if !self.computed.covers(needed) {
+            let path = self.body.path();
+            self.digests =
+                tokio::task::spawn_blocking(move || integrity::digest_file(&path, needed))
+                    .await
+                    .map_err(|e| Error::Internal(e.to_string()))??;
+        }
+        self.digests
+            .verify(declared, &format!("chunk {number}"))
+            .map_err(Error::ChecksumMismatch)?;
+        match totals.current_chunk_size {
+            Some(expected) if expected != self.body.len => Err(Error::SizeMismatch(format!(
+                "chunk {number} has {} bytes; currentChunkSize says {expected}",
+                self.body.len
+            ))),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// The totals resumable-upload clients send with every chunk and the merge, under the names
@@ -238,7 +292,7 @@ impl Totals {
             Error::InvalidInput(format!(
                 "{name} {now} differs from {before}, declared earlier for upload {}; cancel it to \
                  start again",
-                session.identifier
+                caller::client_identifier(&session.identifier)
             ))
         };
         match (self.total_size, recorded_size) {
@@ -306,67 +360,17 @@ impl Service {
         trace: &mut ChunkTrace,
     ) -> Result<()> {
         let _slot = self.upload_slot().await;
-        let mut fields = query;
-        let mut spooled: Option<(SpooledPart, Option<String>, u32, Wanted, Digests)> = None;
-        while let Some(part) = form.next_part().await? {
-            match part {
-                FormPart::Text { name, value } => fields.set(name, value),
-                FormPart::File {
-                    name,
-                    file_name,
-                    body,
-                } if spooled.is_none() && (name == "part" || name == "file") => {
-                    // Fields may follow the chunk, so it is spooled before anything is decided;
-                    // the digests known to be needed now are computed on the way.
-                    let mut wanted = Wanted::for_checksums(&declared);
-                    if let Some(Ok(c)) = fields.get(CHUNK_CHECKSUM).map(chunk_checksum) {
-                        wanted.add(c.algorithm);
-                    }
-                    let meter = Meter::hashing(wanted);
-                    let body = meter.wrap(body, self.cfg.max_image_bytes);
-                    let (file, path) = self.scratch_file().await?;
-                    let len = spool(file, body, &meter).await?;
-                    spooled = Some((
-                        SpooledPart { file: path, len },
-                        file_name,
-                        meter.crc32(),
-                        wanted,
-                        meter.digests(),
-                    ));
-                }
-                FormPart::File { mut body, .. } => while body.next().await.is_some() {},
-            }
-        }
-        let (body, file_name, crc32, computed, mut digests) = spooled.ok_or(Error::NoFile)?;
+        let (mut chunk, fields) = self.spool_chunk(form, query, &declared).await?;
         trace.identifier = identifier_of(&fields).ok();
         let target = SessionRef::of(caller, &fields)?;
-        let identifier = target.identifier.as_str();
-        let number = validate::chunk_number(fields.get("chunkNumber"), file_name.as_deref())
+        let number = validate::chunk_number(fields.get("chunkNumber"), chunk.file_name.as_deref())
             .map_err(Error::InvalidInput)?;
         let totals = Totals::of(&fields)?;
         let mut declared = declared;
         if let Some(c) = fields.get(CHUNK_CHECKSUM) {
             declared.push(chunk_checksum(c).map_err(Error::InvalidInput)?);
         }
-        let needed = Wanted::for_checksums(&declared);
-        if !computed.covers(needed) {
-            // A checksum field sent after the chunk: one more pass, over the local copy.
-            let path = body.path();
-            digests = tokio::task::spawn_blocking(move || integrity::digest_file(&path, needed))
-                .await
-                .map_err(|e| Error::Internal(e.to_string()))??;
-        }
-        digests
-            .verify(&declared, &format!("chunk {number}"))
-            .map_err(Error::ChecksumMismatch)?;
-        if let Some(expected) = totals.current_chunk_size {
-            if expected != body.len {
-                return Err(Error::SizeMismatch(format!(
-                    "chunk {number} has {} bytes; currentChunkSize says {expected}",
-                    body.len
-                )));
-            }
-        }
+        chunk.verify(number, &declared, &totals).await?;
         totals.check_chunk(number, self.cfg.max_image_bytes)?;
         let tier = self.tier_for(fields.get("priority"))?.clone();
         // With authentication off, the session records the `userId` a client sends with its
@@ -380,11 +384,57 @@ impl Service {
         let (session, opened) = self.open_session(&target, owner, &tier).await?;
         trace.session_opened = opened;
         trace.owner = session.owner.clone();
-        let totals = totals.agrees_with(&session)?;
+        let others = self
+            .admit_chunk(&session, totals, number, chunk.body.len)
+            .await?;
+        self.store_chunk(&session, number, chunk, &others).await
+    }
+
+    /// Reads a chunk request's form: its fields (over `query`) and its file part (`part` or
+    /// `file`), spooled to scratch. Fields may follow the chunk, so it is spooled before
+    /// anything is decided; the digests known to be needed now are computed on the way.
+    async fn spool_chunk(
+        &self,
+        form: &mut dyn FormSource,
+        query: Fields,
+        declared: &[Checksum],
+    ) -> Result<(SpooledChunk, Fields)> {
+        let mut form = FormReader::new(form, query);
+        let (file_name, body) = form.file(&["part", "file"]).await?.ok_or(Error::NoFile)?;
+        let mut wanted = Wanted::for_checksums(declared);
+        if let Some(Ok(c)) = form.fields().get(CHUNK_CHECKSUM).map(chunk_checksum) {
+            wanted.add(c.algorithm);
+        }
+        let meter = Meter::hashing(wanted);
+        let body = meter.wrap(body, self.cfg.max_image_bytes);
+        let (file, path) = self.scratch_file().await?;
+        let len = spool(file, body, &meter).await?;
+        let chunk = SpooledChunk {
+            body: SpooledPart { file: path, len },
+            file_name,
+            crc32: meter.crc32(),
+            computed: wanted,
+            digests: meter.digests(),
+        };
+        Ok((chunk, form.finish().await?))
+    }
+
+    /// Whether chunk `number` (of `len` bytes) may join the session: it is still open, and the
+    /// chunk keeps the upload within the image size limit and its `totalSize`. Records totals
+    /// declared for the first time. Returns the other chunks held, ascending.
+    async fn admit_chunk(
+        &self,
+        session: &upload_session::Model,
+        totals: Totals,
+        number: u32,
+        len: u64,
+    ) -> Result<Vec<Received>> {
+        let totals = totals.agrees_with(session)?;
         totals.check_chunk(number, self.cfg.max_image_bytes)?;
         if session.state != Open {
             return Err(Error::Conflict(format!(
-                "upload {identifier} is {}; cancel it to start again",
+                "upload {} is {}; cancel it to start again",
+                caller::client_identifier(&session.identifier),
                 if session.state == Merging {
                     "being merged"
                 } else {
@@ -392,18 +442,20 @@ impl Service {
                 }
             )));
         }
-        let len = body.len;
         let others = self.other_chunks(&session.id, number).await?;
         // The chunk that would take the upload past the image size limit is refused now, not
         // at the merge: what the upload holds stays within the limit.
-        let held: u64 = others.iter().map(|c| c.len).sum();
-        if held.saturating_add(len) > self.cfg.max_image_bytes {
+        let held = others
+            .iter()
+            .map(|c| c.len)
+            .sum::<u64>()
+            .saturating_add(len);
+        if held > self.cfg.max_image_bytes {
             return Err(Error::TooLarge);
         }
-        if let Some(total) = totals.total_size.filter(|t| held.saturating_add(len) > *t) {
+        if let Some(total) = totals.total_size.filter(|t| held > *t) {
             return Err(Error::SizeMismatch(format!(
-                "with chunk {number} the upload would hold {} bytes, more than its totalSize {total}",
-                held.saturating_add(len)
+                "with chunk {number} the upload would hold {held} bytes, more than its totalSize {total}"
             )));
         }
         let new_totals = (totals.total_size.is_some() && session.total_size.is_none())
@@ -417,9 +469,22 @@ impl Service {
             )
             .await?;
         }
-        let quota = self.reserve_chunk(&session, number, len).await?;
+        Ok(others)
+    }
+
+    /// Stores an admitted chunk as part `number` of the session's multipart upload (directly,
+    /// or staged when the store's minimum part size asks for it) and records it.
+    async fn store_chunk(
+        &self,
+        session: &upload_session::Model,
+        number: u32,
+        chunk: SpooledChunk,
+        others: &[Received],
+    ) -> Result<()> {
+        let len = chunk.body.len;
+        let quota = self.reserve_chunk(session, number, len).await?;
         let min = self.store.min_part_size();
-        let direct = placement::send_direct(number, len, min, &others);
+        let direct = placement::send_direct(number, len, min, others);
         let uploaded = self
             .store
             .upload_part(
@@ -427,24 +492,23 @@ impl Service {
                 &session.object_key,
                 &session.upload_id,
                 number,
-                body,
+                chunk.body,
                 direct,
             )
             .await?;
-        // The store stages a chunk below its minimum even when asked to send it directly.
-        let staged = !direct || len < min;
+        let staged = uploaded.staged;
         let part = db::uploads::NewPart {
             number,
             size: len,
             etag: &uploaded.etag,
-            crc32,
+            crc32: chunk.crc32,
             staged,
             checksum: uploaded.checksum.as_deref(),
         };
         db::uploads::upsert_part(&self.db, &session.id, part, now_secs()).await?;
         quota.release().await;
         tracing::debug!(
-            identifier,
+            identifier = caller::client_identifier(&session.identifier),
             chunk = number,
             size_bytes = len,
             staged,
@@ -549,35 +613,14 @@ impl Service {
         self.tier_for(fields.get("priority"))?;
         let deadline = tokio::time::Instant::now() + MERGE_WAIT;
         loop {
-            let Some(session) = db::uploads::find(&self.db, &target.key).await? else {
-                // Merged before and its session swept: still the same image.
-                if let Some(img) = db::images::find_by_identifier(&self.db, &target.key).await? {
+            let (session, parts) = match self.merge_target(&target).await? {
+                MergeTarget::Merged(img) => {
                     return self
-                        .merged_before(img, checksum.as_ref(), &totals, &file_name)
-                        .await;
+                        .merged_before(*img, checksum.as_ref(), &totals, &file_name)
+                        .await
                 }
-                return Err(Error::InvalidInput(format!(
-                    "no chunks received for identifier {identifier}"
-                )));
+                MergeTarget::Open(session, parts) => (*session, parts),
             };
-            if session.state == Completed {
-                if let Some(img) = db::images::find(&self.db, &session.image_id).await? {
-                    return self
-                        .merged_before(img, checksum.as_ref(), &totals, &file_name)
-                        .await;
-                }
-                // The merged image was deleted since: the identifier is free again.
-                db::uploads::delete(&self.db, &session.id).await?;
-                return Err(Error::InvalidInput(format!(
-                    "no chunks received for identifier {identifier}"
-                )));
-            }
-            let parts = db::uploads::parts(&self.db, &session.id).await?;
-            if parts.is_empty() {
-                return Err(Error::InvalidInput(format!(
-                    "no chunks received for identifier {identifier}"
-                )));
-            }
             let covered = totals
                 .agrees_with(&session)
                 .and_then(|t| t.covered_by(&parts));
@@ -625,6 +668,38 @@ impl Service {
                 );
             return run.await.map_err(|e| Error::Internal(e.to_string()))?;
         }
+    }
+
+    /// The upload a merge request names: an open session with its chunks (at least one), or
+    /// the image it was merged into before. Errors: no chunks were received for it (also when
+    /// its image was deleted since, which frees the identifier).
+    async fn merge_target(&self, target: &SessionRef) -> Result<MergeTarget> {
+        let no_chunks = || {
+            Error::InvalidInput(format!(
+                "no chunks received for identifier {}",
+                target.identifier
+            ))
+        };
+        let Some(session) = db::uploads::find(&self.db, &target.key).await? else {
+            // Merged before and its session swept: still the same image.
+            return match db::images::find_by_identifier(&self.db, &target.key).await? {
+                Some(img) => Ok(MergeTarget::Merged(Box::new(img))),
+                None => Err(no_chunks()),
+            };
+        };
+        if session.state == Completed {
+            if let Some(img) = db::images::find(&self.db, &session.image_id).await? {
+                return Ok(MergeTarget::Merged(Box::new(img)));
+            }
+            // The merged image was deleted since: the identifier is free again.
+            db::uploads::delete(&self.db, &session.id).await?;
+            return Err(no_chunks());
+        }
+        let parts = db::uploads::parts(&self.db, &session.id).await?;
+        if parts.is_empty() {
+            return Err(no_chunks());
+        }
+        Ok(MergeTarget::Open(Box::new(session), parts))
     }
 
     /// The answer to a repeated merge of an identifier merged into `img`: the image, when what
@@ -899,7 +974,49 @@ impl Service {
                 let _ = store.abort_multipart(&bucket, &key, &id).await;
             })
         };
-        let min = self.store.min_part_size();
+        let stored = self
+            .copy_chunks(bucket, key, parts, (&new_key, &upload_id))
+            .await?;
+        let txn = self.db.begin().await?;
+        let upload = (upload_id.as_str(), image_id.as_str(), new_key.as_str());
+        if !db::uploads::replace_upload(&txn, &session.id, token, upload).await? {
+            return Err(Error::Conflict(format!(
+                "upload {} is being merged by another request",
+                caller::client_identifier(&session.identifier)
+            )));
+        }
+        for c in &stored {
+            let part = db::uploads::NewPart {
+                number: c.number,
+                size: c.len,
+                etag: &c.uploaded.etag,
+                crc32: c.crc32,
+                staged: c.staged,
+                checksum: c.uploaded.checksum.as_deref(),
+            };
+            db::uploads::upsert_part(&txn, &session.id, part, now_secs()).await?;
+        }
+        txn.commit().await?;
+        abort.disarm();
+        self.delete_object(bucket, key).await;
+        tracing::info!(
+            identifier = caller::client_identifier(&session.identifier),
+            chunks = stored.len(),
+            "merged upload split back into its chunks"
+        );
+        Ok(())
+    }
+
+    /// Copies each chunk's bytes out of the merged object `bucket/key` (they follow one
+    /// another in part order) into part n of the multipart upload `(key, upload id)`, staged
+    /// as each was before.
+    async fn copy_chunks(
+        &self,
+        bucket: &str,
+        key: &str,
+        parts: &[entity::upload_part::Model],
+        (new_key, upload_id): (&str, &str),
+    ) -> Result<Vec<CopiedChunk>> {
         let mut offset = 0u64;
         let mut stored = vec![];
         for p in parts {
@@ -920,38 +1037,17 @@ impl Service {
             let spooled = SpooledPart { file: path, len };
             let uploaded = self
                 .store
-                .upload_part(bucket, &new_key, &upload_id, number, spooled, direct)
+                .upload_part(bucket, new_key, upload_id, number, spooled, direct)
                 .await?;
-            stored.push((number, len, uploaded, p.crc32 as u32, !direct || len < min));
+            stored.push(CopiedChunk {
+                number,
+                len,
+                crc32: p.crc32 as u32,
+                staged: uploaded.staged,
+                uploaded,
+            });
         }
-        let txn = self.db.begin().await?;
-        let upload = (upload_id.as_str(), image_id.as_str(), new_key.as_str());
-        if !db::uploads::replace_upload(&txn, &session.id, token, upload).await? {
-            return Err(Error::Conflict(format!(
-                "upload {} is being merged by another request",
-                session.identifier
-            )));
-        }
-        for (number, size, uploaded, crc32, staged) in &stored {
-            let part = db::uploads::NewPart {
-                number: *number,
-                size: *size,
-                etag: &uploaded.etag,
-                crc32: *crc32,
-                staged: *staged,
-                checksum: uploaded.checksum.as_deref(),
-            };
-            db::uploads::upsert_part(&txn, &session.id, part, now_secs()).await?;
-        }
-        txn.commit().await?;
-        abort.disarm();
-        self.delete_object(bucket, key).await;
-        tracing::info!(
-            identifier = caller::client_identifier(&session.identifier),
-            chunks = stored.len(),
-            "merged upload split back into its chunks"
-        );
-        Ok(())
+        Ok(stored)
     }
 
     /// Completes the session's multipart upload from its parts. Direct chunks that cannot
@@ -970,6 +1066,7 @@ impl Service {
                 etag: p.etag.clone(),
                 size: p.size_bytes as u64,
                 checksum: p.checksum.clone(),
+                staged: p.staged,
             })
             .collect();
         match self

@@ -41,20 +41,7 @@ impl ZipEntry {
         let mut b = BytesMut::with_capacity(30 + name.len() + 20);
         b.put_u32_le(0x0403_4b50);
         b.put_u16_le(self.version());
-        b.put_u16_le(FLAG_UTF8);
-        b.put_u16_le(0); // stored
-        b.put_u16_le(self.dos_time);
-        b.put_u16_le(self.dos_date);
-        b.put_u32_le(self.crc32);
-        if self.zip64() {
-            b.put_u32_le(u32::MAX);
-            b.put_u32_le(u32::MAX);
-        } else {
-            b.put_u32_le(self.size as u32);
-            b.put_u32_le(self.size as u32);
-        }
-        b.put_u16_le(name.len() as u16);
-        b.put_u16_le(if self.zip64() { 20 } else { 0 });
+        self.put_entry_fields(&mut b);
         b.put_slice(name);
         if self.zip64() {
             b.put_u16_le(0x0001);
@@ -65,6 +52,26 @@ impl ZipEntry {
         b.freeze()
     }
 
+    /// The fields the local header and the central directory header share, from the flags to
+    /// the extra field's length (APPNOTE 4.3.7 and 4.3.12): UTF-8 name, stored, the DOS time
+    /// and date, CRC-32, sizes (`u32::MAX` with zip64), name length, extra length.
+    fn put_entry_fields(&self, b: &mut BytesMut) {
+        b.put_u16_le(FLAG_UTF8);
+        b.put_u16_le(0); // stored
+        b.put_u16_le(self.dos_time);
+        b.put_u16_le(self.dos_date);
+        b.put_u32_le(self.crc32);
+        let size32 = if self.zip64() {
+            u32::MAX
+        } else {
+            self.size as u32
+        };
+        b.put_u32_le(size32); // compressed
+        b.put_u32_le(size32); // uncompressed
+        b.put_u16_le(self.name.len() as u16);
+        b.put_u16_le(if self.zip64() { 20 } else { 0 });
+    }
+
     fn trailer(&self, cd_offset: u64) -> Bytes {
         let name = self.name.as_bytes();
         let mut b = BytesMut::with_capacity(46 + name.len() + 20 + 56 + 20 + 22);
@@ -72,20 +79,7 @@ impl ZipEntry {
         b.put_u32_le(0x0201_4b50);
         b.put_u16_le((3 << 8) | self.version()); // made by: Unix
         b.put_u16_le(self.version());
-        b.put_u16_le(FLAG_UTF8);
-        b.put_u16_le(0);
-        b.put_u16_le(self.dos_time);
-        b.put_u16_le(self.dos_date);
-        b.put_u32_le(self.crc32);
-        if self.zip64() {
-            b.put_u32_le(u32::MAX);
-            b.put_u32_le(u32::MAX);
-        } else {
-            b.put_u32_le(self.size as u32);
-            b.put_u32_le(self.size as u32);
-        }
-        b.put_u16_le(name.len() as u16);
-        b.put_u16_le(if self.zip64() { 20 } else { 0 });
+        self.put_entry_fields(&mut b);
         b.put_u16_le(0); // comment
         b.put_u16_le(0); // disk
         b.put_u16_le(0); // internal attributes

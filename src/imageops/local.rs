@@ -264,10 +264,7 @@ impl ImageOps for LocalImageOps {
         output: &Path,
         progress: Progress,
     ) -> Result<(), CompressFailure> {
-        let failed = |msg: String| CompressFailure {
-            status: CompressStatus::Failed,
-            msg,
-        };
+        let failed = CompressFailure::failed;
         // The object may have changed since its check: never trust that check alone.
         qcow2::refuse_foreign_files(input).await.map_err(failed)?;
         let args = qemu::convert(input, output, self.supports_zstd().await);

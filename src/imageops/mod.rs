@@ -50,42 +50,7 @@ impl Declared {
 
 pub use entity::status::{CheckStatus, CompressStatus};
 
-/// `checkResult` values (SPEC section 3).
-pub mod result {
-    /// While a check is queued or running (the number of `checkStatus` in progress).
-    pub const IN_PROGRESS: i32 = 4;
-    pub const NOT_QCOW2: i32 = 63;
-    pub const ERROR: i32 = 99;
-    pub const TIMEOUT: i32 = 100;
-}
-
-/// What a check found.
-#[derive(Debug, Clone, PartialEq)]
-pub struct CheckReport {
-    pub status: CheckStatus,
-    pub msg: String,
-    /// `qemu-img check` exit code, or 63 / 99 / 100.
-    pub check_result: i32,
-    pub format: String,
-    /// Virtual size in GiB.
-    pub virtual_size_gib: f64,
-    pub image_end_offset: String,
-    pub check_errors: String,
-}
-
-impl CheckReport {
-    pub fn failed(msg: impl Into<String>) -> Self {
-        CheckReport {
-            status: CheckStatus::Failed,
-            msg: msg.into(),
-            check_result: result::ERROR,
-            format: String::new(),
-            virtual_size_gib: 0.0,
-            image_end_offset: String::new(),
-            check_errors: String::new(),
-        }
-    }
-}
+pub use entity::check::{result, CheckReport};
 
 /// Why a compression did not produce an image.
 #[derive(Debug, Clone, PartialEq)]
@@ -93,6 +58,16 @@ pub struct CompressFailure {
     /// Failed, no space or timed out.
     pub status: CompressStatus,
     pub msg: String,
+}
+
+impl CompressFailure {
+    /// A compression that failed (`compressStatus` failed) for the reason `msg`.
+    pub fn failed(msg: String) -> Self {
+        CompressFailure {
+            status: CompressStatus::Failed,
+            msg,
+        }
+    }
 }
 
 /// Receives compression progress, 0.0..=1.0.

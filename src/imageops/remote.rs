@@ -162,10 +162,7 @@ impl ImageOps for RemoteImageOps {
         output: &Path,
         progress: Progress,
     ) -> Result<(), CompressFailure> {
-        let failed = |msg: String| CompressFailure {
-            status: CompressStatus::Failed,
-            msg,
-        };
+        let failed = CompressFailure::failed;
         super::qcow2::refuse_foreign_files(input)
             .await
             .map_err(failed)?;

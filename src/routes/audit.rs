@@ -254,7 +254,7 @@ pub fn auth_failure(
 mod tests {
     use super::*;
     use crate::domain::caller::Role;
-    use axum::http::{HeaderValue, StatusCode};
+    use axum::http::HeaderValue;
     use std::sync::{Arc, Mutex};
 
     fn nets(list: &[&str]) -> Vec<ipnet::IpNet> {
@@ -359,11 +359,7 @@ mod tests {
             audit
                 .record("upload.merge")
                 .identifier("abc")
-                .error(&ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "MISSING_CHUNKS",
-                    "x",
-                ));
+                .error(&ApiError::of(crate::domain::Code::MissingChunks, "x"));
             auth_failure(
                 "expired",
                 None,

@@ -21,7 +21,7 @@ use super::{audit, error::ApiError, BASE};
 use crate::auth::{bearer, AuthFailure, AuthSettings, Authenticator};
 use axum::{
     extract::{ConnectInfo, Request, State},
-    http::{header, HeaderValue, Method, StatusCode},
+    http::{header, HeaderValue, Method},
     middleware::Next,
     response::{IntoResponse, Response},
 };
@@ -113,12 +113,8 @@ pub async fn gate(State(gate): State<Gate>, mut req: Request, next: Next) -> Res
 
 /// 401 with its challenge and the JSON error body.
 fn unauthorized(failure: &AuthFailure) -> Response {
-    let mut resp = ApiError::new(
-        StatusCode::UNAUTHORIZED,
-        "UNAUTHORIZED",
-        failure.to_string(),
-    )
-    .into_response();
+    let mut resp =
+        ApiError::of(crate::domain::Code::Unauthorized, failure.to_string()).into_response();
     let challenge = match failure.token_presented() {
         true => r#"Bearer realm="file-system", error="invalid_token""#,
         false => r#"Bearer realm="file-system""#,

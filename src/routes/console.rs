@@ -25,37 +25,24 @@ struct Asset {
     bytes: &'static [u8],
 }
 
+/// An [`Asset`] of `web/`, embedded.
+macro_rules! asset {
+    ($name:literal, $content_type:literal) => {
+        Asset {
+            name: $name,
+            content_type: $content_type,
+            bytes: include_bytes!(concat!("../../web/", $name)),
+        }
+    };
+}
+
 const ASSETS: &[Asset] = &[
-    Asset {
-        name: "index.html",
-        content_type: "text/html; charset=utf-8",
-        bytes: include_bytes!("../../web/index.html"),
-    },
-    Asset {
-        name: "style.css",
-        content_type: "text/css; charset=utf-8",
-        bytes: include_bytes!("../../web/style.css"),
-    },
-    Asset {
-        name: "app.js",
-        content_type: "text/javascript; charset=utf-8",
-        bytes: include_bytes!("../../web/app.js"),
-    },
-    Asset {
-        name: "api.js",
-        content_type: "text/javascript; charset=utf-8",
-        bytes: include_bytes!("../../web/api.js"),
-    },
-    Asset {
-        name: "upload.js",
-        content_type: "text/javascript; charset=utf-8",
-        bytes: include_bytes!("../../web/upload.js"),
-    },
-    Asset {
-        name: "icon.svg",
-        content_type: "image/svg+xml",
-        bytes: include_bytes!("../../web/icon.svg"),
-    },
+    asset!("index.html", "text/html; charset=utf-8"),
+    asset!("style.css", "text/css; charset=utf-8"),
+    asset!("app.js", "text/javascript; charset=utf-8"),
+    asset!("api.js", "text/javascript; charset=utf-8"),
+    asset!("upload.js", "text/javascript; charset=utf-8"),
+    asset!("icon.svg", "image/svg+xml"),
 ];
 
 /// The policy of every console answer. `blob:` for `img-src` is not needed; downloads made
@@ -87,7 +74,7 @@ pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
 
 fn serve(name: &str, headers: &HeaderMap) -> Response {
     let Some(i) = ASSETS.iter().position(|a| a.name == name) else {
-        return super::error::ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", "no such resource")
+        return super::error::ApiError::of(crate::domain::Code::NotFound, "no such resource")
             .into_response();
     };
     let asset = &ASSETS[i];

@@ -71,12 +71,25 @@ pub fn add_bearer_security(doc: &mut utoipa::openapi::OpenApi) {
     }
 }
 
+/// Every error code (`crate::domain::Code`) as the values of a string.
+fn error_codes() -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .enum_values(Some(crate::domain::Code::ALL.iter().map(|c| c.as_str())))
+        .description(Some(
+            "Stable machine-readable code (README: Error codes); the message is for people",
+        ))
+        .examples(["INVALID_PARAMETER"])
+        .build()
+}
+
 /// The JSON body of every error response.
 #[derive(ToSchema)]
 #[allow(dead_code)]
 pub struct ErrorBody {
-    /// Stable machine-readable code, e.g. `INVALID_PARAMETER`, `IMAGE_NOT_FOUND`.
-    #[schema(example = "INVALID_PARAMETER")]
+    /// Stable machine-readable code, one of the list of `crate::domain::Code` (the README's
+    /// "Error codes").
+    #[schema(schema_with = error_codes)]
     code: String,
     /// Human-readable text (the original's texts where clients compare them).
     message: String,

@@ -5,7 +5,7 @@ use super::error::ApiError;
 use crate::domain::{
     self,
     caller::Caller,
-    form::{Fields, FormPart, FormSource, NoParts},
+    form::{Fields, FormPart, FormReader, FormSource, NoParts},
 };
 use async_trait::async_trait;
 use axum::{
@@ -232,9 +232,8 @@ impl<S: Send + Sync> FromRequest<S> for Form {
         let parts: Box<dyn FormSource> = match mime.as_str() {
             "multipart/form-data" => {
                 let boundary = multer::parse_boundary(&ct).map_err(|e| {
-                    ApiError::new(
-                        axum::http::StatusCode::BAD_REQUEST,
-                        "BAD_BODY",
+                    ApiError::of(
+                        crate::domain::Code::BadBody,
                         format!("malformed multipart body: {e}"),
                     )
                 })?;
@@ -299,17 +298,9 @@ impl<S: Send + Sync> FromRequest<S> for FormFields {
             mut fields,
             mut parts,
         } = Form::from_request(req, state).await?;
-        let mut body = Fields::default();
-        while let Some(part) = parts.next_part().await? {
-            match part {
-                FormPart::Text { name, value } => body.set(name, value),
-                FormPart::File { mut body, .. } => {
-                    while let Some(chunk) = body.next().await {
-                        chunk.map_err(domain::Error::BadBody)?;
-                    }
-                }
-            }
-        }
+        let body = FormReader::new(parts.as_mut(), Fields::default())
+            .finish()
+            .await?;
         fields.overlay(body);
         Ok(FormFields(fields))
     }

@@ -8,7 +8,11 @@ use super::{
     views::{FlatImage, ImageView},
 };
 use crate::domain::{
-    download::RangeRequest, images::ListQuery, integrity::Checksum, uploads::ChunkTrace, Service,
+    download::{RangeRequest, Representation},
+    images::ListQuery,
+    integrity::Checksum,
+    uploads::ChunkTrace,
+    Service,
 };
 use axum::{
     body::Body,
@@ -216,17 +220,8 @@ pub async fn slim(
     audit: Audit,
     ImageIdPath(id): ImageIdPath,
 ) -> ApiResult<&'static str> {
-    let result = svc
-        .request_slim(audit.caller(), &id)
-        .await
-        .map_err(ApiError::from);
-    let valid = crate::domain::validate::image_id(&id);
-    let event = about_image(audit.record("image.slim"), &valid);
-    match &result {
-        Ok(answer) => event.detail(answer).success(),
-        Err(e) => event.error(e),
-    }
-    result
+    let result = svc.request_slim(audit.caller(), &id).await;
+    audited_answer(&audit, "image.slim", &id, result.map_err(ApiError::from))
 }
 
 /// Queues a fresh check: the stored bytes' MD5 and SHA-256 are compared with those recorded
@@ -242,12 +237,20 @@ pub async fn check(
     audit: Audit,
     ImageIdPath(id): ImageIdPath,
 ) -> ApiResult<&'static str> {
-    let result = svc
-        .request_check(audit.caller(), &id)
-        .await
-        .map_err(ApiError::from);
-    let valid = crate::domain::validate::image_id(&id);
-    let event = about_image(audit.record("image.check"), &valid);
+    let result = svc.request_check(audit.caller(), &id).await;
+    audited_answer(&audit, "image.check", &id, result.map_err(ApiError::from))
+}
+
+/// Records an image action's answer (`action` names the event) in the audit trail, with
+/// the answer as its detail; returns it.
+fn audited_answer(
+    audit: &Audit,
+    action: &str,
+    id: &str,
+    result: ApiResult<&'static str>,
+) -> ApiResult<&'static str> {
+    let valid = crate::domain::validate::image_id(id);
+    let event = about_image(audit.record(action), &valid);
     match &result {
         Ok(answer) => event.detail(answer).success(),
         Err(e) => event.error(e),
@@ -433,26 +436,11 @@ pub async fn download(
         etag: &repr.etag,
         last_modified: repr.last_modified,
     };
-    let mut h = HeaderMap::new();
-    if let Ok(v) = HeaderValue::from_str(&repr.etag) {
-        h.insert(header::ETAG, v);
-    }
-    h.insert(
-        header::LAST_MODIFIED,
-        HeaderValue::from_str(&conditional::http_date(repr.last_modified)).expect("ascii"),
-    );
-    if let Some(hex_digest) = &repr.sha256 {
-        // RFC 9530: the digest of the whole representation, also on a 206.
-        if let Ok(bytes) = hex::decode(hex_digest) {
-            let v = format!("sha-256=:{}:", B64.encode(bytes));
-            h.insert("repr-digest", HeaderValue::from_str(&v).expect("base64"));
-        }
-    }
+    let mut h = validator_headers(&repr);
     let honour_range = match conditional::evaluate(&headers, &validators) {
         conditional::Outcome::Failed => {
-            return Err(ApiError::new(
-                StatusCode::PRECONDITION_FAILED,
-                "PRECONDITION_FAILED",
+            return Err(ApiError::of(
+                crate::domain::Code::PreconditionFailed,
                 "the image's current representation does not match the request's preconditions",
             ))
         }
@@ -463,25 +451,8 @@ pub async fn download(
         }
         conditional::Outcome::Serve { range } => range,
     };
-    // A Range whose If-Range names other bytes gets the whole representation (RFC 9110
-    // section 13.1.5), never a range that could be spliced onto other bytes.
-    let ranges: Vec<_> = headers.get_all(header::RANGE).iter().collect();
-    let range = match ranges[..] {
-        // One Range field; several are not a request this service can honour: ignored.
-        [one] if repr.ranges && honour_range => one.to_str().ok().and_then(parse_range),
-        _ => None,
-    };
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static(repr.content_type),
-    );
-    h.insert(
-        header::CONTENT_DISPOSITION,
-        content_disposition(&repr.file_name),
-    );
-    if repr.ranges {
-        h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-    }
+    let range = requested_range(&headers, repr.ranges && honour_range);
+    h.extend(content_headers(&repr));
     let (length, partial, body) = if method == Method::HEAD {
         // The same headers as a GET, and no store read.
         let partial = match range {
@@ -512,6 +483,53 @@ pub async fn download(
     }
     resp.headers_mut().extend(h);
     Ok(resp)
+}
+
+/// The validators of a representation (`ETag`, `Last-Modified`) and, when known, its
+/// `Repr-Digest` (RFC 9530: the digest of the whole representation, also on a 206).
+fn validator_headers(repr: &Representation) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    if let Ok(v) = HeaderValue::from_str(&repr.etag) {
+        h.insert(header::ETAG, v);
+    }
+    h.insert(
+        header::LAST_MODIFIED,
+        HeaderValue::from_str(&conditional::http_date(repr.last_modified)).expect("ascii"),
+    );
+    if let Some(bytes) = repr.sha256.as_deref().and_then(|d| hex::decode(d).ok()) {
+        let v = format!("sha-256=:{}:", B64.encode(bytes));
+        h.insert("repr-digest", HeaderValue::from_str(&v).expect("base64"));
+    }
+    h
+}
+
+/// `Content-Type`, `Content-Disposition` and, where ranges are served, `Accept-Ranges`.
+fn content_headers(repr: &Representation) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(repr.content_type),
+    );
+    h.insert(
+        header::CONTENT_DISPOSITION,
+        content_disposition(&repr.file_name),
+    );
+    if repr.ranges {
+        h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    }
+    h
+}
+
+/// The range a request asks for, when it may be honoured (`honour`: the representation
+/// serves ranges and no `If-Range` names other bytes; else the whole representation is sent,
+/// RFC 9110 section 13.1.5, never a range that could be spliced onto other bytes). One
+/// `Range` field only: several are not a request this service can honour, and are ignored.
+fn requested_range(headers: &HeaderMap, honour: bool) -> Option<RangeRequest> {
+    let ranges: Vec<_> = headers.get_all(header::RANGE).iter().collect();
+    match ranges[..] {
+        [one] if honour => one.to_str().ok().and_then(parse_range),
+        _ => None,
+    }
 }
 
 /// Parses a single `bytes=` range. Anything else (other units, several ranges, garbage) is

@@ -19,7 +19,7 @@ pub mod views;
 use crate::{auth::Authenticator, domain::Service};
 use axum::{
     extract::{DefaultBodyLimit, Request, State},
-    http::{header, HeaderName, HeaderValue, Method, StatusCode},
+    http::{header, HeaderName, HeaderValue, Method},
     middleware,
     response::{IntoResponse, Response},
     Json, Router,
@@ -162,22 +162,9 @@ async fn health() -> &'static str {
         (status = 503, description = "DATABASE_UNAVAILABLE or STORAGE_UNAVAILABLE", body = docs::ErrorBody),
     ))]
 async fn ready(State(svc): State<Service>) -> Result<Json<serde_json::Value>, ApiError> {
-    use sea_orm::ConnectionTrait;
-    if let Err(e) = svc.db().execute_unprepared("SELECT 1").await {
-        tracing::warn!(error = %e, "readiness: database unreachable");
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "DATABASE_UNAVAILABLE",
-            "database unreachable",
-        ));
-    }
-    if let Err(e) = svc.store().ping(&svc.config().tiers[&0].bucket).await {
-        tracing::warn!(error = %e, "readiness: storage unreachable");
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "STORAGE_UNAVAILABLE",
-            "storage unreachable",
-        ));
+    if let Err(e) = svc.readiness().await {
+        tracing::warn!(error = %e, cause = ?std::error::Error::source(&e), "not ready");
+        return Err(ApiError::of(e.answer().code, e.to_string()));
     }
     Ok(Json(
         serde_json::json!({ "database": "ok", "storage": "ok" }),
@@ -202,13 +189,12 @@ async fn openapi_json() -> Response {
 }
 
 async fn not_found() -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", "no such resource")
+    ApiError::of(crate::domain::Code::NotFound, "no such resource")
 }
 
 async fn method_not_allowed() -> ApiError {
-    ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "METHOD_NOT_ALLOWED",
+    ApiError::of(
+        crate::domain::Code::MethodNotAllowed,
         "method not allowed on this resource",
     )
 }

@@ -180,7 +180,7 @@ impl ObjectStore for LocalStore {
         upload_id: &str,
         number: u32,
         body: SpooledPart,
-        _direct: bool,
+        direct: bool,
     ) -> Result<UploadedPart> {
         let dir = self.upload_dir(upload_id)?;
         if !tokio::fs::try_exists(&dir).await? {
@@ -194,9 +194,11 @@ impl ObjectStore for LocalStore {
         .await
         .map_err(|e| io::Error::other(e.to_string()))??;
         // Local writes are not corrupted in transit: no store-side checksum.
+        // No minimum part size here: a chunk is staged only when the caller asks.
         Ok(UploadedPart {
             etag,
             checksum: None,
+            staged: !direct,
         })
     }
 

@@ -63,6 +63,10 @@ pub struct UploadedPart {
     /// The checksum the store verified on receipt and must be given back at completion
     /// (S3's `x-amz-checksum-crc32c` or `-sha256`, base64), when one was sent.
     pub checksum: Option<String>,
+    /// Whether the chunk was kept as a staging object (not sent directly, or below the store's
+    /// minimum part size) to be packed into a part at completion, rather than stored as its
+    /// part. The store decides (it knows its minimum); the caller records what it decided.
+    pub staged: bool,
 }
 
 /// A part recorded at upload time, handed back at completion.
@@ -74,6 +78,8 @@ pub struct CompletedPart {
     pub size: u64,
     /// As `UploadedPart::checksum`.
     pub checksum: Option<String>,
+    /// As `UploadedPart::staged`.
+    pub staged: bool,
 }
 
 impl CompletedPart {
@@ -83,6 +89,7 @@ impl CompletedPart {
             etag: part.etag,
             size,
             checksum: part.checksum,
+            staged: part.staged,
         }
     }
 }

@@ -1,5 +1,7 @@
 //! Integration tests over real HTTP: one binary, a real server per test.
 
+#[path = "../common/mod.rs"]
+mod common;
 mod helpers;
 
 mod auth;

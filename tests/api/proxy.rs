@@ -5,14 +5,10 @@
 //! body before it reads anything; nginx (`proxy_request_buffering off` and on) turns a
 //! connection closed under it into a 502 and takes the upstream out for `fail_timeout`.
 
-use crate::helpers::*;
+use crate::{common::nginx::Site, helpers::*};
 use reqwest::{multipart, Client, Response};
 use serde_json::{json, Value};
-use std::{
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
-};
+use std::path::PathBuf;
 
 const MIB: usize = 1 << 20;
 const LIMIT: u64 = 6 << 20;
@@ -22,14 +18,21 @@ const TOO_LARGE: &str = "File size is larger than max size";
 const BAD_PRIORITY: &str = "unknown priority \"7\"; valid priorities: 0";
 
 /// A real nginx as a reverse proxy in front of `upstreams` (round robin), a child process.
-pub struct Nginx {
-    child: Child,
-    pub base: String,
-    dir: tempfile::TempDir,
+pub use crate::common::nginx::Nginx;
+
+impl Nginx {
+    /// A reverse proxy in front of `upstreams` (round robin), with `proxy_request_buffering`
+    /// on or off.
+    pub async fn proxy(upstreams: &[&str], request_buffering: bool) -> Nginx {
+        Nginx::start(None, |_| proxy_site(upstreams, request_buffering)).await
+    }
+
+    pub fn api(&self, path: &str) -> String {
+        format!("{}{API}{path}", self.base)
+    }
 }
 
-fn nginx_conf(dir: &Path, port: u16, upstreams: &[&str], buffering: bool) -> String {
-    let d = dir.display();
+fn proxy_site(upstreams: &[&str], buffering: bool) -> Site {
     // nginx's defaults, spelled out: one failure takes a server out for 10 s.
     let servers: String = upstreams
         .iter()
@@ -40,134 +43,22 @@ fn nginx_conf(dir: &Path, port: u16, upstreams: &[&str], buffering: bool) -> Str
             )
         })
         .collect();
-    // Workers run as the user nginx starts as (a root master would switch to nobody).
-    // SAFETY: geteuid(2) only reads the process's effective user id; it cannot fail.
-    let user = if unsafe { libc::geteuid() } == 0 {
-        "user root;"
-    } else {
-        ""
-    };
     let buffering = if buffering { "on" } else { "off" };
-    format!(
-        "{user}
-worker_processes 1;
-error_log {d}/error.log warn;
-pid {d}/nginx.pid;
-events {{ worker_connections 256; }}
-http {{
-    access_log {d}/access.log;
-    client_body_temp_path {d}/client_body;
-    proxy_temp_path {d}/proxy;
-    fastcgi_temp_path {d}/fastcgi;
-    uwsgi_temp_path {d}/uwsgi;
-    scgi_temp_path {d}/scgi;
-    upstream file_system {{
+    Site {
+        http: format!(
+            "    upstream file_system {{
 {servers}        keepalive 8;
-    }}
-    server {{
-        listen 127.0.0.1:{port};
-        client_max_body_size 0;
+    }}"
+        ),
+        server: format!(
+            "        client_max_body_size 0;
         location / {{
             proxy_pass http://file_system;
             proxy_http_version 1.1;
             proxy_set_header Connection \"\";
             proxy_request_buffering {buffering};
-        }}
-    }}
-}}
-"
-    )
-}
-
-impl Nginx {
-    pub async fn start(upstreams: &[&str], request_buffering: bool) -> Nginx {
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let conf = dir.path().join("nginx.conf");
-        std::fs::write(
-            &conf,
-            nginx_conf(dir.path(), port, upstreams, request_buffering),
-        )
-        .unwrap();
-        let mut child = Command::new(nginx_binary())
-            .arg("-p")
-            .arg(dir.path())
-            .arg("-e")
-            .arg(dir.path().join("error.log"))
-            .arg("-c")
-            .arg(&conf)
-            .args(["-g", "daemon off;"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(
-                std::fs::File::create(dir.path().join("stderr.log")).unwrap(),
-            ))
-            .spawn()
-            .expect(
-                "nginx must be installed (scripts/lib.sh's ensure_tools installs Debian's nginx)",
-            );
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            let log = || std::fs::read_to_string(dir.path().join("error.log")).unwrap_or_default();
-            if let Some(status) = child.try_wait().unwrap() {
-                panic!("nginx exited ({status}): {}", log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "nginx did not come up: {}",
-                log()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        Nginx {
-            child,
-            base: format!("http://127.0.0.1:{port}"),
-            dir,
-        }
-    }
-
-    pub fn api(&self, path: &str) -> String {
-        format!("{}{API}{path}", self.base)
-    }
-
-    /// The error log's lines at level error or worse (a failed upstream, a 502, ...).
-    pub fn errors(&self) -> Vec<String> {
-        std::fs::read_to_string(self.dir.path().join("error.log"))
-            .unwrap_or_default()
-            .lines()
-            .filter(|l| {
-                ["[error]", "[crit]", "[alert]", "[emerg]"]
-                    .iter()
-                    .any(|lvl| l.contains(lvl))
-            })
-            .map(str::to_string)
-            .collect()
-    }
-}
-
-/// `nginx` on PATH, else Debian's /usr/sbin/nginx (sbin is not on every user's PATH).
-fn nginx_binary() -> PathBuf {
-    let on_path = std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .map(|d| d.join("nginx"))
-        .find(|p| p.is_file());
-    on_path.unwrap_or_else(|| PathBuf::from("/usr/sbin/nginx"))
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        // SIGTERM: the master stops its workers and exits.
-        // SAFETY: kill(2) on our own child, which has not been waited for yet.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        }}"
+        ),
     }
 }
 
@@ -417,7 +308,7 @@ async fn refusals_through_nginx(b: Backend, request_buffering: bool) {
         },
     )
     .await;
-    let nginx = Nginx::start(&[&app.base], request_buffering).await;
+    let nginx = Nginx::proxy(&[&app.base], request_buffering).await;
     let api = nginx.api("");
     for (i, refused) in Refused::ALL.into_iter().enumerate() {
         refused.check(&app.client, &api, i as u64).await;
@@ -465,7 +356,7 @@ async fn two_replicas_behind_nginx(b: Backend) {
         let log = dir.join(format!("{name}.log"));
         replicas.push(Replica::start(&app.vars, free_port(), &log, &extra).await);
     }
-    let nginx = Nginx::start(&[&replicas[0].base, &replicas[1].base], false).await;
+    let nginx = Nginx::proxy(&[&replicas[0].base, &replicas[1].base], false).await;
     let api = nginx.api("");
     let refusals = [Refused::BadName, Refused::OverLimit, Refused::BadPriority];
     let mut stored = vec![];

@@ -8,9 +8,6 @@ use aws_sdk_s3::{
     types::{CompletedMultipartUpload, CompletedPart as S3Part},
 };
 
-/// Marks an ETag of a part held as a staging object.
-pub(super) const STAGED: &str = "staged:";
-
 /// Where the staged chunks of an upload live. Upload ids are opaque (and may hold characters
 /// awkward in keys), so the prefix is their MD5.
 fn staging_prefix(upload_id: &str) -> String {
@@ -74,7 +71,7 @@ impl S3Store {
     }
 
     /// Chunk `number` of a chunked upload: part `number` itself when `direct` and at least the
-    /// minimum part size, else a staging object (its ETag marked [`STAGED`]).
+    /// minimum part size, else a staging object (`staged`).
     pub(super) async fn put_chunk(
         &self,
         bucket: &str,
@@ -118,7 +115,11 @@ impl S3Store {
                 .e_tag()
                 .map(str::to_string)
                 .ok_or_else(|| StorageError::Io(std::io::Error::other("store returned no ETag")))?;
-            return Ok(UploadedPart { etag, checksum });
+            return Ok(UploadedPart {
+                etag,
+                checksum,
+                staged: false,
+            });
         }
         let out = s
             .client
@@ -134,8 +135,9 @@ impl S3Store {
             .map_err(|e| self.err(e))?;
         // Packed into a part at completion, which gets its own checksum then.
         Ok(UploadedPart {
-            etag: format!("{STAGED}{}", out.e_tag().unwrap_or("")),
+            etag: out.e_tag().unwrap_or("").to_string(),
             checksum: None,
+            staged: true,
         })
     }
 

@@ -1,10 +1,7 @@
 //! Packing at completion: the parts an upload completes with, made by the merge [`plan`]
 //! (direct parts kept, staged chunks copied inside the store or joined through a spool file).
 
-use super::{
-    multipart::{staging_key, STAGED},
-    plan, S3Store,
-};
+use super::{multipart::staging_key, plan, S3Store};
 use crate::storage::{CompletedPart, Result, StorageError};
 use aws_sdk_s3::{
     error::SdkError, primitives::ByteStream as S3Body, types::CompletedPart as S3Part,
@@ -38,7 +35,7 @@ impl S3Store {
             .map(|p| plan::Chunk {
                 number: p.number,
                 len: p.size,
-                held: match p.etag.starts_with(STAGED) {
+                held: match p.staged {
                     true => plan::Held::Staged,
                     false => plan::Held::Direct {
                         etag: p.etag.clone(),

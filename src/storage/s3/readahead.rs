@@ -117,6 +117,58 @@ pub fn exact(body: super::super::ByteStream, len: u64) -> super::super::ByteStre
     .boxed()
 }
 
+/// The state of an [`ordered`] stream.
+struct State<F> {
+    f: F,
+    budget: Budget,
+    current: super::super::ByteStream,
+    /// Windows fetched ahead, in order.
+    ahead: VecDeque<Pending>,
+    /// The first byte no window covers yet.
+    next: u64,
+    end: u64,
+}
+impl<F: Fetch> State<F> {
+    /// Starts windows ahead while there are bytes left, room and permits.
+    fn fill(&mut self) {
+        while self.next <= self.end && self.ahead.len() < AHEAD {
+            let Some(permit) = self.budget.try_take() else {
+                return;
+            };
+            let stop = (self.next + self.budget.window - 1).min(self.end);
+            self.ahead
+                .push_back(spawn_window(&self.f, self.next, stop, permit));
+            self.next = stop + 1;
+        }
+    }
+
+    /// The next window once the current one ended: fetched ahead, or fetched now and
+    /// streamed as it arrives. `false` after the last.
+    fn advance(&mut self) -> bool {
+        self.current = match self.ahead.pop_front() {
+            Some(w) => futures::stream::unfold(w, |mut w| async move {
+                w.rx.recv().await.map(|item| (item, w))
+            })
+            .boxed(),
+            None if self.next <= self.end => {
+                let (f, start) = (self.f.clone(), self.next);
+                let stop = (start + self.budget.window - 1).min(self.end);
+                self.next = stop + 1;
+                futures::stream::once(async move {
+                    match f.fetch(start, stop).await {
+                        Ok(body) => exact(body, stop - start + 1),
+                        Err(e) => futures::stream::iter([Err(std::io::Error::other(e))]).boxed(),
+                    }
+                })
+                .flatten()
+                .boxed()
+            }
+            None => return false,
+        };
+        true
+    }
+}
+
 /// The bytes `[from, end]` of an object whose first window (`first`, ending at `first_end`)
 /// is already streaming, as one ordered stream: later windows of `budget.window` bytes are
 /// fetched up to [`AHEAD`] at once while budget permits.
@@ -127,58 +179,6 @@ pub fn ordered<F: Fetch>(
     first_end: u64,
     end: u64,
 ) -> super::super::ByteStream {
-    struct State<F> {
-        f: F,
-        budget: Budget,
-        current: super::super::ByteStream,
-        /// Windows fetched ahead, in order.
-        ahead: VecDeque<Pending>,
-        /// The first byte no window covers yet.
-        next: u64,
-        end: u64,
-    }
-    impl<F: Fetch> State<F> {
-        /// Starts windows ahead while there are bytes left, room and permits.
-        fn fill(&mut self) {
-            while self.next <= self.end && self.ahead.len() < AHEAD {
-                let Some(permit) = self.budget.try_take() else {
-                    return;
-                };
-                let stop = (self.next + self.budget.window - 1).min(self.end);
-                self.ahead
-                    .push_back(spawn_window(&self.f, self.next, stop, permit));
-                self.next = stop + 1;
-            }
-        }
-
-        /// The next window once the current one ended: fetched ahead, or fetched now and
-        /// streamed as it arrives. `false` after the last.
-        fn advance(&mut self) -> bool {
-            self.current = match self.ahead.pop_front() {
-                Some(w) => futures::stream::unfold(w, |mut w| async move {
-                    w.rx.recv().await.map(|item| (item, w))
-                })
-                .boxed(),
-                None if self.next <= self.end => {
-                    let (f, start) = (self.f.clone(), self.next);
-                    let stop = (start + self.budget.window - 1).min(self.end);
-                    self.next = stop + 1;
-                    futures::stream::once(async move {
-                        match f.fetch(start, stop).await {
-                            Ok(body) => exact(body, stop - start + 1),
-                            Err(e) => {
-                                futures::stream::iter([Err(std::io::Error::other(e))]).boxed()
-                            }
-                        }
-                    })
-                    .flatten()
-                    .boxed()
-                }
-                None => return false,
-            };
-            true
-        }
-    }
     let mut st = State {
         f,
         budget,
