@@ -313,22 +313,51 @@ impl Service {
         }
     }
 
-    /// Checks the compressed `output` and, when consistent, stores it beside the original
-    /// (hashed while it is stored: one read) and records it; only then is it served.
+    /// Checks the compressed `output` while it is stored beside the original (hashed while it
+    /// is stored: one read) and, when it checks consistent, records it; only then is it
+    /// served. An output that does not check consistent is removed from the store again.
     async fn keep_slimmed(&self, img: &image::Model, output: &std::path::Path) -> Result<Step> {
         let image_id = img.id.as_str();
-        let report = self
-            .imageops
-            .check(&Image::File(output.to_path_buf()), Declared::Qcow2)
-            .await;
+        let key = format!("{}.slim", img.object_key);
+        let file = Image::File(output.to_path_buf());
+        let check = self.imageops.check(&file, Declared::Qcow2);
+        let (report, stored) = tokio::join!(check, self.store_slimmed(img, &key, output));
         if report.status != CheckStatus::Consistent {
+            if stored.is_ok() {
+                self.delete_object(&img.bucket, &key).await;
+            }
             let msg = format!("the slimmed image did not check consistent: {}", report.msg);
             db::images::slim_failed(&self.db, image_id, CompressStatus::Failed, &msg, now_secs())
                 .await?;
             self.metrics.image_slimmed(SlimOutcome::Failed);
             return Ok(Step::Done);
         }
-        let key = format!("{}.slim", img.object_key);
+        let (size, crc32, digests) = stored?;
+        let slim = db::images::SlimResult {
+            key: &key,
+            size,
+            crc32,
+            md5: &digests.md5_hex().unwrap_or_default(),
+            sha256: &digests.sha256_hex().unwrap_or_default(),
+        };
+        if db::images::slim_done(&self.db, image_id, &slim, &report, now_secs()).await? {
+            tracing::info!(image.id = %image_id, before_bytes = img.size_bytes, after_bytes = size, "image slimmed");
+            self.metrics.image_slimmed(SlimOutcome::Slimmed);
+        } else {
+            // Deleted (or reset) meanwhile: nothing may stay behind.
+            self.delete_object(&img.bucket, &key).await;
+        }
+        Ok(Step::Done)
+    }
+
+    /// Stores the slimmed `output` under `key` in the image's tier, hashed while it is read:
+    /// its size (bytes), CRC-32 and digests. A failed or abandoned put leaves no object.
+    async fn store_slimmed(
+        &self,
+        img: &image::Model,
+        key: &str,
+        output: &std::path::Path,
+    ) -> Result<(u64, u32, Digests)> {
         let meter = super::meter::Meter::hashing(Wanted::IMAGE);
         let file = std::fs::File::open(output)?;
         let len = file.metadata()?.len();
@@ -341,23 +370,8 @@ impl Service {
         let opts = crate::storage::PutOptions {
             storage_class: class,
         };
-        let size = self.store.put(&img.bucket, &key, body, &opts).await?;
-        let digests = meter.digests();
-        let slim = db::images::SlimResult {
-            key: &key,
-            size,
-            crc32: meter.crc32(),
-            md5: &digests.md5_hex().unwrap_or_default(),
-            sha256: &digests.sha256_hex().unwrap_or_default(),
-        };
-        if db::images::slim_done(&self.db, image_id, &slim, &report, now_secs()).await? {
-            tracing::info!(image.id = %image_id, before_bytes = img.size_bytes, after_bytes = size, "image slimmed");
-            self.metrics.image_slimmed(SlimOutcome::Slimmed);
-        } else {
-            // Deleted (or reset) meanwhile: nothing may stay behind.
-            self.delete_object(&img.bucket, &key).await;
-        }
-        Ok(Step::Done)
+        let size = self.store.put(&img.bucket, key, body, &opts).await?;
+        Ok((size, meter.crc32(), meter.digests()))
     }
 
     /// Ends a slim the image's state refuses: `slimStatus` 3 with `refusal` as its message.
@@ -479,9 +493,10 @@ impl Service {
     }
 
     /// Runs `op` on the object's bytes as qemu-img reads them while their `wanted` digests are
-    /// computed in one more read of the object, at the same time: qemu-img reads
-    /// the store's own file when it has one, else a read-only NBD export of the object
-    /// (`storage::nbd`: ranged reads, no copy). Only a sidecar imageops, which sees nothing
+    /// computed, at the same time: qemu-img reads the store's own file when it has one (hashed
+    /// in one more read of it), else a read-only NBD export of the object (`storage::nbd`:
+    /// ranged reads, no copy; hashed through the export's blocks, so that each is fetched
+    /// once). Only a sidecar imageops, which sees nothing
     /// but the shared scratch directory, gets a scratch copy (hashed while it is written,
     /// removed afterwards).
     ///
@@ -519,7 +534,8 @@ impl Service {
                     head,
                 };
                 self.metrics.image_read(ImageRead::Nbd);
-                let digests = self.object_digests(bucket, key, wanted);
+                // Hashed through the export: the blocks qemu-img reads are read once.
+                let digests = super::stream_digests(export.stream(), wanted);
                 let (out, digests) = tokio::join!(op(image), digests);
                 let (digests, failed) = (digests?, export.failed_reads());
                 if failed > 0 {

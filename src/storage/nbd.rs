@@ -13,7 +13,8 @@
 //! qemu-img reads a qcow2 a cluster (64 KiB) at a time; one ranged GET each would cost a round
 //! trip per cluster. The store is read in aligned blocks of [`BLOCK`] bytes instead, the last
 //! [`CACHED_BLOCKS`] kept, and while the reads go forward the next [`PREFETCH_BLOCKS`] are
-//! fetched ahead (at most `(CACHED_BLOCKS + IN_FLIGHT) * BLOCK` bytes held per export).
+//! fetched ahead (at most `(CACHED_BLOCKS + IN_FLIGHT) * BLOCK` bytes held per export, plus
+//! the read-ahead of [`Export::stream`], which hashes the object through the same blocks).
 //!
 //! The socket lives in the process's scratch directory with mode 0600: only this service's
 //! user can connect. Dropping the [`Export`] stops it, ends its connections and removes the
@@ -83,10 +84,14 @@ const EINVAL: u32 = 22;
 
 /// Bytes read from the store at a time (aligned to multiples of it).
 pub const BLOCK: u64 = 1 << 20;
-/// Blocks kept once read.
-pub const CACHED_BLOCKS: usize = 16;
+/// Blocks kept once read: enough for qemu-img's concurrent reads, their read-ahead and a
+/// reader of [`Export::stream`] a little behind or ahead of them to share each block.
+pub const CACHED_BLOCKS: usize = 32;
 /// Blocks fetched ahead of reads that go forward.
 pub const PREFETCH_BLOCKS: u64 = 4;
+/// Clients that asked for no read for this long (milliseconds) are idle: a reader of
+/// [`Export::stream`] no longer waits for them.
+pub const PACE_IDLE_MS: u64 = 100;
 
 /// A block, fetched once by whichever read or prefetch comes first.
 type Block = Arc<tokio::sync::OnceCell<Bytes>>;
@@ -103,6 +108,10 @@ struct Object {
     cache: std::sync::Mutex<std::collections::VecDeque<(u64, Block)>>,
     /// The last block the latest read needed (`u64::MAX` before any).
     last_block: AtomicU64,
+    /// When the export started; `last_read_ms` counts from it.
+    started: std::time::Instant,
+    /// When a client last asked for a read (milliseconds after `started`).
+    last_read_ms: AtomicU64,
 }
 
 impl Object {
@@ -131,12 +140,31 @@ impl Object {
             .cloned()
     }
 
+    /// Holds a reader of [`Export::stream`] back while clients are reading (one asked within
+    /// [`PACE_IDLE_MS`]) and block `index` is more than half the cache ahead of them, so that
+    /// the blocks it fetches are still cached when they get there. A client that reads only
+    /// some blocks (qemu-img check reads the metadata) stops holding it back once it is idle.
+    async fn pace(&self, index: u64) {
+        loop {
+            let last = self.last_block.load(Ordering::Relaxed);
+            let now = self.started.elapsed().as_millis() as u64;
+            let idle =
+                now.saturating_sub(self.last_read_ms.load(Ordering::Relaxed)) >= PACE_IDLE_MS;
+            if last == u64::MAX || idle || index <= last + CACHED_BLOCKS as u64 / 2 {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+    }
+
     /// `len` bytes from `offset` (inside the object), from its blocks; when the reads go
     /// forward, the blocks after these are fetched ahead on tasks of their own.
     async fn read(self: &Arc<Self>, offset: u64, len: u32) -> Result<Bytes, StorageError> {
         let end = offset + len as u64;
         let (first, last) = (offset / BLOCK, (end - 1) / BLOCK);
         let previous = self.last_block.swap(last, Ordering::Relaxed);
+        self.last_read_ms
+            .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
         if previous != u64::MAX && (first == previous || first == previous + 1) {
             for index in last + 1..=last + PREFETCH_BLOCKS {
                 if index * BLOCK >= self.size {
@@ -194,6 +222,8 @@ impl Export {
             failed_reads: AtomicU64::new(0),
             cache: Default::default(),
             last_block: AtomicU64::new(u64::MAX),
+            started: std::time::Instant::now(),
+            last_read_ms: AtomicU64::new(0),
         });
         let server = tokio::spawn(accept(listener, object.clone()));
         Ok(Export {
@@ -207,6 +237,26 @@ impl Export {
     /// "path": ...}}`).
     pub fn socket(&self) -> &Path {
         &self.socket
+    }
+
+    /// The whole object in order, read through the export's blocks (the next
+    /// `2 * PREFETCH_BLOCKS` fetched ahead): a reader that goes along with qemu-img shares its
+    /// ranged reads, each block fetched once while the two stay within [`CACHED_BLOCKS`] of
+    /// each other, so hashing the object while qemu-img reads it costs no second read of the
+    /// store. Errors: a failed store read ends the stream with it.
+    pub fn stream(&self) -> super::ByteStream {
+        let object = self.object.clone();
+        let blocks = object.size.div_ceil(BLOCK);
+        futures::stream::iter(0..blocks)
+            .map(move |index| {
+                let object = object.clone();
+                async move {
+                    object.pace(index).await;
+                    object.block(index).await.map_err(io::Error::other)
+                }
+            })
+            .buffered(2 * PREFETCH_BLOCKS as usize)
+            .boxed()
     }
 
     /// How many reads of the store failed so far (their clients got `EIO`): a tool's verdict
