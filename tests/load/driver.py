@@ -249,6 +249,11 @@ http {{
     upstream file_system {{
 {servers}        keepalive 8;
     }}
+    # Longer than any run: locust's pool keeps idle connections without expiring them and
+    # never retries a POST, so one nginx closes after its default 75 s idle time can take a
+    # request sent at the same moment (status 0, an empty answer: a race of HTTP keep-alive,
+    # not of the service; clients such as Java's retry on a stale connection).
+    keepalive_timeout 3600s;
     server {{
         listen 127.0.0.1:{port};
         client_max_body_size 0;
