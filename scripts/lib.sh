@@ -72,7 +72,10 @@ ensure_garage() {
     export PATH="$FS_TOOLS/bin:$PATH"
     if ! garage --version 2>/dev/null | grep -q "$GARAGE_VERSION"; then
         echo "installing garage $GARAGE_VERSION into $FS_TOOLS (one time, ~10 min)" >&2
-        cargo install garage --version "$GARAGE_VERSION" --locked --root "$FS_TOOLS" --quiet
+        # Only what the tests use: the S3 API on SQLite metadata (no LMDB, K2V or metrics: less
+        # to compile on a fresh machine).
+        cargo install garage --version "$GARAGE_VERSION" --locked --root "$FS_TOOLS" --quiet \
+            --no-default-features --features bundled-libs,sqlite
     fi
 }
 
