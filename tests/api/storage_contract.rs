@@ -2,35 +2,9 @@
 
 use crate::helpers::*;
 use bytes::Bytes;
-use file_system::storage::{
-    ByteRange, ByteStream, CompletedPart, ObjectStore, PutOptions, SpooledPart, StorageError,
-};
+use file_system::storage::{ByteRange, CompletedPart, ObjectStore, PutOptions, StorageError};
 use futures::StreamExt;
 use std::{path::PathBuf, sync::Arc};
-
-fn stream_of(data: Vec<u8>) -> ByteStream {
-    let chunks: Vec<std::io::Result<Bytes>> = data
-        .chunks(10_000)
-        .map(|c| Ok(Bytes::copy_from_slice(c)))
-        .collect();
-    futures::stream::iter(chunks).boxed()
-}
-
-async fn read_all(s: ByteStream) -> Vec<u8> {
-    s.map(|c| c.unwrap().to_vec())
-        .collect::<Vec<_>>()
-        .await
-        .concat()
-}
-
-fn spooled(dir: &std::path::Path, data: &[u8]) -> SpooledPart {
-    let mut f = tempfile::NamedTempFile::new_in(dir).unwrap();
-    std::io::Write::write_all(&mut f, data).unwrap();
-    SpooledPart {
-        file: f.into_temp_path(),
-        len: data.len() as u64,
-    }
-}
 
 /// What a behaviour of the contract runs against: a store, a bucket in it, a scratch
 /// directory, and whether parts are sent directly (`true`) or staged (`false`).

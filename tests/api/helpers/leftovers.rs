@@ -1,0 +1,94 @@
+//! What a test may not leave behind: objects, multipart uploads, scratch files.
+
+use super::TestApp;
+use std::path::{Path, PathBuf};
+
+impl TestApp {
+    /// Whether the store holds `key` in `bucket`.
+    pub async fn object_exists(&self, bucket: &str, key: &str) -> bool {
+        match &self.s3 {
+            None => self
+                .dir
+                .path()
+                .join("objects")
+                .join(bucket)
+                .join(key)
+                .is_file(),
+            Some(s3) => s3
+                .client
+                .head_object()
+                .bucket(bucket)
+                .key(format!("{}{key}", s3.prefix))
+                .send()
+                .await
+                .is_ok(),
+        }
+    }
+
+    /// Everything the service keeps: objects, parts and uploads in progress, scratch files
+    /// (to prove nothing is left behind).
+    pub async fn leftovers(&self) -> Vec<String> {
+        self.wait_jobs_idle().await;
+        // A worker whose job was cancelled (its image deleted) lets go of its scratch files
+        // when it notices, at its next lease renewal: give it that long.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let mut files = vec![];
+        loop {
+            files.clear();
+            walk(&self.scratch, &mut files);
+            if files.is_empty() || std::time::Instant::now() > deadline {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+        if self.s3.is_none() {
+            walk(&self.dir.path().join("objects"), &mut files);
+        }
+        let mut out: Vec<String> = files.iter().map(|p| p.display().to_string()).collect();
+        if let Some(s3) = &self.s3 {
+            for b in &s3.buckets {
+                let objs = s3
+                    .client
+                    .list_objects_v2()
+                    .bucket(b)
+                    .prefix(&s3.prefix)
+                    .send()
+                    .await
+                    .unwrap();
+                out.extend(
+                    objs.contents()
+                        .iter()
+                        .map(|o| format!("{b}/{}", o.key().unwrap_or(""))),
+                );
+                let ups = s3
+                    .client
+                    .list_multipart_uploads()
+                    .bucket(b)
+                    .prefix(&s3.prefix)
+                    .send()
+                    .await
+                    .unwrap();
+                out.extend(
+                    ups.uploads()
+                        .iter()
+                        .map(|u| format!("upload {b}/{}", u.key().unwrap_or(""))),
+                );
+            }
+        }
+        out
+    }
+}
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            walk(&p, out);
+        } else {
+            out.push(p);
+        }
+    }
+}
