@@ -109,7 +109,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("cannot listen on {}", cfg.imageops_listen))?;
             tracing::info!(addr = %listener.local_addr()?, dir = %dir.display(), "imageops listening");
-            let app = file_system::imageops::server::router(dir, ops);
+            let app = file_system::routes::sidecar::router(dir, ops);
             let header_timeout = std::time::Duration::from_secs(cfg.header_timeout_secs);
             file_system::routes::serve::serve(listener, app, header_timeout, shutdown_signal())
                 .await;

@@ -5,7 +5,7 @@ pub mod local;
 pub mod qcow2;
 pub mod qemu;
 pub mod remote;
-pub mod server;
+pub mod wire;
 
 use async_trait::async_trait;
 use std::path::{Path, PathBuf};

@@ -2,12 +2,13 @@
 //! are exchanged through a directory both sides mount: paths handed to it must lie inside.
 
 use super::{
-    result, CheckReport, CheckStatus, CompressFailure, CompressStatus, Declared, Image, ImageOps,
-    Progress,
+    result,
+    wire::{self, CheckAnswer, CheckRequest, CompressAnswer, CompressRequest, Started},
+    CheckReport, CheckStatus, CompressFailure, CompressStatus, Declared, Image, ImageOps, Progress,
 };
 use async_trait::async_trait;
 use sea_orm::ActiveEnum;
-use serde_json::{json, Value};
+use serde::de::DeserializeOwned;
 use std::{
     path::{Path, PathBuf},
     time::{Duration, Instant},
@@ -58,52 +59,50 @@ impl RemoteImageOps {
 
     /// One call to the sidecar. Errors are fit for clients (they end up in check and compress
     /// messages): the sidecar's address and its raw answers are logged, not returned.
-    async fn call(&self, req: reqwest::RequestBuilder) -> Result<Value, String> {
+    async fn call<T: DeserializeOwned>(&self, req: reqwest::RequestBuilder) -> Result<T, String> {
         let resp = req.send().await.map_err(|e| {
             tracing::warn!(error = %e, "imageops unreachable");
             "imageops is unavailable".to_string()
         })?;
         let status = resp.status();
-        let v: Value = resp.json().await.map_err(|e| {
-            tracing::warn!(error = %e, "imageops answered garbage");
-            "imageops gave an unreadable answer".to_string()
+        let body = resp.bytes().await.map_err(|e| {
+            tracing::warn!(error = %e, "imageops unreachable");
+            "imageops is unavailable".to_string()
         })?;
+        let garbage = |e: serde_json::Error| {
+            tracing::warn!(error = %e, answer = %String::from_utf8_lossy(&body), "imageops answered garbage");
+            "imageops gave an unreadable answer".to_string()
+        };
         if !status.is_success() {
-            tracing::warn!(%status, answer = %v, "imageops refused a request");
+            let refusal: Started = serde_json::from_slice(&body).map_err(garbage)?;
+            tracing::warn!(%status, msg = refusal.msg, "imageops refused a request");
             let shared = Image::File(self.shared_dir.clone());
-            let msg = super::qemu::public_message(&s(&v["msg"]), &[&shared]);
+            let msg = super::qemu::public_message(&refusal.msg, &[&shared]);
             return Err(format!("imageops refused: {msg}"));
         }
-        Ok(v)
+        serde_json::from_slice(&body).map_err(garbage)
     }
 
-    async fn start(&self, what: &str, body: Value) -> Result<String, String> {
-        let v = self
-            .call(
-                self.http
-                    .post(format!("{}/api/v1/vmimage/{what}", self.base))
-                    .json(&body),
-            )
-            .await?;
-        v["requestId"].as_str().map(str::to_string).ok_or_else(|| {
-            tracing::warn!(answer = %v, "imageops gave no requestId");
+    /// Starts a request at `path` (`wire::CHECK_PATH` or `COMPRESS_PATH`); its request id.
+    async fn start(&self, path: &str, body: &impl serde::Serialize) -> Result<String, String> {
+        let url = format!("{}{path}", self.base);
+        let started: Started = self.call(self.http.post(url).json(body)).await?;
+        started.request_id.ok_or_else(|| {
+            tracing::warn!(msg = started.msg, "imageops gave no requestId");
             "imageops gave no request id".to_string()
         })
     }
-}
 
-/// A status number of the sidecar's answers as its type; `None` when absent or unknown.
-fn wire<E: ActiveEnum<Value = i32>>(v: &Value) -> Option<E> {
-    let n = i32::try_from(v.as_i64()?).ok()?;
-    E::try_from_value(&n).ok()
-}
-
-fn s(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        Value::Null => String::new(),
-        other => other.to_string(),
+    /// Polls the request `id` started at `path`.
+    async fn poll<T: DeserializeOwned>(&self, path: &str, id: &str) -> Result<T, String> {
+        self.call(self.http.get(format!("{}{path}/{id}", self.base)))
+            .await
     }
+}
+
+/// A status number of the sidecar's answers as its type; `None` when unknown.
+fn status<E: ActiveEnum<Value = i32>>(n: i32) -> Option<E> {
+    E::try_from_value(&n).ok()
 }
 
 #[async_trait]
@@ -116,30 +115,25 @@ impl ImageOps for RemoteImageOps {
             }
         }
         let run = async {
-            let id = self
-                .start("check", json!({ "inputImageName": self.name(image)? }))
-                .await?;
+            let request = CheckRequest {
+                input_image_name: self.name(image)?,
+            };
+            let id = self.start(wire::CHECK_PATH, &request).await?;
             let deadline = Instant::now() + self.check_timeout;
             loop {
-                let v = self
-                    .call(
-                        self.http
-                            .get(format!("{}/api/v1/vmimage/check/{id}", self.base)),
-                    )
-                    .await?;
-                let st = wire(&v["status"]).unwrap_or(CheckStatus::Failed);
+                let answer: CheckAnswer = self.poll(wire::CHECK_PATH, &id).await?;
+                let st = status(answer.status).unwrap_or(CheckStatus::Failed);
                 if st != CheckStatus::InProgress {
-                    let info = &v["checkInfo"];
-                    let ii = &info["imageInfo"];
+                    let info = answer.check_info.unwrap_or_default();
+                    let ii = info.image_info;
                     return Ok(CheckReport {
                         status: st,
-                        msg: super::qemu::public_message(&s(&v["msg"]), &[image]),
-                        check_result: info["checkResult"].as_i64().unwrap_or(result::ERROR as i64)
-                            as i32,
-                        format: s(&ii["format"]),
-                        virtual_size_gib: ii["virtual_size"].as_f64().unwrap_or(0.0),
-                        image_end_offset: s(&ii["image-end-offset"]),
-                        check_errors: s(&ii["check-errors"]),
+                        msg: super::qemu::public_message(&answer.msg, &[image]),
+                        check_result: info.check_result.unwrap_or(result::ERROR),
+                        format: ii.format,
+                        virtual_size_gib: ii.virtual_size.unwrap_or(0.0),
+                        image_end_offset: ii.image_end_offset,
+                        check_errors: ii.check_errors,
                     });
                 }
                 if Instant::now() > deadline {
@@ -166,28 +160,26 @@ impl ImageOps for RemoteImageOps {
         super::qcow2::refuse_foreign_files(input)
             .await
             .map_err(failed)?;
-        let body = json!({
-            "inputImageName": self.name(input).map_err(failed)?,
-            "outputImageName": self.name(&Image::File(output.into())).map_err(failed)?,
-        });
-        let id = self.start("compress", body).await.map_err(failed)?;
+        let request = CompressRequest {
+            input_image_name: self.name(input).map_err(failed)?,
+            output_image_name: self.name(&Image::File(output.into())).map_err(failed)?,
+        };
+        let id = self
+            .start(wire::COMPRESS_PATH, &request)
+            .await
+            .map_err(failed)?;
         let deadline = Instant::now() + self.slim_timeout;
         loop {
-            let v = self
-                .call(
-                    self.http
-                        .get(format!("{}/api/v1/vmimage/compress/{id}", self.base)),
-                )
-                .await
-                .map_err(failed)?;
-            match wire(&v["status"]).unwrap_or(CompressStatus::Failed) {
+            let answer: CompressAnswer =
+                self.poll(wire::COMPRESS_PATH, &id).await.map_err(failed)?;
+            match status(answer.status).unwrap_or(CompressStatus::Failed) {
                 CompressStatus::Completed => return Ok(()),
-                CompressStatus::InProgress => progress(v["rate"].as_f64().unwrap_or(0.0)),
+                CompressStatus::InProgress => progress(answer.rate.unwrap_or(0.0)),
                 other => {
                     return Err(CompressFailure {
                         status: other,
                         msg: super::qemu::public_message(
-                            &s(&v["msg"]),
+                            &answer.msg,
                             &[input, &Image::File(output.into())],
                         ),
                     })

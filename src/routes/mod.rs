@@ -14,6 +14,7 @@ pub mod images;
 mod metered;
 pub mod quotas;
 pub mod serve;
+pub mod sidecar;
 pub mod views;
 
 use crate::{auth::Authenticator, domain::Service};

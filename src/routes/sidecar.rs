@@ -1,9 +1,15 @@
 //! The original imageops HTTP API, served by this binary (`file-system imageops`), so a sidecar
 //! deployment needs nothing else. Image names are relative to a directory both containers
-//! mount; requests run in the background and are polled by id.
+//! mount; requests run in the background and are polled by id. Its messages are
+//! `imageops::wire`'s, shared with the client (`imageops::remote`).
 
-use super::{
-    local::LocalImageOps, CheckReport, CheckStatus, CompressStatus, Declared, Image, ImageOps,
+use crate::imageops::{
+    local::LocalImageOps,
+    wire::{
+        self, CheckAnswer, CheckInfo, CheckRequest, CompressAnswer, CompressRequest, ImageInfo,
+        Started,
+    },
+    CheckReport, CheckStatus, CompressStatus, Declared, Image, ImageOps,
 };
 use axum::{
     extract::{Path as UrlPath, State},
@@ -12,8 +18,6 @@ use axum::{
     Json, Router,
 };
 use sea_orm::ActiveEnum;
-use serde::Deserialize;
-use serde_json::{json, Value};
 use std::{
     collections::HashMap,
     path::{Component, Path, PathBuf},
@@ -80,26 +84,24 @@ pub struct OpsState {
     compressions: Compressions,
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct CheckRequest {
-    input_image_name: String,
+/// A refused start: 400 with `status` 3 and why.
+fn bad(msg: &str) -> (StatusCode, Json<Started>) {
+    let refusal = Started {
+        status: CheckStatus::Failed.to_value(),
+        msg: msg.to_string(),
+        request_id: None,
+    };
+    (StatusCode::BAD_REQUEST, Json(refusal))
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct CompressRequest {
-    input_image_name: String,
-    output_image_name: String,
-}
-
-type Reply = (StatusCode, Json<Value>);
-
-fn bad(msg: &str) -> Reply {
-    (
-        StatusCode::BAD_REQUEST,
-        Json(json!({ "status": 3, "msg": msg })),
-    )
+/// A started request: its id, and the text the original answers with.
+fn started(msg: &str, id: String) -> (StatusCode, Json<Started>) {
+    let answer = Started {
+        status: 0,
+        msg: msg.to_string(),
+        request_id: Some(id),
+    };
+    (StatusCode::OK, Json(answer))
 }
 
 /// A plain relative name inside the shared directory.
@@ -117,15 +119,21 @@ pub fn router(dir: PathBuf, ops: LocalImageOps) -> Router {
         compressions: Arc::default(),
     };
     Router::new()
-        .route("/api/v1/vmimage/check", post(start_check))
-        .route("/api/v1/vmimage/check/{id}", get(check_status))
-        .route("/api/v1/vmimage/compress", post(start_compress))
-        .route("/api/v1/vmimage/compress/{id}", get(compress_status))
+        .route(wire::CHECK_PATH, post(start_check))
+        .route(&format!("{}/{{id}}", wire::CHECK_PATH), get(check_status))
+        .route(wire::COMPRESS_PATH, post(start_compress))
+        .route(
+            &format!("{}/{{id}}", wire::COMPRESS_PATH),
+            get(compress_status),
+        )
         .route("/health", get(|| async { "ok" }))
         .with_state(state)
 }
 
-async fn start_check(State(st): State<OpsState>, Json(req): Json<CheckRequest>) -> Reply {
+async fn start_check(
+    State(st): State<OpsState>,
+    Json(req): Json<CheckRequest>,
+) -> (StatusCode, Json<Started>) {
     let Some(path) = resolve(&st.dir, &req.input_image_name).filter(|p| p.is_file()) else {
         return bad("input image not found");
     };
@@ -157,47 +165,49 @@ async fn start_check(State(st): State<OpsState>, Json(req): Json<CheckRequest>) 
             .expect("lock")
             .finish(&rid, Some((report, md5, size, name)));
     });
-    (
-        StatusCode::OK,
-        Json(json!({ "status": 0, "msg": "Check In Progress", "requestId": id })),
-    )
+    started("Check In Progress", id)
 }
 
-async fn check_status(State(st): State<OpsState>, UrlPath(id): UrlPath<String>) -> Reply {
+async fn check_status(
+    State(st): State<OpsState>,
+    UrlPath(id): UrlPath<String>,
+) -> (StatusCode, Json<CheckAnswer>) {
+    let answer = |status: CheckStatus, msg: &str, check_info| CheckAnswer {
+        status: status.to_value(),
+        msg: msg.to_string(),
+        check_info,
+    };
     match st.checks.lock().expect("lock").get(&id) {
         None => (
             StatusCode::NOT_FOUND,
-            Json(json!({ "status": CheckStatus::Failed.to_value(), "msg": "no such request" })),
+            Json(answer(CheckStatus::Failed, "no such request", None)),
         ),
         Some(None) => (
             StatusCode::OK,
-            Json(
-                json!({ "status": CheckStatus::InProgress.to_value(), "msg": "Check In Progress" }),
-            ),
+            Json(answer(CheckStatus::InProgress, "Check In Progress", None)),
         ),
-        Some(Some((r, md5, size, name))) => (
-            StatusCode::OK,
-            Json(json!({
-                "status": r.status.to_value(),
-                "msg": r.msg,
-                "checkInfo": {
-                    "checksum": md5,
-                    "checkResult": r.check_result,
-                    "imageInfo": {
-                        "image-end-offset": r.image_end_offset,
-                        "check-errors": r.check_errors,
-                        "format": r.format,
-                        "filename": name,
-                        "virtual_size": r.virtual_size_gib,
-                        "disk_size": size.to_string(),
-                    }
-                }
-            })),
-        ),
+        Some(Some((r, md5, size, name))) => {
+            let info = CheckInfo {
+                checksum: md5.clone(),
+                check_result: Some(r.check_result),
+                image_info: ImageInfo {
+                    image_end_offset: r.image_end_offset.clone(),
+                    check_errors: r.check_errors.clone(),
+                    format: r.format.clone(),
+                    filename: name.clone(),
+                    virtual_size: Some(r.virtual_size_gib),
+                    disk_size: size.to_string(),
+                },
+            };
+            (StatusCode::OK, Json(answer(r.status, &r.msg, Some(info))))
+        }
     }
 }
 
-async fn start_compress(State(st): State<OpsState>, Json(req): Json<CompressRequest>) -> Reply {
+async fn start_compress(
+    State(st): State<OpsState>,
+    Json(req): Json<CompressRequest>,
+) -> (StatusCode, Json<Started>) {
     let Some(input) = resolve(&st.dir, &req.input_image_name).filter(|p| p.is_file()) else {
         return bad("input image not found");
     };
@@ -232,23 +242,28 @@ async fn start_compress(State(st): State<OpsState>, Json(req): Json<CompressRequ
         };
         table.lock().expect("lock").finish(&rid, outcome);
     });
-    (
-        StatusCode::OK,
-        Json(json!({ "status": 0, "msg": "Compress In Progress", "requestId": id })),
-    )
+    started("Compress In Progress", id)
 }
 
-async fn compress_status(State(st): State<OpsState>, UrlPath(id): UrlPath<String>) -> Reply {
-    match st.compressions.lock().expect("lock").get(&id) {
+async fn compress_status(
+    State(st): State<OpsState>,
+    UrlPath(id): UrlPath<String>,
+) -> (StatusCode, Json<CompressAnswer>) {
+    let (code, status, msg, rate) = match st.compressions.lock().expect("lock").get(&id) {
         None => (
             StatusCode::NOT_FOUND,
-            Json(json!({ "status": CompressStatus::Failed.to_value(), "msg": "no such request" })),
+            CompressStatus::Failed,
+            "no such request".to_string(),
+            None,
         ),
-        Some((status, msg, rate)) => (
-            StatusCode::OK,
-            Json(json!({ "status": status.to_value(), "msg": msg, "rate": rate })),
-        ),
-    }
+        Some((status, msg, rate)) => (StatusCode::OK, *status, msg.clone(), Some(*rate)),
+    };
+    let answer = CompressAnswer {
+        status: status.to_value(),
+        msg,
+        rate,
+    };
+    (code, Json(answer))
 }
 
 #[cfg(test)]
