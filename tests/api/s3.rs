@@ -4,16 +4,7 @@
 //! enforces the 5 MiB minimum as AWS and MinIO do.
 
 use crate::helpers::*;
-use file_system::storage::{CompletedPart, ObjectStore, S3Settings, S3Store, SpooledPart};
-
-fn spooled(dir: &std::path::Path, data: &[u8]) -> SpooledPart {
-    let mut f = tempfile::NamedTempFile::new_in(dir).unwrap();
-    std::io::Write::write_all(&mut f, data).unwrap();
-    SpooledPart {
-        file: f.into_temp_path(),
-        len: data.len() as u64,
-    }
-}
+use file_system::storage::{CompletedPart, ObjectStore, S3Settings, S3Store};
 
 /// 1 MiB chunks on a store with a 5 MiB minimum: before completion, ListParts shows only parts
 /// of at least 5 MiB (but the last), and the object is right.
@@ -52,7 +43,7 @@ async fn small_chunks_are_packed_into_valid_parts(b: Backend) {
             .unwrap();
         parts.push(CompletedPart::new(n, etag, c.len() as u64));
     }
-    let key = format!("{prefix}images/packed");
+    let key = inner.store_key("images/packed");
     let packed = inner
         .pack_parts("images", &key, &id, &parts)
         .await
@@ -720,7 +711,35 @@ async fn reads_ahead_in_order_and_never_splice(b: Backend) {
         .unwrap();
 }
 
+/// A copy inside the store names its source URL-encoded (`x-amz-copy-source`), so keys under a
+/// prefix holding a space, `+` or `%` copy like any other (unencoded, the store reads `+` as a
+/// space and `%c` as a broken escape).
+async fn copies_keys_under_any_prefix(b: Backend) {
+    let prefix = format!("copy a+b%c-{}/", uuid::Uuid::new_v4().simple());
+    let store = S3Store::new(s3_settings_of(b.s3_server().unwrap(), &prefix))
+        .await
+        .unwrap();
+    store.ensure_bucket("images").await.unwrap();
+    let data = pattern(7, 70_001);
+    let opts = Default::default();
+    store
+        .put("images", "images/src", stream_of(data.clone()), &opts)
+        .await
+        .unwrap();
+    store
+        .copy("images", "images/src", "images", "images/dst", &opts)
+        .await
+        .unwrap();
+    let copied = read_all(store.get("images", "images/dst", None).await.unwrap()).await;
+    assert_eq!(copied, data);
+    for key in ["images/src", "images/dst"] {
+        store.delete("images", key).await.unwrap();
+        assert_eq!(store.head("images", key).await.unwrap(), None);
+    }
+}
+
 crate::s3_server_tests!(
+    copies_keys_under_any_prefix,
     reads_ahead_in_order_and_never_splice,
     tiers_with_a_storage_class,
     a_storage_class_the_store_lacks_stops_the_start,

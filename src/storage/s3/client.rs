@@ -125,9 +125,10 @@ impl S3Store {
         &self.client
     }
 
-    /// The store key of a logical key.
-    pub(super) fn k(&self, key: &str) -> String {
-        format!("{}{key}", self.settings.key_prefix)
+    /// The store key of a service key (`domain::ids::ObjectKey`, or a staging key): the key
+    /// under this deployment's `key_prefix`. The only maker of a [`StoreKey`].
+    pub fn store_key(&self, key: &str) -> StoreKey {
+        StoreKey(format!("{}{key}", self.settings.key_prefix))
     }
 
     /// Creates `bucket` when it does not exist (in the client's region on AWS), then sets this
@@ -177,5 +178,30 @@ impl S3Store {
             .await
             .map_err(|e| self.err(e))?;
         Ok(())
+    }
+}
+
+/// A key as the store holds it: a service key under this deployment's `key_prefix`
+/// (`FS_S3_KEY_PREFIX`). Made only by [`S3Store::k`], and the only key type the requests in
+/// this module take, so a key without its prefix (or with it twice) cannot reach the store.
+/// Goes into the SDK's `key` and `prefix` setters as is (`Into<String>`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreKey(String);
+
+impl StoreKey {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<&StoreKey> for String {
+    fn from(key: &StoreKey) -> String {
+        key.0.clone()
+    }
+}
+
+impl From<StoreKey> for String {
+    fn from(key: StoreKey) -> String {
+        key.0
     }
 }

@@ -1,6 +1,6 @@
 //! Copies inside the store.
 
-use super::{pack::empty_body_length, put::class, S3Store};
+use super::{pack::empty_body_length, put::class, S3Store, StoreKey};
 use crate::storage::{PutOptions, Result, StorageError};
 
 /// Objects larger than this are copied part by part (`CopyObject` stops at 5 GiB).
@@ -12,9 +12,9 @@ impl S3Store {
     pub(super) async fn copy_object(
         &self,
         src_bucket: &str,
-        src_key: &str,
+        src_key: &StoreKey,
         dst_bucket: &str,
-        dst_key: &str,
+        dst_key: &StoreKey,
         opts: &PutOptions,
     ) -> Result<()> {
         let s = self;
@@ -22,7 +22,7 @@ impl S3Store {
             .head_object(src_bucket, src_key)
             .await?
             .ok_or(StorageError::NotFound)?;
-        let source = format!("{src_bucket}/{src_key}");
+        let source = copy_source(src_bucket, src_key);
         if size <= COPY_PART * 5 {
             s.client
                 .copy_object()
@@ -80,4 +80,16 @@ impl S3Store {
         }
         result
     }
+}
+
+/// The `x-amz-copy-source` of an object: bucket and key, the key URL-encoded ('/' kept).
+pub(super) fn copy_source(bucket: &str, key: &StoreKey) -> String {
+    use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+    const KEEP: &AsciiSet = &NON_ALPHANUMERIC
+        .remove(b'/')
+        .remove(b'-')
+        .remove(b'_')
+        .remove(b'.')
+        .remove(b'~');
+    format!("{bucket}/{}", utf8_percent_encode(key.as_str(), KEEP))
 }

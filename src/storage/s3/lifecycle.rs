@@ -39,7 +39,11 @@ impl S3Store {
             LifecycleRule::builder()
                 .id(format!("{tag}-abort-incomplete-uploads"))
                 .status(ExpirationStatus::Enabled)
-                .filter(LifecycleRuleFilter::builder().prefix(self.k("")).build())
+                .filter(
+                    LifecycleRuleFilter::builder()
+                        .prefix(self.store_key(""))
+                        .build(),
+                )
                 .abort_incomplete_multipart_upload(
                     AbortIncompleteMultipartUpload::builder()
                         .days_after_initiation(2)
@@ -51,7 +55,7 @@ impl S3Store {
                 .status(ExpirationStatus::Enabled)
                 .filter(
                     LifecycleRuleFilter::builder()
-                        .prefix(self.k("staging/"))
+                        .prefix(self.store_key("staging/"))
                         .build(),
                 )
                 .expiration(LifecycleExpiration::builder().days(3).build())

@@ -37,7 +37,7 @@ mod read;
 mod readahead;
 
 pub use checksum::S3Checksum;
-pub use client::S3Settings;
+pub use client::{S3Settings, StoreKey};
 pub use pack::Packed;
 
 /// An S3 object store. Cheap to clone (the SDK client and the settings are shared), so parts
@@ -64,11 +64,12 @@ impl ObjectStore for S3Store {
         body: ByteStream,
         opts: &PutOptions,
     ) -> Result<u64> {
-        self.put_streamed(bucket, &self.k(key), body, opts).await
+        self.put_streamed(bucket, &self.store_key(key), body, opts)
+            .await
     }
 
     async fn create_multipart(&self, bucket: &str, key: &str, opts: &PutOptions) -> Result<String> {
-        self.create_upload(bucket, &self.k(key), opts).await
+        self.create_upload(bucket, &self.store_key(key), opts).await
     }
 
     async fn upload_part(
@@ -80,8 +81,15 @@ impl ObjectStore for S3Store {
         body: SpooledPart,
         direct: bool,
     ) -> Result<UploadedPart> {
-        self.put_chunk(bucket, &self.k(key), upload_id, number, body, direct)
-            .await
+        self.put_chunk(
+            bucket,
+            &self.store_key(key),
+            upload_id,
+            number,
+            body,
+            direct,
+        )
+        .await
     }
 
     async fn complete_multipart(
@@ -91,24 +99,25 @@ impl ObjectStore for S3Store {
         upload_id: &str,
         parts: &[CompletedPart],
     ) -> Result<()> {
-        self.complete_chunks(bucket, &self.k(key), upload_id, parts)
+        self.complete_chunks(bucket, &self.store_key(key), upload_id, parts)
             .await
     }
 
     async fn abort_multipart(&self, bucket: &str, key: &str, upload_id: &str) -> Result<()> {
-        self.abort_chunks(bucket, &self.k(key), upload_id).await
+        self.abort_chunks(bucket, &self.store_key(key), upload_id)
+            .await
     }
 
     async fn get(&self, bucket: &str, key: &str, range: Option<ByteRange>) -> Result<ByteStream> {
-        self.get_stream(bucket, &self.k(key), range).await
+        self.get_stream(bucket, &self.store_key(key), range).await
     }
 
     async fn head(&self, bucket: &str, key: &str) -> Result<Option<u64>> {
-        self.head_object(bucket, &self.k(key)).await
+        self.head_object(bucket, &self.store_key(key)).await
     }
 
     async fn delete(&self, bucket: &str, key: &str) -> Result<()> {
-        self.delete_object(bucket, &self.k(key)).await
+        self.delete_object(bucket, &self.store_key(key)).await
     }
 
     async fn copy(
@@ -119,7 +128,7 @@ impl ObjectStore for S3Store {
         dst_key: &str,
         opts: &PutOptions,
     ) -> Result<()> {
-        let (src_key, dst_key) = (self.k(src_key), self.k(dst_key));
+        let (src_key, dst_key) = (self.store_key(src_key), self.store_key(dst_key));
         self.copy_object(src_bucket, &src_key, dst_bucket, &dst_key, opts)
             .await
     }

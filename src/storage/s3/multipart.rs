@@ -1,7 +1,7 @@
 //! Multipart uploads of chunked uploads: chunk n as part n or as a staging object, completion
 //! after packing, abort. Every key here is a store key (prefixed).
 
-use super::{pack::Packed, put::class, S3Store};
+use super::{pack::Packed, put::class, S3Store, StoreKey};
 use crate::storage::{CompletedPart, PutOptions, Result, SpooledPart, StorageError, UploadedPart};
 use aws_sdk_s3::{
     primitives::ByteStream as S3Body,
@@ -28,7 +28,7 @@ impl S3Store {
     pub(super) async fn create_upload(
         &self,
         bucket: &str,
-        key: &str,
+        key: &StoreKey,
         opts: &PutOptions,
     ) -> Result<String> {
         let out = self
@@ -50,7 +50,7 @@ impl S3Store {
     pub(super) async fn complete(
         &self,
         bucket: &str,
-        key: &str,
+        key: &StoreKey,
         upload_id: &str,
         parts: Vec<S3Part>,
     ) -> Result<()> {
@@ -75,7 +75,7 @@ impl S3Store {
     pub(super) async fn put_chunk(
         &self,
         bucket: &str,
-        key: &str,
+        key: &StoreKey,
         upload_id: &str,
         number: u32,
         body: SpooledPart,
@@ -108,7 +108,7 @@ impl S3Store {
                 .client
                 .delete_object()
                 .bucket(bucket)
-                .key(self.k(&staging_key(upload_id, number)))
+                .key(self.store_key(&staging_key(upload_id, number)))
                 .send()
                 .await;
             let etag = out
@@ -125,7 +125,7 @@ impl S3Store {
             .client
             .put_object()
             .bucket(bucket)
-            .key(self.k(&staging_key(upload_id, number)))
+            .key(self.store_key(&staging_key(upload_id, number)))
             .set_checksum_crc32_c(crc)
             .set_checksum_sha256(sha)
             .content_length(body.len as i64)
@@ -146,7 +146,7 @@ impl S3Store {
     pub(super) async fn complete_chunks(
         &self,
         bucket: &str,
-        key: &str,
+        key: &StoreKey,
         upload_id: &str,
         parts: &[CompletedPart],
     ) -> Result<()> {
@@ -209,7 +209,7 @@ impl S3Store {
     pub(super) async fn abort_chunks(
         &self,
         bucket: &str,
-        key: &str,
+        key: &StoreKey,
         upload_id: &str,
     ) -> Result<()> {
         let s = self;
@@ -231,7 +231,7 @@ impl S3Store {
 
     /// Removes every staging object of an upload.
     pub(super) async fn delete_staging(&self, bucket: &str, upload_id: &str) -> Result<()> {
-        let prefix = self.k(&staging_prefix(upload_id));
+        let prefix = self.store_key(&staging_prefix(upload_id));
         let mut token = None;
         loop {
             let page = self

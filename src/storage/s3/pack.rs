@@ -1,7 +1,7 @@
 //! Packing at completion: the parts an upload completes with, made by the merge [`plan`]
 //! (direct parts kept, staged chunks copied inside the store or joined through a spool file).
 
-use super::{multipart::staging_key, plan, S3Store};
+use super::{copy::copy_source, multipart::staging_key, plan, S3Store, StoreKey};
 use crate::storage::{CompletedPart, Result, StorageError};
 use aws_sdk_s3::{
     error::SdkError, primitives::ByteStream as S3Body, types::CompletedPart as S3Part,
@@ -26,7 +26,7 @@ impl S3Store {
     pub async fn pack_parts(
         &self,
         bucket: &str,
-        key: &str,
+        key: &StoreKey,
         upload_id: &str,
         parts: &[CompletedPart],
     ) -> Result<Packed> {
@@ -93,7 +93,7 @@ impl S3Store {
     pub(super) async fn held_parts(
         &self,
         bucket: &str,
-        key: &str,
+        key: &StoreKey,
         upload_id: &str,
     ) -> Result<Vec<u32>> {
         let mut numbers = vec![];
@@ -124,7 +124,7 @@ impl S3Store {
 
     /// Staging objects are gone once an upload completed (a retried merge): `NotFound` then.
     async fn probe_staging(&self, bucket: &str, upload_id: &str, number: u32) -> Result<()> {
-        let probe = self.k(&staging_key(upload_id, number));
+        let probe = self.store_key(&staging_key(upload_id, number));
         match self
             .client
             .head_object()
@@ -146,7 +146,7 @@ impl S3Store {
     async fn make_part(
         &self,
         bucket: &str,
-        key: &str,
+        key: &StoreKey,
         upload_id: &str,
         part: plan::Part,
         kept_checksum: Option<String>,
@@ -155,7 +155,10 @@ impl S3Store {
         let (etag, checksum) = match part.source {
             plan::Source::Keep { etag } => (etag, kept_checksum),
             plan::Source::Copy => {
-                let source = copy_source(bucket, &self.k(&staging_key(upload_id, part.number)));
+                let source = copy_source(
+                    bucket,
+                    &self.store_key(&staging_key(upload_id, part.number)),
+                );
                 let out = self
                     .client
                     .upload_part_copy()
@@ -205,7 +208,7 @@ impl S3Store {
     async fn upload_staged(
         &self,
         bucket: &str,
-        key: &str,
+        key: &StoreKey,
         upload_id: &str,
         number: u32,
         chunks: &[u32],
@@ -220,7 +223,7 @@ impl S3Store {
         let (mut skip, mut seen, mut written) = (slice.unwrap_or(0), 0u64, 0u64);
         for &n in chunks {
             let mut body = self
-                .get_stream(bucket, &self.k(&staging_key(upload_id, n)), None)
+                .get_stream(bucket, &self.store_key(&staging_key(upload_id, n)), None)
                 .await?;
             while let Some(b) = body.next().await {
                 let b = b?;
@@ -272,16 +275,4 @@ impl S3Store {
 /// and Ceph's RADOS Gateway refuses such a PUT (411 MissingContentLength).
 pub(super) fn empty_body_length(req: &mut aws_sdk_s3::config::http::HttpRequest) {
     req.headers_mut().insert("content-length", "0");
-}
-
-/// The `x-amz-copy-source` of an object: bucket and key, the key URL-encoded ('/' kept).
-fn copy_source(bucket: &str, key: &str) -> String {
-    use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
-    const KEEP: &AsciiSet = &NON_ALPHANUMERIC
-        .remove(b'/')
-        .remove(b'-')
-        .remove(b'_')
-        .remove(b'.')
-        .remove(b'~');
-    format!("{bucket}/{}", utf8_percent_encode(key, KEEP))
 }

@@ -1,7 +1,7 @@
 //! Streamed puts: a body cut into exact-size parts, a bounded number in flight, aborted on
 //! failure or when the request goes away.
 
-use super::{error::s3_err, S3Store};
+use super::{error::s3_err, S3Store, StoreKey};
 use crate::{
     cleanup::Cleanup,
     storage::{ByteStream, PutOptions, Result, StorageError},
@@ -32,7 +32,7 @@ impl S3Store {
     pub(super) async fn put_streamed(
         &self,
         bucket: &str,
-        key: &str,
+        key: &StoreKey,
         mut body: ByteStream,
         opts: &PutOptions,
     ) -> Result<u64> {
@@ -55,7 +55,7 @@ impl S3Store {
             let (client, bucket, key, id) = (
                 s.client.clone(),
                 bucket.to_string(),
-                key.to_string(),
+                key.clone(),
                 upload_id.clone(),
             );
             Cleanup::new(async move {
@@ -89,7 +89,7 @@ impl S3Store {
     }
 
     /// Deletes the object at `key` (a store key); a missing one is no error.
-    pub(super) async fn delete_object(&self, bucket: &str, key: &str) -> Result<()> {
+    pub(super) async fn delete_object(&self, bucket: &str, key: &StoreKey) -> Result<()> {
         match self
             .client
             .delete_object()
@@ -108,7 +108,7 @@ impl S3Store {
     async fn put_small(
         &self,
         bucket: &str,
-        key: &str,
+        key: &StoreKey,
         body: Bytes,
         opts: &PutOptions,
     ) -> Result<()> {
@@ -134,7 +134,7 @@ impl S3Store {
     async fn upload_bytes(
         &self,
         bucket: &str,
-        key: &str,
+        key: &StoreKey,
         upload_id: &str,
         n: u32,
         body: Bytes,
@@ -166,7 +166,7 @@ impl S3Store {
     async fn stream_parts(
         &self,
         bucket: &str,
-        key: &str,
+        key: &StoreKey,
         upload_id: &str,
         first: u32,
         mut filler: Filler,
@@ -196,7 +196,7 @@ impl S3Store {
             let (me, bucket, key, upload_id) = (
                 self.clone(),
                 bucket.to_string(),
-                key.to_string(),
+                key.clone(),
                 upload_id.to_string(),
             );
             let number = n;

@@ -2,7 +2,7 @@
 
 use super::{
     error::{outside, s3_err_at},
-    readahead, S3Store,
+    readahead, S3Store, StoreKey,
 };
 use crate::storage::{ByteRange, ByteStream, Result};
 use aws_sdk_s3::{error::SdkError, primitives::ByteStream as S3Body, Client};
@@ -14,7 +14,7 @@ impl S3Store {
     pub(super) async fn get_stream(
         &self,
         bucket: &str,
-        key: &str,
+        key: &StoreKey,
         range: Option<ByteRange>,
     ) -> Result<ByteStream> {
         let window = self.readahead.window;
@@ -65,7 +65,7 @@ impl S3Store {
             client: self.client.clone(),
             endpoint: self.settings.endpoint.clone(),
             bucket: bucket.to_string(),
-            key: key.to_string(),
+            key: key.clone(),
             etag: out.e_tag,
         };
         Ok(readahead::ordered(
@@ -81,7 +81,7 @@ impl S3Store {
     async fn get_once(
         &self,
         bucket: &str,
-        key: &str,
+        key: &StoreKey,
         range: Option<ByteRange>,
     ) -> Result<ByteStream> {
         let out = match self
@@ -109,7 +109,7 @@ impl S3Store {
     }
 
     /// The size of the object at `key` (a store key), or `None` when there is none.
-    pub(super) async fn head_object(&self, bucket: &str, key: &str) -> Result<Option<u64>> {
+    pub(super) async fn head_object(&self, bucket: &str, key: &StoreKey) -> Result<Option<u64>> {
         match self
             .client
             .head_object()
@@ -146,7 +146,7 @@ struct Windows {
     client: Client,
     endpoint: Option<String>,
     bucket: String,
-    key: String,
+    key: StoreKey,
     etag: Option<String>,
 }
 
