@@ -188,7 +188,7 @@ async fn recovery_loop(svc: Service, token: CancellationToken) {
         }
         tokio::select! {
             _ = token.cancelled() => return,
-            _ = tokio::time::sleep(domain::uploads::MERGE_RENEW) => {}
+            _ = tokio::time::sleep(domain::merge::MERGE_RENEW) => {}
         }
     }
 }

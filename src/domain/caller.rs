@@ -139,7 +139,7 @@ impl Caller {
 /// The key an upload session is stored under: the client's `identifier` itself when the
 /// session has no owner (authentication off: today's rows and behaviour), else the identifier
 /// followed by `~` and the first 32 hex digits of the owner's SHA-256. Identifiers never hold
-/// `~` (see `validate::identifier`), so two users' sessions never share a key, and an owned key
+/// `~` (see `ids::Identifier`), so two users' sessions never share a key, and an owned key
 /// never equals an unowned one.
 pub fn session_key(owner: Option<&str>, identifier: &str) -> String {
     match owner {

@@ -1,8 +1,10 @@
-//! Background jobs: every replica runs a few workers that claim due jobs from the database
-//! (see `db::jobs`), keep their lease alive while they work, and retry failures with backoff.
-//! A worker that dies just stops renewing its lease; another picks the job up after it runs out.
+//! The check and slim jobs (run by `runner.rs`): a check hashes the image as served and has
+//! qemu-img check it where it is stored; a slim compresses a qcow2, checks the result while
+//! storing it beside the original, and serves it only once it checked consistent.
 
+use super::ids::ObjectKey;
 use super::integrity::{Digests, Hasher, Wanted};
+use super::runner::{Job, JobProgress, Step};
 use super::{now_secs, Error, Result, Service};
 use crate::{
     db,
@@ -14,192 +16,46 @@ use crate::{
     metrics::{ImageRead, SlimOutcome},
     storage::{nbd, ByteRange},
 };
-use entity::{
-    image, job,
-    status::{JobKind, JobState, SlimStatus},
-};
-use std::{
-    path::PathBuf,
-    sync::{
-        atomic::{AtomicU64, Ordering},
-        Arc,
-    },
-    time::Duration,
-};
-use tokio_util::sync::CancellationToken;
+use async_trait::async_trait;
+use entity::{image, status::SlimStatus};
+use std::{path::PathBuf, time::Duration};
 
-const MAX_ATTEMPTS: i32 = 5;
+/// `JobKind::Check`: [`Service::run_check`].
+pub(super) struct CheckJob;
 
-/// How a job run ended.
-enum Step {
-    Done,
-    /// Not yet possible (a slim waits for the check): run again after this many seconds.
-    WaitSecs(i64),
-}
-const IDLE_POLL: Duration = Duration::from_millis(500);
+/// `JobKind::Slim`: [`Service::run_slim`].
+pub(super) struct SlimJob;
 
-/// How far a running job got, 0.0..=1.0, shared between the job and its lease renewals, which
-/// write it to the job's row (`jobs.progress`).
-#[derive(Clone, Default)]
-struct JobProgress(Arc<AtomicU64>);
-
-impl JobProgress {
-    fn set(&self, fraction: f64) {
-        self.0
-            .store(fraction.clamp(0.0, 1.0).to_bits(), Ordering::Relaxed);
+#[async_trait]
+impl Job for CheckJob {
+    async fn run(&self, svc: &Service, image_id: &str, _progress: &JobProgress) -> Result<Step> {
+        svc.run_check(image_id).await.map(|()| Step::Done)
     }
 
-    fn get(&self) -> f64 {
-        f64::from_bits(self.0.load(Ordering::Relaxed))
+    async fn give_up(&self, svc: &Service, image_id: &str, error: &Error) -> Result<()> {
+        let report = CheckReport::failed(format!("check failed: {}", error.public_message()));
+        svc.metrics.image_checked(report.status);
+        db::images::set_check(&svc.db, image_id, &report, None, now_secs()).await?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Job for SlimJob {
+    async fn run(&self, svc: &Service, image_id: &str, progress: &JobProgress) -> Result<Step> {
+        svc.run_slim(image_id, progress).await
+    }
+
+    async fn give_up(&self, svc: &Service, image_id: &str, error: &Error) -> Result<()> {
+        let msg = format!("slim failed: {}", error.public_message());
+        svc.metrics.image_slimmed(SlimOutcome::Failed);
+        let failed = CompressStatus::Failed;
+        db::images::slim_failed(&svc.db, image_id, failed, &msg, now_secs()).await?;
+        Ok(())
     }
 }
 
 impl Service {
-    /// Runs `FS_JOB_CONCURRENCY` workers until `token` is cancelled, then hands back the jobs
-    /// they held so another replica (or the next start) takes them at once.
-    pub async fn run_workers(self, token: CancellationToken) {
-        // Who holds a lease is visible in the database: host (the pod's name), process, run.
-        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "file-system".into());
-        let run = uuid::Uuid::new_v4().simple().to_string();
-        let owner = format!("{host}/{}/{}", std::process::id(), &run[..12]);
-        let mut set = tokio::task::JoinSet::new();
-        for i in 0..self.cfg.job_concurrency {
-            let (svc, token, owner) = (self.clone(), token.clone(), format!("{owner}-{i}"));
-            set.spawn(async move { svc.worker(owner, token).await });
-        }
-        while set.join_next().await.is_some() {}
-        match db::jobs::release_owner_prefix(&self.db, &owner, now_secs()).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(jobs = n, "released jobs on shutdown"),
-            Err(e) => tracing::warn!(error = %e, "could not release jobs on shutdown"),
-        }
-    }
-
-    async fn worker(&self, owner: String, token: CancellationToken) {
-        let lease = self.cfg.job_lease_secs as i64;
-        loop {
-            if token.is_cancelled() {
-                return;
-            }
-            let claimed = match db::jobs::claim(&self.db, &owner, now_secs(), lease).await {
-                Ok(j) => j,
-                Err(e) => {
-                    tracing::warn!(error = %e, "claiming a job failed");
-                    None
-                }
-            };
-            let Some(job) = claimed else {
-                tokio::select! {
-                    _ = token.cancelled() => return,
-                    _ = self.job_wake.notified() => continue,
-                    _ = tokio::time::sleep(IDLE_POLL) => continue,
-                }
-            };
-            let started = std::time::Instant::now();
-            tracing::info!(job.id = %job.id, job.kind = %job.kind, image.id = %job.image_id, attempt = job.attempts, "job started");
-            // The job runs while its lease is renewed; losing the lease (the job was cancelled,
-            // or taken over) or shutting down stops it.
-            let progress = JobProgress::default();
-            let outcome = tokio::select! {
-                r = isolated(self.run_job(&job, &progress)) => Some(r),
-                _ = self.keep_lease(&job, &owner, progress.clone()) => None,
-                _ = token.cancelled() => None,
-            };
-            self.record_outcome(&job, &owner, outcome, started).await;
-        }
-    }
-
-    /// Records how a job run ended: done, deferred, retried with backoff (until
-    /// `MAX_ATTEMPTS`) or failed for good; `None` (interrupted: lease lost or shutting down)
-    /// leaves the row to whoever holds it next.
-    async fn record_outcome(
-        &self,
-        job: &job::Model,
-        owner: &str,
-        outcome: Option<Result<Step>>,
-        started: std::time::Instant,
-    ) {
-        let now = now_secs();
-        let label = match &outcome {
-            None => "interrupted",
-            Some(Ok(Step::Done)) => "done",
-            Some(Ok(Step::WaitSecs(_))) => "deferred",
-            Some(Err(_)) if job.attempts < MAX_ATTEMPTS => "retry",
-            Some(Err(_)) => "failed",
-        };
-        self.metrics.job_done(job.kind, label, started.elapsed());
-        let logged = match outcome {
-            None => Ok(()),
-            Some(Ok(Step::Done)) => {
-                db::jobs::finish(&self.db, &job.id, owner, JobState::Done, None, now)
-                    .await
-                    .map(|_| ())
-            }
-            Some(Ok(Step::WaitSecs(secs))) => {
-                db::jobs::defer(&self.db, &job.id, owner, now + secs, now).await
-            }
-            Some(Err(e)) if job.attempts < MAX_ATTEMPTS => {
-                let backoff = 2i64.pow(job.attempts as u32).min(300);
-                tracing::warn!(job.id = %job.id, error = %e, retry_in_secs = backoff, "job failed; will retry");
-                db::jobs::retry_at(&self.db, &job.id, owner, now + backoff, &e.to_string(), now)
-                    .await
-            }
-            Some(Err(e)) => {
-                tracing::error!(job.id = %job.id, error = %e, "job failed for good");
-                self.give_up(job, &e).await;
-                db::jobs::finish(
-                    &self.db,
-                    &job.id,
-                    owner,
-                    JobState::Failed,
-                    Some(&e.to_string()),
-                    now,
-                )
-                .await
-                .map(|_| ())
-            }
-        };
-        if let Err(e) = logged {
-            tracing::warn!(job.id = %job.id, error = %e, "recording a job outcome failed");
-        }
-        tracing::info!(job.id = %job.id, duration_ms = started.elapsed().as_millis() as u64, "job ended");
-    }
-
-    /// Deletes finished jobs older than `FS_JOB_RETENTION_SECS`, so the queue stays small.
-    pub async fn prune_finished_jobs(&self) -> Result<u64> {
-        let before = now_secs().saturating_sub(self.cfg.job_retention_secs as i64);
-        Ok(db::jobs::prune_finished(&self.db, before).await?)
-    }
-
-    /// Renews the lease until it is lost; returns then. The renewals run on a task of their
-    /// own: a job that streams bytes already read ahead rarely yields, and renewals polled in
-    /// its task were starved past the lease (the job was then taken over again and again).
-    async fn keep_lease(&self, job: &job::Model, owner: &str, progress: JobProgress) {
-        let lease = self.cfg.job_lease_secs as i64;
-        let every = Duration::from_secs((lease as u64 / 3).max(1));
-        let (db, id, owner) = (self.db.clone(), job.id.clone(), owner.to_string());
-        let renewals = tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(every).await;
-                let now = now_secs();
-                let done = progress.get();
-                match db::jobs::heartbeat(&db, &id, &owner, now + lease, done, now).await {
-                    Ok(true) => {}
-                    Ok(false) => return,
-                    Err(e) => tracing::warn!(job.id = %id, error = %e, "renewing a lease failed"),
-                }
-            }
-        });
-        let _ = tokio_util::task::AbortOnDropHandle::new(renewals).await;
-    }
-
-    async fn run_job(&self, job: &job::Model, progress: &JobProgress) -> Result<Step> {
-        match job.kind {
-            JobKind::Check => self.run_check(&job.image_id).await.map(|()| Step::Done),
-            JobKind::Slim => self.run_slim(&job.image_id, progress).await,
-        }
-    }
-
     /// Slims a qcow2: compressed copy, checked, stored under its own key; only a consistent
     /// result is served from then on. Waits for the image's check first.
     async fn run_slim(&self, image_id: &str, job_progress: &JobProgress) -> Result<Step> {
@@ -318,14 +174,15 @@ impl Service {
     /// served. An output that does not check consistent is removed from the store again.
     async fn keep_slimmed(&self, img: &image::Model, output: &std::path::Path) -> Result<Step> {
         let image_id = img.id.as_str();
-        let key = format!("{}.slim", img.object_key);
+        let key = ObjectKey::slim(&img.object_key);
+        // The stored copy goes again unless the image record takes it, on every way out: a
+        // job cut short (its image deleted, its lease lost) drops this guard at an await.
+        let unreferenced = self.unreferenced(&img.bucket, &key);
         let file = Image::File(output.to_path_buf());
         let check = self.imageops.check(&file, Declared::Qcow2);
         let (report, stored) = tokio::join!(check, self.store_slimmed(img, &key, output));
         if report.status != CheckStatus::Consistent {
-            if stored.is_ok() {
-                self.delete_object(&img.bucket, &key).await;
-            }
+            unreferenced.run().await;
             let msg = format!("the slimmed image did not check consistent: {}", report.msg);
             db::images::slim_failed(&self.db, image_id, CompressStatus::Failed, &msg, now_secs())
                 .await?;
@@ -341,11 +198,12 @@ impl Service {
             sha256: &digests.sha256_hex().unwrap_or_default(),
         };
         if db::images::slim_done(&self.db, image_id, &slim, &report, now_secs()).await? {
+            unreferenced.disarm();
             tracing::info!(image.id = %image_id, before_bytes = img.size_bytes, after_bytes = size, "image slimmed");
             self.metrics.image_slimmed(SlimOutcome::Slimmed);
         } else {
             // Deleted (or reset) meanwhile: nothing may stay behind.
-            self.delete_object(&img.bucket, &key).await;
+            unreferenced.run().await;
         }
         Ok(Step::Done)
     }
@@ -380,32 +238,6 @@ impl Service {
         db::images::slim_failed(&self.db, image_id, CompressStatus::Failed, refusal, now).await?;
         self.metrics.image_slimmed(SlimOutcome::Refused);
         Ok(Step::Done)
-    }
-
-    /// Records on the image that its job could not be done.
-    async fn give_up(&self, job: &job::Model, e: &Error) {
-        let recorded = match job.kind {
-            JobKind::Check => {
-                let report = CheckReport::failed(format!("check failed: {}", e.public_message()));
-                self.metrics.image_checked(report.status);
-                db::images::set_check(&self.db, &job.image_id, &report, None, now_secs()).await
-            }
-            JobKind::Slim => {
-                let msg = format!("slim failed: {}", e.public_message());
-                self.metrics.image_slimmed(SlimOutcome::Failed);
-                db::images::slim_failed(
-                    &self.db,
-                    &job.image_id,
-                    CompressStatus::Failed,
-                    &msg,
-                    now_secs(),
-                )
-                .await
-            }
-        };
-        if let Err(e) = recorded {
-            tracing::warn!(error = %e, "could not record a failed job on its image");
-        }
     }
 
     /// Checks the image as served (its slimmed copy once there is one): MD5 and SHA-256 of its
@@ -660,24 +492,6 @@ fn changed_since_recorded(
         })
 }
 
-/// Runs a job so that a panic in it is a failed attempt (retried with backoff, then recorded
-/// on the image) instead of the end of its worker.
-async fn isolated<F: std::future::Future<Output = Result<Step>>>(job: F) -> Result<Step> {
-    use futures::FutureExt;
-    match std::panic::AssertUnwindSafe(job).catch_unwind().await {
-        Ok(r) => r,
-        Err(panic) => {
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
-            tracing::error!(panic = %what, "a job panicked");
-            Err(Error::Internal(format!("the job panicked: {what}")))
-        }
-    }
-}
-
 /// `.qcow2`, `.img`, ... of a file name (empty when it has none).
 fn extension(name: &str) -> String {
     std::path::Path::new(name)
@@ -697,17 +511,4 @@ fn free_bytes(dir: &std::path::Path) -> Result<u64> {
         return Err(std::io::Error::last_os_error().into());
     }
     Ok(st.f_bavail as u64 * st.f_frsize as u64)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn a_panicking_job_is_a_failed_attempt() {
-        let r = isolated(async { panic!("boom") }).await;
-        assert!(matches!(r, Err(Error::Internal(m)) if m.contains("boom")));
-        let r = isolated(async { Ok(Step::WaitSecs(3)) }).await;
-        assert!(matches!(r, Ok(Step::WaitSecs(3))));
-    }
 }

@@ -5,13 +5,18 @@ pub mod caller;
 pub mod download;
 mod error;
 pub mod form;
+pub mod ids;
 pub mod images;
 /// Declared checksums and digests (pure; imageops uses them too).
 pub use crate::integrity;
 pub mod jobs;
+pub mod merge;
 pub mod meter;
+mod objects;
 pub mod placement;
 pub mod quota;
+mod runner;
+pub mod upload;
 pub mod uploads;
 pub mod validate;
 pub mod zipin;
@@ -194,43 +199,6 @@ impl Service {
             "unknown priority {p:?}; valid priorities: {}",
             valid.join(", ")
         ))
-    }
-
-    /// Digests of a stored object, in one read (in place when the store keeps it as a file).
-    pub(crate) async fn object_digests(
-        &self,
-        bucket: &str,
-        key: &str,
-        wanted: integrity::Wanted,
-    ) -> Result<integrity::Digests> {
-        if let Some(path) = self.store.local_path(bucket, key) {
-            return tokio::task::spawn_blocking(move || integrity::digest_file(&path, wanted))
-                .await
-                .map_err(|e| Error::Internal(e.to_string()))?
-                .map_err(Error::from);
-        }
-        stream_digests(self.store.get(bucket, key, None).await?, wanted).await
-    }
-
-    /// A fresh temp file in the scratch directory, removed when dropped.
-    pub(crate) async fn scratch_file(&self) -> Result<(tokio::fs::File, tempfile::TempPath)> {
-        self.scratch_file_with("").await
-    }
-
-    /// Like `scratch_file`, with a name ending in `suffix`.
-    pub(crate) async fn scratch_file_with(
-        &self,
-        suffix: &str,
-    ) -> Result<(tokio::fs::File, tempfile::TempPath)> {
-        let dir = self.cfg.scratch_dir.clone();
-        let suffix = suffix.to_string();
-        let tmp = tokio::task::spawn_blocking(move || {
-            tempfile::Builder::new().suffix(&suffix).tempfile_in(dir)
-        })
-        .await
-        .map_err(|e| Error::Internal(e.to_string()))??;
-        let (file, path) = tmp.into_parts();
-        Ok((tokio::fs::File::from_std(file), path))
     }
 }
 

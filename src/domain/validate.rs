@@ -1,4 +1,5 @@
-//! Rules for what clients may send: file names, identifiers, chunk numbers, image ids.
+//! Rules for what clients may send: file names and user ids (identifiers, chunk numbers and
+//! image ids are types of their own, in `ids`).
 //!
 //! Nothing a client sends ever becomes part of a storage path: objects are keyed by image id.
 //! These rules keep names sane for headers, zip entries and logs.
@@ -6,11 +7,10 @@
 /// Extensions the original accepted (case-sensitive).
 pub const IMAGE_EXTENSIONS: [&str; 3] = [".qcow2", ".img", ".iso"];
 pub const ZIP_EXTENSION: &str = ".zip";
-pub const MAX_NAME_CHARS: usize = 128;
-pub const MAX_CHUNK_NUMBER: u32 = 10_000;
+pub use super::ids::MAX_NAME_CHARS;
 
 /// Reduces a client file name to its last path component (some browsers send full paths).
-fn base_name(name: &str) -> &str {
+pub(super) fn base_name(name: &str) -> &str {
     name.rsplit(['/', '\\']).next().unwrap_or(name)
 }
 
@@ -58,50 +58,6 @@ pub fn user_id(raw: Option<&str>) -> Result<String, String> {
     Ok(id.to_string())
 }
 
-/// 1..128 characters of `[A-Za-z0-9._-]`, not `.` or `..`.
-pub fn identifier(id: &str) -> bool {
-    (1..=MAX_NAME_CHARS).contains(&id.len())
-        && id
-            .bytes()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
-        && id != "."
-        && id != ".."
-}
-
-/// The chunk number from an explicit field, else from a `"{n}.part"` file name; 1..=10000.
-pub fn chunk_number(explicit: Option<&str>, file_name: Option<&str>) -> Result<u32, String> {
-    let raw = match explicit.map(str::trim).filter(|s| !s.is_empty()) {
-        Some(n) => n.to_string(),
-        None => {
-            let name = file_name.map(base_name).unwrap_or("");
-            match name.strip_suffix(".part") {
-                Some(n) => n.to_string(),
-                None => {
-                    return Err(format!(
-                        "cannot tell the chunk number: part filename {name:?} is not \"{{n}}.part\" and no chunkNumber was sent"
-                    ))
-                }
-            }
-        }
-    };
-    match raw.parse::<u32>() {
-        Ok(n) if (1..=MAX_CHUNK_NUMBER).contains(&n) && !raw.starts_with('+') => Ok(n),
-        _ => Err(format!(
-            "chunk number {raw:?} must be an integer from 1 to {MAX_CHUNK_NUMBER}"
-        )),
-    }
-}
-
-/// A canonical (lower-case) UUID, or `None` when `raw` is not a 36-character UUID.
-pub fn image_id(raw: &str) -> Option<String> {
-    if raw.len() != 36 {
-        return None;
-    }
-    uuid::Uuid::parse_str(raw)
-        .ok()
-        .map(|u| u.hyphenated().to_string())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -120,37 +76,6 @@ mod tests {
         assert!(file_name(&long).is_none());
         assert!(file_name(&long[1..]).is_some());
         assert!(file_name(&format!("{}.iso", "é".repeat(124))).is_some());
-    }
-
-    #[test]
-    fn identifiers() {
-        assert!(identifier("abc-1.2_3"));
-        assert!(!identifier(""));
-        assert!(!identifier("."));
-        assert!(!identifier(".."));
-        assert!(!identifier("a/b"));
-        assert!(!identifier(&"a".repeat(129)));
-        assert!(identifier(&"a".repeat(128)));
-    }
-
-    #[test]
-    fn chunk_numbers() {
-        assert_eq!(chunk_number(None, Some("3.part")), Ok(3));
-        assert_eq!(chunk_number(Some("7"), Some("3.part")), Ok(7));
-        assert!(chunk_number(None, Some("0.part")).is_err());
-        assert!(chunk_number(None, Some("10001.part")).is_err());
-        assert_eq!(chunk_number(None, Some("10000.part")), Ok(10000));
-        assert!(chunk_number(None, Some("x.part")).is_err());
-        assert!(chunk_number(None, Some("blob")).is_err());
-        assert!(chunk_number(Some("+5"), None).is_err());
-    }
-
-    #[test]
-    fn image_ids() {
-        let id = "0E0C8A52-6B3B-4F8C-9E5D-0F1A2B3C4D5E";
-        assert_eq!(image_id(id).unwrap(), id.to_lowercase());
-        assert!(image_id("upload").is_none());
-        assert!(image_id("0e0c8a526b3b4f8c9e5d0f1a2b3c4d5e").is_none());
     }
 
     #[test]

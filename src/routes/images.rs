@@ -9,6 +9,7 @@ use super::{
 };
 use crate::domain::{
     download::{RangeRequest, Representation},
+    ids::{ChunkNumber, Identifier, ImageId},
     images::ListQuery,
     integrity::Checksum,
     uploads::ChunkTrace,
@@ -114,8 +115,8 @@ fn about_image<'a>(event: AuditEvent<'a>, id: &'a Option<String>) -> AuditEvent<
 fn audited_identifier(fields: &crate::domain::form::Fields) -> Option<String> {
     fields
         .get("identifier")
-        .filter(|i| crate::domain::validate::identifier(i))
-        .map(str::to_string)
+        .and_then(|i| Identifier::parse(i).ok())
+        .map(|i| i.to_string())
 }
 
 /// An event about a chunked upload, when its identifier is valid.
@@ -195,7 +196,7 @@ pub async fn delete_image(
         .delete_image(audit.caller(), &id)
         .await
         .map_err(ApiError::from);
-    let valid = crate::domain::validate::image_id(&id);
+    let valid = ImageId::parse(&id).map(|id| id.to_string());
     let event = about_image(audit.record("image.delete"), &valid);
     match &result {
         Ok(true) => event.success(),
@@ -249,7 +250,7 @@ fn audited_answer(
     id: &str,
     result: ApiResult<&'static str>,
 ) -> ApiResult<&'static str> {
-    let valid = crate::domain::validate::image_id(id);
+    let valid = ImageId::parse(id).map(|id| id.to_string());
     let event = about_image(audit.record(action), &valid);
     match &result {
         Ok(answer) => event.detail(answer).success(),
@@ -386,8 +387,9 @@ pub async fn upload_query(
     match fields.get("chunkNumber") {
         None => Ok(Json(status).into_response()),
         Some(n) => {
-            let n: u32 = crate::domain::validate::chunk_number(Some(n), None)
-                .map_err(ApiError::bad_request)?;
+            let n = ChunkNumber::parse(Some(n), None)
+                .map_err(ApiError::bad_request)?
+                .get();
             let present = status.chunks.iter().any(|c| c.number == n);
             Ok(if present {
                 StatusCode::OK
