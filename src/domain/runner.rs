@@ -40,7 +40,11 @@ fn job_of(kind: JobKind) -> &'static dyn Job {
     }
 }
 
+/// Attempts a job gets before it fails for good; between them it waits 2^attempt seconds (at
+/// most 300).
 const MAX_ATTEMPTS: i32 = 5;
+/// How often an idle worker looks for due jobs (besides being woken when one is queued).
+const IDLE_POLL: Duration = Duration::from_millis(500);
 
 /// How a job run ended.
 pub(super) enum Step {
@@ -48,7 +52,6 @@ pub(super) enum Step {
     /// Not yet possible (a slim waits for the check): run again after this many seconds.
     WaitSecs(i64),
 }
-const IDLE_POLL: Duration = Duration::from_millis(500);
 
 /// How far a running job got, 0.0..=1.0, shared between the job and its lease renewals, which
 /// write it to the job's row (`jobs.progress`).
