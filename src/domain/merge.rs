@@ -458,17 +458,7 @@ impl Service {
         let image_id = ImageId::new();
         let new_key = ObjectKey::image(&image_id);
         let upload_id = self.store.create_multipart(bucket, &new_key, &opts).await?;
-        let abort = {
-            let (store, bucket, key, id) = (
-                self.store.clone(),
-                bucket.clone(),
-                new_key.clone(),
-                upload_id.clone(),
-            );
-            crate::cleanup::Cleanup::new(async move {
-                let _ = store.abort_multipart(&bucket, &key, &id).await;
-            })
-        };
+        let abort = self.unfinished_upload(bucket, &new_key, &upload_id);
         let stored = self
             .copy_chunks(bucket, key, parts, (&new_key, &upload_id))
             .await?;

@@ -100,6 +100,18 @@ impl Service {
         })
     }
 
+    /// A guard that aborts the multipart upload `upload_id` of `bucket`/`key` unless disarmed:
+    /// for uploads not yet recorded (or not to be recorded).
+    pub(crate) fn unfinished_upload(&self, bucket: &str, key: &str, upload_id: &str) -> Cleanup {
+        let (store, bucket, key) = (self.store.clone(), bucket.to_string(), key.to_string());
+        let upload_id = upload_id.to_string();
+        Cleanup::new(async move {
+            if let Err(e) = store.abort_multipart(&bucket, &key, &upload_id).await {
+                tracing::warn!(bucket, key, error = %e, "could not abort an unrecorded upload");
+            }
+        })
+    }
+
     /// Best-effort removal of an object nobody will reference; failures are logged.
     pub(crate) async fn delete_object(&self, bucket: &str, key: &str) {
         if let Err(e) = self.store.delete(bucket, key).await {

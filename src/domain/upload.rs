@@ -163,8 +163,9 @@ impl Service {
         let key = ObjectKey::image(&id);
         let found = self.find_zip_image(file).await?;
         quota.settle(found.declared_size).await?;
-        let x = self.extract_zip_image(file, found, &tier, &key).await?;
+        // Guarded before it exists: a request dropped at any await from here on leaves nothing.
         let unreferenced = self.unreferenced(&tier.bucket, &key);
+        let x = self.extract_zip_image(file, found, &tier, &key).await?;
         let object = StoredObject {
             tier,
             id,

@@ -493,6 +493,9 @@ impl Service {
             .store
             .create_multipart(&tier.bucket, &key, &opts)
             .await?;
+        // Aborted unless the session row takes it: another request's row won, the insert
+        // failed, or this request was dropped while inserting.
+        let abort = self.unfinished_upload(&tier.bucket, &key, &upload_id);
         let now = now_secs();
         let row = upload_session::ActiveModel {
             id: Set(uuid::Uuid::new_v4().to_string()),
@@ -517,11 +520,9 @@ impl Service {
             updated_at: Set(now),
         };
         let inserted = db::uploads::insert_if_absent(&self.db, row).await;
-        if !matches!(inserted, Ok(true)) {
-            let _ = self
-                .store
-                .abort_multipart(&tier.bucket, &key, &upload_id)
-                .await;
+        match inserted {
+            Ok(true) => abort.disarm(),
+            _ => abort.run().await,
         }
         let opened = inserted?;
         if opened {
