@@ -76,6 +76,8 @@ impl<T> Requests<T> {
     }
 }
 
+/// What the sidecar's handlers share: the shared directory, the local image operations, and
+/// the requests started (running and recently finished).
 #[derive(Clone)]
 pub struct OpsState {
     dir: PathBuf,
@@ -111,6 +113,8 @@ fn resolve(dir: &Path, name: &str) -> Option<PathBuf> {
     plain.then(|| dir.join(p))
 }
 
+/// The imageops API over `dir` (the directory shared with the service): starting and polling
+/// checks and compressions, and `/health`.
 pub fn router(dir: PathBuf, ops: LocalImageOps) -> Router {
     let state = OpsState {
         dir,
