@@ -203,118 +203,143 @@ impl Wanted {
 /// Digests being computed over bytes fed in order.
 ///
 /// MD5 and SHA-256 together cost about twice what one does, and both are wanted for every
-/// image: once more than [`PARALLEL_FROM`] bytes have come, SHA-256 moves to a thread of its own
-/// (fed the same refcounted buffers through a bounded queue) while MD5 and CRC-32C stay on the
-/// caller's, so a pass takes about as long as its slowest digest.
+/// image. Once more than [`PARALLEL_FROM`] bytes have come, each moves to a thread of its own
+/// (fed the same refcounted buffers through a bounded queue) and only CRC-32C stays on the
+/// caller's: a pass takes about as long as its slowest digest (MD5), and a caller on an async
+/// runtime's worker (a request body arriving) is not held up by hashing.
 #[derive(Default)]
 pub struct Hasher {
-    md5: Option<Md5>,
-    sha256: Sha256State,
+    md5: Lane<Md5>,
+    sha256: Lane<Sha256>,
     crc32c: Option<u32>,
     fed: u64,
 }
 
-/// Bytes hashed on the caller's thread before SHA-256 moves to its own (small bodies never pay
-/// for a thread).
+/// Bytes hashed on the caller's thread before the digests move to their own (small bodies
+/// never pay for a thread).
 pub const PARALLEL_FROM: u64 = 4 << 20;
 
-/// Buffers queued for the SHA-256 thread before the caller waits for it.
+/// Buffers queued for a digest's thread before the caller waits for it.
 const QUEUE: usize = 16;
 
+/// Where one digest is computed: not at all, on the caller's thread, or on a thread of its
+/// own fed through a bounded queue (which hands the state back when the queue closes).
 #[derive(Default)]
-enum Sha256State {
+enum Lane<D> {
     #[default]
     Off,
-    Inline(Sha256),
+    Inline(D),
     Thread {
         queue: std::sync::mpsc::SyncSender<bytes::Bytes>,
-        done: std::thread::JoinHandle<[u8; 32]>,
+        done: std::thread::JoinHandle<D>,
     },
 }
 
-impl Hasher {
-    pub fn new(w: Wanted) -> Self {
-        Hasher {
-            md5: w.md5.then(Md5::new),
-            sha256: match w.sha256 {
-                true => Sha256State::Inline(Sha256::new()),
-                false => Sha256State::Off,
-            },
-            crc32c: w.crc32c.then_some(0),
-            fed: 0,
+impl<D: md5::Digest + Clone + Send + 'static> Lane<D> {
+    fn new(wanted: bool) -> Self {
+        match wanted {
+            true => Lane::Inline(D::new()),
+            false => Lane::Off,
         }
     }
 
-    /// Feeds bytes (copied when SHA-256 runs on its own thread; see [`Hasher::update_bytes`]).
-    pub fn update(&mut self, bytes: &[u8]) {
-        match self.sha256 {
-            Sha256State::Thread { .. } => self.update_bytes(bytes::Bytes::copy_from_slice(bytes)),
-            _ => self.feed(bytes, None),
-        }
+    fn on_thread(&self) -> bool {
+        matches!(self, Lane::Thread { .. })
     }
 
-    /// Feeds a buffer without copying it.
-    pub fn update_bytes(&mut self, bytes: bytes::Bytes) {
-        let b = bytes.clone();
-        self.feed(&b, Some(bytes));
-    }
-
-    fn feed(&mut self, bytes: &[u8], owned: Option<bytes::Bytes>) {
-        self.fed += bytes.len() as u64;
-        if self.fed > PARALLEL_FROM && self.md5.is_some() {
-            self.go_parallel();
-        }
-        match &mut self.sha256 {
-            Sha256State::Off => {}
-            Sha256State::Inline(h) => h.update(bytes),
-            Sha256State::Thread { queue, .. } => {
-                let owned = owned.unwrap_or_else(|| bytes::Bytes::copy_from_slice(bytes));
+    fn feed(&mut self, bytes: &[u8], owned: Option<&bytes::Bytes>) {
+        match self {
+            Lane::Off => {}
+            Lane::Inline(h) => h.update(bytes),
+            Lane::Thread { queue, .. } => {
+                // Copied by the caller once for every lane on a thread.
+                let owned = owned
+                    .cloned()
+                    .unwrap_or_else(|| bytes::Bytes::copy_from_slice(bytes));
                 // The thread only ends when the queue's sender is dropped.
-                queue.send(owned).expect("the SHA-256 thread runs");
+                queue.send(owned).expect("the digest's thread runs");
             }
         }
-        if let Some(h) = &mut self.md5 {
-            h.update(bytes);
-        }
-        if let Some(c) = &mut self.crc32c {
-            *c = crc32c::crc32c_append(*c, bytes);
-        }
     }
 
-    /// Moves SHA-256 (as far as it got) to a thread of its own.
-    fn go_parallel(&mut self) {
-        let Sha256State::Inline(h) = &self.sha256 else {
+    /// Moves the digest (as far as it got) to a thread of its own named `name`.
+    fn go_parallel(&mut self, name: &str) {
+        let Lane::Inline(h) = self else {
             return;
         };
         let mut moved = h.clone();
         let (queue, rx) = std::sync::mpsc::sync_channel::<bytes::Bytes>(QUEUE);
         let spawned = std::thread::Builder::new()
-            .name("sha256".into())
+            .name(name.into())
             .spawn(move || {
                 for b in rx {
                     moved.update(&b);
                 }
-                moved.finalize().into()
+                moved
             });
         match spawned {
-            Ok(done) => self.sha256 = Sha256State::Thread { queue, done },
+            Ok(done) => *self = Lane::Thread { queue, done },
             // No thread to be had (a process at its limit): it stays on the caller's.
-            Err(e) => tracing::debug!(error = %e, "hashing on one thread"),
+            Err(e) => tracing::debug!(error = %e, digest = name, "hashing on the caller's thread"),
+        }
+    }
+
+    fn finish(self) -> Option<D> {
+        match self {
+            Lane::Off => None,
+            Lane::Inline(h) => Some(h),
+            Lane::Thread { queue, done } => {
+                drop(queue);
+                Some(done.join().expect("a digest's thread does not panic"))
+            }
+        }
+    }
+}
+
+impl Hasher {
+    pub fn new(w: Wanted) -> Self {
+        Hasher {
+            md5: Lane::new(w.md5),
+            sha256: Lane::new(w.sha256),
+            crc32c: w.crc32c.then_some(0),
+            fed: 0,
+        }
+    }
+
+    /// Feeds bytes (copied once when the digests run on their own threads; see
+    /// [`Hasher::update_bytes`]).
+    pub fn update(&mut self, bytes: &[u8]) {
+        self.feed(bytes, None);
+    }
+
+    /// Feeds a buffer without copying it.
+    pub fn update_bytes(&mut self, bytes: bytes::Bytes) {
+        self.feed(&bytes.clone(), Some(bytes));
+    }
+
+    fn feed(&mut self, bytes: &[u8], owned: Option<bytes::Bytes>) {
+        self.fed += bytes.len() as u64;
+        if self.fed > PARALLEL_FROM {
+            self.md5.go_parallel("md5");
+            self.sha256.go_parallel("sha256");
+        }
+        let owned = match owned {
+            None if self.md5.on_thread() || self.sha256.on_thread() => {
+                Some(bytes::Bytes::copy_from_slice(bytes))
+            }
+            owned => owned,
+        };
+        self.sha256.feed(bytes, owned.as_ref());
+        self.md5.feed(bytes, owned.as_ref());
+        if let Some(c) = &mut self.crc32c {
+            *c = crc32c::crc32c_append(*c, bytes);
         }
     }
 
     pub fn finish(self) -> Digests {
-        let sha256 = match self.sha256 {
-            Sha256State::Off => None,
-            Sha256State::Inline(h) => Some(h.finalize().into()),
-            Sha256State::Thread { queue, done } => {
-                drop(queue);
-                Some(done.join().expect("the SHA-256 thread does not panic"))
-            }
-        };
         Digests {
-            md5: self.md5.map(|h| h.finalize().into()),
-            sha256,
+            md5: self.md5.finish().map(|h| h.finalize().into()),
+            sha256: self.sha256.finish().map(|h| h.finalize().into()),
             crc32c: self.crc32c,
         }
     }
