@@ -111,6 +111,25 @@ impl Server {
         );
     }
 
+    /// Waits until no check or slim job is queued or running (`fs_jobs` in `/metrics`, read
+    /// fresh from the database on each scrape).
+    async fn wait_idle(&self) {
+        let url = format!("{}/metrics", self.base);
+        for _ in 0..6000 {
+            let text = reqwest::get(&url).await.unwrap().text().await.unwrap();
+            let busy = text.lines().any(|l| {
+                l.starts_with("fs_jobs{")
+                    && (l.contains("state=\"queued\"") || l.contains("state=\"running\""))
+                    && !l.ends_with(" 0")
+            });
+            if !busy {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("the server's jobs did not end in 10 minutes");
+    }
+
     fn url(&self, p: &str) -> String {
         format!("{}/image-management/v1{p}", self.base)
     }
@@ -294,15 +313,27 @@ fn read_file(src: &Path) -> Duration {
     t.elapsed()
 }
 
-/// Flushes every dirty page first, so one measurement does not pay for the previous one's writes.
-fn settle() {
+/// Flushes every dirty page first, so one measurement does not pay for the previous one's
+/// writes. Before an upload (`warm`: its source file), also drops the clean page cache and reads
+/// the source back in: every upload, baseline or service, then writes into the same amount of
+/// free memory from a cached source. Without that, the runs late in the benchmark paid for
+/// reclaiming the gigabytes the earlier ones left cached (on the 2-core test machine a 2 GiB
+/// `dd` took 6.5 s with a full page cache and 2.6 s with an empty one).
+fn settle(warm: Option<&Path>) {
     // SAFETY: sync(2) takes no arguments and cannot fail.
     unsafe { libc::sync() };
+    if let Some(src) = warm {
+        // Clean pages only ("1"); needs root, and without it every run starts as it finds
+        // the cache.
+        let _ = std::fs::write("/proc/sys/vm/drop_caches", "1");
+        read_file(src);
+    }
 }
 
-/// Runs `op` three times, dirty pages flushed before each: the median time and the highest
-/// server peak RSS.
-async fn measure<F, Fut>(srv: &Server, mut op: F) -> (f64, u64)
+/// Runs `op` three times, each once the server's background jobs are done (the check every
+/// upload queues) and with dirty pages flushed (see [`settle`] for `warm`): the median time and
+/// the highest server peak RSS.
+async fn measure<F, Fut>(srv: &Server, warm: Option<&Path>, mut op: F) -> (f64, u64)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = ()>,
@@ -310,7 +341,8 @@ where
     let mut times = vec![];
     let mut peak = 0;
     for _ in 0..3 {
-        settle();
+        srv.wait_idle().await;
+        settle(warm);
         srv.reset_peak();
         let t = Instant::now();
         op().await;
@@ -321,10 +353,10 @@ where
     (times[1], peak)
 }
 
-/// Median of three runs.
-fn median3(mut f: impl FnMut() -> Duration) -> f64 {
+/// Median of three runs (see [`settle`] for `warm`).
+fn median3(warm: Option<&Path>, mut f: impl FnMut() -> Duration) -> f64 {
     let mut run = || {
-        settle();
+        settle(warm);
         f().as_secs_f64()
     };
     let mut v = [run(), run(), run()];
@@ -424,8 +456,8 @@ async fn local_rows(dir: &Path, sizes: &[u64]) -> (u64, Vec<Row>) {
         let src = dir.join(format!("src-{mib}.bin"));
         make_source(&src, size);
         let dst = dir.join("copy.bin");
-        let base_sync = median3(|| copy_file(&src, &dst, true));
-        let base_read = median3(|| read_file(&src));
+        let base_sync = median3(None, || copy_file(&src, &dst, true));
+        let base_read = median3(None, || read_file(&src));
 
         let (webdav, dd) = plain_uploads(&srv, &client, dir, &src, size).await;
         for (op, secs, note) in [
@@ -450,7 +482,7 @@ async fn local_rows(dir: &Path, sizes: &[u64]) -> (u64, Vec<Row>) {
         rows.extend(upload_rows);
         let id = ids[0].clone();
 
-        let (secs, peak) = measure(&srv, || async {
+        let (secs, peak) = measure(&srv, None, || async {
             assert_eq!(download(&client, &srv, &id, false, Some(&dst)).await, size);
         })
         .await;
@@ -463,7 +495,7 @@ async fn local_rows(dir: &Path, sizes: &[u64]) -> (u64, Vec<Row>) {
             note: "vs copy+fsync".into(),
         });
 
-        let (secs, peak) = measure(&srv, || async {
+        let (secs, peak) = measure(&srv, None, || async {
             assert!(download(&client, &srv, &id, true, Some(&dst)).await > size);
         })
         .await;
@@ -476,7 +508,7 @@ async fn local_rows(dir: &Path, sizes: &[u64]) -> (u64, Vec<Row>) {
             note: "vs copy+fsync".into(),
         });
 
-        let (secs, peak) = measure(&srv, || async {
+        let (secs, peak) = measure(&srv, None, || async {
             assert_eq!(download(&client, &srv, &id, false, None).await, size);
         })
         .await;
@@ -655,8 +687,8 @@ async fn s3_rows(dir: &Path, sizes: &[u64], endpoint: &str) -> Vec<Row> {
         let src = dir.join(format!("src-{mib}.bin"));
         make_source(&src, size);
         let key = format!("{prefix}direct-{mib}");
-        let (base_up, _) = measure(&srv, || sdk_upload(&sdk, &src, &key)).await;
-        let (base_down, _) = measure(&srv, || async {
+        let (base_up, _) = measure(&srv, Some(&src), || sdk_upload(&sdk, &src, &key)).await;
+        let (base_down, _) = measure(&srv, None, || async {
             assert_eq!(sdk_download(&sdk, &key).await, size);
         })
         .await;
@@ -672,7 +704,7 @@ async fn s3_rows(dir: &Path, sizes: &[u64], endpoint: &str) -> Vec<Row> {
         rows.extend(upload_rows);
         let id = ids[0].clone();
 
-        let (secs, peak) = measure(&srv, || async {
+        let (secs, peak) = measure(&srv, None, || async {
             assert_eq!(download(&client, &srv, &id, false, None).await, size);
         })
         .await;
@@ -688,13 +720,13 @@ async fn s3_rows(dir: &Path, sizes: &[u64], endpoint: &str) -> Vec<Row> {
         // baseline the service's read-ahead answers.
         let dst = dir.join("s3").join("download.bin");
         let stored = format!("{prefix}images/{id}");
-        let (base_boto3, _) = measure(&srv, || async {
+        let (base_boto3, _) = measure(&srv, None, || async {
             boto3_download(endpoint, &stored, &dst);
             assert_eq!(std::fs::metadata(&dst).unwrap().len(), size);
             std::fs::remove_file(&dst).unwrap();
         })
         .await;
-        let (secs, peak) = measure(&srv, || async {
+        let (secs, peak) = measure(&srv, None, || async {
             assert_eq!(download(&client, &srv, &id, false, Some(&dst)).await, size);
         })
         .await;
@@ -707,7 +739,7 @@ async fn s3_rows(dir: &Path, sizes: &[u64], endpoint: &str) -> Vec<Row> {
             note: "vs boto3 download_file".into(),
         });
 
-        let (secs, peak) = measure(&srv, || async {
+        let (secs, peak) = measure(&srv, None, || async {
             assert!(download(&client, &srv, &id, true, None).await > size);
         })
         .await;
@@ -760,7 +792,7 @@ async fn plain_uploads(
     })
     .await;
     let url = format!("{}/dav/bench.img", nginx.base);
-    let (webdav, _) = measure(srv, || async {
+    let (webdav, _) = measure(srv, Some(src), || async {
         let file = std::fs::File::open(src).unwrap();
         let body = reqwest::Body::wrap_stream(read_stream(file, 0, size));
         let r = client
@@ -778,7 +810,7 @@ async fn plain_uploads(
         format!("if={}", src.display()),
         format!("of={}", dst.display()),
     );
-    let dd = median3(|| {
+    let dd = median3(Some(src), || {
         timed(
             "dd",
             &[&input, &output, "bs=1M", "conv=fsync", "status=none"],
@@ -800,7 +832,7 @@ async fn upload_rows(
 ) -> (Vec<Row>, Vec<String>) {
     let size = mib * MIB;
     let ids = Mutex::new(vec![]);
-    let (secs, peak) = measure(srv, || async {
+    let (secs, peak) = measure(srv, Some(src), || async {
         let id = upload(client, srv, src, size).await;
         ids.lock().unwrap().push(id);
     })
@@ -815,7 +847,7 @@ async fn upload_rows(
     };
     let merges = Mutex::new(vec![]);
     let run = AtomicUsize::new(0);
-    let (secs, peak) = measure(srv, || async {
+    let (secs, peak) = measure(srv, Some(src), || async {
         let ident = format!("bench-{mib}-{}", run.fetch_add(1, Ordering::Relaxed));
         let (cid, merge) = chunked(client, srv, src, size, &ident).await;
         ids.lock().unwrap().push(cid);
@@ -887,8 +919,8 @@ async fn imageops_rows(
     let size = std::fs::metadata(&img).unwrap().len();
     let out = dir.join("bench-out.qcow2");
     let o = out.to_str().unwrap().to_string();
-    let base_md5 = median3(|| timed("md5sum", &[p]));
-    let base_convert = median3(|| {
+    let base_md5 = median3(None, || timed("md5sum", &[p]));
+    let base_convert = median3(None, || {
         let d = timed(
             "qemu-img",
             &[
@@ -909,7 +941,8 @@ async fn imageops_rows(
     });
     let (mut checks, mut slims, mut peak_check, mut peak_slim) = (vec![], vec![], 0, 0);
     for _ in 0..3 {
-        settle();
+        srv.wait_idle().await;
+        settle(None);
         srv.reset_peak();
         let id = upload_named(client, srv, &img, size, "bench.qcow2").await;
         // The check is queued with the record, as the upload is answered.
@@ -919,7 +952,7 @@ async fn imageops_rows(
         }
         checks.push(t.elapsed().as_secs_f64());
         peak_check = peak_check.max(srv.peak_rss());
-        settle();
+        settle(None);
         srv.reset_peak();
         let t = Instant::now();
         let r = client
@@ -988,7 +1021,7 @@ async fn client_rows(dir: &Path, fsctl: &Path) -> Vec<Row> {
     let src = dir.join(format!("client-{mib}.img"));
     make_source(&src, mib * MIB);
     let src_s = src.to_str().unwrap().to_string();
-    let curl = client_median(&srv, &client, || {
+    let curl = client_median(&srv, &client, &src, || {
         let url = srv.url("/images");
         let out = Command::new("curl")
             .args([
@@ -1009,7 +1042,7 @@ async fn client_rows(dir: &Path, fsctl: &Path) -> Vec<Row> {
     let mut rows = vec![];
     let mut p1 = 0.0;
     for parallel in ["1", "4"] {
-        let (secs, peak) = client_median(&srv, &client, || {
+        let (secs, peak) = client_median(&srv, &client, &src, || {
             let f = std::fs::File::options().write(true).open(&src).unwrap();
             f.set_modified(std::time::SystemTime::now()).unwrap();
             let out = Command::new(fsctl)
@@ -1053,16 +1086,18 @@ async fn client_rows(dir: &Path, fsctl: &Path) -> Vec<Row> {
     rows
 }
 
-/// Runs an upload three times (deleting its image after each): median seconds, server peak RSS.
+/// Runs an upload of `src` three times (deleting its image after each; see [`settle`]): median seconds, server peak RSS.
 async fn client_median(
     srv: &Server,
     client: &reqwest::Client,
+    src: &Path,
     mut upload: impl FnMut() -> String,
 ) -> (f64, u64) {
     let mut times = vec![];
     let mut peak = 0;
     for _ in 0..3 {
-        settle();
+        srv.wait_idle().await;
+        settle(Some(src));
         srv.reset_peak();
         let t = Instant::now();
         let id = upload();
