@@ -135,25 +135,23 @@ where
     Ok(None)
 }
 
-/// Extends the lease (and records progress); `false` when the job is no longer this worker's.
+/// Records the progress (0.0..=1.0) of a running job and, with `until` (Unix seconds),
+/// extends its lease; `false` when the job is no longer this worker's.
 pub async fn heartbeat(
     db: &impl ConnectionTrait,
     id: &str,
     owner: &str,
-    until: i64,
+    until: Option<i64>,
     progress: f64,
     now: i64,
 ) -> Result<bool, DbErr> {
-    let res = held_by(
-        Jobs::update_many()
-            .col_expr(job::Column::LeaseUntil, Expr::value(until))
-            .col_expr(job::Column::Progress, Expr::value(progress))
-            .col_expr(job::Column::UpdatedAt, Expr::value(now)),
-        id,
-        owner,
-    )
-    .exec(db)
-    .await?;
+    let mut q = Jobs::update_many()
+        .col_expr(job::Column::Progress, Expr::value(progress))
+        .col_expr(job::Column::UpdatedAt, Expr::value(now));
+    if let Some(until) = until {
+        q = q.col_expr(job::Column::LeaseUntil, Expr::value(until));
+    }
+    let res = held_by(q, id, owner).exec(db).await?;
     Ok(res.rows_affected == 1)
 }
 
@@ -164,7 +162,8 @@ fn held_by(q: sea_orm::UpdateMany<Jobs>, id: &str, owner: &str) -> sea_orm::Upda
         .filter(job::Column::State.eq(Running))
 }
 
-/// Ends a job (done or failed) if this worker still holds it.
+/// Ends a job (done or failed) if this worker still holds it; a job done is all the way done
+/// (`progress` 1.0).
 pub async fn finish(
     db: &impl ConnectionTrait,
     id: &str,
@@ -173,13 +172,12 @@ pub async fn finish(
     error: Option<&str>,
     now: i64,
 ) -> Result<bool, DbErr> {
-    let res = held_by(
-        unleased(state, now).col_expr(job::Column::Error, Expr::value(error.map(str::to_string))),
-        id,
-        owner,
-    )
-    .exec(db)
-    .await?;
+    let mut q =
+        unleased(state, now).col_expr(job::Column::Error, Expr::value(error.map(str::to_string)));
+    if state == Done {
+        q = q.col_expr(job::Column::Progress, Expr::value(1.0));
+    }
+    let res = held_by(q, id, owner).exec(db).await?;
     Ok(res.rows_affected == 1)
 }
 

@@ -18,7 +18,7 @@ use crate::{
 };
 use async_trait::async_trait;
 use entity::{image, status::SlimStatus};
-use std::{path::PathBuf, time::Duration};
+use std::path::PathBuf;
 
 /// `JobKind::Check`: [`Service::run_check`].
 pub(super) struct CheckJob;
@@ -52,6 +52,14 @@ impl Job for SlimJob {
         let failed = CompressStatus::Failed;
         db::images::slim_failed(&svc.db, image_id, failed, &msg, now_secs()).await?;
         Ok(())
+    }
+
+    /// A slim's progress is the image's `compressRate` while it runs.
+    async fn show_progress(&self, svc: &Service, image_id: &str, fraction: f64) {
+        let shown = db::images::set_compress_rate(&svc.db, image_id, fraction, now_secs()).await;
+        if let Err(e) = shown {
+            tracing::warn!(image.id = %image_id, error = %e, "showing a slim's progress failed");
+        }
     }
 }
 
@@ -131,8 +139,8 @@ impl Service {
     }
 
     /// Compresses the stored original into `output` while its bytes are hashed (both read the
-    /// stored object); progress goes to the job and, about once a second, to the image's
-    /// `compressRate`.
+    /// stored object); progress goes to the job (the runner shows it as the image's
+    /// `compressRate`).
     async fn compress_original(
         &self,
         img: &image::Model,
@@ -140,21 +148,8 @@ impl Service {
         job_progress: &JobProgress,
         wanted: Wanted,
     ) -> Result<(Result<(), CompressFailure>, Digests)> {
-        let (tx, mut rx) = tokio::sync::watch::channel(0.0f64);
-        let report_progress = async {
-            while rx.changed().await.is_ok() {
-                let p = *rx.borrow_and_update();
-                let now = now_secs();
-                let _ = db::images::set_compress_rate(&self.db, &img.id, p, now).await;
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-            std::future::pending::<()>().await
-        };
         let job_progress = job_progress.clone();
-        let progress = Box::new(move |p| {
-            job_progress.set(p);
-            let _ = tx.send(p);
-        });
+        let progress = Box::new(move |p| job_progress.set(p));
         let (imageops, out) = (self.imageops.clone(), output.to_path_buf());
         let compress =
             |input: Image| async move { imageops.compress(&input, &out, progress).await };
@@ -163,10 +158,7 @@ impl Service {
             img.object_key.as_str(),
             img.size_bytes as u64,
         );
-        tokio::select! {
-            r = self.on_image(object, ".qcow2", wanted, compress) => r,
-            _ = report_progress => unreachable!("progress reporting never ends by itself"),
-        }
+        self.on_image(object, ".qcow2", wanted, compress).await
     }
 
     /// Checks the compressed `output` while it is stored beside the original (hashed while it

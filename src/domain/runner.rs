@@ -30,6 +30,11 @@ pub(super) trait Job: Send + Sync {
     /// Records on the image that the job failed for good with `error` (after its last
     /// attempt).
     async fn give_up(&self, svc: &Service, image_id: &str, error: &Error) -> Result<()>;
+
+    /// Shows the job's progress (0.0..=1.0, as just written to its row) on the image, where
+    /// clients see it; nothing by default. Called by the runner at most every
+    /// [`PROGRESS_EVERY`], only when the progress changed.
+    async fn show_progress(&self, _svc: &Service, _image_id: &str, _fraction: f64) {}
 }
 
 /// The job that runs rows of `kind`.
@@ -43,6 +48,8 @@ fn job_of(kind: JobKind) -> &'static dyn Job {
 /// Attempts a job gets before it fails for good; between them it waits 2^attempt seconds (at
 /// most 300).
 const MAX_ATTEMPTS: i32 = 5;
+/// How often a running job's progress is written to its row (when it changed).
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 /// How often an idle worker looks for due jobs (besides being woken when one is queued).
 const IDLE_POLL: Duration = Duration::from_millis(500);
 
@@ -188,22 +195,48 @@ impl Service {
         Ok(db::jobs::prune_finished(&self.db, before).await?)
     }
 
-    /// Renews the lease until it is lost; returns then. The renewals run on a task of their
-    /// own: a job that streams bytes already read ahead rarely yields, and renewals polled in
-    /// its task were starved past the lease (the job was then taken over again and again).
+    /// Renews the lease until it is lost; returns then. Between renewals, writes the job's
+    /// progress to its row when it changed (at most every [`PROGRESS_EVERY`]), and its kind
+    /// shows it on the image ([`Job::show_progress`]: a slim's `compressRate`). The renewals
+    /// run on a task of their own: a job that streams bytes already read ahead rarely yields,
+    /// and renewals polled in its task were starved past the lease (the job was then taken
+    /// over again and again).
     async fn keep_lease(&self, job: &job::Model, owner: &str, progress: JobProgress) {
         let lease = self.cfg.job_lease_secs as i64;
-        let every = Duration::from_secs((lease as u64 / 3).max(1));
-        let (db, id, owner) = (self.db.clone(), job.id.clone(), owner.to_string());
+        let renew_every = Duration::from_secs((lease as u64 / 3).max(1));
+        let (svc, job, owner) = (self.clone(), job.clone(), owner.to_string());
         let renewals = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(PROGRESS_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let (mut renewed, mut shown) = (tokio::time::Instant::now(), 0.0);
             loop {
-                tokio::time::sleep(every).await;
-                let now = now_secs();
+                tick.tick().await;
                 let done = progress.get();
-                match db::jobs::heartbeat(&db, &id, &owner, now + lease, done, now).await {
+                let renew = renewed.elapsed() >= renew_every;
+                if done == shown && !renew {
+                    continue;
+                }
+                let now = now_secs();
+                let until = match renew {
+                    true => Some(now + lease),
+                    false => None,
+                };
+                match db::jobs::heartbeat(&svc.db, &job.id, &owner, until, done, now).await {
                     Ok(true) => {}
                     Ok(false) => return,
-                    Err(e) => tracing::warn!(job.id = %id, error = %e, "renewing a lease failed"),
+                    Err(e) => {
+                        tracing::warn!(job.id = %job.id, error = %e, "renewing a lease failed");
+                        continue;
+                    }
+                }
+                if renew {
+                    renewed = tokio::time::Instant::now();
+                }
+                if done != shown {
+                    shown = done;
+                    job_of(job.kind)
+                        .show_progress(&svc, &job.image_id, done)
+                        .await;
                 }
             }
         });

@@ -76,12 +76,12 @@ async fn concurrent_claims_take_each_job_once(b: Backend) {
     // Renewals by the holder extend its lease and write its progress; the old owner's change
     // nothing.
     assert!(
-        jobs::heartbeat(&conn, &again.id, "late", now + 200, 0.25, now + 61)
+        jobs::heartbeat(&conn, &again.id, "late", Some(now + 200), 0.25, now + 61)
             .await
             .unwrap()
     );
     assert!(
-        !jobs::heartbeat(&conn, &again.id, &old_owner, now + 300, 0.9, now + 61)
+        !jobs::heartbeat(&conn, &again.id, &old_owner, Some(now + 300), 0.9, now + 61)
             .await
             .unwrap()
     );

@@ -47,6 +47,24 @@ async fn slimmed_image_is_smaller_identical_and_served(b: Backend) {
     assert_eq!(v["compressInfo"]["compressStatus"], 0);
     assert_eq!(v["compressInfo"]["compressRate"], 1.0);
     assert_eq!(v["fileName"], "fat.qcow2");
+    // The check and the slim are done, and their rows say so (their `progress` used to stay 0).
+    {
+        use entity::job::{Column, Entity};
+        use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+        let db = file_system::db::connect(&app.database_url).await.unwrap();
+        let jobs = Entity::find()
+            .filter(Column::ImageId.eq(&id))
+            .all(&db)
+            .await
+            .unwrap();
+        let kinds: Vec<_> = jobs.iter().map(|j| (j.kind, j.state, j.progress)).collect();
+        use entity::status::{JobKind, JobState};
+        assert!(
+            kinds.contains(&(JobKind::Check, JobState::Done, 1.0))
+                && kinds.contains(&(JobKind::Slim, JobState::Done, 1.0)),
+            "{kinds:?}"
+        );
+    }
 
     let slim = app.dir.path().join("slim.qcow2");
     let h = app
