@@ -9,7 +9,7 @@ use super::{
     integrity::{Algorithm, Checksum, Digests, Wanted},
     meter::{combine_crc32, Meter},
     now_secs,
-    objects::{spool, NewImage},
+    objects::{multipart_of, spool, NewImage},
     texts,
     uploads::{image_checksum, SessionRef, Totals},
     validate, Error, Result, Service,
@@ -17,7 +17,9 @@ use super::{
 use crate::{
     config::Tier,
     db,
-    storage::{CompletedPart, PutOptions, SpooledPart, StorageError, UploadedPart},
+    storage::{
+        CompletedPart, MultipartUpload, PutOptions, SpooledPart, StorageError, UploadedPart,
+    },
 };
 use entity::{
     image,
@@ -502,6 +504,11 @@ impl Service {
         parts: &[entity::upload_part::Model],
         (new_key, upload_id): (&str, &str),
     ) -> Result<Vec<CopiedChunk>> {
+        let into = MultipartUpload {
+            bucket,
+            key: new_key,
+            upload_id,
+        };
         let mut offset = 0u64;
         let mut stored = vec![];
         for p in parts {
@@ -522,7 +529,7 @@ impl Service {
             let spooled = SpooledPart { file: path, len };
             let uploaded = self
                 .store
-                .upload_part(bucket, new_key, upload_id, number, spooled, direct)
+                .upload_part(into, number, spooled, direct)
                 .await?;
             stored.push(CopiedChunk {
                 number,
@@ -556,12 +563,7 @@ impl Service {
             .collect();
         match self
             .store
-            .complete_multipart(
-                &session.bucket,
-                &session.object_key,
-                &session.upload_id,
-                &completed,
-            )
+            .complete_multipart(multipart_of(session), &completed)
             .await
         {
             Err(StorageError::NoSuchUpload) => Err(Error::Conflict(format!(

@@ -12,7 +12,7 @@ use crate::{
     config::Tier,
     storage::{
         fileio::{BodyOrFile, FileSink},
-        ByteStream, PutOptions, StorageError,
+        ByteStream, MultipartUpload, PutOptions, StorageError,
     },
 };
 use entity::{
@@ -106,7 +106,12 @@ impl Service {
         let (store, bucket, key) = (self.store.clone(), bucket.to_string(), key.to_string());
         let upload_id = upload_id.to_string();
         Cleanup::new(async move {
-            if let Err(e) = store.abort_multipart(&bucket, &key, &upload_id).await {
+            let upload = MultipartUpload {
+                bucket: &bucket,
+                key: &key,
+                upload_id: &upload_id,
+            };
+            if let Err(e) = store.abort_multipart(upload).await {
                 tracing::warn!(bucket, key, error = %e, "could not abort an unrecorded upload");
             }
         })
@@ -236,5 +241,14 @@ pub(crate) fn body_error(e: std::io::Error, meter: &Meter) -> Error {
         Error::BodyTimeout
     } else {
         Error::BadBody(e)
+    }
+}
+
+/// The store's multipart upload behind an upload session.
+pub(super) fn multipart_of(session: &entity::upload_session::Model) -> MultipartUpload<'_> {
+    MultipartUpload {
+        bucket: &session.bucket,
+        key: &session.object_key,
+        upload_id: &session.upload_id,
     }
 }

@@ -8,7 +8,7 @@ use super::{
     integrity::{self, Algorithm, Checksum, Digests, Wanted},
     meter::Meter,
     now_secs,
-    objects::spool,
+    objects::{multipart_of, spool},
     placement::{self, Received},
     validate, Error, Result, Service,
 };
@@ -421,14 +421,7 @@ impl Service {
         let direct = placement::send_direct(number, len, min, others);
         let uploaded = self
             .store
-            .upload_part(
-                &session.bucket,
-                &session.object_key,
-                &session.upload_id,
-                number,
-                chunk.body,
-                direct,
-            )
+            .upload_part(multipart_of(session), number, chunk.body, direct)
             .await?;
         let staged = uploaded.staged;
         let part = db::uploads::NewPart {
@@ -547,9 +540,7 @@ impl Service {
             ))),
             Completed => Ok(db::uploads::delete(&self.db, &session.id).await?),
             _ => {
-                self.store
-                    .abort_multipart(&session.bucket, &session.object_key, &session.upload_id)
-                    .await?;
+                self.store.abort_multipart(multipart_of(&session)).await?;
                 db::uploads::delete(&self.db, &session.id).await?;
                 tracing::info!(identifier, "upload cancelled");
                 self.metrics.upload_session_cancelled();
@@ -600,10 +591,7 @@ impl Service {
             if !db::uploads::claim_stale_open(&self.db, &s.id, before, &token, now_secs()).await? {
                 continue;
             }
-            let aborted = self
-                .store
-                .abort_multipart(&s.bucket, &s.object_key, &s.upload_id)
-                .await;
+            let aborted = self.store.abort_multipart(multipart_of(&s)).await;
             if let Err(e) = aborted {
                 db::uploads::end_merge(&self.db, &s.id, &token, Open, now_secs()).await?;
                 return Err(e.into());

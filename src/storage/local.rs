@@ -8,8 +8,8 @@
 use super::fileio::copy_between;
 use super::{
     fileio::{self, BodyOrFile, FileSink},
-    local_parts, ByteRange, ByteStream, CompletedPart, ObjectStore, PutOptions, Result,
-    SpooledPart, StorageError, UploadedPart,
+    local_parts, ByteRange, ByteStream, CompletedPart, MultipartUpload, ObjectStore, PutOptions,
+    Result, SpooledPart, StorageError, UploadedPart,
 };
 use crate::dirlock::{self, DirLock};
 use async_trait::async_trait;
@@ -175,14 +175,12 @@ impl ObjectStore for LocalStore {
 
     async fn upload_part(
         &self,
-        _bucket: &str,
-        _key: &str,
-        upload_id: &str,
+        upload: MultipartUpload<'_>,
         number: u32,
         body: SpooledPart,
         direct: bool,
     ) -> Result<UploadedPart> {
-        let dir = self.upload_dir(upload_id)?;
+        let dir = self.upload_dir(upload.upload_id)?;
         if !tokio::fs::try_exists(&dir).await? {
             return Err(StorageError::NoSuchUpload);
         }
@@ -204,13 +202,11 @@ impl ObjectStore for LocalStore {
 
     async fn complete_multipart(
         &self,
-        bucket: &str,
-        key: &str,
-        upload_id: &str,
+        upload: MultipartUpload<'_>,
         parts: &[CompletedPart],
     ) -> Result<()> {
-        let dst = self.object_path(bucket, key)?;
-        let dir = self.upload_dir(upload_id)?;
+        let dst = self.object_path(upload.bucket, upload.key)?;
+        let dir = self.upload_dir(upload.upload_id)?;
         if !tokio::fs::try_exists(&dir).await? {
             // Completed before (e.g. a retried merge): the object is the proof.
             return match tokio::fs::try_exists(&dst).await? {
@@ -247,8 +243,8 @@ impl ObjectStore for LocalStore {
         Ok(())
     }
 
-    async fn abort_multipart(&self, _bucket: &str, _key: &str, upload_id: &str) -> Result<()> {
-        let dir = match self.upload_dir(upload_id) {
+    async fn abort_multipart(&self, upload: MultipartUpload<'_>) -> Result<()> {
+        let dir = match self.upload_dir(upload.upload_id) {
             Ok(d) => d,
             Err(_) => return Ok(()),
         };

@@ -3,8 +3,8 @@
 //! The backends know nothing of it: the service wraps whichever store it is given.
 
 use super::{
-    ByteRange, ByteStream, CompletedPart, ObjectStore, PutOptions, Result, SpooledPart,
-    StorageError, UploadedPart,
+    ByteRange, ByteStream, CompletedPart, MultipartUpload, ObjectStore, PutOptions, Result,
+    SpooledPart, StorageError, UploadedPart,
 };
 use crate::metrics::Metrics;
 use async_trait::async_trait;
@@ -70,32 +70,26 @@ impl ObjectStore for MeteredStore {
 
     async fn upload_part(
         &self,
-        bucket: &str,
-        key: &str,
-        upload_id: &str,
+        upload: MultipartUpload<'_>,
         number: u32,
         body: SpooledPart,
         direct: bool,
     ) -> Result<UploadedPart> {
-        let call = self
-            .inner
-            .upload_part(bucket, key, upload_id, number, body, direct);
+        let call = self.inner.upload_part(upload, number, body, direct);
         self.observe("upload_part", call, found).await
     }
 
     async fn complete_multipart(
         &self,
-        bucket: &str,
-        key: &str,
-        upload_id: &str,
+        upload: MultipartUpload<'_>,
         parts: &[CompletedPart],
     ) -> Result<()> {
-        let call = self.inner.complete_multipart(bucket, key, upload_id, parts);
+        let call = self.inner.complete_multipart(upload, parts);
         self.observe("complete_multipart", call, found).await
     }
 
-    async fn abort_multipart(&self, bucket: &str, key: &str, upload_id: &str) -> Result<()> {
-        let call = self.inner.abort_multipart(bucket, key, upload_id);
+    async fn abort_multipart(&self, upload: MultipartUpload<'_>) -> Result<()> {
+        let call = self.inner.abort_multipart(upload);
         self.observe("abort_multipart", call, found).await
     }
 

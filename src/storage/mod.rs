@@ -99,6 +99,15 @@ pub struct PutOptions {
     pub storage_class: Option<String>,
 }
 
+/// An open multipart upload (S3 CreateMultipartUpload): the bucket and key of the object it
+/// becomes, and the upload id the store gave it.
+#[derive(Debug, Clone, Copy)]
+pub struct MultipartUpload<'a> {
+    pub bucket: &'a str,
+    pub key: &'a str,
+    pub upload_id: &'a str,
+}
+
 /// A part body already spooled to a local file; the store may move the file instead of
 /// copying it. The file is deleted when this value is dropped without being consumed.
 pub struct SpooledPart {
@@ -130,32 +139,29 @@ pub trait ObjectStore: Send + Sync + 'static {
     /// Opens a multipart upload for `key`; returns its upload id.
     async fn create_multipart(&self, bucket: &str, key: &str, opts: &PutOptions) -> Result<String>;
 
-    /// Stores part `number` (1..=10000), replacing an earlier part of that number. Returns its
-    /// ETag (and checksum). With `direct` false the store may hold the part aside and pack it at completion;
-    /// a store with a `min_part_size` also holds aside a part below it.
+    /// Stores part `number` (1..=10000) of `upload`, replacing an earlier part of that number.
+    /// Returns its ETag (and checksum). With `direct` false the store may hold the part aside
+    /// and pack it at completion; a store with a `min_part_size` also holds aside a part below
+    /// it.
     async fn upload_part(
         &self,
-        bucket: &str,
-        key: &str,
-        upload_id: &str,
+        upload: MultipartUpload<'_>,
         number: u32,
         body: SpooledPart,
         direct: bool,
     ) -> Result<UploadedPart>;
 
-    /// Joins `parts` (ascending numbers) into the object. Completing an upload that already
-    /// completed into an existing object succeeds. `Resend` names parts held directly that
-    /// cannot follow the small parts held aside before them.
+    /// Joins `parts` (ascending numbers) of `upload` into its object. Completing an upload
+    /// that already completed into an existing object succeeds. `Resend` names parts held
+    /// directly that cannot follow the small parts held aside before them.
     async fn complete_multipart(
         &self,
-        bucket: &str,
-        key: &str,
-        upload_id: &str,
+        upload: MultipartUpload<'_>,
         parts: &[CompletedPart],
     ) -> Result<()>;
 
     /// Drops an upload and its parts. Aborting an unknown upload succeeds.
-    async fn abort_multipart(&self, bucket: &str, key: &str, upload_id: &str) -> Result<()>;
+    async fn abort_multipart(&self, upload: MultipartUpload<'_>) -> Result<()>;
 
     /// Streams an object, or the given range of it.
     async fn get(&self, bucket: &str, key: &str, range: Option<ByteRange>) -> Result<ByteStream>;

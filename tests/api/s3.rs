@@ -32,9 +32,7 @@ async fn small_chunks_are_packed_into_valid_parts(b: Backend) {
         let n = i as u32 + 1;
         let etag = store
             .upload_part(
-                "images",
-                "images/packed",
-                &id,
+                upload_of("images", "images/packed", &id),
                 n,
                 spooled(dir.path(), c),
                 false,
@@ -69,7 +67,7 @@ async fn small_chunks_are_packed_into_valid_parts(b: Backend) {
         chunks.iter().map(Vec::len).sum::<usize>()
     );
     store
-        .complete_multipart("images", "images/packed", &id, &parts)
+        .complete_multipart(upload_of("images", "images/packed", &id), &parts)
         .await
         .unwrap();
     let got = futures::StreamExt::collect::<Vec<_>>(

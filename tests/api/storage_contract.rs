@@ -34,7 +34,12 @@ impl Ctx {
         for &n in order {
             let data = &parts[n as usize - 1];
             let etag = store
-                .upload_part(bucket, key, &id, n, spooled(&self.tmp, data), self.direct)
+                .upload_part(
+                    upload_of(bucket, key, &id),
+                    n,
+                    spooled(&self.tmp, data),
+                    self.direct,
+                )
                 .await
                 .unwrap();
             done.push(CompletedPart::new(n, etag, data.len() as u64));
@@ -125,13 +130,18 @@ pub async fn multipart_in_any_order(c: Ctx) {
         for (n, data) in resent {
             let etag = c
                 .store
-                .upload_part(c.bucket, "c/multi", &id, n, spooled(&c.tmp, data), c.direct)
+                .upload_part(
+                    upload_of(c.bucket, "c/multi", &id),
+                    n,
+                    spooled(&c.tmp, data),
+                    c.direct,
+                )
                 .await
                 .unwrap();
             done[n as usize - 1] = CompletedPart::new(n, etag, data.len() as u64);
         }
         c.store
-            .complete_multipart(c.bucket, "c/multi", &id, &done)
+            .complete_multipart(upload_of(c.bucket, "c/multi", &id), &done)
             .await
             .unwrap();
         let want = [&parts[0], &new2, &parts[2], &new4, &parts[4]].map(|p| p.as_slice());
@@ -143,7 +153,7 @@ pub async fn multipart_in_any_order(c: Ctx) {
             want.concat().len()
         );
         c.store
-            .complete_multipart(c.bucket, "c/multi", &id, &done)
+            .complete_multipart(upload_of(c.bucket, "c/multi", &id), &done)
             .await
             .unwrap();
     }
@@ -157,7 +167,7 @@ pub async fn multipart_completes_a_subset(c: Ctx) {
     let (id, mut done) = c.upload_parts("c/subset", &parts, &[1, 2, 3]).await;
     done.remove(1);
     c.store
-        .complete_multipart(c.bucket, "c/subset", &id, &done)
+        .complete_multipart(upload_of(c.bucket, "c/subset", &id), &done)
         .await
         .unwrap();
     assert!(c.read("c/subset").await == [parts[0].clone(), parts[2].clone()].concat());
@@ -177,7 +187,7 @@ pub async fn multipart_at_the_real_minimum_part_size(c: Ctx) {
     };
     let (id, done) = direct.upload_parts("c/min", &large, &[2, 1, 3]).await;
     c.store
-        .complete_multipart(c.bucket, "c/min", &id, &done)
+        .complete_multipart(upload_of(c.bucket, "c/min", &id), &done)
         .await
         .unwrap();
     assert!(c.read("c/min").await == large.concat());
@@ -188,7 +198,7 @@ pub async fn multipart_at_the_real_minimum_part_size(c: Ctx) {
     };
     let (id, done) = staged.upload_parts("c/min", &small, &[3, 1, 2]).await;
     c.store
-        .complete_multipart(c.bucket, "c/min", &id, &done)
+        .complete_multipart(upload_of(c.bucket, "c/min", &id), &done)
         .await
         .unwrap();
     assert!(c.read("c/min").await == small.concat());
@@ -201,7 +211,7 @@ pub async fn abort_drops_the_parts(c: Ctx) {
     let (id, _) = c.upload_parts("c/aborted", &[b"x".to_vec()], &[1]).await;
     for _ in 0..2 {
         c.store
-            .abort_multipart(c.bucket, "c/aborted", &id)
+            .abort_multipart(upload_of(c.bucket, "c/aborted", &id))
             .await
             .unwrap();
     }
@@ -283,7 +293,7 @@ pub async fn unknown_upload_id_is_no_such_upload(c: Ctx) {
     // Above S3's 5 MiB minimum, so that the part goes to the (unknown) upload, not staging.
     let body = spooled(&c.tmp, &pattern(6, 6 << 20));
     let part = store
-        .upload_part(bucket, "e/up", unknown, 1, body, true)
+        .upload_part(upload_of(bucket, "e/up", unknown), 1, body, true)
         .await;
     assert!(matches!(part, Err(StorageError::NoSuchUpload)), "{part:?}");
     let etag = file_system::storage::UploadedPart {
@@ -292,11 +302,14 @@ pub async fn unknown_upload_id_is_no_such_upload(c: Ctx) {
         staged: false,
     };
     let done = store
-        .complete_multipart(bucket, "e/up", unknown, &[CompletedPart::new(1, etag, 1)])
+        .complete_multipart(
+            upload_of(bucket, "e/up", unknown),
+            &[CompletedPart::new(1, etag, 1)],
+        )
         .await;
     assert!(matches!(done, Err(StorageError::NoSuchUpload)), "{done:?}");
     store
-        .abort_multipart(bucket, "e/up", unknown)
+        .abort_multipart(upload_of(bucket, "e/up", unknown))
         .await
         .unwrap();
     assert_eq!(store.head(bucket, "e/up").await.unwrap(), None);
@@ -763,7 +776,7 @@ async fn local_completion_killed_after_publishing_is_finished_safely() {
         let mut parts = vec![];
         for (n, data) in [(1u32, b"abc"), (2, b"def")] {
             let etag = store
-                .upload_part("b", key, &id, n, spooled(dir.path(), data), true)
+                .upload_part(upload_of("b", key, &id), n, spooled(dir.path(), data), true)
                 .await
                 .unwrap();
             parts.push(CompletedPart::new(n, etag, 3));
@@ -774,15 +787,18 @@ async fn local_completion_killed_after_publishing_is_finished_safely() {
         if key == "lost" {
             std::fs::remove_file(root.join("b").join(key)).unwrap();
             assert!(store
-                .complete_multipart("b", key, &id, &parts)
+                .complete_multipart(upload_of("b", key, &id), &parts)
                 .await
                 .is_err());
             assert!(store.head("b", key).await.unwrap().is_none());
-            store.abort_multipart("b", key, &id).await.unwrap();
+            store
+                .abort_multipart(upload_of("b", key, &id))
+                .await
+                .unwrap();
             continue;
         }
         store
-            .complete_multipart("b", key, &id, &parts)
+            .complete_multipart(upload_of("b", key, &id), &parts)
             .await
             .unwrap();
         assert_eq!(

@@ -17,8 +17,8 @@
 //! [`plan`]), [`copy`], [`read`] (GET with [`readahead`], HEAD) and [`lifecycle`].
 
 use super::{
-    ByteRange, ByteStream, CompletedPart, ObjectStore, PutOptions, Result, SpooledPart,
-    StorageError, UploadedPart,
+    ByteRange, ByteStream, CompletedPart, MultipartUpload, ObjectStore, PutOptions, Result,
+    SpooledPart, StorageError, UploadedPart,
 };
 use async_trait::async_trait;
 use aws_sdk_s3::Client;
@@ -74,38 +74,29 @@ impl ObjectStore for S3Store {
 
     async fn upload_part(
         &self,
-        bucket: &str,
-        key: &str,
-        upload_id: &str,
+        u: MultipartUpload<'_>,
         number: u32,
         body: SpooledPart,
         direct: bool,
     ) -> Result<UploadedPart> {
-        self.put_chunk(
-            bucket,
-            &self.store_key(key),
-            upload_id,
-            number,
-            body,
-            direct,
-        )
-        .await
+        let key = self.store_key(u.key);
+        self.put_chunk(u.bucket, &key, u.upload_id, number, body, direct)
+            .await
     }
 
     async fn complete_multipart(
         &self,
-        bucket: &str,
-        key: &str,
-        upload_id: &str,
+        u: MultipartUpload<'_>,
         parts: &[CompletedPart],
     ) -> Result<()> {
-        self.complete_chunks(bucket, &self.store_key(key), upload_id, parts)
+        let key = self.store_key(u.key);
+        self.complete_chunks(u.bucket, &key, u.upload_id, parts)
             .await
     }
 
-    async fn abort_multipart(&self, bucket: &str, key: &str, upload_id: &str) -> Result<()> {
-        self.abort_chunks(bucket, &self.store_key(key), upload_id)
-            .await
+    async fn abort_multipart(&self, u: MultipartUpload<'_>) -> Result<()> {
+        let key = self.store_key(u.key);
+        self.abort_chunks(u.bucket, &key, u.upload_id).await
     }
 
     async fn get(&self, bucket: &str, key: &str, range: Option<ByteRange>) -> Result<ByteStream> {

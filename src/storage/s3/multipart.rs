@@ -8,6 +8,13 @@ use aws_sdk_s3::{
     types::{CompletedMultipartUpload, CompletedPart as S3Part},
 };
 
+/// A request body streaming the file at `path`.
+pub(super) async fn file_body(path: &std::path::Path) -> Result<S3Body> {
+    S3Body::from_path(path)
+        .await
+        .map_err(|e| StorageError::Io(std::io::Error::other(e.to_string())))
+}
+
 /// Where the staged chunks of an upload live. Upload ids are opaque (and may hold characters
 /// awkward in keys), so the prefix is their MD5.
 fn staging_prefix(upload_id: &str) -> String {
@@ -70,6 +77,38 @@ impl S3Store {
         Ok(())
     }
 
+    /// Sends `len` bytes of `body` as part `number` (1-based) of the multipart upload
+    /// `upload_id` of `key` (S3 UploadPart), with the checksum fields of `checksum` (see
+    /// [`super::checksum::S3Checksum::fields`]): the part's ETag. A store that answers no ETag
+    /// is an error (the part could not be named at completion).
+    pub(super) async fn send_part(
+        &self,
+        bucket: &str,
+        key: &StoreKey,
+        (upload_id, number): (&str, u32),
+        len: u64,
+        body: S3Body,
+        checksum: Option<String>,
+    ) -> Result<String> {
+        let (crc, sha) = self.settings.checksum.fields(checksum);
+        let out = self
+            .client
+            .upload_part()
+            .bucket(bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .part_number(number as i32)
+            .set_checksum_crc32_c(crc)
+            .set_checksum_sha256(sha)
+            .content_length(len as i64)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| self.err(e))?;
+        out.e_tag
+            .ok_or_else(|| StorageError::Io(std::io::Error::other("store returned no ETag")))
+    }
+
     /// Chunk `number` of a chunked upload: part `number` itself when `direct` and at least the
     /// minimum part size, else a staging object (`staged`).
     pub(super) async fn put_chunk(
@@ -85,24 +124,12 @@ impl S3Store {
         let c = s.settings.checksum;
         let checksum = c.of_file(&body.file).await?;
         let (crc, sha) = c.fields(checksum.clone());
-        let file_body = S3Body::from_path(&body.file)
-            .await
-            .map_err(|e| StorageError::Io(std::io::Error::other(e.to_string())))?;
+        let file_body = file_body(&body.file).await?;
         if direct && body.len >= s.settings.min_part_bytes {
-            let out = s
-                .client
-                .upload_part()
-                .bucket(bucket)
-                .key(key)
-                .upload_id(upload_id)
-                .part_number(number as i32)
-                .set_checksum_crc32_c(crc)
-                .set_checksum_sha256(sha)
-                .content_length(body.len as i64)
-                .body(file_body)
-                .send()
-                .await
-                .map_err(|e| self.err(e))?;
+            let part = (upload_id, number);
+            let etag = s
+                .send_part(bucket, key, part, body.len, file_body, checksum.clone())
+                .await?;
             // Drop a staging copy an earlier, smaller version of this chunk left.
             let _ = s
                 .client
@@ -111,10 +138,6 @@ impl S3Store {
                 .key(self.store_key(&staging_key(upload_id, number)))
                 .send()
                 .await;
-            let etag = out
-                .e_tag()
-                .map(str::to_string)
-                .ok_or_else(|| StorageError::Io(std::io::Error::other("store returned no ETag")))?;
             return Ok(UploadedPart {
                 etag,
                 checksum,

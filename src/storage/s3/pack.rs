@@ -1,11 +1,13 @@
 //! Packing at completion: the parts an upload completes with, made by the merge [`plan`]
 //! (direct parts kept, staged chunks copied inside the store or joined through a spool file).
 
-use super::{copy::copy_source, multipart::staging_key, plan, S3Store, StoreKey};
-use crate::storage::{CompletedPart, Result, StorageError};
-use aws_sdk_s3::{
-    error::SdkError, primitives::ByteStream as S3Body, types::CompletedPart as S3Part,
+use super::{
+    copy::copy_source,
+    multipart::{file_body, staging_key},
+    plan, S3Store, StoreKey,
 };
+use crate::storage::{CompletedPart, Result, StorageError};
+use aws_sdk_s3::{error::SdkError, types::CompletedPart as S3Part};
 use futures::{StreamExt, TryStreamExt};
 use tokio::io::AsyncWriteExt;
 
@@ -243,30 +245,12 @@ impl S3Store {
                 "staged chunks {chunks:?} hold {seen} bytes, too few or many for {len}"
             ))));
         }
-        let body = S3Body::from_path(&path)
-            .await
-            .map_err(|e| StorageError::Io(std::io::Error::other(e.to_string())))?;
-        let c = self.settings.checksum;
-        let checksum = c.of_file(&path).await?;
-        let (crc, sha) = c.fields(checksum.clone());
-        let out = self
-            .client
-            .upload_part()
-            .bucket(bucket)
-            .key(key)
-            .upload_id(upload_id)
-            .part_number(number as i32)
-            .set_checksum_crc32_c(crc)
-            .set_checksum_sha256(sha)
-            .content_length(len as i64)
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| self.err(e))?;
-        let etag = out
-            .e_tag()
-            .map(str::to_string)
-            .ok_or_else(|| StorageError::Io(std::io::Error::other("store returned no ETag")))?;
+        let body = file_body(&path).await?;
+        let checksum = self.settings.checksum.of_file(&path).await?;
+        let part = (upload_id, number);
+        let etag = self
+            .send_part(bucket, key, part, len, body, checksum.clone())
+            .await?;
         Ok((etag, checksum))
     }
 }

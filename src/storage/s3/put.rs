@@ -139,25 +139,14 @@ impl S3Store {
         n: u32,
         body: Bytes,
     ) -> Result<S3Part> {
-        let len = body.len() as i64;
+        let len = body.len() as u64;
         let c = self.settings.checksum;
         let checksum = c.of_bytes(&body);
-        let (crc, sha) = c.fields(checksum.clone());
-        let out = self
-            .client
-            .upload_part()
-            .bucket(bucket)
-            .key(key)
-            .upload_id(upload_id)
-            .part_number(n as i32)
-            .set_checksum_crc32_c(crc)
-            .set_checksum_sha256(sha)
-            .content_length(len)
-            .body(S3Body::from(body))
-            .send()
-            .await
-            .map_err(|e| self.err(e))?;
-        Ok(c.part(n, out.e_tag, checksum))
+        let body = S3Body::from(body);
+        let etag = self
+            .send_part(bucket, key, (upload_id, n), len, body, checksum.clone())
+            .await?;
+        Ok(c.part(n, Some(etag), checksum))
     }
 
     /// Streams `body` (after `prefilled`, a first part already read) into the open multipart

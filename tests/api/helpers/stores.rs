@@ -3,7 +3,7 @@
 
 use super::S3Server;
 use bytes::Bytes;
-use file_system::storage::{ByteStream, SpooledPart};
+use file_system::storage::{ByteStream, MultipartUpload, SpooledPart};
 use futures::StreamExt;
 
 /// The S3 server the tests use (Garage, started by scripts/test): endpoint and region.
@@ -80,6 +80,15 @@ pub async fn read_all(s: ByteStream) -> Vec<u8> {
         .collect::<Vec<_>>()
         .await
         .concat()
+}
+
+/// The multipart upload `upload_id` of `bucket`/`key`.
+pub fn upload_of<'a>(bucket: &'a str, key: &'a str, upload_id: &'a str) -> MultipartUpload<'a> {
+    MultipartUpload {
+        bucket,
+        key,
+        upload_id,
+    }
 }
 
 /// `data` spooled to a file in `dir`, as a part body.
