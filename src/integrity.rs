@@ -204,8 +204,8 @@ impl Wanted {
 ///
 /// MD5 and SHA-256 together cost about twice what one does, and both are wanted for every
 /// image. Once more than [`PARALLEL_FROM`] bytes have come, each moves to a thread of its own
-/// (fed the same refcounted buffers through a bounded queue) and only CRC-32C stays on the
-/// caller's: a pass takes about as long as its slowest digest (MD5), and a caller on an async
+/// (fed the same refcounted buffers through a queue of at most [`QUEUE_BYTES`]) and only
+/// CRC-32C stays on the caller's: a pass takes about as long as its slowest digest (MD5), and a caller on an async
 /// runtime's worker (a request body arriving) is not held up by hashing.
 #[derive(Default)]
 pub struct Hasher {
@@ -219,8 +219,35 @@ pub struct Hasher {
 /// never pay for a thread).
 pub const PARALLEL_FROM: u64 = 4 << 20;
 
-/// Buffers queued for a digest's thread before the caller waits for it.
-const QUEUE: usize = 16;
+/// Bytes queued for a digest's thread before the caller waits for it (one buffer of any size
+/// when none is queued). Bounded in bytes, not buffers: 32 uploads whose bodies arrive in
+/// buffers of a few hundred KiB each held 16 of them per digest, and the server's peak RSS
+/// under the load test passed 256 MiB.
+pub const QUEUE_BYTES: usize = 2 << 20;
+
+/// The bytes queued for a digest's thread, and the caller waiting for room.
+#[derive(Default)]
+struct Backlog {
+    queued: std::sync::Mutex<usize>,
+    drained: std::sync::Condvar,
+}
+
+impl Backlog {
+    /// Waits until `len` more bytes fit (or nothing is queued), then counts them.
+    fn admit(&self, len: usize) {
+        let mut queued = self.queued.lock().expect("backlog lock");
+        while *queued > 0 && *queued + len > QUEUE_BYTES {
+            queued = self.drained.wait(queued).expect("backlog lock");
+        }
+        *queued += len;
+    }
+
+    /// `len` bytes were hashed.
+    fn release(&self, len: usize) {
+        *self.queued.lock().expect("backlog lock") -= len;
+        self.drained.notify_one();
+    }
+}
 
 /// Where one digest is computed: not at all, on the caller's thread, or on a thread of its
 /// own fed through a bounded queue (which hands the state back when the queue closes).
@@ -230,7 +257,8 @@ enum Lane<D> {
     Off,
     Inline(D),
     Thread {
-        queue: std::sync::mpsc::SyncSender<bytes::Bytes>,
+        queue: std::sync::mpsc::Sender<bytes::Bytes>,
+        backlog: std::sync::Arc<Backlog>,
         done: std::thread::JoinHandle<D>,
     },
 }
@@ -251,11 +279,12 @@ impl<D: md5::Digest + Clone + Send + 'static> Lane<D> {
         match self {
             Lane::Off => {}
             Lane::Inline(h) => h.update(bytes),
-            Lane::Thread { queue, .. } => {
+            Lane::Thread { queue, backlog, .. } => {
                 // Copied by the caller once for every lane on a thread.
                 let owned = owned
                     .cloned()
                     .unwrap_or_else(|| bytes::Bytes::copy_from_slice(bytes));
+                backlog.admit(owned.len());
                 // The thread only ends when the queue's sender is dropped.
                 queue.send(owned).expect("the digest's thread runs");
             }
@@ -268,17 +297,26 @@ impl<D: md5::Digest + Clone + Send + 'static> Lane<D> {
             return;
         };
         let mut moved = h.clone();
-        let (queue, rx) = std::sync::mpsc::sync_channel::<bytes::Bytes>(QUEUE);
+        let (queue, rx) = std::sync::mpsc::channel::<bytes::Bytes>();
+        let backlog = std::sync::Arc::new(Backlog::default());
+        let drained = backlog.clone();
         let spawned = std::thread::Builder::new()
             .name(name.into())
             .spawn(move || {
                 for b in rx {
                     moved.update(&b);
+                    drained.release(b.len());
                 }
                 moved
             });
         match spawned {
-            Ok(done) => *self = Lane::Thread { queue, done },
+            Ok(done) => {
+                *self = Lane::Thread {
+                    queue,
+                    backlog,
+                    done,
+                }
+            }
             // No thread to be had (a process at its limit): it stays on the caller's.
             Err(e) => tracing::debug!(error = %e, digest = name, "hashing on the caller's thread"),
         }
@@ -288,7 +326,7 @@ impl<D: md5::Digest + Clone + Send + 'static> Lane<D> {
         match self {
             Lane::Off => None,
             Lane::Inline(h) => Some(h),
-            Lane::Thread { queue, done } => {
+            Lane::Thread { queue, done, .. } => {
                 drop(queue);
                 Some(done.join().expect("a digest's thread does not panic"))
             }
