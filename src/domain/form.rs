@@ -8,18 +8,118 @@ use crate::storage::ByteStream;
 use async_trait::async_trait;
 use std::collections::HashMap;
 
-/// Named text fields of one request.
+/// A request field the use cases read, by what it means. [`Field::name`] is the one table of
+/// the names the original EdgeGallery clients send (resumable.js's among them); the HTTP layer
+/// maps what arrives onto these (`routes::extract`), and nothing else looks fields up by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Field {
+    /// `identifier`: the chunked upload a request is about.
+    Identifier,
+    /// `chunkNumber`: the chunk's number, from 1.
+    ChunkNumber,
+    /// `totalChunks`: how many chunks the whole file has.
+    TotalChunks,
+    /// `totalSize`: the whole file's size, in bytes.
+    TotalSize,
+    /// `chunkSize`: the size of every chunk but the last, in bytes.
+    ChunkSize,
+    /// `currentChunkSize`: this chunk's size, in bytes.
+    CurrentChunkSize,
+    /// `chunkChecksum`: `md5:`, `sha256:` or `crc32c:` and the hex digest of this chunk.
+    ChunkChecksum,
+    /// `checksum`: `md5:` or `sha256:` and the hex digest of the whole file.
+    Checksum,
+    /// `filename`: the merged image's file name.
+    FileName,
+    /// `userId`: the user an image or upload belongs to.
+    UserId,
+    /// `priority`: the storage tier.
+    Priority,
+}
+
+impl Field {
+    const ALL: [Field; 11] = [
+        Field::Identifier,
+        Field::ChunkNumber,
+        Field::TotalChunks,
+        Field::TotalSize,
+        Field::ChunkSize,
+        Field::CurrentChunkSize,
+        Field::ChunkChecksum,
+        Field::Checksum,
+        Field::FileName,
+        Field::UserId,
+        Field::Priority,
+    ];
+
+    /// The name clients send the field under (and messages call it by).
+    pub fn name(self) -> &'static str {
+        match self {
+            Field::Identifier => "identifier",
+            Field::ChunkNumber => "chunkNumber",
+            Field::TotalChunks => "totalChunks",
+            Field::TotalSize => "totalSize",
+            Field::ChunkSize => "chunkSize",
+            Field::CurrentChunkSize => "currentChunkSize",
+            Field::ChunkChecksum => "chunkChecksum",
+            Field::Checksum => "checksum",
+            Field::FileName => "filename",
+            Field::UserId => "userId",
+            Field::Priority => "priority",
+        }
+    }
+
+    /// The field sent under `name` (exact, as the original matched it); `None` for a name no
+    /// use case reads.
+    pub fn from_name(name: &str) -> Option<Field> {
+        Field::ALL.into_iter().find(|f| f.name() == name)
+    }
+}
+
+impl std::fmt::Display for Field {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A file part the use cases read, by what it carries: `file` (an image, or a chunk) or
+/// `part` (a chunk, as some uploaders name it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FilePart {
+    File,
+    Part,
+}
+
+impl FilePart {
+    /// The file part sent under `name`; `None` for any other name.
+    pub fn from_name(name: &str) -> Option<FilePart> {
+        match name {
+            "file" => Some(FilePart::File),
+            "part" => Some(FilePart::Part),
+            _ => None,
+        }
+    }
+}
+
+/// The fields of one request the use cases read.
 #[derive(Debug, Clone, Default)]
-pub struct Fields(HashMap<String, String>);
+pub struct Fields(HashMap<Field, String>);
 
 impl Fields {
+    /// The known fields among `(name, value)` pairs (later values win); other names are
+    /// dropped.
     pub fn from_pairs(pairs: impl IntoIterator<Item = (String, String)>) -> Self {
-        Fields(pairs.into_iter().collect())
+        Fields(
+            pairs
+                .into_iter()
+                .filter_map(|(n, v)| Some((Field::from_name(&n)?, v)))
+                .collect(),
+        )
     }
 
     /// Sets a field (later values win).
-    pub fn set(&mut self, name: String, value: String) {
-        self.0.insert(name, value);
+    pub fn set(&mut self, field: Field, value: String) {
+        self.0.insert(field, value);
     }
 
     /// Adds all of `other`, which wins over what is here.
@@ -27,19 +127,18 @@ impl Fields {
         self.0.extend(other.0);
     }
 
-    pub fn get(&self, name: &str) -> Option<&str> {
-        self.0.get(name).map(String::as_str)
+    pub fn get(&self, field: Field) -> Option<&str> {
+        self.0.get(&field).map(String::as_str)
     }
 }
 
 /// One part of a form body.
 pub enum FormPart {
-    Text {
-        name: String,
-        value: String,
-    },
+    /// A text field a use case reads (the form's other text fields are not handed out).
+    Text { field: Field, value: String },
+    /// A file part; `part` is `None` for a name no use case reads (it is drained).
     File {
-        name: String,
+        part: Option<FilePart>,
         file_name: Option<String>,
         body: ByteStream,
     },
@@ -84,20 +183,23 @@ impl<'a> FormReader<'a> {
         &self.fields
     }
 
-    /// Reads on to the first file part named one of `names`: its file name and body, which
+    /// Reads on to the first file part that is one of `parts`: its file name and body, which
     /// must be consumed (or dropped) before the form is read on. `None` when the form ends
-    /// first. File parts of other names on the way are drained.
+    /// first. Other file parts on the way are drained.
     ///
     /// Errors: the body cannot be read or is not a well-formed form.
-    pub async fn file(&mut self, names: &[&str]) -> Result<Option<(Option<String>, ByteStream)>> {
+    pub async fn file(
+        &mut self,
+        parts: &[FilePart],
+    ) -> Result<Option<(Option<String>, ByteStream)>> {
         while let Some(part) = self.form.next_part().await? {
             match part {
-                FormPart::Text { name, value } => self.fields.set(name, value),
+                FormPart::Text { field, value } => self.fields.set(field, value),
                 FormPart::File {
-                    name,
+                    part: Some(part),
                     file_name,
                     body,
-                } if names.contains(&name.as_str()) => return Ok(Some((file_name, body))),
+                } if parts.contains(&part) => return Ok(Some((file_name, body))),
                 FormPart::File { body, .. } => drain(body).await?,
             }
         }
@@ -118,4 +220,43 @@ async fn drain(mut body: ByteStream) -> Result<()> {
         chunk.map_err(super::Error::BadBody)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every field is found by its name and by nothing else: names are exact (case included,
+    /// as the original matched them).
+    #[test]
+    fn fields_are_found_by_their_exact_names() {
+        for f in Field::ALL {
+            assert_eq!(Field::from_name(f.name()), Some(f));
+            assert_eq!(Field::from_name(&f.name().to_uppercase()), None);
+        }
+        for other in ["", "isZip", "file", "part", "identifier "] {
+            assert_eq!(Field::from_name(other), None, "{other:?}");
+        }
+        assert_eq!(FilePart::from_name("file"), Some(FilePart::File));
+        assert_eq!(FilePart::from_name("part"), Some(FilePart::Part));
+        assert_eq!(FilePart::from_name("File"), None);
+    }
+
+    /// Pairs keep the known fields, the last value of a repeated one winning; an overlay wins.
+    #[test]
+    fn pairs_keep_known_fields_last_wins() {
+        let pair = |n: &str, v: &str| (n.to_string(), v.to_string());
+        let mut fields = Fields::from_pairs([
+            pair("identifier", "a"),
+            pair("limit", "3"),
+            pair("identifier", "b"),
+            pair("userId", "u"),
+        ]);
+        assert_eq!(fields.get(Field::Identifier), Some("b"));
+        assert_eq!(fields.get(Field::UserId), Some("u"));
+        assert_eq!(fields.get(Field::Priority), None);
+        fields.overlay(Fields::from_pairs([pair("userId", "w")]));
+        assert_eq!(fields.get(Field::UserId), Some("w"));
+        assert_eq!(fields.get(Field::Identifier), Some("b"));
+    }
 }

@@ -4,7 +4,7 @@
 
 use super::{
     caller::{self, Caller},
-    form::Fields,
+    form::{Field, Fields},
     ids::{ImageId, ObjectKey},
     integrity::{Algorithm, Checksum, Digests, Wanted},
     meter::{combine_crc32, Meter},
@@ -100,14 +100,14 @@ impl Service {
     pub async fn merge(&self, caller: &Caller, fields: Fields) -> Result<image::Model> {
         let target = SessionRef::of(caller, &fields)?;
         let identifier = target.identifier.to_string();
-        let file_name = validate::file_name(fields.get("filename").unwrap_or(""))
+        let file_name = validate::file_name(fields.get(Field::FileName).unwrap_or(""))
             .ok_or(Error::InvalidFileName(texts::BAD_MERGE_NAME))?;
-        let user_id = validate::user_id(fields.get("userId")).map_err(Error::InvalidInput)?;
+        let user_id = validate::user_id(fields.get(Field::UserId)).map_err(Error::InvalidInput)?;
         let user_id = caller.acting_for(&user_id)?;
         let checksum = image_checksum(&fields)?;
         let totals = Totals::of(&fields)?;
         // The session's own tier is used; a priority that names none is still an error.
-        self.tier_for(fields.get("priority"))?;
+        self.tier_for(fields.get(Field::Priority))?;
         let deadline = tokio::time::Instant::now() + MERGE_WAIT;
         loop {
             let (session, parts) = match self.merge_target(&target).await? {

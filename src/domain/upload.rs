@@ -4,7 +4,7 @@
 
 use super::{
     caller::{Caller, Role},
-    form::{Fields, FormReader, FormSource},
+    form::{Field, Fields, FilePart, FormReader, FormSource},
     ids::{ImageId, ObjectKey},
     integrity::{Digests, Wanted},
     meter::Meter,
@@ -110,11 +110,11 @@ impl Service {
         form: &mut dyn FormSource,
     ) -> Result<(Staged, Reservation, Fields)> {
         let mut form = FormReader::new(form, query);
-        let (file_name, body) = form.file(&["file"]).await?.ok_or(Error::NoFile)?;
+        let (file_name, body) = form.file(&[FilePart::File]).await?.ok_or(Error::NoFile)?;
         let file_name = validate::file_name(file_name.as_deref().unwrap_or(""))
             .ok_or(Error::InvalidFileName(texts::BAD_UPLOAD_NAME))?;
         // The tier is known now only if priority came first; it is settled later.
-        let tier = self.tier_for(form.fields().get("priority"))?.clone();
+        let tier = self.tier_for(form.fields().get(Field::Priority))?.clone();
         let (reservation, body) = self
             .quota_upload(quota_user(caller, form.fields())?.as_deref(), body)
             .await?;
@@ -139,12 +139,12 @@ impl Service {
         sent: &Digests,
         quota: &Reservation,
     ) -> Result<(Tier, String)> {
-        let tier = self.tier_for(fields.get("priority"))?.clone();
+        let tier = self.tier_for(fields.get(Field::Priority))?.clone();
         if let Some(expected) = super::uploads::image_checksum(fields)? {
             sent.verify(std::slice::from_ref(&expected), "the uploaded file")
                 .map_err(Error::ChecksumMismatch)?;
         }
-        let user_id = validate::user_id(fields.get("userId")).map_err(Error::InvalidInput)?;
+        let user_id = validate::user_id(fields.get(Field::UserId)).map_err(Error::InvalidInput)?;
         let user_id = caller.acting_for(&user_id)?;
         // The bytes counted for the user named when the file began; it may be named later.
         quota.rebind(&user_id).await?;
@@ -318,7 +318,7 @@ impl Service {
 /// not arrived yet (it may follow the file: the whole upload is then reserved when the form
 /// ends, for the user it names).
 fn quota_user(caller: &Caller, fields: &Fields) -> Result<Option<String>> {
-    match (caller.role(), fields.get("userId")) {
+    match (caller.role(), fields.get(Field::UserId)) {
         (Some(Role::User), field) => Ok(Some(caller.acting_for(field.unwrap_or(""))?)),
         (_, None) => Ok(None),
         (_, Some(field)) => Ok(Some(caller.acting_for(field)?)),

@@ -3,7 +3,7 @@
 
 use super::{
     caller::{self, Caller},
-    form::{Fields, FormReader, FormSource},
+    form::{Field, Fields, FilePart, FormReader, FormSource},
     ids::{ChunkNumber, Identifier, ImageId, ObjectKey},
     integrity::{self, Algorithm, Checksum, Digests, Wanted},
     meter::Meter,
@@ -58,25 +58,19 @@ pub struct UploadStatus {
 /// The `checksum` field of an upload or a merge: `md5:<hex>` or `sha256:<hex>` of the whole
 /// file as sent.
 pub(crate) fn image_checksum(fields: &Fields) -> Result<Option<Checksum>> {
-    match fields
-        .get("checksum")
-        .map(str::trim)
-        .filter(|v| !v.is_empty())
-    {
+    let field = Field::Checksum;
+    match fields.get(field).map(str::trim).filter(|v| !v.is_empty()) {
         None => Ok(None),
-        Some(v) => Checksum::parse_field(v, "checksum", &[Algorithm::Md5, Algorithm::Sha256])
+        Some(v) => Checksum::parse_field(v, field.name(), &[Algorithm::Md5, Algorithm::Sha256])
             .map(Some)
             .map_err(Error::InvalidInput),
     }
 }
 
-/// The form field that carries a chunk's checksum.
-const CHUNK_CHECKSUM: &str = "chunkChecksum";
-
 fn chunk_checksum(value: &str) -> std::result::Result<Checksum, String> {
     Checksum::parse_field(
         value,
-        CHUNK_CHECKSUM,
+        Field::ChunkChecksum.name(),
         &[Algorithm::Md5, Algorithm::Sha256, Algorithm::Crc32c],
     )
 }
@@ -138,7 +132,7 @@ pub(super) struct Totals {
 
 impl Totals {
     pub(super) fn of(fields: &Fields) -> Result<Self> {
-        let number = |name: &str| -> Result<Option<u64>> {
+        let number = |name: Field| -> Result<Option<u64>> {
             match fields.get(name).map(str::trim).filter(|v| !v.is_empty()) {
                 None => Ok(None),
                 Some(v) if v.bytes().all(|c| c.is_ascii_digit()) => v
@@ -150,22 +144,24 @@ impl Totals {
                 ))),
             }
         };
-        let total_chunks = match number("totalChunks")? {
+        let total_chunks = match number(Field::TotalChunks)? {
             None => None,
             Some(n @ 1..=MAX_CHUNKS) => Some(n as u32),
             Some(n) => {
                 return Err(Error::InvalidInput(format!(
-                    "totalChunks {n} must be from 1 to {MAX_CHUNKS}"
+                    "{} {n} must be from 1 to {MAX_CHUNKS}",
+                    Field::TotalChunks
                 )))
             }
         };
-        if number("chunkSize")? == Some(0) {
-            return Err(Error::InvalidInput("chunkSize must be at least 1".into()));
+        if number(Field::ChunkSize)? == Some(0) {
+            let field = Field::ChunkSize;
+            return Err(Error::InvalidInput(format!("{field} must be at least 1")));
         }
         Ok(Totals {
-            total_size: number("totalSize")?,
+            total_size: number(Field::TotalSize)?,
             total_chunks,
-            current_chunk_size: number("currentChunkSize")?,
+            current_chunk_size: number(Field::CurrentChunkSize)?,
         })
     }
 
@@ -229,7 +225,7 @@ impl Totals {
     pub(super) fn agrees_with(mut self, session: &upload_session::Model) -> Result<Self> {
         let recorded_size = session.total_size.map(|t| t as u64);
         let recorded_chunks = session.total_chunks.map(|t| t as u32);
-        let conflict = |name: &str, now: u64, before: u64| {
+        let conflict = |name: Field, now: u64, before: u64| {
             Error::InvalidInput(format!(
                 "{name} {now} differs from {before}, declared earlier for upload {}; cancel it to \
                  start again",
@@ -238,14 +234,14 @@ impl Totals {
         };
         match (self.total_size, recorded_size) {
             (Some(now), Some(before)) if now != before => {
-                return Err(conflict("totalSize", now, before))
+                return Err(conflict(Field::TotalSize, now, before))
             }
             (None, before) => self.total_size = before,
             _ => {}
         }
         match (self.total_chunks, recorded_chunks) {
             (Some(now), Some(before)) if now != before => {
-                return Err(conflict("totalChunks", now as u64, before as u64))
+                return Err(conflict(Field::TotalChunks, now as u64, before as u64))
             }
             (None, before) => self.total_chunks = before,
             _ => {}
@@ -266,7 +262,8 @@ impl SessionRef {
     /// From the request's `identifier` and `userId` fields.
     pub(super) fn of(caller: &Caller, fields: &Fields) -> Result<Self> {
         let identifier = identifier_of(fields)?;
-        let user_field = validate::user_id(fields.get("userId")).map_err(Error::InvalidInput)?;
+        let user_field =
+            validate::user_id(fields.get(Field::UserId)).map_err(Error::InvalidInput)?;
         let owner = caller.session_owner(&user_field)?;
         Ok(SessionRef {
             key: caller::session_key(owner.as_deref(), &identifier),
@@ -277,7 +274,7 @@ impl SessionRef {
 }
 
 fn identifier_of(fields: &Fields) -> Result<Identifier> {
-    Identifier::parse(fields.get("identifier").unwrap_or("")).map_err(Error::InvalidInput)
+    Identifier::parse(fields.get(Field::Identifier).unwrap_or("")).map_err(Error::InvalidInput)
 }
 
 impl Service {
@@ -297,21 +294,21 @@ impl Service {
         let (mut chunk, fields) = self.spool_chunk(form, query, &declared).await?;
         trace.identifier = identifier_of(&fields).ok().map(|i| i.to_string());
         let target = SessionRef::of(caller, &fields)?;
-        let number = ChunkNumber::parse(fields.get("chunkNumber"), chunk.file_name.as_deref())
+        let number = ChunkNumber::parse(fields.get(Field::ChunkNumber), chunk.file_name.as_deref())
             .map_err(Error::InvalidInput)?;
         let totals = Totals::of(&fields)?;
         let mut declared = declared;
-        if let Some(c) = fields.get(CHUNK_CHECKSUM) {
+        if let Some(c) = fields.get(Field::ChunkChecksum) {
             declared.push(chunk_checksum(c).map_err(Error::InvalidInput)?);
         }
         chunk.verify(number, &declared, &totals).await?;
         totals.check_chunk(number, self.cfg.max_image_bytes)?;
-        let tier = self.tier_for(fields.get("priority"))?.clone();
+        let tier = self.tier_for(fields.get(Field::Priority))?.clone();
         // With authentication off, the session records the `userId` a client sends with its
         // chunks (the user its chunks count against), as it did not belong to anyone before.
         let owner = target.owner.clone().or_else(|| {
             fields
-                .get("userId")
+                .get(Field::UserId)
                 .filter(|u| !u.is_empty() && !u.contains('\0'))
                 .map(str::to_string)
         });
@@ -334,9 +331,12 @@ impl Service {
         declared: &[Checksum],
     ) -> Result<(SpooledChunk, Fields)> {
         let mut form = FormReader::new(form, query);
-        let (file_name, body) = form.file(&["part", "file"]).await?.ok_or(Error::NoFile)?;
+        let (file_name, body) = form
+            .file(&[FilePart::Part, FilePart::File])
+            .await?
+            .ok_or(Error::NoFile)?;
         let mut wanted = Wanted::for_checksums(declared);
-        if let Some(Ok(c)) = form.fields().get(CHUNK_CHECKSUM).map(chunk_checksum) {
+        if let Some(Ok(c)) = form.fields().get(Field::ChunkChecksum).map(chunk_checksum) {
             wanted.add(c.algorithm);
         }
         let meter = Meter::hashing(wanted);

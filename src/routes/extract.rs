@@ -5,7 +5,7 @@ use super::error::ApiError;
 use crate::domain::{
     self,
     caller::Caller,
-    form::{Fields, FormPart, FormReader, FormSource, NoParts},
+    form::{Field, Fields, FilePart, FormPart, FormReader, FormSource, NoParts},
 };
 use async_trait::async_trait;
 use axum::{
@@ -18,13 +18,35 @@ use std::io;
 /// Largest text field or url-encoded body accepted.
 const TEXT_LIMIT: usize = 64 * 1024;
 
-pub fn parse_query(q: Option<&str>) -> Result<Fields, ApiError> {
+/// A request's query parameters by name (later values win): those the HTTP layer reads itself
+/// (`isZip`, `limit`, ...) and, through [`Query::fields`], the use cases' [`Fields`].
+#[derive(Debug, Clone, Default)]
+pub struct Query(Vec<(String, String)>);
+
+impl Query {
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .rev()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The use cases' fields among the parameters.
+    pub fn fields(&self) -> Fields {
+        Fields::from_pairs(self.0.iter().cloned())
+    }
+}
+
+/// Parses a query string (`None`: no query). Errors: it is malformed, or holds more than
+/// [`MAX_FIELDS`] parameters.
+pub fn parse_query(q: Option<&str>) -> Result<Query, ApiError> {
     let pairs: Vec<(String, String)> = serde_urlencoded::from_str(q.unwrap_or(""))
         .map_err(|e| ApiError::bad_request(format!("malformed query string: {e}")))?;
     if pairs.len() > MAX_FIELDS {
         return Err(too_many_fields().into());
     }
-    Ok(Fields::from_pairs(pairs))
+    Ok(Query(pairs))
 }
 
 /// Most fields (and parts) one request may carry: clients send a handful; each is held until
@@ -94,40 +116,47 @@ fn bad_multipart(e: multer::Error) -> domain::Error {
 
 #[async_trait]
 impl FormSource for MultipartParts {
+    /// The next file part, or text field the use cases read ([`Field::from_name`]); every
+    /// other text field is still read, bounded and checked to be UTF-8, then passed over.
     async fn next_part(&mut self) -> domain::Result<Option<FormPart>> {
-        let Some(mut field) = self.parts.next_field().await.map_err(bad_multipart)? else {
-            return Ok(None);
-        };
-        self.seen += 1;
-        if self.seen > MAX_FIELDS {
-            return Err(too_many_fields());
-        }
-        let name = field.name().unwrap_or("").to_string();
-        let file_name = field
-            .headers()
-            .get(axum::http::header::CONTENT_DISPOSITION)
-            .and_then(|v| disposition_file_name(v.as_bytes()))
-            .or_else(|| field.file_name().map(str::to_string));
-        if file_name.is_some() || name == "file" || name == "part" {
-            let body = field.map_err(body_io_error).boxed();
-            return Ok(Some(FormPart::File {
-                name,
-                file_name,
-                body,
-            }));
-        }
-        let mut value = Vec::new();
-        while let Some(chunk) = field.chunk().await.map_err(bad_multipart)? {
-            if value.len() + chunk.len() > TEXT_LIMIT {
-                return Err(domain::Error::InvalidInput(format!(
-                    "field {name:?} is longer than {TEXT_LIMIT} bytes"
-                )));
+        loop {
+            let Some(mut field) = self.parts.next_field().await.map_err(bad_multipart)? else {
+                return Ok(None);
+            };
+            self.seen += 1;
+            if self.seen > MAX_FIELDS {
+                return Err(too_many_fields());
             }
-            value.extend_from_slice(&chunk);
+            let name = field.name().unwrap_or("").to_string();
+            let file_name = field
+                .headers()
+                .get(axum::http::header::CONTENT_DISPOSITION)
+                .and_then(|v| disposition_file_name(v.as_bytes()))
+                .or_else(|| field.file_name().map(str::to_string));
+            let part = FilePart::from_name(&name);
+            if file_name.is_some() || part.is_some() {
+                let body = field.map_err(body_io_error).boxed();
+                return Ok(Some(FormPart::File {
+                    part,
+                    file_name,
+                    body,
+                }));
+            }
+            let mut value = Vec::new();
+            while let Some(chunk) = field.chunk().await.map_err(bad_multipart)? {
+                if value.len() + chunk.len() > TEXT_LIMIT {
+                    return Err(domain::Error::InvalidInput(format!(
+                        "field {name:?} is longer than {TEXT_LIMIT} bytes"
+                    )));
+                }
+                value.extend_from_slice(&chunk);
+            }
+            let value = String::from_utf8(value)
+                .map_err(|_| domain::Error::InvalidInput(format!("field {name:?} is not UTF-8")))?;
+            if let Some(field) = Field::from_name(&name) {
+                return Ok(Some(FormPart::Text { field, value }));
+            }
         }
-        let value = String::from_utf8(value)
-            .map_err(|_| domain::Error::InvalidInput(format!("field {name:?} is not UTF-8")))?;
-        Ok(Some(FormPart::Text { name, value }))
     }
 }
 
@@ -216,7 +245,7 @@ impl<S: Send + Sync> FromRequest<S> for Form {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, _state: &S) -> Result<Self, Self::Rejection> {
-        let mut fields = parse_query(req.uri().query())?;
+        let mut fields = parse_query(req.uri().query())?.fields();
         let ct = req
             .headers()
             .get(CONTENT_TYPE)

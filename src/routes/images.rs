@@ -9,6 +9,7 @@ use super::{
 };
 use crate::domain::{
     download::{RangeRequest, Representation},
+    form::{Field, Fields},
     ids::{ChunkNumber, Identifier, ImageId},
     images::ListQuery,
     integrity::Checksum,
@@ -112,9 +113,9 @@ fn about_image<'a>(event: AuditEvent<'a>, id: &'a Option<String>) -> AuditEvent<
 }
 
 /// The identifier of a request as the audit trail names it: only a valid one.
-fn audited_identifier(fields: &crate::domain::form::Fields) -> Option<String> {
+fn audited_identifier(fields: &Fields) -> Option<String> {
     fields
-        .get("identifier")
+        .get(Field::Identifier)
         .and_then(|i| Identifier::parse(i).ok())
         .map(|i| i.to_string())
 }
@@ -379,12 +380,13 @@ pub async fn upload_query(
     Authenticated(caller): Authenticated,
     RawQuery(q): RawQuery,
 ) -> ApiResult<Response> {
-    let fields = parse_query(q.as_deref())?;
-    if fields.get("identifier").is_none() {
+    let query = parse_query(q.as_deref())?;
+    let fields = query.fields();
+    if fields.get(Field::Identifier).is_none() {
         return Ok("Upload get request received.".into_response());
     }
     let status = svc.upload_status(&caller, fields.clone()).await?;
-    match fields.get("chunkNumber") {
+    match fields.get(Field::ChunkNumber) {
         None => Ok(Json(status).into_response()),
         Some(n) => {
             let n = ChunkNumber::parse(Some(n), None)
