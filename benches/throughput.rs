@@ -8,6 +8,8 @@
 //! `FS_BENCH_DIR` (default: the system temp directory). With `FS_BENCH_FSCTL` naming an fsctl
 //! binary (scripts/bench builds one), a client table compares `fsctl upload --parallel 4` and
 //! `--parallel 1` with one `curl -F` POST of the same file (`FS_BENCH_CLIENT_MIB`, default 2048).
+//! `FS_BENCH_ONLY` (a comma-separated list of `transfers`, `jobs`, `clients`; default all)
+//! keeps only those rows: uploads and downloads, check and slim, the fsctl client rows.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -393,13 +395,15 @@ async fn main() {
         .map(PathBuf::from)
         .unwrap_or_else(|_| std::env::temp_dir());
     let dir = tempfile::tempdir_in(root).unwrap();
-    let (idle, rows) = local_rows(dir.path(), &sizes).await;
+    let only = Only::from_env();
+    let (idle, rows) = local_rows(dir.path(), &sizes, only).await;
     print_table(
         &format!("local store, SQLite; server idle RSS {:.1} MiB", idle as f64 / MIB as f64),
         "baseline: the same bytes copied file to file on the same disk, synced where the service syncs",
         &rows,
     );
     match std::env::var("FS_BENCH_FSCTL") {
+        Ok(_) if !only.clients => {}
         Ok(fsctl) => {
             let rows = client_rows(dir.path(), Path::new(&fsctl)).await;
             print_table(
@@ -412,7 +416,7 @@ async fn main() {
     }
     match std::env::var("FS_TEST_S3_ENDPOINT") {
         Ok(endpoint) => {
-            let rows = s3_rows(dir.path(), &sizes, &endpoint).await;
+            let rows = s3_rows(dir.path(), &sizes, &endpoint, only).await;
             print_table(
                 "S3 store (Garage on loopback), SQLite",
                 "baseline: the same bytes through aws-sdk-s3 directly (8 MiB parts, 4 in flight), same Garage",
@@ -421,6 +425,41 @@ async fn main() {
         }
         Err(_) => {
             println!("\n(no S3 rows: FS_TEST_S3_ENDPOINT unset; scripts/bench starts Garage)")
+        }
+    }
+}
+
+/// The rows a run measures (`FS_BENCH_ONLY`).
+#[derive(Clone, Copy)]
+struct Only {
+    /// Uploads and downloads, with their baselines.
+    transfers: bool,
+    /// Check and slim.
+    jobs: bool,
+    /// The fsctl client rows.
+    clients: bool,
+}
+
+impl Only {
+    fn from_env() -> Only {
+        let Ok(list) = std::env::var("FS_BENCH_ONLY") else {
+            return Only {
+                transfers: true,
+                jobs: true,
+                clients: true,
+            };
+        };
+        let names: Vec<&str> = list.split(',').map(str::trim).collect();
+        for n in &names {
+            assert!(
+                ["transfers", "jobs", "clients"].contains(n),
+                "FS_BENCH_ONLY: transfers, jobs or clients, not {n:?}"
+            );
+        }
+        Only {
+            transfers: names.contains(&"transfers"),
+            jobs: names.contains(&"jobs"),
+            clients: names.contains(&"clients"),
         }
     }
 }
@@ -446,12 +485,12 @@ fn print_table(title: &str, baseline: &str, rows: &[Row]) {
     }
 }
 
-async fn local_rows(dir: &Path, sizes: &[u64]) -> (u64, Vec<Row>) {
+async fn local_rows(dir: &Path, sizes: &[u64], only: Only) -> (u64, Vec<Row>) {
     let srv = Server::start(dir, &[]);
     let client = reqwest::Client::new();
     let idle = srv.status("VmRSS:");
     let mut rows = vec![];
-    for &mib in sizes {
+    for &mib in sizes.iter().filter(|_| only.transfers) {
         let size = mib * MIB;
         let src = dir.join(format!("src-{mib}.bin"));
         make_source(&src, size);
@@ -531,7 +570,9 @@ async fn local_rows(dir: &Path, sizes: &[u64]) -> (u64, Vec<Row>) {
         std::fs::remove_file(&src).unwrap();
     }
     let largest = sizes.iter().copied().max().unwrap_or(512);
-    rows.extend(imageops_rows(&srv, &client, dir, largest, "local store").await);
+    if only.jobs {
+        rows.extend(imageops_rows(&srv, &client, dir, largest, "local store").await);
+    }
     (idle, rows)
 }
 
@@ -675,14 +716,14 @@ fn boto3_download(endpoint: &str, key: &str, dst: &Path) {
     );
 }
 
-async fn s3_rows(dir: &Path, sizes: &[u64], endpoint: &str) -> Vec<Row> {
+async fn s3_rows(dir: &Path, sizes: &[u64], endpoint: &str, only: Only) -> Vec<Row> {
     let prefix = format!("bench-{}/", std::process::id());
     std::fs::create_dir_all(dir.join("s3")).unwrap();
     let srv = Server::start(&dir.join("s3"), &s3_env(endpoint, &prefix));
     let client = reqwest::Client::new();
     let sdk = sdk_client(endpoint).await;
     let mut rows = vec![];
-    for &mib in sizes {
+    for &mib in sizes.iter().filter(|_| only.transfers) {
         let size = mib * MIB;
         let src = dir.join(format!("src-{mib}.bin"));
         make_source(&src, size);
@@ -762,7 +803,9 @@ async fn s3_rows(dir: &Path, sizes: &[u64], endpoint: &str) -> Vec<Row> {
         std::fs::remove_file(&src).unwrap();
     }
     let largest = sizes.iter().copied().max().unwrap_or(512);
-    rows.extend(imageops_rows(&srv, &client, dir, largest, "S3, with transfers").await);
+    if only.jobs {
+        rows.extend(imageops_rows(&srv, &client, dir, largest, "S3, with transfers").await);
+    }
     rows
 }
 
