@@ -82,13 +82,15 @@ const EPERM: u32 = 1;
 const EIO: u32 = 5;
 const EINVAL: u32 = 22;
 
-/// Bytes read from the store at a time (aligned to multiples of it).
-pub const BLOCK: u64 = 1 << 20;
-/// Blocks kept once read: enough for qemu-img's concurrent reads, their read-ahead and a
-/// reader of [`Export::stream`] a little behind or ahead of them to share each block.
-pub const CACHED_BLOCKS: usize = 32;
+/// Bytes read from the store at a time (aligned to multiples of it): one ranged GET each.
+/// A check of a 2 GiB image on Garage is bound by requests, not by bytes: 4 MiB blocks took
+/// it from 4.7-5.0 s (1 MiB blocks) to 3.6-3.9 s, and 8 MiB blocks were no faster.
+pub const BLOCK: u64 = 4 << 20;
+/// Blocks kept once read (32 MiB): enough for qemu-img's concurrent reads, their read-ahead
+/// and a reader of [`Export::stream`] a little behind or ahead of them to share each block.
+pub const CACHED_BLOCKS: usize = 8;
 /// Blocks fetched ahead of reads that go forward.
-pub const PREFETCH_BLOCKS: u64 = 4;
+pub const PREFETCH_BLOCKS: u64 = 2;
 /// Clients that asked for no read for this long (milliseconds) are idle: a reader of
 /// [`Export::stream`] no longer waits for them.
 pub const PACE_IDLE_MS: u64 = 100;
