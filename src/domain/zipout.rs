@@ -43,12 +43,7 @@ impl ZipEntry {
         b.put_u16_le(self.version());
         self.put_entry_fields(&mut b);
         b.put_slice(name);
-        if self.zip64() {
-            b.put_u16_le(0x0001);
-            b.put_u16_le(16);
-            b.put_u64_le(self.size);
-            b.put_u64_le(self.size);
-        }
+        self.put_zip64_extra(&mut b);
         b.freeze()
     }
 
@@ -72,6 +67,17 @@ impl ZipEntry {
         b.put_u16_le(if self.zip64() { 20 } else { 0 });
     }
 
+    /// The zip64 extended information extra field (APPNOTE 4.5.3: tag 0x0001, both sizes),
+    /// when the entry needs zip64; nothing otherwise.
+    fn put_zip64_extra(&self, b: &mut BytesMut) {
+        if self.zip64() {
+            b.put_u16_le(0x0001);
+            b.put_u16_le(16);
+            b.put_u64_le(self.size);
+            b.put_u64_le(self.size);
+        }
+    }
+
     fn trailer(&self, cd_offset: u64) -> Bytes {
         let name = self.name.as_bytes();
         let mut b = BytesMut::with_capacity(46 + name.len() + 20 + 56 + 20 + 22);
@@ -86,12 +92,7 @@ impl ZipEntry {
         b.put_u32_le(0o100644 << 16); // regular file, rw-r--r--
         b.put_u32_le(0); // local header offset
         b.put_slice(name);
-        if self.zip64() {
-            b.put_u16_le(0x0001);
-            b.put_u16_le(16);
-            b.put_u64_le(self.size);
-            b.put_u64_le(self.size);
-        }
+        self.put_zip64_extra(&mut b);
         let cd_size = b.len() as u64;
         if self.zip64() {
             let z64_offset = cd_offset + cd_size;

@@ -42,26 +42,11 @@ impl S3Store {
             let mut n = 1;
             while off < size {
                 let end = (off + COPY_PART).min(size) - 1;
-                let out = s
-                    .client
-                    .upload_part_copy()
-                    .copy_source(&source)
-                    .copy_source_range(format!("bytes={off}-{end}"))
-                    .bucket(dst_bucket)
-                    .key(dst_key)
-                    .upload_id(&upload_id)
-                    .part_number(n)
-                    .customize()
-                    .mutate_request(empty_body_length)
-                    .send()
-                    .await
-                    .map_err(|e| self.err(e))?;
-                let result = out.copy_part_result();
-                let etag = result.and_then(|r| r.e_tag()).map(str::to_string);
-                let c = s.settings.checksum;
-                let checksum =
-                    result.and_then(|r| c.pick(r.checksum_crc32_c(), r.checksum_sha256()));
-                parts.push(c.part(n as u32, etag, checksum));
+                let part = (upload_id.as_str(), n);
+                let (etag, checksum) = s
+                    .copy_part(dst_bucket, dst_key, part, &source, Some((off, end)))
+                    .await?;
+                parts.push(s.settings.checksum.part(n, Some(etag), checksum));
                 off = end + 1;
                 n += 1;
             }
@@ -79,6 +64,42 @@ impl S3Store {
                 .await;
         }
         result
+    }
+
+    /// Copies `source` (an `x-amz-copy-source`), or its bytes `range` (first and last,
+    /// inclusive), as part `number` of the multipart upload `upload_id` of `key` (S3
+    /// UploadPartCopy): the part's ETag and, where the store gives one, its checksum. A store
+    /// that answers no ETag is an error (the part could not be named at completion).
+    pub(super) async fn copy_part(
+        &self,
+        bucket: &str,
+        key: &StoreKey,
+        (upload_id, number): (&str, u32),
+        source: &str,
+        range: Option<(u64, u64)>,
+    ) -> Result<(String, Option<String>)> {
+        let out = self
+            .client
+            .upload_part_copy()
+            .copy_source(source)
+            .set_copy_source_range(range.map(|(first, last)| format!("bytes={first}-{last}")))
+            .bucket(bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .part_number(number as i32)
+            .customize()
+            .mutate_request(empty_body_length)
+            .send()
+            .await
+            .map_err(|e| self.err(e))?;
+        let result = out.copy_part_result();
+        let etag = result
+            .and_then(|r| r.e_tag())
+            .map(str::to_string)
+            .ok_or_else(|| std::io::Error::other("store returned no ETag"))?;
+        let c = self.settings.checksum;
+        let checksum = result.and_then(|r| c.pick(r.checksum_crc32_c(), r.checksum_sha256()));
+        Ok((etag, checksum))
     }
 }
 

@@ -161,27 +161,8 @@ impl S3Store {
                     bucket,
                     &self.store_key(&staging_key(upload_id, part.number)),
                 );
-                let out = self
-                    .client
-                    .upload_part_copy()
-                    .copy_source(source)
-                    .bucket(bucket)
-                    .key(key)
-                    .upload_id(upload_id)
-                    .part_number(part.number as i32)
-                    .customize()
-                    .mutate_request(empty_body_length)
-                    .send()
-                    .await
-                    .map_err(|e| self.err(e))?;
-                let result = out.copy_part_result();
-                let etag = result
-                    .and_then(|r| r.e_tag())
-                    .map(str::to_string)
-                    .ok_or_else(|| std::io::Error::other("store returned no ETag"))?;
-                let checksum =
-                    result.and_then(|r| c.pick(r.checksum_crc32_c(), r.checksum_sha256()));
-                (etag, checksum)
+                self.copy_part(bucket, key, (upload_id, part.number), &source, None)
+                    .await?
             }
             plan::Source::Upload { chunks } => {
                 self.upload_staged(bucket, key, upload_id, part.number, &chunks, None, part.len)
