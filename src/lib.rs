@@ -21,7 +21,7 @@ use anyhow::Context;
 use config::{Config, StorageKind};
 use domain::Service;
 use std::{future::Future, sync::Arc, time::Duration};
-use storage::{LocalStore, ObjectStore, S3Store};
+use storage::{LocalStore, ObjectRef, ObjectStore, S3Store};
 use tokio_util::sync::CancellationToken;
 
 /// Connects the database (migrating it), opens the store and prepares every tier's bucket.
@@ -118,7 +118,9 @@ async fn probe_storage_class(
         storage_class: Some(class.to_string()),
     };
     let empty: storage::ByteStream = Box::pin(futures::stream::empty());
-    store.put(bucket, &key, empty, &opts).await?;
+    store
+        .put(ObjectRef { bucket, key: &key }, empty, &opts)
+        .await?;
     store.delete(bucket, &key).await?;
     Ok(())
 }

@@ -14,7 +14,7 @@ use crate::{
         Image,
     },
     metrics::{ImageRead, SlimOutcome},
-    storage::{nbd, ByteRange},
+    storage::{nbd, ByteRange, ObjectRef},
 };
 use async_trait::async_trait;
 use entity::{image, status::SlimStatus};
@@ -220,7 +220,17 @@ impl Service {
         let opts = crate::storage::PutOptions {
             storage_class: class,
         };
-        let size = self.store.put(&img.bucket, key, body, &opts).await?;
+        let size = self
+            .store
+            .put(
+                ObjectRef {
+                    bucket: &img.bucket,
+                    key,
+                },
+                body,
+                &opts,
+            )
+            .await?;
         Ok((size, meter.crc32(), meter.digests()))
     }
 

@@ -18,7 +18,7 @@ use crate::{
     config::Tier,
     db,
     storage::{
-        CompletedPart, MultipartUpload, PutOptions, SpooledPart, StorageError, UploadedPart,
+        CompletedPart, MultipartUpload, Part, PutOptions, SpooledPart, StorageError, UploadedPart,
     },
 };
 use entity::{
@@ -526,11 +526,13 @@ impl Service {
             let path = self.spool_stored(body).await?;
             let number = p.part_number as u32;
             let direct = !p.staged;
-            let spooled = SpooledPart { file: path, len };
-            let uploaded = self
-                .store
-                .upload_part(into, number, spooled, direct)
-                .await?;
+            let body = SpooledPart { file: path, len };
+            let part = Part {
+                number,
+                body,
+                direct,
+            };
+            let uploaded = self.store.upload_part(into, part).await?;
             stored.push(CopiedChunk {
                 number,
                 len,

@@ -12,7 +12,7 @@ use crate::{
     config::Tier,
     storage::{
         fileio::{BodyOrFile, FileSink},
-        ByteStream, MultipartUpload, PutOptions, StorageError,
+        ByteStream, MultipartUpload, ObjectRef, PutOptions, StorageError,
     },
 };
 use entity::{
@@ -165,7 +165,17 @@ impl Service {
         let opts = PutOptions {
             storage_class: tier.storage_class.clone(),
         };
-        let stored = self.store.put(&tier.bucket, key, body, &opts).await;
+        let stored = self
+            .store
+            .put(
+                ObjectRef {
+                    bucket: &tier.bucket,
+                    key,
+                },
+                body,
+                &opts,
+            )
+            .await;
         let extracted = extractor
             .await
             .map_err(|e| Error::Internal(e.to_string()))?;

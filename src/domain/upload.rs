@@ -17,7 +17,7 @@ use crate::{
     cleanup::Cleanup,
     config::Tier,
     db,
-    storage::{ByteStream, PutOptions, StorageError},
+    storage::{ByteStream, ObjectRef, PutOptions, StorageError},
 };
 use entity::{image, status::JobKind};
 use sea_orm::TransactionTrait;
@@ -240,7 +240,18 @@ impl Service {
         let opts = PutOptions {
             storage_class: tier.storage_class.clone(),
         };
-        match self.store.put(&tier.bucket, &key, body, &opts).await {
+        match self
+            .store
+            .put(
+                ObjectRef {
+                    bucket: &tier.bucket,
+                    key: &key,
+                },
+                body,
+                &opts,
+            )
+            .await
+        {
             Ok(size) => Ok(Staged::Image {
                 file_name,
                 object: StoredObject {
@@ -271,16 +282,13 @@ impl Service {
         let opts = PutOptions {
             storage_class: tier.storage_class.clone(),
         };
-        let copied = self
-            .store
-            .copy(
-                &object.tier.bucket,
-                &object.key,
-                &tier.bucket,
-                &object.key,
-                &opts,
-            )
-            .await;
+        let (bucket, key): (&str, &str) = (&object.tier.bucket, &object.key);
+        let from = ObjectRef { bucket, key };
+        let to = ObjectRef {
+            bucket: &tier.bucket,
+            key,
+        };
+        let copied = self.store.copy(from, to, &opts).await;
         let StoredObject {
             id,
             key,

@@ -15,7 +15,7 @@ use super::{
 use crate::{
     config::Tier,
     db,
-    storage::{PutOptions, SpooledPart},
+    storage::{Part, PutOptions, SpooledPart},
 };
 use entity::{
     status::SessionState::{Completed, Merging, Open},
@@ -421,7 +421,14 @@ impl Service {
         let direct = placement::send_direct(number, len, min, others);
         let uploaded = self
             .store
-            .upload_part(multipart_of(session), number, chunk.body, direct)
+            .upload_part(
+                multipart_of(session),
+                Part {
+                    number,
+                    body: chunk.body,
+                    direct,
+                },
+            )
             .await?;
         let staged = uploaded.staged;
         let part = db::uploads::NewPart {

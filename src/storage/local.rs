@@ -8,8 +8,8 @@
 use super::fileio::copy_between;
 use super::{
     fileio::{self, BodyOrFile, FileSink},
-    local_parts, ByteRange, ByteStream, CompletedPart, MultipartUpload, ObjectStore, PutOptions,
-    Result, SpooledPart, StorageError, UploadedPart,
+    local_parts, ByteRange, ByteStream, CompletedPart, MultipartUpload, ObjectRef, ObjectStore,
+    Part, PutOptions, Result, SpooledPart, StorageError, UploadedPart,
 };
 use crate::dirlock::{self, DirLock};
 use async_trait::async_trait;
@@ -139,14 +139,8 @@ impl ObjectStore for LocalStore {
         Ok(())
     }
 
-    async fn put(
-        &self,
-        bucket: &str,
-        key: &str,
-        body: ByteStream,
-        _opts: &PutOptions,
-    ) -> Result<u64> {
-        let dst = self.object_path(bucket, key)?;
+    async fn put(&self, to: ObjectRef<'_>, body: ByteStream, _: &PutOptions) -> Result<u64> {
+        let dst = self.object_path(to.bucket, to.key)?;
         let tmp = self.tmp_path();
         let guard = TmpGuard(Some(tmp.clone()));
         let mut sink = FileSink::durable(std::fs::File::create(&tmp)?);
@@ -173,17 +167,16 @@ impl ObjectStore for LocalStore {
         Ok(id)
     }
 
-    async fn upload_part(
-        &self,
-        upload: MultipartUpload<'_>,
-        number: u32,
-        body: SpooledPart,
-        direct: bool,
-    ) -> Result<UploadedPart> {
+    async fn upload_part(&self, upload: MultipartUpload<'_>, part: Part) -> Result<UploadedPart> {
         let dir = self.upload_dir(upload.upload_id)?;
         if !tokio::fs::try_exists(&dir).await? {
             return Err(StorageError::NoSuchUpload);
         }
+        let Part {
+            number,
+            body,
+            direct,
+        } = part;
         let etag = format!("{}-{}", body.len, uuid::Uuid::new_v4().simple());
         tokio::task::spawn_blocking(move || {
             let SpooledPart { file, len } = body;
@@ -290,16 +283,9 @@ impl ObjectStore for LocalStore {
         }
     }
 
-    async fn copy(
-        &self,
-        src_bucket: &str,
-        src_key: &str,
-        dst_bucket: &str,
-        dst_key: &str,
-        _opts: &PutOptions,
-    ) -> Result<()> {
-        let src = self.object_path(src_bucket, src_key)?;
-        let dst = self.object_path(dst_bucket, dst_key)?;
+    async fn copy(&self, from: ObjectRef<'_>, to: ObjectRef<'_>, _: &PutOptions) -> Result<()> {
+        let src = self.object_path(from.bucket, from.key)?;
+        let dst = self.object_path(to.bucket, to.key)?;
         let tmp = self.tmp_path();
         let guard = TmpGuard(Some(tmp.clone()));
         let tmp2 = tmp.clone();

@@ -3,8 +3,8 @@
 //! The backends know nothing of it: the service wraps whichever store it is given.
 
 use super::{
-    ByteRange, ByteStream, CompletedPart, MultipartUpload, ObjectStore, PutOptions, Result,
-    SpooledPart, StorageError, UploadedPart,
+    ByteRange, ByteStream, CompletedPart, MultipartUpload, ObjectRef, ObjectStore, Part,
+    PutOptions, Result, StorageError, UploadedPart,
 };
 use crate::metrics::Metrics;
 use async_trait::async_trait;
@@ -52,14 +52,8 @@ impl ObjectStore for MeteredStore {
             .await
     }
 
-    async fn put(
-        &self,
-        bucket: &str,
-        key: &str,
-        body: ByteStream,
-        opts: &PutOptions,
-    ) -> Result<u64> {
-        self.observe("put", self.inner.put(bucket, key, body, opts), found)
+    async fn put(&self, to: ObjectRef<'_>, body: ByteStream, opts: &PutOptions) -> Result<u64> {
+        self.observe("put", self.inner.put(to, body, opts), found)
             .await
     }
 
@@ -68,14 +62,8 @@ impl ObjectStore for MeteredStore {
         self.observe("create_multipart", call, found).await
     }
 
-    async fn upload_part(
-        &self,
-        upload: MultipartUpload<'_>,
-        number: u32,
-        body: SpooledPart,
-        direct: bool,
-    ) -> Result<UploadedPart> {
-        let call = self.inner.upload_part(upload, number, body, direct);
+    async fn upload_part(&self, upload: MultipartUpload<'_>, part: Part) -> Result<UploadedPart> {
+        let call = self.inner.upload_part(upload, part);
         self.observe("upload_part", call, found).await
     }
 
@@ -108,18 +96,9 @@ impl ObjectStore for MeteredStore {
             .await
     }
 
-    async fn copy(
-        &self,
-        src_bucket: &str,
-        src_key: &str,
-        dst_bucket: &str,
-        dst_key: &str,
-        opts: &PutOptions,
-    ) -> Result<()> {
-        let call = self
-            .inner
-            .copy(src_bucket, src_key, dst_bucket, dst_key, opts);
-        self.observe("copy", call, found).await
+    async fn copy(&self, from: ObjectRef<'_>, to: ObjectRef<'_>, opts: &PutOptions) -> Result<()> {
+        self.observe("copy", self.inner.copy(from, to, opts), found)
+            .await
     }
 
     async fn ping(&self, bucket: &str) -> Result<()> {

@@ -99,6 +99,24 @@ pub struct PutOptions {
     pub storage_class: Option<String>,
 }
 
+/// An object of the store: its bucket and its key as the domain names it (a store may add its
+/// own prefix).
+#[derive(Debug, Clone, Copy)]
+pub struct ObjectRef<'a> {
+    pub bucket: &'a str,
+    pub key: &'a str,
+}
+
+/// A part to store in a multipart upload (S3 UploadPart): its number (1..=10000), its body,
+/// and whether it must go to the upload now (`direct`). With `direct` false the store may hold
+/// the part aside and pack it at completion; a store with a `min_part_size` also holds aside a
+/// part below it.
+pub struct Part {
+    pub number: u32,
+    pub body: SpooledPart,
+    pub direct: bool,
+}
+
 /// An open multipart upload (S3 CreateMultipartUpload): the bucket and key of the object it
 /// becomes, and the upload id the store gave it.
 #[derive(Debug, Clone, Copy)]
@@ -128,28 +146,14 @@ pub trait ObjectStore: Send + Sync + 'static {
 
     /// Streams `body` into a new object (replacing any old one). Returns the object's length.
     /// On failure nothing is left behind.
-    async fn put(
-        &self,
-        bucket: &str,
-        key: &str,
-        body: ByteStream,
-        opts: &PutOptions,
-    ) -> Result<u64>;
+    async fn put(&self, to: ObjectRef<'_>, body: ByteStream, opts: &PutOptions) -> Result<u64>;
 
     /// Opens a multipart upload for `key`; returns its upload id.
     async fn create_multipart(&self, bucket: &str, key: &str, opts: &PutOptions) -> Result<String>;
 
-    /// Stores part `number` (1..=10000) of `upload`, replacing an earlier part of that number.
-    /// Returns its ETag (and checksum). With `direct` false the store may hold the part aside
-    /// and pack it at completion; a store with a `min_part_size` also holds aside a part below
-    /// it.
-    async fn upload_part(
-        &self,
-        upload: MultipartUpload<'_>,
-        number: u32,
-        body: SpooledPart,
-        direct: bool,
-    ) -> Result<UploadedPart>;
+    /// Stores `part` of `upload`, replacing an earlier part of that number. Returns its ETag
+    /// (and checksum).
+    async fn upload_part(&self, upload: MultipartUpload<'_>, part: Part) -> Result<UploadedPart>;
 
     /// Joins `parts` (ascending numbers) of `upload` into its object. Completing an upload
     /// that already completed into an existing object succeeds. `Resend` names parts held
@@ -172,15 +176,8 @@ pub trait ObjectStore: Send + Sync + 'static {
     /// Deletes an object; deleting a missing object succeeds.
     async fn delete(&self, bucket: &str, key: &str) -> Result<()>;
 
-    /// Copies an object inside the store (across buckets too).
-    async fn copy(
-        &self,
-        src_bucket: &str,
-        src_key: &str,
-        dst_bucket: &str,
-        dst_key: &str,
-        opts: &PutOptions,
-    ) -> Result<()>;
+    /// Copies an object inside the store (across buckets too); a missing `from` is `NotFound`.
+    async fn copy(&self, from: ObjectRef<'_>, to: ObjectRef<'_>, opts: &PutOptions) -> Result<()>;
 
     /// Checks the store and `bucket` are reachable (readiness).
     async fn ping(&self, bucket: &str) -> Result<()>;

@@ -33,9 +33,7 @@ async fn small_chunks_are_packed_into_valid_parts(b: Backend) {
         let etag = store
             .upload_part(
                 upload_of("images", "images/packed", &id),
-                n,
-                spooled(dir.path(), c),
-                false,
+                part(n, spooled(dir.path(), c), false),
             )
             .await
             .unwrap();
@@ -721,11 +719,15 @@ async fn copies_keys_under_any_prefix(b: Backend) {
     let data = pattern(7, 70_001);
     let opts = Default::default();
     store
-        .put("images", "images/src", stream_of(data.clone()), &opts)
+        .put(obj("images", "images/src"), stream_of(data.clone()), &opts)
         .await
         .unwrap();
     store
-        .copy("images", "images/src", "images", "images/dst", &opts)
+        .copy(
+            obj("images", "images/src"),
+            obj("images", "images/dst"),
+            &opts,
+        )
         .await
         .unwrap();
     let copied = read_all(store.get("images", "images/dst", None).await.unwrap()).await;

@@ -36,9 +36,7 @@ impl Ctx {
             let etag = store
                 .upload_part(
                     upload_of(bucket, key, &id),
-                    n,
-                    spooled(&self.tmp, data),
-                    self.direct,
+                    part(n, spooled(&self.tmp, data), self.direct),
                 )
                 .await
                 .unwrap();
@@ -68,7 +66,7 @@ pub async fn put_get_head_delete(c: Ctx) {
     store.ensure_bucket(bucket).await.unwrap();
     let data = pattern(1, 123_457);
     let stored = store
-        .put(bucket, "c/one", stream_of(data.clone()), &opts)
+        .put(obj(bucket, "c/one"), stream_of(data.clone()), &opts)
         .await
         .unwrap();
     assert_eq!(stored, data.len() as u64);
@@ -86,7 +84,7 @@ pub async fn put_get_head_delete(c: Ctx) {
         data[100..20_100].to_vec()
     );
     store
-        .put(bucket, "c/one", stream_of(vec![7; 10]), &opts)
+        .put(obj(bucket, "c/one"), stream_of(vec![7; 10]), &opts)
         .await
         .unwrap();
     assert_eq!(c.read("c/one").await, vec![7; 10]);
@@ -110,7 +108,7 @@ pub async fn failing_body_leaves_nothing(c: Ctx) {
     .boxed();
     assert!(matches!(
         c.store
-            .put(c.bucket, "c/fail", failing, &PutOptions::default())
+            .put(obj(c.bucket, "c/fail"), failing, &PutOptions::default())
             .await,
         Err(StorageError::Body(_))
     ));
@@ -132,9 +130,7 @@ pub async fn multipart_in_any_order(c: Ctx) {
                 .store
                 .upload_part(
                     upload_of(c.bucket, "c/multi", &id),
-                    n,
-                    spooled(&c.tmp, data),
-                    c.direct,
+                    part(n, spooled(&c.tmp, data), c.direct),
                 )
                 .await
                 .unwrap();
@@ -224,16 +220,18 @@ pub async fn copy_across_keys(c: Ctx) {
     store.ensure_bucket(bucket).await.unwrap();
     let data = pattern(2, 150_001);
     store
-        .put(bucket, "c/src", stream_of(data.clone()), &opts)
+        .put(obj(bucket, "c/src"), stream_of(data.clone()), &opts)
         .await
         .unwrap();
     store
-        .copy(bucket, "c/src", bucket, "c/dst", &opts)
+        .copy(obj(bucket, "c/src"), obj(bucket, "c/dst"), &opts)
         .await
         .unwrap();
     assert_eq!(c.read("c/dst").await, data);
     assert!(matches!(
-        store.copy(bucket, "c/nothing", bucket, "c/x", &opts).await,
+        store
+            .copy(obj(bucket, "c/nothing"), obj(bucket, "c/x"), &opts)
+            .await,
         Err(StorageError::NotFound)
     ));
     for k in ["c/src", "c/dst"] {
@@ -249,8 +247,7 @@ pub async fn reads_outside_an_object_are_refused(c: Ctx) {
     let data = pattern(5, 100_000);
     store
         .put(
-            bucket,
-            "e/obj",
+            obj(bucket, "e/obj"),
             stream_of(data.clone()),
             &PutOptions::default(),
         )
@@ -293,7 +290,7 @@ pub async fn unknown_upload_id_is_no_such_upload(c: Ctx) {
     // Above S3's 5 MiB minimum, so that the part goes to the (unknown) upload, not staging.
     let body = spooled(&c.tmp, &pattern(6, 6 << 20));
     let part = store
-        .upload_part(upload_of(bucket, "e/up", unknown), 1, body, true)
+        .upload_part(upload_of(bucket, "e/up", unknown), part(1, body, true))
         .await;
     assert!(matches!(part, Err(StorageError::NoSuchUpload)), "{part:?}");
     let etag = file_system::storage::UploadedPart {
@@ -432,8 +429,7 @@ pub async fn nbd_export(c: Ctx) {
     let len = bytes.len() as u64;
     store
         .put(
-            bucket,
-            "n/img",
+            obj(bucket, "n/img"),
             stream_of(bytes.clone()),
             &PutOptions::default(),
         )
@@ -780,7 +776,10 @@ async fn local_completion_killed_after_publishing_is_finished_safely() {
         let mut parts = vec![];
         for (n, data) in [(1u32, b"abc"), (2, b"def")] {
             let etag = store
-                .upload_part(upload_of("b", key, &id), n, spooled(dir.path(), data), true)
+                .upload_part(
+                    upload_of("b", key, &id),
+                    part(n, spooled(dir.path(), data), true),
+                )
                 .await
                 .unwrap();
             parts.push(CompletedPart::new(n, etag, 3));

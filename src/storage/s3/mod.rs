@@ -17,8 +17,8 @@
 //! [`plan`]), [`copy`], [`read`] (GET with [`readahead`], HEAD) and [`lifecycle`].
 
 use super::{
-    ByteRange, ByteStream, CompletedPart, MultipartUpload, ObjectStore, PutOptions, Result,
-    SpooledPart, StorageError, UploadedPart,
+    ByteRange, ByteStream, CompletedPart, MultipartUpload, ObjectRef, ObjectStore, Part,
+    PutOptions, Result, StorageError, UploadedPart,
 };
 use async_trait::async_trait;
 use aws_sdk_s3::Client;
@@ -57,14 +57,8 @@ impl ObjectStore for S3Store {
         self.create_bucket(bucket).await
     }
 
-    async fn put(
-        &self,
-        bucket: &str,
-        key: &str,
-        body: ByteStream,
-        opts: &PutOptions,
-    ) -> Result<u64> {
-        self.put_streamed(bucket, &self.store_key(key), body, opts)
+    async fn put(&self, to: ObjectRef<'_>, body: ByteStream, opts: &PutOptions) -> Result<u64> {
+        self.put_streamed(to.bucket, &self.store_key(to.key), body, opts)
             .await
     }
 
@@ -72,16 +66,9 @@ impl ObjectStore for S3Store {
         self.create_upload(bucket, &self.store_key(key), opts).await
     }
 
-    async fn upload_part(
-        &self,
-        u: MultipartUpload<'_>,
-        number: u32,
-        body: SpooledPart,
-        direct: bool,
-    ) -> Result<UploadedPart> {
+    async fn upload_part(&self, u: MultipartUpload<'_>, part: Part) -> Result<UploadedPart> {
         let key = self.store_key(u.key);
-        self.put_chunk(u.bucket, &key, u.upload_id, number, body, direct)
-            .await
+        self.put_chunk(u.bucket, &key, u.upload_id, part).await
     }
 
     async fn complete_multipart(
@@ -111,16 +98,9 @@ impl ObjectStore for S3Store {
         self.delete_object(bucket, &self.store_key(key)).await
     }
 
-    async fn copy(
-        &self,
-        src_bucket: &str,
-        src_key: &str,
-        dst_bucket: &str,
-        dst_key: &str,
-        opts: &PutOptions,
-    ) -> Result<()> {
-        let (src_key, dst_key) = (self.store_key(src_key), self.store_key(dst_key));
-        self.copy_object(src_bucket, &src_key, dst_bucket, &dst_key, opts)
+    async fn copy(&self, from: ObjectRef<'_>, to: ObjectRef<'_>, opts: &PutOptions) -> Result<()> {
+        let (src_key, dst_key) = (self.store_key(from.key), self.store_key(to.key));
+        self.copy_object(from.bucket, &src_key, to.bucket, &dst_key, opts)
             .await
     }
 

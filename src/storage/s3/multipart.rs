@@ -2,7 +2,7 @@
 //! after packing, abort. Every key here is a store key (prefixed).
 
 use super::{pack::Packed, put::class, S3Store, StoreKey};
-use crate::storage::{CompletedPart, PutOptions, Result, SpooledPart, StorageError, UploadedPart};
+use crate::storage::{CompletedPart, Part, PutOptions, Result, StorageError, UploadedPart};
 use aws_sdk_s3::{
     primitives::ByteStream as S3Body,
     types::{CompletedMultipartUpload, CompletedPart as S3Part},
@@ -109,17 +109,20 @@ impl S3Store {
             .ok_or_else(|| StorageError::Io(std::io::Error::other("store returned no ETag")))
     }
 
-    /// Chunk `number` of a chunked upload: part `number` itself when `direct` and at least the
+    /// A chunk of a chunked upload: part `number` itself when `direct` and at least the
     /// minimum part size, else a staging object (`staged`).
     pub(super) async fn put_chunk(
         &self,
         bucket: &str,
         key: &StoreKey,
         upload_id: &str,
-        number: u32,
-        body: SpooledPart,
-        direct: bool,
+        part: Part,
     ) -> Result<UploadedPart> {
+        let Part {
+            number,
+            body,
+            direct,
+        } = part;
         let s = self;
         let c = s.settings.checksum;
         let checksum = c.of_file(&body.file).await?;

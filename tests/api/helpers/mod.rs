@@ -15,8 +15,8 @@ pub use app::TestApp;
 pub use http::{assert_error, send_chunk, send_file, send_merge};
 pub use replica::Replica;
 pub use stores::{
-    read_all, s3_client_of, s3_env, s3_env_of, s3_settings_of, spooled, stream_of, upload_of,
-    Fault, FaultProxy,
+    obj, part, read_all, s3_client_of, s3_env, s3_env_of, s3_settings_of, spooled, stream_of,
+    upload_of, Fault, FaultProxy,
 };
 
 pub use crate::common::{

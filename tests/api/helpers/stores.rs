@@ -3,7 +3,7 @@
 
 use super::S3Server;
 use bytes::Bytes;
-use file_system::storage::{ByteStream, MultipartUpload, SpooledPart};
+use file_system::storage::{ByteStream, MultipartUpload, ObjectRef, Part, SpooledPart};
 use futures::StreamExt;
 
 /// The S3 server the tests use (Garage, started by scripts/test): endpoint and region.
@@ -88,6 +88,20 @@ pub fn upload_of<'a>(bucket: &'a str, key: &'a str, upload_id: &'a str) -> Multi
         bucket,
         key,
         upload_id,
+    }
+}
+
+/// The object `key` of `bucket`.
+pub fn obj<'a>(bucket: &'a str, key: &'a str) -> ObjectRef<'a> {
+    ObjectRef { bucket, key }
+}
+
+/// Part `number` with `body`, sent to the upload now when `direct`.
+pub fn part(number: u32, body: SpooledPart, direct: bool) -> Part {
+    Part {
+        number,
+        body,
+        direct,
     }
 }
 
