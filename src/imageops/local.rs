@@ -5,8 +5,8 @@
 use super::{
     qcow2,
     qemu::{self, Format},
-    result, CheckReport, CheckStatus, CompressFailure, CompressStatus, Declared, Image, ImageOps,
-    Progress,
+    result, CheckReport, CheckStatus, CompressFailure, CompressStatus, Compressed, Declared, Image,
+    ImageOps, Progress,
 };
 use async_trait::async_trait;
 use serde_json::Value;
@@ -258,15 +258,8 @@ impl ImageOps for LocalImageOps {
         }
     }
 
-    async fn compress(
-        &self,
-        input: &Image,
-        output: &Path,
-        progress: Progress,
-    ) -> Result<(), CompressFailure> {
+    async fn convert(&self, input: &Image, output: &Path, progress: Progress) -> Compressed {
         let failed = CompressFailure::failed;
-        // The object may have changed since its check: never trust that check alone.
-        qcow2::refuse_foreign_files(input).await.map_err(failed)?;
         let args = qemu::convert(input, output, self.supports_zstd().await);
         let mut child = qemu::command(&args, None)
             .spawn()
@@ -299,10 +292,7 @@ impl ImageOps for LocalImageOps {
         };
         match tokio::time::timeout(self.slim_timeout, work).await {
             Ok(r) => r,
-            Err(_) => Err(CompressFailure {
-                status: CompressStatus::TimedOut,
-                msg: "compression timed out".into(),
-            }),
+            Err(_) => Err(CompressFailure::timed_out()),
         }
     }
 }

@@ -68,7 +68,18 @@ impl CompressFailure {
             msg,
         }
     }
+
+    /// A compression that ran past the slim timeout.
+    pub fn timed_out() -> Self {
+        CompressFailure {
+            status: CompressStatus::TimedOut,
+            msg: "compression timed out".into(),
+        }
+    }
 }
+
+/// What a compression ends with: its output written, or why not.
+pub type Compressed = Result<(), CompressFailure>;
 
 /// Receives compression progress, 0.0..=1.0.
 pub type Progress = Box<dyn Fn(f64) + Send + Sync>;
@@ -79,13 +90,18 @@ pub trait ImageOps: Send + Sync + 'static {
     async fn check(&self, image: &Image, declared: Declared) -> CheckReport;
 
     /// Rewrites the qcow2 `input` into the file `output`, compressed and without unallocated
-    /// or zero clusters, reporting progress as it goes.
-    async fn compress(
-        &self,
-        input: &Image,
-        output: &Path,
-        progress: Progress,
-    ) -> Result<(), CompressFailure>;
+    /// or zero clusters, reporting progress as it goes. An input whose header names another
+    /// file (a backing or an external data file) is refused before anything runs: the object
+    /// may have changed since its check, so that check is never trusted alone.
+    async fn compress(&self, input: &Image, output: &Path, progress: Progress) -> Compressed {
+        qcow2::refuse_foreign_files(input)
+            .await
+            .map_err(CompressFailure::failed)?;
+        self.convert(input, output, progress).await
+    }
+
+    /// [`ImageOps::compress`] of an input whose header was found to name no other file.
+    async fn convert(&self, input: &Image, output: &Path, progress: Progress) -> Compressed;
 
     /// Whether files must be handed over in the shared scratch directory (a sidecar sees
     /// nothing else: no store's file, no NBD export).

@@ -4,7 +4,8 @@
 use super::{
     result,
     wire::{self, CheckAnswer, CheckRequest, CompressAnswer, CompressRequest, Started},
-    CheckReport, CheckStatus, CompressFailure, CompressStatus, Declared, Image, ImageOps, Progress,
+    CheckReport, CheckStatus, CompressFailure, CompressStatus, Compressed, Declared, Image,
+    ImageOps, Progress,
 };
 use async_trait::async_trait;
 use sea_orm::ActiveEnum;
@@ -150,16 +151,8 @@ impl ImageOps for RemoteImageOps {
             .unwrap_or_else(|e: String| CheckReport::failed(format!("check failed: {e}")))
     }
 
-    async fn compress(
-        &self,
-        input: &Image,
-        output: &Path,
-        progress: Progress,
-    ) -> Result<(), CompressFailure> {
+    async fn convert(&self, input: &Image, output: &Path, progress: Progress) -> Compressed {
         let failed = CompressFailure::failed;
-        super::qcow2::refuse_foreign_files(input)
-            .await
-            .map_err(failed)?;
         let request = CompressRequest {
             input_image_name: self.name(input).map_err(failed)?,
             output_image_name: self.name(&Image::File(output.into())).map_err(failed)?,
@@ -186,10 +179,7 @@ impl ImageOps for RemoteImageOps {
                 }
             }
             if Instant::now() > deadline {
-                return Err(CompressFailure {
-                    status: CompressStatus::TimedOut,
-                    msg: "compression timed out".into(),
-                });
+                return Err(CompressFailure::timed_out());
             }
             tokio::time::sleep(POLL).await;
         }

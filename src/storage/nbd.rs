@@ -60,27 +60,74 @@ const FLAG_C_NO_ZEROES: u32 = 1 << 1;
 /// Transmission flags: has flags, read only, can take several connections.
 const TRANSMISSION_FLAGS: u16 = (1 << 0) | (1 << 1) | (1 << 8);
 
-const OPT_EXPORT_NAME: u32 = 1;
-const OPT_ABORT: u32 = 2;
-const OPT_INFO: u32 = 6;
-const OPT_GO: u32 = 7;
+/// The options served (`NBD_OPT_*`); any other is answered `NBD_REP_ERR_UNSUP`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Opt {
+    ExportName,
+    Abort,
+    Info,
+    Go,
+}
 
-const REP_ACK: u32 = 1;
-const REP_INFO: u32 = 3;
-const REP_ERR_UNSUP: u32 = (1 << 31) + 1;
-const REP_ERR_INVALID: u32 = (1 << 31) + 3;
+impl Opt {
+    fn parse(code: u32) -> Option<Opt> {
+        Some(match code {
+            1 => Opt::ExportName,
+            2 => Opt::Abort,
+            6 => Opt::Info,
+            7 => Opt::Go,
+            _ => return None,
+        })
+    }
+}
 
-const INFO_EXPORT: u16 = 0;
-const INFO_BLOCK_SIZE: u16 = 3;
+/// The option replies sent (`NBD_REP_*`).
+#[derive(Debug, Clone, Copy)]
+#[repr(u32)]
+enum Rep {
+    Ack = 1,
+    Info = 3,
+    ErrUnsup = (1 << 31) + 1,
+    ErrInvalid = (1 << 31) + 3,
+}
 
-const CMD_READ: u16 = 0;
-const CMD_WRITE: u16 = 1;
-const CMD_DISC: u16 = 2;
-const CMD_FLUSH: u16 = 3;
+/// The information an `NBD_REP_INFO` carries (`NBD_INFO_*`).
+#[derive(Debug, Clone, Copy)]
+#[repr(u16)]
+enum Info {
+    Export = 0,
+    BlockSize = 3,
+}
 
-const EPERM: u32 = 1;
-const EIO: u32 = 5;
-const EINVAL: u32 = 22;
+/// The commands of the transmission phase (`NBD_CMD_*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cmd {
+    Read,
+    Write,
+    Disc,
+    Flush,
+}
+
+impl Cmd {
+    fn parse(code: u16) -> Option<Cmd> {
+        Some(match code {
+            0 => Cmd::Read,
+            1 => Cmd::Write,
+            2 => Cmd::Disc,
+            3 => Cmd::Flush,
+            _ => return None,
+        })
+    }
+}
+
+/// The error of a failed request's simple reply (errno values: `NBD_EPERM`, ...).
+#[derive(Debug, Clone, Copy)]
+#[repr(u32)]
+enum ReplyError {
+    Perm = 1,
+    Io = 5,
+    Inval = 22,
+}
 
 /// Bytes read from the store at a time (aligned to multiples of it): one ranged GET each.
 /// A check of a 2 GiB image on Garage is bound by requests, not by bytes: 4 MiB blocks took
@@ -361,8 +408,8 @@ async fn negotiate(
         }
         let mut data = vec![0u8; len as usize];
         rd.read_exact(&mut data).await?;
-        match option {
-            OPT_EXPORT_NAME => {
+        match Opt::parse(option) {
+            Some(Opt::ExportName) => {
                 // Any name: a socket serves one object.
                 let mut b = BytesMut::with_capacity(10 + 124);
                 b.put_u64(size);
@@ -373,34 +420,34 @@ async fn negotiate(
                 wr.write_all(&b).await?;
                 return Ok(true);
             }
-            OPT_ABORT => {
-                option_reply(wr, option, REP_ACK, &[]).await?;
+            Some(Opt::Abort) => {
+                option_reply(wr, option, Rep::Ack, &[]).await?;
                 return Ok(false);
             }
-            OPT_INFO | OPT_GO => {
+            Some(opt @ (Opt::Info | Opt::Go)) => {
                 let Some(block_size_asked) = info_requests(&data) else {
-                    option_reply(wr, option, REP_ERR_INVALID, &[]).await?;
+                    option_reply(wr, option, Rep::ErrInvalid, &[]).await?;
                     continue;
                 };
                 let mut export = BytesMut::with_capacity(12);
-                export.put_u16(INFO_EXPORT);
+                export.put_u16(Info::Export as u16);
                 export.put_u64(size);
                 export.put_u16(TRANSMISSION_FLAGS);
-                option_reply(wr, option, REP_INFO, &export).await?;
+                option_reply(wr, option, Rep::Info, &export).await?;
                 if block_size_asked {
                     let mut sizes = BytesMut::with_capacity(14);
-                    sizes.put_u16(INFO_BLOCK_SIZE);
+                    sizes.put_u16(Info::BlockSize as u16);
                     sizes.put_u32(1); // minimum
                     sizes.put_u32(64 << 10); // preferred: a qcow2 cluster
                     sizes.put_u32(MAX_READ); // maximum
-                    option_reply(wr, option, REP_INFO, &sizes).await?;
+                    option_reply(wr, option, Rep::Info, &sizes).await?;
                 }
-                option_reply(wr, option, REP_ACK, &[]).await?;
-                if option == OPT_GO {
+                option_reply(wr, option, Rep::Ack, &[]).await?;
+                if opt == Opt::Go {
                     return Ok(true);
                 }
             }
-            _ => option_reply(wr, option, REP_ERR_UNSUP, &[]).await?,
+            None => option_reply(wr, option, Rep::ErrUnsup, &[]).await?,
         }
     }
 }
@@ -418,20 +465,20 @@ fn info_requests(data: &[u8]) -> Option<bool> {
     Some(
         requests
             .chunks_exact(2)
-            .any(|r| u16::from_be_bytes([r[0], r[1]]) == INFO_BLOCK_SIZE),
+            .any(|r| u16::from_be_bytes([r[0], r[1]]) == Info::BlockSize as u16),
     )
 }
 
 async fn option_reply(
     wr: &mut OwnedWriteHalf,
     option: u32,
-    kind: u32,
+    kind: Rep,
     data: &[u8],
 ) -> io::Result<()> {
     let mut b = BytesMut::with_capacity(20 + data.len());
     b.put_u64(REPLY_MAGIC);
     b.put_u32(option);
-    b.put_u32(kind);
+    b.put_u32(kind as u32);
     b.put_u32(data.len() as u32);
     b.put_slice(data);
     wr.write_all(&b).await
@@ -466,13 +513,13 @@ async fn transmit(
         }
         // Finished reads are collected as we go, so the set stays small.
         while reads.try_join_next().is_some() {}
-        match kind {
-            CMD_READ => {
+        match Cmd::parse(kind) {
+            Some(Cmd::Read) => {
                 let in_range = offset
                     .checked_add(len as u64)
                     .is_some_and(|end| end <= object.size);
                 if !in_range || len == 0 {
-                    reply(&wr, cookie, EINVAL, None).await?;
+                    reply(&wr, cookie, Err(ReplyError::Inval)).await?;
                     continue;
                 }
                 let slot = slots.clone().acquire_owned().await.expect("never closed");
@@ -480,30 +527,30 @@ async fn transmit(
                 reads.spawn(async move {
                     let data = object.read(offset, len).await;
                     let sent = match data {
-                        Ok(bytes) => reply(&wr, cookie, 0, Some(&bytes)).await,
+                        Ok(bytes) => reply(&wr, cookie, Ok(&bytes)).await,
                         Err(e) => {
                             object.failed_reads.fetch_add(1, Ordering::Relaxed);
                             tracing::warn!(error = %e, offset, len, "NBD read failed");
-                            reply(&wr, cookie, EIO, None).await
+                            reply(&wr, cookie, Err(ReplyError::Io)).await
                         }
                     };
                     drop(slot);
                     sent
                 });
             }
-            CMD_WRITE => {
+            Some(Cmd::Write) => {
                 // Read and dropped: the export is read-only.
                 tokio::io::copy(&mut (&mut rd).take(len as u64), &mut tokio::io::sink()).await?;
-                reply(&wr, cookie, EPERM, None).await?;
+                reply(&wr, cookie, Err(ReplyError::Perm)).await?;
             }
-            CMD_DISC => {
+            Some(Cmd::Disc) => {
                 // Replies still owed go out before the connection closes.
                 while reads.join_next().await.is_some() {}
                 return Ok(());
             }
             // Nothing is written, so nothing is to be flushed.
-            CMD_FLUSH => reply(&wr, cookie, 0, None).await?,
-            _ => reply(&wr, cookie, EINVAL, None).await?,
+            Some(Cmd::Flush) => reply(&wr, cookie, Ok(&[])).await?,
+            None => reply(&wr, cookie, Err(ReplyError::Inval)).await?,
         }
     }
 }
@@ -539,19 +586,22 @@ async fn fetch(object: &Object, offset: u64, len: u32) -> Result<Chunks, Storage
     Ok(Arc::new(chunks))
 }
 
-/// One simple reply (header, then the data of a successful read).
+/// One simple reply: its header (error 0 for a success), then the data of a successful read.
 async fn reply(
     wr: &Mutex<OwnedWriteHalf>,
     cookie: u64,
-    error: u32,
-    data: Option<&[u8]>,
+    outcome: Result<&[u8], ReplyError>,
 ) -> io::Result<()> {
+    let (error, data) = match outcome {
+        Ok(data) => (0, data),
+        Err(e) => (e as u32, &[][..]),
+    };
     let mut head = BytesMut::with_capacity(16);
     head.put_u32(SIMPLE_REPLY_MAGIC);
     head.put_u32(error);
     head.put_u64(cookie);
     // Header and data in one vectored write where the socket takes it all.
-    let mut reply = head.freeze().chain(data.unwrap_or_default());
+    let mut reply = head.freeze().chain(data);
     wr.lock().await.write_all_buf(&mut reply).await
 }
 
