@@ -95,6 +95,21 @@ pub struct ErrorBody {
     message: String,
 }
 
+/// The 403 of a request whose `userId` names another user than the caller (authentication on).
+#[derive(utoipa::IntoResponses)]
+#[response(
+    status = 403,
+    description = "userId names another user and the caller is not an admin (FORBIDDEN; authentication on)"
+)]
+#[allow(dead_code)]
+pub struct ForAnotherUser(#[to_schema] ErrorBody);
+
+/// The 404 of a request for an image that does not exist (or that the caller may not see).
+#[derive(utoipa::IntoResponses)]
+#[response(status = 404, description = "No such image")]
+#[allow(dead_code)]
+pub struct NoSuchImage(#[to_schema] ErrorBody);
+
 /// `POST /images`: the image (or a zip holding one image in a folder) and its owner.
 #[derive(ToSchema)]
 #[allow(dead_code)]

@@ -31,7 +31,12 @@ type ApiResult<T> = Result<T, ApiError>;
 /// The `{image_id}` of a route, as text. An id that is not valid UTF-8 once percent-decoded
 /// (axum's `Path` would answer a plain-text 400) is decoded lossily instead, so that it gets
 /// the same JSON 404 as every other id that names no image (SPEC section 1).
-pub struct ImageIdPath(pub String);
+#[derive(utoipa::IntoParams)]
+#[into_params(names("image_id"), parameter_in = Path)]
+pub struct ImageIdPath(
+    /// The image's id (a UUID)
+    pub String,
+);
 
 impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ImageIdPath {
     type Rejection = std::convert::Infallible;
@@ -59,7 +64,7 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ImageIdPath {
     responses(
         (status = 200, description = "Stored; a check is queued", body = FlatImage),
         (status = 400, description = "No file, a bad name, a bad zip or a bad field", body = super::docs::ErrorBody),
-        (status = 403, description = "userId names another user and the caller is not an admin (FORBIDDEN; authentication on)", body = super::docs::ErrorBody),
+        super::docs::ForAnotherUser,
         (status = 408, description = "The client stopped sending the body (REQUEST_TIMEOUT)", body = super::docs::ErrorBody),
         (status = 413, description = "Larger than FS_MAX_IMAGE_BYTES (FILE_TOO_LARGE), or past the user's quota (QUOTA_EXCEEDED: the upload stops at the bytes that cross it, nothing is kept)", body = super::docs::ErrorBody),
         (status = 503, description = "Database or storage unavailable", body = super::docs::ErrorBody),
@@ -138,7 +143,7 @@ fn about_upload<'a>(event: AuditEvent<'a>, identifier: &'a Option<String>) -> Au
     responses(
         (status = 200, body = Vec<ImageView>),
         (status = 400, description = "limit or offset not a number", body = super::docs::ErrorBody),
-        (status = 403, description = "userId names another user and the caller is not an admin (FORBIDDEN; authentication on)", body = super::docs::ErrorBody),
+        super::docs::ForAnotherUser,
     ))]
 pub async fn list(
     State(svc): State<Service>,
@@ -167,10 +172,10 @@ pub async fn list(
 
 /// One image, with its check and slim state.
 #[utoipa::path(get, path = "/images/{image_id}", tag = "images",
-    params(("image_id" = String, Path, description = "The image's id (a UUID)")),
+    params(ImageIdPath),
     responses(
         (status = 200, body = ImageView),
-        (status = 404, description = "No such image", body = super::docs::ErrorBody),
+        super::docs::NoSuchImage,
     ))]
 pub async fn get_image(
     State(svc): State<Service>,
@@ -182,10 +187,10 @@ pub async fn get_image(
 
 /// Deletes an image and its stored bytes; work running on it is cancelled.
 #[utoipa::path(delete, path = "/images/{image_id}", tag = "images",
-    params(("image_id" = String, Path, description = "The image's id (a UUID)")),
+    params(ImageIdPath),
     responses(
         (status = 200, description = "`delete success`", body = String, content_type = "text/plain"),
-        (status = 404, description = "No such image", body = super::docs::ErrorBody),
+        super::docs::NoSuchImage,
     ))]
 pub async fn delete_image(
     State(svc): State<Service>,
@@ -211,11 +216,11 @@ pub async fn delete_image(
 
 /// Queues a slim (compressed qcow2 copy, served once it checks consistent).
 #[utoipa::path(post, path = "/images/{image_id}/action/slim", tag = "images",
-    params(("image_id" = String, Path, description = "The image's id (a UUID)")),
+    params(ImageIdPath),
     responses(
         (status = 200, description = "`compress in progress`, or why no slim is needed or possible", body = String, content_type = "text/plain"),
         (status = 400, description = "Not slimmable: an ISO or raw image, or its check did not find it usable (SLIM_REFUSED)", body = super::docs::ErrorBody),
-        (status = 404, description = "No such image", body = super::docs::ErrorBody),
+        super::docs::NoSuchImage,
     ))]
 pub async fn slim(
     State(svc): State<Service>,
@@ -229,10 +234,10 @@ pub async fn slim(
 /// Queues a fresh check: the stored bytes' MD5 and SHA-256 are compared with those recorded
 /// when they were stored (a mismatch reports the image corrupted), then qemu-img checks it.
 #[utoipa::path(post, path = "/images/{image_id}/action/check", tag = "images",
-    params(("image_id" = String, Path, description = "The image's id (a UUID)")),
+    params(ImageIdPath),
     responses(
         (status = 200, description = "`check in progress`, or that a check is already pending", body = String, content_type = "text/plain"),
-        (status = 404, description = "No such image", body = super::docs::ErrorBody),
+        super::docs::NoSuchImage,
     ))]
 pub async fn check(
     State(svc): State<Service>,
@@ -266,7 +271,7 @@ fn audited_answer(
     responses(
         (status = 200, description = "`ok.`", body = String, content_type = "text/plain"),
         (status = 400, description = "Bad identifier, chunk number, body, totals (SIZE_MISMATCH) or checksum (CHECKSUM_MISMATCH)", body = super::docs::ErrorBody),
-        (status = 403, description = "userId names another user and the caller is not an admin (FORBIDDEN; authentication on)", body = super::docs::ErrorBody),
+        super::docs::ForAnotherUser,
         (status = 408, description = "The client stopped sending the body (REQUEST_TIMEOUT)", body = super::docs::ErrorBody),
         (status = 409, description = "The upload is being merged, or was merged", body = super::docs::ErrorBody),
         (status = 413, description = "Larger than FS_MAX_IMAGE_BYTES (FILE_TOO_LARGE), or past the quota of the upload's user (QUOTA_EXCEEDED: this chunk is not stored, the chunks held are kept)", body = super::docs::ErrorBody),
@@ -312,7 +317,7 @@ pub async fn upload_chunk(
     responses(
         (status = 200, description = "`cancel success`", body = String, content_type = "text/plain"),
         (status = 400, description = "Missing or invalid identifier", body = super::docs::ErrorBody),
-        (status = 403, description = "userId names another user and the caller is not an admin (FORBIDDEN; authentication on)", body = super::docs::ErrorBody),
+        super::docs::ForAnotherUser,
     ))]
 pub async fn cancel_upload(
     State(svc): State<Service>,
@@ -337,7 +342,7 @@ pub async fn cancel_upload(
     responses(
         (status = 200, description = "The image; a check is queued", body = FlatImage),
         (status = 400, description = "Missing chunks (named), bad name or bad zip", body = super::docs::ErrorBody),
-        (status = 403, description = "userId names another user and the caller is not an admin (FORBIDDEN; authentication on)", body = super::docs::ErrorBody),
+        super::docs::ForAnotherUser,
         (status = 404, description = "Nothing was uploaded under this identifier", body = super::docs::ErrorBody),
         (status = 413, description = "The image would take its user past a quota (QUOTA_EXCEEDED); the chunks are kept (a zipped upload whose image does not fit is dropped)", body = super::docs::ErrorBody),
     ))]
@@ -373,7 +378,7 @@ pub async fn merge(
             )),
         (status = 204, description = "chunkNumber is not held"),
         (status = 400, description = "Bad identifier or chunk number", body = super::docs::ErrorBody),
-        (status = 403, description = "userId names another user and the caller is not an admin (FORBIDDEN; authentication on)", body = super::docs::ErrorBody),
+        super::docs::ForAnotherUser,
     ))]
 pub async fn upload_query(
     State(svc): State<Service>,
@@ -420,7 +425,7 @@ pub async fn upload_query(
         (status = 206, description = "The requested range", content_type = "application/octet-stream"),
         (status = 304, description = "Not modified (If-None-Match, If-Modified-Since)"),
         (status = 412, description = "If-Match or If-Unmodified-Since failed", body = super::docs::ErrorBody),
-        (status = 404, description = "No such image", body = super::docs::ErrorBody),
+        super::docs::NoSuchImage,
         (status = 416, description = "Range not satisfiable", body = super::docs::ErrorBody),
     ))]
 pub async fn download(
