@@ -5,7 +5,7 @@ use entity::{
     upload_session::{self, Entity as Sessions},
 };
 use sea_orm::{
-    sea_query::{Expr, OnConflict},
+    sea_query::{Expr, OnConflict, SimpleExpr},
     ActiveValue::Set,
     ColumnTrait, ConnectionTrait, DbErr, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
 };
@@ -191,6 +191,21 @@ fn merge_of(session_id: &str, token: &str) -> sea_orm::Condition {
         .add(C::MergeToken.eq(token))
 }
 
+/// Sets `columns` of the session `session_id` while it is being merged under `token`; `false`
+/// (nothing written) when another merger took the session over.
+async fn set_while_merging(
+    db: &impl ConnectionTrait,
+    session_id: &str,
+    token: &str,
+    columns: impl IntoIterator<Item = (upload_session::Column, SimpleExpr)>,
+) -> Result<bool, DbErr> {
+    let mut update = Sessions::update_many().filter(merge_of(session_id, token));
+    for (column, value) in columns {
+        update = update.col_expr(column, value);
+    }
+    Ok(update.exec(db).await?.rows_affected == 1)
+}
+
 /// Renews the merge lease of `token`; `false` when another merger took the session over.
 pub async fn renew_merge(
     db: &impl ConnectionTrait,
@@ -198,13 +213,8 @@ pub async fn renew_merge(
     token: &str,
     now: i64,
 ) -> Result<bool, DbErr> {
-    use upload_session::Column as C;
-    let res = Sessions::update_many()
-        .col_expr(C::UpdatedAt, Expr::value(now))
-        .filter(merge_of(session_id, token))
-        .exec(db)
-        .await?;
-    Ok(res.rows_affected == 1)
+    let columns = [(upload_session::Column::UpdatedAt, Expr::value(now))];
+    set_while_merging(db, session_id, token, columns).await
 }
 
 /// Ends the merge of `token`: the session becomes `state` (`completed`, or `open` again) and
@@ -218,18 +228,17 @@ pub async fn end_merge(
     now: i64,
 ) -> Result<bool, DbErr> {
     use upload_session::Column as C;
-    let res = Sessions::update_many()
-        .col_expr(C::State, Expr::value(state))
-        .col_expr(C::MergeToken, Expr::value(Option::<String>::None))
-        .col_expr(C::MergeFileName, Expr::value(Option::<String>::None))
-        .col_expr(C::MergeUserId, Expr::value(Option::<String>::None))
-        .col_expr(C::MergeUnpacked, Expr::value(Option::<String>::None))
-        .col_expr(C::MergeChecksum, Expr::value(Option::<String>::None))
-        .col_expr(C::UpdatedAt, Expr::value(now))
-        .filter(merge_of(session_id, token))
-        .exec(db)
-        .await?;
-    Ok(res.rows_affected == 1)
+    let none = || Expr::value(Option::<String>::None);
+    let columns = [
+        (C::State, Expr::value(state)),
+        (C::MergeToken, none()),
+        (C::MergeFileName, none()),
+        (C::MergeUserId, none()),
+        (C::MergeUnpacked, none()),
+        (C::MergeChecksum, none()),
+        (C::UpdatedAt, Expr::value(now)),
+    ];
+    set_while_merging(db, session_id, token, columns).await
 }
 
 /// Points the session being merged by `token` at a new multipart upload of a new image id and
@@ -243,14 +252,12 @@ pub async fn replace_upload(
 ) -> Result<bool, DbErr> {
     use upload_session::Column as C;
     let (upload_id, image_id, object_key) = upload;
-    let res = Sessions::update_many()
-        .col_expr(C::UploadId, Expr::value(upload_id))
-        .col_expr(C::ImageId, Expr::value(image_id))
-        .col_expr(C::ObjectKey, Expr::value(object_key))
-        .filter(merge_of(session_id, token))
-        .exec(db)
-        .await?;
-    Ok(res.rows_affected == 1)
+    let columns = [
+        (C::UploadId, Expr::value(upload_id)),
+        (C::ImageId, Expr::value(image_id)),
+        (C::ObjectKey, Expr::value(object_key)),
+    ];
+    set_while_merging(db, session_id, token, columns).await
 }
 
 /// Records the totals a client declared (`totalSize` in bytes, `totalChunks`) where none was
@@ -289,13 +296,8 @@ pub async fn record_unpacked(
     token: &str,
     unpacked: &str,
 ) -> Result<bool, DbErr> {
-    use upload_session::Column as C;
-    let res = Sessions::update_many()
-        .col_expr(C::MergeUnpacked, Expr::value(unpacked))
-        .filter(merge_of(session_id, token))
-        .exec(db)
-        .await?;
-    Ok(res.rows_affected == 1)
+    let columns = [(upload_session::Column::MergeUnpacked, Expr::value(unpacked))];
+    set_while_merging(db, session_id, token, columns).await
 }
 
 /// Deletes a session being merged by `token`, with its part rows. `false` (nothing deleted)
