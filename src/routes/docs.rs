@@ -102,13 +102,22 @@ pub struct ErrorBody {
     description = "userId names another user and the caller is not an admin (FORBIDDEN; authentication on)"
 )]
 #[allow(dead_code)]
-pub struct ForAnotherUser(#[to_schema] ErrorBody);
+pub struct ForAnotherUser(ErrorBody);
+
+/// The 408 of an upload whose client stopped sending the body (`FS_BODY_IDLE_TIMEOUT_SECS`).
+#[derive(utoipa::IntoResponses)]
+#[response(
+    status = 408,
+    description = "The client stopped sending the body (REQUEST_TIMEOUT)"
+)]
+#[allow(dead_code)]
+pub struct BodyTimedOut(ErrorBody);
 
 /// The 404 of a request for an image that does not exist (or that the caller may not see).
 #[derive(utoipa::IntoResponses)]
 #[response(status = 404, description = "No such image")]
 #[allow(dead_code)]
-pub struct NoSuchImage(#[to_schema] ErrorBody);
+pub struct NoSuchImage(ErrorBody);
 
 /// `POST /images`: the image (or a zip holding one image in a folder) and its owner.
 #[derive(ToSchema)]

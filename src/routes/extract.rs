@@ -341,31 +341,37 @@ mod tests {
 
     #[test]
     fn file_names_of_parts() {
-        assert_eq!(
-            f(b"form-data; name=\"file\"; filename=\"a.qcow2\"").as_deref(),
-            Some("a.qcow2")
-        );
-        assert_eq!(
-            f(b"form-data; name=\"file\"; filename*=UTF-8''%E9%95%9C%E5%83%8F.qcow2").as_deref(),
-            Some("\u{955c}\u{50cf}.qcow2")
-        );
-        assert_eq!(
-            f(b"form-data; name=file; filename=\"x.img\"; filename*=utf-8''y%20z.img").as_deref(),
-            Some("y z.img")
-        );
-        assert_eq!(
-            f(b"form-data; filename*=iso-8859-1'en'caf%E9.iso; name=\"file\"").as_deref(),
-            Some("caf\u{e9}.iso")
-        );
-        assert_eq!(
-            f(b"form-data; name=\"f\"; filename=\"a\\\"b;c.iso\"").as_deref(),
-            Some("a\"b;c.iso")
-        );
-        assert_eq!(f(b"form-data; name=\"userId\"").as_deref(), None);
-        // Undecodable extended value: the plain one is used.
-        assert_eq!(
-            f(b"form-data; filename=\"p.img\"; filename*=UTF-8''%FF.img").as_deref(),
-            Some("p.img")
-        );
+        let cases: &[(&[u8], Option<&str>)] = &[
+            (
+                b"form-data; name=\"file\"; filename=\"a.qcow2\"",
+                Some("a.qcow2"),
+            ),
+            (
+                b"form-data; name=\"file\"; filename*=UTF-8''%E9%95%9C%E5%83%8F.qcow2",
+                Some("\u{955c}\u{50cf}.qcow2"),
+            ),
+            (
+                b"form-data; name=file; filename=\"x.img\"; filename*=utf-8''y%20z.img",
+                Some("y z.img"),
+            ),
+            (
+                b"form-data; filename*=iso-8859-1'en'caf%E9.iso; name=\"file\"",
+                Some("caf\u{e9}.iso"),
+            ),
+            (
+                b"form-data; name=\"f\"; filename=\"a\\\"b;c.iso\"",
+                Some("a\"b;c.iso"),
+            ),
+            (b"form-data; name=\"userId\"", None),
+            // Undecodable extended value: the plain one is used.
+            (
+                b"form-data; filename=\"p.img\"; filename*=UTF-8''%FF.img",
+                Some("p.img"),
+            ),
+        ];
+        for (header, want) in cases {
+            let header_text = String::from_utf8_lossy(header);
+            assert_eq!(f(header).as_deref(), *want, "{header_text}");
+        }
     }
 }

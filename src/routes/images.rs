@@ -65,7 +65,7 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ImageIdPath {
         (status = 200, description = "Stored; a check is queued", body = FlatImage),
         (status = 400, description = "No file, a bad name, a bad zip or a bad field", body = super::docs::ErrorBody),
         super::docs::ForAnotherUser,
-        (status = 408, description = "The client stopped sending the body (REQUEST_TIMEOUT)", body = super::docs::ErrorBody),
+        super::docs::BodyTimedOut,
         (status = 413, description = "Larger than FS_MAX_IMAGE_BYTES (FILE_TOO_LARGE), or past the user's quota (QUOTA_EXCEEDED: the upload stops at the bytes that cross it, nothing is kept)", body = super::docs::ErrorBody),
         (status = 503, description = "Database or storage unavailable", body = super::docs::ErrorBody),
     ))]
@@ -108,12 +108,59 @@ fn outcome<T>(event: AuditEvent<'_>, result: &ApiResult<T>) {
     }
 }
 
-/// An event about the image of a path, when its id is well-formed (the path is the client's
-/// text).
-fn about_image<'a>(event: AuditEvent<'a>, id: &'a Option<String>) -> AuditEvent<'a> {
-    match id {
-        Some(id) => event.image(id),
-        None => event,
+/// A request that changes one image, with what its handler needs: the service, the audit
+/// context and the `{image_id}` of the path (as [`ImageIdPath`] reads it).
+pub struct ImageChange {
+    svc: Service,
+    audit: Audit,
+    id: String,
+    /// The id as the audit trail names it: only a well-formed one (the path is the client's
+    /// text).
+    audited_id: Option<String>,
+}
+
+impl axum::extract::FromRequestParts<Service> for ImageChange {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        svc: &Service,
+    ) -> Result<Self, Self::Rejection> {
+        let Ok(ImageIdPath(id)) = ImageIdPath::from_request_parts(parts, svc).await;
+        let Ok(audit) = Audit::from_request_parts(parts, svc).await;
+        Ok(ImageChange {
+            svc: svc.clone(),
+            audit,
+            audited_id: ImageId::parse(&id).map(|id| id.to_string()),
+            id,
+        })
+    }
+}
+
+impl ImageChange {
+    /// Starts the audit event of `action` about this image.
+    fn record<'a>(&'a self, action: &'a str) -> AuditEvent<'a> {
+        let event = self.audit.record(action);
+        match &self.audited_id {
+            Some(id) => event.image(id),
+            None => event,
+        }
+    }
+
+    /// Records an action's answer (`action` names the event) in the audit trail, with the
+    /// answer as its detail; returns it.
+    fn answered(
+        &self,
+        action: &str,
+        result: crate::domain::Result<&'static str>,
+    ) -> ApiResult<&'static str> {
+        let result = result.map_err(ApiError::from);
+        let event = self.record(action);
+        match &result {
+            Ok(answer) => event.detail(answer).success(),
+            Err(e) => event.error(e),
+        }
+        result
     }
 }
 
@@ -192,18 +239,13 @@ pub async fn get_image(
         (status = 200, description = "`delete success`", body = String, content_type = "text/plain"),
         super::docs::NoSuchImage,
     ))]
-pub async fn delete_image(
-    State(svc): State<Service>,
-    audit: Audit,
-    ImageIdPath(id): ImageIdPath,
-    _f: FormFields,
-) -> ApiResult<&'static str> {
-    let result = svc
-        .delete_image(audit.caller(), &id)
+pub async fn delete_image(image: ImageChange, _f: FormFields) -> ApiResult<&'static str> {
+    let result = image
+        .svc
+        .delete_image(image.audit.caller(), &image.id)
         .await
         .map_err(ApiError::from);
-    let valid = ImageId::parse(&id).map(|id| id.to_string());
-    let event = about_image(audit.record("image.delete"), &valid);
+    let event = image.record("image.delete");
     match &result {
         Ok(true) => event.success(),
         // The answer is the same (SPEC: deleting a missing image succeeds); the trail says
@@ -222,13 +264,12 @@ pub async fn delete_image(
         (status = 400, description = "Not slimmable: an ISO or raw image, or its check did not find it usable (SLIM_REFUSED)", body = super::docs::ErrorBody),
         super::docs::NoSuchImage,
     ))]
-pub async fn slim(
-    State(svc): State<Service>,
-    audit: Audit,
-    ImageIdPath(id): ImageIdPath,
-) -> ApiResult<&'static str> {
-    let result = svc.request_slim(audit.caller(), &id).await;
-    audited_answer(&audit, "image.slim", &id, result.map_err(ApiError::from))
+pub async fn slim(image: ImageChange) -> ApiResult<&'static str> {
+    let result = image
+        .svc
+        .request_slim(image.audit.caller(), &image.id)
+        .await;
+    image.answered("image.slim", result)
 }
 
 /// Queues a fresh check: the stored bytes' MD5 and SHA-256 are compared with those recorded
@@ -239,30 +280,12 @@ pub async fn slim(
         (status = 200, description = "`check in progress`, or that a check is already pending", body = String, content_type = "text/plain"),
         super::docs::NoSuchImage,
     ))]
-pub async fn check(
-    State(svc): State<Service>,
-    audit: Audit,
-    ImageIdPath(id): ImageIdPath,
-) -> ApiResult<&'static str> {
-    let result = svc.request_check(audit.caller(), &id).await;
-    audited_answer(&audit, "image.check", &id, result.map_err(ApiError::from))
-}
-
-/// Records an image action's answer (`action` names the event) in the audit trail, with
-/// the answer as its detail; returns it.
-fn audited_answer(
-    audit: &Audit,
-    action: &str,
-    id: &str,
-    result: ApiResult<&'static str>,
-) -> ApiResult<&'static str> {
-    let valid = ImageId::parse(id).map(|id| id.to_string());
-    let event = about_image(audit.record(action), &valid);
-    match &result {
-        Ok(answer) => event.detail(answer).success(),
-        Err(e) => event.error(e),
-    }
-    result
+pub async fn check(image: ImageChange) -> ApiResult<&'static str> {
+    let result = image
+        .svc
+        .request_check(image.audit.caller(), &image.id)
+        .await;
+    image.answered("image.check", result)
 }
 
 /// Stores one chunk of a chunked upload (any order, concurrently, re-sent chunks replace).
@@ -272,7 +295,7 @@ fn audited_answer(
         (status = 200, description = "`ok.`", body = String, content_type = "text/plain"),
         (status = 400, description = "Bad identifier, chunk number, body, totals (SIZE_MISMATCH) or checksum (CHECKSUM_MISMATCH)", body = super::docs::ErrorBody),
         super::docs::ForAnotherUser,
-        (status = 408, description = "The client stopped sending the body (REQUEST_TIMEOUT)", body = super::docs::ErrorBody),
+        super::docs::BodyTimedOut,
         (status = 409, description = "The upload is being merged, or was merged", body = super::docs::ErrorBody),
         (status = 413, description = "Larger than FS_MAX_IMAGE_BYTES (FILE_TOO_LARGE), or past the quota of the upload's user (QUOTA_EXCEEDED: this chunk is not stored, the chunks held are kept)", body = super::docs::ErrorBody),
     ))]

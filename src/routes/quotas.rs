@@ -101,7 +101,7 @@ pub async fn set_quota(
     params(("userId" = Option<String>, Query, description = "The user (an admin, or with authentication off)")),
     responses(
         (status = 200, body = UsageView),
-        (status = 403, description = "A user naming another user (FORBIDDEN)", body = super::docs::ErrorBody),
+        super::docs::ForAnotherUser,
     ))]
 pub async fn usage(
     State(svc): State<Service>,

@@ -87,7 +87,10 @@ pub struct OpsState {
 }
 
 /// A refused start: 400 with `status` 3 and why.
-fn bad(msg: &str) -> (StatusCode, Json<Started>) {
+/// The answer to a start request: a status and what was started, or why not.
+type StartReply = (StatusCode, Json<Started>);
+
+fn bad(msg: &str) -> StartReply {
     let refusal = Started {
         status: CheckStatus::Failed.to_value(),
         msg: msg.to_string(),
@@ -97,7 +100,7 @@ fn bad(msg: &str) -> (StatusCode, Json<Started>) {
 }
 
 /// A started request: its id, and the text the original answers with.
-fn started(msg: &str, id: String) -> (StatusCode, Json<Started>) {
+fn started(msg: &str, id: String) -> StartReply {
     let answer = Started {
         status: 0,
         msg: msg.to_string(),
@@ -111,6 +114,13 @@ fn resolve(dir: &Path, name: &str) -> Option<PathBuf> {
     let p = Path::new(name);
     let plain = !name.is_empty() && p.components().all(|c| matches!(c, Component::Normal(_)));
     plain.then(|| dir.join(p))
+}
+
+/// The input image a request names: an existing file inside the shared directory.
+fn input_file(dir: &Path, name: &str) -> Result<PathBuf, StartReply> {
+    resolve(dir, name)
+        .filter(|p| p.is_file())
+        .ok_or_else(|| bad("input image not found"))
 }
 
 /// The imageops API over `dir` (the directory shared with the service): starting and polling
@@ -137,10 +147,8 @@ pub fn router(dir: PathBuf, ops: LocalImageOps) -> Router {
 async fn start_check(
     State(st): State<OpsState>,
     Json(req): Json<CheckRequest>,
-) -> (StatusCode, Json<Started>) {
-    let Some(path) = resolve(&st.dir, &req.input_image_name).filter(|p| p.is_file()) else {
-        return bad("input image not found");
-    };
+) -> Result<StartReply, StartReply> {
+    let path = input_file(&st.dir, &req.input_image_name)?;
     let id = uuid::Uuid::new_v4().to_string();
     st.checks.lock().expect("lock").start(&id, None);
     let (ops, checks, rid, name) = (
@@ -169,7 +177,7 @@ async fn start_check(
             .expect("lock")
             .finish(&rid, Some((report, md5, size, name)));
     });
-    started("Check In Progress", id)
+    Ok(started("Check In Progress", id))
 }
 
 async fn check_status(
@@ -211,13 +219,10 @@ async fn check_status(
 async fn start_compress(
     State(st): State<OpsState>,
     Json(req): Json<CompressRequest>,
-) -> (StatusCode, Json<Started>) {
-    let Some(input) = resolve(&st.dir, &req.input_image_name).filter(|p| p.is_file()) else {
-        return bad("input image not found");
-    };
-    let Some(output) = resolve(&st.dir, &req.output_image_name) else {
-        return bad("invalid output image name");
-    };
+) -> Result<StartReply, StartReply> {
+    let input = input_file(&st.dir, &req.input_image_name)?;
+    let output =
+        resolve(&st.dir, &req.output_image_name).ok_or_else(|| bad("invalid output image name"))?;
     let id = uuid::Uuid::new_v4().to_string();
     st.compressions.lock().expect("lock").start(
         &id,
@@ -246,7 +251,7 @@ async fn start_compress(
         };
         table.lock().expect("lock").finish(&rid, outcome);
     });
-    started("Compress In Progress", id)
+    Ok(started("Compress In Progress", id))
 }
 
 async fn compress_status(
