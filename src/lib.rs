@@ -215,6 +215,20 @@ async fn clear_scratch(dir: &std::path::Path) {
     }
 }
 
+/// Logs one sweep of [`sweep_loop`]: how many `what` it removed (nothing when none), or why
+/// it failed.
+fn sweep_logged<N, E>(result: Result<N, E>, what: &str)
+where
+    N: std::fmt::Display + Default + PartialEq,
+    E: std::fmt::Display,
+{
+    match result {
+        Ok(removed) if removed == N::default() => {}
+        Ok(removed) => tracing::info!(%removed, "swept {what}"),
+        Err(e) => tracing::warn!(error = %e, "sweeping {what} failed"),
+    }
+}
+
 /// Periodically expires abandoned chunked uploads and deletes old finished jobs.
 async fn sweep_loop(svc: Service, token: CancellationToken) {
     let every = Duration::from_secs((svc.config().upload_ttl_secs / 4).clamp(1, 300));
@@ -226,25 +240,18 @@ async fn sweep_loop(svc: Service, token: CancellationToken) {
         // A write is idle at most FS_BODY_IDLE_TIMEOUT_SECS before it fails; twice that, and
         // at least an hour, is safely dead.
         let idle = Duration::from_secs((svc.config().body_idle_timeout_secs * 2).max(3600));
-        match svc.store().sweep_stale_temp(idle).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(files = n, "removed temporary files of writes that died"),
-            Err(e) => tracing::warn!(error = %e, "sweeping temporary files failed"),
-        }
-        match svc.sweep_abandoned_uploads().await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(sessions = n, "expired abandoned uploads"),
-            Err(e) => tracing::warn!(error = %e, "sweeping abandoned uploads failed"),
-        }
-        match svc.prune_quota_reservations().await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(reservations = n, "deleted expired quota reservations"),
-            Err(e) => tracing::warn!(error = %e, "pruning quota reservations failed"),
-        }
-        match svc.prune_finished_jobs().await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(jobs = n, "deleted finished jobs past their retention"),
-            Err(e) => tracing::warn!(error = %e, "pruning finished jobs failed"),
-        }
+        sweep_logged(
+            svc.store().sweep_stale_temp(idle).await,
+            "temporary files of writes that died",
+        );
+        sweep_logged(svc.sweep_abandoned_uploads().await, "abandoned uploads");
+        sweep_logged(
+            svc.prune_quota_reservations().await,
+            "expired quota reservations",
+        );
+        sweep_logged(
+            svc.prune_finished_jobs().await,
+            "finished jobs past their retention",
+        );
     }
 }

@@ -328,24 +328,24 @@ mod tests {
             verify(settings(hs("s")), &sign_hs(b"s", &claims)),
             Ok(alice.clone())
         );
-        let rsa = JwtKey::from_pem_file(k.rsa_pub.clone()).unwrap();
-        assert_eq!(rsa.algorithm(), Algorithm::RS256);
-        let t = encode(
-            &Header::new(Algorithm::RS256),
-            &claims,
-            &EncodingKey::from_rsa_pem(&k.rsa_priv).unwrap(),
-        )
-        .unwrap();
-        assert_eq!(verify(settings(rsa), &t), Ok(alice.clone()));
-        let ec = JwtKey::from_pem_file(k.ec_pub.clone()).unwrap();
-        assert_eq!(ec.algorithm(), Algorithm::ES256);
-        let t = encode(
-            &Header::new(Algorithm::ES256),
-            &claims,
-            &EncodingKey::from_ec_pem(&k.ec_priv).unwrap(),
-        )
-        .unwrap();
-        assert_eq!(verify(settings(ec), &t), Ok(alice));
+        let signed_by_pair = [
+            (
+                &k.rsa_pub,
+                Algorithm::RS256,
+                EncodingKey::from_rsa_pem(&k.rsa_priv).unwrap(),
+            ),
+            (
+                &k.ec_pub,
+                Algorithm::ES256,
+                EncodingKey::from_ec_pem(&k.ec_priv).unwrap(),
+            ),
+        ];
+        for (public, algorithm, private) in signed_by_pair {
+            let key = JwtKey::from_pem_file(public.clone()).unwrap();
+            assert_eq!(key.algorithm(), algorithm);
+            let t = encode(&Header::new(algorithm), &claims, &private).unwrap();
+            assert_eq!(verify(settings(key), &t), Ok(alice.clone()));
+        }
     }
 
     #[test]

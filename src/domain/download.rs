@@ -221,48 +221,20 @@ mod tests {
 
     #[test]
     fn ranges_resolve_like_rfc_9110() {
-        assert_eq!(
-            From {
-                start: 0,
-                end: Some(9)
-            }
-            .resolve(100)
-            .map(|r| (r.start, r.end)),
-            Some((0, 9))
-        );
-        assert_eq!(
-            From {
-                start: 90,
-                end: None
-            }
-            .resolve(100)
-            .map(|r| (r.start, r.end)),
-            Some((90, 99))
-        );
-        assert_eq!(
-            From {
-                start: 90,
-                end: Some(500)
-            }
-            .resolve(100)
-            .map(|r| (r.start, r.end)),
-            Some((90, 99))
-        );
-        assert_eq!(
-            Suffix(10).resolve(100).map(|r| (r.start, r.end)),
-            Some((90, 99))
-        );
-        assert_eq!(
-            Suffix(1000).resolve(100).map(|r| (r.start, r.end)),
-            Some((0, 99))
-        );
-        assert!(From {
-            start: 100,
-            end: None
+        let from = |start, end| From { start, end };
+        let cases = [
+            (from(0, Some(9)), 100, Some((0, 9))),
+            (from(90, None), 100, Some((90, 99))),
+            (from(90, Some(500)), 100, Some((90, 99))),
+            (Suffix(10), 100, Some((90, 99))),
+            (Suffix(1000), 100, Some((0, 99))),
+            (from(100, None), 100, None),
+            (Suffix(0), 100, None),
+            (Suffix(5), 0, None),
+        ];
+        for (asked, size, want) in cases {
+            let got = asked.resolve(size).map(|r| (r.start, r.end));
+            assert_eq!(got, want, "{asked:?} of {size} bytes");
         }
-        .resolve(100)
-        .is_none());
-        assert!(Suffix(0).resolve(100).is_none());
-        assert!(Suffix(5).resolve(0).is_none());
     }
 }

@@ -35,29 +35,25 @@ impl S3Store {
             Err(e) => return Err(self.err(e)),
         };
         rules.retain(|r| !r.id().is_some_and(|id| id.starts_with(&tag)));
-        let built = [
+        let rule = |name: &str, prefix: &str| {
             LifecycleRule::builder()
-                .id(format!("{tag}-abort-incomplete-uploads"))
+                .id(format!("{tag}-{name}"))
                 .status(ExpirationStatus::Enabled)
                 .filter(
                     LifecycleRuleFilter::builder()
-                        .prefix(self.store_key(""))
+                        .prefix(self.store_key(prefix))
                         .build(),
                 )
+        };
+        let built = [
+            rule("abort-incomplete-uploads", "")
                 .abort_incomplete_multipart_upload(
                     AbortIncompleteMultipartUpload::builder()
                         .days_after_initiation(2)
                         .build(),
                 )
                 .build(),
-            LifecycleRule::builder()
-                .id(format!("{tag}-expire-staging"))
-                .status(ExpirationStatus::Enabled)
-                .filter(
-                    LifecycleRuleFilter::builder()
-                        .prefix(self.store_key("staging/"))
-                        .build(),
-                )
+            rule("expire-staging", "staging/")
                 .expiration(LifecycleExpiration::builder().days(3).build())
                 .build(),
         ];

@@ -329,40 +329,55 @@ mod tests {
     /// slices joining into the group's bytes, the minimum kept but at the end.
     #[test]
     fn covered_plans_are_valid() {
-        let kinds = ["1s", "4s", "6s", "11s", "6d"];
-        for n in 1..=5u32 {
-            for code in 0..kinds.len().pow(n) {
-                let spec: Vec<&str> = (0..n)
-                    .map(|i| kinds[code / kinds.len().pow(i) % kinds.len()])
-                    .collect();
-                let c = chunks(&spec.join(" "));
-                let Ok(planned) = plan(&c, MIN) else { continue };
-                for mask in 0..(1u32 << n) {
-                    let held: Vec<u32> = (1..=n).filter(|k| mask & (1 << (k - 1)) != 0).collect();
-                    let Some(parts) = cover(planned.clone(), &held, MIN) else {
-                        continue;
-                    };
-                    let what = format!("{} holding {held:?}: {parts:?}", spec.join(" "));
-                    assert!(
-                        parts.windows(2).all(|w| w[0].number < w[1].number),
-                        "{what}"
-                    );
-                    for p in &parts[..parts.len() - 1] {
-                        assert!(p.len >= MIN, "{what}");
-                    }
-                    let total: u64 = c.iter().map(|c| c.len).sum();
-                    assert_eq!(parts.iter().map(|p| p.len).sum::<u64>(), total, "{what}");
-                    for g in &planned {
-                        if let Source::Upload { chunks } = &g.source {
-                            let span = chunks[0]..=chunks[chunks.len() - 1];
-                            for h in held.iter().filter(|h| span.contains(h)) {
-                                assert!(parts.iter().any(|p| p.number == *h), "{what}");
-                            }
+        for spec in specs(&["1s", "4s", "6s", "11s", "6d"], 5) {
+            let c = chunks(&spec);
+            let Ok(planned) = plan(&c, MIN) else { continue };
+            let n = c.len() as u32;
+            for mask in 0..(1u32 << n) {
+                let held: Vec<u32> = (1..=n).filter(|k| mask & (1 << (k - 1)) != 0).collect();
+                let Some(parts) = cover(planned.clone(), &held, MIN) else {
+                    continue;
+                };
+                let what = format!("{spec} holding {held:?}: {parts:?}");
+                assert_parts_fit(&parts, &c, &what);
+                for g in &planned {
+                    if let Source::Upload { chunks } = &g.source {
+                        let span = chunks[0]..=chunks[chunks.len() - 1];
+                        for h in held.iter().filter(|h| span.contains(h)) {
+                            assert!(parts.iter().any(|p| p.number == *h), "{what}");
                         }
                     }
                 }
             }
         }
+    }
+
+    /// Every spec of 1 to `most` chunks of these kinds (`"1s 6d"`: a staged 1-byte chunk,
+    /// then a direct 6-byte one).
+    fn specs(kinds: &[&str], most: u32) -> Vec<String> {
+        (1..=most)
+            .flat_map(|n| {
+                (0..kinds.len().pow(n)).map(move |code| {
+                    let spec: Vec<&str> = (0..n)
+                        .map(|i| kinds[code / kinds.len().pow(i) % kinds.len()])
+                        .collect();
+                    spec.join(" ")
+                })
+            })
+            .collect()
+    }
+
+    /// Parts ascend, are at least the minimum but the last, and add up to the chunks.
+    fn assert_parts_fit(parts: &[Part], chunks: &[Chunk], what: &str) {
+        assert!(
+            parts.windows(2).all(|w| w[0].number < w[1].number),
+            "{what}"
+        );
+        for p in &parts[..parts.len() - 1] {
+            assert!(p.len >= MIN, "{what}");
+        }
+        let total: u64 = chunks.iter().map(|c| c.len).sum();
+        assert_eq!(parts.iter().map(|p| p.len).sum::<u64>(), total, "{what}");
     }
 
     #[test]
@@ -380,14 +395,8 @@ mod tests {
     /// exactly when a run of staged chunks below the minimum is followed by a direct one.
     #[test]
     fn every_small_plan_is_valid() {
-        let kinds = ["1s", "4s", "5s", "6s", "5d", "9d"];
-        for n in 1..=6u32 {
-            for code in 0..kinds.len().pow(n) {
-                let spec: Vec<&str> = (0..n)
-                    .map(|i| kinds[code / kinds.len().pow(i) % kinds.len()])
-                    .collect();
-                check(&chunks(&spec.join(" ")), &spec.join(" "));
-            }
+        for spec in specs(&["1s", "4s", "5s", "6s", "5d", "9d"], 6) {
+            check(&chunks(&spec), &spec);
         }
     }
 
@@ -418,14 +427,6 @@ mod tests {
             .collect();
         let numbers: Vec<u32> = chunks.iter().map(|c| c.number).collect();
         assert_eq!(covered, numbers, "{spec}");
-        assert!(
-            parts.windows(2).all(|w| w[0].number < w[1].number),
-            "{spec}"
-        );
-        for p in &parts[..parts.len() - 1] {
-            assert!(p.len >= MIN, "{spec}: {parts:?}");
-        }
-        let total: u64 = chunks.iter().map(|c| c.len).sum();
-        assert_eq!(parts.iter().map(|p| p.len).sum::<u64>(), total, "{spec}");
+        assert_parts_fit(&parts, chunks, &format!("{spec}: {parts:?}"));
     }
 }
