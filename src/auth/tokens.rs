@@ -276,11 +276,17 @@ mod tests {
         );
     }
 
-    #[test]
-    fn lookup_hashes_the_token() {
+    /// A `tokens` file holding `text` in a fresh directory (kept while the directory lives).
+    fn tokens_file(text: impl AsRef<[u8]>) -> (tempfile::TempDir, std::path::PathBuf) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("tokens");
-        std::fs::write(&path, line("s3cret", "appstore", "admin")).unwrap();
+        std::fs::write(&path, text).unwrap();
+        (dir, path)
+    }
+
+    #[test]
+    fn lookup_hashes_the_token() {
+        let (_dir, path) = tokens_file(line("s3cret", "appstore", "admin"));
         let store = TokenStore::open(&path).unwrap();
         assert_eq!(
             store.lookup("s3cret"),
@@ -292,9 +298,7 @@ mod tests {
 
     #[test]
     fn reloads_when_changed_and_keeps_tokens_when_broken() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("tokens");
-        std::fs::write(&path, line("one", "alice", "user")).unwrap();
+        let (dir, path) = tokens_file(line("one", "alice", "user"));
         let store = TokenStore::open(&path).unwrap();
         assert_eq!(store.reload(false), Reload::Unchanged);
         // Replaced atomically, as a Secret update does (new inode, maybe same size and time).
@@ -324,9 +328,7 @@ mod tests {
 
     #[test]
     fn a_bad_file_at_start_names_its_lines() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("tokens");
-        std::fs::write(&path, "\n\nnope\n").unwrap();
+        let (dir, path) = tokens_file("\n\nnope\n");
         let err = TokenStore::open(&path).err().unwrap();
         assert!(err.contains("line 3:"), "{err}");
         let err = TokenStore::open(&dir.path().join("missing")).err().unwrap();

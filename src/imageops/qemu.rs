@@ -232,27 +232,35 @@ mod tests {
 
     #[test]
     fn messages_lose_their_paths() {
-        let p = Image::File("/data/scratch/.tmpAbC.qcow2".into());
-        let msg = format!(
-            "qemu-img: Could not open '{}': Could not open backing file /etc/passwd",
-            image_arg(&p, Format::Qcow2)
-        );
-        assert_eq!(
-            public_message(&msg, &[&p]),
-            "qemu-img: Could not open '<image>': Could not open backing file <path>"
-        );
+        let file = Image::File("/data/scratch/.tmpAbC.qcow2".into());
         let nbd = Image::Nbd {
             socket: "/data/scratch/nbd-1.sock".into(),
             head: bytes::Bytes::new(),
         };
-        let msg = format!(
-            "qemu-img: Could not open '{}': Requested export not available",
-            image_arg(&nbd, Format::Raw)
-        );
-        assert_eq!(
-            public_message(&msg, &[&nbd]),
-            "qemu-img: Could not open '<image>': Requested export not available"
-        );
+        let cases = [
+            (
+                &file,
+                Format::Qcow2,
+                "Could not open backing file /etc/passwd",
+                "Could not open backing file <path>",
+            ),
+            (
+                &nbd,
+                Format::Raw,
+                "Requested export not available",
+                "Requested export not available",
+            ),
+        ];
+        for (image, format, said, public) in cases {
+            let msg = format!(
+                "qemu-img: Could not open '{}': {said}",
+                image_arg(image, format)
+            );
+            assert_eq!(
+                public_message(&msg, &[image]),
+                format!("qemu-img: Could not open '<image>': {public}")
+            );
+        }
         assert_eq!(
             public_message("failed: /var/lib/x.db: No space left", &[]),
             "failed: <path> No space left"
