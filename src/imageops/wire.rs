@@ -26,6 +26,10 @@ pub struct CompressRequest {
     pub output_image_name: String,
 }
 
+/// `status` of a [`Started`] that was accepted (the original imageops answers 0; a refusal
+/// is `CheckStatus::Failed`, 3).
+pub const ACCEPTED: i32 = 0;
+
 /// The answer to a request that starts work (its `requestId`), or refuses it (`status` 3 and
 /// why, without an id).
 #[derive(Debug, Serialize, Deserialize)]

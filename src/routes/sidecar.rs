@@ -102,7 +102,7 @@ fn bad(msg: &str) -> StartReply {
 /// A started request: its id, and the text the original answers with.
 fn started(msg: &str, id: String) -> StartReply {
     let answer = Started {
-        status: 0,
+        status: wire::ACCEPTED,
         msg: msg.to_string(),
         request_id: Some(id),
     };

@@ -26,6 +26,11 @@ pub struct FlatImage {
     pub sha256: Option<String>,
 }
 
+/// `checkStatus` of an upload's or a merge's answer (SPEC section 2, the original's meaning):
+/// 0, the check was queued. (The original's 1, it could not be, does not happen here: the
+/// check is a durable job queued with the image.)
+const CHECK_QUEUED: i32 = 0;
+
 impl From<&Model> for FlatImage {
     fn from(m: &Model) -> Self {
         FlatImage {
@@ -35,8 +40,7 @@ impl From<&Model> for FlatImage {
             user_id: m.user_id.clone(),
             storage_medium: m.bucket.clone(),
             slim_status: m.slim_status.to_value(),
-            // Upload/merge keep the original's meaning: 0 = the check was queued.
-            check_status: 0,
+            check_status: CHECK_QUEUED,
             msg: texts::CHECK_IN_PROGRESS.to_string(),
             sha256: recorded_sha256(m),
         }
