@@ -12,7 +12,10 @@ use crate::imageops::{
     CheckReport, CheckStatus, CompressStatus, Declared, Image, ImageOps,
 };
 use axum::{
-    extract::{Path as UrlPath, State},
+    extract::{
+        rejection::{JsonRejection, PathRejection},
+        Path as UrlPath, State,
+    },
     http::StatusCode,
     routing::{get, post},
     Json, Router,
@@ -116,6 +119,18 @@ fn resolve(dir: &Path, name: &str) -> Option<PathBuf> {
     plain.then(|| dir.join(p))
 }
 
+/// The refusal of a start request whose body is not the JSON message (as the original's JSON
+/// answer, not axum's plain-text one).
+fn not_json(e: JsonRejection) -> StartReply {
+    bad(&format!("bad request body: {}", e.body_text()))
+}
+
+/// The request id of a status path; one that is not text (bad percent-encoding) names no
+/// request, so it gets the JSON 404 of any unknown id.
+fn request_id(id: Result<UrlPath<String>, PathRejection>) -> String {
+    id.map(|UrlPath(id)| id).unwrap_or_default()
+}
+
 /// The input image a request names: an existing file inside the shared directory.
 fn input_file(dir: &Path, name: &str) -> Result<PathBuf, StartReply> {
     resolve(dir, name)
@@ -146,8 +161,9 @@ pub fn router(dir: PathBuf, ops: LocalImageOps) -> Router {
 
 async fn start_check(
     State(st): State<OpsState>,
-    Json(req): Json<CheckRequest>,
+    req: Result<Json<CheckRequest>, JsonRejection>,
 ) -> Result<StartReply, StartReply> {
+    let Json(req) = req.map_err(not_json)?;
     let path = input_file(&st.dir, &req.input_image_name)?;
     let id = uuid::Uuid::new_v4().to_string();
     st.checks.lock().expect("lock").start(&id, None);
@@ -182,8 +198,9 @@ async fn start_check(
 
 async fn check_status(
     State(st): State<OpsState>,
-    UrlPath(id): UrlPath<String>,
+    id: Result<UrlPath<String>, PathRejection>,
 ) -> (StatusCode, Json<CheckAnswer>) {
+    let id = request_id(id);
     let answer = |status: CheckStatus, msg: &str, check_info| CheckAnswer {
         status: status.to_value(),
         msg: msg.to_string(),
@@ -218,11 +235,13 @@ async fn check_status(
 
 async fn start_compress(
     State(st): State<OpsState>,
-    Json(req): Json<CompressRequest>,
+    req: Result<Json<CompressRequest>, JsonRejection>,
 ) -> Result<StartReply, StartReply> {
+    let Json(req) = req.map_err(not_json)?;
     let input = input_file(&st.dir, &req.input_image_name)?;
-    let output =
-        resolve(&st.dir, &req.output_image_name).ok_or_else(|| bad("invalid output image name"))?;
+    let output = resolve(&st.dir, &req.output_image_name)
+        .filter(|out| *out != input && !out.is_dir())
+        .ok_or_else(|| bad("invalid output image name"))?;
     let id = uuid::Uuid::new_v4().to_string();
     st.compressions.lock().expect("lock").start(
         &id,
@@ -256,8 +275,9 @@ async fn start_compress(
 
 async fn compress_status(
     State(st): State<OpsState>,
-    UrlPath(id): UrlPath<String>,
+    id: Result<UrlPath<String>, PathRejection>,
 ) -> (StatusCode, Json<CompressAnswer>) {
+    let id = request_id(id);
     let (code, status, msg, rate) = match st.compressions.lock().expect("lock").get(&id) {
         None => (
             StatusCode::NOT_FOUND,
