@@ -596,6 +596,16 @@ impl Service {
         self.quota_view(user).await
     }
 
+    /// Whether `caller` may set quotas: an admin (or anyone with authentication off).
+    /// Errors: `Forbidden` otherwise (asked before a change is read, so that a user learns
+    /// nothing from how its change would have been judged).
+    pub fn may_set_quotas(&self, caller: &Caller) -> Result<()> {
+        match caller.sees_all() {
+            true => Ok(()),
+            false => Err(Error::Forbidden("only an admin may set quotas".into())),
+        }
+    }
+
     /// `PUT /quotas/{userId}`: sets a user's own limits (an admin only, when authentication
     /// is on).
     pub async fn set_quota(
@@ -604,9 +614,7 @@ impl Service {
         user: &str,
         change: QuotaChange,
     ) -> Result<QuotaView> {
-        if !caller.sees_all() {
-            return Err(Error::Forbidden("only an admin may set quotas".into()));
-        }
+        self.may_set_quotas(caller)?;
         let user = super::validate::user_id(Some(user)).map_err(Error::InvalidInput)?;
         let stored = |v: Option<u64>, name: &str| -> Result<Option<i64>> {
             v.map(|n| {

@@ -41,12 +41,41 @@ impl Query {
 /// Parses a query string (`None`: no query). Errors: it is malformed, or holds more than
 /// [`MAX_FIELDS`] parameters.
 pub fn parse_query(q: Option<&str>) -> Result<Query, ApiError> {
-    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(q.unwrap_or(""))
+    let pairs = urlencoded_pairs(q.unwrap_or("").as_bytes())
         .map_err(|e| ApiError::bad_request(format!("malformed query string: {e}")))?;
-    if pairs.len() > MAX_FIELDS {
-        return Err(too_many_fields().into());
-    }
     Ok(Query(pairs))
+}
+
+/// The name-value pairs of `application/x-www-form-urlencoded` text (a query string or a
+/// form body), parsed as the WHATWG URL standard's urlencoded parser does (`&` separates
+/// pairs, the first `=` the name from the value, `+` is a space, `%XX` a byte), but strictly:
+/// a name or value that is not UTF-8 once decoded is an error, not text with replacement
+/// characters (a user id such as `%FF%FE` would otherwise name another user, `"\u{fffd}\u{fffd}"`).
+/// Errors also past [`MAX_FIELDS`] pairs.
+fn urlencoded_pairs(input: &[u8]) -> Result<Vec<(String, String)>, String> {
+    let decode = |raw: &[u8]| {
+        let spaced: Vec<u8> = raw
+            .iter()
+            .map(|&b| if b == b'+' { b' ' } else { b })
+            .collect();
+        let bytes: Vec<u8> = percent_encoding::percent_decode(&spaced).collect();
+        String::from_utf8(bytes).map_err(|_| {
+            let shown = String::from_utf8_lossy(raw);
+            format!("{shown:?} is not UTF-8 once percent-decoded")
+        })
+    };
+    let mut pairs = vec![];
+    for pair in input.split(|&b| b == b'&').filter(|p| !p.is_empty()) {
+        if pairs.len() == MAX_FIELDS {
+            return Err(format!("more than {MAX_FIELDS} parameters"));
+        }
+        let (name, value) = match pair.iter().position(|&b| b == b'=') {
+            Some(at) => (&pair[..at], &pair[at + 1..]),
+            None => (pair, &[][..]),
+        };
+        pairs.push((decode(name)?, decode(value)?));
+    }
+    Ok(pairs)
 }
 
 /// Most fields (and parts) one request may carry: clients send a handful; each is held until
@@ -97,6 +126,32 @@ fn body_io_error(e: multer::Error) -> io::Error {
         io::ErrorKind::InvalidData,
         format!("malformed multipart body: {e}"),
     )
+}
+
+/// Reads a small body whole (a urlencoded form, a JSON document) of at most `limit` bytes.
+///
+/// Errors, as for every other body: the client went silent (`FS_BODY_IDLE_TIMEOUT_SECS`):
+/// 408 `REQUEST_TIMEOUT`; a broken stream (a bad chunk size, a reset): 400 `BAD_BODY`; more
+/// than `limit` bytes: 400 `INVALID_PARAMETER`.
+pub async fn small_body(body: axum::body::Body, limit: usize) -> Result<bytes::Bytes, ApiError> {
+    let mut data = body.into_data_stream();
+    let mut read = bytes::BytesMut::new();
+    while let Some(frame) = data.next().await {
+        let frame = frame.map_err(|e| match is_body_timeout(&e) {
+            true => domain::Error::BodyTimeout,
+            false => domain::Error::BadBody(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("unreadable body: {e}"),
+            )),
+        })?;
+        if read.len() + frame.len() > limit {
+            return Err(ApiError::bad_request(format!(
+                "the body is longer than {limit} bytes"
+            )));
+        }
+        read.extend_from_slice(&frame);
+    }
+    Ok(read.freeze())
 }
 
 fn bad_multipart(e: multer::Error) -> domain::Error {
@@ -274,18 +329,9 @@ impl<S: Send + Sync> FromRequest<S> for Form {
                 })
             }
             "application/x-www-form-urlencoded" => {
-                let bytes = axum::body::to_bytes(req.into_body(), TEXT_LIMIT)
-                    .await
-                    .map_err(|e| {
-                        ApiError::bad_request(format!(
-                            "form body unreadable or over {TEXT_LIMIT} bytes: {e}"
-                        ))
-                    })?;
-                let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(&bytes)
+                let bytes = small_body(req.into_body(), TEXT_LIMIT).await?;
+                let pairs = urlencoded_pairs(&bytes)
                     .map_err(|e| ApiError::bad_request(format!("malformed form body: {e}")))?;
-                if pairs.len() > MAX_FIELDS {
-                    return Err(too_many_fields().into());
-                }
                 fields.overlay(Fields::from_pairs(pairs));
                 Box::new(NoParts)
             }
@@ -338,6 +384,30 @@ impl<S: Send + Sync> FromRequest<S> for FormFields {
 #[cfg(test)]
 mod tests {
     use super::disposition_file_name as f;
+
+    #[test]
+    fn urlencoded_pairs_are_decoded_strictly() {
+        let ok = |s: &str| super::urlencoded_pairs(s.as_bytes()).unwrap();
+        let pair = |n: &str, v: &str| (n.to_string(), v.to_string());
+        assert_eq!(ok(""), vec![]);
+        assert_eq!(
+            ok("userId=a+b%20c&&isZip&x=1=2"),
+            vec![pair("userId", "a b c"), pair("isZip", ""), pair("x", "1=2")]
+        );
+        assert_eq!(ok("n=%E9%95%9C"), vec![pair("n", "\u{955c}")]);
+        // A stray % is kept as it is (WHATWG).
+        assert_eq!(
+            ok("n=100%&m=%zz"),
+            vec![pair("n", "100%"), pair("m", "%zz")]
+        );
+        for bad in ["userId=%FF%FE", "%C3=x", "a=%E9%95"] {
+            let err = super::urlencoded_pairs(bad.as_bytes()).unwrap_err();
+            assert!(err.contains("not UTF-8"), "{bad}: {err}");
+        }
+        let many = vec!["a=1"; super::MAX_FIELDS + 1].join("&");
+        assert!(super::urlencoded_pairs(many.as_bytes()).is_err());
+        assert!(super::urlencoded_pairs(&many.as_bytes()[4..]).is_ok());
+    }
 
     #[test]
     fn file_names_of_parts() {

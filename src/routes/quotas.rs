@@ -31,6 +31,7 @@ fn user_path(path: Result<Path<String>, PathRejection>) -> ApiResult<String> {
     params(("user_id" = String, Path, description = "The user")),
     responses(
         (status = 200, body = QuotaView),
+        (status = 400, description = "The userId of the path is not UTF-8 once percent-decoded, or holds NUL (INVALID_PARAMETER)", body = super::docs::ErrorBody),
         (status = 403, description = "A user asking for another user's quota (FORBIDDEN)", body = super::docs::ErrorBody),
     ))]
 pub async fn get_quota(
@@ -61,9 +62,12 @@ pub async fn set_quota(
     body: Body,
 ) -> ApiResult<Json<QuotaView>> {
     let user = user_path(path)?;
-    let bytes = axum::body::to_bytes(body, BODY_LIMIT).await.map_err(|e| {
-        ApiError::bad_request(format!("body unreadable or over {BODY_LIMIT} bytes: {e}"))
-    })?;
+    if let Err(e) = svc.may_set_quotas(audit.caller()) {
+        let e = ApiError::from(e);
+        audit.record("quota.set").owner(&user).error(&e);
+        return Err(e);
+    }
+    let bytes = super::extract::small_body(body, BODY_LIMIT).await?;
     let bad = |e: &dyn std::fmt::Display| {
         ApiError::bad_request(format!(
             "the body must be a JSON object {{\"maxBytes\": n|null, \"maxImages\": n|null}} \
@@ -101,6 +105,7 @@ pub async fn set_quota(
     params(("userId" = Option<String>, Query, description = "The user (an admin, or with authentication off)")),
     responses(
         (status = 200, body = UsageView),
+        super::docs::BadQuery,
         super::docs::ForAnotherUser,
     ))]
 pub async fn usage(

@@ -2014,18 +2014,129 @@ async fn stop_mid_body_merge(app: &TestApp) -> Held {
 }
 
 async fn silent_client_times_out(app: &TestApp) -> Held {
+    let body = multipart_start(&[], "file", "slow.img", &pattern(19, 100_000));
+    let answer = silent_answer(app, "POST /images", &content_length_headers(1 << 20), &body).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("\"code\":\"REQUEST_TIMEOUT\""), "{answer}");
+    wait_nothing_left(app, Duration::from_secs(20)).await;
+    NOTHING
+}
+
+/// Every body read whole (a urlencoded form, a JSON quota change) times out like a multipart
+/// one: a client that goes silent gets 408 `REQUEST_TIMEOUT` after the idle timeout, not a
+/// 400 once the server's drain gives up.
+async fn silent_small_bodies_time_out(app: &TestApp) -> Held {
+    let urlencoded = |len: usize| {
+        format!("Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {len}\r\n")
+    };
+    let id = uuid::Uuid::new_v4();
+    let cases = [
+        (
+            format!("DELETE /images/{id}"),
+            urlencoded(100),
+            &b"userId="[..],
+        ),
+        (
+            "DELETE /images/upload".into(),
+            urlencoded(100),
+            b"identifier=sil",
+        ),
+        (
+            "POST /images/merge".into(),
+            urlencoded(100),
+            b"identifier=sil&file",
+        ),
+        (
+            "PUT /quotas/someone".into(),
+            "Content-Type: application/json\r\nContent-Length: 100\r\n".into(),
+            b"{\"maxBytes\":",
+        ),
+    ];
+    for (request, headers, body) in cases {
+        let started = Instant::now();
+        let answer = silent_answer(app, &request, &headers, body).await;
+        assert!(answer.starts_with("HTTP/1.1 408"), "{request}: {answer}");
+        assert!(
+            answer.contains("\"code\":\"REQUEST_TIMEOUT\""),
+            "{request}: {answer}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{request}: answered after {:?}",
+            started.elapsed()
+        );
+    }
+    NOTHING
+}
+
+/// A body read whole whose chunked framing breaks is a 400 `BAD_BODY`, as a broken multipart
+/// body is.
+async fn broken_small_bodies_are_bad_bodies(app: &TestApp) -> Held {
+    let chunked = |ct: &str| format!("Content-Type: {ct}\r\nTransfer-Encoding: chunked\r\n");
+    let form = chunked("application/x-www-form-urlencoded");
+    let id = uuid::Uuid::new_v4();
+    let cases = [
+        (format!("DELETE /images/{id}"), form.clone()),
+        ("POST /images/merge".into(), form),
+        ("PUT /quotas/someone".into(), chunked("application/json")),
+    ];
+    for (request, headers) in cases {
+        let answer = silent_answer(app, &request, &headers, b"5\r\nabcde\r\nzz\r\n").await;
+        assert!(answer.starts_with("HTTP/1.1 400"), "{request}: {answer}");
+        assert!(
+            answer.contains("\"code\":\"BAD_BODY\""),
+            "{request}: {answer}"
+        );
+    }
+    NOTHING
+}
+
+/// Query and urlencoded form values are UTF-8 once percent-decoded, or refused (400
+/// `INVALID_PARAMETER`) as a path's are: never decoded lossily into another name (`%FF%FE`
+/// is not the user `"\u{fffd}\u{fffd}"`).
+async fn undecodable_form_values_are_refused(app: &TestApp) -> Held {
+    for query in [
+        "/usage?userId=%FF%FE",
+        "/images?userId=%C3",
+        "/images?%FF=1",
+    ] {
+        let r = app.client.get(app.url(query)).send().await.unwrap();
+        refused(r, 400, "INVALID_PARAMETER").await;
+    }
+    for (path, body) in [
+        ("/images/merge", &b"identifier=a%FF&filename=a.img"[..]),
+        ("/images/merge", b"identifier=ok&filename=%E9%95.img"),
+        ("/images/upload", b"identifier=%FE"),
+    ] {
+        let method = match path {
+            "/images/upload" => reqwest::Method::DELETE,
+            _ => reqwest::Method::POST,
+        };
+        let r = app
+            .client
+            .request(method, app.url(path))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body.to_vec())
+            .send()
+            .await
+            .unwrap();
+        refused(r, 400, "INVALID_PARAMETER").await;
+    }
+    NOTHING
+}
+
+/// Sends `request` (`"METHOD /path"` below the API), its `headers` and the start of its body,
+/// then goes silent; the server's whole answer (empty when it gave none within 15 s).
+async fn silent_answer(app: &TestApp, request: &str, headers: &str, body_start: &[u8]) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let addr = app.base.trim_start_matches("http://").to_string();
     let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    let body = multipart_start(&[], "file", "slow.img", &pattern(19, 100_000));
-    let head = format!(
-        "POST {API}/images HTTP/1.1\r\nHost: {addr}\r\n{}\r\n",
-        content_length_headers(1 << 20)
-    );
+    let (method, path) = request.split_once(' ').unwrap();
+    let head = format!("{method} {API}{path} HTTP/1.1\r\nHost: {addr}\r\n{headers}\r\n");
     conn.write_all(head.as_bytes()).await.unwrap();
-    conn.write_all(&body).await.unwrap();
+    conn.write_all(body_start).await.unwrap();
     let mut answer = vec![];
-    let read = tokio::time::timeout(Duration::from_secs(15), async {
+    let _ = tokio::time::timeout(Duration::from_secs(15), async {
         let mut buf = [0u8; 4096];
         loop {
             match conn.read(&mut buf).await {
@@ -2038,12 +2149,7 @@ async fn silent_client_times_out(app: &TestApp) -> Held {
         }
     })
     .await;
-    assert!(read.is_ok(), "no answer to a silent client");
-    let answer = String::from_utf8_lossy(&answer);
-    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
-    assert!(answer.contains("\"code\":\"REQUEST_TIMEOUT\""), "{answer}");
-    wait_nothing_left(app, Duration::from_secs(20)).await;
-    NOTHING
+    String::from_utf8_lossy(&answer).into_owned()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -2756,6 +2862,9 @@ hostile_cases! {
     stop_after_file_part,
     stop_mid_body_merge,
     silent_client_times_out with idle_timeout(),
+    silent_small_bodies_time_out with idle_timeout(),
+    broken_small_bodies_are_bad_bodies,
+    undecodable_form_values_are_refused,
     // Range and conditional headers.
     range_past_end,
     range_suffix_zero,

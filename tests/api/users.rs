@@ -404,14 +404,21 @@ async fn quota_routes_follow_roles(b: Backend) {
         assert_eq!((s, v["code"].as_str()), (403, Some("FORBIDDEN")), "{v}");
     }
     let limit = serde_json::json!({ "maxBytes": 5000, "maxImages": 10 });
-    let r = u
-        .bob
-        .put(format!("{api}/quotas/bob"))
-        .json(&limit)
-        .send()
-        .await
-        .unwrap();
-    assert_error(r, 403, None).await;
+    // A user may not set quotas, whatever its body: well-formed, malformed or too long
+    // (403 before the body is judged).
+    let long = format!("{{\"maxBytes\": {}}}", " ".repeat(10_000));
+    for body in [limit.to_string(), "garbage".into(), long] {
+        let r = u
+            .bob
+            .put(format!("{api}/quotas/bob"))
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        let v = assert_error(r, 403, None).await;
+        assert_eq!(v["code"], "FORBIDDEN", "{body:.40}: {v}");
+    }
     let r = u
         .root
         .put(format!("{api}/quotas/alice"))
