@@ -62,6 +62,12 @@ pub fn add_bearer_security(doc: &mut utoipa::openapi::OpenApi) {
             ]);
             let unauthorized = utoipa::openapi::ResponseBuilder::new()
                 .description("UNAUTHORIZED: authentication is on and the bearer credential is missing or refused")
+                .content(
+                    "application/json",
+                    utoipa::openapi::ContentBuilder::new()
+                        .schema(Some(utoipa::openapi::Ref::from_schema_name("ErrorBody")))
+                        .build(),
+                )
                 .build();
             op.responses
                 .responses
@@ -112,6 +118,16 @@ pub struct ForAnotherUser(ErrorBody);
 )]
 #[allow(dead_code)]
 pub struct BodyTimedOut(ErrorBody);
+
+/// The 400 of a malformed query string: a name or value that is not UTF-8 once
+/// percent-decoded, or more than 200 parameters.
+#[derive(utoipa::IntoResponses)]
+#[response(
+    status = 400,
+    description = "A malformed query string: a value not UTF-8 once percent-decoded, or more than 200 parameters (INVALID_PARAMETER)"
+)]
+#[allow(dead_code)]
+pub struct BadQuery(ErrorBody);
 
 /// The 404 of a request for an image that does not exist (or that the caller may not see).
 #[derive(utoipa::IntoResponses)]

@@ -189,7 +189,7 @@ fn about_upload<'a>(event: AuditEvent<'a>, identifier: &'a Option<String>) -> Au
     ),
     responses(
         (status = 200, body = Vec<ImageView>),
-        (status = 400, description = "limit or offset not a number", body = super::docs::ErrorBody),
+        (status = 400, description = "limit or offset not a number, or a malformed query string: a value not UTF-8 once percent-decoded, more than 200 parameters (INVALID_PARAMETER)", body = super::docs::ErrorBody),
         super::docs::ForAnotherUser,
     ))]
 pub async fn list(
@@ -237,6 +237,7 @@ pub async fn get_image(
     params(ImageIdPath),
     responses(
         (status = 200, description = "`delete success`", body = String, content_type = "text/plain"),
+        (status = 400, description = "A form body sent along that cannot be read (BAD_BODY), or that is malformed or over 64 KiB (INVALID_PARAMETER)", body = super::docs::ErrorBody),
         super::docs::NoSuchImage,
     ))]
 pub async fn delete_image(image: ImageChange, _f: FormFields) -> ApiResult<&'static str> {
@@ -400,7 +401,7 @@ pub async fn merge(
                 (String = "text/plain"),
             )),
         (status = 204, description = "chunkNumber is not held"),
-        (status = 400, description = "Bad identifier or chunk number", body = super::docs::ErrorBody),
+        (status = 400, description = "Bad identifier or chunk number, or a malformed query string (INVALID_PARAMETER)", body = super::docs::ErrorBody),
         super::docs::ForAnotherUser,
     ))]
 pub async fn upload_query(
@@ -448,6 +449,7 @@ pub async fn upload_query(
         (status = 206, description = "The requested range", content_type = "application/octet-stream"),
         (status = 304, description = "Not modified (If-None-Match, If-Modified-Since)"),
         (status = 412, description = "If-Match or If-Unmodified-Since failed", body = super::docs::ErrorBody),
+        super::docs::BadQuery,
         super::docs::NoSuchImage,
         (status = 416, description = "Range not satisfiable", body = super::docs::ErrorBody),
     ))]
