@@ -26,8 +26,10 @@ use utoipa::{
 pub struct ApiDoc;
 
 /// Declares the bearer credential (`FS_AUTH`) in `doc`: a `bearerAuth` scheme, asked for by
-/// every API operation and by `/metrics`. Both `{}` (no credential: authentication off, the
-/// default) and `bearerAuth` are listed, since which one applies is the deployment's choice.
+/// every API operation and by `/metrics`, which may all answer 401. Both `{}` (no credential:
+/// authentication off, the default) and `bearerAuth` are listed, since which one applies is
+/// the deployment's choice. Every API operation may also answer 503 (the database or the
+/// store unreachable).
 pub fn add_bearer_security(doc: &mut utoipa::openapi::OpenApi) {
     let components = doc.components.get_or_insert_with(Default::default);
     components.add_security_scheme(
@@ -43,8 +45,16 @@ pub fn add_bearer_security(doc: &mut utoipa::openapi::OpenApi) {
                 .build(),
         ),
     );
+    let unauthorized = error_response(
+        "UNAUTHORIZED: authentication is on and the bearer credential is missing or refused",
+    );
+    let unavailable = error_response(
+        "DATABASE_UNAVAILABLE or STORAGE_UNAVAILABLE: the database or the object store cannot \
+         be reached (retry later)",
+    );
     for (path, item) in doc.paths.paths.iter_mut() {
-        if !(path.starts_with(super::BASE) || path == "/metrics") {
+        let api = path.starts_with(super::BASE);
+        if !(api || path == "/metrics") {
             continue;
         }
         let operations = [
@@ -60,21 +70,30 @@ pub fn add_bearer_security(doc: &mut utoipa::openapi::OpenApi) {
                 SecurityRequirement::default(),
                 SecurityRequirement::new("bearerAuth", Vec::<String>::new()),
             ]);
-            let unauthorized = utoipa::openapi::ResponseBuilder::new()
-                .description("UNAUTHORIZED: authentication is on and the bearer credential is missing or refused")
-                .content(
-                    "application/json",
-                    utoipa::openapi::ContentBuilder::new()
-                        .schema(Some(utoipa::openapi::Ref::from_schema_name("ErrorBody")))
-                        .build(),
-                )
-                .build();
-            op.responses
-                .responses
+            let responses = &mut op.responses.responses;
+            responses
                 .entry("401".into())
-                .or_insert(unauthorized.into());
+                .or_insert(unauthorized.clone().into());
+            if api {
+                responses
+                    .entry("503".into())
+                    .or_insert(unavailable.clone().into());
+            }
         }
     }
+}
+
+/// A response of `description` whose body is the JSON [`ErrorBody`].
+fn error_response(description: &str) -> utoipa::openapi::Response {
+    utoipa::openapi::ResponseBuilder::new()
+        .description(description)
+        .content(
+            "application/json",
+            utoipa::openapi::ContentBuilder::new()
+                .schema(Some(utoipa::openapi::Ref::from_schema_name("ErrorBody")))
+                .build(),
+        )
+        .build()
 }
 
 /// Every error code (`crate::domain::Code`) as the values of a string.
@@ -128,6 +147,15 @@ pub struct BodyTimedOut(ErrorBody);
 )]
 #[allow(dead_code)]
 pub struct BadQuery(ErrorBody);
+
+/// The 507 of a write that found the store or the scratch space full (nothing of it is kept).
+#[derive(utoipa::IntoResponses)]
+#[response(
+    status = 507,
+    description = "The store or the scratch space is full (INSUFFICIENT_STORAGE); nothing of the request is kept"
+)]
+#[allow(dead_code)]
+pub struct StorageFull(ErrorBody);
 
 /// The 404 of a request for an image that does not exist (or that the caller may not see).
 #[derive(utoipa::IntoResponses)]

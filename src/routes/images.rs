@@ -67,7 +67,7 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ImageIdPath {
         super::docs::ForAnotherUser,
         super::docs::BodyTimedOut,
         (status = 413, description = "Larger than FS_MAX_IMAGE_BYTES (FILE_TOO_LARGE), or past the user's quota (QUOTA_EXCEEDED: the upload stops at the bytes that cross it, nothing is kept)", body = super::docs::ErrorBody),
-        (status = 503, description = "Database or storage unavailable", body = super::docs::ErrorBody),
+        super::docs::StorageFull,
     ))]
 pub async fn upload(
     State(svc): State<Service>,
@@ -239,6 +239,7 @@ pub async fn get_image(
         (status = 200, description = "`delete success`", body = String, content_type = "text/plain"),
         (status = 400, description = "A form body sent along that cannot be read (BAD_BODY), or that is malformed or over 64 KiB (INVALID_PARAMETER)", body = super::docs::ErrorBody),
         super::docs::NoSuchImage,
+        super::docs::BodyTimedOut,
     ))]
 pub async fn delete_image(image: ImageChange, _f: FormFields) -> ApiResult<&'static str> {
     let result = image
@@ -299,6 +300,7 @@ pub async fn check(image: ImageChange) -> ApiResult<&'static str> {
         super::docs::BodyTimedOut,
         (status = 409, description = "The upload is being merged, or was merged", body = super::docs::ErrorBody),
         (status = 413, description = "Larger than FS_MAX_IMAGE_BYTES (FILE_TOO_LARGE), or past the quota of the upload's user (QUOTA_EXCEEDED: this chunk is not stored, the chunks held are kept)", body = super::docs::ErrorBody),
+        super::docs::StorageFull,
     ))]
 pub async fn upload_chunk(
     State(svc): State<Service>,
@@ -342,6 +344,7 @@ pub async fn upload_chunk(
         (status = 200, description = "`cancel success`", body = String, content_type = "text/plain"),
         (status = 400, description = "Missing or invalid identifier", body = super::docs::ErrorBody),
         super::docs::ForAnotherUser,
+        super::docs::BodyTimedOut,
     ))]
 pub async fn cancel_upload(
     State(svc): State<Service>,
@@ -368,7 +371,9 @@ pub async fn cancel_upload(
         (status = 400, description = "Missing chunks (named), bad name or bad zip", body = super::docs::ErrorBody),
         super::docs::ForAnotherUser,
         (status = 404, description = "Nothing was uploaded under this identifier", body = super::docs::ErrorBody),
+        super::docs::BodyTimedOut,
         (status = 413, description = "The image would take its user past a quota (QUOTA_EXCEEDED); the chunks are kept (a zipped upload whose image does not fit is dropped)", body = super::docs::ErrorBody),
+        super::docs::StorageFull,
     ))]
 pub async fn merge(
     State(svc): State<Service>,

@@ -54,6 +54,7 @@ pub async fn get_quota(
         (status = 200, description = "The user's quota now", body = QuotaView),
         (status = 400, description = "Not a JSON object of non-negative integers or nulls, or an unknown field (INVALID_PARAMETER)", body = super::docs::ErrorBody),
         (status = 403, description = "The caller is not an admin (FORBIDDEN)", body = super::docs::ErrorBody),
+        super::docs::BodyTimedOut,
     ))]
 pub async fn set_quota(
     State(svc): State<Service>,
