@@ -6,8 +6,8 @@
 //! the whole body before reading (Java's `HttpURLConnection`) fail with "Error writing to
 //! server" instead of reading the 400 or 413, and a reverse proxy (nginx) answers 502 and
 //! takes the replica out of its upstream group. Like Go's net/http and nginx's lingering close,
-//! the drain is bounded, in bytes and in time; past a bound (or when the body fails) the answer
-//! is sent with `Connection: close`. A request that sent `Expect: 100-continue` and whose body
+//! the drain is bounded, in bytes and in time, and gives up on a client silent for the body idle
+//! timeout; past a bound (or when the body fails) the answer is sent with `Connection: close`. A request that sent `Expect: 100-continue` and whose body
 //! was never asked for is not drained: its client has not sent the body (hyper sends the 100
 //! only when the body is first read), so the answer goes out at once, with `Connection: close`.
 
@@ -30,8 +30,13 @@ use std::{
 /// How much of an unread request body is read and discarded before answering.
 #[derive(Debug, Clone, Copy)]
 pub struct DrainLimits {
+    /// Bytes read at most (`FS_DRAIN_MAX_BYTES`).
     pub max_bytes: u64,
+    /// How long the whole drain may take (`FS_DRAIN_TIMEOUT_SECS`).
     pub timeout: Duration,
+    /// How long the client may send nothing (`FS_BODY_IDLE_TIMEOUT_SECS`, as for a body being
+    /// read): a client that went silent is answered then, not at the end of `timeout`.
+    pub idle: Duration,
 }
 
 /// The request body and what became of it, shared by the handler's end and the middleware.
@@ -99,6 +104,8 @@ enum Drained {
     /// More than the byte bound remains (known from its length, or read so far).
     TooLarge(u64),
     TimedOut,
+    /// The client sent nothing for the idle timeout.
+    Idle,
     Failed,
 }
 
@@ -111,7 +118,11 @@ async fn drain(body: &SharedBody, limits: DrainLimits) -> Drained {
     let read = async {
         let mut read = 0u64;
         loop {
-            match poll_fn(|cx| body.lock().poll_frame(cx)).await {
+            let frame = poll_fn(|cx| body.lock().poll_frame(cx));
+            let Ok(frame) = tokio::time::timeout(limits.idle, frame).await else {
+                return Drained::Idle;
+            };
+            match frame {
                 None => return Drained::All(read),
                 Some(Err(_)) => return Drained::Failed,
                 Some(Ok(frame)) => {
@@ -200,6 +211,7 @@ mod tests {
     const LIMITS: DrainLimits = DrainLimits {
         max_bytes: 8 << 20,
         timeout: Duration::from_secs(10),
+        idle: Duration::from_secs(10),
     };
     const MIB: usize = 1 << 20;
 
@@ -334,6 +346,29 @@ mod tests {
         let (status, headers, _) = tokio::time::timeout(Duration::from_secs(5), response(&mut s))
             .await
             .expect("answered once the drain timed out");
+        assert_eq!(status, 400);
+        assert!(headers.contains("connection: close"), "{headers}");
+        assert!(started.elapsed() >= Duration::from_millis(250));
+    }
+
+    /// A client silent for the body idle timeout is answered then, long before the drain's
+    /// own timeout.
+    #[tokio::test]
+    async fn a_silent_client_is_answered_after_the_idle_timeout() {
+        let addr = serve(DrainLimits {
+            idle: Duration::from_millis(300),
+            ..LIMITS
+        })
+        .await;
+        let mut s = connect(&addr).await;
+        s.write_all(head("/reject", 100_000, "").as_bytes())
+            .await
+            .unwrap();
+        s.write_all(&[7; 5000]).await.unwrap();
+        let started = Instant::now();
+        let (status, headers, _) = tokio::time::timeout(Duration::from_secs(5), response(&mut s))
+            .await
+            .expect("answered once the client was idle");
         assert_eq!(status, 400);
         assert!(headers.contains("connection: close"), "{headers}");
         assert!(started.elapsed() >= Duration::from_millis(250));

@@ -80,6 +80,7 @@ pub fn router(svc: Service, authenticator: Option<Arc<Authenticator>>) -> Router
     let limits = drain::DrainLimits {
         max_bytes: svc.config().drain_max_bytes,
         timeout: Duration::from_secs(svc.config().drain_timeout_secs),
+        idle: Duration::from_secs(svc.config().body_idle_timeout_secs),
     };
     routes
         // The web console (`/`, `/console/...`): outside the API base, so open with auth on.
