@@ -12,7 +12,7 @@
 //! it became (an image, a chunk) is recorded, or when its request fails or goes away; a lease
 //! (`expires_at`) ends the reservations of a replica that died.
 
-use super::{caller::Caller, now_secs, Error, Result, Service};
+use super::{caller::Caller, ids::ChunkNumber, now_secs, Error, Result, Service};
 use crate::{db, storage::ByteStream};
 use entity::{quota, upload_part, upload_session};
 use futures::StreamExt;
@@ -486,28 +486,38 @@ impl Service {
         Ok((reservation, body))
     }
 
-    /// A chunk of `len` bytes is about to be stored as chunk `number` of `session`: its bytes
-    /// count for the session's owner (a session without one counts at its merge), less those
-    /// of the copy of that chunk it replaces.
-    pub async fn reserve_chunk(
+    /// A chunk of `len` bytes is about to be stored as chunk `number` of the upload `target`
+    /// names: its bytes count for the session's owner (`owner`, the user the request names,
+    /// when no session is open yet; a session without one counts at its merge), less those of
+    /// the copy of that chunk it replaces.
+    pub(super) async fn reserve_chunk(
         &self,
-        session: &upload_session::Model,
-        number: u32,
+        target: &super::uploads::SessionRef,
+        owner: Option<&str>,
+        number: ChunkNumber,
         len: u64,
     ) -> Result<Reservation> {
-        let owner = session.owner.clone().unwrap_or_default();
-        let limits = match &session.owner {
+        let session = db::uploads::find(&self.db, &target.key).await?;
+        let owner = match &session {
+            Some(s) => s.owner.clone(),
+            None => owner.map(str::to_string),
+        };
+        let limits = match &owner {
             Some(owner) => self.quota_limits(owner).await?,
             None => Limits::default(),
         };
+        let owner = owner.unwrap_or_default();
         let mut held = self.reservation(&owner, limits, "chunk");
         if limits.max_bytes > 0 {
-            let replaced: u64 = db::uploads::parts(&self.db, &session.id)
-                .await?
-                .iter()
-                .filter(|p| p.part_number as u32 == number)
-                .map(|p| p.size_bytes as u64)
-                .sum();
+            let replaced: u64 = match &session {
+                Some(s) => db::uploads::parts(&self.db, &s.id)
+                    .await?
+                    .iter()
+                    .filter(|p| p.part_number as u32 == number.get())
+                    .map(|p| p.size_bytes as u64)
+                    .sum(),
+                None => 0,
+            };
             held.exactly(&owner, len.saturating_sub(replaced), 0)
                 .await?;
         }

@@ -10,6 +10,7 @@ use super::{
     now_secs,
     objects::{multipart_of, spool},
     placement::{self, Received},
+    quota::Reservation,
     validate, Error, Result, Service,
 };
 use crate::{
@@ -165,8 +166,8 @@ impl Totals {
         })
     }
 
-    /// Chunk `number` fits the declared totals (and the image size limit).
-    fn check_chunk(&self, number: ChunkNumber, max_image_bytes: u64) -> Result<()> {
+    /// Chunk `number` of `len` bytes fits the declared totals (and the image size limit).
+    fn check_chunk(&self, number: ChunkNumber, len: u64, max_image_bytes: u64) -> Result<()> {
         if let Some(total) = self.total_chunks {
             if number.get() > total {
                 return Err(Error::InvalidInput(format!(
@@ -176,6 +177,11 @@ impl Totals {
         }
         if self.total_size.is_some_and(|t| t > max_image_bytes) {
             return Err(Error::TooLarge);
+        }
+        if let Some(total) = self.total_size.filter(|t| len > *t) {
+            return Err(Error::SizeMismatch(format!(
+                "chunk {number} has {len} bytes, more than the upload's totalSize {total}"
+            )));
         }
         Ok(())
     }
@@ -302,7 +308,8 @@ impl Service {
             declared.push(chunk_checksum(c).map_err(Error::InvalidInput)?);
         }
         chunk.verify(number, &declared, &totals).await?;
-        totals.check_chunk(number, self.cfg.max_image_bytes)?;
+        let len = chunk.body.len;
+        totals.check_chunk(number, len, self.cfg.max_image_bytes)?;
         let tier = self.tier_for(fields.get(Field::Priority))?.clone();
         // With authentication off, the session records the `userId` a client sends with its
         // chunks (the user its chunks count against), as it did not belong to anyone before.
@@ -312,13 +319,17 @@ impl Service {
                 .filter(|u| !u.is_empty() && !u.contains('\0'))
                 .map(str::to_string)
         });
+        // The quota is reserved before a session is opened: a first chunk refused for it
+        // leaves no session behind (nor does one refused for the request's own totals, above).
+        let quota = self
+            .reserve_chunk(&target, owner.as_deref(), number, len)
+            .await?;
         let (session, opened) = self.open_session(&target, owner, &tier).await?;
         trace.session_opened = opened;
         trace.owner = session.owner.clone();
-        let others = self
-            .admit_chunk(&session, totals, number, chunk.body.len)
-            .await?;
-        self.store_chunk(&session, number, chunk, &others).await
+        let others = self.admit_chunk(&session, totals, number, len).await?;
+        self.store_chunk(&session, number, chunk, &others, quota)
+            .await
     }
 
     /// Reads a chunk request's form: its fields (over `query`) and its file part (`part` or
@@ -364,7 +375,7 @@ impl Service {
         len: u64,
     ) -> Result<Vec<Received>> {
         let totals = totals.agrees_with(session)?;
-        totals.check_chunk(number, self.cfg.max_image_bytes)?;
+        totals.check_chunk(number, len, self.cfg.max_image_bytes)?;
         if session.state != Open {
             return Err(Error::Conflict(format!(
                 "upload {} is {}; cancel it to start again",
@@ -414,9 +425,9 @@ impl Service {
         number: ChunkNumber,
         chunk: SpooledChunk,
         others: &[Received],
+        quota: Reservation,
     ) -> Result<()> {
         let (len, number) = (chunk.body.len, number.get());
-        let quota = self.reserve_chunk(session, number, len).await?;
         let min = self.store.min_part_size();
         let direct = placement::send_direct(number, len, min, others);
         let uploaded = self
@@ -537,6 +548,8 @@ impl Service {
     /// `DELETE /images/upload`: drops every chunk of an identifier.
     pub async fn cancel_upload(&self, caller: &Caller, fields: Fields) -> Result<()> {
         let target = SessionRef::of(caller, &fields)?;
+        // A priority, when sent, names a tier (as for chunks and the merge, SPEC section 5).
+        self.tier_for(fields.get(Field::Priority))?;
         let identifier: &str = &target.identifier;
         let Some(session) = db::uploads::find(&self.db, &target.key).await? else {
             return Ok(());

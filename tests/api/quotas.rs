@@ -227,15 +227,17 @@ async fn chunks_stop_at_the_crossing_chunk(b: Backend) {
     assert_eq!(chunks_held(&app, "c1").await, vec![1, 2]);
     // Chunks of another upload of the same user count together.
     assert_quota_exceeded(chunk_as(&app, carol, "c2", 1, MIB + 1).await).await;
-    assert_eq!(chunks_held(&app, "c2").await, Vec::<u64>::new());
+    // A refused first chunk opens no upload.
+    let (_, v) = app.get_json("/images/upload?identifier=c2").await;
+    assert_eq!(v["state"], "none", "{v}");
     // Chunk 2 again, larger: its old copy does not count against it (1 + 2 = 3 MiB).
     assert_eq!(chunk_as(&app, carol, "c1", 2, 2 * MIB).await.status(), 200);
     assert_held(&app, "carol", (3 << 20, 0)).await;
     assert_quota_exceeded(chunk_as(&app, carol, "c1", 3, 1).await).await;
     assert_eq!(chunks_held(&app, "c1").await, vec![1, 2]);
 
-    // Merged for its own user: the same bytes, now an image (c2, opened by its refused
-    // first chunk, is still open and holds nothing).
+    // Merged for its own user: the same bytes, now an image (and no upload is open: c2's
+    // refused first chunk opened none).
     let r = merge_as(&app, "carol", "c1").await;
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
     let v = usage(&app, "carol").await;
@@ -245,7 +247,7 @@ async fn chunks_stop_at_the_crossing_chunk(b: Backend) {
             v["images"].as_u64(),
             v["openUploads"].as_u64()
         ),
-        (Some(3 << 20), Some(1), Some(1))
+        (Some(3 << 20), Some(1), Some(0))
     );
     let id = r.json::<Value>().await.unwrap()["imageId"]
         .as_str()
