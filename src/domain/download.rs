@@ -231,6 +231,10 @@ mod tests {
             (from(100, None), 100, None),
             (Suffix(0), 100, None),
             (Suffix(5), 0, None),
+            // Positions past u64 (saturated by the parser).
+            (from(u64::MAX, None), 100, None),
+            (from(0, Some(u64::MAX)), 100, Some((0, 99))),
+            (Suffix(u64::MAX), 100, Some((0, 99))),
         ];
         for (asked, size, want) in cases {
             let got = asked.resolve(size).map(|r| (r.start, r.end));

@@ -58,9 +58,30 @@ pub fn user_id(raw: Option<&str>) -> Result<String, String> {
     Ok(id.to_string())
 }
 
+/// A decimal count as HTTP and query strings write it (RFC 9110's `1*DIGIT`: ASCII digits
+/// only, no sign): its value, or `u64::MAX` past it (the syntax has no bound, so a longer
+/// count means "more than anything here"). `None` when it is not digits.
+pub fn count(text: &str) -> Option<u64> {
+    if text.is_empty() || !text.bytes().all(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    Some(text.parse().unwrap_or(u64::MAX))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counts() {
+        assert_eq!(count("0"), Some(0));
+        assert_eq!(count("0042"), Some(42));
+        assert_eq!(count("18446744073709551615"), Some(u64::MAX));
+        assert_eq!(count("99999999999999999999999"), Some(u64::MAX));
+        for bad in ["", "+1", "-1", " 1", "1.0", "0x10", "1e3"] {
+            assert_eq!(count(bad), None, "{bad:?}");
+        }
+    }
 
     #[test]
     fn file_names() {

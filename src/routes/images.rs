@@ -201,7 +201,8 @@ pub async fn list(
     let number = |name: &str| -> ApiResult<Option<u64>> {
         match fields.get(name).map(str::trim).filter(|v| !v.is_empty()) {
             None => Ok(None),
-            Some(v) => v.parse().map(Some).map_err(|_| {
+            // Past u64, as many as there are.
+            Some(v) => crate::domain::validate::count(v).map(Some).ok_or_else(|| {
                 ApiError::bad_request(format!("{name} must be a non-negative integer"))
             }),
         }
@@ -580,13 +581,9 @@ pub fn parse_range(v: &str) -> Option<RangeRequest> {
     }
     let (a, b) = spec.split_once('-')?;
     let (a, b) = (a.trim(), b.trim());
-    let num = |s: &str| -> Option<u64> {
-        if s.bytes().all(|c| c.is_ascii_digit()) && !s.is_empty() {
-            s.parse().ok()
-        } else {
-            None
-        }
-    };
+    // Past u64 a position is beyond any representation: a first position unsatisfiable
+    // (416), a last one or a suffix the whole (RFC 9110 section 14.1.2).
+    let num = crate::domain::validate::count;
     if a.is_empty() {
         return Some(RangeRequest::Suffix(num(b)?));
     }
@@ -661,6 +658,26 @@ mod tests {
         assert_eq!(parse_range("items=0-1"), None);
         assert_eq!(parse_range("bytes=9-2"), None);
         assert_eq!(parse_range("bytes=a-b"), None);
+        assert_eq!(parse_range("bytes=+1-2"), None);
+        let huge = "99999999999999999999";
+        assert_eq!(
+            parse_range(&format!("bytes={huge}-")),
+            Some(RangeRequest::From {
+                start: u64::MAX,
+                end: None
+            })
+        );
+        assert_eq!(
+            parse_range(&format!("bytes=0-{huge}")),
+            Some(RangeRequest::From {
+                start: 0,
+                end: Some(u64::MAX)
+            })
+        );
+        assert_eq!(
+            parse_range(&format!("bytes=-{huge}")),
+            Some(RangeRequest::Suffix(u64::MAX))
+        );
     }
 
     #[test]

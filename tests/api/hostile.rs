@@ -2125,6 +2125,34 @@ async fn undecodable_form_values_are_refused(app: &TestApp) -> Held {
     NOTHING
 }
 
+/// A first chunk refused for its own totals (larger than its `totalSize`, a `totalSize` of
+/// 0) or its priority opens no upload: nothing is left to expire a day later.
+async fn refused_first_chunks_open_no_upload(app: &TestApp) -> Held {
+    let cases = [
+        (("totalSize", "1000"), "SIZE_MISMATCH"),
+        (("totalSize", "0"), "SIZE_MISMATCH"),
+        (("priority", "5"), "INVALID_PARAMETER"),
+    ];
+    for ((name, value), code) in cases {
+        let body = Raw::new()
+            .text("identifier", b"first")
+            .text(name, value.as_bytes())
+            .file("part", b"1.part", &pattern(21, 100_000));
+        let v = refused(post_multipart(app, "/images/upload", body).await, 400, code).await;
+        let (_, state) = app.get_json("/images/upload?identifier=first").await;
+        assert_eq!(state["state"], "none", "{name}={value}: {v} {state}");
+    }
+    // A cancel naming no tier is refused too, as a chunk and a merge are.
+    let r = app
+        .client
+        .delete(app.url("/images/upload?identifier=first&priority=5"))
+        .send()
+        .await
+        .unwrap();
+    refused(r, 400, "INVALID_PARAMETER").await;
+    NOTHING
+}
+
 /// Sends `request` (`"METHOD /path"` below the API), its `headers` and the start of its body,
 /// then goes silent; the server's whole answer (empty when it gave none within 15 s).
 async fn silent_answer(app: &TestApp, request: &str, headers: &str, body_start: &[u8]) -> String {
@@ -2249,18 +2277,18 @@ async fn range_malformed(app: &TestApp) -> Held {
 
 async fn range_overflowing_numbers(app: &TestApp) -> Held {
     let (id, data) = range_image(app).await;
-    // Too large for u64: not a range we can read; the whole body.
-    whole(
-        download_with(
-            app,
-            &id,
-            false,
-            &[("Range", "bytes=0-99999999999999999999999")],
-        )
-        .await,
-        &data,
-    )
-    .await;
+    // Past u64 (RFC 9110 puts no bound on the digits): a last position is past the end,
+    // clamped; a first position is past the end, unsatisfiable; a suffix is the whole.
+    let huge = "99999999999999999999999";
+    let r = download_with(app, &id, false, &[("Range", &format!("bytes=0-{huge}"))]).await;
+    assert_eq!(r.status(), 206);
+    assert_eq!(r.headers()["content-range"], "bytes 0-9999/10000");
+    assert_eq!(r.bytes().await.unwrap().to_vec(), data);
+    unsatisfiable(download_with(app, &id, false, &[("Range", &format!("bytes={huge}-"))]).await)
+        .await;
+    let r = download_with(app, &id, false, &[("Range", &format!("bytes=-{huge}"))]).await;
+    assert_eq!(r.status(), 206);
+    assert_eq!(r.bytes().await.unwrap().to_vec(), data);
     // A huge (u64) end is clamped.
     let r = download_with(
         app,
@@ -2865,6 +2893,7 @@ hostile_cases! {
     silent_small_bodies_time_out with idle_timeout(),
     broken_small_bodies_are_bad_bodies,
     undecodable_form_values_are_refused,
+    refused_first_chunks_open_no_upload,
     // Range and conditional headers.
     range_past_end,
     range_suffix_zero,

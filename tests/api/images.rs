@@ -104,6 +104,9 @@ async fn upload_query_delete_round_trip(b: Backend) {
         ("offset=1", 1),
         ("offset=18446744073709551615", 0),
         ("limit=18446744073709551615&offset=0", 2),
+        // Past u64 too: as many as there are.
+        ("limit=99999999999999999999", 2),
+        ("offset=99999999999999999999", 0),
     ] {
         let (status, v) = app.get_json(&format!("/images?{q}")).await;
         assert_eq!(status, 200, "{q}: {v}");
