@@ -330,48 +330,36 @@ mod tests {
         let _ = chunks.await;
     }
 
+    /// A stalled body is given up after the drain's timeout, or sooner when the client has
+    /// been silent for the body idle timeout.
     #[tokio::test]
-    async fn a_stalled_body_is_given_up_after_the_timeout() {
-        let addr = serve(DrainLimits {
-            timeout: Duration::from_millis(300),
+    async fn a_stalled_body_is_given_up_after_either_timeout() {
+        let short = Duration::from_millis(300);
+        let stalled_whole = DrainLimits {
+            timeout: short,
             ..LIMITS
-        })
-        .await;
-        let mut s = connect(&addr).await;
-        s.write_all(head("/reject", 1000, "").as_bytes())
-            .await
-            .unwrap();
-        s.write_all(b"only ten b").await.unwrap();
-        let started = Instant::now();
-        let (status, headers, _) = tokio::time::timeout(Duration::from_secs(5), response(&mut s))
-            .await
-            .expect("answered once the drain timed out");
-        assert_eq!(status, 400);
-        assert!(headers.contains("connection: close"), "{headers}");
-        assert!(started.elapsed() >= Duration::from_millis(250));
-    }
-
-    /// A client silent for the body idle timeout is answered then, long before the drain's
-    /// own timeout.
-    #[tokio::test]
-    async fn a_silent_client_is_answered_after_the_idle_timeout() {
-        let addr = serve(DrainLimits {
-            idle: Duration::from_millis(300),
+        };
+        let silent = DrainLimits {
+            idle: short,
             ..LIMITS
-        })
-        .await;
-        let mut s = connect(&addr).await;
-        s.write_all(head("/reject", 100_000, "").as_bytes())
-            .await
-            .unwrap();
-        s.write_all(&[7; 5000]).await.unwrap();
-        let started = Instant::now();
-        let (status, headers, _) = tokio::time::timeout(Duration::from_secs(5), response(&mut s))
-            .await
-            .expect("answered once the client was idle");
-        assert_eq!(status, 400);
-        assert!(headers.contains("connection: close"), "{headers}");
-        assert!(started.elapsed() >= Duration::from_millis(250));
+        };
+        for limits in [stalled_whole, silent] {
+            let addr = serve(limits).await;
+            let mut s = connect(&addr).await;
+            s.write_all(head("/reject", 100_000, "").as_bytes())
+                .await
+                .unwrap();
+            s.write_all(&[7; 5000]).await.unwrap();
+            let started = Instant::now();
+            let answer = tokio::time::timeout(Duration::from_secs(5), response(&mut s)).await;
+            let (status, headers, _) = answer.expect("answered once the drain gave up");
+            assert_eq!(status, 400, "{limits:?}");
+            assert!(headers.contains("connection: close"), "{headers}");
+            assert!(
+                started.elapsed() >= Duration::from_millis(250),
+                "{limits:?}"
+            );
+        }
     }
 
     #[tokio::test]
