@@ -217,10 +217,8 @@ fn names_other_files(info: &Value) -> Option<qcow2::Refusal> {
 impl ImageOps for LocalImageOps {
     async fn check(&self, image: &Image, declared: Declared) -> CheckReport {
         let format = declared.format();
-        if declared == Declared::Qcow2 {
-            if let Err(refusal) = qcow2::refuse_foreign_files(image).await {
-                return CheckReport::failed(refusal);
-            }
+        if let Err(refusal) = qcow2::refuse_foreign_files(image, declared).await {
+            return CheckReport::failed(refusal);
         }
         let info = match image_info(image, format).await {
             Ok(v) => v,

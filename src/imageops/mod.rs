@@ -94,7 +94,7 @@ pub trait ImageOps: Send + Sync + 'static {
     /// file (a backing or an external data file) is refused before anything runs: the object
     /// may have changed since its check, so that check is never trusted alone.
     async fn compress(&self, input: &Image, output: &Path, progress: Progress) -> Compressed {
-        qcow2::refuse_foreign_files(input)
+        qcow2::refuse_foreign_files(input, Declared::Qcow2)
             .await
             .map_err(CompressFailure::failed)?;
         self.convert(input, output, progress).await

@@ -1,5 +1,7 @@
-//! Reads a qcow2 header without qemu, to refuse images that name other files before any tool
-//! opens them. Layout from QEMU's `docs/interop/qcow2.txt` (all fields big-endian):
+//! Reads image headers without qemu, to refuse images that name other files before any tool
+//! opens them: a qcow2 (or, under a raw name, any header a format-probing consumer would follow
+//! to other files; see [`inspect_raw_bytes`]). qcow2 layout from QEMU's
+//! `docs/interop/qcow2.txt` (all fields big-endian):
 //!
 //! - bytes 0..4 magic `QFI\xfb`, 4..8 version (2 or 3), 8..16 backing file offset,
 //!   16..20 backing file name length;
@@ -8,7 +10,7 @@
 //! - header extensions follow the header (version 2: at byte 72): type (u32), length (u32),
 //!   data padded to 8 bytes; type 0 ends the list, `0x44415441` names the external data file.
 
-use super::Image;
+use super::{Declared, Image};
 use std::{io::Read, path::Path};
 
 pub const MAGIC: &[u8; 4] = b"QFI\xfb";
@@ -31,6 +33,9 @@ pub enum Refusal {
     UnsupportedVersion(u32),
     BackingFile,
     DataFile,
+    /// Under a raw name (`.img`, `.iso`), the header of a format whose images name other
+    /// files (VMDK: extent files; VHDX: a parent).
+    ForeignFormat(&'static str),
 }
 
 impl std::fmt::Display for Refusal {
@@ -44,6 +49,11 @@ impl std::fmt::Display for Refusal {
             ),
             Refusal::DataFile => f.write_str(
                 "the image names an external data file; images that refer to other files are refused",
+            ),
+            Refusal::ForeignFormat(format) => write!(
+                f,
+                "the file has a raw image's name but its content is {format}, a format whose \
+                 images name other files; images that refer to other files are refused"
             ),
         }
     }
@@ -99,25 +109,84 @@ pub fn inspect_bytes(b: &[u8]) -> Result<(), Refusal> {
     Ok(())
 }
 
-/// Reads the start of the file at `path` and checks it (see `inspect_bytes`).
-pub fn inspect(path: &Path) -> std::io::Result<Result<(), Refusal>> {
+/// QED's magic (`QED\0`, little-endian fields; QEMU's `docs/interop/qed_spec.txt`).
+const QED_MAGIC: &[u8; 4] = b"QED\0";
+/// QED feature bit: the image has a backing file.
+const QED_F_BACKING_FILE: u64 = 1;
+
+/// Checks the first bytes of an image stored under a raw name (`.img`, `.iso`). This service
+/// reads such an image as raw bytes (it never probes a format), but a consumer that probes
+/// would follow what a recognised header names, so content that names other files is refused
+/// as it is under a `.qcow2` name: a qcow2 with a backing or an external data file, a QED with
+/// a backing file, a VMDK (sparse or descriptor: it names extent files) and a VHDX (it can
+/// name a parent). Anything else, a self-contained qcow2 included (cloud images often come
+/// as `.img`), is raw content.
+pub fn inspect_raw_bytes(b: &[u8]) -> Result<(), Refusal> {
+    if b.starts_with(MAGIC) {
+        return match inspect_bytes(b) {
+            Err(r @ (Refusal::BackingFile | Refusal::DataFile)) => Err(r),
+            _ => Ok(()),
+        };
+    }
+    if b.starts_with(QED_MAGIC) {
+        let le64 = |at: usize| {
+            b.get(at..at + 8)
+                .map(|f| u64::from_le_bytes(f.try_into().unwrap()))
+        };
+        let le32 = |at: usize| {
+            b.get(at..at + 4)
+                .map(|f| u32::from_le_bytes(f.try_into().unwrap()))
+        };
+        let features = le64(16).unwrap_or(0);
+        let backing_len = le32(60).unwrap_or(0);
+        if features & QED_F_BACKING_FILE != 0 || backing_len != 0 {
+            return Err(Refusal::BackingFile);
+        }
+        return Ok(());
+    }
+    // VMDK: the sparse extent magics (`KDMV`, `COWD`) and the text descriptor, which QEMU's
+    // probe recognises by this first line.
+    let descriptor = b.starts_with(b"# Disk DescriptorFile");
+    if b.starts_with(b"KDMV") || b.starts_with(b"COWD") || descriptor {
+        return Err(Refusal::ForeignFormat("VMDK"));
+    }
+    if b.starts_with(b"vhdxfile") {
+        return Err(Refusal::ForeignFormat("VHDX"));
+    }
+    Ok(())
+}
+
+/// Checks the first bytes of an image of the `declared` format: [`inspect_bytes`] for a qcow2,
+/// [`inspect_raw_bytes`] for a raw one.
+pub fn inspect_declared(b: &[u8], declared: Declared) -> Result<(), Refusal> {
+    match declared {
+        Declared::Qcow2 => inspect_bytes(b),
+        Declared::Raw => inspect_raw_bytes(b),
+    }
+}
+
+/// Reads the start of the file at `path` (at most [`HEAD_BYTES`]).
+fn read_head(path: &Path) -> std::io::Result<Vec<u8>> {
     let mut head = Vec::with_capacity(HEAD_BYTES);
     std::fs::File::open(path)?
         .take(HEAD_BYTES as u64)
         .read_to_end(&mut head)?;
-    Ok(inspect_bytes(&head))
+    Ok(head)
 }
 
-/// Refuses a qcow2 whose header is not qcow2 or names another file (read without qemu): from
-/// the file, or from the first bytes an NBD export's image came with.
-pub async fn refuse_foreign_files(image: &Image) -> Result<(), String> {
+/// Refuses an image of the `declared` format whose header says it is not that format (a
+/// `.qcow2` that is not qcow2) or names another file, read without qemu (see
+/// [`inspect_declared`]): from the file, or from the first bytes an NBD export's image came
+/// with. Errors are texts for clients (they never name a path).
+pub async fn refuse_foreign_files(image: &Image, declared: Declared) -> Result<(), String> {
     let path = match image {
         Image::File(p) => p.clone(),
-        Image::Nbd { head, .. } => return inspect_bytes(head).map_err(|r| r.to_string()),
+        Image::Nbd { head, .. } => {
+            return inspect_declared(head, declared).map_err(|r| r.to_string())
+        }
     };
-    match tokio::task::spawn_blocking(move || inspect(&path)).await {
-        Ok(Ok(Ok(()))) => Ok(()),
-        Ok(Ok(Err(refusal))) => Err(refusal.to_string()),
+    match tokio::task::spawn_blocking(move || read_head(&path)).await {
+        Ok(Ok(head)) => inspect_declared(&head, declared).map_err(|r| r.to_string()),
         Ok(Err(e)) => Err(format!("cannot read the image: {}", e.kind())),
         Err(_) => Err("cannot read the image".into()),
     }
@@ -164,6 +233,45 @@ mod tests {
         b[128..132].copy_from_slice(&EXT_DATA_FILE.to_be_bytes());
         b[132..136].copy_from_slice(&4u32.to_be_bytes());
         assert_eq!(inspect_bytes(&b), Err(Refusal::DataFile));
+    }
+
+    /// Under a raw name: content that names other files is refused, a self-contained qcow2
+    /// and anything else is raw.
+    #[test]
+    fn raw_names_refuse_headers_that_name_other_files() {
+        assert_eq!(inspect_raw_bytes(b""), Ok(()));
+        assert_eq!(inspect_raw_bytes(&[0u8; 4096]), Ok(()));
+        assert_eq!(inspect_raw_bytes(b"CD001 an ISO, say"), Ok(()));
+        assert_eq!(inspect_raw_bytes(&header(3)), Ok(()));
+        assert_eq!(inspect_raw_bytes(&header(3)[..20]), Ok(()));
+        let mut b = header(3);
+        b[8..16].copy_from_slice(&512u64.to_be_bytes());
+        assert_eq!(inspect_raw_bytes(&b), Err(Refusal::BackingFile));
+        let mut b = header(3);
+        b[79] = INCOMPAT_DATA_FILE as u8;
+        assert_eq!(inspect_raw_bytes(&b), Err(Refusal::DataFile));
+        let mut qed = vec![0u8; 512];
+        qed[..4].copy_from_slice(QED_MAGIC);
+        assert_eq!(inspect_raw_bytes(&qed), Ok(()));
+        qed[16] = QED_F_BACKING_FILE as u8;
+        assert_eq!(inspect_raw_bytes(&qed), Err(Refusal::BackingFile));
+        for vmdk in [
+            &b"KDMV\x01\x00\x00\x00"[..],
+            b"COWD",
+            b"# Disk DescriptorFile\nRW 8 FLAT \"/etc/passwd\" 0\n",
+        ] {
+            assert_eq!(inspect_raw_bytes(vmdk), Err(Refusal::ForeignFormat("VMDK")));
+        }
+        assert_eq!(
+            inspect_raw_bytes(b"vhdxfile"),
+            Err(Refusal::ForeignFormat("VHDX"))
+        );
+        // The qcow2 rules stay the qcow2 name's.
+        assert_eq!(
+            inspect_declared(b"CD001", Declared::Qcow2),
+            Err(Refusal::NotQcow2)
+        );
+        assert_eq!(inspect_declared(b"CD001", Declared::Raw), Ok(()));
     }
 
     #[test]

@@ -110,10 +110,8 @@ fn status<E: ActiveEnum<Value = i32>>(n: i32) -> Option<E> {
 impl ImageOps for RemoteImageOps {
     async fn check(&self, image: &Image, declared: Declared) -> CheckReport {
         // Whatever the sidecar does, an image that names other files never reaches it.
-        if declared == Declared::Qcow2 {
-            if let Err(refusal) = super::qcow2::refuse_foreign_files(image).await {
-                return CheckReport::failed(refusal);
-            }
+        if let Err(refusal) = super::qcow2::refuse_foreign_files(image, declared).await {
+            return CheckReport::failed(refusal);
         }
         let run = async {
             let request = CheckRequest {

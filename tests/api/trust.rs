@@ -265,8 +265,50 @@ async fn slim_needs_a_usable_check(b: Backend) {
     app.stop().await;
 }
 
+/// A raw name (`.img`, `.iso`) hides nothing: this service reads such an image as raw bytes,
+/// but a consumer that probes formats would follow what its header names, so the same images
+/// are refused under a raw name (and a VMDK, which names its extents); a self-contained qcow2
+/// named `.img`, as cloud images often are, stays a raw image that is not checked (status 5).
+async fn raw_names_do_not_hide_images_naming_host_files(b: Backend) {
+    let app = TestApp::spawn(b, Options::default()).await;
+    let (marker_path, tag) = marker(app.dir.path());
+    let mut cases = hostile_images(app.dir.path(), &marker_path);
+    let descriptor = app.dir.path().join("desc.vmdk");
+    let text = format!(
+        "# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\n\
+         createType=\"monolithicFlat\"\nRW 2048 FLAT \"{}\" 0\n",
+        marker_path.display()
+    );
+    std::fs::write(&descriptor, text).unwrap();
+    cases.push(("vmdk-descriptor".into(), descriptor, "VMDK"));
+    for (what, path, why) in cases {
+        for ext in ["img", "iso"] {
+            let bytes = std::fs::read(&path).unwrap();
+            let id = app.upload_ok(&format!("{what}.{ext}"), bytes.clone()).await;
+            let v = wait_checked(&app, &id).await;
+            assert_eq!(v["checkStatusResponse"]["status"], 3, "{what}.{ext}: {v}");
+            let msg = v["checkStatusResponse"]["msg"].as_str().unwrap();
+            assert!(msg.contains(why), "{what}.{ext}: {msg}");
+            assert_no_paths(&app, &what, &v.to_string());
+            let v = assert_error(slim(&app, &id).await, 400, None).await;
+            assert_eq!(v["code"], "SLIM_REFUSED", "{what}.{ext}: {v}");
+            let got = app.download(&id).await;
+            assert!(!contains(&got, &tag), "{what}.{ext}: the host file");
+            assert_eq!(got, bytes, "{what}.{ext}");
+        }
+    }
+    let cloud = make_qcow2(app.dir.path(), "cloud.qcow2", 16, 4);
+    let id = app
+        .upload_ok("cloud.img", std::fs::read(&cloud).unwrap())
+        .await;
+    let v = wait_checked(&app, &id).await;
+    assert_eq!(v["checkStatusResponse"]["status"], 5, "{v}");
+    app.stop().await;
+}
+
 crate::backend_tests!(
     images_naming_host_files_never_serve_them,
     slim_never_trusts_the_check_alone,
-    slim_needs_a_usable_check
+    slim_needs_a_usable_check,
+    raw_names_do_not_hide_images_naming_host_files
 );
