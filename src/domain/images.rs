@@ -5,7 +5,7 @@ use super::{
     ids::{ImageId, ObjectKey},
     now_secs, texts, Error, Result, Service,
 };
-use crate::db;
+use crate::{db, metrics::SlimOutcome};
 use entity::{
     image,
     status::{CheckStatus, CompressStatus, JobKind, SlimStatus},
@@ -102,10 +102,12 @@ impl Service {
         }
         if img.check_status == CheckStatus::NotCheckedType {
             db::images::refuse_slim(&self.db, &id, texts::SLIM_UNSUPPORTED, now_secs()).await?;
+            self.metrics.image_slimmed(SlimOutcome::Unsupported);
             return Err(Error::InvalidInput(texts::SLIM_UNSUPPORTED.to_string()));
         }
         if let Some(refusal) = slim_refusal(&img) {
             db::images::refuse_slim(&self.db, &id, &refusal, now_secs()).await?;
+            self.metrics.image_slimmed(SlimOutcome::Refused);
             return Err(Error::SlimRefused(refusal));
         }
         // The state change and its job are one transaction: slimStatus 1 always has a job.

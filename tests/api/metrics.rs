@@ -258,6 +258,20 @@ async fn metrics_count_store_calls_uploads_checks_and_the_process(b: Backend) {
     let cpu = m.get("process_cpu_seconds_total");
     assert!(cpu > 0.0 && cpu >= before.get("process_cpu_seconds_total"));
 
+    // A slim refused at once (a raw image) counts as a slim that ended unsupported.
+    let raw = app.upload_ok("refused.img", pattern(6, 1000)).await;
+    crate::checks::wait_checked(&app, &raw).await;
+    let r = app
+        .client
+        .post(app.url(&format!("/images/{raw}/action/slim")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let m = scrape(&app.client, &app.base).await;
+    let unsupported = r#"fs_image_slims_total{status="unsupported"}"#;
+    assert_eq!(m.get(unsupported), 1.0, "{}", m.text);
+
     // Scratch bytes are measured at each scrape: a file appears in them, and leaves with it.
     let base = m.get("fs_scratch_bytes");
     let file = app.scratch.join("metrics-probe.bin");
