@@ -98,11 +98,16 @@ pub enum AuthFailure {
     WrongIssuer,
     #[error("the JWT's audience is not this service")]
     WrongAudience,
-    #[error("the JWT lacks the required claim {0:?}")]
+    /// Absent, or not of its type (jsonwebtoken reports an `exp` that is not a number as
+    /// missing).
+    #[error("the JWT lacks the required claim {0:?} (or it is not of the claim's type)")]
     MissingClaim(String),
     #[error("the JWT's claim {0:?} is malformed")]
     BadClaim(String),
-    #[error("the JWT carries no user id in claim {0:?}")]
+    #[error(
+        "the JWT carries no usable user id in claim {0:?} (1 to 255 bytes of text, no control \
+         characters)"
+    )]
     NoUserClaim(String),
 }
 
