@@ -418,7 +418,8 @@ impl Service {
     }
 
     /// Stores an admitted chunk as part `number` of the session's multipart upload (directly,
-    /// or staged when the store's minimum part size asks for it) and records it.
+    /// or staged when the store's minimum part size asks for it) and records it; `quota`, the
+    /// reservation of its bytes, is released once the part row counts them.
     async fn store_chunk(
         &self,
         session: &upload_session::Model,
