@@ -67,6 +67,14 @@ fn be64(b: &[u8], at: usize) -> Option<u64> {
     Some(u64::from_be_bytes(b.get(at..at + 8)?.try_into().ok()?))
 }
 
+fn le32(b: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?))
+}
+
+fn le64(b: &[u8], at: usize) -> Option<u64> {
+    Some(u64::from_le_bytes(b.get(at..at + 8)?.try_into().ok()?))
+}
+
 /// Checks the header bytes of a qcow2 image: `Ok` when it is a qcow2 that refers to no other
 /// file (no backing file, no external data file).
 pub fn inspect_bytes(b: &[u8]) -> Result<(), Refusal> {
@@ -129,16 +137,8 @@ pub fn inspect_raw_bytes(b: &[u8]) -> Result<(), Refusal> {
         };
     }
     if b.starts_with(QED_MAGIC) {
-        let le64 = |at: usize| {
-            b.get(at..at + 8)
-                .map(|f| u64::from_le_bytes(f.try_into().unwrap()))
-        };
-        let le32 = |at: usize| {
-            b.get(at..at + 4)
-                .map(|f| u32::from_le_bytes(f.try_into().unwrap()))
-        };
-        let features = le64(16).unwrap_or(0);
-        let backing_len = le32(60).unwrap_or(0);
+        let features = le64(b, 16).unwrap_or(0);
+        let backing_len = le32(b, 60).unwrap_or(0);
         if features & QED_F_BACKING_FILE != 0 || backing_len != 0 {
             return Err(Refusal::BackingFile);
         }

@@ -158,6 +158,35 @@ async fn wait_slim_ended(app: &TestApp, id: &str) -> serde_json::Value {
     }
 }
 
+/// Uploads `bytes` as `name` and follows it through every step: its check refuses it (status
+/// 3, saying `why`), so does a slim, the download is the uploaded bytes without the host
+/// file's `tag`, and no answer shows a server path.
+async fn refused_at_every_step(app: &TestApp, name: &str, bytes: Vec<u8>, why: &str, tag: &[u8]) {
+    let what = name;
+    let id = app.upload_ok(name, bytes.clone()).await;
+    let v = wait_checked(app, &id).await;
+    assert_eq!(v["checkStatusResponse"]["status"], 3, "{what}: {v}");
+    let msg = v["checkStatusResponse"]["msg"].as_str().unwrap();
+    assert!(msg.contains(why), "{what}: {msg}");
+    assert_no_paths(app, what, &v.to_string());
+
+    let v = assert_error(slim(app, &id).await, 400, None).await;
+    assert_eq!(v["code"], "SLIM_REFUSED", "{what}: {v}");
+    assert!(v["message"].as_str().unwrap().contains(why), "{what}: {v}");
+    assert_no_paths(app, what, &v.to_string());
+    let (_, v) = app.get_json(&format!("/images/{id}")).await;
+    assert_eq!(v["slimStatus"], 3, "{what}: {v}");
+    assert_eq!(v["compressInfo"]["compressStatus"], 2, "{what}: {v}");
+    assert_no_paths(app, what, &v.to_string());
+
+    let got = app.download(&id).await;
+    assert!(
+        !contains(&got, tag),
+        "{what}: the download carried the host file"
+    );
+    assert_eq!(got, bytes, "{what}: the download is not the uploaded image");
+}
+
 /// Upload, check, slim and download of every hostile image: refused at each step, the
 /// download is the uploaded bytes, nothing of the host file and no path is ever shown.
 async fn images_naming_host_files_never_serve_them(b: Backend) {
@@ -165,28 +194,7 @@ async fn images_naming_host_files_never_serve_them(b: Backend) {
     let (marker_path, tag) = marker(app.dir.path());
     for (what, path, why) in hostile_images(app.dir.path(), &marker_path) {
         let bytes = std::fs::read(&path).unwrap();
-        let id = app.upload_ok(&format!("{what}.qcow2"), bytes.clone()).await;
-        let v = wait_checked(&app, &id).await;
-        assert_eq!(v["checkStatusResponse"]["status"], 3, "{what}: {v}");
-        let msg = v["checkStatusResponse"]["msg"].as_str().unwrap();
-        assert!(msg.contains(why), "{what}: {msg}");
-        assert_no_paths(&app, &what, &v.to_string());
-
-        let v = assert_error(slim(&app, &id).await, 400, None).await;
-        assert_eq!(v["code"], "SLIM_REFUSED", "{what}: {v}");
-        assert!(v["message"].as_str().unwrap().contains(why), "{what}: {v}");
-        assert_no_paths(&app, &what, &v.to_string());
-        let (_, v) = app.get_json(&format!("/images/{id}")).await;
-        assert_eq!(v["slimStatus"], 3, "{what}: {v}");
-        assert_eq!(v["compressInfo"]["compressStatus"], 2, "{what}: {v}");
-        assert_no_paths(&app, &what, &v.to_string());
-
-        let got = app.download(&id).await;
-        assert!(
-            !contains(&got, &tag),
-            "{what}: the download carried the host file"
-        );
-        assert_eq!(got, bytes, "{what}: the download is not the uploaded image");
+        refused_at_every_step(&app, &format!("{what}.qcow2"), bytes, why, &tag).await;
     }
     app.stop().await;
 }
@@ -284,17 +292,7 @@ async fn raw_names_do_not_hide_images_naming_host_files(b: Backend) {
     for (what, path, why) in cases {
         for ext in ["img", "iso"] {
             let bytes = std::fs::read(&path).unwrap();
-            let id = app.upload_ok(&format!("{what}.{ext}"), bytes.clone()).await;
-            let v = wait_checked(&app, &id).await;
-            assert_eq!(v["checkStatusResponse"]["status"], 3, "{what}.{ext}: {v}");
-            let msg = v["checkStatusResponse"]["msg"].as_str().unwrap();
-            assert!(msg.contains(why), "{what}.{ext}: {msg}");
-            assert_no_paths(&app, &what, &v.to_string());
-            let v = assert_error(slim(&app, &id).await, 400, None).await;
-            assert_eq!(v["code"], "SLIM_REFUSED", "{what}.{ext}: {v}");
-            let got = app.download(&id).await;
-            assert!(!contains(&got, &tag), "{what}.{ext}: the host file");
-            assert_eq!(got, bytes, "{what}.{ext}");
+            refused_at_every_step(&app, &format!("{what}.{ext}"), bytes, why, &tag).await;
         }
     }
     let cloud = make_qcow2(app.dir.path(), "cloud.qcow2", 16, 4);
