@@ -8,6 +8,7 @@ use super::{
     views::{FlatImage, ImageView},
 };
 use crate::domain::{
+    caller::Caller,
     download::{RangeRequest, Representation},
     form::{Field, Fields},
     ids::{ChunkNumber, Identifier, ImageId},
@@ -76,17 +77,23 @@ pub async fn upload(
 ) -> ApiResult<Json<FlatImage>> {
     let result = svc
         .upload_image(audit.caller(), fields, parts.as_mut())
-        .await
-        .map_err(ApiError::from);
+        .await;
+    created(audit.record("image.upload"), &audit, result)
+}
+
+/// Ends a request that stored a new image: its audit `event` names the image, its owner (when
+/// not the caller) and its size; the answer is the image's record.
+fn created(
+    event: AuditEvent<'_>,
+    audit: &Audit,
+    result: crate::domain::Result<entity::image::Model>,
+) -> ApiResult<Json<FlatImage>> {
+    let result = result.map_err(ApiError::from);
     match &result {
-        Ok(img) => owned(
-            audit.record("image.upload").image(&img.id),
-            &audit,
-            &img.user_id,
-        )
-        .detail(&format!("size_bytes={}", img.size_bytes))
-        .success(),
-        Err(e) => audit.record("image.upload").error(e),
+        Ok(img) => owned(event.image(&img.id), audit, &img.user_id)
+            .detail(&format!("size_bytes={}", img.size_bytes))
+            .success(),
+        Err(e) => event.error(e),
     }
     Ok(Json(FlatImage::from(&result?)))
 }
@@ -147,14 +154,17 @@ impl ImageChange {
         }
     }
 
-    /// Records an action's answer (`action` names the event) in the audit trail, with the
-    /// answer as its detail; returns it.
-    fn answered(
-        &self,
+    /// Runs `act` (a `Service` use case taking the caller and the path's raw image id) and
+    /// records its answer in the audit trail under `action`, with the answer as its detail;
+    /// returns it.
+    async fn answer(
+        self,
         action: &str,
-        result: crate::domain::Result<&'static str>,
+        act: impl AsyncFnOnce(&Service, &Caller, &str) -> crate::domain::Result<&'static str>,
     ) -> ApiResult<&'static str> {
-        let result = result.map_err(ApiError::from);
+        let result = act(&self.svc, self.audit.caller(), &self.id)
+            .await
+            .map_err(ApiError::from);
         let event = self.record(action);
         match &result {
             Ok(answer) => event.detail(answer).success(),
@@ -268,11 +278,7 @@ pub async fn delete_image(image: ImageChange, _f: FormFields) -> ApiResult<&'sta
         super::docs::NoSuchImage,
     ))]
 pub async fn slim(image: ImageChange) -> ApiResult<&'static str> {
-    let result = image
-        .svc
-        .request_slim(image.audit.caller(), &image.id)
-        .await;
-    image.answered("image.slim", result)
+    image.answer("image.slim", Service::request_slim).await
 }
 
 /// Queues a fresh check: the stored bytes' MD5 and SHA-256 are compared with those recorded
@@ -284,11 +290,7 @@ pub async fn slim(image: ImageChange) -> ApiResult<&'static str> {
         super::docs::NoSuchImage,
     ))]
 pub async fn check(image: ImageChange) -> ApiResult<&'static str> {
-    let result = image
-        .svc
-        .request_check(image.audit.caller(), &image.id)
-        .await;
-    image.answered("image.check", result)
+    image.answer("image.check", Service::request_check).await
 }
 
 /// Stores one chunk of a chunked upload (any order, concurrently, re-sent chunks replace).
@@ -382,16 +384,9 @@ pub async fn merge(
     FormFields(fields): FormFields,
 ) -> ApiResult<Json<FlatImage>> {
     let identifier = audited_identifier(&fields);
-    let result = svc
-        .merge(audit.caller(), fields)
-        .await
-        .map_err(ApiError::from);
+    let result = svc.merge(audit.caller(), fields).await;
     let event = about_upload(audit.record("upload.merge"), &identifier);
-    match &result {
-        Ok(img) => owned(event.image(&img.id), &audit, &img.user_id).success(),
-        Err(e) => event.error(e),
-    }
-    Ok(Json(FlatImage::from(&result?)))
+    created(event, &audit, result)
 }
 
 /// The resume query: the chunks held for an identifier (or the original's greeting without one).

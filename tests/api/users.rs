@@ -685,6 +685,17 @@ async fn state_changes_reach_the_audit_log() {
     let merge = of("upload.merge")[0];
     assert_eq!(merge["identifier"], "audited", "{merge}");
     assert_eq!(merge["outcome"], "success", "{merge}");
+    // A merge's event says what it stored, as an upload's does.
+    let stored = merge["detail"].as_str().unwrap_or_default();
+    assert!(stored.starts_with("size_bytes="), "{merge}");
+    let upload = uploads.iter().find(|e| e["outcome"] == "success").unwrap();
+    assert!(
+        upload["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("size_bytes="),
+        "{upload}"
+    );
     let quota = of("quota.set")[0];
     assert_eq!(quota["owner"], "bob", "{quota}");
     assert_eq!(quota["user"], "root", "{quota}");
