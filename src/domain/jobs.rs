@@ -201,7 +201,9 @@ impl Service {
     }
 
     /// Stores the slimmed `output` under `key` in the image's tier, hashed while it is read:
-    /// its size (bytes), CRC-32 and digests. A failed or abandoned put leaves no object.
+    /// its size (bytes), CRC-32 and digests. A store that keeps objects as files takes the
+    /// file as it is (no copy; the one read hashes it), any other is sent the bytes as they
+    /// are hashed. A failed or abandoned put leaves no object.
     async fn store_slimmed(
         &self,
         img: &image::Model,
@@ -220,17 +222,18 @@ impl Service {
         let opts = crate::storage::PutOptions {
             storage_class: class,
         };
-        let size = self
-            .store
-            .put(
-                ObjectRef {
-                    bucket: &img.bucket,
-                    key,
-                },
-                body,
-                &opts,
-            )
-            .await?;
+        let to = ObjectRef {
+            bucket: &img.bucket,
+            key,
+        };
+        let size = if self.store.local_path(&img.bucket, key).is_some() {
+            let hashed = futures::TryStreamExt::try_for_each(body, |_| std::future::ready(Ok(())));
+            let (stored, hashed) = tokio::join!(self.store.put_file(to, output, &opts), hashed);
+            hashed?;
+            stored?
+        } else {
+            self.store.put(to, body, &opts).await?
+        };
         Ok((size, meter.crc32(), meter.digests()))
     }
 

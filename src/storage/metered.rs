@@ -8,7 +8,11 @@ use super::{
 };
 use crate::metrics::Metrics;
 use async_trait::async_trait;
-use std::{path::PathBuf, sync::Arc, time::Instant};
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Instant,
+};
 
 /// Times and counts the calls of the store it holds.
 pub struct MeteredStore {
@@ -55,6 +59,11 @@ impl ObjectStore for MeteredStore {
     async fn put(&self, to: ObjectRef<'_>, body: ByteStream, opts: &PutOptions) -> Result<u64> {
         self.observe("put", self.inner.put(to, body, opts), found)
             .await
+    }
+
+    async fn put_file(&self, to: ObjectRef<'_>, path: &Path, opts: &PutOptions) -> Result<u64> {
+        let call = self.inner.put_file(to, path, opts);
+        self.observe("put", call, found).await
     }
 
     async fn create_multipart(&self, bucket: &str, key: &str, opts: &PutOptions) -> Result<String> {

@@ -13,7 +13,10 @@ pub mod s3;
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::stream::BoxStream;
-use std::{io, path::PathBuf};
+use std::{
+    io,
+    path::{Path, PathBuf},
+};
 
 pub use local::LocalStore;
 pub use s3::{S3Settings, S3Store};
@@ -147,6 +150,17 @@ pub trait ObjectStore: Send + Sync + 'static {
     /// Streams `body` into a new object (replacing any old one). Returns the object's length.
     /// On failure nothing is left behind.
     async fn put(&self, to: ObjectRef<'_>, body: ByteStream, opts: &PutOptions) -> Result<u64>;
+
+    /// Stores the local file at `path` (all of it) as a new object, replacing any old one, and
+    /// leaves the file as it is. Returns the object's length. A store that keeps objects as
+    /// files takes it without reading it (the local store links it into place when it is on the
+    /// same file system); the others stream it through [`ObjectStore::put`]. On failure
+    /// nothing is left behind.
+    async fn put_file(&self, to: ObjectRef<'_>, path: &Path, opts: &PutOptions) -> Result<u64> {
+        let file = std::fs::File::open(path)?;
+        let len = file.metadata()?.len();
+        self.put(to, fileio::read_stream(file, 0, len), opts).await
+    }
 
     /// Opens a multipart upload for `key`; returns its upload id.
     async fn create_multipart(&self, bucket: &str, key: &str, opts: &PutOptions) -> Result<String>;

@@ -115,6 +115,40 @@ pub async fn failing_body_leaves_nothing(c: Ctx) {
     assert_eq!(c.store.head(c.bucket, "c/fail").await.unwrap(), None);
 }
 
+/// A local file is stored whole and left as it was; a second one replaces the object, which
+/// outlives its source file; a file that does not exist stores nothing.
+pub async fn put_file_stores_a_local_file(c: Ctx) {
+    let (store, bucket, opts) = (&c.store, c.bucket, PutOptions::default());
+    store.ensure_bucket(bucket).await.unwrap();
+    let data = pattern(4, 300_001);
+    let first = c.tmp.join("first.qcow2");
+    std::fs::write(&first, &data).unwrap();
+    let stored = store
+        .put_file(obj(bucket, "c/file"), &first, &opts)
+        .await
+        .unwrap();
+    assert_eq!(stored, data.len() as u64);
+    assert_eq!(c.read("c/file").await, data);
+    assert_eq!(std::fs::read(&first).unwrap(), data, "the source is left as it was");
+    let second = c.tmp.join("second.qcow2");
+    std::fs::write(&second, b"replaced").unwrap();
+    store
+        .put_file(obj(bucket, "c/file"), &second, &opts)
+        .await
+        .unwrap();
+    for source in [&first, &second] {
+        std::fs::remove_file(source).unwrap();
+    }
+    assert_eq!(c.read("c/file").await, b"replaced".to_vec());
+    let missing = c.tmp.join("missing.qcow2");
+    assert!(store
+        .put_file(obj(bucket, "c/none"), &missing, &opts)
+        .await
+        .is_err());
+    assert_eq!(store.head(bucket, "c/none").await.unwrap(), None);
+    store.delete(bucket, "c/file").await.unwrap();
+}
+
 /// Parts in order and out of order, re-sent with other bytes of another length or of the
 /// same length, join in part order; completing again is harmless.
 pub async fn multipart_in_any_order(c: Ctx) {
@@ -721,6 +755,7 @@ macro_rules! contract_tests {
 contract_tests! {
     put_get_head_delete: super::Runs::Every,
     failing_body_leaves_nothing: super::Runs::Every,
+    put_file_stores_a_local_file: super::Runs::Once,
     multipart_in_any_order: super::Runs::Every,
     multipart_completes_a_subset: super::Runs::Every,
     multipart_at_the_real_minimum_part_size: super::Runs::RealMinimum,
@@ -729,6 +764,34 @@ contract_tests! {
     reads_outside_an_object_are_refused: super::Runs::Every,
     unknown_upload_id_is_no_such_upload: super::Runs::Once,
     nbd_export: super::Runs::Once,
+}
+
+/// The local store takes a file on its own file system without copying it (the object is the
+/// same inode), and copies one from another file system (tmpfs).
+#[tokio::test]
+async fn local_put_file_links_on_the_same_file_system() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let store = file_system::storage::LocalStore::open(dir.path().join("objects"))
+        .await
+        .unwrap();
+    store.ensure_bucket("b").await.unwrap();
+    let opts = PutOptions::default();
+    let same = dir.path().join("out.qcow2");
+    std::fs::write(&same, pattern(8, 70_000)).unwrap();
+    store.put_file(obj("b", "k1"), &same, &opts).await.unwrap();
+    let object = store.local_path("b", "k1").unwrap();
+    let ino = |p: &std::path::Path| std::fs::metadata(p).unwrap().ino();
+    assert_eq!(ino(&same), ino(&object), "linked, not copied");
+    let shm = tempfile::tempdir_in("/dev/shm").unwrap();
+    let dev = |p: &std::path::Path| std::fs::metadata(p).unwrap().dev();
+    assert_ne!(dev(shm.path()), dev(dir.path()), "/dev/shm is another file system");
+    let other = shm.path().join("out.qcow2");
+    std::fs::write(&other, pattern(9, 70_000)).unwrap();
+    store.put_file(obj("b", "k2"), &other, &opts).await.unwrap();
+    let copied = store.local_path("b", "k2").unwrap();
+    assert_ne!(ino(&other), ino(&copied));
+    assert_eq!(std::fs::read(&copied).unwrap(), pattern(9, 70_000));
 }
 
 /// Keys cannot climb out of the local store.
