@@ -10,6 +10,10 @@
 //! by reading it back: exactly one entry, its CRC-32 as the archive declares, and its SHA-256
 //! equal to the record's. On a mismatch the partial file and its ETag are removed (a rerun
 //! downloads afresh), the target is never written, and the exit code is 5.
+//!
+//! The partial file is locked (`flock`) for the whole run: a second run to the same target is
+//! refused. A target that is not a regular file (a device such as `/dev/null`, a FIFO) is
+//! written into directly and never renamed over; a symbolic link is followed to what it names.
 
 use crate::{
     api::{transport_error, Api, Retry},
@@ -55,6 +59,21 @@ struct Paths {
     target: PathBuf,
     part: PathBuf,
     meta: PathBuf,
+    /// The target is a device, a FIFO or a socket (`-o /dev/null`, `-o >(...)`): the bytes
+    /// are written straight into it, with no partial file, no rename over it and no resume
+    /// across runs (a dropped connection is still resumed within the run).
+    stream: bool,
+}
+
+impl Paths {
+    /// Where the bytes are written: the partial file, or the target itself when it streams.
+    fn sink(&self) -> &Path {
+        if self.stream {
+            &self.target
+        } else {
+            &self.part
+        }
+    }
 }
 
 /// The state of a download in progress.
@@ -67,6 +86,8 @@ struct Transfer {
     repr_digest: Option<String>,
     /// The answer was a 200 to a range request: the image changed, the download restarted.
     restarted: bool,
+    /// The ETag of the bytes written so far, for `If-Range`.
+    etag: Option<String>,
 }
 
 /// How one request of the download ended.
@@ -80,6 +101,8 @@ enum Fetch {
 pub async fn run(api: &Api, args: DownloadArgs, pacer: Option<Arc<Pacer>>) -> Result<Report> {
     let (view, _) = images::fetch(api, &args.id).await?;
     let paths = paths_for(&view, args.output.as_deref(), args.zip)?;
+    // Held to the end: a second fsctl downloading to the same target is refused.
+    let _lock = lock_part(&paths)?;
     let mut t = open_partial(&paths, &view.image_id, args.zip)?;
     let resumed_from = t.have;
     let bar = progress::bytes(view.size.max(0) as u64, &view.file_name);
@@ -99,15 +122,19 @@ pub async fn run(api: &Api, args: DownloadArgs, pacer: Option<Arc<Pacer>>) -> Re
     let sha256 = hex::encode(std::mem::take(&mut t.hasher).finalize());
     let verified = verify(&view, &paths, args.zip, &sha256, t.repr_digest.as_deref()).await;
     if let Err(e) = verified {
-        let _ = std::fs::remove_file(&paths.part);
-        let _ = std::fs::remove_file(&paths.meta);
+        if !paths.stream {
+            let _ = std::fs::remove_file(&paths.part);
+            let _ = std::fs::remove_file(&paths.meta);
+        }
         return Err(e);
     }
-    std::fs::rename(&paths.part, &paths.target).map_err(Error::io(format!(
-        "cannot move the download to {}",
-        paths.target.display()
-    )))?;
-    let _ = std::fs::remove_file(&paths.meta);
+    if !paths.stream {
+        std::fs::rename(&paths.part, &paths.target).map_err(Error::io(format!(
+            "cannot move the download to {}",
+            paths.target.display()
+        )))?;
+        let _ = std::fs::remove_file(&paths.meta);
+    }
     let verified_by = verified.unwrap_or_default();
     let doc = json!({
         "imageId": view.image_id,
@@ -153,6 +180,15 @@ fn paths_for(view: &ImageView, output: Option<&Path>, zip: bool) -> Result<Paths
         Some(o) => o.to_path_buf(),
         None => PathBuf::from(name),
     };
+    // A symbolic link is written through, as a shell's `>` does: the link stays.
+    let target = through_links(target)?;
+    let stream = std::fs::metadata(&target).is_ok_and(|m| !m.is_file() && !m.is_dir());
+    if stream && zip {
+        return Err(Error::Usage(format!(
+            "{} is not a regular file: a --zip download is verified by reading the archive back, so it must go to a file",
+            target.display()
+        )));
+    }
     let mut part = target.clone().into_os_string();
     part.push(".fsctl-part");
     let mut meta = part.clone();
@@ -161,7 +197,59 @@ fn paths_for(view: &ImageView, output: Option<&Path>, zip: bool) -> Result<Paths
         target,
         part: part.into(),
         meta: meta.into(),
+        stream,
     })
+}
+
+/// `path` with symbolic links followed to what they name (up to 40, as the kernel does); a
+/// link to nothing yet gives the path it names, which the download creates.
+fn through_links(mut path: PathBuf) -> Result<PathBuf> {
+    for _ in 0..40 {
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            return Ok(path);
+        };
+        if !meta.file_type().is_symlink() {
+            return Ok(path);
+        }
+        let to = std::fs::read_link(&path).map_err(Error::io(format!(
+            "cannot read the link {}",
+            path.display()
+        )))?;
+        path = match path.parent() {
+            Some(dir) => dir.join(to),
+            None => to,
+        };
+    }
+    Err(Error::Usage(format!(
+        "{}: too many levels of symbolic links",
+        path.display()
+    )))
+}
+
+/// Takes the partial file's lock (an exclusive `flock`), so that two runs never write one
+/// partial file; `None` for a target that streams (nothing partial to share).
+fn lock_part(paths: &Paths) -> Result<Option<std::fs::File>> {
+    if paths.stream {
+        return Ok(None);
+    }
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&paths.part)
+        .map_err(Error::io(format!("cannot open {}", paths.part.display())))?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => {
+            Err(Error::io(format!(
+                "another fsctl is downloading to {}",
+                paths.target.display()
+            ))(std::io::ErrorKind::WouldBlock.into()))
+        }
+        Err(std::fs::TryLockError::Error(e)) => Err(Error::io(format!(
+            "cannot lock {}",
+            paths.part.display()
+        ))(e)),
+    }
 }
 
 /// The partial file left by an earlier run of the same download, hashed so far; or none.
@@ -171,14 +259,19 @@ fn open_partial(paths: &Paths, image_id: &str, zip: bool) -> Result<Transfer> {
         hasher: Sha256::new(),
         repr_digest: None,
         restarted: false,
+        etag: None,
     };
+    if paths.stream {
+        return Ok(t);
+    }
     let meta: Option<PartMeta> = std::fs::read(&paths.meta)
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok());
-    let ours = meta.is_some_and(|m| m.image_id == image_id && m.zip == zip && !m.etag.is_empty());
-    if !ours {
+    let Some(meta) = meta.filter(|m| m.image_id == image_id && m.zip == zip && !m.etag.is_empty())
+    else {
         return Ok(t);
-    }
+    };
+    t.etag = Some(meta.etag);
     let Ok(mut f) = std::fs::File::open(&paths.part) else {
         return Ok(t);
     };
@@ -208,7 +301,7 @@ async fn fetch(
     bar: &ProgressBar,
 ) -> Result<Fetch> {
     let url = api.url(&format!("/images/{}/action/download", view.image_id));
-    let etag = read_etag(paths);
+    let etag = t.etag.clone();
     let have = t.have;
     let make = || {
         let mut req = api.http().get(&url);
@@ -237,21 +330,25 @@ async fn fetch(
         t.restarted |= t.have > 0;
         reset(paths, t)?;
         let tag = header_str(&r, header::ETAG).unwrap_or_default();
-        let meta = PartMeta {
-            image_id: view.image_id.clone(),
-            zip,
-            etag: tag,
-        };
-        std::fs::write(&paths.meta, serde_json::to_vec(&meta).unwrap_or_default())
-            .map_err(Error::io(format!("cannot write {}", paths.meta.display())))?;
+        t.etag = Some(tag.clone()).filter(|t| !t.is_empty());
+        if !paths.stream {
+            let meta = PartMeta {
+                image_id: view.image_id.clone(),
+                zip,
+                etag: tag,
+            };
+            std::fs::write(&paths.meta, serde_json::to_vec(&meta).unwrap_or_default())
+                .map_err(Error::io(format!("cannot write {}", paths.meta.display())))?;
+        }
         bar.set_position(0);
     }
     t.repr_digest = header_str(&r, "repr-digest").and_then(|v| parse_repr_digest(&v));
+    let sink = paths.sink();
     let mut file = std::fs::OpenOptions::new()
-        .create(true)
+        .create(!paths.stream)
         .append(true)
-        .open(&paths.part)
-        .map_err(Error::io(format!("cannot open {}", paths.part.display())))?;
+        .open(sink)
+        .map_err(Error::io(format!("cannot open {}", sink.display())))?;
     let mut body = r.bytes_stream();
     while let Some(piece) = body.next().await {
         let piece = match piece {
@@ -260,7 +357,7 @@ async fn fetch(
         };
         pacer::take(pacer, piece.len() as u64).await;
         file.write_all(&piece)
-            .map_err(Error::io(format!("cannot write {}", paths.part.display())))?;
+            .map_err(Error::io(format!("cannot write {}", sink.display())))?;
         t.hasher.update(&piece);
         t.have += piece.len() as u64;
         bar.inc(piece.len() as u64);
@@ -268,19 +365,22 @@ async fn fetch(
     Ok(Fetch::Complete)
 }
 
-/// Empties the partial file and its hash.
+/// Empties the partial file and its hash. Bytes already streamed into a device or pipe
+/// cannot be taken back: starting again there is an error.
 fn reset(paths: &Paths, t: &mut Transfer) -> Result<()> {
-    std::fs::write(&paths.part, b"")
-        .map_err(Error::io(format!("cannot write {}", paths.part.display())))?;
+    if paths.stream && t.have > 0 {
+        return Err(Error::Verification(format!(
+            "the image changed while it was being written to {}, which cannot start again; download it again",
+            paths.target.display()
+        )));
+    }
+    if !paths.stream {
+        std::fs::write(&paths.part, b"")
+            .map_err(Error::io(format!("cannot write {}", paths.part.display())))?;
+    }
     t.have = 0;
     t.hasher = Sha256::new();
     Ok(())
-}
-
-/// The ETag the partial file's bytes came with.
-fn read_etag(paths: &Paths) -> Option<String> {
-    let meta: PartMeta = serde_json::from_slice(&std::fs::read(&paths.meta).ok()?).ok()?;
-    Some(meta.etag).filter(|e| !e.is_empty())
 }
 
 /// A response header as text.
@@ -319,7 +419,12 @@ async fn verify(
     };
     if expected != sha256 {
         return Err(Error::Verification(format!(
-            "the downloaded bytes have SHA-256 {sha256}, {source} says {expected}; the partial file was removed"
+            "the downloaded bytes have SHA-256 {sha256}, {source} says {expected}{}",
+            if paths.stream {
+                ""
+            } else {
+                "; the partial file was removed"
+            }
         )));
     }
     Ok(format!("matches {source}"))

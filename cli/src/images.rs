@@ -258,11 +258,13 @@ pub async fn remove(api: &Api, id: &str) -> Result<Report> {
 }
 
 /// `fsctl cancel IDENTIFIER`: drops a chunked upload's chunks.
-pub async fn cancel(api: &Api, identifier: &str) -> Result<Report> {
+pub async fn cancel(api: &Api, identifier: &str, user: Option<&str>) -> Result<Report> {
     let url = api.url("/images/upload");
+    let mut query = vec![("identifier", identifier)];
+    query.extend(user.map(|u| ("userId", u)));
     let r = api
         .send("DELETE /images/upload", || {
-            api.http().delete(&url).query(&[("identifier", identifier)])
+            api.http().delete(&url).query(&query)
         })
         .await?;
     let msg = Api::text(r, "DELETE /images/upload").await?;

@@ -15,10 +15,10 @@ mod report;
 mod units;
 mod upload;
 
-use clap::{Parser, Subcommand};
+use clap::{error::ErrorKind, Parser, Subcommand};
 use error::Error;
 use report::Report;
-use std::{path::PathBuf, sync::Arc};
+use std::{io::Write, path::PathBuf, sync::Arc};
 
 /// Command-line client of file-system, the S3-backed store for VM images.
 ///
@@ -133,11 +133,18 @@ enum Command {
     Cancel {
         /// The upload's identifier (`fsctl upload` prints it).
         identifier: String,
+        /// The user the upload was sent for (`fsctl upload --user`; with authentication on,
+        /// the caller is the user).
+        #[arg(long)]
+        user: Option<String>,
     },
 }
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
     let json = cli.json;
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -198,8 +205,45 @@ async fn run(cli: Cli) -> error::Result<Report> {
         Command::Rm { id } => images::remove(&api, &id).await,
         Command::Slim { id, wait } => images::slim(&api, &id, wait).await,
         Command::Check { id, wait } => images::check(&api, &id, wait).await,
-        Command::Cancel { identifier } => images::cancel(&api, &identifier).await,
+        Command::Cancel { identifier, user } => {
+            images::cancel(&api, &identifier, user.as_deref()).await
+        }
     }
+}
+
+/// A command line clap refused (or `--help` / `--version`, printed as asked): its message on
+/// stderr and, with `--json` anywhere on the line, the same JSON error document as any other
+/// failure on stdout; exit 2.
+fn usage_error(e: clap::Error) -> std::process::ExitCode {
+    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+        let _ = e.print();
+        return std::process::ExitCode::SUCCESS;
+    }
+    let json = std::env::args_os().skip(1).any(|a| a == "--json");
+    let _ = e.print();
+    if json {
+        // clap's first line, without its "error: " lead.
+        let rendered = e.render().to_string();
+        let first = rendered.lines().next().unwrap_or_default();
+        let message = first.strip_prefix("error: ").unwrap_or(first);
+        let code = error::ExitCode::Usage.code();
+        let doc = serde_json::json!({
+            "error": {"kind": "usage", "message": message, "exitCode": code}
+        });
+        print_out(&doc.to_string());
+    }
+    std::process::ExitCode::from(error::ExitCode::Usage.code())
+}
+
+/// Writes a line to stdout; a reader that went away (a closed pipe: `fsctl ls | head`) is not
+/// an error of the command, whose exit code stands.
+fn print_out(line: &str) {
+    let _ = writeln!(std::io::stdout().lock(), "{line}");
+}
+
+/// Writes a line to stderr, ignoring a closed stderr as [`print_out`] does stdout.
+pub(crate) fn print_err(line: &str) {
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
 }
 
 /// Prints the report (stdout) or the error (stderr; with `--json` also a JSON document on
@@ -207,20 +251,20 @@ async fn run(cli: Cli) -> error::Result<Report> {
 fn finish(result: error::Result<Report>, json: bool) -> std::process::ExitCode {
     let code = match result {
         Ok(report) => {
-            if json {
-                println!("{}", report.json);
+            print_out(&if json {
+                report.json.to_string()
             } else {
-                println!("{}", report.human);
-            }
+                report.human
+            });
             report.exit
         }
         Err(e) => {
-            eprintln!("fsctl: {e}");
+            print_err(&format!("fsctl: {e}"));
             if json {
                 let doc = serde_json::json!({
                     "error": {"kind": e.kind(), "message": e.to_string(), "exitCode": e.exit_code().code()}
                 });
-                println!("{doc}");
+                print_out(&doc.to_string());
             }
             e.exit_code()
         }

@@ -130,30 +130,40 @@ struct ReadChunk {
 pub async fn run(api: &Api, args: UploadArgs, pacer: Option<Arc<Pacer>>) -> Result<Report> {
     let fp = Fingerprint::of(&args.file)
         .map_err(Error::io(format!("cannot read {}", args.file.display())))?;
-    let file_name = fp
-        .path
+    // The name as typed (a link uploads under its own name, not its target's).
+    let file_name = args
+        .file
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .ok_or_else(|| Error::Usage(format!("{} has no file name", args.file.display())))?;
+    check_name(&file_name)?;
     let session = Arc::new(Session::new(api, &args, &fp, &file_name, pacer));
     let held = held_chunks(&session).await?;
     let skipped = held.len() as u64;
     // On stderr whatever the output format: the name to give `fsctl cancel`.
-    eprintln!(
+    crate::print_err(&format!(
         "fsctl: upload {} ({} chunks of {}, {skipped} already on the server)",
         session.identifier,
         session.plan.total_chunks,
         units::human(session.plan.chunk_size)
-    );
-    let sha256 = send_chunks(&session, &fp, &held, args.parallel).await?;
+    ));
+    let sha256 = send_chunks(&session, &fp, &held, args.parallel)
+        .await
+        .map_err(|e| kept_for_a_rerun(&session, e))?;
     session.bar.finish_and_clear();
     if Fingerprint::of(&args.file).ok().as_ref() != Some(&fp) {
+        // A rerun would be another upload (the identifier follows the file): these chunks
+        // can never be merged.
+        drop_upload(&session).await;
         return Err(Error::Verification(format!(
-            "{} changed while it was being uploaded; upload it again",
+            "{} changed while it was being uploaded; the chunks sent were dropped, upload it again",
             args.file.display()
         )));
     }
-    let record = merge(&session, &file_name, &sha256).await?;
+    let record = match merge(&session, &file_name, &sha256).await {
+        Ok(record) => record,
+        Err(e) => return Err(merge_failed(&session, e).await),
+    };
     let image_id = record
         .get("imageId")
         .and_then(Value::as_str)
@@ -187,6 +197,99 @@ pub async fn run(api: &Api, args: UploadArgs, pacer: Option<Arc<Pacer>>) -> Resu
         human,
         exit: checked.exit,
     })
+}
+
+/// Refuses, before anything is sent, a name the service refuses at the merge: it must end in
+/// `.qcow2`, `.img`, `.iso` or `.zip` (case-sensitive, after at least one character, not
+/// starting with a dot), at most 128 characters, none of them a control character (the
+/// service's `validate::file_name`).
+fn check_name(name: &str) -> Result<()> {
+    let ext = [".qcow2", ".img", ".iso", ".zip"]
+        .iter()
+        .any(|ext| name.len() > ext.len() && name.ends_with(ext));
+    let ok = ext
+        && name.chars().count() <= 128
+        && !name.chars().any(char::is_control)
+        && !name.starts_with('.');
+    if ok {
+        return Ok(());
+    }
+    Err(Error::Usage(format!(
+        "{name:?}: the service takes files named *.qcow2, *.img, *.iso or *.zip (a zip holding one image in a folder), at most 128 characters"
+    )))
+}
+
+/// A failure while chunks were being sent: the chunks already held stay on the server for a
+/// rerun (they count in the user's quota until then); the message says how to drop them.
+fn kept_for_a_rerun(s: &Session, e: Error) -> Error {
+    match e {
+        Error::Refused {
+            status,
+            code,
+            message,
+        } => Error::Refused {
+            status,
+            code,
+            message: format!(
+                "{message} (the chunks held stay for a rerun; `fsctl cancel {}{}` drops them)",
+                s.identifier,
+                s.owner
+                    .iter()
+                    .find(|(k, _)| *k == "userId")
+                    .map(|(_, u)| format!(" --user {u}"))
+                    .unwrap_or_default()
+            ),
+        },
+        other => other,
+    }
+}
+
+/// A merge that failed. A quota refusal keeps the chunks for a rerun (once there is room); a
+/// checksum mismatch (a chunk the server holds is not this file's) and any other refusal can
+/// never succeed with these chunks, so the upload is dropped: nothing is left on the server,
+/// and a rerun sends the file afresh.
+async fn merge_failed(s: &Session, e: Error) -> Error {
+    let Error::Refused {
+        status,
+        code,
+        message,
+    } = e
+    else {
+        return e;
+    };
+    if status == 413 {
+        return kept_for_a_rerun(
+            s,
+            Error::Refused {
+                status,
+                code,
+                message,
+            },
+        );
+    }
+    drop_upload(s).await;
+    if code == "CHECKSUM_MISMATCH" {
+        return Error::Verification(format!(
+            "the chunks on the server do not make this file ({message}); the upload was dropped: run the command again to send it afresh"
+        ));
+    }
+    Error::Refused {
+        status,
+        code,
+        message: format!("{message} (the upload's chunks were dropped)"),
+    }
+}
+
+/// Drops the upload's chunks on the server (`DELETE /images/upload`), best effort: a failure
+/// leaves them to expire.
+async fn drop_upload(s: &Session) {
+    let url = s.api.url("/images/upload");
+    let mut query = vec![("identifier", s.identifier.clone())];
+    query.extend(s.owner.iter().filter(|(k, _)| *k == "userId").cloned());
+    let _ = s
+        .api
+        .send("cancel", || s.api.http().delete(&url).query(&query))
+        .await;
 }
 
 /// Asks the resume query which chunks the server holds with the size this plan gives them

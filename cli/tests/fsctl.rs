@@ -608,6 +608,35 @@ async fn json_output_and_exit_codes() {
         .run(&["upload", path.to_str().unwrap(), "--chunk-size", "lots"])
         .await;
     assert_eq!(code, 2, "{err}");
+    // Usage errors clap finds are one JSON document too.
+    let file = path.to_str().unwrap();
+    for bad in [
+        &["upload", file, "--chunk-size", "0"][..],
+        &["upload", file, "--parallel", "abc"],
+        &["upload", file, "--limit-rate", "-1"],
+        &["ls", "--limit", "-1"],
+        &["frobnicate"],
+    ] {
+        let v = s.json(bad, 2).await;
+        assert_eq!(v["error"]["kind"], "usage", "{bad:?}");
+        assert_eq!(v["error"]["exitCode"], 2, "{bad:?}");
+        assert!(!v["error"]["message"].as_str().unwrap().is_empty());
+    }
+    let (code, out, _) = s.run(&["--json", "--help"]).await;
+    assert_eq!(code, 0);
+    assert!(out.contains("Usage"), "{out}");
+    // A reader that went away (`fsctl ls | head -c 0`) is no crash: the command's exit code.
+    let mut child = s
+        .fsctl(&["--json", "info", &id])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().await.unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = closed.local_addr().unwrap().port();
     drop(closed);
@@ -725,5 +754,166 @@ async fn slim_wait_follows_the_slim() {
     let raw = upload(&s, "raw.img", &noise(MIB, 11), &["--wait"]).await;
     let v = s.json(&["slim", &raw, "--wait"], 4).await;
     assert_eq!(v["error"]["kind"], "refused", "{v}");
+    s.stop().await;
+}
+
+/// A target that is not a regular file is written into, never replaced: a FIFO and a device
+/// node get the bytes and stay what they were (no partial file, no rename over them), a
+/// symbolic link is written through (the link stays, the file it names gets the bytes), and a
+/// zip, verified by reading it back, is refused for a FIFO.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn download_targets_that_are_not_files() {
+    use std::os::unix::fs::FileTypeExt;
+    let s = Server::start().await;
+    let bytes = noise(3 * MIB + 11, 21);
+    let id = upload(&s, "dev.img", &bytes, &[]).await;
+    let work = s.work();
+    let fifo = work.join("out.fifo");
+    let ok = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let reader = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || std::fs::read(fifo).unwrap())
+    };
+    let v = s
+        .json(&["download", &id, "-o", fifo.to_str().unwrap()], 0)
+        .await;
+    assert_eq!(v["sha256"], sha(&bytes));
+    assert_eq!(sha(&reader.join().unwrap()), sha(&bytes));
+    assert!(std::fs::symlink_metadata(&fifo)
+        .unwrap()
+        .file_type()
+        .is_fifo());
+    assert!(!work.join("out.fifo.fsctl-part").exists());
+    let v = s
+        .json(&["download", &id, "--zip", "-o", fifo.to_str().unwrap()], 2)
+        .await;
+    assert_eq!(v["error"]["kind"], "usage");
+
+    // A node of /dev/null's kind (char 1:3), made here: the tests run as root.
+    let null = work.join("null");
+    let ok = std::process::Command::new("mknod")
+        .args([null.to_str().unwrap(), "c", "1", "3"])
+        .status()
+        .unwrap();
+    assert!(ok.success(), "mknod needs root");
+    s.json(&["download", &id, "-o", null.to_str().unwrap()], 0)
+        .await;
+    let kind = std::fs::symlink_metadata(&null).unwrap().file_type();
+    assert!(kind.is_char_device(), "still a device node");
+
+    let link = work.join("link.img");
+    std::os::unix::fs::symlink("real.img", &link).unwrap();
+    s.json(&["download", &id, "-o", link.to_str().unwrap()], 0)
+        .await;
+    assert!(std::fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert_eq!(
+        sha(&std::fs::read(work.join("real.img")).unwrap()),
+        sha(&bytes)
+    );
+    s.stop().await;
+}
+
+/// A second fsctl downloading to the same target while the first runs is refused (exit 1)
+/// instead of writing the same partial file; the first finishes with the image's bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_downloads_to_one_target_are_refused() {
+    let s = Server::start().await;
+    let bytes = noise(6 * MIB, 22);
+    let id = upload(&s, "twice.img", &bytes, &[]).await;
+    let out = s.work().join("twice.out");
+    let part = s.work().join("twice.out.fsctl-part");
+    let args = ["download", id.as_str(), "-o", out.to_str().unwrap()];
+    let first = s
+        .fsctl(&[&args[..], &["--limit-rate", "2MiB"]].concat())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    until("the first download writing", || async {
+        std::fs::metadata(&part).is_ok_and(|m| m.len() > 0)
+    })
+    .await;
+    let v = s.json(&args, 1).await;
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("another fsctl is downloading"), "{msg}");
+    let done = first.wait_with_output().await.unwrap();
+    assert!(done.status.success());
+    assert_eq!(sha(&std::fs::read(&out).unwrap()), sha(&bytes));
+    s.stop().await;
+}
+
+/// Uploads that can never be merged leave nothing on the server. A name the service refuses
+/// is refused before a byte is sent (exit 2); a link uploads under its own name. A chunk the
+/// server holds that is not the file's (damaged at rest) fails the merge's checksum: the
+/// upload is dropped (exit 5), and the rerun sends the file afresh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_uploads_leave_nothing() {
+    let s = Server::start().await;
+    let bytes = noise(4 * MIB, 23);
+    let raw = s.work().join("disk.raw");
+    std::fs::write(&raw, &bytes).unwrap();
+    let v = s
+        .json(
+            &["upload", raw.to_str().unwrap(), "--chunk-size", "1MiB"],
+            2,
+        )
+        .await;
+    assert_eq!(v["error"]["kind"], "usage");
+    assert_eq!(s.metric("fs_upload_chunks_received_total", &[]).await, 0.0);
+    let link = s.work().join("linked.img");
+    std::os::unix::fs::symlink(&raw, &link).unwrap();
+    let v = s
+        .json(
+            &["upload", link.to_str().unwrap(), "--chunk-size", "1MiB"],
+            0,
+        )
+        .await;
+    assert_eq!(v["image"]["fileName"], "linked.img");
+
+    let path = s.work().join("damaged.img");
+    std::fs::write(&path, &bytes).unwrap();
+    let file = path.to_str().unwrap();
+    let args = ["upload", file, "--chunk-size", "1MiB", "--parallel", "1"];
+    let mut child = s
+        .fsctl(&[&args[..], &["--limit-rate", "1MiB"]].concat())
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let first = lines.next_line().await.unwrap().unwrap();
+    let identifier = first.split_whitespace().nth(2).unwrap().to_string();
+    until("2 chunks stored", || async {
+        s.held_chunks(&identifier).await.len() >= 2
+    })
+    .await;
+    child.start_kill().unwrap();
+    child.wait().await.unwrap();
+    s.settled_metric("fs_upload_chunks_received_total").await;
+    // The held chunks, damaged at rest.
+    let mut files = vec![];
+    walk(&s.dir.path().join("objects").join(".uploads"), &mut files);
+    let data = files
+        .iter()
+        .find(|f| f.file_name().is_some_and(|n| n == "data"))
+        .expect("the upload's data file");
+    tamper(data);
+    let v = s.json(&args, 5).await;
+    assert_eq!(v["error"]["kind"], "verification_failed");
+    assert!(
+        s.held_chunks(&identifier).await.is_empty(),
+        "the upload was dropped"
+    );
+    let v = s.json(&args, 0).await;
+    assert_eq!(v["chunksSkipped"], 0);
+    let id = v["image"]["imageId"].as_str().unwrap();
+    download_matches(&s, id, &bytes).await;
     s.stop().await;
 }

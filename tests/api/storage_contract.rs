@@ -129,7 +129,11 @@ pub async fn put_file_stores_a_local_file(c: Ctx) {
         .unwrap();
     assert_eq!(stored, data.len() as u64);
     assert_eq!(c.read("c/file").await, data);
-    assert_eq!(std::fs::read(&first).unwrap(), data, "the source is left as it was");
+    assert_eq!(
+        std::fs::read(&first).unwrap(),
+        data,
+        "the source is left as it was"
+    );
     let second = c.tmp.join("second.qcow2");
     std::fs::write(&second, b"replaced").unwrap();
     store
@@ -785,7 +789,11 @@ async fn local_put_file_links_on_the_same_file_system() {
     assert_eq!(ino(&same), ino(&object), "linked, not copied");
     let shm = tempfile::tempdir_in("/dev/shm").unwrap();
     let dev = |p: &std::path::Path| std::fs::metadata(p).unwrap().dev();
-    assert_ne!(dev(shm.path()), dev(dir.path()), "/dev/shm is another file system");
+    assert_ne!(
+        dev(shm.path()),
+        dev(dir.path()),
+        "/dev/shm is another file system"
+    );
     let other = shm.path().join("out.qcow2");
     std::fs::write(&other, pattern(9, 70_000)).unwrap();
     store.put_file(obj("b", "k2"), &other, &opts).await.unwrap();
