@@ -116,10 +116,34 @@ pub fn router(svc: Service, authenticator: Option<Arc<Authenticator>>) -> Router
         )
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+        // Before the id is taken: one the client sent that could break a log line is replaced.
+        .layer(middleware::map_request(safe_request_id))
         // Outermost: whatever answered (a handler, an extractor's rejection, a fallback, a
         // layer), what it left of the request body is drained before the answer goes out.
         .layer(middleware::from_fn_with_state(limits, drain::linger))
         .with_state(svc)
+}
+
+/// The longest `X-Request-Id` a client may choose (characters).
+const MAX_REQUEST_ID: usize = 128;
+
+/// Keeps a client's `X-Request-Id` only when it is 1 to [`MAX_REQUEST_ID`] characters of
+/// `A-Z a-z 0-9 . _ : -` (a UUID, a trace id); any other (quotes, spaces, control or non-ASCII
+/// characters, overlong) is dropped, so the service gives the request a fresh UUID: the id is
+/// written into every log line of the request, and echoed back.
+async fn safe_request_id(mut req: Request) -> Request {
+    let safe = |v: &HeaderValue| {
+        let b = v.as_bytes();
+        (1..=MAX_REQUEST_ID).contains(&b.len())
+            && b.iter()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b':' | b'-'))
+    };
+    let headers = req.headers_mut();
+    let all_safe = headers.get_all("x-request-id").iter().all(safe);
+    if !all_safe || headers.get_all("x-request-id").iter().count() > 1 {
+        headers.remove("x-request-id");
+    }
+    req
 }
 
 fn cors(svc: &Service) -> CorsLayer {

@@ -35,7 +35,11 @@ pub async fn serve(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(header_timeout);
+        .header_read_timeout(header_timeout)
+        // A client that shuts down its sending side once its request is out (`nc -N`,
+        // one-shot HTTP/1.0 clients) still gets the answer: hyper would otherwise take the
+        // end of input for a closed connection and drop the request unanswered.
+        .half_close(true);
     builder
         .http2()
         .timer(TokioTimer::new())

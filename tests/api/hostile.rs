@@ -2180,6 +2180,103 @@ async fn silent_answer(app: &TestApp, request: &str, headers: &str, body_start: 
     String::from_utf8_lossy(&answer).into_owned()
 }
 
+/// A client that shuts down its sending side once its request is out (`nc -N`, one-shot
+/// HTTP/1.0 clients) gets its answer, in HTTP/1.1 and 1.0; two pipelined requests (the last
+/// asking to close) get both. (Pipelined requests followed by a half-close get the first
+/// answer only: hyper stops at the end of input.)
+async fn half_closed_clients_get_their_answers(app: &TestApp) -> Held {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = app.base.trim_start_matches("http://").to_string();
+    let missing = "0b5e4f2c-1111-4222-8333-944455556666";
+    for (requests, half_close, statuses) in [
+        (
+            format!("GET {API}/images?limit=1 HTTP/1.1\r\nHost: {addr}\r\n\r\n"),
+            true,
+            &["HTTP/1.1 200"][..],
+        ),
+        (
+            format!("GET {API}/images?limit=1 HTTP/1.0\r\n\r\n"),
+            true,
+            &["HTTP/1.0 200"],
+        ),
+        (
+            format!(
+                "GET /ready HTTP/1.1\r\nHost: {addr}\r\n\r\n\
+                 GET {API}/images/{missing} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+            ),
+            false,
+            &["HTTP/1.1 200", "HTTP/1.1 404"],
+        ),
+    ] {
+        let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        conn.write_all(requests.as_bytes()).await.unwrap();
+        if half_close {
+            conn.shutdown().await.unwrap();
+        }
+        let mut answer = vec![];
+        tokio::time::timeout(Duration::from_secs(15), conn.read_to_end(&mut answer))
+            .await
+            .expect("the server closes once it has answered")
+            .unwrap();
+        let text = String::from_utf8_lossy(&answer);
+        // Each answer's status line (a body ends without a line break).
+        let got: Vec<&str> = text
+            .match_indices("HTTP/1.")
+            .map(|(i, _)| &text[i..i + 12])
+            .collect();
+        assert_eq!(got, statuses, "{requests:?}: {text}");
+    }
+    NOTHING
+}
+
+/// A client's `X-Request-Id` is written into every log line of its request and echoed back:
+/// one that could break a log line (quotes, spaces, non-ASCII, control characters), an
+/// overlong one or two of them are replaced by a fresh UUID; a plain one is kept.
+async fn unsafe_request_ids_are_replaced(app: &TestApp) -> Held {
+    let plain = ["abc-123_X.9:z", &"a".repeat(128)];
+    let unsafe_ = [
+        "abc\" outcome=\"success\" role=\"admin",
+        "two words",
+        &"a".repeat(129),
+        "tab\there",
+    ];
+    let send = |values: &[&[u8]]| {
+        let mut req = app.client.get(app.url("/images"));
+        for v in values {
+            req = req.header(
+                "x-request-id",
+                reqwest::header::HeaderValue::from_bytes(v).unwrap(),
+            );
+        }
+        req.send()
+    };
+    for id in plain {
+        let r = send(&[id.as_bytes()]).await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["x-request-id"], id);
+    }
+    let non_ascii = "ünïcode".as_bytes();
+    let two: &[&[u8]] = &[b"first", b"second"];
+    let sent: Vec<Vec<&[u8]>> = unsafe_
+        .iter()
+        .map(|v| vec![v.as_bytes()])
+        .chain([vec![non_ascii], two.to_vec()])
+        .collect();
+    for values in sent {
+        let r = send(&values).await.unwrap();
+        assert_eq!(r.status(), 200);
+        let got = r
+            .headers()
+            .get_all("x-request-id")
+            .iter()
+            .collect::<Vec<_>>();
+        assert_eq!(got.len(), 1, "{values:?}");
+        let got = got[0].to_str().unwrap();
+        assert!(uuid::Uuid::parse_str(got).is_ok(), "{values:?}: {got}");
+    }
+    NOTHING
+}
+
 // ---------------------------------------------------------------------------------------------
 // Range and conditional headers
 // ---------------------------------------------------------------------------------------------
@@ -2929,6 +3026,9 @@ hostile_cases! {
     qcow2_empty_file,
     qcow2_named_img_is_raw,
     qcow2_backing_file_inside_zip,
+    // Connections and headers.
+    half_closed_clients_get_their_answers,
+    unsafe_request_ids_are_replaced,
     // Concurrency.
     concurrent_delete_while_downloading,
     concurrent_delete_while_zip_downloading,
