@@ -54,6 +54,9 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Chunk and upload bodies handled at once (bounds disk and memory use).
     pub upload_concurrency: usize,
+    /// How long a request body waits for an upload slot (seconds) before it is answered
+    /// 503 `SERVICE_BUSY` with `Retry-After`.
+    pub upload_queue_timeout_secs: u64,
     pub shutdown_grace_secs: u64,
     /// A request body that sends nothing for this long fails (408) and frees its upload slot.
     pub body_idle_timeout_secs: u64,
@@ -160,6 +163,7 @@ impl Config {
                 choice(&[("text", LogFormat::Text), ("json", LogFormat::Json)]),
             ),
             upload_concurrency: r.get("FS_UPLOAD_CONCURRENCY", 64, number_in(1, 100_000)),
+            upload_queue_timeout_secs: r.get("FS_UPLOAD_QUEUE_TIMEOUT_SECS", 30, secs_from(1)),
             shutdown_grace_secs: r.get("FS_SHUTDOWN_GRACE_SECS", 30, secs),
             body_idle_timeout_secs: r.get("FS_BODY_IDLE_TIMEOUT_SECS", 60, secs_from(1)),
             header_timeout_secs: r.get("FS_HEADER_TIMEOUT_SECS", 30, secs_from(1)),

@@ -31,6 +31,10 @@ pub enum Error {
     SizeMismatch(String),
     #[error("the request body could not be read: {0}")]
     BadBody(io::Error),
+    /// Every upload slot stayed taken (`FS_UPLOAD_CONCURRENCY`) for the whole wait
+    /// (`FS_UPLOAD_QUEUE_TIMEOUT_SECS`); the body was not read.
+    #[error("the service is handling as many uploads as it may; try again later")]
+    Busy,
     /// The client stopped sending its body (`FS_BODY_IDLE_TIMEOUT_SECS` without data).
     #[error("the client sent no data for too long; the request was abandoned")]
     BodyTimeout,
@@ -140,6 +144,7 @@ codes! {
     ObjectMissing = "OBJECT_MISSING", 500, "An image's bytes are missing from the object store.";
     DatabaseUnavailable = "DATABASE_UNAVAILABLE", 503, "The metadata database cannot be reached; try again later.";
     StorageUnavailable = "STORAGE_UNAVAILABLE", 503, "The object store cannot be reached; try again later.";
+    ServiceBusy = "SERVICE_BUSY", 503, "Every upload slot stayed taken for FS_UPLOAD_QUEUE_TIMEOUT_SECS; try again after Retry-After seconds.";
     InsufficientStorage = "INSUFFICIENT_STORAGE", 507, "The store or the scratch space is full.";
 }
 
@@ -182,6 +187,7 @@ impl Error {
             Error::SizeMismatch(_) => client(Code::SizeMismatch),
             Error::BadBody(_) => client(Code::BadBody),
             Error::BodyTimeout => client(Code::RequestTimeout),
+            Error::Busy => client(Code::ServiceBusy),
             Error::ImageNotFound(_) => client(Code::ImageNotFound),
             Error::NotFound(_) => client(Code::NotFound),
             Error::Conflict(_) => client(Code::Conflict),

@@ -172,13 +172,22 @@ impl Service {
         Ok((open, jobs))
     }
 
-    /// Bounds how many request bodies are handled at once.
-    pub(crate) async fn upload_slot(&self) -> tokio::sync::OwnedSemaphorePermit {
-        self.upload_slots
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("upload semaphore is never closed")
+    /// Bounds how many request bodies are handled at once: a slot, or [`Error::Busy`] once
+    /// none came free within `FS_UPLOAD_QUEUE_TIMEOUT_SECS` (a client is told to come back
+    /// instead of waiting behind slow uploads for as long as they last).
+    pub(crate) async fn upload_slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit> {
+        let wait = std::time::Duration::from_secs(self.cfg.upload_queue_timeout_secs);
+        let slot = self.upload_slots.clone().acquire_owned();
+        match tokio::time::timeout(wait, slot).await {
+            Ok(permit) => Ok(permit.expect("upload semaphore is never closed")),
+            Err(_) => {
+                tracing::warn!(
+                    slots = self.cfg.upload_concurrency,
+                    "every upload slot stayed taken: answered 503"
+                );
+                Err(Error::Busy)
+            }
+        }
     }
 
     /// The tier a `priority` field selects; missing or empty = the default tier (0).

@@ -80,7 +80,7 @@ impl Service {
         query: Fields,
         form: &mut dyn FormSource,
     ) -> Result<image::Model> {
-        let _slot = self.upload_slot().await;
+        let _slot = self.upload_slot().await?;
         let (staged, quota, fields) = self.receive_image(caller, query, form).await?;
         let sent = staged.sent_digests().clone();
         let settled = self.settle_upload(caller, &fields, &sent, &quota).await;

@@ -296,7 +296,7 @@ impl Service {
         form: &mut dyn FormSource,
         trace: &mut ChunkTrace,
     ) -> Result<()> {
-        let _slot = self.upload_slot().await;
+        let _slot = self.upload_slot().await?;
         let (mut chunk, fields) = self.spool_chunk(form, query, &declared).await?;
         trace.identifier = identifier_of(&fields).ok().map(|i| i.to_string());
         let target = SessionRef::of(caller, &fields)?;

@@ -29,7 +29,7 @@ pub struct ApiDoc;
 /// every API operation and by `/metrics`, which may all answer 401. Both `{}` (no credential:
 /// authentication off, the default) and `bearerAuth` are listed, since which one applies is
 /// the deployment's choice. Every API operation may also answer 503 (the database or the
-/// store unreachable).
+/// store unreachable, or for an upload every upload slot taken), with `Retry-After`.
 pub fn add_bearer_security(doc: &mut utoipa::openapi::OpenApi) {
     let components = doc.components.get_or_insert_with(Default::default);
     components.add_security_scheme(
@@ -50,7 +50,8 @@ pub fn add_bearer_security(doc: &mut utoipa::openapi::OpenApi) {
     );
     let unavailable = error_response(
         "DATABASE_UNAVAILABLE or STORAGE_UNAVAILABLE: the database or the object store cannot \
-         be reached (retry later)",
+         be reached; SERVICE_BUSY (an upload or a chunk): every upload slot stayed taken for \
+         FS_UPLOAD_QUEUE_TIMEOUT_SECS. Retry after the Retry-After header's seconds",
     );
     for (path, item) in doc.paths.paths.iter_mut() {
         let api = path.starts_with(super::BASE);

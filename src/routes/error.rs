@@ -10,6 +10,9 @@ use axum::{
     Json,
 };
 
+/// The `Retry-After` of a 503 answer (seconds).
+pub const RETRY_AFTER_SECS: &str = "5";
+
 #[derive(Debug)]
 pub struct ApiError {
     pub status: StatusCode,
@@ -53,6 +56,12 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = serde_json::json!({ "code": self.code, "message": self.message });
         let mut resp = (self.status, Json(body)).into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            // "Try again later" (RFC 9110 section 10.2.3): the store, the database or an
+            // upload slot may be back by then.
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECS));
+        }
         if let Some(size) = self.size {
             if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
                 resp.headers_mut().insert(header::CONTENT_RANGE, v);

@@ -420,6 +420,57 @@ async fn silent_bodies_time_out(b: Backend) {
     app.stop().await;
 }
 
+/// With every upload slot taken (here by a client that went silent mid-body), an upload
+/// waits FS_UPLOAD_QUEUE_TIMEOUT_SECS for one, then is answered 503 SERVICE_BUSY with
+/// Retry-After instead of waiting as long as the slow client lasts; a chunk too. Once the slot
+/// is free, uploads are served again, and nothing is left behind.
+async fn full_upload_slots_answer_busy(b: Backend) {
+    let app = TestApp::spawn(
+        b,
+        Options {
+            env: vec![
+                ("FS_BODY_IDLE_TIMEOUT_SECS", "30".into()),
+                ("FS_UPLOAD_CONCURRENCY", "1".into()),
+                ("FS_UPLOAD_QUEUE_TIMEOUT_SECS", "1".into()),
+            ],
+            ..Default::default()
+        },
+    )
+    .await;
+    let within = std::time::Duration::from_secs(5);
+    let ((holder, answer), ()) = tokio::join!(silent_upload(&app, "/images", within), async {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let started = std::time::Instant::now();
+        let r = app
+            .upload("busy.img", pattern(3, 1000), &[("userId", "tester")])
+            .await;
+        assert!(started.elapsed() < std::time::Duration::from_secs(4));
+        assert_eq!(r.headers()["retry-after"], "5");
+        let v = assert_error(r, 503, None).await;
+        assert_eq!(v["code"], "SERVICE_BUSY", "{v}");
+        let r = app.chunk("busy-chunks", 1, b"part".to_vec()).await;
+        let v = assert_error(r, 503, None).await;
+        assert_eq!(v["code"], "SERVICE_BUSY", "{v}");
+    });
+    assert_eq!(answer, "", "the silent upload still holds its slot");
+    drop(holder);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let r = app
+            .upload("after.img", pattern(4, 1000), &[("userId", "tester")])
+            .await;
+        if r.status() == 200 {
+            break;
+        }
+        assert_eq!(r.status(), 503);
+        assert!(std::time::Instant::now() < deadline, "the slot never came free");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let left = app.leftovers().await;
+    assert_eq!(left.len(), 1, "only the last upload stays: {left:?}");
+    app.stop().await;
+}
+
 /// Sends `head` and `body` raw, then drops the connection without a word (a client killed,
 /// a proxy giving up).
 async fn send_then_vanish(app: &TestApp, path: &str, parts: &[&[u8]], declared: usize) {
@@ -606,6 +657,7 @@ crate::backend_tests!(
     dropped_requests_leave_nothing,
     chunks_respect_the_size_limit,
     silent_bodies_time_out,
+    full_upload_slots_answer_busy,
     upload_errors,
     malformed_bodies,
     image_ids_that_are_not_uuids,
