@@ -199,6 +199,11 @@ fn classify(what: &str, status: StatusCode, code: String, message: String) -> At
                 message,
             })
         }
+        // The image's bytes are gone from the store: asking again cannot bring them back, and
+        // the image is not usable (exit 5), though the service itself is up.
+        _ if code == "OBJECT_MISSING" => {
+            Attempt::Fatal(Error::Verification(format!("{what}: {message}")))
+        }
         s if s.is_server_error() => Attempt::Transient(Error::Unavailable(format!(
             "{what}: {} {code} {message}",
             s.as_u16()
@@ -255,6 +260,8 @@ mod tests {
         assert_eq!(kind(409), "refused");
         assert_eq!(kind(408), "transient");
         assert_eq!(kind(500), "transient");
+        let missing = classify("x", StatusCode::INTERNAL_SERVER_ERROR, "OBJECT_MISSING".into(), "m".into());
+        assert!(matches!(missing, Attempt::Fatal(Error::Verification(_))));
         assert_eq!(kind(503), "transient");
     }
 }
