@@ -260,7 +260,12 @@ mod tests {
         assert_eq!(kind(409), "refused");
         assert_eq!(kind(408), "transient");
         assert_eq!(kind(500), "transient");
-        let missing = classify("x", StatusCode::INTERNAL_SERVER_ERROR, "OBJECT_MISSING".into(), "m".into());
+        let missing = classify(
+            "x",
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "OBJECT_MISSING".into(),
+            "m".into(),
+        );
         assert!(matches!(missing, Attempt::Fatal(Error::Verification(_))));
         assert_eq!(kind(503), "transient");
     }

@@ -59,8 +59,10 @@ impl IntoResponse for ApiError {
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
             // "Try again later" (RFC 9110 section 10.2.3): the store, the database or an
             // upload slot may be back by then.
-            resp.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECS));
+            resp.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from_static(RETRY_AFTER_SECS),
+            );
         }
         if let Some(size) = self.size {
             if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {

@@ -290,6 +290,37 @@ fn decode_ext_value(v: &str) -> Option<String> {
 }
 
 /// A request's fields: query parameters plus the body's fields and file parts.
+/// The most a multipart upload's body holds beyond its image (bytes): every text field at its
+/// limit, and room for the parts' headers and boundaries.
+const FORM_OVERHEAD: u64 = (MAX_FIELDS * TEXT_LIMIT) as u64 + (1 << 20);
+
+/// Refuses an upload or a chunk whose declared `Content-Length` is more than
+/// `FS_MAX_IMAGE_BYTES` plus [`FORM_OVERHEAD`] (413 `FILE_TOO_LARGE`) before a byte of its
+/// body is read: a client that sent `Expect: 100-continue` (curl does for large bodies) is
+/// answered at once instead of sending the whole file first. A body without a declared
+/// length is bounded as it streams, as before.
+pub struct WithinImageLimit;
+
+impl axum::extract::FromRequestParts<crate::domain::Service> for WithinImageLimit {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        svc: &crate::domain::Service,
+    ) -> Result<Self, Self::Rejection> {
+        let declared = parts
+            .headers
+            .get(axum::http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        let limit = svc.config().max_image_bytes.saturating_add(FORM_OVERHEAD);
+        match declared {
+            Some(len) if len > limit => Err(ApiError::from(domain::Error::TooLarge)),
+            _ => Ok(WithinImageLimit),
+        }
+    }
+}
+
 pub struct Form {
     /// Query parameters, overlaid with url-encoded body fields (which win).
     pub fields: Fields,

@@ -4,7 +4,7 @@ use super::{
     audit::{Audit, AuditEvent},
     conditional,
     error::ApiError,
-    extract::{parse_query, Authenticated, Form, FormFields},
+    extract::{parse_query, Authenticated, Form, FormFields, WithinImageLimit},
     views::{FlatImage, ImageView},
 };
 use crate::domain::{
@@ -73,6 +73,7 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ImageIdPath {
 pub async fn upload(
     State(svc): State<Service>,
     audit: Audit,
+    _: WithinImageLimit,
     Form { fields, mut parts }: Form,
 ) -> ApiResult<Json<FlatImage>> {
     let result = svc
@@ -309,6 +310,7 @@ pub async fn upload_chunk(
     State(svc): State<Service>,
     audit: Audit,
     headers: HeaderMap,
+    _: WithinImageLimit,
     Form { fields, mut parts }: Form,
 ) -> ApiResult<&'static str> {
     // A value that is not text fails to parse (never skipped unverified).

@@ -463,7 +463,10 @@ async fn full_upload_slots_answer_busy(b: Backend) {
             break;
         }
         assert_eq!(r.status(), 503);
-        assert!(std::time::Instant::now() < deadline, "the slot never came free");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the slot never came free"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
     let left = app.leftovers().await;

@@ -2180,6 +2180,30 @@ async fn silent_answer(app: &TestApp, request: &str, headers: &str, body_start: 
     String::from_utf8_lossy(&answer).into_owned()
 }
 
+/// An upload or a chunk declaring a body larger than FS_MAX_IMAGE_BYTES (plus the form's
+/// bounded fields) is answered 413 FILE_TOO_LARGE before a byte of it is read: with
+/// `Expect: 100-continue` no 100 comes first and nothing need be sent; without it the answer
+/// comes at once too. Nothing is left.
+async fn declared_oversize_bodies_are_refused_at_once(app: &TestApp) -> Held {
+    let huge =
+        "Content-Type: multipart/form-data; boundary=XyZ\r\nContent-Length: 999999999999999\r\n";
+    for request in ["POST /images", "POST /images/upload"] {
+        for expect in [true, false] {
+            let headers = match expect {
+                true => format!("{huge}Expect: 100-continue\r\n"),
+                false => huge.to_string(),
+            };
+            let body: &[u8] = if expect { b"" } else { b"--XyZ\r\n" };
+            let started = Instant::now();
+            let answer = silent_answer(app, request, &headers, body).await;
+            assert!(answer.starts_with("HTTP/1.1 413"), "{request}: {answer}");
+            assert!(answer.contains("FILE_TOO_LARGE"), "{answer}");
+            assert!(started.elapsed() < Duration::from_secs(5), "{request}");
+        }
+    }
+    NOTHING
+}
+
 /// A client that shuts down its sending side once its request is out (`nc -N`, one-shot
 /// HTTP/1.0 clients) gets its answer, in HTTP/1.1 and 1.0; two pipelined requests (the last
 /// asking to close) get both. (Pipelined requests followed by a half-close get the first
@@ -3027,6 +3051,7 @@ hostile_cases! {
     qcow2_named_img_is_raw,
     qcow2_backing_file_inside_zip,
     // Connections and headers.
+    declared_oversize_bodies_are_refused_at_once,
     half_closed_clients_get_their_answers,
     unsafe_request_ids_are_replaced,
     // Concurrency.
