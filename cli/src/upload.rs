@@ -119,6 +119,16 @@ impl Session {
     }
 }
 
+impl Session {
+    /// The query naming this upload on `/images/upload` (the resume query, a cancel): its
+    /// identifier and, when given, its user.
+    fn query(&self) -> Vec<(&'static str, String)> {
+        let mut query = vec![("identifier", self.identifier.clone())];
+        query.extend(self.owner.iter().filter(|(k, _)| *k == "userId").cloned());
+        query
+    }
+}
+
 /// One chunk read from the file.
 struct ReadChunk {
     number: u64,
@@ -283,9 +293,7 @@ async fn merge_failed(s: &Session, e: Error) -> Error {
 /// Drops the upload's chunks on the server (`DELETE /images/upload`), best effort: a failure
 /// leaves them to expire.
 async fn drop_upload(s: &Session) {
-    let url = s.api.url("/images/upload");
-    let mut query = vec![("identifier", s.identifier.clone())];
-    query.extend(s.owner.iter().filter(|(k, _)| *k == "userId").cloned());
+    let (url, query) = (s.api.url("/images/upload"), s.query());
     let _ = s
         .api
         .send("cancel", || s.api.http().delete(&url).query(&query))
@@ -295,9 +303,7 @@ async fn drop_upload(s: &Session) {
 /// Asks the resume query which chunks the server holds with the size this plan gives them
 /// (a chunk held at another size is sent again); all of them once the upload is merged.
 async fn held_chunks(s: &Session) -> Result<BTreeMap<u64, u64>> {
-    let url = s.api.url("/images/upload");
-    let mut query = vec![("identifier", s.identifier.clone())];
-    query.extend(s.owner.iter().filter(|(k, _)| *k == "userId").cloned());
+    let (url, query) = (s.api.url("/images/upload"), s.query());
     let r = s
         .api
         .send("resume query", || s.api.http().get(&url).query(&query))

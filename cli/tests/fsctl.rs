@@ -269,6 +269,45 @@ async fn download_matches(s: &Server, id: &str, expected: &[u8]) {
     assert_eq!(v["sha256"], sha(expected));
 }
 
+/// `fsctl ARGS` in the background with its output discarded (a run a test kills or races).
+fn spawn_quiet(s: &Server, args: &[&str]) -> tokio::process::Child {
+    s.fsctl(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// Runs `fsctl upload ARGS` (rate-limited by the caller) until the server holds `chunks` of
+/// its chunks, then kills it with SIGKILL; the upload's identifier (fsctl's first stderr line).
+async fn upload_killed_after(s: &Server, args: &[&str], chunks: usize) -> String {
+    let mut child = s
+        .fsctl(args)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let first = lines
+        .next_line()
+        .await
+        .unwrap()
+        .expect("fsctl names its upload");
+    let identifier = first
+        .split_whitespace()
+        .nth(2)
+        .expect("fsctl: upload IDENTIFIER ...")
+        .to_string();
+    until("chunks stored", || async {
+        s.held_chunks(&identifier).await.len() >= chunks
+    })
+    .await;
+    child.start_kill().unwrap();
+    let status = child.wait().await.unwrap();
+    assert!(!status.success(), "fsctl was killed, not finished");
+    identifier
+}
+
 /// Waits until `cond` holds (polling), up to 60 s.
 async fn until<F: std::future::Future<Output = bool>>(what: &str, mut cond: impl FnMut() -> F) {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -308,30 +347,7 @@ async fn killed_upload_resumes(store: Store) {
         "--limit-rate",
         "2MiB",
     ];
-    let mut child = s
-        .fsctl(&args)
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let first = lines
-        .next_line()
-        .await
-        .unwrap()
-        .expect("fsctl names its upload");
-    let identifier = first
-        .split_whitespace()
-        .nth(2)
-        .expect("fsctl: upload IDENTIFIER ...")
-        .to_string();
-    until("4 chunks stored", || async {
-        s.metric("fs_upload_chunks_received_total", &[]).await >= 4.0
-    })
-    .await;
-    child.start_kill().unwrap();
-    let status = child.wait().await.unwrap();
-    assert!(!status.success(), "fsctl was killed, not finished");
+    let identifier = upload_killed_after(&s, &args, 4).await;
     // Let a chunk request cut off by the kill end on the server.
     let before = s.settled_metric("fs_upload_chunks_received_total").await;
     let held = s.held_chunks(&identifier).await;
@@ -363,12 +379,7 @@ async fn killed_download_resumes_with_range() {
     let out = s.work().join("copy.img");
     let part = s.work().join("copy.img.fsctl-part");
     let args = ["download", id.as_str(), "-o", out.to_str().unwrap()];
-    let mut child = s
-        .fsctl(&[&args[..], &["--limit-rate", "2MiB"]].concat())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_quiet(&s, &[&args[..], &["--limit-rate", "2MiB"]].concat());
     until("4 MiB downloaded", || async {
         std::fs::metadata(&part)
             .map(|m| m.len() >= 4 * MIB as u64)
@@ -830,12 +841,7 @@ async fn concurrent_downloads_to_one_target_are_refused() {
     let out = s.work().join("twice.out");
     let part = s.work().join("twice.out.fsctl-part");
     let args = ["download", id.as_str(), "-o", out.to_str().unwrap()];
-    let first = s
-        .fsctl(&[&args[..], &["--limit-rate", "2MiB"]].concat())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let first = spawn_quiet(&s, &[&args[..], &["--limit-rate", "2MiB"]].concat());
     until("the first download writing", || async {
         std::fs::metadata(&part).is_ok_and(|m| m.len() > 0)
     })
@@ -881,21 +887,8 @@ async fn refused_uploads_leave_nothing() {
     std::fs::write(&path, &bytes).unwrap();
     let file = path.to_str().unwrap();
     let args = ["upload", file, "--chunk-size", "1MiB", "--parallel", "1"];
-    let mut child = s
-        .fsctl(&[&args[..], &["--limit-rate", "1MiB"]].concat())
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let first = lines.next_line().await.unwrap().unwrap();
-    let identifier = first.split_whitespace().nth(2).unwrap().to_string();
-    until("2 chunks stored", || async {
-        s.held_chunks(&identifier).await.len() >= 2
-    })
-    .await;
-    child.start_kill().unwrap();
-    child.wait().await.unwrap();
+    let limited = [&args[..], &["--limit-rate", "1MiB"]].concat();
+    let identifier = upload_killed_after(&s, &limited, 2).await;
     s.settled_metric("fs_upload_chunks_received_total").await;
     // The held chunks, damaged at rest.
     let mut files = vec![];
