@@ -73,7 +73,13 @@ pub fn summary(cfg: &Config) -> Vec<(&'static str, String)> {
             format!("{} ({free} free)", cfg.scratch_dir.display()),
         ),
         ("max image size", size(cfg.max_image_bytes)),
-        ("uploads at once", cfg.upload_concurrency.to_string()),
+        (
+            "uploads at once",
+            format!(
+                "{} (then 503 after {} s)",
+                cfg.upload_concurrency, cfg.upload_queue_timeout_secs
+            ),
+        ),
         ("job concurrency", cfg.job_concurrency.to_string()),
         ("auth", auth_summary(&cfg.auth)),
     ]
