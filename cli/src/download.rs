@@ -182,7 +182,10 @@ fn paths_for(view: &ImageView, output: Option<&Path>, zip: bool) -> Result<Paths
     };
     // A symbolic link is written through, as a shell's `>` does: the link stays.
     let target = through_links(target)?;
-    let stream = std::fs::metadata(&target).is_ok_and(|m| !m.is_file() && !m.is_dir());
+    if target.is_dir() {
+        return Err(Error::Usage(format!("{} is a directory", target.display())));
+    }
+    let stream = std::fs::metadata(&target).is_ok_and(|m| !m.is_file());
     if stream && zip {
         return Err(Error::Usage(format!(
             "{} is not a regular file: a --zip download is verified by reading the archive back, so it must go to a file",
@@ -226,30 +229,70 @@ fn through_links(mut path: PathBuf) -> Result<PathBuf> {
     )))
 }
 
+/// Opens one of the download's own files (the partial file, its ETag) without following a
+/// symbolic link (`O_NOFOLLOW`): a link planted there (in a shared directory) must not make
+/// fsctl write where it points. Anything but a regular file there is refused.
+fn open_own(path: &Path, opts: &mut std::fs::OpenOptions) -> Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = opts
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(Error::io(format!(
+            "cannot open {} (it must be a regular file, not a link)",
+            path.display()
+        )))?;
+    let meta = file
+        .metadata()
+        .map_err(Error::io(format!("cannot read {}", path.display())))?;
+    if !meta.is_file() {
+        return Err(Error::Usage(format!(
+            "{} is not a regular file; remove it",
+            path.display()
+        )));
+    }
+    Ok(file)
+}
+
 /// Takes the partial file's lock (an exclusive `flock`), so that two runs never write one
-/// partial file; `None` for a target that streams (nothing partial to share).
+/// partial file; `None` for a target that streams (nothing partial to share). The lock taken
+/// must be on the file the path still names: a run that finished meanwhile has renamed its
+/// partial file to the target, and its lock no longer guards the path.
 fn lock_part(paths: &Paths) -> Result<Option<std::fs::File>> {
+    use std::os::unix::fs::MetadataExt;
     if paths.stream {
         return Ok(None);
     }
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&paths.part)
-        .map_err(Error::io(format!("cannot open {}", paths.part.display())))?;
-    match file.try_lock() {
-        Ok(()) => Ok(Some(file)),
-        Err(std::fs::TryLockError::WouldBlock) => {
-            Err(Error::io(format!(
-                "another fsctl is downloading to {}",
-                paths.target.display()
-            ))(std::io::ErrorKind::WouldBlock.into()))
+    let busy = |why: &str| {
+        Error::io(format!(
+            "another fsctl is downloading to {}",
+            paths.target.display()
+        ))(std::io::Error::other(why.to_string()))
+    };
+    for _ in 0..10 {
+        let file = open_own(
+            &paths.part,
+            std::fs::OpenOptions::new().create(true).append(true),
+        )?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(busy("its partial file is locked"))
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(Error::io(format!("cannot lock {}", paths.part.display()))(
+                    e,
+                ))
+            }
         }
-        Err(std::fs::TryLockError::Error(e)) => Err(Error::io(format!(
-            "cannot lock {}",
-            paths.part.display()
-        ))(e)),
+        let locked = file.metadata().map(|m| (m.dev(), m.ino())).ok();
+        let named = std::fs::symlink_metadata(&paths.part)
+            .map(|m| (m.dev(), m.ino()))
+            .ok();
+        if locked.is_some() && locked == named {
+            return Ok(Some(file));
+        }
     }
+    Err(busy("its partial file keeps changing"))
 }
 
 /// The partial file left by an earlier run of the same download, hashed so far; or none.
@@ -272,7 +315,7 @@ fn open_partial(paths: &Paths, image_id: &str, zip: bool) -> Result<Transfer> {
         return Ok(t);
     };
     t.etag = Some(meta.etag);
-    let Ok(mut f) = std::fs::File::open(&paths.part) else {
+    let Ok(mut f) = open_own(&paths.part, std::fs::OpenOptions::new().read(true)) else {
         return Ok(t);
     };
     let mut buf = vec![0u8; 1 << 20];
@@ -337,18 +380,28 @@ async fn fetch(
                 zip,
                 etag: tag,
             };
-            std::fs::write(&paths.meta, serde_json::to_vec(&meta).unwrap_or_default())
+            let mut file = open_own(
+                &paths.meta,
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .write(true)
+                    .truncate(true),
+            )?;
+            file.write_all(&serde_json::to_vec(&meta).unwrap_or_default())
                 .map_err(Error::io(format!("cannot write {}", paths.meta.display())))?;
         }
         bar.set_position(0);
     }
     t.repr_digest = header_str(&r, "repr-digest").and_then(|v| parse_repr_digest(&v));
     let sink = paths.sink();
-    let mut file = std::fs::OpenOptions::new()
-        .create(!paths.stream)
-        .append(true)
-        .open(sink)
-        .map_err(Error::io(format!("cannot open {}", sink.display())))?;
+    let mut file = if paths.stream {
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(sink)
+            .map_err(Error::io(format!("cannot open {}", sink.display())))?
+    } else {
+        open_own(sink, std::fs::OpenOptions::new().create(true).append(true))?
+    };
     let mut body = r.bytes_stream();
     while let Some(piece) = body.next().await {
         let piece = match piece {
@@ -375,7 +428,8 @@ fn reset(paths: &Paths, t: &mut Transfer) -> Result<()> {
         )));
     }
     if !paths.stream {
-        std::fs::write(&paths.part, b"")
+        open_own(&paths.part, std::fs::OpenOptions::new().write(true))?
+            .set_len(0)
             .map_err(Error::io(format!("cannot write {}", paths.part.display())))?;
     }
     t.have = 0;

@@ -219,13 +219,20 @@ fn usage_error(e: clap::Error) -> std::process::ExitCode {
         let _ = e.print();
         return std::process::ExitCode::SUCCESS;
     }
-    let json = std::env::args_os().skip(1).any(|a| a == "--json");
+    let json = std::env::args_os()
+        .skip(1)
+        .any(|a| a == "--json" || a.to_str().is_some_and(|a| a.starts_with("--json=")));
     let _ = e.print();
     if json {
-        // clap's first line, without its "error: " lead.
+        // clap's message up to its usage lines, on one line, without its "error: " lead.
         let rendered = e.render().to_string();
-        let first = rendered.lines().next().unwrap_or_default();
-        let message = first.strip_prefix("error: ").unwrap_or(first);
+        let message = rendered
+            .lines()
+            .take_while(|l| !l.trim().is_empty() && !l.starts_with("Usage:"))
+            .map(str::trim)
+            .collect::<Vec<_>>()
+            .join(" ");
+        let message = message.strip_prefix("error: ").unwrap_or(&message);
         let code = error::ExitCode::Usage.code();
         let doc = serde_json::json!({
             "error": {"kind": "usage", "message": message, "exitCode": code}

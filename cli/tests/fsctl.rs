@@ -627,12 +627,16 @@ async fn json_output_and_exit_codes() {
         &["upload", file, "--limit-rate", "-1"],
         &["ls", "--limit", "-1"],
         &["frobnicate"],
+        &["download"],
     ] {
         let v = s.json(bad, 2).await;
         assert_eq!(v["error"]["kind"], "usage", "{bad:?}");
         assert_eq!(v["error"]["exitCode"], 2, "{bad:?}");
         assert!(!v["error"]["message"].as_str().unwrap().is_empty());
     }
+    let v = s.json(&["download"], 2).await;
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("<ID>"), "the missing argument is named: {msg}");
     let (code, out, _) = s.run(&["--json", "--help"]).await;
     assert_eq!(code, 0);
     assert!(out.contains("Usage"), "{out}");
@@ -815,6 +819,28 @@ async fn download_targets_that_are_not_files() {
         .await;
     let kind = std::fs::symlink_metadata(&null).unwrap().file_type();
     assert!(kind.is_char_device(), "still a device node");
+
+    // The download's own files are never followed through a planted link, and a target
+    // that is a directory is refused before anything is fetched.
+    let victim = work.join("victim");
+    std::fs::write(&victim, b"precious").unwrap();
+    std::os::unix::fs::symlink(&victim, work.join("z.img.fsctl-part")).unwrap();
+    let z = work.join("z.img");
+    s.json(&["download", &id, "-o", z.to_str().unwrap()], 1)
+        .await;
+    assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+    std::fs::create_dir_all(work.join("dirs").join("dev.img")).unwrap();
+    let v = s
+        .json(
+            &["download", &id, "-o", work.join("dirs").to_str().unwrap()],
+            2,
+        )
+        .await;
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("is a directory"));
+    assert!(!work.join("dirs").join("dev.img.fsctl-part").exists());
 
     let link = work.join("link.img");
     std::os::unix::fs::symlink("real.img", &link).unwrap();

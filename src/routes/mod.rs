@@ -110,6 +110,9 @@ pub fn router(svc: Service, authenticator: Option<Arc<Authenticator>>) -> Router
                     tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
                 })
                 .on_request(())
+                // A 5xx is logged where it arises (a fault of the service, once, with its
+                // detail); a 503 the service chose (busy, not ready) is no error to alert on.
+                .on_failure(())
                 // The access line is written by `metered` once the response body is done:
                 // here it would be written when the headers go out.
                 .on_response(()),
