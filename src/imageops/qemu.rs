@@ -69,10 +69,17 @@ pub fn check(image: &Image) -> Vec<String> {
     ]
 }
 
-/// `qemu-img convert -p -O qcow2 -c [-o compression_type=zstd] IMAGE OUTPUT`: a compressed
+/// `qemu-img convert -p -W -O qcow2 -c [-o compression_type=zstd] IMAGE OUTPUT`: a compressed
 /// copy of the qcow2 `input`, without unallocated or zero clusters; `-p` prints progress.
+///
+/// `-W` lets qemu-img write clusters out of order, so its coroutines compress in parallel
+/// (in order, each waits for the one before to be written and compression runs about one
+/// core): 2 GiB half random, half zeros took 2.4 s instead of 3.4 s here (median of 4). The
+/// output is an equally valid qcow2 whose compressed clusters may lie in another order, so
+/// two slims of one image need not give the same bytes (the record keeps each output's own
+/// digests).
 pub fn convert(input: &Image, output: &Path, zstd: bool) -> Vec<String> {
-    let mut args: Vec<String> = ["convert", "-p", "-O", "qcow2", "-c"]
+    let mut args: Vec<String> = ["convert", "-p", "-W", "-O", "qcow2", "-c"]
         .map(String::from)
         .into();
     if zstd {
