@@ -76,9 +76,11 @@ impl Service {
         let (_, output) = self.scratch_file_with(".qcow2").await?;
         // Bytes that changed since they were recorded are never made the new reference.
         let expected = (&img.original_md5, &img.original_sha256);
+        let started = std::time::Instant::now();
         let (compressed, digests) = self
             .compress_original(&img, &output, job_progress, to_verify(expected))
             .await?;
+        tracing::debug!(image.id = %image_id, secs = started.elapsed().as_secs_f64(), "slim: original compressed and verified");
         if let Some(msg) = changed_since_recorded(expected, &digests) {
             tracing::warn!(image.id = %image_id, %msg, "slim refused: stored bytes changed");
             let digests = self
@@ -171,8 +173,10 @@ impl Service {
         // job cut short (its image deleted, its lease lost) drops this guard at an await.
         let unreferenced = self.unreferenced(&img.bucket, &key);
         let file = Image::File(output.to_path_buf());
+        let started = std::time::Instant::now();
         let check = self.imageops.check(&file, Declared::Qcow2);
         let (report, stored) = tokio::join!(check, self.store_slimmed(img, &key, output));
+        tracing::debug!(image.id = %image_id, secs = started.elapsed().as_secs_f64(), "slim: output checked, stored and hashed");
         if report.status != CheckStatus::Consistent {
             unreferenced.run().await;
             let msg = format!("the slimmed image did not check consistent: {}", report.msg);
