@@ -105,11 +105,16 @@ pub async fn run(api: &Api, args: DownloadArgs, pacer: Option<Arc<Pacer>>) -> Re
     let _lock = lock_part(&paths)?;
     let mut t = open_partial(&paths, &view.image_id, args.zip)?;
     let resumed_from = t.have;
+    let mut sink = open_sink(&paths)?;
     let bar = progress::bytes(view.size.max(0) as u64, &view.file_name);
     let mut broken = 0;
     loop {
         bar.set_position(t.have);
-        match fetch(api, &view, &paths, args.zip, &mut t, pacer.as_deref(), &bar).await? {
+        let to = Sink {
+            paths: &paths,
+            file: &mut sink,
+        };
+        match fetch(api, &view, to, args.zip, &mut t, pacer.as_deref(), &bar).await? {
             Fetch::Complete => break,
             Fetch::Broken(e) if broken >= api.retry.retries => return Err(e),
             Fetch::Broken(_) => {
@@ -119,6 +124,7 @@ pub async fn run(api: &Api, args: DownloadArgs, pacer: Option<Arc<Pacer>>) -> Re
         }
     }
     bar.finish_and_clear();
+    drop(sink);
     let sha256 = hex::encode(std::mem::take(&mut t.hasher).finalize());
     let verified = verify(&view, &paths, args.zip, &sha256, t.repr_digest.as_deref()).await;
     if let Err(e) = verified {
@@ -304,7 +310,9 @@ fn open_partial(paths: &Paths, image_id: &str, zip: bool) -> Result<Transfer> {
         restarted: false,
         etag: None,
     };
-    if paths.stream {
+    // A zip is built anew for every request (the service ignores Range for it): it never
+    // resumes, and starting it again says nothing about the image.
+    if paths.stream || zip {
         return Ok(t);
     }
     let meta: Option<PartMeta> = std::fs::read(&paths.meta)
@@ -332,12 +340,33 @@ fn open_partial(paths: &Paths, image_id: &str, zip: bool) -> Result<Transfer> {
     Ok(t)
 }
 
-/// One GET of the download: from byte `t.have` (with `If-Range`) to the end, appended to the
-/// partial file.
+/// Opens where the bytes are written, once for the whole run: the partial file (appended to),
+/// or the device or FIFO itself. A FIFO reopened after a dropped connection would show its
+/// reader an end, and the next open would then block for a reader that is gone.
+fn open_sink(paths: &Paths) -> Result<std::fs::File> {
+    let sink = paths.sink();
+    if paths.stream {
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(sink)
+            .map_err(Error::io(format!("cannot open {}", sink.display())))
+    } else {
+        open_own(sink, std::fs::OpenOptions::new().create(true).append(true))
+    }
+}
+
+/// The download's paths and its open sink.
+struct Sink<'a> {
+    paths: &'a Paths,
+    file: &'a mut std::fs::File,
+}
+
+/// One GET of the download: from byte `t.have` (with `If-Range`; a zip always from its start)
+/// to the end, appended to the sink.
 async fn fetch(
     api: &Api,
     view: &ImageView,
-    paths: &Paths,
+    Sink { paths, file }: Sink<'_>,
     zip: bool,
     t: &mut Transfer,
     pacer: Option<&Pacer>,
@@ -352,7 +381,7 @@ async fn fetch(
             req = req.query(&[("isZip", "true")]);
         }
         match (&etag, have) {
-            (Some(tag), n) if n > 0 => req
+            (Some(tag), n) if n > 0 && !zip => req
                 .header(header::RANGE, format!("bytes={n}-"))
                 .header(header::IF_RANGE, tag.as_str()),
             _ => req,
@@ -370,7 +399,7 @@ async fn fetch(
     };
     let append = r.status() == StatusCode::PARTIAL_CONTENT && t.have > 0;
     if !append {
-        t.restarted |= t.have > 0;
+        t.restarted |= t.have > 0 && !zip;
         reset(paths, t)?;
         let tag = header_str(&r, header::ETAG).unwrap_or_default();
         t.etag = Some(tag.clone()).filter(|t| !t.is_empty());
@@ -394,14 +423,6 @@ async fn fetch(
     }
     t.repr_digest = header_str(&r, "repr-digest").and_then(|v| parse_repr_digest(&v));
     let sink = paths.sink();
-    let mut file = if paths.stream {
-        std::fs::OpenOptions::new()
-            .append(true)
-            .open(sink)
-            .map_err(Error::io(format!("cannot open {}", sink.display())))?
-    } else {
-        open_own(sink, std::fs::OpenOptions::new().create(true).append(true))?
-    };
     let mut body = r.bytes_stream();
     while let Some(piece) = body.next().await {
         let piece = match piece {

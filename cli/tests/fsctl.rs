@@ -128,7 +128,17 @@ impl Server {
 
     /// Runs fsctl to its end: exit code, stdout, stderr.
     async fn run(&self, args: &[&str]) -> (i32, String, String) {
-        let out = self.fsctl(args).output().await.unwrap();
+        self.run_on(&self.base, args).await
+    }
+
+    /// Runs fsctl to its end against `server` (a proxy in front of this one).
+    async fn run_on(&self, server: &str, args: &[&str]) -> (i32, String, String) {
+        let out = self
+            .fsctl(args)
+            .env("FS_SERVER", server)
+            .output()
+            .await
+            .unwrap();
         let r = (
             out.status.code().unwrap_or(-1),
             String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -143,9 +153,14 @@ impl Server {
 
     /// Runs fsctl with `--json`, expects `code`, parses its single JSON document.
     async fn json(&self, args: &[&str], code: i32) -> serde_json::Value {
+        self.json_on(&self.base, args, code).await
+    }
+
+    /// [`Server::json`] against `server` (a proxy in front of this one).
+    async fn json_on(&self, server: &str, args: &[&str], code: i32) -> serde_json::Value {
         let mut all = args.to_vec();
         all.push("--json");
-        let (c, out, err) = self.run(&all).await;
+        let (c, out, err) = self.run_on(server, &all).await;
         assert_eq!(c, code, "fsctl {args:?}: {err}");
         serde_json::from_str(out.trim())
             .unwrap_or_else(|e| panic!("not one JSON document ({e}): {out}"))
@@ -934,5 +949,113 @@ async fn refused_uploads_leave_nothing() {
     assert_eq!(v["chunksSkipped"], 0);
     let id = v["image"]["imageId"].as_str().unwrap();
     download_matches(&s, id, &bytes).await;
+    s.stop().await;
+}
+
+/// A TCP proxy in front of `base` that cuts, once, the first connection to send back more
+/// than `cut_after` bytes (after forwarding exactly that many): a connection that breaks in
+/// the middle of a download. Every other connection passes untouched. Returns its base URL.
+async fn cutting_proxy(base: &str, cut_after: usize) -> String {
+    use std::sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    };
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let upstream = base.trim_start_matches("http://").to_string();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let cut = Arc::new(AtomicBool::new(false));
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let (upstream, cut) = (upstream.clone(), cut.clone());
+            tokio::spawn(async move {
+                let server = tokio::net::TcpStream::connect(&upstream).await.unwrap();
+                let (mut from_client, mut to_client) = client.into_split();
+                let (mut from_server, mut to_server) = server.into_split();
+                let requests = tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut from_client, &mut to_server).await;
+                });
+                let (mut sent, mut buf) = (0, vec![0u8; 64 * 1024]);
+                while let Ok(n @ 1..) = from_server.read(&mut buf).await {
+                    if sent + n > cut_after && !cut.swap(true, Ordering::SeqCst) {
+                        let _ = to_client.write_all(&buf[..cut_after - sent]).await;
+                        break;
+                    }
+                    sent += n;
+                    if to_client.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+                requests.abort();
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+/// A connection that breaks in the middle of a download is resumed within the run. Into a
+/// FIFO the rest is appended to the same open FIFO: its reader gets every byte once (the
+/// FIFO was reopened, so its reader saw an end after the first part and fsctl then blocked
+/// in open for a reader that was gone). A zip starts again from its first byte: the service
+/// builds it anew for each request, so neither the rerun nor the retry says the image
+/// changed, and a partial zip left by an earlier run is not resumed either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_connections_resume_within_the_run() {
+    let s = Server::start().await;
+    let bytes = noise(3 * MIB + 5, 23);
+    let id = upload(&s, "cut.img", &bytes, &[]).await;
+    let work = s.work();
+    let downloads = || s.metric("fs_http_requests_total", &["action/download"]);
+    let in_time = |what: &'static str, run| async move {
+        tokio::time::timeout(Duration::from_secs(60), run)
+            .await
+            .unwrap_or_else(|_| panic!("{what}: fsctl still runs after 60 s"))
+    };
+
+    let fifo = work.join("cut.fifo");
+    let ok = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let reader = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || std::fs::read(fifo).unwrap())
+    };
+    let before = downloads().await;
+    let proxy = cutting_proxy(&s.base, MIB).await;
+    let args = ["download", &id, "-o", fifo.to_str().unwrap()];
+    let v = in_time("into a FIFO", s.json_on(&proxy, &args, 0)).await;
+    assert_eq!(v["sha256"], sha(&bytes));
+    assert_eq!(v["restarted"], false, "{v}");
+    let read = reader.join().unwrap();
+    assert_eq!(read.len(), bytes.len());
+    assert_eq!(sha(&read), sha(&bytes));
+    assert_eq!(downloads().await, before + 2.0, "cut once, resumed once");
+
+    let zip = work.join("cut.zip");
+    let args = ["download", &id, "--zip", "-o", zip.to_str().unwrap()];
+    let before = downloads().await;
+    let proxy = cutting_proxy(&s.base, MIB).await;
+    let v = in_time("a zip", s.json_on(&proxy, &args, 0)).await;
+    assert_eq!(v["restarted"], false, "{v}");
+    assert_eq!(v["resumedFrom"], 0);
+    assert!(v["verifiedBy"].as_str().unwrap().contains("SHA-256"), "{v}");
+    assert_eq!(
+        downloads().await,
+        before + 2.0,
+        "cut once, started again once"
+    );
+
+    // What a killed zip download leaves: its partial file and the zip's ETag.
+    std::fs::remove_file(&zip).unwrap();
+    let part = work.join("cut.zip.fsctl-part");
+    std::fs::write(&part, noise(MIB, 24)).unwrap();
+    let meta = serde_json::json!({"imageId": id, "zip": true, "etag": "\"a-zip\""});
+    std::fs::write(work.join("cut.zip.fsctl-part.json"), meta.to_string()).unwrap();
+    let v = s.json(&args, 0).await;
+    assert_eq!(v["restarted"], false, "{v}");
+    assert_eq!(v["resumedFrom"], 0);
+    assert!(!part.exists());
     s.stop().await;
 }
