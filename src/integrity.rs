@@ -6,8 +6,9 @@
 //! RFC 3230). Digests of other algorithms in the digest headers are ignored, as RFC 9530
 //! section 3 lets a recipient do.
 
+use crate::awslc_md5::Md5;
 use base64::{engine::general_purpose::STANDARD as B64, Engine};
-use md5::{Digest as _, Md5};
+use md5::Digest as _;
 use sha2::Sha256;
 use std::{fmt, path::Path};
 

@@ -4,6 +4,7 @@
 //! Layers: `routes` (HTTP) -> `domain` -> (`db`, `storage`). See `docs/ARCHITECTURE.md`.
 
 pub mod auth;
+mod awslc_md5;
 pub mod cleanup;
 pub mod config;
 pub mod db;
