@@ -781,6 +781,9 @@ async fn rechecks_find_corruption(b: Backend) {
             .contains("no longer match"),
         "{v}"
     );
+    // The slimmed copy, stored while the original was verified, is gone again.
+    let left = app.leftovers().await;
+    assert!(!left.iter().any(|p| p.ends_with(".slim")), "{left:?}");
     // An object gone from the store: the re-check says so at once, without stale digests.
     remove(&app, &format!("images/{id2}")).await;
     assert_eq!(check(id2.clone()).await.status(), 200);
