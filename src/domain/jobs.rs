@@ -75,66 +75,36 @@ impl Service {
         }
         let (_, output) = self.scratch_file_with(".qcow2").await?;
         // Bytes that changed since they were recorded are never made the new reference.
-        let wanted = to_verify((&img.original_md5, &img.original_sha256));
-        // An original kept as a local file is hashed after the convert, beside the output's
-        // own pass: hashed beside qemu-img, it took a core from qemu-img's compression
-        // threads (2 GiB: 2.6 s instead of 1.8 s). One read from the store is hashed as
-        // qemu-img reads it.
-        let later = self.reads_in_place(&img.bucket, &img.object_key);
-        let now = if later { Wanted::default() } else { wanted };
+        let expected = (&img.original_md5, &img.original_sha256);
         let started = std::time::Instant::now();
         let (compressed, digests) = self
-            .compress_original(&img, &output, job_progress, now)
+            .compress_original(&img, &output, job_progress, to_verify(expected))
             .await?;
-        tracing::debug!(image.id = %image_id, secs = started.elapsed().as_secs_f64(), "slim: original compressed");
-        let verified = async {
-            if later {
-                self.object_digests(&img.bucket, &img.object_key, wanted)
-                    .await
-            } else {
-                Ok(digests)
-            }
-        };
-        let Err(f) = compressed else {
-            return self.keep_slimmed(&img, &output, verified).await;
-        };
-        if let Some(step) = self.refused_if_changed(&img, verified.await?).await? {
-            return Ok(step);
+        tracing::debug!(image.id = %image_id, secs = started.elapsed().as_secs_f64(), "slim: original compressed and verified");
+        if let Some(msg) = changed_since_recorded(expected, &digests) {
+            tracing::warn!(image.id = %image_id, %msg, "slim refused: stored bytes changed");
+            let digests = self
+                .digests_of_changed(&img.bucket, &img.object_key, digests)
+                .await?;
+            let md5 = digests.md5_hex().unwrap_or_default();
+            let sha256 = digests.sha256_hex().unwrap_or_default();
+            let found = db::images::CheckHashes {
+                md5: &md5,
+                sha256: &sha256,
+                original: false,
+            };
+            db::images::set_corrupted(&self.db, image_id, &msg, &found, now_secs()).await?;
+            let refusal = format!("This image cannot be slimmed: {msg}.");
+            return self.refuse_slim(image_id, &refusal).await;
         }
-        tracing::info!(image.id = %image_id, msg = %f.msg, "slim failed; the original stays");
-        db::images::slim_failed(&self.db, image_id, f.status, &f.msg, now_secs()).await?;
-        self.metrics
-            .image_slimmed(SlimOutcome::from_compress_status(f.status));
-        Ok(Step::Done)
-    }
-
-    /// Ends the slim of `img` when its original's `digests` (read now) are not those recorded
-    /// when it was stored: the image is marked corrupted and the slim refused. `None` when
-    /// they match.
-    async fn refused_if_changed(
-        &self,
-        img: &image::Model,
-        digests: Digests,
-    ) -> Result<Option<Step>> {
-        let expected = (&img.original_md5, &img.original_sha256);
-        let Some(msg) = changed_since_recorded(expected, &digests) else {
-            return Ok(None);
-        };
-        let image_id = img.id.as_str();
-        tracing::warn!(image.id = %image_id, %msg, "slim refused: stored bytes changed");
-        let digests = self
-            .digests_of_changed(&img.bucket, &img.object_key, digests)
-            .await?;
-        let md5 = digests.md5_hex().unwrap_or_default();
-        let sha256 = digests.sha256_hex().unwrap_or_default();
-        let found = db::images::CheckHashes {
-            md5: &md5,
-            sha256: &sha256,
-            original: false,
-        };
-        db::images::set_corrupted(&self.db, image_id, &msg, &found, now_secs()).await?;
-        let refusal = format!("This image cannot be slimmed: {msg}.");
-        self.refuse_slim(image_id, &refusal).await.map(Some)
+        if let Err(f) = compressed {
+            tracing::info!(image.id = %image_id, msg = %f.msg, "slim failed; the original stays");
+            db::images::slim_failed(&self.db, image_id, f.status, &f.msg, now_secs()).await?;
+            self.metrics
+                .image_slimmed(SlimOutcome::from_compress_status(f.status));
+            return Ok(Step::Done);
+        }
+        self.keep_slimmed(&img, &output).await
     }
 
     /// Why a slim cannot run now: the image is gone or no longer slimming (done), its check
@@ -170,9 +140,8 @@ impl Service {
         Ok(None)
     }
 
-    /// Compresses the stored original into `output` while the digests in `wanted` are computed
-    /// from its bytes (both read the stored object; with none wanted, only qemu-img does);
-    /// progress goes to the job (the runner shows it as the image's
+    /// Compresses the stored original into `output` while its bytes are hashed (both read the
+    /// stored object); progress goes to the job (the runner shows it as the image's
     /// `compressRate`).
     async fn compress_original(
         &self,
@@ -195,15 +164,9 @@ impl Service {
     }
 
     /// Checks the compressed `output` while it is stored beside the original (hashed while it
-    /// is stored: one read) and, once the original's digests (`verified`, computed meanwhile)
-    /// match those recorded and the output checks consistent, records it; only then is it
-    /// served. An output not recorded is removed from the store again.
-    async fn keep_slimmed(
-        &self,
-        img: &image::Model,
-        output: &std::path::Path,
-        verified: impl std::future::Future<Output = Result<Digests>>,
-    ) -> Result<Step> {
+    /// is stored: one read) and, when it checks consistent, records it; only then is it
+    /// served. An output that does not check consistent is removed from the store again.
+    async fn keep_slimmed(&self, img: &image::Model, output: &std::path::Path) -> Result<Step> {
         let image_id = img.id.as_str();
         let key = ObjectKey::slim(&img.object_key);
         // The stored copy goes again unless the image record takes it, on every way out: a
@@ -212,17 +175,8 @@ impl Service {
         let file = Image::File(output.to_path_buf());
         let started = std::time::Instant::now();
         let check = self.imageops.check(&file, Declared::Qcow2);
-        let (report, stored, original) =
-            tokio::join!(check, self.store_slimmed(img, &key, output), verified);
-        tracing::debug!(image.id = %image_id, secs = started.elapsed().as_secs_f64(), "slim: output checked, stored and hashed; original verified");
-        let refused = match original {
-            Ok(digests) => self.refused_if_changed(img, digests).await,
-            Err(e) => Err(e),
-        };
-        if !matches!(refused, Ok(None)) {
-            unreferenced.run().await;
-            return refused.map(|step| step.unwrap_or(Step::Done));
-        }
+        let (report, stored) = tokio::join!(check, self.store_slimmed(img, &key, output));
+        tracing::debug!(image.id = %image_id, secs = started.elapsed().as_secs_f64(), "slim: output checked, stored and hashed");
         if report.status != CheckStatus::Consistent {
             unreferenced.run().await;
             let msg = format!("the slimmed image did not check consistent: {}", report.msg);
@@ -404,9 +358,6 @@ impl Service {
         if !self.imageops.shares_files() {
             if let Some(path) = self.store.local_path(bucket, key) {
                 self.metrics.image_read(ImageRead::File);
-                if wanted == Wanted::default() {
-                    return Ok((op(Image::File(path)).await, Digests::default()));
-                }
                 let digests = self.object_digests(bucket, key, wanted);
                 let (out, digests) = tokio::join!(op(Image::File(path)), digests);
                 return Ok((out, digests?));
@@ -440,11 +391,6 @@ impl Service {
         self.metrics.image_read(ImageRead::Copy);
         let (path, _copy, digests) = self.scratch_copy(bucket, key, size, suffix, wanted).await?;
         Ok((op(Image::File(path)).await, digests))
-    }
-
-    /// Whether qemu-img reads the object where the store keeps it, as a local file.
-    fn reads_in_place(&self, bucket: &str, key: &str) -> bool {
-        !self.imageops.shares_files() && self.store.local_path(bucket, key).is_some()
     }
 
     /// Both digests of bytes found changed, for the record: those computed when they are both

@@ -781,7 +781,7 @@ async fn rechecks_find_corruption(b: Backend) {
             .contains("no longer match"),
         "{v}"
     );
-    // The slimmed copy, stored while the original was verified, is gone again.
+    // Nothing of the refused slim is left in the store.
     let left = app.leftovers().await;
     assert!(!left.iter().any(|p| p.ends_with(".slim")), "{left:?}");
     // An object gone from the store: the re-check says so at once, without stale digests.
