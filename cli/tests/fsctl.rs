@@ -250,6 +250,17 @@ fn noise(len: usize, seed: u64) -> Vec<u8> {
     v
 }
 
+/// Makes a FIFO at `path` and a thread that reads it to its end (what it read, joined).
+fn fifo_with_reader(path: &Path) -> std::thread::JoinHandle<Vec<u8>> {
+    let ok = std::process::Command::new("mkfifo")
+        .arg(path)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let fifo = path.to_path_buf();
+    std::thread::spawn(move || std::fs::read(fifo).unwrap())
+}
+
 fn sha(b: &[u8]) -> String {
     hex::encode(Sha256::digest(b))
 }
@@ -799,15 +810,7 @@ async fn download_targets_that_are_not_files() {
     let id = upload(&s, "dev.img", &bytes, &[]).await;
     let work = s.work();
     let fifo = work.join("out.fifo");
-    let ok = std::process::Command::new("mkfifo")
-        .arg(&fifo)
-        .status()
-        .unwrap();
-    assert!(ok.success());
-    let reader = {
-        let fifo = fifo.clone();
-        std::thread::spawn(move || std::fs::read(fifo).unwrap())
-    };
+    let reader = fifo_with_reader(&fifo);
     let v = s
         .json(&["download", &id, "-o", fifo.to_str().unwrap()], 0)
         .await;
@@ -1013,15 +1016,7 @@ async fn broken_connections_resume_within_the_run() {
     };
 
     let fifo = work.join("cut.fifo");
-    let ok = std::process::Command::new("mkfifo")
-        .arg(&fifo)
-        .status()
-        .unwrap();
-    assert!(ok.success());
-    let reader = {
-        let fifo = fifo.clone();
-        std::thread::spawn(move || std::fs::read(fifo).unwrap())
-    };
+    let reader = fifo_with_reader(&fifo);
     let before = downloads().await;
     let proxy = cutting_proxy(&s.base, MIB).await;
     let args = ["download", &id, "-o", fifo.to_str().unwrap()];
