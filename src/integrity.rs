@@ -445,6 +445,19 @@ pub fn digest_file(path: &Path, w: Wanted) -> std::io::Result<Digests> {
     }
 }
 
+/// The digests `w` asks for, over all of `body` (read as it comes, nothing kept).
+pub async fn digest_stream(
+    mut body: crate::storage::ByteStream,
+    w: Wanted,
+) -> std::io::Result<Digests> {
+    use futures::StreamExt;
+    let mut h = Hasher::new(w);
+    while let Some(block) = body.next().await {
+        h.update_bytes(block?);
+    }
+    Ok(h.finish())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

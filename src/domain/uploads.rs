@@ -8,7 +8,7 @@ use super::{
     integrity::{self, Algorithm, Checksum, Digests, Wanted},
     meter::Meter,
     now_secs,
-    objects::{multipart_of, spool},
+    objects::{body_error, multipart_of, spool},
     placement::{self, Received},
     quota::Reservation,
     validate, Error, Result, Service,
@@ -16,7 +16,7 @@ use super::{
 use crate::{
     config::Tier,
     db,
-    storage::{Part, PutOptions, SpooledPart},
+    storage::{fileio::BodyOrFile, InPlacePart, Part, PutOptions, SpooledPart, UploadedPart},
 };
 use entity::{
     status::SessionState::{Completed, Merging, Open},
@@ -76,9 +76,30 @@ fn chunk_checksum(value: &str) -> std::result::Result<Checksum, String> {
     )
 }
 
-/// A chunk's file part, spooled to scratch, with what was computed while it passed.
+/// Where a chunk's bytes were received.
+enum ChunkBody {
+    /// In a scratch file, to be handed to the store.
+    Spooled(SpooledPart),
+    /// Straight into its place in the store's upload, to be committed there.
+    InPlace {
+        part: Box<dyn InPlacePart>,
+        len: u64,
+    },
+}
+
+impl ChunkBody {
+    /// Bytes received.
+    fn len(&self) -> u64 {
+        match self {
+            ChunkBody::Spooled(p) => p.len,
+            ChunkBody::InPlace { len, .. } => *len,
+        }
+    }
+}
+
+/// A chunk's file part, received, with what was computed while it passed.
 struct SpooledChunk {
-    body: SpooledPart,
+    body: ChunkBody,
     /// The part's file name, where some clients put the chunk number.
     file_name: Option<String>,
     crc32: u32,
@@ -99,19 +120,25 @@ impl SpooledChunk {
     ) -> Result<()> {
         let needed = Wanted::for_checksums(declared);
         if !self.computed.covers(needed) {
-            let path = self.body.path();
-            self.digests =
-                tokio::task::spawn_blocking(move || integrity::digest_file(&path, needed))
-                    .await
-                    .map_err(|e| Error::Internal(e.to_string()))??;
+            self.digests = match &self.body {
+                ChunkBody::Spooled(spooled) => {
+                    let path = spooled.path();
+                    tokio::task::spawn_blocking(move || integrity::digest_file(&path, needed))
+                        .await
+                        .map_err(|e| Error::Internal(e.to_string()))??
+                }
+                ChunkBody::InPlace { part, .. } => {
+                    integrity::digest_stream(part.read_back()?, needed).await?
+                }
+            };
         }
         self.digests
             .verify(declared, &format!("chunk {number}"))
             .map_err(Error::ChecksumMismatch)?;
         match totals.current_chunk_size {
-            Some(expected) if expected != self.body.len => Err(Error::SizeMismatch(format!(
+            Some(expected) if expected != self.body.len() => Err(Error::SizeMismatch(format!(
                 "chunk {number} has {} bytes; currentChunkSize says {expected}",
-                self.body.len
+                self.body.len()
             ))),
             _ => Ok(()),
         }
@@ -297,7 +324,7 @@ impl Service {
         trace: &mut ChunkTrace,
     ) -> Result<()> {
         let _slot = self.upload_slot().await?;
-        let (mut chunk, fields) = self.spool_chunk(form, query, &declared).await?;
+        let (mut chunk, fields) = self.receive_chunk(caller, form, query, &declared).await?;
         trace.identifier = identifier_of(&fields).ok().map(|i| i.to_string());
         let target = SessionRef::of(caller, &fields)?;
         let number = ChunkNumber::parse(fields.get(Field::ChunkNumber), chunk.file_name.as_deref())
@@ -308,7 +335,7 @@ impl Service {
             declared.push(chunk_checksum(c).map_err(Error::InvalidInput)?);
         }
         chunk.verify(number, &declared, &totals).await?;
-        let len = chunk.body.len;
+        let len = chunk.body.len();
         totals.check_chunk(number, len, self.cfg.max_image_bytes)?;
         let tier = self.tier_for(fields.get(Field::Priority))?.clone();
         // With authentication off, the session records the `userId` a client sends with its
@@ -333,10 +360,13 @@ impl Service {
     }
 
     /// Reads a chunk request's form: its fields (over `query`) and its file part (`part` or
-    /// `file`), spooled to scratch. Fields may follow the chunk, so it is spooled before
-    /// anything is decided; the digests known to be needed now are computed on the way.
-    async fn spool_chunk(
+    /// `file`). Fields may follow the chunk, so it is received before anything is decided:
+    /// straight into its place in the upload when the fields before it name an open upload
+    /// and the store can take the chunk there now (see `ObjectStore::part_in_place`), spooled
+    /// to scratch otherwise. The digests known to be needed now are computed on the way.
+    async fn receive_chunk(
         &self,
+        caller: &Caller,
         form: &mut dyn FormSource,
         query: Fields,
         declared: &[Checksum],
@@ -352,16 +382,53 @@ impl Service {
         }
         let meter = Meter::hashing(wanted);
         let body = meter.wrap(body, self.cfg.max_image_bytes);
-        let (file, path) = self.scratch_file().await?;
-        let len = spool(file, body, &meter).await?;
+        let in_place = self
+            .part_in_place(caller, form.fields(), file_name.as_deref())
+            .await;
+        let body = match in_place {
+            Some(mut part) => {
+                let len = part.receive(body).await.map_err(|e| match e {
+                    BodyOrFile::Body(e) => body_error(e, &meter),
+                    BodyOrFile::File(e) => e.into(),
+                })?;
+                ChunkBody::InPlace { part, len }
+            }
+            None => {
+                let (file, path) = self.scratch_file().await?;
+                let len = spool(file, body, &meter).await?;
+                ChunkBody::Spooled(SpooledPart { file: path, len })
+            }
+        };
         let chunk = SpooledChunk {
-            body: SpooledPart { file: path, len },
+            body,
             file_name,
             crc32: meter.crc32(),
             computed: wanted,
             digests: meter.digests(),
         };
         Ok((chunk, form.finish().await?))
+    }
+
+    /// A writer for the chunk in its place in the upload that `fields` (those read before the
+    /// chunk) and the part's file name name, when that upload is open and the store can take
+    /// the chunk there now; `None` otherwise (the chunk is spooled, and anything wrong with
+    /// the request is reported once the whole form is read).
+    async fn part_in_place(
+        &self,
+        caller: &Caller,
+        fields: &Fields,
+        file_name: Option<&str>,
+    ) -> Option<Box<dyn InPlacePart>> {
+        let target = SessionRef::of(caller, fields).ok()?;
+        let number = ChunkNumber::parse(fields.get(Field::ChunkNumber), file_name).ok()?;
+        let session = db::uploads::find(&self.db, &target.key).await.ok()??;
+        if session.state != Open {
+            return None;
+        }
+        self.store
+            .part_in_place(multipart_of(&session), number.get())
+            .await
+            .ok()?
     }
 
     /// Whether chunk `number` (of `len` bytes) may join the session: it is still open, and the
@@ -428,26 +495,66 @@ impl Service {
         others: &[Received],
         quota: Reservation,
     ) -> Result<()> {
-        let (len, number) = (chunk.body.len, number.get());
+        let (len, number) = (chunk.body.len(), number.get());
         let min = self.store.min_part_size();
         let direct = placement::send_direct(number, len, min, others);
+        let body = match chunk.body {
+            ChunkBody::InPlace { part, .. }
+                if part.target() == (session.upload_id.as_str(), number) =>
+            {
+                return self
+                    .record_chunk(
+                        session,
+                        number,
+                        len,
+                        chunk.crc32,
+                        quota,
+                        part.commit().await?,
+                    )
+                    .await;
+            }
+            // Received in place for another upload or number than the whole form names (a
+            // field after the chunk changed it): copied to scratch, then stored as any chunk.
+            ChunkBody::InPlace { part, .. } => {
+                let (file, path) = self.scratch_file().await?;
+                spool(file, part.read_back()?, &Meter::default()).await?;
+                SpooledPart { file: path, len }
+            }
+            ChunkBody::Spooled(spooled) => spooled,
+        };
         let uploaded = self
             .store
             .upload_part(
                 multipart_of(session),
                 Part {
                     number,
-                    body: chunk.body,
+                    body,
                     direct,
                 },
             )
             .await?;
+        self.record_chunk(session, number, len, chunk.crc32, quota, uploaded)
+            .await
+    }
+
+    /// Records chunk `number` (`len` bytes, CRC-32 `crc32`) of the session as the store took
+    /// it, and releases `quota`, the reservation of its bytes, now that the part row counts
+    /// them.
+    async fn record_chunk(
+        &self,
+        session: &upload_session::Model,
+        number: u32,
+        len: u64,
+        crc32: u32,
+        quota: Reservation,
+        uploaded: UploadedPart,
+    ) -> Result<()> {
         let staged = uploaded.staged;
         let part = db::uploads::NewPart {
             number,
             size: len,
             etag: &uploaded.etag,
-            crc32: chunk.crc32,
+            crc32,
             staged,
             checksum: uploaded.checksum.as_deref(),
         };

@@ -63,6 +63,18 @@ impl FileSink {
         }
     }
 
+    /// A durable sink (see [`FileSink::durable`]) that writes into an existing file from
+    /// `offset` (bytes) on, over whatever lies there.
+    pub fn durable_at(mut file: File, offset: u64) -> io::Result<Self> {
+        use std::io::Seek;
+        file.seek(io::SeekFrom::Start(offset))?;
+        Ok(Self {
+            submitted: offset,
+            started: offset,
+            ..Self::durable(file)
+        })
+    }
+
     pub async fn write(&mut self, b: Bytes) -> io::Result<()> {
         if b.is_empty() {
             return Ok(());

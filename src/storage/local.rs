@@ -8,8 +8,8 @@
 use super::fileio::copy_between;
 use super::{
     fileio::{self, BodyOrFile, FileSink},
-    local_parts, ByteRange, ByteStream, CompletedPart, MultipartUpload, ObjectRef, ObjectStore,
-    Part, PutOptions, Result, SpooledPart, StorageError, UploadedPart,
+    local_parts, ByteRange, ByteStream, CompletedPart, InPlacePart, MultipartUpload, ObjectRef,
+    ObjectStore, Part, PutOptions, Result, SpooledPart, StorageError, UploadedPart,
 };
 use crate::dirlock::{self, DirLock};
 use async_trait::async_trait;
@@ -98,6 +98,69 @@ impl LocalStore {
             sync_dir(parent).await;
         }
         Ok(())
+    }
+}
+
+/// A part received straight into its upload's `data` file (see `local_parts::begin_in_place`).
+/// It holds the lock on `data` until it is committed or dropped; a write still in flight when
+/// it is dropped keeps the lock until that write is done.
+struct LocalPart {
+    dir: PathBuf,
+    upload_id: String,
+    number: u32,
+    /// Where the part begins in `data` (bytes).
+    offset: u64,
+    /// Bytes received.
+    len: u64,
+    /// Writes from `offset` on; taken by `receive`.
+    sink: Option<FileSink>,
+    data: Arc<std::fs::File>,
+}
+
+#[async_trait]
+impl InPlacePart for LocalPart {
+    fn target(&self) -> (&str, u32) {
+        (&self.upload_id, self.number)
+    }
+
+    async fn receive(&mut self, body: ByteStream) -> std::result::Result<u64, BodyOrFile> {
+        let mut sink = self
+            .sink
+            .take()
+            .ok_or_else(|| BodyOrFile::File(io::Error::other("part already received")))?;
+        sink.drain(body).await?;
+        self.len = sink.finish(false).await.map_err(BodyOrFile::File)?;
+        Ok(self.len)
+    }
+
+    fn read_back(&self) -> Result<ByteStream> {
+        let file = self.data.try_clone()?;
+        Ok(fileio::read_stream(file, self.offset, self.len))
+    }
+
+    async fn commit(self: Box<Self>) -> Result<UploadedPart> {
+        if self.sink.is_some() {
+            return Err(StorageError::InvalidPart("part never received".into()));
+        }
+        let etag = format!("{}-{}", self.len, uuid::Uuid::new_v4().simple());
+        let LocalPart {
+            dir,
+            number,
+            offset,
+            len,
+            data,
+            ..
+        } = *self;
+        tokio::task::spawn_blocking(move || {
+            local_parts::commit_in_place(&dir, &data, number, offset, len)
+        })
+        .await
+        .map_err(|e| io::Error::other(e.to_string()))??;
+        Ok(UploadedPart {
+            etag,
+            checksum: None,
+            staged: false,
+        })
     }
 }
 
@@ -220,6 +283,39 @@ impl ObjectStore for LocalStore {
         })
     }
 
+    async fn part_in_place(
+        &self,
+        upload: MultipartUpload<'_>,
+        number: u32,
+    ) -> Result<Option<Box<dyn InPlacePart>>> {
+        let dir = self.upload_dir(upload.upload_id)?;
+        if !tokio::fs::try_exists(&dir).await? {
+            return Ok(None);
+        }
+        let dir2 = dir.clone();
+        let begun = tokio::task::spawn_blocking(move || {
+            let Some((data, offset)) = local_parts::begin_in_place(&dir2, number)? else {
+                return Ok(None);
+            };
+            // A second descriptor of the same open file: the lock lasts while either is open.
+            let reader = data.try_clone()?;
+            Ok::<_, io::Error>(Some((FileSink::durable_at(data, offset)?, reader, offset)))
+        })
+        .await
+        .map_err(|e| io::Error::other(e.to_string()))??;
+        Ok(begun.map(|(sink, data, offset)| {
+            Box::new(LocalPart {
+                dir,
+                upload_id: upload.upload_id.to_string(),
+                number,
+                offset,
+                len: 0,
+                sink: Some(sink),
+                data: Arc::new(data),
+            }) as Box<dyn InPlacePart>
+        }))
+    }
+
     async fn complete_multipart(
         &self,
         upload: MultipartUpload<'_>,
@@ -249,7 +345,9 @@ impl ObjectStore for LocalStore {
         let tmp = self.tmp_path();
         let guard = TmpGuard(Some(tmp.clone()));
         let dir2 = dir.clone();
-        let assembled =
+        // `_held` keeps the lock on the upload's `data` until the object is published: no part
+        // can be written into a file that is being moved into place.
+        let (assembled, _held) =
             tokio::task::spawn_blocking(move || local_parts::assemble(&dir2, &numbers, &tmp))
                 .await
                 .map_err(|e| io::Error::other(e.to_string()))?

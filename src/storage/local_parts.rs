@@ -7,8 +7,19 @@
 //! (inside the kernel, and synced, so the acknowledgement of a chunk means it is durable), and
 //! any waiting part files that now follow are absorbed. Clients that send chunks in order (the
 //! existing ones send 50 MiB chunks one after another) therefore end with the whole image in
-//! `data`, and completion is a rename. Every step holds an exclusive `flock` on the directory,
-//! so concurrent chunks of one upload (from any process) are safe.
+//! `data`, and completion is a rename.
+//!
+//! The part that extends the run can also be received straight into `data`
+//! ([`begin_in_place`], then [`commit_in_place`]), so that its bytes are written once: the
+//! writer writes after the end of the listed parts, and only the index makes them a part. Bytes
+//! a writer left there without committing (a dropped request) are not listed, and the next
+//! part overwrites them.
+//!
+//! Locks, always taken in this order: an exclusive `flock` on `data`, the right to write into
+//! it (held by an in-place writer for as long as it receives, and by a completion until `data`
+//! is published; [`begin_in_place`] does not wait for it, the others do), then one on the
+//! directory's `lock` file for each change of the index or the part files. So concurrent chunks
+//! of one upload (from any process) are safe. A part out of order only takes the directory lock.
 
 use super::fileio::copy_between;
 use std::{
@@ -68,6 +79,59 @@ fn write_index(dir: &Path, lens: &[u64]) -> io::Result<()> {
     fs::rename(tmp, dir.join("data.idx"))
 }
 
+/// The error for an upload whose joined parts were moved out by a completion.
+fn published() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::NotFound,
+        "the joined parts are no longer in the upload",
+    )
+}
+
+/// Opens `data` (creating it while no part is listed) and takes its exclusive lock, the right
+/// to change it: waiting for it with `wait`, or `None` when another holder has it.
+fn lock_data(dir: &Path, wait: bool) -> io::Result<Option<File>> {
+    use std::os::unix::fs::MetadataExt;
+    for _ in 0..3 {
+        let data = match OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(dir.join("data"))
+        {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let _lock = DirLock::take(dir)?;
+                if !read_index(dir)?.is_empty() {
+                    // Never recreate `data` empty under an index that lists parts in it.
+                    return Err(published());
+                }
+                open_data(dir)?
+            }
+            Err(e) => return Err(e),
+        };
+        let op = if wait {
+            libc::LOCK_EX
+        } else {
+            libc::LOCK_EX | libc::LOCK_NB
+        };
+        // SAFETY: flock on a descriptor we own.
+        if unsafe { libc::flock(data.as_raw_fd(), op) } != 0 {
+            let e = io::Error::last_os_error();
+            return match e.raw_os_error() {
+                Some(libc::EWOULDBLOCK) if !wait => Ok(None),
+                _ => Err(e),
+            };
+        }
+        // Still the upload's `data`, not a file a completion moved out meanwhile?
+        match fs::metadata(dir.join("data")) {
+            Ok(m) if m.ino() == data.metadata()?.ino() => return Ok(Some(data)),
+            Ok(_) => continue,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(published())
+}
+
 fn open_data(dir: &Path) -> io::Result<File> {
     OpenOptions::new()
         .create(true)
@@ -79,6 +143,15 @@ fn open_data(dir: &Path) -> io::Result<File> {
 
 /// Stores part `number` from the spooled file `src` (which is consumed).
 pub fn put_part(dir: &Path, number: u32, src: &Path, len: u64) -> io::Result<()> {
+    {
+        // A part out of order waits in a file of its own; `data` is not touched (nor waited
+        // for, while a part is received into it).
+        let _lock = DirLock::take(dir)?;
+        if number as usize > read_index(dir)?.len() + 1 {
+            return park(dir, number, src, len);
+        }
+    }
+    let data = lock_data(dir, true)?.ok_or_else(published)?;
     let _lock = DirLock::take(dir)?;
     let mut lens = read_index(dir)?;
     let n = number as usize;
@@ -86,13 +159,11 @@ pub fn put_part(dir: &Path, number: u32, src: &Path, len: u64) -> io::Result<()>
         let offset: u64 = lens[..n - 1].iter().sum();
         if lens[n - 1] == len {
             // Re-sent with the same length: overwrite in place.
-            let data = open_data(dir)?;
             copy_between(&File::open(src)?, 0, &data, offset, len)?;
             data.sync_all()?;
             return fs::remove_file(src);
         }
         // Another length: parts after it move out of `data` into part files of their own.
-        let data = open_data(dir)?;
         let mut off = offset + lens[n - 1];
         for (i, l) in lens.iter().enumerate().skip(n) {
             let tmp = dir.join(format!("{:05}.part.tmp", i + 1));
@@ -107,30 +178,47 @@ pub fn put_part(dir: &Path, number: u32, src: &Path, len: u64) -> io::Result<()>
         data.set_len(offset)?;
     }
     if n == lens.len() + 1 {
-        let data = open_data(dir)?;
-        let mut end: u64 = lens.iter().sum();
-        end = copy_between(&File::open(src)?, 0, &data, end, len)?;
+        let end: u64 = lens.iter().sum();
+        let end = copy_between(&File::open(src)?, 0, &data, end, len)?;
         fs::remove_file(src)?;
-        lens.push(len);
-        let _ = fs::remove_file(part_file(dir, number));
-        // Absorb parts that were waiting for this one.
-        loop {
-            let next = part_file(dir, lens.len() as u32 + 1);
-            let f = match File::open(&next) {
-                Ok(f) => f,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => break,
-                Err(e) => return Err(e),
-            };
-            let l = f.metadata()?.len();
-            end = copy_between(&f, 0, &data, end, l)?;
-            lens.push(l);
-            fs::remove_file(&next)?;
-        }
-        data.set_len(end)?;
-        data.sync_all()?;
-        return write_index(dir, &lens);
+        return extend(dir, &data, lens, number, len, end);
     }
-    // Out of order: wait in a file of its own.
+    park(dir, number, src, len)
+}
+
+/// Records part `number` (`len` bytes), just written into `data` after the parts of `lens`
+/// and ending at `end`, absorbs the parts that were waiting for it, and makes it all durable.
+fn extend(
+    dir: &Path,
+    data: &File,
+    mut lens: Vec<u64>,
+    number: u32,
+    len: u64,
+    mut end: u64,
+) -> io::Result<()> {
+    lens.push(len);
+    let _ = fs::remove_file(part_file(dir, number));
+    // Absorb parts that were waiting for this one.
+    loop {
+        let next = part_file(dir, lens.len() as u32 + 1);
+        let f = match File::open(&next) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => break,
+            Err(e) => return Err(e),
+        };
+        let l = f.metadata()?.len();
+        end = copy_between(&f, 0, data, end, l)?;
+        lens.push(l);
+        fs::remove_file(&next)?;
+    }
+    data.set_len(end)?;
+    data.sync_all()?;
+    write_index(dir, &lens)
+}
+
+/// Keeps part `number` (the spooled file `src`, `len` bytes) in a file of its own, until the
+/// parts before it are in `data`.
+fn park(dir: &Path, number: u32, src: &Path, len: u64) -> io::Result<()> {
     File::open(src)?.sync_all()?;
     match fs::rename(src, part_file(dir, number)) {
         Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
@@ -153,17 +241,12 @@ pub fn data_published(dir: &Path) -> io::Result<bool> {
 }
 
 /// Assembles `numbers` (ascending) into the file `out_tmp`, or returns `data` itself when it
-/// already holds them: the path of the finished, synced file.
-pub fn assemble(dir: &Path, numbers: &[u32], out_tmp: &Path) -> io::Result<PathBuf> {
+/// already holds them: the path of the finished, synced file, and `data` with its lock held
+/// (keep it until that file is published: no part is written into `data` meanwhile).
+pub fn assemble(dir: &Path, numbers: &[u32], out_tmp: &Path) -> io::Result<(PathBuf, File)> {
+    let data = lock_data(dir, true)?.ok_or_else(published)?;
     let _lock = DirLock::take(dir)?;
     let lens = read_index(dir)?;
-    if !lens.is_empty() && !dir.join("data").try_exists()? {
-        // Never recreate `data` empty under an index that lists parts in it.
-        return Err(io::Error::new(
-            io::ErrorKind::NotFound,
-            "the joined parts are no longer in the upload",
-        ));
-    }
     let k = lens.len() as u32;
     let in_data: Vec<u32> = numbers.iter().copied().filter(|&n| n <= k).collect();
     let prefix = in_data.iter().enumerate().all(|(i, &n)| n == i as u32 + 1);
@@ -175,7 +258,6 @@ pub fn assemble(dir: &Path, numbers: &[u32], out_tmp: &Path) -> io::Result<PathB
     };
     if prefix {
         // Fast path: keep `data`, cut it after the parts asked for, append the rest.
-        let data = open_data(dir)?;
         let mut end: u64 = lens[..in_data.len()].iter().sum();
         for &n in numbers.iter().filter(|&&n| n > k) {
             let f = File::open(part_file(dir, n)).map_err(|_| missing(n))?;
@@ -184,10 +266,9 @@ pub fn assemble(dir: &Path, numbers: &[u32], out_tmp: &Path) -> io::Result<PathB
         }
         data.set_len(end)?;
         data.sync_all()?;
-        return Ok(dir.join("data"));
+        return Ok((dir.join("data"), data));
     }
     // General case (a subset of the contiguous parts): copy the pieces into a new file.
-    let data = open_data(dir)?;
     let out = OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -204,5 +285,40 @@ pub fn assemble(dir: &Path, numbers: &[u32], out_tmp: &Path) -> io::Result<PathB
         }
     }
     out.sync_all()?;
-    Ok(out_tmp.to_path_buf())
+    Ok((out_tmp.to_path_buf(), data))
+}
+
+/// Opens `data` for part `number` to be received into it in place, when that part is the one
+/// that extends the run in `data` and no other writer holds `data`: the locked file and the
+/// offset (bytes) where the part begins. `None` otherwise (spool it and use [`put_part`]).
+pub fn begin_in_place(dir: &Path, number: u32) -> io::Result<Option<(File, u64)>> {
+    let Some(data) = lock_data(dir, false)? else {
+        return Ok(None);
+    };
+    let _lock = DirLock::take(dir)?;
+    let lens = read_index(dir)?;
+    if number as usize != lens.len() + 1 {
+        return Ok(None);
+    }
+    Ok(Some((data, lens.iter().sum())))
+}
+
+/// Records part `number`, received into `data` (the file [`begin_in_place`] returned, whose
+/// lock is still held) from `offset` for `len` bytes, as [`put_part`] would have stored it.
+pub fn commit_in_place(
+    dir: &Path,
+    data: &File,
+    number: u32,
+    offset: u64,
+    len: u64,
+) -> io::Result<()> {
+    let _lock = DirLock::take(dir)?;
+    let lens = read_index(dir)?;
+    if number as usize != lens.len() + 1 || lens.iter().sum::<u64>() != offset {
+        // Cannot happen while the lock on `data` was held; never record a part elsewhere.
+        return Err(io::Error::other(
+            "the upload's parts changed under a part in place",
+        ));
+    }
+    extend(dir, data, lens, number, len, offset + len)
 }

@@ -3,8 +3,8 @@
 //! The backends know nothing of it: the service wraps whichever store it is given.
 
 use super::{
-    ByteRange, ByteStream, CompletedPart, MultipartUpload, ObjectRef, ObjectStore, Part,
-    PutOptions, Result, StorageError, UploadedPart,
+    fileio::BodyOrFile, ByteRange, ByteStream, CompletedPart, InPlacePart, MultipartUpload,
+    ObjectRef, ObjectStore, Part, PutOptions, Result, StorageError, UploadedPart,
 };
 use crate::metrics::Metrics;
 use async_trait::async_trait;
@@ -32,21 +32,57 @@ impl MeteredStore {
         call: impl std::future::Future<Output = Result<T>>,
         not_found: impl Fn(&T) -> bool,
     ) -> Result<T> {
-        let started = Instant::now();
-        let result = call.await;
-        let outcome = match &result {
-            Ok(v) if not_found(v) => "not_found",
-            Ok(_) => "ok",
-            Err(StorageError::NotFound | StorageError::NoSuchUpload) => "not_found",
-            Err(_) => "error",
-        };
-        self.metrics.store_op(operation, outcome, started.elapsed());
-        result
+        observe(&self.metrics, operation, call, not_found).await
     }
+}
+
+/// Runs one call of `operation`, recording its outcome and duration in `metrics`.
+async fn observe<T>(
+    metrics: &Metrics,
+    operation: &str,
+    call: impl std::future::Future<Output = Result<T>>,
+    not_found: impl Fn(&T) -> bool,
+) -> Result<T> {
+    let started = Instant::now();
+    let result = call.await;
+    let outcome = match &result {
+        Ok(v) if not_found(v) => "not_found",
+        Ok(_) => "ok",
+        Err(StorageError::NotFound | StorageError::NoSuchUpload) => "not_found",
+        Err(_) => "error",
+    };
+    metrics.store_op(operation, outcome, started.elapsed());
+    result
 }
 
 fn found<T>(_: &T) -> bool {
     false
+}
+
+/// A part received in place, whose commit is counted as an `upload_part`.
+struct MeteredPart {
+    inner: Box<dyn InPlacePart>,
+    metrics: Arc<Metrics>,
+}
+
+#[async_trait]
+impl InPlacePart for MeteredPart {
+    fn target(&self) -> (&str, u32) {
+        self.inner.target()
+    }
+
+    async fn receive(&mut self, body: ByteStream) -> std::result::Result<u64, BodyOrFile> {
+        self.inner.receive(body).await
+    }
+
+    fn read_back(&self) -> Result<ByteStream> {
+        self.inner.read_back()
+    }
+
+    async fn commit(self: Box<Self>) -> Result<UploadedPart> {
+        let metrics = self.metrics.clone();
+        observe(&metrics, "upload_part", self.inner.commit(), found).await
+    }
 }
 
 #[async_trait]
@@ -74,6 +110,21 @@ impl ObjectStore for MeteredStore {
     async fn upload_part(&self, upload: MultipartUpload<'_>, part: Part) -> Result<UploadedPart> {
         let call = self.inner.upload_part(upload, part);
         self.observe("upload_part", call, found).await
+    }
+
+    async fn part_in_place(
+        &self,
+        upload: MultipartUpload<'_>,
+        number: u32,
+    ) -> Result<Option<Box<dyn InPlacePart>>> {
+        // Counted as the `upload_part` it stands for, when it is committed.
+        let part = self.inner.part_in_place(upload, number).await?;
+        Ok(part.map(|inner| {
+            Box::new(MeteredPart {
+                inner,
+                metrics: self.metrics.clone(),
+            }) as Box<dyn InPlacePart>
+        }))
     }
 
     async fn complete_multipart(

@@ -142,6 +142,29 @@ impl SpooledPart {
     }
 }
 
+/// A part being received straight into its final place in a multipart upload, instead of being
+/// spooled and handed to [`ObjectStore::upload_part`] (see [`ObjectStore::part_in_place`]).
+/// Until [`InPlacePart::commit`], the bytes are not part of the upload: dropping the value
+/// leaves the upload as it was (the space the bytes took is reused by the next part).
+#[async_trait]
+pub trait InPlacePart: Send {
+    /// The upload id and part number this part was opened for.
+    fn target(&self) -> (&str, u32);
+
+    /// Writes all of `body` (once; the bytes are received as they arrive, the disk writing
+    /// behind them). Returns the number of bytes written.
+    ///
+    /// Errors: `BodyOrFile::Body` when the body failed, `BodyOrFile::File` when the store did.
+    async fn receive(&mut self, body: ByteStream) -> std::result::Result<u64, fileio::BodyOrFile>;
+
+    /// The bytes received so far, read back (for a digest not computed while they passed).
+    fn read_back(&self) -> Result<ByteStream>;
+
+    /// Makes the received bytes durable and part `target().1` of the upload, as
+    /// [`ObjectStore::upload_part`] would have.
+    async fn commit(self: Box<Self>) -> Result<UploadedPart>;
+}
+
 #[async_trait]
 pub trait ObjectStore: Send + Sync + 'static {
     /// Checks that a bucket exists, creating it when it does not.
@@ -168,6 +191,19 @@ pub trait ObjectStore: Send + Sync + 'static {
     /// Stores `part` of `upload`, replacing an earlier part of that number. Returns its ETag
     /// (and checksum).
     async fn upload_part(&self, upload: MultipartUpload<'_>, part: Part) -> Result<UploadedPart>;
+
+    /// A writer for part `number` of `upload` that puts the bytes straight where the object
+    /// will hold them, when the store can do that for this part now (the local store, for the
+    /// part that extends the parts already in order, when no other such writer is open).
+    /// `None`: spool the part and use [`ObjectStore::upload_part`]. An S3 store always says
+    /// `None` (UploadPart needs the part's length before its body).
+    async fn part_in_place(
+        &self,
+        _upload: MultipartUpload<'_>,
+        _number: u32,
+    ) -> Result<Option<Box<dyn InPlacePart>>> {
+        Ok(None)
+    }
 
     /// Joins `parts` (ascending numbers) of `upload` into its object. Completing an upload
     /// that already completed into an existing object succeeds. `Resend` names parts held

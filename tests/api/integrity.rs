@@ -804,8 +804,69 @@ async fn rechecks_find_corruption(b: Backend) {
     app.stop().await;
 }
 
+/// A chunk is received where the fields before it point (on the local store, straight into
+/// its place in the upload); fields after it still decide where it lands, and a chunk refused
+/// once received leaves nothing recorded. Two copies of a chunk sent at once both land safely.
+async fn fields_after_a_chunk_decide_where_it_lands(b: Backend) {
+    let app = TestApp::spawn(b, Options::default()).await;
+    let chunks: Vec<Vec<u8>> = (0..4)
+        .map(|i| pattern(40 + i, 90_000 + i as usize))
+        .collect();
+    let send = |id: &'static str, n: u32, i: usize, after: Vec<(&'static str, String)>| {
+        let body = chunks[i].clone();
+        let app = &app;
+        async move { chunk_with(app, id, n, body, &[], &after, &[]).await }
+    };
+    assert_eq!(send("late", 1, 0, vec![]).await.status(), 200);
+    // Received as chunk 2 (the next in order, from its file name), then a field says 3.
+    let r = send("late", 2, 2, vec![("chunkNumber", "3".into())]).await;
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    assert_eq!(held(&app, "late").await, vec![1, 3]);
+    // Received as chunk 2 of "late", then a field names another upload: chunk 2 of that one.
+    let r = send("late", 2, 1, vec![("identifier", "other".into())]).await;
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    assert_eq!(held(&app, "other").await, vec![2]);
+    assert_eq!(held(&app, "late").await, vec![1, 3]);
+    // Refused once received (the checksum follows the bytes): nothing recorded.
+    let wrong = format!("sha256:{}", hex::encode(sha2::Sha256::digest(b"not it")));
+    let r = send("late", 2, 1, vec![("chunkChecksum", wrong)]).await;
+    assert_eq!(
+        assert_error(r, 400, None).await["code"],
+        "CHECKSUM_MISMATCH"
+    );
+    assert_eq!(held(&app, "late").await, vec![1, 3]);
+    // The same chunk twice at once, and the last one beside them.
+    let (a, b2, c) = tokio::join!(
+        send("late", 2, 1, vec![]),
+        send("late", 2, 1, vec![]),
+        send("late", 4, 3, vec![])
+    );
+    for r in [a, b2, c] {
+        assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    }
+    assert_eq!(held(&app, "late").await, vec![1, 2, 3, 4]);
+    let r = app.merge("late", "late.img").await;
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(
+        app.download(v["imageId"].as_str().unwrap()).await,
+        chunks.concat()
+    );
+    let r = app
+        .client
+        .delete(app.url("/images/upload?identifier=other"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let left = app.leftovers().await;
+    assert_eq!(left.len(), 1, "{left:?}");
+    app.stop().await;
+}
+
 crate::backend_tests!(
     declared_totals_are_enforced,
+    fields_after_a_chunk_decide_where_it_lands,
     chunk_checksums_in_every_form,
     whole_image_checksums,
     downloads_carry_validators,

@@ -882,3 +882,78 @@ async fn local_completion_killed_after_publishing_is_finished_safely() {
         assert!(!root.join(".uploads").join(&id).exists());
     }
 }
+
+/// Parts received straight into their place in a local upload (`part_in_place`): only the part
+/// that extends the run gets a writer, one writer at a time; a part stored the usual way waits
+/// for the writer; bytes a writer left without committing are never part of the object.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_parts_received_in_place() {
+    use file_system::storage::{LocalStore, ObjectStore, PutOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(LocalStore::open(dir.path().join("objects")).await.unwrap());
+    store.ensure_bucket("b").await.unwrap();
+    let id = store
+        .create_multipart("b", "k", &PutOptions::default())
+        .await
+        .unwrap();
+    let up = || upload_of("b", "k", &id);
+    let parts = five_parts();
+    let mut done = vec![];
+    let commit = |p: file_system::storage::UploadedPart, n: u32| {
+        CompletedPart::new(n, p, parts[n as usize - 1].len() as u64)
+    };
+    // Only part 1 extends the (empty) run.
+    assert!(store.part_in_place(up(), 2).await.unwrap().is_none());
+    let mut w = store.part_in_place(up(), 1).await.unwrap().unwrap();
+    assert_eq!(w.target(), (id.as_str(), 1));
+    // One writer at a time.
+    assert!(store.part_in_place(up(), 1).await.unwrap().is_none());
+    assert_eq!(
+        w.receive(stream_of(parts[0].clone())).await.ok(),
+        Some(parts[0].len() as u64)
+    );
+    assert_eq!(read_all(w.read_back().unwrap()).await, parts[0]);
+    done.push(commit(w.commit().await.unwrap(), 1));
+    // Part 3 arrives early and waits aside; part 2, received in place, absorbs it.
+    let third = store
+        .upload_part(up(), part(3, spooled(dir.path(), &parts[2]), true))
+        .await
+        .unwrap();
+    let mut w = store.part_in_place(up(), 2).await.unwrap().unwrap();
+    w.receive(stream_of(parts[1].clone())).await.ok().unwrap();
+    // Part 2 sent again the usual way meanwhile: it waits for the writer, then replaces it.
+    let again = {
+        let (store, id, body) = (store.clone(), id.clone(), spooled(dir.path(), &parts[1]));
+        tokio::spawn(async move {
+            store
+                .upload_part(upload_of("b", "k", &id), part(2, body, true))
+                .await
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(!again.is_finished(), "waits for the writer of part 2");
+    done.push(commit(w.commit().await.unwrap(), 2));
+    done[1] = commit(again.await.unwrap().unwrap(), 2);
+    done.push(commit(third, 3));
+    // A writer for part 4 dropped after writing more than part 4 will hold: not a part.
+    let mut w = store.part_in_place(up(), 4).await.unwrap().unwrap();
+    w.receive(stream_of(vec![0xee; 300_000]))
+        .await
+        .ok()
+        .unwrap();
+    drop(w);
+    let mut w = store.part_in_place(up(), 4).await.unwrap().unwrap();
+    w.receive(stream_of(parts[3].clone())).await.ok().unwrap();
+    done.push(commit(w.commit().await.unwrap(), 4));
+    // Another dropped writer (part 5) whose bytes lie after part 4 when the upload completes.
+    let mut w = store.part_in_place(up(), 5).await.unwrap().unwrap();
+    w.receive(stream_of(vec![0xdd; 1000])).await.ok().unwrap();
+    drop(w);
+    store.complete_multipart(up(), &done).await.unwrap();
+    assert_eq!(
+        read_all(store.get("b", "k", None).await.unwrap()).await,
+        parts[..4].concat()
+    );
+    // The upload is gone: no writer for it.
+    assert!(store.part_in_place(up(), 5).await.unwrap().is_none());
+}
