@@ -117,6 +117,27 @@ struct LocalPart {
     data: Arc<std::fs::File>,
 }
 
+impl LocalPart {
+    /// Opens part `number` of the upload in `dir` in place, when `local_parts::begin_in_place`
+    /// allows it (blocking: run it off the runtime's threads).
+    fn begin(dir: PathBuf, upload_id: String, number: u32) -> io::Result<Option<LocalPart>> {
+        let Some((data, offset)) = local_parts::begin_in_place(&dir, number)? else {
+            return Ok(None);
+        };
+        // A second descriptor of the same open file: the lock lasts while either is open.
+        let reader = data.try_clone()?;
+        Ok(Some(LocalPart {
+            dir,
+            upload_id,
+            number,
+            offset,
+            len: 0,
+            sink: Some(FileSink::durable_at(data, offset)?),
+            data: Arc::new(reader),
+        }))
+    }
+}
+
 #[async_trait]
 impl InPlacePart for LocalPart {
     fn target(&self) -> (&str, u32) {
@@ -292,28 +313,11 @@ impl ObjectStore for LocalStore {
         if !tokio::fs::try_exists(&dir).await? {
             return Ok(None);
         }
-        let dir2 = dir.clone();
-        let begun = tokio::task::spawn_blocking(move || {
-            let Some((data, offset)) = local_parts::begin_in_place(&dir2, number)? else {
-                return Ok(None);
-            };
-            // A second descriptor of the same open file: the lock lasts while either is open.
-            let reader = data.try_clone()?;
-            Ok::<_, io::Error>(Some((FileSink::durable_at(data, offset)?, reader, offset)))
-        })
-        .await
-        .map_err(|e| io::Error::other(e.to_string()))??;
-        Ok(begun.map(|(sink, data, offset)| {
-            Box::new(LocalPart {
-                dir,
-                upload_id: upload.upload_id.to_string(),
-                number,
-                offset,
-                len: 0,
-                sink: Some(sink),
-                data: Arc::new(data),
-            }) as Box<dyn InPlacePart>
-        }))
+        let upload_id = upload.upload_id.to_string();
+        let part = tokio::task::spawn_blocking(move || LocalPart::begin(dir, upload_id, number))
+            .await
+            .map_err(|e| io::Error::other(e.to_string()))??;
+        Ok(part.map(|p| Box::new(p) as Box<dyn InPlacePart>))
     }
 
     async fn complete_multipart(
