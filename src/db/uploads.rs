@@ -8,6 +8,7 @@ use sea_orm::{
     sea_query::{Expr, OnConflict, SimpleExpr},
     ActiveValue::Set,
     ColumnTrait, ConnectionTrait, DbErr, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
+    TransactionTrait,
 };
 
 use entity::status::SessionState::{self, Merging, Open};
@@ -57,6 +58,47 @@ pub async fn upsert_part(
     p: NewPart<'_>,
     now: i64,
 ) -> Result<(), DbErr> {
+    write_part(db, session_id, p, now).await?;
+    touch(db, session_id, now).await
+}
+
+/// Records part `p` (inserted, or replacing the part of its number) of a session that is still
+/// `open`, in one transaction whose first step touches the session on that condition: a merge
+/// or a cancel that took the session meanwhile wins (its row is locked or changed first).
+/// `false` when the session is no longer open: nothing is recorded.
+pub async fn upsert_part_if_open<C>(
+    db: &C,
+    session_id: &str,
+    p: NewPart<'_>,
+    now: i64,
+) -> Result<bool, DbErr>
+where
+    C: ConnectionTrait + TransactionTrait,
+{
+    let txn = db.begin().await?;
+    let touched = Sessions::update_many()
+        .col_expr(upload_session::Column::UpdatedAt, Expr::value(now))
+        .filter(upload_session::Column::Id.eq(session_id))
+        .filter(upload_session::Column::State.eq(Open))
+        .exec(&txn)
+        .await?
+        .rows_affected;
+    if touched == 0 {
+        txn.rollback().await?;
+        return Ok(false);
+    }
+    write_part(&txn, session_id, p, now).await?;
+    txn.commit().await?;
+    Ok(true)
+}
+
+/// Inserts part `p`, or replaces the part of its number.
+async fn write_part(
+    db: &impl ConnectionTrait,
+    session_id: &str,
+    p: NewPart<'_>,
+    now: i64,
+) -> Result<(), DbErr> {
     let part = upload_part::ActiveModel {
         session_id: Set(session_id.to_string()),
         part_number: Set(p.number as i32),
@@ -85,7 +127,7 @@ pub async fn upsert_part(
         )
         .exec_without_returning(db)
         .await?;
-    touch(db, session_id, now).await
+    Ok(())
 }
 
 pub async fn touch(db: &impl ConnectionTrait, session_id: &str, now: i64) -> Result<(), DbErr> {

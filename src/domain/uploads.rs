@@ -16,7 +16,9 @@ use super::{
 use crate::{
     config::Tier,
     db,
-    storage::{fileio::BodyOrFile, InPlacePart, Part, PutOptions, SpooledPart, UploadedPart},
+    storage::{
+        fileio::BodyOrFile, InPlacePart, Part, PutOptions, SpooledPart, StorageError, UploadedPart,
+    },
 };
 use entity::{
     status::SessionState::{Completed, Merging, Open},
@@ -509,7 +511,7 @@ impl Service {
                         len,
                         chunk.crc32,
                         quota,
-                        part.commit().await?,
+                        part.commit().await.map_err(|e| stored_error(e, session))?,
                     )
                     .await;
             }
@@ -532,7 +534,8 @@ impl Service {
                     direct,
                 },
             )
-            .await?;
+            .await
+            .map_err(|e| stored_error(e, session))?;
         self.record_chunk(session, number, len, chunk.crc32, quota, uploaded)
             .await
     }
@@ -558,7 +561,11 @@ impl Service {
             staged,
             checksum: uploaded.checksum.as_deref(),
         };
-        db::uploads::upsert_part(&self.db, &session.id, part, now_secs()).await?;
+        if !db::uploads::upsert_part_if_open(&self.db, &session.id, part, now_secs()).await? {
+            // Merged or cancelled while the chunk was stored: it is not part of the upload.
+            quota.release().await;
+            return Err(gone(session));
+        }
         quota.release().await;
         tracing::debug!(
             identifier = caller::client_identifier(&session.identifier),
@@ -733,5 +740,22 @@ impl Service {
             swept += 1;
         }
         Ok(swept)
+    }
+}
+
+/// The error of a chunk whose session was merged or cancelled while the chunk was stored.
+fn gone(session: &upload_session::Model) -> Error {
+    Error::Conflict(format!(
+        "upload {} was merged or cancelled while this chunk was stored; cancel it to start again",
+        caller::client_identifier(&session.identifier)
+    ))
+}
+
+/// The error of storing a chunk: an upload the store no longer has was merged or cancelled
+/// meanwhile (a conflict, not a fault of the store).
+fn stored_error(e: StorageError, session: &upload_session::Model) -> Error {
+    match e {
+        StorageError::NoSuchUpload => gone(session),
+        e => e.into(),
     }
 }

@@ -176,12 +176,22 @@ impl InPlacePart for LocalPart {
             local_parts::commit_in_place(&dir, &data, number, offset, len)
         })
         .await
-        .map_err(|e| io::Error::other(e.to_string()))??;
+        .map_err(|e| io::Error::other(e.to_string()))?
+        .map_err(part_error)?;
         Ok(UploadedPart {
             etag,
             checksum: None,
             staged: false,
         })
+    }
+}
+
+/// The error of storing a part: a file of the upload gone means the upload was aborted or
+/// completed meanwhile.
+fn part_error(e: io::Error) -> StorageError {
+    match e.kind() {
+        io::ErrorKind::NotFound => StorageError::NoSuchUpload,
+        _ => StorageError::Io(e),
     }
 }
 
@@ -294,7 +304,8 @@ impl ObjectStore for LocalStore {
             local_parts::put_part(&dir, number, &file, len)
         })
         .await
-        .map_err(|e| io::Error::other(e.to_string()))??;
+        .map_err(|e| io::Error::other(e.to_string()))?
+        .map_err(part_error)?;
         // Local writes are not corrupted in transit: no store-side checksum.
         // No minimum part size here: a chunk is staged only when the caller asks.
         Ok(UploadedPart {

@@ -17,9 +17,12 @@
 //!
 //! Locks, always taken in this order: an exclusive `flock` on `data`, the right to write into
 //! it (held by an in-place writer for as long as it receives, and by a completion until `data`
-//! is published; [`begin_in_place`] does not wait for it, the others do), then one on the
-//! directory's `lock` file for each change of the index or the part files. So concurrent chunks
-//! of one upload (from any process) are safe. A part out of order only takes the directory lock.
+//! is published), then one on the directory's `lock` file for each change of the index or the
+//! part files. So concurrent chunks of one upload (from any process) are safe. Nothing waits
+//! for an in-place writer, whose client may stall: a second writer is not given one (the part
+//! is spooled), a part out of order or of the writer's own number waits in a part file (the
+//! writer's commit, coming last, replaces the latter), and a completion copies the parts into
+//! a new file instead of taking `data`. Only a part already in `data` sent again waits for it.
 
 use super::fileio::copy_between;
 use std::{
@@ -151,7 +154,22 @@ pub fn put_part(dir: &Path, number: u32, src: &Path, len: u64) -> io::Result<()>
             return park(dir, number, src, len);
         }
     }
-    let data = lock_data(dir, true)?.ok_or_else(published)?;
+    let data = match lock_data(dir, false)? {
+        Some(data) => data,
+        None => {
+            // A writer holds `data`, receiving part k+1 in place. This part, when it is that
+            // same number, waits aside like a part out of order (whichever of the two finishes
+            // last is kept: the writer's commit drops it); never wait for a writer, whose
+            // client may be slow.
+            let _lock = DirLock::take(dir)?;
+            if number as usize == read_index(dir)?.len() + 1 {
+                return park(dir, number, src, len);
+            }
+            drop(_lock);
+            // A part already in `data` sent again: its bytes are needed in their place.
+            lock_data(dir, true)?.ok_or_else(published)?
+        }
+    };
     let _lock = DirLock::take(dir)?;
     let mut lens = read_index(dir)?;
     let n = number as usize;
@@ -242,9 +260,15 @@ pub fn data_published(dir: &Path) -> io::Result<bool> {
 
 /// Assembles `numbers` (ascending) into the file `out_tmp`, or returns `data` itself when it
 /// already holds them: the path of the finished, synced file, and `data` with its lock held
-/// (keep it until that file is published: no part is written into `data` meanwhile).
-pub fn assemble(dir: &Path, numbers: &[u32], out_tmp: &Path) -> io::Result<(PathBuf, File)> {
-    let data = lock_data(dir, true)?.ok_or_else(published)?;
+/// when it is that file (keep it until the file is published: no part is written into `data`
+/// meanwhile). While a writer receives a part into `data`, the parts are copied into
+/// `out_tmp` instead (the writer's bytes lie after them, uncommitted): never wait for it.
+pub fn assemble(
+    dir: &Path,
+    numbers: &[u32],
+    out_tmp: &Path,
+) -> io::Result<(PathBuf, Option<File>)> {
+    let held = lock_data(dir, false)?;
     let _lock = DirLock::take(dir)?;
     let lens = read_index(dir)?;
     let k = lens.len() as u32;
@@ -256,18 +280,22 @@ pub fn assemble(dir: &Path, numbers: &[u32], out_tmp: &Path) -> io::Result<(Path
             format!("part {n} was never stored"),
         )
     };
-    if prefix {
+    if let (true, Some(data)) = (prefix, held.as_ref()) {
         // Fast path: keep `data`, cut it after the parts asked for, append the rest.
         let mut end: u64 = lens[..in_data.len()].iter().sum();
         for &n in numbers.iter().filter(|&&n| n > k) {
             let f = File::open(part_file(dir, n)).map_err(|_| missing(n))?;
             let l = f.metadata()?.len();
-            end = copy_between(&f, 0, &data, end, l)?;
+            end = copy_between(&f, 0, data, end, l)?;
         }
         data.set_len(end)?;
         data.sync_all()?;
-        return Ok((dir.join("data"), data));
+        return Ok((dir.join("data"), held));
     }
+    let data = match &held {
+        Some(data) => data.try_clone()?,
+        None => File::open(dir.join("data"))?,
+    };
     // General case (a subset of the contiguous parts): copy the pieces into a new file.
     let out = OpenOptions::new()
         .write(true)
@@ -285,7 +313,7 @@ pub fn assemble(dir: &Path, numbers: &[u32], out_tmp: &Path) -> io::Result<(Path
         }
     }
     out.sync_all()?;
-    Ok((out_tmp.to_path_buf(), data))
+    Ok((out_tmp.to_path_buf(), None))
 }
 
 /// Opens `data` for part `number` to be received into it in place, when that part is the one

@@ -2837,6 +2837,95 @@ async fn concurrent_chunk_while_merging(app: &TestApp) -> Held {
     Held { jobs: 1, ..NOTHING }
 }
 
+/// A chunk in flight whose client stalls: its head and the first half of its body sent on a
+/// raw connection, kept open. Returns the connection and the rest of the body.
+async fn stall_chunk(
+    app: &TestApp,
+    identifier: &str,
+    n: u32,
+    content: &[u8],
+) -> (tokio::net::TcpStream, Vec<u8>) {
+    use tokio::io::AsyncWriteExt;
+    let mut body = multipart_start(
+        &[("identifier", identifier)],
+        "part",
+        &format!("{n}.part"),
+        content,
+    );
+    body.extend_from_slice(format!("\r\n--{BOUNDARY}--\r\n").as_bytes());
+    let addr = app.base.trim_start_matches("http://").to_string();
+    let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "POST {API}/images/upload HTTP/1.1\r\nHost: {addr}\r\n{}\r\n",
+        content_length_headers(body.len())
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    let rest = body.split_off(body.len() / 2);
+    conn.write_all(&body).await.unwrap();
+    conn.flush().await.unwrap();
+    // Let the server take the chunk in (on the local store: into its place in the upload).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    (conn, rest)
+}
+
+/// Sends `rest` on a stalled chunk's connection: the status it is answered with.
+async fn finish_stalled(mut conn: tokio::net::TcpStream, rest: &[u8]) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    conn.write_all(rest).await.unwrap();
+    let mut head = [0u8; 64];
+    let mut got = 0;
+    while got < 12 {
+        let n = conn.read(&mut head[got..]).await.unwrap();
+        assert!(n > 0, "closed without an answer");
+        got += n;
+    }
+    String::from_utf8_lossy(&head[9..12]).parse().unwrap()
+}
+
+/// A stalled chunk holds up nobody: the same chunk sent again and a merge are answered at
+/// once (the resend is kept), and the stalled one, finished after the merge, is refused.
+async fn stalled_chunk_holds_up_no_resend_or_merge(app: &TestApp) -> Held {
+    let within = Duration::from_secs(20);
+    ok_text(app.chunk("st", 1, pattern(30, 1 << 20)).await, "ok.").await;
+    let (stalled, rest) = stall_chunk(app, "st", 2, &pattern(34, 1 << 20)).await;
+    let r = tokio::time::timeout(within, app.chunk("st", 2, pattern(31, 1 << 20)))
+        .await
+        .expect("the resend waited for the stalled chunk");
+    ok_text(r, "ok.").await;
+    let m = tokio::time::timeout(within, app.merge("st", "st.img"))
+        .await
+        .expect("the merge waited for the stalled chunk");
+    let id = image_id(&ok_json(m).await);
+    assert_eq!(finish_stalled(stalled, &rest).await, 409);
+    let two = [pattern(30, 1 << 20), pattern(31, 1 << 20)].concat();
+    assert_eq!(app.download(&id).await, two);
+    let (_, st) = app.get_json("/images/upload?identifier=st").await;
+    assert_eq!(st["totalBytes"], two.len() as u64, "{st}");
+    ok_text(delete_image(app, &id).await, "delete success").await;
+    cancel(app, "st").await;
+    wait_nothing_left_but_jobs(app, 1).await;
+    Held { jobs: 1, ..NOTHING }
+}
+
+/// A stalled chunk, the same chunk sent again, then a cancel: all answered at once, and the
+/// stalled chunk, cut off afterwards, leaves nothing.
+async fn stalled_chunk_then_cancel(app: &TestApp) -> Held {
+    let within = Duration::from_secs(20);
+    ok_text(app.chunk("st2", 1, pattern(32, 1 << 20)).await, "ok.").await;
+    let (stalled, _) = stall_chunk(app, "st2", 2, &pattern(35, 1 << 20)).await;
+    let r = tokio::time::timeout(within, app.chunk("st2", 2, pattern(33, 1 << 20)))
+        .await
+        .expect("the resend waited for the stalled chunk");
+    ok_text(r, "ok.").await;
+    tokio::time::timeout(within, cancel(app, "st2"))
+        .await
+        .expect("the cancel waited for the stalled chunk");
+    drop(stalled);
+    wait_nothing_left(app, Duration::from_secs(20)).await;
+    assert_eq!(held_chunks(app, "st2").await, Vec::<u64>::new());
+    NOTHING
+}
+
 async fn concurrent_delete_of_merged_image_while_checking(app: &TestApp) -> Held {
     ok_text(app.chunk("dc", 1, pattern(27, 4 << 20)).await, "ok.").await;
     let v = ok_json(app.merge("dc", "dc.img").await).await;
@@ -3060,6 +3149,8 @@ hostile_cases! {
     concurrent_delete_while_slimming,
     concurrent_cancel_while_merging,
     concurrent_chunk_while_merging,
+    stalled_chunk_holds_up_no_resend_or_merge,
+    stalled_chunk_then_cancel,
     concurrent_delete_of_merged_image_while_checking,
     concurrent_slim_requests,
 }

@@ -921,20 +921,46 @@ async fn local_parts_received_in_place() {
         .unwrap();
     let mut w = store.part_in_place(up(), 2).await.unwrap().unwrap();
     w.receive(stream_of(parts[1].clone())).await.ok().unwrap();
-    // Part 2 sent again the usual way meanwhile: it waits for the writer, then replaces it.
-    let again = {
-        let (store, id, body) = (store.clone(), id.clone(), spooled(dir.path(), &parts[1]));
-        tokio::spawn(async move {
-            store
-                .upload_part(upload_of("b", "k", &id), part(2, body, true))
-                .await
-        })
-    };
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    assert!(!again.is_finished(), "waits for the writer of part 2");
+    // Part 2 sent again the usual way meanwhile: it does not wait for the writer (whose
+    // client may be slow); the writer, committing last, is kept.
+    let again = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        store.upload_part(up(), part(2, spooled(dir.path(), &pattern(99, 5000)), true)),
+    )
+    .await
+    .expect("waited for the writer");
+    again.unwrap();
     done.push(commit(w.commit().await.unwrap(), 2));
-    done[1] = commit(again.await.unwrap().unwrap(), 2);
     done.push(commit(third, 3));
+    // A completion while a writer receives part 4: copies the parts, never waits, and the
+    // writer's bytes are not in the object.
+    let other = store
+        .create_multipart("b", "k2", &PutOptions::default())
+        .await
+        .unwrap();
+    let up2 = || upload_of("b", "k2", &other);
+    let p1 = store
+        .upload_part(up2(), part(1, spooled(dir.path(), &parts[0]), true))
+        .await
+        .unwrap();
+    let mut w2 = store.part_in_place(up2(), 2).await.unwrap().unwrap();
+    w2.receive(stream_of(vec![0xcc; 9000])).await.ok().unwrap();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        store.complete_multipart(up2(), &[commit(p1, 1)]),
+    )
+    .await
+    .expect("waited for the writer")
+    .unwrap();
+    assert_eq!(
+        read_all(store.get("b", "k2", None).await.unwrap()).await,
+        parts[0]
+    );
+    // The writer's upload is gone: its commit says so.
+    assert!(matches!(
+        w2.commit().await,
+        Err(file_system::storage::StorageError::NoSuchUpload)
+    ));
     // A writer for part 4 dropped after writing more than part 4 will hold: not a part.
     let mut w = store.part_in_place(up(), 4).await.unwrap().unwrap();
     w.receive(stream_of(vec![0xee; 300_000]))
