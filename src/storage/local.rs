@@ -40,8 +40,13 @@ impl LocalStore {
         let mut rd = tokio::fs::read_dir(root.join(".tmp")).await?;
         let mut left = 0;
         while let Some(e) = rd.next_entry().await? {
-            if e.file_type().await?.is_file() {
+            let kind = e.file_type().await?;
+            if kind.is_file() {
                 tokio::fs::remove_file(e.path()).await?;
+                left += 1;
+            } else if kind.is_dir() {
+                // An upload's directory on its way out (see `discard_upload_dir`).
+                tokio::fs::remove_dir_all(e.path()).await?;
                 left += 1;
             }
         }
@@ -86,6 +91,19 @@ impl LocalStore {
         self.root
             .join(".tmp")
             .join(uuid::Uuid::new_v4().to_string())
+    }
+
+    /// Removes an upload's directory in one step a crash cannot cut in half (a completion
+    /// killed while its directory is half removed would find parts gone that it needs): it is
+    /// renamed into `.tmp`, whose leftovers are removed at start, then deleted. A directory
+    /// already gone is fine.
+    async fn discard_upload_dir(&self, dir: &Path) -> io::Result<()> {
+        let trash = self.tmp_path();
+        match tokio::fs::rename(dir, &trash).await {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            other => other?,
+        }
+        tokio::fs::remove_dir_all(&trash).await
     }
 
     /// Moves a finished temp file to its final place, durably.
@@ -353,7 +371,7 @@ impl ObjectStore for LocalStore {
         if local_parts::data_published(&dir)? && tokio::fs::try_exists(&dst).await? {
             // A completion died after publishing the joined parts, before removing their
             // directory: the object is the proof; finish its cleanup.
-            tokio::fs::remove_dir_all(&dir).await?;
+            self.discard_upload_dir(&dir).await?;
             return Ok(());
         }
         let numbers: Vec<u32> = parts.iter().map(|p| p.number).collect();
@@ -372,7 +390,7 @@ impl ObjectStore for LocalStore {
                 })?;
         self.publish(&assembled, &dst).await?;
         guard.disarm();
-        tokio::fs::remove_dir_all(&dir).await?;
+        self.discard_upload_dir(&dir).await?;
         Ok(())
     }
 
@@ -381,10 +399,7 @@ impl ObjectStore for LocalStore {
             Ok(d) => d,
             Err(_) => return Ok(()),
         };
-        match tokio::fs::remove_dir_all(&dir).await {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e.into()),
-            _ => Ok(()),
-        }
+        Ok(self.discard_upload_dir(&dir).await?)
     }
 
     async fn get(&self, bucket: &str, key: &str, range: Option<ByteRange>) -> Result<ByteStream> {

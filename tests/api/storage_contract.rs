@@ -983,3 +983,20 @@ async fn local_parts_received_in_place() {
     // The upload is gone: no writer for it.
     assert!(store.part_in_place(up(), 5).await.unwrap().is_none());
 }
+
+/// An upload's directory is removed by moving it into `.tmp` first: one left there by a
+/// process killed while removing it is gone when the store opens again, as are temp files.
+#[tokio::test]
+async fn local_open_removes_what_a_killed_process_left_in_tmp() {
+    use file_system::storage::LocalStore;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("objects");
+    drop(LocalStore::open(&root).await.unwrap());
+    let half_removed = root.join(".tmp").join("0b3c9d1e-upload");
+    std::fs::create_dir_all(&half_removed).unwrap();
+    std::fs::write(half_removed.join("00003.part"), b"abc").unwrap();
+    std::fs::write(root.join(".tmp").join("put-in-flight"), b"def").unwrap();
+    let _store = LocalStore::open(&root).await.unwrap();
+    assert!(walkdir(root.join(".tmp")).is_empty());
+    assert_eq!(std::fs::read_dir(root.join(".tmp")).unwrap().count(), 0);
+}
