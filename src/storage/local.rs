@@ -190,26 +190,33 @@ impl InPlacePart for LocalPart {
             data,
             ..
         } = *self;
-        tokio::task::spawn_blocking(move || {
+        store_part(etag, false, move || {
             local_parts::commit_in_place(&dir, &data, number, offset, len)
         })
         .await
-        .map_err(|e| io::Error::other(e.to_string()))?
-        .map_err(part_error)?;
-        Ok(UploadedPart {
-            etag,
-            checksum: None,
-            staged: false,
-        })
     }
 }
 
-/// The error of storing a part: a file of the upload gone means the upload was aborted or
-/// completed meanwhile.
-fn part_error(e: io::Error) -> StorageError {
-    match e.kind() {
-        io::ErrorKind::NotFound => StorageError::NoSuchUpload,
-        _ => StorageError::Io(e),
+/// Runs `store` (a blocking step of `local_parts` that stores a part) off the runtime's
+/// threads: the part, with `etag`, as `upload_part` answers it. A file of the upload gone
+/// means the upload was aborted or completed meanwhile (`NoSuchUpload`).
+async fn store_part(
+    etag: String,
+    staged: bool,
+    store: impl FnOnce() -> io::Result<()> + Send + 'static,
+) -> Result<UploadedPart> {
+    match tokio::task::spawn_blocking(store)
+        .await
+        .map_err(|e| io::Error::other(e.to_string()))?
+    {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(StorageError::NoSuchUpload),
+        Err(e) => Err(e.into()),
+        // Local writes are not corrupted in transit: no store-side checksum.
+        Ok(()) => Ok(UploadedPart {
+            etag,
+            checksum: None,
+            staged,
+        }),
     }
 }
 
@@ -317,20 +324,12 @@ impl ObjectStore for LocalStore {
             direct,
         } = part;
         let etag = format!("{}-{}", body.len, uuid::Uuid::new_v4().simple());
-        tokio::task::spawn_blocking(move || {
+        // No minimum part size here: a chunk is staged only when the caller asks.
+        store_part(etag, !direct, move || {
             let SpooledPart { file, len } = body;
             local_parts::put_part(&dir, number, &file, len)
         })
         .await
-        .map_err(|e| io::Error::other(e.to_string()))?
-        .map_err(part_error)?;
-        // Local writes are not corrupted in transit: no store-side checksum.
-        // No minimum part size here: a chunk is staged only when the caller asks.
-        Ok(UploadedPart {
-            etag,
-            checksum: None,
-            staged: !direct,
-        })
     }
 
     async fn part_in_place(
