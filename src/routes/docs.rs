@@ -149,14 +149,28 @@ pub struct BodyTimedOut(ErrorBody);
 #[allow(dead_code)]
 pub struct BadQuery(ErrorBody);
 
-/// The 507 of a write that found the store or the scratch space full (nothing of it is kept).
+/// The refusals every write of image bytes shares (an upload, a chunk, a merge):
+/// 403 for another user's `userId`, 408 for a body that stopped coming
+/// (`FS_BODY_IDLE_TIMEOUT_SECS`), 507 for a full store or scratch space.
 #[derive(utoipa::IntoResponses)]
-#[response(
-    status = 507,
-    description = "The store or the scratch space is full (INSUFFICIENT_STORAGE); nothing of the request is kept"
-)]
 #[allow(dead_code)]
-pub struct StorageFull(ErrorBody);
+pub enum WriteRefused {
+    #[response(
+        status = 403,
+        description = "userId names another user and the caller is not an admin (FORBIDDEN; authentication on)"
+    )]
+    ForAnotherUser(ErrorBody),
+    #[response(
+        status = 408,
+        description = "The client stopped sending the body (REQUEST_TIMEOUT)"
+    )]
+    BodyTimedOut(ErrorBody),
+    #[response(
+        status = 507,
+        description = "The store or the scratch space is full (INSUFFICIENT_STORAGE); nothing of the request is kept"
+    )]
+    StorageFull(ErrorBody),
+}
 
 /// The 404 of a request for an image that does not exist (or that the caller may not see).
 #[derive(utoipa::IntoResponses)]

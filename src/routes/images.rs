@@ -65,10 +65,8 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ImageIdPath {
     responses(
         (status = 200, description = "Stored; a check is queued", body = FlatImage),
         (status = 400, description = "No file, a bad name, a bad zip or a bad field", body = super::docs::ErrorBody),
-        super::docs::ForAnotherUser,
-        super::docs::BodyTimedOut,
+        super::docs::WriteRefused,
         (status = 413, description = "Larger than FS_MAX_IMAGE_BYTES (FILE_TOO_LARGE), or past the user's quota (QUOTA_EXCEEDED: the upload stops at the bytes that cross it, nothing is kept)", body = super::docs::ErrorBody),
-        super::docs::StorageFull,
     ))]
 pub async fn upload(
     State(svc): State<Service>,
@@ -300,11 +298,9 @@ pub async fn check(image: ImageChange) -> ApiResult<&'static str> {
     responses(
         (status = 200, description = "`ok.`", body = String, content_type = "text/plain"),
         (status = 400, description = "Bad identifier, chunk number, body, totals (SIZE_MISMATCH) or checksum (CHECKSUM_MISMATCH)", body = super::docs::ErrorBody),
-        super::docs::ForAnotherUser,
-        super::docs::BodyTimedOut,
+        super::docs::WriteRefused,
         (status = 409, description = "The upload is being merged, or was merged", body = super::docs::ErrorBody),
         (status = 413, description = "Larger than FS_MAX_IMAGE_BYTES (FILE_TOO_LARGE), or past the quota of the upload's user (QUOTA_EXCEEDED: this chunk is not stored, the chunks held are kept)", body = super::docs::ErrorBody),
-        super::docs::StorageFull,
     ))]
 pub async fn upload_chunk(
     State(svc): State<Service>,
@@ -374,11 +370,9 @@ pub async fn cancel_upload(
     responses(
         (status = 200, description = "The image; a check is queued", body = FlatImage),
         (status = 400, description = "Missing chunks (named), bad name or bad zip", body = super::docs::ErrorBody),
-        super::docs::ForAnotherUser,
+        super::docs::WriteRefused,
         (status = 404, description = "Nothing was uploaded under this identifier", body = super::docs::ErrorBody),
-        super::docs::BodyTimedOut,
         (status = 413, description = "The image would take its user past a quota (QUOTA_EXCEEDED); the chunks are kept (a zipped upload whose image does not fit is dropped)", body = super::docs::ErrorBody),
-        super::docs::StorageFull,
     ))]
 pub async fn merge(
     State(svc): State<Service>,
