@@ -131,6 +131,11 @@ const QED_F_BACKING_FILE: u64 = 1;
 /// as `.img`), is raw content.
 pub fn inspect_raw_bytes(b: &[u8]) -> Result<(), Refusal> {
     if b.starts_with(MAGIC) {
+        // Every qcow version (1 as well as 2 and 3) keeps the backing file's offset and
+        // length at bytes 8 and 16; QEMU opens a version 1 image and follows its backing file.
+        if be64(b, 8).unwrap_or(0) != 0 || be32(b, 16).unwrap_or(0) != 0 {
+            return Err(Refusal::BackingFile);
+        }
         return match inspect_bytes(b) {
             Err(r @ (Refusal::BackingFile | Refusal::DataFile)) => Err(r),
             _ => Ok(()),
@@ -144,9 +149,9 @@ pub fn inspect_raw_bytes(b: &[u8]) -> Result<(), Refusal> {
         }
         return Ok(());
     }
-    // VMDK: the sparse extent magics (`KDMV`, `COWD`) and the text descriptor, which QEMU's
-    // probe recognises by this first line.
-    let descriptor = b.starts_with(b"# Disk DescriptorFile");
+    // VMDK: the sparse extent magics (`KDMV`, `COWD`) and the text descriptor (by QEMU's
+    // probe, or by the first line VMware writes).
+    let descriptor = b.starts_with(b"# Disk DescriptorFile") || vmdk_descriptor(b);
     if b.starts_with(b"KDMV") || b.starts_with(b"COWD") || descriptor {
         return Err(Refusal::ForeignFormat("VMDK"));
     }
@@ -154,6 +159,45 @@ pub fn inspect_raw_bytes(b: &[u8]) -> Result<(), Refusal> {
         return Err(Refusal::ForeignFormat("VHDX"));
     }
     Ok(())
+}
+
+/// Whether QEMU's VMDK probe (`vmdk_probe` in `block/vmdk.c`) takes `b` for a text descriptor:
+/// after any comment lines (`#` to the end of the line) and blank lines (spaces only, LF or
+/// CRLF), a line `version=1`, `version=2` or `version=3`. A `# Disk DescriptorFile` first line
+/// is one such comment.
+fn vmdk_descriptor(b: &[u8]) -> bool {
+    let mut p = 0;
+    while p < b.len() {
+        match b[p] {
+            b'#' => {
+                p += b[p..]
+                    .iter()
+                    .position(|&c| c == b'\n')
+                    .map_or(b.len() - p, |n| n + 1);
+            }
+            b' ' | b'\r' | b'\n' => {
+                while p < b.len() && b[p] == b' ' {
+                    p += 1;
+                }
+                if p < b.len() && b[p] == b'\r' {
+                    p += 1;
+                }
+                if p == b.len() || b[p] != b'\n' {
+                    return false;
+                }
+                p += 1;
+            }
+            _ => {
+                let rest = &b[p..];
+                return [b"version=1", b"version=2", b"version=3"].iter().any(|v| {
+                    rest.starts_with(*v)
+                        && (rest[v.len()..].starts_with(b"\n")
+                            || rest[v.len()..].starts_with(b"\r\n"))
+                });
+            }
+        }
+    }
+    false
 }
 
 /// Checks the first bytes of an image of the `declared` format: [`inspect_bytes`] for a qcow2,
@@ -259,9 +303,27 @@ mod tests {
             &b"KDMV\x01\x00\x00\x00"[..],
             b"COWD",
             b"# Disk DescriptorFile\nRW 8 FLAT \"/etc/passwd\" 0\n",
+            // As QEMU's probe reads a descriptor: comments and blank lines, then a version.
+            b"version=1\nRW 1 FLAT \"/etc/passwd\" 0\n",
+            b"version=3\r\nRW 1 FLAT \"/etc/passwd\" 0\r\n",
+            b"# any comment\n  \n\r\nversion=2\n",
         ] {
             assert_eq!(inspect_raw_bytes(vmdk), Err(Refusal::ForeignFormat("VMDK")));
         }
+        for not_vmdk in [
+            &b"version=4\n"[..],
+            b"  version=1\n",
+            b"version=1",
+            b"xversion=1\n",
+        ] {
+            assert_eq!(inspect_raw_bytes(not_vmdk), Ok(()), "{not_vmdk:?}");
+        }
+        // A qcow version 1 with a backing file (its offset at byte 8, as in qcow2).
+        let mut qcow1 = header(3);
+        qcow1[4..8].copy_from_slice(&1u32.to_be_bytes());
+        assert_eq!(inspect_raw_bytes(&qcow1), Ok(()));
+        qcow1[8..16].copy_from_slice(&48u64.to_be_bytes());
+        assert_eq!(inspect_raw_bytes(&qcow1), Err(Refusal::BackingFile));
         assert_eq!(
             inspect_raw_bytes(b"vhdxfile"),
             Err(Refusal::ForeignFormat("VHDX"))

@@ -289,6 +289,28 @@ async fn raw_names_do_not_hide_images_naming_host_files(b: Backend) {
     );
     std::fs::write(&descriptor, text).unwrap();
     cases.push(("vmdk-descriptor".into(), descriptor, "VMDK"));
+    // Descriptors QEMU's probe takes without that first line: a bare version line, CRLF.
+    for (name, eol) in [("vmdk-bare", "\n"), ("vmdk-crlf", "\r\n")] {
+        let path = app.dir.path().join(format!("{name}.vmdk"));
+        let text = format!(
+            "version=1{eol}CID=fffffffe{eol}parentCID=ffffffff{eol}\
+             createType=\"monolithicFlat\"{eol}RW 2048 FLAT \"{}\" 0{eol}",
+            marker_path.display()
+        );
+        std::fs::write(&path, text).unwrap();
+        cases.push((name.into(), path, "VMDK"));
+    }
+    // The old qcow format (version 1) with a backing file.
+    let qcow1 = app.dir.path().join("v1.qcow");
+    let made = std::process::Command::new("qemu-img")
+        .args(["create", "-f", "qcow", "-F", "raw", "-b"])
+        .arg(&marker_path)
+        .arg(&qcow1)
+        .arg("1M")
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
+    cases.push(("qcow1-backing".into(), qcow1, "backing file"));
     for (what, path, why) in cases {
         for ext in ["img", "iso"] {
             let bytes = std::fs::read(&path).unwrap();
