@@ -9,6 +9,7 @@ mod m20261130_000004_part_staged;
 mod m20261201_000005_merge_claim;
 mod m20261201_000006_integrity;
 mod m20261201_000007_users;
+mod m20261204_000008_identifier_room;
 
 pub struct Migrator;
 
@@ -23,6 +24,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_000005_merge_claim::Migration),
             Box::new(m20261201_000006_integrity::Migration),
             Box::new(m20261201_000007_users::Migration),
+            Box::new(m20261204_000008_identifier_room::Migration),
         ]
     }
 }

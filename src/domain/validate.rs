@@ -47,13 +47,21 @@ pub fn stem(name: &str) -> &str {
     }
 }
 
-/// A `userId` as sent (free text, as in the original), but for a NUL character: no client
-/// means one, and PostgreSQL cannot store or compare text holding it (a 400, not the
+/// The longest `userId` (bytes): as for a user id from a credential (`auth`), and what every
+/// database column holding one takes (PostgreSQL refuses longer text: a 400 here, not the
 /// database's 500).
+pub const MAX_USER_ID_BYTES: usize = 255;
+
+/// A `userId` as sent (free text, as in the original; missing is ""), within the rules a user
+/// id from a credential follows: at most [`MAX_USER_ID_BYTES`] bytes and no control character
+/// (no client means one, and PostgreSQL cannot store a NUL).
 pub fn user_id(raw: Option<&str>) -> Result<String, String> {
     let id = raw.unwrap_or("");
-    if id.contains('\0') {
-        return Err("userId must not hold a NUL character".into());
+    if id.chars().any(char::is_control) {
+        return Err("userId must not hold a control character".into());
+    }
+    if id.len() > MAX_USER_ID_BYTES {
+        return Err(format!("userId must be at most {MAX_USER_ID_BYTES} bytes"));
     }
     Ok(id.to_string())
 }
@@ -71,6 +79,20 @@ pub fn count(text: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn user_ids() {
+        assert_eq!(user_id(None), Ok(String::new()));
+        assert_eq!(user_id(Some("me")), Ok("me".into()));
+        let longest = "u".repeat(MAX_USER_ID_BYTES);
+        assert_eq!(user_id(Some(&longest)), Ok(longest.clone()));
+        assert!(user_id(Some(&format!("{longest}u"))).is_err());
+        // Bytes, not characters: 128 two-byte characters are 256 bytes.
+        assert!(user_id(Some(&"é".repeat(128))).is_err());
+        for bad in ["a\0b", "a\u{1}", "a\nb", "\u{7f}"] {
+            assert!(user_id(Some(bad)).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn counts() {

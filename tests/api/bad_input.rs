@@ -650,8 +650,52 @@ async fn nul_characters_in_fields(b: Backend) {
         .await
         .unwrap();
     assert_error(r, 400, None).await;
+    // The same kind: past the 255 bytes every user id column holds (PostgreSQL refused a
+    // longer one with a 500), or another control character, on every route that takes one.
+    let long = "u".repeat(256);
+    for user in [long.as_str(), "a\u{1}b", "line\nbreak"] {
+        let refused = |v: serde_json::Value| {
+            assert_eq!(v["code"], "INVALID_PARAMETER", "{user:?}: {v}");
+        };
+        let r = app
+            .upload("disk.img", pattern(1, 100), &[("userId", user)])
+            .await;
+        refused(assert_error(r, 400, None).await);
+        let form = reqwest::multipart::Form::new()
+            .text("identifier", "long-user")
+            .text("chunkNumber", "1")
+            .text("totalChunks", "1")
+            .text("userId", user.to_string())
+            .part(
+                "file",
+                reqwest::multipart::Part::bytes(pattern(2, 100)).file_name("disk.img"),
+            );
+        let r = app
+            .client
+            .post(app.url("/images/upload"))
+            .multipart(form)
+            .send()
+            .await
+            .unwrap();
+        refused(assert_error(r, 400, None).await);
+        let r = app
+            .client
+            .get(app.url("/images"))
+            .query(&[("userId", user)])
+            .send()
+            .await
+            .unwrap();
+        refused(assert_error(r, 400, None).await);
+    }
+    // 255 bytes is a user id like any other.
+    let longest = "u".repeat(255);
+    let r = app
+        .upload("disk.img", pattern(3, 100), &[("userId", longest.as_str())])
+        .await;
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
     let (_, list) = app.get_json("/images").await;
-    assert_eq!(list.as_array().unwrap().len(), 0);
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert_eq!(list[0]["userId"], longest.as_str());
     app.stop().await;
 }
 

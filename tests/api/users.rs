@@ -266,6 +266,19 @@ async fn identifiers_are_per_user(b: Backend) {
     let r = merge_as(&u.bob, &api, ident, &[]).await;
     let again: serde_json::Value = r.json().await.unwrap();
     assert_eq!(again["imageId"], bob_img["imageId"]);
+    // The longest identifier a client may send (128 characters) is stored with its user's
+    // suffix too: chunk, resume query and merge work (PostgreSQL's columns were 128 long).
+    let longest = "i".repeat(128);
+    let r = chunk_as(&u.alice, &api, &longest, 1, pattern(30, 1000), &[]).await;
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let (s, v) = get_as(
+        &u.alice,
+        format!("{api}/images/upload?identifier={longest}"),
+    )
+    .await;
+    assert_eq!((s, v["totalBytes"].clone()), (200, 1000.into()), "{v}");
+    let r = merge_as(&u.alice, &api, &longest, &[]).await;
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
     u.app.stop().await;
 }
 
