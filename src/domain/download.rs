@@ -3,7 +3,7 @@
 use super::{caller::Caller, meter::Meter, validate, zipout, Error, Result, Service};
 use crate::{
     db,
-    storage::{ByteRange, ByteStream},
+    storage::{ByteRange, ByteStream, StorageError},
 };
 use entity::{image, status::SlimStatus};
 use futures::StreamExt;
@@ -55,6 +55,7 @@ pub struct Representation {
     pub sha256: Option<String>,
     /// Whether ranges are served (the plain form).
     pub ranges: bool,
+    image_id: String,
     bucket: String,
     key: String,
     /// The size of the stored object in bytes.
@@ -109,6 +110,10 @@ impl Served {
     }
 }
 
+/// How long a download that found an image's bytes gone waits for the image's record to go
+/// too (a delete in progress) before it reports the bytes missing.
+const DELETE_SETTLES: std::time::Duration = std::time::Duration::from_secs(5);
+
 impl Service {
     /// Describes the download of an image, plain or zipped, without reading it.
     pub async fn representation(
@@ -144,6 +149,7 @@ impl Service {
                 dos_time,
             };
             return Ok(Representation {
+                image_id: img.id,
                 file_name: format!("{stem}.zip"),
                 content_type: "application/zip",
                 length: entry.length(),
@@ -158,6 +164,7 @@ impl Service {
             });
         }
         Ok(Representation {
+            image_id: img.id,
             file_name: img.file_name,
             content_type: "application/octet-stream",
             length: size,
@@ -176,7 +183,8 @@ impl Service {
     /// recorded when it is the original's.
     async fn crc32_of(&self, img: &image::Model, key: &str) -> Result<u32> {
         let meter = Meter::default();
-        let mut s = meter.wrap(self.store.get(&img.bucket, key, None).await?, u64::MAX);
+        let body = self.stored(&img.id, &img.bucket, key, None).await?;
+        let mut s = meter.wrap(body, u64::MAX);
         while let Some(chunk) = s.next().await {
             chunk?;
         }
@@ -186,6 +194,32 @@ impl Service {
         Ok(meter.crc32())
     }
 
+    /// The bytes of image `image_id` stored at `bucket`/`key` (or a range of them). A delete
+    /// removes an image's objects, then its record: bytes found missing while the record
+    /// goes away (within [`DELETE_SETTLES`]) belong to an image being deleted, not found
+    /// (404) as it is a moment later; bytes missing from a record that stays are
+    /// `OBJECT_MISSING` (500), a fault of the store.
+    async fn stored(
+        &self,
+        image_id: &str,
+        bucket: &str,
+        key: &str,
+        range: Option<ByteRange>,
+    ) -> Result<ByteStream> {
+        let missing = match self.store.get(bucket, key, range).await {
+            Err(StorageError::NotFound) => StorageError::NotFound,
+            other => return Ok(other?),
+        };
+        let until = std::time::Instant::now() + DELETE_SETTLES;
+        while db::images::find(&self.db, image_id).await?.is_some() {
+            if std::time::Instant::now() >= until {
+                return Err(missing.into());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        Err(Error::ImageNotFound(image_id.to_string()))
+    }
+
     /// Opens the bytes of `repr`, or one range of them (plain form only).
     pub async fn open(
         &self,
@@ -193,7 +227,9 @@ impl Service {
         range: Option<RangeRequest>,
     ) -> Result<Download> {
         if let Some(entry) = repr.zip {
-            let data = self.store.get(&repr.bucket, &repr.key, None).await?;
+            let data = self
+                .stored(&repr.image_id, &repr.bucket, &repr.key, None)
+                .await?;
             let (length, body) = entry.stream(data);
             return Ok(Download {
                 length,
@@ -206,7 +242,9 @@ impl Service {
             None => None,
             Some(r) => Some(r.resolve(size).ok_or(Error::RangeNotSatisfiable { size })?),
         };
-        let body = self.store.get(&repr.bucket, &repr.key, range).await?;
+        let body = self
+            .stored(&repr.image_id, &repr.bucket, &repr.key, range)
+            .await?;
         Ok(Download {
             length: range.map_or(size, |r| r.length()),
             partial: range.map(|r| (r, size)),
