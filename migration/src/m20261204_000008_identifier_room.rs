@@ -11,17 +11,11 @@ use sea_orm_migration::sea_orm::DbBackend;
 #[derive(DeriveMigrationName)]
 pub struct Migration;
 
-#[derive(DeriveIden, Clone, Copy)]
-enum UploadSessions {
-    Table,
-    Identifier,
-}
-
-#[derive(DeriveIden, Clone, Copy)]
-enum Images {
-    Table,
-    SourceIdentifier,
-}
+/// The columns that hold a stored identifier: (table, column).
+const COLUMNS: [(&str, &str); 2] = [
+    ("upload_sessions", "identifier"),
+    ("images", "source_identifier"),
+];
 
 /// The length both columns take (characters).
 const LEN: u32 = 256;
@@ -32,22 +26,17 @@ impl MigrationTrait for Migration {
         if manager.get_database_backend() == DbBackend::Sqlite {
             return Ok(());
         }
-        manager
-            .alter_table(
-                Table::alter()
-                    .table(UploadSessions::Table)
-                    .modify_column(ColumnDef::new(UploadSessions::Identifier).string_len(LEN))
-                    .to_owned(),
-            )
-            .await?;
-        manager
-            .alter_table(
-                Table::alter()
-                    .table(Images::Table)
-                    .modify_column(ColumnDef::new(Images::SourceIdentifier).string_len(LEN))
-                    .to_owned(),
-            )
-            .await
+        for (table, column) in COLUMNS {
+            manager
+                .alter_table(
+                    Table::alter()
+                        .table(Alias::new(table))
+                        .modify_column(ColumnDef::new(Alias::new(column)).string_len(LEN))
+                        .to_owned(),
+                )
+                .await?;
+        }
+        Ok(())
     }
 
     /// Nothing to undo: a narrower column could not hold the identifiers stored since.

@@ -196,13 +196,7 @@ async fn chunk_and_merge_errors(b: Backend) {
                 "part",
                 reqwest::multipart::Part::bytes(vec![1; 10]).file_name("1.part"),
             );
-        let r = app
-            .client
-            .post(app.url("/images/upload"))
-            .multipart(form)
-            .send()
-            .await
-            .unwrap();
+        let r = app.post_form("/images/upload", form).await;
         assert_error(r, 400, None).await;
         let r = app
             .client
@@ -670,13 +664,7 @@ async fn nul_characters_in_fields(b: Backend) {
                 "file",
                 reqwest::multipart::Part::bytes(pattern(2, 100)).file_name("disk.img"),
             );
-        let r = app
-            .client
-            .post(app.url("/images/upload"))
-            .multipart(form)
-            .send()
-            .await
-            .unwrap();
+        let r = app.post_form("/images/upload", form).await;
         refused(assert_error(r, 400, None).await);
         let r = app
             .client

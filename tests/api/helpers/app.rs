@@ -286,8 +286,13 @@ impl TestApp {
                 "part",
                 multipart::Part::bytes(bytes).file_name(part_name.to_string()),
             );
+        self.post_form("/images/upload", form).await
+    }
+
+    /// Posts a multipart `form` to `path` (under the API root).
+    pub async fn post_form(&self, path: &str, form: multipart::Form) -> Response {
         self.client
-            .post(self.url("/images/upload"))
+            .post(self.url(path))
             .multipart(form)
             .send()
             .await
