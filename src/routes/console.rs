@@ -9,7 +9,7 @@
 //! no other host, no framing.
 
 use axum::{
-    extract::Path,
+    extract::{rejection::PathRejection, Path},
     http::{header, HeaderMap, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
     routing::get,
@@ -68,7 +68,13 @@ pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
         )
         .route(
             "/console/{file}",
-            get(|Path(file): Path<String>, h: HeaderMap| async move { serve(&file, &h) }),
+            // A name that is not UTF-8 once percent-decoded names no asset: the same JSON 404
+            // (axum's `Path` rejection would be a plain-text 400).
+            get(
+                |file: Result<Path<String>, PathRejection>, h: HeaderMap| async move {
+                    serve(file.as_ref().map_or("", |Path(f)| f.as_str()), &h)
+                },
+            ),
         )
 }
 

@@ -119,10 +119,13 @@ async fn the_page_and_its_assets_are_served_with_type_etag_and_csp() {
     let html = get(&app, "/").await.text().await.unwrap();
     assert!(html.contains(r#"<script type="module" src="/console/app.js">"#));
     // Anything else under /console is the usual 404, and the API answers as before.
-    let missing = get(&app, "/console/nope.js").await;
-    assert_eq!(missing.status(), StatusCode::NOT_FOUND);
-    let body: serde_json::Value = missing.json().await.unwrap();
-    assert_eq!(body["code"], "NOT_FOUND");
+    // A name that is not UTF-8 once percent-decoded included (it was a plain-text 400).
+    for path in ["/console/nope.js", "/console/%FF", "/console/%C3%28.js"] {
+        let missing = get(&app, path).await;
+        assert_eq!(missing.status(), StatusCode::NOT_FOUND, "{path}");
+        let body: serde_json::Value = missing.json().await.unwrap();
+        assert_eq!(body["code"], "NOT_FOUND", "{path}");
+    }
     assert_eq!(get(&app, "/console/").await.status(), StatusCode::NOT_FOUND);
     let (status, list) = app.get_json("/images").await;
     assert_eq!((status, list), (200, serde_json::json!([])));
