@@ -138,6 +138,7 @@ codes! {
     PreconditionFailed = "PRECONDITION_FAILED", 412, "If-Match or If-Unmodified-Since failed.";
     QuotaExceeded = "QUOTA_EXCEEDED", 413, "Past the user's quota of bytes or images.";
     RangeNotSatisfiable = "RANGE_NOT_SATISFIABLE", 416, "A Range outside the image.";
+    UnsupportedEncoding = "UNSUPPORTED_ENCODING", 415, "A request body in a Content-Encoding other than identity (none is decoded).";
     SlimRefused = "SLIM_REFUSED", 400, "The image cannot be slimmed (its check did not find it usable).";
     Internal = "INTERNAL", 500, "A fault of the service (logged, details not sent).";
     StorageError = "STORAGE_ERROR", 500, "The object store failed (logged, details not sent).";

@@ -167,6 +167,10 @@ impl FormSource for NoParts {
 pub struct FormReader<'a> {
     form: &'a mut dyn FormSource,
     fields: Fields,
+    /// The names of the file part handed out (`file`, or `file` and `part` for a chunk): a
+    /// second part of one of them is refused, never ignored (the client would believe both
+    /// stored).
+    taken: Vec<FilePart>,
 }
 
 impl<'a> FormReader<'a> {
@@ -175,6 +179,7 @@ impl<'a> FormReader<'a> {
         FormReader {
             form,
             fields: query,
+            taken: Vec::new(),
         }
     }
 
@@ -187,7 +192,8 @@ impl<'a> FormReader<'a> {
     /// must be consumed (or dropped) before the form is read on. `None` when the form ends
     /// first. Other file parts on the way are drained.
     ///
-    /// Errors: the body cannot be read or is not a well-formed form.
+    /// Errors: the body cannot be read or is not a well-formed form; a second part of the
+    /// name already handed out (`InvalidInput`).
     pub async fn file(
         &mut self,
         parts: &[FilePart],
@@ -195,11 +201,20 @@ impl<'a> FormReader<'a> {
         while let Some(part) = self.form.next_part().await? {
             match part {
                 FormPart::Text { field, value } => self.fields.set(field, value),
+                FormPart::File { part: Some(p), .. } if self.taken.contains(&p) => {
+                    return Err(super::Error::InvalidInput(
+                        "the form has more than one file part: send one file per request"
+                            .to_string(),
+                    ));
+                }
                 FormPart::File {
                     part: Some(part),
                     file_name,
                     body,
-                } if parts.contains(&part) => return Ok(Some((file_name, body))),
+                } if parts.contains(&part) => {
+                    self.taken = parts.to_vec();
+                    return Ok(Some((file_name, body)));
+                }
                 FormPart::File { body, .. } => drain(body).await?,
             }
         }

@@ -68,7 +68,9 @@ pub fn evaluate(headers: &HeaderMap, v: &Validators<'_>) -> Outcome {
             return Outcome::NotModified;
         }
     } else if let Some(since) = date(&header::IF_MODIFIED_SINCE) {
-        if modified <= since {
+        // A date later than the server's clock is invalid, so ignored (RFC 2616 14.25, as
+        // Apache does): it cannot vouch for a copy taken from this server.
+        if modified <= since && since <= SystemTime::now() {
             return Outcome::NotModified;
         }
     }
@@ -81,7 +83,8 @@ pub fn evaluate(headers: &HeaderMap, v: &Validators<'_>) -> Outcome {
         Some(Ok(value)) => {
             let value = value.trim();
             if value.starts_with('"') || value.starts_with("W/") {
-                tags(value).next() == Some(Tag::parse(v.etag)) && !value.starts_with("W/")
+                // Exactly our strong tag: a weak one, or a list (`"a", "b"`), matches nothing.
+                value == v.etag
             } else {
                 httpdate::parse_http_date(value).is_ok_and(|d| d == modified)
             }
@@ -224,6 +227,12 @@ mod tests {
         assert_eq!(outcome(&[("if-range", "W/\"abc\"")]), whole);
         assert_eq!(outcome(&[("if-range", &before)]), whole);
         assert_eq!(outcome(&[("if-range", "garbage")]), whole);
+        // A list on one line is not one validator, even when it names ours first.
+        assert_eq!(outcome(&[("if-range", "\"abc\", \"x\"")]), whole);
+        assert_eq!(outcome(&[("if-range", "\"abc\",")]), whole);
+        // A date past the server's clock is ignored (a later one would hide any change).
+        let future = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(86_400));
+        assert_eq!(outcome(&[("if-modified-since", &future)]), serve);
         // Fields that must be single, sent twice.
         assert_eq!(
             outcome(&[("if-range", "\"abc\""), ("if-range", "\"x\"")]),

@@ -93,6 +93,7 @@ pub fn router(svc: Service, authenticator: Option<Arc<Authenticator>>) -> Router
         .layer(RequestBodyTimeoutLayer::new(Duration::from_secs(
             svc.config().body_idle_timeout_secs,
         )))
+        .layer(middleware::from_fn(identity_bodies_only))
         // Inside `metered` (a refusal is counted and has its access line), `cors` (a preflight
         // is answered before it; a 401 carries the CORS headers a browser needs to read it)
         // and `drain::linger` (a refused upload's body is drained, so the 401 arrives).
@@ -125,6 +126,33 @@ pub fn router(svc: Service, authenticator: Option<Arc<Authenticator>>) -> Router
         // layer), what it left of the request body is drained before the answer goes out.
         .layer(middleware::from_fn_with_state(limits, drain::linger))
         .with_state(svc)
+}
+
+/// Refuses a request whose body is in a content coding (`Content-Encoding: gzip`, ...): no
+/// route decodes one, and storing the coded bytes as an image would keep the wrong bytes.
+/// Answered 415 `UNSUPPORTED_ENCODING` with `Accept-Encoding: identity`, as RFC 9110 15.5.16
+/// and 12.5.3 describe; `identity` itself is accepted.
+async fn identity_bodies_only(req: Request, next: middleware::Next) -> Response {
+    let coded = req
+        .headers()
+        .get_all(header::CONTENT_ENCODING)
+        .iter()
+        .flat_map(|v| v.to_str().unwrap_or("?").split(','))
+        .map(str::trim)
+        .any(|coding| !coding.is_empty() && !coding.eq_ignore_ascii_case("identity"));
+    if !coded {
+        return next.run(req).await;
+    }
+    let mut refused = ApiError::of(
+        crate::domain::Code::UnsupportedEncoding,
+        "the request body has a Content-Encoding; send it uncoded (identity)",
+    )
+    .into_response();
+    refused.headers_mut().insert(
+        header::ACCEPT_ENCODING,
+        HeaderValue::from_static("identity"),
+    );
+    refused
 }
 
 /// The longest `X-Request-Id` a client may choose (characters).

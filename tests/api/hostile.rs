@@ -1574,25 +1574,62 @@ async fn multipart_giant_text_field(app: &TestApp) -> Held {
 }
 
 async fn multipart_duplicate_file_fields(app: &TestApp) -> Held {
-    // The first `file` part is the upload; a second one is read past, never stored.
-    let body = Raw::new()
-        .file("file", b"first.img", b"first bytes")
-        .file("file", b"second.img", b"second bytes")
-        .text("userId", b"u");
-    let v = ok_json(post_multipart(app, "/images", body).await).await;
-    assert_eq!(v["fileName"], "first.img");
-    assert_eq!(app.download(&image_id(&v)).await, b"first bytes");
-    images(1)
+    // A second `file` part is refused, not read past: the client would believe it stored (as
+    // a zip with two images is refused). Whatever came first is dropped with it.
+    let second = |body: Raw| body.file("file", b"second.img", b"second bytes");
+    for body in [
+        second(Raw::new().file("file", b"first.img", b"first bytes")).text("userId", b"u"),
+        second(
+            Raw::new()
+                .text("userId", b"u")
+                .file("file", b"first.img", b"first"),
+        ),
+        second(Raw::new().file(
+            "file",
+            b"a.zip",
+            &build_zip(&[Entry::new(b"a/a.img", b"x")]),
+        )),
+    ] {
+        let v = refused(
+            post_multipart(app, "/images", body).await,
+            400,
+            "INVALID_PARAMETER",
+        )
+        .await;
+        assert!(
+            v["message"]
+                .as_str()
+                .unwrap()
+                .contains("more than one file"),
+            "{v}"
+        );
+    }
+    NOTHING
 }
 
 async fn multipart_duplicate_chunk_parts(app: &TestApp) -> Held {
-    let body = Raw::new()
-        .text("identifier", b"dup")
-        .file("part", b"1.part", b"one")
-        .file("part", b"2.part", b"two");
-    ok_text(post_multipart(app, "/images/upload", body).await, "ok.").await;
-    assert_eq!(held_chunks(app, "dup").await, [1]);
-    cancel(app, "dup").await;
+    // Two chunk bodies in one request (`part` twice, or `file` and `part`), with the fields
+    // first (the chunk is written in place) or last (it is spooled): refused, nothing held.
+    let fields = |body: Raw| body.text("identifier", b"dup").text("chunkNumber", b"1");
+    for (first, second) in [("part", "part"), ("file", "part"), ("part", "file")] {
+        let early = fields(Raw::new())
+            .file(first, b"1.part", b"one")
+            .file(second, b"2.part", b"two");
+        let late = fields(
+            Raw::new()
+                .file(first, b"1.part", b"one")
+                .file(second, b"2.part", b"two"),
+        );
+        for body in [early, late] {
+            refused(
+                post_multipart(app, "/images/upload", body).await,
+                400,
+                "INVALID_PARAMETER",
+            )
+            .await;
+            assert!(held_chunks(app, "dup").await.is_empty());
+        }
+    }
     NOTHING
 }
 
@@ -1742,6 +1779,56 @@ async fn multipart_wrong_content_type(app: &TestApp) -> Held {
     )
     .await;
     NOTHING
+}
+
+async fn content_coded_bodies(app: &TestApp) -> Held {
+    // No route decodes a content coding: a gzip body stored as it came would be the wrong
+    // bytes. 415 with Accept-Encoding (RFC 9110 15.5.16), on every route that reads a body.
+    let upload = || Raw::new().file("file", b"a.img", b"data");
+    let chunk = || {
+        Raw::new()
+            .text("identifier", b"coded")
+            .text("chunkNumber", b"1")
+            .file("file", b"1.part", b"data")
+    };
+    for coding in [
+        "gzip",
+        "br",
+        "gzip, identity",
+        "x-unknown",
+        "identity,,deflate",
+    ] {
+        for (path, body) in [
+            ("/images", upload()),
+            ("/images/upload", chunk()),
+            ("/images/merge", Raw::new().text("identifier", b"coded")),
+        ] {
+            let resp = app
+                .client
+                .post(app.url(path))
+                .header("Content-Type", MULTIPART)
+                .header("Content-Encoding", coding)
+                .body(body.finish())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.headers()["accept-encoding"], "identity", "{path}");
+            refused(resp, 415, "UNSUPPORTED_ENCODING").await;
+        }
+    }
+    assert!(held_chunks(app, "coded").await.is_empty());
+    // `identity` is no coding at all.
+    let resp = app
+        .client
+        .post(app.url("/images"))
+        .header("Content-Type", MULTIPART)
+        .header("Content-Encoding", "Identity")
+        .body(upload().finish())
+        .send()
+        .await
+        .unwrap();
+    ok_json(resp).await;
+    images(1)
 }
 
 async fn merge_filename_with_quotes(app: &TestApp) -> Held {
@@ -3106,6 +3193,7 @@ hostile_cases! {
     multipart_filename_invalid_utf8,
     multipart_filename_non_ascii_and_quote,
     multipart_wrong_content_type,
+    content_coded_bodies,
     merge_filename_with_quotes,
     field_priority_hostile,
     // Chunk numbers.
