@@ -418,7 +418,10 @@ impl Service {
     }
 
     /// Verifies the merged object against the checksum the merge was asked to verify, and
-    /// returns its MD5 and SHA-256 (one read). On a mismatch its chunks are stored again
+    /// returns the digests computed in that one read: SHA-256 (the merge answer shows it) and
+    /// the algorithm declared. MD5, several times slower, only when declared: the client waits
+    /// for this read, and the image's first check, which reads the bytes anyway, computes it
+    /// otherwise. On a mismatch its chunks are stored again
     /// (under a new multipart upload) and the merged object removed, so the client can
     /// replace chunks and merge again.
     async fn verify_merged(
@@ -429,7 +432,9 @@ impl Service {
         expected: &Checksum,
     ) -> Result<Digests> {
         let (bucket, key) = (&session.bucket, &session.object_key);
-        let digests = self.object_digests(bucket, key, Wanted::IMAGE).await?;
+        let mut wanted = Wanted::for_checksums([expected]);
+        wanted.add(Algorithm::Sha256);
+        let digests = self.object_digests(bucket, key, wanted).await?;
         let Err(why) = digests.verify(std::slice::from_ref(expected), "the merged upload") else {
             return Ok(digests);
         };

@@ -466,6 +466,31 @@ async fn whole_image_checksums(b: Backend) {
     )
     .await;
     assert_eq!(r.status(), 200);
+    // Merged verified by SHA-256 only: the answer shows it, the MD5 comes with the first check.
+    for (i, p) in parts.iter().enumerate() {
+        assert_eq!(
+            app.chunk("bysha", i as u32 + 1, p.clone()).await.status(),
+            200
+        );
+    }
+    let r = merge_with(
+        &app,
+        "bysha",
+        "disk.img",
+        &[("checksum", format!("sha256:{sha}"))],
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let merged: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(merged["sha256"], sha.as_str(), "{merged}");
+    let v = wait_checked(&app, merged["imageId"].as_str().unwrap()).await;
+    assert_eq!(v["originalChecksum"], md5_hex(&data), "{v}");
+    assert_eq!(v["originalSha256"], sha.as_str(), "{v}");
+    assert_eq!(
+        v["checkStatusResponse"]["checkInfo"]["checksum"],
+        md5_hex(&data),
+        "{v}"
+    );
     app.stop().await;
 }
 
