@@ -2545,24 +2545,18 @@ async fn range_with_a_stale_if_range_is_whole(app: &TestApp) -> Held {
 
 async fn conditional_headers_that_do_not_hold_are_whole(app: &TestApp) -> Held {
     // Conditions that name other bytes or an earlier time, or cannot be read: the whole
-    // image. (A condition that holds answers 304: see the integrity tests.)
+    // image. A date past the server's clock cannot come from it, and is ignored (RFC 2616
+    // 14.25). (A condition that holds answers 304: see the integrity tests.)
     let (id, data) = range_image(app).await;
     for (k, v) in [
         ("If-None-Match", "\"abc\""),
         ("If-Modified-Since", "Sat, 01 Jan 2000 00:00:00 GMT"),
+        ("If-Modified-Since", "Fri, 01 Jan 2100 00:00:00 GMT"),
         ("If-Modified-Since", "garbage"),
         ("If-Unmodified-Since", "garbage"),
     ] {
         whole(download_with(app, &id, false, &[(k, v)]).await, &data).await;
     }
-    let r = download_with(
-        app,
-        &id,
-        false,
-        &[("If-Modified-Since", "Fri, 01 Jan 2100 00:00:00 GMT")],
-    )
-    .await;
-    assert_eq!(r.status(), 304);
     images(1)
 }
 
