@@ -18,11 +18,7 @@ impl Drop for Sidecar {
 
 /// Starts `file-system imageops` over `shared`; the sidecar (killed when dropped) and its URL.
 async fn spawn_sidecar(shared: &std::path::Path) -> (Sidecar, String) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = crate::common::free_port();
     let sidecar = Sidecar(
         Command::new(env!("CARGO_BIN_EXE_file-system"))
             .arg("imageops")
