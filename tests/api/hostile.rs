@@ -131,6 +131,13 @@ async fn refused(resp: Response, status: u16, code: &str) -> serde_json::Value {
     v
 }
 
+/// Asserts an error answer as [`refused`] does, whose message says `says`.
+async fn refused_saying(resp: Response, status: u16, code: &str, says: &str) {
+    let v = refused(resp, status, code).await;
+    let message = v["message"].as_str().unwrap();
+    assert!(message.contains(says), "{v}");
+}
+
 /// Asserts a 200 and returns the JSON body.
 async fn ok_json(resp: Response) -> serde_json::Value {
     let status = resp.status();
@@ -1541,16 +1548,13 @@ async fn multipart_giant_text_field(app: &TestApp) -> Held {
     let body = Raw::new()
         .file("file", b"a.img", &pattern(10, 100_000))
         .text("userId", &vec![b'u'; 1 << 20]);
-    let v = refused(
+    refused_saying(
         post_multipart(app, "/images", body).await,
         400,
         "INVALID_PARAMETER",
+        "longer than",
     )
     .await;
-    assert!(
-        v["message"].as_str().unwrap().contains("longer than"),
-        "{v}"
-    );
     // Before the chunk and in a merge.
     let body = Raw::new()
         .text("identifier", &vec![b'i'; 1 << 20])
@@ -1590,19 +1594,13 @@ async fn multipart_duplicate_file_fields(app: &TestApp) -> Held {
             &build_zip(&[Entry::new(b"a/a.img", b"x")]),
         )),
     ] {
-        let v = refused(
+        refused_saying(
             post_multipart(app, "/images", body).await,
             400,
             "INVALID_PARAMETER",
+            "more than one file",
         )
         .await;
-        assert!(
-            v["message"]
-                .as_str()
-                .unwrap()
-                .contains("more than one file"),
-            "{v}"
-        );
     }
     NOTHING
 }
@@ -1849,16 +1847,13 @@ async fn field_priority_hostile(app: &TestApp) -> Held {
         let body = Raw::new()
             .file("file", b"p.img", &pattern(32, 50_000))
             .text("priority", prio.as_bytes());
-        let v = refused(
+        refused_saying(
             post_multipart(app, "/images", body).await,
             400,
             "INVALID_PARAMETER",
+            "unknown priority",
         )
         .await;
-        assert!(
-            v["message"].as_str().unwrap().contains("unknown priority"),
-            "{v}"
-        );
         let body = Raw::new()
             .text("identifier", b"pr")
             .file("part", b"1.part", b"data")
