@@ -158,8 +158,19 @@ pub struct Wanted {
 }
 
 impl Wanted {
+    /// Both digests recorded for an image (MD5 for the API's `checksum`, SHA-256 for
+    /// `sha256` and `Repr-Digest`).
     pub const IMAGE: Wanted = Wanted {
         md5: true,
+        sha256: true,
+        crc32c: false,
+    };
+
+    /// What an upload always computes while the bytes stream in: SHA-256 (several times faster
+    /// than MD5 on CPUs with SHA extensions). The domain adds MD5 where the image's first
+    /// check could not record it cheaply (an S3 store).
+    pub const STORED: Wanted = Wanted {
+        md5: false,
         sha256: true,
         crc32c: false,
     };
@@ -399,6 +410,18 @@ impl Digests {
 
     pub fn sha256_hex(&self) -> Option<String> {
         self.sha256.map(hex::encode)
+    }
+
+    /// Whether the digest of `a` was computed.
+    pub fn has(&self, a: Algorithm) -> bool {
+        self.get(a).is_some()
+    }
+
+    /// Takes every digest `other` has that these lack.
+    pub fn fill_from(&mut self, other: Digests) {
+        self.md5 = self.md5.or(other.md5);
+        self.sha256 = self.sha256.or(other.sha256);
+        self.crc32c = self.crc32c.or(other.crc32c);
     }
 
     fn get(&self, a: Algorithm) -> Option<Vec<u8>> {

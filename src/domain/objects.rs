@@ -29,7 +29,8 @@ pub(crate) struct Extracted {
     /// Bytes.
     pub size: u64,
     pub crc32: u32,
-    /// MD5 and SHA-256 of the image, computed as it was extracted.
+    /// Of the image, computed as it was extracted: SHA-256, and MD5 on an S3 store (else its
+    /// first check records it).
     pub digests: Digests,
 }
 
@@ -160,7 +161,11 @@ impl Service {
             rx.recv().await.map(|item| (item, rx))
         })
         .boxed();
-        let meter = Meter::hashing(Wanted::IMAGE);
+        let mut wanted = Wanted::STORED;
+        if self.md5_on_the_way(&tier.bucket, key) {
+            wanted.add(integrity::Algorithm::Md5);
+        }
+        let meter = Meter::hashing(wanted);
         let body = meter.wrap(body, u64::MAX);
         let opts = PutOptions {
             storage_class: tier.storage_class.clone(),
@@ -193,6 +198,17 @@ impl Service {
                 Err(Error::InvalidZip(refusal))
             }
         }
+    }
+
+    /// Whether an image streaming into `bucket`/`key` gets its MD5 on the way, beside its
+    /// SHA-256 ([`Wanted::STORED`]). Not when the store keeps the object as a local file: the
+    /// image's first check reads it from disk anyway, while qemu-img runs, and records the MD5
+    /// then, so the upload (whose client waits for every byte to be hashed) runs at disk speed.
+    /// Over S3 the check's read is a network transfer that MD5 would slow down (measured on
+    /// Garage, 2 GiB: the check went from 1.13x to 1.71x of `md5sum`), so the upload, which
+    /// waits on the network anyway, computes it.
+    pub(crate) fn md5_on_the_way(&self, bucket: &str, key: &str) -> bool {
+        self.store.local_path(bucket, key).is_none()
     }
 
     /// Digests of a stored object, in one read (in place when the store keeps it as a file).

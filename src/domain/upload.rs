@@ -6,7 +6,7 @@ use super::{
     caller::{Caller, Role},
     form::{Field, Fields, FilePart, FormReader, FormSource},
     ids::{ImageId, ObjectKey},
-    integrity::{Digests, Wanted},
+    integrity::{digest_file, Algorithm, Digests, Wanted},
     meter::Meter,
     now_secs,
     objects::{body_error, spool, NewImage},
@@ -32,7 +32,8 @@ struct StoredObject {
     key: ObjectKey,
     size: u64,
     crc32: u32,
-    /// MD5 and SHA-256 of the bytes, computed while they streamed in.
+    /// Of the bytes, computed while they streamed in: SHA-256, and MD5 on an S3 store or when
+    /// one was declared (else the image's first check records it).
     digests: Digests,
     unreferenced: Cleanup,
 }
@@ -81,9 +82,10 @@ impl Service {
         form: &mut dyn FormSource,
     ) -> Result<image::Model> {
         let _slot = self.upload_slot().await?;
-        let (staged, quota, fields) = self.receive_image(caller, query, form).await?;
-        let sent = staged.sent_digests().clone();
-        let settled = self.settle_upload(caller, &fields, &sent, &quota).await;
+        let (mut staged, quota, fields) = self.receive_image(caller, query, form).await?;
+        let settled = self
+            .settle_upload(caller, &fields, &mut staged, &quota)
+            .await;
         let (tier, user_id) = match settled {
             Ok(v) => v,
             Err(e) => {
@@ -118,7 +120,13 @@ impl Service {
         let (reservation, body) = self
             .quota_upload(quota_user(caller, form.fields())?.as_deref(), body)
             .await?;
-        let stage = self.stage(file_name, body, tier).await;
+        // SHA-256, and the declared checksum's algorithm when the field came first; one
+        // declared after the file costs one more read of the stored bytes (`settle_upload`).
+        let mut wanted = Wanted::STORED;
+        if let Ok(Some(declared)) = super::uploads::image_checksum(form.fields()) {
+            wanted.add(declared.algorithm);
+        }
+        let stage = self.stage(file_name, body, tier, wanted).await;
         let staged = reservation.checked(stage).await?;
         match form.finish().await {
             Ok(fields) => Ok((staged, reservation, fields)),
@@ -130,18 +138,21 @@ impl Service {
     }
 
     /// What the whole form decides once the file is staged: the tier (`priority`), the whole
-    /// file's `checksum` verified against the digests `sent` computed, and the user it belongs to (`userId`), to whom the bytes
-    /// are counted from now on.
+    /// file's `checksum` verified against the file as sent, and the user it belongs to
+    /// (`userId`), to whom the bytes are counted from now on.
     async fn settle_upload(
         &self,
         caller: &Caller,
         fields: &Fields,
-        sent: &Digests,
+        staged: &mut Staged,
         quota: &Reservation,
     ) -> Result<(Tier, String)> {
         let tier = self.tier_for(fields.get(Field::Priority))?.clone();
         if let Some(expected) = super::uploads::image_checksum(fields)? {
-            sent.verify(std::slice::from_ref(&expected), "the uploaded file")
+            self.compute_sent(staged, expected.algorithm).await?;
+            staged
+                .sent_digests()
+                .verify(std::slice::from_ref(&expected), "the uploaded file")
                 .map_err(Error::ChecksumMismatch)?;
         }
         let user_id = validate::user_id(fields.get(Field::UserId)).map_err(Error::InvalidInput)?;
@@ -221,13 +232,19 @@ impl Service {
         self.image(&Caller::Anonymous, &id).await
     }
 
-    /// Streams one file part into the store (plain image) or a scratch file (zip).
-    async fn stage(&self, file_name: String, body: ByteStream, tier: Tier) -> Result<Staged> {
+    /// Streams one file part into the store (plain image) or a scratch file (zip), computing
+    /// the digests `wanted` in the same pass.
+    async fn stage(
+        &self,
+        file_name: String,
+        body: ByteStream,
+        tier: Tier,
+        wanted: Wanted,
+    ) -> Result<Staged> {
         let limit = self.cfg.max_image_bytes;
-        // MD5 and SHA-256 in the same pass as the bytes go to the store.
-        let meter = Meter::hashing(Wanted::IMAGE);
-        let body = meter.wrap(body, limit);
         if validate::is_zip(&file_name) {
+            let meter = Meter::hashing(wanted);
+            let body = meter.wrap(body, limit);
             let (file, path) = self.scratch_file().await?;
             spool(file, body, &meter).await?;
             return Ok(Staged::Zip {
@@ -237,6 +254,12 @@ impl Service {
         }
         let id = ImageId::new();
         let key = ObjectKey::image(&id);
+        let mut wanted = wanted;
+        if self.md5_on_the_way(&tier.bucket, &key) {
+            wanted.add(Algorithm::Md5);
+        }
+        let meter = Meter::hashing(wanted);
+        let body = meter.wrap(body, limit);
         let opts = PutOptions {
             storage_class: tier.storage_class.clone(),
         };
@@ -312,6 +335,34 @@ impl Service {
             digests,
             unreferenced: copy,
         })
+    }
+
+    /// Computes the digest of `algorithm` over the file as sent when it was not computed on
+    /// the way (its `checksum` field came after the file part): one more read of the stored
+    /// object or the spooled archive.
+    async fn compute_sent(&self, staged: &mut Staged, algorithm: Algorithm) -> Result<()> {
+        if staged.sent_digests().has(algorithm) {
+            return Ok(());
+        }
+        let mut wanted = Wanted::default();
+        wanted.add(algorithm);
+        let found = match staged {
+            Staged::Image { object, .. } => {
+                self.object_digests(&object.tier.bucket, &object.key, wanted)
+                    .await?
+            }
+            Staged::Zip { file, .. } => {
+                let path = file.to_path_buf();
+                tokio::task::spawn_blocking(move || digest_file(&path, wanted))
+                    .await
+                    .map_err(|e| Error::Internal(e.to_string()))??
+            }
+        };
+        match staged {
+            Staged::Image { object, .. } => object.digests.fill_from(found),
+            Staged::Zip { digests, .. } => digests.fill_from(found),
+        }
+        Ok(())
     }
 
     async fn discard(&self, staged: Staged) {

@@ -331,7 +331,16 @@ async fn whole_image_checksums(b: Backend) {
     let app = TestApp::spawn(b, Options::default()).await;
     let data = pattern(21, 300_000);
     let sha = hex::encode(sha2::Sha256::digest(&data));
-    // POST /images: a wrong checksum records nothing and keeps nothing.
+    // POST /images: a wrong checksum records nothing and keeps nothing, whether it came
+    // before the file (hashed on the way) or after it (the stored bytes read again), for a
+    // plain image and for a zip.
+    let on_disk = app.dir.path().join("sent.img");
+    std::fs::write(&on_disk, &data).unwrap();
+    let zip_on_disk = app.dir.path().join("sent.zip");
+    python_zip(
+        &zip_on_disk,
+        &format!("z.write({:?}, 'd/disk.img')", on_disk.to_str().unwrap()),
+    );
     for wrong in [
         format!("md5:{}", md5_hex(b"x")),
         format!("sha256:{}", hex::encode(sha2::Sha256::digest(b"x"))),
@@ -343,7 +352,32 @@ async fn whole_image_checksums(b: Backend) {
             assert_error(r, 400, None).await["code"],
             "CHECKSUM_MISMATCH"
         );
+        for (path, name) in [(&on_disk, "disk.img"), (&zip_on_disk, "disk.zip")] {
+            let r = app.upload_path(path, name, &[("checksum", &wrong)]).await;
+            let v = assert_error(r, 400, None).await;
+            assert_eq!(v["code"], "CHECKSUM_MISMATCH", "{name} {wrong}: {v}");
+        }
     }
+    // The archive's own MD5, declared after it: it is read again and verified.
+    let archive = std::fs::read(&zip_on_disk).unwrap();
+    let declared = format!("md5:{}", md5_hex(&archive));
+    let r = app
+        .upload_path(&zip_on_disk, "disk.zip", &[("checksum", &declared)])
+        .await;
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let zipped: serde_json::Value = r.json().await.unwrap();
+    let zipped = zipped["imageId"].as_str().unwrap().to_string();
+    assert_eq!(app.download(&zipped).await, data);
+    let v = wait_checked(&app, &zipped).await;
+    assert_eq!(v["originalChecksum"], md5_hex(&data), "{v}");
+    assert_eq!(v["originalSha256"], sha.as_str(), "{v}");
+    let r = app
+        .client
+        .delete(app.url(&format!("/images/{zipped}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
     let r = app
         .upload("disk.img", data.clone(), &[("checksum", "sha1:00")])
         .await;
