@@ -316,6 +316,10 @@ impl Service {
             .sha256_hex()
             .or_else(|| expected.1.clone())
             .unwrap_or_default();
+        // The first check of an original records the digests not recorded when it was received
+        // (MD5, on the local store): only when the bytes are those received, so that changed
+        // bytes never become the reference a download is verified against.
+        let first_of_original = !slimmed && img.original_md5.is_none() && changed.is_none();
         if let Some(msg) = changed {
             tracing::warn!(image.id = %image_id, %msg, "stored bytes changed since they were recorded");
             report.status = CheckStatus::Corrupted;
@@ -325,8 +329,7 @@ impl Service {
         let hashes = db::images::CheckHashes {
             md5: &md5,
             sha256: &sha256,
-            // A merged image's first check records what was received.
-            original: !slimmed && img.original_md5.is_none(),
+            original: first_of_original,
         };
         db::images::set_check(&self.db, image_id, &report, Some(&hashes), now_secs()).await?;
         self.metrics.image_checked(report.status);

@@ -913,6 +913,112 @@ async fn fields_after_a_chunk_decide_where_it_lands(b: Backend) {
     app.stop().await;
 }
 
+/// Bytes changed in the store before their first check (which, on the local store, records
+/// the MD5 an upload left to it): the check says so, and the SHA-256 recorded when they were
+/// received stays the reference downloads are verified against, for a single upload and a
+/// merged one that declared its checksum. A replica without workers receives them; one with workers checks them.
+async fn changed_before_the_first_check(b: Backend) {
+    let app = TestApp::spawn(
+        b,
+        Options {
+            no_server: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    let port = free_port();
+    let log = app.dir.path().join("server.log");
+    let receiver = Replica::start(&app.vars, port, &log, &[("FS_JOB_CONCURRENCY", "0")]).await;
+    let client = app.client.clone();
+    let single = pattern(71, (3 << 20) + 17);
+    let form = multipart::Form::new().part(
+        "file",
+        multipart::Part::bytes(single.clone()).file_name("single.img"),
+    );
+    let r = client
+        .post(receiver.api("/images"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let single_id = r.json::<serde_json::Value>().await.unwrap()["imageId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let merged = pattern(72, (2 << 20) + 5);
+    for (i, c) in merged.chunks(1 << 20).enumerate() {
+        let r = send_chunk(
+            &client,
+            &receiver.api(""),
+            "changed",
+            i as u32 + 1,
+            c.to_vec(),
+        )
+        .await;
+        assert_eq!(r.status(), 200);
+    }
+    // Declared as fsctl declares it: a merge without a checksum reads nothing back, so the
+    // merged bytes have no digest before their first check.
+    let form = multipart::Form::new()
+        .text("identifier", "changed")
+        .text("filename", "merged.img")
+        .text("checksum", format!("sha256:{}", sha256(&merged)));
+    let r = client
+        .post(receiver.api("/images/merge"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let merged_id = r.json::<serde_json::Value>().await.unwrap()["imageId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    drop(receiver);
+
+    for (id, bytes) in [(&single_id, &single), (&merged_id, &merged)] {
+        let mut changed = bytes.clone();
+        changed[bytes.len() / 2] ^= 0x40;
+        overwrite(&app, &format!("images/{id}"), changed).await;
+    }
+    let checker = Replica::start(&app.vars, port, &log, &[]).await;
+    for (id, bytes) in [(&single_id, &single), (&merged_id, &merged)] {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+        let v = loop {
+            let v: serde_json::Value = client
+                .get(checker.api(&format!("/images/{id}")))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if v["checkStatusResponse"]["status"] != 4 {
+                break v;
+            }
+            assert!(std::time::Instant::now() < deadline, "never checked: {v}");
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        };
+        let st = &v["checkStatusResponse"];
+        assert_eq!(st["status"], 1, "{v}");
+        assert!(
+            st["msg"].as_str().unwrap().contains("no longer match"),
+            "{v}"
+        );
+        assert_eq!(v["originalSha256"], sha256(bytes).as_str(), "{v}");
+        let r = client
+            .get(checker.api(&format!("/images/{id}/action/download")))
+            .send()
+            .await
+            .unwrap();
+        let want = format!("sha-256=:{}:", B64.encode(sha2::Sha256::digest(bytes)));
+        assert_eq!(r.headers()["repr-digest"], want.as_str(), "{v}");
+    }
+    drop(checker);
+    app.stop().await;
+}
+
 crate::backend_tests!(
     declared_totals_are_enforced,
     fields_after_a_chunk_decide_where_it_lands,
@@ -921,4 +1027,5 @@ crate::backend_tests!(
     downloads_carry_validators,
     resumed_download_across_a_slim,
     rechecks_find_corruption,
+    changed_before_the_first_check,
 );
