@@ -151,7 +151,8 @@ pub struct BadQuery(ErrorBody);
 
 /// The refusals every write of image bytes shares (an upload, a chunk, a merge):
 /// 403 for another user's `userId`, 408 for a body that stopped coming
-/// (`FS_BODY_IDLE_TIMEOUT_SECS`), 507 for a full store or scratch space.
+/// (`FS_BODY_IDLE_TIMEOUT_SECS`), 413 for an image too large or past a quota, 507 for a full
+/// store or scratch space.
 #[derive(utoipa::IntoResponses)]
 #[allow(dead_code)]
 pub enum WriteRefused {
@@ -165,6 +166,11 @@ pub enum WriteRefused {
         description = "The client stopped sending the body (REQUEST_TIMEOUT)"
     )]
     BodyTimedOut(ErrorBody),
+    #[response(
+        status = 413,
+        description = "Larger than FS_MAX_IMAGE_BYTES (FILE_TOO_LARGE), or past the quota of the image's user (QUOTA_EXCEEDED): the request adds nothing (a single upload stops at the bytes that cross the limit), and chunks held before are kept (a zipped upload whose image does not fit is dropped at its merge)"
+    )]
+    TooLarge(ErrorBody),
     #[response(
         status = 507,
         description = "The store or the scratch space is full (INSUFFICIENT_STORAGE); nothing of the request is kept"

@@ -38,9 +38,21 @@ impl Query {
     }
 }
 
+/// The request's query string, parsed ([`parse_query`]); a malformed one is a 400.
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Query {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        parse_query(parts.uri.query())
+    }
+}
+
 /// Parses a query string (`None`: no query). Errors: it is malformed, or holds more than
 /// [`MAX_FIELDS`] parameters.
-pub fn parse_query(q: Option<&str>) -> Result<Query, ApiError> {
+fn parse_query(q: Option<&str>) -> Result<Query, ApiError> {
     let pairs = urlencoded_pairs(q.unwrap_or("").as_bytes())
         .map_err(|e| ApiError::bad_request(format!("malformed query string: {e}")))?;
     Ok(Query(pairs))

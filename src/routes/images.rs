@@ -4,7 +4,7 @@ use super::{
     audit::{Audit, AuditEvent},
     conditional,
     error::ApiError,
-    extract::{parse_query, Authenticated, Form, FormFields, WithinImageLimit},
+    extract::{Authenticated, Form, FormFields, Query, WithinImageLimit},
     views::{FlatImage, ImageView},
 };
 use crate::domain::{
@@ -19,7 +19,7 @@ use crate::domain::{
 };
 use axum::{
     body::Body,
-    extract::{Path, RawQuery, State},
+    extract::{Path, State},
     http::{header, HeaderMap, HeaderValue, Method, StatusCode},
     response::{IntoResponse, Response},
     Json,
@@ -66,7 +66,6 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ImageIdPath {
         (status = 200, description = "Stored; a check is queued", body = FlatImage),
         (status = 400, description = "No file, a bad name, a bad zip or a bad field", body = super::docs::ErrorBody),
         super::docs::WriteRefused,
-        (status = 413, description = "Larger than FS_MAX_IMAGE_BYTES (FILE_TOO_LARGE), or past the user's quota (QUOTA_EXCEEDED: the upload stops at the bytes that cross it, nothing is kept)", body = super::docs::ErrorBody),
     ))]
 pub async fn upload(
     State(svc): State<Service>,
@@ -204,9 +203,8 @@ fn about_upload<'a>(event: AuditEvent<'a>, identifier: &'a Option<String>) -> Au
 pub async fn list(
     State(svc): State<Service>,
     Authenticated(caller): Authenticated,
-    RawQuery(q): RawQuery,
+    fields: Query,
 ) -> ApiResult<Json<Vec<ImageView>>> {
-    let fields = parse_query(q.as_deref())?;
     let number = |name: &str| -> ApiResult<Option<u64>> {
         match fields.get(name).map(str::trim).filter(|v| !v.is_empty()) {
             None => Ok(None),
@@ -300,7 +298,6 @@ pub async fn check(image: ImageChange) -> ApiResult<&'static str> {
         (status = 400, description = "Bad identifier, chunk number, body, totals (SIZE_MISMATCH) or checksum (CHECKSUM_MISMATCH)", body = super::docs::ErrorBody),
         super::docs::WriteRefused,
         (status = 409, description = "The upload is being merged, or was merged", body = super::docs::ErrorBody),
-        (status = 413, description = "Larger than FS_MAX_IMAGE_BYTES (FILE_TOO_LARGE), or past the quota of the upload's user (QUOTA_EXCEEDED: this chunk is not stored, the chunks held are kept)", body = super::docs::ErrorBody),
     ))]
 pub async fn upload_chunk(
     State(svc): State<Service>,
@@ -372,7 +369,6 @@ pub async fn cancel_upload(
         (status = 400, description = "Missing chunks (named), bad name or bad zip", body = super::docs::ErrorBody),
         super::docs::WriteRefused,
         (status = 404, description = "Nothing was uploaded under this identifier", body = super::docs::ErrorBody),
-        (status = 413, description = "The image would take its user past a quota (QUOTA_EXCEEDED); the chunks are kept (a zipped upload whose image does not fit is dropped)", body = super::docs::ErrorBody),
     ))]
 pub async fn merge(
     State(svc): State<Service>,
@@ -404,9 +400,8 @@ pub async fn merge(
 pub async fn upload_query(
     State(svc): State<Service>,
     Authenticated(caller): Authenticated,
-    RawQuery(q): RawQuery,
+    query: Query,
 ) -> ApiResult<Response> {
-    let query = parse_query(q.as_deref())?;
     let fields = query.fields();
     if fields.get(Field::Identifier).is_none() {
         return Ok("Upload get request received.".into_response());
@@ -454,11 +449,10 @@ pub async fn download(
     State(svc): State<Service>,
     Authenticated(caller): Authenticated,
     ImageIdPath(id): ImageIdPath,
-    RawQuery(q): RawQuery,
+    fields: Query,
     method: Method,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    let fields = parse_query(q.as_deref())?;
     let zip = fields
         .get("isZip")
         .is_some_and(|v| v.eq_ignore_ascii_case("true"));

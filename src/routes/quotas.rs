@@ -3,7 +3,7 @@
 use super::{
     audit::Audit,
     error::ApiError,
-    extract::{parse_query, Authenticated},
+    extract::{Authenticated, Query},
 };
 use crate::domain::{
     quota::{QuotaChange, QuotaView, UsageView},
@@ -11,7 +11,7 @@ use crate::domain::{
 };
 use axum::{
     body::Body,
-    extract::{rejection::PathRejection, Path, RawQuery, State},
+    extract::{rejection::PathRejection, Path, State},
     Json,
 };
 
@@ -112,9 +112,8 @@ pub async fn set_quota(
 pub async fn usage(
     State(svc): State<Service>,
     Authenticated(caller): Authenticated,
-    RawQuery(q): RawQuery,
+    fields: Query,
 ) -> ApiResult<Json<UsageView>> {
-    let fields = parse_query(q.as_deref())?;
     let asked =
         crate::domain::validate::user_id(fields.get("userId")).map_err(ApiError::bad_request)?;
     Ok(Json(svc.usage(&caller, Some(&asked)).await?))
