@@ -3,23 +3,9 @@
 use crate::helpers::*;
 use std::path::{Path, PathBuf};
 
-/// Polls an image until its check is no longer in progress. The bound is generous: on S3 a
-/// check of a few hundred MiB reads and hashes them through ranged GETs, which a loaded test
-/// run (two cores, every backend at once) slows by minutes.
+/// Polls an image until its check is no longer in progress ([`wait_check_done`]).
 pub async fn wait_checked(app: &TestApp, id: &str) -> serde_json::Value {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
-    loop {
-        let (status, v) = app.get_json(&format!("/images/{id}")).await;
-        assert_eq!(status, 200);
-        if v["checkStatusResponse"]["status"] != 4 {
-            return v;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "check never finished: {v}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    wait_check_done(&app.client, &app.url(&format!("/images/{id}"))).await
 }
 
 fn md5_file(p: &Path) -> String {

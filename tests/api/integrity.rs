@@ -916,31 +916,18 @@ async fn fields_after_a_chunk_decide_where_it_lands(b: Backend) {
 /// Bytes changed in the store before their first check (which, on the local store, records
 /// the MD5 an upload left to it): the check says so, and the SHA-256 recorded when they were
 /// received stays the reference downloads are verified against, for a single upload and a
-/// merged one that declared its checksum. A replica without workers receives them; one with workers checks them.
+/// merged one that declared its checksum. A replica without workers receives them; one with
+/// workers checks them.
 async fn changed_before_the_first_check(b: Backend) {
-    let app = TestApp::spawn(
-        b,
-        Options {
-            no_server: true,
-            ..Default::default()
-        },
-    )
-    .await;
+    let app = TestApp::config_only(b).await;
     let port = free_port();
     let log = app.dir.path().join("server.log");
     let receiver = Replica::start(&app.vars, port, &log, &[("FS_JOB_CONCURRENCY", "0")]).await;
     let client = app.client.clone();
     let single = pattern(71, (3 << 20) + 17);
-    let form = multipart::Form::new().part(
-        "file",
-        multipart::Part::bytes(single.clone()).file_name("single.img"),
-    );
-    let r = client
-        .post(receiver.api("/images"))
-        .multipart(form)
-        .send()
-        .await
-        .unwrap();
+    let path = app.dir.path().join("single.img");
+    std::fs::write(&path, &single).unwrap();
+    let r = send_file(&client, &receiver.api(""), &path, "single.img", &[]).await;
     assert_eq!(r.status(), 200);
     let single_id = r.json::<serde_json::Value>().await.unwrap()["imageId"]
         .as_str()
@@ -984,22 +971,7 @@ async fn changed_before_the_first_check(b: Backend) {
     }
     let checker = Replica::start(&app.vars, port, &log, &[]).await;
     for (id, bytes) in [(&single_id, &single), (&merged_id, &merged)] {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
-        let v = loop {
-            let v: serde_json::Value = client
-                .get(checker.api(&format!("/images/{id}")))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            if v["checkStatusResponse"]["status"] != 4 {
-                break v;
-            }
-            assert!(std::time::Instant::now() < deadline, "never checked: {v}");
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        };
+        let v = wait_check_done(&client, &checker.api(&format!("/images/{id}"))).await;
         let st = &v["checkStatusResponse"];
         assert_eq!(st["status"], 1, "{v}");
         assert!(

@@ -528,14 +528,7 @@ async fn access_line(log: &std::path::Path, path_end: &str, complete: bool) -> V
 /// dropped. Only lower bounds are asserted.
 async fn slow_download_latency_covers_the_body(b: Backend) {
     use futures::StreamExt;
-    let app = TestApp::spawn(
-        b,
-        Options {
-            no_server: true,
-            ..Default::default()
-        },
-    )
-    .await;
+    let app = TestApp::config_only(b).await;
     let log = app.dir.path().join("server.log");
     let server = Replica::start(&app.vars, free_port(), &log, &[("FS_LOG_FORMAT", "json")]).await;
     const MIB: usize = 1 << 20;

@@ -319,14 +319,7 @@ crate::backend_tests!(
 /// lines carry its request id (the client's, echoed back), and SIGTERM ends it with status 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_logs_carry_request_ids_and_sigterm_exits_0() {
-    let app = TestApp::spawn(
-        Backend::SqliteLocal,
-        Options {
-            no_server: true,
-            ..Default::default()
-        },
-    )
-    .await;
+    let app = TestApp::config_only(Backend::SqliteLocal).await;
     let log = app.dir.path().join("json.log");
     let mut server =
         Replica::start(&app.vars, free_port(), &log, &[("FS_LOG_FORMAT", "json")]).await;

@@ -135,18 +135,9 @@ async fn slimmed(client: &Client, r: &Replica, id: &str) -> Value {
     }
 }
 
-/// Waits until the image's check has ended (4 = in progress); returns the image.
+/// Waits until the image's check has ended ([`wait_check_done`]); returns the image.
 async fn checked(client: &Client, r: &Replica, id: &str) -> Value {
-    // Generous: a 600 MiB check on S3 under a loaded test run takes minutes.
-    let deadline = Instant::now() + Duration::from_secs(300);
-    loop {
-        let v = image(client, r, id).await;
-        if v["checkStatusResponse"]["status"] != 4 {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "check still in progress: {v}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_check_done(client, &r.api(&format!("/images/{id}"))).await
 }
 
 /// The slim job of `id` once a worker runs it, with the owner's process id.

@@ -6,14 +6,7 @@ use std::time::{Duration, Instant};
 
 async fn sigkill_during_a_slim_then_restart(b: Backend) {
     // The in-process app only provides a configuration (and the S3 prefix); it runs no jobs.
-    let app = TestApp::spawn(
-        b,
-        Options {
-            no_server: true,
-            ..Default::default()
-        },
-    )
-    .await;
+    let app = TestApp::config_only(b).await;
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
     let api = format!("{base}{API}");
@@ -160,14 +153,7 @@ crate::backend_tests!(sigkill_during_a_slim_then_restart);
 /// touches the running one's state: the scratch files of the running server stay.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_process_on_the_same_port_leaves_the_first_alone() {
-    let app = TestApp::spawn(
-        Backend::SqliteLocal,
-        Options {
-            no_server: true,
-            ..Default::default()
-        },
-    )
-    .await;
+    let app = TestApp::config_only(Backend::SqliteLocal).await;
     let port = free_port();
     let log = app.dir.path().join("first.log");
     let first = Replica::start(&app.vars, port, &log, &[]).await;
@@ -199,14 +185,7 @@ async fn a_second_process_on_the_same_port_leaves_the_first_alone() {
 /// answers with the same image in bounded time, the image holds the bytes sent, and nothing
 /// is left behind (no partial file, no multipart upload, no staging object, no second object).
 async fn sigkill_during_a_merge_then_restart(b: Backend) {
-    let app = TestApp::spawn(
-        b,
-        Options {
-            no_server: true,
-            ..Default::default()
-        },
-    )
-    .await;
+    let app = TestApp::config_only(b).await;
     let port = free_port();
     let log = app.dir.path().join("server.log");
     let api = format!("http://127.0.0.1:{port}{API}");
@@ -336,14 +315,7 @@ mod merge_crash {
 /// naming the directory, before it touches what the running one uses.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_process_on_the_same_directories_leaves_the_first_alone() {
-    let app = TestApp::spawn(
-        Backend::SqliteLocal,
-        Options {
-            no_server: true,
-            ..Default::default()
-        },
-    )
-    .await;
+    let app = TestApp::config_only(Backend::SqliteLocal).await;
     let log = app.dir.path().join("first.log");
     let first = Replica::start(&app.vars, free_port(), &log, &[]).await;
     let held = app.scratch.join("in-use-by-the-first");

@@ -30,6 +30,16 @@ pub struct TestApp {
 }
 
 impl TestApp {
+    /// The configuration, database and store view of `backend` with default options, and no
+    /// server: the test runs the real binary ([`super::Replica`]) on them.
+    pub async fn config_only(backend: Backend) -> TestApp {
+        let opts = Options {
+            no_server: true,
+            ..Default::default()
+        };
+        TestApp::spawn(backend, opts).await
+    }
+
     pub async fn spawn(backend: Backend, opts: Options) -> TestApp {
         // Server logs go to the test's captured output (shown when it fails).
         let _ = tracing_subscriber::fmt()

@@ -30,6 +30,27 @@ pub async fn send_file(
         .unwrap()
 }
 
+/// Polls the image at `url` (`GET {api}/images/{id}`, answered 200) until its check is no
+/// longer in progress (status 4); the image. The bound is generous: on S3 a check of a few
+/// hundred MiB reads and hashes them through ranged GETs, which a loaded test run (two cores,
+/// every backend at once) slows by minutes.
+pub async fn wait_check_done(client: &Client, url: &str) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    loop {
+        let r = client.get(url).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        let v: serde_json::Value = r.json().await.unwrap();
+        if v["checkStatusResponse"]["status"] != 4 {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "check never finished: {v}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
 /// `POST {api}/images/upload`: chunk `n` of `identifier`, as the original clients send it.
 pub async fn send_chunk(
     client: &Client,
