@@ -284,22 +284,8 @@ impl Service {
             )
             .await;
         let (mut report, digests) = match checked {
-            Err(e) if object_missing(&e) => {
-                // Retrying cannot bring it back: the check's verdict, at once.
-                let mut report = CheckReport::failed(
-                    "image corrupted: the image's data is missing from the store",
-                );
-                report.status = CheckStatus::Corrupted;
-                tracing::warn!(image.id = %image_id, "stored object missing");
-                let none = db::images::CheckHashes {
-                    md5: "",
-                    sha256: "",
-                    original: false,
-                };
-                db::images::set_check(&self.db, image_id, &report, Some(&none), now_secs()).await?;
-                self.metrics.image_checked(report.status);
-                return Ok(());
-            }
+            // Retrying cannot bring it back: the check's verdict, at once.
+            Err(e) if object_missing(&e) => return self.check_found_missing(image_id).await,
             other => other?,
         };
         let changed = changed_since_recorded(expected, &digests);
@@ -394,6 +380,23 @@ impl Service {
         self.metrics.image_read(ImageRead::Copy);
         let (path, _copy, digests) = self.scratch_copy(bucket, key, size, suffix, wanted).await?;
         Ok((op(Image::File(path)).await, digests))
+    }
+
+    /// Records the verdict of a check that found the image's object missing from the store:
+    /// corrupted, with no digests.
+    async fn check_found_missing(&self, image_id: &str) -> Result<()> {
+        let mut report =
+            CheckReport::failed("image corrupted: the image's data is missing from the store");
+        report.status = CheckStatus::Corrupted;
+        tracing::warn!(image.id = %image_id, "stored object missing");
+        let none = db::images::CheckHashes {
+            md5: "",
+            sha256: "",
+            original: false,
+        };
+        db::images::set_check(&self.db, image_id, &report, Some(&none), now_secs()).await?;
+        self.metrics.image_checked(report.status);
+        Ok(())
     }
 
     /// Both digests of bytes found changed, for the record: those computed when they are both
