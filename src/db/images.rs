@@ -28,6 +28,20 @@ pub async fn find_by_identifier(
         .await
 }
 
+/// Frees an upload identifier (a session key) for a new upload: the images merged from it
+/// keep their bytes and ids, but a merge of that identifier no longer finds them.
+pub async fn release_identifier(db: &impl ConnectionTrait, identifier: &str) -> Result<(), DbErr> {
+    Images::update_many()
+        .col_expr(
+            image::Column::SourceIdentifier,
+            Expr::value(Option::<String>::None),
+        )
+        .filter(image::Column::SourceIdentifier.eq(identifier))
+        .exec(db)
+        .await
+        .map(|_| ())
+}
+
 pub async fn list(
     db: &impl ConnectionTrait,
     user_id: Option<&str>,

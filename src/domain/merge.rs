@@ -406,6 +406,9 @@ impl Service {
                 "upload {identifier} is being merged by another request"
             )));
         }
+        // An image merged from this identifier before whose session is gone (cancelled to
+        // start again) keeps its bytes; the identifier is this upload's now.
+        db::images::release_identifier(&txn, &session.identifier).await?;
         db::images::insert(&txn, record.into_active_model()).await?;
         db::jobs::enqueue(&txn, JobKind::Check, &session.image_id, now_secs()).await?;
         txn.commit().await?;

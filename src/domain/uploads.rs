@@ -24,7 +24,7 @@ use entity::{
     status::SessionState::{Completed, Merging, Open},
     upload_session,
 };
-use sea_orm::ActiveValue::Set;
+use sea_orm::{ActiveValue::Set, TransactionTrait};
 
 /// A received chunk, as reported by the resume query.
 #[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
@@ -673,9 +673,17 @@ impl Service {
             Merging => Err(Error::Conflict(format!(
                 "upload {identifier} is being merged"
             ))),
-            Completed => Ok(db::uploads::delete(&self.db, &session.id).await?),
+            // To start again: the image stays, the identifier is free for a new upload.
+            Completed => {
+                let txn = self.db.begin().await?;
+                db::uploads::delete(&txn, &session.id).await?;
+                db::images::release_identifier(&txn, &session.identifier).await?;
+                txn.commit().await?;
+                tracing::info!(identifier, image.id = %session.image_id, "merged upload released");
+                Ok(())
+            }
             _ => {
-                self.store.abort_multipart(multipart_of(&session)).await?;
+                self.discard_upload(&session).await?;
                 db::uploads::delete(&self.db, &session.id).await?;
                 tracing::info!(identifier, "upload cancelled");
                 self.metrics.upload_session_cancelled();
@@ -726,7 +734,7 @@ impl Service {
             if !db::uploads::claim_stale_open(&self.db, &s.id, before, &token, now_secs()).await? {
                 continue;
             }
-            let aborted = self.store.abort_multipart(multipart_of(&s)).await;
+            let aborted = self.discard_upload(&s).await;
             if let Err(e) = aborted {
                 db::uploads::end_merge(&self.db, &s.id, &token, Open, now_secs()).await?;
                 return Err(e.into());
@@ -740,6 +748,17 @@ impl Service {
             swept += 1;
         }
         Ok(swept)
+    }
+
+    /// Drops what the store holds for a session that is not merged: its multipart upload and
+    /// the object a merge joined it into but could not record (the failed merge reopened the
+    /// session to be merged again, which would have reused that object).
+    async fn discard_upload(&self, session: &upload_session::Model) -> Result<()> {
+        self.store.abort_multipart(multipart_of(session)).await?;
+        self.store
+            .delete(&session.bucket, &session.object_key)
+            .await?;
+        Ok(())
     }
 }
 

@@ -184,7 +184,52 @@ async fn resent_chunks_gaps_and_resume(b: Backend) {
         .unwrap();
     assert_eq!(r.text().await.unwrap(), "cancel success");
     assert_eq!(app.get_json(&format!("/images/{id}")).await.0, 200);
+    // A merge no longer names the old image: there is nothing to merge.
+    assert_error(app.merge("res", "r.img").await, 400, None).await;
+    // The identifier starts again: a new upload merges into a new image (it once hit the
+    // image's unique identifier: 500, and the joined object was left behind).
+    let again = pattern(8, 70_000);
+    assert_eq!(app.chunk("res", 1, again.clone()).await.status(), 200);
+    let mut merged = vec![];
+    for _ in 0..2 {
+        let r = app.merge("res", "again.img").await;
+        assert_eq!(r.status(), 200);
+        let v: serde_json::Value = r.json().await.unwrap();
+        merged.push(v["imageId"].as_str().unwrap().to_string());
+    }
+    assert_eq!(merged[0], merged[1], "a repeated merge is the same image");
+    assert_ne!(merged[0], id);
+    assert!(app.download(&merged[0]).await == again);
+    assert_eq!(sha256(&app.download(id).await), sha256(&data));
+    let (_, st) = app.get_json("/images/upload?identifier=res").await;
+    assert_eq!(st["imageId"], merged[0].as_str(), "{st}");
+    for image in [id, merged[0].as_str()] {
+        let r = app
+            .client
+            .delete(app.url(&format!("/images/{image}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    assert_eq!(app.leftovers().await, Vec::<String>::new());
     app.stop().await;
+}
+
+/// The key of the object the upload `identifier` becomes (authentication off: the identifier
+/// is the session's key).
+async fn session_object_key(app: &TestApp, identifier: &str) -> String {
+    use entity::upload_session::{Column, Entity};
+    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+    let db = file_system::db::connect(&app.database_url).await.unwrap();
+    let session = Entity::find()
+        .filter(Column::Identifier.eq(identifier))
+        .one(&db)
+        .await
+        .unwrap()
+        .unwrap();
+    db.close().await.unwrap();
+    session.object_key
 }
 
 async fn cancel_drops_every_chunk(b: Backend) {
@@ -211,6 +256,23 @@ async fn cancel_drops_every_chunk(b: Backend) {
         before,
         "cancel left chunks behind"
     );
+    // A merge that joined the chunks but could not record its image reopens the upload and
+    // keeps the joined object for the next merge: a cancel removes it too.
+    assert_eq!(app.chunk("joined", 1, vec![3; 1000]).await.status(), 200);
+    let key = session_object_key(&app, "joined").await;
+    app.write_object(&key, vec![3; 1000]).await;
+    let r = app
+        .client
+        .delete(app.url("/images/upload?identifier=joined"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.text().await.unwrap(), "cancel success");
+    assert!(
+        !app.object_exists("images", &key).await,
+        "{key} left behind"
+    );
+    assert_eq!(app.leftovers().await.len(), before);
     let (_, st) = app.get_json("/images/upload?identifier=cx").await;
     assert_eq!(st["chunks"], serde_json::json!([]));
     let r = app.merge("cx", "c.img").await;
@@ -435,6 +497,10 @@ async fn abandoned_uploads_expire(b: Backend) {
         app.chunk("old-big", 1, pattern(9, 6 << 20)).await.status(),
         200
     );
+    // As if a merge of it had joined the chunks and failed to record its image: expiry
+    // removes that object too.
+    let key = session_object_key(&app, "old-big").await;
+    app.write_object(&key, vec![9; 1000]).await;
     assert!(!app.leftovers().await.is_empty());
     // Expiry aborts the upload, then deletes the session: wait for both.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);

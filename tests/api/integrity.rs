@@ -718,21 +718,8 @@ async fn resumed_download_across_a_slim(b: Backend) {
 
 /// Replaces a stored object's bytes behind the service's back.
 async fn overwrite(app: &TestApp, key: &str, bytes: Vec<u8>) {
-    if app.backend.is_s3() {
-        let (client, prefix) = app.s3();
-        client
-            .put_object()
-            .bucket("images")
-            .key(format!("{prefix}{key}"))
-            .body(bytes.into())
-            .send()
-            .await
-            .unwrap();
-    } else {
-        let path = app.dir.path().join("objects/images").join(key);
-        assert!(path.is_file(), "{}", path.display());
-        std::fs::write(path, bytes).unwrap();
-    }
+    assert!(app.object_exists("images", key).await, "{key}");
+    app.write_object(key, bytes).await;
 }
 
 /// Removes a stored object behind the service's back.

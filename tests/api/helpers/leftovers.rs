@@ -25,6 +25,28 @@ impl TestApp {
         }
     }
 
+    /// Writes `bytes` as object `key` of bucket `images` behind the service's back (an object
+    /// changed in the store, or one a crashed or failed request left).
+    pub async fn write_object(&self, key: &str, bytes: Vec<u8>) {
+        match &self.s3 {
+            Some(s3) => {
+                s3.client
+                    .put_object()
+                    .bucket("images")
+                    .key(format!("{}{key}", s3.prefix))
+                    .body(bytes.into())
+                    .send()
+                    .await
+                    .unwrap();
+            }
+            None => {
+                let path = self.dir.path().join("objects/images").join(key);
+                std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+                std::fs::write(path, bytes).unwrap();
+            }
+        }
+    }
+
     /// Everything the service keeps: objects, parts and uploads in progress, scratch files
     /// (to prove nothing is left behind).
     pub async fn leftovers(&self) -> Vec<String> {
