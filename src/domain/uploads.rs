@@ -737,7 +737,7 @@ impl Service {
             let aborted = self.discard_upload(&s).await;
             if let Err(e) = aborted {
                 db::uploads::end_merge(&self.db, &s.id, &token, Open, now_secs()).await?;
-                return Err(e.into());
+                return Err(e);
             }
             db::uploads::delete_merging(&self.db, &s.id, &token).await?;
             tracing::info!(
