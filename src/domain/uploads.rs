@@ -457,6 +457,20 @@ impl Service {
             )));
         }
         let others = self.other_chunks(&session.id, number).await?;
+        // Totals declared now hold for the chunks already held too.
+        let beyond = totals.total_chunks.and_then(|total| {
+            others
+                .iter()
+                .rev()
+                .find(|c| c.number > total)
+                .zip(Some(total))
+        });
+        if let Some((held, total)) = beyond {
+            return Err(Error::InvalidInput(format!(
+                "chunk {} is held, beyond totalChunks {total}; cancel the upload to start again",
+                held.number
+            )));
+        }
         // The chunk that would take the upload past the image size limit is refused now, not
         // at the merge: what the upload holds stays within the limit.
         let held = others

@@ -65,10 +65,17 @@ impl Guard {
                 // Only bytes of this chunk count (carried ones were counted before).
                 self.held += end.saturating_sub(at.max(carried));
                 if self.held > MAX_HEADER_BYTES {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        format!("a multipart preamble or part header is longer than {MAX_HEADER_BYTES} bytes"),
-                    ));
+                    let msg = match self.state {
+                        // Before any delimiter: most likely not the boundary Content-Type names.
+                        State::Content { .. } => format!(
+                            "no delimiter of the boundary named in Content-Type within the first \
+                             {MAX_HEADER_BYTES} bytes of the multipart body"
+                        ),
+                        State::Headers => format!(
+                            "a multipart part's header block is longer than {MAX_HEADER_BYTES} bytes"
+                        ),
+                    };
+                    return Err(io::Error::new(io::ErrorKind::InvalidData, msg));
                 }
             }
             match found {

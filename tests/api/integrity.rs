@@ -156,6 +156,20 @@ async fn declared_totals_are_enforced(b: Backend) {
     )
     .await;
     assert_error(r, 400, None).await;
+    // Totals declared late hold for the chunks already held: chunk 3 of an upload is there,
+    // so a chunk declaring totalChunks 2 is refused and nothing is recorded.
+    for n in 1..=3 {
+        let r = chunk_with(&app, "late", n, vec![n as u8; 100], &[], &[], &[]).await;
+        assert_eq!(r.status(), 200);
+    }
+    let two = [("totalChunks", "2".to_string())];
+    let r = chunk_with(&app, "late", 1, vec![1; 100], &two, &[], &[]).await;
+    let v = assert_error(r, 400, None).await;
+    assert!(v["message"].as_str().unwrap().contains("chunk 3"), "{v}");
+    assert_eq!(held(&app, "late").await, vec![1, 2, 3]);
+    let three = [("totalChunks", "3".to_string())];
+    let r = chunk_with(&app, "late", 1, vec![1; 100], &three, &[], &[]).await;
+    assert_eq!(r.status(), 200);
     // The merge knows the totals from the chunks: chunk 3 is missing, named; chunks kept.
     let r = app.merge("tot", "disk.img").await;
     let v = assert_error(r, 400, None).await;
