@@ -14,8 +14,17 @@ pub(super) fn base_name(name: &str) -> &str {
     name.rsplit(['/', '\\']).next().unwrap_or(name)
 }
 
-/// Validates an uploaded file name: allowed extension, at most 128 characters, no control
-/// characters, a non-empty base. Returns the cleaned name.
+/// Whether `c` may stand in a file name: not a control character, not a Unicode bidirectional
+/// formatting character (U+061C, U+200E/F, U+202A-U+202E, U+2066-U+2069: they reorder how a
+/// name is shown, so that `x\u{202E}gmi.exe` would read as an image; Unicode TR9), not
+/// U+FFFD (what a name that was not UTF-8 decodes to: not the name the client had).
+fn name_char(c: char) -> bool {
+    !c.is_control()
+        && !matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{FFFD}')
+}
+
+/// Validates an uploaded file name: allowed extension, at most 128 characters, only
+/// [`name_char`]s, a non-empty base. Returns the cleaned name.
 pub fn file_name(raw: &str) -> Option<String> {
     let name = base_name(raw.trim());
     let ok_ext = IMAGE_EXTENSIONS
@@ -24,7 +33,7 @@ pub fn file_name(raw: &str) -> Option<String> {
         .any(|ext| name.len() > ext.len() && name.ends_with(ext));
     let ok = ok_ext
         && name.chars().count() <= MAX_NAME_CHARS
-        && !name.chars().any(char::is_control)
+        && name.chars().all(name_char)
         && !name.starts_with('.');
     ok.then(|| name.to_string())
 }
@@ -114,6 +123,10 @@ mod tests {
         assert!(file_name("a.exe").is_none());
         assert!(file_name(".qcow2").is_none());
         assert!(file_name("a\n.qcow2").is_none());
+        for disguised in ["x\u{202E}gmi.exe.img", "a\u{2066}b.qcow2", "a\u{200F}.iso"] {
+            assert!(file_name(disguised).is_none(), "{disguised:?}");
+        }
+        assert!(file_name("\u{FFFD}\u{FFFD}.qcow2").is_none());
         let long = format!("{}.qcow2", "a".repeat(123));
         assert_eq!(long.len(), 129);
         assert!(file_name(&long).is_none());

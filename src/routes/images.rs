@@ -595,12 +595,14 @@ const ATTR: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'|')
     .remove(b'~');
 
-/// `attachment; filename="..."`, plus `filename*=UTF-8''...` for names that are not plain ASCII.
+/// `attachment; filename="..."`, plus `filename*=UTF-8''...` for names that are not plain ASCII
+/// or hold `"`, `\` or `%` (RFC 6266 appendix D: some user agents percent-decode `filename`,
+/// so a `%` there is replaced and the exact name goes in `filename*`, which they prefer).
 pub fn content_disposition(name: &str) -> HeaderValue {
     let fallback: String = name
         .chars()
         .map(|c| {
-            if (c.is_ascii_graphic() || c == ' ') && c != '"' && c != '\\' {
+            if (c.is_ascii_graphic() || c == ' ') && !matches!(c, '"' | '\\' | '%') {
                 c
             } else {
                 '_'
@@ -674,6 +676,11 @@ mod tests {
         assert_eq!(
             content_disposition("镜像.iso"),
             "attachment; filename=\"__.iso\"; filename*=UTF-8''%E9%95%9C%E5%83%8F.iso"
+        );
+        // Read as percent-encoded by some user agents: a%22b.img would be saved as a"b.img.
+        assert_eq!(
+            content_disposition("a%22b.img"),
+            "attachment; filename=\"a_22b.img\"; filename*=UTF-8''a%2522b.img"
         );
     }
 }

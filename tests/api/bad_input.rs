@@ -40,7 +40,17 @@ async fn upload_errors(b: Backend) {
     // Names: case-sensitive extensions, other extensions, no extension, 129 characters.
     let long = format!("{}.qcow2", "n".repeat(123));
     assert_eq!(long.chars().count(), 129);
-    for name in ["a.QCOW2", "a.exe", "noext", ".qcow2", long.as_str()] {
+    // Names that disguise themselves (a right-to-left override shows x\u{202E}gmi.exe.img as
+    // x.gmi.exe...) or that were not UTF-8 (decoded to U+FFFD) are refused as well.
+    for name in [
+        "a.QCOW2",
+        "a.exe",
+        "noext",
+        ".qcow2",
+        long.as_str(),
+        "x\u{202E}gmi.exe.img",
+        "\u{FFFD}\u{FFFD}.qcow2",
+    ] {
         let resp = app.upload(name, vec![1; 100], &[]).await;
         assert_error(resp, 400, Some(BAD_UPLOAD_NAME)).await;
     }
@@ -239,7 +249,13 @@ async fn chunk_and_merge_errors(b: Backend) {
     assert_error(r, 400, Some("Upload package file error")).await;
     // Merge: bad names, nothing received.
     assert_eq!(app.chunk("ident-2", 1, vec![1; 10]).await.status(), 200);
-    for name in ["a.exe", "a.QCOW2", "", &format!("{}.img", "x".repeat(125))] {
+    for name in [
+        "a.exe",
+        "a.QCOW2",
+        "",
+        &format!("{}.img", "x".repeat(125)),
+        "a\u{2067}.qcow2",
+    ] {
         let r = app.merge("ident-2", name).await;
         assert_error(
             r,
