@@ -249,12 +249,7 @@ async fn credentials_let_requests_through(b: Backend) {
         "{all}"
     );
     assert_eq!(app.download(&id).await, vec![1u8; 100_000]);
-    let r = app
-        .client
-        .delete(app.url(&format!("/images/{id}")))
-        .send()
-        .await
-        .unwrap();
+    let r = app.delete_image(&id).await;
     assert_eq!(r.status(), 200);
     app.stop().await;
 }

@@ -153,12 +153,7 @@ async fn image_ids_that_are_not_uuids(b: Backend) {
             .await
             .unwrap();
         assert_error(r, 404, Some(&msg)).await;
-        let r = app
-            .client
-            .delete(app.url(&format!("/images/{id}")))
-            .send()
-            .await
-            .unwrap();
+        let r = app.delete_image(id).await;
         assert_error(r, 404, None).await;
     }
     // `merge` is never an image id: other methods on it are not allowed (never a 500).
@@ -185,12 +180,7 @@ async fn image_ids_that_are_not_uuids(b: Backend) {
     assert_error(r, 404, None).await;
     // A well-formed id nobody has.
     let id = uuid::Uuid::new_v4();
-    let r = app
-        .client
-        .delete(app.url(&format!("/images/{id}")))
-        .send()
-        .await
-        .unwrap();
+    let r = app.delete_image(&id.to_string()).await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.text().await.unwrap(), "delete success");
     app.stop().await;

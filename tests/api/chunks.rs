@@ -204,12 +204,7 @@ async fn resent_chunks_gaps_and_resume(b: Backend) {
     let (_, st) = app.get_json("/images/upload?identifier=res").await;
     assert_eq!(st["imageId"], merged[0].as_str(), "{st}");
     for image in [id, merged[0].as_str()] {
-        let r = app
-            .client
-            .delete(app.url(&format!("/images/{image}")))
-            .send()
-            .await
-            .unwrap();
+        let r = app.delete_image(image).await;
         assert_eq!(r.status(), 200);
     }
     assert_eq!(app.leftovers().await, Vec::<String>::new());
@@ -462,12 +457,7 @@ async fn merges_whose_merger_died_are_taken_over(b: Backend) {
         .unwrap();
     assert_eq!(r.text().await.unwrap(), "cancel success");
     for id in [id, legacy_id] {
-        let r = app
-            .client
-            .delete(app.url(&format!("/images/{id}")))
-            .send()
-            .await
-            .unwrap();
+        let r = app.delete_image(&id).await;
         assert_eq!(r.status(), 200);
     }
     assert_eq!(app.leftovers().await, Vec::<String>::new());

@@ -129,12 +129,7 @@ async fn upload_query_delete_round_trip(b: Backend) {
 
     // Delete is idempotent and removes the bytes.
     for _ in 0..2 {
-        let resp = app
-            .client
-            .delete(app.url(&format!("/images/{id}")))
-            .send()
-            .await
-            .unwrap();
+        let resp = app.delete_image(&id).await;
         assert_eq!(resp.status(), 200);
         assert_eq!(resp.text().await.unwrap(), "delete success");
     }

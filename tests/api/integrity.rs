@@ -385,12 +385,7 @@ async fn whole_image_checksums(b: Backend) {
     let v = wait_checked(&app, &zipped).await;
     assert_eq!(v["originalChecksum"], md5_hex(&data), "{v}");
     assert_eq!(v["originalSha256"], sha.as_str(), "{v}");
-    let r = app
-        .client
-        .delete(app.url(&format!("/images/{zipped}")))
-        .send()
-        .await
-        .unwrap();
+    let r = app.delete_image(&zipped).await;
     assert_eq!(r.status(), 200);
     let r = app
         .upload("disk.img", data.clone(), &[("checksum", "sha1:00")])

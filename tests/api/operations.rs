@@ -255,12 +255,7 @@ async fn database_outage_and_recovery(b: Backend) {
     let (status, list) = app.get_json("/images").await;
     assert_eq!(status, 200);
     assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
-    let r = app
-        .client
-        .delete(app.url(&format!("/images/{before}")))
-        .send()
-        .await
-        .unwrap();
+    let r = app.delete_image(&before).await;
     assert_eq!(r.status(), 200);
     let left = app.leftovers().await;
     assert!(left.is_empty(), "{left:?}");

@@ -135,12 +135,7 @@ async fn chunks_held(app: &TestApp, identifier: &str) -> Vec<u64> {
 }
 
 async fn delete(app: &TestApp, id: &str) {
-    let r = app
-        .client
-        .delete(app.url(&format!("/images/{id}")))
-        .send()
-        .await
-        .unwrap();
+    let r = app.delete_image(id).await;
     assert_eq!(r.status(), 200);
 }
 

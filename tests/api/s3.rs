@@ -289,12 +289,7 @@ async fn any_arrival_order_merges(b: Backend) {
                 );
             }
             assert_eq!(app.leftovers().await, [image_object(&app, &id)], "{what}");
-            let r = app
-                .client
-                .delete(app.url(&format!("/images/{id}")))
-                .send()
-                .await
-                .unwrap();
+            let r = app.delete_image(&id).await;
             assert_eq!(r.status(), 200, "{what}");
         }
     }
@@ -569,15 +564,7 @@ async fn tiers_with_a_storage_class(b: Backend) {
                 "{id}"
             );
         }
-        assert_eq!(
-            app.client
-                .delete(app.url(&format!("/images/{id}")))
-                .send()
-                .await
-                .unwrap()
-                .status(),
-            200
-        );
+        assert_eq!(app.delete_image(id).await.status(), 200);
     }
     app.stop().await;
 }

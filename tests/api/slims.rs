@@ -116,11 +116,7 @@ async fn slimmed_image_is_smaller_identical_and_served(b: Backend) {
         "The image file has already been slimmed. No need to slim again. Pls request to check directly"
     );
     // Deleting removes the original and the slimmed copy.
-    app.client
-        .delete(app.url(&format!("/images/{id}")))
-        .send()
-        .await
-        .unwrap();
+    app.delete_image(&id).await;
     assert_eq!(app.leftovers().await, Vec::<String>::new());
     app.stop().await;
 }
@@ -226,12 +222,7 @@ async fn deleting_during_a_slim_leaves_nothing(b: Backend) {
         .unwrap();
     assert_eq!(r.text().await.unwrap(), "compress in progress");
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let r = app
-        .client
-        .delete(app.url(&format!("/images/{id}")))
-        .send()
-        .await
-        .unwrap();
+    let r = app.delete_image(&id).await;
     assert_eq!(r.text().await.unwrap(), "delete success");
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {

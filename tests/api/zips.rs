@@ -142,12 +142,7 @@ async fn archives_from_common_tools_are_accepted(b: Backend) {
         assert_eq!(v["fileName"], "myimg.img", "{what}");
         let id = v["imageId"].as_str().unwrap();
         assert_eq!(sha256(&app.download(id).await), sha256(&img), "{what}");
-        let r = app
-            .client
-            .delete(app.url(&format!("/images/{id}")))
-            .send()
-            .await
-            .unwrap();
+        let r = app.delete_image(id).await;
         assert_eq!(r.status(), 200);
     }
     assert!(

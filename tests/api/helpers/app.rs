@@ -270,6 +270,15 @@ impl TestApp {
         r.bytes().await.unwrap().to_vec()
     }
 
+    /// `DELETE .../images/{id}` with the app's client.
+    pub async fn delete_image(&self, id: &str) -> reqwest::Response {
+        self.client
+            .delete(self.url(&format!("/images/{id}")))
+            .send()
+            .await
+            .unwrap()
+    }
+
     /// Downloads to a file, returning the response headers' status and the file.
     pub async fn download_to(&self, path: &str, dst: &Path) -> reqwest::header::HeaderMap {
         use futures::StreamExt;
