@@ -16,6 +16,14 @@
 //! fetched ahead (at most `(CACHED_BLOCKS + IN_FLIGHT) * BLOCK` bytes held per export, plus
 //! the read-ahead of [`Export::stream`], which hashes the object through the same blocks).
 //!
+//! The export's size is the object's rounded up to a multiple of [`SECTOR`], the bytes past the
+//! object's end read as zeros. qemu's block layer rounds a device's size up to 512 bytes and,
+//! with simple replies, waits for the whole rounded read while asking the server only for the
+//! bytes up to the advertised size, so an object of another length (a truncated or compressed
+//! qcow2) would stall its reader until the job's timeout (qemu 10, `block/nbd.c`
+//! `nbd_client_co_preadv`). A file read past its end reads zeros too, so qemu-img sees what a
+//! local copy would show.
+//!
 //! The socket lives in the process's scratch directory with mode 0600: only this service's
 //! user can connect. Dropping the [`Export`] stops it, ends its connections and removes the
 //! socket.
@@ -42,6 +50,8 @@ use tokio::{
 pub const MAX_READ: u32 = 4 << 20;
 /// Reads served at once per connection (so at most `IN_FLIGHT * MAX_READ` bytes buffered).
 pub const IN_FLIGHT: usize = 8;
+/// The unit the export's size is rounded up to (bytes): qemu's sector.
+pub const SECTOR: u64 = 512;
 /// The longest option a client may send (bytes); longer ones end the connection.
 const MAX_OPTION: u32 = 4096;
 /// The longest request the protocol allows a client to send (32 MiB); a larger read or write
@@ -169,6 +179,11 @@ struct Object {
 }
 
 impl Object {
+    /// The size advertised to clients (bytes): the object's, rounded up to [`SECTOR`].
+    fn export_size(&self) -> u64 {
+        self.size.next_multiple_of(SECTOR)
+    }
+
     /// The cache entry of block `index` (a new, empty one when it is not there).
     fn entry(&self, index: u64) -> Block {
         let mut cache = self.cache.lock().expect("cache lock");
@@ -211,9 +226,24 @@ impl Object {
         }
     }
 
+    /// `len` bytes from `offset` (inside the export): the object's bytes, then zeros for the
+    /// part past its end (see the module's note on sizes).
+    async fn read(self: &Arc<Self>, offset: u64, len: u32) -> Result<Bytes, StorageError> {
+        let stored = self.size.saturating_sub(offset).min(len as u64) as u32;
+        if stored == len {
+            return self.read_stored(offset, len).await;
+        }
+        let mut out = BytesMut::with_capacity(len as usize);
+        if stored > 0 {
+            out.extend_from_slice(&self.read_stored(offset, stored).await?);
+        }
+        out.resize(len as usize, 0);
+        Ok(out.freeze())
+    }
+
     /// `len` bytes from `offset` (inside the object), from its blocks; when the reads go
     /// forward, the blocks after these are fetched ahead on tasks of their own.
-    async fn read(self: &Arc<Self>, offset: u64, len: u32) -> Result<Bytes, StorageError> {
+    async fn read_stored(self: &Arc<Self>, offset: u64, len: u32) -> Result<Bytes, StorageError> {
         let end = offset + len as u64;
         let (first, last) = (offset / BLOCK, (end - 1) / BLOCK);
         let previous = self.last_block.swap(last, Ordering::Relaxed);
@@ -380,7 +410,7 @@ async fn serve(conn: UnixStream, object: Arc<Object>) -> io::Result<()> {
         return Err(protocol("unknown client flags"));
     }
     let no_zeroes = client_flags & FLAG_C_NO_ZEROES != 0;
-    if !negotiate(&mut rd, &mut wr, object.size, no_zeroes).await? {
+    if !negotiate(&mut rd, &mut wr, object.export_size(), no_zeroes).await? {
         return Ok(());
     }
     transmit(rd, wr, object).await
@@ -517,7 +547,7 @@ async fn transmit(
             Some(Cmd::Read) => {
                 let in_range = offset
                     .checked_add(len as u64)
-                    .is_some_and(|end| end <= object.size);
+                    .is_some_and(|end| end <= object.export_size());
                 if !in_range || len == 0 {
                     reply(&wr, cookie, Err(ReplyError::Inval)).await?;
                     continue;

@@ -617,6 +617,65 @@ pub async fn nbd_export(c: Ctx) {
     store.delete(bucket, "n/img").await.unwrap();
 }
 
+/// An object whose length is not a multiple of 512 bytes (a truncated qcow2, one with bytes
+/// after its last cluster) is exported rounded up to 512 bytes, reading zeros past its end as
+/// a file does; qemu-img reads it without stalling (qemu waits for the whole rounded sector).
+pub async fn nbd_export_of_unaligned_object(c: Ctx) {
+    let (store, bucket, tmp) = (&c.store, c.bucket, c.tmp.as_path());
+    use file_system::storage::nbd::{Export, SECTOR};
+    store.ensure_bucket(bucket).await.unwrap();
+    let img = make_qcow2(tmp, "odd.qcow2", 64, 19);
+    let whole = std::fs::read(&img).unwrap();
+    let within = |secs| std::time::Duration::from_secs(secs);
+    // A qcow2 with 100 bytes after its last cluster, and one cut short inside its metadata.
+    for (name, bytes) in [
+        ("trailing", [&whole[..], &[7u8; 100]].concat()),
+        ("truncated", whole[..100_000].to_vec()),
+    ] {
+        let len = bytes.len() as u64;
+        assert_ne!(len % SECTOR, 0, "{name}");
+        let key = format!("n/{name}");
+        store
+            .put(
+                obj(bucket, &key),
+                stream_of(bytes.clone()),
+                &PutOptions::default(),
+            )
+            .await
+            .unwrap();
+        let socket = tmp.join(format!("nbd-{}.sock", uuid::Uuid::new_v4().simple()));
+        let export = Export::start(store.clone(), bucket, &key, len, socket.clone()).unwrap();
+        let (mut c, size, _) = NbdClient::connect(&socket).await;
+        let padded = len.next_multiple_of(SECTOR);
+        assert_eq!(size, padded, "{name}");
+        let (tail, pad) = (len - 10, (padded - len) as usize);
+        let mut expected = bytes[tail as usize..].to_vec();
+        expected.resize(10 + pad, 0);
+        assert_eq!(
+            c.request(0, tail, (10 + pad) as u32, &[]).await,
+            (0, expected),
+            "{name}: the last bytes, then zeros"
+        );
+        assert_eq!(
+            c.request(0, padded - 1, 2, &[]).await.0,
+            22,
+            "{name}: EINVAL"
+        );
+        let check = tokio::time::timeout(
+            within(30),
+            qemu_img(&["check", "--output=json", &nbd_image("qcow2", &socket)]),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{name}: qemu-img check stalled"));
+        match name {
+            "trailing" => assert!(check.is_ok(), "{check:?}"),
+            _ => assert!(check.is_err(), "{check:?}"),
+        }
+        drop(export);
+        store.delete(bucket, &key).await.unwrap();
+    }
+}
+
 /// How often a behaviour runs on each store.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Runs {
@@ -768,6 +827,7 @@ contract_tests! {
     reads_outside_an_object_are_refused: super::Runs::Every,
     unknown_upload_id_is_no_such_upload: super::Runs::Once,
     nbd_export: super::Runs::Once,
+    nbd_export_of_unaligned_object: super::Runs::Once,
 }
 
 /// The local store takes a file on its own file system without copying it (the object is the
