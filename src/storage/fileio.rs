@@ -1,6 +1,8 @@
 //! Streaming between async bodies and local files with few copies: writes are batched
 //! (about 1 MiB of received buffers, written with one vectored call on a blocking thread while
-//! the next batch arrives); reads are 1 MiB positional reads, one block read ahead.
+//! the next batch arrives); reads are positional reads, one block read ahead: 1 MiB blocks
+//! while the process-wide [`READ_BUDGET`] has room, 64 KiB blocks when it has not, so that
+//! many readers that stop taking bytes (stalled download clients) hold bounded memory.
 
 use super::ByteStream;
 use bytes::Bytes;
@@ -192,20 +194,71 @@ fn write_all_vectored(mut file: &File, bufs: &[Bytes]) -> io::Result<()> {
     Ok(())
 }
 
-/// Streams `len` bytes of `file` from `offset`, in 1 MiB blocks with one block read ahead.
-pub fn read_stream(file: File, offset: u64, len: u64) -> ByteStream {
-    let file = Arc::new(file);
-    let read = move |file: Arc<File>, off: u64, n: usize| -> JoinHandle<io::Result<Bytes>> {
-        tokio::task::spawn_blocking(move || {
-            let mut buf = vec![0u8; n];
-            file.read_exact_at(&mut buf, off)?;
-            Ok(Bytes::from(buf))
+/// Bytes all readers of [`read_stream`] may hold in large blocks at once (64 MiB): blocks read
+/// and not yet dropped by whoever took them (for a download, until hyper has written them).
+pub const READ_BUDGET: usize = 64 << 20;
+/// The block size of a read when [`READ_BUDGET`] is spent (bytes).
+pub const SMALL_BLOCK: usize = 64 << 10;
+
+/// [`READ_BUDGET`] as permits of one large block ([`BATCH`] bytes) each.
+static READ_PERMITS: std::sync::LazyLock<Arc<tokio::sync::Semaphore>> =
+    std::sync::LazyLock::new(|| Arc::new(tokio::sync::Semaphore::new(READ_BUDGET / BATCH)));
+
+/// A large block's bytes and its share of [`READ_BUDGET`], given back when the block is dropped.
+struct Budgeted {
+    bytes: Vec<u8>,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl AsRef<[u8]> for Budgeted {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+/// Reads up to `remaining` bytes at `off`: a [`BATCH`] block when a permit of
+/// [`READ_BUDGET`] is free, a [`SMALL_BLOCK`] otherwise.
+fn read_block(
+    permits: &Arc<tokio::sync::Semaphore>,
+    file: Arc<File>,
+    off: u64,
+    remaining: u64,
+) -> JoinHandle<io::Result<Bytes>> {
+    let permit = permits.clone().try_acquire_owned().ok();
+    let size = if permit.is_some() { BATCH } else { SMALL_BLOCK };
+    let n = (remaining as usize).min(size);
+    tokio::task::spawn_blocking(move || {
+        let mut buf = vec![0u8; n];
+        file.read_exact_at(&mut buf, off)?;
+        Ok(match permit {
+            Some(permit) => Bytes::from_owner(Budgeted {
+                bytes: buf,
+                _permit: permit,
+            }),
+            None => Bytes::from(buf),
         })
-    };
+    })
+}
+
+/// Streams `len` bytes of `file` from `offset`, in blocks of 1 MiB (64 KiB when
+/// [`READ_BUDGET`] is spent) with one block read ahead.
+pub fn read_stream(file: File, offset: u64, len: u64) -> ByteStream {
+    read_stream_within(&READ_PERMITS, file, offset, len)
+}
+
+/// [`read_stream`] with large blocks taken from `permits`.
+fn read_stream_within(
+    permits: &Arc<tokio::sync::Semaphore>,
+    file: File,
+    offset: u64,
+    len: u64,
+) -> ByteStream {
+    let file = Arc::new(file);
+    let permits = permits.clone();
     let end = offset + len;
-    let first = (len > 0).then(|| read(file.clone(), offset, (len as usize).min(BATCH)));
+    let first = (len > 0).then(|| read_block(&permits, file.clone(), offset, len));
     futures::stream::unfold((first, offset), move |(current, off)| {
-        let file = file.clone();
+        let (file, permits) = (file.clone(), permits.clone());
         async move {
             let handle = current?;
             let block = joined(handle.await);
@@ -213,8 +266,8 @@ pub fn read_stream(file: File, offset: u64, len: u64) -> ByteStream {
                 return Some((block, (None, end)));
             };
             let next_off = off + block.len() as u64;
-            let next = (next_off < end)
-                .then(|| read(file, next_off, ((end - next_off) as usize).min(BATCH)));
+            let next =
+                (next_off < end).then(|| read_block(&permits, file, next_off, end - next_off));
             Some((Ok(block), (next, next_off)))
         }
     })
@@ -301,6 +354,34 @@ fn copy_plain(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn reads_take_small_blocks_while_the_budget_is_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let want: Vec<u8> = (0..3 * BATCH).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&path, &want).unwrap();
+        let open = || File::open(&path).unwrap();
+        let permits = Arc::new(tokio::sync::Semaphore::new(4));
+        let read = |len| read_stream_within(&permits, open(), 0, len);
+        // Blocks kept by readers that stopped (stalled clients) hold the whole budget...
+        let mut kept = vec![];
+        for _ in 0..4 {
+            kept.push(read(BATCH as u64).next().await.unwrap().unwrap());
+        }
+        assert_eq!(permits.available_permits(), 0);
+        // ...then a reader goes on in small blocks, with the same bytes.
+        let blocks: Vec<Bytes> = read(want.len() as u64).map(|b| b.unwrap()).collect().await;
+        assert!(blocks.iter().all(|b| b.len() == SMALL_BLOCK));
+        assert!(blocks.concat() == want);
+        // Dropping the kept blocks gives their budget back.
+        drop(kept);
+        assert_eq!(permits.available_permits(), 4);
+        assert_eq!(
+            read(want.len() as u64).next().await.unwrap().unwrap().len(),
+            BATCH
+        );
+    }
 
     #[tokio::test]
     async fn sink_and_reader_round_trip_with_empty_and_odd_chunks() {
