@@ -139,6 +139,7 @@ codes! {
     QuotaExceeded = "QUOTA_EXCEEDED", 413, "Past the user's quota of bytes or images.";
     RangeNotSatisfiable = "RANGE_NOT_SATISFIABLE", 416, "A Range outside the image.";
     UnsupportedEncoding = "UNSUPPORTED_ENCODING", 415, "A request body in a Content-Encoding other than identity (none is decoded).";
+    UnsupportedTransferCoding = "UNSUPPORTED_TRANSFER_CODING", 501, "A request body in a Transfer-Encoding other than chunked (RFC 9112 6.1).";
     SlimRefused = "SLIM_REFUSED", 400, "The image cannot be slimmed (its check did not find it usable).";
     Internal = "INTERNAL", 500, "A fault of the service (logged, details not sent).";
     StorageError = "STORAGE_ERROR", 500, "The object store failed (logged, details not sent).";
@@ -146,7 +147,7 @@ codes! {
     DatabaseUnavailable = "DATABASE_UNAVAILABLE", 503, "The metadata database cannot be reached; try again later.";
     StorageUnavailable = "STORAGE_UNAVAILABLE", 503, "The object store cannot be reached; try again later.";
     ServiceBusy = "SERVICE_BUSY", 503, "Every upload slot stayed taken for FS_UPLOAD_QUEUE_TIMEOUT_SECS; try again after Retry-After seconds.";
-    InsufficientStorage = "INSUFFICIENT_STORAGE", 507, "The store or the scratch space is full.";
+    InsufficientStorage = "INSUFFICIENT_STORAGE", 507, "The store, the scratch space or the metadata database is full.";
 }
 
 /// How an error is answered.
@@ -222,6 +223,10 @@ impl Error {
                 Code::DatabaseUnavailable,
                 public_text(Code::DatabaseUnavailable),
             ),
+            Error::Db(e) if db_full(e) => fault(
+                Code::InsufficientStorage,
+                "the metadata database is out of space",
+            ),
             Error::Db(_) | Error::Internal(_) => fault(Code::Internal, public_text(Code::Internal)),
         }
     }
@@ -239,6 +244,19 @@ impl Error {
             other => other.to_string(),
         }
     }
+}
+
+/// Whether the database refused a write for want of space: SQLite's `SQLITE_FULL` ("database
+/// or disk is full"), PostgreSQL's SQLSTATE 53100 `disk_full`, or the OS's ENOSPC text.
+fn db_full(e: &DbErr) -> bool {
+    let text = e.to_string();
+    [
+        "database or disk is full",
+        "No space left on device",
+        "53100",
+    ]
+    .iter()
+    .any(|sign| text.contains(sign))
 }
 
 /// The code of a store error: the client's body (it broke or stalled), a full store, an
@@ -318,5 +336,23 @@ mod tests {
         assert!(a.internal.is_none());
         let e = Error::Storage(StorageError::Io(io::Error::from_raw_os_error(libc::ENOSPC)));
         assert_eq!(e.answer().code.status(), 507);
+    }
+
+    #[tokio::test]
+    async fn a_full_database_is_insufficient_storage() {
+        use sea_orm::ConnectionTrait;
+        // SQLite reports a database that reached its page limit as it reports a full disk.
+        let db = sea_orm::Database::connect("sqlite::memory:").await.unwrap();
+        db.execute_unprepared("CREATE TABLE t (b BLOB); PRAGMA max_page_count = 4;")
+            .await
+            .unwrap();
+        let full = db
+            .execute_unprepared("INSERT INTO t VALUES (zeroblob(1000000))")
+            .await
+            .unwrap_err();
+        let a = Error::Db(full).answer();
+        assert_eq!((a.code, a.code.status()), (Code::InsufficientStorage, 507));
+        assert_eq!(a.message, "the metadata database is out of space");
+        assert!(a.internal.unwrap().contains("full"));
     }
 }

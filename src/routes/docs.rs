@@ -173,7 +173,7 @@ pub enum WriteRefused {
     TooLarge(ErrorBody),
     #[response(
         status = 507,
-        description = "The store or the scratch space is full (INSUFFICIENT_STORAGE); nothing of the request is kept"
+        description = "The store, the scratch space or the metadata database is full (INSUFFICIENT_STORAGE); nothing of the request is kept"
     )]
     StorageFull(ErrorBody),
 }

@@ -132,7 +132,25 @@ pub fn router(svc: Service, authenticator: Option<Arc<Authenticator>>) -> Router
 /// route decodes one, and storing the coded bytes as an image would keep the wrong bytes.
 /// Answered 415 `UNSUPPORTED_ENCODING` with `Accept-Encoding: identity`, as RFC 9110 15.5.16
 /// and 12.5.3 describe; `identity` itself is accepted.
+///
+/// A transfer coding other than `chunked` (`Transfer-Encoding: gzip, chunked`) is refused the
+/// same way, with 501 `UNSUPPORTED_TRANSFER_CODING` (RFC 9112 6.1): hyper takes the chunks
+/// apart and leaves the other coding on the bytes.
 async fn identity_bodies_only(req: Request, next: middleware::Next) -> Response {
+    let transfer_coded = req
+        .headers()
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.to_str().unwrap_or("?").split(','))
+        .map(str::trim)
+        .any(|coding| !coding.is_empty() && !coding.eq_ignore_ascii_case("chunked"));
+    if transfer_coded {
+        return ApiError::of(
+            crate::domain::Code::UnsupportedTransferCoding,
+            "the request body has a Transfer-Encoding other than chunked; send it chunked only",
+        )
+        .into_response();
+    }
     let coded = req
         .headers()
         .get_all(header::CONTENT_ENCODING)

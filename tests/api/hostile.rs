@@ -1761,6 +1761,36 @@ async fn multipart_filename_non_ascii_and_quote(app: &TestApp) -> Held {
     images(1)
 }
 
+async fn multipart_transfer_coding_other_than_chunked(app: &TestApp) -> Held {
+    // hyper takes the chunks apart; the gzip it leaves on the bytes is no route's to decode.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let body = Raw::new().file("file", b"a.img", b"data").finish();
+    let addr = app.base.trim_start_matches("http://").to_string();
+    for coding in ["gzip, chunked", "x-custom,chunked"] {
+        let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let head = format!(
+            "POST {API}/images HTTP/1.1\r\nHost: {addr}\r\nContent-Type: {MULTIPART}\r\n\
+             Transfer-Encoding: {coding}\r\nConnection: close\r\n\r\n{:x}\r\n",
+            body.len()
+        );
+        conn.write_all(head.as_bytes()).await.unwrap();
+        conn.write_all(&body).await.unwrap();
+        conn.write_all(b"\r\n0\r\n\r\n").await.unwrap();
+        let mut answer = vec![];
+        tokio::time::timeout(Duration::from_secs(20), conn.read_to_end(&mut answer))
+            .await
+            .unwrap()
+            .unwrap();
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 501 "), "{answer}");
+        assert!(
+            answer.contains("\"UNSUPPORTED_TRANSFER_CODING\""),
+            "{answer}"
+        );
+    }
+    NOTHING
+}
+
 async fn multipart_wrong_content_type(app: &TestApp) -> Held {
     let body = Raw::new().file("file", b"a.img", b"data").finish();
     refused(
@@ -3187,6 +3217,7 @@ hostile_cases! {
     multipart_filename_invalid_utf8,
     multipart_filename_non_ascii_and_quote,
     multipart_wrong_content_type,
+    multipart_transfer_coding_other_than_chunked,
     content_coded_bodies,
     merge_filename_with_quotes,
     field_priority_hostile,
