@@ -137,27 +137,14 @@ pub fn router(svc: Service, authenticator: Option<Arc<Authenticator>>) -> Router
 /// same way, with 501 `UNSUPPORTED_TRANSFER_CODING` (RFC 9112 6.1): hyper takes the chunks
 /// apart and leaves the other coding on the bytes.
 async fn identity_bodies_only(req: Request, next: middleware::Next) -> Response {
-    let transfer_coded = req
-        .headers()
-        .get_all(header::TRANSFER_ENCODING)
-        .iter()
-        .flat_map(|v| v.to_str().unwrap_or("?").split(','))
-        .map(str::trim)
-        .any(|coding| !coding.is_empty() && !coding.eq_ignore_ascii_case("chunked"));
-    if transfer_coded {
+    if has_coding_besides(&req, header::TRANSFER_ENCODING, "chunked") {
         return ApiError::of(
             crate::domain::Code::UnsupportedTransferCoding,
             "the request body has a Transfer-Encoding other than chunked; send it chunked only",
         )
         .into_response();
     }
-    let coded = req
-        .headers()
-        .get_all(header::CONTENT_ENCODING)
-        .iter()
-        .flat_map(|v| v.to_str().unwrap_or("?").split(','))
-        .map(str::trim)
-        .any(|coding| !coding.is_empty() && !coding.eq_ignore_ascii_case("identity"));
+    let coded = has_coding_besides(&req, header::CONTENT_ENCODING, "identity");
     if !coded {
         return next.run(req).await;
     }
@@ -171,6 +158,17 @@ async fn identity_bodies_only(req: Request, next: middleware::Next) -> Response 
         HeaderValue::from_static("identity"),
     );
     refused
+}
+
+/// Whether the comma-separated codings in `req`'s `name` headers hold one other than `allowed`
+/// (compared without case; a value that is not text counts as another coding).
+fn has_coding_besides(req: &Request, name: header::HeaderName, allowed: &str) -> bool {
+    req.headers()
+        .get_all(name)
+        .iter()
+        .flat_map(|v| v.to_str().unwrap_or("?").split(','))
+        .map(str::trim)
+        .any(|coding| !coding.is_empty() && !coding.eq_ignore_ascii_case(allowed))
 }
 
 /// The longest `X-Request-Id` a client may choose (characters).
