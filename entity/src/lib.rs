@@ -8,5 +8,6 @@ pub mod job;
 pub mod quota;
 pub mod quota_reservation;
 pub mod status;
+pub mod upload_cancel;
 pub mod upload_part;
 pub mod upload_session;

@@ -10,6 +10,7 @@ mod m20261201_000005_merge_claim;
 mod m20261201_000006_integrity;
 mod m20261201_000007_users;
 mod m20261204_000008_identifier_room;
+mod m20261206_000009_upload_cancels;
 
 pub struct Migrator;
 
@@ -25,6 +26,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_000006_integrity::Migration),
             Box::new(m20261201_000007_users::Migration),
             Box::new(m20261204_000008_identifier_room::Migration),
+            Box::new(m20261206_000009_upload_cancels::Migration),
         ]
     }
 }

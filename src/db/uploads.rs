@@ -1,6 +1,7 @@
 //! Queries on `upload_sessions` and `upload_parts`.
 
 use entity::{
+    upload_cancel::{self, Entity as Cancels},
     upload_part::{self, Entity as Parts},
     upload_session::{self, Entity as Sessions},
 };
@@ -432,4 +433,57 @@ pub async fn count_open(db: &impl ConnectionTrait) -> Result<u64, DbErr> {
         .filter(upload_session::Column::State.is_in([Open, Merging]))
         .count(db)
         .await
+}
+
+/// The order of cancels so far: the highest `upload_cancels.id` (0 before the first cancel).
+/// A chunk request notes it when it begins; see [`cancelled_since`].
+pub async fn cancel_mark(db: &impl ConnectionTrait) -> Result<i64, DbErr> {
+    use sea_orm::QuerySelect;
+    let max: Option<Option<i64>> = Cancels::find()
+        .select_only()
+        .column_as(upload_cancel::Column::Id.max(), "max_id")
+        .into_tuple()
+        .one(db)
+        .await?;
+    Ok(max.flatten().unwrap_or(0))
+}
+
+/// Remembers a cancel of the upload under `identifier` (a session key), ordered after every
+/// chunk request that began before it.
+pub async fn record_cancel(
+    db: &impl ConnectionTrait,
+    identifier: &str,
+    now: i64,
+) -> Result<(), DbErr> {
+    Cancels::insert(upload_cancel::ActiveModel {
+        identifier: Set(identifier.to_string()),
+        cancelled_at: Set(now),
+        ..Default::default()
+    })
+    .exec_without_returning(db)
+    .await
+    .map(|_| ())
+}
+
+/// Whether the upload under `identifier` was cancelled after [`cancel_mark`] returned `mark`.
+pub async fn cancelled_since(
+    db: &impl ConnectionTrait,
+    identifier: &str,
+    mark: i64,
+) -> Result<bool, DbErr> {
+    use upload_cancel::Column as C;
+    Ok(Cancels::find()
+        .filter(C::Identifier.eq(identifier).and(C::Id.gt(mark)))
+        .count(db)
+        .await?
+        > 0)
+}
+
+/// Forgets cancels made before `before` (Unix seconds); returns how many.
+pub async fn prune_cancels(db: &impl ConnectionTrait, before: i64) -> Result<u64, DbErr> {
+    Cancels::delete_many()
+        .filter(upload_cancel::Column::CancelledAt.lt(before))
+        .exec(db)
+        .await
+        .map(|r| r.rows_affected)
 }

@@ -325,6 +325,9 @@ impl Service {
         form: &mut dyn FormSource,
         trace: &mut ChunkTrace,
     ) -> Result<()> {
+        // Noted before anything is received: a cancel after this point is one the chunk,
+        // sent before it, must yield to.
+        let mark = db::uploads::cancel_mark(&self.db).await?;
         let _slot = self.upload_slot().await?;
         let (mut chunk, fields) = self.receive_chunk(caller, form, query, &declared).await?;
         trace.identifier = identifier_of(&fields).ok().map(|i| i.to_string());
@@ -353,7 +356,12 @@ impl Service {
         let quota = self
             .reserve_chunk(&target, owner.as_deref(), number, len)
             .await?;
+        self.yield_to_cancel(&target, mark, None).await?;
         let (session, opened) = self.open_session(&target, owner, &tier).await?;
+        if opened {
+            // A cancel that came while the session was being opened.
+            self.yield_to_cancel(&target, mark, Some(&session)).await?;
+        }
         trace.session_opened = opened;
         trace.owner = session.owner.clone();
         let others = self.admit_chunk(&session, totals, number, len).await?;
@@ -606,6 +614,31 @@ impl Service {
             .collect())
     }
 
+    /// Refuses a chunk whose upload was cancelled after the chunk's request began (`mark`, from
+    /// `db::uploads::cancel_mark`): the chunk was in transfer when the cancel came and must
+    /// neither open the upload again nor join one the client started anew under the same
+    /// identifier. `opened`, the session this chunk's request has just opened, is discarded.
+    async fn yield_to_cancel(
+        &self,
+        target: &SessionRef,
+        mark: i64,
+        opened: Option<&upload_session::Model>,
+    ) -> Result<()> {
+        if !db::uploads::cancelled_since(&self.db, &target.key, mark).await? {
+            return Ok(());
+        }
+        if let Some(session) = opened {
+            // The cancel may be discarding it as well: both may find it gone.
+            let discarded = self.discard_upload(session).await;
+            db::uploads::delete(&self.db, &session.id).await?;
+            discarded?;
+        }
+        Err(Error::Conflict(format!(
+            "upload {} was cancelled while this chunk was in transfer",
+            target.identifier
+        )))
+    }
+
     /// Finds the identifier's session or opens one (with its multipart upload). Safe when
     /// several first chunks race: one insert wins, the others drop their multipart uploads.
     async fn open_session(
@@ -680,6 +713,10 @@ impl Service {
         // A priority, when sent, names a tier (as for chunks and the merge, SPEC section 5).
         self.tier_for(fields.get(Field::Priority))?;
         let identifier: &str = &target.identifier;
+        // Remembered before the session is looked up: a chunk in transfer now, which began
+        // before the cancel, yields to it whether it finds this session, none, or one it
+        // opens meanwhile (see `yield_to_cancel`).
+        db::uploads::record_cancel(&self.db, &target.key, now_secs()).await?;
         let Some(session) = db::uploads::find(&self.db, &target.key).await? else {
             return Ok(());
         };
@@ -761,6 +798,8 @@ impl Service {
             self.metrics.upload_session_expired();
             swept += 1;
         }
+        // A chunk in transfer for longer than the TTL no longer yields to a cancel.
+        db::uploads::prune_cancels(&self.db, before).await?;
         Ok(swept)
     }
 

@@ -2973,7 +2973,6 @@ async fn stall_chunk(
     n: u32,
     content: &[u8],
 ) -> (tokio::net::TcpStream, Vec<u8>) {
-    use tokio::io::AsyncWriteExt;
     let mut body = multipart_start(
         &[("identifier", identifier)],
         "part",
@@ -2981,6 +2980,13 @@ async fn stall_chunk(
         content,
     );
     body.extend_from_slice(format!("\r\n--{BOUNDARY}--\r\n").as_bytes());
+    stall_form(app, body).await
+}
+
+/// Sends the first half of the chunk request `body` (a multipart form) and stops: the
+/// connection and the rest of the body.
+async fn stall_form(app: &TestApp, mut body: Vec<u8>) -> (tokio::net::TcpStream, Vec<u8>) {
+    use tokio::io::AsyncWriteExt;
     let addr = app.base.trim_start_matches("http://").to_string();
     let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
     let head = format!(
@@ -3052,6 +3058,72 @@ async fn stalled_chunk_then_cancel(app: &TestApp) -> Held {
     wait_nothing_left(app, Duration::from_secs(20)).await;
     assert_eq!(held_chunks(app, "st2").await, Vec::<u64>::new());
     NOTHING
+}
+
+/// A chunk in transfer when its upload is cancelled is refused once it ends (409): it opens
+/// nothing again, and the cancel leaves nothing behind. With `fields_after`, the identifier
+/// follows the chunk in the form (the chunk is spooled, not received in place).
+async fn chunk_in_transfer_during_cancel(app: &TestApp, fields_after: bool) -> Held {
+    let id = if fields_after { "ctf" } else { "ct" };
+    ok_text(app.chunk(id, 1, pattern(40, 1 << 20)).await, "ok.").await;
+    let (stalled, rest) = if fields_after {
+        let body = Raw::new()
+            .file("part", b"2.part", &pattern(41, 1 << 20))
+            .text("identifier", id.as_bytes())
+            .finish();
+        stall_form(app, body).await
+    } else {
+        stall_chunk(app, id, 2, &pattern(41, 1 << 20)).await
+    };
+    cancel(app, id).await;
+    assert_eq!(finish_stalled(stalled, &rest).await, 409);
+    let (_, st) = app
+        .get_json(&format!("/images/upload?identifier={id}"))
+        .await;
+    assert_eq!(st["state"], "none", "{st}");
+    wait_nothing_left(app, Duration::from_secs(20)).await;
+    NOTHING
+}
+
+async fn chunk_in_transfer_during_cancel_fields_first(app: &TestApp) -> Held {
+    chunk_in_transfer_during_cancel(app, false).await
+}
+
+async fn chunk_in_transfer_during_cancel_fields_after(app: &TestApp) -> Held {
+    chunk_in_transfer_during_cancel(app, true).await
+}
+
+/// The first chunk of an upload, in transfer when the upload is cancelled (nothing is held
+/// yet), does not open it once it ends.
+async fn first_chunk_in_transfer_during_cancel(app: &TestApp) -> Held {
+    let (stalled, rest) = stall_chunk(app, "cf", 1, &pattern(42, 1 << 20)).await;
+    cancel(app, "cf").await;
+    assert_eq!(finish_stalled(stalled, &rest).await, 409);
+    let (_, st) = app.get_json("/images/upload?identifier=cf").await;
+    assert_eq!(st["state"], "none", "{st}");
+    wait_nothing_left(app, Duration::from_secs(20)).await;
+    NOTHING
+}
+
+/// An upload cancelled and started anew under the same identifier while a chunk of the old
+/// one is in transfer: that chunk is refused and its bytes never join the new upload.
+async fn chunk_in_transfer_across_restart(app: &TestApp) -> Held {
+    ok_text(app.chunk("cr", 1, pattern(43, 1 << 20)).await, "ok.").await;
+    let (stalled, rest) = stall_chunk(app, "cr", 2, &pattern(44, 1 << 20)).await;
+    cancel(app, "cr").await;
+    let fresh = pattern(45, 1 << 20);
+    ok_text(app.chunk("cr", 1, fresh.clone()).await, "ok.").await;
+    assert_eq!(finish_stalled(stalled, &rest).await, 409);
+    assert_eq!(held_chunks(app, "cr").await, vec![1]);
+    let id = image_id(&ok_json(app.merge("cr", "cr.img").await).await);
+    assert!(
+        app.download(&id).await == fresh,
+        "the merged image is not the new upload"
+    );
+    ok_text(app.delete_image(&id).await, "delete success").await;
+    cancel(app, "cr").await;
+    wait_nothing_left_but_jobs(app, 1).await;
+    Held { jobs: 1, ..NOTHING }
 }
 
 async fn concurrent_delete_of_merged_image_while_checking(app: &TestApp) -> Held {
@@ -3282,6 +3354,10 @@ hostile_cases! {
     concurrent_chunk_while_merging,
     stalled_chunk_holds_up_no_resend_or_merge,
     stalled_chunk_then_cancel,
+    chunk_in_transfer_during_cancel_fields_first,
+    chunk_in_transfer_during_cancel_fields_after,
+    first_chunk_in_transfer_during_cancel,
+    chunk_in_transfer_across_restart,
     concurrent_delete_of_merged_image_while_checking,
     concurrent_slim_requests,
 }
