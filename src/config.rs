@@ -60,6 +60,9 @@ pub struct Config {
     pub shutdown_grace_secs: u64,
     /// A request body that sends nothing for this long fails (408) and frees its upload slot.
     pub body_idle_timeout_secs: u64,
+    /// A request body must bring at least this many bytes per second, on average over each
+    /// `body_idle_timeout_secs` the service waits for it, or it fails (408); 0: no minimum.
+    pub body_min_bytes_per_sec: u64,
     /// A connection must deliver a request's complete headers within this long (seconds),
     /// or it is closed.
     pub header_timeout_secs: u64,
@@ -166,6 +169,7 @@ impl Config {
             upload_queue_timeout_secs: r.get("FS_UPLOAD_QUEUE_TIMEOUT_SECS", 30, secs_from(1)),
             shutdown_grace_secs: r.get("FS_SHUTDOWN_GRACE_SECS", 30, secs),
             body_idle_timeout_secs: r.get("FS_BODY_IDLE_TIMEOUT_SECS", 60, secs_from(1)),
+            body_min_bytes_per_sec: r.get("FS_BODY_MIN_BYTES_PER_SEC", 1024, bytes),
             header_timeout_secs: r.get("FS_HEADER_TIMEOUT_SECS", 30, secs_from(1)),
             drain_max_bytes: r.get("FS_DRAIN_MAX_BYTES", 256 << 20, bytes),
             drain_timeout_secs: r.get("FS_DRAIN_TIMEOUT_SECS", 30, secs),

@@ -35,8 +35,9 @@ pub enum Error {
     /// (`FS_UPLOAD_QUEUE_TIMEOUT_SECS`); the body was not read.
     #[error("the service is handling as many uploads as it may; try again later")]
     Busy,
-    /// The client stopped sending its body (`FS_BODY_IDLE_TIMEOUT_SECS` without data).
-    #[error("the client sent no data for too long; the request was abandoned")]
+    /// The client stopped sending its body (`FS_BODY_IDLE_TIMEOUT_SECS` without data), or sent
+    /// it slower than `FS_BODY_MIN_BYTES_PER_SEC` over such a window.
+    #[error("the client sent no data, or too little, for too long; the request was abandoned")]
     BodyTimeout,
     #[error("there is no record in database with imageId: {0}")]
     ImageNotFound(String),
@@ -128,7 +129,7 @@ codes! {
     ChecksumMismatch = "CHECKSUM_MISMATCH", 400, "Bytes that do not match a checksum declared for them.";
     SizeMismatch = "SIZE_MISMATCH", 400, "Sizes that do not match totalSize or currentChunkSize.";
     BadBody = "BAD_BODY", 400, "A request body that cannot be read (malformed multipart, a broken stream).";
-    RequestTimeout = "REQUEST_TIMEOUT", 408, "The client stopped sending its body.";
+    RequestTimeout = "REQUEST_TIMEOUT", 408, "The client stopped sending its body, or sent it too slowly.";
     Unauthorized = "UNAUTHORIZED", 401, "No valid credentials (authentication on).";
     Forbidden = "FORBIDDEN", 403, "Another user's image or upload, or an admin's action.";
     ImageNotFound = "IMAGE_NOT_FOUND", 404, "No such image (or not the caller's).";

@@ -130,7 +130,8 @@ pub struct ErrorBody {
 #[allow(dead_code)]
 pub struct ForAnotherUser(ErrorBody);
 
-/// The 408 of an upload whose client stopped sending the body (`FS_BODY_IDLE_TIMEOUT_SECS`).
+/// The 408 of an upload whose client stopped sending the body (`FS_BODY_IDLE_TIMEOUT_SECS`)
+/// or sent it too slowly (`FS_BODY_MIN_BYTES_PER_SEC`).
 #[derive(utoipa::IntoResponses)]
 #[response(
     status = 408,

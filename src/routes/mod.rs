@@ -12,6 +12,7 @@ pub mod error;
 pub mod extract;
 pub mod images;
 mod metered;
+mod min_rate;
 pub mod quotas;
 pub mod serve;
 pub mod sidecar;
@@ -82,6 +83,10 @@ pub fn router(svc: Service, authenticator: Option<Arc<Authenticator>>) -> Router
         timeout: Duration::from_secs(svc.config().drain_timeout_secs),
         idle: Duration::from_secs(svc.config().body_idle_timeout_secs),
     };
+    let min_rate = min_rate::MinRate {
+        bytes_per_sec: svc.config().body_min_bytes_per_sec,
+        window: Duration::from_secs(svc.config().body_idle_timeout_secs),
+    };
     routes
         // The web console (`/`, `/console/...`): outside the API base, so open with auth on.
         .merge(console::router())
@@ -93,6 +98,10 @@ pub fn router(svc: Service, authenticator: Option<Arc<Authenticator>>) -> Router
         .layer(RequestBodyTimeoutLayer::new(Duration::from_secs(
             svc.config().body_idle_timeout_secs,
         )))
+        // ... nor by sending a trickle that never goes silent for that long.
+        .layer(middleware::map_request(move |req: Request| async move {
+            req.map(|body| min_rate.wrap(body))
+        }))
         .layer(middleware::from_fn(identity_bodies_only))
         // Inside `metered` (a refusal is counted and has its access line), `cors` (a preflight
         // is answered before it; a 401 carries the CORS headers a browser needs to read it)

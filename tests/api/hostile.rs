@@ -2174,6 +2174,122 @@ async fn silent_small_bodies_time_out(app: &TestApp) -> Held {
     NOTHING
 }
 
+/// A body kept alive with a trickle (a byte every 200 ms: never silent for the idle timeout)
+/// fails with 408 once a window of waiting brought less than `FS_BODY_MIN_BYTES_PER_SEC`, for
+/// a chunk and for a single upload, and frees its upload slot (there is one): an upload after
+/// it is served. A slow body above the rate (32 KiB/s over several windows) is served.
+async fn trickling_bodies_time_out(app: &TestApp) -> Held {
+    for (request, fields, file_name) in [
+        ("POST /images/upload", &[("identifier", "tr")][..], "1.part"),
+        ("POST /images", &[][..], "trickle.img"),
+    ] {
+        let body = multipart_start(fields, "file", file_name, &pattern(51, 1000));
+        let started = Instant::now();
+        let answer = paced_answer(
+            app,
+            request,
+            &content_length_headers(1 << 20),
+            &body,
+            &[0u8],
+            Duration::from_millis(200),
+        )
+        .await;
+        assert!(answer.starts_with("HTTP/1.1 408"), "{request}: {answer}");
+        assert!(
+            answer.contains("\"code\":\"REQUEST_TIMEOUT\""),
+            "{request}: {answer}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{request}: answered after {:?}",
+            started.elapsed()
+        );
+    }
+    let id = app.upload_ok("after.img", pattern(52, 4096)).await;
+    // 8 KiB every 250 ms for 2.5 s (the window is 1 s), then the end of the form.
+    let content = pattern(53, 80 << 10);
+    let head = multipart_start(&[], "file", "slow.img", &[]);
+    let tail = format!("\r\n--{BOUNDARY}--\r\n");
+    let len = head.len() + content.len() + tail.len();
+    let mut pieces: Vec<Vec<u8>> = content.chunks(8 << 10).map(<[u8]>::to_vec).collect();
+    pieces.push(tail.into_bytes());
+    let answer = paced_pieces(
+        app,
+        "POST /images",
+        &content_length_headers(len),
+        &head,
+        pieces,
+        Duration::from_millis(250),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let slow =
+        serde_json::from_str::<serde_json::Value>(&answer[answer.find('{').unwrap()..]).unwrap();
+    assert_eq!(app.download(&image_id(&slow)).await, content);
+    ok_text(app.delete_image(&id).await, "delete success").await;
+    ok_text(app.delete_image(&image_id(&slow)).await, "delete success").await;
+    wait_nothing_left_but_jobs(app, 2).await;
+    Held { jobs: 2, ..NOTHING }
+}
+
+/// Sends a request's head and `body_start`, then `piece` every `every` until the answer
+/// comes (or 20 s pass): the answer.
+async fn paced_answer(
+    app: &TestApp,
+    request: &str,
+    headers: &str,
+    body_start: &[u8],
+    piece: &[u8],
+    every: Duration,
+) -> String {
+    let pieces = vec![piece.to_vec(); (20 * 1000 / every.as_millis().max(1)) as usize];
+    paced_pieces(app, request, headers, body_start, pieces, every).await
+}
+
+/// Sends a request's head and `body_start`, then one of `pieces` every `every` while reading
+/// the answer (for at most 20 s): the answer.
+async fn paced_pieces(
+    app: &TestApp,
+    request: &str,
+    headers: &str,
+    body_start: &[u8],
+    pieces: Vec<Vec<u8>>,
+    every: Duration,
+) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = app.base.trim_start_matches("http://").to_string();
+    let conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let (mut rd, mut wr) = conn.into_split();
+    let (method, path) = request.split_once(' ').unwrap();
+    let head = format!("{method} {API}{path} HTTP/1.1\r\nHost: {addr}\r\n{headers}\r\n");
+    wr.write_all(head.as_bytes()).await.unwrap();
+    wr.write_all(body_start).await.unwrap();
+    let writer = tokio::spawn(async move {
+        for piece in pieces {
+            tokio::time::sleep(every).await;
+            if wr.write_all(&piece).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut answer = vec![];
+    let _ = tokio::time::timeout(Duration::from_secs(20), async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match rd.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+            }
+            if answer.ends_with(b"}") {
+                break;
+            }
+        }
+    })
+    .await;
+    writer.abort();
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
 /// A body read whole whose chunked framing breaks is a 400 `BAD_BODY`, as a broken multipart
 /// body is.
 async fn broken_small_bodies_are_bad_bodies(app: &TestApp) -> Held {
@@ -3185,6 +3301,17 @@ fn small_limit() -> Options {
     }
 }
 
+/// One upload slot, a window of 1 s and the default minimum rate (1 KiB/s).
+fn one_slot_min_rate() -> Options {
+    Options {
+        env: vec![
+            ("FS_BODY_IDLE_TIMEOUT_SECS", "1".into()),
+            ("FS_UPLOAD_CONCURRENCY", "1".into()),
+        ],
+        ..Default::default()
+    }
+}
+
 fn idle_timeout() -> Options {
     Options {
         env: vec![("FS_BODY_IDLE_TIMEOUT_SECS", "1".into())],
@@ -3316,6 +3443,7 @@ hostile_cases! {
     stop_mid_body_merge,
     silent_client_times_out with idle_timeout(),
     silent_small_bodies_time_out with idle_timeout(),
+    trickling_bodies_time_out with one_slot_min_rate(),
     broken_small_bodies_are_bad_bodies,
     undecodable_form_values_are_refused,
     refused_first_chunks_open_no_upload,
