@@ -256,9 +256,15 @@ impl ImageOps for LocalImageOps {
         }
     }
 
-    async fn convert(&self, input: &Image, output: &Path, progress: Progress) -> Compressed {
+    async fn convert(
+        &self,
+        input: &Image,
+        output: &Path,
+        extras: qcow2::Extras,
+        progress: Progress,
+    ) -> Compressed {
         let failed = CompressFailure::failed;
-        let args = qemu::convert(input, output, self.supports_zstd().await);
+        let args = qemu::convert(input, output, self.supports_zstd().await, extras.bitmaps);
         let mut child = qemu::command(&args, None)
             .spawn()
             .map_err(|e| failed(format!("cannot run qemu-img: {}", e.kind())))?;

@@ -90,18 +90,36 @@ pub trait ImageOps: Send + Sync + 'static {
     async fn check(&self, image: &Image, declared: Declared) -> CheckReport;
 
     /// Rewrites the qcow2 `input` into the file `output`, compressed and without unallocated
-    /// or zero clusters, reporting progress as it goes. An input whose header names another
-    /// file (a backing or an external data file) is refused before anything runs: the object
-    /// may have changed since its check, so that check is never trusted alone.
+    /// or zero clusters, reporting progress as it goes; its persistent bitmaps go with it.
+    /// Refused before anything runs: an input whose header names another file (a backing or
+    /// an external data file; the object may have changed since its check, so that check is
+    /// never trusted alone), and one holding internal snapshots, which a conversion would
+    /// silently drop (it copies the current state only).
     async fn compress(&self, input: &Image, output: &Path, progress: Progress) -> Compressed {
-        qcow2::refuse_foreign_files(input, Declared::Qcow2)
+        let head = qcow2::refuse_foreign_files(input, Declared::Qcow2)
             .await
             .map_err(CompressFailure::failed)?;
-        self.convert(input, output, progress).await
+        let extras = qcow2::Extras::of(&head);
+        if extras.snapshots > 0 {
+            return Err(CompressFailure::failed(format!(
+                "the image holds {} internal snapshot(s), which a slim cannot keep (the slimmed \
+                 copy would hold only the current state); the image stays as it is. Delete the \
+                 snapshots (qemu-img snapshot -d) and upload it again to slim it",
+                extras.snapshots
+            )));
+        }
+        self.convert(input, output, extras, progress).await
     }
 
-    /// [`ImageOps::compress`] of an input whose header was found to name no other file.
-    async fn convert(&self, input: &Image, output: &Path, progress: Progress) -> Compressed;
+    /// [`ImageOps::compress`] of an input whose header was found to name no other file and
+    /// to hold no snapshot; `extras` is what else it holds (its bitmaps are carried over).
+    async fn convert(
+        &self,
+        input: &Image,
+        output: &Path,
+        extras: qcow2::Extras,
+        progress: Progress,
+    ) -> Compressed;
 
     /// Whether files must be handed over in the shared scratch directory (a sidecar sees
     /// nothing else: no store's file, no NBD export).

@@ -20,6 +20,10 @@ const INCOMPAT_DATA_FILE: u64 = 1 << 2;
 const AUTOCLEAR_DATA_FILE_RAW: u64 = 1 << 1;
 /// Header extension naming the external data file (`"DATA"`).
 const EXT_DATA_FILE: u32 = 0x4441_5441;
+/// Header extension listing persistent dirty bitmaps (`0x23852875`).
+const EXT_BITMAPS: u32 = 0x2385_2875;
+/// Autoclear feature bit: the bitmaps extension is valid (qemu ignores it otherwise).
+const AUTOCLEAR_BITMAPS: u64 = 1;
 /// How much of the file is read: the header and its extensions fit in the first cluster, and
 /// the smallest cluster is 512 bytes; 64 KiB covers the default cluster size.
 pub const HEAD_BYTES: usize = 64 << 10;
@@ -100,21 +104,50 @@ pub fn inspect_bytes(b: &[u8]) -> Result<(), Refusal> {
         }
         be32(b, 100).ok_or(Refusal::Truncated)? as usize
     };
-    let mut at = extensions_at;
-    // Extensions end with type 0; a list that runs past what was read names nothing we saw,
-    // and qemu itself stops at the end of the first cluster.
-    while let (Some(kind), Some(len)) = (be32(b, at), be32(b, at + 4)) {
+    if extensions(b, extensions_at).any(|kind| kind == EXT_DATA_FILE) {
+        return Err(Refusal::DataFile);
+    }
+    Ok(())
+}
+
+/// The types of the header extensions that begin at byte `at`, in order. Extensions end with
+/// type 0; a list that runs past what was read names nothing we saw, and qemu itself stops at
+/// the end of the first cluster.
+fn extensions(b: &[u8], mut at: usize) -> impl Iterator<Item = u32> + '_ {
+    std::iter::from_fn(move || {
+        let (kind, len) = (be32(b, at)?, be32(b, at + 4)?);
         if kind == 0 {
-            break;
-        }
-        if kind == EXT_DATA_FILE {
-            return Err(Refusal::DataFile);
+            return None;
         }
         at = at
             .saturating_add(8)
             .saturating_add((len as usize).div_ceil(8) * 8);
+        Some(kind)
+    })
+}
+
+/// What a qcow2 holds besides its guest's current data, which a conversion (`qemu-img
+/// convert`) carries only when asked (persistent bitmaps, `--bitmaps`) or not at all (internal
+/// snapshots: it copies one state).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Extras {
+    /// Internal snapshots (`nb_snapshots`, header bytes 60..64).
+    pub snapshots: u32,
+    /// Valid persistent dirty bitmaps (version 3: the bitmaps extension, with its autoclear
+    /// bit set).
+    pub bitmaps: bool,
+}
+
+impl Extras {
+    /// The extras of a qcow2 whose header bytes `b` passed [`inspect_bytes`].
+    pub fn of(b: &[u8]) -> Extras {
+        let snapshots = be32(b, 60).unwrap_or(0);
+        let bitmaps = be32(b, 4) == Some(3)
+            && be64(b, 88).is_some_and(|autoclear| autoclear & AUTOCLEAR_BITMAPS != 0)
+            && be32(b, 100)
+                .is_some_and(|at| extensions(b, at as usize).any(|kind| kind == EXT_BITMAPS));
+        Extras { snapshots, bitmaps }
     }
-    Ok(())
 }
 
 /// QED's magic (`QED\0`, little-endian fields; QEMU's `docs/interop/qed_spec.txt`).
@@ -220,17 +253,23 @@ fn read_head(path: &Path) -> std::io::Result<Vec<u8>> {
 
 /// Refuses an image of the `declared` format whose header says it is not that format (a
 /// `.qcow2` that is not qcow2) or names another file, read without qemu (see
-/// [`inspect_declared`]): from the file, or from the first bytes an NBD export's image came
-/// with. Errors are texts for clients (they never name a path).
-pub async fn refuse_foreign_files(image: &Image, declared: Declared) -> Result<(), String> {
+/// [`inspect_declared`]). Returns the header bytes read ([`head_of`]). Errors are texts for
+/// clients (they never name a path).
+pub async fn refuse_foreign_files(image: &Image, declared: Declared) -> Result<Vec<u8>, String> {
+    let head = head_of(image).await?;
+    inspect_declared(&head, declared).map_err(|r| r.to_string())?;
+    Ok(head)
+}
+
+/// The first bytes of `image` (at most [`HEAD_BYTES`]): from the file, or those an NBD
+/// export's image came with. Errors are texts for clients (they never name a path).
+pub async fn head_of(image: &Image) -> Result<Vec<u8>, String> {
     let path = match image {
         Image::File(p) => p.clone(),
-        Image::Nbd { head, .. } => {
-            return inspect_declared(head, declared).map_err(|r| r.to_string())
-        }
+        Image::Nbd { head, .. } => return Ok(head.to_vec()),
     };
     match tokio::task::spawn_blocking(move || read_head(&path)).await {
-        Ok(Ok(head)) => inspect_declared(&head, declared).map_err(|r| r.to_string()),
+        Ok(Ok(head)) => Ok(head),
         Ok(Err(e)) => Err(format!("cannot read the image: {}", e.kind())),
         Err(_) => Err("cannot read the image".into()),
     }
@@ -248,6 +287,23 @@ mod tests {
             b[100..104].copy_from_slice(&112u32.to_be_bytes());
         }
         b
+    }
+
+    #[test]
+    fn extras_name_snapshots_and_valid_bitmaps() {
+        assert_eq!(Extras::of(&header(3)), Extras::default());
+        let mut b = header(3);
+        b[60..64].copy_from_slice(&2u32.to_be_bytes());
+        b[112..116].copy_from_slice(&EXT_BITMAPS.to_be_bytes());
+        b[116..120].copy_from_slice(&24u32.to_be_bytes());
+        assert_eq!(Extras::of(&b).snapshots, 2);
+        // Listed, but invalidated (autoclear bit clear): qemu ignores the bitmaps.
+        assert!(!Extras::of(&b).bitmaps);
+        b[95] = AUTOCLEAR_BITMAPS as u8;
+        assert!(Extras::of(&b).bitmaps);
+        // Version 2 has no bitmaps.
+        b[4..8].copy_from_slice(&2u32.to_be_bytes());
+        assert!(!Extras::of(&b).bitmaps);
     }
 
     #[test]

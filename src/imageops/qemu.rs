@@ -78,12 +78,20 @@ pub fn check(image: &Image) -> Vec<String> {
 /// output is an equally valid qcow2 whose compressed clusters may lie in another order, so
 /// two slims of one image need not give the same bytes (the record keeps each output's own
 /// digests).
-pub fn convert(input: &Image, output: &Path, zstd: bool) -> Vec<String> {
+///
+/// With `bitmaps` (the input has persistent bitmaps), `--bitmaps --skip-broken-bitmaps`
+/// copies them, but for those left inconsistent (in use when their writer stopped), which
+/// no one can use; qemu-img refuses `--bitmaps` for an input without bitmap support (qcow2
+/// version 2), so it is only given when there are some.
+pub fn convert(input: &Image, output: &Path, zstd: bool, bitmaps: bool) -> Vec<String> {
     let mut args: Vec<String> = ["convert", "-p", "-W", "-O", "qcow2", "-c"]
         .map(String::from)
         .into();
     if zstd {
         args.extend(["-o".into(), "compression_type=zstd".into()]);
+    }
+    if bitmaps {
+        args.extend(["--bitmaps".into(), "--skip-broken-bitmaps".into()]);
     }
     args.push(image_arg(input, Format::Qcow2));
     args.push(output.to_string_lossy().into_owned());
@@ -217,9 +225,13 @@ mod tests {
             r.starts_with("json:{") && r.contains("\"driver\":\"raw\""),
             "{r}"
         );
-        let c = convert(&file("/i"), Path::new("/o"), true);
+        let c = convert(&file("/i"), Path::new("/o"), true, false);
         assert_eq!(c.last().unwrap(), "/o");
         assert!(c[c.len() - 2].starts_with("json:"));
+        assert!(!c.iter().any(|a| a.contains("bitmaps")));
+        let c = convert(&file("/i"), Path::new("/o"), false, true);
+        assert!(c.contains(&"--bitmaps".to_string()), "{c:?}");
+        assert!(c.contains(&"--skip-broken-bitmaps".to_string()), "{c:?}");
         let nbd = Image::Nbd {
             socket: "/s/nbd.sock".into(),
             head: bytes::Bytes::new(),

@@ -149,7 +149,15 @@ impl ImageOps for RemoteImageOps {
             .unwrap_or_else(|e: String| CheckReport::failed(format!("check failed: {e}")))
     }
 
-    async fn convert(&self, input: &Image, output: &Path, progress: Progress) -> Compressed {
+    /// The sidecar's own `compress` inspects the input again and decides what goes with it
+    /// (`extras` is not sent: the original API has no field for it).
+    async fn convert(
+        &self,
+        input: &Image,
+        output: &Path,
+        _extras: super::qcow2::Extras,
+        progress: Progress,
+    ) -> Compressed {
         let failed = CompressFailure::failed;
         let request = CompressRequest {
             input_image_name: self.name(input).map_err(failed)?,

@@ -2726,6 +2726,16 @@ fn qemu_img(args: &[&str]) {
     run("qemu-img", args);
 }
 
+/// What `qemu-img args` (with `--output=json`) prints.
+fn qemu_img_json(args: &[&str]) -> serde_json::Value {
+    let out = std::process::Command::new("qemu-img")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "qemu-img {args:?}: {out:?}");
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 async fn qcow2_backing_file(app: &TestApp) -> Held {
     let p = app.dir.path().join("overlay.qcow2");
     qemu_img(&[
@@ -2825,6 +2835,83 @@ async fn qcow2_length_not_a_sector_multiple(app: &TestApp) -> Held {
     checked_as(app, "trailing.qcow2", trailing, 0, "consistent").await;
     checked_as(app, "cut.qcow2", whole[..100_000].to_vec(), 1, "corrupted").await;
     images(2)
+}
+
+/// A qcow2 holding an internal snapshot is not slimmed (`qemu-img convert` copies the current
+/// state only; the snapshot would be silently lost): `slimStatus` 3 with a message that says
+/// why, and the original, snapshot included, stays the one served.
+async fn qcow2_internal_snapshot_is_not_slimmed(app: &TestApp) -> Held {
+    let p = make_qcow2(app.dir.path(), "snap.qcow2", 16, 1);
+    qemu_img(&["snapshot", "-c", "before", p.to_str().unwrap()]);
+    let bytes = std::fs::read(&p).unwrap();
+    let id = app.upload_ok("snap.qcow2", bytes.clone()).await;
+    let v = crate::checks::wait_checked(app, &id).await;
+    assert_eq!(v["checkStatusResponse"]["status"], 0, "{v}");
+    assert_eq!(
+        slim(app, &id).await.text().await.unwrap(),
+        "compress in progress"
+    );
+    let v = crate::slims::wait_slim_done(app, &id).await;
+    assert_eq!(v["slimStatus"], 3, "{v}");
+    assert_eq!(v["compressInfo"]["compressStatus"], 2, "{v}");
+    let msg = v["compressInfo"]["compressMsg"].as_str().unwrap();
+    assert!(msg.contains("1 internal snapshot"), "{msg}");
+    assert_eq!(app.download(&id).await, bytes);
+    Held {
+        jobs: 2,
+        ..images(1)
+    }
+}
+
+/// A slim keeps the image's persistent dirty bitmaps (`--bitmaps`; they drive incremental
+/// backups), enabled or not, and slims a version 2 qcow2 (no bitmap support) as before.
+async fn qcow2_bitmaps_survive_a_slim(app: &TestApp) -> Held {
+    let p = make_qcow2(app.dir.path(), "bm.qcow2", 16, 1);
+    let path = p.to_str().unwrap();
+    qemu_img(&["bitmap", "--add", path, "kept"]);
+    qemu_img(&["bitmap", "--add", "--disable", path, "disabled"]);
+    let id = app.upload_ok("bm.qcow2", std::fs::read(&p).unwrap()).await;
+    assert_eq!(
+        slim(app, &id).await.text().await.unwrap(),
+        "compress in progress"
+    );
+    let v = crate::slims::wait_slim_done(app, &id).await;
+    assert_eq!(v["slimStatus"], 2, "{v}");
+    let out = app.dir.path().join("bm.slim.qcow2");
+    app.download_to(&format!("/images/{id}/action/download"), &out)
+        .await;
+    let info = qemu_img_json(&["info", "--output=json", out.to_str().unwrap()]);
+    let names: Vec<&str> = info["format-specific"]["data"]["bitmaps"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no bitmaps: {info}"))
+        .iter()
+        .map(|b| b["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["kept", "disabled"], "{info}");
+    ok_text(app.delete_image(&id).await, "delete success").await;
+    // Version 2.
+    let v2 = app.dir.path().join("v2.qcow2");
+    let v2s = v2.to_str().unwrap();
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-o",
+        "compat=0.10",
+        v2s,
+        "16M",
+    ]);
+    let id = app.upload_ok("v2.qcow2", std::fs::read(&v2).unwrap()).await;
+    assert_eq!(
+        slim(app, &id).await.text().await.unwrap(),
+        "compress in progress"
+    );
+    let v = crate::slims::wait_slim_done(app, &id).await;
+    assert_eq!(v["slimStatus"], 2, "{v}");
+    ok_text(app.delete_image(&id).await, "delete success").await;
+    wait_nothing_left_but_jobs(app, 4).await;
+    Held { jobs: 4, ..NOTHING }
 }
 
 async fn qcow2_raw_bytes_named_qcow2(app: &TestApp) -> Held {
@@ -3459,6 +3546,8 @@ hostile_cases! {
     conditional_headers_that_do_not_hold_are_whole,
     // qcow2.
     qcow2_backing_file,
+    qcow2_internal_snapshot_is_not_slimmed,
+    qcow2_bitmaps_survive_a_slim,
     qcow2_backing_file_json,
     qcow2_data_file,
     qcow2_absurd_virtual_size,
