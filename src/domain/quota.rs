@@ -449,6 +449,33 @@ impl Service {
         limits_of(&self.db, user, self.quota_defaults()).await
     }
 
+    /// Refuses at once (`QuotaExceeded`) an upload of at least `least` bytes that `user` has
+    /// no room for: all its images, or not `least` bytes left. Read without reserving (two
+    /// such checks may both pass): the reservation made as the bytes arrive still decides;
+    /// this only spares a client that waits for `100 Continue` sending a body bound to fail.
+    pub async fn quota_room_for(&self, user: &str, least: u64) -> Result<()> {
+        let limits = self.quota_limits(user).await?;
+        if limits.unlimited() {
+            return Ok(());
+        }
+        let u = db::quotas::usage(&self.db, user, now_secs(), None).await?;
+        let used = (u.image_bytes + u.chunk_bytes + u.reserved_bytes).max(0) as u64;
+        let images = (u.images + u.reserved_images).max(0) as u64;
+        if limits.max_images > 0 && images >= limits.max_images {
+            return Err(images_refusal(user, limits.max_images, images));
+        }
+        if limits.max_bytes > 0 && used.saturating_add(least) > limits.max_bytes {
+            return Err(bytes_refusal(
+                user,
+                limits.max_bytes,
+                used,
+                used.saturating_add(least),
+                "upload",
+            ));
+        }
+        Ok(())
+    }
+
     /// A single upload for `user` (as far as known when its file part starts) begins: its
     /// image slot is reserved (refused at once when the user has all its images) and its
     /// bytes will be as they arrive ([`Reservation::wrap`]).

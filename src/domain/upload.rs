@@ -75,12 +75,21 @@ impl Staged {
 
 impl Service {
     /// `POST /images`: streams the `file` part into the store and records the image.
+    /// `least_bytes`, the least the image can be (from a declared `Content-Length`), is
+    /// checked against the quota of a user known before the body (the caller, or `userId` in
+    /// the query) before anything is read.
     pub async fn upload_image(
         &self,
         caller: &Caller,
         query: Fields,
         form: &mut dyn FormSource,
+        least_bytes: Option<u64>,
     ) -> Result<image::Model> {
+        // Before a byte of the body is read: a client that sent `Expect: 100-continue` is
+        // answered without sending an image its user has no room for.
+        if let (Some(user), Some(least)) = (quota_user(caller, &query)?, least_bytes) {
+            self.quota_room_for(&user, least).await?;
+        }
         let _slot = self.upload_slot().await?;
         let (mut staged, quota, fields) = self.receive_image(caller, query, form).await?;
         let settled = self

@@ -311,7 +311,18 @@ const FORM_OVERHEAD: u64 = (MAX_FIELDS * TEXT_LIMIT) as u64 + (1 << 20);
 /// body is read: a client that sent `Expect: 100-continue` (curl does for large bodies) is
 /// answered at once instead of sending the whole file first. A body without a declared
 /// length is bounded as it streams, as before.
-pub struct WithinImageLimit;
+pub struct WithinImageLimit {
+    /// The declared `Content-Length` (bytes), when there is one.
+    declared: Option<u64>,
+}
+
+impl WithinImageLimit {
+    /// The least the image in the body can be (bytes): its declared length less the most a
+    /// form holds beyond its image; `None` without a declared length.
+    pub fn least_image_bytes(&self) -> Option<u64> {
+        self.declared.map(|len| len.saturating_sub(FORM_OVERHEAD))
+    }
+}
 
 impl axum::extract::FromRequestParts<crate::domain::Service> for WithinImageLimit {
     type Rejection = ApiError;
@@ -328,7 +339,7 @@ impl axum::extract::FromRequestParts<crate::domain::Service> for WithinImageLimi
         let limit = svc.config().max_image_bytes.saturating_add(FORM_OVERHEAD);
         match declared {
             Some(len) if len > limit => Err(ApiError::from(domain::Error::TooLarge)),
-            _ => Ok(WithinImageLimit),
+            _ => Ok(WithinImageLimit { declared }),
         }
     }
 }

@@ -70,11 +70,12 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ImageIdPath {
 pub async fn upload(
     State(svc): State<Service>,
     audit: Audit,
-    _: WithinImageLimit,
+    limit: WithinImageLimit,
     Form { fields, mut parts }: Form,
 ) -> ApiResult<Json<FlatImage>> {
+    let least = limit.least_image_bytes();
     let result = svc
-        .upload_image(audit.caller(), fields, parts.as_mut())
+        .upload_image(audit.caller(), fields, parts.as_mut(), least)
         .await;
     created(audit.record("image.upload"), &audit, result)
 }

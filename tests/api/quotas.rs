@@ -204,6 +204,62 @@ async fn single_upload_stops_at_the_byte_quota(b: Backend) {
     app.stop().await;
 }
 
+/// Sends only the head of `POST /images?userId=user` (no query for "") declaring `len` bytes with `Expect:
+/// 100-continue`: the status of the first answer (100 when the body is asked for) and its
+/// text, read for at most 5 s.
+async fn expect_continue_answer(app: &TestApp, user: &str, len: u64) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = app.base.trim_start_matches("http://").to_string();
+    let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let query = match user {
+        "" => String::new(),
+        user => format!("?userId={user}"),
+    };
+    let head = format!(
+        "POST {API}/images{query} HTTP/1.1\r\nHost: {addr}\r\n\
+         Content-Type: multipart/form-data; boundary=B\r\nContent-Length: {len}\r\n\
+         Expect: 100-continue\r\n\r\n"
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = vec![];
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        let mut buf = [0u8; 4096];
+        while !answer.ends_with(b"}") && !answer.ends_with(b"\r\n\r\n") {
+            match conn.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let status = text.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (status, text)
+}
+
+/// A client that waits for `100 Continue` is refused at once (413 `QUOTA_EXCEEDED`, no 100)
+/// when the declared length alone is past its user's room, or the user holds all its images;
+/// a length within the room gets its 100.
+async fn expect_continue_past_the_quota_is_refused_at_once(b: Backend) {
+    let app = quota_app(b, &[("FS_QUOTA_BYTES", "3MiB"), ("FS_QUOTA_IMAGES", "1")]).await;
+    let (status, text) = expect_continue_answer(&app, "alice", 100 << 20).await;
+    assert_eq!(status, 413, "{text}");
+    assert!(text.contains("QUOTA_EXCEEDED"), "{text}");
+    assert!(text.contains("3145728 bytes"), "{text}");
+    let (status, text) = expect_continue_answer(&app, "alice", 2 << 20).await;
+    assert_eq!(status, 100, "{text}");
+    let id = upload_id(&app, "alice", MIB).await;
+    let (status, text) = expect_continue_answer(&app, "alice", 1 << 10).await;
+    assert_eq!(status, 413, "{text}");
+    assert!(text.contains("may hold 1 images"), "{text}");
+    // Without a user known before the body, the reservation decides as the bytes arrive.
+    let (status, text) = expect_continue_answer(&app, "", 100 << 20).await;
+    assert_eq!(status, 100, "{text}");
+    delete(&app, &id).await;
+    assert_held(&app, "alice", (0, 0)).await;
+    app.stop().await;
+}
+
 /// Chunks count for the upload's user as they arrive: the chunk that crosses the quota is
 /// refused (nothing stored, the chunks held are kept), a re-sent chunk replaces its old copy in
 /// the count, a merge does not count the bytes twice, a cancel frees them.
@@ -621,6 +677,7 @@ mod replicas {
 
 crate::backend_tests!(
     single_upload_stops_at_the_byte_quota,
+    expect_continue_past_the_quota_is_refused_at_once,
     chunks_stop_at_the_crossing_chunk,
     image_limit_on_upload_and_merge,
     overrides_raise_and_lower_limits,
