@@ -135,7 +135,7 @@ codes! {
     ImageNotFound = "IMAGE_NOT_FOUND", 404, "No such image (or not the caller's).";
     NotFound = "NOT_FOUND", 404, "No such resource.";
     MethodNotAllowed = "METHOD_NOT_ALLOWED", 405, "The method is not served on this path.";
-    Conflict = "CONFLICT", 409, "The upload is being merged, or was merged; or another request holds it.";
+    Conflict = "CONFLICT", 409, "The upload is being merged, or was merged, or was cancelled while the chunk was in transfer; or another request holds it.";
     PreconditionFailed = "PRECONDITION_FAILED", 412, "If-Match or If-Unmodified-Since failed.";
     QuotaExceeded = "QUOTA_EXCEEDED", 413, "Past the user's quota of bytes or images.";
     RangeNotSatisfiable = "RANGE_NOT_SATISFIABLE", 416, "A Range outside the image.";

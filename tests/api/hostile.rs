@@ -2256,7 +2256,7 @@ async fn paced_pieces(
     pieces: Vec<Vec<u8>>,
     every: Duration,
 ) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let addr = app.base.trim_start_matches("http://").to_string();
     let conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
     let (mut rd, mut wr) = conn.into_split();
@@ -2272,22 +2272,9 @@ async fn paced_pieces(
             }
         }
     });
-    let mut answer = vec![];
-    let _ = tokio::time::timeout(Duration::from_secs(20), async {
-        let mut buf = [0u8; 4096];
-        loop {
-            match rd.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => answer.extend_from_slice(&buf[..n]),
-            }
-            if answer.ends_with(b"}") {
-                break;
-            }
-        }
-    })
-    .await;
+    let answer = read_answer(&mut rd, Duration::from_secs(20)).await;
     writer.abort();
-    String::from_utf8_lossy(&answer).into_owned()
+    answer
 }
 
 /// A body read whole whose chunked framing breaks is a 400 `BAD_BODY`, as a broken multipart
@@ -2377,15 +2364,22 @@ async fn refused_first_chunks_open_no_upload(app: &TestApp) -> Held {
 /// Sends `request` (`"METHOD /path"` below the API), its `headers` and the start of its body,
 /// then goes silent; the server's whole answer (empty when it gave none within 15 s).
 async fn silent_answer(app: &TestApp, request: &str, headers: &str, body_start: &[u8]) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let addr = app.base.trim_start_matches("http://").to_string();
     let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
     let (method, path) = request.split_once(' ').unwrap();
     let head = format!("{method} {API}{path} HTTP/1.1\r\nHost: {addr}\r\n{headers}\r\n");
     conn.write_all(head.as_bytes()).await.unwrap();
     conn.write_all(body_start).await.unwrap();
+    read_answer(&mut conn, Duration::from_secs(15)).await
+}
+
+/// Reads an answer until its JSON body ends, the connection closes or `within` passes: what
+/// was read, as text.
+async fn read_answer(conn: &mut (impl tokio::io::AsyncRead + Unpin), within: Duration) -> String {
+    use tokio::io::AsyncReadExt;
     let mut answer = vec![];
-    let _ = tokio::time::timeout(Duration::from_secs(15), async {
+    let _ = tokio::time::timeout(within, async {
         let mut buf = [0u8; 4096];
         loop {
             match conn.read(&mut buf).await {
