@@ -487,3 +487,26 @@ pub async fn prune_cancels(db: &impl ConnectionTrait, before: i64) -> Result<u64
         .await
         .map(|r| r.rows_affected)
 }
+
+/// The largest chunk (bytes) held by the open uploads `owner` owns (0 without any).
+pub async fn largest_part_of(db: &impl ConnectionTrait, owner: &str) -> Result<u64, DbErr> {
+    use sea_orm::QuerySelect;
+    let sessions: Vec<String> = Sessions::find()
+        .select_only()
+        .column(upload_session::Column::Id)
+        .filter(upload_session::Column::Owner.eq(owner))
+        .into_tuple()
+        .all(db)
+        .await?;
+    if sessions.is_empty() {
+        return Ok(0);
+    }
+    let max: Option<Option<i64>> = Parts::find()
+        .select_only()
+        .column_as(upload_part::Column::SizeBytes.max(), "max_size")
+        .filter(upload_part::Column::SessionId.is_in(sessions))
+        .into_tuple()
+        .one(db)
+        .await?;
+    Ok(max.flatten().unwrap_or(0).max(0) as u64)
+}

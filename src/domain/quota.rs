@@ -37,8 +37,10 @@ pub fn step_for(seen: u64) -> u64 {
     seen.clamp(MIN_STEP_BYTES, STEP_BYTES)
 }
 /// A reservation not renewed for this long (seconds) no longer counts: its request was lost
-/// with its replica.
-pub const LEASE_SECS: i64 = 15 * 60;
+/// with its replica (killed, or its database connection gone). Short, so that a user is not
+/// held back by a dead process for long (it was 15 minutes: a retried upload after a
+/// crash was refused for that long); renewed three times per lease, one small write each.
+pub const LEASE_SECS: i64 = 60;
 /// How often a live reservation's lease is renewed.
 const RENEW_EVERY: Duration = Duration::from_secs(LEASE_SECS as u64 / 3);
 
@@ -449,11 +451,12 @@ impl Service {
         limits_of(&self.db, user, self.quota_defaults()).await
     }
 
-    /// Refuses at once (`QuotaExceeded`) an upload of at least `least` bytes that `user` has
-    /// no room for: all its images, or not `least` bytes left. Read without reserving (two
-    /// such checks may both pass): the reservation made as the bytes arrive still decides;
-    /// this only spares a client that waits for `100 Continue` sending a body bound to fail.
-    pub async fn quota_room_for(&self, user: &str, least: u64) -> Result<()> {
+    /// Refuses at once (`QuotaExceeded`) a request adding at least `least` bytes (and, with
+    /// `image`, an image) that `user` has no room for: not `least` bytes left, or all its
+    /// images. Read without reserving (two such checks may both pass): the reservation made
+    /// as the bytes arrive still decides; this only spares a client that waits for `100
+    /// Continue` sending a body bound to fail.
+    pub async fn quota_room_for(&self, user: &str, least: u64, image: bool) -> Result<()> {
         let limits = self.quota_limits(user).await?;
         if limits.unlimited() {
             return Ok(());
@@ -461,7 +464,7 @@ impl Service {
         let u = db::quotas::usage(&self.db, user, now_secs(), None).await?;
         let used = (u.image_bytes + u.chunk_bytes + u.reserved_bytes).max(0) as u64;
         let images = (u.images + u.reserved_images).max(0) as u64;
-        if limits.max_images > 0 && images >= limits.max_images {
+        if image && limits.max_images > 0 && images >= limits.max_images {
             return Err(images_refusal(user, limits.max_images, images));
         }
         if limits.max_bytes > 0 && used.saturating_add(least) > limits.max_bytes {
@@ -470,7 +473,7 @@ impl Service {
                 limits.max_bytes,
                 used,
                 used.saturating_add(least),
-                "upload",
+                if image { "upload" } else { "chunk" },
             ));
         }
         Ok(())

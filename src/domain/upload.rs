@@ -88,7 +88,7 @@ impl Service {
         // Before a byte of the body is read: a client that sent `Expect: 100-continue` is
         // answered without sending an image its user has no room for.
         if let (Some(user), Some(least)) = (quota_user(caller, &query)?, least_bytes) {
-            self.quota_room_for(&user, least).await?;
+            self.quota_room_for(&user, least, true).await?;
         }
         let _slot = self.upload_slot().await?;
         let (mut staged, quota, fields) = self.receive_image(caller, query, form).await?;

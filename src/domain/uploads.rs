@@ -316,15 +316,21 @@ impl Service {
     /// `POST /images/upload`: stores one chunk as part n of the identifier's upload.
     /// `declared` holds the chunk's checksums from the request headers (`Content-MD5`,
     /// `Repr-Digest`, ...); a `chunkChecksum` field adds one. Every checksum and the declared
-    /// `currentChunkSize` are verified before anything is stored.
+    /// `currentChunkSize` are verified before anything is stored. `least_bytes`, the least
+    /// the chunk can be (from a declared `Content-Length`), is checked against the quota of
+    /// a user known before the body before anything is read (see `chunk_room_for`).
     pub async fn upload_chunk(
         &self,
         caller: &Caller,
         query: Fields,
         declared: Vec<Checksum>,
         form: &mut dyn FormSource,
+        least_bytes: Option<u64>,
         trace: &mut ChunkTrace,
     ) -> Result<()> {
+        if let Some(least) = least_bytes {
+            self.chunk_room_for(caller, &query, least).await?;
+        }
         // Noted before anything is received: a cancel after this point is one the chunk,
         // sent before it, must yield to.
         let mark = db::uploads::cancel_mark(&self.db).await?;
@@ -612,6 +618,46 @@ impl Service {
                 staged: p.staged,
             })
             .collect())
+    }
+
+    /// Refuses at once a chunk of at least `least` bytes (its declared length less the form's
+    /// bounded fields) that its user has no room for, so that a client waiting for `100
+    /// Continue` does not send it: when the user is known before the body (the upload's
+    /// owner when the query names it, else the caller or `userId` in the query). It may
+    /// replace an earlier copy of its number: the largest chunk the upload holds (or, when
+    /// the query names no upload, the largest the user holds) is counted as freed. A read,
+    /// no reservation: `reserve_chunk` still decides.
+    async fn chunk_room_for(&self, caller: &Caller, query: &Fields, least: u64) -> Result<()> {
+        let session = match SessionRef::of(caller, query) {
+            Ok(target) if query.get(Field::Identifier).is_some() => {
+                db::uploads::find(&self.db, &target.key).await?
+            }
+            _ => None,
+        };
+        let user = match session.as_ref().map(|s| s.owner.clone()) {
+            Some(owner) => owner,
+            None => match caller.role() {
+                Some(_) => Some(caller.acting_for(query.get(Field::UserId).unwrap_or(""))?),
+                None => query
+                    .get(Field::UserId)
+                    .map(|u| caller.acting_for(u))
+                    .transpose()?,
+            },
+        };
+        let Some(user) = user else {
+            return Ok(());
+        };
+        let replaced = match &session {
+            Some(s) => db::uploads::parts(&self.db, &s.id)
+                .await?
+                .iter()
+                .map(|p| p.size_bytes as u64)
+                .max()
+                .unwrap_or(0),
+            None => db::uploads::largest_part_of(&self.db, &user).await?,
+        };
+        self.quota_room_for(&user, least.saturating_sub(replaced), false)
+            .await
     }
 
     /// Refuses a chunk whose upload was cancelled after the chunk's request began (`mark`, from

@@ -304,7 +304,7 @@ pub async fn upload_chunk(
     State(svc): State<Service>,
     audit: Audit,
     headers: HeaderMap,
-    _: WithinImageLimit,
+    limit: WithinImageLimit,
     Form { fields, mut parts }: Form,
 ) -> ApiResult<&'static str> {
     // A value that is not text fails to parse (never skipped unverified).
@@ -316,7 +316,14 @@ pub async fn upload_chunk(
         .map_err(ApiError::bad_request)?;
     let mut trace = ChunkTrace::default();
     let result = svc
-        .upload_chunk(audit.caller(), fields, declared, parts.as_mut(), &mut trace)
+        .upload_chunk(
+            audit.caller(),
+            fields,
+            declared,
+            parts.as_mut(),
+            limit.least_image_bytes(),
+            &mut trace,
+        )
         .await
         .map_err(ApiError::from);
     // One event per session opened (not per chunk), and one per refused chunk.

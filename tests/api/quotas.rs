@@ -208,15 +208,21 @@ async fn single_upload_stops_at_the_byte_quota(b: Backend) {
 /// 100-continue`: the status of the first answer (100 when the body is asked for) and its
 /// text, read for at most 5 s.
 async fn expect_continue_answer(app: &TestApp, user: &str, len: u64) -> (u16, String) {
+    expect_continue_at(app, "/images", user, len).await
+}
+
+/// [`expect_continue_answer`] for the route `path` (a query of its own is kept).
+async fn expect_continue_at(app: &TestApp, path: &str, user: &str, len: u64) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let addr = app.base.trim_start_matches("http://").to_string();
     let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let sep = if path.contains('?') { '&' } else { '?' };
     let query = match user {
         "" => String::new(),
-        user => format!("?userId={user}"),
+        user => format!("{sep}userId={user}"),
     };
     let head = format!(
-        "POST {API}/images{query} HTTP/1.1\r\nHost: {addr}\r\n\
+        "POST {API}{path}{query} HTTP/1.1\r\nHost: {addr}\r\n\
          Content-Type: multipart/form-data; boundary=B\r\nContent-Length: {len}\r\n\
          Expect: 100-continue\r\n\r\n"
     );
@@ -238,8 +244,8 @@ async fn expect_continue_answer(app: &TestApp, user: &str, len: u64) -> (u16, St
 }
 
 /// A client that waits for `100 Continue` is refused at once (413 `QUOTA_EXCEEDED`, no 100)
-/// when the declared length alone is past its user's room, or the user holds all its images;
-/// a length within the room gets its 100.
+/// when the declared length alone is past its user's room, or (an upload) the user holds all
+/// its images; a length within the room gets its 100. Chunks as well.
 async fn expect_continue_past_the_quota_is_refused_at_once(b: Backend) {
     let app = quota_app(b, &[("FS_QUOTA_BYTES", "3MiB"), ("FS_QUOTA_IMAGES", "1")]).await;
     let (status, text) = expect_continue_answer(&app, "alice", 100 << 20).await;
@@ -255,8 +261,26 @@ async fn expect_continue_past_the_quota_is_refused_at_once(b: Backend) {
     // Without a user known before the body, the reservation decides as the bytes arrive.
     let (status, text) = expect_continue_answer(&app, "", 100 << 20).await;
     assert_eq!(status, 100, "{text}");
+    // A chunk: refused at once past the room (no image slot needed); the largest chunk the
+    // upload holds counts as replaceable.
+    let (status, text) =
+        expect_continue_at(&app, "/images/upload?identifier=ec", "alice", 100 << 20).await;
+    assert_eq!(status, 413, "{text}");
+    assert!(text.contains("this chunk would take it"), "{text}");
+    let (status, text) =
+        expect_continue_at(&app, "/images/upload?identifier=ec", "alice", 2 << 20).await;
+    assert_eq!(status, 100, "{text}");
     delete(&app, &id).await;
     assert_held(&app, "alice", (0, 0)).await;
+    let r = chunk_as(&app, Some("alice"), "ec2", 1, 2 * MIB).await;
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    // 2 MiB held of 3: a resend of up to ~16.5 MiB declared may replace the 2 MiB chunk.
+    let (status, text) =
+        expect_continue_at(&app, "/images/upload?identifier=ec2", "alice", 16 << 20).await;
+    assert_eq!(status, 100, "{text}");
+    let (status, text) =
+        expect_continue_at(&app, "/images/upload?identifier=ec2", "alice", 40 << 20).await;
+    assert_eq!(status, 413, "{text}");
     app.stop().await;
 }
 
@@ -575,6 +599,94 @@ async fn concurrent_uploads_never_overrun(b: Backend) {
     app.stop().await;
 }
 
+/// A replica killed (SIGKILL) in the middle of an upload leaves its reservation behind, which
+/// stops counting once its lease (60 s) ends: the user is not held back for long, and
+/// `GET /usage` no longer shows the phantom image. (It was 15 minutes.)
+async fn a_killed_replicas_reservation_ends_within_a_minute(b: Backend) {
+    use tokio::io::AsyncWriteExt;
+    let app = TestApp::spawn(
+        b,
+        Options {
+            no_server: true,
+            env: vec![("FS_QUOTA_BYTES", "10MiB".into())],
+            ..Default::default()
+        },
+    )
+    .await;
+    let dir = app.dir.path();
+    let start = |name: &str| {
+        let scratch = dir.join(format!("scratch-{name}"));
+        let log = dir.join(format!("{name}.log"));
+        let vars = app.vars.clone();
+        async move {
+            Replica::start(
+                &vars,
+                free_port(),
+                &log,
+                &[("FS_SCRATCH_DIR", scratch.to_str().unwrap())],
+            )
+            .await
+        }
+    };
+    let mut first = start("a").await;
+    let usage_via = |r: &Replica| {
+        let (client, url) = (app.client.clone(), r.api("/usage?userId=kim"));
+        async move {
+            let v: Value = client.get(url).send().await.unwrap().json().await.unwrap();
+            (v["bytes"].as_u64().unwrap(), v["images"].as_u64().unwrap())
+        }
+    };
+    // 5 MiB of a 9 MiB upload, then the replica dies.
+    let addr = first.base.trim_start_matches("http://").to_string();
+    let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "POST {API}/images?userId=kim HTTP/1.1\r\nHost: {addr}\r\n\
+         Content-Type: multipart/form-data; boundary=B\r\nContent-Length: {}\r\n\r\n\
+         --B\r\nContent-Disposition: form-data; name=\"file\"; filename=\"k.img\"\r\n\r\n",
+        9 * MIB
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    conn.write_all(&pattern(7, 5 * MIB)).await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while usage_via(&first).await.0 == 0 {
+        assert!(std::time::Instant::now() < deadline, "nothing was reserved");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    first.kill();
+    drop(conn);
+    let second = start("b").await;
+    let killed = std::time::Instant::now();
+    assert_eq!(
+        usage_via(&second).await.1,
+        1,
+        "the lost upload's image slot"
+    );
+    loop {
+        let held = usage_via(&second).await;
+        if held == (0, 0) {
+            break;
+        }
+        assert!(
+            killed.elapsed() < std::time::Duration::from_secs(75),
+            "the dead replica's reservation still counts: {held:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    let form = multipart::Form::new().text("userId", "kim").part(
+        "file",
+        multipart::Part::bytes(pattern(8, 6 * MIB)).file_name("k.img"),
+    );
+    let r = app
+        .client
+        .post(second.api("/images"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    drop(second);
+}
+
 /// Two replicas (separate processes) on one PostgreSQL database and one S3 store, many
 /// uploads of one user through both at once, in rounds: the database settles every race, so
 /// what is stored never exceeds the quota, and the refused uploads leave nothing.
@@ -672,6 +784,14 @@ mod replicas {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn two_replicas_never_overrun_a_quota() {
         super::two_replicas_never_overrun_a_quota(crate::helpers::Backend::PostgresS3).await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_killed_replicas_reservation_ends_within_a_minute() {
+        super::a_killed_replicas_reservation_ends_within_a_minute(
+            crate::helpers::Backend::PostgresS3,
+        )
+        .await
     }
 }
 
