@@ -192,7 +192,13 @@ pub fn ordered<F: Fetch>(
         loop {
             match st.current.next().await {
                 Some(Err(e)) => {
-                    // One error ends the download; nothing after it is fetched.
+                    // One error ends the download; nothing after it is fetched. The client
+                    // sees the connection end short of its Content-Length: say why here.
+                    tracing::warn!(
+                        error = %e,
+                        "a download from S3 ended early: a range could not be read (the object \
+                         was deleted or changed meanwhile, or S3 failed)"
+                    );
                     st.ahead.clear();
                     st.next = st.end + 1;
                     st.current = futures::stream::empty().boxed();
