@@ -51,6 +51,9 @@ pub struct Representation {
     pub etag: String,
     /// When these bytes started to be served, in Unix seconds (`Last-Modified`).
     pub last_modified: i64,
+    /// Whether `last_modified` is a strong validator (RFC 9110 section 8.8.2.2), which
+    /// `If-Range` may match by date (section 13.1.5).
+    pub last_modified_strong: bool,
     /// Lower-case hex SHA-256 of the representation, when known (the plain form only).
     pub sha256: Option<String>,
     /// Whether ranges are served (the plain form).
@@ -83,6 +86,10 @@ struct Served {
     sha256: Option<String>,
     /// When these bytes began to be served (Unix seconds).
     since: i64,
+    /// Whether `since` is a strong validator (RFC 9110 section 8.8.2.2): what the image
+    /// served did not change twice in that second (a slim that ended in the second of its
+    /// upload did).
+    since_strong: bool,
     /// `o` (the original) or `s` (the slimmed copy), for the ETag.
     copy: char,
 }
@@ -96,6 +103,7 @@ impl Served {
                 crc32: img.slim_crc32.map(|c| c as u32),
                 sha256: img.slim_sha256.clone().or_else(|| img.sha256.clone()),
                 since: img.slimmed_at.unwrap_or(img.updated_at),
+                since_strong: img.slimmed_at.unwrap_or(img.updated_at) != img.created_at,
                 copy: 's',
             },
             _ => Served {
@@ -104,6 +112,7 @@ impl Served {
                 crc32: img.crc32.map(|c| c as u32),
                 sha256: img.original_sha256.clone().or_else(|| img.sha256.clone()),
                 since: img.created_at,
+                since_strong: true,
                 copy: 'o',
             },
         }
@@ -129,6 +138,7 @@ impl Service {
             crc32,
             sha256,
             since,
+            since_strong,
             copy,
         } = Served::of(&img);
         let crc32 = match crc32 {
@@ -155,6 +165,7 @@ impl Service {
                 length: entry.length(),
                 etag: format!("\"{tag}.zip\""),
                 last_modified: since,
+                last_modified_strong: since_strong,
                 sha256: None,
                 ranges: false,
                 bucket: img.bucket,
@@ -170,6 +181,7 @@ impl Service {
             length: size,
             etag: format!("\"{tag}\""),
             last_modified: since,
+            last_modified_strong: since_strong,
             sha256,
             ranges: true,
             bucket: img.bucket,

@@ -23,6 +23,9 @@ pub struct Validators<'a> {
     pub etag: &'a str,
     /// Unix seconds.
     pub last_modified: i64,
+    /// Whether `last_modified` is strong: the representation did not change twice in that
+    /// second (RFC 9110 section 8.8.2.2). `If-Range` matches a date only then.
+    pub last_modified_strong: bool,
 }
 
 impl Validators<'_> {
@@ -74,7 +77,8 @@ pub fn evaluate(headers: &HeaderMap, v: &Validators<'_>) -> Outcome {
             return Outcome::NotModified;
         }
     }
-    // 5: If-Range (section 13.1.5): an entity tag compared strongly, or the exact date.
+    // 5: If-Range (section 13.1.5): an entity tag compared strongly, or the exact date of a
+    // strong Last-Modified.
     // If-Range is one validator: several lines cannot match one representation.
     let if_range: Vec<_> = headers.get_all(header::IF_RANGE).iter().collect();
     let range = match if_range.first().map(|h| h.to_str()) {
@@ -86,7 +90,8 @@ pub fn evaluate(headers: &HeaderMap, v: &Validators<'_>) -> Outcome {
                 // Exactly our strong tag: a weak one, or a list (`"a", "b"`), matches nothing.
                 value == v.etag
             } else {
-                httpdate::parse_http_date(value).is_ok_and(|d| d == modified)
+                v.last_modified_strong
+                    && httpdate::parse_http_date(value).is_ok_and(|d| d == modified)
             }
         }
         Some(Err(_)) => false,
@@ -169,6 +174,10 @@ mod tests {
     use super::*;
 
     fn outcome(pairs: &[(&str, &str)]) -> Outcome {
+        outcome_with(pairs, true)
+    }
+
+    fn outcome_with(pairs: &[(&str, &str)], last_modified_strong: bool) -> Outcome {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
             h.append(
@@ -181,8 +190,23 @@ mod tests {
             &Validators {
                 etag: "\"abc\"",
                 last_modified: 1_700_000_000,
+                last_modified_strong,
             },
         )
+    }
+
+    #[test]
+    fn if_range_matches_a_date_only_when_it_is_strong() {
+        let at = http_date(1_700_000_000);
+        let pairs = [("if-range", at.as_str())];
+        assert_eq!(outcome_with(&pairs, true), Outcome::Serve { range: true });
+        // Changed twice in that second (a slim ending in the second of its upload): the
+        // date cannot tell the two apart, so the whole representation is sent.
+        assert_eq!(outcome_with(&pairs, false), Outcome::Serve { range: false });
+        assert_eq!(
+            outcome_with(&[("if-range", "\"abc\"")], false),
+            Outcome::Serve { range: true }
+        );
     }
 
     #[test]

@@ -468,6 +468,7 @@ pub async fn download(
     let validators = conditional::Validators {
         etag: &repr.etag,
         last_modified: repr.last_modified,
+        last_modified_strong: repr.last_modified_strong,
     };
     let mut h = validator_headers(&repr);
     let honour_range = match conditional::evaluate(&headers, &validators) {
