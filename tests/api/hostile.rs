@@ -2160,18 +2160,25 @@ async fn silent_small_bodies_time_out(app: &TestApp) -> Held {
     for (request, headers, body) in cases {
         let started = Instant::now();
         let answer = silent_answer(app, &request, &headers, body).await;
-        assert!(answer.starts_with("HTTP/1.1 408"), "{request}: {answer}");
-        assert!(
-            answer.contains("\"code\":\"REQUEST_TIMEOUT\""),
-            "{request}: {answer}"
-        );
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "{request}: answered after {:?}",
-            started.elapsed()
-        );
+        assert_timed_out(&request, &answer, started);
     }
     NOTHING
+}
+
+/// Asserts that `request`, begun at `started`, was answered 408 `REQUEST_TIMEOUT` within
+/// 10 s.
+#[track_caller]
+fn assert_timed_out(request: &str, answer: &str, started: Instant) {
+    assert!(answer.starts_with("HTTP/1.1 408"), "{request}: {answer}");
+    assert!(
+        answer.contains("\"code\":\"REQUEST_TIMEOUT\""),
+        "{request}: {answer}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{request}: answered after {:?}",
+        started.elapsed()
+    );
 }
 
 /// A body kept alive with a trickle (a byte every 200 ms: never silent for the idle timeout)
@@ -2194,16 +2201,7 @@ async fn trickling_bodies_time_out(app: &TestApp) -> Held {
             Duration::from_millis(200),
         )
         .await;
-        assert!(answer.starts_with("HTTP/1.1 408"), "{request}: {answer}");
-        assert!(
-            answer.contains("\"code\":\"REQUEST_TIMEOUT\""),
-            "{request}: {answer}"
-        );
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "{request}: answered after {:?}",
-            started.elapsed()
-        );
+        assert_timed_out(request, &answer, started);
     }
     let id = app.upload_ok("after.img", pattern(52, 4096)).await;
     // 8 KiB every 250 ms for 2.5 s (the window is 1 s), then the end of the form.
