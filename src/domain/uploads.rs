@@ -647,6 +647,10 @@ impl Service {
         let Some(user) = user else {
             return Ok(());
         };
+        // Without a byte limit (the default) nothing more is read.
+        if self.quota_limits(&user).await?.max_bytes == 0 {
+            return Ok(());
+        }
         let replaced = match &session {
             Some(s) => db::uploads::parts(&self.db, &s.id)
                 .await?

@@ -2839,11 +2839,7 @@ async fn qcow2_internal_snapshot_is_not_slimmed(app: &TestApp) -> Held {
     let id = app.upload_ok("snap.qcow2", bytes.clone()).await;
     let v = crate::checks::wait_checked(app, &id).await;
     assert_eq!(v["checkStatusResponse"]["status"], 0, "{v}");
-    assert_eq!(
-        slim(app, &id).await.text().await.unwrap(),
-        "compress in progress"
-    );
-    let v = crate::slims::wait_slim_done(app, &id).await;
+    let v = slim_to_end(app, &id).await;
     assert_eq!(v["slimStatus"], 3, "{v}");
     assert_eq!(v["compressInfo"]["compressStatus"], 2, "{v}");
     let msg = v["compressInfo"]["compressMsg"].as_str().unwrap();
@@ -2855,6 +2851,15 @@ async fn qcow2_internal_snapshot_is_not_slimmed(app: &TestApp) -> Held {
     }
 }
 
+/// Slims image `id` (accepted) and waits for the slim to end: the image's record then.
+async fn slim_to_end(app: &TestApp, id: &str) -> serde_json::Value {
+    assert_eq!(
+        slim(app, id).await.text().await.unwrap(),
+        "compress in progress"
+    );
+    crate::slims::wait_slim_done(app, id).await
+}
+
 /// A slim keeps the image's persistent dirty bitmaps (`--bitmaps`; they drive incremental
 /// backups), enabled or not, and slims a version 2 qcow2 (no bitmap support) as before.
 async fn qcow2_bitmaps_survive_a_slim(app: &TestApp) -> Held {
@@ -2863,11 +2868,7 @@ async fn qcow2_bitmaps_survive_a_slim(app: &TestApp) -> Held {
     qemu_img(&["bitmap", "--add", path, "kept"]);
     qemu_img(&["bitmap", "--add", "--disable", path, "disabled"]);
     let id = app.upload_ok("bm.qcow2", std::fs::read(&p).unwrap()).await;
-    assert_eq!(
-        slim(app, &id).await.text().await.unwrap(),
-        "compress in progress"
-    );
-    let v = crate::slims::wait_slim_done(app, &id).await;
+    let v = slim_to_end(app, &id).await;
     assert_eq!(v["slimStatus"], 2, "{v}");
     let out = app.dir.path().join("bm.slim.qcow2");
     app.download_to(&format!("/images/{id}/action/download"), &out)
@@ -2895,11 +2896,7 @@ async fn qcow2_bitmaps_survive_a_slim(app: &TestApp) -> Held {
         "16M",
     ]);
     let id = app.upload_ok("v2.qcow2", std::fs::read(&v2).unwrap()).await;
-    assert_eq!(
-        slim(app, &id).await.text().await.unwrap(),
-        "compress in progress"
-    );
-    let v = crate::slims::wait_slim_done(app, &id).await;
+    let v = slim_to_end(app, &id).await;
     assert_eq!(v["slimStatus"], 2, "{v}");
     ok_text(app.delete_image(&id).await, "delete success").await;
     wait_nothing_left_but_jobs(app, 4).await;
