@@ -20,6 +20,7 @@ impl Replica {
         extra: &[(&str, &str)],
     ) -> Replica {
         use std::process::Stdio;
+        let log_path = log;
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -46,7 +47,8 @@ impl Replica {
         while client.get(format!("{base}/health")).send().await.is_err() {
             assert!(
                 std::time::Instant::now() < deadline,
-                "server did not come up"
+                "server did not come up: {}",
+                std::fs::read_to_string(log_path).unwrap_or_default()
             );
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
