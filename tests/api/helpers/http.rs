@@ -89,6 +89,13 @@ pub async fn send_merge(client: &Client, api: &str, identifier: &str, file_name:
         .unwrap()
 }
 
+/// Asserts a 200 with a plain-text body.
+pub async fn ok_text(resp: Response, text: &str) {
+    let status = resp.status();
+    let body = resp.text().await.unwrap();
+    assert_eq!((status.as_u16(), body.as_str()), (200, text));
+}
+
 /// Asserts an error response: status, JSON `{code, message}`, and the message (when given).
 pub async fn assert_error(resp: Response, status: u16, message: Option<&str>) -> serde_json::Value {
     assert_eq!(resp.status().as_u16(), status, "unexpected status");

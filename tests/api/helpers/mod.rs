@@ -12,7 +12,7 @@ mod replica;
 mod stores;
 
 pub use app::TestApp;
-pub use http::{assert_error, send_chunk, send_file, send_merge, wait_check_done};
+pub use http::{assert_error, ok_text, send_chunk, send_file, send_merge, wait_check_done};
 pub use replica::Replica;
 pub use stores::{
     obj, part, read_all, s3_client_of, s3_env, s3_env_of, s3_settings_of, spooled, stream_of,
