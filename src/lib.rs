@@ -247,6 +247,10 @@ async fn sweep_loop(svc: Service, token: CancellationToken) {
         );
         sweep_logged(svc.sweep_abandoned_uploads().await, "abandoned uploads");
         sweep_logged(
+            svc.sweep_retired_objects().await,
+            "objects of deleted images",
+        );
+        sweep_logged(
             svc.prune_quota_reservations().await,
             "expired quota reservations",
         );

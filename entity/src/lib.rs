@@ -5,6 +5,8 @@
 pub mod check;
 pub mod image;
 pub mod job;
+pub mod object_delete;
+pub mod object_read;
 pub mod quota;
 pub mod quota_reservation;
 pub mod status;

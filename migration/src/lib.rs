@@ -11,6 +11,7 @@ mod m20261201_000006_integrity;
 mod m20261201_000007_users;
 mod m20261204_000008_identifier_room;
 mod m20261206_000009_upload_cancels;
+mod m20261206_000010_object_reads;
 
 pub struct Migrator;
 
@@ -27,6 +28,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_000007_users::Migration),
             Box::new(m20261204_000008_identifier_room::Migration),
             Box::new(m20261206_000009_upload_cancels::Migration),
+            Box::new(m20261206_000010_object_reads::Migration),
         ]
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod images;
 pub mod jobs;
+pub mod objects;
 pub mod quotas;
 pub mod uploads;
 

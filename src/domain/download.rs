@@ -206,11 +206,12 @@ impl Service {
         Ok(meter.crc32())
     }
 
-    /// The bytes of image `image_id` stored at `bucket`/`key` (or a range of them). A delete
-    /// removes an image's objects, then its record: bytes found missing while the record
-    /// goes away (within [`DELETE_SETTLES`]) belong to an image being deleted, not found
-    /// (404) as it is a moment later; bytes missing from a record that stays are
-    /// `OBJECT_MISSING` (500), a fault of the store.
+    /// The bytes of image `image_id` stored at `bucket`/`key` (or a range of them), held
+    /// against a delete until the stream is dropped ([`Service::held_read`]): a download that
+    /// started completes. Bytes found missing while the record goes away (within
+    /// [`DELETE_SETTLES`]) belong to an image being deleted, not found (404) as it is a
+    /// moment later; bytes missing from a record that stays are `OBJECT_MISSING` (500), a
+    /// fault of the store.
     async fn stored(
         &self,
         image_id: &str,
@@ -218,18 +219,29 @@ impl Service {
         key: &str,
         range: Option<ByteRange>,
     ) -> Result<ByteStream> {
-        let missing = match self.store.get(bucket, key, range).await {
-            Err(StorageError::NotFound) => StorageError::NotFound,
-            other => return Ok(other?),
-        };
-        let until = std::time::Instant::now() + DELETE_SETTLES;
-        while db::images::find(&self.db, image_id).await?.is_some() {
-            if std::time::Instant::now() >= until {
-                return Err(missing.into());
+        let get = async {
+            match self.store.get(bucket, key, range).await {
+                Err(StorageError::NotFound) => Err(self.missing(image_id).await),
+                other => Ok(other?),
             }
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        };
+        self.held_read(image_id, bucket, key, get).await
+    }
+
+    /// Why the bytes of image `image_id` are missing: the image is gone (or goes within
+    /// [`DELETE_SETTLES`]), else the store lost them.
+    async fn missing(&self, image_id: &str) -> Error {
+        let until = std::time::Instant::now() + DELETE_SETTLES;
+        loop {
+            match db::images::find(&self.db, image_id).await {
+                Err(e) => return e.into(),
+                Ok(None) => return Error::ImageNotFound(image_id.to_string()),
+                Ok(Some(_)) if std::time::Instant::now() >= until => {
+                    return StorageError::NotFound.into()
+                }
+                Ok(Some(_)) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+            }
         }
-        Err(Error::ImageNotFound(image_id.to_string()))
     }
 
     /// Opens the bytes of `repr`, or one range of them (plain form only).

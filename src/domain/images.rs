@@ -43,9 +43,11 @@ impl Service {
         Ok(db::images::list(&self.db, user, q.limit, q.offset).await?)
     }
 
-    /// Removes an image's objects, then its record; `true` when it did. Succeeds (`false`)
-    /// when it is already gone, or is another user's: nothing changes, and the answer does
-    /// not tell.
+    /// Removes an image's record and retires its objects in one transaction, then deletes
+    /// the objects no download reads ([`Service::delete_retired`]; a download in flight
+    /// completes and the last one to end deletes them); `true` when it did. Succeeds
+    /// (`false`) when it is already gone, or is another user's: nothing changes, and the
+    /// answer does not tell.
     pub async fn delete_image(&self, caller: &Caller, raw_id: &str) -> Result<bool> {
         let id = ImageId::parse(raw_id).ok_or_else(|| Error::ImageNotFound(raw_id.to_string()))?;
         let Some(img) = self.visible_image(caller, &id).await? else {
@@ -56,17 +58,20 @@ impl Service {
         db::jobs::cancel_for_image(&self.db, &id, now_secs()).await?;
         let stopped = "slim stopped: the image was deleted";
         db::images::slim_failed(&self.db, &id, CompressStatus::Failed, stopped, now_secs()).await?;
-        self.store.delete(&img.bucket, &img.object_key).await?;
         // The slimmed copy's key whether or not it was recorded: a slim may have stored it
         // and been recorded since `img` was read.
         let slim = img
             .slim_object_key
             .clone()
             .unwrap_or_else(|| ObjectKey::slim(&img.object_key).into_string());
-        self.store.delete(&img.bucket, &slim).await?;
-        db::uploads::delete_for_image(&self.db, &id).await?;
-        db::images::delete(&self.db, &id).await?;
+        let keys = [img.object_key.as_str(), slim.as_str()];
+        let txn = self.db.begin().await?;
+        db::objects::retire(&txn, &img.bucket, &keys, now_secs()).await?;
+        db::uploads::delete_for_image(&txn, &id).await?;
+        db::images::delete(&txn, &id).await?;
+        txn.commit().await?;
         tracing::info!(image.id = %id, "image deleted");
+        self.delete_retired(&img.bucket, &keys).await;
         Ok(true)
     }
 

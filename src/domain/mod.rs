@@ -15,6 +15,7 @@ pub mod meter;
 mod objects;
 pub mod placement;
 pub mod quota;
+mod retire;
 mod runner;
 pub mod upload;
 pub mod uploads;

@@ -466,6 +466,10 @@ impl ObjectStore for LocalStore {
         Ok(())
     }
 
+    fn reads_outlive_delete(&self) -> bool {
+        true
+    }
+
     fn local_path(&self, bucket: &str, key: &str) -> Option<PathBuf> {
         self.object_path(bucket, key).ok()
     }

@@ -165,6 +165,10 @@ impl ObjectStore for MeteredStore {
         self.observe("ping", self.inner.ping(bucket), found).await
     }
 
+    fn reads_outlive_delete(&self) -> bool {
+        self.inner.reads_outlive_delete()
+    }
+
     fn local_path(&self, bucket: &str, key: &str) -> Option<PathBuf> {
         self.inner.local_path(bucket, key)
     }

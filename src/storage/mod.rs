@@ -232,6 +232,14 @@ pub trait ObjectStore: Send + Sync + 'static {
     /// Checks the store and `bucket` are reachable (readiness).
     async fn ping(&self, bucket: &str) -> Result<()>;
 
+    /// Whether a stream from [`ObjectStore::get`] reads to its end even when its object is
+    /// deleted meanwhile: the local store's streams read one open file, which a delete only
+    /// unlinks (POSIX). An S3 stream is several ranged GETs, so a delete cuts it: the service
+    /// then holds objects against deletes while they are read.
+    fn reads_outlive_delete(&self) -> bool {
+        false
+    }
+
     /// The object as a local file, when the store keeps it as one (the local store).
     fn local_path(&self, _bucket: &str, _key: &str) -> Option<PathBuf> {
         None
