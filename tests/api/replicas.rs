@@ -395,10 +395,71 @@ async fn two_replicas_share_one_database_and_store(b: Backend) {
     app.stop().await;
 }
 
+/// A replica killed while it streams a download of an image that another replica deletes:
+/// the object is held while the download runs, the dead replica's hold ends with its lease,
+/// and the sweep of the replica left then deletes the object (S3, where downloads hold
+/// their objects against deletes).
+async fn a_killed_replicas_download_lets_go_within_a_minute(b: Backend) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    assert!(b.is_postgres() && b.is_s3());
+    // A short upload TTL makes the sweep run every second.
+    let env = vec![("FS_UPLOAD_TTL_SECS", "4".to_string())];
+    let app = TestApp::spawn(
+        b,
+        Options {
+            env,
+            ..Default::default()
+        },
+    )
+    .await;
+    let id = app.upload_ok("held.img", pattern(41, 24 << 20)).await;
+    let stored = app.leftovers().await;
+    assert_eq!(stored.len(), 1, "{stored:?}");
+    let mut replica = start(&app.vars, app.dir.path(), "a").await;
+    let addr = replica.base.trim_start_matches("http://").to_string();
+    let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let get = format!("GET {API}/images/{id}/action/download HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+    conn.write_all(get.as_bytes()).await.unwrap();
+    let mut head = vec![0; 64 << 10];
+    let n = conn.read(&mut head).await.unwrap();
+    assert!(
+        head[..n].starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&head[..n])
+    );
+    let deleted = app.delete_image(&id).await;
+    assert_eq!(deleted.status(), 200);
+    assert_eq!(app.get_json(&format!("/images/{id}")).await.0, 404);
+    assert_eq!(
+        app.leftovers().await,
+        stored,
+        "the object went under its download"
+    );
+    replica.kill();
+    drop(conn);
+    let killed = std::time::Instant::now();
+    while !app.leftovers().await.is_empty() {
+        assert!(
+            killed.elapsed() < std::time::Duration::from_secs(75),
+            "the dead replica's download still holds the object"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    app.stop().await;
+}
+
 mod postgres_s3 {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn two_replicas_share_one_database_and_store() {
         super::two_replicas_share_one_database_and_store(crate::helpers::Backend::PostgresS3).await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_killed_replicas_download_lets_go_within_a_minute() {
+        super::a_killed_replicas_download_lets_go_within_a_minute(
+            crate::helpers::Backend::PostgresS3,
+        )
+        .await
     }
 }
 

@@ -452,6 +452,38 @@ async fn store_faults(b: Backend) {
     app.stop().await;
 }
 
+/// A delete while the store is unreachable succeeds: the image is gone at once (its record
+/// and its objects' to-do go in one transaction), and the sweep deletes the objects once the
+/// store is back, so nothing is left behind and no client sees a 503 for a delete.
+async fn a_delete_while_the_store_is_down_finishes_later(b: Backend) {
+    let (endpoint, _) = s3_env_of(b.s3_server().unwrap());
+    let proxy = FaultProxy::start(&endpoint).await;
+    // A short upload TTL makes the sweep run every second.
+    let app = TestApp::spawn(
+        b,
+        Options {
+            s3_endpoint: Some(proxy.url.clone()),
+            env: vec![("FS_UPLOAD_TTL_SECS", "4".to_string())],
+            ..Default::default()
+        },
+    )
+    .await;
+    let id = app.upload_ok("gone.img", pattern(5, 1 << 20)).await;
+    proxy.set(Fault::Refuse);
+    ok_text(app.delete_image(&id).await, "delete success").await;
+    assert_eq!(app.get_json(&format!("/images/{id}")).await.0, 404);
+    proxy.set(Fault::Pass);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !app.leftovers().await.is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the sweep did not delete the objects once the store was back"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    app.stop().await;
+}
+
 /// Buckets get the lifecycle rules that back the sweeper up, and rules already there stay.
 async fn buckets_get_lifecycle_rules(b: Backend) {
     use aws_sdk_s3::types::{
@@ -737,5 +769,6 @@ crate::s3_server_tests!(
     smaller_resends_a_strict_store_cannot_complete,
     any_arrival_order_merges,
     store_faults,
+    a_delete_while_the_store_is_down_finishes_later,
     buckets_get_lifecycle_rules,
 );
