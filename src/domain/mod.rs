@@ -217,6 +217,33 @@ pub(crate) fn now_secs() -> i64 {
     chrono::Utc::now().timestamp()
 }
 
+/// Keeps a row's lease of `lease_secs` seconds alive while the returned handle lives: every
+/// third of it, `renew(now, expires_at)` (Unix seconds) extends it. Renewal stops when `renew`
+/// finds the lease gone (`Ok(false)`: it expired, so it may no longer hold what it held);
+/// errors are logged with `what` and retried at the next turn.
+pub(crate) fn keep_renewed<F, Fut>(
+    lease_secs: i64,
+    what: &'static str,
+    renew: F,
+) -> tokio_util::task::AbortOnDropHandle<()>
+where
+    F: Fn(i64, i64) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = std::result::Result<bool, sea_orm::DbErr>> + Send,
+{
+    let every = std::time::Duration::from_secs(lease_secs.max(3) as u64 / 3);
+    tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(every).await;
+            let now = now_secs();
+            match renew(now, now + lease_secs).await {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(e) => tracing::warn!(error = %e, "could not renew {what}"),
+            }
+        }
+    }))
+}
+
 /// The `wanted` digests of a stream's bytes, read to its end (those only: no CRC-32, which
 /// cost a check of an S3 object about 7 % of the service's CPU when it was computed here too).
 pub(crate) async fn stream_digests(
@@ -229,4 +256,72 @@ pub(crate) async fn stream_digests(
         hasher.update_bytes(chunk?);
     }
     Ok(hasher.finish())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::keep_renewed;
+    use std::sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    };
+    use std::time::{Duration, Instant};
+
+    /// Waits (at most 10 s) until `calls` reaches `n`.
+    async fn until_calls(calls: &AtomicUsize, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while calls.load(Ordering::SeqCst) < n {
+            assert!(
+                Instant::now() < deadline,
+                "renewed {calls:?} times, not {n}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// A lease is renewed while its handle lives, to `now + lease`, past errors (retried at
+    /// the next turn), and no more once the handle is dropped.
+    #[tokio::test]
+    async fn a_lease_is_renewed_past_errors_until_dropped() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let c = calls.clone();
+        let handle = keep_renewed(3, "a test lease", move |now, expires_at| {
+            let n = c.fetch_add(1, Ordering::SeqCst);
+            async move {
+                assert_eq!(expires_at - now, 3);
+                if n == 0 {
+                    Err(sea_orm::DbErr::Custom("the database is away".into()))
+                } else {
+                    Ok(true)
+                }
+            }
+        });
+        until_calls(&calls, 3).await;
+        drop(handle);
+        let after = calls.load(Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            after,
+            "renewed after its drop"
+        );
+    }
+
+    /// A lease found gone (expired) is not renewed again: it may no longer hold anything.
+    #[tokio::test]
+    async fn a_lease_found_gone_is_not_renewed_again() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let c = calls.clone();
+        let handle = keep_renewed(3, "a test lease", move |_, _| {
+            c.fetch_add(1, Ordering::SeqCst);
+            async { Ok(false) }
+        });
+        until_calls(&calls, 1).await;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !handle.is_finished() {
+            assert!(Instant::now() < deadline, "the renewal went on");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
 }

@@ -17,7 +17,7 @@ use crate::{db, storage::ByteStream};
 use entity::{quota, upload_part, upload_session};
 use futures::StreamExt;
 use sea_orm::{DatabaseConnection, TransactionTrait};
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 use tokio_util::task::AbortOnDropHandle;
 
 /// The most bytes a single upload reserves ahead of what arrived (16 MiB): one database
@@ -41,8 +41,6 @@ pub fn step_for(seen: u64) -> u64 {
 /// held back by a dead process for long (it was 15 minutes: a retried upload after a
 /// crash was refused for that long); renewed three times per lease, one small write each.
 pub const LEASE_SECS: i64 = 60;
-/// How often a live reservation's lease is renewed.
-const RENEW_EVERY: Duration = Duration::from_secs(LEASE_SECS as u64 / 3);
 
 /// A user's effective limits; 0 = unlimited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -248,17 +246,10 @@ impl Held {
 
 /// Renews a reservation's lease while its request runs.
 fn renew(db: DatabaseConnection, id: String) -> AbortOnDropHandle<()> {
-    AbortOnDropHandle::new(tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(RENEW_EVERY).await;
-            let now = now_secs();
-            match db::quotas::renew_reservation(&db, &id, now, now + LEASE_SECS).await {
-                Ok(true) => {}
-                Ok(false) => return,
-                Err(e) => tracing::warn!(error = %e, "could not renew a quota reservation"),
-            }
-        }
-    }))
+    super::keep_renewed(LEASE_SECS, "a quota reservation", move |now, expires_at| {
+        let (db, id) = (db.clone(), id.clone());
+        async move { db::quotas::renew_reservation(&db, &id, now, expires_at).await }
+    })
 }
 
 impl Reservation {

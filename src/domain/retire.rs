@@ -12,14 +12,11 @@ use super::{now_secs, Error, Result, Service};
 use crate::{db, storage::ByteStream};
 use futures::StreamExt;
 use sea_orm::DatabaseConnection;
-use std::time::Duration;
 use tokio_util::task::AbortOnDropHandle;
 
 /// How long a download's hold on its object lasts unless renewed, in seconds. A replica that
 /// dies mid-download stops renewing; its objects can go that long after.
 pub const READ_LEASE_SECS: i64 = 60;
-
-const RENEW_EVERY: Duration = Duration::from_secs(READ_LEASE_SECS as u64 / 3);
 
 /// How many retired objects one sweep deletes at most.
 const SWEEP_BATCH: u64 = 1000;
@@ -56,17 +53,14 @@ impl Drop for ReadHold {
 
 /// Renews a hold's lease while its download streams.
 fn renew(db: DatabaseConnection, id: String) -> AbortOnDropHandle<()> {
-    AbortOnDropHandle::new(tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(RENEW_EVERY).await;
-            let now = now_secs();
-            match db::objects::renew_read(&db, &id, now, now + READ_LEASE_SECS).await {
-                Ok(true) => {}
-                Ok(false) => return,
-                Err(e) => tracing::warn!(error = %e, "could not renew a download's hold"),
-            }
-        }
-    }))
+    super::keep_renewed(
+        READ_LEASE_SECS,
+        "a download's hold",
+        move |now, expires_at| {
+            let (db, id) = (db.clone(), id.clone());
+            async move { db::objects::renew_read(&db, &id, now, expires_at).await }
+        },
+    )
 }
 
 impl Service {
