@@ -150,6 +150,7 @@ pub async fn serve(
     }
     let grace = Duration::from_secs(svc.config().shutdown_grace_secs);
     let header_timeout = Duration::from_secs(svc.config().header_timeout_secs);
+    let holds = svc.clone();
     let app = routes::router(svc, authenticator);
     let stop = token.clone();
     let server = tokio::spawn(routes::serve::serve(
@@ -170,7 +171,11 @@ pub async fn serve(
             "requests still running after the grace period; stopping"
         );
     }
-    let background = futures::future::join_all(background);
+    // Downloads that ended let go of their objects before the process goes.
+    let background = futures::future::join(
+        futures::future::join_all(background),
+        holds.end_read_holds(),
+    );
     if tokio::time::timeout_at(deadline, background).await.is_err() {
         tracing::warn!(
             grace_secs = grace.as_secs(),

@@ -69,6 +69,9 @@ pub struct Service {
     pub(crate) job_wake: Arc<tokio::sync::Notify>,
     /// Directories this process owns (its scratch directory) for as long as it runs.
     _locks: Arc<Vec<crate::dirlock::DirLock>>,
+    /// The tasks that end downloads' holds on their objects ([`retire`]), awaited at
+    /// shutdown so that a replica that stops gracefully leaves no hold behind.
+    pub(crate) hold_ends: tokio_util::task::TaskTracker,
 }
 
 impl Service {
@@ -94,6 +97,7 @@ impl Service {
             metrics,
             job_wake: Arc::new(tokio::sync::Notify::new()),
             _locks: Arc::new(vec![]),
+            hold_ends: tokio_util::task::TaskTracker::new(),
         }
     }
 

@@ -31,24 +31,46 @@ pub(crate) struct ReadHold {
     _renewal: AbortOnDropHandle<()>,
 }
 
-impl Drop for ReadHold {
-    fn drop(&mut self) {
-        let svc = self.svc.clone();
-        let (id, bucket, key) = (
+impl ReadHold {
+    /// Ends the hold now and deletes its object when it was retired meanwhile and no other
+    /// download reads it.
+    async fn end(mut self) {
+        let (id, bucket, key) = self.take();
+        end(&self.svc, &id, &bucket, &key).await;
+    }
+
+    fn take(&mut self) -> (String, String, String) {
+        (
             std::mem::take(&mut self.id),
             std::mem::take(&mut self.bucket),
             std::mem::take(&mut self.key),
-        );
+        )
+    }
+}
+
+impl Drop for ReadHold {
+    /// A download dropped before its end (the client went): the hold ends in a task, which
+    /// shutdown waits for ([`Service::end_read_holds`]).
+    fn drop(&mut self) {
+        let (id, bucket, key) = self.take();
+        if id.is_empty() {
+            return; // Ended already.
+        }
+        let svc = self.svc.clone();
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(async move {
-                if let Err(e) = db::objects::end_read(&svc.db, &id).await {
-                    // Its lease ends it anyway.
-                    tracing::warn!(error = %e, "could not end a download's hold on its object");
-                }
-                svc.delete_if_unread(&bucket, &key).await;
-            });
+            let tracker = svc.hold_ends.clone();
+            tracker.spawn_on(async move { end(&svc, &id, &bucket, &key).await }, &rt);
         }
     }
+}
+
+/// Ends the hold `id` on `bucket`/`key` and deletes the object when it is retired and unread.
+async fn end(svc: &Service, id: &str, bucket: &str, key: &str) {
+    if let Err(e) = db::objects::end_read(&svc.db, id).await {
+        // Its lease ends it anyway.
+        tracing::warn!(error = %e, "could not end a download's hold on its object");
+    }
+    svc.delete_if_unread(bucket, key).await;
 }
 
 /// Renews a hold's lease while its download streams.
@@ -105,12 +127,15 @@ impl Service {
             return get.await;
         };
         let body = get.await?;
-        Ok(body
-            .map(move |chunk| {
-                let _held = &hold;
-                chunk
-            })
-            .boxed())
+        Ok(until_last_chunk(body, hold))
+    }
+
+    /// Waits until the downloads that ended have let go of their objects (and deleted those
+    /// retired meanwhile), at shutdown: a replica that stops gracefully leaves no hold to
+    /// lapse. Holds of downloads still streaming are not waited for (their leases lapse).
+    pub async fn end_read_holds(&self) {
+        self.hold_ends.close();
+        self.hold_ends.wait().await;
     }
 
     /// Deletes the retired `keys` of `bucket` that no download reads now; the last download
@@ -167,4 +192,39 @@ impl Service {
         }
         Ok(deleted)
     }
+}
+
+/// `body`, holding `hold` until its last chunk, and ending the hold before that chunk is
+/// yielded: a client that has every byte finds the hold gone (a delete right after the
+/// download then deletes the objects itself). Reads one chunk ahead to know the last one.
+fn until_last_chunk(body: ByteStream, hold: ReadHold) -> ByteStream {
+    struct State {
+        // Fused: polled once more after its end.
+        body: futures::stream::Fuse<ByteStream>,
+        hold: Option<ReadHold>,
+        ahead: Option<std::io::Result<bytes::Bytes>>,
+    }
+    let state = State {
+        body: body.fuse(),
+        hold: Some(hold),
+        ahead: None,
+    };
+    futures::stream::unfold(state, |mut st| async move {
+        let current = match st.ahead.take() {
+            Some(item) => item,
+            None => st.body.next().await?,
+        };
+        if current.is_ok() {
+            match st.body.next().await {
+                Some(item) => st.ahead = Some(item),
+                None => {
+                    if let Some(hold) = st.hold.take() {
+                        hold.end().await;
+                    }
+                }
+            }
+        }
+        Some((current, st))
+    })
+    .boxed()
 }
