@@ -3031,11 +3031,7 @@ async fn delete_during_download(app: &TestApp, zip: bool) -> Held {
         assert!(got == data, "other bytes were served");
     }
     // The last download to end deletes the objects.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !app.leftovers().await.is_empty() {
-        assert!(std::time::Instant::now() < deadline, "the objects stayed");
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    app.until_no_leftovers(10).await;
     // Its check job stays in the history (cancelled or done).
     Held { jobs: 1, ..NOTHING }
 }

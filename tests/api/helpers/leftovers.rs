@@ -47,6 +47,24 @@ impl TestApp {
         }
     }
 
+    /// Waits until nothing is left ([`TestApp::leftovers`]), for at most `secs` seconds, and
+    /// panics with what stayed: a deleted image's objects go a moment after its delete
+    /// answered when a download still held them.
+    pub async fn until_no_leftovers(&self, secs: u64) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+        loop {
+            let left = self.leftovers().await;
+            if left.is_empty() {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "left after {secs} s: {left:?}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
+
     /// Everything the service keeps: objects, parts and uploads in progress, scratch files
     /// (to prove nothing is left behind).
     pub async fn leftovers(&self) -> Vec<String> {
