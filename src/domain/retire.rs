@@ -33,10 +33,18 @@ pub(crate) struct ReadHold {
 
 impl ReadHold {
     /// Ends the hold now and deletes its object when it was retired meanwhile and no other
-    /// download reads it.
+    /// download reads it. The work runs in a tracked task: a download dropped while it waits
+    /// (the client went at its last chunk) does not cut it short.
     async fn end(mut self) {
         let (id, bucket, key) = self.take();
-        end(&self.svc, &id, &bucket, &key).await;
+        let svc = self.svc.clone();
+        let ending = self
+            .svc
+            .hold_ends
+            .spawn(async move { end(&svc, &id, &bucket, &key).await });
+        if let Err(e) = ending.await {
+            tracing::warn!(error = %e, "ending a download's hold failed");
+        }
     }
 
     fn take(&mut self) -> (String, String, String) {
