@@ -177,8 +177,14 @@ async fn a_delete_right_after_a_download_leaves_nothing(b: Backend) {
         let r = get.send().await.unwrap();
         assert!(r.status().is_success(), "{}", r.status());
         r.bytes().await.unwrap();
-        let holds = entity::object_read::Entity::find().count(&db).await.unwrap();
-        assert_eq!(holds, 0, "round {round}: a download held on past its last bytes");
+        let holds = entity::object_read::Entity::find()
+            .count(&db)
+            .await
+            .unwrap();
+        assert_eq!(
+            holds, 0,
+            "round {round}: a download held on past its last bytes"
+        );
         ok_text(app.delete_image(&id).await, "delete success").await;
         let left = app.leftovers().await;
         assert!(left.is_empty(), "round {round}: {left:?}");
