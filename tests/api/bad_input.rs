@@ -560,18 +560,7 @@ async fn dropped_requests_leave_nothing(b: Backend) {
         let parts: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
         send_then_vanish(&app, path, &parts, 64 << 20).await;
         // Cleanup runs when the server notices; give it a moment.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
-        loop {
-            let left = app.leftovers().await;
-            if left.is_empty() {
-                break;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{what}: left {left:?}"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-        }
+        app.until_no_leftovers(what, 15).await;
         let (_, list) = app.get_json("/images").await;
         assert_eq!(list, serde_json::json!([]), "{what}");
         let (_, st) = app.get_json("/images/upload?identifier=dropped").await;

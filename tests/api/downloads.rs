@@ -153,7 +153,7 @@ async fn downloads_racing_a_delete(b: Backend) {
             other => panic!("round {round}: {other} {body:?}"),
         }
     }
-    app.until_no_leftovers(10).await;
+    app.until_no_leftovers("downloads racing deletes", 10).await;
     app.stop().await;
 }
 

@@ -3031,7 +3031,8 @@ async fn delete_during_download(app: &TestApp, zip: bool) -> Held {
         assert!(got == data, "other bytes were served");
     }
     // The last download to end deletes the objects.
-    app.until_no_leftovers(10).await;
+    app.until_no_leftovers("a delete during a download", 10)
+        .await;
     // Its check job stays in the history (cancelled or done).
     Held { jobs: 1, ..NOTHING }
 }

@@ -443,7 +443,7 @@ async fn a_killed_replicas_download_lets_go_within_a_minute(b: Backend) {
     replica.kill();
     drop(conn);
     // The dead replica's hold lapses within its 60 s lease; the sweep then deletes it.
-    app.until_no_leftovers(75).await;
+    app.until_no_leftovers("a killed replica's hold", 75).await;
     app.stop().await;
 }
 

@@ -474,7 +474,8 @@ async fn a_delete_while_the_store_is_down_finishes_later(b: Backend) {
     assert_eq!(app.get_json(&format!("/images/{id}")).await.0, 404);
     proxy.set(Fault::Pass);
     // The sweep deletes the objects once the store is back.
-    app.until_no_leftovers(20).await;
+    app.until_no_leftovers("a delete while the store was down", 20)
+        .await;
     app.stop().await;
 }
 

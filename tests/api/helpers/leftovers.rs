@@ -48,9 +48,10 @@ impl TestApp {
     }
 
     /// Waits until nothing is left ([`TestApp::leftovers`]), for at most `secs` seconds, and
-    /// panics with what stayed: a deleted image's objects go a moment after its delete
-    /// answered when a download still held them.
-    pub async fn until_no_leftovers(&self, secs: u64) {
+    /// panics with `what` (the case) and what stayed: a deleted image's objects go a moment
+    /// after its delete answered when a download still held them, a vanished client's files
+    /// when the server notices.
+    pub async fn until_no_leftovers(&self, what: &str, secs: u64) {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
         loop {
             let left = self.leftovers().await;
@@ -59,7 +60,7 @@ impl TestApp {
             }
             assert!(
                 std::time::Instant::now() < deadline,
-                "left after {secs} s: {left:?}"
+                "{what}: left after {secs} s: {left:?}"
             );
             tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         }
