@@ -167,6 +167,15 @@ async fn running_slim(db: &sea_orm::DatabaseConnection, id: &str) -> (entity::jo
     }
 }
 
+/// What the phases of [`two_replicas_share_one_database_and_store`] share: two replicas, the
+/// client and the database they share.
+struct Pair {
+    client: Client,
+    db: sea_orm::DatabaseConnection,
+    ra: Replica,
+    rb: Replica,
+}
+
 async fn two_replicas_share_one_database_and_store(b: Backend) {
     assert!(b.is_postgres() && b.is_s3());
     // The in-process app only provides the database, the S3 prefix and a view of both.
@@ -180,166 +189,18 @@ async fn two_replicas_share_one_database_and_store(b: Backend) {
     .await;
     let vars = postgres_vars(&app);
     let dir = app.dir.path();
-    let client = app.client.clone();
-    let mut ra = start(&vars, dir, "a").await;
-    let mut rb = start(&vars, dir, "b").await;
-    let db = file_system::db::connect(&app.database_url).await.unwrap();
-
-    // Chunks sent alternately to both, merged through either: S3 parts (6 MiB chunks) and
-    // packed staging objects (1 MiB chunks).
-    let big = pattern(41, (31 << 20) + 333);
-    let id_big = alternate_and_merge(&client, [&ra, &rb], &rb, "alt-big", &big, 6 << 20).await;
-    assert_eq!(sha256(&download(&client, &ra, &id_big).await), sha256(&big));
-    let small = pattern(42, (7 << 20) + 5);
-    let id_small =
-        alternate_and_merge(&client, [&rb, &ra], &ra, "alt-small", &small, 1 << 20).await;
-    assert_eq!(
-        sha256(&download(&client, &rb, &id_small).await),
-        sha256(&small)
-    );
-
-    // The same identifier merged through both at once: one image.
-    let data = pattern(43, 3_000_000);
-    for (i, c) in split(&data, 700_000).into_iter().enumerate() {
-        let r = [&ra, &rb][i % 2];
-        assert_eq!(
-            send_chunk(&client, &r.api(""), "race", i as u32 + 1, c)
-                .await
-                .status(),
-            200
-        );
-    }
-    let merges = join_all((0..4).map(|i| {
-        let (client, api) = (client.clone(), [&ra, &rb][i % 2].api(""));
-        async move { send_merge(&client, &api, "race", "race.qcow2").await }
-    }))
-    .await;
-    let mut ids = vec![];
-    for r in merges {
-        assert_eq!(r.status(), 200);
-        ids.push(
-            r.json::<Value>().await.unwrap()["imageId"]
-                .as_str()
-                .unwrap()
-                .to_string(),
-        );
-    }
-    ids.dedup();
-    assert_eq!(ids.len(), 1, "{ids:?}");
-    let raced = entity::image::Entity::find()
-        .filter(entity::image::Column::FileName.eq("race.qcow2"))
-        .all(&db)
-        .await
-        .unwrap();
-    assert_eq!(raced.len(), 1);
-    assert_eq!(
-        sha256(&download(&client, &rb, &ids[0]).await),
-        sha256(&data)
-    );
-
-    // An upload opened on one is cancelled on the other, leaving nothing.
-    for n in 1..=2 {
-        let r = send_chunk(&client, &ra.api(""), "cx", n, pattern(n as u64, 6 << 20)).await;
-        assert_eq!(r.status(), 200);
-    }
-    let r = client
-        .delete(rb.api("/images/upload?identifier=cx"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.text().await.unwrap(), "cancel success");
-    let r = send_merge(&client, &ra.api(""), "cx", "cx.qcow2").await;
-    assert_error(r, 400, None).await;
-
-    // Checks and slims of images uploaded to both run exactly once each.
-    let mut small_ids = vec![];
-    for i in 0..6 {
-        let img = make_qcow2(dir, &format!("s{i}.qcow2"), 64, 4 + i);
-        let r = [&ra, &rb][i as usize % 2];
-        let id = upload(&client, r, &img, &format!("s{i}.qcow2")).await;
-        slim(&client, [&rb, &ra][i as usize % 2], &id).await;
-        small_ids.push(id);
-    }
-    for id in &small_ids {
-        let v = slimmed(&client, &ra, id).await;
-        assert_eq!(v["checkStatusResponse"]["status"], 0, "{v}");
-    }
-    // A worker records its job's end just after the image's.
-    app.wait_jobs_idle().await;
-    let jobs = entity::job::Entity::find()
-        .filter(entity::job::Column::ImageId.is_in(small_ids.clone()))
-        .all(&db)
-        .await
-        .unwrap();
-    assert_eq!(jobs.len(), 12, "one check and one slim per image");
-    for j in &jobs {
-        assert_eq!((j.state.as_str(), j.attempts), ("done", 1), "{j:?}");
-    }
-
-    // SIGKILL of the replica running a slim: the other takes it over when the lease runs out.
-    let img = make_qcow2(dir, "k.qcow2", 1024, 600);
-    let id = upload(&client, &ra, &img, "k.qcow2").await;
-    // Once checked, a worker that claims the slim runs it (before, it would put it back).
-    assert_eq!(
-        checked(&client, &rb, &id).await["checkStatusResponse"]["status"],
-        0
-    );
-    slim(&client, &rb, &id).await;
-    let (_, pid) = running_slim(&db, &id).await;
-    let (victim, survivor) = if pid == ra.child.id() {
-        (&mut ra, &mut rb)
-    } else {
-        assert_eq!(pid, rb.child.id(), "a replica runs the slim");
-        (&mut rb, &mut ra)
+    let mut pair = Pair {
+        client: app.client.clone(),
+        db: file_system::db::connect(&app.database_url).await.unwrap(),
+        ra: start(&vars, dir, "a").await,
+        rb: start(&vars, dir, "b").await,
     };
-    victim.kill();
-    // The survivor claims it (after the 3 s lease)...
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let job = loop {
-        let (job, pid) = running_slim(&db, &id).await;
-        if pid == survivor.child.id() {
-            break job;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the survivor never took the slim over"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    assert_eq!(job.attempts, 2);
-
-    // ...and a SIGTERM now is graceful: a download in flight completes, the slim's lease is
-    // handed back at once, and the process exits 0.
-    let resp = client
-        .get(survivor.api(&format!("/images/{id_big}/action/download")))
-        .send()
-        .await
-        .unwrap();
-    let mut body = resp.bytes_stream();
-    let mut got = body.next().await.unwrap().unwrap().to_vec();
-    survivor.terminate();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    // It no longer takes new connections while it finishes.
-    assert!(Client::new()
-        .get(format!("{}/health", survivor.base))
-        .send()
-        .await
-        .is_err());
-    while let Some(c) = body.next().await {
-        got.extend_from_slice(&c.unwrap());
-    }
-    assert_eq!(
-        sha256(&got),
-        sha256(&big),
-        "the download in flight completed"
-    );
-    let status = survivor.child.wait().unwrap();
-    assert!(status.success(), "exit status {status}");
-    // Its download let go of the object before it exited (a hold left behind would keep a
-    // deleted image's object for a minute).
-    let holds = entity::object_read::Entity::find().all(&db).await.unwrap();
-    assert!(holds.is_empty(), "holds left behind: {holds:?}");
-    let released = file_system::db::jobs::find(&db, &job.id)
+    let (id_big, big) = chunks_through_both(&pair).await;
+    merges_race_and_cancels_cross(&pair).await;
+    jobs_run_once(&pair, &app, dir).await;
+    let (id, img, job) = a_killed_slim_moves_over(&mut pair, dir).await;
+    graceful_stop(&mut pair, &id_big, &big).await;
+    let released = file_system::db::jobs::find(&pair.db, &job.id)
         .await
         .unwrap()
         .unwrap();
@@ -351,14 +212,196 @@ async fn two_replicas_share_one_database_and_store(b: Backend) {
     assert_eq!(released.lease_owner, None);
 
     // A fresh replica takes the released job at once and finishes it.
-    let started = Instant::now();
     let rc = start(&vars, dir, "c").await;
-    let v = slimmed(&client, &rc, &id).await;
+    a_fresh_replica_finishes(&pair, &rc, &id, &job.id, &img, dir).await;
+    delete_everything(&pair.client, &rc).await;
+    // (A download's hold ends before its last bytes go out: nothing to wait for.)
+    let left = app.leftovers().await;
+    assert!(left.is_empty(), "{left:?}");
+    drop(rc);
+    drop(pair);
+    app.stop().await;
+}
+
+/// Chunks sent alternately to both, merged through either: S3 parts (6 MiB chunks) and
+/// packed staging objects (1 MiB chunks). Gives the big image's id and bytes.
+async fn chunks_through_both(p: &Pair) -> (String, Vec<u8>) {
+    let (client, ra, rb) = (&p.client, &p.ra, &p.rb);
+    let big = pattern(41, (31 << 20) + 333);
+    let id_big = alternate_and_merge(client, [ra, rb], rb, "alt-big", &big, 6 << 20).await;
+    assert_eq!(sha256(&download(client, ra, &id_big).await), sha256(&big));
+    let small = pattern(42, (7 << 20) + 5);
+    let id_small = alternate_and_merge(client, [rb, ra], ra, "alt-small", &small, 1 << 20).await;
+    assert_eq!(
+        sha256(&download(client, rb, &id_small).await),
+        sha256(&small)
+    );
+    (id_big, big)
+}
+
+/// The same identifier merged through both at once gives one image; an upload opened on one
+/// is cancelled on the other, leaving nothing.
+async fn merges_race_and_cancels_cross(p: &Pair) {
+    let (client, ra, rb) = (&p.client, &p.ra, &p.rb);
+    let data = pattern(43, 3_000_000);
+    for (i, c) in split(&data, 700_000).into_iter().enumerate() {
+        let r = [ra, rb][i % 2];
+        let sent = send_chunk(client, &r.api(""), "race", i as u32 + 1, c).await;
+        assert_eq!(sent.status(), 200);
+    }
+    let merges = join_all((0..4).map(|i| {
+        let (client, api) = (client.clone(), [ra, rb][i % 2].api(""));
+        async move { send_merge(&client, &api, "race", "race.qcow2").await }
+    }))
+    .await;
+    let mut ids = vec![];
+    for r in merges {
+        assert_eq!(r.status(), 200);
+        let v = r.json::<Value>().await.unwrap();
+        ids.push(v["imageId"].as_str().unwrap().to_string());
+    }
+    ids.dedup();
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    let raced = entity::image::Entity::find()
+        .filter(entity::image::Column::FileName.eq("race.qcow2"))
+        .all(&p.db)
+        .await
+        .unwrap();
+    assert_eq!(raced.len(), 1);
+    assert_eq!(sha256(&download(client, rb, &ids[0]).await), sha256(&data));
+
+    for n in 1..=2 {
+        let r = send_chunk(client, &ra.api(""), "cx", n, pattern(n as u64, 6 << 20)).await;
+        assert_eq!(r.status(), 200);
+    }
+    let r = client
+        .delete(rb.api("/images/upload?identifier=cx"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.text().await.unwrap(), "cancel success");
+    let r = send_merge(client, &ra.api(""), "cx", "cx.qcow2").await;
+    assert_error(r, 400, None).await;
+}
+
+/// Checks and slims of images uploaded to both run exactly once each.
+async fn jobs_run_once(p: &Pair, app: &TestApp, dir: &Path) {
+    let (client, ra, rb) = (&p.client, &p.ra, &p.rb);
+    let mut small_ids = vec![];
+    for i in 0..6 {
+        let img = make_qcow2(dir, &format!("s{i}.qcow2"), 64, 4 + i);
+        let r = [ra, rb][i as usize % 2];
+        let id = upload(client, r, &img, &format!("s{i}.qcow2")).await;
+        slim(client, [rb, ra][i as usize % 2], &id).await;
+        small_ids.push(id);
+    }
+    for id in &small_ids {
+        let v = slimmed(client, ra, id).await;
+        assert_eq!(v["checkStatusResponse"]["status"], 0, "{v}");
+    }
+    // A worker records its job's end just after the image's.
+    app.wait_jobs_idle().await;
+    let jobs = entity::job::Entity::find()
+        .filter(entity::job::Column::ImageId.is_in(small_ids.clone()))
+        .all(&p.db)
+        .await
+        .unwrap();
+    assert_eq!(jobs.len(), 12, "one check and one slim per image");
+    for j in &jobs {
+        assert_eq!((j.state.as_str(), j.attempts), ("done", 1), "{j:?}");
+    }
+}
+
+/// SIGKILL of the replica running a slim: the other takes it over when the lease runs out.
+/// Afterwards `p.ra` is the survivor and `p.rb` the killed one. Gives the image's id, its
+/// uploaded file and the job as the survivor runs it.
+async fn a_killed_slim_moves_over(
+    p: &mut Pair,
+    dir: &Path,
+) -> (String, std::path::PathBuf, entity::job::Model) {
+    let img = make_qcow2(dir, "k.qcow2", 1024, 600);
+    let id = upload(&p.client, &p.ra, &img, "k.qcow2").await;
+    // Once checked, a worker that claims the slim runs it (before, it would put it back).
+    let v = checked(&p.client, &p.rb, &id).await;
+    assert_eq!(v["checkStatusResponse"]["status"], 0);
+    slim(&p.client, &p.rb, &id).await;
+    let (_, pid) = running_slim(&p.db, &id).await;
+    if pid == p.ra.child.id() {
+        std::mem::swap(&mut p.ra, &mut p.rb);
+    } else {
+        assert_eq!(pid, p.rb.child.id(), "a replica runs the slim");
+    }
+    // Now rb runs the slim: it is the victim.
+    p.rb.kill();
+    // The survivor claims it (after the 3 s lease)...
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let job = loop {
+        let (job, pid) = running_slim(&p.db, &id).await;
+        if pid == p.ra.child.id() {
+            break job;
+        }
+        let waited = Instant::now() < deadline;
+        assert!(waited, "the survivor never took the slim over");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(job.attempts, 2);
+    (id, img, job)
+}
+/// A SIGTERM to the survivor (`p.ra`) is graceful: a download in flight completes, the
+/// slim's lease is handed back at once, and the process exits 0.
+async fn graceful_stop(p: &mut Pair, id_big: &str, big: &[u8]) {
+    let resp = p
+        .client
+        .get(p.ra.api(&format!("/images/{id_big}/action/download")))
+        .send()
+        .await
+        .unwrap();
+    let mut body = resp.bytes_stream();
+    let mut got = body.next().await.unwrap().unwrap().to_vec();
+    p.ra.terminate();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // It no longer takes new connections while it finishes.
+    let health = Client::new()
+        .get(format!("{}/health", p.ra.base))
+        .send()
+        .await;
+    assert!(health.is_err());
+    while let Some(c) = body.next().await {
+        got.extend_from_slice(&c.unwrap());
+    }
+    assert_eq!(
+        sha256(&got),
+        sha256(big),
+        "the download in flight completed"
+    );
+    let status = p.ra.child.wait().unwrap();
+    assert!(status.success(), "exit status {status}");
+    // Its download let go of the object before it exited (a hold left behind would keep a
+    // deleted image's object for a minute).
+    let holds = entity::object_read::Entity::find()
+        .all(&p.db)
+        .await
+        .unwrap();
+    assert!(holds.is_empty(), "holds left behind: {holds:?}");
+}
+
+/// A fresh replica `rc` takes the released slim of `id` at once and finishes it: the slimmed
+/// image holds what `img` held.
+async fn a_fresh_replica_finishes(
+    p: &Pair,
+    rc: &Replica,
+    id: &str,
+    job_id: &str,
+    img: &Path,
+    dir: &Path,
+) {
+    let started = Instant::now();
+    let v = slimmed(&p.client, rc, id).await;
     assert_eq!(v["checkStatusResponse"]["status"], 0, "{v}");
     // The worker records the job's end just after the image's: wait for it.
     let deadline = Instant::now() + Duration::from_secs(30);
     let done = loop {
-        let j = file_system::db::jobs::find(&db, &job.id)
+        let j = file_system::db::jobs::find(&p.db, job_id)
             .await
             .unwrap()
             .unwrap();
@@ -370,12 +413,14 @@ async fn two_replicas_share_one_database_and_store(b: Backend) {
     assert_eq!((done.state.as_str(), done.attempts), ("done", 3));
     eprintln!("slim finished {:?} after the restart", started.elapsed());
     let out = dir.join("after.qcow2");
-    std::fs::write(&out, download(&client, &rc, &id).await).unwrap();
-    assert_same_qcow2(&img, &out);
+    std::fs::write(&out, download(&p.client, rc, id).await).unwrap();
+    assert_same_qcow2(img, &out);
+}
 
-    // Everything deleted through the last replica: nothing is left in the store.
+/// Deletes every image through `r`.
+async fn delete_everything(client: &Client, r: &Replica) {
     let all: Value = client
-        .get(rc.api("/images"))
+        .get(r.api("/images"))
         .send()
         .await
         .unwrap()
@@ -385,19 +430,12 @@ async fn two_replicas_share_one_database_and_store(b: Backend) {
     for v in all.as_array().unwrap() {
         let id = v["imageId"].as_str().unwrap();
         let r = client
-            .delete(rc.api(&format!("/images/{id}")))
+            .delete(r.api(&format!("/images/{id}")))
             .send()
             .await
             .unwrap();
         assert_eq!(r.status(), 200);
     }
-    // (A download's hold ends before its last bytes go out: nothing to wait for.)
-    let left = app.leftovers().await;
-    assert!(left.is_empty(), "{left:?}");
-    drop(rc);
-    drop(ra);
-    drop(rb);
-    app.stop().await;
 }
 
 /// A replica killed while it streams a download of an image that another replica deletes:
