@@ -542,7 +542,6 @@ crate::backend_tests!(
 /// per chunk.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn state_changes_reach_the_audit_log() {
-    use serde_json::Value;
     let keys = tempfile::tempdir().unwrap();
     let tokens = keys.path().join("tokens");
     let lines: String = USERS.iter().map(|(t, u, r)| token_line(t, u, r)).collect();
@@ -568,6 +567,16 @@ async fn state_changes_reach_the_audit_log() {
     )
     .await;
     let api = replica.api("");
+    let (id, request_id) = audited_requests(&api).await;
+    let events = audit_events(&log).await;
+    assert_audit_trail(&events, &id, &request_id);
+    drop(replica);
+}
+
+/// Alice uploads, uploads in chunks, merges, cancels, checks, slims and deletes; root acts
+/// for alice and sets bob's quota; bob is refused naming alice and deletes alice's image in
+/// vain. Gives alice's image id and the request id of her delete.
+async fn audited_requests(api: &str) -> (String, String) {
     let (alice, bob, root) = (
         client_with(USERS[0].0),
         client_with(USERS[1].0),
@@ -636,6 +645,13 @@ async fn state_changes_reach_the_audit_log() {
         .unwrap();
     let request_id = r.headers()["x-request-id"].to_str().unwrap().to_string();
     assert_eq!(r.status(), 200);
+    (id, request_id)
+}
+
+/// The audit events in the JSON log at `log`, once every kind the requests cause is there
+/// (at most 10 s).
+async fn audit_events(log: &std::path::Path) -> Vec<serde_json::Value> {
+    use serde_json::Value;
     let wanted = [
         "image.upload",
         "upload.session_opened",
@@ -647,8 +663,8 @@ async fn state_changes_reach_the_audit_log() {
         "image.delete",
     ];
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let events: Vec<Value> = loop {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
         let events: Vec<Value> = text
             .lines()
             .filter_map(|l| serde_json::from_str::<Value>(l).ok())
@@ -658,17 +674,23 @@ async fn state_changes_reach_the_audit_log() {
             .iter()
             .all(|a| events.iter().any(|e| e["action"] == *a));
         if done {
-            break events;
+            return events;
         }
         assert!(
             std::time::Instant::now() < deadline,
             "missing audit events: {text}"
         );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    };
+    }
+}
+
+/// Every event names the remote address and request id; each action has its user, role,
+/// owner, outcome and detail as `audited_requests` caused them.
+fn assert_audit_trail(events: &[serde_json::Value], id: &str, request_id: &str) {
+    use serde_json::Value;
     let of =
         |action: &str| -> Vec<&Value> { events.iter().filter(|e| e["action"] == action).collect() };
-    for e in &events {
+    for e in events {
         assert!(
             e["remote"].as_str().is_some_and(|r| r.starts_with("127.")),
             "{e}"
@@ -684,7 +706,7 @@ async fn state_changes_reach_the_audit_log() {
     assert!(uploads.iter().any(|e| e["user"] == "alice"
         && e["role"] == "user"
         && e["outcome"] == "success"
-        && e["image_id"] == id.as_str()));
+        && e["image_id"] == id));
     // The admin acting for alice: the owner is named.
     assert!(uploads.iter().any(|e| e["user"] == "root"
         && e["role"] == "admin"
@@ -714,13 +736,13 @@ async fn state_changes_reach_the_audit_log() {
     assert_eq!(quota["user"], "root", "{quota}");
     // Bob's delete of alice's image deleted nothing, and the trail says so.
     let deletes = of("image.delete");
-    assert!(deletes.iter().any(|e| e["user"] == "bob"
-        && e["outcome"] == "not_found"
-        && e["image_id"] == id.as_str()));
+    assert!(deletes
+        .iter()
+        .any(|e| e["user"] == "bob" && e["outcome"] == "not_found" && e["image_id"] == id));
     let delete = deletes.iter().find(|e| e["user"] == "alice").unwrap();
     assert_eq!(delete["outcome"], "success", "{delete}");
-    assert_eq!(delete["image_id"], id.as_str(), "{delete}");
-    assert_eq!(delete["request_id"], request_id.as_str(), "{delete}");
+    assert_eq!(delete["image_id"], id, "{delete}");
+    assert_eq!(delete["request_id"], request_id, "{delete}");
     // A refused chunk names its identifier.
     let chunk = of("upload.chunk")[0];
     assert_eq!(
@@ -728,5 +750,4 @@ async fn state_changes_reach_the_audit_log() {
         (Some("bobs"), Some(403)),
         "{chunk}"
     );
-    drop(replica);
 }
