@@ -345,11 +345,21 @@ async fn whole_image_checksums(b: Backend) {
     let app = TestApp::spawn(b, Options::default()).await;
     let data = pattern(21, 300_000);
     let sha = hex::encode(sha2::Sha256::digest(&data));
+    wrong_whole_checksums_keep_nothing(&app, &data, &sha).await;
+    right_whole_checksums_are_recorded(&app, &data, &sha).await;
+    let parts: Vec<Vec<u8>> = data.chunks(100_000).map(<[u8]>::to_vec).collect();
+    merges_verify_whole_checksums(&app, &data, &sha, &parts).await;
+    repeated_merges_verify_checksums(&app, &data, &sha, &parts).await;
+    app.stop().await;
+}
+
+/// POST /images with a wrong checksum records nothing and keeps nothing.
+async fn wrong_whole_checksums_keep_nothing(app: &TestApp, data: &[u8], sha: &str) {
     // POST /images: a wrong checksum records nothing and keeps nothing, whether it came
     // before the file (hashed on the way) or after it (the stored bytes read again), for a
     // plain image and for a zip.
     let on_disk = app.dir.path().join("sent.img");
-    std::fs::write(&on_disk, &data).unwrap();
+    std::fs::write(&on_disk, data).unwrap();
     let zip_on_disk = app.dir.path().join("sent.zip");
     python_zip(
         &zip_on_disk,
@@ -360,7 +370,7 @@ async fn whole_image_checksums(b: Backend) {
         format!("sha256:{}", hex::encode(sha2::Sha256::digest(b"x"))),
     ] {
         let r = app
-            .upload("disk.img", data.clone(), &[("checksum", &wrong)])
+            .upload("disk.img", data.to_vec(), &[("checksum", &wrong)])
             .await;
         assert_eq!(
             assert_error(r, 400, None).await["code"],
@@ -382,13 +392,13 @@ async fn whole_image_checksums(b: Backend) {
     let zipped: serde_json::Value = r.json().await.unwrap();
     let zipped = zipped["imageId"].as_str().unwrap().to_string();
     assert_eq!(app.download(&zipped).await, data);
-    let v = wait_checked(&app, &zipped).await;
-    assert_eq!(v["originalChecksum"], md5_hex(&data), "{v}");
-    assert_eq!(v["originalSha256"], sha.as_str(), "{v}");
+    let v = wait_checked(app, &zipped).await;
+    assert_eq!(v["originalChecksum"], md5_hex(data), "{v}");
+    assert_eq!(v["originalSha256"], sha, "{v}");
     let r = app.delete_image(&zipped).await;
     assert_eq!(r.status(), 200);
     let r = app
-        .upload("disk.img", data.clone(), &[("checksum", "sha1:00")])
+        .upload("disk.img", data.to_vec(), &[("checksum", "sha1:00")])
         .await;
     assert_error(r, 400, None).await;
     let (_, list) = app.get_json("/images").await;
@@ -398,81 +408,83 @@ async fn whole_image_checksums(b: Backend) {
         "{:?}",
         app.leftovers().await
     );
+}
+
+/// POST /images with the right checksum: recorded.
+async fn right_whole_checksums_are_recorded(app: &TestApp, data: &[u8], sha: &str) {
     // The right one (either algorithm, checksum before or after the file): recorded.
     let r = app
         .upload(
             "disk.img",
-            data.clone(),
+            data.to_vec(),
             &[("checksum", &format!("sha256:{sha}"))],
         )
         .await;
     assert_eq!(r.status(), 200);
     let flat: serde_json::Value = r.json().await.unwrap();
-    assert_eq!(flat["sha256"], sha.as_str(), "{flat}");
+    assert_eq!(flat["sha256"], sha, "{flat}");
     let id = flat["imageId"].as_str().unwrap().to_string();
     let r = app
         .upload_path(
             &{
                 let p = app.dir.path().join("d.img");
-                std::fs::write(&p, &data).unwrap();
+                std::fs::write(&p, data).unwrap();
                 p
             },
             "d.img",
-            &[("checksum", &format!("md5:{}", md5_hex(&data)))],
+            &[("checksum", &format!("md5:{}", md5_hex(data)))],
         )
         .await;
     assert_eq!(r.status(), 200);
-    let v = wait_checked(&app, &id).await;
-    assert_eq!(v["sha256"], sha.as_str(), "{v}");
-    assert_eq!(v["originalSha256"], sha.as_str(), "{v}");
-    assert_eq!(v["originalChecksum"], md5_hex(&data), "{v}");
+    let v = wait_checked(app, &id).await;
+    assert_eq!(v["sha256"], sha, "{v}");
+    assert_eq!(v["originalSha256"], sha, "{v}");
+    assert_eq!(v["originalChecksum"], md5_hex(data), "{v}");
     assert_eq!(
         v["checkStatusResponse"]["checkInfo"]["checksum"],
-        md5_hex(&data)
+        md5_hex(data)
     );
-    assert_eq!(
-        v["checkStatusResponse"]["checkInfo"]["sha256"],
-        sha.as_str()
-    );
+    assert_eq!(v["checkStatusResponse"]["checkInfo"]["sha256"], sha);
+}
 
-    // A merge with a wrong checksum: 400, no image, every chunk kept; fixed, it merges.
-    let parts: Vec<Vec<u8>> = data.chunks(100_000).map(<[u8]>::to_vec).collect();
-    send_chunks(&app, "whole", &parts).await;
+/// A merge with a wrong checksum: 400, no image, every chunk kept; fixed, it merges.
+async fn merges_verify_whole_checksums(app: &TestApp, data: &[u8], sha: &str, parts: &[Vec<u8>]) {
+    send_chunks(app, "whole", parts).await;
     let wrong = format!("sha256:{}", hex::encode(sha2::Sha256::digest(b"y")));
-    let r = merge_with(&app, "whole", "disk.img", &[("checksum", wrong)]).await;
+    let r = merge_with(app, "whole", "disk.img", &[("checksum", wrong)]).await;
     let v = assert_error(r, 400, None).await;
     assert_eq!(v["code"], "CHECKSUM_MISMATCH", "{v}");
-    assert_eq!(held(&app, "whole").await, vec![1, 2, 3]);
+    assert_eq!(held(app, "whole").await, vec![1, 2, 3]);
     let (_, list) = app.get_json("/images").await;
     assert_eq!(list.as_array().unwrap().len(), 2, "{list}");
     // The client replaces a chunk and merges again, verified.
     let r = merge_with(
-        &app,
+        app,
         "whole",
         "disk.img",
-        &[("checksum", format!("md5:{}", md5_hex(&data)))],
+        &[("checksum", format!("md5:{}", md5_hex(data)))],
     )
     .await;
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
     let merged: serde_json::Value = r.json().await.unwrap();
     let mid = merged["imageId"].as_str().unwrap();
     // Verified at the merge, its digests are known (and recorded) at once.
-    assert_eq!(merged["sha256"], sha.as_str(), "{merged}");
+    assert_eq!(merged["sha256"], sha, "{merged}");
     assert_eq!(app.download(mid).await, data);
-    let v = wait_checked(&app, mid).await;
-    assert_eq!(v["sha256"], sha.as_str(), "{v}");
-    assert_eq!(v["originalChecksum"], md5_hex(&data), "{v}");
+    let v = wait_checked(app, mid).await;
+    assert_eq!(v["sha256"], sha, "{v}");
+    assert_eq!(v["originalChecksum"], md5_hex(data), "{v}");
     // A repeated merge answers with the image only when what it declares holds.
     let wrong = format!("md5:{}", md5_hex(b"z"));
-    let r = merge_with(&app, "whole", "disk.img", &[("checksum", wrong)]).await;
+    let r = merge_with(app, "whole", "disk.img", &[("checksum", wrong)]).await;
     assert_eq!(
         assert_error(r, 400, None).await["code"],
         "CHECKSUM_MISMATCH"
     );
-    let r = merge_with(&app, "whole", "disk.img", &[("totalSize", "5".into())]).await;
+    let r = merge_with(app, "whole", "disk.img", &[("totalSize", "5".into())]).await;
     assert_eq!(assert_error(r, 400, None).await["code"], "SIZE_MISMATCH");
     let r = merge_with(
-        &app,
+        app,
         "whole",
         "disk.img",
         &[("checksum", format!("sha256:{sha}"))],
@@ -480,11 +492,20 @@ async fn whole_image_checksums(b: Backend) {
     .await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.json::<serde_json::Value>().await.unwrap()["imageId"], mid);
+}
+
+/// A merge repeated with a checksum, and one verified by SHA-256 only.
+async fn repeated_merges_verify_checksums(
+    app: &TestApp,
+    data: &[u8],
+    sha: &str,
+    parts: &[Vec<u8>],
+) {
     // Merged without a checksum, repeated with one: the object is hashed to answer.
-    send_chunks(&app, "plain", &parts).await;
+    send_chunks(app, "plain", parts).await;
     assert_eq!(app.merge("plain", "disk.img").await.status(), 200);
     let r = merge_with(
-        &app,
+        app,
         "plain",
         "disk.img",
         &[("checksum", format!("sha256:{}", "0".repeat(64)))],
@@ -495,17 +516,17 @@ async fn whole_image_checksums(b: Backend) {
         "CHECKSUM_MISMATCH"
     );
     let r = merge_with(
-        &app,
+        app,
         "plain",
         "disk.img",
-        &[("checksum", format!("md5:{}", md5_hex(&data)))],
+        &[("checksum", format!("md5:{}", md5_hex(data)))],
     )
     .await;
     assert_eq!(r.status(), 200);
     // Merged verified by SHA-256 only: the answer shows it, the MD5 comes with the first check.
-    send_chunks(&app, "bysha", &parts).await;
+    send_chunks(app, "bysha", parts).await;
     let r = merge_with(
-        &app,
+        app,
         "bysha",
         "disk.img",
         &[("checksum", format!("sha256:{sha}"))],
@@ -513,16 +534,15 @@ async fn whole_image_checksums(b: Backend) {
     .await;
     assert_eq!(r.status(), 200);
     let merged: serde_json::Value = r.json().await.unwrap();
-    assert_eq!(merged["sha256"], sha.as_str(), "{merged}");
-    let v = wait_checked(&app, merged["imageId"].as_str().unwrap()).await;
-    assert_eq!(v["originalChecksum"], md5_hex(&data), "{v}");
-    assert_eq!(v["originalSha256"], sha.as_str(), "{v}");
+    assert_eq!(merged["sha256"], sha, "{merged}");
+    let v = wait_checked(app, merged["imageId"].as_str().unwrap()).await;
+    assert_eq!(v["originalChecksum"], md5_hex(data), "{v}");
+    assert_eq!(v["originalSha256"], sha, "{v}");
     assert_eq!(
         v["checkStatusResponse"]["checkInfo"]["checksum"],
-        md5_hex(&data),
+        md5_hex(data),
         "{v}"
     );
-    app.stop().await;
 }
 
 async fn downloads_carry_validators(b: Backend) {

@@ -582,18 +582,18 @@ async fn audited_requests(api: &str) -> (String, String) {
         client_with(USERS[1].0),
         client_with(USERS[2].0),
     );
-    let (s, img) = upload_as(&alice, &api, pattern(1, 5000), &[]).await;
+    let (s, img) = upload_as(&alice, api, pattern(1, 5000), &[]).await;
     assert_eq!(s, 200);
     let id = img["imageId"].as_str().unwrap().to_string();
-    let (s, _) = upload_as(&root, &api, pattern(2, 5000), &[("userId", "alice")]).await;
+    let (s, _) = upload_as(&root, api, pattern(2, 5000), &[("userId", "alice")]).await;
     assert_eq!(s, 200);
     for n in 1..=2 {
-        let r = chunk_as(&alice, &api, "audited", n, pattern(n as u64, 1000), &[]).await;
+        let r = chunk_as(&alice, api, "audited", n, pattern(n as u64, 1000), &[]).await;
         assert_eq!(r.status(), 200);
     }
-    let r = merge_as(&alice, &api, "audited", &[]).await;
+    let r = merge_as(&alice, api, "audited", &[]).await;
     assert_eq!(r.status(), 200);
-    let r = chunk_as(&alice, &api, "dropped", 1, pattern(3, 1000), &[]).await;
+    let r = chunk_as(&alice, api, "dropped", 1, pattern(3, 1000), &[]).await;
     assert_eq!(r.status(), 200);
     let r = alice
         .delete(format!("{api}/images/upload?identifier=dropped"))
@@ -613,11 +613,11 @@ async fn audited_requests(api: &str) -> (String, String) {
         .await
         .unwrap();
     assert!(r.status().as_u16() < 500);
-    let (s, _) = upload_as(&bob, &api, pattern(4, 100), &[("userId", "alice")]).await;
+    let (s, _) = upload_as(&bob, api, pattern(4, 100), &[("userId", "alice")]).await;
     assert_eq!(s, 403);
     let r = chunk_as(
         &bob,
-        &api,
+        api,
         "bobs",
         1,
         pattern(5, 100),
