@@ -4,7 +4,10 @@ use crate::helpers::*;
 use bytes::Bytes;
 use file_system::storage::{ByteRange, CompletedPart, ObjectStore, PutOptions, StorageError};
 use futures::StreamExt;
-use std::{path::PathBuf, sync::Arc};
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+};
 
 /// What a behaviour of the contract runs against: a store, a bucket in it, a scratch
 /// directory, and whether parts are sent directly (`true`) or staged (`false`).
@@ -365,7 +368,7 @@ async fn qemu_img(args: &[&str]) -> Result<String, String> {
 }
 
 /// The `json:` description of an NBD export at `socket` opened as `driver` (qcow2 or raw).
-fn nbd_image(driver: &str, socket: &std::path::Path) -> String {
+fn nbd_image(driver: &str, socket: &Path) -> String {
     let file = serde_json::json!({ "driver": "nbd", "server": { "type": "unix", "path": socket } });
     format!(
         "json:{}",
@@ -377,7 +380,7 @@ fn nbd_image(driver: &str, socket: &std::path::Path) -> String {
 struct NbdClient(tokio::net::UnixStream);
 
 impl NbdClient {
-    async fn connect(socket: &std::path::Path) -> (NbdClient, u64, u16) {
+    async fn connect(socket: &Path) -> (NbdClient, u64, u16) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut c = tokio::net::UnixStream::connect(socket).await.unwrap();
         assert_eq!(
@@ -460,7 +463,6 @@ impl NbdClient {
 pub async fn nbd_export(c: Ctx) {
     let (store, bucket, tmp) = (&c.store, c.bucket, c.tmp.as_path());
     use file_system::storage::nbd::Export;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     store.ensure_bucket(bucket).await.unwrap();
     let img = make_qcow2(tmp, "nbd.qcow2", 64, 18);
     let bytes = std::fs::read(&img).unwrap();
@@ -479,8 +481,20 @@ pub async fn nbd_export(c: Ctx) {
     let mode = std::fs::metadata(&socket).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600, "only the service's user may connect");
 
+    qemu_img_reads_the_export(&socket, &img, &bytes, tmp).await;
+    a_plain_client_reads_and_is_refused(&socket, &bytes).await;
+    garbage_ends_one_connection(&socket, &bytes).await;
+    drop(export);
+    assert!(!socket.exists(), "the socket is removed with its export");
+    assert!(tokio::net::UnixStream::connect(&socket).await.is_err());
+    store.delete(bucket, "n/img").await.unwrap();
+}
+
+/// qemu-img sees the exported qcow2 `img` (its `bytes`, as stored), reads it byte for byte, and
+/// cannot write to it.
+async fn qemu_img_reads_the_export(socket: &Path, img: &Path, bytes: &[u8], tmp: &Path) {
     // qemu-img sees the stored qcow2, and its guest content is the original's.
-    let info = qemu_img(&["info", "--output=json", &nbd_image("qcow2", &socket)])
+    let info = qemu_img(&["info", "--output=json", &nbd_image("qcow2", socket)])
         .await
         .unwrap();
     let info: serde_json::Value = serde_json::from_str(&info).unwrap();
@@ -489,7 +503,7 @@ pub async fn nbd_export(c: Ctx) {
         "compare",
         "-F",
         "qcow2",
-        &nbd_image("qcow2", &socket),
+        &nbd_image("qcow2", socket),
         img.to_str().unwrap(),
     ])
     .await
@@ -500,7 +514,7 @@ pub async fn nbd_export(c: Ctx) {
         "convert",
         "-O",
         "raw",
-        &nbd_image("raw", &socket),
+        &nbd_image("raw", socket),
         copy.to_str().unwrap(),
     ])
     .await
@@ -511,7 +525,7 @@ pub async fn nbd_export(c: Ctx) {
     );
     // Writes are refused (the export says it is read-only).
     let write = tokio::process::Command::new("qemu-io")
-        .args(["-c", "write 0 4k", &nbd_image("raw", &socket)])
+        .args(["-c", "write 0 4k", &nbd_image("raw", socket)])
         .output()
         .await
         .unwrap();
@@ -524,9 +538,14 @@ pub async fn nbd_export(c: Ctx) {
             || said.contains("read-only"),
         "{said}"
     );
+}
 
+/// A plain NBD client reads at any offset and is refused what is outside the object.
+async fn a_plain_client_reads_and_is_refused(socket: &Path, bytes: &[u8]) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let len = bytes.len() as u64;
     // A plain client: reads at any offset, refusals for what is outside the object.
-    let (mut c, size, flags) = NbdClient::connect(&socket).await;
+    let (mut c, size, flags) = NbdClient::connect(socket).await;
     assert_eq!(size, len);
     assert_eq!(flags & 0b11, 0b11, "has flags, read-only");
     assert_eq!(c.request(0, 0, 16, &[]).await, (0, bytes[..16].to_vec()));
@@ -579,7 +598,11 @@ pub async fn nbd_export(c: Ctx) {
         0,
         "closed after a disconnect"
     );
+}
 
+/// Garbage at any stage ends that connection only.
+async fn garbage_ends_one_connection(socket: &Path, bytes: &[u8]) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     // Garbage at any stage ends that connection only.
     for garbage in [
         &b"GET / HTTP/1.1
@@ -588,7 +611,7 @@ pub async fn nbd_export(c: Ctx) {
         &[0xff; 4],
         &[0, 0, 0, 3, 0x49, 0x48, 0x41, 0x56],
     ] {
-        let mut g = tokio::net::UnixStream::connect(&socket).await.unwrap();
+        let mut g = tokio::net::UnixStream::connect(socket).await.unwrap();
         let mut hello = [0u8; 18];
         g.read_exact(&mut hello).await.unwrap();
         let _ = g.write_all(garbage).await;
@@ -598,23 +621,18 @@ pub async fn nbd_export(c: Ctx) {
             .await
             .expect("the export closes a garbage connection");
     }
-    let (mut c, _, _) = NbdClient::connect(&socket).await;
+    let (mut c, _, _) = NbdClient::connect(socket).await;
     c.0.write_all(&[0xde, 0xad, 0xbe, 0xef]).await.unwrap(); // a bad request magic
     c.0.write_all(&[0; 24]).await.unwrap();
     let mut rest = vec![];
     let _ = c.0.read_to_end(&mut rest).await;
     assert!(rest.is_empty(), "no reply to a bad request: {rest:?}");
-    let (mut c, _, _) = NbdClient::connect(&socket).await;
+    let (mut c, _, _) = NbdClient::connect(socket).await;
     assert_eq!(
         c.request(0, 0, 4, &[]).await,
         (0, bytes[..4].to_vec()),
         "served after garbage"
     );
-
-    drop(export);
-    assert!(!socket.exists(), "the socket is removed with its export");
-    assert!(tokio::net::UnixStream::connect(&socket).await.is_err());
-    store.delete(bucket, "n/img").await.unwrap();
 }
 
 /// An object whose length is not a multiple of 512 bytes (a truncated qcow2, one with bytes
