@@ -6,11 +6,33 @@ async fn upload_query_delete_round_trip(b: Backend) {
     let app = TestApp::spawn(b, Options::default()).await;
     let img = make_qcow2(app.dir.path(), "disk.qcow2", 64, 2);
     let bytes = std::fs::read(&img).unwrap();
+    let (id, upload_time) = the_upload_answer_is_flat(&app, &bytes).await;
+    the_query_answer_is_nested(&app, &id, &upload_time, &bytes).await;
+    // Download gives the same bytes.
+    let dl = app
+        .client
+        .get(app.url(&format!("/images/{id}/action/download")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(dl.status(), 200);
+    assert_eq!(
+        dl.headers()["content-length"],
+        bytes.len().to_string().as_str()
+    );
+    assert_eq!(sha256(&dl.bytes().await.unwrap()), sha256(&bytes));
 
+    list_filter_and_paging(&app, &id).await;
+    delete_is_idempotent(&app, &id).await;
+    app.stop().await;
+}
+
+/// POST /images answers the original's flat record. Gives the image's id and upload time.
+async fn the_upload_answer_is_flat(app: &TestApp, bytes: &[u8]) -> (String, String) {
     let resp = app
         .upload(
             "disk.qcow2",
-            bytes.clone(),
+            bytes.to_vec(),
             &[("userId", "u-1"), ("priority", "0")],
         )
         .await;
@@ -48,13 +70,17 @@ async fn upload_query_delete_round_trip(b: Backend) {
     assert_eq!(uuid::Uuid::parse_str(&id).unwrap().get_version_num(), 4);
     let upload_time = flat["uploadTime"].as_str().unwrap().to_string();
     assert!(chrono::NaiveDateTime::parse_from_str(&upload_time, "%Y-%m-%d %H:%M:%S").is_ok());
+    (id, upload_time)
+}
 
+/// GET /images/{id} answers the original's nested record.
+async fn the_query_answer_is_nested(app: &TestApp, id: &str, upload_time: &str, bytes: &[u8]) {
     let (status, v) = app.get_json(&format!("/images/{id}")).await;
     assert_eq!(status, 200);
-    assert_eq!(v["imageId"], id.as_str());
+    assert_eq!(v["imageId"], id);
     assert_eq!(v["fileName"], "disk.qcow2");
     assert_eq!(v["userId"], "u-1");
-    assert_eq!(v["uploadTime"], upload_time.as_str());
+    assert_eq!(v["uploadTime"], upload_time);
     assert_eq!(v["storageMedium"], "images");
     assert_eq!(v["slimStatus"], 0);
     let csr = &v["checkStatusResponse"];
@@ -76,28 +102,17 @@ async fn upload_query_delete_round_trip(b: Backend) {
             && ci["compressMsg"].is_string()
             && ci["compressRate"].is_number()
     );
+}
 
-    // Download gives the same bytes.
-    let dl = app
-        .client
-        .get(app.url(&format!("/images/{id}/action/download")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(dl.status(), 200);
-    assert_eq!(
-        dl.headers()["content-length"],
-        bytes.len().to_string().as_str()
-    );
-    assert_eq!(sha256(&dl.bytes().await.unwrap()), sha256(&bytes));
-
-    // List, filter, paging.
+/// GET /images lists, filters by user and pages; numbers past what databases hold are no
+/// error, a negative one is.
+async fn list_filter_and_paging(app: &TestApp, id: &str) {
     app.upload_ok("second.iso", pattern(2, 1000)).await;
     let (_, all) = app.get_json("/images").await;
     assert_eq!(all.as_array().unwrap().len(), 2);
     let (_, mine) = app.get_json("/images?userId=u-1").await;
     assert_eq!(mine.as_array().unwrap().len(), 1);
-    assert_eq!(mine[0]["imageId"], id.as_str());
+    assert_eq!(mine[0]["imageId"], id);
     assert!(mine[0]["checkStatusResponse"]["checkInfo"]["imageInfo"].is_object());
     // An offset alone, and numbers past what databases hold, are not errors.
     for (q, n) in [
@@ -126,10 +141,12 @@ async fn upload_query_delete_round_trip(b: Backend) {
         None,
     )
     .await;
+}
 
-    // Delete is idempotent and removes the bytes.
+/// DELETE is idempotent and removes the bytes.
+async fn delete_is_idempotent(app: &TestApp, id: &str) {
     for _ in 0..2 {
-        let resp = app.delete_image(&id).await;
+        let resp = app.delete_image(id).await;
         assert_eq!(resp.status(), 200);
         assert_eq!(resp.text().await.unwrap(), "delete success");
     }
@@ -149,7 +166,6 @@ async fn upload_query_delete_round_trip(b: Backend) {
     .await;
     let (_, all) = app.get_json("/images").await;
     assert_eq!(all.as_array().unwrap().len(), 1);
-    app.stop().await;
 }
 
 async fn fields_after_the_file_and_tiers(b: Backend) {
