@@ -12,117 +12,14 @@ async fn sigkill_during_a_slim_then_restart(b: Backend) {
     let api = format!("{base}{API}");
     let log = app.dir.path().join("server.log");
     let mut server = Replica::start(&app.vars, port, &log, &[]).await;
-
-    let img = make_qcow2(app.dir.path(), "k.qcow2", 1024, 600);
-    let form = reqwest::multipart::Form::new().part(
-        "file",
-        reqwest::multipart::Part::bytes(std::fs::read(&img).unwrap()).file_name("k.qcow2"),
-    );
-    let r = app
-        .client
-        .post(format!("{api}/images"))
-        .multipart(form)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let id = r.json::<serde_json::Value>().await.unwrap()["imageId"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let r = app
-        .client
-        .post(format!("{api}/images/{id}/action/slim"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.text().await.unwrap(), "compress in progress");
-
-    // Kill it while the slim job runs: checked, and the slim job claimed by a worker.
-    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+    let (id, img) = upload_and_slim(&app, &api).await;
     let db = file_system::db::connect(&app.database_url).await.unwrap();
-    // Generous: on S3 the check before the slim reads and hashes 600 MiB from the store,
-    // minutes under a loaded test run.
-    let deadline = Instant::now() + Duration::from_secs(300);
-    loop {
-        let v: serde_json::Value = app
-            .client
-            .get(format!("{api}/images/{id}"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let running = entity::job::Entity::find()
-            .filter(entity::job::Column::Kind.eq("slim"))
-            .filter(entity::job::Column::State.eq("running"))
-            .one(&db)
-            .await
-            .unwrap();
-        if v["checkStatusResponse"]["status"] != 4 && running.is_some() {
-            break;
-        }
-        assert_ne!(
-            v["slimStatus"], 2,
-            "the slim finished before it could be interrupted"
-        );
-        assert!(Instant::now() < deadline, "the slim never started: {v}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    // qemu-img is converting this test's image when the server dies ...
-    // (On S3 the slim reads 600 MiB from the store twice at once, through the NBD export and
-    // for its hash: under a loaded test run that can take half a minute.)
-    let marker = app.dir.path().to_str().unwrap().to_string();
-    let deadline = Instant::now() + Duration::from_secs(300);
-    while qemu_img_processes(&marker).is_empty() {
-        assert!(Instant::now() < deadline, "qemu-img never ran");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    server.kill(); // SIGKILL
-                   // ... and dies with it.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !qemu_img_processes(&marker).is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "qemu-img outlived its server: {:?}",
-            qemu_img_processes(&marker)
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let killed = entity::image::Entity::find_by_id(id.clone())
-        .one(&db)
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(
-        killed.slim_status,
-        entity::status::SlimStatus::Slimming,
-        "the process died after the slim had finished"
-    );
+    until_the_slim_runs(&app, &api, &id, &db).await;
+    kill_during_the_convert(&app, &mut server, &id, &db).await;
 
     // A new process takes the job over once its lease has run out, and finishes it.
     let mut server = Replica::start(&app.vars, port, &log, &[]).await;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let v = loop {
-        let v: serde_json::Value = app
-            .client
-            .get(format!("{api}/images/{id}"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if v["slimStatus"] != 1 {
-            break v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the slim stayed in progress after the restart: {v}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let v = until_slimmed(&app, &api, &id).await;
     assert_eq!(v["slimStatus"], 2, "{v}");
     assert_eq!(v["checkStatusResponse"]["status"], 0, "{v}");
     // Served bytes are the slimmed image, identical in content to the original.
@@ -148,6 +45,135 @@ async fn sigkill_during_a_slim_then_restart(b: Backend) {
 }
 
 crate::backend_tests!(sigkill_during_a_slim_then_restart);
+
+/// Uploads a 1 GiB qcow2 with 600 MiB of data and asks for its slim. Gives its id and file.
+async fn upload_and_slim(app: &TestApp, api: &str) -> (String, std::path::PathBuf) {
+    let img = make_qcow2(app.dir.path(), "k.qcow2", 1024, 600);
+    let form = reqwest::multipart::Form::new().part(
+        "file",
+        reqwest::multipart::Part::bytes(std::fs::read(&img).unwrap()).file_name("k.qcow2"),
+    );
+    let r = app
+        .client
+        .post(format!("{api}/images"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let id = r.json::<serde_json::Value>().await.unwrap()["imageId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = app
+        .client
+        .post(format!("{api}/images/{id}/action/slim"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.text().await.unwrap(), "compress in progress");
+    (id, img)
+}
+
+/// Waits until the image is checked and its slim job claimed by a worker.
+async fn until_the_slim_runs(app: &TestApp, api: &str, id: &str, db: &sea_orm::DatabaseConnection) {
+    // Kill it while the slim job runs: checked, and the slim job claimed by a worker.
+    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+    // Generous: on S3 the check before the slim reads and hashes 600 MiB from the store,
+    // minutes under a loaded test run.
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let v: serde_json::Value = app
+            .client
+            .get(format!("{api}/images/{id}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let running = entity::job::Entity::find()
+            .filter(entity::job::Column::Kind.eq("slim"))
+            .filter(entity::job::Column::State.eq("running"))
+            .one(db)
+            .await
+            .unwrap();
+        if v["checkStatusResponse"]["status"] != 4 && running.is_some() {
+            break;
+        }
+        assert_ne!(
+            v["slimStatus"], 2,
+            "the slim finished before it could be interrupted"
+        );
+        assert!(Instant::now() < deadline, "the slim never started: {v}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// SIGKILLs `server` while qemu-img converts this test's image: qemu-img dies with it, and the
+/// image stays `Slimming`.
+async fn kill_during_the_convert(
+    app: &TestApp,
+    server: &mut Replica,
+    id: &str,
+    db: &sea_orm::DatabaseConnection,
+) {
+    use sea_orm::EntityTrait;
+    // qemu-img is converting this test's image when the server dies ...
+    // (On S3 the slim reads 600 MiB from the store twice at once, through the NBD export and
+    // for its hash: under a loaded test run that can take half a minute.)
+    let marker = app.dir.path().to_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while qemu_img_processes(&marker).is_empty() {
+        assert!(Instant::now() < deadline, "qemu-img never ran");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    server.kill(); // SIGKILL
+                   // ... and dies with it.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !qemu_img_processes(&marker).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "qemu-img outlived its server: {:?}",
+            qemu_img_processes(&marker)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let killed = entity::image::Entity::find_by_id(id.to_string())
+        .one(db)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        killed.slim_status,
+        entity::status::SlimStatus::Slimming,
+        "the process died after the slim had finished"
+    );
+}
+
+/// Polls the image until its slim is no longer in progress (at most 120 s); gives its record.
+async fn until_slimmed(app: &TestApp, api: &str, id: &str) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let v: serde_json::Value = app
+            .client
+            .get(format!("{api}/images/{id}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if v["slimStatus"] != 1 {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the slim stayed in progress after the restart: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
 
 /// A second process started by mistake with the same settings fails on the busy port before it
 /// touches the running one's state: the scratch files of the running server stay.
