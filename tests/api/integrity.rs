@@ -90,22 +90,35 @@ async fn held(app: &TestApp, identifier: &str) -> Vec<u64> {
 async fn declared_totals_are_enforced(b: Backend) {
     let app = TestApp::spawn(b, Options::default()).await;
     let chunks: Vec<Vec<u8>> = (0..3).map(|i| pattern(i, 10_000 + i as usize)).collect();
+    chunks_declaring_totals(&app, &chunks).await;
+    late_totals_hold_for_held_chunks(&app).await;
+    merges_enforce_totals(&app, &chunks).await;
+    merges_count_the_bytes(&app, &chunks).await;
+    app.stop().await;
+}
+
+/// The totals a chunk `c` of the three in `declared_totals_are_enforced` declares: `total`
+/// bytes in 3 chunks of 10000 bytes, this one `c.len()` bytes.
+fn totals(total: usize, c: &[u8]) -> Vec<(&'static str, String)> {
+    vec![
+        ("totalSize", total.to_string()),
+        ("totalChunks", "3".to_string()),
+        ("chunkSize", "10000".to_string()),
+        ("currentChunkSize", c.len().to_string()),
+    ]
+}
+
+/// Chunks 1 and 2 of "tot" stored; chunks that are truncated, declare garbage, lie beyond
+/// totalChunks or declare other totals refused.
+async fn chunks_declaring_totals(app: &TestApp, chunks: &[Vec<u8>]) {
     let total: usize = chunks.iter().map(Vec::len).sum();
-    let totals = |c: &Vec<u8>| {
-        vec![
-            ("totalSize", total.to_string()),
-            ("totalChunks", "3".to_string()),
-            ("chunkSize", "10000".to_string()),
-            ("currentChunkSize", c.len().to_string()),
-        ]
-    };
     // A body shorter than currentChunkSize (a truncated chunk): refused, nothing stored.
     let mut short = chunks[0].clone();
     short.truncate(9_000);
-    let r = chunk_with(&app, "tot", 1, short, &totals(&chunks[0]), &[], &[]).await;
+    let r = chunk_with(app, "tot", 1, short, &totals(total, &chunks[0]), &[], &[]).await;
     let v = assert_error(r, 400, None).await;
     assert_eq!(v["code"], "SIZE_MISMATCH", "{v}");
-    assert!(held(&app, "tot").await.is_empty());
+    assert!(held(app, "tot").await.is_empty());
     // Garbage totals: 400.
     for (k, bad) in [
         ("totalSize", "-1"),
@@ -114,7 +127,7 @@ async fn declared_totals_are_enforced(b: Backend) {
         ("chunkSize", "0"),
     ] {
         let r = chunk_with(
-            &app,
+            app,
             "tot",
             1,
             chunks[0].clone(),
@@ -127,16 +140,25 @@ async fn declared_totals_are_enforced(b: Backend) {
     }
     // Chunks 1 and 2 of 3, the totals after the part (as some clients send them).
     for (i, c) in chunks.iter().enumerate().take(2) {
-        let r = chunk_with(&app, "tot", i as u32 + 1, c.clone(), &[], &totals(c), &[]).await;
+        let r = chunk_with(
+            app,
+            "tot",
+            i as u32 + 1,
+            c.clone(),
+            &[],
+            &totals(total, c),
+            &[],
+        )
+        .await;
         assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
     }
     // A chunk beyond totalChunks, or declaring other totals: 400.
     let r = chunk_with(
-        &app,
+        app,
         "tot",
         4,
         chunks[0].clone(),
-        &totals(&chunks[0]),
+        &totals(total, &chunks[0]),
         &[],
         &[],
     )
@@ -146,7 +168,7 @@ async fn declared_totals_are_enforced(b: Backend) {
         .unwrap()
         .contains("totalChunks"));
     let r = chunk_with(
-        &app,
+        app,
         "tot",
         3,
         chunks[2].clone(),
@@ -156,48 +178,56 @@ async fn declared_totals_are_enforced(b: Backend) {
     )
     .await;
     assert_error(r, 400, None).await;
-    // Totals declared late hold for the chunks already held: chunk 3 of an upload is there,
-    // so a chunk declaring totalChunks 2 is refused and nothing is recorded.
+}
+
+/// Totals declared late hold for the chunks already held: chunk 3 of an upload is there,
+/// so a chunk declaring totalChunks 2 is refused and nothing is recorded.
+async fn late_totals_hold_for_held_chunks(app: &TestApp) {
     for n in 1..=3 {
-        let r = chunk_with(&app, "late", n, vec![n as u8; 100], &[], &[], &[]).await;
+        let r = chunk_with(app, "late", n, vec![n as u8; 100], &[], &[], &[]).await;
         assert_eq!(r.status(), 200);
     }
     let two = [("totalChunks", "2".to_string())];
-    let r = chunk_with(&app, "late", 1, vec![1; 100], &two, &[], &[]).await;
+    let r = chunk_with(app, "late", 1, vec![1; 100], &two, &[], &[]).await;
     let v = assert_error(r, 400, None).await;
     assert!(v["message"].as_str().unwrap().contains("chunk 3"), "{v}");
-    assert_eq!(held(&app, "late").await, vec![1, 2, 3]);
+    assert_eq!(held(app, "late").await, vec![1, 2, 3]);
     let three = [("totalChunks", "3".to_string())];
-    let r = chunk_with(&app, "late", 1, vec![1; 100], &three, &[], &[]).await;
+    let r = chunk_with(app, "late", 1, vec![1; 100], &three, &[], &[]).await;
     assert_eq!(r.status(), 200);
+}
+
+/// The merge of "tot" knows the totals from its chunks, and checks its own.
+async fn merges_enforce_totals(app: &TestApp, chunks: &[Vec<u8>]) {
+    let total: usize = chunks.iter().map(Vec::len).sum();
     // The merge knows the totals from the chunks: chunk 3 is missing, named; chunks kept.
     let r = app.merge("tot", "disk.img").await;
     let v = assert_error(r, 400, None).await;
     assert_eq!(v["code"], "MISSING_CHUNKS", "{v}");
     assert!(v["message"].as_str().unwrap().contains('3'), "{v}");
-    assert_eq!(held(&app, "tot").await, vec![1, 2]);
+    assert_eq!(held(app, "tot").await, vec![1, 2]);
     // A chunk that would take the upload past its totalSize: refused at once.
     let big = pattern(9, total);
-    let r = chunk_with(&app, "tot", 3, big, &[], &[], &[]).await;
+    let r = chunk_with(app, "tot", 3, big, &[], &[], &[]).await;
     assert_eq!(assert_error(r, 400, None).await["code"], "SIZE_MISMATCH");
-    assert_eq!(held(&app, "tot").await, vec![1, 2]);
+    assert_eq!(held(app, "tot").await, vec![1, 2]);
     // The merge's own totals are checked as well.
-    let r = merge_with(&app, "tot", "disk.img", &[("totalChunks", "2".into())]).await;
+    let r = merge_with(app, "tot", "disk.img", &[("totalChunks", "2".into())]).await;
     assert_error(r, 400, None).await;
     // Chunk 3 arrives; a merge that declares another size is refused, the right one works.
     let r = chunk_with(
-        &app,
+        app,
         "tot",
         3,
         chunks[2].clone(),
-        &totals(&chunks[2]),
+        &totals(total, &chunks[2]),
         &[],
         &[],
     )
     .await;
     assert_eq!(r.status(), 200);
     let r = merge_with(
-        &app,
+        app,
         "tot",
         "disk.img",
         &[("totalSize", (total + 1).to_string())],
@@ -211,12 +241,15 @@ async fn declared_totals_are_enforced(b: Backend) {
         app.download(v["imageId"].as_str().unwrap()).await,
         chunks.concat()
     );
+}
 
-    // Without totals the merge checks what it can (no gaps), as before; with totalSize it
-    // also counts the bytes: 2 of 3 chunks are not a complete image.
-    send_chunks(&app, "part2", &chunks[..2]).await;
+/// Without totals the merge checks what it can (no gaps), as before; with totalSize it also
+/// counts the bytes: 2 of 3 chunks are not a complete image.
+async fn merges_count_the_bytes(app: &TestApp, chunks: &[Vec<u8>]) {
+    let total: usize = chunks.iter().map(Vec::len).sum();
+    send_chunks(app, "part2", &chunks[..2]).await;
     let r = merge_with(
-        &app,
+        app,
         "part2",
         "disk.img",
         &[("totalSize", total.to_string())],
@@ -224,8 +257,7 @@ async fn declared_totals_are_enforced(b: Backend) {
     .await;
     let v = assert_error(r, 400, None).await;
     assert_eq!(v["code"], "SIZE_MISMATCH", "{v}");
-    assert_eq!(held(&app, "part2").await, vec![1, 2]);
-    app.stop().await;
+    assert_eq!(held(app, "part2").await, vec![1, 2]);
 }
 
 async fn chunk_checksums_in_every_form(b: Backend) {
