@@ -11,7 +11,7 @@ use super::{
     now_secs,
     objects::{multipart_of, spool, NewImage},
     texts,
-    uploads::{image_checksum, SessionRef, Totals},
+    uploads::{image_checksum, other_priority, SessionRef, Totals},
     validate, Error, Result, Service,
 };
 use crate::{
@@ -106,18 +106,30 @@ impl Service {
         let user_id = caller.acting_for(&user_id)?;
         let checksum = image_checksum(&fields)?;
         let totals = Totals::of(&fields)?;
-        // The session's own tier is used; a priority that names none is still an error.
-        self.tier_for(fields.get(Field::Priority))?;
+        // The session's own tier is used; a priority that names none is an error, and so is
+        // one that is not the session's.
+        let asked = self.asked_priority(&fields)?;
         let deadline = tokio::time::Instant::now() + MERGE_WAIT;
+        let mut waited = false;
         loop {
-            let (session, parts) = match self.merge_target(&target).await? {
-                MergeTarget::Merged(img) => {
+            let (session, parts) = match self.merge_target(&target).await {
+                Ok(MergeTarget::Merged(img)) => {
                     return self
                         .merged_before(*img, checksum.as_ref(), &totals, &file_name)
                         .await
                 }
-                MergeTarget::Open(session, parts) => (*session, parts),
+                Ok(MergeTarget::Open(session, parts)) => (*session, parts),
+                // It was there when this merge began to wait for another claim.
+                Err(Error::InvalidInput(_)) if waited => {
+                    return Err(Error::Conflict(format!(
+                        "upload {identifier} was cancelled while this merge waited for it"
+                    )))
+                }
+                Err(e) => return Err(e),
             };
+            if let Some(asked) = asked.filter(|p| *p != session.priority) {
+                return Err(other_priority(&target.identifier, session.priority, asked));
+            }
             let covered = totals
                 .agrees_with(&session)
                 .and_then(|t| t.covered_by(&parts));
@@ -149,6 +161,7 @@ impl Service {
                         "upload {identifier} is still being merged; ask again later"
                     )));
                 }
+                waited = true;
                 tokio::time::sleep(MERGE_POLL).await;
                 continue;
             }

@@ -293,6 +293,14 @@ pub(super) struct SessionRef {
     pub(super) key: String,
 }
 
+/// The error of a request whose priority is not the one its upload was started with: the
+/// chunks of an upload all go to one tier (SPEC section 5).
+pub(super) fn other_priority(identifier: &Identifier, started: i32, asked: i32) -> Error {
+    Error::InvalidInput(format!(
+        "upload {identifier} was started with priority {started}, not {asked}"
+    ))
+}
+
 impl SessionRef {
     /// From the request's `identifier` and `userId` fields.
     pub(super) fn of(caller: &Caller, fields: &Fields) -> Result<Self> {
@@ -700,10 +708,7 @@ impl Service {
         let identifier = &target.identifier;
         if let Some(s) = db::uploads::find(&self.db, &target.key).await? {
             if s.priority != tier.priority {
-                return Err(Error::InvalidInput(format!(
-                    "upload {identifier} was started with priority {}, not {}",
-                    s.priority, tier.priority
-                )));
+                return Err(other_priority(identifier, s.priority, tier.priority));
             }
             return Ok((s, false));
         }
@@ -761,7 +766,7 @@ impl Service {
     pub async fn cancel_upload(&self, caller: &Caller, fields: Fields) -> Result<()> {
         let target = SessionRef::of(caller, &fields)?;
         // A priority, when sent, names a tier (as for chunks and the merge, SPEC section 5).
-        self.tier_for(fields.get(Field::Priority))?;
+        let asked = self.asked_priority(&fields)?;
         let identifier: &str = &target.identifier;
         // Remembered before the session is looked up: a chunk in transfer now, which began
         // before the cancel, yields to it whether it finds this session, none, or one it
@@ -770,6 +775,9 @@ impl Service {
         let Some(session) = db::uploads::find(&self.db, &target.key).await? else {
             return Ok(());
         };
+        if let Some(asked) = asked.filter(|p| *p != session.priority) {
+            return Err(other_priority(&target.identifier, session.priority, asked));
+        }
         match session.state {
             Merging => Err(Error::Conflict(format!(
                 "upload {identifier} is being merged"
@@ -783,13 +791,43 @@ impl Service {
                 tracing::info!(identifier, image.id = %session.image_id, "merged upload released");
                 Ok(())
             }
-            _ => {
-                self.discard_upload(&session).await?;
-                db::uploads::delete(&self.db, &session.id).await?;
+            Open => {
+                // Claimed first, as a merge claims it: a merge that comes now waits for the
+                // cancel instead of joining parts the cancel is aborting, and a merge that
+                // claimed it first keeps it.
+                let token = uuid::Uuid::new_v4().simple().to_string();
+                let claim = db::uploads::MergeClaim {
+                    token: &token,
+                    request: None,
+                };
+                if !db::uploads::claim_merge(&self.db, &session.id, now_secs(), i64::MIN, &claim)
+                    .await?
+                {
+                    return match db::uploads::find(&self.db, &target.key).await? {
+                        None => Ok(()),
+                        Some(_) => Err(Error::Conflict(format!(
+                            "upload {identifier} is being merged"
+                        ))),
+                    };
+                }
+                if let Err(e) = self.discard_upload(&session).await {
+                    db::uploads::end_merge(&self.db, &session.id, &token, Open, now_secs()).await?;
+                    return Err(e);
+                }
+                db::uploads::delete_merging(&self.db, &session.id, &token).await?;
                 tracing::info!(identifier, "upload cancelled");
                 self.metrics.upload_session_cancelled();
                 Ok(())
             }
+        }
+    }
+
+    /// The priority a request names, when it names one (an empty field names none). Errors:
+    /// a priority no tier has.
+    pub(super) fn asked_priority(&self, fields: &Fields) -> Result<Option<i32>> {
+        match fields.get(Field::Priority).map(str::trim) {
+            None | Some("") => Ok(None),
+            p => Ok(Some(self.tier_for(p)?.priority)),
         }
     }
 

@@ -376,7 +376,9 @@ crate::backend_tests!(
     concurrent_merges_make_one_image,
     chunked_zip_is_unpacked,
     abandoned_uploads_expire,
-    merges_whose_merger_died_are_taken_over
+    merges_whose_merger_died_are_taken_over,
+    merge_and_cancel_keep_the_upload_priority,
+    a_cancel_racing_merges
 );
 
 /// A session left `merging` by a process that died (its claim no longer renewed) is taken
@@ -523,5 +525,127 @@ async fn abandoned_uploads_expire(b: Backend) {
         assert!(std::time::Instant::now() < deadline, "{}", m.text);
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
+    app.stop().await;
+}
+
+/// A form with `identifier`, and `priority` when given.
+fn tier_form(identifier: &str, priority: Option<&str>) -> reqwest::multipart::Form {
+    let form = reqwest::multipart::Form::new().text("identifier", identifier.to_string());
+    match priority {
+        Some(p) => form.text("priority", p.to_string()),
+        None => form,
+    }
+}
+
+/// An upload's chunks all go to the tier its first chunk named: a merge or a cancel that
+/// names another priority is refused as such a chunk is (400, chunks kept); one that names
+/// the same priority, or none, works.
+async fn merge_and_cancel_keep_the_upload_priority(b: Backend) {
+    let app = TestApp::spawn(
+        b,
+        Options {
+            tiers: Some("0=images,1=archive"),
+            ..Default::default()
+        },
+    )
+    .await;
+    let post = |path: &str, form: reqwest::multipart::Form| {
+        app.client.post(app.url(path)).multipart(form).send()
+    };
+    let chunk = |id: &str, n: u64| {
+        let part = reqwest::multipart::Part::bytes(pattern(n, 1000)).file_name(format!("{n}.part"));
+        tier_form(id, Some("1")).part("part", part)
+    };
+    for id in ["tiered", "dropped", "plain"] {
+        for n in 1..=2 {
+            let r = post("/images/upload", chunk(id, n)).await.unwrap();
+            assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+        }
+    }
+    let started = "upload tiered was started with priority 1, not 0";
+    let merge = |p| tier_form("tiered", p).text("filename", "t.img");
+    let r = post("/images/merge", merge(Some("0"))).await.unwrap();
+    let v = assert_error(r, 400, Some(started)).await;
+    assert_eq!(v["code"], "INVALID_PARAMETER", "{v}");
+    let r = app
+        .client
+        .delete(app.url("/images/upload?identifier=tiered&priority=0"))
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, 400, Some(started)).await;
+    let (_, held) = app.get_json("/images/upload?identifier=tiered").await;
+    assert_eq!(held["chunks"].as_array().unwrap().len(), 2, "{held}");
+    // The same priority, or none: merged into its tier.
+    for p in [Some("1"), None] {
+        let r = post("/images/merge", merge(p)).await.unwrap();
+        assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+        let v: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(v["storageMedium"], "archive", "{v}");
+    }
+    for (id, query) in [("dropped", "&priority=1"), ("plain", "")] {
+        let r = app
+            .client
+            .delete(app.url(&format!("/images/upload?identifier={id}{query}")))
+            .send()
+            .await
+            .unwrap();
+        ok_text(r, "cancel success").await;
+        let (_, held) = app
+            .get_json(&format!("/images/upload?identifier={id}"))
+            .await;
+        assert_eq!(held["state"], "none", "{held}");
+    }
+    app.stop().await;
+}
+
+/// A cancel racing three merges of the same upload, at several delays: each merge answers
+/// the image, a conflict that says the upload was cancelled or is being merged, or (the
+/// cancel done before it looked) that there are no chunks; never that the store lost the
+/// upload. Afterwards the image holds the bytes sent, or nothing is left at all.
+async fn a_cancel_racing_merges(b: Backend) {
+    let app = TestApp::spawn(b, Options::default()).await;
+    let data = pattern(77, 12 << 20);
+    for round in 0..5u64 {
+        let id = format!("race{round}");
+        for (i, c) in split(&data, 6 << 20).into_iter().enumerate() {
+            assert_eq!(app.chunk(&id, i as u32 + 1, c).await.status(), 200);
+        }
+        let merges = join_all((0..3).map(|_| app.merge(&id, "r.img")));
+        let cancel = async {
+            tokio::time::sleep(std::time::Duration::from_millis(round * 40)).await;
+            let url = app.url(&format!("/images/upload?identifier={id}"));
+            let r = app.client.delete(url).send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        };
+        let (merges, cancelled) = tokio::join!(merges, cancel);
+        let mut image = None;
+        for r in merges {
+            let status = r.status().as_u16();
+            let v: serde_json::Value = r.json().await.unwrap();
+            let message = v["message"].as_str().unwrap_or_default().to_string();
+            match status {
+                200 => image = Some(v["imageId"].as_str().unwrap().to_string()),
+                409 => assert!(
+                    message.contains("was cancelled") || message.contains("being merged"),
+                    "round {round}: {v}"
+                ),
+                400 => assert!(
+                    message.starts_with("no chunks received"),
+                    "round {round}: {v}"
+                ),
+                _ => panic!("round {round}: {status} {v}"),
+            }
+        }
+        match image {
+            Some(image) => {
+                assert_eq!(app.download(&image).await, data, "round {round}");
+                assert_eq!(app.delete_image(&image).await.status(), 200);
+            }
+            None => assert_eq!(cancelled.0, 200, "round {round}: {cancelled:?}"),
+        }
+    }
+    let left = app.leftovers().await;
+    assert!(left.is_empty(), "{left:?}");
     app.stop().await;
 }
