@@ -8,6 +8,32 @@ use crate::storage::StorageError;
 use sea_orm::DbErr;
 use std::io;
 
+/// Chunk numbers (ascending) as a message names them: each of them when there are at most
+/// 32, else runs of three or more as `first-last` (a merge of chunk 1 of 10000 would name
+/// 9999 numbers).
+fn chunk_list(numbers: &[u32]) -> String {
+    if numbers.len() <= 32 {
+        let each: Vec<String> = numbers.iter().map(u32::to_string).collect();
+        return each.join(", ");
+    }
+    let mut runs: Vec<(u32, u32)> = vec![];
+    for &n in numbers {
+        match runs.last_mut() {
+            Some((_, last)) if n == *last + 1 => *last = n,
+            _ => runs.push((n, n)),
+        }
+    }
+    let named: Vec<String> = runs
+        .iter()
+        .flat_map(|&(first, last)| match last - first {
+            0 => vec![first.to_string()],
+            1 => vec![first.to_string(), last.to_string()],
+            _ => vec![format!("{first}-{last}")],
+        })
+        .collect();
+    named.join(", ")
+}
+
 /// What can go wrong in the domain; [`Error::answer`] says how each is answered.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -21,7 +47,8 @@ pub enum Error {
     InvalidInput(String),
     #[error("{0}")]
     InvalidZip(String),
-    #[error("missing chunks: {}", .0.iter().map(u32::to_string).collect::<Vec<_>>().join(", "))]
+    /// The chunk numbers missing, ascending.
+    #[error("missing chunks: {}", chunk_list(.0))]
     MissingChunks(Vec<u32>),
     /// Bytes that do not match the checksum declared for them.
     #[error("{0}")]
@@ -298,6 +325,20 @@ fn public_text(code: Code) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn missing_chunks_are_named_each_or_in_runs() {
+        assert_eq!(chunk_list(&[3]), "3");
+        assert_eq!(chunk_list(&[2, 3, 4]), "2, 3, 4");
+        let many: Vec<u32> = (2..=10000).collect();
+        assert_eq!(chunk_list(&many), "2-10000");
+        let mut mixed: Vec<u32> = vec![1, 5, 6];
+        mixed.extend(10..=40);
+        mixed.push(9999);
+        assert_eq!(chunk_list(&mixed), "1, 5, 6, 10-40, 9999");
+        let message = Error::MissingChunks(many).to_string();
+        assert_eq!(message, "missing chunks: 2-10000");
+    }
 
     #[test]
     fn codes_are_unique_and_upper_snake_case() {

@@ -304,17 +304,26 @@ impl Service {
             Ok(_) => crate::metrics::MergeOutcome::Completed,
             Err(_) => crate::metrics::MergeOutcome::Failed,
         });
-        if let Err(e) = &result {
-            // The chunks were joined: a result that cannot be used consumed them.
-            let reopen = !matches!(e, Error::InvalidZip(_) | Error::TooLarge);
-            if reopen {
-                db::uploads::end_merge(&self.db, &session.id, &token, Open, now_secs()).await?;
-            } else if db::uploads::delete_merging(&self.db, &session.id, &token).await? {
-                self.delete_object(&session.bucket, &session.object_key)
-                    .await;
-            }
+        let Err(e) = result else {
+            return result;
+        };
+        // The chunks were joined: a result that cannot be used consumed them.
+        let reopen = !matches!(e, Error::InvalidZip(_) | Error::TooLarge);
+        if reopen {
+            db::uploads::end_merge(&self.db, &session.id, &token, Open, now_secs()).await?;
+            return Err(e);
         }
-        result
+        if db::uploads::delete_merging(&self.db, &session.id, &token).await? {
+            self.delete_object(&session.bucket, &session.object_key)
+                .await;
+        }
+        Err(match e {
+            Error::InvalidZip(why) => Error::InvalidZip(format!(
+                "{why}; the chunks of upload {identifier} were dropped with it: send them \
+                 again to merge them once more"
+            )),
+            e => e,
+        })
     }
 
     /// Finishes the merges whose merger died (its claim not renewed for the lease): a merge
