@@ -19,8 +19,13 @@ enum State {
     /// Before the first delimiter, or inside a part's content: looking for a delimiter.
     /// `counted` is whether the bytes count against the bound (the preamble).
     Content { counted: bool },
+    /// Just after a delimiter, before the two bytes that tell the close delimiter (`--`).
+    Delimited,
     /// After a delimiter: the rest of its line and the part's headers, up to a blank line.
     Headers,
+    /// After the close delimiter: the epilogue, which parsers ignore (RFC 2046 section
+    /// 5.1.1) and which is not held.
+    Epilogue,
 }
 
 struct Guard {
@@ -53,7 +58,18 @@ impl Guard {
         let mut at = 0;
         loop {
             let (finder, next) = match self.state {
-                State::Content { .. } => (&self.delimiter, State::Headers),
+                State::Epilogue => break,
+                State::Delimited => {
+                    let Some(two) = window.get(at..at + 2) else {
+                        break;
+                    };
+                    self.state = match two {
+                        b"--" => State::Epilogue,
+                        _ => State::Headers,
+                    };
+                    continue;
+                }
+                State::Content { .. } => (&self.delimiter, State::Delimited),
                 State::Headers => (&self.blank_line, State::Content { counted: false }),
             };
             let found = finder
@@ -67,7 +83,7 @@ impl Guard {
                 if self.held > MAX_HEADER_BYTES {
                     let msg = match self.state {
                         // Before any delimiter: most likely not the boundary Content-Type names.
-                        State::Content { .. } => format!(
+                        State::Content { .. } | State::Delimited | State::Epilogue => format!(
                             "no delimiter of the boundary named in Content-Type within the first \
                              {MAX_HEADER_BYTES} bytes of the multipart body"
                         ),
@@ -86,6 +102,9 @@ impl Guard {
                 }
                 None => break,
             }
+        }
+        if self.state == State::Epilogue {
+            return Ok(());
         }
         let keep = self.delimiter.needle().len() - 1;
         let from = window.len().saturating_sub(keep).max(at.min(window.len()));
@@ -151,6 +170,26 @@ mod tests {
             &vec![b'\r'; 1 << 20],
         );
         assert!(feed_all("XyZ", &[&b]).is_ok());
+    }
+
+    #[test]
+    fn the_epilogue_is_not_held_however_long() {
+        // RFC 2046 section 5.1.1: what follows the close delimiter is ignored.
+        let mut b = body("Content-Disposition: form-data; name=\"f\"", b"1");
+        b.extend_from_slice(&vec![b'e'; 1 << 20]);
+        for step in [1, 2, 5, 4096, b.len()] {
+            let chunks: Vec<&[u8]> = b.chunks(step).collect();
+            assert!(feed_all("XyZ", &chunks).is_ok(), "step {step}");
+        }
+        // A delimiter followed by anything but `--` still opens a part whose headers count.
+        let mut b = body("Content-Disposition: form-data; name=\"f\"", b"1");
+        b.truncate(b.len() - 4);
+        b.push(b'-');
+        b.extend_from_slice(&vec![b'h'; MAX_HEADER_BYTES + 1]);
+        for step in [1, 3, b.len()] {
+            let chunks: Vec<&[u8]> = b.chunks(step).collect();
+            assert!(feed_all("XyZ", &chunks).is_err(), "step {step}");
+        }
     }
 
     #[test]

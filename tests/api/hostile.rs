@@ -1787,6 +1787,18 @@ async fn multipart_transfer_coding_other_than_chunked(app: &TestApp) -> Held {
     NOTHING
 }
 
+async fn multipart_long_epilogue(app: &TestApp) -> Held {
+    // RFC 2046 section 5.1.1: what follows the close delimiter is ignored, however long.
+    let mut body = Raw::new()
+        .text("userId", b"hostile")
+        .file("file", b"e.img", &pattern(12, 5000))
+        .finish();
+    body.extend_from_slice(&vec![b'e'; 64 << 10]);
+    let r = post_raw(app, "/images", MULTIPART, body).await;
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    images(1)
+}
+
 async fn multipart_wrong_content_type(app: &TestApp) -> Held {
     let body = Raw::new().file("file", b"a.img", b"data").finish();
     refused(
@@ -3489,6 +3501,7 @@ hostile_cases! {
     multipart_filename_control_chars,
     multipart_filename_invalid_utf8,
     multipart_filename_non_ascii_and_quote,
+    multipart_long_epilogue,
     multipart_wrong_content_type,
     multipart_transfer_coding_other_than_chunked,
     content_coded_bodies,
