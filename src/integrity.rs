@@ -101,15 +101,23 @@ impl Checksum {
     /// (RFC 3230: `SHA-256=<base64>`) header: the checksums of the algorithms known here.
     pub fn parse_digest_header(header: &str, value: &str) -> Result<Vec<Self>, String> {
         let mut out = vec![];
+        let malformed = || {
+            let example = match header {
+                "digest" => "SHA-256=<base64>",
+                _ => "sha-256=:<base64>:",
+            };
+            format!("{header} must be a list of algorithm=digest, e.g. {example}")
+        };
+        // An algorithm is a token (RFC 3230) or a structured-field key (RFC 8941): one that is
+        // neither is a malformed header, not an algorithm unknown here.
+        let is_name = |a: &str| {
+            !a.is_empty()
+                && a.bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || b"-_.*+".contains(&c))
+        };
         for member in value.split(',') {
-            let Some((alg, v)) = member.split_once('=') else {
-                let example = match header {
-                    "digest" => "SHA-256=<base64>",
-                    _ => "sha-256=:<base64>:",
-                };
-                return Err(format!(
-                    "{header} must be a list of algorithm=digest, e.g. {example}"
-                ));
+            let Some((alg, v)) = member.split_once('=').filter(|(a, _)| is_name(a.trim())) else {
+                return Err(malformed());
             };
             let algorithm = match alg.trim().to_ascii_lowercase().as_str() {
                 "sha-256" => Algorithm::Sha256,
@@ -588,6 +596,10 @@ mod tests {
             ("content-md5", "AAAA"),
             ("repr-digest", "sha-256=:AAAA:"),
             ("repr-digest", "garbage"),
+            ("repr-digest", ";;;==="),
+            ("repr-digest", "=:AAAA:"),
+            ("content-digest", "sha 256=:AAAA:"),
+            ("digest", "SHA-256=x, ;="),
         ] {
             assert!(Checksum::from_headers([(h, v)]).is_err(), "{h}: {v}");
         }

@@ -569,7 +569,12 @@ fn requested_range(headers: &HeaderMap, honour: bool) -> Option<RangeRequest> {
 /// Parses a single `bytes=` range. Anything else (other units, several ranges, garbage) is
 /// ignored, and the whole object is sent, as RFC 9110 allows.
 pub fn parse_range(v: &str) -> Option<RangeRequest> {
-    let spec = v.trim().strip_prefix("bytes=")?.trim();
+    // A range unit is compared case-insensitively (RFC 9110 section 14.1).
+    let v = v.trim();
+    let spec = v
+        .get(..6)
+        .filter(|unit| unit.eq_ignore_ascii_case("bytes="))
+        .map(|_| v[6..].trim())?;
     if spec.contains(',') {
         return None;
     }
@@ -650,6 +655,15 @@ mod tests {
             })
         );
         assert_eq!(parse_range("bytes=-5"), Some(RangeRequest::Suffix(5)));
+        for unit in ["BYTES=0-0", "Bytes=0-0", " bytes=0-0 "] {
+            let first = Some(RangeRequest::From {
+                start: 0,
+                end: Some(0),
+            });
+            assert_eq!(parse_range(unit), first, "{unit}");
+        }
+        assert_eq!(parse_range("bytesx0-0"), None);
+        assert_eq!(parse_range("é"), None);
         assert_eq!(parse_range("bytes=0-1,3-4"), None);
         assert_eq!(parse_range("items=0-1"), None);
         assert_eq!(parse_range("bytes=9-2"), None);

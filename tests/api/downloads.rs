@@ -25,6 +25,9 @@ async fn ranges_and_headers(b: Backend) {
         ("bytes=99990-", 99_990, 99_999),
         ("bytes=-100", 99_900, 99_999),
         ("bytes=50000-200000", 50_000, 99_999),
+        // The unit in any case (RFC 9110 section 14.1).
+        ("BYTES=0-0", 0, 0),
+        ("Bytes=10-19", 10, 19),
     ];
     for (range, s, e) in cases {
         let r = app

@@ -342,6 +342,8 @@ async fn chunk_checksums_in_every_form(b: Backend) {
         ("Content-MD5", "not base64"),
         ("Content-MD5", "AAAA"),
         ("Repr-Digest", "sha-256=:AAAA:"),
+        ("Repr-Digest", ";;;==="),
+        ("Content-Digest", "=:AAAA:"),
     ] {
         let r = chunk_with(
             &app,
