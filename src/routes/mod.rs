@@ -103,6 +103,7 @@ pub fn router(svc: Service, authenticator: Option<Arc<Authenticator>>) -> Router
             req.map(|body| min_rate.wrap(body))
         }))
         .layer(middleware::from_fn(identity_bodies_only))
+        .layer(middleware::from_fn(one_host))
         // Inside `metered` (a refusal is counted and has its access line), `cors` (a preflight
         // is answered before it; a 401 carries the CORS headers a browser needs to read it)
         // and `drain::linger` (a refused upload's body is drained, so the 401 arrives).
@@ -167,6 +168,21 @@ async fn identity_bodies_only(req: Request, next: middleware::Next) -> Response 
         HeaderValue::from_static("identity"),
     );
     refused
+}
+
+/// Refuses an HTTP/1.1 request without a `Host` header, or with more than one, as RFC 9112
+/// section 3.2 requires (400 `INVALID_PARAMETER`). HTTP/1.0 may omit it; HTTP/2 carries
+/// `:authority` instead.
+async fn one_host(req: Request, next: middleware::Next) -> Response {
+    let hosts = req.headers().get_all(header::HOST).iter().count();
+    if req.version() != axum::http::Version::HTTP_11 || hosts == 1 {
+        return next.run(req).await;
+    }
+    ApiError::of(
+        crate::domain::Code::InvalidParameter,
+        "an HTTP/1.1 request must have exactly one Host header (RFC 9112 section 3.2)",
+    )
+    .into_response()
 }
 
 /// Whether the comma-separated codings in `req`'s `name` headers hold one other than `allowed`

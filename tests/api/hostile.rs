@@ -2419,6 +2419,46 @@ async fn declared_oversize_bodies_are_refused_at_once(app: &TestApp) -> Held {
     NOTHING
 }
 
+/// An HTTP/1.1 request without a Host header, or with two, is a 400 (RFC 9112 section 3.2),
+/// its body is drained, and the connection serves the next request.
+async fn requests_without_one_host(app: &TestApp) -> Held {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = app.base.trim_start_matches("http://").to_string();
+    let next =
+        format!("GET {API}/images?limit=1 HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let body = "x".repeat(5000);
+    for first in [
+        format!("GET {API}/images HTTP/1.1\r\n\r\n"),
+        format!("GET {API}/images HTTP/1.1\r\nHost: {addr}\r\nHost: other\r\n\r\n"),
+        format!(
+            "POST {API}/images HTTP/1.1\r\nContent-Type: {MULTIPART}\r\n\
+             Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        ),
+    ] {
+        let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        conn.write_all(format!("{first}{next}").as_bytes())
+            .await
+            .unwrap();
+        let mut answer = vec![];
+        tokio::time::timeout(Duration::from_secs(15), conn.read_to_end(&mut answer))
+            .await
+            .expect("the server closes once it has answered")
+            .unwrap();
+        let text = String::from_utf8_lossy(&answer);
+        // Status lines (the message names HTTP/1.1 too).
+        let got: Vec<&str> = text
+            .match_indices("HTTP/1.1 ")
+            .map(|(i, _)| &text[i..i + 12])
+            .filter(|line| line[9..].bytes().all(|b| b.is_ascii_digit()))
+            .collect();
+        assert_eq!(got, ["HTTP/1.1 400", "HTTP/1.1 200"], "{first:?}: {text}");
+        assert!(text.contains("\"code\":\"INVALID_PARAMETER\""), "{text}");
+        assert!(text.contains("exactly one Host header"), "{text}");
+    }
+    NOTHING
+}
+
 /// A client that shuts down its sending side once its request is out (`nc -N`, one-shot
 /// HTTP/1.0 clients) gets its answer, in HTTP/1.1 and 1.0; two pipelined requests (the last
 /// asking to close) get both. (Pipelined requests followed by a half-close get the first
@@ -3562,6 +3602,7 @@ hostile_cases! {
     // Connections and headers.
     declared_oversize_bodies_are_refused_at_once,
     half_closed_clients_get_their_answers,
+    requests_without_one_host,
     unsafe_request_ids_are_replaced,
     // Concurrency.
     concurrent_delete_while_downloading,
