@@ -130,7 +130,8 @@ impl Service {
             return self.refuse_slim(image_id, &refusal).await.map(Some);
         }
         // Only the output takes scratch space: the input is read where it is stored.
-        if free_bytes(&self.cfg.scratch_dir)? < img.size_bytes as u64 + (64 << 20) {
+        let most = crate::imageops::slim_output_limit(img.size_bytes as u64);
+        if free_bytes(&self.cfg.scratch_dir)? < most {
             let msg = "not enough scratch space to slim the image";
             db::images::slim_failed(&self.db, image_id, CompressStatus::NoSpace, msg, now_secs())
                 .await?;
@@ -362,6 +363,7 @@ impl Service {
                 let image = Image::Nbd {
                     socket: export.socket().to_path_buf(),
                     head,
+                    size,
                 };
                 self.metrics.image_read(ImageRead::Nbd);
                 // Hashed through the export: the blocks qemu-img reads are read once.

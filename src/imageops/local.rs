@@ -11,7 +11,7 @@ use super::{
 use async_trait::async_trait;
 use serde_json::Value;
 use std::{path::Path, time::Duration};
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncRead, AsyncReadExt};
 
 const INFO_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -70,17 +70,45 @@ enum RunError {
     Spawn(std::io::Error),
 }
 
+/// The most of a qemu-img's stdout kept (bytes). Its JSON is a few KiB; output cut here no
+/// longer parses, and the image is reported as one whose metadata could not be read.
+const MAX_STDOUT: usize = 4 << 20;
+/// The most of a qemu-img's stderr kept (bytes): what went wrong is said first. `qemu-img
+/// check` writes a line per bad table entry, and a small image can make that gigabytes.
+const MAX_STDERR: usize = 64 << 10;
+
+/// Reads `from` to its end (so that the writer is never blocked), keeping at most the first
+/// `cap` bytes: memory stays bounded whatever a tool prints.
+async fn read_capped(mut from: impl AsyncRead + Unpin, cap: usize) -> std::io::Result<Vec<u8>> {
+    let mut kept = Vec::new();
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        let n = from.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(kept);
+        }
+        let room = cap.saturating_sub(kept.len()).min(n);
+        kept.extend_from_slice(&buf[..room]);
+    }
+}
+
 async fn qemu_img(args: &[String], timeout: Duration) -> Result<Run, RunError> {
-    let mut child = qemu::command(args, Some(timeout.as_secs().max(1) + 5))
+    let limits = qemu::Limits {
+        cpu_secs: Some(timeout.as_secs().max(1) + 5),
+        file_bytes: None,
+    };
+    let mut child = qemu::command(args, limits)
         .spawn()
         .map_err(RunError::Spawn)?;
-    let mut out = child.stdout.take().expect("piped");
-    let mut err = child.stderr.take().expect("piped");
+    let out = child.stdout.take().expect("piped");
+    let err = child.stderr.take().expect("piped");
     let work = async {
-        let mut stdout = vec![];
-        let mut stderr = vec![];
-        let (a, b) = tokio::join!(out.read_to_end(&mut stdout), err.read_to_end(&mut stderr));
-        a.and(b).map_err(RunError::Spawn)?;
+        let (stdout, stderr) =
+            tokio::join!(read_capped(out, MAX_STDOUT), read_capped(err, MAX_STDERR));
+        let (stdout, stderr) = (
+            stdout.map_err(RunError::Spawn)?,
+            stderr.map_err(RunError::Spawn)?,
+        );
         let code = child.wait().await.map_err(RunError::Spawn)?.code();
         Ok(Run {
             code,
@@ -265,23 +293,42 @@ impl ImageOps for LocalImageOps {
     ) -> Compressed {
         let failed = CompressFailure::failed;
         let args = qemu::convert(input, output, self.supports_zstd().await, extras.bitmaps);
-        let mut child = qemu::command(&args, None)
+        // A slimmed copy larger than its original is refused: an image can map many guest
+        // clusters to one stored cluster, which a conversion writes out once for each.
+        let size = input.size().await;
+        let size = size.map_err(|e| failed(format!("cannot read the image: {}", e.kind())))?;
+        let most = super::slim_output_limit(size);
+        let limits = qemu::Limits {
+            cpu_secs: None,
+            file_bytes: Some(most),
+        };
+        let mut child = qemu::command(&args, limits)
             .spawn()
             .map_err(|e| failed(format!("cannot run qemu-img: {}", e.kind())))?;
         let out = child.stdout.take().expect("piped");
-        let mut err = child.stderr.take().expect("piped");
+        let err = child.stderr.take().expect("piped");
         let work = async {
-            let mut stderr = vec![];
-            let ((), _) = tokio::join!(read_progress(out, &progress), err.read_to_end(&mut stderr));
-            let code = child
+            let ((), stderr) =
+                tokio::join!(read_progress(out, &progress), read_capped(err, MAX_STDERR));
+            let stderr = stderr.unwrap_or_default();
+            let exit = child
                 .wait()
                 .await
-                .map_err(|e| failed(format!("qemu-img did not finish: {}", e.kind())))?
-                .code();
-            if code == Some(0) {
+                .map_err(|e| failed(format!("qemu-img did not finish: {}", e.kind())))?;
+            if exit.success() {
                 return Ok(());
             }
             let msg = String::from_utf8_lossy(&stderr).trim().to_string();
+            // Past RLIMIT_FSIZE a write fails with EFBIG (qemu ignores SIGXFSZ), or the
+            // signal ends the process.
+            let signal = std::os::unix::process::ExitStatusExt::signal(&exit);
+            if signal == Some(libc::SIGXFSZ) || msg.contains("File too large") {
+                return Err(failed(format!(
+                    "the slimmed copy would be larger than {most} bytes, well beyond the \
+                     original's {size} (the image maps guest data to stored data more than \
+                     once); the image stays as it is"
+                )));
+            }
             Err(CompressFailure {
                 status: if msg.contains("No space left") {
                     CompressStatus::NoSpace
@@ -315,7 +362,8 @@ async fn read_progress(mut out: tokio::process::ChildStdout, progress: &Progress
                             progress(p);
                         }
                         line.clear();
-                    } else {
+                    } else if line.len() < 256 {
+                        // A progress line is `    (12.34/100%)`: longer is no progress.
                         line.push(ch);
                     }
                 }
@@ -326,7 +374,18 @@ async fn read_progress(mut out: tokio::process::ChildStdout, progress: &Progress
 
 #[cfg(test)]
 mod tests {
-    use super::parse_progress;
+    use super::{parse_progress, read_capped};
+
+    #[tokio::test]
+    async fn tool_output_is_kept_up_to_its_cap_and_read_to_the_end() {
+        let big = vec![b'e'; 1 << 20];
+        let mut rest: &[u8] = &big;
+        let kept = read_capped(&mut rest, 1000).await.unwrap();
+        assert_eq!(kept.len(), 1000);
+        assert!(rest.is_empty(), "read to the end");
+        let small: &[u8] = b"{}";
+        assert_eq!(read_capped(small, 1000).await.unwrap(), b"{}");
+    }
 
     #[test]
     fn progress_lines() {

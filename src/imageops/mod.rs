@@ -18,7 +18,22 @@ pub enum Image {
     /// A read-only NBD export of a stored object on a Unix socket (`crate::storage::nbd`),
     /// with the object's first bytes (at most [`qcow2::HEAD_BYTES`]) for the header checks made
     /// before qemu-img runs.
-    Nbd { socket: PathBuf, head: bytes::Bytes },
+    Nbd {
+        socket: PathBuf,
+        head: bytes::Bytes,
+        /// The object's length (bytes).
+        size: u64,
+    },
+}
+
+/// The largest slimmed copy of an original of `size` bytes: the size plus 1/16 of it, at
+/// least 64 MiB more. A compressed copy of data that does not compress, or recompressed
+/// differently, can be a little larger than its original (its clusters stored as they are,
+/// with their tables); one much larger maps guest data to stored data more than once, which a
+/// conversion writes out once for each mapping. Scratch must have this much free before a
+/// slim.
+pub fn slim_output_limit(size: u64) -> u64 {
+    size.saturating_add((size / 16).max(64 << 20))
 }
 
 impl Image {
@@ -27,6 +42,14 @@ impl Image {
         match self {
             Image::File(p) => Some(p),
             Image::Nbd { .. } => None,
+        }
+    }
+
+    /// Its length (bytes).
+    pub async fn size(&self) -> std::io::Result<u64> {
+        match self {
+            Image::File(p) => Ok(tokio::fs::metadata(p).await?.len()),
+            Image::Nbd { size, .. } => Ok(*size),
         }
     }
 }

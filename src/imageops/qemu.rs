@@ -115,10 +115,20 @@ pub fn zstd_probe(path: &Path) -> Vec<String> {
     .into()
 }
 
+/// The limits of one qemu-img process beyond [`MEMORY_LIMIT`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Limits {
+    /// CPU time (seconds): past it the process gets SIGXCPU, then SIGKILL.
+    pub cpu_secs: Option<u64>,
+    /// The largest file it may write (bytes): a write past it kills it with SIGXFSZ
+    /// (`RLIMIT_FSIZE`, setrlimit(2)), or fails with EFBIG where it ignores that signal.
+    pub file_bytes: Option<u64>,
+}
+
 /// A qemu-img process for `args`: no stdin, piped output, killed when dropped or when the
-/// service dies, limited to `MEMORY_LIMIT` of address space and, when given, `cpu_secs` of CPU
-/// time.
-pub fn command(args: &[String], cpu_secs: Option<u64>) -> Command {
+/// service dies, limited to `MEMORY_LIMIT` of address space and to `limits`, and never
+/// dumping core.
+pub fn command(args: &[String], limits: Limits) -> Command {
     let mut cmd = Command::new("qemu-img");
     cmd.args(args)
         .stdin(Stdio::null())
@@ -149,12 +159,16 @@ pub fn command(args: &[String], cpu_secs: Option<u64>) -> Command {
                 rlim_max: MEMORY_LIMIT,
             };
             libc::setrlimit(libc::RLIMIT_AS, &mem);
-            if let Some(secs) = cpu_secs {
-                let cpu = libc::rlimit {
-                    rlim_cur: secs,
-                    rlim_max: secs,
-                };
-                libc::setrlimit(libc::RLIMIT_CPU, &cpu);
+            let limit = |n: u64| libc::rlimit {
+                rlim_cur: n,
+                rlim_max: n,
+            };
+            libc::setrlimit(libc::RLIMIT_CORE, &limit(0));
+            if let Some(secs) = limits.cpu_secs {
+                libc::setrlimit(libc::RLIMIT_CPU, &limit(secs));
+            }
+            if let Some(bytes) = limits.file_bytes {
+                libc::setrlimit(libc::RLIMIT_FSIZE, &limit(bytes));
             }
             Ok(())
         });
@@ -235,6 +249,7 @@ mod tests {
         let nbd = Image::Nbd {
             socket: "/s/nbd.sock".into(),
             head: bytes::Bytes::new(),
+            size: 0,
         };
         let n: serde_json::Value = serde_json::from_str(
             image_arg(&nbd, Format::Qcow2)
@@ -255,6 +270,7 @@ mod tests {
         let nbd = Image::Nbd {
             socket: "/data/scratch/nbd-1.sock".into(),
             head: bytes::Bytes::new(),
+            size: 0,
         };
         let cases = [
             (

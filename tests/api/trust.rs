@@ -326,9 +326,73 @@ async fn raw_names_do_not_hide_images_naming_host_files(b: Backend) {
     app.stop().await;
 }
 
+/// A valid qcow2 of 2 MiB clusters whose `copies` guest clusters all map to one stored cluster
+/// of random bytes, its refcount set to match: `qemu-img check` finds it consistent, and a
+/// conversion writes the cluster out `copies` times.
+fn amplifying_qcow2(dir: &Path, copies: u64) -> PathBuf {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    const CLUSTER: u64 = 2 << 20;
+    let raw = dir.join("one-cluster.raw");
+    std::fs::write(&raw, pattern(99, CLUSTER as usize)).unwrap();
+    let out = dir.join("amplifying.qcow2");
+    let (raw_s, out_s) = (raw.to_str().unwrap(), out.to_str().unwrap());
+    let options = "cluster_size=2M,refcount_bits=16";
+    qemu_img(&[
+        "convert", "-q", "-f", "raw", "-O", "qcow2", "-o", options, raw_s, out_s,
+    ]);
+    qemu_img(&["resize", "-q", out_s, &(copies * CLUSTER).to_string()]);
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&out)
+        .unwrap();
+    let u64_at = |f: &mut std::fs::File, at: u64| {
+        let mut b = [0u8; 8];
+        f.seek(SeekFrom::Start(at)).unwrap();
+        f.read_exact(&mut b).unwrap();
+        u64::from_be_bytes(b)
+    };
+    const OFFSET: u64 = 0x00ff_ffff_ffff_fe00;
+    let (l1, refcount_table) = (u64_at(&mut f, 40), u64_at(&mut f, 48));
+    let l2 = u64_at(&mut f, l1) & OFFSET;
+    let data = u64_at(&mut f, l2) & OFFSET;
+    let entries: Vec<u8> = (0..copies).flat_map(|_| data.to_be_bytes()).collect();
+    f.seek(SeekFrom::Start(l2)).unwrap();
+    f.write_all(&entries).unwrap();
+    let block = u64_at(&mut f, refcount_table);
+    f.seek(SeekFrom::Start(block + data / CLUSTER * 2)).unwrap();
+    f.write_all(&(copies as u16).to_be_bytes()).unwrap();
+    out
+}
+
+/// An image whose conversion would write far more than it holds (guest clusters sharing one
+/// stored cluster) checks consistent, but its slim stops at the output limit: the slim fails
+/// saying so, the image stays as it was, and scratch is empty.
+async fn a_slim_may_not_amplify_an_image(b: Backend) {
+    let app = TestApp::spawn(b, Options::default()).await;
+    let img = amplifying_qcow2(app.dir.path(), 128);
+    let bytes = std::fs::read(&img).unwrap();
+    assert!(bytes.len() < 32 << 20, "{}", bytes.len());
+    let id = app.upload_ok("amp.qcow2", bytes.clone()).await;
+    let v = wait_checked(&app, &id).await;
+    assert_eq!(v["checkStatusResponse"]["status"], 0, "{v}");
+    assert_eq!(slim(&app, &id).await.status(), 200);
+    let v = wait_slim_ended(&app, &id).await;
+    assert_eq!(v["slimStatus"], 3, "{v}");
+    assert_eq!(v["compressInfo"]["compressStatus"], 2, "{v}");
+    let msg = v["compressInfo"]["compressMsg"].as_str().unwrap();
+    assert!(msg.contains("would be larger than"), "{v}");
+    assert_no_paths(&app, "amplifying slim", msg);
+    assert_eq!(app.download(&id).await, bytes);
+    let left = app.leftovers().await;
+    assert_eq!(left.len(), 1, "only the original: {left:?}");
+    app.stop().await;
+}
+
 crate::backend_tests!(
     images_naming_host_files_never_serve_them,
     slim_never_trusts_the_check_alone,
     slim_needs_a_usable_check,
-    raw_names_do_not_hide_images_naming_host_files
+    raw_names_do_not_hide_images_naming_host_files,
+    a_slim_may_not_amplify_an_image
 );
