@@ -201,6 +201,26 @@ fn check_report(run: &Run, image: &Image, virtual_size_gib: f64) -> CheckReport 
     }
 }
 
+/// A report of a usable image (consistent, or leaked clusters only) whose header marks it
+/// corrupt says it is corrupted: qemu opens such an image read-only and `qemu-img check` may
+/// find nothing, but qemu marked it because its metadata went wrong, and a slim would clear
+/// the mark.
+fn marked_corrupt(report: CheckReport, extras: qcow2::Extras) -> CheckReport {
+    let usable = matches!(
+        report.status,
+        CheckStatus::Consistent | CheckStatus::LeakedClusters
+    );
+    if !(usable && extras.marked_corrupt) {
+        return report;
+    }
+    CheckReport {
+        status: CheckStatus::Corrupted,
+        msg: "check completed, the image is corrupted (its header marks it corrupt)".into(),
+        check_result: 2,
+        ..report
+    }
+}
+
 /// What `qemu-img info` says of the image, or the report that ends the check.
 async fn image_info(image: &Image, format: Format) -> Result<Value, CheckReport> {
     let info = match qemu_img(&qemu::info(image, format), INFO_TIMEOUT).await {
@@ -245,9 +265,10 @@ fn names_other_files(info: &Value) -> Option<qcow2::Refusal> {
 impl ImageOps for LocalImageOps {
     async fn check(&self, image: &Image, declared: Declared) -> CheckReport {
         let format = declared.format();
-        if let Err(refusal) = qcow2::refuse_foreign_files(image, declared).await {
-            return CheckReport::failed(refusal);
-        }
+        let head = match qcow2::refuse_foreign_files(image, declared).await {
+            Ok(head) => head,
+            Err(refusal) => return CheckReport::failed(refusal),
+        };
         let info = match image_info(image, format).await {
             Ok(v) => v,
             Err(report) => return report,
@@ -272,7 +293,10 @@ impl ImageOps for LocalImageOps {
             };
         }
         match qemu_img(&qemu::check(image), self.check_timeout).await {
-            Ok(run) => check_report(&run, image, virtual_size),
+            Ok(run) => {
+                let report = check_report(&run, image, virtual_size);
+                marked_corrupt(report, qcow2::Extras::of(&head))
+            }
             Err(RunError::Timeout) => CheckReport {
                 format: format.name().into(),
                 virtual_size_gib: virtual_size,

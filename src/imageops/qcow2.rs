@@ -14,6 +14,8 @@ use super::{Declared, Image};
 use std::{io::Read, path::Path};
 
 pub const MAGIC: &[u8; 4] = b"QFI\xfb";
+/// Incompatible feature bit: qemu marked the image corrupt.
+const INCOMPAT_CORRUPT: u64 = 1 << 1;
 /// Incompatible feature bit: the guest data lives in an external data file.
 const INCOMPAT_DATA_FILE: u64 = 1 << 2;
 /// Autoclear feature bit: the external data file is a raw image of the guest.
@@ -40,6 +42,10 @@ pub enum Refusal {
     /// Under a raw name (`.img`, `.iso`), the header of a format whose images name other
     /// files (VMDK: extent files; VHDX: a parent).
     ForeignFormat(&'static str),
+    /// Header extensions that do not end within the first [`HEAD_BYTES`]: qemu reads them to
+    /// the end of the first cluster (up to 2 MiB), so what they hold (persistent bitmaps, a
+    /// slim would drop) cannot be seen here.
+    ExtensionsPastHead,
 }
 
 impl std::fmt::Display for Refusal {
@@ -53,6 +59,12 @@ impl std::fmt::Display for Refusal {
             ),
             Refusal::DataFile => f.write_str(
                 "the image names an external data file; images that refer to other files are refused",
+            ),
+            Refusal::ExtensionsPastHead => write!(
+                f,
+                "the qcow2 header extensions run past the first {} KiB of the file; such \
+                 images are refused",
+                HEAD_BYTES >> 10
             ),
             Refusal::ForeignFormat(format) => write!(
                 f,
@@ -107,7 +119,27 @@ pub fn inspect_bytes(b: &[u8]) -> Result<(), Refusal> {
     if extensions(b, extensions_at).any(|kind| kind == EXT_DATA_FILE) {
         return Err(Refusal::DataFile);
     }
+    // A list cut off by the end of what was read (not by the end of the file, past which
+    // qemu reads zeros: the end of the list).
+    if b.len() >= HEAD_BYTES && !extensions_end_within(b, extensions_at) {
+        return Err(Refusal::ExtensionsPastHead);
+    }
     Ok(())
+}
+
+/// Whether the header extensions that begin at byte `at` end (type 0) within `b`.
+fn extensions_end_within(b: &[u8], mut at: usize) -> bool {
+    loop {
+        let (Some(kind), Some(len)) = (be32(b, at), be32(b, at + 4)) else {
+            return false;
+        };
+        if kind == 0 {
+            return true;
+        }
+        at = at
+            .saturating_add(8)
+            .saturating_add((len as usize).div_ceil(8) * 8);
+    }
 }
 
 /// The types of the header extensions that begin at byte `at`, in order. Extensions end with
@@ -136,6 +168,9 @@ pub struct Extras {
     /// Valid persistent dirty bitmaps (version 3: the bitmaps extension, with its autoclear
     /// bit set).
     pub bitmaps: bool,
+    /// The header marks the image corrupt (version 3, incompatible feature bit 1: qemu found
+    /// its metadata inconsistent while writing and stopped).
+    pub marked_corrupt: bool,
 }
 
 impl Extras {
@@ -146,7 +181,13 @@ impl Extras {
             && be64(b, 88).is_some_and(|autoclear| autoclear & AUTOCLEAR_BITMAPS != 0)
             && be32(b, 100)
                 .is_some_and(|at| extensions(b, at as usize).any(|kind| kind == EXT_BITMAPS));
-        Extras { snapshots, bitmaps }
+        let marked_corrupt = be32(b, 4) == Some(3)
+            && be64(b, 72).is_some_and(|incompatible| incompatible & INCOMPAT_CORRUPT != 0);
+        Extras {
+            snapshots,
+            bitmaps,
+            marked_corrupt,
+        }
     }
 }
 
@@ -287,6 +328,29 @@ mod tests {
             b[100..104].copy_from_slice(&112u32.to_be_bytes());
         }
         b
+    }
+
+    #[test]
+    fn extension_lists_must_end_within_what_was_read() {
+        let mut b = header(3);
+        b.resize(HEAD_BYTES, 0);
+        assert_eq!(inspect_bytes(&b), Ok(()));
+        // An unknown extension whose length runs past the first 64 KiB.
+        b[112..116].copy_from_slice(&0x1234_5678u32.to_be_bytes());
+        b[116..120].copy_from_slice(&70_000u32.to_be_bytes());
+        assert_eq!(inspect_bytes(&b), Err(Refusal::ExtensionsPastHead));
+        // The same list in a file that ends there: past the end of a file qemu reads zeros.
+        b.truncate(4096);
+        assert_eq!(inspect_bytes(&b), Ok(()));
+    }
+
+    #[test]
+    fn a_header_marked_corrupt_is_seen() {
+        assert!(!Extras::of(&header(3)).marked_corrupt);
+        let mut b = header(3);
+        b[72..80].copy_from_slice(&2u64.to_be_bytes());
+        assert!(Extras::of(&b).marked_corrupt);
+        assert!(!Extras::of(&header(2)).marked_corrupt);
     }
 
     #[test]

@@ -200,7 +200,77 @@ async fn images_that_point_at_host_files_are_refused(b: Backend) {
     app.stop().await;
 }
 
+/// A fresh qcow2 of 16 MiB with 2 MiB clusters (header extensions may fill its first 2 MiB),
+/// then its header bytes edited by `edit`.
+fn edited_header(dir: &Path, name: &str, edit: impl FnOnce(&mut Vec<u8>)) -> PathBuf {
+    let path = dir.join(name);
+    let p = path.to_str().unwrap();
+    run(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            "cluster_size=2M",
+            p,
+            "16M",
+        ],
+    );
+    let mut b = std::fs::read(&path).unwrap();
+    edit(&mut b);
+    std::fs::write(&path, b).unwrap();
+    path
+}
+
+/// Headers qemu opens but that say more than `qemu-img check` does: one marked corrupt (by
+/// qemu, when it found its metadata inconsistent) is reported corrupted and not slimmed, though
+/// the check finds nothing; one whose extensions run past the first 64 KiB (where its bitmaps
+/// could hide from the header check, to be dropped by a slim) is refused.
+async fn headers_that_say_more_than_the_check(b: Backend) {
+    let app = TestApp::spawn(b, Options::default()).await;
+    let dir = app.dir.path();
+    let corrupt = edited_header(dir, "marked.qcow2", |b| b[79] |= 2);
+    let id = app
+        .upload_ok("marked.qcow2", std::fs::read(&corrupt).unwrap())
+        .await;
+    let v = wait_checked(&app, &id).await;
+    assert_eq!(v["checkStatusResponse"]["status"], 1, "{v}");
+    assert!(v["checkStatusResponse"]["msg"]
+        .as_str()
+        .unwrap()
+        .contains("marks it corrupt"));
+    let r = app
+        .client
+        .post(app.url(&format!("/images/{id}/action/slim")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(assert_error(r, 400, None).await["code"], "SLIM_REFUSED");
+    let far = edited_header(dir, "far.qcow2", |b| {
+        let at = u32::from_be_bytes(b[100..104].try_into().unwrap()) as usize;
+        b[at..at + 4].copy_from_slice(&0x1234_5678u32.to_be_bytes());
+        b[at + 4..at + 8].copy_from_slice(&70_000u32.to_be_bytes());
+        b[at + 8..at + 8 + 70_000].fill(0x55);
+    });
+    let check = std::process::Command::new("qemu-img")
+        .args(["check", "-q", "-f", "qcow2", far.to_str().unwrap()])
+        .status()
+        .unwrap();
+    assert!(check.success(), "qemu opens the fixture");
+    let id = app
+        .upload_ok("far.qcow2", std::fs::read(&far).unwrap())
+        .await;
+    let v = wait_checked(&app, &id).await;
+    assert_eq!(v["checkStatusResponse"]["status"], 3, "{v}");
+    let msg = v["checkStatusResponse"]["msg"].as_str().unwrap();
+    assert!(msg.contains("extensions run past"), "{v}");
+    app.stop().await;
+}
+
 crate::backend_tests!(
+    headers_that_say_more_than_the_check,
     consistent_corrupted_and_leaking_qcow2,
     raw_and_iso_are_not_checked_but_measured,
     images_that_point_at_host_files_are_refused
