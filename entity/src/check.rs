@@ -8,6 +8,9 @@ use crate::status::CheckStatus;
 pub mod result {
     /// While a check is queued or running (the number of `checkStatus` in progress).
     pub const IN_PROGRESS: i32 = 4;
+    /// `qemu-img check`'s exit code for a corrupted image, also given to one found corrupted
+    /// before it ran (a header marked corrupt, an L1 table sharing L2 tables).
+    pub const CORRUPTED: i32 = 2;
     pub const NOT_QCOW2: i32 = 63;
     pub const ERROR: i32 = 99;
     pub const TIMEOUT: i32 = 100;

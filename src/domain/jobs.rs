@@ -358,11 +358,17 @@ impl Service {
                 .join(format!("nbd-{}.sock", uuid::Uuid::new_v4().simple()));
             // A Unix socket's address holds 107 bytes: a longer scratch path copies instead.
             if socket.as_os_str().len() < 100 {
-                let head = self.object_head(bucket, key, size).await?;
+                let head = self.object_range(bucket, key, 0, size.min(HEAD_BYTES as u64));
+                let head = head.await?;
+                let l1 = match crate::imageops::qcow2::l1_table(&head, size) {
+                    Some((at, len)) => self.object_range(bucket, key, at, len).await?,
+                    None => bytes::Bytes::new(),
+                };
                 let export = nbd::Export::start(self.store.clone(), bucket, key, size, socket)?;
                 let image = Image::Nbd {
                     socket: export.socket().to_path_buf(),
                     head,
+                    l1,
                     size,
                 };
                 self.metrics.image_read(ImageRead::Nbd);
@@ -410,18 +416,23 @@ impl Service {
         self.object_digests(bucket, key, Wanted::IMAGE).await
     }
 
-    /// The object's first bytes (at most [`HEAD_BYTES`]), for the header checks made before
-    /// qemu-img runs.
-    async fn object_head(&self, bucket: &str, key: &str, size: u64) -> Result<bytes::Bytes> {
+    /// `n` bytes of the object from byte `start` (its first bytes and a qcow2's L1 table, for
+    /// the checks made before qemu-img runs).
+    async fn object_range(
+        &self,
+        bucket: &str,
+        key: &str,
+        start: u64,
+        n: u64,
+    ) -> Result<bytes::Bytes> {
         use futures::StreamExt;
-        let n = size.min(HEAD_BYTES as u64);
         if n == 0 {
             // Nothing to read; whether the object is there shows when it is hashed.
             return Ok(bytes::Bytes::new());
         }
         let range = ByteRange {
-            start: 0,
-            end: n - 1,
+            start,
+            end: start + n - 1,
         };
         let mut body = self.store.get(bucket, key, Some(range)).await?;
         let mut head = bytes::BytesMut::with_capacity(n as usize);

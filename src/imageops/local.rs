@@ -216,7 +216,7 @@ fn marked_corrupt(report: CheckReport, extras: qcow2::Extras) -> CheckReport {
     CheckReport {
         status: CheckStatus::Corrupted,
         msg: "check completed, the image is corrupted (its header marks it corrupt)".into(),
-        check_result: 2,
+        check_result: result::CORRUPTED,
         ..report
     }
 }
@@ -291,6 +291,22 @@ impl ImageOps for LocalImageOps {
                 virtual_size_gib: virtual_size,
                 ..CheckReport::failed(refusal.to_string())
             };
+        }
+        match qcow2::l1_of(image, &head).await {
+            Ok(l1) if qcow2::shares_l2_tables(&l1) => {
+                return CheckReport {
+                    status: CheckStatus::Corrupted,
+                    msg: "check completed, the image is corrupted (entries of its L1 table \
+                          point at the same L2 table)"
+                        .into(),
+                    check_result: result::CORRUPTED,
+                    format: format.name().into(),
+                    virtual_size_gib: virtual_size,
+                    ..CheckReport::failed("")
+                }
+            }
+            Ok(_) => {}
+            Err(e) => return CheckReport::failed(e),
         }
         match qemu_img(&qemu::check(image), self.check_timeout).await {
             Ok(run) => {

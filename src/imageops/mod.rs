@@ -21,6 +21,8 @@ pub enum Image {
     Nbd {
         socket: PathBuf,
         head: bytes::Bytes,
+        /// A qcow2's L1 table (see [`qcow2::l1_table`]); empty for other content.
+        l1: bytes::Bytes,
         /// The object's length (bytes).
         size: u64,
     },

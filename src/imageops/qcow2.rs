@@ -191,6 +191,65 @@ impl Extras {
     }
 }
 
+/// The largest L1 table qemu opens (bytes; `QCOW_MAX_L1_SIZE` in QEMU's `block/qcow2.h`).
+const MAX_L1_BYTES: u64 = 32 << 20;
+/// The offset bits of an L1 entry (bits 9-55).
+const L1_OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
+
+/// Where a qcow2's L1 table lies in its file of `size` bytes, from its header `head`: (byte
+/// offset, length in bytes). `None` when `head` is no qcow2 header, or the table is empty,
+/// larger than qemu opens or not within the file (qemu refuses those itself).
+pub fn l1_table(head: &[u8], size: u64) -> Option<(u64, u64)> {
+    if !head.starts_with(MAGIC) {
+        return None;
+    }
+    let len = u64::from(be32(head, 36)?) * 8;
+    let at = be64(head, 40)?;
+    let within = at.checked_add(len).is_some_and(|end| end <= size);
+    (len > 0 && len <= MAX_L1_BYTES && within).then_some((at, len))
+}
+
+/// Whether two entries of the L1 table `l1` point at the same L2 table. Never so in an image
+/// qemu wrote (snapshots share L2 tables between tables, not within one); `qemu-img check`
+/// walks a shared table once per entry, so a small file can keep it busy for hours.
+pub fn shares_l2_tables(l1: &[u8]) -> bool {
+    let mut tables: Vec<u64> = l1
+        .chunks_exact(8)
+        .map(|e| u64::from_be_bytes(e.try_into().expect("8 bytes")) & L1_OFFSET_MASK)
+        .filter(|&at| at != 0)
+        .collect();
+    tables.sort_unstable();
+    tables.windows(2).any(|w| w[0] == w[1])
+}
+
+/// The L1 table of the qcow2 `image` whose header is `head` (see [`l1_table`]): read from the
+/// file, or the one an NBD export's image came with; empty when there is none to read. Errors
+/// are texts for clients.
+pub async fn l1_of(image: &Image, head: &[u8]) -> Result<Vec<u8>, String> {
+    let path = match image {
+        Image::File(p) => p.clone(),
+        Image::Nbd { l1, .. } => return Ok(l1.to_vec()),
+    };
+    let head = head.to_vec();
+    let read = move || -> std::io::Result<Vec<u8>> {
+        use std::io::{Seek, SeekFrom};
+        let mut file = std::fs::File::open(&path)?;
+        let size = file.metadata()?.len();
+        let Some((at, len)) = l1_table(&head, size) else {
+            return Ok(vec![]);
+        };
+        file.seek(SeekFrom::Start(at))?;
+        let mut l1 = Vec::with_capacity(len as usize);
+        file.take(len).read_to_end(&mut l1)?;
+        Ok(l1)
+    };
+    match tokio::task::spawn_blocking(read).await {
+        Ok(Ok(l1)) => Ok(l1),
+        Ok(Err(e)) => Err(format!("cannot read the image: {}", e.kind())),
+        Err(_) => Err("cannot read the image".into()),
+    }
+}
+
 /// QED's magic (`QED\0`, little-endian fields; QEMU's `docs/interop/qed_spec.txt`).
 const QED_MAGIC: &[u8; 4] = b"QED\0";
 /// QED feature bit: the image has a backing file.
@@ -342,6 +401,27 @@ mod tests {
         // The same list in a file that ends there: past the end of a file qemu reads zeros.
         b.truncate(4096);
         assert_eq!(inspect_bytes(&b), Ok(()));
+    }
+
+    #[test]
+    fn l1_tables_are_found_and_shared_l2_tables_seen() {
+        let mut b = header(3);
+        b[36..40].copy_from_slice(&4u32.to_be_bytes());
+        b[40..48].copy_from_slice(&(3u64 << 16).to_be_bytes());
+        assert_eq!(l1_table(&b, 1 << 20), Some((3 << 16, 32)));
+        assert_eq!(
+            l1_table(&b, (3 << 16) + 31),
+            None,
+            "past the end of the file"
+        );
+        assert_eq!(l1_table(b"QED\0", 1 << 20), None);
+        b[36..40].copy_from_slice(&u32::MAX.to_be_bytes());
+        assert_eq!(l1_table(&b, u64::MAX), None, "larger than qemu opens");
+        let entry = |at: u64| (at | 1 << 63).to_be_bytes();
+        let l1: Vec<u8> = [entry(0x10000), entry(0x20000), [0; 8], [0; 8]].concat();
+        assert!(!shares_l2_tables(&l1));
+        let l1: Vec<u8> = [entry(0x10000), [0; 8], entry(0x20000), entry(0x10000)].concat();
+        assert!(shares_l2_tables(&l1));
     }
 
     #[test]

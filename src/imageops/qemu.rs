@@ -249,6 +249,7 @@ mod tests {
         let nbd = Image::Nbd {
             socket: "/s/nbd.sock".into(),
             head: bytes::Bytes::new(),
+            l1: bytes::Bytes::new(),
             size: 0,
         };
         let n: serde_json::Value = serde_json::from_str(
@@ -270,6 +271,7 @@ mod tests {
         let nbd = Image::Nbd {
             socket: "/data/scratch/nbd-1.sock".into(),
             head: bytes::Bytes::new(),
+            l1: bytes::Bytes::new(),
             size: 0,
         };
         let cases = [

@@ -269,7 +269,31 @@ async fn headers_that_say_more_than_the_check(b: Backend) {
     app.stop().await;
 }
 
+/// A qcow2 whose L1 entries all point at one L2 table (`qemu-img check` walks it once per
+/// entry: with 2 MiB clusters and an exabyte of virtual size, hours for a small file) is
+/// found corrupted before qemu-img runs.
+async fn l1_tables_sharing_l2_tables_are_corrupted(b: Backend) {
+    let app = TestApp::spawn(b, Options::default()).await;
+    let path = app.dir.path().join("shared.qcow2");
+    let p = path.to_str().unwrap();
+    run("qemu-img", &["create", "-q", "-f", "qcow2", p, "4G"]);
+    run("qemu-io", &["-f", "qcow2", "-c", "write -P 1 0 512", p]);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let l1 = u64::from_be_bytes(bytes[40..48].try_into().unwrap()) as usize;
+    let first: [u8; 8] = bytes[l1..l1 + 8].try_into().unwrap();
+    for i in 1..8 {
+        bytes[l1 + 8 * i..l1 + 8 * i + 8].copy_from_slice(&first);
+    }
+    let id = app.upload_ok("shared.qcow2", bytes).await;
+    let v = wait_checked(&app, &id).await;
+    assert_eq!(v["checkStatusResponse"]["status"], 1, "{v}");
+    let msg = v["checkStatusResponse"]["msg"].as_str().unwrap();
+    assert!(msg.contains("point at the same L2 table"), "{v}");
+    app.stop().await;
+}
+
 crate::backend_tests!(
+    l1_tables_sharing_l2_tables_are_corrupted,
     headers_that_say_more_than_the_check,
     consistent_corrupted_and_leaking_qcow2,
     raw_and_iso_are_not_checked_but_measured,
