@@ -108,7 +108,7 @@ impl Service {
         if img.check_status == CheckStatus::NotCheckedType {
             db::images::refuse_slim(&self.db, &id, texts::SLIM_UNSUPPORTED, now_secs()).await?;
             self.metrics.image_slimmed(SlimOutcome::Unsupported);
-            return Err(Error::InvalidInput(texts::SLIM_UNSUPPORTED.to_string()));
+            return Err(Error::SlimRefused(texts::SLIM_UNSUPPORTED.to_string()));
         }
         if let Some(refusal) = slim_refusal(&img) {
             db::images::refuse_slim(&self.db, &id, &refusal, now_secs()).await?;

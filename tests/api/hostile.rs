@@ -2971,7 +2971,7 @@ async fn qcow2_named_img_is_raw(app: &TestApp) -> Held {
         v["checkStatusResponse"]["checkInfo"]["imageInfo"]["format"], "raw",
         "{v}"
     );
-    let v = refused(slim(app, &id).await, 400, "INVALID_PARAMETER").await;
+    let v = refused(slim(app, &id).await, 400, "SLIM_REFUSED").await;
     assert_eq!(
         v["message"],
         "This image cannot be slimmed because the type of image is not supported."
