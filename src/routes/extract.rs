@@ -195,10 +195,17 @@ impl FormSource for MultipartParts {
                 return Err(too_many_fields());
             }
             let name = field.name().unwrap_or("").to_string();
-            let file_name = field
+            let disposition = field
                 .headers()
                 .get(axum::http::header::CONTENT_DISPOSITION)
-                .and_then(|v| disposition_file_name(v.as_bytes()))
+                .map(|v| v.as_bytes());
+            if let Some(key) = disposition.and_then(repeated_parameter) {
+                return Err(domain::Error::InvalidInput(format!(
+                    "a part's Content-Disposition names {key:?} twice (RFC 6266 4.1); send it once"
+                )));
+            }
+            let file_name = disposition
+                .and_then(disposition_file_name)
                 .or_else(|| field.file_name().map(str::to_string));
             let part = FilePart::from_name(&name);
             if file_name.is_some() || part.is_some() {
@@ -244,6 +251,19 @@ pub fn disposition_file_name(header: &[u8]) -> Option<String> {
             .find(|(k, _)| k.eq_ignore_ascii_case("filename"))
             .map(|(_, v)| v)
     })
+}
+
+/// A parameter named twice in a part's `Content-Disposition` (`filename="a.img";
+/// filename="b.txt"`), which parsers read differently (the first, the last, or an error in Go's
+/// `mime` of the original): the one a proxy or scanner checked might not be the one stored.
+fn repeated_parameter(header: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(header);
+    let mut keys: Vec<String> = disposition_params(&text)
+        .into_iter()
+        .map(|(k, _)| k.to_ascii_lowercase())
+        .collect();
+    keys.sort();
+    keys.windows(2).find(|w| w[0] == w[1]).map(|w| w[0].clone())
 }
 
 /// The `key=value` parameters after the disposition type; quoted values are unquoted.
@@ -438,6 +458,25 @@ impl<S: Send + Sync> FromRequest<S> for FormFields {
 #[cfg(test)]
 mod tests {
     use super::disposition_file_name as f;
+
+    #[test]
+    fn repeated_disposition_parameters_are_found() {
+        let r = |h: &str| super::repeated_parameter(h.as_bytes());
+        assert_eq!(r(r#"form-data; name="file"; filename="a.img""#), None);
+        let both = r#"form-data; name="file"; filename="a.img"; filename*=UTF-8''b.img"#;
+        assert_eq!(r(both), None, "filename and filename* are two parameters");
+        let twice = r#"form-data; name="file"; filename="a.img"; FileName="b.txt""#;
+        assert_eq!(r(twice).as_deref(), Some("filename"));
+        assert_eq!(
+            r(r#"form-data; name="a"; name="b""#).as_deref(),
+            Some("name")
+        );
+        // A quoted value holding `; filename=` is one parameter.
+        assert_eq!(
+            r(r#"form-data; name="f"; filename="x; filename=y.img""#),
+            None
+        );
+    }
 
     #[test]
     fn urlencoded_pairs_are_decoded_strictly() {

@@ -1787,6 +1787,36 @@ async fn multipart_transfer_coding_other_than_chunked(app: &TestApp) -> Held {
     NOTHING
 }
 
+async fn multipart_repeated_disposition_parameters(app: &TestApp) -> Held {
+    // Parsers disagree on which of two file names counts: refused, on a file part and on a
+    // chunk, and a field named twice in one header too.
+    for (path, headers) in [
+        (
+            "/images",
+            &br#"Content-Disposition: form-data; name="file"; filename="a.img"; filename="b.txt""#
+                [..],
+        ),
+        (
+            "/images/upload",
+            br#"Content-Disposition: form-data; name="part"; filename="1.part"; FILENAME="2.part""#,
+        ),
+        (
+            "/images",
+            br#"Content-Disposition: form-data; name="file"; name="userId"; filename="a.img""#,
+        ),
+    ] {
+        let body = Raw::new().text("identifier", b"dup").part(headers, b"data");
+        let v = refused(
+            post_multipart(app, path, body).await,
+            400,
+            "INVALID_PARAMETER",
+        )
+        .await;
+        assert!(v["message"].as_str().unwrap().contains("twice"), "{v}");
+    }
+    NOTHING
+}
+
 async fn multipart_long_epilogue(app: &TestApp) -> Held {
     // RFC 2046 section 5.1.1: what follows the close delimiter is ignored, however long.
     let mut body = Raw::new()
@@ -3542,6 +3572,7 @@ hostile_cases! {
     multipart_filename_invalid_utf8,
     multipart_filename_non_ascii_and_quote,
     multipart_long_epilogue,
+    multipart_repeated_disposition_parameters,
     multipart_wrong_content_type,
     multipart_transfer_coding_other_than_chunked,
     content_coded_bodies,
