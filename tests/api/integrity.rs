@@ -585,28 +585,46 @@ async fn downloads_carry_validators(b: Backend) {
     let id = app.upload_ok("disk.img", data.clone()).await;
     let url = app.url(&format!("/images/{id}/action/download"));
     let zurl = format!("{url}?isZip=true");
-    let get = |u: &str, h: &[(&str, &str)]| {
-        let mut r = app.client.get(u);
-        for (k, v) in h {
-            r = r.header(*k, *v);
-        }
-        r.send()
-    };
-    let r = get(&url, &[]).await.unwrap();
+    let (etag, modified, zetag) = validators_are_sent(&app, &url, &zurl, &data).await;
+    conditions_answer_304_and_412(&app, (&url, &etag, &modified), (&zurl, &zetag)).await;
+    if_range_names_the_bytes(&app, &url, (&etag, &modified), &data).await;
+    head_answers_as_get(&app, &url, &zurl).await;
+    app.stop().await;
+}
+
+/// GET `u` with the headers `h`.
+async fn get(app: &TestApp, u: &str, h: &[(&str, &str)]) -> reqwest::Response {
+    let mut r = app.client.get(u);
+    for (k, v) in h {
+        r = r.header(*k, *v);
+    }
+    r.send().await.unwrap()
+}
+
+/// A download (`url`, zipped `zurl`) of `data` carries an ETag, Last-Modified and (plain)
+/// Repr-Digest, which browser clients may read. Gives the ETag, Last-Modified and the zipped
+/// form's ETag.
+async fn validators_are_sent(
+    app: &TestApp,
+    url: &str,
+    zurl: &str,
+    data: &[u8],
+) -> (String, String, String) {
+    let r = get(app, url, &[]).await;
     assert_eq!(r.status(), 200);
     let etag = r.headers()["etag"].to_str().unwrap().to_string();
     let modified = r.headers()["last-modified"].to_str().unwrap().to_string();
-    let digest = format!("sha-256=:{}:", B64.encode(sha2::Sha256::digest(&data)));
+    let digest = format!("sha-256=:{}:", B64.encode(sha2::Sha256::digest(data)));
     assert_eq!(r.headers()["repr-digest"], digest.as_str());
     assert!(etag.starts_with('"') && etag.ends_with('"'), "{etag}");
-    let z = get(&zurl, &[]).await.unwrap();
+    let z = get(app, zurl, &[]).await;
     let zetag = z.headers()["etag"].to_str().unwrap().to_string();
     assert_ne!(zetag, etag, "plain and zipped forms differ");
     assert!(z.headers().get("repr-digest").is_none());
     // Browser clients may read the validators.
     let r = app
         .client
-        .get(&url)
+        .get(url)
         .header("Origin", "http://console.example")
         .send()
         .await
@@ -618,80 +636,87 @@ async fn downloads_carry_validators(b: Backend) {
     for h in ["etag", "last-modified", "repr-digest"] {
         assert!(exposed.contains(h), "{exposed}");
     }
+    (etag, modified, zetag)
+}
+
+/// If-None-Match and If-Modified-Since answer 304, If-Match and If-Unmodified-Since 412, for
+/// the plain (`url`, `etag`, `modified`) and the zipped form (`zurl`, `zetag`).
+async fn conditions_answer_304_and_412(
+    app: &TestApp,
+    (url, etag, modified): (&str, &str, &str),
+    (zurl, zetag): (&str, &str),
+) {
     // 304s, 412s.
     for h in [
-        ("If-None-Match", etag.as_str()),
+        ("If-None-Match", etag),
         ("If-None-Match", "*"),
-        ("If-Modified-Since", modified.as_str()),
+        ("If-Modified-Since", modified),
     ] {
-        let r = get(&url, &[h]).await.unwrap();
+        let r = get(app, url, &[h]).await;
         assert_eq!(r.status(), 304, "{h:?}");
-        assert_eq!(r.headers()["etag"], etag.as_str());
+        assert_eq!(r.headers()["etag"], etag);
         assert!(r.bytes().await.unwrap().is_empty());
     }
     assert_eq!(
-        get(&zurl, &[("If-None-Match", &zetag)])
-            .await
-            .unwrap()
-            .status(),
+        get(app, zurl, &[("If-None-Match", zetag)]).await.status(),
         304
     );
     assert_eq!(
-        get(&zurl, &[("If-None-Match", &etag)])
-            .await
-            .unwrap()
-            .status(),
+        get(app, zurl, &[("If-None-Match", etag)]).await.status(),
         200
     );
     assert_eq!(
-        get(&url, &[("If-None-Match", "\"other\"")])
+        get(app, url, &[("If-None-Match", "\"other\"")])
             .await
-            .unwrap()
             .status(),
         200
     );
-    let r = get(&url, &[("If-Match", "\"other\"")]).await.unwrap();
+    let r = get(app, url, &[("If-Match", "\"other\"")]).await;
     assert_eq!(
         assert_error(r, 412, None).await["code"],
         "PRECONDITION_FAILED"
     );
-    assert_eq!(
-        get(&url, &[("If-Match", &etag)]).await.unwrap().status(),
-        200
-    );
+    assert_eq!(get(app, url, &[("If-Match", etag)]).await.status(), 200);
     let old = "Mon, 01 Jan 2001 00:00:00 GMT";
     assert_eq!(
-        get(&url, &[("If-Unmodified-Since", old)])
+        get(app, url, &[("If-Unmodified-Since", old)])
             .await
-            .unwrap()
             .status(),
         412
     );
-    // If-Range: the same bytes -> the range; other bytes -> the whole representation.
-    for ok in [etag.as_str(), modified.as_str()] {
-        let r = get(&url, &[("Range", "bytes=10-19"), ("If-Range", ok)])
-            .await
-            .unwrap();
+}
+
+/// If-Range: the same bytes (`etag`, `modified`) -> the range; other bytes -> all of `data`.
+async fn if_range_names_the_bytes(
+    app: &TestApp,
+    url: &str,
+    (etag, modified): (&str, &str),
+    data: &[u8],
+) {
+    let old = "Mon, 01 Jan 2001 00:00:00 GMT";
+    for ok in [etag, modified] {
+        let r = get(app, url, &[("Range", "bytes=10-19"), ("If-Range", ok)]).await;
         assert_eq!(r.status(), 206, "{ok}");
         assert_eq!(r.bytes().await.unwrap().to_vec(), data[10..20].to_vec());
     }
     // A list is not one validator, even one that names these bytes first.
     let listed = format!("{etag}, \"other\"");
     for stale in ["\"other\"", old, "W/\"x\"", listed.as_str()] {
-        let r = get(&url, &[("Range", "bytes=10-19"), ("If-Range", stale)])
-            .await
-            .unwrap();
+        let r = get(app, url, &[("Range", "bytes=10-19"), ("If-Range", stale)]).await;
         assert_eq!(r.status(), 200, "{stale}");
         assert_eq!(r.bytes().await.unwrap().to_vec(), data);
     }
-    // HEAD: the same headers, no body.
-    for (u, range) in [(&url, None), (&url, Some("bytes=0-99")), (&zurl, None)] {
-        let mut req = app.client.head(u.as_str());
+}
+
+/// HEAD answers the same headers as GET, without a body.
+async fn head_answers_as_get(app: &TestApp, url: &str, zurl: &str) {
+    for (u, range) in [(url, None), (url, Some("bytes=0-99")), (zurl, None)] {
+        let mut req = app.client.head(u);
         if let Some(rg) = range {
             req = req.header("Range", rg);
         }
         let h = req.send().await.unwrap();
-        let mut g = app.client.get(u.as_str());
+        let mut g = app.client.get(u);
         if let Some(rg) = range {
             g = g.header("Range", rg);
         }
@@ -715,7 +740,6 @@ async fn downloads_carry_validators(b: Backend) {
         }
         assert!(h.bytes().await.unwrap().is_empty());
     }
-    app.stop().await;
 }
 
 async fn resumed_download_across_a_slim(b: Backend) {
