@@ -291,7 +291,30 @@ async fn bad_jwts_are_refused() {
     let keys = tempfile::tempdir().unwrap();
     let (private, public) = rsa_keys(keys.path(), "idp");
     let (other, _) = rsa_keys(keys.path(), "other");
-    let app = TestApp::spawn(
+    let app = idp_app(&public).await;
+    let list = |token: String| {
+        let client = client_with(&token);
+        let url = app.url("/images");
+        async move { client.get(url).send().await.unwrap() }
+    };
+    // A good token, and an admin's.
+    assert_eq!(list(rs256(&private, claims(json!({})))).await.status(), 200);
+    let admin = claims(json!({ "authorities": ["ROLE_APPSTORE_ADMIN"] }));
+    assert_eq!(list(rs256(&private, admin)).await.status(), 200);
+    let public_pem = std::fs::read(&public).unwrap();
+    for (what, token, says) in bad_tokens(&private, &other, &public_pem) {
+        let v = assert_unauthorized(list(token.clone()).await, true).await;
+        let message = v["message"].as_str().unwrap();
+        assert!(message.contains(says), "{what}: {message}");
+        assert!(!message.contains(&token), "{what}: the token is echoed");
+    }
+    app.stop().await;
+}
+
+/// An app that takes RS256 JWTs of `https://idp.example` for `file-system` signed by the key
+/// `public`, the user in `userId`, admins by `ROLE_APPSTORE_ADMIN` in `authorities`.
+async fn idp_app(public: &std::path::Path) -> TestApp {
+    TestApp::spawn(
         Backend::SqliteLocal,
         Options {
             env: vec![
@@ -306,79 +329,82 @@ async fn bad_jwts_are_refused() {
             ..Default::default()
         },
     )
-    .await;
-    let rs256 = |key: &[u8], claims: Value| {
-        encode(
-            &Header::new(Algorithm::RS256),
-            &claims,
-            &EncodingKey::from_rsa_pem(key).unwrap(),
-        )
-        .unwrap()
-    };
-    let claims = |patch: Value| {
-        let mut c = json!({
-            "userId": "u-1",
-            "iss": "https://idp.example",
-            "aud": "file-system",
-            "exp": now() + 600,
-            "authorities": ["ROLE_APPSTORE_TENANT"],
-        });
-        for (k, v) in patch.as_object().unwrap() {
-            match v {
-                Value::Null => c.as_object_mut().unwrap().remove(k),
-                v => c.as_object_mut().unwrap().insert(k.clone(), v.clone()),
-            };
-        }
-        c
-    };
-    let list = |token: String| {
-        let client = client_with(&token);
-        let url = app.url("/images");
-        async move { client.get(url).send().await.unwrap() }
-    };
-    // A good token, and an admin's.
-    assert_eq!(list(rs256(&private, claims(json!({})))).await.status(), 200);
-    let admin = claims(json!({ "authorities": ["ROLE_APPSTORE_ADMIN"] }));
-    assert_eq!(list(rs256(&private, admin)).await.status(), 200);
+    .await
+}
+
+/// `claims` signed with the RSA `key` (PEM), RS256.
+fn rs256(key: &[u8], claims: Value) -> String {
+    encode(
+        &Header::new(Algorithm::RS256),
+        &claims,
+        &EncodingKey::from_rsa_pem(key).unwrap(),
+    )
+    .unwrap()
+}
+
+/// Good claims for [`idp_app`], with the members of `patch` set (`null`: removed).
+fn claims(patch: Value) -> Value {
+    let mut c = json!({
+        "userId": "u-1",
+        "iss": "https://idp.example",
+        "aud": "file-system",
+        "exp": now() + 600,
+        "authorities": ["ROLE_APPSTORE_TENANT"],
+    });
+    for (k, v) in patch.as_object().unwrap() {
+        match v {
+            Value::Null => c.as_object_mut().unwrap().remove(k),
+            v => c.as_object_mut().unwrap().insert(k.clone(), v.clone()),
+        };
+    }
+    c
+}
+
+/// Tokens [`idp_app`] refuses, each with what it is and what the refusal says: `private` is
+/// the identity provider's key, `other` another one, `public_pem` the provider's public key.
+fn bad_tokens(
+    private: &[u8],
+    other: &[u8],
+    public_pem: &[u8],
+) -> Vec<(&'static str, String, &'static str)> {
     let b64 = |v: Value| {
         use base64::Engine;
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
     };
-    let good = rs256(&private, claims(json!({})));
+    let good = rs256(private, claims(json!({})));
     let parts: Vec<&str> = good.split('.').collect();
-    let public_pem = std::fs::read(&public).unwrap();
-    let cases: Vec<(&str, String, &str)> = vec![
+    vec![
         (
             "expired",
-            rs256(&private, claims(json!({ "exp": now() - 3600 }))),
+            rs256(private, claims(json!({ "exp": now() - 3600 }))),
             "expired",
         ),
         (
             "not yet valid",
-            rs256(&private, claims(json!({ "nbf": now() + 3600 }))),
+            rs256(private, claims(json!({ "nbf": now() + 3600 }))),
             "not valid yet",
         ),
         (
             "no exp",
-            rs256(&private, claims(json!({ "exp": null }))),
+            rs256(private, claims(json!({ "exp": null }))),
             "\"exp\"",
         ),
         (
             "wrong issuer",
-            rs256(&private, claims(json!({ "iss": "https://evil" }))),
+            rs256(private, claims(json!({ "iss": "https://evil" }))),
             "issuer",
         ),
         (
             "wrong audience",
-            rs256(&private, claims(json!({ "aud": "appstore" }))),
+            rs256(private, claims(json!({ "aud": "appstore" }))),
             "audience",
         ),
         (
             "no user",
-            rs256(&private, claims(json!({ "userId": null }))),
+            rs256(private, claims(json!({ "userId": null }))),
             "userId",
         ),
-        ("wrong key", rs256(&other, claims(json!({}))), "signature"),
+        ("wrong key", rs256(other, claims(json!({}))), "signature"),
         (
             "alg none",
             format!(
@@ -400,18 +426,11 @@ async fn bad_jwts_are_refused() {
         ),
         (
             "HS256 signed with the RSA public key",
-            hs256(&public_pem, &claims(json!({}))),
+            hs256(public_pem, &claims(json!({}))),
             "algorithm",
         ),
         ("garbage", "eyJhbGciOi.x.y".into(), "malformed"),
-    ];
-    for (what, token, says) in cases {
-        let v = assert_unauthorized(list(token.clone()).await, true).await;
-        let message = v["message"].as_str().unwrap();
-        assert!(message.contains(says), "{what}: {message}");
-        assert!(!message.contains(&token), "{what}: the token is echoed");
-    }
-    app.stop().await;
+    ]
 }
 
 #[tokio::test]
