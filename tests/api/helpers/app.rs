@@ -73,54 +73,8 @@ impl TestApp {
             }
         };
         vars.push(("DATABASE_URL".into(), service_url));
-        let mut s3 = None;
-        match backend {
-            Backend::SqliteLocal | Backend::PostgresLocal => {
-                vars.push(("FS_STORAGE".into(), "local".into()));
-                vars.push((
-                    "FS_LOCAL_DIR".into(),
-                    root.join("objects").display().to_string(),
-                ));
-            }
-            Backend::SqliteS3 | Backend::PostgresS3 | Backend::SqliteRgw | Backend::PostgresRgw => {
-                let server = backend.s3_server().unwrap();
-                let (endpoint, region) = s3_env_of(server);
-                let prefix = format!("t-{}/", uuid::Uuid::new_v4().simple());
-                vars.push(("FS_STORAGE".into(), "s3".into()));
-                vars.push((
-                    "FS_S3_ENDPOINT".into(),
-                    opts.s3_endpoint.clone().unwrap_or(endpoint),
-                ));
-                vars.push(("FS_S3_REGION".into(), region));
-                vars.push(("FS_S3_KEY_PREFIX".into(), prefix.clone()));
-                if let Some(m) = opts.min_part_bytes {
-                    vars.push(("FS_S3_MIN_PART_BYTES".into(), m.to_string()));
-                    vars.push(("FS_S3_PART_BYTES".into(), m.max(8 << 20).to_string()));
-                }
-                let tiers =
-                    file_system::config::parse_tiers(opts.tiers.unwrap_or("0=images")).unwrap();
-                s3 = Some(S3View {
-                    client: s3_client_of(server).await,
-                    prefix,
-                    buckets: tiers.values().map(|t| t.bucket.clone()).collect(),
-                });
-            }
-        }
-        if let Some(m) = opts.max_image_bytes {
-            vars.push(("FS_MAX_IMAGE_BYTES".into(), m.to_string()));
-        }
-        if let Some(u) = &opts.imageops_url {
-            vars.push(("FS_IMAGEOPS_URL".into(), u.clone()));
-        }
-        if let Some(n) = opts.job_concurrency {
-            vars.push(("FS_JOB_CONCURRENCY".into(), n.to_string()));
-        }
-        if let Some(n) = opts.job_lease_secs {
-            vars.push(("FS_JOB_LEASE_SECS".into(), n.to_string()));
-        }
-        if let Some(t) = opts.tiers {
-            vars.push(("FS_TIERS".into(), t.to_string()));
-        }
+        let s3 = store_vars(backend, &opts, root, &mut vars).await;
+        option_vars(&opts, &mut vars);
         vars.extend(opts.env.iter().map(|(k, v)| (k.to_string(), v.clone())));
         let cfg = Config::from_vars(vars.clone()).expect("test config");
         if opts.no_server {
@@ -316,5 +270,66 @@ impl TestApp {
             .send()
             .await
             .unwrap()
+    }
+}
+
+/// The store's variables of `backend` (pushed to `vars`): a directory under `root` for the
+/// local store; for S3 the server's endpoint and a fresh key prefix, whose view it gives.
+async fn store_vars(
+    backend: Backend,
+    opts: &Options,
+    root: &Path,
+    vars: &mut Vec<(String, String)>,
+) -> Option<S3View> {
+    match backend {
+        Backend::SqliteLocal | Backend::PostgresLocal => {
+            vars.push(("FS_STORAGE".into(), "local".into()));
+            vars.push((
+                "FS_LOCAL_DIR".into(),
+                root.join("objects").display().to_string(),
+            ));
+            None
+        }
+        Backend::SqliteS3 | Backend::PostgresS3 | Backend::SqliteRgw | Backend::PostgresRgw => {
+            let server = backend.s3_server().unwrap();
+            let (endpoint, region) = s3_env_of(server);
+            let prefix = format!("t-{}/", uuid::Uuid::new_v4().simple());
+            vars.push(("FS_STORAGE".into(), "s3".into()));
+            vars.push((
+                "FS_S3_ENDPOINT".into(),
+                opts.s3_endpoint.clone().unwrap_or(endpoint),
+            ));
+            vars.push(("FS_S3_REGION".into(), region));
+            vars.push(("FS_S3_KEY_PREFIX".into(), prefix.clone()));
+            if let Some(m) = opts.min_part_bytes {
+                vars.push(("FS_S3_MIN_PART_BYTES".into(), m.to_string()));
+                vars.push(("FS_S3_PART_BYTES".into(), m.max(8 << 20).to_string()));
+            }
+            let tiers = file_system::config::parse_tiers(opts.tiers.unwrap_or("0=images")).unwrap();
+            Some(S3View {
+                client: s3_client_of(server).await,
+                prefix,
+                buckets: tiers.values().map(|t| t.bucket.clone()).collect(),
+            })
+        }
+    }
+}
+
+/// The variables of the options that set one (pushed to `vars`).
+fn option_vars(opts: &Options, vars: &mut Vec<(String, String)>) {
+    if let Some(m) = opts.max_image_bytes {
+        vars.push(("FS_MAX_IMAGE_BYTES".into(), m.to_string()));
+    }
+    if let Some(u) = &opts.imageops_url {
+        vars.push(("FS_IMAGEOPS_URL".into(), u.clone()));
+    }
+    if let Some(n) = opts.job_concurrency {
+        vars.push(("FS_JOB_CONCURRENCY".into(), n.to_string()));
+    }
+    if let Some(n) = opts.job_lease_secs {
+        vars.push(("FS_JOB_LEASE_SECS".into(), n.to_string()));
+    }
+    if let Some(t) = opts.tiers {
+        vars.push(("FS_TIERS".into(), t.to_string()));
     }
 }
