@@ -245,6 +245,17 @@ fn default_release_renders_a_safe_deployment() {
     assert_eq!(kinds(&docs), want);
 
     let dep = find(&docs, "Deployment", "fs-file-system");
+    pods_are_safe(dep);
+    let c = &dep["spec"]["template"]["spec"]["containers"][0];
+    the_image_is_the_crates_version(c);
+    replicas_spread_and_keep_scratch(dep);
+    service_and_secrets(&docs, dep);
+    migrations_run_as_a_hook(&docs);
+}
+
+/// Two replicas rolled without downtime, as a non-root user on a read-only root, probed, with
+/// the settings of the values.
+fn pods_are_safe(dep: &Value) {
     assert_eq!(dep["spec"]["replicas"], 2);
     assert_eq!(dep["spec"]["strategy"]["type"], "RollingUpdate");
     assert_eq!(
@@ -281,7 +292,10 @@ fn default_release_renders_a_safe_deployment() {
     assert!(!env_names(c).contains("FS_IMAGEOPS_URL"));
     assert_eq!(c["envFrom"][0]["configMapRef"]["name"], "fs-file-system");
     assert_eq!(c["envFrom"][1]["secretRef"]["name"], "fs-file-system");
-    // The published image, tagged with the chart's appVersion, which is the crate's version.
+}
+
+/// The published image, tagged with the chart's appVersion, which is the crate's version.
+fn the_image_is_the_crates_version(c: &Value) {
     let chart_meta: Value =
         serde_yaml::from_str(&std::fs::read_to_string(chart().join("Chart.yaml")).unwrap())
             .unwrap();
@@ -297,7 +311,13 @@ fn default_release_renders_a_safe_deployment() {
         c["image"],
         format!("ghcr.io/file-system/file-system:{version}")
     );
-    // Replicas spread over nodes by default (soft), without an Ingress, HPA or NetworkPolicy.
+}
+
+/// Replicas spread over nodes by default (soft), without an Ingress, HPA or NetworkPolicy; the
+/// scratch volume is an emptyDir with a size limit; settings changes roll the pods.
+fn replicas_spread_and_keep_scratch(dep: &Value) {
+    let pod = &dep["spec"]["template"]["spec"];
+    let c = &pod["containers"][0];
     let anti = &pod["affinity"]["podAntiAffinity"];
     let term = &anti["preferredDuringSchedulingIgnoredDuringExecution"][0];
     assert_eq!(term["weight"], 100);
@@ -325,8 +345,12 @@ fn default_release_renders_a_safe_deployment() {
     // Settings changes roll the pods.
     let ann = &dep["spec"]["template"]["metadata"]["annotations"];
     assert_eq!(ann["checksum/config"].as_str().unwrap().len(), 64);
+}
 
-    let svc = find(&docs, "Service", "fs-file-system");
+/// The Service selects the pods; credentials are in the Secret, base64, never in the
+/// ConfigMap.
+fn service_and_secrets(docs: &[Value], dep: &Value) {
+    let svc = find(docs, "Service", "fs-file-system");
     assert_eq!(svc["spec"]["ports"][0]["port"], 9500);
     assert_eq!(
         svc["spec"]["selector"],
@@ -334,16 +358,18 @@ fn default_release_renders_a_safe_deployment() {
     );
 
     // Credentials are in the Secret, base64, never in the ConfigMap.
-    let secret = find(&docs, "Secret", "fs-file-system");
+    let secret = find(docs, "Secret", "fs-file-system");
     assert_eq!(secret["data"]["POSTGRES_PASSWORD"], "czNjcmV0");
     assert_eq!(secret["data"]["AWS_ACCESS_KEY_ID"], "QUs=");
-    let cm = find(&docs, "ConfigMap", "fs-file-system");
+    let cm = find(docs, "ConfigMap", "fs-file-system");
     assert!(!serde_json::to_string(cm).unwrap().contains("s3cret"));
     assert_eq!(cm["data"]["FS_S3_ENDPOINT"], "http://minio:9000");
     assert_eq!(cm["data"]["FS_STORAGE"], "s3");
+}
 
-    // Migrations run as a pre-install/pre-upgrade hook, with a Secret that exists by then.
-    let job = find(&docs, "Job", "fs-file-system-migrate");
+/// Migrations run as a pre-install/pre-upgrade hook, with a Secret that exists by then.
+fn migrations_run_as_a_hook(docs: &[Value]) {
+    let job = find(docs, "Job", "fs-file-system-migrate");
     assert_eq!(
         job["metadata"]["annotations"]["helm.sh/hook"],
         "pre-install,pre-upgrade"
@@ -359,7 +385,7 @@ fn default_release_renders_a_safe_deployment() {
         "fs-file-system-migrate"
     );
     assert_eq!(env_value(jc, "POSTGRES_HOST"), "pg.example");
-    let hook_secret = find(&docs, "Secret", "fs-file-system-migrate");
+    let hook_secret = find(docs, "Secret", "fs-file-system-migrate");
     assert_eq!(
         hook_secret["metadata"]["annotations"]["helm.sh/hook-weight"],
         "-5"
