@@ -260,15 +260,15 @@ async fn merges_count_the_bytes(app: &TestApp, chunks: &[Vec<u8>]) {
     assert_eq!(held(app, "part2").await, vec![1, 2]);
 }
 
-async fn chunk_checksums_in_every_form(b: Backend) {
-    let app = TestApp::spawn(b, Options::default()).await;
-    let good = pattern(7, 70_000);
-    let other = pattern(8, 70_000);
-    let sha = sha2::Sha256::digest(&good);
-    let md5 = md5::Md5::digest(&good);
-    type Form = Vec<(&'static str, String)>;
-    // (before the part, after the part, headers)
-    let forms: Vec<(&str, Form, Form, Form)> = vec![
+/// A chunk's checksum as a header, or as a `chunkChecksum` field before or after the part.
+type Form = Vec<(&'static str, String)>;
+
+/// Every form a chunk's checksum of `good` can take: (what, fields before the part, fields
+/// after it, headers).
+fn checksum_forms(good: &[u8]) -> Vec<(&'static str, Form, Form, Form)> {
+    let sha = sha2::Sha256::digest(good);
+    let md5 = md5::Md5::digest(good);
+    vec![
         (
             "content-md5",
             vec![],
@@ -295,7 +295,7 @@ async fn chunk_checksums_in_every_form(b: Backend) {
         ),
         (
             "field md5 before",
-            vec![("chunkChecksum", format!("md5:{}", md5_hex(&good)))],
+            vec![("chunkChecksum", format!("md5:{}", md5_hex(good)))],
             vec![],
             vec![],
         ),
@@ -308,10 +308,17 @@ async fn chunk_checksums_in_every_form(b: Backend) {
         (
             "field crc32c after",
             vec![],
-            vec![("chunkChecksum", format!("crc32c:{}", crc32c_hex(&good)))],
+            vec![("chunkChecksum", format!("crc32c:{}", crc32c_hex(good)))],
             vec![],
         ),
-    ];
+    ]
+}
+
+async fn chunk_checksums_in_every_form(b: Backend) {
+    let app = TestApp::spawn(b, Options::default()).await;
+    let good = pattern(7, 70_000);
+    let other = pattern(8, 70_000);
+    let forms = checksum_forms(&good);
     for (i, (what, before, after, headers)) in forms.iter().enumerate() {
         let id = format!("ck{i}");
         // The right bytes with their checksum: stored.
@@ -337,7 +344,14 @@ async fn chunk_checksums_in_every_form(b: Backend) {
             "{what}"
         );
     }
-    // Malformed declarations: 400, not ignored.
+    malformed_checksums_are_refused(&app, &good).await;
+    assert!(held(&app, "bad").await.is_empty());
+    assert!(app.leftovers().await.iter().all(|l| !l.contains("scratch")));
+    app.stop().await;
+}
+
+/// Malformed declarations: 400, not ignored.
+async fn malformed_checksums_are_refused(app: &TestApp, good: &[u8]) {
     for (h, v) in [
         ("Content-MD5", "not base64"),
         ("Content-MD5", "AAAA"),
@@ -346,10 +360,10 @@ async fn chunk_checksums_in_every_form(b: Backend) {
         ("Content-Digest", "=:AAAA:"),
     ] {
         let r = chunk_with(
-            &app,
+            app,
             "bad",
             1,
-            good.clone(),
+            good.to_vec(),
             &[],
             &[],
             &[(h, v.to_string())],
@@ -359,10 +373,10 @@ async fn chunk_checksums_in_every_form(b: Backend) {
     }
     for v in ["md5", "sha1:00", "md5:xyz", "crc32c:123"] {
         let r = chunk_with(
-            &app,
+            app,
             "bad",
             1,
-            good.clone(),
+            good.to_vec(),
             &[("chunkChecksum", v.into())],
             &[],
             &[],
@@ -370,9 +384,6 @@ async fn chunk_checksums_in_every_form(b: Backend) {
         .await;
         assert_error(r, 400, None).await;
     }
-    assert!(held(&app, "bad").await.is_empty());
-    assert!(app.leftovers().await.iter().all(|l| !l.contains("scratch")));
-    app.stop().await;
 }
 
 async fn whole_image_checksums(b: Backend) {
