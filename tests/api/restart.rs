@@ -219,16 +219,7 @@ async fn sigkill_during_a_merge_then_restart(b: Backend) {
     // Chunks of 6 MiB (above S3's 5 MiB minimum part), so each is a part of its own.
     let chunk = 6 << 20;
     let plain = pattern(7, 4 * chunk);
-    let zip_path = app.dir.path().join("z.zip");
-    std::fs::write(app.dir.path().join("inner.img"), &plain).unwrap();
-    python_zip(
-        &zip_path,
-        &format!(
-            "z.write({:?}, 'imgs/inner.qcow2')",
-            app.dir.path().join("inner.img").display()
-        ),
-    );
-    let zipped = std::fs::read(&zip_path).unwrap();
+    let zipped = zip_of(app.dir.path(), &plain);
     let cases = [
         ("plain-0", "a.qcow2", &plain, 0u64),
         ("plain-30", "b.qcow2", &plain, 30),
@@ -241,54 +232,12 @@ async fn sigkill_during_a_merge_then_restart(b: Backend) {
             let r = send_chunk(&client, &api, identifier, i as u32 + 1, c.to_vec()).await;
             assert_eq!(r.status(), 200, "{identifier} chunk {}", i + 1);
         }
-        let merge = tokio::spawn({
-            let (client, api) = (client.clone(), api.clone());
-            // The server dies under it: an error is expected, not a panic.
-            async move {
-                let form = reqwest::multipart::Form::new()
-                    .text("identifier", identifier)
-                    .text("filename", name)
-                    .text("userId", "tester");
-                let _ = client
-                    .post(format!("{api}/images/merge"))
-                    .multipart(form)
-                    .send()
-                    .await;
-            }
-        });
+        let merge = merge_in_background(&client, &api, identifier, name);
         tokio::time::sleep(Duration::from_millis(kill_after_ms)).await;
         server.kill();
         let _ = merge.await;
         server = Replica::start(&app.vars, port, &log, &[]).await;
-        // The merge is taken over and finished by itself, within seconds.
-        let started = Instant::now();
-        let v = loop {
-            let v: serde_json::Value = client
-                .get(format!("{api}/images/upload?identifier={identifier}"))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            if v["state"] != "merging" {
-                break v;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(40),
-                "{identifier}: still merging after the restart: {v}"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        };
-        assert!(
-            matches!(v["state"].as_str(), Some("completed" | "open")),
-            "{identifier}: {v}"
-        );
-        eprintln!(
-            "{identifier}: {} {:?} after the restart",
-            v["state"],
-            started.elapsed()
-        );
+        until_merged_by_itself(&client, &api, identifier).await;
         // A repeated merge answers promptly, with the image.
         let started = Instant::now();
         let r = send_merge(&client, &api, identifier, name).await;
@@ -320,6 +269,77 @@ async fn sigkill_during_a_merge_then_restart(b: Backend) {
         );
     }
     drop(server);
+}
+
+/// A zip of `plain` as `imgs/inner.qcow2`, written in `dir`.
+fn zip_of(dir: &std::path::Path, plain: &[u8]) -> Vec<u8> {
+    let zip_path = dir.join("z.zip");
+    std::fs::write(dir.join("inner.img"), plain).unwrap();
+    python_zip(
+        &zip_path,
+        &format!(
+            "z.write({:?}, 'imgs/inner.qcow2')",
+            dir.join("inner.img").display()
+        ),
+    );
+    std::fs::read(&zip_path).unwrap()
+}
+
+/// A merge of `identifier` into `name`, sent on a task of its own: the server dies under it,
+/// so an error is expected, not a panic.
+fn merge_in_background(
+    client: &reqwest::Client,
+    api: &str,
+    identifier: &'static str,
+    name: &'static str,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn({
+        let (client, api) = (client.clone(), api.to_string());
+        async move {
+            let form = reqwest::multipart::Form::new()
+                .text("identifier", identifier)
+                .text("filename", name)
+                .text("userId", "tester");
+            let _ = client
+                .post(format!("{api}/images/merge"))
+                .multipart(form)
+                .send()
+                .await;
+        }
+    })
+}
+
+/// The merge of `identifier` is taken over and finished (or reopened) by the restarted server
+/// by itself, within seconds.
+async fn until_merged_by_itself(client: &reqwest::Client, api: &str, identifier: &str) {
+    let started = Instant::now();
+    let v = loop {
+        let v: serde_json::Value = client
+            .get(format!("{api}/images/upload?identifier={identifier}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if v["state"] != "merging" {
+            break v;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(40),
+            "{identifier}: still merging after the restart: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        matches!(v["state"].as_str(), Some("completed" | "open")),
+        "{identifier}: {v}"
+    );
+    eprintln!(
+        "{identifier}: {} {:?} after the restart",
+        v["state"],
+        started.elapsed()
+    );
 }
 
 mod merge_crash {
