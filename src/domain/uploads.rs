@@ -768,6 +768,13 @@ impl Service {
         // A priority, when sent, names a tier (as for chunks and the merge, SPEC section 5).
         let asked = self.asked_priority(&fields)?;
         let identifier: &str = &target.identifier;
+        // A cancel refused for its priority must not make chunks in transfer yield to it.
+        if let Some(asked) = asked {
+            let found = db::uploads::find(&self.db, &target.key).await?;
+            if let Some(s) = found.filter(|s| s.priority != asked) {
+                return Err(other_priority(&target.identifier, s.priority, asked));
+            }
+        }
         // Remembered before the session is looked up: a chunk in transfer now, which began
         // before the cancel, yields to it whether it finds this session, none, or one it
         // opens meanwhile (see `yield_to_cancel`).
@@ -775,9 +782,6 @@ impl Service {
         let Some(session) = db::uploads::find(&self.db, &target.key).await? else {
             return Ok(());
         };
-        if let Some(asked) = asked.filter(|p| *p != session.priority) {
-            return Err(other_priority(&target.identifier, session.priority, asked));
-        }
         match session.state {
             Merging => Err(Error::Conflict(format!(
                 "upload {identifier} is being merged"
