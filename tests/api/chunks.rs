@@ -104,7 +104,36 @@ async fn resent_chunks_gaps_and_resume(b: Backend) {
     let app = TestApp::spawn(b, Options::default()).await;
     let data = pattern(9, 5 * 100_000);
     let chunks = split(&data, 100_000);
-    // Chunk 2 first arrives damaged, then again correctly: the second replaces it.
+    resent_and_missing_chunks(&app, &chunks).await;
+    let id = merged_from_a_java_form(&app, &data).await;
+    let id = id.as_str();
+    // A chunk for a merged identifier is refused, not silently lost.
+    let r = app.chunk("res", 6, vec![1; 10]).await;
+    assert_error(r, 409, None).await;
+    // Cancel of a merged identifier frees it; the image stays.
+    let r = app
+        .client
+        .delete(app.url("/images/upload?identifier=res"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.text().await.unwrap(), "cancel success");
+    assert_eq!(app.get_json(&format!("/images/{id}")).await.0, 200);
+    // A merge no longer names the old image: there is nothing to merge.
+    assert_error(app.merge("res", "r.img").await, 400, None).await;
+    let merged = the_identifier_starts_again(&app, id, &data).await;
+    for image in [id, merged[0].as_str()] {
+        let r = app.delete_image(image).await;
+        assert_eq!(r.status(), 200);
+    }
+    assert_eq!(app.leftovers().await, Vec::<String>::new());
+    app.stop().await;
+}
+
+/// Chunk 2 first arrives damaged, then again correctly (the second replaces it); a merge with
+/// chunk 3 missing names it and keeps every chunk; the rest comes, chunk 5 by an explicit
+/// chunkNumber that wins over the part's file name.
+async fn resent_and_missing_chunks(app: &TestApp, chunks: &[Vec<u8>]) {
     assert_eq!(app.chunk("res", 2, vec![0xee; 777]).await.status(), 200);
     for i in [1usize, 2, 4] {
         assert_eq!(
@@ -148,7 +177,10 @@ async fn resent_chunks_gaps_and_resume(b: Backend) {
             .status(),
         200
     );
-    // Java clients merge with a url-encoded form.
+}
+
+/// Java clients merge with a url-encoded form: the image holds `data`. Gives its id.
+async fn merged_from_a_java_form(app: &TestApp, data: &[u8]) -> String {
     let r = app
         .client
         .post(app.url("/images/merge"))
@@ -171,21 +203,13 @@ async fn resent_chunks_gaps_and_resume(b: Backend) {
         .send()
         .await
         .unwrap();
-    assert_eq!(sha256(&dl.bytes().await.unwrap()), sha256(&data));
-    // A chunk for a merged identifier is refused, not silently lost.
-    let r = app.chunk("res", 6, vec![1; 10]).await;
-    assert_error(r, 409, None).await;
-    // Cancel of a merged identifier frees it; the image stays.
-    let r = app
-        .client
-        .delete(app.url("/images/upload?identifier=res"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.text().await.unwrap(), "cancel success");
-    assert_eq!(app.get_json(&format!("/images/{id}")).await.0, 200);
-    // A merge no longer names the old image: there is nothing to merge.
-    assert_error(app.merge("res", "r.img").await, 400, None).await;
+    assert_eq!(sha256(&dl.bytes().await.unwrap()), sha256(data));
+    id.to_string()
+}
+
+/// After a cancel freed the merged identifier, a new upload under it merges (repeatably) into
+/// a new image; the first image (`id`, holding `data`) stays. Gives the new image's ids.
+async fn the_identifier_starts_again(app: &TestApp, id: &str, data: &[u8]) -> Vec<String> {
     // The identifier starts again: a new upload merges into a new image (it once hit the
     // image's unique identifier: 500, and the joined object was left behind).
     let again = pattern(8, 70_000);
@@ -200,15 +224,10 @@ async fn resent_chunks_gaps_and_resume(b: Backend) {
     assert_eq!(merged[0], merged[1], "a repeated merge is the same image");
     assert_ne!(merged[0], id);
     assert!(app.download(&merged[0]).await == again);
-    assert_eq!(sha256(&app.download(id).await), sha256(&data));
+    assert_eq!(sha256(&app.download(id).await), sha256(data));
     let (_, st) = app.get_json("/images/upload?identifier=res").await;
     assert_eq!(st["imageId"], merged[0].as_str(), "{st}");
-    for image in [id, merged[0].as_str()] {
-        let r = app.delete_image(image).await;
-        assert_eq!(r.status(), 200);
-    }
-    assert_eq!(app.leftovers().await, Vec::<String>::new());
-    app.stop().await;
+    merged
 }
 
 /// The key of the object the upload `identifier` becomes (authentication off: the identifier
