@@ -2449,10 +2449,34 @@ async fn declared_oversize_bodies_are_refused_at_once(app: &TestApp) -> Held {
     NOTHING
 }
 
+/// Sends `requests` on a new connection to `addr` (then shuts its sending side down when
+/// `half_close`), and reads until the server closes it (at most 15 s): what came back.
+async fn exchange(addr: &str, requests: &str, half_close: bool) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    conn.write_all(requests.as_bytes()).await.unwrap();
+    if half_close {
+        conn.shutdown().await.unwrap();
+    }
+    let mut answer = vec![];
+    tokio::time::timeout(Duration::from_secs(15), conn.read_to_end(&mut answer))
+        .await
+        .expect("the server closes once it has answered")
+        .unwrap();
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// The status lines in `text` (`HTTP/1.1 200`), not other mentions of the protocol.
+fn status_lines(text: &str) -> Vec<&str> {
+    text.match_indices("HTTP/1.")
+        .filter_map(|(i, _)| text.get(i..i + 12))
+        .filter(|line| line.as_bytes()[8] == b' ' && line[9..].bytes().all(|b| b.is_ascii_digit()))
+        .collect()
+}
+
 /// An HTTP/1.1 request without a Host header, or with two, is a 400 (RFC 9112 section 3.2),
 /// its body is drained, and the connection serves the next request.
 async fn requests_without_one_host(app: &TestApp) -> Held {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let addr = app.base.trim_start_matches("http://").to_string();
     let next =
         format!("GET {API}/images?limit=1 HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
@@ -2466,22 +2490,8 @@ async fn requests_without_one_host(app: &TestApp) -> Held {
             body.len()
         ),
     ] {
-        let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
-        conn.write_all(format!("{first}{next}").as_bytes())
-            .await
-            .unwrap();
-        let mut answer = vec![];
-        tokio::time::timeout(Duration::from_secs(15), conn.read_to_end(&mut answer))
-            .await
-            .expect("the server closes once it has answered")
-            .unwrap();
-        let text = String::from_utf8_lossy(&answer);
-        // Status lines (the message names HTTP/1.1 too).
-        let got: Vec<&str> = text
-            .match_indices("HTTP/1.1 ")
-            .map(|(i, _)| &text[i..i + 12])
-            .filter(|line| line[9..].bytes().all(|b| b.is_ascii_digit()))
-            .collect();
+        let text = exchange(&addr, &format!("{first}{next}"), false).await;
+        let got = status_lines(&text);
         assert_eq!(got, ["HTTP/1.1 400", "HTTP/1.1 200"], "{first:?}: {text}");
         assert!(text.contains("\"code\":\"INVALID_PARAMETER\""), "{text}");
         assert!(text.contains("exactly one Host header"), "{text}");
@@ -2494,7 +2504,6 @@ async fn requests_without_one_host(app: &TestApp) -> Held {
 /// asking to close) get both. (Pipelined requests followed by a half-close get the first
 /// answer only: hyper stops at the end of input.)
 async fn half_closed_clients_get_their_answers(app: &TestApp) -> Held {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let addr = app.base.trim_start_matches("http://").to_string();
     let missing = "0b5e4f2c-1111-4222-8333-944455556666";
     for (requests, half_close, statuses) in [
@@ -2517,22 +2526,8 @@ async fn half_closed_clients_get_their_answers(app: &TestApp) -> Held {
             &["HTTP/1.1 200", "HTTP/1.1 404"],
         ),
     ] {
-        let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
-        conn.write_all(requests.as_bytes()).await.unwrap();
-        if half_close {
-            conn.shutdown().await.unwrap();
-        }
-        let mut answer = vec![];
-        tokio::time::timeout(Duration::from_secs(15), conn.read_to_end(&mut answer))
-            .await
-            .expect("the server closes once it has answered")
-            .unwrap();
-        let text = String::from_utf8_lossy(&answer);
-        // Each answer's status line (a body ends without a line break).
-        let got: Vec<&str> = text
-            .match_indices("HTTP/1.")
-            .map(|(i, _)| &text[i..i + 12])
-            .collect();
+        let text = exchange(&addr, &requests, half_close).await;
+        let got = status_lines(&text);
         assert_eq!(got, statuses, "{requests:?}: {text}");
     }
     NOTHING
