@@ -46,6 +46,16 @@ async fn sigkill_during_a_slim_then_restart(b: Backend) {
 
 crate::backend_tests!(sigkill_during_a_slim_then_restart);
 
+/// `GET {api}/images/{id}`'s JSON.
+async fn image_json(client: &reqwest::Client, api: &str, id: &str) -> serde_json::Value {
+    let r = client
+        .get(format!("{api}/images/{id}"))
+        .send()
+        .await
+        .unwrap();
+    r.json().await.unwrap()
+}
+
 /// Uploads a 1 GiB qcow2 with 600 MiB of data and asks for its slim. Gives its id and file.
 async fn upload_and_slim(app: &TestApp, api: &str) -> (String, std::path::PathBuf) {
     let img = make_qcow2(app.dir.path(), "k.qcow2", 1024, 600);
@@ -83,15 +93,7 @@ async fn until_the_slim_runs(app: &TestApp, api: &str, id: &str, db: &sea_orm::D
     // minutes under a loaded test run.
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
-        let v: serde_json::Value = app
-            .client
-            .get(format!("{api}/images/{id}"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let v = image_json(&app.client, api, id).await;
         let running = entity::job::Entity::find()
             .filter(entity::job::Column::Kind.eq("slim"))
             .filter(entity::job::Column::State.eq("running"))
@@ -155,15 +157,7 @@ async fn kill_during_the_convert(
 async fn until_slimmed(app: &TestApp, api: &str, id: &str) -> serde_json::Value {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let v: serde_json::Value = app
-            .client
-            .get(format!("{api}/images/{id}"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let v = image_json(&app.client, api, id).await;
         if v["slimStatus"] != 1 {
             return v;
         }
