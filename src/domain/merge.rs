@@ -114,9 +114,12 @@ impl Service {
         loop {
             let (session, parts) = match self.merge_target(&target).await {
                 Ok(MergeTarget::Merged(img)) => {
+                    if let Some(asked) = asked.filter(|p| *p != img.priority) {
+                        return Err(other_priority(&target.identifier, img.priority, asked));
+                    }
                     return self
                         .merged_before(*img, checksum.as_ref(), &totals, &file_name)
-                        .await
+                        .await;
                 }
                 Ok(MergeTarget::Open(session, parts)) => (*session, parts),
                 // It was there when this merge began to wait for another claim.

@@ -356,6 +356,9 @@ impl Service {
         chunk.verify(number, &declared, &totals).await?;
         let len = chunk.body.len();
         totals.check_chunk(number, len, self.cfg.max_image_bytes)?;
+        // A chunk without a priority goes where its upload is; the first opens it in the
+        // default tier.
+        let asked = self.asked_priority(&fields)?;
         let tier = self.tier_for(fields.get(Field::Priority))?.clone();
         // With authentication off, the session records the `userId` a client sends with its
         // chunks (the user its chunks count against), as it did not belong to anyone before.
@@ -371,7 +374,7 @@ impl Service {
             .reserve_chunk(&target, owner.as_deref(), number, len)
             .await?;
         self.yield_to_cancel(&target, mark, None).await?;
-        let (session, opened) = self.open_session(&target, owner, &tier).await?;
+        let (session, opened) = self.open_session(&target, owner, &tier, asked).await?;
         if opened {
             // A cancel that came while the session was being opened.
             self.yield_to_cancel(&target, mark, Some(&session)).await?;
@@ -472,7 +475,8 @@ impl Service {
                 "upload {} is {}; cancel it to start again",
                 caller::client_identifier(&session.identifier),
                 if session.state == Merging {
-                    "being merged"
+                    // A cancel claims the upload as a merge does.
+                    "being merged or cancelled"
                 } else {
                     "already merged"
                 }
@@ -704,11 +708,12 @@ impl Service {
         target: &SessionRef,
         owner: Option<String>,
         tier: &Tier,
+        asked: Option<i32>,
     ) -> Result<(upload_session::Model, bool)> {
         let identifier = &target.identifier;
         if let Some(s) = db::uploads::find(&self.db, &target.key).await? {
-            if s.priority != tier.priority {
-                return Err(other_priority(identifier, s.priority, tier.priority));
+            if let Some(asked) = asked.filter(|p| *p != s.priority) {
+                return Err(other_priority(identifier, s.priority, asked));
             }
             return Ok((s, false));
         }
@@ -759,6 +764,10 @@ impl Service {
         let session = db::uploads::find(&self.db, &target.key)
             .await?
             .ok_or_else(|| Error::Internal("upload session vanished after insert".into()))?;
+        // Another first chunk's session won the race: it must be in the tier this one asked.
+        if let Some(asked) = asked.filter(|p| !opened && *p != session.priority) {
+            return Err(other_priority(identifier, session.priority, asked));
+        }
         Ok((session, opened))
     }
 
@@ -784,7 +793,7 @@ impl Service {
         };
         match session.state {
             Merging => Err(Error::Conflict(format!(
-                "upload {identifier} is being merged"
+                "upload {identifier} is being merged or cancelled by another request"
             ))),
             // To start again: the image stays, the identifier is free for a new upload.
             Completed => {
@@ -810,7 +819,7 @@ impl Service {
                     return match db::uploads::find(&self.db, &target.key).await? {
                         None => Ok(()),
                         Some(_) => Err(Error::Conflict(format!(
-                            "upload {identifier} is being merged"
+                            "upload {identifier} is being merged or cancelled by another request"
                         ))),
                     };
                 }

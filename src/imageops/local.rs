@@ -38,7 +38,7 @@ impl LocalImageOps {
                 let probe = std::env::temp_dir()
                     .join(format!("fs-zstd-probe-{}", uuid::Uuid::new_v4().simple()));
                 let ok = matches!(
-                    qemu_img(&qemu::zstd_probe(&probe), INFO_TIMEOUT).await,
+                    qemu_img(&qemu::zstd_probe(&probe), INFO_TIMEOUT, None).await,
                     Ok(Run { code: Some(0), .. })
                 );
                 let _ = tokio::fs::remove_file(&probe).await;
@@ -67,6 +67,8 @@ struct Run {
 
 enum RunError {
     Timeout,
+    /// Stopped by its CPU limit ([`qemu::cpu_budget`]): seconds it was given.
+    OutOfCpu(u64),
     Spawn(std::io::Error),
 }
 
@@ -92,9 +94,16 @@ async fn read_capped(mut from: impl AsyncRead + Unpin, cap: usize) -> std::io::R
     }
 }
 
-async fn qemu_img(args: &[String], timeout: Duration) -> Result<Run, RunError> {
+/// Runs qemu-img with `args` for at most `timeout`, and at most `cpu_secs` of CPU time when
+/// given (else a little more than `timeout`).
+async fn qemu_img(
+    args: &[String],
+    timeout: Duration,
+    cpu_secs: Option<u64>,
+) -> Result<Run, RunError> {
+    let cpu_secs = cpu_secs.unwrap_or(timeout.as_secs().max(1) + 5);
     let limits = qemu::Limits {
-        cpu_secs: Some(timeout.as_secs().max(1) + 5),
+        cpu_secs: Some(cpu_secs),
         file_bytes: None,
     };
     let mut child = qemu::command(args, limits)
@@ -109,9 +118,12 @@ async fn qemu_img(args: &[String], timeout: Duration) -> Result<Run, RunError> {
             stdout.map_err(RunError::Spawn)?,
             stderr.map_err(RunError::Spawn)?,
         );
-        let code = child.wait().await.map_err(RunError::Spawn)?.code();
+        let exit = child.wait().await.map_err(RunError::Spawn)?;
+        if qemu::out_of_cpu(&exit) {
+            return Err(RunError::OutOfCpu(cpu_secs));
+        }
         Ok(Run {
-            code,
+            code: exit.code(),
             stdout,
             stderr: String::from_utf8_lossy(&stderr).trim().to_string(),
         })
@@ -223,7 +235,7 @@ fn marked_corrupt(report: CheckReport, extras: qcow2::Extras) -> CheckReport {
 
 /// What `qemu-img info` says of the image, or the report that ends the check.
 async fn image_info(image: &Image, format: Format) -> Result<Value, CheckReport> {
-    let info = match qemu_img(&qemu::info(image, format), INFO_TIMEOUT).await {
+    let info = match qemu_img(&qemu::info(image, format), INFO_TIMEOUT, None).await {
         Ok(r) if r.code == Some(0) => r,
         Ok(r) => {
             return Err(CheckReport::failed(format!(
@@ -231,7 +243,7 @@ async fn image_info(image: &Image, format: Format) -> Result<Value, CheckReport>
                 qemu::public_message(&r.stderr, &[image])
             )))
         }
-        Err(RunError::Timeout) => return Err(timed_out()),
+        Err(RunError::Timeout | RunError::OutOfCpu(_)) => return Err(timed_out()),
         Err(RunError::Spawn(e)) => {
             return Err(CheckReport::failed(format!(
                 "cannot run qemu-img: {}",
@@ -239,6 +251,13 @@ async fn image_info(image: &Image, format: Format) -> Result<Value, CheckReport>
             )))
         }
     };
+    if info.stdout.len() >= MAX_STDOUT {
+        return Err(CheckReport::failed(format!(
+            "the image's metadata is too large to inspect: qemu-img info described it in more \
+             than {} MiB (very many snapshots or bitmaps)",
+            MAX_STDOUT >> 20
+        )));
+    }
     serde_json::from_slice(&info.stdout)
         .map_err(|e| CheckReport::failed(format!("unreadable qemu-img info output: {e}")))
 }
@@ -308,7 +327,11 @@ impl ImageOps for LocalImageOps {
             Ok(_) => {}
             Err(e) => return CheckReport::failed(e),
         }
-        match qemu_img(&qemu::check(image), self.check_timeout).await {
+        let cpu = match image.size().await {
+            Ok(size) => qemu::cpu_budget(size),
+            Err(e) => return CheckReport::failed(format!("cannot read the image: {}", e.kind())),
+        };
+        match qemu_img(&qemu::check(image), self.check_timeout, Some(cpu)).await {
             Ok(run) => {
                 let report = check_report(&run, image, virtual_size);
                 marked_corrupt(report, qcow2::Extras::of(&head))
@@ -316,6 +339,15 @@ impl ImageOps for LocalImageOps {
             Err(RunError::Timeout) => CheckReport {
                 format: format.name().into(),
                 virtual_size_gib: virtual_size,
+                ..timed_out()
+            },
+            Err(RunError::OutOfCpu(secs)) => CheckReport {
+                format: format.name().into(),
+                virtual_size_gib: virtual_size,
+                msg: format!(
+                    "check timed out: qemu-img used {secs} s of CPU time, far more than an \
+                     image of this size needs (its tables make the check walk them many times)"
+                ),
                 ..timed_out()
             },
             Err(RunError::Spawn(e)) => {
@@ -338,8 +370,9 @@ impl ImageOps for LocalImageOps {
         let size = input.size().await;
         let size = size.map_err(|e| failed(format!("cannot read the image: {}", e.kind())))?;
         let most = super::slim_output_limit(size);
+        let cpu = qemu::cpu_budget(size);
         let limits = qemu::Limits {
-            cpu_secs: None,
+            cpu_secs: Some(cpu),
             file_bytes: Some(most),
         };
         let mut child = qemu::command(&args, limits)
@@ -357,6 +390,16 @@ impl ImageOps for LocalImageOps {
                 .map_err(|e| failed(format!("qemu-img did not finish: {}", e.kind())))?;
             if exit.success() {
                 return Ok(());
+            }
+            if qemu::out_of_cpu(&exit) {
+                return Err(CompressFailure {
+                    status: CompressStatus::TimedOut,
+                    msg: format!(
+                        "compression timed out: qemu-img used {cpu} s of CPU time, far more \
+                         than an image of {size} bytes needs (it maps guest data to stored \
+                         data many times over); the image stays as it is"
+                    ),
+                });
             }
             let msg = String::from_utf8_lossy(&stderr).trim().to_string();
             // Past RLIMIT_FSIZE a write fails with EFBIG (qemu ignores SIGXFSZ), or the
@@ -414,7 +457,61 @@ async fn read_progress(mut out: tokio::process::ChildStdout, progress: &Progress
 
 #[cfg(test)]
 mod tests {
-    use super::{parse_progress, read_capped};
+    use super::{parse_progress, qemu, qemu_img, read_capped, Image, RunError};
+    use std::time::{Duration, Instant};
+
+    /// `qemu-img check` of a qcow2 (2 MiB clusters, 1 EiB) whose 2M L1 entries all point at
+    /// one L2 table walks that table 2M times: stopped by its CPU budget, not its wall clock.
+    #[tokio::test]
+    async fn a_run_past_its_cpu_budget_is_stopped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("walks.qcow2");
+        let p = path.to_str().unwrap();
+        let run = |tool: &str, args: &[&str]| {
+            let ok = std::process::Command::new(tool)
+                .args(args)
+                .output()
+                .unwrap();
+            assert!(ok.status.success(), "{tool} {args:?}");
+        };
+        run(
+            "qemu-img",
+            &[
+                "create",
+                "-q",
+                "-f",
+                "qcow2",
+                "-o",
+                "cluster_size=2M",
+                p,
+                "1E",
+            ],
+        );
+        run("qemu-io", &["-f", "qcow2", "-c", "write -P 1 0 512", p]);
+        let mut b = std::fs::read(&path).unwrap();
+        let be64 = |b: &[u8], at: usize| u64::from_be_bytes(b[at..at + 8].try_into().unwrap());
+        let entries = u32::from_be_bytes(b[36..40].try_into().unwrap()) as usize;
+        let l1 = be64(&b, 40) as usize;
+        let first = be64(&b, l1) & !(1 << 63);
+        for i in 0..entries {
+            b[l1 + 8 * i..l1 + 8 * i + 8].copy_from_slice(&first.to_be_bytes());
+        }
+        std::fs::write(&path, b).unwrap();
+        let started = Instant::now();
+        let args = qemu::check(&Image::File(path.clone()));
+        let ran = qemu_img(&args, Duration::from_secs(300), Some(1)).await;
+        assert!(
+            matches!(ran, Err(RunError::OutOfCpu(1))),
+            "not stopped by its budget"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(qemu::cpu_budget(0), 60);
+        assert_eq!(qemu::cpu_budget(80 << 20), 70);
+    }
 
     #[tokio::test]
     async fn tool_output_is_kept_up_to_its_cap_and_read_to_the_end() {

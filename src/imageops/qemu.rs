@@ -15,6 +15,23 @@ use tokio::process::Command;
 /// Address-space limit of a qemu-img process (bytes).
 pub const MEMORY_LIMIT: u64 = 4 << 30;
 
+/// The CPU time (seconds) a qemu-img check or conversion of an image of `size` stored bytes
+/// may take: 60 s, plus 1 s per 8 MiB stored. Either walks each stored cluster about once
+/// (a conversion compresses it; zstd does 200 MiB/s and more per core), so that is a margin of
+/// 25 times and more; an image made to make qemu walk far more than it stores (tables or
+/// clusters mapped many times over, snapshots sharing tables) is stopped in minutes, not
+/// after the wall-clock budget of hours.
+pub fn cpu_budget(size: u64) -> u64 {
+    60 + size / (8 << 20)
+}
+
+/// Whether a process that ended with `status` was stopped by its CPU limit (SIGXCPU at the
+/// limit, SIGKILL if it ignored that).
+pub fn out_of_cpu(status: &std::process::ExitStatus) -> bool {
+    use std::os::unix::process::ExitStatusExt;
+    matches!(status.signal(), Some(libc::SIGXCPU | libc::SIGKILL))
+}
+
 /// The format an image is opened as.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {

@@ -10,7 +10,7 @@ use crate::domain::{
 use async_trait::async_trait;
 use axum::{
     extract::{FromRequest, Request},
-    http::header::CONTENT_TYPE,
+    http::header::{self, CONTENT_TYPE},
 };
 use futures::{StreamExt, TryStreamExt};
 use std::io;
@@ -194,16 +194,27 @@ impl FormSource for MultipartParts {
             if self.seen > MAX_FIELDS {
                 return Err(too_many_fields());
             }
-            let name = field.name().unwrap_or("").to_string();
-            let disposition = field
-                .headers()
-                .get(axum::http::header::CONTENT_DISPOSITION)
+            let headers = field.headers();
+            if headers.get_all(header::CONTENT_DISPOSITION).iter().count() > 1 {
+                return Err(domain::Error::InvalidInput(
+                    "a part has two Content-Disposition headers (RFC 7578 4.2: one); send one"
+                        .into(),
+                ));
+            }
+            let disposition = headers
+                .get(header::CONTENT_DISPOSITION)
                 .map(|v| v.as_bytes());
             if let Some(key) = disposition.and_then(repeated_parameter) {
                 return Err(domain::Error::InvalidInput(format!(
                     "a part's Content-Disposition names {key:?} twice (RFC 6266 4.1); send it once"
                 )));
             }
+            // The part's name as the file name is read: parameter names in any case, and
+            // `name=` inside a quoted value is part of that value (RFC 7578 4.2).
+            let name = disposition
+                .and_then(disposition_name)
+                .or_else(|| field.name().map(str::to_string))
+                .unwrap_or_default();
             let file_name = disposition
                 .and_then(disposition_file_name)
                 .or_else(|| field.file_name().map(str::to_string));
@@ -251,6 +262,15 @@ pub fn disposition_file_name(header: &[u8]) -> Option<String> {
             .find(|(k, _)| k.eq_ignore_ascii_case("filename"))
             .map(|(_, v)| v)
     })
+}
+
+/// The `name` parameter of a part's `Content-Disposition` header.
+fn disposition_name(header: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(header);
+    disposition_params(&text)
+        .into_iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("name"))
+        .map(|(_, v)| v)
 }
 
 /// A parameter named twice in a part's `Content-Disposition` (`filename="a.img";
@@ -309,10 +329,19 @@ fn unquote(q: &str) -> (String, &str) {
     (value, "")
 }
 
-/// Decodes an RFC 5987 `ext-value`: `charset'language'pct-encoded`.
+/// Decodes an RFC 5987 `ext-value`: `charset'language'pct-encoded`; `None` when a `%` is not
+/// followed by two hex digits (the plain `filename` is used then).
 fn decode_ext_value(v: &str) -> Option<String> {
     let mut it = v.splitn(3, '\'');
     let (charset, _lang, encoded) = (it.next()?, it.next()?, it.next()?);
+    let escapes_ok = encoded.match_indices('%').all(|(i, _)| {
+        encoded
+            .get(i + 1..i + 3)
+            .is_some_and(|h| h.bytes().all(|b| b.is_ascii_hexdigit()))
+    });
+    if !escapes_ok {
+        return None;
+    }
     let bytes: Vec<u8> = percent_encoding::percent_decode_str(encoded).collect();
     match charset.to_ascii_lowercase().as_str() {
         "utf-8" => String::from_utf8(bytes).ok(),
@@ -458,6 +487,18 @@ impl<S: Send + Sync> FromRequest<S> for FormFields {
 #[cfg(test)]
 mod tests {
     use super::disposition_file_name as f;
+
+    #[test]
+    fn part_names_are_read_as_file_names_are() {
+        let n = |h: &str| super::disposition_name(h.as_bytes());
+        assert_eq!(n(r#"form-data; NAME="file""#).as_deref(), Some("file"));
+        let quoted = r#"form-data; filename="e\"; name=\"nofile"; name="file""#;
+        assert_eq!(n(quoted).as_deref(), Some("file"));
+        assert_eq!(f(quoted.as_bytes()).as_deref(), Some(r#"e"; name="nofile"#));
+        // A broken percent escape in filename*: the plain filename.
+        let broken = r#"form-data; name="file"; filename="a.img"; filename*=UTF-8''%ZZ.img"#;
+        assert_eq!(f(broken.as_bytes()).as_deref(), Some("a.img"));
+    }
 
     #[test]
     fn repeated_disposition_parameters_are_found() {

@@ -170,19 +170,42 @@ async fn identity_bodies_only(req: Request, next: middleware::Next) -> Response 
     refused
 }
 
-/// Refuses an HTTP/1.1 request without a `Host` header, or with more than one, as RFC 9112
-/// section 3.2 requires (400 `INVALID_PARAMETER`). HTTP/1.0 may omit it; HTTP/2 carries
-/// `:authority` instead.
+/// Refuses an HTTP/1.1 request without a `Host` header, with more than one, or with one that
+/// is not a valid `uri-host [":" port]` (RFC 9112 section 3.2: a user name, a space, a path, a
+/// port past 65535, a list), as a 400 `INVALID_PARAMETER`. HTTP/1.0 may omit it; HTTP/2
+/// carries `:authority` instead.
 async fn one_host(req: Request, next: middleware::Next) -> Response {
-    let hosts = req.headers().get_all(header::HOST).iter().count();
-    if req.version() != axum::http::Version::HTTP_11 || hosts == 1 {
+    let hosts: Vec<_> = req.headers().get_all(header::HOST).iter().collect();
+    let valid = match hosts[..] {
+        [host] => valid_host(host),
+        _ => false,
+    };
+    if req.version() != axum::http::Version::HTTP_11 || valid {
         return next.run(req).await;
     }
     ApiError::of(
         crate::domain::Code::InvalidParameter,
-        "an HTTP/1.1 request must have exactly one Host header (RFC 9112 section 3.2)",
+        "an HTTP/1.1 request must have exactly one valid Host header (RFC 9112 section 3.2)",
     )
     .into_response()
+}
+
+/// Whether `value` is a `Host` field value: `uri-host [":" port]` of RFC 3986, no user
+/// information, a port of at most 65535; empty is allowed (RFC 9110 7.2).
+fn valid_host(value: &HeaderValue) -> bool {
+    let Ok(text) = value.to_str() else {
+        return false;
+    };
+    if text.is_empty() {
+        return true;
+    }
+    let Ok(authority) = text.parse::<axum::http::uri::Authority>() else {
+        return false;
+    };
+    // After the last `:` outside an IPv6 literal's brackets.
+    let port = text.rsplit_once(':').filter(|_| !text.ends_with(']'));
+    let port_ok = port.is_none_or(|(_, p)| p.parse::<u16>().is_ok());
+    !text.contains('@') && !authority.host().is_empty() && port_ok
 }
 
 /// Whether the comma-separated codings in `req`'s `name` headers hold one other than `allowed`
@@ -295,4 +318,30 @@ async fn method_not_allowed() -> ApiError {
         crate::domain::Code::MethodNotAllowed,
         "method not allowed on this resource",
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::valid_host;
+    use axum::http::HeaderValue;
+
+    #[test]
+    fn host_values() {
+        let ok = |v: &str| valid_host(&HeaderValue::from_str(v).unwrap());
+        for good in [
+            "",
+            "a",
+            "a:1",
+            "files.example:9500",
+            "127.0.0.1:80",
+            "[::1]:8080",
+            "a,b",
+        ] {
+            assert!(ok(good), "{good}");
+        }
+        for bad in ["a b", "a, b", "u@a", "a/b", "a:99999", "a:x", ":80", "a?b"] {
+            assert!(!ok(bad), "{bad}");
+        }
+        assert!(!valid_host(&HeaderValue::from_bytes(b"h\xc3\xa9").unwrap()));
+    }
 }

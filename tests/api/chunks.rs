@@ -571,16 +571,28 @@ async fn merge_and_cancel_keep_the_upload_priority(b: Backend) {
     let post = |path: &str, form: reqwest::multipart::Form| {
         app.client.post(app.url(path)).multipart(form).send()
     };
-    let chunk = |id: &str, n: u64| {
+    let chunk = |id: &str, n: u64, priority| {
         let part = reqwest::multipart::Part::bytes(pattern(n, 1000)).file_name(format!("{n}.part"));
-        tier_form(id, Some("1")).part("part", part)
+        tier_form(id, priority).part("part", part)
     };
     for id in ["tiered", "dropped", "plain"] {
-        for n in 1..=2 {
-            let r = post("/images/upload", chunk(id, n)).await.unwrap();
+        // A chunk that names no priority goes where its upload is.
+        for (n, priority) in [(1, Some("1")), (2, None)] {
+            let r = post("/images/upload", chunk(id, n, priority))
+                .await
+                .unwrap();
             assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
         }
     }
+    let r = post("/images/upload", chunk("tiered", 3, Some("0")))
+        .await
+        .unwrap();
+    assert_error(
+        r,
+        400,
+        Some("upload tiered was started with priority 1, not 0"),
+    )
+    .await;
     let started = "upload tiered was started with priority 1, not 0";
     let merge = |p| tier_form("tiered", p).text("filename", "t.img");
     let r = post("/images/merge", merge(Some("0"))).await.unwrap();
@@ -595,13 +607,16 @@ async fn merge_and_cancel_keep_the_upload_priority(b: Backend) {
     assert_error(r, 400, Some(started)).await;
     let (_, held) = app.get_json("/images/upload?identifier=tiered").await;
     assert_eq!(held["chunks"].as_array().unwrap().len(), 2, "{held}");
-    // The same priority, or none: merged into its tier.
+    // The same priority, or none: merged into its tier; a repeated merge naming another is
+    // refused as the first was.
     for p in [Some("1"), None] {
         let r = post("/images/merge", merge(p)).await.unwrap();
         assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
         let v: serde_json::Value = r.json().await.unwrap();
         assert_eq!(v["storageMedium"], "archive", "{v}");
     }
+    let r = post("/images/merge", merge(Some("0"))).await.unwrap();
+    assert_error(r, 400, Some(started)).await;
     for (id, query) in [("dropped", "&priority=1"), ("plain", "")] {
         let r = app
             .client

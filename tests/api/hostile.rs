@@ -2474,8 +2474,8 @@ fn status_lines(text: &str) -> Vec<&str> {
         .collect()
 }
 
-/// An HTTP/1.1 request without a Host header, or with two, is a 400 (RFC 9112 section 3.2),
-/// its body is drained, and the connection serves the next request.
+/// An HTTP/1.1 request without a Host header, with two, or with an invalid one, is a 400
+/// (RFC 9112 section 3.2), its body is drained, and the connection serves the next request.
 async fn requests_without_one_host(app: &TestApp) -> Held {
     let addr = app.base.trim_start_matches("http://").to_string();
     let next =
@@ -2484,6 +2484,11 @@ async fn requests_without_one_host(app: &TestApp) -> Held {
     for first in [
         format!("GET {API}/images HTTP/1.1\r\n\r\n"),
         format!("GET {API}/images HTTP/1.1\r\nHost: {addr}\r\nHost: other\r\n\r\n"),
+        format!("GET {API}/images HTTP/1.1\r\nHost: a, b\r\n\r\n"),
+        format!("GET {API}/images HTTP/1.1\r\nHost: a b\r\n\r\n"),
+        format!("GET {API}/images HTTP/1.1\r\nHost: u@{addr}\r\n\r\n"),
+        format!("GET {API}/images HTTP/1.1\r\nHost: a/b\r\n\r\n"),
+        format!("GET {API}/images HTTP/1.1\r\nHost: a:99999\r\n\r\n"),
         format!(
             "POST {API}/images HTTP/1.1\r\nContent-Type: {MULTIPART}\r\n\
              Content-Length: {}\r\n\r\n{body}",
@@ -2494,7 +2499,7 @@ async fn requests_without_one_host(app: &TestApp) -> Held {
         let got = status_lines(&text);
         assert_eq!(got, ["HTTP/1.1 400", "HTTP/1.1 200"], "{first:?}: {text}");
         assert!(text.contains("\"code\":\"INVALID_PARAMETER\""), "{text}");
-        assert!(text.contains("exactly one Host header"), "{text}");
+        assert!(text.contains("exactly one valid Host header"), "{text}");
     }
     NOTHING
 }
