@@ -24,15 +24,7 @@ async fn sigkill_during_a_slim_then_restart(b: Backend) {
     assert_eq!(v["checkStatusResponse"]["status"], 0, "{v}");
     // Served bytes are the slimmed image, identical in content to the original.
     let out = app.dir.path().join("after.qcow2");
-    let bytes = app
-        .client
-        .get(format!("{api}/images/{id}/action/download"))
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    let bytes = download(&app.client, &api, &id).await;
     std::fs::write(&out, &bytes).unwrap();
     assert_same_qcow2(&img, &out);
     server.kill();
@@ -45,6 +37,16 @@ async fn sigkill_during_a_slim_then_restart(b: Backend) {
 }
 
 crate::backend_tests!(sigkill_during_a_slim_then_restart);
+
+/// `GET {api}/images/{id}/action/download`'s bytes.
+async fn download(client: &reqwest::Client, api: &str, id: &str) -> bytes::Bytes {
+    let r = client
+        .get(format!("{api}/images/{id}/action/download"))
+        .send()
+        .await
+        .unwrap();
+    r.bytes().await.unwrap()
+}
 
 /// `GET {api}/images/{id}`'s JSON.
 async fn image_json(client: &reqwest::Client, api: &str, id: &str) -> serde_json::Value {
@@ -239,14 +241,7 @@ async fn sigkill_during_a_merge_then_restart(b: Backend) {
         assert_eq!(r.status(), 200, "{identifier}");
         let img: serde_json::Value = r.json().await.unwrap();
         let id = img["imageId"].as_str().unwrap().to_string();
-        let got = client
-            .get(format!("{api}/images/{id}/action/download"))
-            .send()
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap();
+        let got = download(&client, &api, &id).await;
         assert!(
             got[..] == plain[..],
             "{identifier}: the image is not what was sent"

@@ -135,7 +135,8 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
 
-async fn slim(app: &TestApp, id: &str) -> reqwest::Response {
+/// `POST /images/{id}/action/slim`.
+pub async fn slim(app: &TestApp, id: &str) -> reqwest::Response {
     app.client
         .post(app.url(&format!("/images/{id}/action/slim")))
         .send()
