@@ -103,8 +103,11 @@ impl Service {
         let file_name = validate::file_name(fields.get(Field::FileName).unwrap_or(""))
             .ok_or(Error::InvalidFileName(texts::BAD_MERGE_NAME))?;
         let user_id = validate::user_id(fields.get(Field::UserId)).map_err(Error::InvalidInput)?;
-        let user_id = caller.acting_for(&user_id)?;
-        let checksum = image_checksum(&fields)?;
+        let request = MergeJob {
+            file_name,
+            user_id: caller.acting_for(&user_id)?,
+            checksum: image_checksum(&fields)?,
+        };
         let totals = Totals::of(&fields)?;
         // The session's own tier is used; a priority that names none is an error, and so is
         // one that is not the session's.
@@ -117,9 +120,8 @@ impl Service {
                     if let Some(asked) = asked.filter(|p| *p != img.priority) {
                         return Err(other_priority(&target.identifier, img.priority, asked));
                     }
-                    return self
-                        .merged_before(*img, checksum.as_ref(), &totals, &file_name)
-                        .await;
+                    let (checksum, name) = (request.checksum.as_ref(), &request.file_name);
+                    return self.merged_before(*img, checksum, &totals, name).await;
                 }
                 Ok(MergeTarget::Open(session, parts)) => (*session, parts),
                 // It was there when this merge began to wait for another claim.
@@ -133,30 +135,9 @@ impl Service {
             if let Some(asked) = asked.filter(|p| *p != session.priority) {
                 return Err(other_priority(&target.identifier, session.priority, asked));
             }
-            let covered = totals
-                .agrees_with(&session)
-                .and_then(|t| t.covered_by(&parts));
-            if let Err(e) = covered {
-                if matches!(e, Error::MissingChunks(_)) {
-                    self.metrics
-                        .upload_merge(crate::metrics::MergeOutcome::MissingChunks);
-                }
-                return Err(e);
-            }
+            self.all_chunks_received(&session, &parts, &totals)?;
             let token = uuid::Uuid::new_v4().simple().to_string();
-            let checksum_text = checksum.as_ref().map(Checksum::to_string);
-            let claim = db::uploads::MergeClaim {
-                token: &token,
-                request: Some(db::uploads::MergeRequest {
-                    file_name: &file_name,
-                    user_id: &user_id,
-                    checksum: checksum_text.as_deref(),
-                }),
-            };
-            let now = now_secs();
-            if !db::uploads::claim_merge(&self.db, &session.id, now, now - MERGE_LEASE_SECS, &claim)
-                .await?
-            {
+            if !self.claim_for(&session, &token, &request).await? {
                 // Someone else merges it: wait for the outcome (or for its lease to lapse, then
                 // take over), within bounds.
                 if tokio::time::Instant::now() >= deadline {
@@ -170,17 +151,52 @@ impl Service {
             }
             // On a task of its own: a client that goes away does not cut a merge in half.
             let svc = self.clone();
-            let request = MergeJob {
-                file_name,
-                user_id,
-                checksum,
-            };
             let run =
                 tokio::spawn(
                     async move { svc.run_merge(session, token, request, identifier).await },
                 );
             return run.await.map_err(|e| Error::Internal(e.to_string()))?;
         }
+    }
+
+    /// Whether `parts` hold every chunk the session (and the merge's declared totals) calls
+    /// for. Errors: the totals disagree with the session's, or chunks are missing (counted).
+    fn all_chunks_received(
+        &self,
+        session: &upload_session::Model,
+        parts: &[entity::upload_part::Model],
+        totals: &Totals,
+    ) -> Result<()> {
+        let covered = totals
+            .agrees_with(session)
+            .and_then(|t| t.covered_by(parts));
+        if let Err(Error::MissingChunks(_)) = &covered {
+            self.metrics
+                .upload_merge(crate::metrics::MergeOutcome::MissingChunks);
+        }
+        covered
+    }
+
+    /// Claims the session for this merge under `token`, recording the request so that another
+    /// process can finish it. `false` when another merge (or a cancel) holds a live claim.
+    async fn claim_for(
+        &self,
+        session: &upload_session::Model,
+        token: &str,
+        request: &MergeJob,
+    ) -> Result<bool> {
+        let checksum = request.checksum.as_ref().map(Checksum::to_string);
+        let claim = db::uploads::MergeClaim {
+            token,
+            request: Some(db::uploads::MergeRequest {
+                file_name: &request.file_name,
+                user_id: &request.user_id,
+                checksum: checksum.as_deref(),
+            }),
+        };
+        let now = now_secs();
+        let stale_before = now - MERGE_LEASE_SECS;
+        Ok(db::uploads::claim_merge(&self.db, &session.id, now, stale_before, &claim).await?)
     }
 
     /// The upload a merge request names: an open session with its chunks (at least one), or
