@@ -608,6 +608,30 @@ async fn tampered_download_fails_verification() {
     s.stop().await;
 }
 
+/// Usage errors clap finds are one JSON document too, naming what is missing.
+async fn usage_errors_are_json(s: &Server, path: &std::path::Path) {
+    let file = path.to_str().unwrap();
+    for bad in [
+        &["upload", file, "--chunk-size", "0"][..],
+        &["upload", file, "--parallel", "abc"],
+        &["upload", file, "--limit-rate", "-1"],
+        &["ls", "--limit", "-1"],
+        &["frobnicate"],
+        &["download"],
+    ] {
+        let v = s.json(bad, 2).await;
+        assert_eq!(v["error"]["kind"], "usage", "{bad:?}");
+        assert_eq!(v["error"]["exitCode"], 2, "{bad:?}");
+        assert!(!v["error"]["message"].as_str().unwrap().is_empty());
+    }
+    let v = s.json(&["download"], 2).await;
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("<ID>"), "the missing argument is named: {msg}");
+    let (code, out, _) = s.run(&["--json", "--help"]).await;
+    assert_eq!(code, 0);
+    assert!(out.contains("Usage"), "{out}");
+}
+
 /// `--json` documents parse for upload, ls and info; exit codes for usage, not found,
 /// refused and an unreachable server.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -645,27 +669,7 @@ async fn json_output_and_exit_codes() {
         .run(&["upload", path.to_str().unwrap(), "--chunk-size", "lots"])
         .await;
     assert_eq!(code, 2, "{err}");
-    // Usage errors clap finds are one JSON document too.
-    let file = path.to_str().unwrap();
-    for bad in [
-        &["upload", file, "--chunk-size", "0"][..],
-        &["upload", file, "--parallel", "abc"],
-        &["upload", file, "--limit-rate", "-1"],
-        &["ls", "--limit", "-1"],
-        &["frobnicate"],
-        &["download"],
-    ] {
-        let v = s.json(bad, 2).await;
-        assert_eq!(v["error"]["kind"], "usage", "{bad:?}");
-        assert_eq!(v["error"]["exitCode"], 2, "{bad:?}");
-        assert!(!v["error"]["message"].as_str().unwrap().is_empty());
-    }
-    let v = s.json(&["download"], 2).await;
-    let msg = v["error"]["message"].as_str().unwrap();
-    assert!(msg.contains("<ID>"), "the missing argument is named: {msg}");
-    let (code, out, _) = s.run(&["--json", "--help"]).await;
-    assert_eq!(code, 0);
-    assert!(out.contains("Usage"), "{out}");
+    usage_errors_are_json(&s, &path).await;
     // A reader that went away (`fsctl ls | head -c 0`) is no crash: the command's exit code.
     let mut child = s
         .fsctl(&["--json", "info", &id])

@@ -186,9 +186,8 @@ async fn image_ids_that_are_not_uuids(b: Backend) {
     app.stop().await;
 }
 
-async fn chunk_and_merge_errors(b: Backend) {
-    let app = TestApp::spawn(b, Options::default()).await;
-    // Identifiers.
+/// An identifier that is empty, a path or too long: refused by chunk, cancel and merge.
+async fn bad_identifiers_are_refused_everywhere(app: &TestApp) {
     for ident in ["", ".", "..", "a/b", "../x", "a b", &"i".repeat(129)] {
         let form = reqwest::multipart::Form::new()
             .text("identifier", ident.to_string())
@@ -215,6 +214,11 @@ async fn chunk_and_merge_errors(b: Backend) {
             .unwrap();
         assert_error(r, 400, None).await;
     }
+}
+
+async fn chunk_and_merge_errors(b: Backend) {
+    let app = TestApp::spawn(b, Options::default()).await;
+    bad_identifiers_are_refused_everywhere(&app).await;
     // Cancel without any identifier must not wipe anything.
     let r = app
         .client

@@ -23,42 +23,7 @@ async fn out_of_order_concurrent_chunks_merge(b: Backend) {
         assert_eq!(r.status(), 200);
         assert_eq!(r.text().await.unwrap(), "ok.");
     }
-    // Resume query.
-    let (status, v) = app.get_json("/images/upload?identifier=file-a").await;
-    assert_eq!(status, 200);
-    let got: Vec<u64> = v["chunks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["chunkNumber"].as_u64().unwrap())
-        .collect();
-    assert_eq!(got, (1..=n as u64).collect::<Vec<_>>());
-    assert_eq!(v["chunks"][0]["size"], 256 * 1024);
-    assert_eq!(v["totalBytes"], data.len() as u64);
-    let r = app
-        .client
-        .get(app.url("/images/upload?identifier=file-a&chunkNumber=3"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let r = app
-        .client
-        .get(app.url(&format!(
-            "/images/upload?identifier=file-a&chunkNumber={}",
-            n + 1
-        )))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 204);
-    let r = app
-        .client
-        .get(app.url("/images/upload"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.text().await.unwrap(), "Upload get request received.");
+    resume_queries_answer(&app, n, data.len()).await;
 
     let r = app.merge("file-a", "merged.qcow2").await;
     assert_eq!(r.status(), 200);
@@ -98,6 +63,46 @@ async fn out_of_order_concurrent_chunks_merge(b: Backend) {
     let files = app.leftovers().await;
     assert_eq!(files.len(), 1, "{files:?}");
     app.stop().await;
+}
+
+/// The resume queries of upload `file-a`, which holds all its `n` chunks (`total` bytes):
+/// the chunk list, one chunk held, one not, and the bare query's text.
+async fn resume_queries_answer(app: &TestApp, n: u32, total: usize) {
+    let (status, v) = app.get_json("/images/upload?identifier=file-a").await;
+    assert_eq!(status, 200);
+    let got: Vec<u64> = v["chunks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["chunkNumber"].as_u64().unwrap())
+        .collect();
+    assert_eq!(got, (1..=n as u64).collect::<Vec<_>>());
+    assert_eq!(v["chunks"][0]["size"], 256 * 1024);
+    assert_eq!(v["totalBytes"], total as u64);
+    let r = app
+        .client
+        .get(app.url("/images/upload?identifier=file-a&chunkNumber=3"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = app
+        .client
+        .get(app.url(&format!(
+            "/images/upload?identifier=file-a&chunkNumber={}",
+            n + 1
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let r = app
+        .client
+        .get(app.url("/images/upload"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.text().await.unwrap(), "Upload get request received.");
 }
 
 async fn resent_chunks_gaps_and_resume(b: Backend) {
@@ -400,13 +405,12 @@ crate::backend_tests!(
     a_cancel_racing_merges
 );
 
-/// A session left `merging` by a process that died (its claim no longer renewed) is taken
-/// over within seconds: finished as its merge request asked when that was recorded, reopened
-/// (chunks kept) when not. A merge whose claim is fresh is left to its merger.
-async fn merges_whose_merger_died_are_taken_over(b: Backend) {
+/// Three uploads of two chunks each, left `merging` by a process that is gone: `dead-merge`
+/// silent for a minute with its request recorded, `legacy-merge` silent for two hours without
+/// one (as rows written before requests were), `live-merge` renewed just now.
+async fn merges_left_by_a_dead_process(app: &TestApp) {
     use entity::upload_session::{Column, Entity};
     use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
-    let app = TestApp::spawn(b, Options::default()).await;
     let db = file_system::db::connect(&app.database_url).await.unwrap();
     let now = chrono::Utc::now().timestamp();
     let sessions = [
@@ -428,6 +432,29 @@ async fn merges_whose_merger_died_are_taken_over(b: Backend) {
             .await
             .unwrap();
     }
+    db.close().await.unwrap();
+}
+
+/// Sets upload `identifier` back to `open` behind the service's back.
+async fn reopen(app: &TestApp, identifier: &str) {
+    use entity::upload_session::{Column, Entity};
+    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+    let db = file_system::db::connect(&app.database_url).await.unwrap();
+    Entity::update_many()
+        .col_expr(Column::State, "open".into())
+        .filter(Column::Identifier.eq(identifier))
+        .exec(&db)
+        .await
+        .unwrap();
+    db.close().await.unwrap();
+}
+
+/// A session left `merging` by a process that died (its claim no longer renewed) is taken
+/// over within seconds: finished as its merge request asked when that was recorded, reopened
+/// (chunks kept) when not. A merge whose claim is fresh is left to its merger.
+async fn merges_whose_merger_died_are_taken_over(b: Backend) {
+    let app = TestApp::spawn(b, Options::default()).await;
+    merges_left_by_a_dead_process(&app).await;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     let (dead, legacy) = loop {
         let (_, dead) = app.get_json("/images/upload?identifier=dead-merge").await;
@@ -463,13 +490,7 @@ async fn merges_whose_merger_died_are_taken_over(b: Backend) {
     let (_, st) = app.get_json("/images/upload?identifier=live-merge").await;
     assert_eq!(st["state"], "merging", "a live merge was taken: {st}");
     // Once the live one is cancelled and the images deleted, nothing is held.
-    Entity::update_many()
-        .col_expr(Column::State, "open".into())
-        .filter(Column::Identifier.eq("live-merge"))
-        .exec(&db)
-        .await
-        .unwrap();
-    db.close().await.unwrap();
+    reopen(&app, "live-merge").await;
     let r = app
         .client
         .delete(app.url("/images/upload?identifier=live-merge"))

@@ -326,18 +326,22 @@ fn settings_out_of_range_secrets_and_json_errors() {
     );
     assert!(!t.contains("hunter"), "{t}");
     std::fs::remove_file(dir.path().join(".env")).unwrap();
-    // With JSON logs, fatal errors are JSON too: a bad setting, and a start that fails.
+    fatal_errors_follow_the_log_format(dir.path(), &base);
+}
+
+/// With JSON logs, fatal errors are JSON too: a bad setting, and a start that fails.
+fn fatal_errors_follow_the_log_format(dir: &Path, base: &[(&'static str, String)]) {
     let out = file_system(
-        dir.path(),
+        dir,
         &[],
-        &with(&base, &[("FS_LOG_FORMAT", "json"), ("FS_STORAGE", "s4")]),
+        &with(base, &[("FS_LOG_FORMAT", "json"), ("FS_STORAGE", "s4")]),
     );
     assert_eq!(out.status.code(), Some(2));
     let url = format!("postgres://u:pw@127.0.0.1:{}/db", free_port());
     let failed = file_system(
-        dir.path(),
+        dir,
         &[],
-        &with(&base, &[("FS_LOG_FORMAT", "json"), ("DATABASE_URL", &url)]),
+        &with(base, &[("FS_LOG_FORMAT", "json"), ("DATABASE_URL", &url)]),
     );
     assert_eq!(failed.status.code(), Some(1));
     for out in [out, failed] {

@@ -836,23 +836,31 @@ async fn remove(app: &TestApp, key: &str) {
     }
 }
 
-async fn rechecks_find_corruption(b: Backend) {
-    let app = TestApp::spawn(b, Options::default()).await;
-    let img = make_qcow2(app.dir.path(), "c.qcow2", 16, 2);
-    let r = app.upload_path(&img, "c.qcow2", &[]).await;
+/// Uploads a fresh 16 MiB qcow2 named `name` and waits for its (consistent) check: its id and
+/// where its file is.
+async fn checked_qcow2(app: &TestApp, name: &str) -> (String, std::path::PathBuf) {
+    let img = make_qcow2(app.dir.path(), name, 16, 2);
+    let r = app.upload_path(&img, name, &[]).await;
     let id = r.json::<serde_json::Value>().await.unwrap()["imageId"]
         .as_str()
         .unwrap()
         .to_string();
-    let v = wait_checked(&app, &id).await;
+    let v = wait_checked(app, &id).await;
     assert_eq!(v["checkStatusResponse"]["status"], 0, "{v}");
-    let check = |id: String| {
-        let url = app.url(&format!("/images/{id}/action/check"));
-        let c = app.client.clone();
-        async move { c.post(url).send().await.unwrap() }
-    };
+    (id, img)
+}
+
+/// `POST /images/{id}/action/check`.
+async fn recheck(app: &TestApp, id: &str) -> reqwest::Response {
+    let url = app.url(&format!("/images/{id}/action/check"));
+    app.client.post(url).send().await.unwrap()
+}
+
+async fn rechecks_find_corruption(b: Backend) {
+    let app = TestApp::spawn(b, Options::default()).await;
+    let (id, img) = checked_qcow2(&app, "c.qcow2").await;
     // A re-check of intact bytes: consistent again.
-    let r = check(id.clone()).await;
+    let r = recheck(&app, &id).await;
     assert_eq!(r.status(), 200);
     let text = r.text().await.unwrap();
     assert!(
@@ -871,7 +879,7 @@ async fn rechecks_find_corruption(b: Backend) {
     bytes[last] ^= 0xff;
     let changed_md5 = md5_hex(&bytes);
     overwrite(&app, &format!("images/{id}"), bytes).await;
-    assert_eq!(check(id.clone()).await.status(), 200);
+    assert_eq!(recheck(&app, &id).await.status(), 200);
     let v = wait_checked(&app, &id).await;
     let st = &v["checkStatusResponse"];
     assert_eq!(st["status"], 1, "{v}");
@@ -882,45 +890,10 @@ async fn rechecks_find_corruption(b: Backend) {
     // The verdict carries the MD5 of the bytes found (a check verifies with SHA-256 alone
     // when both digests are recorded, and hashes changed bytes again for the record).
     assert_eq!(st["checkInfo"]["checksum"], changed_md5.as_str(), "{v}");
-    // A slim re-hashes its input: bytes changed since the (consistent) check are refused,
-    // never made the new reference.
-    let img2 = make_qcow2(app.dir.path(), "d.qcow2", 16, 2);
-    let r = app.upload_path(&img2, "d.qcow2", &[]).await;
-    let id2 = r.json::<serde_json::Value>().await.unwrap()["imageId"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    assert_eq!(
-        wait_checked(&app, &id2).await["checkStatusResponse"]["status"],
-        0
-    );
-    let mut bytes = std::fs::read(&img2).unwrap();
-    let at = bytes.len() / 2;
-    bytes[at] ^= 0x01;
-    overwrite(&app, &format!("images/{id2}"), bytes).await;
-    let r = app
-        .client
-        .post(app.url(&format!("/images/{id2}/action/slim")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let v = wait_slim_done(&app, &id2).await;
-    assert_eq!(v["slimStatus"], 3, "{v}");
-    assert_eq!(v["checkStatusResponse"]["status"], 1, "{v}");
-    assert!(
-        v["compressInfo"]["compressMsg"]
-            .as_str()
-            .unwrap()
-            .contains("no longer match"),
-        "{v}"
-    );
-    // Nothing of the refused slim is left in the store.
-    let left = app.leftovers().await;
-    assert!(!left.iter().any(|p| p.ends_with(".slim")), "{left:?}");
+    let id2 = slim_refuses_changed_bytes(&app).await;
     // An object gone from the store: the re-check says so at once, without stale digests.
     remove(&app, &format!("images/{id2}")).await;
-    assert_eq!(check(id2.clone()).await.status(), 200);
+    assert_eq!(recheck(&app, &id2).await.status(), 200);
     let v = wait_checked(&app, &id2).await;
     let st = &v["checkStatusResponse"];
     assert_eq!(st["status"], 1, "{v}");
@@ -933,9 +906,40 @@ async fn rechecks_find_corruption(b: Backend) {
     );
     assert_eq!(st["checkInfo"]["checksum"], "", "{v}");
     // Unknown ids: the usual 404.
-    let r = check(uuid::Uuid::new_v4().to_string()).await;
+    let r = recheck(&app, &uuid::Uuid::new_v4().to_string()).await;
     assert_eq!(assert_error(r, 404, None).await["code"], "IMAGE_NOT_FOUND");
     app.stop().await;
+}
+
+/// A slim re-hashes its input: bytes changed since the (consistent) check are refused, never
+/// made the new reference, and nothing of the refused slim is left. The image's id.
+async fn slim_refuses_changed_bytes(app: &TestApp) -> String {
+    let (id2, img2) = checked_qcow2(app, "d.qcow2").await;
+    let mut bytes = std::fs::read(&img2).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x01;
+    overwrite(app, &format!("images/{id2}"), bytes).await;
+    let r = app
+        .client
+        .post(app.url(&format!("/images/{id2}/action/slim")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v = wait_slim_done(app, &id2).await;
+    assert_eq!(v["slimStatus"], 3, "{v}");
+    assert_eq!(v["checkStatusResponse"]["status"], 1, "{v}");
+    assert!(
+        v["compressInfo"]["compressMsg"]
+            .as_str()
+            .unwrap()
+            .contains("no longer match"),
+        "{v}"
+    );
+    // Nothing of the refused slim is left in the store.
+    let left = app.leftovers().await;
+    assert!(!left.iter().any(|p| p.ends_with(".slim")), "{left:?}");
+    id2
 }
 
 /// A chunk is received where the fields before it point (on the local store, straight into

@@ -173,6 +173,19 @@ fn version_of_binary() -> (String, String) {
 async fn metrics_count_store_calls_uploads_checks_and_the_process(b: Backend) {
     let app = TestApp::spawn(b, Options::default()).await;
     let before = scrape(&app.client, &app.base).await;
+    idle_metrics_are_exported(&before);
+    exercise(&app).await;
+    let m = scrape(&app.client, &app.base).await;
+    lifecycle_and_checks_are_counted(&m, b);
+    store_calls_are_counted(&m);
+    let cpu = m.get("process_cpu_seconds_total");
+    assert!(cpu > 0.0 && cpu >= before.get("process_cpu_seconds_total"));
+    refused_slims_and_scratch_are_measured(&app).await;
+    app.stop().await;
+}
+
+/// Before anything happened: the build, the process and the fixed outcomes are exported.
+fn idle_metrics_are_exported(before: &Scrape) {
     let (version, revision) = version_of_binary();
     assert_eq!(
         before.get(&format!(
@@ -200,9 +213,10 @@ async fn metrics_count_store_calls_uploads_checks_and_the_process(b: Backend) {
             .get(r#"fs_image_slims_total{status="no_space"}"#),
         Some(&0.0)
     );
+}
 
-    exercise(&app).await;
-    let m = scrape(&app.client, &app.base).await;
+/// After [`exercise`]: the upload lifecycle, the checks and where qemu-img read the images.
+fn lifecycle_and_checks_are_counted(m: &Scrape, b: Backend) {
     let t = &m.text;
     assert_eq!(m.get("fs_image_uploads_total"), 1.0, "{t}");
     assert_eq!(m.get("fs_upload_sessions_opened_total"), 2.0, "{t}");
@@ -233,6 +247,11 @@ async fn metrics_count_store_calls_uploads_checks_and_the_process(b: Backend) {
         "{t}"
     );
     assert_eq!(m.get(r#"fs_image_reads_total{via="copy"}"#), 0.0, "{t}");
+}
+
+/// After [`exercise`]: store calls, whichever backend.
+fn store_calls_are_counted(m: &Scrape) {
+    let t = &m.text;
     // Store calls, whichever backend: one multipart upload per session, one part per chunk.
     let ops = |op: &str, outcome: &str| {
         m.get(&format!(
@@ -255,12 +274,13 @@ async fn metrics_count_store_calls_uploads_checks_and_the_process(b: Backend) {
             > 0.0,
         "{t}"
     );
-    let cpu = m.get("process_cpu_seconds_total");
-    assert!(cpu > 0.0 && cpu >= before.get("process_cpu_seconds_total"));
+}
 
+/// A refused slim is counted, and scratch bytes follow the files in scratch.
+async fn refused_slims_and_scratch_are_measured(app: &TestApp) {
     // A slim refused at once (a raw image) counts as a slim that ended unsupported.
     let raw = app.upload_ok("refused.img", pattern(6, 1000)).await;
-    crate::checks::wait_checked(&app, &raw).await;
+    crate::checks::wait_checked(app, &raw).await;
     let r = app
         .client
         .post(app.url(&format!("/images/{raw}/action/slim")))
@@ -281,43 +301,45 @@ async fn metrics_count_store_calls_uploads_checks_and_the_process(b: Backend) {
     std::fs::remove_file(&file).unwrap();
     let without = scrape(&app.client, &app.base).await.get("fs_scratch_bytes");
     assert!(without <= with - (1 << 20) as f64, "{with} -> {without}");
-    app.stop().await;
 }
+
+/// PromQL keywords: never metric names.
+const KEYWORDS: &[&str] = &[
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "bool",
+    "and",
+    "or",
+    "unless",
+    "offset",
+    "inf",
+    "nan",
+];
+/// PromQL aggregation operators.
+const AGGREGATIONS: &[&str] = &[
+    "sum",
+    "min",
+    "max",
+    "avg",
+    "group",
+    "stddev",
+    "stdvar",
+    "count",
+    "count_values",
+    "bottomk",
+    "topk",
+    "quantile",
+    "limitk",
+    "limit_ratio",
+];
 
 /// Every metric name a PromQL expression reads: identifiers that are not functions,
 /// aggregations, keywords, label names or Grafana variables.
 fn metric_names(expr: &str) -> BTreeSet<String> {
-    const KEYWORDS: &[&str] = &[
-        "by",
-        "without",
-        "on",
-        "ignoring",
-        "group_left",
-        "group_right",
-        "bool",
-        "and",
-        "or",
-        "unless",
-        "offset",
-        "inf",
-        "nan",
-    ];
-    const AGGREGATIONS: &[&str] = &[
-        "sum",
-        "min",
-        "max",
-        "avg",
-        "group",
-        "stddev",
-        "stdvar",
-        "count",
-        "count_values",
-        "bottomk",
-        "topk",
-        "quantile",
-        "limitk",
-        "limit_ratio",
-    ];
     let chars: Vec<char> = expr.chars().collect();
     let mut names = BTreeSet::new();
     let mut i = 0;
@@ -331,19 +353,7 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
             _ => None,
         };
         if let Some(close) = close {
-            i += 1;
-            let mut quoted: Option<char> = None;
-            while i < chars.len() {
-                match (quoted, chars[i]) {
-                    (Some(_), '\\') => i += 1,
-                    (Some(q), ch) if ch == q => quoted = None,
-                    (None, ch) if ch == close => break,
-                    (None, ch @ ('"' | '\'')) if close != ch => quoted = Some(ch),
-                    _ => {}
-                }
-                i += 1;
-            }
-            i += 1;
+            i = past_enclosed(&chars, i + 1, close);
             continue;
         }
         if c == '$' || c.is_ascii_digit() {
@@ -386,6 +396,23 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
         i += 1;
     }
     names
+}
+
+/// The index after the `close` that ends what starts at `i` (a label matcher, a range or a
+/// string), skipping quoted text (with its escapes) inside it.
+fn past_enclosed(chars: &[char], mut i: usize, close: char) -> usize {
+    let mut quoted: Option<char> = None;
+    while i < chars.len() {
+        match (quoted, chars[i]) {
+            (Some(_), '\\') => i += 1,
+            (Some(q), ch) if ch == q => quoted = None,
+            (None, ch) if ch == close => break,
+            (None, ch @ ('"' | '\'')) if close != ch => quoted = Some(ch),
+            _ => {}
+        }
+        i += 1;
+    }
+    i + 1
 }
 
 /// Every PromQL expression of a dashboard: the panels' targets (rows' nested panels too) and
@@ -533,21 +560,7 @@ async fn slow_download_latency_covers_the_body(b: Backend) {
     let server = Replica::start(&app.vars, free_port(), &log, &[("FS_LOG_FORMAT", "json")]).await;
     const MIB: usize = 1 << 20;
     let size = 80 * MIB;
-    let r = app
-        .client
-        .post(server.api("/images"))
-        .multipart(reqwest::multipart::Form::new().text("userId", "u").part(
-            "file",
-            reqwest::multipart::Part::bytes(pattern(11, size)).file_name("slow.img"),
-        ))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let id = r.json::<Value>().await.unwrap()["imageId"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = upload_to(&app.client, &server, "slow.img", pattern(11, size)).await;
     let path = format!("/images/{id}/action/download");
 
     let r = app.client.get(server.api(&path)).send().await.unwrap();
@@ -598,8 +611,23 @@ async fn slow_download_latency_covers_the_body(b: Backend) {
         "recorded {seconds} s, the body took at least {lower_bound:?}"
     );
 
-    // A client that reads a little, waits and goes away.
-    let r = app.client.get(server.api(&path)).send().await.unwrap();
+    dropped_download_is_logged(&app.client, &server, &path, &log, size).await;
+    drop(server);
+    app.stop().await;
+}
+
+/// A client that reads a little of `path`, waits and goes away: the download is logged as
+/// incomplete, for as long as the client held it.
+async fn dropped_download_is_logged(
+    client: &reqwest::Client,
+    server: &Replica,
+    path: &str,
+    log: &std::path::Path,
+    size: usize,
+) {
+    use futures::StreamExt;
+    const MIB: usize = 1 << 20;
+    let r = client.get(server.api(path)).send().await.unwrap();
     let headers_at = Instant::now();
     let mut body = r.bytes_stream();
     let mut read = 0;
@@ -609,15 +637,36 @@ async fn slow_download_latency_covers_the_body(b: Backend) {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let held = headers_at.elapsed();
     drop(body);
-    let line = access_line(&log, &path, false).await;
+    let line = access_line(log, path, false).await;
     let logged = line["latency_ms"].as_u64().unwrap();
     assert!(
         logged >= held.as_millis() as u64,
         "logged {logged} ms, the client held the download {held:?}: {line}"
     );
     assert!(line["sent_bytes"].as_u64().unwrap() < size as u64, "{line}");
-    drop(server);
-    app.stop().await;
+}
+
+/// `POST /images` of `bytes` named `name` to `server`; the new image's id.
+async fn upload_to(
+    client: &reqwest::Client,
+    server: &Replica,
+    name: &str,
+    bytes: Vec<u8>,
+) -> String {
+    let r = client
+        .post(server.api("/images"))
+        .multipart(reqwest::multipart::Form::new().text("userId", "u").part(
+            "file",
+            reqwest::multipart::Part::bytes(bytes).file_name(name.to_string()),
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r.json::<Value>().await.unwrap()["imageId"]
+        .as_str()
+        .unwrap()
+        .to_string()
 }
 
 mod slow_download {

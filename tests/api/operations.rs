@@ -29,6 +29,45 @@ async fn metrics(app: &TestApp) -> String {
     r.text().await.unwrap()
 }
 
+/// After an upload (`size` bytes) whose `POST` is counted as `ok_uploads`, its check, its
+/// download, one chunk and a request to no route: each is counted.
+fn requests_bytes_and_jobs_are_counted(text: &str, ok_uploads: &str, size: f64) {
+    let upload_route = "/image-management/v1/images";
+    assert_eq!(sample(text, ok_uploads), Some(1.0), "{text}");
+    let download = format!(
+        r#"fs_http_requests_total{{method="GET",route="{upload_route}/{{image_id}}/action/download",status="200"}}"#
+    );
+    assert_eq!(sample(text, &download), Some(1.0), "{text}");
+    assert_eq!(
+        sample(
+            text,
+            r#"fs_http_requests_total{method="GET",route="unmatched",status="404"}"#
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    let seconds = format!(
+        r#"fs_http_request_duration_seconds_count{{method="POST",route="{upload_route}",status="200"}}"#
+    );
+    assert_eq!(sample(text, &seconds), Some(1.0), "{text}");
+    assert!(sample(text, "fs_http_received_bytes_total").unwrap() >= size + 1000.0);
+    assert!(sample(text, "fs_http_sent_bytes_total").unwrap() >= size);
+    assert_eq!(sample(text, "fs_upload_sessions_open"), Some(1.0), "{text}");
+    assert_eq!(
+        sample(text, r#"fs_jobs{kind="check",state="done"}"#),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            text,
+            r#"fs_job_duration_seconds_count{kind="check",outcome="done"}"#
+        ),
+        Some(1.0),
+        "{text}"
+    );
+}
+
 async fn metrics_count_requests_bytes_sessions_and_jobs(b: Backend) {
     let app = TestApp::spawn(b, Options::default()).await;
     let before = metrics(&app).await;
@@ -61,44 +100,7 @@ async fn metrics_count_requests_bytes_sessions_and_jobs(b: Backend) {
     assert_eq!(app.chunk("open-one", 1, vec![7; 1000]).await.status(), 200);
     let _ = app.client.get(app.url("/nowhere")).send().await.unwrap();
 
-    let text = metrics(&app).await;
-    assert_eq!(sample(&text, &ok_uploads), Some(1.0), "{text}");
-    let download = format!(
-        r#"fs_http_requests_total{{method="GET",route="{upload_route}/{{image_id}}/action/download",status="200"}}"#
-    );
-    assert_eq!(sample(&text, &download), Some(1.0), "{text}");
-    assert_eq!(
-        sample(
-            &text,
-            r#"fs_http_requests_total{method="GET",route="unmatched",status="404"}"#
-        ),
-        Some(1.0),
-        "{text}"
-    );
-    let seconds = format!(
-        r#"fs_http_request_duration_seconds_count{{method="POST",route="{upload_route}",status="200"}}"#
-    );
-    assert_eq!(sample(&text, &seconds), Some(1.0), "{text}");
-    assert!(sample(&text, "fs_http_received_bytes_total").unwrap() >= size + 1000.0);
-    assert!(sample(&text, "fs_http_sent_bytes_total").unwrap() >= size);
-    assert_eq!(
-        sample(&text, "fs_upload_sessions_open"),
-        Some(1.0),
-        "{text}"
-    );
-    assert_eq!(
-        sample(&text, r#"fs_jobs{kind="check",state="done"}"#),
-        Some(1.0),
-        "{text}"
-    );
-    assert_eq!(
-        sample(
-            &text,
-            r#"fs_job_duration_seconds_count{kind="check",outcome="done"}"#
-        ),
-        Some(1.0),
-        "{text}"
-    );
+    requests_bytes_and_jobs_are_counted(&metrics(&app).await, &ok_uploads, size);
 
     // Cancelled: no session open any more.
     let r = app

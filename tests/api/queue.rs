@@ -15,6 +15,48 @@ async fn queue_db(b: Backend) -> (tempfile::TempDir, sea_orm::DatabaseConnection
     (dir, conn)
 }
 
+/// `again`, a job of `claimed` taken over by `late` at `now + 61`: its old owner can no longer
+/// finish or renew it, its new owner can (progress and lease written).
+async fn an_old_owner_changes_nothing(
+    conn: &sea_orm::DatabaseConnection,
+    claimed: &[entity::job::Model],
+    again: &entity::job::Model,
+    now: i64,
+) {
+    // The old owner can no longer finish it.
+    let old = claimed.iter().find(|j| j.id == again.id).unwrap();
+    let old_owner = old.lease_owner.clone().unwrap();
+    assert!(
+        !jobs::finish(conn, &again.id, &old_owner, JobState::Done, None, now + 62)
+            .await
+            .unwrap()
+    );
+    // Renewals by the holder extend its lease and write its progress; the old owner's change
+    // nothing.
+    assert!(
+        jobs::heartbeat(conn, &again.id, "late", Some(now + 200), 0.25, now + 61)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !jobs::heartbeat(conn, &again.id, &old_owner, Some(now + 300), 0.9, now + 61)
+            .await
+            .unwrap()
+    );
+    use sea_orm::EntityTrait;
+    let row = entity::job::Entity::find_by_id(again.id.clone())
+        .one(conn)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((row.progress, row.lease_until), (0.25, Some(now + 200)));
+    assert!(
+        jobs::finish(conn, &again.id, "late", JobState::Done, None, now + 62)
+            .await
+            .unwrap()
+    );
+}
+
 async fn concurrent_claims_take_each_job_once(b: Backend) {
     let (_dir, conn) = queue_db(b).await;
     let now = 1_000;
@@ -65,38 +107,7 @@ async fn concurrent_claims_take_each_job_once(b: Backend) {
         .expect("an expired lease is claimable");
     assert_eq!(again.attempts, 2);
     assert_eq!(again.lease_owner.as_deref(), Some("late"));
-    // The old owner can no longer finish it.
-    let old = claimed.iter().find(|j| j.id == again.id).unwrap();
-    let old_owner = old.lease_owner.clone().unwrap();
-    assert!(
-        !jobs::finish(&conn, &again.id, &old_owner, JobState::Done, None, now + 62)
-            .await
-            .unwrap()
-    );
-    // Renewals by the holder extend its lease and write its progress; the old owner's change
-    // nothing.
-    assert!(
-        jobs::heartbeat(&conn, &again.id, "late", Some(now + 200), 0.25, now + 61)
-            .await
-            .unwrap()
-    );
-    assert!(
-        !jobs::heartbeat(&conn, &again.id, &old_owner, Some(now + 300), 0.9, now + 61)
-            .await
-            .unwrap()
-    );
-    use sea_orm::EntityTrait;
-    let row = entity::job::Entity::find_by_id(again.id.clone())
-        .one(&conn)
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!((row.progress, row.lease_until), (0.25, Some(now + 200)));
-    assert!(
-        jobs::finish(&conn, &again.id, "late", JobState::Done, None, now + 62)
-            .await
-            .unwrap()
-    );
+    an_old_owner_changes_nothing(&conn, &claimed, &again, now).await;
 }
 
 /// Finished jobs past their retention are deleted; recent ones and live ones stay.

@@ -599,6 +599,14 @@ async fn concurrent_uploads_never_overrun(b: Backend) {
     app.stop().await;
 }
 
+/// `GET /usage?userId={user}` on `replica`: (bytes, images).
+async fn usage_on(client: &reqwest::Client, replica: &Replica, user: &str) -> (u64, u64) {
+    let r = client.get(replica.api(&format!("/usage?userId={user}")));
+    let v: Value = r.send().await.unwrap().json().await.unwrap();
+    let number = |name: &str| v[name].as_u64().unwrap_or_else(|| panic!("{name}: {v}"));
+    (number("bytes"), number("images"))
+}
+
 /// A replica killed (SIGKILL) in the middle of an upload leaves its reservation behind, which
 /// stops counting once its lease (60 s) ends: the user is not held back for long, and
 /// `GET /usage` no longer shows the phantom image. (It was 15 minutes.)
@@ -629,13 +637,6 @@ async fn a_killed_replicas_reservation_ends_within_a_minute(b: Backend) {
         }
     };
     let mut first = start("a").await;
-    let usage_via = |r: &Replica| {
-        let (client, url) = (app.client.clone(), r.api("/usage?userId=kim"));
-        async move {
-            let v: Value = client.get(url).send().await.unwrap().json().await.unwrap();
-            (v["bytes"].as_u64().unwrap(), v["images"].as_u64().unwrap())
-        }
-    };
     // 5 MiB of a 9 MiB upload, then the replica dies.
     let addr = first.base.trim_start_matches("http://").to_string();
     let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
@@ -648,7 +649,7 @@ async fn a_killed_replicas_reservation_ends_within_a_minute(b: Backend) {
     conn.write_all(head.as_bytes()).await.unwrap();
     conn.write_all(&pattern(7, 5 * MIB)).await.unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while usage_via(&first).await.0 == 0 {
+    while usage_on(&app.client, &first, "kim").await.0 == 0 {
         assert!(std::time::Instant::now() < deadline, "nothing was reserved");
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
@@ -657,12 +658,12 @@ async fn a_killed_replicas_reservation_ends_within_a_minute(b: Backend) {
     let second = start("b").await;
     let killed = std::time::Instant::now();
     assert_eq!(
-        usage_via(&second).await.1,
+        usage_on(&app.client, &second, "kim").await.1,
         1,
         "the lost upload's image slot"
     );
     loop {
-        let held = usage_via(&second).await;
+        let held = usage_on(&app.client, &second, "kim").await;
         if held == (0, 0) {
             break;
         }
@@ -685,6 +686,38 @@ async fn a_killed_replicas_reservation_ends_within_a_minute(b: Backend) {
         .unwrap();
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
     drop(second);
+}
+
+/// Eight uploads of `len` bytes by one user at once, half through each replica, in four
+/// rounds: never more stored than the quota allows, and a refusal is a quota refusal. How
+/// many were stored.
+async fn upload_in_rounds(client: &reqwest::Client, replicas: &[Replica], len: usize) -> u64 {
+    let mut stored = 0u64;
+    for round in 0..4u64 {
+        let sends = (0..8).map(|i| {
+            let (client, url) = (client.clone(), replicas[i % 2].api("/images"));
+            let bytes = pattern(round * 100 + i as u64, len);
+            async move {
+                let form = multipart::Form::new()
+                    .text("userId", "hana")
+                    .part("file", multipart::Part::bytes(bytes).file_name("race.img"));
+                client.post(url).multipart(form).send().await.unwrap()
+            }
+        });
+        for r in join_all(sends).await {
+            if r.status() == 200 {
+                stored += 1;
+            } else {
+                assert_quota_exceeded(r).await;
+            }
+        }
+        assert!(
+            stored * len as u64 <= 6 << 20,
+            "round {round}: {stored} images stored"
+        );
+    }
+    assert!(stored >= 1);
+    stored
 }
 
 /// Two replicas (separate processes) on one PostgreSQL database and one S3 store, many
@@ -720,31 +753,7 @@ async fn two_replicas_never_overrun_a_quota(b: Backend) {
     }
     let client = app.client.clone();
     let len = MIB + 4321;
-    let mut stored = 0u64;
-    for round in 0..4u64 {
-        let sends = (0..8).map(|i| {
-            let (client, url) = (client.clone(), replicas[i % 2].api("/images"));
-            let bytes = pattern(round * 100 + i as u64, len);
-            async move {
-                let form = multipart::Form::new()
-                    .text("userId", "hana")
-                    .part("file", multipart::Part::bytes(bytes).file_name("race.img"));
-                client.post(url).multipart(form).send().await.unwrap()
-            }
-        });
-        for r in join_all(sends).await {
-            if r.status() == 200 {
-                stored += 1;
-            } else {
-                assert_quota_exceeded(r).await;
-            }
-        }
-        assert!(
-            stored * len as u64 <= 6 << 20,
-            "round {round}: {stored} images stored"
-        );
-    }
-    assert!(stored >= 1);
+    let stored = upload_in_rounds(&client, &replicas, len).await;
     let images: Value = client
         .get(replicas[1].api("/images?userId=hana"))
         .send()
@@ -756,18 +765,10 @@ async fn two_replicas_never_overrun_a_quota(b: Backend) {
     assert_eq!(images.as_array().unwrap().len() as u64, stored);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     loop {
-        let v: Value = client
-            .get(replicas[0].api("/usage?userId=hana"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let expected = (Some(stored * len as u64), Some(stored));
-        let got = (v["bytes"].as_u64(), v["images"].as_u64());
+        let got = usage_on(&client, &replicas[0], "hana").await;
+        let expected = (stored * len as u64, stored);
         if got == expected || std::time::Instant::now() > deadline {
-            assert_eq!(got, expected, "{v}");
+            assert_eq!(got, expected);
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;

@@ -631,7 +631,6 @@ async fn a_storage_class_the_store_lacks_stops_the_start(b: Backend) {
 /// the download (`If-Match`) instead of splicing two versions.
 async fn reads_ahead_in_order_and_never_splice(b: Backend) {
     use file_system::storage::ByteRange;
-    use futures::StreamExt;
     let prefix = format!("ahead-{}/", uuid::Uuid::new_v4().simple());
     let data = pattern(3, (21 << 20) + 3);
     let sdk = s3_client_of(b.s3_server().unwrap()).await;
@@ -649,14 +648,6 @@ async fn reads_ahead_in_order_and_never_splice(b: Backend) {
         .send()
         .await
         .unwrap();
-    async fn read(store: &S3Store, range: Option<ByteRange>) -> Result<Vec<u8>, std::io::Error> {
-        let mut s = store.get("images", "images/ahead", range).await.unwrap();
-        let mut out = vec![];
-        while let Some(b) = s.next().await {
-            out.extend_from_slice(&b?);
-        }
-        Ok(out)
-    }
     const MIB: u64 = 1 << 20;
     let last = data.len() as u64 - 1;
     for budget in [0, MIB, 3 * MIB, 64 * MIB] {
@@ -667,7 +658,8 @@ async fn reads_ahead_in_order_and_never_splice(b: Backend) {
         })
         .await
         .unwrap();
-        assert_eq!(read(&store, None).await.unwrap(), data, "budget {budget}");
+        let whole = read_ahead_object(&store, None).await.unwrap();
+        assert_eq!(whole, data, "budget {budget}");
         for (start, end) in [
             (0, 0),
             (MIB - 1, MIB),
@@ -676,18 +668,46 @@ async fn reads_ahead_in_order_and_never_splice(b: Backend) {
             (last, last),
             (0, last),
         ] {
-            let got = read(&store, Some(ByteRange { start, end })).await.unwrap();
+            let range = Some(ByteRange { start, end });
+            let got = read_ahead_object(&store, range).await.unwrap();
             assert!(
                 got == data[start as usize..=end as usize],
                 "budget {budget}, range {start}-{end}"
             );
         }
     }
-    // Replaced after the first window: the rest is refused.
+    replaced_object_fails_the_read(b, &sdk, &prefix, data.len()).await;
+}
+
+/// All of `images/ahead` (or `range` of it) through `store`.
+async fn read_ahead_object(
+    store: &S3Store,
+    range: Option<file_system::storage::ByteRange>,
+) -> Result<Vec<u8>, std::io::Error> {
+    use futures::StreamExt;
+    let mut s = store.get("images", "images/ahead", range).await.unwrap();
+    let mut out = vec![];
+    while let Some(b) = s.next().await {
+        out.extend_from_slice(&b?);
+    }
+    Ok(out)
+}
+
+/// `images/ahead` (`len` bytes under `prefix`) replaced after the first window of a read:
+/// the rest is refused, never spliced. The object is removed after.
+async fn replaced_object_fails_the_read(
+    b: Backend,
+    sdk: &aws_sdk_s3::Client,
+    prefix: &str,
+    len: usize,
+) {
+    use futures::StreamExt;
+    const MIB: u64 = 1 << 20;
+    let key = format!("{prefix}images/ahead");
     let store = S3Store::new(S3Settings {
         part_bytes: MIB,
         readahead_bytes: MIB,
-        ..s3_settings_of(b.s3_server().unwrap(), &prefix)
+        ..s3_settings_of(b.s3_server().unwrap(), prefix)
     })
     .await
     .unwrap();
@@ -696,7 +716,7 @@ async fn reads_ahead_in_order_and_never_splice(b: Backend) {
     sdk.put_object()
         .bucket("images")
         .key(&key)
-        .body(pattern(4, data.len()).into())
+        .body(pattern(4, len).into())
         .send()
         .await
         .unwrap();
@@ -712,7 +732,7 @@ async fn reads_ahead_in_order_and_never_splice(b: Backend) {
     }
     let e = failed.expect("a replaced object fails the download");
     assert!(e.to_string().contains("changed"), "{e}");
-    assert!(got < data.len());
+    assert!(got < len);
     sdk.delete_object()
         .bucket("images")
         .key(&key)

@@ -47,58 +47,8 @@ async fn slimmed_image_is_smaller_identical_and_served(b: Backend) {
     assert_eq!(v["compressInfo"]["compressStatus"], 0);
     assert_eq!(v["compressInfo"]["compressRate"], 1.0);
     assert_eq!(v["fileName"], "fat.qcow2");
-    // The check and the slim are done, and their rows say so (their `progress` used to stay 0).
-    // The image shows the slim done a moment before the runner ends the slim's job row.
-    {
-        use entity::job::{Column, Entity};
-        use entity::status::{JobKind, JobState};
-        use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
-        let db = file_system::db::connect(&app.database_url).await.unwrap();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        loop {
-            let jobs = Entity::find()
-                .filter(Column::ImageId.eq(&id))
-                .all(&db)
-                .await
-                .unwrap();
-            let kinds: Vec<_> = jobs.iter().map(|j| (j.kind, j.state, j.progress)).collect();
-            let done = kinds.contains(&(JobKind::Check, JobState::Done, 1.0))
-                && kinds.contains(&(JobKind::Slim, JobState::Done, 1.0));
-            if done {
-                break;
-            }
-            assert!(std::time::Instant::now() < deadline, "{kinds:?}");
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
-    }
-
-    let slim = app.dir.path().join("slim.qcow2");
-    let h = app
-        .download_to(&format!("/images/{id}/action/download"), &slim)
-        .await;
-    assert_eq!(
-        h["content-disposition"],
-        "attachment; filename=\"fat.qcow2\""
-    );
-    let slim_len = std::fs::metadata(&slim).unwrap().len();
-    assert!(
-        slim_len < original.len() as u64 / 4,
-        "slimmed {slim_len} vs original {}",
-        original.len()
-    );
-    assert_same_qcow2(&img, &slim);
-    // The check fields describe the slimmed image.
-    let csr = &v["checkStatusResponse"];
-    assert_eq!(csr["status"], 0);
-    assert_eq!(
-        csr["checkInfo"]["imageInfo"]["disk_size"],
-        slim_len.to_string()
-    );
-    use md5::Digest;
-    assert_eq!(
-        csr["checkInfo"]["checksum"],
-        hex::encode(md5::Md5::digest(std::fs::read(&slim).unwrap()))
-    );
+    jobs_end_done(&app, &id).await;
+    let slim = slimmed_copy_is_served(&app, &id, &v, &img, original.len() as u64).await;
     // Zipped download carries the slimmed bytes too.
     let zip = app.dir.path().join("slim.zip");
     app.download_to(&format!("/images/{id}/action/download?isZip=true"), &zip)
@@ -119,6 +69,72 @@ async fn slimmed_image_is_smaller_identical_and_served(b: Backend) {
     app.delete_image(&id).await;
     assert_eq!(app.leftovers().await, Vec::<String>::new());
     app.stop().await;
+}
+
+/// The check and the slim of image `id` are done, and their rows say so (their `progress`
+/// used to stay 0). The image shows the slim done a moment before the runner ends the slim's
+/// job row.
+async fn jobs_end_done(app: &TestApp, id: &str) {
+    use entity::job::{Column, Entity};
+    use entity::status::{JobKind, JobState};
+    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+    let db = file_system::db::connect(&app.database_url).await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let jobs = Entity::find()
+            .filter(Column::ImageId.eq(id))
+            .all(&db)
+            .await
+            .unwrap();
+        let kinds: Vec<_> = jobs.iter().map(|j| (j.kind, j.state, j.progress)).collect();
+        let done = kinds.contains(&(JobKind::Check, JobState::Done, 1.0))
+            && kinds.contains(&(JobKind::Slim, JobState::Done, 1.0));
+        if done {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{kinds:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    db.close().await.unwrap();
+}
+
+/// Downloads slimmed image `id` (its GET is `v`) and checks it against the original `img`
+/// (`original_len` bytes): smaller, the same guest data, and described by its check fields.
+/// Where the download went.
+async fn slimmed_copy_is_served(
+    app: &TestApp,
+    id: &str,
+    v: &serde_json::Value,
+    img: &std::path::Path,
+    original_len: u64,
+) -> std::path::PathBuf {
+    let slim = app.dir.path().join("slim.qcow2");
+    let h = app
+        .download_to(&format!("/images/{id}/action/download"), &slim)
+        .await;
+    assert_eq!(
+        h["content-disposition"],
+        "attachment; filename=\"fat.qcow2\""
+    );
+    let slim_len = std::fs::metadata(&slim).unwrap().len();
+    assert!(
+        slim_len < original_len / 4,
+        "slimmed {slim_len} vs original {original_len}"
+    );
+    assert_same_qcow2(img, &slim);
+    // The check fields describe the slimmed image.
+    let csr = &v["checkStatusResponse"];
+    assert_eq!(csr["status"], 0);
+    assert_eq!(
+        csr["checkInfo"]["imageInfo"]["disk_size"],
+        slim_len.to_string()
+    );
+    use md5::Digest;
+    assert_eq!(
+        csr["checkInfo"]["checksum"],
+        hex::encode(md5::Md5::digest(std::fs::read(&slim).unwrap()))
+    );
+    slim
 }
 
 async fn failed_slim_keeps_the_original(b: Backend) {

@@ -1010,35 +1010,7 @@ async fn local_parts_received_in_place() {
     again.unwrap();
     done.push(commit(w.commit().await.unwrap(), 2));
     done.push(commit(third, 3));
-    // A completion while a writer receives part 4: copies the parts, never waits, and the
-    // writer's bytes are not in the object.
-    let other = store
-        .create_multipart("b", "k2", &PutOptions::default())
-        .await
-        .unwrap();
-    let up2 = || upload_of("b", "k2", &other);
-    let p1 = store
-        .upload_part(up2(), part(1, spooled(dir.path(), &parts[0]), true))
-        .await
-        .unwrap();
-    let mut w2 = store.part_in_place(up2(), 2).await.unwrap().unwrap();
-    w2.receive(stream_of(vec![0xcc; 9000])).await.ok().unwrap();
-    tokio::time::timeout(
-        std::time::Duration::from_secs(20),
-        store.complete_multipart(up2(), &[commit(p1, 1)]),
-    )
-    .await
-    .expect("waited for the writer")
-    .unwrap();
-    assert_eq!(
-        read_all(store.get("b", "k2", None).await.unwrap()).await,
-        parts[0]
-    );
-    // The writer's upload is gone: its commit says so.
-    assert!(matches!(
-        w2.commit().await,
-        Err(file_system::storage::StorageError::NoSuchUpload)
-    ));
+    completion_does_not_wait_for_a_writer(&store, dir.path(), &parts).await;
     // A writer for part 4 dropped after writing more than part 4 will hold: not a part.
     let mut w = store.part_in_place(up(), 4).await.unwrap().unwrap();
     w.receive(stream_of(vec![0xee; 300_000]))
@@ -1060,6 +1032,44 @@ async fn local_parts_received_in_place() {
     );
     // The upload is gone: no writer for it.
     assert!(store.part_in_place(up(), 5).await.unwrap().is_none());
+}
+
+/// A local upload completed while a writer receives a part in place: the completion copies
+/// the parts, never waits, and the writer's bytes are not in the object; the writer's commit
+/// then finds its upload gone.
+async fn completion_does_not_wait_for_a_writer(
+    store: &file_system::storage::LocalStore,
+    dir: &std::path::Path,
+    parts: &[Vec<u8>],
+) {
+    use file_system::storage::{ObjectStore, PutOptions};
+    let other = store
+        .create_multipart("b", "k2", &PutOptions::default())
+        .await
+        .unwrap();
+    let up2 = || upload_of("b", "k2", &other);
+    let p1 = store
+        .upload_part(up2(), part(1, spooled(dir, &parts[0]), true))
+        .await
+        .unwrap();
+    let mut w2 = store.part_in_place(up2(), 2).await.unwrap().unwrap();
+    w2.receive(stream_of(vec![0xcc; 9000])).await.ok().unwrap();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        store.complete_multipart(up2(), &[CompletedPart::new(1, p1, parts[0].len() as u64)]),
+    )
+    .await
+    .expect("waited for the writer")
+    .unwrap();
+    assert_eq!(
+        read_all(store.get("b", "k2", None).await.unwrap()).await,
+        parts[0]
+    );
+    // The writer's upload is gone: its commit says so.
+    assert!(matches!(
+        w2.commit().await,
+        Err(file_system::storage::StorageError::NoSuchUpload)
+    ));
 }
 
 /// An upload's directory is removed by moving it into `.tmp` first: one left there by a
