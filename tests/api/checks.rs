@@ -127,12 +127,7 @@ async fn raw_and_iso_are_not_checked_but_measured(b: Backend) {
         );
         assert_eq!(csr["checkInfo"]["imageInfo"]["format"], "raw");
         // Such images cannot be slimmed.
-        let r = app
-            .client
-            .post(app.url(&format!("/images/{id}/action/slim")))
-            .send()
-            .await
-            .unwrap();
+        let r = app.slim(&id).await;
         assert_error(
             r,
             400,
@@ -241,7 +236,7 @@ async fn headers_that_say_more_than_the_check(b: Backend) {
         .as_str()
         .unwrap()
         .contains("marks it corrupt"));
-    let r = crate::trust::slim(&app, &id).await;
+    let r = app.slim(&id).await;
     assert_eq!(assert_error(r, 400, None).await["code"], "SLIM_REFUSED");
     let far = edited_header(dir, "far.qcow2", |b| {
         let at = u32::from_be_bytes(b[100..104].try_into().unwrap()) as usize;

@@ -265,14 +265,6 @@ async fn cancel(app: &TestApp, identifier: &str) {
     ok_text(r, "cancel success").await;
 }
 
-async fn slim(app: &TestApp, id: &str) -> Response {
-    app.client
-        .post(app.url(&format!("/images/{id}/action/slim")))
-        .send()
-        .await
-        .unwrap()
-}
-
 /// Merge with url-encoded fields (as the Java clients send it).
 async fn merge_form(app: &TestApp, identifier: &str, file_name: &str) -> Response {
     app.client
@@ -2779,7 +2771,7 @@ async fn checked_as(app: &TestApp, name: &str, bytes: Vec<u8>, status: u64, says
 /// A refused image: check status 3, then slim refused (400 SLIM_REFUSED, slimStatus 3).
 async fn refused_image(app: &TestApp, name: &str, bytes: Vec<u8>, says: &str) -> Held {
     let id = checked_as(app, name, bytes, 3, says).await;
-    let v = refused(slim(app, &id).await, 400, "SLIM_REFUSED").await;
+    let v = refused(app.slim(&id).await, 400, "SLIM_REFUSED").await;
     assert!(v["message"].as_str().unwrap().contains(says), "{v}");
     let (_, v) = app.get_json(&format!("/images/{id}")).await;
     assert_eq!(v["slimStatus"], 3, "{v}");
@@ -2926,7 +2918,7 @@ async fn qcow2_internal_snapshot_is_not_slimmed(app: &TestApp) -> Held {
 /// Slims image `id` (accepted) and waits for the slim to end: the image's record then.
 async fn slim_to_end(app: &TestApp, id: &str) -> serde_json::Value {
     assert_eq!(
-        slim(app, id).await.text().await.unwrap(),
+        app.slim(id).await.text().await.unwrap(),
         "compress in progress"
     );
     crate::slims::wait_slim_done(app, id).await
@@ -3001,7 +2993,7 @@ async fn qcow2_named_img_is_raw(app: &TestApp) -> Held {
         v["checkStatusResponse"]["checkInfo"]["imageInfo"]["format"], "raw",
         "{v}"
     );
-    let v = refused(slim(app, &id).await, 400, "SLIM_REFUSED").await;
+    let v = refused(app.slim(&id).await, 400, "SLIM_REFUSED").await;
     assert_eq!(
         v["message"],
         "This image cannot be slimmed because the type of image is not supported."
@@ -3030,7 +3022,7 @@ async fn qcow2_named_img_is_raw(app: &TestApp) -> Held {
         msg.contains("backing file") && !msg.contains("passwd"),
         "{msg}"
     );
-    refused(slim(app, &id).await, 400, "SLIM_REFUSED").await;
+    refused(app.slim(&id).await, 400, "SLIM_REFUSED").await;
     images(2)
 }
 
@@ -3058,7 +3050,7 @@ async fn qcow2_backing_file_inside_zip(app: &TestApp) -> Held {
     let id = image_id(&v);
     let v = crate::checks::wait_checked(app, &id).await;
     assert_eq!(v["checkStatusResponse"]["status"], 3, "{v}");
-    refused(slim(app, &id).await, 400, "SLIM_REFUSED").await;
+    refused(app.slim(&id).await, 400, "SLIM_REFUSED").await;
     images(1)
 }
 
@@ -3128,9 +3120,9 @@ async fn concurrent_delete_while_slimming(app: &TestApp) -> Held {
     let img = make_qcow2(app.dir.path(), "s.qcow2", 256, 48);
     let id = app.upload_ok("s.qcow2", std::fs::read(&img).unwrap()).await;
     crate::checks::wait_checked(app, &id).await;
-    ok_text(slim(app, &id).await, "compress in progress").await;
+    ok_text(app.slim(&id).await, "compress in progress").await;
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let (a, b) = tokio::join!(app.delete_image(&id), slim(app, &id));
+    let (a, b) = tokio::join!(app.delete_image(&id), app.slim(&id));
     ok_text(a, "delete success").await;
     let status = b.status().as_u16();
     assert!(status == 200 || status == 404, "{status}");
@@ -3421,7 +3413,7 @@ async fn concurrent_slim_requests(app: &TestApp) -> Held {
     let img = make_qcow2(app.dir.path(), "c.qcow2", 64, 4);
     let id = app.upload_ok("c.qcow2", std::fs::read(&img).unwrap()).await;
     crate::checks::wait_checked(app, &id).await;
-    let answers = futures::future::join_all((0..8).map(|_| slim(app, &id))).await;
+    let answers = futures::future::join_all((0..8).map(|_| app.slim(&id))).await;
     let mut accepted = 0;
     for r in answers {
         assert_eq!(r.status(), 200);

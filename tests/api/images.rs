@@ -248,12 +248,7 @@ async fn slim_request_contract(b: Backend) {
         )
         .await;
     let unknown = uuid::Uuid::new_v4();
-    let resp = app
-        .client
-        .post(app.url(&format!("/images/{unknown}/action/slim")))
-        .send()
-        .await
-        .unwrap();
+    let resp = app.slim(&unknown.to_string()).await;
     assert_error(resp, 404, Some("file path doesn't exist")).await;
     let resp = app
         .client
@@ -263,23 +258,13 @@ async fn slim_request_contract(b: Backend) {
         .unwrap();
     assert_error(resp, 404, Some("file path doesn't exist")).await;
 
-    let resp = app
-        .client
-        .post(app.url(&format!("/images/{id}/action/slim")))
-        .send()
-        .await
-        .unwrap();
+    let resp = app.slim(&id).await;
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.text().await.unwrap(), "compress in progress");
     let (_, v) = app.get_json(&format!("/images/{id}")).await;
     assert_eq!(v["slimStatus"], 1);
     assert_eq!(v["compressInfo"]["compressStatus"], 1);
-    let resp = app
-        .client
-        .post(app.url(&format!("/images/{id}/action/slim")))
-        .send()
-        .await
-        .unwrap();
+    let resp = app.slim(&id).await;
     assert_eq!(resp.status(), 200);
     assert_eq!(
         resp.text().await.unwrap(),

@@ -773,12 +773,7 @@ async fn resumed_download_across_a_slim(b: Backend) {
         .unwrap();
     assert_eq!(first.status(), 206);
     let etag = first.headers()["etag"].to_str().unwrap().to_string();
-    let r = app
-        .client
-        .post(app.url(&format!("/images/{id}/action/slim")))
-        .send()
-        .await
-        .unwrap();
+    let r = app.slim(&id).await;
     assert_eq!(r.text().await.unwrap(), "compress in progress");
     let v = wait_slim_done(&app, &id).await;
     assert_eq!(v["slimStatus"], 2, "{v}");
@@ -919,12 +914,7 @@ async fn slim_refuses_changed_bytes(app: &TestApp) -> String {
     let at = bytes.len() / 2;
     bytes[at] ^= 0x01;
     overwrite(app, &format!("images/{id2}"), bytes).await;
-    let r = app
-        .client
-        .post(app.url(&format!("/images/{id2}/action/slim")))
-        .send()
-        .await
-        .unwrap();
+    let r = app.slim(&id2).await;
     assert_eq!(r.status(), 200);
     let v = wait_slim_done(app, &id2).await;
     assert_eq!(v["slimStatus"], 3, "{v}");

@@ -281,12 +281,7 @@ async fn refused_slims_and_scratch_are_measured(app: &TestApp) {
     // A slim refused at once (a raw image) counts as a slim that ended unsupported.
     let raw = app.upload_ok("refused.img", pattern(6, 1000)).await;
     crate::checks::wait_checked(app, &raw).await;
-    let r = app
-        .client
-        .post(app.url(&format!("/images/{raw}/action/slim")))
-        .send()
-        .await
-        .unwrap();
+    let r = app.slim(&raw).await;
     assert_eq!(r.status(), 400);
     let m = scrape(&app.client, &app.base).await;
     let unsupported = r#"fs_image_slims_total{status="unsupported"}"#;

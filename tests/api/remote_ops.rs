@@ -75,12 +75,7 @@ async fn checks_and_slims_through_the_sidecar(b: Backend) {
     let v = wait_checked(&app, &fake_id).await;
     assert_eq!(v["checkStatusResponse"]["status"], 3, "{v}");
 
-    let r = app
-        .client
-        .post(app.url(&format!("/images/{good_id}/action/slim")))
-        .send()
-        .await
-        .unwrap();
+    let r = app.slim(&good_id).await;
     assert_eq!(r.text().await.unwrap(), "compress in progress");
     let deadline = Instant::now() + Duration::from_secs(120);
     let v = loop {

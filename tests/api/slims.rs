@@ -34,12 +34,7 @@ async fn slimmed_image_is_smaller_identical_and_served(b: Backend) {
     let original = std::fs::read(&img).unwrap();
     let id = app.upload_ok("fat.qcow2", original.clone()).await;
     // Requested before the check ran: the slim waits for it.
-    let r = app
-        .client
-        .post(app.url(&format!("/images/{id}/action/slim")))
-        .send()
-        .await
-        .unwrap();
+    let r = app.slim(&id).await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.text().await.unwrap(), "compress in progress");
     let v = wait_slim_done(&app, &id).await;
@@ -55,12 +50,7 @@ async fn slimmed_image_is_smaller_identical_and_served(b: Backend) {
         .await;
     crate::downloads::verify_zip(&zip, "fat/fat.qcow2", &sha256_file(&slim));
 
-    let r = app
-        .client
-        .post(app.url(&format!("/images/{id}/action/slim")))
-        .send()
-        .await
-        .unwrap();
+    let r = app.slim(&id).await;
     assert_eq!(
         r.text().await.unwrap(),
         "The image file has already been slimmed. No need to slim again. Pls request to check directly"
@@ -163,12 +153,7 @@ async fn failed_slim_keeps_the_original(b: Backend) {
     let v = wait_checked(&app, &id).await;
     // The check finds the damage, so no slim is accepted for it ...
     assert_eq!(v["checkStatusResponse"]["status"], 1, "{v}");
-    let r = app
-        .client
-        .post(app.url(&format!("/images/{id}/action/slim")))
-        .send()
-        .await
-        .unwrap();
+    let r = app.slim(&id).await;
     let v = assert_error(r, 400, None).await;
     assert_eq!(v["code"], "SLIM_REFUSED", "{v}");
     // ... but were the record to say "consistent" (checked before the damage), the slim
@@ -185,12 +170,7 @@ async fn failed_slim_keeps_the_original(b: Backend) {
             .unwrap();
     }
     db.close().await.unwrap();
-    let r = app
-        .client
-        .post(app.url(&format!("/images/{id}/action/slim")))
-        .send()
-        .await
-        .unwrap();
+    let r = app.slim(&id).await;
     assert_eq!(r.text().await.unwrap(), "compress in progress");
     let v = wait_slim_done(&app, &id).await;
     assert_eq!(v["slimStatus"], 3, "{v}");
@@ -230,12 +210,7 @@ async fn deleting_during_a_slim_leaves_nothing(b: Backend) {
         .upload_ok("big.qcow2", std::fs::read(&img).unwrap())
         .await;
     wait_checked(&app, &id).await;
-    let r = app
-        .client
-        .post(app.url(&format!("/images/{id}/action/slim")))
-        .send()
-        .await
-        .unwrap();
+    let r = app.slim(&id).await;
     assert_eq!(r.text().await.unwrap(), "compress in progress");
     tokio::time::sleep(Duration::from_millis(300)).await;
     let r = app.delete_image(&id).await;

@@ -135,15 +135,6 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
 
-/// `POST /images/{id}/action/slim`.
-pub async fn slim(app: &TestApp, id: &str) -> reqwest::Response {
-    app.client
-        .post(app.url(&format!("/images/{id}/action/slim")))
-        .send()
-        .await
-        .unwrap()
-}
-
 async fn wait_slim_ended(app: &TestApp, id: &str) -> serde_json::Value {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {
@@ -171,7 +162,7 @@ async fn refused_at_every_step(app: &TestApp, name: &str, bytes: Vec<u8>, why: &
     assert!(msg.contains(why), "{what}: {msg}");
     assert_no_paths(app, what, &v.to_string());
 
-    let v = assert_error(slim(app, &id).await, 400, None).await;
+    let v = assert_error(app.slim(&id).await, 400, None).await;
     assert_eq!(v["code"], "SLIM_REFUSED", "{what}: {v}");
     assert!(v["message"].as_str().unwrap().contains(why), "{what}: {v}");
     assert_no_paths(app, what, &v.to_string());
@@ -217,7 +208,7 @@ async fn slim_never_trusts_the_check_alone(b: Backend) {
             .exec(&db)
             .await
             .unwrap();
-        let r = slim(&app, &id).await;
+        let r = app.slim(&id).await;
         assert_eq!(r.text().await.unwrap(), "compress in progress", "{what}");
         let v = wait_slim_ended(&app, &id).await;
         assert_eq!(v["slimStatus"], 3, "{what}: {v}");
@@ -248,7 +239,7 @@ async fn slim_needs_a_usable_check(b: Backend) {
     let id = app.upload_ok("bad.qcow2", bytes.clone()).await;
     let v = wait_checked(&app, &id).await;
     assert_eq!(v["checkStatusResponse"]["status"], 1, "{v}");
-    let v = assert_error(slim(&app, &id).await, 400, None).await;
+    let v = assert_error(app.slim(&id).await, 400, None).await;
     assert_eq!(v["code"], "SLIM_REFUSED");
     assert!(v["message"].as_str().unwrap().contains("corrupted"), "{v}");
     let (_, v) = app.get_json(&format!("/images/{id}")).await;
@@ -265,7 +256,7 @@ async fn slim_needs_a_usable_check(b: Backend) {
         2
     );
     assert_eq!(
-        slim(&app, &id).await.text().await.unwrap(),
+        app.slim(&id).await.text().await.unwrap(),
         "compress in progress"
     );
     let v = wait_slim_ended(&app, &id).await;
@@ -377,7 +368,7 @@ async fn a_slim_may_not_amplify_an_image(b: Backend) {
     let id = app.upload_ok("amp.qcow2", bytes.clone()).await;
     let v = wait_checked(&app, &id).await;
     assert_eq!(v["checkStatusResponse"]["status"], 0, "{v}");
-    assert_eq!(slim(&app, &id).await.status(), 200);
+    assert_eq!(app.slim(&id).await.status(), 200);
     let v = wait_slim_ended(&app, &id).await;
     assert_eq!(v["slimStatus"], 3, "{v}");
     assert_eq!(v["compressInfo"]["compressStatus"], 2, "{v}");

@@ -187,6 +187,15 @@ impl TestApp {
         send_file(&self.client, &self.url(""), path, file_name, fields).await
     }
 
+    /// `POST /images/{id}/action/slim`.
+    pub async fn slim(&self, id: &str) -> Response {
+        self.client
+            .post(self.url(&format!("/images/{id}/action/slim")))
+            .send()
+            .await
+            .unwrap()
+    }
+
     /// Uploads and returns the new image id, asserting success.
     pub async fn upload_ok(&self, file_name: &str, bytes: Vec<u8>) -> String {
         let resp = self
