@@ -86,8 +86,9 @@ pub fn check(image: &Image) -> Vec<String> {
     ]
 }
 
-/// `qemu-img convert -p -W -O qcow2 -c [-o compression_type=zstd] IMAGE OUTPUT`: a compressed
-/// copy of the qcow2 `input`, without unallocated or zero clusters; `-p` prints progress.
+/// `qemu-img convert -p -W -t unsafe -O qcow2 -c [-o compression_type=zstd] IMAGE OUTPUT`: a
+/// compressed copy of the qcow2 `input`, without unallocated or zero clusters; `-p` prints
+/// progress.
 ///
 /// `-W` lets qemu-img write clusters out of order, so its coroutines compress in parallel
 /// (in order, each waits for the one before to be written and compression runs about one
@@ -96,12 +97,19 @@ pub fn check(image: &Image) -> Vec<String> {
 /// two slims of one image need not give the same bytes (the record keeps each output's own
 /// digests).
 ///
+/// `-t unsafe` (the output's cache mode) leaves out qemu-img's flush of the whole output when
+/// it ends: the output is scratch until it is stored, and the store makes it durable itself
+/// (the local store syncs the file before publishing it, while it is hashed; S3 is sent the
+/// bytes). Flushed by qemu-img, the write-back of the whole output is paid before the hashing
+/// can start, and on S3 for nothing: 2 GiB half random, half zeros converted in 1.45 s instead
+/// of 1.9-2.3 s here.
+///
 /// With `bitmaps` (the input has persistent bitmaps), `--bitmaps --skip-broken-bitmaps`
 /// copies them, but for those left inconsistent (in use when their writer stopped), which
 /// no one can use; qemu-img refuses `--bitmaps` for an input without bitmap support (qcow2
 /// version 2), so it is only given when there are some.
 pub fn convert(input: &Image, output: &Path, zstd: bool, bitmaps: bool) -> Vec<String> {
-    let mut args: Vec<String> = ["convert", "-p", "-W", "-O", "qcow2", "-c"]
+    let mut args: Vec<String> = ["convert", "-p", "-W", "-t", "unsafe", "-O", "qcow2", "-c"]
         .map(String::from)
         .into();
     if zstd {
@@ -258,6 +266,8 @@ mod tests {
         );
         let c = convert(&file("/i"), Path::new("/o"), true, false);
         assert_eq!(c.last().unwrap(), "/o");
+        // The store makes the output durable, not qemu-img.
+        assert!(c.windows(2).any(|w| w == ["-t", "unsafe"]), "{c:?}");
         assert!(c[c.len() - 2].starts_with("json:"));
         assert!(!c.iter().any(|a| a.contains("bitmaps")));
         let c = convert(&file("/i"), Path::new("/o"), false, true);
