@@ -166,7 +166,14 @@ impl JwtVerifier {
         let claims = data.claims;
         let user = match claim(&claims, &self.user_claim) {
             Some(Value::String(s)) if super::usable_user_id(s) => s.clone(),
-            Some(Value::Number(n)) => n.to_string(),
+            // An integer, as its exact decimal text. JSON numbers past 64 bits (and fractions)
+            // are read as floating point, which rounds: 2^64+10 and 2^64+11 would both be
+            // `1.8446744073709552e19`, one user. They name no one.
+            Some(Value::Number(n)) => match (n.as_u64(), n.as_i64()) {
+                (Some(u), _) => u.to_string(),
+                (None, Some(i)) => i.to_string(),
+                _ => return Err(AuthFailure::NoUserClaim(self.user_claim.clone())),
+            },
             _ => return Err(AuthFailure::NoUserClaim(self.user_claim.clone())),
         };
         let admin = self
@@ -514,10 +521,31 @@ mod tests {
             verify(s.clone(), &t(json!({ "userId": 42, "exp": exp }))),
             Ok(Caller::user("42", Role::User))
         );
+        assert_eq!(
+            verify(
+                s.clone(),
+                &t(json!({ "userId": -9223372036854775808i64, "exp": exp }))
+            ),
+            Ok(Caller::user("-9223372036854775808", Role::User))
+        );
+        assert_eq!(
+            verify(s.clone(), &t(json!({ "userId": u64::MAX, "exp": exp }))),
+            Ok(Caller::user(u64::MAX.to_string(), Role::User))
+        );
+        // Numbers a JSON reader can only round (past 64 bits, fractions) name no one: two of
+        // them would be the same user.
+        let rounded = |text: &str| -> Value {
+            serde_json::from_str(&format!(r#"{{"userId": {text}, "exp": {exp}}}"#)).unwrap()
+        };
         for bad in [
             json!({ "sub": "a", "exp": exp }),
             json!({ "userId": "", "exp": exp }),
             json!({ "userId": ["a"], "exp": exp }),
+            rounded("18446744073709551626"),
+            rounded("12345678901234567890123"),
+            rounded("-9223372036854775809"),
+            rounded("1.0"),
+            rounded("1e3"),
         ] {
             assert_eq!(
                 verify(s.clone(), &t(bad)),
