@@ -328,7 +328,7 @@ fn read_tokens_file(
             None
         }
         (true, Some(path)) => {
-            if let Err(e) = crate::auth::tokens::load(&path) {
+            if let Err((e, _)) = crate::auth::tokens::load(&path) {
                 r.problem(&e);
             }
             Some(path)

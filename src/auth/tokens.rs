@@ -29,9 +29,18 @@ pub struct TokenOwner {
 /// Token hashes and their owners.
 pub type TokenMap = HashMap<[u8; 32], TokenOwner>;
 
-/// Parses a tokens file; every bad line is reported as `line N: what is wrong`.
-pub fn parse(text: &str) -> Result<TokenMap, Vec<String>> {
+/// A tokens file as read: the tokens of its good lines, and every bad line as
+/// `line N: what is wrong`.
+pub struct Parsed {
+    pub map: TokenMap,
+    pub problems: Vec<String>,
+}
+
+/// Parses a tokens file. A hash listed twice grants nothing (which owner was meant cannot be
+/// told); every other good line is in `map`, whatever the bad lines around it.
+pub fn parse(text: &str) -> Parsed {
     let mut map = TokenMap::new();
+    let mut twice = std::collections::HashSet::new();
     let mut problems = vec![];
     for (i, line) in text.lines().enumerate() {
         let n = i + 1;
@@ -81,30 +90,35 @@ pub fn parse(text: &str) -> Result<TokenMap, Vec<String>> {
             role,
         };
         if map.insert(digest, owner).is_some() {
+            twice.insert(digest);
             problems.push(format!("line {n}: the same token hash is listed twice"));
         }
     }
-    match problems.is_empty() {
-        true => Ok(map),
-        false => Err(problems),
-    }
+    map.retain(|digest, _| !twice.contains(digest));
+    Parsed { map, problems }
 }
 
-/// Reads and parses a tokens file; the error names the file and every bad line.
-pub fn load(path: &Path) -> Result<TokenMap, String> {
+/// Reads and parses a tokens file: its tokens, or (when it cannot be read, or has a bad line)
+/// an error naming the file and every bad line, and the tokens of its good lines (none when
+/// it cannot be read).
+pub fn load(path: &Path) -> Result<TokenMap, (String, TokenMap)> {
     let text = std::fs::read_to_string(path).map_err(|e| {
-        format!(
+        let e = format!(
             "FS_AUTH_TOKENS_FILE {}: cannot be read: {e}",
             path.display()
-        )
+        );
+        (e, TokenMap::new())
     })?;
-    parse(&text).map_err(|problems| {
-        format!(
-            "FS_AUTH_TOKENS_FILE {}: {}",
-            path.display(),
-            problems.join("; ")
-        )
-    })
+    let Parsed { map, problems } = parse(&text);
+    if problems.is_empty() {
+        return Ok(map);
+    }
+    let e = format!(
+        "FS_AUTH_TOKENS_FILE {}: {}",
+        path.display(),
+        problems.join("; ")
+    );
+    Err((e, map))
 }
 
 /// What tells one version of the file from the next: modification time, length and inode
@@ -143,15 +157,17 @@ pub enum Reload {
     Unchanged,
     /// The file changed and its tokens are in force now (how many).
     Reloaded(usize),
-    /// The file changed but could not be used: the previous tokens stay.
-    Failed,
+    /// The file changed but could not be read, or has bad lines: only the tokens of its good
+    /// lines are in force now (how many), none when it cannot be read. A bad line grants
+    /// nothing until it is fixed, so a mistake never keeps a revoked or demoted token alive.
+    Partly(usize),
 }
 
 impl TokenStore {
     /// Loads the file; an error names the file and every bad line.
     pub fn open(path: &Path) -> Result<Self, String> {
         let stamp = stamp(path);
-        let map = load(path)?;
+        let map = load(path).map_err(|(e, _)| e)?;
         Ok(TokenStore {
             path: path.to_path_buf(),
             loaded: RwLock::new(Loaded {
@@ -179,8 +195,9 @@ impl TokenStore {
     }
 
     /// Reloads the file if it changed since the last look (or always, when `force`d: SIGHUP).
-    /// A file that cannot be read or parsed keeps the tokens in force and is logged, by line
-    /// numbers only.
+    /// A file that cannot be read grants nothing, one with bad lines only its good lines'
+    /// tokens (fail closed: deleting the file or a line revokes, whatever else is wrong); the
+    /// problems are logged, by line numbers only.
     pub fn reload(&self, force: bool) -> Reload {
         let now = stamp(&self.path);
         let previous = self.loaded.read().expect("tokens lock").stamp;
@@ -197,9 +214,11 @@ impl TokenStore {
                 tracing::info!(file = %self.path.display(), tokens = n, "API tokens reloaded");
                 Reload::Reloaded(n)
             }
-            Err(e) => {
-                tracing::error!(error = %e, "API tokens not reloaded: the previous tokens stay in force");
-                Reload::Failed
+            Err((e, map)) => {
+                let n = map.len();
+                loaded.map = Arc::new(map);
+                tracing::error!(error = %e, tokens = n, "API tokens reloaded in part: only the good lines' tokens are in force");
+                Reload::Partly(n)
             }
         }
     }
@@ -219,17 +238,18 @@ mod tests {
     #[test]
     fn good_files_parse_with_comments_and_blank_lines() {
         // A comment goes on a line of its own: after a token's fields it is a fourth field.
-        assert!(parse(&format!(
+        let commented = parse(&format!(
             "{} # appstore\n",
             line("t1", "a", "user").trim_end()
-        ))
-        .is_err());
+        ));
+        assert!(commented.map.is_empty() && commented.problems.len() == 1);
         let text = format!(
             "# services\n\n{}   \n# operators\n{}",
             line("t1", "appstore", "admin"),
             line("t2", "alice", "User")
         );
-        let map = parse(&text).unwrap();
+        let Parsed { map, problems } = parse(&text);
+        assert!(problems.is_empty(), "{problems:?}");
         assert_eq!(map.len(), 2);
         let d: [u8; 32] = Sha256::digest("t2").into();
         assert_eq!(
@@ -250,8 +270,10 @@ mod tests {
             line("t3", "bob", "root").trim_end(),
             "sha256:zz"
         );
-        let err = parse(&text).unwrap_err();
-        let joined = err.join("\n");
+        let parsed = parse(&text);
+        // Only the good lines grant: not `good` (listed twice, on lines 2 and 8).
+        assert!(parsed.map.is_empty(), "{:?}", parsed.map);
+        let joined = parsed.problems.join("\n");
         assert!(
             joined.contains("line 3: the first field must be sha256:"),
             "{joined}"
@@ -308,15 +330,29 @@ mod tests {
         assert_eq!(store.reload(false), Reload::Reloaded(1));
         assert!(store.lookup("one").is_none());
         assert_eq!(store.lookup("two"), Some(Caller::user("bobby", Role::User)));
-        // A broken file: the previous tokens stay, and it is not retried until it changes.
-        std::fs::write(&path, "garbage\n").unwrap();
-        assert_eq!(store.reload(false), Reload::Failed);
+        // A line gone bad (a role mistyped while demoting an admin) grants nothing; the good
+        // lines are in force (added, kept or revoked as they say), and the file is not read
+        // again until it changes.
+        let text = [
+            line("two", "bobby", "administrator"),
+            line("four", "dave", "user"),
+        ]
+        .concat();
+        std::fs::write(&path, text).unwrap();
+        assert_eq!(store.reload(false), Reload::Partly(1));
         assert_eq!(store.reload(false), Reload::Unchanged);
-        assert!(store.lookup("two").is_some());
-        // A vanished file too.
+        assert_eq!(store.lookup("two"), None);
+        assert_eq!(store.lookup("four"), Some(Caller::user("dave", Role::User)));
+        // A broken file grants nothing.
+        std::fs::write(&path, "garbage\n").unwrap();
+        assert_eq!(store.reload(false), Reload::Partly(0));
+        assert_eq!(store.lookup("four"), None);
+        // A vanished file neither: deleting it revokes every token.
+        std::fs::write(&path, line("four", "dave", "user")).unwrap();
+        assert_eq!(store.reload(false), Reload::Reloaded(1));
         std::fs::remove_file(&path).unwrap();
-        assert_eq!(store.reload(false), Reload::Failed);
-        assert!(store.lookup("two").is_some());
+        assert_eq!(store.reload(false), Reload::Partly(0));
+        assert_eq!(store.lookup("four"), None);
         // Forced (SIGHUP): read again whatever the stamp says.
         std::fs::write(&path, line("three", "carol", "admin")).unwrap();
         assert_eq!(store.reload(true), Reload::Reloaded(1));

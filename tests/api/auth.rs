@@ -460,10 +460,23 @@ async fn the_tokens_file_is_reloaded_while_running() {
         401,
         "a removed token still works"
     );
-    // A broken file keeps the tokens in force.
-    std::fs::write(&tokens, "garbage\n").unwrap();
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    assert_eq!(status("second-token").await, 200);
+    // Fail closed: a deleted file revokes every token; a line gone bad (a role mistyped while
+    // demoting an admin) grants nothing, while the good lines around it are in force.
+    std::fs::remove_file(&tokens).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while status("second-token").await != 401 {
+        assert!(Instant::now() < deadline, "a deleted file kept its token");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mistyped = token_line("first-token", "ops", "administrator");
+    let good = token_line("fourth-token", "dan", "user");
+    std::fs::write(&tokens, format!("{mistyped}{good}")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while status("fourth-token").await != 200 {
+        assert!(Instant::now() < deadline, "the good line was not taken");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(status("first-token").await, 401, "a bad line granted");
     // Edited in place (appended to).
     std::fs::write(
         &tokens,
