@@ -95,14 +95,33 @@ export function downloadUrl(id, zip) {
   return `${BASE}/images/${encodeURIComponent(id)}/action/download${zip ? '?isZip=true' : ''}`;
 }
 
+// The file name a Content-Disposition value gives (RFC 6266): `filename*` (RFC 8187, UTF-8)
+// when it is there and decodes, else `filename`, a token or a quoted-string (RFC 9110 5.6.4:
+// `;` and escaped quotes inside); null when there is none.
+export function dispositionFilename(value) {
+  const params = new Map();
+  const param = /;\s*([!#$%&'*+.^_`|~0-9A-Za-z-]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^;\s]*)/g;
+  for (const [, key, raw] of value.matchAll(param)) {
+    const v = raw.startsWith('"') ? raw.slice(1, -1).replace(/\\(.)/g, '$1') : raw;
+    if (!params.has(key.toLowerCase())) params.set(key.toLowerCase(), v);
+  }
+  const extended = /^UTF-8'[^']*'(.+)$/i.exec(params.get('filename*') || '');
+  if (extended) {
+    try {
+      return decodeURIComponent(extended[1]);
+    } catch {
+      // A broken escape: the plain form below.
+    }
+  }
+  return params.get('filename') || null;
+}
+
 // With a token, a plain link cannot carry it: fetch the bytes with the bearer and save them
 // through a blob URL (the whole file is held in memory: fine for the sizes a browser handles,
 // use fsctl or curl for large images).
 export async function downloadWithToken(id, zip, fallbackName) {
   const resp = await call('GET', downloadUrl(id, zip).slice(BASE.length));
-  const cd = resp.headers.get('Content-Disposition') || '';
-  const m = /filename\*=UTF-8''([^;]+)/i.exec(cd) || /filename="?([^";]+)"?/i.exec(cd);
-  const name = m ? decodeURIComponent(m[1]) : fallbackName;
+  const name = dispositionFilename(resp.headers.get('Content-Disposition') || '') ?? fallbackName;
   const blob = await resp.blob();
   const url = URL.createObjectURL(blob);
   const a = document.createElement('a');

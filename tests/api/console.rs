@@ -208,8 +208,26 @@ mod sqlite_s3 {
     }
 }
 
+/// tests/browser/disposition.mjs: the console reads the whole file name from every form of
+/// Content-Disposition the service sends (a `;` in a quoted name ended it).
+#[test]
+fn console_reads_content_disposition() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    let out = std::process::Command::new("node")
+        .arg("disposition.mjs")
+        .current_dir(&dir)
+        .output()
+        .expect("node runs (Node.js must be installed)");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+}
+
 /// tests/browser/auth.mjs: the token prompt, a refused token, then listing, upload and a
-/// download saved through a blob URL with the bearer.
+/// download saved through a blob URL with the bearer, under the name the service gave.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn console_with_tokens_in_chromium() {
     let keys = tempfile::tempdir().unwrap();
@@ -227,7 +245,9 @@ async fn console_with_tokens_in_chromium() {
         },
     )
     .await;
-    let image = keys.path().join("raw.img");
+    // A `;` in the name: the saved file keeps all of it (a `;` inside the quoted filename
+    // of Content-Disposition ended the name the console read).
+    let image = keys.path().join("raw;1.img");
     std::fs::write(&image, crate::helpers::pattern(7, 3 << 20)).unwrap();
     let dir = artifacts("console-auth");
     run_scenario(
