@@ -49,6 +49,8 @@ pub struct Config {
     /// Largest inflated/compressed ratio of the image in an uploaded zip (0 = no bound).
     pub zip_max_ratio: u64,
     pub upload_ttl_secs: u64,
+    /// The most chunked uploads one user may have open (or merging) at once; 0 = no limit.
+    pub max_open_uploads: u64,
     /// `None` = any origin; an empty list = none (the default with authentication on).
     pub cors_origins: Option<Vec<String>>,
     pub log_format: LogFormat,
@@ -158,6 +160,7 @@ impl Config {
             // images (sparse ones included) stay below it.
             zip_max_ratio: r.get("FS_ZIP_MAX_RATIO", 1000, number),
             upload_ttl_secs: r.get("FS_UPLOAD_TTL_SECS", 86_400, secs_from(1)),
+            max_open_uploads: r.get("FS_MAX_OPEN_UPLOADS", 1000, number_in(0, i64::MAX as u64)),
             // Decided below, once authentication is known.
             cors_origins: None,
             log_format: r.get(
@@ -581,6 +584,7 @@ mod tests {
         assert_eq!(c.max_image_bytes, 50 << 30);
         assert_eq!(c.s3.part_bytes, 16 << 20);
         assert_eq!(c.upload_ttl_secs, 86_400);
+        assert_eq!(c.max_open_uploads, 1000);
         assert_eq!(c.body_idle_timeout_secs, 90);
         assert_eq!(c.storage, StorageKind::S3);
         assert_eq!(c.log_format, LogFormat::Json);

@@ -435,6 +435,15 @@ pub async fn count_open(db: &impl ConnectionTrait) -> Result<u64, DbErr> {
         .await
 }
 
+/// How many uploads of `owner` are open or merging.
+pub async fn count_open_of(db: &impl ConnectionTrait, owner: &str) -> Result<u64, DbErr> {
+    Sessions::find()
+        .filter(upload_session::Column::State.is_in([Open, Merging]))
+        .filter(upload_session::Column::Owner.eq(owner))
+        .count(db)
+        .await
+}
+
 /// The order of cancels so far: the highest `upload_cancels.id` (0 before the first cancel).
 /// A chunk request notes it when it begins; see [`cancelled_since`].
 pub async fn cancel_mark(db: &impl ConnectionTrait) -> Result<i64, DbErr> {

@@ -164,7 +164,7 @@ codes! {
     MethodNotAllowed = "METHOD_NOT_ALLOWED", 405, "The method is not served on this path.";
     Conflict = "CONFLICT", 409, "The upload is being merged, or was merged, or was cancelled while the chunk was in transfer; or another request holds it.";
     PreconditionFailed = "PRECONDITION_FAILED", 412, "If-Match or If-Unmodified-Since failed.";
-    QuotaExceeded = "QUOTA_EXCEEDED", 413, "Past the user's quota of bytes or images.";
+    QuotaExceeded = "QUOTA_EXCEEDED", 413, "Past the user's quota of bytes or images, or of chunked uploads open at once.";
     RangeNotSatisfiable = "RANGE_NOT_SATISFIABLE", 416, "A Range outside the image.";
     UnsupportedEncoding = "UNSUPPORTED_ENCODING", 415, "A request body in a Content-Encoding other than identity (none is decoded).";
     UnsupportedTransferCoding = "UNSUPPORTED_TRANSFER_CODING", 501, "A request body in a Transfer-Encoding other than chunked (RFC 9112 6.1).";

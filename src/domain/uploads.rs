@@ -717,6 +717,7 @@ impl Service {
             }
             return Ok((s, false));
         }
+        self.room_for_an_upload(owner.as_deref()).await?;
         let image_id = ImageId::new();
         let key = ObjectKey::image(&image_id);
         let opts = PutOptions {
@@ -769,6 +770,25 @@ impl Service {
             return Err(other_priority(identifier, session.priority, asked));
         }
         Ok((session, opened))
+    }
+
+    /// Whether `owner` may open one more chunked upload (`FS_MAX_OPEN_UPLOADS`). Uploads
+    /// without a user (authentication off, no `userId` with the chunk) are not one user's and
+    /// are not limited. Errors: `QuotaExceeded` when the user has as many open (or merging) as
+    /// it may.
+    async fn room_for_an_upload(&self, owner: Option<&str>) -> Result<()> {
+        let most = self.cfg.max_open_uploads;
+        let Some(owner) = owner.filter(|_| most > 0) else {
+            return Ok(());
+        };
+        let open = db::uploads::count_open_of(&self.db, owner).await?;
+        if open < most {
+            return Ok(());
+        }
+        Err(Error::QuotaExceeded(format!(
+            "quota exceeded: user {owner:?} may have {most} chunked uploads open at once and has \
+             {open}; merge or cancel one (DELETE /images/upload?identifier=...) first"
+        )))
     }
 
     /// `DELETE /images/upload`: drops every chunk of an identifier.

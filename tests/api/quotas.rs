@@ -796,8 +796,58 @@ mod replicas {
     }
 }
 
+/// A user may have `FS_MAX_OPEN_UPLOADS` chunked uploads open at once: a first chunk past it
+/// is refused (413, nothing kept in the store), later chunks of open uploads are not, and a
+/// merged or cancelled upload makes room. Other users, and uploads without a user, are not
+/// held back. (200 first chunks of one user opened 200 uploads under a 20 MiB quota, each
+/// holding a multipart upload and its files for a day.)
+async fn open_uploads_per_user_are_limited(b: Backend) {
+    let app = quota_app(b, &[("FS_MAX_OPEN_UPLOADS", "3")]).await;
+    for i in 1..=3 {
+        let r = chunk_as(&app, Some("kim"), &format!("kim-{i}"), 1, 1000).await;
+        assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    }
+    let before = app.leftovers().await;
+    let msg = assert_quota_exceeded(chunk_as(&app, Some("kim"), "kim-4", 1, 1000).await).await;
+    assert!(
+        msg.contains("may have 3 chunked uploads open at once and has 3"),
+        "{msg}"
+    );
+    assert_eq!(
+        app.leftovers().await,
+        before,
+        "the refused chunk kept something"
+    );
+    assert_eq!(chunks_held(&app, "kim-4").await, Vec::<u64>::new());
+    // The uploads already open take their next chunks; others are not counted.
+    let r = chunk_as(&app, Some("kim"), "kim-1", 2, 1000).await;
+    assert_eq!(r.status(), 200);
+    let r = chunk_as(&app, Some("lee"), "lee-1", 1, 1000).await;
+    assert_eq!(r.status(), 200);
+    let r = chunk_as(&app, None, "nobody-1", 1, 1000).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(usage(&app, "kim").await["openUploads"], 3);
+    // A merge and a cancel each make room for one more.
+    let r = merge_as(&app, "kim", "kim-1").await;
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let r = chunk_as(&app, Some("kim"), "kim-4", 1, 1000).await;
+    assert_eq!(r.status(), 200);
+    assert_quota_exceeded(chunk_as(&app, Some("kim"), "kim-5", 1, 1000).await).await;
+    let r = app
+        .client
+        .delete(app.url("/images/upload?identifier=kim-2"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = chunk_as(&app, Some("kim"), "kim-5", 1, 1000).await;
+    assert_eq!(r.status(), 200);
+    app.stop().await;
+}
+
 crate::backend_tests!(
     single_upload_stops_at_the_byte_quota,
+    open_uploads_per_user_are_limited,
     expect_continue_past_the_quota_is_refused_at_once,
     chunks_stop_at_the_crossing_chunk,
     image_limit_on_upload_and_merge,
