@@ -157,10 +157,13 @@ pub fn bearer(header: Option<&[u8]>) -> Result<&str, AuthFailure> {
     Ok(token)
 }
 
-/// Whether a user id from a credential can be an owner: 1 to 255 bytes, not blank, no
-/// control characters (PostgreSQL text cannot hold NUL; logs should not carry line breaks).
+/// Whether a user id from a credential can be an owner: 1 to 255 bytes, not blank, only
+/// [`crate::domain::validate::name_char`]s (PostgreSQL text cannot hold NUL; logs should not
+/// carry line breaks; a bidirectional formatting character makes an id read as another's).
 pub fn usable_user_id(id: &str) -> bool {
-    !id.trim().is_empty() && id.len() <= 255 && !id.chars().any(char::is_control)
+    !id.trim().is_empty()
+        && id.len() <= crate::domain::validate::MAX_USER_ID_BYTES
+        && id.chars().all(crate::domain::validate::name_char)
 }
 
 /// Verifies bearer credentials: static tokens, JWTs, or both.

@@ -94,15 +94,15 @@ pub fn human(bytes: u64) -> String {
 
 fn bytes_refusal(user: &str, limit: u64, used: u64, total: u64, what: &str) -> Error {
     Error::QuotaExceeded(format!(
-        "quota exceeded: user {user:?} may hold {} ({limit} bytes); it holds {used} bytes, and \
-         this {what} would take it to {total} bytes",
+        "quota exceeded: user {user:?} may hold {} ({limit} bytes); it holds or is receiving \
+         {used} bytes, and this {what} would take it to {total} bytes",
         human(limit)
     ))
 }
 
 fn images_refusal(user: &str, limit: u64, held: u64) -> Error {
     Error::QuotaExceeded(format!(
-        "quota exceeded: user {user:?} may hold {limit} images and holds {held}"
+        "quota exceeded: user {user:?} may hold {limit} images and holds or is receiving {held}"
     ))
 }
 

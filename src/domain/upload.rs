@@ -386,7 +386,11 @@ impl Service {
 /// not arrived yet (it may follow the file: the whole upload is then reserved when the form
 /// ends, for the user it names).
 fn quota_user(caller: &Caller, fields: &Fields) -> Result<Option<String>> {
-    match (caller.role(), fields.get(Field::UserId)) {
+    let field = fields.get(Field::UserId);
+    let field = field
+        .map(|f| validate::user_id(Some(f)).map_err(Error::InvalidInput))
+        .transpose()?;
+    match (caller.role(), field.as_deref()) {
         (Some(Role::User), field) => Ok(Some(caller.acting_for(field.unwrap_or(""))?)),
         (_, None) => Ok(None),
         (_, Some(field)) => Ok(Some(caller.acting_for(field)?)),

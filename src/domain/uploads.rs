@@ -646,14 +646,15 @@ impl Service {
             }
             _ => None,
         };
+        let field = query.get(Field::UserId);
+        let field = field
+            .map(|f| validate::user_id(Some(f)).map_err(Error::InvalidInput))
+            .transpose()?;
         let user = match session.as_ref().map(|s| s.owner.clone()) {
             Some(owner) => owner,
             None => match caller.role() {
-                Some(_) => Some(caller.acting_for(query.get(Field::UserId).unwrap_or(""))?),
-                None => query
-                    .get(Field::UserId)
-                    .map(|u| caller.acting_for(u))
-                    .transpose()?,
+                Some(_) => Some(caller.acting_for(field.as_deref().unwrap_or(""))?),
+                None => field.map(|u| caller.acting_for(&u)).transpose()?,
             },
         };
         let Some(user) = user else {

@@ -18,7 +18,7 @@ pub(super) fn base_name(name: &str) -> &str {
 /// formatting character (U+061C, U+200E/F, U+202A-U+202E, U+2066-U+2069: they reorder how a
 /// name is shown, so that `x\u{202E}gmi.exe` would read as an image; Unicode TR9), not
 /// U+FFFD (what a name that was not UTF-8 decodes to: not the name the client had).
-fn name_char(c: char) -> bool {
+pub fn name_char(c: char) -> bool {
     !c.is_control()
         && !matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{FFFD}')
 }
@@ -62,12 +62,16 @@ pub fn stem(name: &str) -> &str {
 pub const MAX_USER_ID_BYTES: usize = 255;
 
 /// A `userId` as sent (free text, as in the original; missing is ""), within the rules a user
-/// id from a credential follows: at most [`MAX_USER_ID_BYTES`] bytes and no control character
-/// (no client means one, and PostgreSQL cannot store a NUL).
+/// id from a credential follows: at most [`MAX_USER_ID_BYTES`] bytes and only [`name_char`]s
+/// (no client means a control character, PostgreSQL cannot store a NUL, and a bidirectional
+/// formatting character makes one user's id read as another's in the console and logs).
 pub fn user_id(raw: Option<&str>) -> Result<String, String> {
     let id = raw.unwrap_or("");
-    if id.chars().any(char::is_control) {
-        return Err("userId must not hold a control character".into());
+    if !id.chars().all(name_char) {
+        return Err(
+            "userId must not hold a control or bidirectional formatting character, or U+FFFD"
+                .into(),
+        );
     }
     if id.len() > MAX_USER_ID_BYTES {
         return Err(format!("userId must be at most {MAX_USER_ID_BYTES} bytes"));
@@ -98,9 +102,21 @@ mod tests {
         assert!(user_id(Some(&format!("{longest}u"))).is_err());
         // Bytes, not characters: 128 two-byte characters are 256 bytes.
         assert!(user_id(Some(&"é".repeat(128))).is_err());
-        for bad in ["a\0b", "a\u{1}", "a\nb", "\u{7f}"] {
+        // A right-to-left override makes "bob\u{202E}ecila" read as "bobalice".
+        for bad in [
+            "a\0b",
+            "a\u{1}",
+            "a\nb",
+            "\u{7f}",
+            "bob\u{202E}ecila",
+            "a\u{2067}b",
+            "a\u{200F}",
+            "\u{FFFD}",
+        ] {
             assert!(user_id(Some(bad)).is_err(), "{bad:?}");
+            assert!(!crate::auth::usable_user_id(bad), "{bad:?}");
         }
+        assert!(crate::auth::usable_user_id("小明"));
     }
 
     #[test]

@@ -651,9 +651,17 @@ async fn nul_characters_in_fields(b: Backend) {
         .unwrap();
     assert_error(r, 400, None).await;
     // The same kind: past the 255 bytes every user id column holds (PostgreSQL refused a
-    // longer one with a 500), or another control character, on every route that takes one.
+    // longer one with a 500), another control character, or a bidirectional formatting one
+    // (a right-to-left override made "bob\u{202E}ecila" show as "bobalice" in the console), on
+    // every route that takes one.
     let long = "u".repeat(256);
-    for user in [long.as_str(), "a\u{1}b", "line\nbreak"] {
+    for user in [
+        long.as_str(),
+        "a\u{1}b",
+        "line\nbreak",
+        "bob\u{202E}ecila",
+        "\u{FFFD}",
+    ] {
         let refused = |v: serde_json::Value| {
             assert_eq!(v["code"], "INVALID_PARAMETER", "{user:?}: {v}");
         };
