@@ -139,7 +139,8 @@ impl Config {
             bytes, bytes_up_to, choice, number, number_in, secs, secs_from, socket_addr,
         };
         let data_dir = r.path("FS_DATA_DIR", "./data");
-        let scratch_dir = r.path("FS_SCRATCH_DIR", "./data/scratch");
+        // The store's directory and scratch are under FS_DATA_DIR unless set apart.
+        let scratch_dir = r.path_under("FS_SCRATCH_DIR", &data_dir, "scratch");
         let mut warnings = vec![];
         let mut config = Config {
             listen: r.get("FS_LISTEN", default_addr(9500), socket_addr),
@@ -148,7 +149,7 @@ impl Config {
                 StorageKind::Local,
                 choice(&[("local", StorageKind::Local), ("s3", StorageKind::S3)]),
             ),
-            local_dir: r.path("FS_LOCAL_DIR", "./data/objects"),
+            local_dir: r.path_under("FS_LOCAL_DIR", &data_dir, "objects"),
             s3: read_s3(&mut r, &scratch_dir),
             database_url: read_database_url(&mut r, &data_dir),
             scratch_dir,
@@ -188,6 +189,20 @@ impl Config {
             auth: read_auth(&mut r, &mut warnings),
             warnings: vec![],
         };
+        // Before FS_DATA_DIR placed the local store, it was ./data/objects whatever it said.
+        let before = Path::new("./data/objects");
+        if config.storage == StorageKind::Local
+            && r.string("FS_LOCAL_DIR").is_none()
+            && config.local_dir != before
+            && before.is_dir()
+        {
+            warnings.push(format!(
+                "FS_LOCAL_DIR is not set, so the local store is {} (under FS_DATA_DIR); \
+                 ./data/objects, the local store when FS_DATA_DIR did not place it, is there \
+                 too: set FS_LOCAL_DIR=./data/objects to keep using the objects in it",
+                config.local_dir.display()
+            ));
+        }
         config.warnings = warnings;
         if config.max_image_bytes == 0 {
             r.problem("FS_MAX_IMAGE_BYTES must be more than 0 bytes");
@@ -589,6 +604,27 @@ mod tests {
         assert_eq!(c.storage, StorageKind::S3);
         assert_eq!(c.log_format, LogFormat::Json);
         assert!(c.listen.ip().is_loopback() && c.listen.port() == 9600);
+    }
+
+    /// The store's directory and scratch follow FS_DATA_DIR unless set apart; unset, all three
+    /// are under ./data as before.
+    #[test]
+    fn directories_follow_the_data_dir() {
+        let c = Config::from_vars(vars(&[])).unwrap();
+        assert_eq!(c.local_dir, Path::new("./data/objects"));
+        assert_eq!(c.scratch_dir, Path::new("./data/scratch"));
+        let c = Config::from_vars(vars(&[("FS_DATA_DIR", "/srv/fs")])).unwrap();
+        assert_eq!(c.local_dir, Path::new("/srv/fs/objects"));
+        assert_eq!(c.scratch_dir, Path::new("/srv/fs/scratch"));
+        assert!(c.database_url.contains("/srv/fs/"), "{}", c.database_url);
+        let c = Config::from_vars(vars(&[
+            ("FS_DATA_DIR", "/srv/fs"),
+            ("FS_LOCAL_DIR", "/big/objects"),
+            ("FS_SCRATCH_DIR", "/fast/scratch"),
+        ]))
+        .unwrap();
+        assert_eq!(c.local_dir, Path::new("/big/objects"));
+        assert_eq!(c.scratch_dir, Path::new("/fast/scratch"));
     }
 
     #[test]

@@ -41,6 +41,13 @@ impl Reader {
         PathBuf::from(self.string(name).unwrap_or_else(|| default.into()))
     }
 
+    /// The path variable `name`, or `leaf` under `dir` when unset.
+    pub fn path_under(&self, name: &str, dir: &std::path::Path, leaf: &str) -> PathBuf {
+        self.string(name)
+            .map(PathBuf::from)
+            .unwrap_or_else(|| dir.join(leaf))
+    }
+
     /// The variable parsed by `parse` (whose error is the form expected), or `default` when
     /// unset. A bad value is recorded as a problem.
     pub fn get<T>(
