@@ -191,10 +191,13 @@ impl Config {
         };
         // Before FS_DATA_DIR placed the local store, it was ./data/objects whatever it said.
         let before = Path::new("./data/objects");
+        let same = |a: &Path, b: &Path| {
+            a == b || std::fs::canonicalize(a).ok() == std::fs::canonicalize(b).ok()
+        };
         if config.storage == StorageKind::Local
             && r.string("FS_LOCAL_DIR").is_none()
-            && config.local_dir != before
             && before.is_dir()
+            && !same(&config.local_dir, before)
         {
             warnings.push(format!(
                 "FS_LOCAL_DIR is not set, so the local store is {} (under FS_DATA_DIR); \
