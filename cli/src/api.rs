@@ -10,9 +10,9 @@ use std::time::Duration;
 pub const API: &str = "/image-management/v1";
 /// How long to wait for a TCP (and TLS) connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// A request that receives no byte for this long fails (and is retried): a hung server or a
-/// dead path. Long, because a merge with a checksum hashes the whole image before it answers.
-const READ_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+/// How long a merge may send nothing at least: it may join and hash a whole image before it
+/// answers.
+const MERGE_READ_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 /// First backoff delay; doubled on every retry up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 /// Longest backoff delay between two attempts.
@@ -38,6 +38,8 @@ impl Retry {
 #[derive(Clone)]
 pub struct Api {
     http: reqwest::Client,
+    /// [`Api::http`] with at least [`MERGE_READ_TIMEOUT`].
+    patient: reqwest::Client,
     base: String,
     /// The retry policy of every request sent through [`Api::send`].
     pub retry: Retry,
@@ -62,8 +64,15 @@ enum Attempt {
 
 impl Api {
     /// A client of the service at `server` (scheme, host, port), sending `token` as a Bearer
-    /// credential when given.
-    pub fn new(server: &str, token: Option<&str>, retry: Retry) -> Result<Api> {
+    /// credential when given. A request that receives no byte for `read_timeout` (a hung
+    /// service or a dead path: one that stops answering, or stops mid-body) fails, and is
+    /// retried.
+    pub fn new(
+        server: &str,
+        token: Option<&str>,
+        retry: Retry,
+        read_timeout: Duration,
+    ) -> Result<Api> {
         let mut headers = header::HeaderMap::new();
         if let Some(t) = token.filter(|t| !t.is_empty()) {
             let mut v = header::HeaderValue::from_str(&format!("Bearer {t}"))
@@ -71,20 +80,29 @@ impl Api {
             v.set_sensitive(true);
             headers.insert(header::AUTHORIZATION, v);
         }
-        let http = reqwest::Client::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .read_timeout(READ_TIMEOUT)
-            .default_headers(headers)
-            .user_agent(concat!("fsctl/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| Error::Usage(format!("cannot build the HTTP client: {e}")))?;
+        let client = |read_timeout| {
+            reqwest::Client::builder()
+                .connect_timeout(CONNECT_TIMEOUT)
+                .read_timeout(read_timeout)
+                .default_headers(headers.clone())
+                .user_agent(concat!("fsctl/", env!("CARGO_PKG_VERSION")))
+                .build()
+                .map_err(|e| Error::Usage(format!("cannot build the HTTP client: {e}")))
+        };
+        let patient = client(read_timeout.max(MERGE_READ_TIMEOUT))?;
+        let http = client(read_timeout)?;
         let base = server.trim_end_matches('/').to_string();
         if !(base.starts_with("http://") || base.starts_with("https://")) {
             return Err(Error::Usage(format!(
                 "--server {server:?} must start with http:// or https://"
             )));
         }
-        Ok(Api { http, base, retry })
+        Ok(Api {
+            http,
+            patient,
+            base,
+            retry,
+        })
     }
 
     /// The URL of an API path (`/images/{id}` -> `http://host/image-management/v1/images/{id}`).
@@ -92,9 +110,16 @@ impl Api {
         format!("{}{API}{path}", self.base)
     }
 
-    /// The underlying client, to build requests for [`Api::send`].
+    /// The underlying client, to build requests for [`Api::send`]: the read timeout given to
+    /// [`Api::new`] (`--timeout`) without a byte from the service is a timeout (retried).
     pub fn http(&self) -> &reqwest::Client {
         &self.http
+    }
+
+    /// [`Api::http`] for a request the service may think over for long before it answers (a
+    /// merge): 30 minutes at least.
+    pub fn patient_http(&self) -> &reqwest::Client {
+        &self.patient
     }
 
     /// Sends the request `make` builds, again after transient failures, and returns the first

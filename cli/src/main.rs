@@ -48,6 +48,10 @@ struct Cli {
     /// exponential backoff from 0.5 s to 16 s.
     #[arg(long, default_value_t = 5, global = true)]
     retries: u32,
+    /// Seconds without a byte from the service (before its answer or inside a body) after which
+    /// a request has timed out (and is retried); a merge waits 30 minutes at least.
+    #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=86_400), global = true)]
+    timeout: u64,
     #[command(subcommand)]
     command: Command,
 }
@@ -165,6 +169,7 @@ async fn run(cli: Cli) -> error::Result<Report> {
         api::Retry {
             retries: cli.retries,
         },
+        std::time::Duration::from_secs(cli.timeout),
     )?;
     let pacer = |rate: Option<u64>| rate.map(|r| Arc::new(pacer::Pacer::new(r)));
     match cli.command {

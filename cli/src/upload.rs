@@ -477,7 +477,7 @@ async fn merge(s: &Session, file_name: &str, sha256: &str) -> Result<Value> {
     loop {
         match s
             .api
-            .send("merge", || s.api.http().post(&url).form(&fields))
+            .send("merge", || s.api.patient_http().post(&url).form(&fields))
             .await
         {
             Ok(r) => return read_json(r, "merge").await,

@@ -707,6 +707,44 @@ async fn json_output_and_exit_codes() {
     s.stop().await;
 }
 
+/// A service that accepts connections and then says nothing, or stops in the middle of a
+/// body, is a timeout after `--timeout` seconds: retried, then exit 6 (it waited forever).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_service_times_out() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = Server::start().await;
+    for cut_short in [false, true] {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let silent = format!("http://{}", listener.local_addr().unwrap());
+        let held = tokio::spawn(async move {
+            let mut conns = vec![];
+            loop {
+                let (mut c, _) = listener.accept().await.unwrap();
+                let mut buf = [0u8; 4096];
+                let _ = c.read(&mut buf).await;
+                if cut_short {
+                    let head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
+                                content-length: 100\r\n\r\n[{\"imageId\"";
+                    c.write_all(head.as_bytes()).await.unwrap();
+                }
+                conns.push(c);
+            }
+        });
+        let started = Instant::now();
+        let v = s
+            .json_on(&silent, &["ls", "--timeout", "1", "--retries", "1"], 6)
+            .await;
+        assert_eq!(v["error"]["kind"], "unavailable", "{v}");
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{:?}",
+            started.elapsed()
+        );
+        held.abort();
+    }
+    s.stop().await;
+}
+
 /// With authentication on, `FS_TOKEN` (or `--token`) is the Bearer credential: without it the
 /// service's 401 is exit 4 with its message; with it the image is the token's user's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
