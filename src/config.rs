@@ -216,6 +216,9 @@ impl Config {
             Err(e) => r.problem(&e.to_string()),
         }
         let cors = r.string("FS_CORS_ORIGINS");
+        if let Some(e) = cors.as_deref().and_then(cors_problem) {
+            r.problem(&e);
+        }
         r.finish()?;
         config.cors_origins = cors_origins(cors.as_deref(), &config.auth);
         Ok(config)
@@ -236,6 +239,14 @@ fn read_s3(r: &mut settings::Reader, scratch_dir: &Path) -> S3Settings {
     let upload_concurrency: usize = r.get("FS_S3_UPLOAD_CONCURRENCY", 4, number_in(1, 64));
     let readahead_bytes = r.get("FS_S3_READAHEAD_BYTES", 128 << 20, bytes);
     let key_prefix = r.string("FS_S3_KEY_PREFIX").unwrap_or_default();
+    // S3 keys are UTF-8 of at most 1024 bytes; a control character broke the bucket's
+    // lifecycle configuration for every deployment sharing it.
+    if key_prefix.chars().any(char::is_control) || key_prefix.len() > 512 {
+        r.problem(
+            "FS_S3_KEY_PREFIX is not valid: expected at most 512 bytes without control \
+             characters (e.g. file-system/)",
+        );
+    }
     let checksum = r.get(
         "FS_S3_CHECKSUM",
         S3Checksum::default(),
@@ -294,6 +305,39 @@ fn read_database_url(r: &mut settings::Reader, data_dir: &Path) -> String {
         );
     }
     url
+}
+
+/// What is wrong with an `FS_CORS_ORIGINS` value: `*` among other origins (any origin, or
+/// those: a browser is sent one or the other), or an origin that is not `http(s)://host[:port]`
+/// (the Fetch standard's serialized origin: no path, no trailing `/`).
+fn cors_problem(value: &str) -> Option<String> {
+    let origins: Vec<&str> = value
+        .split(',')
+        .map(str::trim)
+        .filter(|o| !o.is_empty())
+        .collect();
+    if origins.len() > 1 && origins.contains(&"*") {
+        return Some(
+            "FS_CORS_ORIGINS mixes * with other origins: give * alone (any origin) or the \
+             origins alone"
+                .into(),
+        );
+    }
+    let bad = origins.iter().find(|o| {
+        let rest = o
+            .strip_prefix("https://")
+            .or_else(|| o.strip_prefix("http://"));
+        **o != "*"
+            && !rest.is_some_and(|r| {
+                !r.is_empty()
+                    && r.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "-.:[]".contains(c))
+            })
+    })?;
+    Some(format!(
+        "FS_CORS_ORIGINS {bad:?} is not valid: expected * or origins such as \
+         https://console.example or http://127.0.0.1:8080 (no path), comma-separated"
+    ))
 }
 
 /// The origins `FS_CORS_ORIGINS` allows (`None`: any).
@@ -476,12 +520,18 @@ fn dotenv_error(path: &std::path::Path, e: dotenvy::Error) -> ConfigError {
                 .lines()
                 .enumerate()
                 .find(|(_, l)| !fragment.trim().is_empty() && l.contains(fragment.trim()));
+            // Only the variable's name: the leading name characters, never what follows them
+            // (a line without `=`, `KEY: secret`, is all value).
+            let name_of = |l: &str| -> String {
+                let l = l.trim_start();
+                let l = l.strip_prefix("export ").unwrap_or(l).trim_start();
+                l.chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '.')
+                    .collect()
+            };
             let (number, name) = match found {
-                Some((i, l)) => (
-                    (i + 1).to_string(),
-                    l.split('=').next().unwrap_or("").trim(),
-                ),
-                None => ("?".to_string(), "?"),
+                Some((i, l)) => ((i + 1).to_string(), name_of(l)),
+                None => ("?".to_string(), "?".to_string()),
             };
             format!(
                 "{}: line {number} ({name}) cannot be parsed: quote a value that holds spaces, \
@@ -628,6 +678,35 @@ mod tests {
         .unwrap();
         assert_eq!(c.local_dir, Path::new("/big/objects"));
         assert_eq!(c.scratch_dir, Path::new("/fast/scratch"));
+    }
+
+    /// A URL with a user and password in it is refused, and its password is not echoed; so
+    /// are an S3 key prefix with a control character and a duration past 100 years.
+    #[test]
+    fn secrets_in_urls_and_unsafe_values_are_refused() {
+        let err = Config::from_vars(vars(&[
+            ("FS_S3_ENDPOINT", "http://admin:pa55word@127.0.0.1:3900"),
+            ("FS_IMAGEOPS_URL", "http://u:imag3pw@127.0.0.1:5000/x"),
+            ("FS_S3_KEY_PREFIX", "x\u{1}/"),
+            ("FS_HEADER_TIMEOUT_SECS", "9223372036854775807"),
+            ("FS_SHUTDOWN_GRACE_SECS", "18446744073709551615"),
+        ]))
+        .unwrap_err()
+        .to_string();
+        for expected in [
+            "FS_S3_ENDPOINT=\"http://***@127.0.0.1:3900\" is not valid",
+            "FS_IMAGEOPS_URL=\"http://***@127.0.0.1:5000/x\" is not valid",
+            "without a user or password",
+            "FS_S3_KEY_PREFIX is not valid",
+            "FS_HEADER_TIMEOUT_SECS=\"9223372036854775807\" is not valid",
+            "FS_SHUTDOWN_GRACE_SECS=\"18446744073709551615\" is not valid",
+        ] {
+            assert!(err.contains(expected), "{expected:?} missing: {err}");
+        }
+        assert!(
+            !err.contains("pa55word") && !err.contains("imag3pw"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -789,6 +868,27 @@ mod tests {
         ]))
         .unwrap();
         assert!(c.cors_origins.is_none());
+        // Origins the CORS layer cannot take are refused here (`*` among others made it panic
+        // once the service listened).
+        let ok = Config::from_vars(vars(&[(
+            "FS_CORS_ORIGINS",
+            "https://console.example, http://127.0.0.1:8080,http://[::1]:3000",
+        )]))
+        .unwrap();
+        assert_eq!(ok.cors_origins.unwrap().len(), 3);
+        for bad in [
+            "https://console.example,*",
+            "*,*",
+            "console.example",
+            "https://console.example/",
+            "https://a b",
+            "ftp://x",
+        ] {
+            let err = Config::from_vars(vars(&[("FS_CORS_ORIGINS", bad)]))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("FS_CORS_ORIGINS"), "{bad}: {err}");
+        }
     }
 
     #[test]

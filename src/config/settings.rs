@@ -65,8 +65,16 @@ impl Reader {
         match parse(&value) {
             Ok(v) => Some(v),
             Err(expected) => {
+                // A URL's userinfo may be a password: never echoed.
+                let shown = match value.split_once("://") {
+                    Some((scheme, rest)) if rest.split('/').next().unwrap_or("").contains('@') => {
+                        let after = rest.split_once('@').map_or("", |(_, a)| a);
+                        format!("{scheme}://***@{after}")
+                    }
+                    _ => value.clone(),
+                };
                 self.problems.push(format!(
-                    "{name}={value:?} is not valid: expected {expected}"
+                    "{name}={shown:?} is not valid: expected {expected}"
                 ));
                 None
             }
@@ -132,13 +140,25 @@ pub fn bytes(v: &str) -> Result<u64, String> {
 /// `24h`, `1h 30m`), parsed by `humantime`; a fraction of a second rounds up.
 pub fn secs(v: &str) -> Result<u64, String> {
     const FORM: &str = "a duration, a number of seconds or with units (e.g. 30s, 15m, 24h)";
-    if let Ok(n) = v.replace('_', "").parse::<u64>() {
-        return Ok(n);
+    let n = match v.replace('_', "").parse::<u64>() {
+        Ok(n) => n,
+        Err(_) => {
+            // Units in any case (`30S`, `24H`); humantime's are lower case.
+            let d =
+                humantime::parse_duration(&v.to_ascii_lowercase()).map_err(|_| FORM.to_string())?;
+            d.as_secs().saturating_add(u64::from(d.subsec_nanos() > 0))
+        }
+    };
+    // A clock reading plus a longer time overflows (a panic at the first connection).
+    if n > MAX_SECS {
+        return Err(format!("a duration of at most {MAX_SECS} s (100 years)"));
     }
-    // Units in any case (`30S`, `24H`); humantime's are lower case.
-    let d = humantime::parse_duration(&v.to_ascii_lowercase()).map_err(|_| FORM.to_string())?;
-    Ok(d.as_secs() + u64::from(d.subsec_nanos() > 0))
+    Ok(n)
 }
+
+/// The longest duration a setting takes: 100 years (seconds), far below what a clock reading
+/// plus it could overflow.
+pub const MAX_SECS: u64 = 100 * 365 * 24 * 3600;
 
 /// A duration (see `secs`) of at least `lo` seconds: a time limit for which 0 (or less than
 /// `lo`) would make no sense, refused rather than silently raised.
@@ -159,6 +179,11 @@ pub fn http_url(v: &str) -> Result<String, String> {
         .or_else(|| v.strip_prefix("https://"))
         .ok_or(FORM)?;
     match rest.split(['/', '?']).next() {
+        // Credentials in the URL would be printed wherever the URL is (the start-up summary).
+        Some(host) if host.contains('@') => Err(format!(
+            "{FORM}, without a user or password in it (S3 credentials go in \
+             AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"
+        )),
         Some(host) if !host.is_empty() && !host.contains(char::is_whitespace) => Ok(v.to_string()),
         _ => Err(FORM.into()),
     }
@@ -231,6 +256,11 @@ mod tests {
         assert_eq!(secs("1500ms"), Ok(2));
         assert_eq!(secs("30S"), Ok(30));
         assert!(secs("soon").is_err());
+        // A clock reading plus these overflowed at the first connection or at SIGTERM.
+        for huge in ["9223372036854775807", "18446744073709551615", "200years"] {
+            assert!(secs(huge).unwrap_err().contains("at most"), "{huge}");
+        }
+        assert_eq!(secs(&MAX_SECS.to_string()), Ok(MAX_SECS));
         assert_eq!(secs_from(1)("30s"), Ok(30));
         assert_eq!(
             secs_from(3)("2"),

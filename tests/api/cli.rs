@@ -325,6 +325,19 @@ fn settings_out_of_range_secrets_and_json_errors() {
         "{t}"
     );
     assert!(!t.contains("hunter"), "{t}");
+    // A line without `=` is all value after its name: `KEY: secret`, `KEY secret`.
+    for line in [
+        "AWS_SECRET_ACCESS_KEY: s3cr3tpw",
+        "DATABASE_URL postgres://u:s3cr3tpw@h/db",
+    ] {
+        std::fs::write(dir.path().join(".env"), format!("{line}\n")).unwrap();
+        let out = file_system(dir.path(), &["check-config"], &with(&base, &[]));
+        let t = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{t}");
+        let name = line.split([':', ' ']).next().unwrap();
+        assert!(t.contains(&format!("line 1 ({name}) cannot")), "{t}");
+        assert!(!t.contains("s3cr3tpw"), "{t}");
+    }
     std::fs::remove_file(dir.path().join(".env")).unwrap();
     fatal_errors_follow_the_log_format(dir.path(), &base);
 }
