@@ -430,6 +430,52 @@ fn check_config_names_s3_problems_in_short_lines() {
     }
 }
 
+/// An endpoint that is not an S3 API but answers 200 with a web page to everything (a store's
+/// console port) is refused by `check-config` and at start: it kept nothing it was sent, while
+/// uploads were answered 200 and `/ready` said the storage was fine.
+#[test]
+fn an_endpoint_that_is_not_s3_is_refused() {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let page = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut c) = conn else { return };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 65536];
+                while let Ok(n) = c.read(&mut buf) {
+                    if n == 0 {
+                        return;
+                    }
+                    let body = "<html><body>console</body></html>";
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: text/html\r\ncontent-length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    if c.write_all(answer.as_bytes()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let base = local(dir.path());
+    let vars = [
+        ("FS_STORAGE", "s3"),
+        ("FS_S3_ENDPOINT", page.as_str()),
+        ("FS_S3_REGION", "garage"),
+        ("AWS_ACCESS_KEY_ID", "GKnot"),
+        ("AWS_SECRET_ACCESS_KEY", "not-a-secret"),
+    ];
+    for args in [&["check-config"][..], &[]] {
+        let out = file_system(dir.path(), args, &with(&base, &vars));
+        let t = text(&out);
+        assert_ne!(out.status.code(), Some(0), "{args:?}: {t}");
+        assert!(t.contains(&page), "{args:?}: {t}");
+    }
+}
+
 /// With an endpoint and no region, the SDK is not sent to the EC2 metadata service for one
 /// (off EC2: a WARN and seconds lost at every start).
 #[test]

@@ -162,6 +162,7 @@ impl S3Store {
             }
             Err(e) => return Err(self.err(e)),
         }
+        self.lists(bucket).await?;
         // Backup for the sweeper: stores that support it drop stale uploads and staging objects.
         if let Err(e) = self.ensure_lifecycle(bucket).await {
             tracing::info!(bucket, error = %e, "lifecycle rules not set; the sweeper alone expires abandoned uploads");
@@ -169,11 +170,42 @@ impl S3Store {
         Ok(())
     }
 
-    /// Whether the bucket answers (`HeadBucket`), for readiness.
+    /// The ETag an S3 write answered with, which every S3 API sends: without one the bytes
+    /// cannot be said to be stored (an endpoint that is not an S3 API, such as a web console
+    /// answering 200 to everything, kept nothing). `what` names the request.
+    pub(super) fn stored_etag(&self, etag: Option<&str>, what: &str) -> Result<String> {
+        etag.filter(|e| !e.is_empty())
+            .map(str::to_string)
+            .ok_or_else(|| {
+                StorageError::Io(std::io::Error::other(format!(
+                    "the store at {} answered {what} without an ETag: is FS_S3_ENDPOINT an S3 API \
+                 endpoint?",
+                    self.endpoint()
+                )))
+            })
+    }
+
+    /// Whether the bucket answers (`HeadBucket`) as an S3 API does ([`Self::lists`]), for
+    /// readiness and `check-config`.
     pub(super) async fn ping_bucket(&self, bucket: &str) -> Result<()> {
         self.client
             .head_bucket()
             .bucket(bucket)
+            .send()
+            .await
+            .map_err(|e| self.err(e))?;
+        self.lists(bucket).await
+    }
+
+    /// Lists one key under this deployment's prefix: an S3 API answers in its XML, which the
+    /// SDK reads; a web page answering 200 to everything (a store's console port) does not,
+    /// and would keep nothing it is sent.
+    async fn lists(&self, bucket: &str) -> Result<()> {
+        self.client
+            .list_objects_v2()
+            .bucket(bucket)
+            .prefix(self.store_key(""))
+            .max_keys(1)
             .send()
             .await
             .map_err(|e| self.err(e))?;

@@ -61,6 +61,8 @@ impl S3Store {
         upload_id: &str,
         parts: Vec<S3Part>,
     ) -> Result<()> {
+        // Not all stores name the object's ETag in the answer (Ceph's RGW leaves it out): the
+        // parts' ETags, and the listing at start, have shown that the store is an S3 API.
         self.client
             .complete_multipart_upload()
             .bucket(bucket)
@@ -105,8 +107,7 @@ impl S3Store {
             .send()
             .await
             .map_err(|e| self.err(e))?;
-        out.e_tag
-            .ok_or_else(|| StorageError::Io(std::io::Error::other("store returned no ETag")))
+        self.stored_etag(out.e_tag(), "UploadPart")
     }
 
     /// A chunk of a chunked upload: part `number` itself when `direct` and at least the
@@ -161,7 +162,7 @@ impl S3Store {
             .map_err(|e| self.err(e))?;
         // Packed into a part at completion, which gets its own checksum then.
         Ok(UploadedPart {
-            etag: out.e_tag().unwrap_or("").to_string(),
+            etag: self.stored_etag(out.e_tag(), "PutObject")?,
             checksum: None,
             staged: true,
         })

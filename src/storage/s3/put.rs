@@ -115,7 +115,8 @@ impl S3Store {
         let len = body.len() as i64;
         let c = self.settings.checksum;
         let (crc, sha) = c.fields(c.of_bytes(&body));
-        self.client
+        let out = self
+            .client
             .put_object()
             .bucket(bucket)
             .key(key)
@@ -127,6 +128,7 @@ impl S3Store {
             .send()
             .await
             .map_err(|e| self.class_err(e, opts))?;
+        self.stored_etag(out.e_tag(), "PutObject")?;
         Ok(())
     }
 
