@@ -166,15 +166,34 @@ pub async fn run(api: &Api, args: DownloadArgs, pacer: Option<Arc<Pacer>>) -> Re
     Ok(Report::ok(doc, human))
 }
 
+/// Whether `name`, given by the service, may be a download's default target: a name the service
+/// accepts for an image (`.qcow2`, `.img` or `.iso`, not hidden, no control or bidirectional
+/// formatting character). A hostile or broken server naming `.bashrc` replaced that file.
+fn default_name(name: &str) -> bool {
+    let image = [".qcow2", ".img", ".iso"]
+        .iter()
+        .any(|e| name.len() > e.len() && name.ends_with(e));
+    let shown_as_is = |c: char| {
+        !c.is_control()
+            && !matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+    };
+    image && !name.starts_with('.') && name.chars().all(shown_as_is)
+}
+
 /// The target (`-o`, a directory or a file; else the image's name in the current
 /// directory) and its partial files.
 fn paths_for(view: &ImageView, output: Option<&Path>, zip: bool) -> Result<Paths> {
-    // The server's name is only a default: its last component, never a path it chose.
+    // The server's name is only a default: its last component, never a path it chose, and
+    // only a name the service itself would take for an image.
     let name = Path::new(&view.file_name)
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
-        .filter(|n| !n.is_empty())
-        .unwrap_or_else(|| view.image_id.clone());
+        .filter(|n| default_name(n))
+        .unwrap_or_else(|| {
+            let id = &view.image_id;
+            let plain = !id.is_empty() && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+            format!("{}.img", if plain { id.as_str() } else { "image" })
+        });
     let name = if zip {
         let base = name.rsplit_once('.').map_or(name.as_str(), |(b, _)| b);
         format!("{base}.zip")
@@ -550,6 +569,24 @@ async fn verify_zip(view: &ImageView, paths: &Paths) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_image_names_are_default_targets() {
+        for good in ["disk.qcow2", "a b.img", "镜像.iso", "x.y.qcow2"] {
+            assert!(default_name(good), "{good}");
+        }
+        for bad in [
+            ".bashrc",
+            ".x.qcow2",
+            "notes.txt",
+            ".img",
+            "a\u{202E}gmi.exe",
+            "x\u{202E}.img",
+            "a\nb.img",
+        ] {
+            assert!(!default_name(bad), "{bad:?}");
+        }
+    }
 
     #[test]
     fn repr_digest_parses() {
