@@ -189,23 +189,8 @@ impl Config {
             auth: read_auth(&mut r, &mut warnings),
             warnings: vec![],
         };
-        // Before FS_DATA_DIR placed the local store, it was ./data/objects whatever it said.
-        let before = Path::new("./data/objects");
-        let same = |a: &Path, b: &Path| {
-            a == b || std::fs::canonicalize(a).ok() == std::fs::canonicalize(b).ok()
-        };
-        if config.storage == StorageKind::Local
-            && r.string("FS_LOCAL_DIR").is_none()
-            && before.is_dir()
-            && !same(&config.local_dir, before)
-        {
-            warnings.push(format!(
-                "FS_LOCAL_DIR is not set, so the local store is {} (under FS_DATA_DIR); \
-                 ./data/objects, the local store when FS_DATA_DIR did not place it, is there \
-                 too: set FS_LOCAL_DIR=./data/objects to keep using the objects in it",
-                config.local_dir.display()
-            ));
-        }
+        let local_dir_set = r.string("FS_LOCAL_DIR").is_some();
+        warnings.extend(old_store_warning(&config, local_dir_set));
         config.warnings = warnings;
         if config.max_image_bytes == 0 {
             r.problem("FS_MAX_IMAGE_BYTES must be more than 0 bytes");
@@ -305,6 +290,27 @@ fn read_database_url(r: &mut settings::Reader, data_dir: &Path) -> String {
         );
     }
     url
+}
+
+/// Before FS_DATA_DIR placed the local store, it was ./data/objects whatever FS_DATA_DIR said:
+/// a warning when that directory is there and the store, not set apart, is now elsewhere.
+fn old_store_warning(config: &Config, local_dir_set: bool) -> Option<String> {
+    let before = Path::new("./data/objects");
+    let same = |a: &Path, b: &Path| {
+        a == b || std::fs::canonicalize(a).ok() == std::fs::canonicalize(b).ok()
+    };
+    let moved = config.storage == StorageKind::Local
+        && !local_dir_set
+        && before.is_dir()
+        && !same(&config.local_dir, before);
+    moved.then(|| {
+        format!(
+            "FS_LOCAL_DIR is not set, so the local store is {} (under FS_DATA_DIR); \
+             ./data/objects, the local store when FS_DATA_DIR did not place it, is there too: \
+             set FS_LOCAL_DIR=./data/objects to keep using the objects in it",
+            config.local_dir.display()
+        )
+    })
 }
 
 /// What is wrong with an `FS_CORS_ORIGINS` value: `*` among other origins (any origin, or
