@@ -183,6 +183,9 @@ impl S3Store {
                 "parts must be ascending and non-empty".into(),
             ));
         }
+        if parts.iter().all(|p| p.size == 0) {
+            return s.complete_empty(bucket, key, upload_id).await;
+        }
         let packed = match s.pack_parts(bucket, key, upload_id, parts).await {
             Err(StorageError::NoSuchUpload) | Err(StorageError::NotFound) => {
                 // Completed before (a retried merge): the object is the proof.
@@ -230,6 +233,36 @@ impl S3Store {
             other => other?,
         }
         s.delete_staging(bucket, upload_id).await
+    }
+
+    /// Completes an upload whose chunks are all empty: its object is put empty, in the storage
+    /// class the upload was opened with (ListParts tells it), then the upload is aborted. S3
+    /// stores may refuse an empty part (Garage: 400 "Empty body"), and every part of an upload
+    /// would be. A retried completion whose object exists succeeds.
+    async fn complete_empty(&self, bucket: &str, key: &StoreKey, upload_id: &str) -> Result<()> {
+        let listed = self
+            .client
+            .list_parts()
+            .bucket(bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .send()
+            .await
+            .map_err(|e| self.err(e));
+        let storage_class = match listed {
+            Ok(out) => out.storage_class().map(|c| c.as_str().to_string()),
+            Err(StorageError::NoSuchUpload | StorageError::NotFound) => {
+                return match self.head_object(bucket, key).await? {
+                    Some(_) => self.delete_staging(bucket, upload_id).await,
+                    None => Err(StorageError::NoSuchUpload),
+                };
+            }
+            Err(e) => return Err(e),
+        };
+        let opts = PutOptions { storage_class };
+        self.put_small(bucket, key, bytes::Bytes::new(), &opts)
+            .await?;
+        self.abort_chunks(bucket, key, upload_id).await
     }
 
     /// Aborts an upload (an unknown one is no error) and removes its staging objects.

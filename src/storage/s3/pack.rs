@@ -32,8 +32,10 @@ impl S3Store {
         upload_id: &str,
         parts: &[CompletedPart],
     ) -> Result<Packed> {
+        // An empty chunk adds no byte: it is no part (S3 stores may refuse an empty part).
         let chunks: Vec<plan::Chunk> = parts
             .iter()
+            .filter(|p| p.size > 0)
             .map(|p| plan::Chunk {
                 number: p.number,
                 len: p.size,

@@ -105,7 +105,7 @@ impl S3Store {
     }
 
     /// One `PutObject` of a body held in memory.
-    async fn put_small(
+    pub(super) async fn put_small(
         &self,
         bucket: &str,
         key: &StoreKey,
