@@ -252,6 +252,11 @@ async fn sweep_loop(svc: Service, token: CancellationToken) {
         );
         sweep_logged(svc.sweep_abandoned_uploads().await, "abandoned uploads");
         sweep_logged(
+            svc.sweep_orphan_uploads(Duration::from_secs(svc.config().upload_ttl_secs))
+                .await,
+            "multipart uploads of writes that died",
+        );
+        sweep_logged(
             svc.sweep_retired_objects().await,
             "objects of deleted images",
         );

@@ -49,7 +49,8 @@ pub struct JobStateLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StoreLabels {
     /// `put`, `create_multipart`, `upload_part`, `complete_multipart`, `abort_multipart`,
-    /// `get`, `head`, `delete`, `copy`, `ensure_bucket`, `ping`, `sweep_stale_temp`.
+    /// `get`, `head`, `delete`, `copy`, `ensure_bucket`, `ping`, `sweep_stale_temp`,
+    /// `stale_uploads`.
     pub operation: String,
     /// `ok`, `not_found` (missing object or upload) or `error`.
     pub outcome: String,

@@ -413,6 +413,27 @@ pub async fn stale_open(
         .await
 }
 
+/// Which of `upload_ids` a session records (in any state).
+pub async fn known_upload_ids(
+    db: &impl ConnectionTrait,
+    upload_ids: &[String],
+) -> Result<std::collections::HashSet<String>, DbErr> {
+    use sea_orm::QuerySelect;
+    let mut known = std::collections::HashSet::new();
+    // A bounded IN list per query (databases limit the parameters of one statement).
+    for ids in upload_ids.chunks(500) {
+        let found: Vec<String> = Sessions::find()
+            .select_only()
+            .column(upload_session::Column::UploadId)
+            .filter(upload_session::Column::UploadId.is_in(ids.iter().cloned()))
+            .into_tuple()
+            .all(db)
+            .await?;
+        known.extend(found);
+    }
+    Ok(known)
+}
+
 /// Forgets parts of a session (they must be sent again).
 pub async fn delete_parts(
     db: &impl ConnectionTrait,

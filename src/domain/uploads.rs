@@ -17,7 +17,8 @@ use crate::{
     config::Tier,
     db,
     storage::{
-        fileio::BodyOrFile, InPlacePart, Part, PutOptions, SpooledPart, StorageError, UploadedPart,
+        fileio::BodyOrFile, InPlacePart, MultipartUpload, Part, PutOptions, SpooledPart,
+        StorageError, UploadedPart,
     },
 };
 use entity::{
@@ -923,6 +924,40 @@ impl Service {
         // A chunk in transfer for longer than the TTL no longer yields to a cancel.
         db::uploads::prune_cancels(&self.db, before).await?;
         Ok(swept)
+    }
+
+    /// Aborts the multipart uploads the store holds that no upload session records and
+    /// nobody wrote to for longer than `idle`: those a process killed in the middle of a
+    /// single upload, a slim's output or a merge left open (its undo step never ran), which
+    /// would otherwise hold their parts until the bucket's lifecycle rule (2 days), or for
+    /// ever on a store without one. Returns how many.
+    pub async fn sweep_orphan_uploads(&self, idle: std::time::Duration) -> Result<usize> {
+        let mut buckets: Vec<&str> = self.cfg.tiers.values().map(|t| &*t.bucket).collect();
+        buckets.sort_unstable();
+        buckets.dedup();
+        let mut swept = std::collections::HashSet::new();
+        for bucket in buckets {
+            let stale = self.store.stale_uploads(bucket, idle).await?;
+            if stale.is_empty() {
+                continue;
+            }
+            let ids: Vec<String> = stale.iter().map(|u| u.upload_id.clone()).collect();
+            let known = db::uploads::known_upload_ids(&self.db, &ids).await?;
+            for u in stale {
+                if known.contains(&u.upload_id) || swept.contains(&u.upload_id) {
+                    continue;
+                }
+                let upload = MultipartUpload {
+                    bucket,
+                    key: &u.key,
+                    upload_id: &u.upload_id,
+                };
+                self.store.abort_multipart(upload).await?;
+                tracing::info!(bucket, key = %u.key, "aborted a multipart upload nobody records");
+                swept.insert(u.upload_id);
+            }
+        }
+        Ok(swept.len())
     }
 
     /// Drops what the store holds for a session that is not merged: its multipart upload and

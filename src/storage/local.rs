@@ -9,7 +9,7 @@ use super::fileio::copy_between;
 use super::{
     fileio::{self, BodyOrFile, FileSink},
     local_parts, ByteRange, ByteStream, CompletedPart, InPlacePart, MultipartUpload, ObjectRef,
-    ObjectStore, Part, PutOptions, Result, SpooledPart, StorageError, UploadedPart,
+    ObjectStore, OpenUpload, Part, PutOptions, Result, SpooledPart, StorageError, UploadedPart,
 };
 use crate::dirlock::{self, DirLock};
 use async_trait::async_trait;
@@ -493,8 +493,55 @@ impl ObjectStore for LocalStore {
         Ok(removed)
     }
 
+    /// Every upload directory untouched for longer than `idle` (its newest file's mtime: a
+    /// part written, the index changed), whatever `bucket`: upload directories are kept apart
+    /// from buckets, and aborted by upload id alone (the key is empty).
+    async fn stale_uploads(
+        &self,
+        _bucket: &str,
+        idle: std::time::Duration,
+    ) -> Result<Vec<OpenUpload>> {
+        let root = self.root.join(".uploads");
+        tokio::task::spawn_blocking(move || {
+            let Ok(rd) = std::fs::read_dir(&root) else {
+                return Ok(vec![]);
+            };
+            let mut stale = vec![];
+            for e in rd.flatten() {
+                let dir = e.path();
+                let Some(id) = dir.file_name().and_then(|n| n.to_str()) else {
+                    continue;
+                };
+                if uuid::Uuid::parse_str(id).is_ok() && untouched_for(&dir, idle) {
+                    stale.push(OpenUpload {
+                        key: String::new(),
+                        upload_id: id.to_string(),
+                    });
+                }
+            }
+            Ok(stale)
+        })
+        .await
+        .map_err(|e| StorageError::Io(io::Error::other(e)))?
+    }
+
     async fn ping(&self, _bucket: &str) -> Result<()> {
         tokio::fs::metadata(self.root.join(".tmp")).await?;
         Ok(())
     }
+}
+
+/// Whether the directory `dir` and every file in it were last modified more than `idle` ago.
+fn untouched_for(dir: &Path, idle: std::time::Duration) -> bool {
+    let old = |p: &Path| {
+        std::fs::metadata(p)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > idle)
+    };
+    old(dir)
+        && std::fs::read_dir(dir)
+            .map(|rd| rd.flatten().all(|e| old(&e.path())))
+            .unwrap_or(false)
 }

@@ -4,7 +4,7 @@
 
 use super::{
     fileio::BodyOrFile, ByteRange, ByteStream, CompletedPart, InPlacePart, MultipartUpload,
-    ObjectRef, ObjectStore, Part, PutOptions, Result, StorageError, UploadedPart,
+    ObjectRef, ObjectStore, OpenUpload, Part, PutOptions, Result, StorageError, UploadedPart,
 };
 use crate::metrics::Metrics;
 use async_trait::async_trait;
@@ -176,6 +176,15 @@ impl ObjectStore for MeteredStore {
     async fn sweep_stale_temp(&self, idle: std::time::Duration) -> Result<usize> {
         let call = self.inner.sweep_stale_temp(idle);
         self.observe("sweep_stale_temp", call, found).await
+    }
+
+    async fn stale_uploads(
+        &self,
+        bucket: &str,
+        idle: std::time::Duration,
+    ) -> Result<Vec<OpenUpload>> {
+        let call = self.inner.stale_uploads(bucket, idle);
+        self.observe("stale_uploads", call, found).await
     }
 
     fn min_part_size(&self) -> u64 {

@@ -129,6 +129,14 @@ pub struct MultipartUpload<'a> {
     pub upload_id: &'a str,
 }
 
+/// A multipart upload the store holds: the key of the object it becomes (as the domain names
+/// it; empty for a store that aborts by upload id alone) and its upload id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenUpload {
+    pub key: String,
+    pub upload_id: String,
+}
+
 /// A part body already spooled to a local file; the store may move the file instead of
 /// copying it. The file is deleted when this value is dropped without being consumed.
 pub struct SpooledPart {
@@ -250,6 +258,17 @@ pub trait ObjectStore: Send + Sync + 'static {
     /// progress touch their files continuously, so they are never taken.
     async fn sweep_stale_temp(&self, _idle: std::time::Duration) -> Result<usize> {
         Ok(0)
+    }
+
+    /// The multipart uploads of `bucket` nobody wrote to for longer than `idle` (opened before,
+    /// and no part since), whichever process opened them. Which of them are still wanted is
+    /// the caller's to know (an upload session may wait days for its next chunk).
+    async fn stale_uploads(
+        &self,
+        _bucket: &str,
+        _idle: std::time::Duration,
+    ) -> Result<Vec<OpenUpload>> {
+        Ok(vec![])
     }
 
     /// Smallest non-final multipart part the store accepts (0: no minimum).

@@ -403,7 +403,8 @@ crate::backend_tests!(
     merges_whose_merger_died_are_taken_over,
     merge_and_cancel_keep_the_upload_priority,
     a_cancel_racing_merges,
-    empty_chunks_merge
+    empty_chunks_merge,
+    orphan_multipart_uploads_are_aborted
 );
 
 /// Three uploads of two chunks each, left `merging` by a process that is gone: `dead-merge`
@@ -532,6 +533,66 @@ async fn empty_chunks_merge(b: Backend) {
     // The two images, nothing else: no part, no staging object, no open upload.
     let left = app.leftovers().await;
     assert_eq!(left.len(), 2, "{left:?}");
+    app.stop().await;
+}
+
+/// Multipart uploads no session records (a process was killed in the middle of a single
+/// upload, a slim or a merge) are aborted once nobody wrote to them for the upload TTL, while a
+/// single upload that keeps sending parts for longer than the TTL is not disturbed.
+async fn orphan_multipart_uploads_are_aborted(b: Backend) {
+    let app = TestApp::spawn(
+        b,
+        Options {
+            upload_ttl_secs: Some(3),
+            min_part_bytes: Some(5 << 20),
+            env: vec![("FS_S3_PART_BYTES", (5u64 << 20).to_string())],
+            ..Default::default()
+        },
+    )
+    .await;
+    app.orphan_upload("images/killed-mid-put", 10).await;
+    // 8 parts of 5 MiB, one every 0.8 s: the upload lives past the TTL, its parts do not.
+    const PART: u64 = 5 << 20;
+    let body = futures::stream::unfold(0u64, |n| async move {
+        if n == 8 {
+            return None;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+        Some((
+            Ok::<_, std::io::Error>(bytes::Bytes::from(pattern(n, PART as usize))),
+            n + 1,
+        ))
+    });
+    let form = reqwest::multipart::Form::new().part(
+        "file",
+        reqwest::multipart::Part::stream_with_length(reqwest::Body::wrap_stream(body), 8 * PART)
+            .file_name("slow.img"),
+    );
+    let r = app
+        .client
+        .post(app.url("/images"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let id = r.json::<serde_json::Value>().await.unwrap()["imageId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let got = app.download(&id).await;
+    let want: Vec<u8> = (0..8).flat_map(|n| pattern(n, PART as usize)).collect();
+    assert!(got == want, "the slow upload's bytes differ");
+    // The orphan goes (the sweep runs every second); only the image stays.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let left = app.leftovers().await;
+        if left.len() == 1 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "not swept: {left:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
     app.stop().await;
 }
 

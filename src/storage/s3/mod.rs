@@ -14,11 +14,12 @@
 //! By concern: [`client`] (SDK client, settings, bucket), [`error`] (SDK errors as
 //! [`StorageError`]), [`checksum`], [`put`] (streamed puts), [`multipart`] (chunks as parts or
 //! staging objects, completion, abort), [`pack`] (the parts a completion is made of, by
-//! [`plan`]), [`copy`], [`read`] (GET with [`readahead`], HEAD) and [`lifecycle`].
+//! [`plan`]), [`copy`], [`read`] (GET with [`readahead`], HEAD), [`stale`] (uploads nobody
+//! writes to) and [`lifecycle`].
 
 use super::{
-    ByteRange, ByteStream, CompletedPart, MultipartUpload, ObjectRef, ObjectStore, Part,
-    PutOptions, Result, StorageError, UploadedPart,
+    ByteRange, ByteStream, CompletedPart, MultipartUpload, ObjectRef, ObjectStore, OpenUpload,
+    Part, PutOptions, Result, StorageError, UploadedPart,
 };
 use async_trait::async_trait;
 use aws_sdk_s3::Client;
@@ -35,6 +36,7 @@ pub mod plan;
 mod put;
 mod read;
 mod readahead;
+mod stale;
 
 pub use checksum::S3Checksum;
 pub use client::{S3Settings, StoreKey};
@@ -106,6 +108,14 @@ impl ObjectStore for S3Store {
 
     async fn ping(&self, bucket: &str) -> Result<()> {
         self.ping_bucket(bucket).await
+    }
+
+    async fn stale_uploads(
+        &self,
+        bucket: &str,
+        idle: std::time::Duration,
+    ) -> Result<Vec<OpenUpload>> {
+        self.stale_uploads_in(bucket, idle).await
     }
 
     fn min_part_size(&self) -> u64 {

@@ -47,6 +47,47 @@ impl TestApp {
         }
     }
 
+    /// Opens a multipart upload holding one part in the store, as a process killed in the
+    /// middle of a write leaves it (no session records it); on the local store, an upload
+    /// directory. Its files are dated `age_secs` back where the store lets a test do that.
+    pub async fn orphan_upload(&self, key: &str, age_secs: u64) {
+        match &self.s3 {
+            Some(s3) => {
+                let key = format!("{}{key}", s3.prefix);
+                let c = &s3.client;
+                let up = c
+                    .create_multipart_upload()
+                    .bucket("images")
+                    .key(&key)
+                    .send()
+                    .await
+                    .unwrap();
+                c.upload_part()
+                    .bucket("images")
+                    .key(&key)
+                    .upload_id(up.upload_id().unwrap())
+                    .part_number(1)
+                    .body(vec![7u8; 1000].into())
+                    .send()
+                    .await
+                    .unwrap();
+            }
+            None => {
+                let dir = self
+                    .dir
+                    .path()
+                    .join("objects/.uploads")
+                    .join(uuid::Uuid::new_v4().to_string());
+                std::fs::create_dir_all(&dir).unwrap();
+                std::fs::write(dir.join("data"), vec![7u8; 1000]).unwrap();
+                let then = std::time::SystemTime::now() - std::time::Duration::from_secs(age_secs);
+                for p in [dir.join("data"), dir.clone()] {
+                    std::fs::File::open(&p).unwrap().set_modified(then).unwrap();
+                }
+            }
+        }
+    }
+
     /// Waits until nothing is left ([`TestApp::leftovers`]), for at most `secs` seconds, and
     /// panics with `what` (the case) and what stayed: a deleted image's objects go a moment
     /// after its delete answered when a download still held them, a vanished client's files
