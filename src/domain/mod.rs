@@ -29,12 +29,16 @@ use crate::{
     config::{Config, Tier},
     imageops::ImageOps,
     metrics::Metrics,
-    storage::ObjectStore,
+    storage::{ObjectStore, StorageError},
 };
 use entity::status::{JobKind, JobState};
 use sea_orm::DatabaseConnection;
 use std::sync::Arc;
 use tokio::sync::Semaphore;
+
+/// How long readiness waits for the database and for the store (seconds): below the 5 s a
+/// Kubernetes probe of the chart waits for the answer.
+pub const READINESS_WITHIN: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Texts the existing clients compare against (SPEC section 2).
 pub mod texts {
@@ -126,19 +130,31 @@ impl Service {
     }
 
     /// Whether this replica can serve: the metadata database answers `SELECT 1` and the
-    /// default tier's bucket answers. Errors: [`Error::DatabaseUnreachable`],
-    /// [`Error::StoreUnreachable`].
+    /// default tier's bucket answers, each within [`READINESS_WITHIN`] (checked at once, so the
+    /// answer comes within it: the chart's probe gives up after 5 s). Errors:
+    /// [`Error::DatabaseUnreachable`], [`Error::StoreUnreachable`] (one that stays silent
+    /// counts as unreachable).
     pub async fn readiness(&self) -> Result<()> {
         use sea_orm::ConnectionTrait;
-        self.db
-            .execute_unprepared("SELECT 1")
-            .await
-            .map_err(Error::DatabaseUnreachable)?;
-        self.store
-            .ping(&self.cfg.tiers[&0].bucket)
-            .await
-            .map_err(Error::StoreUnreachable)?;
-        Ok(())
+        let silent = || format!("no answer within {} s", READINESS_WITHIN.as_secs());
+        let database = async {
+            match tokio::time::timeout(READINESS_WITHIN, self.db.execute_unprepared("SELECT 1"))
+                .await
+            {
+                Ok(done) => done.map(|_| ()).map_err(Error::DatabaseUnreachable),
+                Err(_) => Err(Error::DatabaseUnreachable(sea_orm::DbErr::Custom(silent()))),
+            }
+        };
+        let store = async {
+            let ping = self.store.ping(&self.cfg.tiers[&0].bucket);
+            match tokio::time::timeout(READINESS_WITHIN, ping).await {
+                Ok(done) => done.map_err(Error::StoreUnreachable),
+                Err(_) => Err(Error::StoreUnreachable(StorageError::Unavailable(silent()))),
+            }
+        };
+        // Both at once: the answer comes within the bound even when both are silent.
+        let (database, store) = tokio::join!(database, store);
+        database.and(store)
     }
 
     /// Every metric in OpenMetrics text format, with the deployment-wide gauges (open uploads,

@@ -476,6 +476,46 @@ fn an_endpoint_that_is_not_s3_is_refused() {
     }
 }
 
+/// An endpoint that takes connections and never answers (a dead route, a hung gateway):
+/// `serve` gives up at start-up within seconds, naming it, instead of waiting for the data
+/// calls' retries (minutes); `check-config` likewise.
+#[test]
+fn a_silent_endpoint_is_reported_at_start() {
+    use std::io::Read;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut c) = conn else { return };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 65536];
+                while matches!(c.read(&mut buf), Ok(n) if n > 0) {}
+            });
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let base = local(dir.path());
+    let vars = [
+        ("FS_STORAGE", "s3"),
+        ("FS_S3_ENDPOINT", silent.as_str()),
+        ("FS_S3_REGION", "garage"),
+        ("AWS_ACCESS_KEY_ID", "GKsilent"),
+        ("AWS_SECRET_ACCESS_KEY", "not-a-secret"),
+    ];
+    for args in [&["check-config"][..], &[]] {
+        let started = std::time::Instant::now();
+        let out = file_system(dir.path(), args, &with(&base, &vars));
+        let took = started.elapsed();
+        let t = text(&out);
+        assert_ne!(out.status.code(), Some(0), "{args:?}: {t}");
+        assert!(t.contains("did not answer"), "{args:?}: {t}");
+        assert!(
+            took < std::time::Duration::from_secs(60),
+            "{args:?} took {took:?}: {t}"
+        );
+    }
+}
+
 /// With an endpoint and no region, the SDK is not sent to the EC2 metadata service for one
 /// (off EC2: a WARN and seconds lost at every start).
 #[test]

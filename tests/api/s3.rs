@@ -452,6 +452,72 @@ async fn store_faults(b: Backend) {
     app.stop().await;
 }
 
+/// A store that takes connections and never answers (a dead route, a hung gateway): `/ready`
+/// still answers 503 within the bound a Kubernetes probe waits (5 s), a request fails with 503
+/// instead of hanging, and both come back once the store answers again.
+async fn a_silent_store(b: Backend) {
+    let (endpoint, _) = s3_env_of(b.s3_server().unwrap());
+    let proxy = FaultProxy::start(&endpoint).await;
+    let app = TestApp::spawn(
+        b,
+        Options {
+            s3_endpoint: Some(proxy.url.clone()),
+            ..Default::default()
+        },
+    )
+    .await;
+    let id = app.upload_ok("kept.img", pattern(6, 1000)).await;
+    proxy.set(Fault::Blackhole);
+    for _ in 0..2 {
+        let started = std::time::Instant::now();
+        let r = app
+            .client
+            .get(format!("{}/ready", app.base))
+            .send()
+            .await
+            .unwrap();
+        let took = started.elapsed();
+        let v = assert_error(r, 503, None).await;
+        assert_eq!(v["code"], "STORAGE_UNAVAILABLE", "{v}");
+        assert!(
+            took < std::time::Duration::from_secs(5),
+            "/ready took {took:?}"
+        );
+    }
+    // A download waits for the store's answer for a bounded time (S3Store::quick: 20 s).
+    let started = std::time::Instant::now();
+    let r = app
+        .client
+        .get(app.url(&format!("/images/{id}/action/download")))
+        .send()
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    let v = assert_error(r, 503, None).await;
+    assert_eq!(v["code"], "STORAGE_UNAVAILABLE", "{v}");
+    assert!(
+        took < std::time::Duration::from_secs(40),
+        "the download took {took:?}"
+    );
+    let health = app
+        .client
+        .get(format!("{}/health", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    proxy.set(Fault::Pass);
+    let r = app
+        .client
+        .get(format!("{}/ready", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(app.download(&id).await, pattern(6, 1000));
+    app.stop().await;
+}
+
 /// A delete while the store is unreachable succeeds: the image is gone at once (its record
 /// and its objects' to-do go in one transaction), and the sweep deletes the objects once the
 /// store is back, so nothing is left behind and no client sees a 503 for a delete.
@@ -784,6 +850,7 @@ crate::s3_server_tests!(
     smaller_resends_a_strict_store_cannot_complete,
     any_arrival_order_merges,
     store_faults,
+    a_silent_store,
     a_delete_while_the_store_is_down_finishes_later,
     buckets_get_lifecycle_rules,
 );

@@ -10,6 +10,9 @@ use aws_sdk_s3::{
 };
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
+/// The longest a call without image bytes may take, retries included ([`S3Store::quick`]).
+pub const QUICK_CALL: Duration = Duration::from_secs(20);
+
 /// Settings of the S3 store.
 #[derive(Debug, Clone)]
 pub struct S3Settings {
@@ -86,6 +89,21 @@ impl S3Store {
         })
     }
 
+    /// The timeouts of calls that carry no image bytes (bucket checks, listings, lifecycle
+    /// rules), as a per-call override: such a call a store does not answer in seconds it is not
+    /// going to, and start-up then reports it after at most [`QUICK_CALL`] rather than after
+    /// the data calls' patience (5 attempts of up to 120 s each).
+    pub(super) fn quick() -> aws_sdk_s3::config::Builder {
+        use aws_config::timeout::TimeoutConfig;
+        aws_sdk_s3::config::Builder::default().timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(Duration::from_secs(5))
+                .read_timeout(Duration::from_secs(10))
+                .operation_timeout(QUICK_CALL)
+                .build(),
+        )
+    }
+
     /// Where the store is, for messages.
     pub(super) fn endpoint(&self) -> &str {
         self.settings
@@ -135,7 +153,8 @@ impl S3Store {
     /// deployment's lifecycle rules where the store supports them.
     pub(super) async fn create_bucket(&self, bucket: &str) -> Result<()> {
         let c = &self.client;
-        match c.head_bucket().bucket(bucket).send().await {
+        let head = c.head_bucket().bucket(bucket).customize();
+        match head.config_override(Self::quick()).send().await {
             Ok(_) => {}
             Err(SdkError::ServiceError(se))
                 if se.err().is_not_found() || se.raw().status().as_u16() == 404 =>
@@ -153,7 +172,8 @@ impl S3Store {
                             .build(),
                     );
                 }
-                match req.send().await.map_err(|e| self.err(e)) {
+                let created = req.customize().config_override(Self::quick()).send().await;
+                match created.map_err(|e| self.err(e)) {
                     Ok(_) => tracing::info!(bucket, "bucket created"),
                     // Another replica (or test) created it at the same moment.
                     Err(StorageError::Io(e)) if e.to_string().contains("BucketAlready") => {}
@@ -191,6 +211,8 @@ impl S3Store {
         self.client
             .head_bucket()
             .bucket(bucket)
+            .customize()
+            .config_override(Self::quick())
             .send()
             .await
             .map_err(|e| self.err(e))?;
@@ -206,6 +228,8 @@ impl S3Store {
             .bucket(bucket)
             .prefix(self.store_key(""))
             .max_keys(1)
+            .customize()
+            .config_override(Self::quick())
             .send()
             .await
             .map_err(|e| self.err(e))?;

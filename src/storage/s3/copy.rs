@@ -60,6 +60,8 @@ impl S3Store {
                 .bucket(dst_bucket)
                 .key(dst_key)
                 .upload_id(&upload_id)
+                .customize()
+                .config_override(S3Store::quick())
                 .send()
                 .await;
         }

@@ -23,6 +23,8 @@ impl S3Store {
         let mut rules: Vec<LifecycleRule> = match c
             .get_bucket_lifecycle_configuration()
             .bucket(bucket)
+            .customize()
+            .config_override(Self::quick())
             .send()
             .await
         {
@@ -67,6 +69,8 @@ impl S3Store {
         c.put_bucket_lifecycle_configuration()
             .bucket(bucket)
             .lifecycle_configuration(cfg)
+            .customize()
+            .config_override(Self::quick())
             .send()
             .await
             .map_err(|e| self.err(e))?;

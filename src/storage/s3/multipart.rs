@@ -45,6 +45,8 @@ impl S3Store {
             .key(key)
             .set_storage_class(class(opts))
             .set_checksum_algorithm(self.settings.checksum.algorithm())
+            .customize()
+            .config_override(Self::quick())
             .send()
             .await
             .map_err(|e| self.class_err(e, opts))?;
@@ -279,6 +281,8 @@ impl S3Store {
             .bucket(bucket)
             .key(key)
             .upload_id(upload_id)
+            .customize()
+            .config_override(S3Store::quick())
             .send()
             .await
             .map_err(|e| self.err(e))

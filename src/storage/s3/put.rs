@@ -64,6 +64,8 @@ impl S3Store {
                     .bucket(&bucket)
                     .key(&key)
                     .upload_id(&id)
+                    .customize()
+                    .config_override(S3Store::quick())
                     .send()
                     .await;
                 if let Err(e) = aborted {
@@ -95,6 +97,8 @@ impl S3Store {
             .delete_object()
             .bucket(bucket)
             .key(key)
+            .customize()
+            .config_override(Self::quick())
             .send()
             .await
             .map_err(|e| self.err(e))

@@ -31,6 +31,8 @@ impl S3Store {
             .bucket(bucket)
             .key(key)
             .range(format!("bytes={start}-{first_end}"))
+            .customize()
+            .config_override(Self::quick())
             .send()
             .await
         {
@@ -90,6 +92,8 @@ impl S3Store {
             .bucket(bucket)
             .key(key)
             .set_range(range.map(|r| format!("bytes={}-{}", r.start, r.end)))
+            .customize()
+            .config_override(Self::quick())
             .send()
             .await
         {
@@ -115,6 +119,8 @@ impl S3Store {
             .head_object()
             .bucket(bucket)
             .key(key)
+            .customize()
+            .config_override(Self::quick())
             .send()
             .await
         {
@@ -159,6 +165,8 @@ impl readahead::Fetch for Windows {
             .key(&self.key)
             .range(format!("bytes={start}-{end}"))
             .set_if_match(self.etag.clone())
+            .customize()
+            .config_override(S3Store::quick())
             .send()
             .await;
         match out {
