@@ -47,10 +47,28 @@ fn main() -> anyhow::Result<()> {
     rt.shutdown_timeout(std::time::Duration::from_secs(1));
     if let Err(e) = result {
         // Through the log, so that with FS_LOG_FORMAT=json a fatal error is JSON too.
-        tracing::error!(error = %format!("{e:#}"), "file-system stopped");
+        tracing::error!(error = %chain_text(&e), "file-system stopped");
         std::process::exit(1);
     }
     Ok(())
+}
+
+/// An error and its causes, outermost first, joined by ": " as anyhow's `{:#}` does, but
+/// without a cause whose text the message before it already ends with (an error that shows its
+/// source in its own text, as `storage I/O error: {0}` does, would say it twice).
+fn chain_text(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let part = cause.to_string();
+        if text.ends_with(&part) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&part);
+    }
+    text
 }
 
 /// A configuration that cannot be used, before logging is set up: plain text, or one JSON
