@@ -86,6 +86,8 @@ struct Session {
     owner: Vec<(&'static str, String)>,
     pacer: Option<Arc<Pacer>>,
     bar: ProgressBar,
+    /// Chunks of this upload the server holds: those it held before this run, and those sent.
+    chunks_held: AtomicU64,
 }
 
 impl Session {
@@ -115,6 +117,7 @@ impl Session {
             owner,
             pacer,
             bar: progress::bytes(fp.size, file_name),
+            chunks_held: AtomicU64::new(0),
         }
     }
 }
@@ -150,6 +153,7 @@ pub async fn run(api: &Api, args: UploadArgs, pacer: Option<Arc<Pacer>>) -> Resu
     let session = Arc::new(Session::new(api, &args, &fp, &file_name, pacer));
     let held = held_chunks(&session).await?;
     let skipped = held.len() as u64;
+    session.chunks_held.store(skipped, Ordering::Relaxed);
     // On stderr whatever the output format: the name to give `fsctl cancel`.
     crate::print_err(&format!(
         "fsctl: upload {} ({} chunks of {}, {skipped} already on the server)",
@@ -157,19 +161,19 @@ pub async fn run(api: &Api, args: UploadArgs, pacer: Option<Arc<Pacer>>) -> Resu
         session.plan.total_chunks,
         units::human(session.plan.chunk_size)
     ));
-    let sha256 = send_chunks(&session, &fp, &held, args.parallel)
-        .await
-        .map_err(|e| kept_for_a_rerun(&session, e))?;
+    let sent = send_chunks(&session, &fp, &held, args.parallel).await;
     session.bar.finish_and_clear();
     if Fingerprint::of(&args.file).ok().as_ref() != Some(&fp) {
         // A rerun would be another upload (the identifier follows the file): these chunks
-        // can never be merged.
+        // can never be merged. So also when the change made sending fail (a file that shrank
+        // cannot be read to its old end).
         drop_upload(&session).await;
         return Err(Error::Verification(format!(
             "{} changed while it was being uploaded; the chunks sent were dropped, upload it again",
             args.file.display()
         )));
     }
+    let sha256 = sent.map_err(|e| kept_for_a_rerun(&session, e))?;
     let record = match merge(&session, &file_name, &sha256).await {
         Ok(record) => record,
         Err(e) => return Err(merge_failed(&session, e).await),
@@ -209,29 +213,48 @@ pub async fn run(api: &Api, args: UploadArgs, pacer: Option<Arc<Pacer>>) -> Resu
     })
 }
 
-/// Refuses, before anything is sent, a name the service refuses at the merge: it must end in
-/// `.qcow2`, `.img`, `.iso` or `.zip` (case-sensitive, after at least one character, not
-/// starting with a dot), at most 128 characters, none of them a control character (the
-/// service's `validate::file_name`).
+/// Refuses, before anything is sent, a name the service refuses at the merge or would store
+/// as another name (the service's `validate::file_name`): it must end in `.qcow2`, `.img`,
+/// `.iso` or `.zip` (case-sensitive, after at least one character, not starting with a dot),
+/// at most 128 characters, none of them one the service refuses ([`name_char`]). A backslash
+/// (the service keeps only what follows it, as browsers send Windows paths) or white space at
+/// either end (trimmed) would change the name.
 fn check_name(name: &str) -> Result<()> {
     let ext = [".qcow2", ".img", ".iso", ".zip"]
         .iter()
         .any(|ext| name.len() > ext.len() && name.ends_with(ext));
-    let ok = ext
-        && name.chars().count() <= 128
-        && !name.chars().any(char::is_control)
-        && !name.starts_with('.');
-    if ok {
+    let problem = if !ext || name.chars().count() > 128 || name.starts_with('.') {
+        "the service takes files named *.qcow2, *.img, *.iso or *.zip (a zip holding one image \
+         in a folder), at most 128 characters"
+    } else if !name.chars().all(name_char) {
+        "it holds a character the service refuses in names (a control or bidirectional \
+         formatting character, or bytes that are not UTF-8): rename the file"
+    } else if name.contains('\\') {
+        "it holds a backslash, after which the service keeps only the rest of the name (a \
+         Windows folder separator): rename the file"
+    } else if name.trim() != name {
+        "it begins or ends with white space, which the service trims: rename the file"
+    } else {
         return Ok(());
-    }
-    Err(Error::Usage(format!(
-        "{name:?}: the service takes files named *.qcow2, *.img, *.iso or *.zip (a zip holding one image in a folder), at most 128 characters"
-    )))
+    };
+    Err(Error::Usage(format!("{name:?}: {problem}")))
+}
+
+/// Whether the service takes `c` in a file name (its `validate::name_char`): no control
+/// character, no bidirectional formatting character (a name could show as another), no U+FFFD
+/// (what bytes that are not UTF-8 become).
+fn name_char(c: char) -> bool {
+    !c.is_control()
+        && !matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{FFFD}')
 }
 
 /// A failure while chunks were being sent: the chunks already held stay on the server for a
-/// rerun (they count in the user's quota until then); the message says how to drop them.
+/// rerun (they count in the user's quota until then); the message says how to drop them, when
+/// there are any.
 fn kept_for_a_rerun(s: &Session, e: Error) -> Error {
+    if s.chunks_held.load(Ordering::Relaxed) == 0 {
+        return e;
+    }
     match e {
         Error::Refused {
             status,
@@ -434,6 +457,7 @@ async fn send_chunk(s: &Session, chunk: ReadChunk) -> Result<()> {
     s.api
         .send_with(&format!("chunk {}", chunk.number), make, undo)
         .await?;
+    s.chunks_held.fetch_add(1, Ordering::Relaxed);
     Ok(())
 }
 

@@ -745,6 +745,55 @@ async fn a_silent_service_times_out() {
     s.stop().await;
 }
 
+/// A 200 that is not the service's one-line text answer (a web page from a proxy or from a
+/// wrong `--server`, JSON, several lines) does not count as done: `rm`, `cancel`, `check` and
+/// `slim` exit 1 with a `protocol` error naming what came back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_success_that_is_not_the_services_is_no_success() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = Server::start().await;
+    let answers = [
+        ("text/html", "<html><body>Welcome to nginx!</body></html>"),
+        ("application/json", "{\"ok\":true}"),
+        ("text/plain", "delete success\nand more"),
+        ("text/plain", ""),
+    ];
+    for (content_type, body) in answers {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let other = format!("http://{}", listener.local_addr().unwrap());
+        let page = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n\
+             connection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let served = tokio::spawn(async move {
+            loop {
+                let (mut c, _) = listener.accept().await.unwrap();
+                let mut buf = [0u8; 4096];
+                let _ = c.read(&mut buf).await;
+                let _ = c.write_all(page.as_bytes()).await;
+            }
+        });
+        let id = "0b6c5c38-1d2e-4c1a-9a57-3f2e8b0f5d11";
+        for args in [
+            &["rm", id][..],
+            &["cancel", "some-upload"],
+            &["check", id],
+            &["slim", id],
+        ] {
+            let v = s.json_on(&other, args, 1).await;
+            assert_eq!(
+                v["error"]["kind"], "protocol",
+                "{args:?} {content_type}: {v}"
+            );
+            let message = v["error"]["message"].as_str().unwrap();
+            assert!(message.contains("HTTP 200"), "{args:?}: {message}");
+        }
+        served.abort();
+    }
+    s.stop().await;
+}
+
 /// With authentication on, `FS_TOKEN` (or `--token`) is the Bearer credential: without it the
 /// service's 401 is exit 4 with its message; with it the image is the token's user's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -958,6 +1007,32 @@ async fn refused_uploads_leave_nothing() {
         )
         .await;
     assert_eq!(v["error"]["kind"], "usage");
+    // Names the service would refuse at the merge (a right-to-left override, bytes that are
+    // not UTF-8) or keep as another name (after a backslash; trimmed), each before a byte goes.
+    use std::os::unix::ffi::OsStrExt;
+    let names: [&std::ffi::OsStr; 4] = [
+        "bob\u{202E}gmi.img".as_ref(),
+        std::ffi::OsStr::from_bytes(b"bytes-\xff.img"),
+        "dir\\disk.img".as_ref(),
+        " spaced.img".as_ref(),
+    ];
+    for name in names {
+        let path = s.work().join(name);
+        std::fs::write(&path, b"image").unwrap();
+        let done = s
+            .fsctl(&["upload", "--json"])
+            .arg(&path)
+            .output()
+            .await
+            .unwrap();
+        let (code, out, err) = (
+            done.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&done.stdout),
+            String::from_utf8_lossy(&done.stderr),
+        );
+        assert_eq!(code, 2, "{name:?}: {out} {err}");
+        assert!(out.contains("rename the file"), "{name:?}: {out}");
+    }
     assert_eq!(s.metric("fs_upload_chunks_received_total", &[]).await, 0.0);
     let link = s.work().join("linked.img");
     std::os::unix::fs::symlink(&raw, &link).unwrap();
@@ -994,6 +1069,100 @@ async fn refused_uploads_leave_nothing() {
     assert_eq!(v["chunksSkipped"], 0);
     let id = v["image"]["imageId"].as_str().unwrap();
     download_matches(&s, id, &bytes).await;
+    s.stop().await;
+}
+
+/// A file that shrinks while it is uploaded cannot be read to its old end: fsctl says it
+/// changed (exit 5) and drops the chunks it sent, which could never be merged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_that_shrinks_during_its_upload_leaves_nothing() {
+    let s = Server::start().await;
+    let path = s.work().join("shrinking.img");
+    std::fs::write(&path, noise(6 * MIB, 31)).unwrap();
+    let file = path.to_str().unwrap();
+    let args = [
+        "upload",
+        file,
+        "--chunk-size",
+        "1MiB",
+        "--parallel",
+        "1",
+        "--limit-rate",
+        "2MiB",
+        "--json",
+    ];
+    let mut child = s
+        .fsctl(&args)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let first = lines
+        .next_line()
+        .await
+        .unwrap()
+        .expect("fsctl names its upload");
+    let identifier = first.split_whitespace().nth(2).unwrap().to_string();
+    until("a chunk stored", || async {
+        !s.held_chunks(&identifier).await.is_empty()
+    })
+    .await;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(2 * MIB as u64)
+        .unwrap();
+    let out = child.wait_with_output().await.unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(5), "{v}");
+    assert_eq!(v["error"]["kind"], "verification_failed", "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("changed while"),
+        "{v}"
+    );
+    assert!(s.held_chunks(&identifier).await.is_empty(), "chunks left");
+    s.stop().await;
+}
+
+/// A chunk refused by the user's quota: with chunks already on the server the message says
+/// they stay for a rerun and how to drop them; with none, it does not speak of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quota_refusal_speaks_of_held_chunks_only_when_there_are_some() {
+    let s = Server::start_with(Store::Local, vec![("FS_QUOTA_BYTES", "3MiB".into())]).await;
+    let big = s.work().join("big.img");
+    std::fs::write(&big, noise(8 * MIB, 41)).unwrap();
+    let big = big.to_str().unwrap();
+    let common = ["--chunk-size", "1MiB", "--parallel", "1", "--user", "alice"];
+    // Alice's first three chunks fit her 3 MiB; the fourth is refused.
+    let v = s.json(&[&["upload", big][..], &common].concat(), 4).await;
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(message.contains("chunks held stay"), "{message}");
+    assert!(message.contains("fsctl cancel"), "{message}");
+    assert!(message.contains("--user alice"), "{message}");
+    // Nothing of bob's is on the server when his first chunk is refused.
+    let too_big = s.work().join("too-big.img");
+    std::fs::write(&too_big, noise(5 * MIB, 43)).unwrap();
+    let v = s
+        .json(
+            &[
+                "upload",
+                too_big.to_str().unwrap(),
+                "--chunk-size",
+                "4MiB",
+                "--user",
+                "bob",
+            ],
+            4,
+        )
+        .await;
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(!message.contains("chunks held stay"), "{message}");
+    assert!(!message.contains("fsctl cancel"), "{message}");
     s.stop().await;
 }
 
