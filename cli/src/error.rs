@@ -30,6 +30,20 @@ impl ExitCode {
     pub fn code(self) -> u8 {
         self as u8
     }
+
+    /// The `kind` of a `--json` error document ending with this code (as [`Error::kind`]).
+    pub fn kind(self) -> &'static str {
+        match self {
+            ExitCode::Ok => "ok",
+            ExitCode::Failure => "failure",
+            ExitCode::Usage => "usage",
+            ExitCode::NotFound => "not_found",
+            ExitCode::Refused => "refused",
+            ExitCode::Verification => "verification_failed",
+            ExitCode::Unavailable => "unavailable",
+            ExitCode::JobFailed => "job_failed",
+        }
+    }
 }
 
 /// Every failure of a command. Messages carry the service's own `message` where it sent one.

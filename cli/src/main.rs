@@ -262,7 +262,10 @@ pub(crate) fn print_err(line: &str) {
 /// stdout), and returns the exit code.
 fn finish(result: error::Result<Report>, json: bool) -> std::process::ExitCode {
     let code = match result {
-        Ok(report) => {
+        Ok(mut report) => {
+            if report.exit != error::ExitCode::Ok {
+                report.add_error();
+            }
             print_out(&if json {
                 report.json.to_string()
             } else {

@@ -24,4 +24,23 @@ impl Report {
             exit: ExitCode::Ok,
         }
     }
+
+    /// Adds to a report whose outcome is bad news (`exit` not `Ok`) the `error` object every
+    /// failing command's JSON document has (`kind`, `message`, `exitCode`), beside the result
+    /// it reports: scripts find the failure where they find any other. The message is the
+    /// text's last line (the verdict: a check's result, a slim's end).
+    pub fn add_error(&mut self) {
+        let Value::Object(doc) = &mut self.json else {
+            return;
+        };
+        let message = self.human.lines().last().unwrap_or_default();
+        doc.insert(
+            "error".into(),
+            serde_json::json!({
+                "kind": self.exit.kind(),
+                "message": message,
+                "exitCode": self.exit.code(),
+            }),
+        );
+    }
 }

@@ -580,6 +580,13 @@ async fn wait_reports_unusable_images() {
     tamper(&s.stored_object(&good_bytes));
     let v = s.json(&["check", &id, "--wait"], 5).await;
     assert_eq!(v["checkStatusResponse"]["status"], 1, "{v}");
+    // The bad news is also where scripts look for failures.
+    assert_eq!(v["error"]["kind"], "verification_failed", "{v}");
+    assert_eq!(v["error"]["exitCode"], 5, "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("check of"),
+        "{v}"
+    );
     s.stop().await;
 }
 
