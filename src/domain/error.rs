@@ -66,7 +66,7 @@ pub enum Error {
     /// it slower than `FS_BODY_MIN_BYTES_PER_SEC` over such a window.
     #[error("the client sent no data, or too little, for too long; the request was abandoned")]
     BodyTimeout,
-    #[error("there is no record in database with imageId: {0}")]
+    #[error("there is no record in database with imageId: {}", echoed(.0))]
     ImageNotFound(String),
     #[error("{0}")]
     NotFound(String),
@@ -322,6 +322,19 @@ fn public_text(code: Code) -> &'static str {
     }
 }
 
+/// A value the client sent, as an error message repeats it: at most [`ECHOED_CHARS`]
+/// characters (an image id is 36), the rest cut with "...": a 5000-character id is not sent
+/// back whole.
+pub fn echoed(value: &str) -> std::borrow::Cow<'_, str> {
+    match value.char_indices().nth(ECHOED_CHARS) {
+        None => value.into(),
+        Some((cut, _)) => format!("{}...", &value[..cut]).into(),
+    }
+}
+
+/// How many characters of a client's value an error message repeats ([`echoed`]).
+const ECHOED_CHARS: usize = 64;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -396,5 +409,19 @@ mod tests {
         assert_eq!((a.code, a.code.status()), (Code::InsufficientStorage, 507));
         assert_eq!(a.message, "the metadata database is out of space");
         assert!(a.internal.unwrap().contains("full"));
+    }
+
+    #[test]
+    fn echoed_values_are_cut() {
+        assert_eq!(
+            echoed("28552303-8a5b-4f3e-9b38-7f1c0a9e2d11"),
+            "28552303-8a5b-4f3e-9b38-7f1c0a9e2d11"
+        );
+        let long = "é".repeat(5000);
+        let shown = echoed(&long);
+        assert_eq!(shown.chars().count(), 64 + 3);
+        assert!(shown.ends_with("..."));
+        let e = Error::ImageNotFound("x".repeat(5000));
+        assert!(e.to_string().len() < 200, "{e}");
     }
 }

@@ -76,7 +76,8 @@ impl Identifier {
             Ok(Identifier(raw.to_string()))
         } else {
             Err(format!(
-                "identifier {raw:?} must be 1 to 128 characters of A-Z, a-z, 0-9, '.', '_' or '-' (not '.' or '..')"
+                "identifier {:?} must be 1 to 128 characters of A-Z, a-z, 0-9, '.', '_' or '-' (not '.' or '..')",
+                super::error::echoed(raw)
             ))
         }
     }
@@ -102,7 +103,8 @@ impl ChunkNumber {
                 let name = file_name.map(super::validate::base_name).unwrap_or("");
                 name.strip_suffix(".part").ok_or_else(|| {
                     format!(
-                        "cannot tell the chunk number: part filename {name:?} is not \"{{n}}.part\" and no chunkNumber was sent"
+                        "cannot tell the chunk number: part filename {:?} is not \"{{n}}.part\" and no chunkNumber was sent",
+                        super::error::echoed(name)
                     )
                 })?
             }
@@ -110,7 +112,8 @@ impl ChunkNumber {
         match raw.parse::<u32>() {
             Ok(n) if (1..=Self::MAX).contains(&n) && !raw.starts_with('+') => Ok(ChunkNumber(n)),
             _ => Err(format!(
-                "chunk number {raw:?} must be an integer from 1 to {}",
+                "chunk number {:?} must be an integer from 1 to {}",
+                super::error::echoed(raw),
                 Self::MAX
             )),
         }

@@ -3,6 +3,7 @@
 
 use super::{
     caller::{self, Caller},
+    error::echoed,
     form::{Field, Fields, FilePart, FormReader, FormSource},
     ids::{ChunkNumber, Identifier, ImageId, ObjectKey},
     integrity::{self, Algorithm, Checksum, Digests, Wanted},
@@ -166,12 +167,14 @@ impl Totals {
         let number = |name: Field| -> Result<Option<u64>> {
             match fields.get(name).map(str::trim).filter(|v| !v.is_empty()) {
                 None => Ok(None),
-                Some(v) if v.bytes().all(|c| c.is_ascii_digit()) => v
-                    .parse()
-                    .map(Some)
-                    .map_err(|_| Error::InvalidInput(format!("{name} {v:?} is too large"))),
+                Some(v) if v.bytes().all(|c| c.is_ascii_digit()) => {
+                    v.parse().map(Some).map_err(|_| {
+                        Error::InvalidInput(format!("{name} {:?} is too large", echoed(v)))
+                    })
+                }
                 Some(v) => Err(Error::InvalidInput(format!(
-                    "{name} {v:?} must be a non-negative integer"
+                    "{name} {:?} must be a non-negative integer",
+                    echoed(v)
                 ))),
             }
         };

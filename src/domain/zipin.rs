@@ -9,7 +9,7 @@
 //! from the central directory), when it grows past the size limit, or when it inflates more
 //! than `max_ratio` times its compressed size (a zip bomb), whatever its headers say.
 
-use super::validate;
+use super::{error::echoed, validate};
 use bytes::Bytes;
 use std::{fs::File, io::Read, path::Path};
 use tokio::sync::mpsc;
@@ -50,7 +50,7 @@ fn normalized(raw: &str) -> Result<String, Refusal> {
         || name.contains('\0')
         || name.split('/').any(|c| c == ".." || c.contains(':'));
     if unsafe_path {
-        return Err(format!("unsafe entry path in archive: {raw:?}"));
+        return Err(format!("unsafe entry path in archive: {:?}", echoed(raw)));
     }
     Ok(name)
 }
@@ -151,7 +151,10 @@ pub fn find_image(path: &Path, limits: Limits) -> Result<ZipImage, Refusal> {
             .map_err(|e| format!("damaged zip entry {i}: {e}"))?;
         let name = normalized(entry.name())?;
         if entry.is_symlink() {
-            return Err(format!("links are not allowed in the archive: {name:?}"));
+            return Err(format!(
+                "links are not allowed in the archive: {:?}",
+                echoed(&name)
+            ));
         }
         if entry.is_dir() || name.ends_with('/') {
             continue;
@@ -159,7 +162,7 @@ pub fn find_image(path: &Path, limits: Limits) -> Result<ZipImage, Refusal> {
         if let Some(mode) = entry.unix_mode() {
             let kind = mode & 0o170000;
             if kind != 0 && kind != 0o100000 {
-                return Err(format!("special file in archive: {name:?}"));
+                return Err(format!("special file in archive: {:?}", echoed(&name)));
             }
         }
         let base = name.rsplit('/').next().unwrap_or(&name);
@@ -171,11 +174,15 @@ pub fn find_image(path: &Path, limits: Limits) -> Result<ZipImage, Refusal> {
         }
         if !name.trim_start_matches("./").contains('/') {
             return Err(format!(
-                "the image {name:?} must be inside a folder in the archive (e.g. myimg/myimg.qcow2)"
+                "the image {:?} must be inside a folder in the archive (e.g. myimg/myimg.qcow2)",
+                echoed(&name)
             ));
         }
         let file_name = validate::file_name(base).ok_or_else(|| {
-            format!("image name {base:?} in the archive is not allowed (extension or over 128 characters)")
+            format!(
+                "image name {:?} in the archive is not allowed (extension or over 128 characters)",
+                echoed(base)
+            )
         })?;
         found = Some(ZipImage {
             index: i,
