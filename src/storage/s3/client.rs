@@ -89,10 +89,12 @@ impl S3Store {
         })
     }
 
-    /// The timeouts of calls that carry no image bytes (bucket checks, listings, lifecycle
-    /// rules), as a per-call override: such a call a store does not answer in seconds it is not
-    /// going to, and start-up then reports it after at most [`QUICK_CALL`] rather than after
-    /// the data calls' patience (5 attempts of up to 120 s each).
+    /// The timeouts of calls that send no image bytes (bucket checks, listings, lifecycle
+    /// rules, HEAD, DELETE, creating and aborting uploads, and GETs up to their first byte:
+    /// the body streams after, unbounded), as a per-call override. A store that does not answer
+    /// such a call in seconds is not going to: start-up, readiness and downloads report it
+    /// after at most [`QUICK_CALL`], not after the patience that uploads of parts and copies
+    /// need (5 attempts of up to 120 s each to the first byte of the answer).
     pub(super) fn quick() -> aws_sdk_s3::config::Builder {
         use aws_config::timeout::TimeoutConfig;
         aws_sdk_s3::config::Builder::default().timeout_config(
