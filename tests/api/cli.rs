@@ -29,9 +29,11 @@ fn text(out: &Output) -> String {
     )
 }
 
-/// Settings of a service kept entirely in `dir`.
+/// Settings of a service kept entirely in `dir`, listening on a port of its own (tests run at
+/// once: two on the default port would stop each other).
 fn local(dir: &Path) -> Vec<(&'static str, String)> {
     vec![
+        ("FS_LISTEN", "127.0.0.1:0".to_string()),
         ("FS_DATA_DIR", dir.join("data").display().to_string()),
         (
             "FS_LOCAL_DIR",
