@@ -518,6 +518,31 @@ async fn a_silent_store(b: Backend) {
     app.stop().await;
 }
 
+/// A client that stops reading its download for longer than the store's quick calls may take
+/// (S3Store::quick: 20 s) still gets every byte: the bound is on the store's first byte, not
+/// on how long the body takes to be read.
+async fn a_paused_download_completes(b: Backend) {
+    use futures::StreamExt;
+    let app = TestApp::spawn(b, Options::default()).await;
+    let data = pattern(8, 40 << 20);
+    let id = app.upload_ok("paused.img", data.clone()).await;
+    let r = app
+        .client
+        .get(app.url(&format!("/images/{id}/action/download")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let mut body = r.bytes_stream();
+    let mut got = body.next().await.unwrap().unwrap().to_vec();
+    tokio::time::sleep(std::time::Duration::from_secs(25)).await;
+    while let Some(b) = body.next().await {
+        got.extend_from_slice(&b.unwrap());
+    }
+    assert!(got == data, "the paused download's bytes differ");
+    app.stop().await;
+}
+
 /// A delete while the store is unreachable succeeds: the image is gone at once (its record
 /// and its objects' to-do go in one transaction), and the sweep deletes the objects once the
 /// store is back, so nothing is left behind and no client sees a 503 for a delete.
@@ -851,6 +876,7 @@ crate::s3_server_tests!(
     any_arrival_order_merges,
     store_faults,
     a_silent_store,
+    a_paused_download_completes,
     a_delete_while_the_store_is_down_finishes_later,
     buckets_get_lifecycle_rules,
 );
