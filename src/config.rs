@@ -107,6 +107,13 @@ pub enum ConfigError {
     Tier(String),
     #[error("FS_TIERS must define priority 0 (the default tier)")]
     NoDefaultTier,
+    #[error("FS_TIERS names priority {0} twice: each priority has one bucket")]
+    DuplicateTier(i32),
+    #[error(
+        "FS_TIERS bucket {0:?} is not a bucket name: 3 to 63 characters of a-z, 0-9, '-' and '.', \
+         beginning and ending with a letter or digit (S3's rules)"
+    )]
+    BadBucket(String),
 }
 
 /// What `Config::from_env` read besides the process environment.
@@ -572,8 +579,11 @@ pub fn parse_tiers(spec: &str) -> Result<BTreeMap<i32, Tier>, ConfigError> {
             ),
             None => (rest.trim(), None),
         };
-        if !valid_bucket(bucket) || tiers.contains_key(&priority) {
-            return Err(bad());
+        if !valid_bucket(bucket) {
+            return Err(ConfigError::BadBucket(bucket.chars().take(70).collect()));
+        }
+        if tiers.contains_key(&priority) {
+            return Err(ConfigError::DuplicateTier(priority));
         }
         tiers.insert(
             priority,
@@ -796,7 +806,14 @@ mod tests {
         assert!(parse_tiers("1=only-one").is_err());
         assert!(parse_tiers("0=Bad_Bucket").is_err());
         assert!(parse_tiers("x=abc").is_err());
-        assert!(parse_tiers("0=abc,0=def").is_err());
+        assert!(matches!(
+            parse_tiers("0=abc,0=def"),
+            Err(ConfigError::DuplicateTier(0))
+        ));
+        assert!(matches!(
+            parse_tiers("0=abc, 1=Bad_Bucket"),
+            Err(ConfigError::BadBucket(b)) if b == "Bad_Bucket"
+        ));
     }
 
     #[test]
