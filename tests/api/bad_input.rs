@@ -156,31 +156,7 @@ async fn image_ids_that_are_not_uuids(b: Backend) {
         let r = app.delete_image(id).await;
         assert_error(r, 404, None).await;
     }
-    // A long id is repeated cut short (64 characters and "..."), not sent back whole.
-    let long = "i".repeat(5000);
-    let msg = format!(
-        "there is no record in database with imageId: {}...",
-        &long[..64]
-    );
-    let r = app
-        .client
-        .get(app.url(&format!("/images/{long}")))
-        .send()
-        .await
-        .unwrap();
-    assert_error(r, 404, Some(&msg)).await;
-    // So is a long identifier or chunk number in a 400.
-    let form = reqwest::multipart::Form::new()
-        .text("identifier", "x".repeat(100_000))
-        .text("chunkNumber", "7".repeat(100_000))
-        .part(
-            "part",
-            reqwest::multipart::Part::bytes(vec![1; 10]).file_name("1.part"),
-        );
-    let r = app.post_form("/images/upload", form).await;
-    let v = assert_error(r, 400, None).await;
-    let message = v["message"].as_str().unwrap();
-    assert!(message.len() < 300, "{message}");
+    long_values_come_back_cut(&app).await;
     // `merge` is never an image id: other methods on it are not allowed (never a 500).
     let r = app
         .client
@@ -209,6 +185,34 @@ async fn image_ids_that_are_not_uuids(b: Backend) {
     assert_eq!(r.status(), 200);
     assert_eq!(r.text().await.unwrap(), "delete success");
     app.stop().await;
+}
+
+/// A long id is repeated cut short (64 characters and "..."), not sent back whole; so is a
+/// long identifier or chunk number in a 400.
+async fn long_values_come_back_cut(app: &TestApp) {
+    let long = "i".repeat(5000);
+    let msg = format!(
+        "there is no record in database with imageId: {}...",
+        &long[..64]
+    );
+    let r = app
+        .client
+        .get(app.url(&format!("/images/{long}")))
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, 404, Some(&msg)).await;
+    let form = reqwest::multipart::Form::new()
+        .text("identifier", "x".repeat(100_000))
+        .text("chunkNumber", "7".repeat(100_000))
+        .part(
+            "part",
+            reqwest::multipart::Part::bytes(vec![1; 10]).file_name("1.part"),
+        );
+    let r = app.post_form("/images/upload", form).await;
+    let v = assert_error(r, 400, None).await;
+    let message = v["message"].as_str().unwrap();
+    assert!(message.len() < 300, "{message}");
 }
 
 /// An identifier that is empty, a path or too long: refused by chunk, cancel and merge.
