@@ -160,11 +160,13 @@ impl Service {
     /// Every metric in OpenMetrics text format, with the deployment-wide gauges (open uploads,
     /// jobs by kind and state) read fresh from the database and the scratch directory's usage
     /// measured now. When the database cannot be read, those gauges keep their last values and
-    /// this replica's own metrics are still served.
+    /// this replica's own metrics are still served; so too when it does not answer within
+    /// [`READINESS_WITHIN`] (a scrape is not held by a database behind a dead route).
     pub async fn metrics_text(&self) -> String {
-        match self.read_state_gauges().await {
-            Ok((open, jobs)) => self.metrics.set_state(open, &jobs),
-            Err(e) => tracing::warn!(error = %e, "metrics: the database could not be read"),
+        match tokio::time::timeout(READINESS_WITHIN, self.read_state_gauges()).await {
+            Ok(Ok((open, jobs))) => self.metrics.set_state(open, &jobs),
+            Ok(Err(e)) => tracing::warn!(error = %e, "metrics: the database could not be read"),
+            Err(_) => tracing::warn!("metrics: the database did not answer in time"),
         }
         let scratch = self.cfg.scratch_dir.clone();
         if let Ok(bytes) =

@@ -252,6 +252,7 @@ async fn database_outage_and_recovery(b: Backend) {
     assert_eq!(v["code"], "DATABASE_UNAVAILABLE", "{v}");
     let elapsed = started.elapsed();
     assert!(elapsed < std::time::Duration::from_secs(60), "{elapsed:?}");
+    silent_database_bounds(&app, &proxy).await;
 
     proxy.set(Fault::Pass);
     let (status, list) = app.get_json("/images").await;
@@ -262,6 +263,33 @@ async fn database_outage_and_recovery(b: Backend) {
     let left = app.leftovers().await;
     assert!(left.is_empty(), "{left:?}");
     app.stop().await;
+}
+
+/// A database that takes connections and never answers (a dead route): `/ready` still answers
+/// 503 within the 5 s a probe waits, and `/metrics` is served within them too.
+async fn silent_database_bounds(app: &TestApp, proxy: &FaultProxy) {
+    proxy.set(Fault::Blackhole);
+    for path in ["ready", "metrics"] {
+        let started = std::time::Instant::now();
+        let r = app
+            .client
+            .get(format!("{}/{path}", app.base))
+            .send()
+            .await
+            .unwrap();
+        let took = started.elapsed();
+        match path {
+            "ready" => {
+                let v = assert_error(r, 503, None).await;
+                assert_eq!(v["code"], "DATABASE_UNAVAILABLE", "{v}");
+            }
+            _ => assert_eq!(r.status(), 200),
+        }
+        assert!(
+            took < std::time::Duration::from_secs(5),
+            "/{path} took {took:?}"
+        );
+    }
 }
 
 mod postgres_outage {
