@@ -228,7 +228,8 @@ impl Service {
     fn unknown_priority(&self, p: &str) -> Error {
         let valid: Vec<String> = self.cfg.tiers.keys().map(i32::to_string).collect();
         Error::InvalidInput(format!(
-            "unknown priority {p:?}; valid priorities: {}",
+            "unknown priority {:?}; valid priorities: {}",
+            error::echoed(p),
             valid.join(", ")
         ))
     }

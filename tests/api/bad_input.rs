@@ -213,6 +213,19 @@ async fn long_values_come_back_cut(app: &TestApp) {
     let v = assert_error(r, 400, None).await;
     let message = v["message"].as_str().unwrap();
     assert!(message.len() < 300, "{message}");
+    // And a long priority, on an upload and on a chunk.
+    for path in ["/images", "/images/upload"] {
+        let form = reqwest::multipart::Form::new()
+            .text("identifier", "long-priority")
+            .text("priority", "9".repeat(20_000))
+            .part(
+                "file",
+                reqwest::multipart::Part::bytes(vec![1; 10]).file_name("a.img"),
+            );
+        let v = assert_error(app.post_form(path, form).await, 400, None).await;
+        let message = v["message"].as_str().unwrap();
+        assert!(message.len() < 300, "{path}: {message}");
+    }
 }
 
 /// An identifier that is empty, a path or too long: refused by chunk, cancel and merge.
