@@ -608,6 +608,7 @@ impl Service {
         if !db::uploads::upsert_part_if_open(&self.db, &session.id, part, now_secs()).await? {
             // Merged or cancelled while the chunk was stored: it is not part of the upload.
             quota.release().await;
+            self.drop_late_chunk(session).await;
             return Err(gone(session));
         }
         quota.release().await;
@@ -620,6 +621,25 @@ impl Service {
         );
         self.metrics.upload_chunk_received();
         Ok(())
+    }
+
+    /// Removes what a chunk stored after its upload was cancelled, expired or merged: that
+    /// cleanup (aborting the upload, deleting its staging objects) may have run before the
+    /// chunk's staging object landed, which nothing would remove then. Aborting again is safe
+    /// once the session is gone or completed; an upload being merged, or reopened by a merge
+    /// that failed, is left alone (its merge or expiry cleans up after it).
+    async fn drop_late_chunk(&self, session: &upload_session::Model) {
+        let now = db::uploads::find(&self.db, &session.identifier).await;
+        let ours_still_live =
+            |s: &upload_session::Model| s.id == session.id && s.state != Completed;
+        match now {
+            Ok(Some(s)) if ours_still_live(&s) => return,
+            Err(_) => return,
+            _ => {}
+        }
+        if let Err(e) = self.store.abort_multipart(multipart_of(session)).await {
+            tracing::warn!(error = %e, "could not remove a chunk stored after its upload ended");
+        }
     }
 
     /// The chunks an upload holds besides (an earlier copy of) chunk `number`, ascending.

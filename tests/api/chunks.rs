@@ -404,7 +404,8 @@ crate::backend_tests!(
     merge_and_cancel_keep_the_upload_priority,
     a_cancel_racing_merges,
     empty_chunks_merge,
-    orphan_multipart_uploads_are_aborted
+    orphan_multipart_uploads_are_aborted,
+    a_cancel_racing_chunks
 );
 
 /// Three uploads of two chunks each, left `merging` by a process that is gone: `dead-merge`
@@ -593,6 +594,43 @@ async fn orphan_multipart_uploads_are_aborted(b: Backend) {
         assert!(std::time::Instant::now() < deadline, "not swept: {left:?}");
         tokio::time::sleep(std::time::Duration::from_millis(250)).await;
     }
+    app.stop().await;
+}
+
+/// Chunks in flight while their upload is cancelled: each is stored or refused 409, and
+/// whatever they stored after the cancel's cleanup ran (a staging object on S3) is removed:
+/// nothing is left once the cancel and the chunks have answered.
+async fn a_cancel_racing_chunks(b: Backend) {
+    let app = TestApp::spawn(b, Options::default()).await;
+    for round in 0..6u64 {
+        let id = format!("chunk-race{round}");
+        assert_eq!(
+            app.chunk(&id, 1, pattern(round, 3 << 20)).await.status(),
+            200
+        );
+        let chunks = join_all((2..=4).map(|n| app.chunk(&id, n, pattern(n as u64, 3 << 20))));
+        let cancel = async {
+            tokio::time::sleep(std::time::Duration::from_millis(10 + round * 15)).await;
+            let url = app.url(&format!("/images/upload?identifier={id}"));
+            app.client.delete(url).send().await.unwrap().status()
+        };
+        let (chunks, cancelled) = tokio::join!(chunks, cancel);
+        assert_eq!(cancelled, 200, "round {round}");
+        let mut reopened = false;
+        for r in chunks {
+            match r.status().as_u16() {
+                // Stored before the cancel, or after it as a new upload's chunk.
+                200 => reopened = true,
+                409 => {}
+                s => panic!("round {round}: {s} {}", r.text().await.unwrap()),
+            }
+        }
+        if reopened {
+            let url = app.url(&format!("/images/upload?identifier={id}"));
+            assert_eq!(app.client.delete(url).send().await.unwrap().status(), 200);
+        }
+    }
+    app.until_no_leftovers("chunks racing a cancel", 20).await;
     app.stop().await;
 }
 
