@@ -160,41 +160,43 @@ impl Api {
         read_json(r, path).await
     }
 
-    /// The body of a successful plain-text answer (`delete success`, `compress in progress`).
-    /// The service sends these as one short `text/plain` line; any other 2xx (a web page a
-    /// proxy or a wrong `--server` answered with, JSON, a long body) is `Protocol`: the
-    /// request may not have reached the service, so it is not reported done.
-    pub async fn text(r: Response, what: &str) -> Result<String> {
-        let content_type = r
+    /// The body of a successful plain-text answer: a 200 `text/plain` whose body is one of
+    /// `expected`, the service's texts for this request (SPEC: `delete success`, `cancel
+    /// success`, `compress in progress`, ...). Anything else (a web page a proxy or a wrong
+    /// `--server` answered with, JSON, another text, another 2xx) is `Protocol`: the request
+    /// may not have reached the service, so it is not reported done.
+    pub async fn text(r: Response, what: &str, expected: &[&str]) -> Result<String> {
+        let media_type = r
             .headers()
             .get(reqwest::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_ascii_lowercase();
+            .map(|v| {
+                v.split(';')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_ascii_lowercase()
+            })
+            .unwrap_or_default();
         let status = r.status().as_u16();
         let body = r
             .text()
             .await
             .map_err(|e| Error::Unavailable(format!("{what}: the answer broke off: {e}")))?;
-        let plain = content_type.starts_with("text/plain");
-        let one_line = !body.trim().is_empty() && !body.trim().contains('\n');
-        if plain && one_line && body.len() <= MAX_TEXT_ANSWER {
+        if status == 200 && media_type == "text/plain" && expected.contains(&body.as_str()) {
             return Ok(body);
         }
         let shown: String = body.chars().take(120).collect();
-        let content_type = match content_type.as_str() {
-            "" => "no content type".to_string(),
-            t => t.to_string(),
+        let media_type = match media_type.as_str() {
+            "" => "no content type",
+            t => t,
         };
         Err(Error::Protocol(format!(
-            "{what}: HTTP {status} with {content_type}, not the service's one-line text \
+            "{what}: HTTP {status} with {media_type}, not the service's answer \
              (is --server the service's address?): {shown:?}"
         )))
     }
 }
-
-/// The longest plain-text answer of the service (bytes); its longest is about 100.
-const MAX_TEXT_ANSWER: usize = 1024;
 
 /// Reads a successful response's JSON body.
 pub async fn read_json<T: DeserializeOwned>(r: Response, what: &str) -> Result<T> {

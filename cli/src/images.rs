@@ -12,6 +12,23 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use std::time::Duration;
 
+/// The service's plain-text answers (SPEC section 2: the original's texts).
+mod texts {
+    pub const DELETED: &str = "delete success";
+    pub const CANCELLED: &str = "cancel success";
+    /// A check queued, or one already running.
+    pub const CHECK: &[&str] = &[
+        "check in progress",
+        "The image is being checked. No need to check again.",
+    ];
+    /// A slim queued, one already running, or the image slimmed before.
+    pub const SLIM: &[&str] = &[
+        "compress in progress",
+        "The image file is being slimmed. No need to slim again.",
+        "The image file has already been slimmed. No need to slim again. Pls request to check directly",
+    ];
+}
+
 /// How often a check or slim is polled.
 const POLL: Duration = Duration::from_millis(500);
 
@@ -253,7 +270,7 @@ pub async fn remove(api: &Api, id: &str) -> Result<Report> {
     let r = api
         .send("DELETE /images/{id}", || api.http().delete(&url))
         .await?;
-    let msg = Api::text(r, "DELETE /images/{id}").await?;
+    let msg = Api::text(r, "DELETE /images/{id}", &[texts::DELETED]).await?;
     Ok(Report::ok(json!({"imageId": id, "message": msg}), msg))
 }
 
@@ -267,7 +284,7 @@ pub async fn cancel(api: &Api, identifier: &str, user: Option<&str>) -> Result<R
             api.http().delete(&url).query(&query)
         })
         .await?;
-    let msg = Api::text(r, "DELETE /images/upload").await?;
+    let msg = Api::text(r, "DELETE /images/upload", &[texts::CANCELLED]).await?;
     Ok(Report::ok(
         json!({"identifier": identifier, "message": msg}),
         msg,
@@ -279,7 +296,7 @@ pub async fn cancel(api: &Api, identifier: &str, user: Option<&str>) -> Result<R
 pub async fn check(api: &Api, id: &str, wait: bool) -> Result<Report> {
     let url = api.url(&format!("/images/{}/action/check", path_segment(id)?));
     let r = api.send("POST check", || api.http().post(&url)).await?;
-    let msg = Api::text(r, "POST check").await?;
+    let msg = Api::text(r, "POST check", texts::CHECK).await?;
     if !wait {
         return Ok(Report::ok(json!({"imageId": id, "message": msg}), msg));
     }
@@ -323,7 +340,7 @@ pub async fn wait_check(api: &Api, id: &str) -> Result<Report> {
 pub async fn slim(api: &Api, id: &str, wait: bool) -> Result<Report> {
     let url = api.url(&format!("/images/{}/action/slim", path_segment(id)?));
     let r = api.send("POST slim", || api.http().post(&url)).await?;
-    let msg = Api::text(r, "POST slim").await?;
+    let msg = Api::text(r, "POST slim", texts::SLIM).await?;
     if !wait {
         return Ok(Report::ok(json!({"imageId": id, "message": msg}), msg));
     }

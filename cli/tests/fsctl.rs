@@ -752,24 +752,34 @@ async fn a_silent_service_times_out() {
     s.stop().await;
 }
 
-/// A 200 that is not the service's one-line text answer (a web page from a proxy or from a
-/// wrong `--server`, JSON, several lines) does not count as done: `rm`, `cancel`, `check` and
-/// `slim` exit 1 with a `protocol` error naming what came back.
+/// A success that is not the service's own text answer (a web page from a proxy or from a
+/// wrong `--server`, JSON, several lines, another text, another type, another 2xx) does not
+/// count as done: `rm`, `cancel`, `check` and `slim` exit 1 with a `protocol` error naming
+/// what came back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_success_that_is_not_the_services_is_no_success() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let s = Server::start().await;
+    // Each answer is wrong for all four commands: by status, type or text.
     let answers = [
-        ("text/html", "<html><body>Welcome to nginx!</body></html>"),
-        ("application/json", "{\"ok\":true}"),
-        ("text/plain", "delete success\nand more"),
-        ("text/plain", ""),
+        (
+            "200 OK",
+            "text/html",
+            "<html><body>Welcome to nginx!</body></html>",
+        ),
+        ("200 OK", "application/json", "{\"ok\":true}"),
+        ("200 OK", "text/plain", "delete success\nand more"),
+        ("200 OK", "text/plain", ""),
+        ("200 OK", "text/plain", "ok."),
+        ("200 OK", "text/plain", "DELETE SUCCESS"),
+        ("200 OK", "text/plainx", "delete success"),
+        ("201 Created", "text/plain", "delete success"),
     ];
-    for (content_type, body) in answers {
+    for (status, content_type, body) in answers {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let other = format!("http://{}", listener.local_addr().unwrap());
         let page = format!(
-            "HTTP/1.1 200 OK\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n\
+            "HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n\
              connection: close\r\n\r\n{body}",
             body.len()
         );
@@ -794,7 +804,7 @@ async fn a_success_that_is_not_the_services_is_no_success() {
                 "{args:?} {content_type}: {v}"
             );
             let message = v["error"]["message"].as_str().unwrap();
-            assert!(message.contains("HTTP 200"), "{args:?}: {message}");
+            assert!(message.contains("HTTP 20"), "{args:?}: {message}");
         }
         served.abort();
     }
