@@ -721,7 +721,7 @@ impl Service {
             discarded?;
         }
         Err(Error::Conflict(format!(
-            "upload {} was cancelled while this chunk was in transfer",
+            "upload {} was cancelled or expired while this chunk was in transfer",
             target.identifier
         )))
     }
@@ -931,6 +931,9 @@ impl Service {
             if !db::uploads::claim_stale_open(&self.db, &s.id, before, &token, now_secs()).await? {
                 continue;
             }
+            // As a cancel: a chunk in transfer for longer than the TTL, which began before
+            // this, yields to it (409) instead of opening the upload anew without its chunks.
+            db::uploads::record_cancel(&self.db, &s.identifier, now_secs()).await?;
             let aborted = self.discard_upload(&s).await;
             if let Err(e) = aborted {
                 db::uploads::end_merge(&self.db, &s.id, &token, Open, now_secs()).await?;

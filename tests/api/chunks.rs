@@ -405,7 +405,8 @@ crate::backend_tests!(
     a_cancel_racing_merges,
     empty_chunks_merge,
     orphan_multipart_uploads_are_aborted,
-    a_cancel_racing_chunks
+    a_cancel_racing_chunks,
+    a_chunk_in_transfer_yields_to_expiry
 );
 
 /// Three uploads of two chunks each, left `merging` by a process that is gone: `dead-merge`
@@ -631,6 +632,62 @@ async fn a_cancel_racing_chunks(b: Backend) {
         }
     }
     app.until_no_leftovers("chunks racing a cancel", 20).await;
+    app.stop().await;
+}
+
+/// A chunk still arriving when its upload expires (it began before the expiry) is refused
+/// 409, as when a cancel comes: it does not open the upload anew without its first chunks.
+async fn a_chunk_in_transfer_yields_to_expiry(b: Backend) {
+    let app = TestApp::spawn(
+        b,
+        Options {
+            upload_ttl_secs: Some(4),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(
+        app.chunk("slow-second", 1, pattern(1, 1000)).await.status(),
+        200
+    );
+    // Chunk 2 begins 3 s later and takes 3 s to arrive: the upload expires meanwhile (idle
+    // for the TTL, 4 s), and the chunk ends within a TTL of that (a chunk in transfer longer
+    // than the TTL after the expiry no longer yields to it).
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let body = futures::stream::unfold(0u32, |n| async move {
+        if n == 6 {
+            return None;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        Some((
+            Ok::<_, std::io::Error>(bytes::Bytes::from(vec![n as u8; 4096])),
+            n + 1,
+        ))
+    });
+    let form = reqwest::multipart::Form::new()
+        .text("identifier", "slow-second")
+        .part(
+            "part",
+            reqwest::multipart::Part::stream_with_length(
+                reqwest::Body::wrap_stream(body),
+                6 * 4096,
+            )
+            .file_name("2.part"),
+        );
+    let r = reqwest::Client::new()
+        .post(app.url("/images/upload"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(status, 409, "{v}");
+    assert!(v["message"].as_str().unwrap().contains("expired"), "{v}");
+    let (_, st) = app.get_json("/images/upload?identifier=slow-second").await;
+    assert_eq!(st["state"], "none", "{st}");
+    app.until_no_leftovers("a chunk that yielded to expiry", 20)
+        .await;
     app.stop().await;
 }
 
