@@ -453,8 +453,8 @@ async fn store_faults(b: Backend) {
 }
 
 /// A store that takes connections and never answers (a dead route, a hung gateway): `/ready`
-/// still answers 503 within the bound a Kubernetes probe waits (5 s), a request fails with 503
-/// instead of hanging, and both come back once the store answers again.
+/// still answers 503 within the bound a Kubernetes probe waits (5 s), a download, an upload
+/// and a chunk fail with 503 instead of hanging, and all come back once the store answers.
 async fn a_silent_store(b: Backend) {
     let (endpoint, _) = s3_env_of(b.s3_server().unwrap());
     let proxy = FaultProxy::start(&endpoint).await;
@@ -484,21 +484,36 @@ async fn a_silent_store(b: Backend) {
             "/ready took {took:?}"
         );
     }
-    // A download waits for the store's answer for a bounded time (S3Store::quick: 20 s).
+    // A download, an upload and a chunk wait for the store's answer for a bounded time
+    // (S3Store::quick: 20 s for the download's first byte; S3Store::sized: about a minute
+    // for a small PutObject), then fail 503: nothing hangs for the SDK's 5 x 120 s.
     let started = std::time::Instant::now();
-    let r = app
-        .client
-        .get(app.url(&format!("/images/{id}/action/download")))
-        .send()
-        .await
-        .unwrap();
-    let took = started.elapsed();
-    let v = assert_error(r, 503, None).await;
-    assert_eq!(v["code"], "STORAGE_UNAVAILABLE", "{v}");
-    assert!(
-        took < std::time::Duration::from_secs(40),
-        "the download took {took:?}"
-    );
+    let download = async {
+        let url = app.url(&format!("/images/{id}/action/download"));
+        let r = app.client.get(url).send().await.unwrap();
+        (r, started.elapsed())
+    };
+    let upload = async {
+        let r = app.upload("during.img", pattern(7, 1000), &[]).await;
+        (r, started.elapsed())
+    };
+    let chunk = async {
+        let r = app.chunk("during", 1, pattern(8, 1000)).await;
+        (r, started.elapsed())
+    };
+    let (download, upload, chunk) = tokio::join!(download, upload, chunk);
+    for ((r, took), what, most) in [
+        (download, "download", 40),
+        (upload, "upload", 90),
+        (chunk, "chunk", 90),
+    ] {
+        let v = assert_error(r, 503, None).await;
+        assert_eq!(v["code"], "STORAGE_UNAVAILABLE", "{what}: {v}");
+        assert!(
+            took < std::time::Duration::from_secs(most),
+            "the {what} took {took:?}"
+        );
+    }
     let health = app
         .client
         .get(format!("{}/health", app.base))

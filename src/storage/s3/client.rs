@@ -13,6 +13,14 @@ use std::{path::PathBuf, sync::Arc, time::Duration};
 /// The longest a call without image bytes may take, retries included ([`S3Store::quick`]).
 pub const QUICK_CALL: Duration = Duration::from_secs(20);
 
+/// The slowest link to the store a call's bytes are given time for (bytes per second):
+/// see [`S3Store::sized`].
+pub const SEND_RATE: u64 = 1 << 20;
+
+/// The slowest a store copies or joins bytes inside itself that a call is given time for
+/// (bytes per second): see [`S3Store::sized`].
+pub const COPY_RATE: u64 = 16 << 20;
+
 /// Settings of the S3 store.
 #[derive(Debug, Clone)]
 pub struct S3Settings {
@@ -39,7 +47,8 @@ pub struct S3Settings {
 
 impl S3Store {
     /// A store with the SDK's standard retries (5 attempts) and timeouts (connect 5 s, read
-    /// 120 s). Nothing is sent to the store yet.
+    /// 120 s), which every call narrows to its kind: [`Self::quick`] for calls without image
+    /// bytes, [`Self::sized`] for the others. Nothing is sent to the store yet.
     pub async fn new(settings: S3Settings) -> Result<Self> {
         use aws_config::{retry::RetryConfig, timeout::TimeoutConfig, BehaviorVersion, Region};
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
@@ -102,6 +111,25 @@ impl S3Store {
                 .connect_timeout(Duration::from_secs(5))
                 .read_timeout(Duration::from_secs(10))
                 .operation_timeout(QUICK_CALL)
+                .build(),
+        )
+    }
+
+    /// The timeouts of a call that sends `len` bytes (PutObject, UploadPart), or makes the
+    /// store copy or join that many (UploadPartCopy, CopyObject, CompleteMultipartUpload), at
+    /// `rate` bytes per second ([`SEND_RATE`], [`COPY_RATE`]), as a per-call override: the
+    /// answer's first byte is awaited 30 s plus the time the bytes take at that rate, the
+    /// call with its retries twice as long. A store that stopped answering fails a part of a
+    /// few MiB in about a minute, not after 5 attempts of 120 s each, while a slow link or a
+    /// large part still gets the time it needs.
+    pub(super) fn sized(len: u64, rate: u64) -> aws_sdk_s3::config::Builder {
+        use aws_config::timeout::TimeoutConfig;
+        let first_byte = Duration::from_secs(30 + len / rate.max(1));
+        aws_sdk_s3::config::Builder::default().timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(Duration::from_secs(5))
+                .read_timeout(first_byte)
+                .operation_timeout(first_byte * 2)
                 .build(),
         )
     }

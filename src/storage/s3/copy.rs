@@ -1,6 +1,6 @@
 //! Copies inside the store.
 
-use super::{pack::empty_body_length, put::class, S3Store, StoreKey};
+use super::{client::COPY_RATE, pack::empty_body_length, put::class, S3Store, StoreKey};
 use crate::storage::{PutOptions, Result, StorageError};
 
 /// Objects larger than this are copied part by part (`CopyObject` stops at 5 GiB).
@@ -30,6 +30,8 @@ impl S3Store {
                 .bucket(dst_bucket)
                 .key(dst_key)
                 .set_storage_class(class(opts))
+                .customize()
+                .config_override(Self::sized(size, COPY_RATE))
                 .send()
                 .await
                 .map_err(|e| self.class_err(e, opts))?;
@@ -91,6 +93,10 @@ impl S3Store {
             .part_number(number as i32)
             .customize()
             .mutate_request(empty_body_length)
+            .config_override(Self::sized(
+                range.map_or(COPY_PART, |(first, last)| last - first + 1),
+                COPY_RATE,
+            ))
             .send()
             .await
             .map_err(|e| self.err(e))?;

@@ -1,7 +1,11 @@
 //! Multipart uploads of chunked uploads: chunk n as part n or as a staging object, completion
 //! after packing, abort. Every key here is a store key (prefixed).
 
-use super::{pack::Packed, put::class, S3Store, StoreKey};
+use super::{client::SEND_RATE, pack::Packed, put::class, S3Store, StoreKey};
+
+/// How long past the 30 s every call gets a completion's answer may take to begin (seconds):
+/// stores join the parts before they answer (see [`S3Store::sized`]).
+const COMPLETE_GRACE: u64 = 30;
 use crate::storage::{CompletedPart, Part, PutOptions, Result, StorageError, UploadedPart};
 use aws_sdk_s3::{
     primitives::ByteStream as S3Body,
@@ -75,6 +79,8 @@ impl S3Store {
                     .set_parts(Some(parts))
                     .build(),
             )
+            .customize()
+            .config_override(Self::sized(COMPLETE_GRACE * SEND_RATE, SEND_RATE))
             .send()
             .await
             .map_err(|e| self.err(e))?;
@@ -106,6 +112,8 @@ impl S3Store {
             .set_checksum_sha256(sha)
             .content_length(len as i64)
             .body(body)
+            .customize()
+            .config_override(Self::sized(len, SEND_RATE))
             .send()
             .await
             .map_err(|e| self.err(e))?;
@@ -142,6 +150,8 @@ impl S3Store {
                 .delete_object()
                 .bucket(bucket)
                 .key(self.store_key(&staging_key(upload_id, number)))
+                .customize()
+                .config_override(Self::quick())
                 .send()
                 .await;
             return Ok(UploadedPart {
@@ -159,6 +169,8 @@ impl S3Store {
             .set_checksum_sha256(sha)
             .content_length(body.len as i64)
             .body(file_body)
+            .customize()
+            .config_override(Self::sized(body.len, SEND_RATE))
             .send()
             .await
             .map_err(|e| self.err(e))?;
@@ -248,6 +260,8 @@ impl S3Store {
             .bucket(bucket)
             .key(key)
             .upload_id(upload_id)
+            .customize()
+            .config_override(S3Store::quick())
             .send()
             .await
             .map_err(|e| self.err(e));
@@ -304,6 +318,8 @@ impl S3Store {
                 .bucket(bucket)
                 .prefix(&prefix)
                 .set_continuation_token(token)
+                .customize()
+                .config_override(S3Store::quick())
                 .send()
                 .await
                 .map_err(|e| self.err(e))?;
@@ -313,6 +329,8 @@ impl S3Store {
                         .delete_object()
                         .bucket(bucket)
                         .key(k)
+                        .customize()
+                        .config_override(S3Store::quick())
                         .send()
                         .await
                         .map_err(|e| self.err(e))?;

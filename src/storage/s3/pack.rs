@@ -110,6 +110,8 @@ impl S3Store {
                 .key(key)
                 .upload_id(upload_id)
                 .set_part_number_marker(marker)
+                .customize()
+                .config_override(S3Store::quick())
                 .send()
                 .await
                 .map_err(|e| self.err(e))?;
@@ -134,6 +136,8 @@ impl S3Store {
             .head_object()
             .bucket(bucket)
             .key(&probe)
+            .customize()
+            .config_override(S3Store::quick())
             .send()
             .await
         {

@@ -1,7 +1,7 @@
 //! Streamed puts: a body cut into exact-size parts, a bounded number in flight, aborted on
 //! failure or when the request goes away.
 
-use super::{error::s3_err, S3Store, StoreKey};
+use super::{client::SEND_RATE, error::s3_err, S3Store, StoreKey};
 use crate::{
     cleanup::Cleanup,
     storage::{ByteStream, PutOptions, Result, StorageError},
@@ -129,6 +129,8 @@ impl S3Store {
             .set_checksum_sha256(sha)
             .content_length(len)
             .body(S3Body::from(body))
+            .customize()
+            .config_override(Self::sized(len as u64, SEND_RATE))
             .send()
             .await
             .map_err(|e| self.class_err(e, opts))?;

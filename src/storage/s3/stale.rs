@@ -27,6 +27,8 @@ impl S3Store {
                 .prefix(prefix)
                 .set_key_marker(key_marker)
                 .set_upload_id_marker(id_marker)
+                .customize()
+                .config_override(S3Store::quick())
                 .send()
                 .await
                 .map_err(|e| self.err(e))?;
@@ -76,6 +78,8 @@ impl S3Store {
                 .key(key)
                 .upload_id(id)
                 .set_part_number_marker(marker)
+                .customize()
+                .config_override(S3Store::quick())
                 .send()
                 .await
                 .map_err(|e| self.err(e))
