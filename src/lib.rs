@@ -235,6 +235,20 @@ where
     }
 }
 
+/// How long a multipart upload no session records must have gone without a new part before
+/// the sweep takes it for a dead process's: `FS_UPLOAD_TTL_SECS`, and never less than a write
+/// in progress can take to fill a part (S3: `FS_S3_PART_BYTES`) at the slowest rate a body may
+/// arrive (`FS_BODY_MIN_BYTES_PER_SEC` over windows of `FS_BODY_IDLE_TIMEOUT_SECS`), twice
+/// over; a day when no rate is enforced. Another replica's slow upload is so never taken.
+fn orphan_idle(cfg: &Config) -> Duration {
+    let part = cfg.s3.part_bytes.max(cfg.s3.min_part_bytes);
+    let live = match cfg.body_min_bytes_per_sec {
+        0 => 86_400,
+        rate => 2 * (part / rate + cfg.body_idle_timeout_secs),
+    };
+    Duration::from_secs(cfg.upload_ttl_secs.max(live))
+}
+
 /// Periodically expires abandoned chunked uploads and deletes old finished jobs.
 async fn sweep_loop(svc: Service, token: CancellationToken) {
     let every = Duration::from_secs((svc.config().upload_ttl_secs / 4).clamp(1, 300));
@@ -252,8 +266,7 @@ async fn sweep_loop(svc: Service, token: CancellationToken) {
         );
         sweep_logged(svc.sweep_abandoned_uploads().await, "abandoned uploads");
         sweep_logged(
-            svc.sweep_orphan_uploads(Duration::from_secs(svc.config().upload_ttl_secs))
-                .await,
+            svc.sweep_orphan_uploads(orphan_idle(svc.config())).await,
             "multipart uploads of writes that died",
         );
         sweep_logged(

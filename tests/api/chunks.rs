@@ -539,24 +539,32 @@ async fn empty_chunks_merge(b: Backend) {
 }
 
 /// Multipart uploads no session records (a process was killed in the middle of a single
-/// upload, a slim or a merge) are aborted once nobody wrote to them for the upload TTL, while a
-/// single upload that keeps sending parts for longer than the TTL is not disturbed.
+/// upload, a slim or a merge) are aborted once nobody wrote to them for the upload TTL (and
+/// for longer than a live write takes to fill a part), while a single upload that keeps
+/// sending parts for longer than that is not disturbed.
 async fn orphan_multipart_uploads_are_aborted(b: Backend) {
     let app = TestApp::spawn(
         b,
         Options {
             upload_ttl_secs: Some(3),
             min_part_bytes: Some(5 << 20),
-            env: vec![("FS_S3_PART_BYTES", (5u64 << 20).to_string())],
+            // A live write fills a part within 2 x (5 MiB / 2 MiB/s + 2 s) = 8 s at worst:
+            // the sweep takes what went without a new part for longer.
+            env: vec![
+                ("FS_S3_PART_BYTES", (5u64 << 20).to_string()),
+                ("FS_BODY_MIN_BYTES_PER_SEC", (2u64 << 20).to_string()),
+                ("FS_BODY_IDLE_TIMEOUT_SECS", "2".to_string()),
+            ],
             ..Default::default()
         },
     )
     .await;
     app.orphan_upload("images/killed-mid-put", 10).await;
-    // 8 parts of 5 MiB, one every 0.8 s: the upload lives past the TTL, its parts do not.
+    // 14 parts of 5 MiB, one every 0.8 s: the upload lives past the 8 s, its parts do not.
     const PART: u64 = 5 << 20;
+    const PARTS: u64 = 14;
     let body = futures::stream::unfold(0u64, |n| async move {
-        if n == 8 {
+        if n == PARTS {
             return None;
         }
         tokio::time::sleep(std::time::Duration::from_millis(800)).await;
@@ -567,8 +575,11 @@ async fn orphan_multipart_uploads_are_aborted(b: Backend) {
     });
     let form = reqwest::multipart::Form::new().part(
         "file",
-        reqwest::multipart::Part::stream_with_length(reqwest::Body::wrap_stream(body), 8 * PART)
-            .file_name("slow.img"),
+        reqwest::multipart::Part::stream_with_length(
+            reqwest::Body::wrap_stream(body),
+            PARTS * PART,
+        )
+        .file_name("slow.img"),
     );
     let r = app
         .client
@@ -583,7 +594,7 @@ async fn orphan_multipart_uploads_are_aborted(b: Backend) {
         .unwrap()
         .to_string();
     let got = app.download(&id).await;
-    let want: Vec<u8> = (0..8).flat_map(|n| pattern(n, PART as usize)).collect();
+    let want: Vec<u8> = (0..PARTS).flat_map(|n| pattern(n, PART as usize)).collect();
     assert!(got == want, "the slow upload's bytes differ");
     // The orphan goes (the sweep runs every second); only the image stays.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
