@@ -248,14 +248,36 @@ fn usage_error(e: clap::Error) -> std::process::ExitCode {
 }
 
 /// Writes a line to stdout; a reader that went away (a closed pipe: `fsctl ls | head`) is not
-/// an error of the command, whose exit code stands.
+/// an error of the command, whose exit code stands. The text is [`terminal_safe`].
 fn print_out(line: &str) {
-    let _ = writeln!(std::io::stdout().lock(), "{line}");
+    let _ = writeln!(std::io::stdout().lock(), "{}", terminal_safe(line));
 }
 
 /// Writes a line to stderr, ignoring a closed stderr as [`print_out`] does stdout.
 pub(crate) fn print_err(line: &str) {
-    let _ = writeln!(std::io::stderr().lock(), "{line}");
+    let _ = writeln!(std::io::stderr().lock(), "{}", terminal_safe(line));
+}
+
+/// `text` with every character that could drive a terminal or reorder what it shows (control
+/// characters but newline and tab, DEL and C1, bidirectional formatting characters) written
+/// as `\uXXXX`: what a server or a proxy sends (a message, a file name) cannot rewrite the
+/// screen. In a JSON document the same escape means the same character, so `--json` output
+/// stays the same data.
+fn terminal_safe(text: &str) -> std::borrow::Cow<'_, str> {
+    let unsafe_char = |c: char| {
+        (c.is_control() && c != '\n' && c != '\t')
+            || matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+    };
+    if !text.chars().any(unsafe_char) {
+        return text.into();
+    }
+    text.chars()
+        .map(|c| match unsafe_char(c) {
+            true => format!("\\u{:04x}", c as u32),
+            false => c.to_string(),
+        })
+        .collect::<String>()
+        .into()
 }
 
 /// Prints the report (stdout) or the error (stderr; with `--json` also a JSON document on
@@ -285,4 +307,23 @@ fn finish(result: error::Result<Report>, json: bool) -> std::process::ExitCode {
         }
     };
     std::process::ExitCode::from(code.code())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::terminal_safe;
+
+    #[test]
+    fn server_text_cannot_drive_the_terminal() {
+        assert_eq!(terminal_safe("delete success"), "delete success");
+        assert_eq!(terminal_safe("a\nb\tc"), "a\nb\tc");
+        assert_eq!(
+            terminal_safe("\u{1b}[2Jx\u{7}\r\u{202e}gmi.img\u{9b}"),
+            "\\u001b[2Jx\\u0007\\u000d\\u202egmi.img\\u009b"
+        );
+        // In JSON the escape is the same character: the document reads back unchanged.
+        let doc = serde_json::json!({"message": "bob\u{202e}gmi.img \u{9b}"}).to_string();
+        let read: serde_json::Value = serde_json::from_str(&terminal_safe(&doc)).unwrap();
+        assert_eq!(read["message"], "bob\u{202e}gmi.img \u{9b}");
+    }
 }
