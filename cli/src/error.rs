@@ -56,7 +56,7 @@ pub enum Error {
     #[error("not found: {0}")]
     NotFound(String),
     /// Any other 4xx: the status, the service's error `code` and its `message`.
-    #[error("refused by the server ({status} {code}): {message}")]
+    #[error("refused by the server ({status}{}): {message}", match code.as_str() { "" => String::new(), c => format!(" {c}") })]
     Refused {
         status: u16,
         code: String,

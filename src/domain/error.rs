@@ -31,8 +31,20 @@ fn chunk_list(numbers: &[u32]) -> String {
             _ => vec![format!("{first}-{last}")],
         })
         .collect();
+    // Past a bound, the first runs and the count: every other chunk of 10000 missing would
+    // be some 30 kB of numbers.
+    if named.len() > MAX_RUNS_NAMED {
+        return format!(
+            "{}, ... ({} missing in all)",
+            named[..MAX_RUNS_NAMED].join(", "),
+            numbers.len()
+        );
+    }
     named.join(", ")
 }
+
+/// How many runs of missing chunks a message names at most ([`chunk_list`]).
+const MAX_RUNS_NAMED: usize = 64;
 
 /// What can go wrong in the domain; [`Error::answer`] says how each is answered.
 #[derive(Debug, thiserror::Error)]
@@ -351,6 +363,10 @@ mod tests {
         assert_eq!(chunk_list(&mixed), "1, 5, 6, 10-40, 9999");
         let message = Error::MissingChunks(many).to_string();
         assert_eq!(message, "missing chunks: 2-10000");
+        let every_other: Vec<u32> = (1..=10_000).step_by(2).collect();
+        let message = Error::MissingChunks(every_other).to_string();
+        assert!(message.len() < 600, "{message}");
+        assert!(message.ends_with("... (5000 missing in all)"), "{message}");
     }
 
     #[test]

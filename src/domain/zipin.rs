@@ -180,7 +180,8 @@ pub fn find_image(path: &Path, limits: Limits) -> Result<ZipImage, Refusal> {
         }
         let file_name = validate::file_name(base).ok_or_else(|| {
             format!(
-                "image name {:?} in the archive is not allowed (extension or over 128 characters)",
+                "image name {:?} in the archive is not allowed (its extension, over 128 \
+                 characters, or a control or bidirectional formatting character)",
                 echoed(base)
             )
         })?;
