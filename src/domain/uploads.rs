@@ -608,7 +608,7 @@ impl Service {
         if !db::uploads::upsert_part_if_open(&self.db, &session.id, part, now_secs()).await? {
             // Merged or cancelled while the chunk was stored: it is not part of the upload.
             quota.release().await;
-            self.drop_late_chunk(session).await;
+            self.drop_late_chunk(session);
             return Err(gone(session));
         }
         quota.release().await;
@@ -625,21 +625,32 @@ impl Service {
 
     /// Removes what a chunk stored after its upload was cancelled, expired or merged: that
     /// cleanup (aborting the upload, deleting its staging objects) may have run before the
-    /// chunk's staging object landed, which nothing would remove then. Aborting again is safe
-    /// once the session is gone or completed; an upload being merged, or reopened by a merge
-    /// that failed, is left alone (its merge or expiry cleans up after it).
-    async fn drop_late_chunk(&self, session: &upload_session::Model) {
-        let now = db::uploads::find(&self.db, &session.identifier).await;
-        let ours_still_live =
-            |s: &upload_session::Model| s.id == session.id && s.state != Completed;
-        match now {
-            Ok(Some(s)) if ours_still_live(&s) => return,
-            Err(_) => return,
-            _ => {}
-        }
-        if let Err(e) = self.store.abort_multipart(multipart_of(session)).await {
-            tracing::warn!(error = %e, "could not remove a chunk stored after its upload ended");
-        }
+    /// chunk's staging object landed, which nothing would remove then. A cancel or a merge
+    /// holds the session (`merging`) while it works, so this waits on a task of its own (the
+    /// chunk's 409 does not) until the session settles, for at most [`LATE_CHUNK_WAIT`]: gone
+    /// or completed, the upload is aborted again (safe then); open again (a merge that
+    /// failed), it is left to that upload's merge, cancel or expiry.
+    fn drop_late_chunk(&self, session: &upload_session::Model) {
+        let (svc, session) = (self.clone(), session.clone());
+        tokio::spawn(async move {
+            let deadline = tokio::time::Instant::now() + LATE_CHUNK_WAIT;
+            loop {
+                match db::uploads::find(&svc.db, &session.identifier).await {
+                    Ok(Some(s)) if s.id == session.id && s.state == Merging => {
+                        if tokio::time::Instant::now() > deadline {
+                            return;
+                        }
+                        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                    }
+                    Ok(Some(s)) if s.id == session.id && s.state == Open => return,
+                    Err(_) => return,
+                    _ => break,
+                }
+            }
+            if let Err(e) = svc.store.abort_multipart(multipart_of(&session)).await {
+                tracing::warn!(error = %e, "could not remove a chunk stored after its upload ended");
+            }
+        });
     }
 
     /// The chunks an upload holds besides (an earlier copy of) chunk `number`, ascending.
@@ -997,6 +1008,11 @@ impl Service {
         Ok(())
     }
 }
+
+/// How long a chunk stored after its upload ended waits for a cancel or merge holding the
+/// session to end before it gives up removing what it stored (the bucket's lifecycle rule for
+/// staging objects is the backstop then).
+const LATE_CHUNK_WAIT: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// The error of a chunk whose session was merged or cancelled while the chunk was stored.
 fn gone(session: &upload_session::Model) -> Error {

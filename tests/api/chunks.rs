@@ -614,7 +614,7 @@ async fn orphan_multipart_uploads_are_aborted(b: Backend) {
 /// nothing is left once the cancel and the chunks have answered.
 async fn a_cancel_racing_chunks(b: Backend) {
     let app = TestApp::spawn(b, Options::default()).await;
-    for round in 0..6u64 {
+    for round in 0..10u64 {
         let id = format!("chunk-race{round}");
         assert_eq!(
             app.chunk(&id, 1, pattern(round, 3 << 20)).await.status(),
@@ -622,7 +622,7 @@ async fn a_cancel_racing_chunks(b: Backend) {
         );
         let chunks = join_all((2..=4).map(|n| app.chunk(&id, n, pattern(n as u64, 3 << 20))));
         let cancel = async {
-            tokio::time::sleep(std::time::Duration::from_millis(10 + round * 15)).await;
+            tokio::time::sleep(std::time::Duration::from_millis(10 + round * 10)).await;
             let url = app.url(&format!("/images/upload?identifier={id}"));
             app.client.delete(url).send().await.unwrap().status()
         };
