@@ -307,10 +307,26 @@ fn spawn_quiet(s: &Server, args: &[&str]) -> tokio::process::Child {
 /// Runs `fsctl upload ARGS` (rate-limited by the caller) until the server holds `chunks` of
 /// its chunks, then kills it with SIGKILL; the upload's identifier (fsctl's first stderr line).
 async fn upload_killed_after(s: &Server, args: &[&str], chunks: usize) -> String {
+    let (mut child, identifier) = upload_holding(s, args, Stdio::null(), chunks).await;
+    child.start_kill().unwrap();
+    let status = child.wait().await.unwrap();
+    assert!(!status.success(), "fsctl was killed, not finished");
+    identifier
+}
+
+/// Starts `fsctl upload ARGS` (rate-limited by the caller, its stdout to `stdout`) and waits
+/// until the server holds `chunks` of its chunks; the running process and the upload's
+/// identifier (fsctl's first stderr line).
+async fn upload_holding(
+    s: &Server,
+    args: &[&str],
+    stdout: Stdio,
+    chunks: usize,
+) -> (tokio::process::Child, String) {
     let mut child = s
         .fsctl(args)
         .stderr(Stdio::piped())
-        .stdout(Stdio::null())
+        .stdout(stdout)
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
@@ -328,10 +344,7 @@ async fn upload_killed_after(s: &Server, args: &[&str], chunks: usize) -> String
         s.held_chunks(&identifier).await.len() >= chunks
     })
     .await;
-    child.start_kill().unwrap();
-    let status = child.wait().await.unwrap();
-    assert!(!status.success(), "fsctl was killed, not finished");
-    identifier
+    (child, identifier)
 }
 
 /// Waits until `cond` holds (polling), up to 60 s.
@@ -1108,23 +1121,7 @@ async fn a_file_that_shrinks_during_its_upload_leaves_nothing() {
         "2MiB",
         "--json",
     ];
-    let mut child = s
-        .fsctl(&args)
-        .stderr(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let first = lines
-        .next_line()
-        .await
-        .unwrap()
-        .expect("fsctl names its upload");
-    let identifier = first.split_whitespace().nth(2).unwrap().to_string();
-    until("a chunk stored", || async {
-        !s.held_chunks(&identifier).await.is_empty()
-    })
-    .await;
+    let (child, identifier) = upload_holding(&s, &args, Stdio::piped(), 1).await;
     std::fs::OpenOptions::new()
         .write(true)
         .open(&path)

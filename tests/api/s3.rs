@@ -387,19 +387,27 @@ async fn part_sizes(app: &TestApp, id: &str) -> Option<Vec<i64>> {
     Some(sizes)
 }
 
-/// The store unreachable or failing half way: 503, nothing recorded, nothing left, and the
-/// service keeps answering.
-async fn store_faults(b: Backend) {
+/// A service whose S3 store is reached through a [`FaultProxy`] (passing everything until
+/// told otherwise), with further settings `env`.
+async fn behind_a_proxy(b: Backend, env: Vec<(&'static str, String)>) -> (FaultProxy, TestApp) {
     let (endpoint, _) = s3_env_of(b.s3_server().unwrap());
     let proxy = FaultProxy::start(&endpoint).await;
     let app = TestApp::spawn(
         b,
         Options {
             s3_endpoint: Some(proxy.url.clone()),
+            env,
             ..Default::default()
         },
     )
     .await;
+    (proxy, app)
+}
+
+/// The store unreachable or failing half way: 503, nothing recorded, nothing left, and the
+/// service keeps answering.
+async fn store_faults(b: Backend) {
+    let (proxy, app) = behind_a_proxy(b, vec![]).await;
 
     proxy.set(Fault::Refuse);
     let r = app.upload("down.img", pattern(1, 1 << 20), &[]).await;
@@ -456,16 +464,7 @@ async fn store_faults(b: Backend) {
 /// still answers 503 within the bound a Kubernetes probe waits (5 s), a download, an upload
 /// and a chunk fail with 503 instead of hanging, and all come back once the store answers.
 async fn a_silent_store(b: Backend) {
-    let (endpoint, _) = s3_env_of(b.s3_server().unwrap());
-    let proxy = FaultProxy::start(&endpoint).await;
-    let app = TestApp::spawn(
-        b,
-        Options {
-            s3_endpoint: Some(proxy.url.clone()),
-            ..Default::default()
-        },
-    )
-    .await;
+    let (proxy, app) = behind_a_proxy(b, vec![]).await;
     let id = app.upload_ok("kept.img", pattern(6, 1000)).await;
     proxy.set(Fault::Blackhole);
     for _ in 0..2 {
@@ -562,18 +561,8 @@ async fn a_paused_download_completes(b: Backend) {
 /// and its objects' to-do go in one transaction), and the sweep deletes the objects once the
 /// store is back, so nothing is left behind and no client sees a 503 for a delete.
 async fn a_delete_while_the_store_is_down_finishes_later(b: Backend) {
-    let (endpoint, _) = s3_env_of(b.s3_server().unwrap());
-    let proxy = FaultProxy::start(&endpoint).await;
     // A short upload TTL makes the sweep run every second.
-    let app = TestApp::spawn(
-        b,
-        Options {
-            s3_endpoint: Some(proxy.url.clone()),
-            env: vec![("FS_UPLOAD_TTL_SECS", "4".to_string())],
-            ..Default::default()
-        },
-    )
-    .await;
+    let (proxy, app) = behind_a_proxy(b, vec![("FS_UPLOAD_TTL_SECS", "4".to_string())]).await;
     let id = app.upload_ok("gone.img", pattern(5, 1 << 20)).await;
     proxy.set(Fault::Refuse);
     ok_text(app.delete_image(&id).await, "delete success").await;

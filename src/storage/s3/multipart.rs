@@ -202,12 +202,7 @@ impl S3Store {
         }
         let packed = match s.pack_parts(bucket, key, upload_id, parts).await {
             Err(StorageError::NoSuchUpload) | Err(StorageError::NotFound) => {
-                // Completed before (a retried merge): the object is the proof.
-                // Its staging objects go now if the first completion died before removing them.
-                return match self.head_object(bucket, key).await? {
-                    Some(_) => s.delete_staging(bucket, upload_id).await,
-                    None => Err(StorageError::NoSuchUpload),
-                };
+                return s.completed_before(bucket, key, upload_id).await;
             }
             other => other?,
         };
@@ -249,6 +244,16 @@ impl S3Store {
         s.delete_staging(bucket, upload_id).await
     }
 
+    /// A completion that finds its upload gone: it completed before (a retried merge) when
+    /// the object exists, which is the proof; its staging objects go now, should the first
+    /// completion have died before removing them. `NoSuchUpload` otherwise.
+    async fn completed_before(&self, bucket: &str, key: &StoreKey, upload_id: &str) -> Result<()> {
+        match self.head_object(bucket, key).await? {
+            Some(_) => self.delete_staging(bucket, upload_id).await,
+            None => Err(StorageError::NoSuchUpload),
+        }
+    }
+
     /// Completes an upload whose chunks are all empty: its object is put empty, in the storage
     /// class the upload was opened with (ListParts tells it), then the upload is aborted. S3
     /// stores may refuse an empty part (Garage: 400 "Empty body"), and every part of an upload
@@ -268,10 +273,7 @@ impl S3Store {
         let storage_class = match listed {
             Ok(out) => out.storage_class().map(|c| c.as_str().to_string()),
             Err(StorageError::NoSuchUpload | StorageError::NotFound) => {
-                return match self.head_object(bucket, key).await? {
-                    Some(_) => self.delete_staging(bucket, upload_id).await,
-                    None => Err(StorageError::NoSuchUpload),
-                };
+                return self.completed_before(bucket, key, upload_id).await;
             }
             Err(e) => return Err(e),
         };
