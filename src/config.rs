@@ -80,6 +80,13 @@ pub struct Config {
     pub job_lease_secs: u64,
     /// Finished jobs (done, failed, cancelled) are deleted after this long.
     pub job_retention_secs: u64,
+    /// The longest wait between two attempts of a failed job (seconds); the waits double
+    /// from 2 s up to it.
+    pub job_retry_max_secs: u64,
+    /// A job that fails because the store or the database cannot be reached is tried again,
+    /// past its usual attempts, until it is this old (seconds since it was queued): an outage
+    /// is waited out, not made the image's verdict.
+    pub job_outage_secs: u64,
     pub check_timeout_secs: u64,
     pub slim_timeout_secs: u64,
     /// Remote imageops base URL; `None` = in process.
@@ -187,6 +194,8 @@ impl Config {
             job_concurrency: r.get("FS_JOB_CONCURRENCY", 2, number_in(0, 1024)),
             job_lease_secs: r.get("FS_JOB_LEASE_SECS", 60, secs_from(3)),
             job_retention_secs: r.get("FS_JOB_RETENTION_SECS", 7 * 24 * 3600, secs_from(1)),
+            job_retry_max_secs: r.get("FS_JOB_RETRY_MAX_SECS", 300, secs_from(1)),
+            job_outage_secs: r.get("FS_JOB_OUTAGE_SECS", 24 * 3600, secs),
             check_timeout_secs: r.get("FS_CHECK_TIMEOUT_SECS", 1800, secs_from(1)),
             slim_timeout_secs: r.get("FS_SLIM_TIMEOUT_SECS", 7200, secs_from(1)),
             imageops_url: r.opt("FS_IMAGEOPS_URL", settings::http_url),

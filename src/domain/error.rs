@@ -271,6 +271,15 @@ impl Error {
         }
     }
 
+    /// Whether this is an outage of the object store or the metadata database (answered 503):
+    /// trying again later may succeed, and it says nothing about the request or the image.
+    pub fn is_outage(&self) -> bool {
+        matches!(
+            self.answer().code,
+            Code::StorageUnavailable | Code::DatabaseUnavailable
+        )
+    }
+
     /// The error as a client may read it (stored in check and compress messages): faults of
     /// the service itself (storage, database, internal) say so without their details, which
     /// are logged where they are handled.

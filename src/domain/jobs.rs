@@ -377,9 +377,10 @@ impl Service {
                 let (out, digests) = tokio::join!(op(image), digests);
                 let (digests, failed) = (digests?, export.failed_reads());
                 if failed > 0 {
-                    // qemu-img's verdict was on read errors, not on the image: try again.
-                    return Err(Error::Internal(format!(
-                        "{failed} reads of the stored image failed"
+                    // qemu-img's verdict was on read errors, not on the image: try again
+                    // (an outage of the store, waited out like any other).
+                    return Err(Error::Storage(crate::storage::StorageError::Unavailable(
+                        format!("{failed} reads of the stored image failed"),
                     )));
                 }
                 return Ok((out, digests));

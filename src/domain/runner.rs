@@ -45,8 +45,8 @@ fn job_of(kind: JobKind) -> &'static dyn Job {
     }
 }
 
-/// Attempts a job gets before it fails for good; between them it waits 2^attempt seconds (at
-/// most 300).
+/// Attempts a job gets before it fails for good (but for an outage: [`Service::tries_again`]);
+/// between them it waits 2^attempt seconds, at most `FS_JOB_RETRY_MAX_SECS`.
 const MAX_ATTEMPTS: i32 = 5;
 /// How often a running job's progress is written to its row (when it changed).
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
@@ -146,7 +146,7 @@ impl Service {
             None => "interrupted",
             Some(Ok(Step::Done)) => "done",
             Some(Ok(Step::WaitSecs(_))) => "deferred",
-            Some(Err(_)) if job.attempts < MAX_ATTEMPTS => "retry",
+            Some(Err(e)) if self.tries_again(job, e, now) => "retry",
             Some(Err(_)) => "failed",
         };
         self.metrics.job_done(job.kind, label, started.elapsed());
@@ -160,9 +160,10 @@ impl Service {
             Some(Ok(Step::WaitSecs(secs))) => {
                 db::jobs::defer(&self.db, &job.id, owner, now + secs, now).await
             }
-            Some(Err(e)) if job.attempts < MAX_ATTEMPTS => {
-                let backoff = 2i64.pow(job.attempts as u32).min(300);
-                tracing::warn!(job.id = %job.id, error = %e, retry_in_secs = backoff, "job failed; will retry");
+            Some(Err(e)) if self.tries_again(job, &e, now) => {
+                let most = i64::try_from(self.cfg.job_retry_max_secs).unwrap_or(i64::MAX);
+                let backoff = 2i64.pow(job.attempts.clamp(0, 20) as u32).min(most);
+                tracing::warn!(job.id = %job.id, error = %e, attempt = job.attempts, retry_in_secs = backoff, "job failed; will retry");
                 db::jobs::retry_at(&self.db, &job.id, owner, now + backoff, &e.to_string(), now)
                     .await
             }
@@ -187,6 +188,17 @@ impl Service {
             tracing::warn!(job.id = %job.id, error = %e, "recording a job outcome failed");
         }
         tracing::info!(job.id = %job.id, duration_ms = started.elapsed().as_millis() as u64, "job ended");
+    }
+
+    /// Whether a job that failed with `e` (at `now`, unix seconds) gets another attempt: any
+    /// failure within its first [`MAX_ATTEMPTS`]; after them, an outage of the store or the
+    /// database ([`Error::is_outage`]) until the job is `FS_JOB_OUTAGE_SECS` old. An outage
+    /// says nothing about the image: making it the image's verdict (check status 3, a failed
+    /// slim) would leave the image so after the store is back.
+    fn tries_again(&self, job: &job::Model, e: &Error, now: i64) -> bool {
+        let patience = i64::try_from(self.cfg.job_outage_secs).unwrap_or(i64::MAX);
+        job.attempts < MAX_ATTEMPTS
+            || (e.is_outage() && now.saturating_sub(job.created_at) < patience)
     }
 
     /// Deletes finished jobs older than `FS_JOB_RETENTION_SECS`, so the queue stays small.

@@ -846,7 +846,7 @@ async fn checked_qcow2(app: &TestApp, name: &str) -> (String, std::path::PathBuf
 }
 
 /// `POST /images/{id}/action/check`.
-async fn recheck(app: &TestApp, id: &str) -> reqwest::Response {
+pub(crate) async fn recheck(app: &TestApp, id: &str) -> reqwest::Response {
     let url = app.url(&format!("/images/{id}/action/check"));
     app.client.post(url).send().await.unwrap()
 }

@@ -7,14 +7,14 @@ use std::collections::BTreeSet;
 
 /// The value of one sample (`name{labels}`) in a Prometheus text exposition; `None` when the
 /// series is absent (a gauge that vanished fails a test instead of reading 0).
-fn sample(text: &str, series: &str) -> Option<f64> {
+pub(crate) fn sample(text: &str, series: &str) -> Option<f64> {
     text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
         let (name, value) = l.rsplit_once(' ')?;
         (name == series).then(|| value.parse().unwrap())
     })
 }
 
-async fn metrics(app: &TestApp) -> String {
+pub(crate) async fn metrics(app: &TestApp) -> String {
     let r = app
         .client
         .get(format!("{}/metrics", app.base))

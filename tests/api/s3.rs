@@ -574,6 +574,77 @@ async fn a_delete_while_the_store_is_down_finishes_later(b: Backend) {
     app.stop().await;
 }
 
+/// Waits until `kind` jobs ("check", "slim") were given another attempt at least `n` times
+/// (`fs_job_duration_seconds_count{outcome="retry"}`).
+async fn until_retried(app: &TestApp, kind: &str, n: f64) {
+    let series = format!(r#"fs_job_duration_seconds_count{{kind="{kind}",outcome="retry"}}"#);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    loop {
+        let text = crate::operations::metrics(app).await;
+        if crate::operations::sample(&text, &series).unwrap_or(0.0) >= n {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{kind} not retried {n} times: {text}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+/// A slim and a check that meet a store outage lasting past their 5 attempts keep being tried
+/// (`FS_JOB_OUTAGE_SECS`) and get their real result once the store is back: the image stays
+/// in progress meanwhile, never "check failed" or a failed slim because of an outage. With
+/// `FS_JOB_OUTAGE_SECS=0` the slim fails after its 5 attempts and says why.
+async fn jobs_wait_out_a_store_outage(b: Backend) {
+    let fast = ("FS_JOB_RETRY_MAX_SECS", "1".to_string());
+    let (proxy, app) = behind_a_proxy(b, vec![fast.clone()]).await;
+    let img = make_qcow2(app.dir.path(), "o.qcow2", 64, 4);
+    let bytes = std::fs::read(&img).unwrap();
+    let id = app.upload_ok("o.qcow2", bytes.clone()).await;
+    let v = crate::checks::wait_checked(&app, &id).await;
+    assert_eq!(v["checkStatusResponse"]["status"], 0, "{v}");
+
+    proxy.set(Fault::Refuse);
+    ok_text(app.slim(&id).await, "compress in progress").await;
+    // Past the 5 attempts a job gets for any other failure.
+    until_retried(&app, "slim", 7.0).await;
+    let (_, v) = app.get_json(&format!("/images/{id}")).await;
+    assert_eq!(v["slimStatus"], 1, "{v}");
+    proxy.set(Fault::Pass);
+    let v = crate::slims::wait_slim_done(&app, &id).await;
+    assert_eq!(v["slimStatus"], 2, "{v}");
+
+    proxy.set(Fault::Refuse);
+    let r = crate::integrity::recheck(&app, &id).await;
+    assert_eq!(r.status(), 200);
+    until_retried(&app, "check", 7.0).await;
+    let (_, v) = app.get_json(&format!("/images/{id}")).await;
+    assert_eq!(v["checkStatusResponse"]["status"], 4, "{v}");
+    proxy.set(Fault::Pass);
+    let v = crate::checks::wait_checked(&app, &id).await;
+    assert_eq!(v["checkStatusResponse"]["status"], 0, "{v}");
+    app.stop().await;
+
+    // No patience for outages: the slim fails after its attempts, and the original stays.
+    let impatient = vec![fast, ("FS_JOB_OUTAGE_SECS", "0".to_string())];
+    let (proxy, app) = behind_a_proxy(b, impatient).await;
+    let id = app.upload_ok("o.qcow2", bytes.clone()).await;
+    let v = crate::checks::wait_checked(&app, &id).await;
+    assert_eq!(v["checkStatusResponse"]["status"], 0, "{v}");
+    proxy.set(Fault::Refuse);
+    ok_text(app.slim(&id).await, "compress in progress").await;
+    let v = crate::slims::wait_slim_done(&app, &id).await;
+    assert_eq!(v["slimStatus"], 3, "{v}");
+    assert_eq!(
+        v["compressInfo"]["compressMsg"], "slim failed: the object store is unavailable",
+        "{v}"
+    );
+    proxy.set(Fault::Pass);
+    assert!(app.download(&id).await == bytes, "the original changed");
+    app.stop().await;
+}
+
 /// Buckets get the lifecycle rules that back the sweeper up, and rules already there stay.
 async fn buckets_get_lifecycle_rules(b: Backend) {
     use aws_sdk_s3::types::{
@@ -882,5 +953,6 @@ crate::s3_server_tests!(
     a_silent_store,
     a_paused_download_completes,
     a_delete_while_the_store_is_down_finishes_later,
+    jobs_wait_out_a_store_outage,
     buckets_get_lifecycle_rules,
 );
