@@ -164,6 +164,25 @@ impl JwtVerifier {
         let data = jsonwebtoken::decode::<Map<String, Value>>(token, &self.key, &self.validation)
             .map_err(|e| failure(e.kind()))?;
         let claims = data.claims;
+        // `crit` (RFC 7515 §4.1.11) names extensions a recipient must understand and honour,
+        // or refuse the token; this service understands none (`b64: false`, RFC 7797, would
+        // change what the signature covers), and the crate does not look at it.
+        if data.header.crit.is_some() {
+            return Err(AuthFailure::CriticalExtensions);
+        }
+        if let Some(typ) = data.header.typ.as_deref().filter(|t| !access_token_type(t)) {
+            return Err(AuthFailure::NotAccessToken(typ.to_string()));
+        }
+        match claims.get("typ") {
+            None => {}
+            Some(Value::String(t)) if t.eq_ignore_ascii_case("Bearer") || access_token_type(t) => {}
+            Some(other) => {
+                let typ = other
+                    .as_str()
+                    .map_or_else(|| other.to_string(), str::to_string);
+                return Err(AuthFailure::NotAccessToken(typ));
+            }
+        }
         let user = match claim(&claims, &self.user_claim) {
             Some(Value::String(s)) if super::usable_user_id(s) => s.clone(),
             // An integer, as its exact decimal text. JSON numbers past 64 bits (and fractions)
@@ -187,6 +206,16 @@ impl JwtVerifier {
         let role = if admin { Role::Admin } else { Role::User };
         Ok(Caller::user(user, role))
     }
+}
+
+/// Whether a JWT type names an access token: `JWT` (RFC 7519 §5.1) or `at+jwt` (RFC 9068
+/// §2.1), compared without case and with or without `application/` (RFC 7515 §4.1.9). Other
+/// tokens a provider signs with the same key (a logout token `logout+jwt`, a security event
+/// `secevent+jwt`) are not credentials.
+fn access_token_type(typ: &str) -> bool {
+    let typ = typ.to_ascii_lowercase();
+    let typ = typ.strip_prefix("application/").unwrap_or(&typ);
+    matches!(typ, "jwt" | "at+jwt")
 }
 
 /// A claim by name; a name with dots that is not itself a claim is a path into nested
@@ -431,6 +460,85 @@ mod tests {
             &t(json!({ "sub": "a", "exp": exp, "aud": "x", "iss": "y" }))
         )
         .is_ok());
+    }
+
+    #[test]
+    fn only_access_tokens_are_credentials() {
+        let exp = now() + 600;
+        let signed = |typ: Option<&str>, claims: Value| {
+            let mut header = Header::new(Algorithm::HS256);
+            header.typ = typ.map(str::to_string);
+            encode(&header, &claims, &EncodingKey::from_secret(b"s")).unwrap()
+        };
+        let alice = Ok(Caller::user("alice", Role::User));
+        let claims = json!({ "sub": "alice", "exp": exp });
+        for typ in [
+            None,
+            Some("JWT"),
+            Some("jwt"),
+            Some("at+jwt"),
+            Some("application/AT+JWT"),
+        ] {
+            assert_eq!(
+                verify(settings(hs("s")), &signed(typ, claims.clone())),
+                alice,
+                "{typ:?}"
+            );
+        }
+        for typ in ["logout+jwt", "secevent+jwt", "dpop+jwt", "", "JWTX"] {
+            assert_eq!(
+                verify(settings(hs("s")), &signed(Some(typ), claims.clone())),
+                Err(AuthFailure::NotAccessToken(typ.into())),
+                "{typ:?}"
+            );
+        }
+        // Keycloak's `typ` claim: an access token is `Bearer`; its ID and refresh tokens,
+        // signed by the same realm, are not credentials.
+        for typ in ["Bearer", "bearer", "at+jwt"] {
+            let claims = json!({ "sub": "alice", "exp": exp, "typ": typ });
+            assert_eq!(
+                verify(settings(hs("s")), &signed(Some("JWT"), claims)),
+                alice
+            );
+        }
+        for (typ, shown) in [
+            (json!("ID"), "ID"),
+            (json!("Refresh"), "Refresh"),
+            (json!(1), "1"),
+            (json!(["Bearer"]), "[\"Bearer\"]"),
+        ] {
+            let claims = json!({ "sub": "alice", "exp": exp, "typ": typ });
+            assert_eq!(
+                verify(settings(hs("s")), &signed(Some("JWT"), claims)),
+                Err(AuthFailure::NotAccessToken(shown.into()))
+            );
+        }
+        // Critical extensions, understood by no one here: refused, whatever they name.
+        let unencoded = json!({ "alg": "HS256", "crit": ["b64"], "b64": false });
+        for header in [
+            json!({ "alg": "HS256", "typ": "JWT", "crit": ["b64"] }),
+            json!({ "alg": "HS256", "typ": "JWT", "crit": ["exp"] }),
+            json!({ "alg": "HS256", "typ": "JWT", "crit": [] }),
+            unencoded.clone(),
+        ] {
+            let b64 =
+                |v: &Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+            let signing_input = format!("{}.{}", b64(&header), b64(&claims));
+            let key = EncodingKey::from_secret(b"s");
+            let signature =
+                jsonwebtoken::crypto::sign(signing_input.as_bytes(), &key, Algorithm::HS256)
+                    .unwrap();
+            let token = format!("{signing_input}.{signature}");
+            let verified = verify(settings(hs("s")), &token);
+            match header == unencoded {
+                // The crate refuses `b64` itself (RFC 7797 is not implemented there either).
+                true => assert_eq!(verified, Err(AuthFailure::InvalidJwt)),
+                false => assert_eq!(verified, Err(AuthFailure::CriticalExtensions), "{header}"),
+            }
+        }
+        // The message repeats at most 64 characters of a type.
+        let long = AuthFailure::NotAccessToken("x".repeat(5000)).to_string();
+        assert!(long.len() < 140, "{long}");
     }
 
     #[test]

@@ -109,6 +109,20 @@ pub enum AuthFailure {
          characters)"
     )]
     NoUserClaim(String),
+    /// A token of another type signed by the same provider: its header's `typ` is not `JWT`
+    /// or `at+jwt` (RFC 8725 §3.11), or its `typ` claim (Keycloak's: `Bearer`, `ID`,
+    /// `Refresh`) is not `Bearer`: an ID token, a refresh or logout token is no credential.
+    #[error("the JWT is not an access token: its type is {:?}", cut(.0))]
+    NotAccessToken(String),
+    /// The JWT's header names critical extensions (`crit`, RFC 7515 §4.1.11), which this
+    /// service does not understand and so may not accept.
+    #[error("the JWT requires header extensions (crit) this service does not support")]
+    CriticalExtensions,
+}
+
+/// A value from a token, as an error repeats it: at most 64 characters.
+fn cut(s: &str) -> String {
+    s.chars().take(64).collect()
 }
 
 impl AuthFailure {
@@ -130,6 +144,8 @@ impl AuthFailure {
             AuthFailure::MissingClaim(_) => "missing_claim",
             AuthFailure::BadClaim(_) => "bad_claim",
             AuthFailure::NoUserClaim(_) => "no_user_claim",
+            AuthFailure::NotAccessToken(_) => "not_access_token",
+            AuthFailure::CriticalExtensions => "critical_extensions",
         }
     }
 
