@@ -171,6 +171,9 @@ pub struct FormReader<'a> {
     /// second part of one of them is refused, never ignored (the client would believe both
     /// stored).
     taken: Vec<FilePart>,
+    /// The fields the form itself sent so far: one sent again with another value is refused
+    /// (a body field only wins over a query parameter).
+    sent: Vec<Field>,
 }
 
 impl<'a> FormReader<'a> {
@@ -180,6 +183,7 @@ impl<'a> FormReader<'a> {
             form,
             fields: query,
             taken: Vec::new(),
+            sent: Vec::new(),
         }
     }
 
@@ -193,14 +197,23 @@ impl<'a> FormReader<'a> {
     /// first. Other file parts on the way are drained.
     ///
     /// Errors: the body cannot be read or is not a well-formed form; a second part of the
-    /// name already handed out (`InvalidInput`).
+    /// name already handed out, or a field sent again with another value (`InvalidInput`).
     pub async fn file(
         &mut self,
         parts: &[FilePart],
     ) -> Result<Option<(Option<String>, ByteStream)>> {
         while let Some(part) = self.form.next_part().await? {
             match part {
-                FormPart::Text { field, value } => self.fields.set(field, value),
+                FormPart::Text { field, value } => {
+                    let again = self.sent.contains(&field);
+                    if again && self.fields.get(field) != Some(value.as_str()) {
+                        return Err(super::Error::InvalidInput(format!(
+                            "the field {field} is sent more than once, with different values"
+                        )));
+                    }
+                    self.sent.push(field);
+                    self.fields.set(field, value);
+                }
                 FormPart::File { part: Some(p), .. } if self.taken.contains(&p) => {
                     return Err(super::Error::InvalidInput(
                         "the form has more than one file part: send one file per request"

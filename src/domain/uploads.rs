@@ -901,10 +901,20 @@ impl Service {
     }
 
     /// `GET /images/upload?identifier=`: the chunks already received.
+    ///
+    /// Errors: a bad identifier or user, a priority no tier has or another one than the
+    /// upload was started with (as a chunk, a merge and a cancel are refused).
     pub async fn upload_status(&self, caller: &Caller, fields: Fields) -> Result<UploadStatus> {
         let target = SessionRef::of(caller, &fields)?;
+        let asked = self.asked_priority(&fields)?;
         let identifier = target.identifier.to_string();
-        let Some(session) = db::uploads::find(&self.db, &target.key).await? else {
+        let found = db::uploads::find(&self.db, &target.key).await?;
+        if let Some((s, asked)) = found.as_ref().zip(asked) {
+            if s.priority != asked {
+                return Err(other_priority(&target.identifier, s.priority, asked));
+            }
+        }
+        let Some(session) = found else {
             return Ok(UploadStatus {
                 identifier,
                 state: "none".into(),

@@ -18,7 +18,8 @@ use std::io;
 /// Largest text field or url-encoded body accepted.
 const TEXT_LIMIT: usize = 64 * 1024;
 
-/// A request's query parameters by name (later values win): those the HTTP layer reads itself
+/// A request's query parameters by name (one the service reads has one value: [`parse_query`]
+/// refuses it sent twice with different values): those the HTTP layer reads itself
 /// (`isZip`, `limit`, ...) and, through [`Query::fields`], the use cases' [`Fields`].
 #[derive(Debug, Clone, Default)]
 pub struct Query(Vec<(String, String)>);
@@ -63,7 +64,9 @@ fn parse_query(q: Option<&str>) -> Result<Query, ApiError> {
 /// pairs, the first `=` the name from the value, `+` is a space, `%XX` a byte), but strictly:
 /// a name or value that is not UTF-8 once decoded is an error, not text with replacement
 /// characters (a user id such as `%FF%FE` would otherwise name another user, `"\u{fffd}\u{fffd}"`).
-/// Errors also past [`MAX_FIELDS`] pairs.
+/// Errors also past [`MAX_FIELDS`] pairs, and for a parameter the service reads sent twice
+/// with different values (`identifier=a&identifier=b`): which one it meant is not known, and
+/// a proxy that reads the first would see another request than the service.
 fn urlencoded_pairs(input: &[u8]) -> Result<Vec<(String, String)>, String> {
     let decode = |raw: &[u8]| {
         let spaced: Vec<u8> = raw
@@ -85,10 +88,20 @@ fn urlencoded_pairs(input: &[u8]) -> Result<Vec<(String, String)>, String> {
             Some(at) => (&pair[..at], &pair[at + 1..]),
             None => (pair, &[][..]),
         };
-        pairs.push((decode(name)?, decode(value)?));
+        let (name, value) = (decode(name)?, decode(value)?);
+        let read = Field::from_name(&name).is_some() || READ_HERE.contains(&name.as_str());
+        if read && pairs.iter().any(|(n, v)| *n == name && *v != value) {
+            return Err(format!(
+                "the parameter {name} is sent more than once, with different values"
+            ));
+        }
+        pairs.push((name, value));
     }
     Ok(pairs)
 }
+
+/// The query parameters the HTTP layer reads itself (the use cases' are [`Field`]s).
+const READ_HERE: [&str; 3] = ["isZip", "limit", "offset"];
 
 /// Most fields (and parts) one request may carry: clients send a handful; each is held until
 /// the request is handled.

@@ -394,6 +394,7 @@ pub async fn merge(
     params(
         ("identifier" = Option<String>, Query, description = "The upload's identifier"),
         ("chunkNumber" = Option<u32>, Query, description = "Only whether this chunk is held"),
+        ("priority" = Option<String>, Query, description = "Storage tier; when sent, a tier's and the one the upload was started with"),
     ),
     responses(
         (status = 200, description = "The chunks held (JSON); `Upload get request received.` (text) without an identifier; empty when chunkNumber is held",
@@ -402,7 +403,7 @@ pub async fn merge(
                 (String = "text/plain"),
             )),
         (status = 204, description = "chunkNumber is not held"),
-        (status = 400, description = "Bad identifier or chunk number, or a malformed query string (INVALID_PARAMETER)", body = super::docs::ErrorBody),
+        (status = 400, description = "Bad identifier, chunk number or priority, or a malformed query string (INVALID_PARAMETER)", body = super::docs::ErrorBody),
         super::docs::ForAnotherUser,
     ))]
 pub async fn upload_query(

@@ -822,8 +822,18 @@ async fn merge_and_cancel_keep_the_upload_priority(b: Backend) {
         .await
         .unwrap();
     assert_error(r, 400, Some(started)).await;
-    let (_, held) = app.get_json("/images/upload?identifier=tiered").await;
-    assert_eq!(held["chunks"].as_array().unwrap().len(), 2, "{held}");
+    let r = app
+        .client
+        .get(app.url("/images/upload?identifier=tiered&priority=0"))
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, 400, Some(started)).await;
+    for query in ["", "&priority=1", "&priority="] {
+        let path = format!("/images/upload?identifier=tiered{query}");
+        let (_, held) = app.get_json(&path).await;
+        assert_eq!(held["chunks"].as_array().unwrap().len(), 2, "{held}");
+    }
     // The same priority, or none: merged into its tier; a repeated merge naming another is
     // refused as the first was.
     for p in [Some("1"), None] {

@@ -1893,6 +1893,83 @@ async fn merge_filename_with_quotes(app: &TestApp) -> Held {
     MERGED
 }
 
+/// A field the service reads sent twice with different values, in one place (the query, a
+/// url-encoded body, a multipart body), is refused: which one was meant is not known, and a
+/// proxy reading the first would see another request. The same value twice is one value, and a
+/// body field still wins over a query parameter.
+async fn field_sent_twice_differently(app: &TestApp) -> Held {
+    let twice = "is sent more than once, with different values";
+    for query in [
+        "/images/upload?identifier=a&identifier=b",
+        "/images/upload?identifier=a&priority=0&priority=",
+        "/images?limit=1&limit=2",
+        "/images?userId=u&userId=v",
+        "/usage?userId=u&userId=v",
+    ] {
+        let r = app.client.get(app.url(query)).send().await.unwrap();
+        refused_saying(r, 400, "INVALID_PARAMETER", twice).await;
+    }
+    let id = "00000000-0000-4000-8000-000000000000";
+    let r = app
+        .client
+        .get(app.url(&format!(
+            "/images/{id}/action/download?isZip=true&isZip=false"
+        )))
+        .send()
+        .await
+        .unwrap();
+    refused_saying(r, 400, "INVALID_PARAMETER", twice).await;
+    let r = app
+        .client
+        .delete(app.url("/images/upload"))
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .body("identifier=a&identifier=b")
+        .send()
+        .await
+        .unwrap();
+    refused_saying(r, 400, "INVALID_PARAMETER", twice).await;
+    // A chunk whose identifier is sent twice, before or after its part: nothing is held.
+    for (first, after) in [(true, false), (false, true)] {
+        let mut body = Raw::new().text("identifier", b"da");
+        if first {
+            body = body.text("identifier", b"db");
+        }
+        body = body.file("part", b"1.part", &pattern(3, 1000));
+        if after {
+            body = body.text("identifier", b"db");
+        }
+        let r = post_multipart(app, "/images/upload", body).await;
+        refused_saying(r, 400, "INVALID_PARAMETER", twice).await;
+    }
+    assert!(held_chunks(app, "da").await.is_empty());
+    assert!(held_chunks(app, "db").await.is_empty());
+    let body = Raw::new().text("userId", b"u1").text("userId", b"u2").file(
+        "file",
+        b"t.img",
+        &pattern(4, 1000),
+    );
+    let r = post_multipart(app, "/images", body).await;
+    refused_saying(r, 400, "INVALID_PARAMETER", twice).await;
+    // The same value twice, and a body field over a query parameter: accepted.
+    let body = Raw::new()
+        .text("identifier", b"same")
+        .text("identifier", b"same")
+        .file("part", b"1.part", &pattern(5, 1000));
+    let r = post_multipart(app, "/images/upload?identifier=other", body).await;
+    ok_text(r, "ok.").await;
+    assert_eq!(held_chunks(app, "same").await, vec![1]);
+    let r = app
+        .client
+        .get(app.url("/images/upload?identifier=same&identifier=same"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v = ok_json(merge_form(app, "same", "same.img").await).await;
+    assert_eq!(v["fileName"], "same.img");
+    MERGED
+}
+
 async fn field_priority_hostile(app: &TestApp) -> Held {
     // After the file part: the file was stored on the default tier before the priority came,
     // and must go.
@@ -1917,6 +1994,29 @@ async fn field_priority_hostile(app: &TestApp) -> Held {
             "INVALID_PARAMETER",
         )
         .await;
+        // Every request that takes a priority refuses it: the merge, the cancel and the
+        // resume query too.
+        let body = Raw::new()
+            .text("identifier", b"pr")
+            .text("filename", b"p.img")
+            .text("priority", prio.as_bytes());
+        refused_saying(
+            post_multipart(app, "/images/merge", body).await,
+            400,
+            "INVALID_PARAMETER",
+            "unknown priority",
+        )
+        .await;
+        for method in [reqwest::Method::GET, reqwest::Method::DELETE] {
+            let r = app
+                .client
+                .request(method, app.url("/images/upload"))
+                .query(&[("identifier", "pr"), ("priority", prio)])
+                .send()
+                .await
+                .unwrap();
+            refused_saying(r, 400, "INVALID_PARAMETER", "unknown priority").await;
+        }
     }
     NOTHING
 }
@@ -3570,6 +3670,7 @@ hostile_cases! {
     content_coded_bodies,
     merge_filename_with_quotes,
     field_priority_hostile,
+    field_sent_twice_differently,
     // Chunk numbers.
     chunk_number_zero,
     chunk_number_over_max,
