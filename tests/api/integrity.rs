@@ -933,7 +933,8 @@ async fn slim_refuses_changed_bytes(app: &TestApp) -> String {
 }
 
 /// A chunk is received where the fields before it point (on the local store, straight into
-/// its place in the upload); fields after it still decide where it lands, and a chunk refused
+/// its place in the upload); fields after it (over the query's) still decide where it lands, a
+/// body naming two uploads is refused, and a chunk refused
 /// once received leaves nothing recorded. Two copies of a chunk sent at once both land safely.
 async fn fields_after_a_chunk_decide_where_it_lands(b: Backend) {
     let app = TestApp::spawn(b, Options::default()).await;
@@ -950,11 +951,32 @@ async fn fields_after_a_chunk_decide_where_it_lands(b: Backend) {
     let r = send("late", 2, 2, vec![("chunkNumber", "3".into())]).await;
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
     assert_eq!(held(&app, "late").await, vec![1, 3]);
-    // Received as chunk 2 of "late", then a field names another upload: chunk 2 of that one.
-    let r = send("late", 2, 1, vec![("identifier", "other".into())]).await;
+    // Received as chunk 2 of "late" (the query's identifier), then a body field names another
+    // upload (a body field wins over the query): chunk 2 of that one.
+    let form = multipart::Form::new()
+        .part(
+            "part",
+            multipart::Part::bytes(chunks[1].clone()).file_name("2.part"),
+        )
+        .text("identifier", "other");
+    let r = app
+        .client
+        .post(app.url("/images/upload?identifier=late"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
     assert_eq!(held(&app, "other").await, vec![2]);
     assert_eq!(held(&app, "late").await, vec![1, 3]);
+    // The body naming two uploads, before and after the part: refused, stored in neither.
+    let r = send("late", 2, 1, vec![("identifier", "third".into())]).await;
+    assert_eq!(
+        assert_error(r, 400, None).await["code"],
+        "INVALID_PARAMETER"
+    );
+    assert_eq!(held(&app, "late").await, vec![1, 3]);
+    assert_eq!(held(&app, "third").await, Vec::<u64>::new());
     // Refused once received (the checksum follows the bytes): nothing recorded.
     let wrong = format!("sha256:{}", hex::encode(sha2::Sha256::digest(b"not it")));
     let r = send("late", 2, 1, vec![("chunkChecksum", wrong)]).await;
