@@ -167,21 +167,21 @@ impl JwtVerifier {
         // `crit` (RFC 7515 §4.1.11) names extensions a recipient must understand and honour,
         // or refuse the token; this service understands none (`b64: false`, RFC 7797, would
         // change what the signature covers), and the crate does not look at it.
-        if data.header.crit.is_some() {
+        // Read from the header's JSON itself: the crate reads `"crit": null` and `"typ": null`
+        // as absent.
+        let header = raw_header(token);
+        if header.contains_key("crit") {
             return Err(AuthFailure::CriticalExtensions);
         }
-        if let Some(typ) = data.header.typ.as_deref().filter(|t| !access_token_type(t)) {
-            return Err(AuthFailure::NotAccessToken(typ.to_string()));
+        match header.get("typ") {
+            None => {}
+            Some(Value::String(t)) if access_token_type(t) => {}
+            Some(other) => return Err(AuthFailure::NotAccessToken(shown(other))),
         }
         match claims.get("typ") {
             None => {}
             Some(Value::String(t)) if t.eq_ignore_ascii_case("Bearer") || access_token_type(t) => {}
-            Some(other) => {
-                let typ = other
-                    .as_str()
-                    .map_or_else(|| other.to_string(), str::to_string);
-                return Err(AuthFailure::NotAccessToken(typ));
-            }
+            Some(other) => return Err(AuthFailure::NotAccessToken(shown(other))),
         }
         let user = match claim(&claims, &self.user_claim) {
             Some(Value::String(s)) if super::usable_user_id(s) => s.clone(),
@@ -206,6 +206,23 @@ impl JwtVerifier {
         let role = if admin { Role::Admin } else { Role::User };
         Ok(Caller::user(user, role))
     }
+}
+
+/// The JOSE header of a token the crate decoded (so well-formed), as JSON; empty if it is not
+/// an object.
+fn raw_header(token: &str) -> Map<String, Value> {
+    use base64::Engine;
+    let encoded = token.split('.').next().unwrap_or("");
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(encoded)
+        .ok()
+        .and_then(|h| serde_json::from_slice(&h).ok())
+        .unwrap_or_default()
+}
+
+/// A token's `typ` as an error repeats it: a string's text, any other value as JSON.
+fn shown(typ: &Value) -> String {
+    typ.as_str().map_or_else(|| typ.to_string(), str::to_string)
 }
 
 /// Whether a JWT type names an access token: `JWT` (RFC 7519 §5.1) or `at+jwt` (RFC 9068
@@ -462,6 +479,18 @@ mod tests {
         .is_ok());
     }
 
+    /// A token with exactly this JOSE header (which the crate's `Header` could not express),
+    /// signed with HS256 and the secret `s`.
+    fn hs256_raw(header: &Value, claims: &Value) -> String {
+        let b64 =
+            |v: &Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+        let signing_input = format!("{}.{}", b64(header), b64(claims));
+        let key = EncodingKey::from_secret(b"s");
+        let signature =
+            jsonwebtoken::crypto::sign(signing_input.as_bytes(), &key, Algorithm::HS256).unwrap();
+        format!("{signing_input}.{signature}")
+    }
+
     #[test]
     fn only_access_tokens_are_credentials() {
         let exp = now() + 600;
@@ -516,26 +545,25 @@ mod tests {
         // Critical extensions, understood by no one here: refused, whatever they name.
         let unencoded = json!({ "alg": "HS256", "crit": ["b64"], "b64": false });
         for header in [
+            json!({ "alg": "HS256", "typ": "JWT", "crit": null }),
             json!({ "alg": "HS256", "typ": "JWT", "crit": ["b64"] }),
             json!({ "alg": "HS256", "typ": "JWT", "crit": ["exp"] }),
             json!({ "alg": "HS256", "typ": "JWT", "crit": [] }),
             unencoded.clone(),
         ] {
-            let b64 =
-                |v: &Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
-            let signing_input = format!("{}.{}", b64(&header), b64(&claims));
-            let key = EncodingKey::from_secret(b"s");
-            let signature =
-                jsonwebtoken::crypto::sign(signing_input.as_bytes(), &key, Algorithm::HS256)
-                    .unwrap();
-            let token = format!("{signing_input}.{signature}");
-            let verified = verify(settings(hs("s")), &token);
+            let verified = verify(settings(hs("s")), &hs256_raw(&header, &claims));
             match header == unencoded {
                 // The crate refuses `b64` itself (RFC 7797 is not implemented there either).
                 true => assert_eq!(verified, Err(AuthFailure::InvalidJwt)),
                 false => assert_eq!(verified, Err(AuthFailure::CriticalExtensions), "{header}"),
             }
         }
+        // `typ: null` is no type: refused as the claim's is.
+        let header = json!({ "alg": "HS256", "typ": null });
+        assert_eq!(
+            verify(settings(hs("s")), &hs256_raw(&header, &claims)),
+            Err(AuthFailure::NotAccessToken("null".into()))
+        );
         // The message repeats at most 64 characters of a type.
         let long = AuthFailure::NotAccessToken("x".repeat(5000)).to_string();
         assert!(long.len() < 140, "{long}");
