@@ -80,7 +80,9 @@ pub async fn set_quota(
     if !value.is_object() {
         return Err(bad(&"not an object"));
     }
-    let change: QuotaChange = serde_json::from_value(value).map_err(|e| bad(&e))?;
+    // From the bytes, not the value: a key sent twice is then refused ("duplicate field"),
+    // not the last one taken.
+    let change: QuotaChange = serde_json::from_slice(&bytes).map_err(|e| bad(&e))?;
     let limit = |v: Option<u64>| v.map_or("default".to_string(), |n| n.to_string());
     let detail = format!(
         "max_bytes={} max_images={}",

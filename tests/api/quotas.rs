@@ -457,6 +457,8 @@ async fn overrides_raise_and_lower_limits(b: Backend) {
         r#"{"maxBytes": "10GiB"}"#,
         r#"{"maxImages": 1.5}"#,
         r#"{"maxBytes": 1, "extra": 2}"#,
+        r#"{"maxBytes": 1000, "maxBytes": 2000}"#,
+        r#"{"maxImages": null, "maxImages": 1}"#,
         r#"{"maxBytes": 18446744073709551615}"#,
         r#"[1, 2]"#,
         "null",
