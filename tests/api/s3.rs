@@ -462,10 +462,12 @@ async fn store_faults(b: Backend) {
 
 /// A store that takes connections and never answers (a dead route, a hung gateway): `/ready`
 /// still answers 503 within the bound a Kubernetes probe waits (5 s), a download, an upload
-/// and a chunk fail with 503 instead of hanging, and all come back once the store answers.
+/// and a chunk fail with 503 instead of hanging, a delete succeeds within one call's bound,
+/// and all come back once the store answers.
 async fn a_silent_store(b: Backend) {
     let (proxy, app) = behind_a_proxy(b, vec![]).await;
     let id = app.upload_ok("kept.img", pattern(6, 1000)).await;
+    let gone = app.upload_ok("gone.img", pattern(9, 1000)).await;
     proxy.set(Fault::Blackhole);
     for _ in 0..2 {
         let started = std::time::Instant::now();
@@ -500,7 +502,19 @@ async fn a_silent_store(b: Backend) {
         let r = app.chunk("during", 1, pattern(8, 1000)).await;
         (r, started.elapsed())
     };
-    let (download, upload, chunk) = tokio::join!(download, upload, chunk);
+    // A delete succeeds once its record is gone; its objects (the image and a slimmed copy's
+    // key) are deleted at once, within one quick call's bound, not one after the other.
+    let delete = async {
+        let r = app.delete_image(&gone).await;
+        (r, started.elapsed())
+    };
+    let (download, upload, chunk, (deleted, delete_took)) =
+        tokio::join!(download, upload, chunk, delete);
+    ok_text(deleted, "delete success").await;
+    assert!(
+        delete_took < std::time::Duration::from_secs(30),
+        "the delete took {delete_took:?}"
+    );
     for ((r, took), what, most) in [
         (download, "download", 40),
         (upload, "upload", 90),
