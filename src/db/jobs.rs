@@ -247,6 +247,23 @@ pub async fn find(db: &impl ConnectionTrait, id: &str) -> Result<Option<job::Mod
     Jobs::find_by_id(id.to_string()).one(db).await
 }
 
+/// When the image's queued job of `kind` is due next (unix seconds; its retry's `run_after`),
+/// `None` when none is queued (it runs, or there is none).
+pub async fn next_due(
+    db: &impl ConnectionTrait,
+    image_id: &str,
+    kind: JobKind,
+) -> Result<Option<i64>, DbErr> {
+    let queued = Jobs::find()
+        .filter(job::Column::ImageId.eq(image_id))
+        .filter(job::Column::Kind.eq(kind))
+        .filter(job::Column::State.eq(Queued))
+        .order_by_asc(job::Column::RunAfter)
+        .one(db)
+        .await?;
+    Ok(queued.map(|j| j.run_after))
+}
+
 /// Puts a job back without counting the attempt (it waits for something, e.g. a check).
 pub async fn defer(
     db: &impl ConnectionTrait,

@@ -17,7 +17,10 @@ use crate::{
     storage::{nbd, ByteRange, ObjectRef},
 };
 use async_trait::async_trait;
-use entity::{image, status::SlimStatus};
+use entity::{
+    image,
+    status::{JobKind, SlimStatus},
+};
 use std::path::PathBuf;
 
 /// `JobKind::Check`: [`Service::run_check`].
@@ -116,7 +119,13 @@ impl Service {
             return Ok(Some(Step::Done));
         }
         match img.check_status {
-            CheckStatus::InProgress => return Ok(Some(Step::WaitSecs(1))),
+            CheckStatus::InProgress => {
+                // Until the check's next attempt when it waits for one (a store outage can
+                // keep it waiting for minutes at a time), else a second.
+                let due = db::jobs::next_due(&self.db, image_id, JobKind::Check).await?;
+                let wait = due.map_or(1, |at| at.saturating_sub(now_secs()).clamp(1, 300));
+                return Ok(Some(Step::WaitSecs(wait)));
+            }
             CheckStatus::NotCheckedType => {
                 db::images::refuse_slim(&self.db, image_id, texts::SLIM_UNSUPPORTED, now_secs())
                     .await?;
