@@ -458,7 +458,15 @@ impl Service {
         tracing::info!(image.id = %session.image_id, identifier, size_bytes = size, parts = parts.len(), "chunks merged");
         db::images::find(&self.db, &session.image_id)
             .await?
-            .ok_or_else(|| Error::Internal("merged image vanished".into()))
+            // Deleted by another request between the commit and this read (its id is in the
+            // upload's status once merged): no fault of the service.
+            .ok_or_else(|| {
+                Error::Conflict(format!(
+                    "upload {identifier} was merged into image {}, which another request \
+                     deleted before this answer",
+                    session.image_id
+                ))
+            })
     }
 
     /// Verifies the merged object against the checksum the merge was asked to verify, and

@@ -739,6 +739,8 @@ impl Service {
 
     /// Finds the identifier's session or opens one (with its multipart upload). Safe when
     /// several first chunks race: one insert wins, the others drop their multipart uploads.
+    /// The session that won may be gone by the time a loser reads it (a cancel, or the winner
+    /// yielding to one): the loser then tries again, and opens one itself.
     async fn open_session(
         &self,
         target: &SessionRef,
@@ -746,12 +748,41 @@ impl Service {
         tier: &Tier,
         asked: Option<i32>,
     ) -> Result<(upload_session::Model, bool)> {
+        const TRIES: usize = 3;
+        for _ in 1..TRIES {
+            if let Some(found) = self
+                .try_open_session(target, owner.clone(), tier, asked)
+                .await?
+            {
+                return Ok(found);
+            }
+        }
+        self.try_open_session(target, owner, tier, asked)
+            .await?
+            .ok_or_else(|| {
+                Error::Conflict(format!(
+                    "upload {} was opened and cancelled again while this chunk was stored; \
+                     send it again",
+                    target.identifier
+                ))
+            })
+    }
+
+    /// One try of `open_session`: `None` when another request's session won the insert and
+    /// was removed before it could be read.
+    async fn try_open_session(
+        &self,
+        target: &SessionRef,
+        owner: Option<String>,
+        tier: &Tier,
+        asked: Option<i32>,
+    ) -> Result<Option<(upload_session::Model, bool)>> {
         let identifier = &target.identifier;
         if let Some(s) = db::uploads::find(&self.db, &target.key).await? {
             if let Some(asked) = asked.filter(|p| *p != s.priority) {
                 return Err(other_priority(identifier, s.priority, asked));
             }
-            return Ok((s, false));
+            return Ok(Some((s, false)));
         }
         self.room_for_an_upload(owner.as_deref()).await?;
         let image_id = ImageId::new();
@@ -798,14 +829,17 @@ impl Service {
         if opened {
             self.metrics.upload_session_opened();
         }
-        let session = db::uploads::find(&self.db, &target.key)
-            .await?
-            .ok_or_else(|| Error::Internal("upload session vanished after insert".into()))?;
+        let Some(session) = db::uploads::find(&self.db, &target.key).await? else {
+            // Removed before it could be read: by a cancel (or expiry), or by the request
+            // whose row won, yielding to one. Whether this chunk must yield too is decided
+            // once it has a session (see `yield_to_cancel`).
+            return Ok(None);
+        };
         // Another first chunk's session won the race: it must be in the tier this one asked.
         if let Some(asked) = asked.filter(|p| !opened && *p != session.priority) {
             return Err(other_priority(identifier, session.priority, asked));
         }
-        Ok((session, opened))
+        Ok(Some((session, opened)))
     }
 
     /// Whether `owner` may open one more chunked upload (`FS_MAX_OPEN_UPLOADS`). Uploads

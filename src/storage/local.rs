@@ -97,13 +97,25 @@ impl LocalStore {
     /// killed while its directory is half removed would find parts gone that it needs): it is
     /// renamed into `.tmp`, whose leftovers are removed at start, then deleted. A directory
     /// already gone is fine.
+    ///
+    /// A writer of a chunk that had looked the directory up just before the rename may still
+    /// create a file in it (its own next step then fails, the directory being gone): the
+    /// removal that meets such a newcomer (`ENOTEMPTY`) goes over it again.
     async fn discard_upload_dir(&self, dir: &Path) -> io::Result<()> {
         let trash = self.tmp_path();
         match tokio::fs::rename(dir, &trash).await {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
             other => other?,
         }
-        tokio::fs::remove_dir_all(&trash).await
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match tokio::fs::remove_dir_all(&trash).await {
+                Err(e) if e.kind() == io::ErrorKind::DirectoryNotEmpty && tries < 5 => continue,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+                other => return other,
+            }
+        }
     }
 
     /// Moves a finished temp file to its final place, durably.

@@ -620,7 +620,9 @@ async fn a_cancel_racing_chunks(b: Backend) {
             app.chunk(&id, 1, pattern(round, 3 << 20)).await.status(),
             200
         );
-        let chunks = join_all((2..=4).map(|n| app.chunk(&id, n, pattern(n as u64, 3 << 20))));
+        // Several chunks racing each other too: after the cancel, those that began before it
+        // may all find no upload and race to open one (the winner yielding to the cancel).
+        let chunks = join_all((2..=6).map(|n| app.chunk(&id, n, pattern(n as u64, 3 << 20))));
         let cancel = async {
             tokio::time::sleep(std::time::Duration::from_millis(10 + round * 10)).await;
             let url = app.url(&format!("/images/upload?identifier={id}"));
