@@ -87,6 +87,10 @@ pub struct Config {
     /// past its usual attempts, until it is this old (seconds since it was queued): an outage
     /// is waited out, not made the image's verdict.
     pub job_outage_secs: u64,
+    /// How long `serve` waits at start for a database or a store that cannot be reached yet
+    /// (seconds; 0: it stops at the first failure). For deployments whose database and store
+    /// start beside the service (a helm release): the start waits instead of crash-looping.
+    pub startup_wait_secs: u64,
     pub check_timeout_secs: u64,
     pub slim_timeout_secs: u64,
     /// Remote imageops base URL; `None` = in process.
@@ -196,6 +200,7 @@ impl Config {
             job_retention_secs: r.get("FS_JOB_RETENTION_SECS", 7 * 24 * 3600, secs_from(1)),
             job_retry_max_secs: r.get("FS_JOB_RETRY_MAX_SECS", 300, secs_from(1)),
             job_outage_secs: r.get("FS_JOB_OUTAGE_SECS", 24 * 3600, secs),
+            startup_wait_secs: r.get("FS_STARTUP_WAIT_SECS", 0, secs),
             check_timeout_secs: r.get("FS_CHECK_TIMEOUT_SECS", 1800, secs_from(1)),
             slim_timeout_secs: r.get("FS_SLIM_TIMEOUT_SECS", 7200, secs_from(1)),
             imageops_url: r.opt("FS_IMAGEOPS_URL", settings::http_url),

@@ -47,9 +47,15 @@ pub async fn build(cfg: Config) -> anyhow::Result<Service> {
         ),
         StorageKind::S3 => None,
     };
-    let db = db::connect(&cfg.database_url)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot connect to the database: {}", db::describe(&e)))?;
+    let wait = Duration::from_secs(cfg.startup_wait_secs);
+    let db = waiting_for(
+        "the database",
+        wait,
+        || db::connect(&cfg.database_url),
+        db::describe,
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("cannot connect to the database: {}", db::describe(&e)))?;
     db::migrate(&db)
         .await
         .context("database migration failed")?;
@@ -67,14 +73,18 @@ pub async fn build(cfg: Config) -> anyhow::Result<Service> {
         ),
     };
     for tier in cfg.tiers.values() {
-        store.ensure_bucket(&tier.bucket).await.with_context(|| {
-            format!(
-                "bucket {} (priority {}) can neither be found nor created",
-                tier.bucket, tier.priority
-            )
-        })?;
+        let bucket = || store.ensure_bucket(&tier.bucket);
+        waiting_for("the store", wait, bucket, ToString::to_string)
+            .await
+            .with_context(|| {
+                format!(
+                    "bucket {} (priority {}) can neither be found nor created",
+                    tier.bucket, tier.priority
+                )
+            })?;
         if let Some(class) = &tier.storage_class {
-            probe_storage_class(store.as_ref(), &tier.bucket, class)
+            let probe = || probe_storage_class(store.as_ref(), &tier.bucket, class);
+            waiting_for("the store", wait, probe, ToString::to_string)
                 .await
                 .with_context(|| {
                     format!(
@@ -99,6 +109,44 @@ pub async fn build(cfg: Config) -> anyhow::Result<Service> {
         }
     };
     Ok(Service::new(db, store, imageops, Arc::new(cfg)).holding(scratch_lock))
+}
+
+/// Runs `attempt` until it succeeds or `wait` (`FS_STARTUP_WAIT_SECS`) is spent, pausing
+/// 1 s, then twice as long each time up to 10 s, between attempts, and logging each failure
+/// (as `describe` words it, without secrets) with the time left. With a zero `wait`, the first
+/// failure is the answer. Any failure is tried again: a database or store that starts beside
+/// the service may refuse connections, or credentials, until it is set up.
+async fn waiting_for<T, E, F, Fut>(
+    what: &str,
+    wait: Duration,
+    mut attempt: F,
+    describe: impl Fn(&E) -> String,
+) -> Result<T, E>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut pause = Duration::from_secs(1);
+    loop {
+        let e = match attempt().await {
+            Ok(v) => return Ok(v),
+            Err(e) => e,
+        };
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            return Err(e);
+        }
+        let pause_now = pause.min(left);
+        tracing::warn!(
+            error = describe(&e),
+            retry_in_ms = pause_now.as_millis() as u64,
+            wait_left_secs = left.as_secs(),
+            "{what} cannot be reached yet; waiting for it (FS_STARTUP_WAIT_SECS)"
+        );
+        tokio::time::sleep(pause_now).await;
+        pause = (pause * 2).min(Duration::from_secs(10));
+    }
 }
 
 /// Writes and removes an empty object of storage class `class` in `bucket`, so that a class the

@@ -292,6 +292,91 @@ async fn silent_database_bounds(app: &TestApp, proxy: &FaultProxy) {
     }
 }
 
+/// With `FS_STARTUP_WAIT_SECS`, a database and a store that cannot be reached yet when the
+/// service starts (they start beside it, as in a helm release) are waited for: the process says
+/// why and keeps trying, then serves once both answer, instead of exiting.
+async fn a_start_waits_for_its_database_and_store(b: Backend) {
+    let server = std::env::var("FS_TEST_PG_URL").expect("FS_TEST_PG_URL (scripts/test)");
+    let database = FaultProxy::start(server.rsplit('@').next().unwrap()).await;
+    let store = FaultProxy::start(&s3_env().0).await;
+    database.set(Fault::Refuse);
+    store.set(Fault::Refuse);
+    let mut app = TestApp::spawn(
+        b,
+        Options {
+            database_via: Some(database.url.clone()),
+            s3_endpoint: Some(store.url.clone()),
+            no_server: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    let port = free_port();
+    let log = app.dir.path().join("server.log");
+    let out = std::fs::File::create(&log).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_file-system"))
+        .envs(app.vars.iter().filter(|(k, _)| k != "FS_LISTEN").cloned())
+        .env("FS_LISTEN", format!("127.0.0.1:{port}"))
+        .env("FS_STARTUP_WAIT_SECS", "120")
+        .env("RUST_LOG", "info")
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .unwrap();
+    let mut waited_for = |what: &str| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(40);
+        loop {
+            let text = std::fs::read_to_string(&log).unwrap();
+            if text.contains(&format!("{what} cannot be reached yet; waiting for it")) {
+                return;
+            }
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "the start gave up instead of waiting for {what}: {text}"
+            );
+            assert!(std::time::Instant::now() < deadline, "{what}: {text}");
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    };
+    waited_for("the database");
+    database.set(Fault::Pass);
+    waited_for("the store");
+    store.set(Fault::Pass);
+    app.base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let r = client.get(format!("{}/ready", app.base)).send().await;
+        if matches!(&r, Ok(r) if r.status() == 200) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not ready once both answer: {}",
+            std::fs::read_to_string(&log).unwrap()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let bytes = pattern(7, 300_000);
+    let id = app.upload_ok("late.qcow2", bytes.clone()).await;
+    assert_eq!(app.download(&id).await, bytes);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    let secret = std::env::var("AWS_SECRET_ACCESS_KEY").unwrap();
+    assert!(!text.contains(&secret), "a secret in the log: {text}");
+}
+
+mod late_dependencies {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres_s3() {
+        super::a_start_waits_for_its_database_and_store(crate::helpers::Backend::PostgresS3).await
+    }
+}
+
 mod postgres_outage {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn postgres_local() {
