@@ -7,6 +7,7 @@ pub mod image;
 pub mod job;
 pub mod object_delete;
 pub mod object_read;
+pub mod part_writer;
 pub mod quota;
 pub mod quota_reservation;
 pub mod status;

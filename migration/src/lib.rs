@@ -12,6 +12,7 @@ mod m20261201_000007_users;
 mod m20261204_000008_identifier_room;
 mod m20261206_000009_upload_cancels;
 mod m20261206_000010_object_reads;
+mod m20261207_000011_part_writers;
 
 pub struct Migrator;
 
@@ -29,6 +30,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261204_000008_identifier_room::Migration),
             Box::new(m20261206_000009_upload_cancels::Migration),
             Box::new(m20261206_000010_object_reads::Migration),
+            Box::new(m20261207_000011_part_writers::Migration),
         ]
     }
 }

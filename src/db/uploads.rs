@@ -1,6 +1,7 @@
 //! Queries on `upload_sessions` and `upload_parts`.
 
 use entity::{
+    part_writer::{self, Entity as Writers},
     upload_cancel::{self, Entity as Cancels},
     upload_part::{self, Entity as Parts},
     upload_session::{self, Entity as Sessions},
@@ -513,6 +514,88 @@ pub async fn cancelled_since(
 pub async fn prune_cancels(db: &impl ConnectionTrait, before: i64) -> Result<u64, DbErr> {
     Cancels::delete_many()
         .filter(upload_cancel::Column::CancelledAt.lt(before))
+        .exec(db)
+        .await
+        .map(|r| r.rows_affected)
+}
+
+/// Takes the right to store chunk `number` of session `session_id` for the request `token`,
+/// until `expires_at` (Unix seconds), when no other request holds it: a holder whose lease
+/// ended before `now` lost it. `true` when `token` holds it now.
+pub async fn take_part_writer(
+    db: &impl ConnectionTrait,
+    session_id: &str,
+    number: u32,
+    token: &str,
+    now: i64,
+    expires_at: i64,
+) -> Result<bool, DbErr> {
+    use part_writer::Column as C;
+    Writers::delete_many()
+        .filter(C::SessionId.eq(session_id))
+        .filter(C::PartNumber.eq(number as i32))
+        .filter(C::ExpiresAt.lte(now))
+        .exec(db)
+        .await?;
+    let row = part_writer::ActiveModel {
+        session_id: Set(session_id.to_string()),
+        part_number: Set(number as i32),
+        token: Set(token.to_string()),
+        expires_at: Set(expires_at),
+    };
+    let inserted = Writers::insert(row)
+        .on_conflict(
+            OnConflict::columns([C::SessionId, C::PartNumber])
+                .do_nothing()
+                .to_owned(),
+        )
+        .exec_without_returning(db)
+        .await?;
+    Ok(inserted == 1)
+}
+
+/// Extends a held writer's lease; `false` when `token` no longer holds it.
+pub async fn renew_part_writer(
+    db: &impl ConnectionTrait,
+    session_id: &str,
+    number: u32,
+    token: &str,
+    now: i64,
+    expires_at: i64,
+) -> Result<bool, DbErr> {
+    use part_writer::Column as C;
+    let res = Writers::update_many()
+        .col_expr(C::ExpiresAt, Expr::value(expires_at))
+        .filter(C::SessionId.eq(session_id))
+        .filter(C::PartNumber.eq(number as i32))
+        .filter(C::Token.eq(token))
+        .filter(C::ExpiresAt.gt(now))
+        .exec(db)
+        .await?;
+    Ok(res.rows_affected == 1)
+}
+
+/// Lets go of chunk `number` of `session_id` if `token` holds it.
+pub async fn end_part_writer(
+    db: &impl ConnectionTrait,
+    session_id: &str,
+    number: u32,
+    token: &str,
+) -> Result<(), DbErr> {
+    use part_writer::Column as C;
+    Writers::delete_many()
+        .filter(C::SessionId.eq(session_id))
+        .filter(C::PartNumber.eq(number as i32))
+        .filter(C::Token.eq(token))
+        .exec(db)
+        .await
+        .map(|_| ())
+}
+
+/// Deletes writers whose lease ended before `before` (their requests' replicas died).
+pub async fn prune_part_writers(db: &impl ConnectionTrait, before: i64) -> Result<u64, DbErr> {
+    Writers::delete_many()
+        .filter(part_writer::Column::ExpiresAt.lt(before))
         .exec(db)
         .await
         .map(|r| r.rows_affected)

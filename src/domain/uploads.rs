@@ -385,9 +385,68 @@ impl Service {
         }
         trace.session_opened = opened;
         trace.owner = session.owner.clone();
+        // The same chunk sent twice at once (a retry while the first try still arrives):
+        // each is stored and recorded in turn, so the row describes the bytes stored.
+        let writer = self.part_writer(&session, number.get()).await?;
         let others = self.admit_chunk(&session, totals, number, len).await?;
-        self.store_chunk(&session, number, chunk, &others, quota)
-            .await
+        let stored = self
+            .store_chunk(&session, number, chunk, &others, quota)
+            .await;
+        writer.end().await;
+        stored
+    }
+
+    /// Waits until this request may store chunk `number` of `session`: no other request
+    /// stores the same chunk now (see the `part_writers` migration). The right is held, and
+    /// renewed, until [`PartWriter::end`] or the writer is dropped.
+    async fn part_writer(
+        &self,
+        session: &upload_session::Model,
+        number: u32,
+    ) -> Result<PartWriter> {
+        let token = uuid::Uuid::new_v4().simple().to_string();
+        let mut pause = std::time::Duration::from_millis(20);
+        loop {
+            let now = now_secs();
+            let expires = now + PART_WRITER_LEASE_SECS;
+            if db::uploads::take_part_writer(&self.db, &session.id, number, &token, now, expires)
+                .await?
+            {
+                break;
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(std::time::Duration::from_millis(500));
+        }
+        let (db, session_id) = (self.db.clone(), session.id.clone());
+        let renewal = {
+            let (db, session_id, token) = (db.clone(), session_id.clone(), token.clone());
+            super::keep_renewed(
+                PART_WRITER_LEASE_SECS,
+                "a chunk's writer",
+                move |now, expires_at| {
+                    let (db, session_id, token) = (db.clone(), session_id.clone(), token.clone());
+                    async move {
+                        db::uploads::renew_part_writer(
+                            &db,
+                            &session_id,
+                            number,
+                            &token,
+                            now,
+                            expires_at,
+                        )
+                        .await
+                    }
+                },
+            )
+        };
+        Ok(PartWriter {
+            db,
+            session_id,
+            number,
+            token,
+            _renewal: renewal,
+            ended: false,
+        })
     }
 
     /// Reads a chunk request's form: its fields (over `query`) and its file part (`part` or
@@ -1004,6 +1063,8 @@ impl Service {
         }
         // A chunk in transfer for longer than the TTL no longer yields to a cancel.
         db::uploads::prune_cancels(&self.db, before).await?;
+        // Writers whose replica died (and whose chunk nobody sent again).
+        db::uploads::prune_part_writers(&self.db, now_secs()).await?;
         Ok(swept)
     }
 
@@ -1059,6 +1120,53 @@ impl Service {
 const LATE_CHUNK_WAIT: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// The error of a chunk whose session was merged or cancelled while the chunk was stored.
+/// Lease of a chunk's writer (seconds), renewed every third of it while the chunk is stored;
+/// a replica that dies holding one delays a resend of that chunk by at most this long.
+const PART_WRITER_LEASE_SECS: i64 = 15;
+
+/// The right of one request to store one chunk (see `Service::part_writer`).
+struct PartWriter {
+    db: sea_orm::DatabaseConnection,
+    session_id: String,
+    number: u32,
+    token: String,
+    _renewal: tokio_util::task::AbortOnDropHandle<()>,
+    ended: bool,
+}
+
+impl PartWriter {
+    /// Lets go of the chunk (a failure is logged: the lease ends it anyway).
+    async fn end(mut self) {
+        self.ended = true;
+        let ended =
+            db::uploads::end_part_writer(&self.db, &self.session_id, self.number, &self.token)
+                .await;
+        if let Err(e) = ended {
+            tracing::warn!(error = %e, "could not let go of a chunk's writer; its lease ends it");
+        }
+    }
+}
+
+impl Drop for PartWriter {
+    /// A request dropped while it stored (its client went): let go in a task.
+    fn drop(&mut self) {
+        if self.ended {
+            return;
+        }
+        let (db, session_id, token) = (
+            self.db.clone(),
+            std::mem::take(&mut self.session_id),
+            std::mem::take(&mut self.token),
+        );
+        let number = self.number;
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let _ = db::uploads::end_part_writer(&db, &session_id, number, &token).await;
+            });
+        }
+    }
+}
+
 fn gone(session: &upload_session::Model) -> Error {
     Error::Conflict(format!(
         "upload {} was merged or cancelled while this chunk was stored; cancel it to start again",

@@ -406,8 +406,61 @@ crate::backend_tests!(
     empty_chunks_merge,
     orphan_multipart_uploads_are_aborted,
     a_cancel_racing_chunks,
-    a_chunk_in_transfer_yields_to_expiry
+    a_chunk_in_transfer_yields_to_expiry,
+    the_same_chunk_sent_twice_at_once
 );
+
+/// The same chunk sent twice at once with other bytes (a client's retry while its first try
+/// still arrives, at this replica or another): the upload keeps one of the two whole and the
+/// merge joins it. Storing a chunk and recording it used to interleave, leaving one request's
+/// bytes under the other's size: an image cut short or served short of its length (local
+/// store), or merges failing for good (S3).
+async fn the_same_chunk_sent_twice_at_once(b: Backend) {
+    let app = TestApp::spawn(b, Options::default()).await;
+    // Chunks the S3 stores keep as staging objects, then ones past the 5 MiB minimum part.
+    let sizes = std::iter::repeat_n((200_000, 150_000), 8).chain([(6 << 20, (11 << 20) / 2)]);
+    for (round, (first, second)) in sizes.enumerate() {
+        let id = format!("twice{round}");
+        let seed = 10 * round as u64;
+        let one = pattern(seed, first);
+        assert_eq!(app.chunk(&id, 1, one.clone()).await.status(), 200);
+        let (tries, alone) = (
+            [pattern(seed + 1, first), pattern(seed + 2, second)],
+            pattern(seed + 3, first),
+        );
+        let sent = join_all(
+            tries
+                .iter()
+                .chain([&alone])
+                .map(|bytes| app.chunk(&id, 2, bytes.clone())),
+        )
+        .await;
+        for r in sent {
+            assert_eq!(
+                r.status(),
+                200,
+                "round {round}: {}",
+                r.text().await.unwrap()
+            );
+        }
+        let r = app.merge(&id, "twice.img").await;
+        let status = r.status();
+        let v: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(status, 200, "round {round}: {v}");
+        let got = app.download(v["imageId"].as_str().unwrap()).await;
+        let whole = tries.iter().chain([&alone]).any(|two| {
+            got.len() == one.len() + two.len()
+                && got[..one.len()] == one[..]
+                && got[one.len()..] == two[..]
+        });
+        assert!(
+            whole,
+            "round {round}: {} bytes, not chunk 1 and one whole chunk 2",
+            got.len()
+        );
+    }
+    app.stop().await;
+}
 
 /// Three uploads of two chunks each, left `merging` by a process that is gone: `dead-merge`
 /// silent for a minute with its request recorded, `legacy-merge` silent for two hours without
