@@ -182,34 +182,65 @@ pub struct CheckHashes<'a> {
     pub original: bool,
 }
 
-/// Records a check's outcome (and the digests of the checked bytes, when known).
+/// Which of an image's objects a check read.
+#[derive(Clone, Copy, Debug)]
+pub enum Checked<'a> {
+    /// Whichever the image serves (a check that gave up without reading).
+    Served,
+    /// The original, served while the image has no slimmed copy.
+    Original,
+    /// The slimmed copy under this key.
+    Slimmed(&'a str),
+}
+
+/// Records a check's outcome (and the digests of the checked bytes, when known), unless the
+/// image serves other bytes than those `checked` by now (a slim finished while the check
+/// ran: the slim's own check describes the image). `false` then, or when the image is gone;
+/// digests of the original as received (`CheckHashes::original`) are recorded all the same.
 pub async fn set_check(
     db: &impl ConnectionTrait,
     id: &str,
     r: &entity::check::CheckReport,
     hashes: Option<&CheckHashes<'_>>,
+    checked: Checked<'_>,
     now: i64,
-) -> Result<(), DbErr> {
+) -> Result<bool, DbErr> {
     let mut q = with_report(Images::update_many(), r)
         .col_expr(
             image::Column::CheckMsg,
             Expr::value(r.msg.chars().take(500).collect::<String>()),
         )
         .col_expr(image::Column::UpdatedAt, Expr::value(now));
+    let original = hashes.filter(|h| h.original);
     if let Some(h) = hashes {
         q = q
             .col_expr(image::Column::Checksum, Expr::value(h.md5))
             .col_expr(image::Column::Sha256, Expr::value(h.sha256));
-        if h.original {
-            q = q
-                .col_expr(image::Column::OriginalMd5, Expr::value(h.md5))
-                .col_expr(image::Column::OriginalSha256, Expr::value(h.sha256));
-        }
     }
-    q.filter(image::Column::Id.eq(id))
-        .exec(db)
-        .await
-        .map(|_| ())
+    if let Some(h) = original {
+        q = q
+            .col_expr(image::Column::OriginalMd5, Expr::value(h.md5))
+            .col_expr(image::Column::OriginalSha256, Expr::value(h.sha256));
+    }
+    q = q.filter(image::Column::Id.eq(id));
+    q = match checked {
+        Checked::Served => q,
+        Checked::Original => q.filter(image::Column::SlimObjectKey.is_null()),
+        Checked::Slimmed(key) => q.filter(image::Column::SlimObjectKey.eq(key)),
+    };
+    if q.exec(db).await?.rows_affected == 1 {
+        return Ok(true);
+    }
+    if let Some(h) = original {
+        Images::update_many()
+            .col_expr(image::Column::OriginalMd5, Expr::value(h.md5))
+            .col_expr(image::Column::OriginalSha256, Expr::value(h.sha256))
+            .filter(image::Column::Id.eq(id))
+            .filter(image::Column::OriginalMd5.is_null())
+            .exec(db)
+            .await?;
+    }
+    Ok(false)
 }
 
 /// Records that an image's stored bytes no longer match those recorded (found outside a check,

@@ -38,7 +38,8 @@ impl Job for CheckJob {
     async fn give_up(&self, svc: &Service, image_id: &str, error: &Error) -> Result<()> {
         let report = CheckReport::failed(format!("check failed: {}", error.public_message()));
         svc.metrics.image_checked(report.status);
-        db::images::set_check(&svc.db, image_id, &report, None, now_secs()).await?;
+        let served = db::images::Checked::Served;
+        db::images::set_check(&svc.db, image_id, &report, None, served, now_secs()).await?;
         Ok(())
     }
 }
@@ -285,7 +286,7 @@ impl Service {
         );
         let check = |image: Image| async move { imageops.check(&image, declared).await };
         let suffix = extension(&img.file_name);
-        let checked = self
+        let read = self
             .on_image(
                 (&img.bucket, &key, size),
                 &suffix,
@@ -293,9 +294,15 @@ impl Service {
                 check,
             )
             .await;
-        let (mut report, digests) = match checked {
+        let checked = match slimmed {
+            true => db::images::Checked::Slimmed(&key),
+            false => db::images::Checked::Original,
+        };
+        let (mut report, digests) = match read {
             // Retrying cannot bring it back: the check's verdict, at once.
-            Err(e) if object_missing(&e) => return self.check_found_missing(image_id).await,
+            Err(e) if object_missing(&e) => {
+                return self.check_found_missing(image_id, checked).await
+            }
             other => other?,
         };
         let changed = changed_since_recorded(expected, &digests);
@@ -321,13 +328,17 @@ impl Service {
             report.status = CheckStatus::Corrupted;
             report.msg = msg;
         }
-        tracing::info!(image.id = %image_id, status = ?report.status, "image checked");
         let hashes = db::images::CheckHashes {
             md5: &md5,
             sha256: &sha256,
             original: first_of_original,
         };
-        db::images::set_check(&self.db, image_id, &report, Some(&hashes), now_secs()).await?;
+        let now = now_secs();
+        if !db::images::set_check(&self.db, image_id, &report, Some(&hashes), checked, now).await? {
+            tracing::info!(image.id = %image_id, "the image was slimmed (or deleted) while it was checked: the check of the bytes it no longer serves is not its verdict");
+            return Ok(());
+        }
+        tracing::info!(image.id = %image_id, status = ?report.status, "image checked");
         self.metrics.image_checked(report.status);
         Ok(())
     }
@@ -402,7 +413,11 @@ impl Service {
 
     /// Records the verdict of a check that found the image's object missing from the store:
     /// corrupted, with no digests.
-    async fn check_found_missing(&self, image_id: &str) -> Result<()> {
+    async fn check_found_missing(
+        &self,
+        image_id: &str,
+        checked: db::images::Checked<'_>,
+    ) -> Result<()> {
         let mut report =
             CheckReport::failed("image corrupted: the image's data is missing from the store");
         report.status = CheckStatus::Corrupted;
@@ -412,8 +427,10 @@ impl Service {
             sha256: "",
             original: false,
         };
-        db::images::set_check(&self.db, image_id, &report, Some(&none), now_secs()).await?;
-        self.metrics.image_checked(report.status);
+        let now = now_secs();
+        if db::images::set_check(&self.db, image_id, &report, Some(&none), checked, now).await? {
+            self.metrics.image_checked(report.status);
+        }
         Ok(())
     }
 

@@ -6,7 +6,7 @@ use base64::{engine::general_purpose::STANDARD as B64, Engine};
 use md5::Digest as _;
 use reqwest::multipart;
 
-fn md5_hex(b: &[u8]) -> String {
+pub(crate) fn md5_hex(b: &[u8]) -> String {
     hex::encode(md5::Md5::digest(b))
 }
 

@@ -1,7 +1,7 @@
 //! Slimming: a compressed, checked copy served under the original name; failures keep the
 //! original; deletion during a slim leaves nothing.
 
-use crate::{checks::wait_checked, helpers::*};
+use crate::{checks::wait_checked, helpers::*, integrity::md5_hex};
 use std::time::{Duration, Instant};
 
 /// Polls an image until its slim is no longer in progress.
@@ -227,8 +227,74 @@ async fn deleting_during_a_slim_leaves_nothing(b: Backend) {
     app.stop().await;
 }
 
+/// A check that read the original while a slim of the image ran, and ends after the slim
+/// (as one on a large image at an S3 store does), does not write the original's digests and
+/// verdict over the slimmed copy's: the image keeps the MD5 of the bytes it serves. Its first
+/// digests of the original are kept as such all the same. (The interleaving itself depends
+/// on timing; the check's last step, the record, is played here at that point.)
+async fn a_check_that_ends_after_a_slim_keeps_the_slims_digests(b: Backend) {
+    use file_system::db::images::{set_check, CheckHashes, Checked};
+    let app = TestApp::spawn(b, Options::default()).await;
+    let img = make_qcow2(app.dir.path(), "both.qcow2", 64, 8);
+    let id = app
+        .upload_ok("both.qcow2", std::fs::read(&img).unwrap())
+        .await;
+    assert_eq!(app.slim(&id).await.status(), 200);
+    let v = wait_slim_done(&app, &id).await;
+    assert_eq!(v["slimStatus"], 2, "{v}");
+    jobs_end_done(&app, &id).await;
+    let served = md5_hex(&app.download(&id).await);
+    let (_, before) = app.get_json(&format!("/images/{id}")).await;
+    let checksum = &before["checkStatusResponse"]["checkInfo"]["checksum"];
+    assert_eq!(checksum, served.as_str(), "{before}");
+
+    let db = file_system::db::connect(&app.database_url).await.unwrap();
+    let stale = entity::check::CheckReport::failed("the original's verdict");
+    let original = CheckHashes {
+        md5: "0123456789abcdef0123456789abcdef",
+        sha256: &"ab".repeat(32),
+        original: false,
+    };
+    let now = chrono::Utc::now().timestamp();
+    let recorded = set_check(&db, &id, &stale, Some(&original), Checked::Original, now);
+    assert!(
+        !recorded.await.unwrap(),
+        "a check of the original became the slimmed image's"
+    );
+    let (_, after) = app.get_json(&format!("/images/{id}")).await;
+    for field in ["checkStatusResponse", "sha256", "originalChecksum"] {
+        assert_eq!(after[field], before[field], "{field}: {after}");
+    }
+    // A check of the slimmed copy it serves is recorded.
+    let key = {
+        use sea_orm::EntityTrait;
+        let row = entity::image::Entity::find_by_id(id.clone())
+            .one(&db)
+            .await
+            .unwrap();
+        row.unwrap().slim_object_key.unwrap()
+    };
+    let served_hashes = CheckHashes {
+        md5: &served,
+        sha256: before["sha256"].as_str().unwrap(),
+        original: false,
+    };
+    let fresh = entity::check::CheckReport::failed("a later check");
+    let recorded = set_check(
+        &db,
+        &id,
+        &fresh,
+        Some(&served_hashes),
+        Checked::Slimmed(&key),
+        now,
+    );
+    assert!(recorded.await.unwrap());
+    app.stop().await;
+}
+
 crate::backend_tests!(
     slimmed_image_is_smaller_identical_and_served,
     failed_slim_keeps_the_original,
-    deleting_during_a_slim_leaves_nothing
+    deleting_during_a_slim_leaves_nothing,
+    a_check_that_ends_after_a_slim_keeps_the_slims_digests
 );
