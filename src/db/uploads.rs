@@ -554,11 +554,11 @@ pub async fn take_part_writer(
     Ok(inserted == 1)
 }
 
-/// Extends a held writer's lease; `false` when `token` no longer holds it.
-pub async fn renew_part_writer(
+/// Extends the leases of the writers `token` holds in `session_id`; `false` when it holds
+/// none any longer.
+pub async fn renew_part_writers(
     db: &impl ConnectionTrait,
     session_id: &str,
-    number: u32,
     token: &str,
     now: i64,
     expires_at: i64,
@@ -567,25 +567,22 @@ pub async fn renew_part_writer(
     let res = Writers::update_many()
         .col_expr(C::ExpiresAt, Expr::value(expires_at))
         .filter(C::SessionId.eq(session_id))
-        .filter(C::PartNumber.eq(number as i32))
         .filter(C::Token.eq(token))
         .filter(C::ExpiresAt.gt(now))
         .exec(db)
         .await?;
-    Ok(res.rows_affected == 1)
+    Ok(res.rows_affected > 0)
 }
 
-/// Lets go of chunk `number` of `session_id` if `token` holds it.
-pub async fn end_part_writer(
+/// Lets go of the chunks of `session_id` that `token` holds.
+pub async fn end_part_writers(
     db: &impl ConnectionTrait,
     session_id: &str,
-    number: u32,
     token: &str,
 ) -> Result<(), DbErr> {
     use part_writer::Column as C;
     Writers::delete_many()
         .filter(C::SessionId.eq(session_id))
-        .filter(C::PartNumber.eq(number as i32))
         .filter(C::Token.eq(token))
         .exec(db)
         .await

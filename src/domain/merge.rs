@@ -136,8 +136,13 @@ impl Service {
                 return Err(other_priority(&target.identifier, session.priority, asked));
             }
             self.all_chunks_received(&session, &parts, &totals)?;
+            // No chunk it joins is stored again while it merges (a resend in flight finishes
+            // first): the parts it completes are those recorded.
+            let numbers: Vec<u32> = parts.iter().map(|p| p.part_number as u32).collect();
+            let writers = self.part_writers(&session, &numbers).await?;
             let token = uuid::Uuid::new_v4().simple().to_string();
             if !self.claim_for(&session, &token, &request).await? {
+                writers.end().await;
                 // Someone else merges it: wait for the outcome (or for its lease to lapse, then
                 // take over), within bounds.
                 if tokio::time::Instant::now() >= deadline {
@@ -151,10 +156,11 @@ impl Service {
             }
             // On a task of its own: a client that goes away does not cut a merge in half.
             let svc = self.clone();
-            let run =
-                tokio::spawn(
-                    async move { svc.run_merge(session, token, request, identifier).await },
-                );
+            let run = tokio::spawn(async move {
+                let merged = svc.run_merge(session, token, request, identifier).await;
+                writers.end().await;
+                merged
+            });
             return run.await.map_err(|e| Error::Internal(e.to_string()))?;
         }
     }

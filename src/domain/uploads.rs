@@ -387,7 +387,7 @@ impl Service {
         trace.owner = session.owner.clone();
         // The same chunk sent twice at once (a retry while the first try still arrives):
         // each is stored and recorded in turn, so the row describes the bytes stored.
-        let writer = self.part_writer(&session, number.get()).await?;
+        let writer = self.part_writers(&session, &[number.get()]).await?;
         let others = self.admit_chunk(&session, totals, number, len).await?;
         let stored = self
             .store_chunk(&session, number, chunk, &others, quota)
@@ -396,57 +396,61 @@ impl Service {
         stored
     }
 
-    /// Waits until this request may store chunk `number` of `session`: no other request
-    /// stores the same chunk now (see the `part_writers` migration). The right is held, and
-    /// renewed, until [`PartWriter::end`] or the writer is dropped.
-    async fn part_writer(
+    /// Waits until this request may store chunks `numbers` (ascending) of `session`: no other
+    /// request stores one of them now (see the `part_writers` migration). A chunk takes its
+    /// own; a merge takes those it joins, so that none is stored again under it. The right is
+    /// held, and renewed, until [`PartWriters::end`] or the value is dropped.
+    pub(super) async fn part_writers(
         &self,
         session: &upload_session::Model,
-        number: u32,
-    ) -> Result<PartWriter> {
+        numbers: &[u32],
+    ) -> Result<PartWriters> {
         let token = uuid::Uuid::new_v4().simple().to_string();
-        let mut pause = std::time::Duration::from_millis(20);
-        loop {
-            let now = now_secs();
-            let expires = now + PART_WRITER_LEASE_SECS;
-            if db::uploads::take_part_writer(&self.db, &session.id, number, &token, now, expires)
-                .await?
-            {
-                break;
-            }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(std::time::Duration::from_millis(500));
-        }
-        let (db, session_id) = (self.db.clone(), session.id.clone());
-        let renewal = {
-            let (db, session_id, token) = (db.clone(), session_id.clone(), token.clone());
-            super::keep_renewed(
-                PART_WRITER_LEASE_SECS,
-                "a chunk's writer",
-                move |now, expires_at| {
-                    let (db, session_id, token) = (db.clone(), session_id.clone(), token.clone());
-                    async move {
-                        db::uploads::renew_part_writer(
-                            &db,
-                            &session_id,
-                            number,
-                            &token,
-                            now,
-                            expires_at,
-                        )
-                        .await
-                    }
-                },
-            )
-        };
-        Ok(PartWriter {
-            db,
-            session_id,
-            number,
-            token,
-            _renewal: renewal,
+        // Held from the first: a wait for a later chunk cannot let earlier ones lapse.
+        let mut held = PartWriters {
+            db: self.db.clone(),
+            session_id: session.id.clone(),
+            token: token.clone(),
+            _renewal: None,
             ended: false,
-        })
+        };
+        for &number in numbers {
+            let mut pause = std::time::Duration::from_millis(20);
+            loop {
+                let now = now_secs();
+                let expires = now + PART_WRITER_LEASE_SECS;
+                let db = &self.db;
+                if db::uploads::take_part_writer(db, &session.id, number, &token, now, expires)
+                    .await?
+                {
+                    break;
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(std::time::Duration::from_millis(500));
+            }
+            if held._renewal.is_none() {
+                let (db, session_id, token) = (self.db.clone(), session.id.clone(), token.clone());
+                held._renewal = Some(super::keep_renewed(
+                    PART_WRITER_LEASE_SECS,
+                    "a chunk's writer",
+                    move |now, expires_at| {
+                        let (db, session_id, token) =
+                            (db.clone(), session_id.clone(), token.clone());
+                        async move {
+                            db::uploads::renew_part_writers(
+                                &db,
+                                &session_id,
+                                &token,
+                                now,
+                                expires_at,
+                            )
+                            .await
+                        }
+                    },
+                ));
+            }
+        }
+        Ok(held)
     }
 
     /// Reads a chunk request's form: its fields (over `query`) and its file part (`part` or
@@ -1124,44 +1128,40 @@ const LATE_CHUNK_WAIT: std::time::Duration = std::time::Duration::from_secs(600)
 /// a replica that dies holding one delays a resend of that chunk by at most this long.
 const PART_WRITER_LEASE_SECS: i64 = 15;
 
-/// The right of one request to store one chunk (see `Service::part_writer`).
-struct PartWriter {
+/// The right of one request to store chunks of an upload (see `Service::part_writers`).
+pub(super) struct PartWriters {
     db: sea_orm::DatabaseConnection,
     session_id: String,
-    number: u32,
     token: String,
-    _renewal: tokio_util::task::AbortOnDropHandle<()>,
+    _renewal: Option<tokio_util::task::AbortOnDropHandle<()>>,
     ended: bool,
 }
 
-impl PartWriter {
-    /// Lets go of the chunk (a failure is logged: the lease ends it anyway).
-    async fn end(mut self) {
+impl PartWriters {
+    /// Lets go of the chunks (a failure is logged: the leases end them anyway).
+    pub(super) async fn end(mut self) {
         self.ended = true;
-        let ended =
-            db::uploads::end_part_writer(&self.db, &self.session_id, self.number, &self.token)
-                .await;
+        let ended = db::uploads::end_part_writers(&self.db, &self.session_id, &self.token).await;
         if let Err(e) = ended {
-            tracing::warn!(error = %e, "could not let go of a chunk's writer; its lease ends it");
+            tracing::warn!(error = %e, "could not let go of chunks' writers; their leases end them");
         }
     }
 }
 
-impl Drop for PartWriter {
-    /// A request dropped while it stored (its client went): let go in a task.
+impl Drop for PartWriters {
+    /// A request dropped while it held them (its client went): let go in a task.
     fn drop(&mut self) {
         if self.ended {
             return;
         }
-        let (db, session_id, token) = (
-            self.db.clone(),
+        let db = self.db.clone();
+        let (session_id, token) = (
             std::mem::take(&mut self.session_id),
             std::mem::take(&mut self.token),
         );
-        let number = self.number;
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
-                let _ = db::uploads::end_part_writer(&db, &session_id, number, &token).await;
+                let _ = db::uploads::end_part_writers(&db, &session_id, &token).await;
             });
         }
     }

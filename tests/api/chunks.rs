@@ -407,8 +407,52 @@ crate::backend_tests!(
     orphan_multipart_uploads_are_aborted,
     a_cancel_racing_chunks,
     a_chunk_in_transfer_yields_to_expiry,
-    the_same_chunk_sent_twice_at_once
+    the_same_chunk_sent_twice_at_once,
+    a_chunk_sent_again_while_merging
 );
+
+/// A chunk sent again with other bytes while its upload is merged: the merge joins the bytes
+/// its answer says were kept. Stored under the merge, it left the upload unmergeable (S3:
+/// the part's ETag no longer the one recorded).
+async fn a_chunk_sent_again_while_merging(b: Backend) {
+    let app = TestApp::spawn(b, Options::default()).await;
+    let sizes = std::iter::repeat_n((6 << 20, (11 << 20) / 2), 3)
+        .chain(std::iter::repeat_n((200_000, 150_000), 8));
+    for (round, (first, second)) in sizes.enumerate() {
+        let id = format!("again{round}");
+        let seed = 10 * round as u64;
+        let (one, old, new) = (
+            pattern(seed, first),
+            pattern(seed + 1, first),
+            pattern(seed + 2, second),
+        );
+        assert_eq!(app.chunk(&id, 1, one.clone()).await.status(), 200);
+        assert_eq!(app.chunk(&id, 2, old.clone()).await.status(), 200);
+        let resend = async { app.chunk(&id, 2, new.clone()).await };
+        // The merge a moment after the resend began: it finds the chunk's earlier bytes
+        // recorded while the resend is being stored.
+        let merge = async {
+            tokio::time::sleep(std::time::Duration::from_millis(5 * (round as u64 % 4))).await;
+            app.merge(&id, "again.img").await
+        };
+        let (resent, merged) = tokio::join!(resend, merge);
+        let kept = match resent.status().as_u16() {
+            200 => &new,
+            409 => &old,
+            s => panic!("round {round}: resend {s} {}", resent.text().await.unwrap()),
+        };
+        let status = merged.status();
+        let v: serde_json::Value = merged.json().await.unwrap();
+        assert_eq!(status, 200, "round {round}: {v}");
+        let got = app.download(v["imageId"].as_str().unwrap()).await;
+        assert!(
+            got.len() == one.len() + kept.len() && got[one.len()..] == kept[..],
+            "round {round}: {} bytes, not chunk 1 and the chunk 2 kept",
+            got.len()
+        );
+    }
+    app.stop().await;
+}
 
 /// The same chunk sent twice at once with other bytes (a client's retry while its first try
 /// still arrives, at this replica or another): the upload keeps one of the two whole and the
