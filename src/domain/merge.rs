@@ -139,7 +139,9 @@ impl Service {
             // No chunk it joins is stored again while it merges (a resend in flight finishes
             // first): the parts it completes are those recorded.
             let numbers: Vec<u32> = parts.iter().map(|p| p.part_number as u32).collect();
-            let writers = self.part_writers(&session, &numbers).await?;
+            let writers = self
+                .part_writers(&session, &numbers, super::uploads::YieldTo::Nothing)
+                .await?;
             let token = uuid::Uuid::new_v4().simple().to_string();
             if !self.claim_for(&session, &token, &request).await? {
                 writers.end().await;

@@ -387,7 +387,9 @@ impl Service {
         trace.owner = session.owner.clone();
         // The same chunk sent twice at once (a retry while the first try still arrives):
         // each is stored and recorded in turn, so the row describes the bytes stored.
-        let writer = self.part_writers(&session, &[number.get()]).await?;
+        let writer = self
+            .part_writers(&session, &[number.get()], YieldTo::Merge)
+            .await?;
         let others = self.admit_chunk(&session, totals, number, len).await?;
         let stored = self
             .store_chunk(&session, number, chunk, &others, quota)
@@ -400,10 +402,15 @@ impl Service {
     /// request stores one of them now (see the `part_writers` migration). A chunk takes its
     /// own; a merge takes those it joins, so that none is stored again under it. The right is
     /// held, and renewed, until [`PartWriters::end`] or the value is dropped.
+    ///
+    /// With `YieldTo::Merge` (a chunk), an upload found merging (or cancelling) while it waits
+    /// is its answer at once (409), as when the chunk came after the claim: a merge may take
+    /// minutes, and the chunk would be refused at its end anyway.
     pub(super) async fn part_writers(
         &self,
         session: &upload_session::Model,
         numbers: &[u32],
+        yield_to: YieldTo,
     ) -> Result<PartWriters> {
         let token = uuid::Uuid::new_v4().simple().to_string();
         // Held from the first: a wait for a later chunk cannot let earlier ones lapse.
@@ -424,6 +431,14 @@ impl Service {
                     .await?
                 {
                     break;
+                }
+                if yield_to == YieldTo::Merge {
+                    let now = db::uploads::find(&self.db, &session.identifier).await?;
+                    match now {
+                        Some(s) if s.id == session.id && s.state == Open => {}
+                        Some(s) if s.id == session.id => return Err(not_open(&s)),
+                        _ => return Err(gone(session)),
+                    }
                 }
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(std::time::Duration::from_millis(500));
@@ -538,16 +553,7 @@ impl Service {
         let totals = totals.agrees_with(session)?;
         totals.check_chunk(number, len, self.cfg.max_image_bytes)?;
         if session.state != Open {
-            return Err(Error::Conflict(format!(
-                "upload {} is {}; cancel it to start again",
-                caller::client_identifier(&session.identifier),
-                if session.state == Merging {
-                    // A cancel claims the upload as a merge does.
-                    "being merged or cancelled"
-                } else {
-                    "already merged"
-                }
-            )));
+            return Err(not_open(session));
         }
         let others = self.other_chunks(&session.id, number).await?;
         // Totals declared now hold for the chunks already held too.
@@ -1123,7 +1129,6 @@ impl Service {
 /// staging objects is the backstop then).
 const LATE_CHUNK_WAIT: std::time::Duration = std::time::Duration::from_secs(600);
 
-/// The error of a chunk whose session was merged or cancelled while the chunk was stored.
 /// Lease of a chunk's writer (seconds), renewed every third of it while the chunk is stored;
 /// a replica that dies holding one delays a resend of that chunk by at most this long.
 const PART_WRITER_LEASE_SECS: i64 = 15;
@@ -1167,6 +1172,30 @@ impl Drop for PartWriters {
     }
 }
 
+/// Whether a request waiting for chunks' writers gives up when the upload stops being open.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(super) enum YieldTo {
+    /// A chunk: a merge or cancel that claimed the upload is its answer (409).
+    Merge,
+    /// A merge: it waits for every writer.
+    Nothing,
+}
+
+/// The error of a chunk for an upload that is no longer open (merging, cancelling, merged).
+fn not_open(session: &upload_session::Model) -> Error {
+    Error::Conflict(format!(
+        "upload {} is {}; cancel it to start again",
+        caller::client_identifier(&session.identifier),
+        if session.state == Merging {
+            // A cancel claims the upload as a merge does.
+            "being merged or cancelled"
+        } else {
+            "already merged"
+        }
+    ))
+}
+
+/// The error of a chunk whose session was merged or cancelled while the chunk was stored.
 fn gone(session: &upload_session::Model) -> Error {
     Error::Conflict(format!(
         "upload {} was merged or cancelled while this chunk was stored; cancel it to start again",
