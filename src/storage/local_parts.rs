@@ -56,7 +56,9 @@ fn part_file(dir: &Path, number: u32) -> PathBuf {
     dir.join(format!("{number:05}.part"))
 }
 
-/// Lengths of parts 1..=k stored in `data`, in order.
+/// Lengths of parts 1..=k stored in `data`, in order. Errors: `NotFound` when the directory
+/// itself is gone (the upload was aborted or completed, even while the caller held its `lock`:
+/// a discard moves the directory away without it), never an empty index.
 fn read_index(dir: &Path) -> io::Result<Vec<u64>> {
     match fs::read_to_string(dir.join("data.idx")) {
         Ok(s) => s
@@ -67,7 +69,8 @@ fn read_index(dir: &Path) -> io::Result<Vec<u64>> {
                     .map_err(|_| io::Error::other("corrupt data.idx"))
             })
             .collect(),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(vec![]),
+        // The directory is never moved back: found now, it was there when the index was read.
+        Err(e) if e.kind() == io::ErrorKind::NotFound && dir.try_exists()? => Ok(vec![]),
         Err(e) => Err(e),
     }
 }
@@ -349,4 +352,35 @@ pub fn commit_in_place(
         ));
     }
     extend(dir, data, lens, number, len, offset + len)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An upload discarded while a part is received in place (its directory moved away, as
+    /// `LocalStore::discard_upload_dir` does, between the commit's lock and its read of the
+    /// index): the commit finds the upload gone (`NotFound`, a 409 for the chunk), not an
+    /// empty index it would call "the parts changed" (a 500).
+    #[test]
+    fn a_directory_moved_away_is_gone_not_empty() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("upload");
+        fs::create_dir(&dir).unwrap();
+        let src = root.path().join("one");
+        fs::write(&src, b"first").unwrap();
+        put_part(&dir, 1, &src, 5).unwrap();
+        let (data, offset) = begin_in_place(&dir, 2).unwrap().unwrap();
+        assert_eq!(offset, 5);
+        assert_eq!(read_index(&dir).unwrap(), vec![5]);
+        fs::rename(&dir, root.path().join("trash")).unwrap();
+        let e = read_index(&dir).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::NotFound);
+        let e = commit_in_place(&dir, &data, 2, offset, 3).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::NotFound);
+        // A directory without an index yet holds no part.
+        let fresh = root.path().join("fresh");
+        fs::create_dir(&fresh).unwrap();
+        assert!(read_index(&fresh).unwrap().is_empty());
+    }
 }
