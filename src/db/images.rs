@@ -185,8 +185,10 @@ pub struct CheckHashes<'a> {
 /// Which of an image's objects a check read.
 #[derive(Clone, Copy, Debug)]
 pub enum Checked<'a> {
-    /// Whichever the image serves (a check that gave up without reading).
-    Served,
+    /// None: the check gave up without a verdict. Its failure is recorded only while the image
+    /// still shows a check in progress, never over a result recorded meanwhile (the slimmed
+    /// copy's check, when a slim finished while the check was being retried).
+    Unread,
     /// The original, served while the image has no slimmed copy.
     Original,
     /// The slimmed copy under this key.
@@ -224,7 +226,7 @@ pub async fn set_check(
     }
     q = q.filter(image::Column::Id.eq(id));
     q = match checked {
-        Checked::Served => q,
+        Checked::Unread => q.filter(image::Column::CheckStatus.eq(CheckStatus::InProgress)),
         Checked::Original => q.filter(image::Column::SlimObjectKey.is_null()),
         Checked::Slimmed(key) => q.filter(image::Column::SlimObjectKey.eq(key)),
     };

@@ -38,8 +38,8 @@ impl Job for CheckJob {
     async fn give_up(&self, svc: &Service, image_id: &str, error: &Error) -> Result<()> {
         let report = CheckReport::failed(format!("check failed: {}", error.public_message()));
         svc.metrics.image_checked(report.status);
-        let served = db::images::Checked::Served;
-        db::images::set_check(&svc.db, image_id, &report, None, served, now_secs()).await?;
+        let unread = db::images::Checked::Unread;
+        db::images::set_check(&svc.db, image_id, &report, None, unread, now_secs()).await?;
         Ok(())
     }
 }

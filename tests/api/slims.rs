@@ -265,6 +265,23 @@ async fn a_check_that_ends_after_a_slim_keeps_the_slims_digests(b: Backend) {
     for field in ["checkStatusResponse", "sha256", "originalChecksum"] {
         assert_eq!(after[field], before[field], "{field}: {after}");
     }
+    // A check that gave up (its store unreachable for all its tries) leaves the slim's verdict.
+    let gave_up = entity::check::CheckReport::failed("check failed: gave up");
+    let recorded = set_check(&db, &id, &gave_up, None, Checked::Unread, now);
+    assert!(
+        !recorded.await.unwrap(),
+        "a check that gave up wrote over the slim's verdict"
+    );
+    let (_, after) = app.get_json(&format!("/images/{id}")).await;
+    assert_eq!(after["checkStatusResponse"], before["checkStatusResponse"]);
+    // It is recorded while its check is still shown in progress.
+    let asked = file_system::db::images::request_check(&db, &id, "in progress", now);
+    assert!(asked.await.unwrap());
+    let recorded = set_check(&db, &id, &gave_up, None, Checked::Unread, now);
+    assert!(recorded.await.unwrap());
+    let (_, after) = app.get_json(&format!("/images/{id}")).await;
+    let msg = &after["checkStatusResponse"]["msg"];
+    assert!(msg.as_str().unwrap().contains("gave up"), "{after}");
     // A check of the slimmed copy it serves is recorded.
     let key = {
         use sea_orm::EntityTrait;
