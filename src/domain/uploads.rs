@@ -847,13 +847,22 @@ impl Service {
         asked: Option<i32>,
     ) -> Result<Option<(upload_session::Model, bool)>> {
         let identifier = &target.identifier;
+        // Joined as it is, in the tier this chunk asked for.
+        let join = |s: upload_session::Model| match asked.filter(|p| *p != s.priority) {
+            Some(asked) => Err(other_priority(identifier, s.priority, asked)),
+            None => Ok(Some((s, false))),
+        };
         if let Some(s) = db::uploads::find(&self.db, &target.key).await? {
-            if let Some(asked) = asked.filter(|p| *p != s.priority) {
-                return Err(other_priority(identifier, s.priority, asked));
-            }
-            return Ok(Some((s, false)));
+            return join(s);
         }
-        self.room_for_an_upload(owner.as_deref()).await?;
+        if let Err(full) = self.room_for_an_upload(owner.as_deref()).await {
+            // The upload the user filled the limit with may be this one, opened since by a
+            // first chunk racing this one: this chunk joins it.
+            return match db::uploads::find(&self.db, &target.key).await? {
+                Some(s) => join(s),
+                None => Err(full),
+            };
+        }
         let image_id = ImageId::new();
         let key = ObjectKey::image(&image_id);
         let opts = PutOptions {
@@ -885,11 +894,13 @@ impl Service {
             total_size: Set(None),
             total_chunks: Set(None),
             merge_checksum: Set(None),
-            owner: Set(owner),
+            owner: Set(owner.clone()),
             created_at: Set(now),
             updated_at: Set(now),
         };
-        let inserted = db::uploads::insert_if_absent(&self.db, row).await;
+        let inserted = self
+            .insert_session(row, &target.key, owner.as_deref())
+            .await;
         match inserted {
             Ok(true) => abort.disarm(),
             _ => abort.run().await,
@@ -911,16 +922,22 @@ impl Service {
         Ok(Some((session, opened)))
     }
 
-    /// Whether `owner` may open one more chunked upload (`FS_MAX_OPEN_UPLOADS`). Uploads
-    /// without a user (authentication off, no `userId` with the chunk) are not one user's and
-    /// are not limited. Errors: `QuotaExceeded` when the user has as many open (or merging) as
-    /// it may.
+    /// Whether `owner` may open one more chunked upload (`FS_MAX_OPEN_UPLOADS`), as far as can
+    /// be seen now (a read before the multipart upload is created; `insert_session` decides).
+    /// Uploads without a user (authentication off, no `userId` with the chunk) are not one
+    /// user's and are not limited. Errors: `QuotaExceeded` when the user has as many open (or
+    /// merging) as it may.
     async fn room_for_an_upload(&self, owner: Option<&str>) -> Result<()> {
-        let most = self.cfg.max_open_uploads;
-        let Some(owner) = owner.filter(|_| most > 0) else {
+        let Some(owner) = owner.filter(|_| self.cfg.max_open_uploads > 0) else {
             return Ok(());
         };
         let open = db::uploads::count_open_of(&self.db, owner).await?;
+        self.open_uploads_within(owner, open)
+    }
+
+    /// `Ok` when `owner`, holding `open` chunked uploads, may open one more.
+    fn open_uploads_within(&self, owner: &str, open: u64) -> Result<()> {
+        let most = self.cfg.max_open_uploads;
         if open < most {
             return Ok(());
         }
@@ -928,6 +945,33 @@ impl Service {
             "quota exceeded: user {owner:?} may have {most} chunked uploads open at once and has \
              {open}; merge or cancel one (DELETE /images/upload?identifier=...) first"
         )))
+    }
+
+    /// Inserts the session `row` (session key `key`) unless one is there for its key: `false`
+    /// then. For a limited `owner` (`FS_MAX_OPEN_UPLOADS`) the count and the insert are one
+    /// transaction under the user's quota lock (`db::quotas::lock`), so that first chunks of
+    /// several uploads racing, on one replica or several, never open more than the limit; a
+    /// first chunk racing the one that opened its own upload joins it, whatever the count.
+    /// Errors: `QuotaExceeded` past the limit.
+    async fn insert_session(
+        &self,
+        row: upload_session::ActiveModel,
+        key: &str,
+        owner: Option<&str>,
+    ) -> Result<bool> {
+        let Some(owner) = owner.filter(|_| self.cfg.max_open_uploads > 0) else {
+            return Ok(db::uploads::insert_if_absent(&self.db, row).await?);
+        };
+        let txn = self.db.begin().await?;
+        db::quotas::lock(&txn, owner, now_secs()).await?;
+        if db::uploads::find(&txn, key).await?.is_some() {
+            return Ok(false);
+        }
+        let open = db::uploads::count_open_of(&txn, owner).await?;
+        self.open_uploads_within(owner, open)?;
+        let inserted = db::uploads::insert_if_absent(&txn, row).await?;
+        txn.commit().await?;
+        Ok(inserted)
     }
 
     /// `DELETE /images/upload`: drops every chunk of an identifier.

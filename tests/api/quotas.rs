@@ -847,9 +847,62 @@ async fn open_uploads_per_user_are_limited(b: Backend) {
     app.stop().await;
 }
 
+/// First chunks of many uploads of one user at once, each upload's chunks 1 and 2 racing too,
+/// under `FS_MAX_OPEN_UPLOADS=3`: exactly 3 uploads open (both their chunks taken), the others
+/// are refused whole and keep nothing. (Up to 8 of 8 opened when the count and the insert were
+/// apart.)
+async fn racing_first_chunks_never_open_past_the_limit(b: Backend) {
+    let app = quota_app(b, &[("FS_MAX_OPEN_UPLOADS", "3")]).await;
+    let client = &app;
+    for round in 0..3 {
+        let ids: Vec<String> = (0..8).map(|i| format!("ola-{round}-{i}")).collect();
+        let sent = ids
+            .iter()
+            .flat_map(|id| [1, 2].map(|n| (id.clone(), n)))
+            .map(|(id, n)| async move {
+                (
+                    id.clone(),
+                    chunk_as(client, Some("ola"), &id, n, 1000).await,
+                )
+            });
+        let mut opened = std::collections::BTreeMap::<String, Vec<u16>>::new();
+        for (id, r) in join_all(sent).await {
+            let status = r.status().as_u16();
+            if status == 413 {
+                assert_quota_exceeded(r).await;
+            } else {
+                assert_eq!(status, 200, "{id}: {}", r.text().await.unwrap());
+            }
+            opened.entry(id).or_default().push(status);
+        }
+        let whole: Vec<_> = opened
+            .iter()
+            .filter(|(_, s)| s == &&vec![200, 200])
+            .collect();
+        let refused = opened.values().filter(|s| *s == &vec![413, 413]).count();
+        assert_eq!((whole.len(), refused), (3, 5), "round {round}: {opened:?}");
+        assert_eq!(usage(&app, "ola").await["openUploads"], 3);
+        for (id, statuses) in &opened {
+            let held = chunks_held(&app, id).await;
+            match statuses[0] {
+                200 => assert_eq!(held, vec![1, 2], "{id}"),
+                _ => assert!(held.is_empty(), "{id} was refused and holds {held:?}"),
+            }
+            if statuses[0] == 200 {
+                let url = app.url(&format!("/images/upload?identifier={id}"));
+                assert_eq!(app.client.delete(url).send().await.unwrap().status(), 200);
+            }
+        }
+    }
+    app.until_no_leftovers("first chunks racing the open-upload limit", 20)
+        .await;
+    app.stop().await;
+}
+
 crate::backend_tests!(
     single_upload_stops_at_the_byte_quota,
     open_uploads_per_user_are_limited,
+    racing_first_chunks_never_open_past_the_limit,
     expect_continue_past_the_quota_is_refused_at_once,
     chunks_stop_at_the_crossing_chunk,
     image_limit_on_upload_and_merge,
