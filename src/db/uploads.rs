@@ -132,6 +132,7 @@ async fn write_part(
     Ok(())
 }
 
+/// Marks a session as changed at `now` (seconds), whatever its state.
 pub async fn touch(db: &impl ConnectionTrait, session_id: &str, now: i64) -> Result<(), DbErr> {
     Sessions::update_many()
         .col_expr(upload_session::Column::UpdatedAt, Expr::value(now))
@@ -139,6 +140,23 @@ pub async fn touch(db: &impl ConnectionTrait, session_id: &str, now: i64) -> Res
         .exec(db)
         .await
         .map(|_| ())
+}
+
+/// Marks an open session as sent to at `now` (seconds): a chunk is arriving for it, so it is
+/// not abandoned (see `stale_open`). `false` when it is no longer open (a merge's or cancel's
+/// claim, whose lease the same column keeps, is never extended by it).
+pub async fn touch_open(
+    db: &impl ConnectionTrait,
+    session_id: &str,
+    now: i64,
+) -> Result<bool, DbErr> {
+    let res = Sessions::update_many()
+        .col_expr(upload_session::Column::UpdatedAt, Expr::value(now))
+        .filter(upload_session::Column::Id.eq(session_id))
+        .filter(upload_session::Column::State.eq(Open))
+        .exec(db)
+        .await?;
+    Ok(res.rows_affected == 1)
 }
 
 pub async fn parts(

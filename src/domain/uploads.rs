@@ -491,9 +491,19 @@ impl Service {
         }
         let meter = Meter::hashing(wanted);
         let body = meter.wrap(body, self.cfg.max_image_bytes);
-        let in_place = self
-            .part_in_place(caller, form.fields(), file_name.as_deref())
+        // The open upload the fields before the chunk name is being sent to: it does not
+        // expire as abandoned while the chunk arrives, however long that takes.
+        let named = self
+            .open_upload_named(caller, form.fields(), file_name.as_deref())
             .await;
+        let _alive = match &named {
+            Some((session, _)) => Some(self.kept_alive(session).await),
+            None => None,
+        };
+        let in_place = match &named {
+            Some((session, number)) => self.part_in_place(session, *number).await,
+            None => None,
+        };
         let body = match in_place {
             Some(mut part) => {
                 let len = part.receive(body).await.map_err(|e| match e {
@@ -518,24 +528,52 @@ impl Service {
         Ok((chunk, form.finish().await?))
     }
 
-    /// A writer for the chunk in its place in the upload that `fields` (those read before the
-    /// chunk) and the part's file name name, when that upload is open and the store can take
-    /// the chunk there now; `None` otherwise (the chunk is spooled, and anything wrong with
-    /// the request is reported once the whole form is read).
-    async fn part_in_place(
+    /// The upload that `fields` (those read before the chunk) and the part's file name name,
+    /// with the chunk's number, when that upload is open; `None` otherwise (anything wrong
+    /// with the request is reported once the whole form is read).
+    async fn open_upload_named(
         &self,
         caller: &Caller,
         fields: &Fields,
         file_name: Option<&str>,
-    ) -> Option<Box<dyn InPlacePart>> {
+    ) -> Option<(upload_session::Model, ChunkNumber)> {
         let target = SessionRef::of(caller, fields).ok()?;
         let number = ChunkNumber::parse(fields.get(Field::ChunkNumber), file_name).ok()?;
         let session = db::uploads::find(&self.db, &target.key).await.ok()??;
-        if session.state != Open {
-            return None;
+        (session.state == Open).then_some((session, number))
+    }
+
+    /// Keeps the open `session` from reading as abandoned (`FS_UPLOAD_TTL_SECS` without a part
+    /// written) while a chunk for it arrives: marked sent to now when a third of the TTL has
+    /// passed since, then every third of the TTL, until the value is dropped or the session is
+    /// no longer open.
+    async fn kept_alive(
+        &self,
+        session: &upload_session::Model,
+    ) -> tokio_util::task::AbortOnDropHandle<()> {
+        let ttl = self.cfg.upload_ttl_secs.min(i64::MAX as u64) as i64;
+        let now = now_secs();
+        if now - session.updated_at >= ttl / 3 {
+            if let Err(e) = db::uploads::touch_open(&self.db, &session.id, now).await {
+                tracing::warn!(error = %e, "could not mark an upload as sent to");
+            }
         }
+        let (db, id) = (self.db.clone(), session.id.clone());
+        super::keep_renewed(ttl, "an upload a chunk is sent to", move |now, _| {
+            let (db, id) = (db.clone(), id.clone());
+            async move { db::uploads::touch_open(&db, &id, now).await }
+        })
+    }
+
+    /// A writer for the chunk `number` in its place in the open `session`, when the store can
+    /// take it there now; `None` otherwise (the chunk is spooled).
+    async fn part_in_place(
+        &self,
+        session: &upload_session::Model,
+        number: ChunkNumber,
+    ) -> Option<Box<dyn InPlacePart>> {
         self.store
-            .part_in_place(multipart_of(&session), number.get())
+            .part_in_place(multipart_of(session), number.get())
             .await
             .ok()?
     }

@@ -407,6 +407,7 @@ crate::backend_tests!(
     orphan_multipart_uploads_are_aborted,
     a_cancel_racing_chunks,
     a_chunk_in_transfer_yields_to_expiry,
+    a_chunk_in_transfer_keeps_its_upload,
     the_same_chunk_sent_twice_at_once,
     a_chunk_sent_again_while_merging
 );
@@ -745,8 +746,23 @@ async fn a_cancel_racing_chunks(b: Backend) {
     app.stop().await;
 }
 
-/// A chunk still arriving when its upload expires (it began before the expiry) is refused
-/// 409, as when a cancel comes: it does not open the upload anew without its first chunks.
+/// A body of six 4 KiB pieces, one every half second (3 s in all): byte `n` in piece `n`.
+fn slow_body() -> reqwest::Body {
+    reqwest::Body::wrap_stream(futures::stream::unfold(0u32, |n| async move {
+        if n == 6 {
+            return None;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        Some((
+            Ok::<_, std::io::Error>(bytes::Bytes::from(vec![n as u8; 4096])),
+            n + 1,
+        ))
+    }))
+}
+
+/// A chunk still arriving when its upload expires (it began before the expiry, and named its
+/// upload only after its bytes, so the server could not know it was sent to) is refused 409,
+/// as when a cancel comes: it does not open the upload anew without its first chunks.
 async fn a_chunk_in_transfer_yields_to_expiry(b: Backend) {
     let app = TestApp::spawn(
         b,
@@ -764,26 +780,10 @@ async fn a_chunk_in_transfer_yields_to_expiry(b: Backend) {
     // for the TTL, 4 s), and the chunk ends within a TTL of that (a chunk in transfer longer
     // than the TTL after the expiry no longer yields to it).
     tokio::time::sleep(std::time::Duration::from_secs(3)).await;
-    let body = futures::stream::unfold(0u32, |n| async move {
-        if n == 6 {
-            return None;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-        Some((
-            Ok::<_, std::io::Error>(bytes::Bytes::from(vec![n as u8; 4096])),
-            n + 1,
-        ))
-    });
+    let part = reqwest::multipart::Part::stream_with_length(slow_body(), 6 * 4096);
     let form = reqwest::multipart::Form::new()
-        .text("identifier", "slow-second")
-        .part(
-            "part",
-            reqwest::multipart::Part::stream_with_length(
-                reqwest::Body::wrap_stream(body),
-                6 * 4096,
-            )
-            .file_name("2.part"),
-        );
+        .part("part", part.file_name("2.part"))
+        .text("identifier", "slow-second");
     let r = reqwest::Client::new()
         .post(app.url("/images/upload"))
         .multipart(form)
@@ -798,6 +798,51 @@ async fn a_chunk_in_transfer_yields_to_expiry(b: Backend) {
     assert_eq!(st["state"], "none", "{st}");
     app.until_no_leftovers("a chunk that yielded to expiry", 20)
         .await;
+    app.stop().await;
+}
+
+/// A chunk whose fields come before its bytes names its upload before it arrives: the upload
+/// is being sent to, not abandoned, and does not expire while the chunk arrives, however much
+/// longer than the TTL that takes (in the query string or in the form). (The upload expired
+/// under it, its first chunk lost, and the chunk was refused 409.)
+async fn a_chunk_in_transfer_keeps_its_upload(b: Backend) {
+    let app = TestApp::spawn(
+        b,
+        Options {
+            upload_ttl_secs: Some(2),
+            ..Default::default()
+        },
+    )
+    .await;
+    for (i, in_query) in [false, true].into_iter().enumerate() {
+        let id = format!("kept-{i}");
+        assert_eq!(app.chunk(&id, 1, pattern(1, 1000)).await.status(), 200);
+        // Idle for most of the TTL, then 3 s (longer than the TTL) to arrive.
+        tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+        let part = reqwest::multipart::Part::stream_with_length(slow_body(), 6 * 4096);
+        let (url, mut form) = match in_query {
+            true => (
+                app.url(&format!("/images/upload?identifier={id}&chunkNumber=2")),
+                reqwest::multipart::Form::new(),
+            ),
+            false => (
+                app.url("/images/upload"),
+                reqwest::multipart::Form::new()
+                    .text("identifier", id.clone())
+                    .text("chunkNumber", "2"),
+            ),
+        };
+        form = form.part("part", part.file_name("blob"));
+        let r = app.client.post(url).multipart(form).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{id}: {}", r.text().await.unwrap());
+        let r = app.merge(&id, "kept.img").await;
+        assert_eq!(r.status(), 200, "{id}: {}", r.text().await.unwrap());
+        let image = r.json::<serde_json::Value>().await.unwrap();
+        let got = app.download(image["imageId"].as_str().unwrap()).await;
+        let mut want = pattern(1, 1000);
+        want.extend((0..6u8).flat_map(|n| vec![n; 4096]));
+        assert!(got == want, "{id}: the merged bytes differ");
+    }
     app.stop().await;
 }
 
