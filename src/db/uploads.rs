@@ -67,11 +67,14 @@ pub async fn upsert_part(
 /// Records part `p` (inserted, or replacing the part of its number) of a session that is still
 /// `open`, in one transaction whose first step touches the session on that condition: a merge
 /// or a cancel that took the session meanwhile wins (its row is locked or changed first).
-/// `false` when the session is no longer open: nothing is recorded.
+/// `false` when the session is no longer open: nothing is recorded. The quota `reservation`
+/// that held the part's bytes while it was received is deleted in the same transaction, so
+/// that a user's usage never counts them twice.
 pub async fn upsert_part_if_open<C>(
     db: &C,
     session_id: &str,
     p: NewPart<'_>,
+    reservation: Option<&str>,
     now: i64,
 ) -> Result<bool, DbErr>
 where
@@ -90,6 +93,9 @@ where
         return Ok(false);
     }
     write_part(&txn, session_id, p, now).await?;
+    if let Some(id) = reservation {
+        crate::db::quotas::delete_reservation(&txn, id).await?;
+    }
     txn.commit().await?;
     Ok(true)
 }

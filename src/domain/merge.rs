@@ -460,8 +460,9 @@ impl Service {
         db::images::release_identifier(&txn, &session.identifier).await?;
         db::images::insert(&txn, record.into_active_model()).await?;
         db::jobs::enqueue(&txn, JobKind::Check, &session.image_id, now_secs()).await?;
+        quota.release_in(&txn).await?;
         txn.commit().await?;
-        quota.release().await;
+        quota.released().await;
         self.job_wake.notify_one();
         tracing::info!(image.id = %session.image_id, identifier, size_bytes = size, parts = parts.len(), "chunks merged");
         db::images::find(&self.db, &session.image_id)

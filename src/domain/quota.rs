@@ -336,6 +336,34 @@ impl Reservation {
         held.exactly(&user, need, images).await
     }
 
+    /// The id of the reservation's row in `quota_reservations`, when it has one: to be deleted
+    /// in the transaction that records what the reservation became (see
+    /// [`Reservation::release_in`]).
+    pub async fn row_id(&self) -> Option<String> {
+        let held = self.0.lock().await;
+        held.row.then(|| held.id.clone())
+    }
+
+    /// Deletes the reservation's row in `txn`, the transaction that records what the
+    /// reservation became (the image): the user's usage, read in one statement, counts the one
+    /// or the other, never both (for a moment, 4 images under a limit of 3, and requests that
+    /// fit were refused). Call [`Reservation::released`] once `txn` is committed; if it is
+    /// not, the reservation still holds and is released as usual.
+    pub async fn release_in(&self, txn: &impl sea_orm::ConnectionTrait) -> Result<()> {
+        if let Some(id) = self.row_id().await {
+            db::quotas::delete_reservation(txn, &id).await?;
+        }
+        Ok(())
+    }
+
+    /// The transaction that deleted the reservation's row (see [`Reservation::release_in`])
+    /// is committed: it holds nothing any more.
+    pub async fn released(self) {
+        let mut held = self.0.lock().await;
+        held.renewal = None;
+        held.row = false;
+    }
+
     /// What this reservation became is recorded: it no longer holds anything.
     pub async fn release(self) {
         let mut held = self.0.lock().await;

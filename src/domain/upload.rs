@@ -224,17 +224,19 @@ impl Service {
             let txn = self.db.begin().await?;
             db::images::insert(&txn, record.into_active_model()).await?;
             db::jobs::enqueue(&txn, JobKind::Check, &id, now_secs()).await?;
-            txn.commit().await
+            quota.release_in(&txn).await?;
+            txn.commit().await?;
+            Ok::<_, Error>(())
         }
         .await;
         if let Err(e) = recorded {
             object.discard().await;
-            return Err(e.into());
+            return Err(e);
         }
         let size = object.size;
         let bucket = object.tier.bucket.clone();
         object.recorded();
-        quota.release().await;
+        quota.released().await;
         self.job_wake.notify_one();
         tracing::info!(image.id = %id, size_bytes = size, bucket = %bucket, "image uploaded");
         self.metrics.image_uploaded();

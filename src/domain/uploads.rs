@@ -712,13 +712,18 @@ impl Service {
             staged,
             checksum: uploaded.checksum.as_deref(),
         };
-        if !db::uploads::upsert_part_if_open(&self.db, &session.id, part, now_secs()).await? {
+        // The reservation's row goes with the part's recording: usage counts the chunk once.
+        let reservation = quota.row_id().await;
+        let (id, now) = (&session.id, now_secs());
+        if !db::uploads::upsert_part_if_open(&self.db, id, part, reservation.as_deref(), now)
+            .await?
+        {
             // Merged or cancelled while the chunk was stored: it is not part of the upload.
             quota.release().await;
             self.drop_late_chunk(session);
             return Err(gone(session));
         }
-        quota.release().await;
+        quota.released().await;
         tracing::debug!(
             identifier = caller::client_identifier(&session.identifier),
             chunk = number,

@@ -899,7 +899,77 @@ async fn racing_first_chunks_never_open_past_the_limit(b: Backend) {
     app.stop().await;
 }
 
+/// Polls `GET /usage` of `user` until `stop` is set: the most bytes and images it showed.
+async fn most_usage_shown(
+    app: &TestApp,
+    user: &str,
+    stop: &std::sync::atomic::AtomicBool,
+) -> (u64, u64) {
+    let mut most = (0, 0);
+    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+        let v = usage(app, user).await;
+        let (bytes, images) = (v["bytes"].as_u64().unwrap(), v["images"].as_u64().unwrap());
+        most = (most.0.max(bytes), most.1.max(images));
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    most
+}
+
+/// While uploads and chunks of one user run at once, `GET /usage` never shows more than the
+/// limits, and the uploads that fit are not refused: what a request reserved stops counting
+/// in the same transaction as what it recorded starts. (The reservation was deleted just
+/// after: usage showed 4 images under a limit of 3, or 13 MiB under 10, and uploads that fit
+/// were refused meanwhile.)
+async fn usage_never_shows_more_than_the_limits(b: Backend) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let app = quota_app(b, &[("FS_QUOTA_BYTES", "10MiB"), ("FS_QUOTA_IMAGES", "3")]).await;
+    let stop = AtomicBool::new(false);
+    let uploads = async {
+        let sent = join_all((0..10).map(|_| upload_as(&app, "una", MIB, false))).await;
+        stop.store(true, Ordering::SeqCst);
+        sent
+    };
+    let (sent, most) = tokio::join!(uploads, most_usage_shown(&app, "una", &stop));
+    let mut ok = 0;
+    for r in sent {
+        match r.status().as_u16() {
+            200 => ok += 1,
+            _ => drop(assert_quota_exceeded(r).await),
+        }
+    }
+    // The image limit lets three in at once, and their bytes fit: exactly three are stored.
+    assert_eq!(ok, 3, "uploads that fit were refused");
+    assert!(
+        most.1 <= 3 && most.0 <= 10 * MIB as u64,
+        "usage showed {most:?}"
+    );
+    assert_held(&app, "una", (3 * MIB as u64, 3)).await;
+    // Chunks of one upload of another user at once: 1 MiB each under a 10 MiB quota.
+    stop.store(false, Ordering::SeqCst);
+    let chunks = async {
+        let sent = join_all((1..=16).map(|n| chunk_as(&app, Some("uma"), "uma-1", n, MIB))).await;
+        stop.store(true, Ordering::SeqCst);
+        sent
+    };
+    let (sent, most) = tokio::join!(chunks, most_usage_shown(&app, "uma", &stop));
+    let mut stored = 0;
+    for r in sent {
+        match r.status().as_u16() {
+            200 => stored += 1,
+            _ => drop(assert_quota_exceeded(r).await),
+        }
+    }
+    assert!(
+        (1..=10).contains(&stored),
+        "{stored} chunks of 1 MiB stored"
+    );
+    assert!(most.0 <= 10 * MIB as u64, "usage showed {most:?}");
+    assert_eq!(chunks_held(&app, "uma-1").await.len() as u64, stored);
+    app.stop().await;
+}
+
 crate::backend_tests!(
+    usage_never_shows_more_than_the_limits,
     single_upload_stops_at_the_byte_quota,
     open_uploads_per_user_are_limited,
     racing_first_chunks_never_open_past_the_limit,
