@@ -167,17 +167,13 @@ pub async fn run(api: &Api, args: DownloadArgs, pacer: Option<Arc<Pacer>>) -> Re
 }
 
 /// Whether `name`, given by the service, may be a download's default target: a name the service
-/// accepts for an image (`.qcow2`, `.img` or `.iso`, not hidden, no control or bidirectional
-/// formatting character). A hostile or broken server naming `.bashrc` replaced that file.
+/// accepts for an image (`.qcow2`, `.img` or `.iso`, not hidden, only characters its
+/// `name_char` takes). A hostile or broken server naming `.bashrc` replaced that file.
 fn default_name(name: &str) -> bool {
     let image = [".qcow2", ".img", ".iso"]
         .iter()
         .any(|e| name.len() > e.len() && name.ends_with(e));
-    let shown_as_is = |c: char| {
-        !c.is_control()
-            && !matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
-    };
-    image && !name.starts_with('.') && name.chars().all(shown_as_is)
+    image && !name.starts_with('.') && name.chars().all(crate::upload::name_char)
 }
 
 /// The target (`-o`, a directory or a file; else the image's name in the current

@@ -241,11 +241,25 @@ fn check_name(name: &str) -> Result<()> {
 }
 
 /// Whether the service takes `c` in a file name (its `validate::name_char`): no control
-/// character, no bidirectional formatting character (a name could show as another), no U+FFFD
-/// (what bytes that are not UTF-8 become).
-fn name_char(c: char) -> bool {
+/// character, no bidirectional formatting character (a name could show as another), no line
+/// or paragraph separator, no invisible U+200B, U+2060 or U+FEFF, no U+FFFD (what bytes that
+/// are not UTF-8 become).
+pub(crate) fn name_char(c: char) -> bool {
     !c.is_control()
-        && !matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{FFFD}')
+        && !matches!(
+            c,
+            '\u{061C}'
+                | '\u{200B}'
+                | '\u{200E}'
+                | '\u{200F}'
+                | '\u{2028}'
+                | '\u{2029}'
+                | '\u{202A}'..='\u{202E}'
+                | '\u{2060}'
+                | '\u{2066}'..='\u{2069}'
+                | '\u{FEFF}'
+                | '\u{FFFD}'
+        )
 }
 
 /// A failure while chunks were being sent: the chunks already held stay on the server for a

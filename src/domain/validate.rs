@@ -14,13 +14,30 @@ pub(super) fn base_name(name: &str) -> &str {
     name.rsplit(['/', '\\']).next().unwrap_or(name)
 }
 
-/// Whether `c` may stand in a file name: not a control character, not a Unicode bidirectional
-/// formatting character (U+061C, U+200E/F, U+202A-U+202E, U+2066-U+2069: they reorder how a
-/// name is shown, so that `x\u{202E}gmi.exe` would read as an image; Unicode TR9), not
-/// U+FFFD (what a name that was not UTF-8 decodes to: not the name the client had).
+/// Whether `c` may stand in a file name or a user id: not a control character, not a Unicode
+/// bidirectional formatting character (U+061C, U+200E/F, U+202A-U+202E, U+2066-U+2069: they
+/// reorder how a name is shown, so that `x\u{202E}gmi.exe` would read as an image; Unicode
+/// TR9), not a line or paragraph separator (U+2028/9: a line break to many log readers), not
+/// an invisible character with no use inside a name (U+200B zero width space, U+2060 word
+/// joiner, U+FEFF byte order mark: `al\u{200B}ice` shows as `alice`; the joiners U+200C/D,
+/// which some scripts need, stay), not U+FFFD (what a name that was not UTF-8 decodes to: not
+/// the name the client had).
 pub fn name_char(c: char) -> bool {
     !c.is_control()
-        && !matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{FFFD}')
+        && !matches!(
+            c,
+            '\u{061C}'
+                | '\u{200B}'
+                | '\u{200E}'
+                | '\u{200F}'
+                | '\u{2028}'
+                | '\u{2029}'
+                | '\u{202A}'..='\u{202E}'
+                | '\u{2060}'
+                | '\u{2066}'..='\u{2069}'
+                | '\u{FEFF}'
+                | '\u{FFFD}'
+        )
 }
 
 /// Validates an uploaded file name: allowed extension, at most 128 characters, only
@@ -112,11 +129,18 @@ mod tests {
             "a\u{2067}b",
             "a\u{200F}",
             "\u{FFFD}",
+            "a\u{2028}",
+            "a\u{2029}b",
+            "al\u{200B}ice",
+            "\u{2060}alice",
+            "\u{FEFF}alice",
         ] {
             assert!(user_id(Some(bad)).is_err(), "{bad:?}");
             assert!(!crate::auth::usable_user_id(bad), "{bad:?}");
         }
         assert!(crate::auth::usable_user_id("小明"));
+        // The joiners some scripts need (Persian ZWNJ here) stay.
+        assert!(crate::auth::usable_user_id("می\u{200C}خواهم"));
     }
 
     #[test]
