@@ -240,7 +240,8 @@ fn check_name(name: &str) -> Result<()> {
     Err(Error::Usage(format!("{name:?}: {problem}")))
 }
 
-/// Whether the service takes `c` in a file name (its `validate::name_char`): no control
+/// Whether the service takes `c` in a file name (its `validate::name_char`, written again here
+/// so that the client does not link the server; a test holds the two equal): no control
 /// character, no bidirectional formatting character (a name could show as another), no line
 /// or paragraph separator, no invisible U+200B, U+2060 or U+FEFF, no U+FFFD (what bytes that
 /// are not UTF-8 become).
@@ -526,6 +527,18 @@ async fn merge(s: &Session, file_name: &str, sha256: &str) -> Result<Value> {
                 conflicts += 1;
             }
             Err(e) => return Err(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The client refuses before sending exactly the characters the service refuses.
+    #[test]
+    fn name_char_is_the_services() {
+        let service = file_system::domain::validate::name_char;
+        for c in (0..=0x10FFFF).filter_map(char::from_u32) {
+            assert_eq!(super::name_char(c), service(c), "U+{:04X}", c as u32);
         }
     }
 }

@@ -915,6 +915,18 @@ async fn most_usage_shown(
     most
 }
 
+/// How many of `sent` were taken (200); each other one must be a quota refusal.
+async fn taken_or_refused_for_quota(sent: Vec<reqwest::Response>) -> u64 {
+    let mut taken = 0;
+    for r in sent {
+        match r.status().as_u16() {
+            200 => taken += 1,
+            _ => drop(assert_quota_exceeded(r).await),
+        }
+    }
+    taken
+}
+
 /// While uploads and chunks of one user run at once, `GET /usage` never shows more than the
 /// limits, and the uploads that fit are not refused: what a request reserved stops counting
 /// in the same transaction as what it recorded starts. (The reservation was deleted just
@@ -930,13 +942,7 @@ async fn usage_never_shows_more_than_the_limits(b: Backend) {
         sent
     };
     let (sent, most) = tokio::join!(uploads, most_usage_shown(&app, "una", &stop));
-    let mut ok = 0;
-    for r in sent {
-        match r.status().as_u16() {
-            200 => ok += 1,
-            _ => drop(assert_quota_exceeded(r).await),
-        }
-    }
+    let ok = taken_or_refused_for_quota(sent).await;
     // The image limit lets three in at once, and their bytes fit: exactly three are stored.
     assert_eq!(ok, 3, "uploads that fit were refused");
     assert!(
@@ -952,13 +958,7 @@ async fn usage_never_shows_more_than_the_limits(b: Backend) {
         sent
     };
     let (sent, most) = tokio::join!(chunks, most_usage_shown(&app, "uma", &stop));
-    let mut stored = 0;
-    for r in sent {
-        match r.status().as_u16() {
-            200 => stored += 1,
-            _ => drop(assert_quota_exceeded(r).await),
-        }
-    }
+    let stored = taken_or_refused_for_quota(sent).await;
     assert!(
         (1..=10).contains(&stored),
         "{stored} chunks of 1 MiB stored"
